@@ -1,0 +1,446 @@
+//! Administration: what the CLI (and later the admin API) does to tenants, users, factors
+//! and codes. Every operation validates its input and returns an error that says what to do.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, UnixTime};
+use crate::codes::{generate_recovery_code, hash_recovery_code, normalize_recovery_code, RECOVERY_CODE_COUNT};
+use crate::engine::factor_context;
+use crate::model::*;
+use crate::password::{PasswordError, PasswordHasher};
+use crate::secrets::MasterKey;
+use crate::store::{Store, StoreError};
+use crate::totp::{self, TotpAlgorithm, TotpParams};
+
+/// An admin operation that cannot be done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error("tenant '{0}' does not exist; create it with: portcullis tenant add {0}")]
+    NoTenant(String),
+    #[error("user '{user}' does not exist in tenant '{tenant}'; list users with: portcullis user list --tenant {tenant}")]
+    NoUser { tenant: String, user: String },
+    #[error("factor '{factor}' of user '{user}' does not exist; list them with: portcullis factor list --tenant {tenant} {user}")]
+    NoFactor {
+        tenant: String,
+        user: String,
+        factor: String,
+    },
+    #[error("factor '{0}' is already confirmed")]
+    AlreadyConfirmed(String),
+    #[error("the code does not match factor '{0}': check the authenticator app's clock and that it scanned the latest QR code")]
+    WrongCode(String),
+    #[error("invalid {what} '{value}': {hint}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A freshly enrolled TOTP factor: the secret is shown once, to be scanned.
+#[derive(Debug, Serialize)]
+pub struct EnrolledTotp {
+    pub factor_id: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub secret: String,
+    pub uri: String,
+    pub digits: u8,
+    pub algorithm: &'static str,
+}
+
+/// A factor as listed to admins (no secret).
+#[derive(Debug, Serialize)]
+pub struct FactorInfo {
+    pub factor_id: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub details: serde_json::Value,
+    pub created_at: UnixTime,
+    pub confirmed_at: Option<UnixTime>,
+    pub last_used_at: Option<UnixTime>,
+}
+
+/// A user as shown by `user show`.
+#[derive(Debug, Serialize)]
+pub struct UserDetails {
+    #[serde(flatten)]
+    pub user: User,
+    pub has_password: bool,
+    pub factors: Vec<FactorInfo>,
+    pub unused_recovery_codes: u32,
+    pub failed_codes: u32,
+    pub locked_until: Option<UnixTime>,
+}
+
+/// How a new user's password is given.
+pub enum NewPassword {
+    None,
+    Plain(Zeroizing<Vec<u8>>),
+    Hash(String),
+}
+
+/// Administration over a store.
+pub struct Admin {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    key: Arc<MasterKey>,
+    hasher: PasswordHasher,
+    issuer: String,
+    totp_window: u8,
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), AdminError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_alphanumeric() || "._-@+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid {
+            what,
+            value: value.to_string(),
+            hint: "use 1-128 letters, digits or . _ - @ +",
+        })
+    }
+}
+
+impl Admin {
+    /// Administration of `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        key: Arc<MasterKey>,
+        hasher: PasswordHasher,
+        issuer: String,
+        totp_window: u8,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            key,
+            hasher,
+            issuer,
+            totp_window,
+        }
+    }
+
+    fn tenant(&self, name: &str) -> Result<Tenant, AdminError> {
+        self.store
+            .tenant_by_name(name)?
+            .ok_or_else(|| AdminError::NoTenant(name.to_string()))
+    }
+
+    fn user(&self, tenant: &str, name: &str) -> Result<(Tenant, User), AdminError> {
+        let t = self.tenant(tenant)?;
+        let u = self
+            .store
+            .user_by_name(t.id, name)?
+            .ok_or_else(|| AdminError::NoUser {
+                tenant: tenant.to_string(),
+                user: name.to_string(),
+            })?;
+        Ok((t, u))
+    }
+
+    /// `tenant add`
+    pub fn add_tenant(&self, name: &str) -> Result<Tenant, AdminError> {
+        check_name("tenant name", name)?;
+        Ok(self.store.create_tenant(name, self.clock.now())?)
+    }
+
+    /// `tenant list`
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, AdminError> {
+        Ok(self.store.list_tenants()?)
+    }
+
+    /// `user add`
+    pub fn add_user(
+        &self,
+        tenant: &str,
+        name: &str,
+        password: NewPassword,
+        email: Option<String>,
+        phone: Option<String>,
+        groups: Vec<String>,
+    ) -> Result<User, AdminError> {
+        let t = self.tenant(tenant)?;
+        check_name("user name", name)?;
+        for g in &groups {
+            check_name("group", g)?;
+        }
+        if let Some(e) = &email {
+            if !e.contains('@') || e.chars().any(char::is_whitespace) {
+                return Err(AdminError::Invalid {
+                    what: "e-mail",
+                    value: e.clone(),
+                    hint: "expected name@domain",
+                });
+            }
+        }
+        if let Some(p) = &phone {
+            let digits = p.strip_prefix('+').unwrap_or(p);
+            if !p.starts_with('+') || digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(AdminError::Invalid {
+                    what: "phone number",
+                    value: p.clone(),
+                    hint: "expected E.164, like +4915112345678",
+                });
+            }
+        }
+        let password_hash = self.password_hash(password)?;
+        Ok(self.store.create_user(
+            &NewUser {
+                tenant_id: t.id,
+                name: name.to_string(),
+                password_hash,
+                email,
+                phone,
+                groups,
+            },
+            self.clock.now(),
+        )?)
+    }
+
+    fn password_hash(&self, password: NewPassword) -> Result<Option<String>, AdminError> {
+        Ok(match password {
+            NewPassword::None => None,
+            NewPassword::Plain(pw) => {
+                if pw.is_empty() {
+                    return Err(AdminError::Invalid {
+                        what: "password",
+                        value: String::new(),
+                        hint: "an empty password is not allowed",
+                    });
+                }
+                Some(self.hasher.hash(&pw)?)
+            }
+            NewPassword::Hash(h) => {
+                PasswordHasher::check_importable(&h)?;
+                Some(h)
+            }
+        })
+    }
+
+    /// `user list`
+    pub fn list_users(&self, tenant: &str) -> Result<Vec<User>, AdminError> {
+        let t = self.tenant(tenant)?;
+        Ok(self.store.list_users(t.id)?)
+    }
+
+    /// `user show`
+    pub fn show_user(&self, tenant: &str, name: &str) -> Result<UserDetails, AdminError> {
+        let (t, u) = self.user(tenant, name)?;
+        let th = self
+            .store
+            .throttle(t.id, &crate::engine::second_factor_key(&u))?;
+        Ok(UserDetails {
+            has_password: u.password_hash.is_some(),
+            factors: self.list_factors(tenant, name)?,
+            unused_recovery_codes: self.store.unused_recovery_codes(u.id)?,
+            failed_codes: th.failures,
+            locked_until: th.locked_until.filter(|&l| l > self.clock.now()),
+            user: u,
+        })
+    }
+
+    /// `user disable` / `user enable`
+    pub fn set_disabled(&self, tenant: &str, name: &str, disabled: bool) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self.store.set_user_disabled(u.id, disabled)?)
+    }
+
+    /// `user delete`
+    pub fn delete_user(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self.store.delete_user(u.id)?)
+    }
+
+    /// `user set-password`
+    pub fn set_password(&self, tenant: &str, name: &str, password: NewPassword) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let hash = self.password_hash(password)?;
+        Ok(self.store.set_password_hash(u.id, hash.as_deref())?)
+    }
+
+    /// `user unlock`: forget the user's failed codes and lock.
+    pub fn unlock(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
+        let (t, u) = self.user(tenant, name)?;
+        Ok(self
+            .store
+            .clear_throttle(t.id, &crate::engine::second_factor_key(&u))?)
+    }
+
+    /// `factor enroll totp`: with `secret` (migration) the factor is confirmed at once,
+    /// without it a new secret is made and the factor waits for `factor confirm`.
+    pub fn enroll_totp(
+        &self,
+        tenant: &str,
+        name: &str,
+        secret: Option<&str>,
+        digits: u8,
+        algorithm: &str,
+    ) -> Result<EnrolledTotp, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        if digits != 6 && digits != 8 {
+            return Err(AdminError::Invalid {
+                what: "digits",
+                value: digits.to_string(),
+                hint: "use 6 or 8",
+            });
+        }
+        let algorithm = TotpAlgorithm::parse(algorithm).ok_or_else(|| AdminError::Invalid {
+            what: "algorithm",
+            value: algorithm.to_string(),
+            hint: "use SHA1, SHA256 or SHA512",
+        })?;
+        let (secret, state) = match secret {
+            Some(text) => (
+                Zeroizing::new(totp::decode_base32(text).ok_or(AdminError::Invalid {
+                    what: "secret",
+                    value: "(hidden)".into(),
+                    hint: "give the base32 secret (A-Z, 2-7) of at least 16 characters",
+                })?),
+                FactorState::Confirmed,
+            ),
+            None => (Zeroizing::new(totp::generate_secret()), FactorState::Pending),
+        };
+        let params = TotpParams {
+            algorithm,
+            digits,
+            period: 30,
+        };
+        let id = new_factor_id();
+        let now = self.clock.now();
+        self.store.add_factor(&Factor {
+            id: id.clone(),
+            user_id: u.id,
+            kind: FactorKind::Totp,
+            state,
+            sealed_secret: self.key.seal(factor_context(&id).as_bytes(), &secret),
+            params: serde_json::to_string(&params).unwrap_or_default(),
+            created_at: now,
+            confirmed_at: (state == FactorState::Confirmed).then_some(now),
+            last_used_at: None,
+        })?;
+        let account = format!("{}@{}", u.name, tenant);
+        Ok(EnrolledTotp {
+            factor_id: id,
+            kind: "totp",
+            state: state.as_str(),
+            secret: totp::encode_base32(&secret),
+            uri: totp::otpauth_uri(&self.issuer, &account, &secret, &params),
+            digits,
+            algorithm: algorithm.as_str(),
+        })
+    }
+
+    /// `factor confirm`: the user's app shows `code`, so it holds the secret. The code is
+    /// recorded as used: it cannot also log in.
+    pub fn confirm_factor(&self, tenant: &str, name: &str, factor_id: &str, code: &str) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let no_factor = || AdminError::NoFactor {
+            tenant: tenant.to_string(),
+            user: name.to_string(),
+            factor: factor_id.to_string(),
+        };
+        let f = self
+            .store
+            .factors_of(u.id)?
+            .into_iter()
+            .find(|f| f.id == factor_id)
+            .ok_or_else(no_factor)?;
+        if f.state == FactorState::Confirmed {
+            return Err(AdminError::AlreadyConfirmed(factor_id.to_string()));
+        }
+        let params: TotpParams = serde_json::from_str(&f.params)
+            .map_err(|e| StoreError::Corrupt(format!("factor {factor_id} params: {e}")))?;
+        let secret = self
+            .key
+            .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = self.clock.now();
+        let step = totp::verify(&secret, &params, code.trim(), now, self.totp_window)
+            .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
+        let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
+        self.store.record_otp_use(&f.id, step as i64, expires)?;
+        if self.store.confirm_factor(u.id, factor_id, now)? {
+            Ok(())
+        } else {
+            Err(no_factor())
+        }
+    }
+
+    /// `factor list`
+    pub fn list_factors(&self, tenant: &str, name: &str) -> Result<Vec<FactorInfo>, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self
+            .store
+            .factors_of(u.id)?
+            .into_iter()
+            .map(|f| FactorInfo {
+                details: serde_json::from_str(&f.params).unwrap_or(serde_json::Value::Null),
+                factor_id: f.id,
+                kind: f.kind.as_str(),
+                state: f.state.as_str(),
+                created_at: f.created_at,
+                confirmed_at: f.confirmed_at,
+                last_used_at: f.last_used_at,
+            })
+            .collect())
+    }
+
+    /// `factor remove`
+    pub fn remove_factor(&self, tenant: &str, name: &str, factor_id: &str) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        if self.store.remove_factor(u.id, factor_id)? {
+            Ok(())
+        } else {
+            Err(AdminError::NoFactor {
+                tenant: tenant.to_string(),
+                user: name.to_string(),
+                factor: factor_id.to_string(),
+            })
+        }
+    }
+
+    /// `recovery generate`: replaces the user's codes with 10 new ones, returned once.
+    pub fn generate_recovery_codes(&self, tenant: &str, name: &str) -> Result<Vec<String>, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let pepper = self.key.derive("portcullis recovery codes v1");
+        let codes: Vec<String> = (0..RECOVERY_CODE_COUNT).map(|_| generate_recovery_code()).collect();
+        let hashes: Vec<String> = codes
+            .iter()
+            .filter_map(|c| normalize_recovery_code(c))
+            .map(|n| hash_recovery_code(&pepper, &n))
+            .collect();
+        self.store.replace_recovery_codes(u.id, &hashes, self.clock.now())?;
+        Ok(codes)
+    }
+
+    /// `audit`
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AdminError> {
+        if let Some(t) = &filter.tenant {
+            self.tenant(t)?;
+        }
+        Ok(self.store.list_audit(filter)?)
+    }
+}
+
+/// An unguessable, short factor id (`totp-` is not put in: the kind is a column).
+fn new_factor_id() -> String {
+    let mut raw = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    data_encoding::BASE32_NOPAD.encode(&raw).to_ascii_lowercase()
+}

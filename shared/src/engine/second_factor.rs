@@ -1,0 +1,96 @@
+//! Checking a code against the user's factors: TOTP (with the replay cache), then
+//! recovery codes.
+
+use super::{Engine, EngineError};
+use crate::clock::UnixTime;
+use crate::codes::{hash_recovery_code, normalize_recovery_code};
+use crate::model::{FactorKind, FactorState, Tenant, User};
+use crate::totp::{self, TotpParams};
+
+/// The result of checking one code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// The code was right; `factor` names the kind used.
+    Accepted { factor: &'static str },
+    /// A right TOTP code that was already used.
+    Replayed,
+    /// Not a valid code of any factor.
+    Wrong,
+}
+
+impl CodeCheck {
+    /// The audit reason.
+    pub fn reason(&self) -> String {
+        match self {
+            CodeCheck::Accepted { factor } => format!("{factor} accepted"),
+            CodeCheck::Replayed => "replayed code (already used)".into(),
+            CodeCheck::Wrong => "wrong code".into(),
+        }
+    }
+}
+
+impl Engine {
+    /// Check `code` for `user` and count the result in the user's throttle.
+    /// The caller has checked that the user is not throttled.
+    pub(super) fn check_code(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        code: &str,
+        now: UnixTime,
+    ) -> Result<CodeCheck, EngineError> {
+        let result = self.match_code(user, code.trim(), now)?;
+        match result {
+            CodeCheck::Accepted { .. } => self.clear_failures(tenant, user)?,
+            _ => self.count_failure(tenant, user, now)?,
+        }
+        Ok(result)
+    }
+
+    fn match_code(&self, user: &User, code: &str, now: UnixTime) -> Result<CodeCheck, EngineError> {
+        if !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit()) {
+            for f in self.store.factors_of(user.id)? {
+                if f.kind != FactorKind::Totp || f.state != FactorState::Confirmed {
+                    continue;
+                }
+                let Ok(params) = serde_json::from_str::<TotpParams>(&f.params) else {
+                    tracing::error!(factor = %f.id, "factor has unreadable parameters; skipped");
+                    continue;
+                };
+                if params.digits as usize != code.len() {
+                    continue;
+                }
+                let secret = match self.key.open(factor_context(&f.id).as_bytes(), &f.sealed_secret) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(factor = %f.id, error = %e, "cannot decrypt factor secret; skipped");
+                        continue;
+                    }
+                };
+                if let Some(step) = totp::verify(&secret, &params, code, now, self.settings.totp_window) {
+                    let window = self.settings.totp_window as i64;
+                    let expires = (step as i64 + window + 2) * params.period as i64;
+                    if self.store.record_otp_use(&f.id, step as i64, expires)? {
+                        self.store.touch_factor(&f.id, now)?;
+                        return Ok(CodeCheck::Accepted { factor: "totp" });
+                    }
+                    return Ok(CodeCheck::Replayed);
+                }
+            }
+            return Ok(CodeCheck::Wrong);
+        }
+        if let Some(normalized) = normalize_recovery_code(code) {
+            let hash = hash_recovery_code(&self.recovery_pepper, &normalized);
+            if self.store.use_recovery_code(user.id, &hash, now)? {
+                tracing::warn!(user = %user.name, "recovery code used");
+                return Ok(CodeCheck::Accepted { factor: "recovery" });
+            }
+        }
+        Ok(CodeCheck::Wrong)
+    }
+}
+
+/// The AEAD context of a factor's sealed secret: a secret moved to another row fails to open.
+pub fn factor_context(factor_id: &str) -> String {
+    format!("portcullis factor secret v1 {factor_id}")
+}

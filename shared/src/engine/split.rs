@@ -1,0 +1,133 @@
+//! `append` mode: where the password ends and the code begins.
+//!
+//! The candidates depend only on the typed string, never on the user, so that an unknown
+//! user costs as many password checks as a known one (no enumeration by timing).
+
+use zeroize::Zeroizing;
+
+use crate::codes::{normalize_recovery_code, RECOVERY_CODE_LEN};
+
+/// One way to read `password` + code.
+pub struct Candidate {
+    pub password: Zeroizing<Vec<u8>>,
+    pub code: Zeroizing<String>,
+}
+
+/// TOTP code lengths tried as a digit suffix.
+const CODE_LENGTHS: [usize; 2] = [6, 8];
+
+/// The readings of `credential`, most specific first: `password<delim>code`, then a 6- or
+/// 8-digit suffix, then a recovery-code suffix (with or without its dash).
+pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let mut push = |pw: &[u8], code: &[u8]| {
+        if pw.is_empty() {
+            return;
+        }
+        if let Ok(code) = std::str::from_utf8(code) {
+            out.push(Candidate {
+                password: Zeroizing::new(pw.to_vec()),
+                code: Zeroizing::new(code.to_string()),
+            });
+        }
+    };
+    let delim = delimiter.as_bytes();
+    if !delim.is_empty() {
+        if let Some(pos) = rfind(credential, delim) {
+            let code = &credential[pos + delim.len()..];
+            if is_code_shaped(code) {
+                push(&credential[..pos], code);
+            }
+        }
+    }
+    for len in CODE_LENGTHS {
+        if credential.len() > len {
+            let (pw, code) = credential.split_at(credential.len() - len);
+            if code.iter().all(u8::is_ascii_digit) {
+                push(pw, code);
+            }
+        }
+    }
+    for len in [RECOVERY_CODE_LEN, RECOVERY_CODE_LEN + 1] {
+        if credential.len() > len {
+            let (pw, code) = credential.split_at(credential.len() - len);
+            if std::str::from_utf8(code)
+                .ok()
+                .and_then(normalize_recovery_code)
+                .is_some()
+                && (len == RECOVERY_CODE_LEN || code.get(RECOVERY_CODE_LEN / 2) == Some(&b'-'))
+            {
+                push(pw, code);
+            }
+        }
+    }
+    out
+}
+
+fn is_code_shaped(code: &[u8]) -> bool {
+    let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);
+    digits
+        || std::str::from_utf8(code)
+            .ok()
+            .and_then(normalize_recovery_code)
+            .is_some()
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.len() > hay.len() {
+        return None;
+    }
+    (0..=hay.len() - needle.len())
+        .rev()
+        .find(|&i| &hay[i..i + needle.len()] == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings(s: &str) -> Vec<(String, String)> {
+        append_candidates(s.as_bytes(), ",")
+            .into_iter()
+            .map(|c| {
+                (
+                    String::from_utf8(c.password.to_vec()).unwrap(),
+                    c.code.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn six_digit_suffix() {
+        assert_eq!(readings("hunter2123456"), [("hunter2".into(), "123456".into())]);
+    }
+
+    #[test]
+    fn eight_digit_suffix_also_offers_six() {
+        let r = readings("pw12345678");
+        assert_eq!(r[0], ("pw12".into(), "345678".into()));
+        assert_eq!(r[1], ("pw".into(), "12345678".into()));
+    }
+
+    #[test]
+    fn delimiter_comes_first_and_password_may_contain_it() {
+        let r = readings("a,b,123456");
+        assert_eq!(r[0], ("a,b".into(), "123456".into()));
+        assert_eq!(r[1], ("a,b,".into(), "123456".into()));
+    }
+
+    #[test]
+    fn recovery_code_suffix() {
+        let r = readings("hunter2abcde-fghjk");
+        assert_eq!(r, [("hunter2".into(), "abcde-fghjk".into())]);
+        let r = readings("hunter2,abcdefghjk");
+        assert_eq!(r[0], ("hunter2".into(), "abcdefghjk".into()));
+    }
+
+    #[test]
+    fn no_code_no_candidates() {
+        assert!(readings("justapassword").is_empty());
+        assert!(readings("123456").is_empty(), "a code alone has no password");
+    }
+}

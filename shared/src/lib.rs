@@ -1,0 +1,16 @@
+//! Portcullis core: the Engine and everything it decides (first and second factor, guards,
+//! audit), the store, the config schema and secret handling.
+//!
+//! The front ends (RADIUS server, PAM socket) translate between their protocol and the
+//! Engine's steps; they decide nothing themselves.
+
+pub mod admin;
+pub mod clock;
+pub mod codes;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod password;
+pub mod secrets;
+pub mod store;
+pub mod totp;

@@ -1,0 +1,203 @@
+//! The domain model: tenants, users, factors, transactions, throttles, audit records.
+//! One name per idea, the same in config, code, CLI and docs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixTime;
+
+/// Row id of a tenant.
+pub type TenantId = i64;
+/// Row id of a user.
+pub type UserId = i64;
+
+/// A tenant: an isolated set of users, factors, clients and policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: UnixTime,
+}
+
+/// A user of a tenant. `password_hash` is an argon2id PHC string or a crypt(3) `$6$` hash.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+    pub created_at: UnixTime,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("has_password", &self.password_hash.is_some())
+            .field("groups", &self.groups)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new user starts with.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// The kind of a second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorKind {
+    Totp,
+}
+
+impl FactorKind {
+    /// The name used in the store, the CLI and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactorKind::Totp => "totp",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "totp" => Some(FactorKind::Totp),
+            _ => None,
+        }
+    }
+}
+
+/// A factor is `pending` until the user proves they hold it, then `confirmed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorState {
+    Pending,
+    Confirmed,
+}
+
+impl FactorState {
+    /// The name used in the store and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactorState::Pending => "pending",
+            FactorState::Confirmed => "confirmed",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(FactorState::Pending),
+            "confirmed" => Some(FactorState::Confirmed),
+            _ => None,
+        }
+    }
+}
+
+/// An enrolled second factor. `sealed_secret` is encrypted under the master key;
+/// `params` is the factor kind's JSON settings (for TOTP: algorithm, digits, period).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Factor {
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: FactorKind,
+    pub state: FactorState,
+    pub sealed_secret: Vec<u8>,
+    pub params: String,
+    pub created_at: UnixTime,
+    pub confirmed_at: Option<UnixTime>,
+    pub last_used_at: Option<UnixTime>,
+}
+
+impl std::fmt::Debug for Factor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Factor")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("state", &self.state)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A login in progress, kept in the store so that any node can continue it.
+/// It is bound to user, client and source; `step` makes every prompt single-use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub username: String,
+    pub client: String,
+    pub source: String,
+    pub step: u32,
+    pub attempts: u32,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// Failure counter of one throttle key (for example a user's second-factor attempts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Throttle {
+    pub failures: u32,
+    pub last_failure_at: UnixTime,
+    pub locked_until: Option<UnixTime>,
+}
+
+/// The outcome recorded in an audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    Accept,
+    Reject,
+}
+
+impl AuditResult {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditResult::Accept => "accept",
+            AuditResult::Reject => "reject",
+        }
+    }
+}
+
+/// One record per decision. Never holds a password, code or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    pub time: UnixTime,
+    pub tenant: String,
+    pub username: String,
+    pub channel: String,
+    pub client: String,
+    pub source: String,
+    pub mode: String,
+    pub factors: Vec<String>,
+    pub result: AuditResult,
+    pub reason: String,
+    pub transaction: Option<String>,
+}
+
+/// Which audit records to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant: Option<String>,
+    pub username: Option<String>,
+    pub since: Option<UnixTime>,
+    pub limit: u32,
+}

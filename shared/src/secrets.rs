@@ -1,0 +1,224 @@
+//! The master key file and encryption of secrets at rest (XChaCha20-Poly1305).
+//!
+//! The key file holds 32 random bytes as hex. The first command that needs it creates it
+//! with mode 0600; a key file readable by group or others is refused.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+const SEAL_VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+
+/// Problems with the master key or with a sealed secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretsError {
+    #[error("master key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("master key file {path} has mode {mode:04o}; it must be readable by its owner only: chmod 600 {path}")]
+    LoosePermissions { path: PathBuf, mode: u32 },
+    #[error("master key file {path} does not hold a 64-digit hex key; restore it from backup (secrets sealed under another key cannot be read)")]
+    Malformed { path: PathBuf },
+    #[error("a stored secret could not be decrypted: wrong master key or damaged data")]
+    Decrypt,
+}
+
+/// The key that seals TOTP seeds and derives the recovery-code pepper.
+pub struct MasterKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+impl MasterKey {
+    /// Read the key file, or create it (mode 0600, parent directories 0700) if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, SecretsError> {
+        let io = |source| SecretsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(SecretsError::LoosePermissions {
+                        path: path.to_path_buf(),
+                        mode,
+                    });
+                }
+                let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+                let mut key = Zeroizing::new([0u8; 32]);
+                let decoded = data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(text.trim().as_bytes())
+                    .map_err(|_| SecretsError::Malformed {
+                        path: path.to_path_buf(),
+                    })?;
+                let decoded = Zeroizing::new(decoded);
+                if decoded.len() != 32 {
+                    return Err(SecretsError::Malformed {
+                        path: path.to_path_buf(),
+                    });
+                }
+                key.copy_from_slice(&decoded);
+                Ok(Self { key })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    if !dir.as_os_str().is_empty() && !dir.exists() {
+                        fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o700)
+                            .create(dir)
+                            .map_err(io)?;
+                    }
+                }
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rngs::OsRng.fill_bytes(key.as_mut());
+                let hex = Zeroizing::new(data_encoding::HEXLOWER.encode(key.as_ref()));
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                file.write_all(hex.as_bytes()).map_err(io)?;
+                file.write_all(b"\n").map_err(io)?;
+                file.sync_all().map_err(io)?;
+                tracing::info!(path = %path.display(), "created a new master key file; back it up: secrets sealed under it are unreadable without it");
+                Ok(Self { key })
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// A key for tests.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self {
+            key: Zeroizing::new(bytes),
+        }
+    }
+
+    /// Encrypt `plaintext`; `context` binds the ciphertext to its purpose (AEAD associated data).
+    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // Encryption with a valid key and nonce length cannot fail for in-memory buffers.
+        let ct = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    /// Decrypt what [`seal`](Self::seal) made with the same `context`.
+    pub fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+        if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEAL_VERSION {
+            return Err(SecretsError::Decrypt);
+        }
+        let cipher = XChaCha20Poly1305::new(self.key.as_ref().into());
+        let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+        cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad: context,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| SecretsError::Decrypt)
+    }
+
+    /// A sub-key for one purpose (HMAC-SHA256 of the label).
+    pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref())
+            .unwrap_or_else(|_| unreachable_hmac());
+        mac.update(label.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+}
+
+/// HMAC accepts keys of any length, so construction never fails.
+fn unreachable_hmac() -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable!())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_created_with_mode_0600_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/master.key");
+        let k1 = MasterKey::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let k2 = MasterKey::load_or_create(&path).unwrap();
+        let sealed = k1.seal(b"ctx", b"seed");
+        assert_eq!(k2.open(b"ctx", &sealed).unwrap().as_slice(), b"seed");
+    }
+
+    #[test]
+    fn loose_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        MasterKey::load_or_create(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = MasterKey::load_or_create(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn malformed_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        fs::write(&path, "not hex").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            MasterKey::load_or_create(&path),
+            Err(SecretsError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn sealed_secret_needs_same_key_and_context() {
+        let a = MasterKey::from_bytes([1; 32]);
+        let b = MasterKey::from_bytes([2; 32]);
+        let sealed = a.seal(b"factor:1", b"seed");
+        assert!(a.open(b"factor:2", &sealed).is_err());
+        assert!(b.open(b"factor:1", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(a.open(b"factor:1", &tampered).is_err());
+    }
+}

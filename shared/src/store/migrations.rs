@@ -1,0 +1,89 @@
+//! Schema migrations, applied in order on open. Each entry is one version; never edit a
+//! released one, add a new one. The SQL is portable between SQLite and PostgreSQL
+//! (`BIGINT`, `TEXT`, no AUTOINCREMENT quirks beyond the id column).
+
+/// (version, SQL) in order.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE tenants (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE users (
+    id             INTEGER PRIMARY KEY,
+    tenant_id      BIGINT NOT NULL REFERENCES tenants(id),
+    name           TEXT NOT NULL,
+    password_hash  TEXT,
+    email          TEXT,
+    phone          TEXT,
+    groups_json    TEXT NOT NULL DEFAULT '[]',
+    disabled       INTEGER NOT NULL DEFAULT 0,
+    created_at     BIGINT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE factors (
+    id             TEXT PRIMARY KEY,
+    user_id        BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    sealed_secret  BLOB NOT NULL,
+    params         TEXT NOT NULL,
+    created_at     BIGINT NOT NULL,
+    confirmed_at   BIGINT,
+    last_used_at   BIGINT
+);
+CREATE INDEX factors_user ON factors(user_id);
+CREATE TABLE recovery_codes (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash   TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    used_at     BIGINT,
+    PRIMARY KEY (user_id, code_hash)
+);
+CREATE TABLE used_otps (
+    factor_id   TEXT NOT NULL,
+    counter     BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    PRIMARY KEY (factor_id, counter)
+);
+CREATE INDEX used_otps_expiry ON used_otps(expires_at);
+CREATE TABLE transactions (
+    id          TEXT PRIMARY KEY,
+    tenant_id   BIGINT NOT NULL,
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    username    TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    step        INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX transactions_expiry ON transactions(expires_at);
+CREATE TABLE throttles (
+    tenant_id        BIGINT NOT NULL,
+    throttle_key     TEXT NOT NULL,
+    failures         INTEGER NOT NULL,
+    last_failure_at  BIGINT NOT NULL,
+    locked_until     BIGINT,
+    PRIMARY KEY (tenant_id, throttle_key)
+);
+CREATE TABLE audit (
+    id           INTEGER PRIMARY KEY,
+    time         BIGINT NOT NULL,
+    tenant       TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    client       TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    mode         TEXT NOT NULL,
+    factors      TEXT NOT NULL,
+    result       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    transaction_id TEXT
+);
+CREATE INDEX audit_tenant_time ON audit(tenant, time);
+"#,
+)];

@@ -1,0 +1,97 @@
+//! The store: all state (tenants, users, factors, recovery codes, transactions, the OTP
+//! replay cache, throttles, audit). SQLite is the embedded default; a PostgreSQL store
+//! implements the same trait for several nodes. SQL is kept portable between the two.
+//!
+//! Operations that must be race-free across nodes are single statements with a condition
+//! (`UPDATE ... WHERE step = ?`, `INSERT` under a unique key), never read-then-write.
+
+mod migrations;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::clock::UnixTime;
+use crate::model::*;
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{what} '{name}' already exists")]
+    AlreadyExists { what: &'static str, name: String },
+    #[error("{what} '{name}' does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the database holds a value this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("database schema version {found} is newer than this program knows ({known}); upgrade portcullis")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Everything the Engine and the admin commands keep. Implemented by every backend and
+/// exercised by one test suite.
+pub trait Store: Send + Sync + 'static {
+    // Tenants
+    fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant>;
+    fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+
+    // Users
+    fn create_user(&self, user: &NewUser, now: UnixTime) -> StoreResult<User>;
+    fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>>;
+    fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>>;
+    fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()>;
+    fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()>;
+    /// Deletes the user with their factors, codes, transactions and throttles (audit stays).
+    fn delete_user(&self, user: UserId) -> StoreResult<()>;
+
+    // Factors
+    fn add_factor(&self, factor: &Factor) -> StoreResult<()>;
+    fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>>;
+    /// Pending -> confirmed; false if there was no such pending factor.
+    fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
+    fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;
+    fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()>;
+
+    // Recovery codes
+    /// Replaces all of a user's recovery codes with these hashes.
+    fn replace_recovery_codes(&self, user: UserId, hashes: &[String], now: UnixTime) -> StoreResult<()>;
+    /// Marks the code used; true only for the first use of an existing code.
+    fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
+    fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32>;
+
+    // OTP replay cache
+    /// Records that `counter` of `factor_id` was used; false if it was used before.
+    fn record_otp_use(&self, factor_id: &str, counter: i64, expires_at: UnixTime) -> StoreResult<bool>;
+
+    // Transactions
+    fn put_transaction(&self, txn: &Transaction) -> StoreResult<()>;
+    /// Atomically takes step `step` of an unexpired transaction: on success the stored step
+    /// is advanced, so the same step can never be answered twice.
+    fn take_transaction(&self, id: &str, step: u32, now: UnixTime) -> StoreResult<Option<Transaction>>;
+    /// Records a wrong answer and returns the attempt count.
+    fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32>;
+    fn delete_transaction(&self, id: &str) -> StoreResult<()>;
+
+    // Throttles
+    fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;
+    /// Counts one failure atomically and returns the new state.
+    fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle>;
+    fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()>;
+    fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()>;
+
+    // Audit (append-only)
+    fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
+    fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+
+    // Housekeeping
+    /// Deletes expired transactions and replay-cache entries.
+    fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
+}
+
+#[cfg(test)]
+pub(crate) mod suite;

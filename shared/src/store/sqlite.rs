@@ -1,0 +1,660 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Durability: `journal_mode = WAL` with `synchronous = NORMAL`. A killed process loses
+//! nothing that was committed; an operating-system crash or power loss may lose the last
+//! commits before the WAL was synced, but never corrupts the file. One connection behind a
+//! mutex serves the process; statements are short and prepared once (cached).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::migrations::MIGRATIONS;
+use super::{Store, StoreError, StoreResult};
+use crate::clock::UnixTime;
+use crate::model::*;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(err, _)
+            if err.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file and apply pending migrations.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        Self::setup(conn)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn open_in_memory() -> StoreResult<Self> {
+        Self::setup(Connection::open_in_memory().map_err(db)?)
+    }
+
+    fn setup(conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let store = Self {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut conn = self.lock();
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .map_err(db)?;
+        let current: i64 = conn
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+            .map_err(db)?;
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            // IMMEDIATE: two processes starting at once do not both apply a migration.
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let again: i64 = tx
+                .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+                .map_err(db)?;
+            if again >= *version {
+                continue;
+            }
+            tx.execute_batch(sql).map_err(db)?;
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, strftime('%s','now'))",
+                params![version],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            tracing::info!(version, "applied store migration");
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (every write is
+        // its own transaction), so a poisoned mutex is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    let groups_json: String = r.get(6)?;
+    Ok(User {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        name: r.get(2)?,
+        password_hash: r.get(3)?,
+        email: r.get(4)?,
+        phone: r.get(5)?,
+        groups: serde_json::from_str(&groups_json).unwrap_or_default(),
+        disabled: r.get::<_, i64>(7)? != 0,
+        created_at: r.get(8)?,
+    })
+}
+
+const USER_COLS: &str =
+    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at";
+
+fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> {
+    let kind: String = r.get(2)?;
+    let state: String = r.get(3)?;
+    let (Some(kind), Some(state)) = (FactorKind::parse(&kind), FactorState::parse(&state)) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "factor {} has kind '{kind}' / state '{state}'",
+            r.get::<_, String>(0)?
+        ))));
+    };
+    Ok(Ok(Factor {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        kind,
+        state,
+        sealed_secret: r.get(4)?,
+        params: r.get(5)?,
+        created_at: r.get(6)?,
+        confirmed_at: r.get(7)?,
+        last_used_at: r.get(8)?,
+    }))
+}
+
+fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<Transaction> {
+    Ok(Transaction {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        user_id: r.get(2)?,
+        username: r.get(3)?,
+        client: r.get(4)?,
+        source: r.get(5)?,
+        step: r.get(6)?,
+        attempts: r.get(7)?,
+        created_at: r.get(8)?,
+        expires_at: r.get(9)?,
+    })
+}
+
+fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<Throttle> {
+    Ok(Throttle {
+        failures: r.get(0)?,
+        last_failure_at: r.get(1)?,
+        locked_until: r.get(2)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
+        let conn = self.lock();
+        match conn.execute(
+            "INSERT INTO tenants (name, created_at) VALUES (?1, ?2)",
+            params![name, now],
+        ) {
+            Ok(_) => Ok(Tenant {
+                id: conn.last_insert_rowid(),
+                name: name.to_string(),
+                created_at: now,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                what: "tenant",
+                name: name.to_string(),
+            }),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT id, name, created_at FROM tenants WHERE name = ?1")
+            .map_err(db)?;
+        st.query_row(params![name], |r| {
+            Ok(Tenant {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(db)
+    }
+
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT id, name, created_at FROM tenants ORDER BY name")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Tenant {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
+        let conn = self.lock();
+        let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+        match conn.execute(
+            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+            params![u.tenant_id, u.name, u.password_hash, u.email, u.phone, groups, now],
+        ) {
+            Ok(_) => Ok(User {
+                id: conn.last_insert_rowid(),
+                tenant_id: u.tenant_id,
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                email: u.email.clone(),
+                phone: u.phone.clone(),
+                groups: u.groups.clone(),
+                disabled: false,
+                created_at: now,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                what: "user",
+                name: u.name.clone(),
+            }),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND name = ?2"
+            ))
+            .map_err(db)?;
+        st.query_row(params![tenant, name], user_from_row)
+            .optional()
+            .map_err(db)
+    }
+
+    fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 ORDER BY name"
+            ))
+            .map_err(db)?;
+        let rows = st.query_map(params![tenant], user_from_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "UPDATE users SET disabled = ?2 WHERE id = ?1",
+                params![user, disabled as i64],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![user, hash],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn delete_user(&self, user: UserId) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let tenant: Option<i64> = tx
+            .query_row("SELECT tenant_id FROM users WHERE id = ?1", params![user], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = ?1)",
+            params![user],
+        )
+        .map_err(db)?;
+        if let Some(t) = tenant {
+            tx.execute(
+                "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key LIKE ?2",
+                params![t, format!("user:{user}:%")],
+            )
+            .map_err(db)?;
+        }
+        tx.execute("DELETE FROM users WHERE id = ?1", params![user])
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn add_factor(&self, f: &Factor) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    f.id,
+                    f.user_id,
+                    f.kind.as_str(),
+                    f.state.as_str(),
+                    f.sealed_secret,
+                    f.params,
+                    f.created_at,
+                    f.confirmed_at,
+                    f.last_used_at
+                ],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at
+                 FROM factors WHERE user_id = ?1 ORDER BY created_at, id",
+            )
+            .map_err(db)?;
+        let rows = st.query_map(params![user], factor_from_row).map_err(db)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(db)??);
+        }
+        Ok(out)
+    }
+
+    fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
+        self.lock()
+            .execute(
+                "UPDATE factors SET state = 'confirmed', confirmed_at = ?3
+                 WHERE id = ?2 AND user_id = ?1 AND state = 'pending'",
+                params![user, factor_id, now],
+            )
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "DELETE FROM factors WHERE id = ?2 AND user_id = ?1",
+                params![user, factor_id],
+            )
+            .map_err(db)?;
+        tx.execute("DELETE FROM used_otps WHERE factor_id = ?1", params![factor_id])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n == 1)
+    }
+
+    fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
+            .map_err(db)?;
+        st.execute(params![factor_id, now]).map(|_| ()).map_err(db)
+    }
+
+    fn replace_recovery_codes(&self, user: UserId, hashes: &[String], now: UnixTime) -> StoreResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", params![user])
+            .map_err(db)?;
+        for h in hashes {
+            tx.execute(
+                "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![user, h, now],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE recovery_codes SET used_at = ?3
+                 WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL",
+            )
+            .map_err(db)?;
+        st.execute(params![user, hash, now]).map(|n| n == 1).map_err(db)
+    }
+
+    fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ?1 AND used_at IS NULL",
+            )
+            .map_err(db)?;
+        st.query_row(params![user], |r| r.get(0)).map_err(db)
+    }
+
+    fn record_otp_use(&self, factor_id: &str, counter: i64, expires_at: UnixTime) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (factor_id, counter) DO NOTHING",
+            )
+            .map_err(db)?;
+        st.execute(params![factor_id, counter, expires_at])
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn put_transaction(&self, t: &Transaction) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, step, attempts, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            t.id,
+            t.tenant_id,
+            t.user_id,
+            t.username,
+            t.client,
+            t.source,
+            t.step,
+            t.attempts,
+            t.created_at,
+            t.expires_at
+        ])
+        .map(|_| ())
+        .map_err(db)
+    }
+
+    fn take_transaction(&self, id: &str, step: u32, now: UnixTime) -> StoreResult<Option<Transaction>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE transactions SET step = step + 1
+                 WHERE id = ?1 AND step = ?2 AND expires_at > ?3
+                 RETURNING id, tenant_id, user_id, username, client, source, step, attempts, created_at, expires_at",
+            )
+            .map_err(db)?;
+        st.query_row(params![id, step, now], txn_from_row)
+            .optional()
+            .map_err(db)
+    }
+
+    fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE transactions SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts",
+            )
+            .map_err(db)?;
+        st.query_row(params![id], |r| r.get(0))
+            .optional()
+            .map(|a| a.unwrap_or(u32::MAX))
+            .map_err(db)
+    }
+
+    fn delete_transaction(&self, id: &str) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("DELETE FROM transactions WHERE id = ?1")
+            .map_err(db)?;
+        st.execute(params![id]).map(|_| ()).map_err(db)
+    }
+
+    fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT failures, last_failure_at, locked_until FROM throttles
+                 WHERE tenant_id = ?1 AND throttle_key = ?2",
+            )
+            .map_err(db)?;
+        st.query_row(params![tenant, key], throttle_from_row)
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(db)
+    }
+
+    fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+                 VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (tenant_id, throttle_key)
+                 DO UPDATE SET failures = throttles.failures + 1, last_failure_at = excluded.last_failure_at
+                 RETURNING failures, last_failure_at, locked_until",
+            )
+            .map_err(db)?;
+        st.query_row(params![tenant, key, now], throttle_from_row)
+            .map_err(db)
+    }
+
+    fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "UPDATE throttles SET locked_until = ?3 WHERE tenant_id = ?1 AND throttle_key = ?2",
+                params![tenant, key, until],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2")
+            .map_err(db)?;
+        st.execute(params![tenant, key]).map(|_| ()).map_err(db)
+    }
+
+    fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(db)?;
+        st.execute(params![
+            a.time,
+            a.tenant,
+            a.username,
+            a.channel,
+            a.client,
+            a.source,
+            a.mode,
+            a.factors.join(","),
+            a.result.as_str(),
+            a.reason,
+            a.transaction
+        ])
+        .map(|_| ())
+        .map_err(db)
+    }
+
+    fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let conn = self.lock();
+        let limit = if f.limit == 0 { 1000 } else { f.limit };
+        let mut st = conn
+            .prepare_cached(
+                "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id
+                 FROM audit
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR username = ?2) AND (?3 IS NULL OR time >= ?3)
+                 ORDER BY id DESC LIMIT ?4",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![f.tenant, f.username, f.since, limit], |r| {
+                let factors: String = r.get(7)?;
+                let result: String = r.get(8)?;
+                Ok(AuditRecord {
+                    time: r.get(0)?,
+                    tenant: r.get(1)?,
+                    username: r.get(2)?,
+                    channel: r.get(3)?,
+                    client: r.get(4)?,
+                    source: r.get(5)?,
+                    mode: r.get(6)?,
+                    factors: factors
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    result: if result == "accept" {
+                        AuditResult::Accept
+                    } else {
+                        AuditResult::Reject
+                    },
+                    reason: r.get(9)?,
+                    transaction: r.get(10)?,
+                })
+            })
+            .map_err(db)?;
+        let mut out: Vec<AuditRecord> = rows.collect::<Result<_, _>>().map_err(db)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        let conn = self.lock();
+        let a = conn
+            .execute("DELETE FROM transactions WHERE expires_at <= ?1", params![now])
+            .map_err(db)?;
+        let b = conn
+            .execute("DELETE FROM used_otps WHERE expires_at <= ?1", params![now])
+            .map_err(db)?;
+        Ok((a + b) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_suite_passes_on_sqlite() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        crate::store::suite::run_all(&store);
+    }
+
+    #[test]
+    fn file_store_survives_reopen_and_is_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_tenant("acme", 1).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.tenant_by_name("acme").unwrap().is_some());
+        let mode: String = s
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,236 @@
+//! One behavioural test suite that every [`Store`] backend must pass.
+
+use super::*;
+
+/// Runs every check against a fresh, empty store.
+pub fn run_all(s: &dyn Store) {
+    tenants_are_unique(s);
+    users_are_per_tenant(s);
+    factor_lifecycle(s);
+    recovery_codes_are_single_use(s);
+    otp_replay_cache_refuses_second_use(s);
+    transaction_steps_are_single_use_and_expire(s);
+    throttle_counts_and_clears(s);
+    audit_is_listed_in_order_and_filtered(s);
+    deleting_a_user_removes_their_state(s);
+}
+
+fn tenant(s: &dyn Store, name: &str) -> Tenant {
+    match s.tenant_by_name(name).unwrap() {
+        Some(t) => t,
+        None => s.create_tenant(name, 100).unwrap(),
+    }
+}
+
+fn user(s: &dyn Store, t: &Tenant, name: &str) -> User {
+    match s.user_by_name(t.id, name).unwrap() {
+        Some(u) => u,
+        None => s
+            .create_user(
+                &NewUser {
+                    tenant_id: t.id,
+                    name: name.into(),
+                    groups: vec!["staff".into()],
+                    ..Default::default()
+                },
+                100,
+            )
+            .unwrap(),
+    }
+}
+
+fn factor(id: &str, user: UserId) -> Factor {
+    Factor {
+        id: id.into(),
+        user_id: user,
+        kind: FactorKind::Totp,
+        state: FactorState::Pending,
+        sealed_secret: vec![1, 2, 3],
+        params: "{}".into(),
+        created_at: 100,
+        confirmed_at: None,
+        last_used_at: None,
+    }
+}
+
+fn tenants_are_unique(s: &dyn Store) {
+    let t = s.create_tenant("suite-a", 1).unwrap();
+    assert!(matches!(
+        s.create_tenant("suite-a", 2),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(s.tenant_by_name("suite-a").unwrap(), Some(t));
+    assert!(s.tenant_by_name("nope").unwrap().is_none());
+    assert!(s.list_tenants().unwrap().iter().any(|t| t.name == "suite-a"));
+}
+
+fn users_are_per_tenant(s: &dyn Store) {
+    let a = tenant(s, "suite-a");
+    let b = tenant(s, "suite-b");
+    let ua = user(s, &a, "alice");
+    let ub = user(s, &b, "alice");
+    assert_ne!(ua.id, ub.id);
+    assert!(matches!(
+        s.create_user(
+            &NewUser {
+                tenant_id: a.id,
+                name: "alice".into(),
+                ..Default::default()
+            },
+            1
+        ),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(s.user_by_name(a.id, "alice").unwrap().unwrap().groups, vec!["staff"]);
+    s.set_password_hash(ua.id, Some("$argon2id$x")).unwrap();
+    s.set_user_disabled(ua.id, true).unwrap();
+    let again = s.user_by_name(a.id, "alice").unwrap().unwrap();
+    assert_eq!(again.password_hash.as_deref(), Some("$argon2id$x"));
+    assert!(again.disabled);
+    assert!(s.user_by_name(b.id, "alice").unwrap().unwrap().password_hash.is_none());
+    assert_eq!(s.list_users(b.id).unwrap().len(), 1);
+}
+
+fn factor_lifecycle(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "fred");
+    s.add_factor(&factor("fac-1", u.id)).unwrap();
+    assert_eq!(s.factors_of(u.id).unwrap()[0].state, FactorState::Pending);
+    assert!(s.confirm_factor(u.id, "fac-1", 200).unwrap());
+    assert!(!s.confirm_factor(u.id, "fac-1", 201).unwrap(), "confirming twice");
+    let f = &s.factors_of(u.id).unwrap()[0];
+    assert_eq!((f.state, f.confirmed_at), (FactorState::Confirmed, Some(200)));
+    assert_eq!(f.sealed_secret, vec![1, 2, 3]);
+    s.touch_factor("fac-1", 300).unwrap();
+    assert_eq!(s.factors_of(u.id).unwrap()[0].last_used_at, Some(300));
+    let other = user(s, &t, "mallory");
+    assert!(!s.remove_factor(other.id, "fac-1").unwrap(), "another user's factor");
+    assert!(s.remove_factor(u.id, "fac-1").unwrap());
+    assert!(s.factors_of(u.id).unwrap().is_empty());
+}
+
+fn recovery_codes_are_single_use(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "rita");
+    s.replace_recovery_codes(u.id, &["h1".into(), "h2".into()], 1).unwrap();
+    assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 2);
+    assert!(s.use_recovery_code(u.id, "h1", 2).unwrap());
+    assert!(!s.use_recovery_code(u.id, "h1", 3).unwrap());
+    assert!(!s.use_recovery_code(u.id, "nope", 3).unwrap());
+    let other = user(s, &t, "mallory");
+    assert!(!s.use_recovery_code(other.id, "h2", 3).unwrap());
+    assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 1);
+    s.replace_recovery_codes(u.id, &["h3".into()], 4).unwrap();
+    assert!(!s.use_recovery_code(u.id, "h2", 5).unwrap(), "old codes are gone");
+    assert!(s.use_recovery_code(u.id, "h3", 5).unwrap());
+}
+
+fn otp_replay_cache_refuses_second_use(s: &dyn Store) {
+    assert!(s.record_otp_use("f", 1000, 500).unwrap());
+    assert!(!s.record_otp_use("f", 1000, 500).unwrap());
+    assert!(s.record_otp_use("f", 1001, 500).unwrap());
+    assert!(s.record_otp_use("g", 1000, 500).unwrap());
+    s.purge_expired(501).unwrap();
+    assert!(s.record_otp_use("f", 1000, 900).unwrap(), "purged after expiry");
+}
+
+fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "tom");
+    let txn = Transaction {
+        id: "txn-1".into(),
+        tenant_id: t.id,
+        user_id: u.id,
+        username: "tom".into(),
+        client: "vpn".into(),
+        source: "192.0.2.1".into(),
+        step: 0,
+        attempts: 0,
+        created_at: 1000,
+        expires_at: 1120,
+    };
+    s.put_transaction(&txn).unwrap();
+    let taken = s.take_transaction("txn-1", 0, 1001).unwrap().unwrap();
+    assert_eq!(taken.step, 1);
+    assert_eq!(taken.username, "tom");
+    assert!(s.take_transaction("txn-1", 0, 1002).unwrap().is_none(), "same step twice");
+    assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 1);
+    assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 2);
+    assert!(s.take_transaction("txn-1", 1, 1120).unwrap().is_none(), "expired");
+    s.put_transaction(&Transaction {
+        id: "txn-2".into(),
+        ..txn.clone()
+    })
+    .unwrap();
+    s.delete_transaction("txn-2").unwrap();
+    assert!(s.take_transaction("txn-2", 0, 1001).unwrap().is_none());
+    s.purge_expired(2000).unwrap();
+    assert!(s.take_transaction("txn-1", 1, 1001).unwrap().is_none());
+}
+
+fn throttle_counts_and_clears(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    assert_eq!(s.throttle(t.id, "k").unwrap(), Throttle::default());
+    assert_eq!(s.record_failure(t.id, "k", 10).unwrap().failures, 1);
+    let th = s.record_failure(t.id, "k", 11).unwrap();
+    assert_eq!((th.failures, th.last_failure_at), (2, 11));
+    s.lock_until(t.id, "k", 99).unwrap();
+    assert_eq!(s.throttle(t.id, "k").unwrap().locked_until, Some(99));
+    let b = tenant(s, "suite-b");
+    assert_eq!(s.throttle(b.id, "k").unwrap().failures, 0, "per tenant");
+    s.clear_throttle(t.id, "k").unwrap();
+    assert_eq!(s.throttle(t.id, "k").unwrap(), Throttle::default());
+}
+
+fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
+    for (i, (tenant, user)) in [("suite-a", "ann"), ("suite-b", "ann"), ("suite-a", "bob")]
+        .into_iter()
+        .enumerate()
+    {
+        s.append_audit(&AuditRecord {
+            time: 1000 + i as i64,
+            tenant: tenant.into(),
+            username: user.into(),
+            channel: "radius".into(),
+            client: "vpn".into(),
+            source: "192.0.2.1".into(),
+            mode: "append".into(),
+            factors: vec!["password".into(), "totp".into()],
+            result: AuditResult::Accept,
+            reason: "ok".into(),
+            transaction: None,
+        })
+        .unwrap();
+    }
+    let a = s
+        .list_audit(&AuditFilter {
+            tenant: Some("suite-a".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(a.iter().map(|r| r.username.as_str()).collect::<Vec<_>>(), ["ann", "bob"]);
+    assert_eq!(a[0].factors, ["password", "totp"]);
+    let recent = s
+        .list_audit(&AuditFilter {
+            since: Some(1001),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(recent.len(), 2);
+}
+
+fn deleting_a_user_removes_their_state(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "gone");
+    s.add_factor(&factor("fac-gone", u.id)).unwrap();
+    s.replace_recovery_codes(u.id, &["hg".into()], 1).unwrap();
+    s.record_failure(t.id, &format!("user:{}:second_factor", u.id), 1).unwrap();
+    s.delete_user(u.id).unwrap();
+    assert!(s.user_by_name(t.id, "gone").unwrap().is_none());
+    assert!(s.factors_of(u.id).unwrap().is_empty());
+    assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 0);
+    assert_eq!(
+        s.throttle(t.id, &format!("user:{}:second_factor", u.id)).unwrap().failures,
+        0
+    );
+}
