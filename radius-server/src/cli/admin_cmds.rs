@@ -1,0 +1,399 @@
+//! The admin subcommands: thin wrappers over [`portcullis_core::admin::Admin`].
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use portcullis_core::admin::NewPassword;
+use portcullis_core::config::Config;
+use portcullis_core::model::AuditFilter;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::output::{emit, qr, table, time};
+use super::{
+    AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, RecoveryCmd, TenantCmd,
+    UserCmd,
+};
+
+/// One line from standard input, without its line ending. Prompts when stdin is a terminal.
+fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{what}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = Zeroizing::new(String::new());
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    let trimmed = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    if trimmed.is_empty() {
+        bail!("no {what} on standard input (pipe it in, e.g. printf '%s\\n' \"$PW\" | portcullis ...)");
+    }
+    Ok(trimmed)
+}
+
+fn password_input(p: &PasswordInput) -> Result<NewPassword> {
+    Ok(if p.password_stdin {
+        NewPassword::Plain(Zeroizing::new(
+            read_stdin_line("password")?.as_bytes().to_vec(),
+        ))
+    } else if p.password_hash_stdin {
+        NewPassword::Hash(read_stdin_line("password hash")?.to_string())
+    } else {
+        NewPassword::None
+    })
+}
+
+fn done(json: bool, what: String) {
+    emit(json, &json!({ "ok": true, "message": what }), || {
+        what.clone()
+    });
+}
+
+/// `config check`
+pub fn config_check(path: &Path, json: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let mut warnings = Vec::new();
+    for c in &cfg.radius.clients {
+        if !c.require_message_authenticator {
+            warnings.push(format!(
+                "client '{}' does not require Message-Authenticator: only for NAS software that cannot send it (BlastRADIUS, CVE-2024-3596)",
+                c.name
+            ));
+        }
+        if c.secret.len() < 16 {
+            warnings.push(format!(
+                "client '{}' has a shared secret shorter than 16 characters",
+                c.name
+            ));
+        }
+    }
+    if cfg.radius.clients.is_empty() {
+        warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
+    }
+    let clients: Vec<_> = cfg
+        .radius
+        .clients
+        .iter()
+        .map(|c| {
+            json!({"name": c.name, "address": c.address.to_string(), "tenant": c.tenant,
+                   "mode": c.mode.as_str(), "require_message_authenticator": c.require_message_authenticator})
+        })
+        .collect();
+    let value = json!({
+        "ok": true,
+        "file": path.display().to_string(),
+        "store": cfg.store.url,
+        "key_file": cfg.secrets.key_file.display().to_string(),
+        "radius_listen": cfg.radius.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "clients": clients,
+        "warnings": warnings,
+    });
+    emit(json, &value, || {
+        let mut s = format!(
+            "{}: OK\nstore: {}\nkey file: {}\nradius listen: {}\n",
+            path.display(),
+            cfg.store.url,
+            cfg.secrets.key_file.display(),
+            cfg.radius
+                .listen
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows: Vec<Vec<String>> = cfg
+            .radius
+            .clients
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.address.to_string(),
+                    c.tenant.clone(),
+                    c.mode.as_str().into(),
+                    if c.require_message_authenticator {
+                        "required".into()
+                    } else {
+                        "optional".into()
+                    },
+                ]
+            })
+            .collect();
+        s.push_str(&table(
+            &[
+                "CLIENT",
+                "ADDRESS",
+                "TENANT",
+                "MODE",
+                "MESSAGE-AUTHENTICATOR",
+            ],
+            &rows,
+        ));
+        for w in &warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
+        s
+    });
+    Ok(())
+}
+
+/// Every command that needs the store.
+pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
+    let admin = o.admin();
+    match cmd {
+        Command::Serve | Command::Config(_) => unreachable!("handled by the caller"),
+        Command::Tenant(TenantCmd::Add { name }) => {
+            let t = admin.add_tenant(&name)?;
+            emit(json, &t, || format!("tenant '{}' created", t.name));
+        }
+        Command::Tenant(TenantCmd::List) => {
+            let ts = admin.list_tenants()?;
+            emit(json, &ts, || {
+                let rows: Vec<Vec<String>> = ts
+                    .iter()
+                    .map(|t| vec![t.name.clone(), time(t.created_at)])
+                    .collect();
+                table(&["TENANT", "CREATED"], &rows)
+            });
+        }
+        Command::User(cmd) => user(o, cmd, json)?,
+        Command::Factor(cmd) => factor(o, cmd, json)?,
+        Command::Recovery(RecoveryCmd::Generate { tenant, user }) => {
+            let codes = admin.generate_recovery_codes(&tenant.tenant, &user)?;
+            emit(json, &json!({ "codes": codes }), || {
+                format!(
+                    "Recovery codes for {user} (each works once; store them safely, they are not shown again;\nany older codes no longer work):\n\n  {}\n",
+                    codes.join("\n  ")
+                )
+            });
+        }
+        Command::Audit(a) => audit(o, a, json)?,
+    }
+    Ok(())
+}
+
+fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
+    let admin = o.admin();
+    match cmd {
+        UserCmd::Add {
+            tenant,
+            name,
+            password,
+            email,
+            phone,
+            groups,
+        } => {
+            let pw = password_input(&password)?;
+            let u = admin.add_user(&tenant.tenant, &name, pw, email, phone, groups)?;
+            emit(json, &u, || {
+                let mut s = format!("user '{}' created in tenant '{}'", u.name, tenant.tenant);
+                if u.password_hash.is_none() {
+                    s.push_str(
+                        " (no password yet: portcullis user set-password ... --password-stdin)",
+                    );
+                }
+                s.push_str(&format!(
+                    "\nnext: portcullis factor enroll totp --tenant {} {}",
+                    tenant.tenant, u.name
+                ));
+                s
+            });
+        }
+        UserCmd::List { tenant } => {
+            let us = admin.list_users(&tenant.tenant)?;
+            emit(json, &us, || {
+                let rows: Vec<Vec<String>> = us
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.name.clone(),
+                            if u.disabled {
+                                "disabled".into()
+                            } else {
+                                "enabled".into()
+                            },
+                            u.groups.join(","),
+                            u.email.clone().unwrap_or_default(),
+                            u.phone.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["USER", "STATE", "GROUPS", "E-MAIL", "PHONE"], &rows)
+            });
+        }
+        UserCmd::Show { tenant, name } => {
+            let d = admin.show_user(&tenant.tenant, &name)?;
+            emit(json, &d, || {
+                let mut s = format!(
+                    "user:       {}\ntenant:     {}\nstate:      {}\npassword:   {}\ngroups:     {}\ne-mail:     {}\nphone:      {}\nrecovery:   {} unused codes\nfailures:   {} failed codes{}\n",
+                    d.user.name,
+                    tenant.tenant,
+                    if d.user.disabled { "disabled" } else { "enabled" },
+                    if d.has_password { "set" } else { "not set" },
+                    d.user.groups.join(", "),
+                    d.user.email.as_deref().unwrap_or("-"),
+                    d.user.phone.as_deref().unwrap_or("-"),
+                    d.unused_recovery_codes,
+                    d.failed_codes,
+                    d.locked_until
+                        .map(|t| format!(", LOCKED until {} (portcullis user unlock)", time(t)))
+                        .unwrap_or_default(),
+                );
+                s.push_str("factors:\n");
+                for f in &d.factors {
+                    s.push_str(&format!("  {} {} {}\n", f.factor_id, f.kind, f.state));
+                }
+                s
+            });
+        }
+        UserCmd::Disable { tenant, name } => {
+            admin.set_disabled(&tenant.tenant, &name, true)?;
+            done(json, format!("user '{name}' disabled"));
+        }
+        UserCmd::Enable { tenant, name } => {
+            admin.set_disabled(&tenant.tenant, &name, false)?;
+            done(json, format!("user '{name}' enabled"));
+        }
+        UserCmd::Delete { tenant, name } => {
+            admin.delete_user(&tenant.tenant, &name)?;
+            done(
+                json,
+                format!("user '{name}' deleted with their factors and codes"),
+            );
+        }
+        UserCmd::SetPassword {
+            tenant,
+            name,
+            password,
+        } => {
+            if !password.password_stdin && !password.password_hash_stdin {
+                bail!("give --password-stdin or --password-hash-stdin (a password never goes on the command line)");
+            }
+            admin.set_password(&tenant.tenant, &name, password_input(&password)?)?;
+            done(json, format!("password of '{name}' set"));
+        }
+        UserCmd::Unlock { tenant, name } => {
+            admin.unlock(&tenant.tenant, &name)?;
+            done(
+                json,
+                format!("user '{name}' unlocked; failed codes forgotten"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
+    let admin = o.admin();
+    match cmd {
+        FactorCmd::Enroll(EnrollCmd::Totp {
+            tenant,
+            user,
+            secret,
+            secret_stdin,
+            digits,
+            algorithm,
+        }) => {
+            let secret = if secret_stdin {
+                Some(read_stdin_line("secret")?.to_string())
+            } else {
+                secret
+            };
+            let e =
+                admin.enroll_totp(&tenant.tenant, &user, secret.as_deref(), digits, &algorithm)?;
+            emit(json, &e, || {
+                let mut s = String::new();
+                if e.state == "pending" {
+                    s.push_str(&qr(&e.uri));
+                    s.push_str(&format!(
+                        "\nScan this with the authenticator app, or enter the secret by hand:\n  secret: {}\n  uri:    {}\n\nThe factor {} is pending until a code from the app confirms it:\n  portcullis factor confirm --tenant {} {} {} CODE\n",
+                        e.secret, e.uri, e.factor_id, tenant.tenant, user, e.factor_id
+                    ));
+                } else {
+                    s.push_str(&format!(
+                        "TOTP factor {} of '{}' enrolled from the given secret and confirmed ({} digits, {}).\n",
+                        e.factor_id, user, e.digits, e.algorithm
+                    ));
+                }
+                s
+            });
+        }
+        FactorCmd::Confirm {
+            tenant,
+            user,
+            factor_id,
+            code,
+        } => {
+            admin.confirm_factor(&tenant.tenant, &user, &factor_id, &code)?;
+            done(json, format!("factor {factor_id} of '{user}' confirmed"));
+        }
+        FactorCmd::List { tenant, user } => {
+            let fs = admin.list_factors(&tenant.tenant, &user)?;
+            emit(json, &fs, || {
+                let rows: Vec<Vec<String>> = fs
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.factor_id.clone(),
+                            f.kind.into(),
+                            f.state.into(),
+                            time(f.created_at),
+                            f.last_used_at.map(time).unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["FACTOR", "KIND", "STATE", "CREATED", "LAST USED"], &rows)
+            });
+        }
+        FactorCmd::Remove {
+            tenant,
+            user,
+            factor_id,
+        } => {
+            admin.remove_factor(&tenant.tenant, &user, &factor_id)?;
+            done(json, format!("factor {factor_id} of '{user}' removed"));
+        }
+    }
+    Ok(())
+}
+
+fn audit(o: &Opened, a: AuditArgs, json: bool) -> Result<()> {
+    let since = a
+        .since
+        .map(|d| o.clock.now() - std::time::Duration::from(d).as_secs() as i64);
+    let records = o.admin().audit(&AuditFilter {
+        tenant: a.tenant,
+        username: a.user,
+        since,
+        limit: a.limit,
+    })?;
+    emit(json, &records, || {
+        let rows: Vec<Vec<String>> = records
+            .iter()
+            .map(|r| {
+                vec![
+                    time(r.time),
+                    r.tenant.clone(),
+                    r.username.clone(),
+                    format!("{}:{}", r.channel, r.client),
+                    r.source.clone(),
+                    r.mode.clone(),
+                    r.result.as_str().into(),
+                    r.factors.join("+"),
+                    r.reason.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "TIME", "TENANT", "USER", "CLIENT", "SOURCE", "MODE", "RESULT", "FACTORS", "REASON",
+            ],
+            &rows,
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The `portcullis` command line: the daemon (`serve`) and the admin commands.
+
+mod admin_cmds;
+mod output;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use portcullis_core::admin::Admin;
+use portcullis_core::clock::{Clock, SystemClock};
+use portcullis_core::config::{Config, DEFAULT_CONFIG_PATH};
+use portcullis_core::password::PasswordHasher;
+use portcullis_core::secrets::MasterKey;
+use portcullis_core::store::{SqliteStore, Store};
+
+/// Portcullis: a second-factor gate for SSH (PAM) and VPN (RADIUS) logins.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: RADIUS listeners (and later the PAM socket and HTTP).
+    Serve,
+    /// Check the config file.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Enrol, confirm, list and remove second factors.
+    #[command(subcommand)]
+    Factor(FactorCmd),
+    /// Recovery codes.
+    #[command(subcommand)]
+    Recovery(RecoveryCmd),
+    /// Show the audit log: one record per login decision.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Parse and validate the config file; print what it sets.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Add { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct TenantArg {
+    /// The user's tenant.
+    #[arg(long)]
+    pub tenant: String,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PasswordInput {
+    /// Read the password from standard input (one line).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Read an existing hash (argon2id or SHA-512 crypt `$6$`) from standard input.
+    #[arg(long)]
+    pub password_hash_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user.
+    Add {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+        #[command(flatten)]
+        password: PasswordInput,
+        #[arg(long)]
+        email: Option<String>,
+        /// Phone number in E.164 form (+4915112345678).
+        #[arg(long)]
+        phone: Option<String>,
+        /// A group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List a tenant's users.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Show a user with factors, recovery codes left and lock state.
+    Show {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
+    /// Refuse all logins of a user.
+    Disable {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
+    /// Allow a disabled user again.
+    Enable {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
+    /// Delete a user with their factors and codes (audit records stay).
+    Delete {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
+    /// Set a user's password.
+    SetPassword {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+        #[command(flatten)]
+        password: PasswordInput,
+    },
+    /// Lift a lock or throttle after failed codes.
+    Unlock {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FactorCmd {
+    /// Enrol a factor.
+    #[command(subcommand)]
+    Enroll(EnrollCmd),
+    /// Confirm a pending factor with a code from the user's app.
+    Confirm {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        factor_id: String,
+        code: String,
+    },
+    /// List a user's factors.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+    },
+    /// Remove a factor.
+    Remove {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        factor_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollCmd {
+    /// A TOTP authenticator app (or an existing secret being migrated).
+    Totp {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// Migrate an existing base32 secret (the factor is confirmed at once).
+        #[arg(long, conflicts_with = "secret_stdin")]
+        secret: Option<String>,
+        /// Read the secret to migrate from standard input (keeps it out of `ps`).
+        #[arg(long)]
+        secret_stdin: bool,
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(6..=8))]
+        digits: u8,
+        #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
+        algorithm: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryCmd {
+    /// Make 10 new single-use codes (replacing the old ones); shown once.
+    Generate {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records newer than this (e.g. 1h, 30m, 7d).
+    #[arg(long)]
+    pub since: Option<humantime::Duration>,
+    /// At most this many records (newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// What every command opens: config, store, master key.
+pub struct Opened {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub key: Arc<MasterKey>,
+    pub clock: Arc<dyn Clock>,
+    pub hasher: PasswordHasher,
+}
+
+/// Load the config and open the store and master key (creating the key if needed).
+pub fn open(config_path: &std::path::Path) -> Result<Opened> {
+    let config = Config::load(config_path)?;
+    let key = MasterKey::load_or_create(&config.secrets.key_file)
+        .context("the master key is needed to read and write factor secrets")?;
+    let path = config
+        .sqlite_path()
+        .context("store.url must be sqlite:///path")?;
+    let store = SqliteStore::open(&path)
+        .with_context(|| format!("opening the store {}", path.display()))?;
+    let hasher = PasswordHasher::new(&config.passwords)?;
+    Ok(Opened {
+        config,
+        store: Arc::new(store),
+        key: Arc::new(key),
+        clock: Arc::new(SystemClock),
+        hasher,
+    })
+}
+
+impl Opened {
+    /// The admin service over this store.
+    pub fn admin(&self) -> Admin {
+        Admin::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.key.clone(),
+            self.hasher.clone(),
+            self.config.issuer.clone(),
+            self.config.totp.window,
+        )
+    }
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve => crate::serve::run(&cli.config),
+        Command::Config(ConfigCmd::Check) => admin_cmds::config_check(&cli.config, cli.json),
+        other => {
+            let opened = open(&cli.config)?;
+            admin_cmds::run(&opened, other, cli.json)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The Portcullis daemon and admin CLI: RADIUS front end, `serve`, admin subcommands.
+
+pub mod cli;
+pub mod radius;
+pub mod serve;

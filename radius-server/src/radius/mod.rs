@@ -1,0 +1,4 @@
+pub mod cache;
+pub mod metrics;
+pub mod packet;
+pub mod server;

@@ -1,0 +1,931 @@
+//! Pure RADIUS packet layer: bytes in, typed values out.
+//!
+//! No sockets, no clock, no configuration types: the UDP loop and the Engine sit on top.
+//! The wire format (RFC 2865) is walked by hand instead of through `radius::Packet`, because
+//! that codec copies the secret into every packet, truncates User-Password at the first NUL,
+//! and would need a re-encode to verify Message-Authenticator; one bounds-checked walk over the
+//! received bytes is cheaper and lets us HMAC exactly what arrived.
+//!
+//! Security bar (see `reference/radius.md`, BlastRADIUS / CVE-2024-3596): Message-Authenticator
+//! (RFC 3579 §3.2) is verified in constant time whenever present, demanded for Status-Server,
+//! EAP-Message and clients that require it, and always placed first in our replies.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hmac::digest::{Digest, Key, KeyInit};
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+#[cfg(test)]
+mod tests;
+
+/// Largest RADIUS packet (RFC 2865 §3); also the receive buffer size.
+pub const MAX_PACKET_LEN: usize = 4096;
+
+const HEADER_LEN: usize = 20;
+const MAX_VALUE_LEN: usize = 253;
+const MAX_PASSWORD_LEN: usize = 128;
+const MA_LEN: usize = 16;
+
+const CODE_ACCESS_REQUEST: u8 = 1;
+const CODE_ACCESS_ACCEPT: u8 = 2;
+const CODE_ACCESS_REJECT: u8 = 3;
+const CODE_ACCESS_CHALLENGE: u8 = 11;
+const CODE_STATUS_SERVER: u8 = 12;
+
+const ATTR_USER_NAME: u8 = 1;
+const ATTR_USER_PASSWORD: u8 = 2;
+const ATTR_NAS_IP_ADDRESS: u8 = 4;
+const ATTR_REPLY_MESSAGE: u8 = 18;
+const ATTR_STATE: u8 = 24;
+const ATTR_VENDOR_SPECIFIC: u8 = 26;
+const ATTR_SESSION_TIMEOUT: u8 = 27;
+const ATTR_CALLING_STATION_ID: u8 = 31;
+const ATTR_NAS_IDENTIFIER: u8 = 32;
+const ATTR_PROXY_STATE: u8 = 33;
+const ATTR_EAP_MESSAGE: u8 = 79;
+const ATTR_MESSAGE_AUTHENTICATOR: u8 = 80;
+const ATTR_NAS_IPV6_ADDRESS: u8 = 95;
+
+type HmacMd5 = Hmac<Md5>;
+
+/// Why a datagram was dropped; `as_str()` gives a stable snake_case label for metrics/logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Datagram shorter than the 20-byte header.
+    TooShort,
+    /// Length field < 20, or larger than the datagram.
+    BadLength,
+    /// Length field > 4096.
+    TooLong,
+    /// A code that no RADIUS registry assigns.
+    UnknownCode,
+    /// A valid RADIUS code that is not a request we serve (e.g. Access-Accept, Accounting-Request).
+    UnsupportedCode,
+    /// Attribute type 0, attribute length 0 or 1, an attribute overflowing the packet, or a
+    /// second Message-Authenticator.
+    BadAttribute,
+    /// Message-Authenticator attribute length != 18.
+    BadMessageAuthenticatorLength,
+    /// Message-Authenticator required (client policy, Status-Server, EAP-Message) but absent.
+    MissingMessageAuthenticator,
+    /// Message-Authenticator (or, in [`decode_reply`], Response Authenticator) mismatch:
+    /// wrong secret or tampering.
+    BadMessageAuthenticator,
+    /// The client limits Proxy-State and the request has Proxy-State but no Message-Authenticator.
+    ProxyStateWithoutMessageAuthenticator,
+    /// Anything else that does not decode (bad User-Password length, non-UTF-8 User-Name,
+    /// duplicated single-valued attribute, wrong-length address or integer).
+    Undecodable,
+}
+
+impl DropReason {
+    /// Every variant, in declaration order (for pre-registering metrics).
+    pub const ALL: [DropReason; 11] = [
+        DropReason::TooShort,
+        DropReason::BadLength,
+        DropReason::TooLong,
+        DropReason::UnknownCode,
+        DropReason::UnsupportedCode,
+        DropReason::BadAttribute,
+        DropReason::BadMessageAuthenticatorLength,
+        DropReason::MissingMessageAuthenticator,
+        DropReason::BadMessageAuthenticator,
+        DropReason::ProxyStateWithoutMessageAuthenticator,
+        DropReason::Undecodable,
+    ];
+
+    /// Stable snake_case label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::BadLength => "bad_length",
+            DropReason::TooLong => "too_long",
+            DropReason::UnknownCode => "unknown_code",
+            DropReason::UnsupportedCode => "unsupported_code",
+            DropReason::BadAttribute => "bad_attribute",
+            DropReason::BadMessageAuthenticatorLength => "bad_message_authenticator_length",
+            DropReason::MissingMessageAuthenticator => "missing_message_authenticator",
+            DropReason::BadMessageAuthenticator => "bad_message_authenticator",
+            DropReason::ProxyStateWithoutMessageAuthenticator => {
+                "proxy_state_without_message_authenticator"
+            }
+            DropReason::Undecodable => "undecodable",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Fixed header fields, read without the secret (for finding the client, the duplicate cache
+/// key, and counting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Packet code (1 Access-Request, 12 Status-Server, ...).
+    pub code: u8,
+    /// Identifier chosen by the client.
+    pub identifier: u8,
+    /// The Length field (bytes after it are padding).
+    pub length: u16,
+    /// Request (or Response) Authenticator.
+    pub authenticator: [u8; 16],
+}
+
+/// Per-client BlastRADIUS policy (defaults are the secure ones: both true).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPolicy {
+    /// Drop Access-Requests without Message-Authenticator.
+    pub require_message_authenticator: bool,
+    /// Drop requests that carry Proxy-State but no Message-Authenticator.
+    pub limit_proxy_state: bool,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            require_message_authenticator: true,
+            limit_proxy_state: true,
+        }
+    }
+}
+
+/// Which request we received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Code 1.
+    AccessRequest,
+    /// Code 12 (RFC 5997).
+    StatusServer,
+}
+
+/// A validated, authenticated request. User-Password is already decrypted (zeroized on drop).
+///
+/// Only structure and authenticity are checked here; whether the attributes make sense for a
+/// login (e.g. User-Password or State present) is the Engine's call.
+#[derive(Clone)]
+pub struct Request {
+    /// Access-Request or Status-Server.
+    pub kind: RequestKind,
+    /// Identifier to copy into the reply.
+    pub identifier: u8,
+    /// Request Authenticator.
+    pub authenticator: [u8; 16],
+    /// User-Name; a non-UTF-8 User-Name drops the packet as [`DropReason::Undecodable`].
+    pub user_name: Option<String>,
+    /// Decrypted User-Password, trailing NUL padding removed.
+    pub user_password: Option<Zeroizing<Vec<u8>>>,
+    /// State, as sent.
+    pub state: Option<Vec<u8>>,
+    /// Every Proxy-State, in request order (echoed in the reply).
+    pub proxy_states: Vec<Vec<u8>>,
+    /// Calling-Station-Id (first one); `None` if absent or not UTF-8.
+    pub calling_station_id: Option<String>,
+    /// NAS-Identifier (first one); `None` if absent or not UTF-8.
+    pub nas_identifier: Option<String>,
+    /// NAS-IP-Address, else NAS-IPv6-Address.
+    pub nas_ip_address: Option<IpAddr>,
+    /// Whether a (verified) Message-Authenticator was present.
+    pub has_message_authenticator: bool,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("kind", &self.kind)
+            .field("identifier", &self.identifier)
+            .field("authenticator", &self.authenticator)
+            .field("user_name", &self.user_name)
+            .field(
+                "user_password",
+                &self.user_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("state", &self.state)
+            .field("proxy_states", &self.proxy_states)
+            .field("calling_station_id", &self.calling_station_id)
+            .field("nas_identifier", &self.nas_identifier)
+            .field("nas_ip_address", &self.nas_ip_address)
+            .field("has_message_authenticator", &self.has_message_authenticator)
+            .finish()
+    }
+}
+
+/// Reply packet type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyCode {
+    /// Access-Accept (2).
+    Accept,
+    /// Access-Reject (3).
+    Reject,
+    /// Access-Challenge (11).
+    Challenge,
+}
+
+impl ReplyCode {
+    fn wire(self) -> u8 {
+        match self {
+            ReplyCode::Accept => CODE_ACCESS_ACCEPT,
+            ReplyCode::Reject => CODE_ACCESS_REJECT,
+            ReplyCode::Challenge => CODE_ACCESS_CHALLENGE,
+        }
+    }
+}
+
+/// What to send back. Attributes are emitted in this order: Message-Authenticator (always
+/// first), Reply-Message(s), State, Session-Timeout, `attributes` in order, then every
+/// Proxy-State of the request in order.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Accept, Reject or Challenge (ignored for Status-Server, which is always answered Accept).
+    pub code: ReplyCode,
+    /// Split into Reply-Message attributes of <= 253 bytes on UTF-8 char boundaries; an empty
+    /// string emits none.
+    pub reply_message: Option<String>,
+    /// State for a challenge.
+    pub state: Option<Vec<u8>>,
+    /// Session-Timeout in seconds (for a challenge: how long the prompt may wait).
+    pub session_timeout: Option<u32>,
+    /// Extra attributes, emitted as given.
+    pub attributes: Vec<RawAttribute>,
+}
+
+impl Reply {
+    /// A bare Access-Accept.
+    pub fn accept() -> Self {
+        Reply {
+            code: ReplyCode::Accept,
+            reply_message: None,
+            state: None,
+            session_timeout: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// An Access-Reject with an optional Reply-Message.
+    pub fn reject(msg: Option<String>) -> Self {
+        Reply {
+            code: ReplyCode::Reject,
+            reply_message: msg,
+            ..Reply::accept()
+        }
+    }
+
+    /// An Access-Challenge with a prompt and the State the NAS must echo.
+    pub fn challenge(msg: String, state: Vec<u8>) -> Self {
+        Reply {
+            code: ReplyCode::Challenge,
+            reply_message: Some(msg),
+            state: Some(state),
+            ..Reply::accept()
+        }
+    }
+}
+
+/// A raw attribute (type, value); the value must be <= 253 bytes, checked at encode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAttribute {
+    /// Attribute type.
+    pub typ: u8,
+    /// Attribute value (without the type and length bytes).
+    pub value: Vec<u8>,
+}
+
+impl RawAttribute {
+    /// A Vendor-Specific (26) attribute holding one sub-attribute in the RFC 2865 §5.26 layout
+    /// (Vendor-Id, Vendor-Type, Vendor-Length, value). Values over 247 bytes fail at encode.
+    pub fn vendor(vendor_id: u32, vendor_type: u8, value: &[u8]) -> RawAttribute {
+        let mut v = Vec::with_capacity(6 + value.len());
+        v.extend_from_slice(&vendor_id.to_be_bytes());
+        v.push(vendor_type);
+        v.push(u8::try_from(value.len() + 2).unwrap_or(u8::MAX));
+        v.extend_from_slice(value);
+        RawAttribute {
+            typ: ATTR_VENDOR_SPECIFIC,
+            value: v,
+        }
+    }
+}
+
+/// Why a packet could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// An attribute value does not fit in one attribute.
+    #[error("attribute {typ} value is {len} bytes; at most 253 fit (128 for User-Password)")]
+    AttributeTooLong {
+        /// Attribute type.
+        typ: u8,
+        /// Offending value length.
+        len: usize,
+    },
+    /// The whole packet would exceed 4096 bytes.
+    #[error("reply would be {0} bytes; at most 4096")]
+    TooLarge(usize),
+    /// Type 0 is invalid and Message-Authenticator (80) is added by the encoder itself.
+    #[error("attribute type {typ} cannot be passed as a raw attribute; remove it")]
+    ReservedAttribute {
+        /// Attribute type.
+        typ: u8,
+    },
+}
+
+/// A reply decoded and verified by the client side ([`decode_reply`]).
+#[derive(Debug, Clone)]
+pub struct DecodedReply {
+    /// Packet code (2, 3 or 11).
+    pub code: u8,
+    /// Identifier (should match the request's).
+    pub identifier: u8,
+    /// All Reply-Message attributes joined.
+    pub reply_message: Option<String>,
+    /// State (first one).
+    pub state: Option<Vec<u8>>,
+    /// Session-Timeout.
+    pub session_timeout: Option<u32>,
+    /// Every Proxy-State, in order.
+    pub proxy_states: Vec<Vec<u8>>,
+    /// Every attribute, in packet order (including Message-Authenticator).
+    pub attributes: Vec<RawAttribute>,
+    /// Whether Message-Authenticator was present and the first attribute.
+    pub message_authenticator_first: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Structure
+
+/// Codes assigned in the IANA "RADIUS Packet Type Codes" registry (RFC 3575 and later).
+fn is_known_code(code: u8) -> bool {
+    matches!(code, 1..=13 | 21..=34 | 40..=45 | 50..=52 | 250..=253)
+}
+
+fn request_code(code: u8) -> Result<(), DropReason> {
+    match code {
+        CODE_ACCESS_REQUEST | CODE_STATUS_SERVER => Ok(()),
+        c if is_known_code(c) => Err(DropReason::UnsupportedCode),
+        _ => Err(DropReason::UnknownCode),
+    }
+}
+
+fn reply_code(code: u8) -> Result<(), DropReason> {
+    match code {
+        CODE_ACCESS_ACCEPT | CODE_ACCESS_REJECT | CODE_ACCESS_CHALLENGE => Ok(()),
+        c if is_known_code(c) => Err(DropReason::UnsupportedCode),
+        _ => Err(DropReason::UnknownCode),
+    }
+}
+
+/// Result of one structural walk.
+struct Scan<'a> {
+    header: Header,
+    /// The packet without padding (`length` bytes).
+    packet: &'a [u8],
+    /// Offset of the Message-Authenticator value, if present.
+    ma_at: Option<usize>,
+    has_eap: bool,
+    has_proxy_state: bool,
+}
+
+fn scan(
+    datagram: &[u8],
+    code_ok: fn(u8) -> Result<(), DropReason>,
+) -> Result<Scan<'_>, DropReason> {
+    let Some(head) = datagram.first_chunk::<HEADER_LEN>() else {
+        return Err(DropReason::TooShort);
+    };
+    let length = u16::from_be_bytes([head[2], head[3]]);
+    let len = usize::from(length);
+    if len < HEADER_LEN {
+        return Err(DropReason::BadLength);
+    }
+    if len > MAX_PACKET_LEN {
+        return Err(DropReason::TooLong);
+    }
+    let packet = datagram.get(..len).ok_or(DropReason::BadLength)?;
+    code_ok(head[0])?;
+    let mut authenticator = [0u8; 16];
+    authenticator.copy_from_slice(&head[4..HEADER_LEN]);
+
+    let mut ma_at = None;
+    let (mut has_eap, mut has_proxy_state) = (false, false);
+    let mut pos = HEADER_LEN;
+    while pos < len {
+        let (Some(&typ), Some(&alen)) = (packet.get(pos), packet.get(pos + 1)) else {
+            return Err(DropReason::BadAttribute);
+        };
+        let alen = usize::from(alen);
+        if typ == 0 || alen < 2 || alen > len - pos {
+            return Err(DropReason::BadAttribute);
+        }
+        match typ {
+            ATTR_MESSAGE_AUTHENTICATOR => {
+                if alen != 2 + MA_LEN {
+                    return Err(DropReason::BadMessageAuthenticatorLength);
+                }
+                if ma_at.is_some() {
+                    return Err(DropReason::BadAttribute);
+                }
+                ma_at = Some(pos + 2);
+            }
+            ATTR_EAP_MESSAGE => has_eap = true,
+            ATTR_PROXY_STATE => has_proxy_state = true,
+            _ => {}
+        }
+        pos += alen;
+    }
+    Ok(Scan {
+        header: Header {
+            code: head[0],
+            identifier: head[1],
+            length,
+            authenticator,
+        },
+        packet,
+        ma_at,
+        has_eap,
+        has_proxy_state,
+    })
+}
+
+/// Iterates `(type, value offset, value)` over the attributes of a packet that [`scan`]
+/// accepted; stops (rather than panicking) at anything malformed.
+struct Attrs<'a> {
+    packet: &'a [u8],
+    pos: usize,
+}
+
+fn attrs(packet: &[u8]) -> Attrs<'_> {
+    Attrs {
+        packet,
+        pos: HEADER_LEN,
+    }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (u8, usize, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let typ = *self.packet.get(self.pos)?;
+        let alen = usize::from(*self.packet.get(self.pos + 1)?);
+        let at = self.pos + 2;
+        let value = self.packet.get(at..self.pos.checked_add(alen)?)?;
+        self.pos += alen.max(2);
+        Some((typ, at, value))
+    }
+}
+
+/// Structural validation without the secret: header plus a walk of every attribute.
+///
+/// Bytes after Length are padding and ignored. Accepts only codes 1 (Access-Request) and 12
+/// (Status-Server); other assigned codes give `UnsupportedCode`, the rest `UnknownCode`.
+pub fn check_structure(datagram: &[u8]) -> Result<Header, DropReason> {
+    scan(datagram, request_code).map(|s| s.header)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crypto helpers
+
+fn bytes(packet: &[u8], range: impl std::slice::SliceIndex<[u8], Output = [u8]>) -> &[u8] {
+    packet.get(range).unwrap_or(&[])
+}
+
+/// HMAC-MD5 keyed by `secret`, built through the infallible fixed-size-key constructor (HMAC
+/// zero-pads keys up to the block size and hashes longer ones first, exactly as done here).
+fn hmac_md5(secret: &[u8]) -> HmacMd5 {
+    let mut key = Key::<HmacMd5>::default();
+    if secret.len() <= key.len() {
+        key[..secret.len()].copy_from_slice(secret);
+    } else {
+        let digest = Md5::digest(secret);
+        key[..digest.len()].copy_from_slice(&digest);
+    }
+    let mac = <HmacMd5 as KeyInit>::new(&key);
+    key.as_mut_slice().zeroize();
+    mac
+}
+
+/// Message-Authenticator (RFC 3579 §3.2) over `packet` with `authenticator` in bytes 4..20
+/// and the Message-Authenticator value at `ma_at` taken as zero.
+fn message_authenticator(
+    packet: &[u8],
+    authenticator: &[u8; 16],
+    ma_at: usize,
+    secret: &[u8],
+) -> [u8; 16] {
+    let mut mac = hmac_md5(secret);
+    mac.update(bytes(packet, ..4));
+    mac.update(authenticator);
+    mac.update(bytes(packet, HEADER_LEN..ma_at));
+    mac.update(&[0u8; MA_LEN]);
+    mac.update(bytes(packet, ma_at + MA_LEN..));
+    mac.finalize().into_bytes().into()
+}
+
+/// Response Authenticator: MD5(Code+ID+Length+RequestAuth+Attributes+Secret).
+fn response_authenticator(packet: &[u8], request_auth: &[u8; 16], secret: &[u8]) -> [u8; 16] {
+    Md5::new()
+        .chain_update(bytes(packet, ..4))
+        .chain_update(request_auth)
+        .chain_update(bytes(packet, HEADER_LEN..))
+        .chain_update(secret)
+        .finalize()
+        .into()
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// RFC 2865 §5.2 User-Password decryption; 16..=128 bytes in 16-byte blocks.
+fn decrypt_password(
+    cipher: &[u8],
+    secret: &[u8],
+    authenticator: &[u8; 16],
+) -> Result<Zeroizing<Vec<u8>>, DropReason> {
+    if cipher.is_empty() || cipher.len() % 16 != 0 || cipher.len() > MAX_PASSWORD_LEN {
+        return Err(DropReason::Undecodable);
+    }
+    // Full capacity up front: a reallocation would leave an unzeroized copy behind.
+    let mut out = Zeroizing::new(Vec::with_capacity(cipher.len()));
+    let keyed = Md5::new_with_prefix(secret);
+    let mut prev: &[u8] = authenticator;
+    for block in cipher.chunks_exact(16) {
+        let mut pad: [u8; 16] = keyed.clone().chain_update(prev).finalize().into();
+        out.extend(block.iter().zip(pad.iter()).map(|(c, k)| c ^ k));
+        pad.zeroize();
+        prev = block;
+    }
+    while out.last() == Some(&0) {
+        out.pop();
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request decoding
+
+/// Full decode + validation + Message-Authenticator verification (RFC 3579 §3.2: HMAC-MD5
+/// keyed by the shared secret over the packet with the MA value zeroed; constant-time compare).
+///
+/// Rules: MA present -> must verify (else `BadMessageAuthenticator`); MA absent ->
+/// `MissingMessageAuthenticator` if `policy.require_message_authenticator`, or the packet is
+/// Status-Server, or it carries EAP-Message; absent and allowed but Proxy-State present under
+/// `policy.limit_proxy_state` -> `ProxyStateWithoutMessageAuthenticator`. Authenticity is
+/// settled before any attribute (User-Password included) is decoded. User-Name,
+/// User-Password and State may each appear at most once (else `Undecodable`).
+pub fn decode_request(
+    datagram: &[u8],
+    secret: &[u8],
+    policy: &ClientPolicy,
+) -> Result<Request, DropReason> {
+    let s = scan(datagram, request_code)?;
+    let kind = if s.header.code == CODE_STATUS_SERVER {
+        RequestKind::StatusServer
+    } else {
+        RequestKind::AccessRequest
+    };
+    let auth = s.header.authenticator;
+    match s.ma_at {
+        Some(at) => {
+            let expected = message_authenticator(s.packet, &auth, at, secret);
+            if !ct_eq(&expected, bytes(s.packet, at..at + MA_LEN)) {
+                return Err(DropReason::BadMessageAuthenticator);
+            }
+        }
+        None => {
+            if policy.require_message_authenticator
+                || kind == RequestKind::StatusServer
+                || s.has_eap
+            {
+                return Err(DropReason::MissingMessageAuthenticator);
+            }
+            if policy.limit_proxy_state && s.has_proxy_state {
+                return Err(DropReason::ProxyStateWithoutMessageAuthenticator);
+            }
+        }
+    }
+
+    let mut req = Request {
+        kind,
+        identifier: s.header.identifier,
+        authenticator: auth,
+        user_name: None,
+        user_password: None,
+        state: None,
+        proxy_states: Vec::new(),
+        calling_station_id: None,
+        nas_identifier: None,
+        nas_ip_address: None,
+        has_message_authenticator: s.ma_at.is_some(),
+    };
+    let mut nas_ipv6 = None;
+    for (typ, _, value) in attrs(s.packet) {
+        match typ {
+            ATTR_USER_NAME => {
+                let name = std::str::from_utf8(value).map_err(|_| DropReason::Undecodable)?;
+                set_once(&mut req.user_name, name.to_owned())?;
+            }
+            ATTR_USER_PASSWORD => {
+                set_once(
+                    &mut req.user_password,
+                    decrypt_password(value, secret, &auth)?,
+                )?;
+            }
+            ATTR_STATE => set_once(&mut req.state, value.to_vec())?,
+            ATTR_PROXY_STATE => req.proxy_states.push(value.to_vec()),
+            ATTR_CALLING_STATION_ID => first_text(&mut req.calling_station_id, value),
+            ATTR_NAS_IDENTIFIER => first_text(&mut req.nas_identifier, value),
+            ATTR_NAS_IP_ADDRESS => {
+                let octets: [u8; 4] = value.try_into().map_err(|_| DropReason::Undecodable)?;
+                req.nas_ip_address
+                    .get_or_insert(IpAddr::V4(Ipv4Addr::from(octets)));
+            }
+            ATTR_NAS_IPV6_ADDRESS => {
+                let octets: [u8; 16] = value.try_into().map_err(|_| DropReason::Undecodable)?;
+                nas_ipv6.get_or_insert(IpAddr::V6(Ipv6Addr::from(octets)));
+            }
+            _ => {}
+        }
+    }
+    if req.nas_ip_address.is_none() {
+        req.nas_ip_address = nas_ipv6;
+    }
+    Ok(req)
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), DropReason> {
+    if slot.is_some() {
+        return Err(DropReason::Undecodable);
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn first_text(slot: &mut Option<String>, value: &[u8]) {
+    if slot.is_none() {
+        *slot = std::str::from_utf8(value).ok().map(str::to_owned);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// Builds a packet: header, then attributes, length patched at the end.
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(code: u8, identifier: u8, authenticator: &[u8; 16]) -> Writer {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&[code, identifier, 0, 0]);
+        buf.extend_from_slice(authenticator);
+        Writer { buf }
+    }
+
+    fn attr_header(&mut self, typ: u8, len: usize) -> Result<(), EncodeError> {
+        let total = u8::try_from(len + 2)
+            .ok()
+            .filter(|_| len <= MAX_VALUE_LEN)
+            .ok_or(EncodeError::AttributeTooLong { typ, len })?;
+        self.buf.extend_from_slice(&[typ, total]);
+        Ok(())
+    }
+
+    /// Appends one attribute; returns the offset of its value.
+    fn push(&mut self, typ: u8, value: &[u8]) -> Result<usize, EncodeError> {
+        self.attr_header(typ, value.len())?;
+        let at = self.buf.len();
+        self.buf.extend_from_slice(value);
+        Ok(at)
+    }
+
+    /// Appends a caller-supplied attribute, refusing types the encoder owns.
+    fn push_raw(&mut self, attr: &RawAttribute) -> Result<(), EncodeError> {
+        if attr.typ == 0 || attr.typ == ATTR_MESSAGE_AUTHENTICATOR {
+            return Err(EncodeError::ReservedAttribute { typ: attr.typ });
+        }
+        self.push(attr.typ, &attr.value).map(drop)
+    }
+
+    /// Appends a hidden User-Password (RFC 2865 §5.2), NUL-padded to a multiple of 16.
+    fn push_password(
+        &mut self,
+        password: &[u8],
+        secret: &[u8],
+        authenticator: &[u8; 16],
+    ) -> Result<(), EncodeError> {
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(EncodeError::AttributeTooLong {
+                typ: ATTR_USER_PASSWORD,
+                len: password.len(),
+            });
+        }
+        let blocks = password.len().div_ceil(16).max(1);
+        self.attr_header(ATTR_USER_PASSWORD, blocks * 16)?;
+        let keyed = Md5::new_with_prefix(secret);
+        let mut prev = *authenticator;
+        for i in 0..blocks {
+            let mut block = [0u8; 16];
+            let plain = bytes(password, i * 16..password.len().min(i * 16 + 16));
+            block[..plain.len()].copy_from_slice(plain);
+            let mut pad: [u8; 16] = keyed.clone().chain_update(prev).finalize().into();
+            block.iter_mut().zip(pad.iter()).for_each(|(b, k)| *b ^= k);
+            pad.zeroize();
+            self.buf.extend_from_slice(&block);
+            prev = block;
+        }
+        Ok(())
+    }
+
+    /// Patches the Length field.
+    fn finish(mut self) -> Result<Vec<u8>, EncodeError> {
+        let len = self.buf.len();
+        let length = u16::try_from(len)
+            .ok()
+            .filter(|_| len <= MAX_PACKET_LEN)
+            .ok_or(EncodeError::TooLarge(len))?;
+        self.buf[2..4].copy_from_slice(&length.to_be_bytes());
+        Ok(self.buf)
+    }
+}
+
+/// Splits `msg` into pieces of at most `max` bytes, never inside a UTF-8 char (`max` >= 4).
+fn utf8_chunks(msg: &str, max: usize) -> impl Iterator<Item = &str> {
+    let mut rest = msg;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut cut = rest.len().min(max);
+        while cut > 0 && !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at_checked(cut.max(1)).unwrap_or((rest, ""));
+        rest = tail;
+        Some(head)
+    })
+}
+
+fn patch16(packet: &mut [u8], at: usize, value: &[u8; 16]) {
+    if let Some(dst) = packet.get_mut(at..at + 16) {
+        dst.copy_from_slice(value);
+    }
+}
+
+/// Encode a reply to `request`.
+///
+/// Message-Authenticator goes first: it is computed over the packet with the Request
+/// Authenticator in bytes 4..20 and the MA zeroed, patched in, and then the Response
+/// Authenticator = MD5(Code+ID+Length+RequestAuth+Attributes+Secret) is computed over the
+/// result. Status-Server is always answered with Access-Accept (RFC 5997), whatever
+/// `reply.code` says.
+pub fn encode_reply(
+    request: &Request,
+    reply: &Reply,
+    secret: &[u8],
+) -> Result<Vec<u8>, EncodeError> {
+    let code = match request.kind {
+        RequestKind::StatusServer => CODE_ACCESS_ACCEPT,
+        RequestKind::AccessRequest => reply.code.wire(),
+    };
+    let auth = &request.authenticator;
+    let mut w = Writer::new(code, request.identifier, auth);
+    let ma_at = w.push(ATTR_MESSAGE_AUTHENTICATOR, &[0u8; MA_LEN])?;
+    if let Some(msg) = &reply.reply_message {
+        for chunk in utf8_chunks(msg, MAX_VALUE_LEN) {
+            w.push(ATTR_REPLY_MESSAGE, chunk.as_bytes())?;
+        }
+    }
+    if let Some(state) = &reply.state {
+        w.push(ATTR_STATE, state)?;
+    }
+    if let Some(t) = reply.session_timeout {
+        w.push(ATTR_SESSION_TIMEOUT, &t.to_be_bytes())?;
+    }
+    for attr in &reply.attributes {
+        w.push_raw(attr)?;
+    }
+    for ps in &request.proxy_states {
+        w.push(ATTR_PROXY_STATE, ps)?;
+    }
+    let mut packet = w.finish()?;
+    let ma = message_authenticator(&packet, auth, ma_at, secret);
+    patch16(&mut packet, ma_at, &ma);
+    let ra = response_authenticator(&packet, auth, secret);
+    patch16(&mut packet, 4, &ra);
+    Ok(packet)
+}
+
+/// Client side, for tests and the benchmark: build an Access-Request (code 1).
+///
+/// Attributes in order: Message-Authenticator (if `with_message_authenticator`, correct and
+/// first), User-Name, User-Password (RFC 2865 §5.2 hiding, at most 128 bytes), State, `extra`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_access_request(
+    identifier: u8,
+    authenticator: [u8; 16],
+    secret: &[u8],
+    user_name: &str,
+    password: &[u8],
+    state: Option<&[u8]>,
+    extra: &[RawAttribute],
+    with_message_authenticator: bool,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::new(CODE_ACCESS_REQUEST, identifier, &authenticator);
+    let ma_at = if with_message_authenticator {
+        Some(w.push(ATTR_MESSAGE_AUTHENTICATOR, &[0u8; MA_LEN])?)
+    } else {
+        None
+    };
+    w.push(ATTR_USER_NAME, user_name.as_bytes())?;
+    w.push_password(password, secret, &authenticator)?;
+    if let Some(state) = state {
+        w.push(ATTR_STATE, state)?;
+    }
+    for attr in extra {
+        w.push_raw(attr)?;
+    }
+    let mut packet = w.finish()?;
+    if let Some(at) = ma_at {
+        let ma = message_authenticator(&packet, &authenticator, at, secret);
+        patch16(&mut packet, at, &ma);
+    }
+    Ok(packet)
+}
+
+/// Client side: build a Status-Server (code 12) carrying only a Message-Authenticator.
+pub fn encode_status_server(identifier: u8, authenticator: [u8; 16], secret: &[u8]) -> Vec<u8> {
+    const LEN: u8 = (HEADER_LEN + 2 + MA_LEN) as u8;
+    let mut packet = Vec::with_capacity(usize::from(LEN));
+    packet.extend_from_slice(&[CODE_STATUS_SERVER, identifier, 0, LEN]);
+    packet.extend_from_slice(&authenticator);
+    packet.extend_from_slice(&[ATTR_MESSAGE_AUTHENTICATOR, (2 + MA_LEN) as u8]);
+    packet.extend_from_slice(&[0u8; MA_LEN]);
+    let ma = message_authenticator(&packet, &authenticator, HEADER_LEN + 2, secret);
+    patch16(&mut packet, HEADER_LEN + 2, &ma);
+    packet
+}
+
+/// Client side: verify a reply to a request we sent and decode it.
+///
+/// Checks structure (codes 2, 3, 11 only), the Response Authenticator and, if present, the
+/// Message-Authenticator; either mismatch is `BadMessageAuthenticator`. Reply-Messages are
+/// joined (non-UTF-8 -> `Undecodable`); a Session-Timeout not 4 bytes long is `Undecodable`.
+/// The identifier is returned, not checked.
+pub fn decode_reply(
+    reply: &[u8],
+    request_authenticator: &[u8; 16],
+    secret: &[u8],
+) -> Result<DecodedReply, DropReason> {
+    let s = scan(reply, reply_code)?;
+    let expected = response_authenticator(s.packet, request_authenticator, secret);
+    if !ct_eq(&expected, &s.header.authenticator) {
+        return Err(DropReason::BadMessageAuthenticator);
+    }
+    if let Some(at) = s.ma_at {
+        let ma = message_authenticator(s.packet, request_authenticator, at, secret);
+        if !ct_eq(&ma, bytes(s.packet, at..at + MA_LEN)) {
+            return Err(DropReason::BadMessageAuthenticator);
+        }
+    }
+    let mut out = DecodedReply {
+        code: s.header.code,
+        identifier: s.header.identifier,
+        reply_message: None,
+        state: None,
+        session_timeout: None,
+        proxy_states: Vec::new(),
+        attributes: Vec::new(),
+        message_authenticator_first: s.ma_at == Some(HEADER_LEN + 2),
+    };
+    let mut message: Option<Vec<u8>> = None;
+    for (typ, _, value) in attrs(s.packet) {
+        match typ {
+            ATTR_REPLY_MESSAGE => message
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(value),
+            ATTR_STATE => {
+                out.state.get_or_insert_with(|| value.to_vec());
+            }
+            ATTR_SESSION_TIMEOUT => {
+                let v: [u8; 4] = value.try_into().map_err(|_| DropReason::Undecodable)?;
+                out.session_timeout = Some(u32::from_be_bytes(v));
+            }
+            ATTR_PROXY_STATE => out.proxy_states.push(value.to_vec()),
+            _ => {}
+        }
+        out.attributes.push(RawAttribute {
+            typ,
+            value: value.to_vec(),
+        });
+    }
+    if let Some(m) = message {
+        out.reply_message = Some(String::from_utf8(m).map_err(|_| DropReason::Undecodable)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,309 @@
+//! The RADIUS front end: UDP receive loops, client lookup, duplicate cache, bounded
+//! in-flight work, and translation between packets and the Engine's steps.
+//! Deciding is the Engine's job; this file only moves bytes and counts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_core::config::{ClientConfig, Config};
+use portcullis_core::engine::{AnswerRequest, Channel, Engine, LoginRequest, Step};
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroizing;
+
+use super::cache::{Lookup, ResponseCache};
+use super::metrics::{DropCause, Metrics};
+use super::packet::{self, ClientPolicy, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
+
+/// A configured RADIUS client, ready for lookups.
+#[derive(Debug)]
+pub struct Client {
+    pub config: ClientConfig,
+    pub policy: ClientPolicy,
+}
+
+/// What every request task shares.
+pub struct RadiusContext {
+    pub engine: Arc<Engine>,
+    pub clients: Vec<Arc<Client>>,
+    pub cache: ResponseCache,
+    pub metrics: Arc<Metrics>,
+    inflight: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// Session-Timeout sent with a challenge: how long the prompt may wait.
+    challenge_timeout: u32,
+}
+
+impl RadiusContext {
+    /// Build the context from the config.
+    pub fn new(engine: Arc<Engine>, cfg: &Config, metrics: Arc<Metrics>) -> Self {
+        let mut clients: Vec<Arc<Client>> = cfg
+            .radius
+            .clients
+            .iter()
+            .map(|c| {
+                Arc::new(Client {
+                    policy: ClientPolicy {
+                        require_message_authenticator: c.require_message_authenticator,
+                        limit_proxy_state: c.limit_proxy_state,
+                    },
+                    config: c.clone(),
+                })
+            })
+            .collect();
+        // Longest prefix first: the first match is the most specific.
+        clients.sort_by_key(|c| std::cmp::Reverse(c.config.address.prefix_len()));
+        Self {
+            engine,
+            clients,
+            cache: ResponseCache::new(cfg.radius.response_cache_ttl),
+            metrics,
+            inflight: Arc::new(Semaphore::new(cfg.radius.max_in_flight)),
+            max_in_flight: cfg.radius.max_in_flight,
+            challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
+        }
+    }
+
+    fn client_for(&self, ip: IpAddr) -> Option<Arc<Client>> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.clients
+            .iter()
+            .find(|c| c.config.address.contains(&ip))
+            .cloned()
+    }
+
+    /// Admit a request: started logins (carrying State) may use every slot, new ones
+    /// leave a tenth free for them.
+    fn admit(&self, has_state: bool) -> Option<OwnedSemaphorePermit> {
+        let reserve = self.max_in_flight / 10;
+        if !has_state && self.inflight.available_permits() <= reserve {
+            return None;
+        }
+        self.inflight.clone().try_acquire_owned().ok()
+    }
+
+    /// Wait until every in-flight request has finished, or the deadline passes.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let all = self.max_in_flight as u32;
+        tokio::time::timeout(deadline, self.inflight.acquire_many(all))
+            .await
+            .is_ok()
+    }
+}
+
+/// Bind a listener with a large receive buffer.
+pub fn bind(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(recv_buffer) {
+        tracing::warn!(%addr, error = %e, "could not enlarge the receive buffer");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+/// Receive on `sock` until `shutdown` turns true.
+pub async fn serve_socket(
+    ctx: Arc<RadiusContext>,
+    sock: Arc<UdpSocket>,
+    listener: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; MAX_PACKET_LEN];
+    loop {
+        let received = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = shutdown.changed() => break,
+        };
+        let (len, src) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors and the like surface here; they are not fatal.
+                tracing::debug!(error = %e, "receive error");
+                continue;
+            }
+        };
+        ctx.metrics
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        on_datagram(&ctx, &sock, listener, src, &buf[..len]);
+    }
+}
+
+fn drop_it(ctx: &RadiusContext, src: SocketAddr, why: DropCause) {
+    ctx.metrics.count_drop(why);
+    tracing::debug!(%src, reason = why.as_str(), "dropped request");
+}
+
+fn on_datagram(
+    ctx: &Arc<RadiusContext>,
+    sock: &Arc<UdpSocket>,
+    listener: usize,
+    src: SocketAddr,
+    datagram: &[u8],
+) {
+    let header = match packet::check_structure(datagram) {
+        Ok(h) => h,
+        Err(r) => return drop_it(ctx, src, DropCause::Packet(r)),
+    };
+    let Some(client) = ctx.client_for(src.ip()) else {
+        return drop_it(ctx, src, DropCause::UnknownClient);
+    };
+    let now = Instant::now();
+    // Retransmissions are answered from the cache without verifying again: the cached
+    // reply was made for a request that did verify, and resending it reveals nothing new.
+    match ctx
+        .cache
+        .begin(listener, src, header.identifier, header.authenticator, now)
+    {
+        Lookup::New => {}
+        Lookup::InProgress => return drop_it(ctx, src, DropCause::Duplicate),
+        Lookup::Answered(bytes) => {
+            ctx.metrics
+                .cached_replies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let _ = sock.send_to(&bytes, src).await;
+            });
+            return;
+        }
+    }
+    let request =
+        match packet::decode_request(datagram, client.config.secret.as_bytes(), &client.policy) {
+            Ok(r) => r,
+            Err(r) => {
+                ctx.cache
+                    .abandon(listener, src, header.identifier, header.authenticator);
+                return drop_it(ctx, src, DropCause::Packet(r));
+            }
+        };
+    let Some(permit) = ctx.admit(request.state.is_some()) else {
+        ctx.cache
+            .abandon(listener, src, header.identifier, header.authenticator);
+        return drop_it(ctx, src, DropCause::Shed);
+    };
+    let ctx = ctx.clone();
+    let sock = sock.clone();
+    tokio::spawn(async move {
+        let reply = decide(&ctx, &client, src, &request).await;
+        let bytes = match packet::encode_reply(&request, &reply, client.config.secret.as_bytes()) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!(%src, error = %e, "cannot encode reply; request dropped");
+                ctx.cache
+                    .abandon(listener, src, request.identifier, request.authenticator);
+                drop(permit);
+                return;
+            }
+        };
+        count_reply(&ctx.metrics, reply.code);
+        if let Err(e) = sock.send_to(&bytes, src).await {
+            tracing::debug!(%src, error = %e, "send failed");
+        }
+        ctx.cache.finish(
+            listener,
+            src,
+            request.identifier,
+            request.authenticator,
+            bytes,
+            Instant::now(),
+        );
+        drop(permit);
+    });
+}
+
+fn count_reply(m: &Metrics, code: ReplyCode) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match code {
+        ReplyCode::Accept => m.accepts.fetch_add(1, Relaxed),
+        ReplyCode::Reject => m.rejects.fetch_add(1, Relaxed),
+        ReplyCode::Challenge => m.challenges.fetch_add(1, Relaxed),
+    };
+}
+
+/// Ask the Engine and turn its step into a reply.
+async fn decide(
+    ctx: &Arc<RadiusContext>,
+    client: &Arc<Client>,
+    src: SocketAddr,
+    req: &Request,
+) -> Reply {
+    if req.kind == RequestKind::StatusServer {
+        ctx.metrics
+            .status_server
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Reply::accept();
+    }
+    let Some(username) = req.user_name.clone() else {
+        tracing::debug!(%src, client = %client.config.name, "Access-Request without User-Name");
+        return Reply::reject(None);
+    };
+    let Some(password) = req.user_password.as_ref() else {
+        tracing::warn!(%src, client = %client.config.name, user = %username,
+            "Access-Request without User-Password (CHAP/EAP are not supported; configure the NAS for PAP)");
+        return Reply::reject(None);
+    };
+    let channel = Channel::Radius {
+        client: client.config.name.clone(),
+        nas_address: src.ip().to_string(),
+        nas_identifier: req.nas_identifier.clone(),
+    };
+    let source = req
+        .calling_station_id
+        .clone()
+        .unwrap_or_else(|| src.ip().to_string());
+    let cfg = &client.config;
+    let engine = ctx.engine.clone();
+    let secret_input = Zeroizing::new(password.to_vec());
+    let step = match &req.state {
+        Some(state) => {
+            let answer = AnswerRequest {
+                tenant: cfg.tenant.clone(),
+                channel,
+                source,
+                username,
+                txn: String::from_utf8_lossy(state).into_owned(),
+                answer: secret_input,
+                prompt: cfg.prompt.clone(),
+            };
+            tokio::task::spawn_blocking(move || engine.answer(&answer)).await
+        }
+        None => {
+            let login = LoginRequest {
+                tenant: cfg.tenant.clone(),
+                channel,
+                source,
+                mode: cfg.mode,
+                username,
+                credential: secret_input,
+                delimiter: cfg.delimiter.clone(),
+                prompt: cfg.prompt.clone(),
+            };
+            tokio::task::spawn_blocking(move || engine.start(&login)).await
+        }
+    };
+    match step {
+        Ok(Ok(Step::Accept { .. })) => Reply::accept(),
+        Ok(Ok(Step::Reject { user_message })) => Reply::reject(Some(user_message)),
+        Ok(Ok(Step::Prompt { txn, text, .. })) => {
+            let mut r = Reply::challenge(text, txn.into_bytes());
+            r.session_timeout = Some(ctx.challenge_timeout);
+            r
+        }
+        Ok(Err(e)) => {
+            // Fail closed: the store or the Engine failed, so nobody gets in.
+            tracing::error!(%src, client = %cfg.name, error = %e, "login failed with an internal error; rejected");
+            Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()))
+        }
+        Err(e) => {
+            tracing::error!(%src, error = %e, "login task failed; rejected");
+            Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()))
+        }
+    }
+}
