@@ -13,14 +13,19 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hmac::digest::{Digest, Key, KeyInit};
-use hmac::{Hmac, Mac};
-use md5::Md5;
-use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
+use self::wire::{
+    attrs, bytes, ct_eq, decrypt_password, message_authenticator, patch16, request_code,
+    response_authenticator, scan, utf8_chunks, Writer,
+};
+
+mod client;
 #[cfg(test)]
 mod tests;
+mod wire;
+
+pub use self::client::{decode_reply, encode_access_request, encode_status_server, DecodedReply};
 
 /// Largest RADIUS packet (RFC 2865 §3); also the receive buffer size.
 pub const MAX_PACKET_LEN: usize = 4096;
@@ -49,8 +54,6 @@ const ATTR_PROXY_STATE: u8 = 33;
 const ATTR_EAP_MESSAGE: u8 = 79;
 const ATTR_MESSAGE_AUTHENTICATOR: u8 = 80;
 const ATTR_NAS_IPV6_ADDRESS: u8 = 95;
-
-type HmacMd5 = Hmac<Md5>;
 
 /// Why a datagram was dropped; `as_str()` gives a stable snake_case label for metrics/logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -334,235 +337,12 @@ pub enum EncodeError {
     },
 }
 
-/// A reply decoded and verified by the client side ([`decode_reply`]).
-#[derive(Debug, Clone)]
-pub struct DecodedReply {
-    /// Packet code (2, 3 or 11).
-    pub code: u8,
-    /// Identifier (should match the request's).
-    pub identifier: u8,
-    /// All Reply-Message attributes joined.
-    pub reply_message: Option<String>,
-    /// State (first one).
-    pub state: Option<Vec<u8>>,
-    /// Session-Timeout.
-    pub session_timeout: Option<u32>,
-    /// Every Proxy-State, in order.
-    pub proxy_states: Vec<Vec<u8>>,
-    /// Every attribute, in packet order (including Message-Authenticator).
-    pub attributes: Vec<RawAttribute>,
-    /// Whether Message-Authenticator was present and the first attribute.
-    pub message_authenticator_first: bool,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Structure
-
-/// Codes assigned in the IANA "RADIUS Packet Type Codes" registry (RFC 3575 and later).
-fn is_known_code(code: u8) -> bool {
-    matches!(code, 1..=13 | 21..=34 | 40..=45 | 50..=52 | 250..=253)
-}
-
-fn request_code(code: u8) -> Result<(), DropReason> {
-    match code {
-        CODE_ACCESS_REQUEST | CODE_STATUS_SERVER => Ok(()),
-        c if is_known_code(c) => Err(DropReason::UnsupportedCode),
-        _ => Err(DropReason::UnknownCode),
-    }
-}
-
-fn reply_code(code: u8) -> Result<(), DropReason> {
-    match code {
-        CODE_ACCESS_ACCEPT | CODE_ACCESS_REJECT | CODE_ACCESS_CHALLENGE => Ok(()),
-        c if is_known_code(c) => Err(DropReason::UnsupportedCode),
-        _ => Err(DropReason::UnknownCode),
-    }
-}
-
-/// Result of one structural walk.
-struct Scan<'a> {
-    header: Header,
-    /// The packet without padding (`length` bytes).
-    packet: &'a [u8],
-    /// Offset of the Message-Authenticator value, if present.
-    ma_at: Option<usize>,
-    has_eap: bool,
-    has_proxy_state: bool,
-}
-
-fn scan(
-    datagram: &[u8],
-    code_ok: fn(u8) -> Result<(), DropReason>,
-) -> Result<Scan<'_>, DropReason> {
-    let Some(head) = datagram.first_chunk::<HEADER_LEN>() else {
-        return Err(DropReason::TooShort);
-    };
-    let length = u16::from_be_bytes([head[2], head[3]]);
-    let len = usize::from(length);
-    if len < HEADER_LEN {
-        return Err(DropReason::BadLength);
-    }
-    if len > MAX_PACKET_LEN {
-        return Err(DropReason::TooLong);
-    }
-    let packet = datagram.get(..len).ok_or(DropReason::BadLength)?;
-    code_ok(head[0])?;
-    let mut authenticator = [0u8; 16];
-    authenticator.copy_from_slice(&head[4..HEADER_LEN]);
-
-    let mut ma_at = None;
-    let (mut has_eap, mut has_proxy_state) = (false, false);
-    let mut pos = HEADER_LEN;
-    while pos < len {
-        let (Some(&typ), Some(&alen)) = (packet.get(pos), packet.get(pos + 1)) else {
-            return Err(DropReason::BadAttribute);
-        };
-        let alen = usize::from(alen);
-        if typ == 0 || alen < 2 || alen > len - pos {
-            return Err(DropReason::BadAttribute);
-        }
-        match typ {
-            ATTR_MESSAGE_AUTHENTICATOR => {
-                if alen != 2 + MA_LEN {
-                    return Err(DropReason::BadMessageAuthenticatorLength);
-                }
-                if ma_at.is_some() {
-                    return Err(DropReason::BadAttribute);
-                }
-                ma_at = Some(pos + 2);
-            }
-            ATTR_EAP_MESSAGE => has_eap = true,
-            ATTR_PROXY_STATE => has_proxy_state = true,
-            _ => {}
-        }
-        pos += alen;
-    }
-    Ok(Scan {
-        header: Header {
-            code: head[0],
-            identifier: head[1],
-            length,
-            authenticator,
-        },
-        packet,
-        ma_at,
-        has_eap,
-        has_proxy_state,
-    })
-}
-
-/// Iterates `(type, value offset, value)` over the attributes of a packet that [`scan`]
-/// accepted; stops (rather than panicking) at anything malformed.
-struct Attrs<'a> {
-    packet: &'a [u8],
-    pos: usize,
-}
-
-fn attrs(packet: &[u8]) -> Attrs<'_> {
-    Attrs {
-        packet,
-        pos: HEADER_LEN,
-    }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = (u8, usize, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let typ = *self.packet.get(self.pos)?;
-        let alen = usize::from(*self.packet.get(self.pos + 1)?);
-        let at = self.pos + 2;
-        let value = self.packet.get(at..self.pos.checked_add(alen)?)?;
-        self.pos += alen.max(2);
-        Some((typ, at, value))
-    }
-}
-
 /// Structural validation without the secret: header plus a walk of every attribute.
 ///
 /// Bytes after Length are padding and ignored. Accepts only codes 1 (Access-Request) and 12
 /// (Status-Server); other assigned codes give `UnsupportedCode`, the rest `UnknownCode`.
 pub fn check_structure(datagram: &[u8]) -> Result<Header, DropReason> {
     scan(datagram, request_code).map(|s| s.header)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Crypto helpers
-
-fn bytes(packet: &[u8], range: impl std::slice::SliceIndex<[u8], Output = [u8]>) -> &[u8] {
-    packet.get(range).unwrap_or(&[])
-}
-
-/// HMAC-MD5 keyed by `secret`, built through the infallible fixed-size-key constructor (HMAC
-/// zero-pads keys up to the block size and hashes longer ones first, exactly as done here).
-fn hmac_md5(secret: &[u8]) -> HmacMd5 {
-    let mut key = Key::<HmacMd5>::default();
-    if secret.len() <= key.len() {
-        key[..secret.len()].copy_from_slice(secret);
-    } else {
-        let digest = Md5::digest(secret);
-        key[..digest.len()].copy_from_slice(&digest);
-    }
-    let mac = <HmacMd5 as KeyInit>::new(&key);
-    key.as_mut_slice().zeroize();
-    mac
-}
-
-/// Message-Authenticator (RFC 3579 §3.2) over `packet` with `authenticator` in bytes 4..20
-/// and the Message-Authenticator value at `ma_at` taken as zero.
-fn message_authenticator(
-    packet: &[u8],
-    authenticator: &[u8; 16],
-    ma_at: usize,
-    secret: &[u8],
-) -> [u8; 16] {
-    let mut mac = hmac_md5(secret);
-    mac.update(bytes(packet, ..4));
-    mac.update(authenticator);
-    mac.update(bytes(packet, HEADER_LEN..ma_at));
-    mac.update(&[0u8; MA_LEN]);
-    mac.update(bytes(packet, ma_at + MA_LEN..));
-    mac.finalize().into_bytes().into()
-}
-
-/// Response Authenticator: MD5(Code+ID+Length+RequestAuth+Attributes+Secret).
-fn response_authenticator(packet: &[u8], request_auth: &[u8; 16], secret: &[u8]) -> [u8; 16] {
-    Md5::new()
-        .chain_update(bytes(packet, ..4))
-        .chain_update(request_auth)
-        .chain_update(bytes(packet, HEADER_LEN..))
-        .chain_update(secret)
-        .finalize()
-        .into()
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
-
-/// RFC 2865 §5.2 User-Password decryption; 16..=128 bytes in 16-byte blocks.
-fn decrypt_password(
-    cipher: &[u8],
-    secret: &[u8],
-    authenticator: &[u8; 16],
-) -> Result<Zeroizing<Vec<u8>>, DropReason> {
-    if cipher.is_empty() || cipher.len() % 16 != 0 || cipher.len() > MAX_PASSWORD_LEN {
-        return Err(DropReason::Undecodable);
-    }
-    // Full capacity up front: a reallocation would leave an unzeroized copy behind.
-    let mut out = Zeroizing::new(Vec::with_capacity(cipher.len()));
-    let keyed = Md5::new_with_prefix(secret);
-    let mut prev: &[u8] = authenticator;
-    for block in cipher.chunks_exact(16) {
-        let mut pad: [u8; 16] = keyed.clone().chain_update(prev).finalize().into();
-        out.extend(block.iter().zip(pad.iter()).map(|(c, k)| c ^ k));
-        pad.zeroize();
-        prev = block;
-    }
-    while out.last() == Some(&0) {
-        out.pop();
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -672,110 +452,7 @@ fn first_text(slot: &mut Option<String>, value: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Encoding
-
-/// Builds a packet: header, then attributes, length patched at the end.
-struct Writer {
-    buf: Vec<u8>,
-}
-
-impl Writer {
-    fn new(code: u8, identifier: u8, authenticator: &[u8; 16]) -> Writer {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&[code, identifier, 0, 0]);
-        buf.extend_from_slice(authenticator);
-        Writer { buf }
-    }
-
-    fn attr_header(&mut self, typ: u8, len: usize) -> Result<(), EncodeError> {
-        let total = u8::try_from(len + 2)
-            .ok()
-            .filter(|_| len <= MAX_VALUE_LEN)
-            .ok_or(EncodeError::AttributeTooLong { typ, len })?;
-        self.buf.extend_from_slice(&[typ, total]);
-        Ok(())
-    }
-
-    /// Appends one attribute; returns the offset of its value.
-    fn push(&mut self, typ: u8, value: &[u8]) -> Result<usize, EncodeError> {
-        self.attr_header(typ, value.len())?;
-        let at = self.buf.len();
-        self.buf.extend_from_slice(value);
-        Ok(at)
-    }
-
-    /// Appends a caller-supplied attribute, refusing types the encoder owns.
-    fn push_raw(&mut self, attr: &RawAttribute) -> Result<(), EncodeError> {
-        if attr.typ == 0 || attr.typ == ATTR_MESSAGE_AUTHENTICATOR {
-            return Err(EncodeError::ReservedAttribute { typ: attr.typ });
-        }
-        self.push(attr.typ, &attr.value).map(drop)
-    }
-
-    /// Appends a hidden User-Password (RFC 2865 §5.2), NUL-padded to a multiple of 16.
-    fn push_password(
-        &mut self,
-        password: &[u8],
-        secret: &[u8],
-        authenticator: &[u8; 16],
-    ) -> Result<(), EncodeError> {
-        if password.len() > MAX_PASSWORD_LEN {
-            return Err(EncodeError::AttributeTooLong {
-                typ: ATTR_USER_PASSWORD,
-                len: password.len(),
-            });
-        }
-        let blocks = password.len().div_ceil(16).max(1);
-        self.attr_header(ATTR_USER_PASSWORD, blocks * 16)?;
-        let keyed = Md5::new_with_prefix(secret);
-        let mut prev = *authenticator;
-        for i in 0..blocks {
-            let mut block = [0u8; 16];
-            let plain = bytes(password, i * 16..password.len().min(i * 16 + 16));
-            block[..plain.len()].copy_from_slice(plain);
-            let mut pad: [u8; 16] = keyed.clone().chain_update(prev).finalize().into();
-            block.iter_mut().zip(pad.iter()).for_each(|(b, k)| *b ^= k);
-            pad.zeroize();
-            self.buf.extend_from_slice(&block);
-            prev = block;
-        }
-        Ok(())
-    }
-
-    /// Patches the Length field.
-    fn finish(mut self) -> Result<Vec<u8>, EncodeError> {
-        let len = self.buf.len();
-        let length = u16::try_from(len)
-            .ok()
-            .filter(|_| len <= MAX_PACKET_LEN)
-            .ok_or(EncodeError::TooLarge(len))?;
-        self.buf[2..4].copy_from_slice(&length.to_be_bytes());
-        Ok(self.buf)
-    }
-}
-
-/// Splits `msg` into pieces of at most `max` bytes, never inside a UTF-8 char (`max` >= 4).
-fn utf8_chunks(msg: &str, max: usize) -> impl Iterator<Item = &str> {
-    let mut rest = msg;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut cut = rest.len().min(max);
-        while cut > 0 && !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (head, tail) = rest.split_at_checked(cut.max(1)).unwrap_or((rest, ""));
-        rest = tail;
-        Some(head)
-    })
-}
-
-fn patch16(packet: &mut [u8], at: usize, value: &[u8; 16]) {
-    if let Some(dst) = packet.get_mut(at..at + 16) {
-        dst.copy_from_slice(value);
-    }
-}
+// Reply encoding
 
 /// Encode a reply to `request`.
 ///
@@ -819,113 +496,4 @@ pub fn encode_reply(
     let ra = response_authenticator(&packet, auth, secret);
     patch16(&mut packet, 4, &ra);
     Ok(packet)
-}
-
-/// Client side, for tests and the benchmark: build an Access-Request (code 1).
-///
-/// Attributes in order: Message-Authenticator (if `with_message_authenticator`, correct and
-/// first), User-Name, User-Password (RFC 2865 §5.2 hiding, at most 128 bytes), State, `extra`.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_access_request(
-    identifier: u8,
-    authenticator: [u8; 16],
-    secret: &[u8],
-    user_name: &str,
-    password: &[u8],
-    state: Option<&[u8]>,
-    extra: &[RawAttribute],
-    with_message_authenticator: bool,
-) -> Result<Vec<u8>, EncodeError> {
-    let mut w = Writer::new(CODE_ACCESS_REQUEST, identifier, &authenticator);
-    let ma_at = if with_message_authenticator {
-        Some(w.push(ATTR_MESSAGE_AUTHENTICATOR, &[0u8; MA_LEN])?)
-    } else {
-        None
-    };
-    w.push(ATTR_USER_NAME, user_name.as_bytes())?;
-    w.push_password(password, secret, &authenticator)?;
-    if let Some(state) = state {
-        w.push(ATTR_STATE, state)?;
-    }
-    for attr in extra {
-        w.push_raw(attr)?;
-    }
-    let mut packet = w.finish()?;
-    if let Some(at) = ma_at {
-        let ma = message_authenticator(&packet, &authenticator, at, secret);
-        patch16(&mut packet, at, &ma);
-    }
-    Ok(packet)
-}
-
-/// Client side: build a Status-Server (code 12) carrying only a Message-Authenticator.
-pub fn encode_status_server(identifier: u8, authenticator: [u8; 16], secret: &[u8]) -> Vec<u8> {
-    const LEN: u8 = (HEADER_LEN + 2 + MA_LEN) as u8;
-    let mut packet = Vec::with_capacity(usize::from(LEN));
-    packet.extend_from_slice(&[CODE_STATUS_SERVER, identifier, 0, LEN]);
-    packet.extend_from_slice(&authenticator);
-    packet.extend_from_slice(&[ATTR_MESSAGE_AUTHENTICATOR, (2 + MA_LEN) as u8]);
-    packet.extend_from_slice(&[0u8; MA_LEN]);
-    let ma = message_authenticator(&packet, &authenticator, HEADER_LEN + 2, secret);
-    patch16(&mut packet, HEADER_LEN + 2, &ma);
-    packet
-}
-
-/// Client side: verify a reply to a request we sent and decode it.
-///
-/// Checks structure (codes 2, 3, 11 only), the Response Authenticator and, if present, the
-/// Message-Authenticator; either mismatch is `BadMessageAuthenticator`. Reply-Messages are
-/// joined (non-UTF-8 -> `Undecodable`); a Session-Timeout not 4 bytes long is `Undecodable`.
-/// The identifier is returned, not checked.
-pub fn decode_reply(
-    reply: &[u8],
-    request_authenticator: &[u8; 16],
-    secret: &[u8],
-) -> Result<DecodedReply, DropReason> {
-    let s = scan(reply, reply_code)?;
-    let expected = response_authenticator(s.packet, request_authenticator, secret);
-    if !ct_eq(&expected, &s.header.authenticator) {
-        return Err(DropReason::BadMessageAuthenticator);
-    }
-    if let Some(at) = s.ma_at {
-        let ma = message_authenticator(s.packet, request_authenticator, at, secret);
-        if !ct_eq(&ma, bytes(s.packet, at..at + MA_LEN)) {
-            return Err(DropReason::BadMessageAuthenticator);
-        }
-    }
-    let mut out = DecodedReply {
-        code: s.header.code,
-        identifier: s.header.identifier,
-        reply_message: None,
-        state: None,
-        session_timeout: None,
-        proxy_states: Vec::new(),
-        attributes: Vec::new(),
-        message_authenticator_first: s.ma_at == Some(HEADER_LEN + 2),
-    };
-    let mut message: Option<Vec<u8>> = None;
-    for (typ, _, value) in attrs(s.packet) {
-        match typ {
-            ATTR_REPLY_MESSAGE => message
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(value),
-            ATTR_STATE => {
-                out.state.get_or_insert_with(|| value.to_vec());
-            }
-            ATTR_SESSION_TIMEOUT => {
-                let v: [u8; 4] = value.try_into().map_err(|_| DropReason::Undecodable)?;
-                out.session_timeout = Some(u32::from_be_bytes(v));
-            }
-            ATTR_PROXY_STATE => out.proxy_states.push(value.to_vec()),
-            _ => {}
-        }
-        out.attributes.push(RawAttribute {
-            typ,
-            value: value.to_vec(),
-        });
-    }
-    if let Some(m) = message {
-        out.reply_message = Some(String::from_utf8(m).map_err(|_| DropReason::Undecodable)?);
-    }
-    Ok(out)
 }

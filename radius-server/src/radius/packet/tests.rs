@@ -1,6 +1,10 @@
 //! Unit tests for the pure packet layer.
 
+use super::wire::{attrs, hmac_md5, response_authenticator};
 use super::*;
+use hmac::digest::Digest;
+use hmac::Mac;
+use md5::Md5;
 
 const SECRET: &[u8] = b"s3cret-shared";
 const AUTH: [u8; 16] = [
