@@ -8,7 +8,9 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, UnixTime};
-use crate::codes::{generate_recovery_code, hash_recovery_code, normalize_recovery_code, RECOVERY_CODE_COUNT};
+use crate::codes::{
+    generate_recovery_code, hash_recovery_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
+};
 use crate::engine::factor_context;
 use crate::model::*;
 use crate::password::{PasswordError, PasswordHasher};
@@ -191,7 +193,10 @@ impl Admin {
         }
         if let Some(p) = &phone {
             let digits = p.strip_prefix('+').unwrap_or(p);
-            if !p.starts_with('+') || digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if !p.starts_with('+')
+                || digits.len() < 6
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(AdminError::Invalid {
                     what: "phone number",
                     value: p.clone(),
@@ -268,7 +273,12 @@ impl Admin {
     }
 
     /// `user set-password`
-    pub fn set_password(&self, tenant: &str, name: &str, password: NewPassword) -> Result<(), AdminError> {
+    pub fn set_password(
+        &self,
+        tenant: &str,
+        name: &str,
+        password: NewPassword,
+    ) -> Result<(), AdminError> {
         let (_, u) = self.user(tenant, name)?;
         let hash = self.password_hash(password)?;
         Ok(self.store.set_password_hash(u.id, hash.as_deref())?)
@@ -314,7 +324,10 @@ impl Admin {
                 })?),
                 FactorState::Confirmed,
             ),
-            None => (Zeroizing::new(totp::generate_secret()), FactorState::Pending),
+            None => (
+                Zeroizing::new(totp::generate_secret()),
+                FactorState::Pending,
+            ),
         };
         let params = TotpParams {
             algorithm,
@@ -348,7 +361,13 @@ impl Admin {
 
     /// `factor confirm`: the user's app shows `code`, so it holds the secret. The code is
     /// recorded as used: it cannot also log in.
-    pub fn confirm_factor(&self, tenant: &str, name: &str, factor_id: &str, code: &str) -> Result<(), AdminError> {
+    pub fn confirm_factor(
+        &self,
+        tenant: &str,
+        name: &str,
+        factor_id: &str,
+        code: &str,
+    ) -> Result<(), AdminError> {
         let (_, u) = self.user(tenant, name)?;
         let no_factor = || AdminError::NoFactor {
             tenant: tenant.to_string(),
@@ -402,7 +421,12 @@ impl Admin {
     }
 
     /// `factor remove`
-    pub fn remove_factor(&self, tenant: &str, name: &str, factor_id: &str) -> Result<(), AdminError> {
+    pub fn remove_factor(
+        &self,
+        tenant: &str,
+        name: &str,
+        factor_id: &str,
+    ) -> Result<(), AdminError> {
         let (_, u) = self.user(tenant, name)?;
         if self.store.remove_factor(u.id, factor_id)? {
             Ok(())
@@ -416,16 +440,23 @@ impl Admin {
     }
 
     /// `recovery generate`: replaces the user's codes with 10 new ones, returned once.
-    pub fn generate_recovery_codes(&self, tenant: &str, name: &str) -> Result<Vec<String>, AdminError> {
+    pub fn generate_recovery_codes(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Vec<String>, AdminError> {
         let (_, u) = self.user(tenant, name)?;
         let pepper = self.key.derive("portcullis recovery codes v1");
-        let codes: Vec<String> = (0..RECOVERY_CODE_COUNT).map(|_| generate_recovery_code()).collect();
+        let codes: Vec<String> = (0..RECOVERY_CODE_COUNT)
+            .map(|_| generate_recovery_code())
+            .collect();
         let hashes: Vec<String> = codes
             .iter()
             .filter_map(|c| normalize_recovery_code(c))
             .map(|n| hash_recovery_code(&pepper, &n))
             .collect();
-        self.store.replace_recovery_codes(u.id, &hashes, self.clock.now())?;
+        self.store
+            .replace_recovery_codes(u.id, &hashes, self.clock.now())?;
         Ok(codes)
     }
 
@@ -442,5 +473,7 @@ impl Admin {
 fn new_factor_id() -> String {
     let mut raw = [0u8; 6];
     rand::rngs::OsRng.fill_bytes(&mut raw);
-    data_encoding::BASE32_NOPAD.encode(&raw).to_ascii_lowercase()
+    data_encoding::BASE32_NOPAD
+        .encode(&raw)
+        .to_ascii_lowercase()
 }

@@ -139,6 +139,12 @@ pub enum LoginMode {
     Challenge,
     /// Password and code in one field: `hunter2123456` or `hunter2,123456`.
     Append,
+    /// Password, then the default out-of-band factor is started and the request held.
+    /// Until push approval exists it behaves as `challenge`.
+    Auto,
+    /// The first factor was checked elsewhere (PAM stack, another RADIUS server):
+    /// User-Password is the code alone.
+    OtpOnly,
 }
 
 impl LoginMode {
@@ -147,6 +153,8 @@ impl LoginMode {
         match self {
             LoginMode::Challenge => "challenge",
             LoginMode::Append => "append",
+            LoginMode::Auto => "auto",
+            LoginMode::OtpOnly => "otp-only",
         }
     }
 }
@@ -172,6 +180,20 @@ pub struct ClientConfig {
     /// The Reply-Message of the code challenge.
     #[serde(default = "default_prompt")]
     pub prompt: String,
+    /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
+    #[serde(default)]
+    pub unenrolled: Unenrolled,
+}
+
+/// What happens to a user who passes the first factor but has no confirmed second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unenrolled {
+    /// Reject (fail closed).
+    #[default]
+    Deny,
+    /// Accept on the first factor alone; every such login is audited as such.
+    Allow,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -398,7 +420,10 @@ impl Config {
             if !names.insert(c.name.as_str()) {
                 return Err(bad(
                     key("name"),
-                    format!("'{}' is used by another client; names must be unique", c.name),
+                    format!(
+                        "'{}' is used by another client; names must be unique",
+                        c.name
+                    ),
                 ));
             }
             if c.secret.is_empty() {
@@ -453,10 +478,7 @@ impl Config {
 
     /// The SQLite file named by `store.url`.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        self.store
-            .url
-            .strip_prefix("sqlite://")
-            .map(PathBuf::from)
+        self.store.url.strip_prefix("sqlite://").map(PathBuf::from)
     }
 
     /// The client whose CIDR is the longest prefix containing `ip`.
@@ -536,7 +558,9 @@ tenant = "acme"
 
     #[test]
     fn unsupported_store_url_is_refused() {
-        let e = parse("[store]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
+        let e = parse("[store]\nurl = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("store.url"), "{e}");
     }
 
@@ -546,8 +570,14 @@ tenant = "acme"
             "{CLIENT}\n[[radius.clients]]\nname = \"one\"\naddress = \"10.1.2.3/32\"\nsecret = \"t\"\ntenant = \"acme\"\n"
         );
         let c = parse(&text).unwrap();
-        assert_eq!(c.client_for("10.1.2.3".parse().unwrap()).unwrap().name, "one");
-        assert_eq!(c.client_for("10.9.9.9".parse().unwrap()).unwrap().name, "vpn");
+        assert_eq!(
+            c.client_for("10.1.2.3".parse().unwrap()).unwrap().name,
+            "one"
+        );
+        assert_eq!(
+            c.client_for("10.9.9.9".parse().unwrap()).unwrap().name,
+            "vpn"
+        );
         assert!(c.client_for("192.0.2.1".parse().unwrap()).is_none());
     }
 }

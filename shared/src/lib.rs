@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod engine;
+pub mod first_factor;
 pub mod model;
 pub mod password;
 pub mod secrets;

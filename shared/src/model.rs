@@ -145,10 +145,19 @@ pub struct Transaction {
     pub username: String,
     pub client: String,
     pub source: String,
+    /// How the first factor was satisfied: `password` or `delegated`.
+    pub first_factor: String,
     pub step: u32,
     pub attempts: u32,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
+}
+
+impl Transaction {
+    /// The first factor's name for audit records and Accept steps.
+    pub fn first_factor(&self) -> &str {
+        &self.first_factor
+    }
 }
 
 /// Failure counter of one throttle key (for example a user's second-factor attempts).

@@ -144,6 +144,9 @@ mod tests {
         assert!(!h.verify("$6$short", b"x"));
         assert!(PasswordHasher::check_importable("plaintext").is_err());
         assert!(PasswordHasher::check_importable("$1$abc$def").is_err());
-        assert!(PasswordHasher::check_importable("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA").is_err());
+        assert!(
+            PasswordHasher::check_importable("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA")
+                .is_err()
+        );
     }
 }

@@ -80,7 +80,9 @@ pub fn decode_base32(text: &str) -> Option<Vec<u8>> {
         .filter(|c| !c.is_whitespace() && *c != '=' && *c != '-')
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    let bytes = data_encoding::BASE32_NOPAD.decode(cleaned.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE32_NOPAD
+        .decode(cleaned.as_bytes())
+        .ok()?;
     // Below 80 bits a secret is too weak to accept, even for migration.
     (bytes.len() >= 10).then_some(bytes)
 }
@@ -155,8 +157,7 @@ mod tests {
     // RFC 6238 Appendix B secrets and vectors.
     const SEED1: &[u8] = b"12345678901234567890";
     const SEED256: &[u8] = b"12345678901234567890123456789012";
-    const SEED512: &[u8] =
-        b"1234567890123456789012345678901234567890123456789012345678901234";
+    const SEED512: &[u8] = b"1234567890123456789012345678901234567890123456789012345678901234";
 
     fn p(algorithm: TotpAlgorithm) -> TotpParams {
         TotpParams {
@@ -174,9 +175,18 @@ mod tests {
             (20000000000, "65353130", "77737706", "47863826"),
         ];
         for (t, c1, c256, c512) in cases {
-            assert_eq!(verify(SEED1, &p(TotpAlgorithm::SHA1), c1, t, 0), Some((t / 30) as u64));
-            assert_eq!(verify(SEED256, &p(TotpAlgorithm::SHA256), c256, t, 0), Some((t / 30) as u64));
-            assert_eq!(verify(SEED512, &p(TotpAlgorithm::SHA512), c512, t, 0), Some((t / 30) as u64));
+            assert_eq!(
+                verify(SEED1, &p(TotpAlgorithm::SHA1), c1, t, 0),
+                Some((t / 30) as u64)
+            );
+            assert_eq!(
+                verify(SEED256, &p(TotpAlgorithm::SHA256), c256, t, 0),
+                Some((t / 30) as u64)
+            );
+            assert_eq!(
+                verify(SEED512, &p(TotpAlgorithm::SHA512), c512, t, 0),
+                Some((t / 30) as u64)
+            );
         }
     }
 
@@ -187,8 +197,14 @@ mod tests {
         let code_prev = generate(SEED1, &params, now - 30);
         let code_next = generate(SEED1, &params, now + 30);
         let code_old = generate(SEED1, &params, now - 90);
-        assert_eq!(verify(SEED1, &params, &code_prev, now, 1), Some((now as u64 / 30) - 1));
-        assert_eq!(verify(SEED1, &params, &code_next, now, 1), Some((now as u64 / 30) + 1));
+        assert_eq!(
+            verify(SEED1, &params, &code_prev, now, 1),
+            Some((now as u64 / 30) - 1)
+        );
+        assert_eq!(
+            verify(SEED1, &params, &code_next, now, 1),
+            Some((now as u64 / 30) + 1)
+        );
         assert_eq!(verify(SEED1, &params, &code_prev, now, 0), None);
         assert_eq!(verify(SEED1, &params, &code_old, now, 1), None);
     }
@@ -205,7 +221,10 @@ mod tests {
     fn base32_input_is_forgiving_but_not_weak() {
         let s = encode_base32(SEED1);
         assert_eq!(decode_base32(&s.to_lowercase()).unwrap(), SEED1);
-        assert_eq!(decode_base32("GEZD GNBV GY3T QOJQ GEZD GNBV GY3T QOJQ").unwrap(), SEED1);
+        assert_eq!(
+            decode_base32("GEZD GNBV GY3T QOJQ GEZD GNBV GY3T QOJQ").unwrap(),
+            SEED1
+        );
         assert!(decode_base32("GEZDGNBV").is_none());
         assert!(decode_base32("not base32!").is_none());
     }
@@ -213,7 +232,10 @@ mod tests {
     #[test]
     fn uri_escapes_names() {
         let uri = otpauth_uri("Acme VPN", "alice@acme", SEED1, &TotpParams::default());
-        assert!(uri.starts_with("otpauth://totp/Acme%20VPN:alice%40acme?secret="), "{uri}");
+        assert!(
+            uri.starts_with("otpauth://totp/Acme%20VPN:alice%40acme?secret="),
+            "{uri}"
+        );
         assert!(uri.contains("digits=6") && uri.contains("algorithm=SHA1"));
     }
 }

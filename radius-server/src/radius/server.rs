@@ -284,6 +284,7 @@ async fn decide(
                 credential: secret_input,
                 delimiter: cfg.delimiter.clone(),
                 prompt: cfg.prompt.clone(),
+                unenrolled: cfg.unenrolled,
             };
             tokio::task::spawn_blocking(move || engine.start(&login)).await
         }

@@ -12,13 +12,15 @@ mod throttle;
 
 pub use throttle::second_factor_key;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::RngCore;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, UnixTime};
-use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig};
+use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig, Unenrolled};
+use crate::first_factor::{FirstFactor, FirstFactorResult, LocalPasswords};
 use crate::model::*;
 use crate::password::PasswordHasher;
 use crate::secrets::MasterKey;
@@ -35,6 +37,13 @@ pub enum Channel {
         nas_address: String,
         nas_identifier: Option<String>,
     },
+    /// A host's PAM stack: the service (sshd, sudo) is the "client" of policy and audit.
+    Pam {
+        host: String,
+        service: String,
+        rhost: Option<String>,
+        tty: Option<String>,
+    },
 }
 
 impl Channel {
@@ -42,6 +51,7 @@ impl Channel {
     pub fn kind(&self) -> &'static str {
         match self {
             Channel::Radius { .. } => "radius",
+            Channel::Pam { .. } => "pam",
         }
     }
 
@@ -49,6 +59,7 @@ impl Channel {
     pub fn client(&self) -> &str {
         match self {
             Channel::Radius { client, .. } => client,
+            Channel::Pam { service, .. } => service,
         }
     }
 }
@@ -67,6 +78,8 @@ pub struct LoginRequest {
     pub delimiter: String,
     /// The prompt of the code challenge.
     pub prompt: String,
+    /// Users without a confirmed second factor.
+    pub unenrolled: Unenrolled,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -168,7 +181,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     key: Arc<MasterKey>,
-    hasher: PasswordHasher,
+    /// The first factor of tenants without a backend of their own.
+    local: Arc<dyn FirstFactor>,
+    /// Per-tenant first-factor backends (LDAP, upstream RADIUS).
+    first_factors: HashMap<String, Arc<dyn FirstFactor>>,
     settings: EngineSettings,
     recovery_pepper: Zeroizing<[u8; 32]>,
 }
@@ -210,10 +226,20 @@ impl Engine {
             store,
             clock,
             key,
-            hasher,
+            local: Arc::new(LocalPasswords::new(hasher)),
+            first_factors: HashMap::new(),
             settings,
             recovery_pepper,
         }
+    }
+
+    /// Check the passwords of `tenant` with `backend` instead of the store's hashes.
+    pub fn set_first_factor(&mut self, tenant: &str, backend: Arc<dyn FirstFactor>) {
+        self.first_factors.insert(tenant.to_string(), backend);
+    }
+
+    fn first_factor(&self, tenant: &str) -> &Arc<dyn FirstFactor> {
+        self.first_factors.get(tenant).unwrap_or(&self.local)
     }
 
     /// The store this Engine uses.
@@ -300,7 +326,9 @@ impl Engine {
 
     fn start_inner(&self, req: &LoginRequest, now: UnixTime) -> Result<Outcome, EngineError> {
         let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
-            self.hasher.verify_dummy(&req.credential);
+            let _ = self
+                .local
+                .check(&req.tenant, &req.username, None, &req.credential);
             return Ok(Outcome::reject(format!(
                 "tenant '{}' does not exist (check the client's tenant setting)",
                 req.tenant
@@ -308,62 +336,80 @@ impl Engine {
         };
         let user = self.store.user_by_name(tenant.id, &req.username)?;
         match req.mode {
-            LoginMode::Challenge => {
-                if let Err(reason) = self.check_password(user.as_ref(), &req.credential) {
+            LoginMode::Challenge | LoginMode::Auto => {
+                if let Err(reason) =
+                    self.check_password(&tenant, &req.username, user.as_ref(), &req.credential)
+                {
                     return Ok(Outcome::reject(reason));
                 }
                 let Some(user) = user else {
                     return Ok(Outcome::reject("unknown user"));
                 };
-                self.begin_second_factor(&tenant, &user, req, now)
+                self.begin_second_factor(&tenant, &user, req, now, "password")
             }
             LoginMode::Append => {
                 let candidates = split::append_candidates(&req.credential, &req.delimiter);
                 if candidates.is_empty() {
-                    self.hasher.verify_dummy(&req.credential);
+                    let _ = self
+                        .local
+                        .check(&req.tenant, &req.username, None, &req.credential);
                     return Ok(Outcome::reject(
                         "append mode: no code found after the password",
                     ));
                 }
+                let mut reason = String::from("wrong password");
                 for cand in &candidates {
-                    if self.check_password(user.as_ref(), &cand.password).is_ok() {
-                        let Some(user) = user else { break };
-                        return self.second_factor_once(&tenant, &user, &cand.code, now);
+                    match self.check_password(&tenant, &req.username, user.as_ref(), &cand.password)
+                    {
+                        Ok(()) => {
+                            let Some(user) = user else { break };
+                            return self.second_factor_once(
+                                &tenant,
+                                &user,
+                                &cand.code,
+                                now,
+                                "password",
+                                req.unenrolled,
+                            );
+                        }
+                        Err(r) => reason = r,
                     }
                 }
-                Ok(Outcome::reject(match user {
-                    None => "unknown user",
-                    Some(u) if u.disabled => "user is disabled",
-                    Some(u) if u.password_hash.is_none() => "user has no password set",
-                    Some(_) => "wrong password",
-                }))
+                Ok(Outcome::reject(reason))
+            }
+            LoginMode::OtpOnly => {
+                // The first factor was checked elsewhere; the audit says so.
+                let user = match user {
+                    Some(u) if !u.disabled => u,
+                    Some(_) => return Ok(Outcome::reject("user is disabled")),
+                    None => return Ok(Outcome::reject("unknown user")),
+                };
+                if req.credential.is_empty() {
+                    return self.begin_second_factor(&tenant, &user, req, now, "delegated");
+                }
+                let code =
+                    Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
+                self.second_factor_once(&tenant, &user, &code, now, "delegated", req.unenrolled)
             }
         }
     }
 
-    /// Checks the first factor, spending the same time whether or not the user exists.
-    fn check_password(&self, user: Option<&User>, password: &[u8]) -> Result<(), String> {
-        match user {
-            Some(u) => match &u.password_hash {
-                Some(hash) => {
-                    let ok = self.hasher.verify(hash, password);
-                    if u.disabled {
-                        Err("user is disabled".into())
-                    } else if ok {
-                        Ok(())
-                    } else {
-                        Err("wrong password".into())
-                    }
-                }
-                None => {
-                    self.hasher.verify_dummy(password);
-                    Err("user has no password set".into())
-                }
-            },
-            None => {
-                self.hasher.verify_dummy(password);
-                Err("unknown user".into())
-            }
+    /// Checks the first factor with the tenant's backend.
+    fn check_password(
+        &self,
+        tenant: &Tenant,
+        username: &str,
+        user: Option<&User>,
+        password: &[u8],
+    ) -> Result<(), String> {
+        let backend = self.first_factor(&tenant.name);
+        match backend.check(&tenant.name, username, user, password) {
+            FirstFactorResult::Accepted(_) => Ok(()),
+            FirstFactorResult::Rejected(reason) => Err(reason),
+            FirstFactorResult::Unavailable(reason) => Err(format!(
+                "first factor ({}) unavailable: {reason}",
+                backend.name()
+            )),
         }
     }
 
@@ -374,9 +420,10 @@ impl Engine {
         user: &User,
         req: &LoginRequest,
         now: UnixTime,
+        first: &'static str,
     ) -> Result<Outcome, EngineError> {
         if !self.has_usable_factor(user)? {
-            return Ok(no_factor_outcome());
+            return Ok(unenrolled_outcome(user, first, req.unenrolled));
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -391,6 +438,7 @@ impl Engine {
             username: user.name.clone(),
             client: req.channel.client().to_string(),
             source: req.source.clone(),
+            first_factor: first.to_string(),
             step: 0,
             attempts: 0,
             created_at: now,
@@ -404,8 +452,8 @@ impl Engine {
                 echo: false,
                 expects: Expects::Code,
             },
-            reason: "password ok; code asked".into(),
-            factors: vec!["password".into()],
+            reason: "first factor ok; code asked".into(),
+            factors: vec![first.into()],
         })
     }
 
@@ -425,15 +473,17 @@ impl Engine {
         user: &User,
         code: &str,
         now: UnixTime,
+        first: &'static str,
+        unenrolled: Unenrolled,
     ) -> Result<Outcome, EngineError> {
         if !self.has_usable_factor(user)? {
-            return Ok(no_factor_outcome());
+            return Ok(unenrolled_outcome(user, first, unenrolled));
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
         }
         Ok(match self.check_code(tenant, user, code, now)? {
-            CodeCheck::Accepted { factor } => accepted(user, factor),
+            CodeCheck::Accepted { factor } => accepted(user, first, factor),
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -443,7 +493,10 @@ impl Engine {
             return Ok(Outcome::reject("malformed transaction reference (State)"));
         };
         let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
-            return Ok(Outcome::reject(format!("tenant '{}' does not exist", req.tenant)));
+            return Ok(Outcome::reject(format!(
+                "tenant '{}' does not exist",
+                req.tenant
+            )));
         };
         let Some(txn) = self.store.take_transaction(id, step, now)? else {
             return Ok(Outcome::reject(
@@ -464,7 +517,9 @@ impl Engine {
             Some(u) if u.id == txn.user_id && !u.disabled => u,
             _ => {
                 self.store.delete_transaction(&txn.id)?;
-                return Ok(Outcome::reject("user was removed or disabled during the login"));
+                return Ok(Outcome::reject(
+                    "user was removed or disabled during the login",
+                ));
             }
         };
         if let Some(blocked) = self.throttle_blocks(&tenant, &user, now)? {
@@ -476,7 +531,7 @@ impl Engine {
         match self.check_code(&tenant, &user, &code, now)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
-                Ok(accepted(&user, factor))
+                Ok(accepted(&user, txn.first_factor(), factor))
             }
             failed => {
                 let attempts = self.store.add_transaction_attempt(&txn.id)?;
@@ -509,22 +564,32 @@ impl Engine {
     }
 }
 
-fn accepted(user: &User, factor: &'static str) -> Outcome {
+fn accepted(user: &User, first: &str, factor: &str) -> Outcome {
     Outcome {
         step: Step::Accept {
-            factors_used: vec!["password".into(), factor.into()],
+            factors_used: vec![first.into(), factor.into()],
             groups: user.groups.clone(),
         },
-        reason: "password and second factor ok".into(),
-        factors: vec!["password".into(), factor.into()],
+        reason: format!("{first} and {factor} ok"),
+        factors: vec![first.into(), factor.into()],
     }
 }
 
-fn no_factor_outcome() -> Outcome {
-    Outcome::reject_with(
-        "no confirmed second factor enrolled",
-        "No second factor is enrolled for this account; ask your administrator",
-    )
+fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outcome {
+    match unenrolled {
+        Unenrolled::Deny => Outcome::reject_with(
+            "no confirmed second factor enrolled",
+            "No second factor is enrolled for this account; ask your administrator",
+        ),
+        Unenrolled::Allow => Outcome {
+            step: Step::Accept {
+                factors_used: vec![first.into()],
+                groups: user.groups.clone(),
+            },
+            reason: "no second factor enrolled; allowed without one (unenrolled = allow)".into(),
+            factors: vec![first.into()],
+        },
+    }
 }
 
 /// `id.step`, the reference a prompt carries (RADIUS State).

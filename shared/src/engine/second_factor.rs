@@ -60,14 +60,19 @@ impl Engine {
                 if params.digits as usize != code.len() {
                     continue;
                 }
-                let secret = match self.key.open(factor_context(&f.id).as_bytes(), &f.sealed_secret) {
+                let secret = match self
+                    .key
+                    .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+                {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(factor = %f.id, error = %e, "cannot decrypt factor secret; skipped");
                         continue;
                     }
                 };
-                if let Some(step) = totp::verify(&secret, &params, code, now, self.settings.totp_window) {
+                if let Some(step) =
+                    totp::verify(&secret, &params, code, now, self.settings.totp_window)
+                {
                     let window = self.settings.totp_window as i64;
                     let expires = (step as i64 + window + 2) * params.period as i64;
                     if self.store.record_otp_use(&f.id, step as i64, expires)? {

@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn six_digit_suffix() {
-        assert_eq!(readings("hunter2123456"), [("hunter2".into(), "123456".into())]);
+        assert_eq!(
+            readings("hunter2123456"),
+            [("hunter2".into(), "123456".into())]
+        );
     }
 
     #[test]
@@ -128,6 +131,9 @@ mod tests {
     #[test]
     fn no_code_no_candidates() {
         assert!(readings("justapassword").is_empty());
-        assert!(readings("123456").is_empty(), "a code alone has no password");
+        assert!(
+            readings("123456").is_empty(),
+            "a code alone has no password"
+        );
     }
 }

@@ -49,7 +49,9 @@ fn world() -> World {
             vec!["vpn-users".into()],
         )
         .unwrap();
-    admin.enroll_totp("acme", "alice", Some(SECRET), 6, "SHA1").unwrap();
+    admin
+        .enroll_totp("acme", "alice", Some(SECRET), 6, "SHA1")
+        .unwrap();
     World {
         clock,
         engine,
@@ -80,6 +82,7 @@ fn login(w: &World, mode: LoginMode, user: &str, credential: &str) -> Step {
             credential: Zeroizing::new(credential.as_bytes().to_vec()),
             delimiter: ",".into(),
             prompt: "Code:".into(),
+            unenrolled: Unenrolled::Deny,
         })
         .unwrap()
 }
@@ -123,7 +126,10 @@ fn append_mode_accepts_password_and_current_code() {
     let w = world();
     let s = append(&w, &format!("hunter2{}", code_at(T0)));
     match s {
-        Step::Accept { factors_used, groups } => {
+        Step::Accept {
+            factors_used,
+            groups,
+        } => {
             assert_eq!(factors_used, ["password", "totp"]);
             assert_eq!(groups, ["vpn-users"]);
         }
@@ -134,10 +140,22 @@ fn append_mode_accepts_password_and_current_code() {
 #[test]
 fn code_one_step_old_or_new_is_accepted_two_steps_is_not() {
     let w = world();
-    assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(T0 - 30)))));
-    assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(T0 + 30)))));
-    assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0 - 60)))));
-    assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0 + 60)))));
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 - 30))
+    )));
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 + 30))
+    )));
+    assert!(!is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 - 60))
+    )));
+    assert!(!is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 + 60))
+    )));
 }
 
 #[test]
@@ -188,7 +206,13 @@ fn wrong_code_reprompts_with_a_new_step_then_rejects_after_max_attempts() {
     let t2 = prompt_txn(&answer(&w, "alice", "192.0.2.10", &t1, "000000"));
     assert_ne!(t1, t2);
     // The old step cannot be answered any more.
-    assert!(!is_accept(&answer(&w, "alice", "192.0.2.10", &t1, &code_at(T0))));
+    assert!(!is_accept(&answer(
+        &w,
+        "alice",
+        "192.0.2.10",
+        &t1,
+        &code_at(T0)
+    )));
 }
 
 #[test]
@@ -215,17 +239,36 @@ fn transaction_expires_after_its_ttl() {
 fn transaction_is_bound_to_user_and_source() {
     let w = world();
     let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
-    assert!(!is_accept(&answer(&w, "alice", "198.51.100.1", &txn, &code_at(T0))));
+    assert!(!is_accept(&answer(
+        &w,
+        "alice",
+        "198.51.100.1",
+        &txn,
+        &code_at(T0)
+    )));
     assert!(last_reason(&w).contains("another user, client or source"));
     let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
-    assert!(!is_accept(&answer(&w, "bob", "192.0.2.10", &txn, &code_at(T0))));
+    assert!(!is_accept(&answer(
+        &w,
+        "bob",
+        "192.0.2.10",
+        &txn,
+        &code_at(T0)
+    )));
 }
 
 #[test]
 fn pending_factor_cannot_be_used() {
     let w = world();
     w.admin
-        .add_user("acme", "bob", NewPassword::Plain(Zeroizing::new(b"pw".to_vec())), None, None, vec![])
+        .add_user(
+            "acme",
+            "bob",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
         .unwrap();
     let enrolled = w.admin.enroll_totp("acme", "bob", None, 6, "SHA1").unwrap();
     assert_eq!(enrolled.state, "pending");
@@ -234,12 +277,27 @@ fn pending_factor_cannot_be_used() {
     let s = login(&w, LoginMode::Append, "bob", &format!("pw{code}"));
     assert!(!is_accept(&s));
     assert!(last_reason(&w).contains("no confirmed second factor"));
-    assert!(matches!(login(&w, LoginMode::Challenge, "bob", "pw"), Step::Reject { .. }));
+    assert!(matches!(
+        login(&w, LoginMode::Challenge, "bob", "pw"),
+        Step::Reject { .. }
+    ));
     // Confirming with the code makes it usable, but that code itself is spent.
-    w.admin.confirm_factor("acme", "bob", &enrolled.factor_id, &code).unwrap();
-    assert!(!is_accept(&login(&w, LoginMode::Append, "bob", &format!("pw{code}"))));
+    w.admin
+        .confirm_factor("acme", "bob", &enrolled.factor_id, &code)
+        .unwrap();
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::Append,
+        "bob",
+        &format!("pw{code}")
+    )));
     let next = generate(&secret, &TotpParams::default(), T0 + 30);
-    assert!(is_accept(&login(&w, LoginMode::Append, "bob", &format!("pw{next}"))));
+    assert!(is_accept(&login(
+        &w,
+        LoginMode::Append,
+        "bob",
+        &format!("pw{next}")
+    )));
 }
 
 #[test]
@@ -311,7 +369,10 @@ fn a_good_code_resets_the_failure_count() {
     for _ in 0..4 {
         assert!(!is_accept(&append(&w, "hunter2000000")));
     }
-    assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(T0 + 30)))));
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 + 30))
+    )));
 }
 
 #[test]
@@ -331,4 +392,134 @@ fn audit_never_holds_the_password_or_code() {
     let dump = format!("{:?}", w.admin.audit(&AuditFilter::default()).unwrap());
     assert!(!dump.contains("hunter"), "{dump}");
     assert!(!dump.contains(&code), "{dump}");
+}
+
+fn login_with(
+    w: &World,
+    mode: LoginMode,
+    user: &str,
+    credential: &str,
+    unenrolled: Unenrolled,
+) -> Step {
+    w.engine
+        .start(&LoginRequest {
+            tenant: "acme".into(),
+            channel: channel(),
+            source: "192.0.2.10".into(),
+            mode,
+            username: user.into(),
+            credential: Zeroizing::new(credential.as_bytes().to_vec()),
+            delimiter: ",".into(),
+            prompt: "Code:".into(),
+            unenrolled,
+        })
+        .unwrap()
+}
+
+#[test]
+fn otp_only_accepts_the_code_alone_and_audits_a_delegated_first_factor() {
+    let w = world();
+    let s = login(&w, LoginMode::OtpOnly, "alice", &code_at(T0));
+    assert_eq!(
+        s,
+        Step::Accept {
+            factors_used: vec!["delegated".into(), "totp".into()],
+            groups: vec!["vpn-users".into()]
+        }
+    );
+    let records = w.admin.audit(&AuditFilter::default()).unwrap();
+    assert_eq!(records[0].factors, ["delegated", "totp"]);
+    assert!(
+        !is_accept(&login(&w, LoginMode::OtpOnly, "alice", &code_at(T0))),
+        "replay"
+    );
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::OtpOnly,
+        "nobody",
+        &code_at(T0 + 30)
+    )));
+}
+
+#[test]
+fn otp_only_without_a_code_prompts_for_one() {
+    let w = world();
+    let txn = prompt_txn(&login(&w, LoginMode::OtpOnly, "alice", ""));
+    match answer(&w, "alice", "192.0.2.10", &txn, &code_at(T0)) {
+        Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["delegated", "totp"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unenrolled_users_are_denied_by_default_and_allowed_only_when_configured() {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "carol",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    assert!(!is_accept(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Deny
+    )));
+    let s = login_with(&w, LoginMode::Challenge, "carol", "pw", Unenrolled::Allow);
+    assert_eq!(
+        s,
+        Step::Accept {
+            factors_used: vec!["password".into()],
+            groups: vec![]
+        }
+    );
+    assert!(last_reason(&w).contains("unenrolled = allow"));
+    // Allow never skips the password.
+    assert!(!is_accept(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "wrong",
+        Unenrolled::Allow
+    )));
+    // A user who has a factor must still use it.
+    assert!(!is_accept(&login_with(
+        &w,
+        LoginMode::Append,
+        "alice",
+        "hunter2000000",
+        Unenrolled::Allow
+    )));
+}
+
+#[test]
+fn a_tenant_backend_replaces_local_passwords() {
+    use crate::first_factor::{DirectoryInfo, FirstFactor, FirstFactorResult};
+    struct Directory;
+    impl FirstFactor for Directory {
+        fn name(&self) -> &'static str {
+            "test-directory"
+        }
+        fn check(&self, _: &str, _: &str, _: Option<&User>, pw: &[u8]) -> FirstFactorResult {
+            if pw == b"dir-pass" {
+                FirstFactorResult::Accepted(DirectoryInfo::default())
+            } else {
+                FirstFactorResult::Unavailable("directory down".into())
+            }
+        }
+    }
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(Directory));
+    assert!(is_accept(&append(&w, &format!("dir-pass{}", code_at(T0)))));
+    assert!(!is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(T0 + 30))
+    )));
+    assert!(last_reason(&w).contains("first factor (test-directory) unavailable: directory down"));
 }

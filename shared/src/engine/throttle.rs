@@ -49,7 +49,10 @@ impl Engine {
         if delay > 0 && now < th.last_failure_at + delay {
             let wait = th.last_failure_at + delay - now;
             return Ok(Some(Outcome::reject_with(
-                format!("throttled: {} failed codes, next try allowed in {wait} s", th.failures),
+                format!(
+                    "throttled: {} failed codes, next try allowed in {wait} s",
+                    th.failures
+                ),
                 "Too many failed attempts: wait a little, then try again",
             )));
         }

@@ -56,6 +56,7 @@ CREATE TABLE transactions (
     username    TEXT NOT NULL,
     client      TEXT NOT NULL,
     source      TEXT NOT NULL,
+    first_factor TEXT NOT NULL,
     step        INTEGER NOT NULL,
     attempts    INTEGER NOT NULL,
     created_at  BIGINT NOT NULL,

@@ -59,20 +59,35 @@ pub trait Store: Send + Sync + 'static {
 
     // Recovery codes
     /// Replaces all of a user's recovery codes with these hashes.
-    fn replace_recovery_codes(&self, user: UserId, hashes: &[String], now: UnixTime) -> StoreResult<()>;
+    fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[String],
+        now: UnixTime,
+    ) -> StoreResult<()>;
     /// Marks the code used; true only for the first use of an existing code.
     fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
     fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32>;
 
     // OTP replay cache
     /// Records that `counter` of `factor_id` was used; false if it was used before.
-    fn record_otp_use(&self, factor_id: &str, counter: i64, expires_at: UnixTime) -> StoreResult<bool>;
+    fn record_otp_use(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool>;
 
     // Transactions
     fn put_transaction(&self, txn: &Transaction) -> StoreResult<()>;
     /// Atomically takes step `step` of an unexpired transaction: on success the stored step
     /// is advanced, so the same step can never be answered twice.
-    fn take_transaction(&self, id: &str, step: u32, now: UnixTime) -> StoreResult<Option<Transaction>>;
+    fn take_transaction(
+        &self,
+        id: &str,
+        step: u32,
+        now: UnixTime,
+    ) -> StoreResult<Option<Transaction>>;
     /// Records a wrong answer and returns the attempt count.
     fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32>;
     fn delete_transaction(&self, id: &str) -> StoreResult<()>;

@@ -61,8 +61,10 @@ impl SqliteStore {
 
     fn setup(conn: Connection) -> StoreResult<Self> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
         let store = Self {
@@ -79,11 +81,18 @@ impl SqliteStore {
         )
         .map_err(db)?;
         let current: i64 = conn
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                [],
+                |r| r.get(0),
+            )
             .map_err(db)?;
         let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
         if current > known {
-            return Err(StoreError::SchemaTooNew { found: current, known });
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known,
+            });
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             // IMMEDIATE: two processes starting at once do not both apply a migration.
@@ -91,7 +100,11 @@ impl SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(db)?;
             let again: i64 = tx
-                .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
+                .query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                    [],
+                    |r| r.get(0),
+                )
                 .map_err(db)?;
             if again >= *version {
                 continue;
@@ -163,10 +176,11 @@ fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<Transaction> {
         username: r.get(3)?,
         client: r.get(4)?,
         source: r.get(5)?,
-        step: r.get(6)?,
-        attempts: r.get(7)?,
-        created_at: r.get(8)?,
-        expires_at: r.get(9)?,
+        first_factor: r.get(6)?,
+        step: r.get(7)?,
+        attempts: r.get(8)?,
+        created_at: r.get(9)?,
+        expires_at: r.get(10)?,
     })
 }
 
@@ -305,7 +319,11 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
         let tenant: Option<i64> = tx
-            .query_row("SELECT tenant_id FROM users WHERE id = ?1", params![user], |r| r.get(0))
+            .query_row(
+                "SELECT tenant_id FROM users WHERE id = ?1",
+                params![user],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db)?;
         tx.execute(
@@ -382,8 +400,11 @@ impl Store for SqliteStore {
                 params![user, factor_id],
             )
             .map_err(db)?;
-        tx.execute("DELETE FROM used_otps WHERE factor_id = ?1", params![factor_id])
-            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM used_otps WHERE factor_id = ?1",
+            params![factor_id],
+        )
+        .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(n == 1)
     }
@@ -396,11 +417,19 @@ impl Store for SqliteStore {
         st.execute(params![factor_id, now]).map(|_| ()).map_err(db)
     }
 
-    fn replace_recovery_codes(&self, user: UserId, hashes: &[String], now: UnixTime) -> StoreResult<()> {
+    fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[String],
+        now: UnixTime,
+    ) -> StoreResult<()> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(db)?;
-        tx.execute("DELETE FROM recovery_codes WHERE user_id = ?1", params![user])
-            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM recovery_codes WHERE user_id = ?1",
+            params![user],
+        )
+        .map_err(db)?;
         for h in hashes {
             tx.execute(
                 "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?1, ?2, ?3)",
@@ -419,7 +448,9 @@ impl Store for SqliteStore {
                  WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL",
             )
             .map_err(db)?;
-        st.execute(params![user, hash, now]).map(|n| n == 1).map_err(db)
+        st.execute(params![user, hash, now])
+            .map(|n| n == 1)
+            .map_err(db)
     }
 
     fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32> {
@@ -432,7 +463,12 @@ impl Store for SqliteStore {
         st.query_row(params![user], |r| r.get(0)).map_err(db)
     }
 
-    fn record_otp_use(&self, factor_id: &str, counter: i64, expires_at: UnixTime) -> StoreResult<bool> {
+    fn record_otp_use(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool> {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
@@ -449,8 +485,8 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, step, attempts, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .map_err(db)?;
         st.execute(params![
@@ -460,6 +496,7 @@ impl Store for SqliteStore {
             t.username,
             t.client,
             t.source,
+            t.first_factor,
             t.step,
             t.attempts,
             t.created_at,
@@ -469,13 +506,18 @@ impl Store for SqliteStore {
         .map_err(db)
     }
 
-    fn take_transaction(&self, id: &str, step: u32, now: UnixTime) -> StoreResult<Option<Transaction>> {
+    fn take_transaction(
+        &self,
+        id: &str,
+        step: u32,
+        now: UnixTime,
+    ) -> StoreResult<Option<Transaction>> {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
                 "UPDATE transactions SET step = step + 1
                  WHERE id = ?1 AND step = ?2 AND expires_at > ?3
-                 RETURNING id, tenant_id, user_id, username, client, source, step, attempts, created_at, expires_at",
+                 RETURNING id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at",
             )
             .map_err(db)?;
         st.query_row(params![id, step, now], txn_from_row)
@@ -622,7 +664,10 @@ impl Store for SqliteStore {
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         let conn = self.lock();
         let a = conn
-            .execute("DELETE FROM transactions WHERE expires_at <= ?1", params![now])
+            .execute(
+                "DELETE FROM transactions WHERE expires_at <= ?1",
+                params![now],
+            )
             .map_err(db)?;
         let b = conn
             .execute("DELETE FROM used_otps WHERE expires_at <= ?1", params![now])

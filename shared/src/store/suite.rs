@@ -61,7 +61,11 @@ fn tenants_are_unique(s: &dyn Store) {
     ));
     assert_eq!(s.tenant_by_name("suite-a").unwrap(), Some(t));
     assert!(s.tenant_by_name("nope").unwrap().is_none());
-    assert!(s.list_tenants().unwrap().iter().any(|t| t.name == "suite-a"));
+    assert!(s
+        .list_tenants()
+        .unwrap()
+        .iter()
+        .any(|t| t.name == "suite-a"));
 }
 
 fn users_are_per_tenant(s: &dyn Store) {
@@ -81,13 +85,21 @@ fn users_are_per_tenant(s: &dyn Store) {
         ),
         Err(StoreError::AlreadyExists { .. })
     ));
-    assert_eq!(s.user_by_name(a.id, "alice").unwrap().unwrap().groups, vec!["staff"]);
+    assert_eq!(
+        s.user_by_name(a.id, "alice").unwrap().unwrap().groups,
+        vec!["staff"]
+    );
     s.set_password_hash(ua.id, Some("$argon2id$x")).unwrap();
     s.set_user_disabled(ua.id, true).unwrap();
     let again = s.user_by_name(a.id, "alice").unwrap().unwrap();
     assert_eq!(again.password_hash.as_deref(), Some("$argon2id$x"));
     assert!(again.disabled);
-    assert!(s.user_by_name(b.id, "alice").unwrap().unwrap().password_hash.is_none());
+    assert!(s
+        .user_by_name(b.id, "alice")
+        .unwrap()
+        .unwrap()
+        .password_hash
+        .is_none());
     assert_eq!(s.list_users(b.id).unwrap().len(), 1);
 }
 
@@ -97,14 +109,23 @@ fn factor_lifecycle(s: &dyn Store) {
     s.add_factor(&factor("fac-1", u.id)).unwrap();
     assert_eq!(s.factors_of(u.id).unwrap()[0].state, FactorState::Pending);
     assert!(s.confirm_factor(u.id, "fac-1", 200).unwrap());
-    assert!(!s.confirm_factor(u.id, "fac-1", 201).unwrap(), "confirming twice");
+    assert!(
+        !s.confirm_factor(u.id, "fac-1", 201).unwrap(),
+        "confirming twice"
+    );
     let f = &s.factors_of(u.id).unwrap()[0];
-    assert_eq!((f.state, f.confirmed_at), (FactorState::Confirmed, Some(200)));
+    assert_eq!(
+        (f.state, f.confirmed_at),
+        (FactorState::Confirmed, Some(200))
+    );
     assert_eq!(f.sealed_secret, vec![1, 2, 3]);
     s.touch_factor("fac-1", 300).unwrap();
     assert_eq!(s.factors_of(u.id).unwrap()[0].last_used_at, Some(300));
     let other = user(s, &t, "mallory");
-    assert!(!s.remove_factor(other.id, "fac-1").unwrap(), "another user's factor");
+    assert!(
+        !s.remove_factor(other.id, "fac-1").unwrap(),
+        "another user's factor"
+    );
     assert!(s.remove_factor(u.id, "fac-1").unwrap());
     assert!(s.factors_of(u.id).unwrap().is_empty());
 }
@@ -112,7 +133,8 @@ fn factor_lifecycle(s: &dyn Store) {
 fn recovery_codes_are_single_use(s: &dyn Store) {
     let t = tenant(s, "suite-a");
     let u = user(s, &t, "rita");
-    s.replace_recovery_codes(u.id, &["h1".into(), "h2".into()], 1).unwrap();
+    s.replace_recovery_codes(u.id, &["h1".into(), "h2".into()], 1)
+        .unwrap();
     assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 2);
     assert!(s.use_recovery_code(u.id, "h1", 2).unwrap());
     assert!(!s.use_recovery_code(u.id, "h1", 3).unwrap());
@@ -121,7 +143,10 @@ fn recovery_codes_are_single_use(s: &dyn Store) {
     assert!(!s.use_recovery_code(other.id, "h2", 3).unwrap());
     assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 1);
     s.replace_recovery_codes(u.id, &["h3".into()], 4).unwrap();
-    assert!(!s.use_recovery_code(u.id, "h2", 5).unwrap(), "old codes are gone");
+    assert!(
+        !s.use_recovery_code(u.id, "h2", 5).unwrap(),
+        "old codes are gone"
+    );
     assert!(s.use_recovery_code(u.id, "h3", 5).unwrap());
 }
 
@@ -131,7 +156,10 @@ fn otp_replay_cache_refuses_second_use(s: &dyn Store) {
     assert!(s.record_otp_use("f", 1001, 500).unwrap());
     assert!(s.record_otp_use("g", 1000, 500).unwrap());
     s.purge_expired(501).unwrap();
-    assert!(s.record_otp_use("f", 1000, 900).unwrap(), "purged after expiry");
+    assert!(
+        s.record_otp_use("f", 1000, 900).unwrap(),
+        "purged after expiry"
+    );
 }
 
 fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
@@ -144,6 +172,7 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
         username: "tom".into(),
         client: "vpn".into(),
         source: "192.0.2.1".into(),
+        first_factor: "password".into(),
         step: 0,
         attempts: 0,
         created_at: 1000,
@@ -153,10 +182,16 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
     let taken = s.take_transaction("txn-1", 0, 1001).unwrap().unwrap();
     assert_eq!(taken.step, 1);
     assert_eq!(taken.username, "tom");
-    assert!(s.take_transaction("txn-1", 0, 1002).unwrap().is_none(), "same step twice");
+    assert!(
+        s.take_transaction("txn-1", 0, 1002).unwrap().is_none(),
+        "same step twice"
+    );
     assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 1);
     assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 2);
-    assert!(s.take_transaction("txn-1", 1, 1120).unwrap().is_none(), "expired");
+    assert!(
+        s.take_transaction("txn-1", 1, 1120).unwrap().is_none(),
+        "expired"
+    );
     s.put_transaction(&Transaction {
         id: "txn-2".into(),
         ..txn.clone()
@@ -208,7 +243,10 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(a.iter().map(|r| r.username.as_str()).collect::<Vec<_>>(), ["ann", "bob"]);
+    assert_eq!(
+        a.iter().map(|r| r.username.as_str()).collect::<Vec<_>>(),
+        ["ann", "bob"]
+    );
     assert_eq!(a[0].factors, ["password", "totp"]);
     let recent = s
         .list_audit(&AuditFilter {
@@ -224,13 +262,16 @@ fn deleting_a_user_removes_their_state(s: &dyn Store) {
     let u = user(s, &t, "gone");
     s.add_factor(&factor("fac-gone", u.id)).unwrap();
     s.replace_recovery_codes(u.id, &["hg".into()], 1).unwrap();
-    s.record_failure(t.id, &format!("user:{}:second_factor", u.id), 1).unwrap();
+    s.record_failure(t.id, &format!("user:{}:second_factor", u.id), 1)
+        .unwrap();
     s.delete_user(u.id).unwrap();
     assert!(s.user_by_name(t.id, "gone").unwrap().is_none());
     assert!(s.factors_of(u.id).unwrap().is_empty());
     assert_eq!(s.unused_recovery_codes(u.id).unwrap(), 0);
     assert_eq!(
-        s.throttle(t.id, &format!("user:{}:second_factor", u.id)).unwrap().failures,
+        s.throttle(t.id, &format!("user:{}:second_factor", u.id))
+            .unwrap()
+            .failures,
         0
     );
 }
