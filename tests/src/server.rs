@@ -1,0 +1,173 @@
+//! A running `portcullis serve`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the server prints on stdout once a RADIUS socket is bound.
+const LISTENING: &str = "radius: listening on ";
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server process; dropping it stops the process (SIGTERM, then SIGKILL) and, when the
+/// test is failing, prints everything the server wrote to stderr.
+pub struct Server {
+    child: Child,
+    /// The bound RADIUS address, from the `radius: listening on ADDR` line.
+    pub addr: SocketAddr,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn collect<R: Read + Send + 'static>(pipe: R, buf: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+impl Server {
+    /// Spawns `cmd serve` (cmd already carries `--config`) and waits for the listening line.
+    pub fn start(mut cmd: Command) -> Server {
+        cmd.arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let description = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_reader = collect(child.stderr.take().expect("stderr piped"), stderr.clone());
+
+        // stdout: hand the first listening address over, keep everything in the buffer.
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        let out_pipe = child.stdout.take().expect("stdout piped");
+        let out_buf = stdout.clone();
+        let stdout_reader = std::thread::spawn(move || {
+            let mut reader = BufReader::new(out_pipe);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        out_buf.lock().unwrap().extend_from_slice(line.as_bytes());
+                        if let Some(pos) = line.find(LISTENING) {
+                            let rest = line[pos + LISTENING.len()..].trim();
+                            let token = rest.split_whitespace().next().unwrap_or("");
+                            if let Ok(addr) = token.parse::<SocketAddr>() {
+                                if let Some(tx) = tx.take() {
+                                    let _ = tx.send(addr);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without the line: the server is exiting.
+                }
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                if exited.is_none() {
+                    let _ = child.kill();
+                }
+                let status = child.wait().ok();
+                let _ = stdout_reader.join();
+                let _ = stderr_reader.join();
+                panic!(
+                    "{description} did not print `{LISTENING}ADDR` within {START_TIMEOUT:?} \
+                     (exit status: {status:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    String::from_utf8_lossy(&stdout.lock().unwrap()),
+                    String::from_utf8_lossy(&stderr.lock().unwrap()),
+                );
+            }
+        };
+        Server {
+            child,
+            addr,
+            stdout,
+            stderr,
+            readers: vec![stdout_reader, stderr_reader],
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// What the server printed on stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, up to 5 s grace, then SIGKILL. Returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let status = self.stop();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "=== portcullis server {} (exit status {status:?}) stderr ===\n{}\n=== end of server stderr ===",
+                self.addr,
+                self.stderr()
+            );
+        }
+    }
+}
