@@ -290,7 +290,19 @@ async fn decide(
         }
     };
     match step {
-        Ok(Ok(Step::Accept { .. })) => Reply::accept(),
+        Ok(Ok(Step::Accept {
+            reply_attributes, ..
+        })) => {
+            let mut r = Reply::accept();
+            r.attributes = reply_attributes
+                .into_iter()
+                .map(|a| packet::RawAttribute {
+                    typ: a.typ,
+                    value: a.value,
+                })
+                .collect();
+            r
+        }
         Ok(Ok(Step::Reject { user_message })) => Reply::reject(Some(user_message)),
         Ok(Ok(Step::Prompt { txn, text, .. })) => {
             let mut r = Reply::challenge(text, txn.into_bytes());

@@ -121,6 +121,8 @@ pub enum Step {
     Accept {
         factors_used: Vec<String>,
         groups: Vec<String>,
+        /// Attributes for the front end to return (RADIUS reply attributes).
+        reply_attributes: Vec<ReplyAttribute>,
     },
     /// Refuse. The audit record holds the real reason; the user sees only this.
     Reject { user_message: String },
@@ -131,6 +133,14 @@ pub enum Step {
         echo: bool,
         expects: Expects,
     },
+}
+
+/// A RADIUS attribute for an Access-Accept, raw: `typ` 26 carries a Vendor-Specific
+/// payload (vendor id, vendor type, length, value) already encoded in `value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAttribute {
+    pub typ: u8,
+    pub value: Vec<u8>,
 }
 
 /// The message every failed login shows, so that nothing tells users apart.
@@ -569,6 +579,7 @@ fn accepted(user: &User, first: &str, factor: &str) -> Outcome {
         step: Step::Accept {
             factors_used: vec![first.into(), factor.into()],
             groups: user.groups.clone(),
+            reply_attributes: Vec::new(),
         },
         reason: format!("{first} and {factor} ok"),
         factors: vec![first.into(), factor.into()],
@@ -585,6 +596,7 @@ fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outco
             step: Step::Accept {
                 factors_used: vec![first.into()],
                 groups: user.groups.clone(),
+                reply_attributes: Vec::new(),
             },
             reason: "no second factor enrolled; allowed without one (unenrolled = allow)".into(),
             factors: vec![first.into()],

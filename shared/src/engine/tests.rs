@@ -129,6 +129,7 @@ fn append_mode_accepts_password_and_current_code() {
         Step::Accept {
             factors_used,
             groups,
+            ..
         } => {
             assert_eq!(factors_used, ["password", "totp"]);
             assert_eq!(groups, ["vpn-users"]);
@@ -424,7 +425,8 @@ fn otp_only_accepts_the_code_alone_and_audits_a_delegated_first_factor() {
         s,
         Step::Accept {
             factors_used: vec!["delegated".into(), "totp".into()],
-            groups: vec!["vpn-users".into()]
+            groups: vec!["vpn-users".into()],
+            reply_attributes: vec![],
         }
     );
     let records = w.admin.audit(&AuditFilter::default()).unwrap();
@@ -476,7 +478,8 @@ fn unenrolled_users_are_denied_by_default_and_allowed_only_when_configured() {
         s,
         Step::Accept {
             factors_used: vec!["password".into()],
-            groups: vec![]
+            groups: vec![],
+            reply_attributes: vec![],
         }
     );
     assert!(last_reason(&w).contains("unenrolled = allow"));
