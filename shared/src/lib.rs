@@ -10,6 +10,7 @@ pub mod codes;
 pub mod config;
 pub mod engine;
 pub mod first_factor;
+pub mod hotp;
 pub mod model;
 pub mod password;
 pub mod secrets;

@@ -62,6 +62,7 @@ pub struct NewUser {
 #[serde(rename_all = "lowercase")]
 pub enum FactorKind {
     Totp,
+    Hotp,
 }
 
 impl FactorKind {
@@ -69,6 +70,7 @@ impl FactorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FactorKind::Totp => "totp",
+            FactorKind::Hotp => "hotp",
         }
     }
 
@@ -76,6 +78,7 @@ impl FactorKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "totp" => Some(FactorKind::Totp),
+            "hotp" => Some(FactorKind::Hotp),
             _ => None,
         }
     }

@@ -143,6 +143,11 @@ pub struct ReplyAttribute {
     pub value: Vec<u8>,
 }
 
+/// Sub-key labels of the code peppers (shared with the admin side that makes the codes).
+pub const RECOVERY_PEPPER_LABEL: &str = "portcullis recovery codes v1";
+/// See [`RECOVERY_PEPPER_LABEL`].
+pub const BYPASS_PEPPER_LABEL: &str = "portcullis bypass codes v1";
+
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
@@ -197,6 +202,7 @@ pub struct Engine {
     first_factors: HashMap<String, Arc<dyn FirstFactor>>,
     settings: EngineSettings,
     recovery_pepper: Zeroizing<[u8; 32]>,
+    bypass_pepper: Zeroizing<[u8; 32]>,
 }
 
 /// What happened, for the audit record.
@@ -231,7 +237,8 @@ impl Engine {
         hasher: PasswordHasher,
         settings: EngineSettings,
     ) -> Self {
-        let recovery_pepper = key.derive("portcullis recovery codes v1");
+        let recovery_pepper = key.derive(RECOVERY_PEPPER_LABEL);
+        let bypass_pepper = key.derive(BYPASS_PEPPER_LABEL);
         Self {
             store,
             clock,
@@ -240,6 +247,7 @@ impl Engine {
             first_factors: HashMap::new(),
             settings,
             recovery_pepper,
+            bypass_pepper,
         }
     }
 
@@ -473,7 +481,9 @@ impl Engine {
             .factors_of(user.id)?
             .iter()
             .any(|f| f.state == FactorState::Confirmed);
-        Ok(confirmed || self.store.unused_recovery_codes(user.id)? > 0)
+        Ok(confirmed
+            || self.store.unused_recovery_codes(user.id)? > 0
+            || self.store.has_bypass_code(user.id, self.clock.now())?)
     }
 
     /// Append mode: the code came with the password; one try.

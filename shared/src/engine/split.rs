@@ -13,8 +13,8 @@ pub struct Candidate {
     pub code: Zeroizing<String>,
 }
 
-/// TOTP code lengths tried as a digit suffix.
-const CODE_LENGTHS: [usize; 2] = [6, 8];
+/// Code lengths tried as a digit suffix: 6- and 8-digit one-time passwords, 9-digit bypass codes.
+const CODE_LENGTHS: [usize; 3] = [6, 8, 9];
 
 /// The readings of `credential`, most specific first: `password<delim>code`, then a 6- or
 /// 8-digit suffix, then a recovery-code suffix (with or without its dash).

@@ -526,3 +526,105 @@ fn a_tenant_backend_replaces_local_passwords() {
     )));
     assert!(last_reason(&w).contains("first factor (test-directory) unavailable: directory down"));
 }
+
+fn hotp_code(counter: u64) -> String {
+    crate::hotp::generate(
+        &decode_base32(SECRET).unwrap(),
+        crate::totp::TotpAlgorithm::SHA1,
+        6,
+        counter,
+    )
+}
+
+fn world_with_hotp_user() -> World {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "hank",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    w.admin
+        .enroll_hotp("acme", "hank", Some(SECRET), 6, "SHA1", 0)
+        .unwrap();
+    w
+}
+
+#[test]
+fn hotp_code_is_accepted_once_and_the_counter_moves_past_it() {
+    let w = world_with_hotp_user();
+    let hank = |c: &str| login(&w, LoginMode::Append, "hank", &format!("pw{c}"));
+    // A token pressed three times without logging in: still within the look-ahead.
+    assert!(is_accept(&hank(&hotp_code(3))));
+    assert!(!is_accept(&hank(&hotp_code(3))), "same code again");
+    assert!(!is_accept(&hank(&hotp_code(1))), "an older code");
+    assert!(is_accept(&hank(&hotp_code(4))));
+    let records = w.admin.audit(&AuditFilter::default()).unwrap();
+    assert_eq!(records[0].factors, ["password", "hotp"]);
+}
+
+#[test]
+fn hotp_beyond_the_look_ahead_needs_a_resync() {
+    let w = world_with_hotp_user();
+    let hank = |c: &str| login(&w, LoginMode::Append, "hank", &format!("pw{c}"));
+    assert!(!is_accept(&hank(&hotp_code(50))));
+    let f = &w.admin.list_factors("acme", "hank").unwrap()[0];
+    assert!(w
+        .admin
+        .resync_hotp("acme", "hank", &f.factor_id, &hotp_code(50), &hotp_code(52))
+        .is_err());
+    assert_eq!(
+        w.admin
+            .resync_hotp("acme", "hank", &f.factor_id, &hotp_code(50), &hotp_code(51))
+            .unwrap(),
+        52
+    );
+    assert!(!is_accept(&hank(&hotp_code(51))));
+    assert!(is_accept(&hank(&hotp_code(52))));
+}
+
+#[test]
+fn bypass_code_works_for_its_uses_until_it_expires() {
+    let w = world();
+    let b = w.admin.issue_bypass_code("acme", "alice", 2, 3600).unwrap();
+    assert_eq!(b.code.len(), 9);
+    assert!(is_accept(&append(&w, &format!("hunter2{}", b.code))));
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    match answer(&w, "alice", "192.0.2.10", &txn, &b.code) {
+        Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "bypass"]),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !is_accept(&append(&w, &format!("hunter2{}", b.code))),
+        "uses spent"
+    );
+    let late = w.admin.issue_bypass_code("acme", "alice", 1, 60).unwrap();
+    w.clock.advance(61);
+    assert!(
+        !is_accept(&append(&w, &format!("hunter2{}", late.code))),
+        "expired"
+    );
+}
+
+#[test]
+fn a_bypass_code_lets_a_user_without_a_device_in() {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "lost",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    assert!(!is_accept(&login(&w, LoginMode::Challenge, "lost", "pw")));
+    let b = w.admin.issue_bypass_code("acme", "lost", 1, 3600).unwrap();
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "lost", "pw"));
+    assert!(is_accept(&answer(&w, "lost", "192.0.2.10", &txn, &b.code)));
+}

@@ -3,9 +3,10 @@
 //! (`BIGINT`, `TEXT`, no AUTOINCREMENT quirks beyond the id column).
 
 /// (version, SQL) in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -87,4 +88,18 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_tenant_time ON audit(tenant, time);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE bypass_codes (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash   TEXT NOT NULL,
+    uses_left   INTEGER NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, code_hash)
+);
+"#,
+    ),
+];

@@ -56,6 +56,22 @@ pub trait Store: Send + Sync + 'static {
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()>;
+    /// Compare-and-set of a factor's params (HOTP counter): true only if they still were `old`.
+    fn update_factor_params(&self, factor_id: &str, old: &str, new: &str) -> StoreResult<bool>;
+
+    // Bypass codes (admin-issued, limited uses, expiring)
+    fn add_bypass_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        uses: u32,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// Spends one use of an unexpired code; true if there was one left.
+    fn use_bypass_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
+    /// Whether the user holds a bypass code that can still be used.
+    fn has_bypass_code(&self, user: UserId, now: UnixTime) -> StoreResult<bool>;
 
     // Recovery codes
     /// Replaces all of a user's recovery codes with these hashes.
