@@ -12,7 +12,9 @@ use crate::codes::generate_bypass_code;
 use crate::codes::{
     generate_recovery_code, hash_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
 };
-use crate::engine::{factor_context, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL};
+use crate::engine::{
+    factor_context, SmsParams, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL, SENT_PEPPER_LABEL,
+};
 use crate::hotp::{self, HotpParams, DEFAULT_LOOK_AHEAD};
 use crate::model::*;
 use crate::password::{PasswordError, PasswordHasher};
@@ -368,24 +370,34 @@ impl Admin {
         if f.state == FactorState::Confirmed {
             return Err(AdminError::AlreadyConfirmed(factor_id.to_string()));
         }
-        let secret = self
-            .key
-            .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let secret = || {
+            self.key
+                .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
         let corrupt =
             |e: serde_json::Error| StoreError::Corrupt(format!("factor {factor_id} params: {e}"));
         let now = self.clock.now();
         match f.kind {
             FactorKind::Totp => {
                 let params: TotpParams = serde_json::from_str(&f.params).map_err(corrupt)?;
-                let step = totp::verify(&secret, &params, code.trim(), now, self.totp_window)
+                let step = totp::verify(&secret()?, &params, code.trim(), now, self.totp_window)
                     .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
                 let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
                 self.store.record_otp_use(&f.id, step as i64, expires)?;
             }
+            FactorKind::Sms => {
+                let pepper = self.key.derive(SENT_PEPPER_LABEL);
+                let used = self
+                    .store
+                    .use_sent_code(u.id, &hash_code(&pepper, code.trim()), now)?;
+                if used.as_deref() != Some(factor_id) {
+                    return Err(AdminError::WrongCode(factor_id.to_string()));
+                }
+            }
             FactorKind::Hotp => {
                 let params: HotpParams = serde_json::from_str(&f.params).map_err(corrupt)?;
-                let counter = hotp::find(&secret, &params, code.trim())
+                let counter = hotp::find(&secret()?, &params, code.trim())
                     .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
                 let next = serde_json::to_string(&HotpParams {
                     counter: counter + 1,
@@ -481,6 +493,49 @@ impl Admin {
                 FactorState::Pending,
                 algorithm,
             ),
+        })
+    }
+
+    /// `factor enroll sms`: a pending SMS factor for `phone` (or the user's phone); a code
+    /// sent to it confirms it (`factor confirm`).
+    pub fn enroll_sms(
+        &self,
+        tenant: &str,
+        name: &str,
+        phone: Option<&str>,
+    ) -> Result<FactorInfo, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let phone = phone
+            .map(str::to_string)
+            .or(u.phone.clone())
+            .ok_or(AdminError::Invalid {
+                what: "phone number",
+                value: String::new(),
+                hint: "give --phone +4915112345678 or set the user's phone",
+            })?;
+        check_phone(&phone)?;
+        let id = new_factor_id();
+        let now = self.clock.now();
+        let params = serde_json::to_string(&SmsParams { phone }).unwrap_or_default();
+        self.store.add_factor(&Factor {
+            id: id.clone(),
+            user_id: u.id,
+            kind: FactorKind::Sms,
+            state: FactorState::Pending,
+            sealed_secret: Vec::new(),
+            params: params.clone(),
+            created_at: now,
+            confirmed_at: None,
+            last_used_at: None,
+        })?;
+        Ok(FactorInfo {
+            factor_id: id,
+            kind: "sms",
+            state: "pending",
+            details: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+            created_at: now,
+            confirmed_at: None,
+            last_used_at: None,
         })
     }
 
@@ -626,6 +681,22 @@ impl Admin {
         }
         Ok(self.store.list_audit(filter)?)
     }
+}
+
+fn check_phone(p: &str) -> Result<(), AdminError> {
+    let digits = p.strip_prefix('+').unwrap_or(p);
+    if !p.starts_with('+')
+        || digits.len() < 6
+        || digits.len() > 15
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(AdminError::Invalid {
+            what: "phone number",
+            value: p.to_string(),
+            hint: "expected E.164, like +4915112345678",
+        });
+    }
+    Ok(())
 }
 
 /// The `otpauth://hotp/...` URI of a software HOTP token.

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod clock;
 pub mod codes;
 pub mod config;
+pub mod delivery;
 pub mod engine;
 pub mod first_factor;
 pub mod hotp;

@@ -63,6 +63,7 @@ pub struct NewUser {
 pub enum FactorKind {
     Totp,
     Hotp,
+    Sms,
 }
 
 impl FactorKind {
@@ -71,6 +72,7 @@ impl FactorKind {
         match self {
             FactorKind::Totp => "totp",
             FactorKind::Hotp => "hotp",
+            FactorKind::Sms => "sms",
         }
     }
 
@@ -79,6 +81,7 @@ impl FactorKind {
         match s {
             "totp" => Some(FactorKind::Totp),
             "hotp" => Some(FactorKind::Hotp),
+            "sms" => Some(FactorKind::Sms),
             _ => None,
         }
     }

@@ -68,12 +68,18 @@ impl Engine {
             let result = match f.kind {
                 FactorKind::Totp => self.match_totp(&f, code, now)?,
                 FactorKind::Hotp => self.match_hotp(&f, code, now)?,
+                // Checked below against the codes that were sent.
+                FactorKind::Sms => None,
             };
             match result {
                 Some(CodeCheck::Replayed) => replayed = true,
                 Some(accepted) => return Ok(accepted),
                 None => {}
             }
+        }
+        if let Some(factor_id) = self.match_sent_code(user, code, now)? {
+            self.store.touch_factor(&factor_id, now)?;
+            return Ok(CodeCheck::Accepted { factor: "sms" });
         }
         Ok(if replayed {
             CodeCheck::Replayed

@@ -628,3 +628,224 @@ fn a_bypass_code_lets_a_user_without_a_device_in() {
     let txn = prompt_txn(&login(&w, LoginMode::Challenge, "lost", "pw"));
     assert!(is_accept(&answer(&w, "lost", "192.0.2.10", &txn, &b.code)));
 }
+
+mod sms {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::delivery::{CodeSender, DeliveryError, DeliverySettings};
+
+    #[derive(Default)]
+    struct Phone {
+        inbox: Mutex<Vec<(String, String)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl CodeSender for Phone {
+        fn channel(&self) -> &'static str {
+            "sms"
+        }
+        fn provider(&self) -> &str {
+            "test"
+        }
+        fn send(&self, to: &str, message: &str) -> Result<(), DeliveryError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(DeliveryError::Unavailable("HTTP 503".into()));
+            }
+            self.inbox.lock().unwrap().push((to.into(), message.into()));
+            Ok(())
+        }
+    }
+
+    impl Phone {
+        fn last_code(&self) -> String {
+            let inbox = self.inbox.lock().unwrap();
+            let (_, msg) = inbox.last().expect("a message was sent");
+            msg.chars().filter(|c| c.is_ascii_digit()).collect()
+        }
+        fn count(&self) -> usize {
+            self.inbox.lock().unwrap().len()
+        }
+    }
+
+    /// "sid" has only an SMS factor (confirmed through a sent code); alice has TOTP + SMS.
+    fn sms_world() -> (World, Arc<Phone>) {
+        let mut w = world();
+        let phone = Arc::new(Phone::default());
+        w.engine
+            .set_sender("acme", phone.clone(), DeliverySettings::default());
+        w.admin
+            .add_user(
+                "acme",
+                "sid",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                Some("+4915112345678".into()),
+                vec![],
+            )
+            .unwrap();
+        for user in ["sid", "alice"] {
+            let f = w
+                .admin
+                .enroll_sms("acme", user, Some("+4915112345678"))
+                .unwrap();
+            assert!(matches!(
+                w.engine
+                    .send_enrolment_code("acme", user, &f.factor_id)
+                    .unwrap(),
+                SendOutcome::Sent { .. }
+            ));
+            w.admin
+                .confirm_factor("acme", user, &f.factor_id, &phone.last_code())
+                .unwrap();
+            w.clock.advance(31);
+        }
+        (w, phone)
+    }
+
+    #[test]
+    fn sms_only_user_gets_a_text_at_once_and_its_code_works_once() {
+        let (w, phone) = sms_world();
+        let before = phone.count();
+        let p = login(&w, LoginMode::Challenge, "sid", "pw");
+        assert_eq!(phone.count(), before + 1);
+        match &p {
+            Step::Prompt { text, .. } => assert!(text.contains("••••5678"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let code = phone.last_code();
+        match answer(&w, "sid", "192.0.2.10", &prompt_txn(&p), &code) {
+            Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "sms"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !is_accept(&login(&w, LoginMode::Append, "sid", &format!("pw{code}"))),
+            "code reused"
+        );
+    }
+
+    #[test]
+    fn typing_sms_at_the_prompt_sends_a_code_without_costing_an_attempt() {
+        let (w, phone) = sms_world();
+        let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        match &p {
+            Step::Prompt { text, .. } => assert!(text.contains("type sms"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let before = phone.count();
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "SMS"));
+        assert_eq!(phone.count(), before + 1);
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &t, "000000"));
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &t, "000001"));
+        assert!(is_accept(&answer(
+            &w,
+            "alice",
+            "192.0.2.10",
+            &t,
+            &phone.last_code()
+        )));
+    }
+
+    #[test]
+    fn resend_waits_30_seconds_and_the_hourly_quota_holds() {
+        let (w, phone) = sms_world();
+        let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "sms"));
+        let n = phone.count();
+        let p = answer(&w, "alice", "192.0.2.10", &t, "sms");
+        assert_eq!(phone.count(), n, "too soon");
+        assert!(matches!(&p, Step::Prompt { text, .. } if text.contains("Wait")));
+        // Alice's enrolment text and one login text so far; three more fit into the hour.
+        for _ in 0..3 {
+            w.clock.advance(31);
+            login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        }
+        w.clock.advance(31);
+        let n = phone.count();
+        match login(&w, LoginMode::Append, "alice", "hunter2,sms") {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("Too many"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(phone.count(), n, "quota");
+        assert!(last_reason(&w).contains("hourly quota"));
+    }
+
+    #[test]
+    fn append_mode_sends_on_password_comma_sms_then_accepts_the_code() {
+        let (w, phone) = sms_world();
+        let s = login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        match s {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("sent to ••••5678"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(last_reason(&w).contains("sms code sent"));
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{}", phone.last_code())
+        )));
+    }
+
+    #[test]
+    fn sent_code_expires_after_five_minutes() {
+        let (w, phone) = sms_world();
+        login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        w.clock.advance(301);
+        assert!(!is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{}", phone.last_code())
+        )));
+    }
+
+    #[test]
+    fn provider_down_rejects_an_sms_only_user_clearly_and_leaves_other_factors_working() {
+        let (w, phone) = sms_world();
+        phone.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        match login(&w, LoginMode::Challenge, "sid", "pw") {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("could not be sent"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            last_reason(&w).contains("provider unavailable: HTTP 503"),
+            "{}",
+            last_reason(&w)
+        );
+        let now = w.clock.now();
+        assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(now)))));
+    }
+
+    #[test]
+    fn sms_factor_without_a_provider_is_not_usable() {
+        let w = world();
+        w.admin
+            .add_user(
+                "acme",
+                "sid",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                None,
+                vec![],
+            )
+            .unwrap();
+        let f = w
+            .admin
+            .enroll_sms("acme", "sid", Some("+4915112345678"))
+            .unwrap();
+        assert!(matches!(
+            w.engine
+                .send_enrolment_code("acme", "sid", &f.factor_id)
+                .unwrap(),
+            SendOutcome::NotConfigured
+        ));
+        assert!(!is_accept(&login(&w, LoginMode::Challenge, "sid", "pw")));
+    }
+}

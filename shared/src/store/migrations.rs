@@ -102,4 +102,18 @@ CREATE TABLE bypass_codes (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE sent_codes (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    factor_id   TEXT NOT NULL,
+    code_hash   TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE INDEX sent_codes_user ON sent_codes(user_id, created_at);
+"#,
+    ),
 ];

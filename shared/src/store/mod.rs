@@ -85,6 +85,25 @@ pub trait Store: Send + Sync + 'static {
     fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
     fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32>;
 
+    // Codes sent out of band (SMS)
+    fn add_sent_code(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        hash: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// Spends an unexpired, unused sent code; the factor it was sent for, if it matched.
+    fn use_sent_code(&self, user: UserId, hash: &str, now: UnixTime)
+        -> StoreResult<Option<String>>;
+    /// How many codes were sent to the user since `since`, and when the last one was.
+    fn sent_codes_since(
+        &self,
+        user: UserId,
+        since: UnixTime,
+    ) -> StoreResult<(u32, Option<UnixTime>)>;
+
     // OTP replay cache
     /// Records that `counter` of `factor_id` was used; false if it was used before.
     fn record_otp_use(

@@ -516,6 +516,56 @@ impl Store for SqliteStore {
         st.query_row(params![user], |r| r.get(0)).map_err(db)
     }
 
+    fn add_sent_code(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        hash: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO sent_codes (user_id, factor_id, code_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user, factor_id, hash, now, expires_at],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn use_sent_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<String>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE sent_codes SET used_at = ?3
+                 WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL AND expires_at > ?3
+                 RETURNING factor_id",
+            )
+            .map_err(db)?;
+        let mut rows = st
+            .query_map(params![user, hash, now], |r| r.get::<_, String>(0))
+            .map_err(db)?;
+        rows.next().transpose().map_err(db)
+    }
+
+    fn sent_codes_since(
+        &self,
+        user: UserId,
+        since: UnixTime,
+    ) -> StoreResult<(u32, Option<UnixTime>)> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT COUNT(*), MAX(created_at) FROM sent_codes WHERE user_id = ?1 AND created_at >= ?2")
+            .map_err(db)?;
+        st.query_row(params![user, since], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)
+    }
+
     fn record_otp_use(
         &self,
         factor_id: &str,
@@ -731,7 +781,14 @@ impl Store for SqliteStore {
                 params![now],
             )
             .map_err(db)?;
-        Ok((a + b + c) as u64)
+        // Sent codes stay an hour past expiry: the hourly send quota counts them.
+        let d = conn
+            .execute(
+                "DELETE FROM sent_codes WHERE expires_at <= ?1",
+                params![now - 3600],
+            )
+            .map_err(db)?;
+        Ok((a + b + c + d) as u64)
     }
 }
 
