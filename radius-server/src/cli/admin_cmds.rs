@@ -378,6 +378,32 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                 }
             });
         }
+        FactorCmd::Enroll(EnrollCmd::Sms {
+            tenant,
+            user,
+            phone,
+        }) => {
+            let f = admin.enroll_sms(&tenant.tenant, &user, phone.as_deref())?;
+            let (engine, _rt) = o.engine()?;
+            let sent = engine.send_enrolment_code(&tenant.tenant, &user, &f.factor_id)?;
+            let value = json!({
+                "factor_id": f.factor_id, "kind": "sms", "state": "pending",
+                "sent": matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }),
+                "message": sent.reason(),
+            });
+            if !matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }) {
+                bail!(
+                    "factor {} created but pending: {} (fix the provider in [tenants.{}.sms], then remove and enrol again)",
+                    f.factor_id, sent.reason(), tenant.tenant
+                );
+            }
+            emit(json, &value, || {
+                format!(
+                "{}\nThe SMS factor {} is pending until the user reads you the code:\n  portcullis factor confirm --tenant {} {} {} CODE",
+                sent.user_text(), f.factor_id, tenant.tenant, user, f.factor_id
+            )
+            });
+        }
         FactorCmd::Resync {
             tenant,
             user,

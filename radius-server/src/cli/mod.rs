@@ -214,6 +214,15 @@ pub enum EnrollCmd {
         #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
         algorithm: String,
     },
+    /// Text-message codes to a phone: a code is sent now; `factor confirm` with it enables the factor.
+    Sms {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// E.164 number; defaults to the user's phone.
+        #[arg(long)]
+        phone: Option<String>,
+    },
     /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
     Hotp {
         #[command(flatten)]
@@ -289,6 +298,25 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
 }
 
 impl Opened {
+    /// An Engine with the tenants' providers, and the runtime its providers run on, for
+    /// commands that send (CLI code runs on the main thread, outside the runtime).
+    pub fn engine(&self) -> Result<(portcullis_core::engine::Engine, tokio::runtime::Runtime)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let mut engine = portcullis_core::engine::Engine::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.key.clone(),
+            self.hasher.clone(),
+            portcullis_core::engine::EngineSettings::from_config(&self.config),
+        );
+        crate::providers::configure(&mut engine, &self.config, rt.handle())?;
+        Ok((engine, rt))
+    }
+
     /// The admin service over this store.
     pub fn admin(&self) -> Admin {
         Admin::new(

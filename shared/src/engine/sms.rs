@@ -120,7 +120,7 @@ impl Engine {
             .template
             .replace("{issuer}", &settings.issuer)
             .replace("{code}", &code);
-        if let Err(e) = sender.send(&params.phone, &message) {
+        if let Err(e) = sender.send(&params.phone, &code, &message) {
             tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "sms not sent");
             return Ok(SendOutcome::Failed(e));
         }

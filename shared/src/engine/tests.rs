@@ -648,7 +648,7 @@ mod sms {
         fn provider(&self) -> &str {
             "test"
         }
-        fn send(&self, to: &str, message: &str) -> Result<(), DeliveryError> {
+        fn send(&self, to: &str, _code: &str, message: &str) -> Result<(), DeliveryError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(DeliveryError::Unavailable("HTTP 503".into()));
             }
