@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use portcullis_core::engine::{Engine, EngineSettings};
 use tokio::sync::watch;
 
 use crate::radius::metrics::Metrics;
@@ -26,15 +25,7 @@ pub fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve(o: crate::cli::Opened) -> Result<()> {
-    let mut engine = Engine::new(
-        o.store.clone(),
-        o.clock.clone(),
-        o.key.clone(),
-        o.hasher.clone(),
-        EngineSettings::from_config(&o.config),
-    );
-    crate::providers::configure(&mut engine, &o.config, &tokio::runtime::Handle::current())?;
-    let engine = Arc::new(engine);
+    let engine = Arc::new(o.build_engine(&tokio::runtime::Handle::current())?);
     for c in &o.config.radius.clients {
         if o.store.tenant_by_name(&c.tenant)?.is_none() {
             tracing::warn!(client = %c.name, tenant = %c.tenant,

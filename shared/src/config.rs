@@ -236,6 +236,57 @@ pub struct TenantConfig {
     /// `[tenants.NAME.sms]`: the text-message provider of the SMS factor.
     #[serde(default)]
     pub sms: Option<SmsConfig>,
+    /// `[[tenants.NAME.rules]]`: policy rules, in order; the first match wins; without a
+    /// match a second factor is required.
+    #[serde(default)]
+    pub rules: Vec<crate::policy::Rule>,
+}
+
+fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (String, String)> {
+    use crate::policy::{parse_hhmm, Action, FACTOR_NAMES};
+    let mut names = HashSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("tenants.{tenant}.rules[{i}].{k}");
+        if r.name.trim().is_empty() {
+            return Err((key("name"), "must not be empty".into()));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err((key("name"), format!("'{}' is used by another rule; names must be unique (audit records name the rule)", r.name)));
+        }
+        for f in &r.factors {
+            if !FACTOR_NAMES.contains(&f.as_str()) {
+                return Err((
+                    key("factors"),
+                    format!("'{f}' is not a factor; use {}", FACTOR_NAMES.join(", ")),
+                ));
+            }
+        }
+        if r.action == Action::StepUp && r.factors.is_empty() {
+            return Err((
+                key("factors"),
+                "step_up needs the factors that count as stronger, e.g. [\"hotp\"]".into(),
+            ));
+        }
+        if !r.factors.is_empty() && matches!(r.action, Action::Deny | Action::SkipMfa) {
+            return Err((
+                key("factors"),
+                "only require_mfa and step_up take factors".into(),
+            ));
+        }
+        if let Some(t) = &r.time {
+            match (parse_hhmm(&t.from), parse_hhmm(&t.to)) {
+                (Some(a), Some(b)) if a < b => {}
+                _ => return Err((key("time"), format!("from '{}' and to '{}' must be HH:MM with from before to (split a window across midnight into two rules)", t.from, t.to))),
+            }
+            if t.utc_offset_minutes.abs() > 14 * 60 {
+                return Err((
+                    key("time.utc_offset_minutes"),
+                    "must be within +-840".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which SMS provider.
@@ -603,6 +654,7 @@ impl Config {
             }
         }
         for (name, t) in &self.tenants {
+            validate_rules(name, &t.rules).map_err(|(key, message)| bad(key, message))?;
             if let Some(sms) = &t.sms {
                 sms.validate(&format!("tenants.{name}.sms"))
                     .map_err(|(key, message)| bad(key, message))?;
@@ -751,6 +803,37 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("carrier-pigeon"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        let ok = "[[tenants.acme.rules]]\nname = \"lan\"\naction = \"skip_mfa\"\nsources = [\"10.0.0.0/8\"]\n";
+        let c = parse(ok).unwrap();
+        assert_eq!(c.tenants["acme"].rules.len(), 1);
+        let e = parse(&format!("{ok}{ok}")).unwrap_err().to_string();
+        assert!(e.contains("tenants.acme.rules[1].name"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"s\"\naction = \"step_up\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules[0].factors"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"s\"\naction = \"require_mfa\"\nfactors = [\"carrier-pigeon\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("carrier-pigeon"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"t\"\naction = \"deny\"\ntime = { from = \"22:00\", to = \"06:00\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules[0].time"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"t\"\naction = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maybe"), "{e}");
+        let e = parse(
+            "[[tenants.acme.rules]]\nname = \"t\"\naction = \"deny\"\nsources = [\"10.0.0/8\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("10.0.0/8") || e.contains("sources"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,33 @@ pub enum Command {
     },
     /// Show the audit log: one record per login decision.
     Audit(AuditArgs),
+    /// Policy rules.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Explain which rule a login would match, and why.
+    Test {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The user (their groups come from the store).
+        #[arg(long)]
+        user: String,
+        /// RADIUS client or PAM service name.
+        #[arg(long)]
+        client: String,
+        /// Source address (Calling-Station-Id or PAM rhost).
+        #[arg(long, default_value = "")]
+        source: String,
+        /// PAM host.
+        #[arg(long)]
+        host: Option<String>,
+        /// When (RFC 3339, e.g. 2026-11-23T10:00:00Z); default now.
+        #[arg(long)]
+        at: Option<humantime::Timestamp>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,14 +325,12 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
 }
 
 impl Opened {
-    /// An Engine with the tenants' providers, and the runtime its providers run on, for
-    /// commands that send (CLI code runs on the main thread, outside the runtime).
-    pub fn engine(&self) -> Result<(portcullis_core::engine::Engine, tokio::runtime::Runtime)> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
+    /// The Engine as the config describes it: settings, each tenant's rules and providers
+    /// (which run on `handle`).
+    pub fn build_engine(
+        &self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<portcullis_core::engine::Engine> {
         let mut engine = portcullis_core::engine::Engine::new(
             self.store.clone(),
             self.clock.clone(),
@@ -313,7 +338,22 @@ impl Opened {
             self.hasher.clone(),
             portcullis_core::engine::EngineSettings::from_config(&self.config),
         );
-        crate::providers::configure(&mut engine, &self.config, rt.handle())?;
+        for (tenant, t) in &self.config.tenants {
+            engine.set_rules(tenant, t.rules.clone());
+        }
+        crate::providers::configure(&mut engine, &self.config, handle)?;
+        Ok(engine)
+    }
+
+    /// An Engine for commands that send (CLI code runs on the main thread, outside the
+    /// runtime that the providers' requests run on).
+    pub fn engine(&self) -> Result<(portcullis_core::engine::Engine, tokio::runtime::Runtime)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let engine = self.build_engine(rt.handle())?;
         Ok((engine, rt))
     }
 

@@ -6,6 +6,7 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod rules;
 mod second_factor;
 mod sms;
 mod split;
@@ -25,6 +26,7 @@ use crate::delivery::{CodeSender, DeliverySettings};
 use crate::first_factor::{FirstFactor, FirstFactorResult, LocalPasswords};
 use crate::model::*;
 use crate::password::PasswordHasher;
+use crate::policy::{Decision, Rule};
 use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 
@@ -214,6 +216,8 @@ pub struct Engine {
     sent_pepper: Zeroizing<[u8; 32]>,
     /// Per-tenant out-of-band code delivery (SMS).
     senders: HashMap<String, (Arc<dyn CodeSender>, DeliverySettings)>,
+    /// Per-tenant policy rules, in order.
+    policies: HashMap<String, Vec<Rule>>,
 }
 
 /// What happened, for the audit record.
@@ -262,7 +266,13 @@ impl Engine {
             bypass_pepper,
             sent_pepper,
             senders: HashMap::new(),
+            policies: HashMap::new(),
         }
+    }
+
+    /// The policy rules of `tenant`, evaluated in order (first match wins).
+    pub fn set_rules(&mut self, tenant: &str, rules: Vec<Rule>) {
+        self.policies.insert(tenant.to_string(), rules);
     }
 
     /// Send the text messages of `tenant` through `sender`.
@@ -387,7 +397,11 @@ impl Engine {
                 let Some(user) = user else {
                     return Ok(Outcome::reject("unknown user"));
                 };
-                self.begin_second_factor(&tenant, &user, req, now, "password")
+                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "password") {
+                    return Ok(stop);
+                }
+                self.begin_second_factor(&tenant, &user, req, now, "password", &d)
             }
             LoginMode::Append => {
                 let candidates = split::append_candidates(&req.credential, &req.delimiter);
@@ -405,6 +419,12 @@ impl Engine {
                     {
                         Ok(()) => {
                             let Some(user) = user else { break };
+                            let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                            if let Some(stop) =
+                                rules::stop_after_first_factor(&d, &user, "password")
+                            {
+                                return Ok(stop);
+                            }
                             return self.second_factor_once(
                                 &tenant,
                                 &user,
@@ -412,6 +432,7 @@ impl Engine {
                                 now,
                                 "password",
                                 req.unenrolled,
+                                &d,
                             );
                         }
                         Err(r) => reason = r,
@@ -426,12 +447,16 @@ impl Engine {
                     Some(_) => return Ok(Outcome::reject("user is disabled")),
                     None => return Ok(Outcome::reject("unknown user")),
                 };
+                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "delegated") {
+                    return Ok(stop);
+                }
                 if req.credential.is_empty() {
-                    return self.begin_second_factor(&tenant, &user, req, now, "delegated");
+                    return self.begin_second_factor(&tenant, &user, req, now, "delegated", &d);
                 }
                 let code =
                     Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
-                self.second_factor_once(&tenant, &user, &code, now, "delegated", req.unenrolled)
+                self.second_factor_once(&tenant, &user, &code, now, "delegated", req.unenrolled, &d)
             }
         }
     }
@@ -463,9 +488,10 @@ impl Engine {
         req: &LoginRequest,
         now: UnixTime,
         first: &'static str,
+        d: &Decision,
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(tenant, user)? {
-            return Ok(unenrolled_outcome(user, first, req.unenrolled));
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
+            return Ok(stop);
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -473,8 +499,8 @@ impl Engine {
         // SMS: with no other way to give a code, the text goes out at once; otherwise the
         // prompt offers it.
         let mut text = req.prompt.clone();
-        if let Some(sms) = self.sms_factor(&tenant.name, user)? {
-            if self.has_code_factor_besides_sms(user)? {
+        if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
+            if self.has_code_factor_besides_sms(user, d)? {
                 text = format!("{text} (or type sms for a text message)");
             } else {
                 let sent = self.send_code(&tenant.name, user, &sms)?;
@@ -508,32 +534,65 @@ impl Engine {
                 echo: false,
                 expects: Expects::Code,
             },
-            reason: "first factor ok; code asked".into(),
+            reason: format!("first factor ok; code asked ({})", d.label()),
             factors: vec![first.into()],
         })
     }
 
-    /// Whether the user can give a code without a text message.
-    fn has_code_factor_besides_sms(&self, user: &User) -> Result<bool, EngineError> {
-        let other = self
-            .store
-            .factors_of(user.id)?
-            .iter()
-            .any(|f| f.state == FactorState::Confirmed && f.kind != FactorKind::Sms);
+    /// Whether the user can give a code (allowed by `d`) without a text message.
+    fn has_code_factor_besides_sms(&self, user: &User, d: &Decision) -> Result<bool, EngineError> {
+        let other = self.store.factors_of(user.id)?.iter().any(|f| {
+            f.state == FactorState::Confirmed
+                && f.kind != FactorKind::Sms
+                && d.allows(f.kind.as_str())
+        });
         Ok(other
-            || self.store.unused_recovery_codes(user.id)? > 0
-            || self.store.has_bypass_code(user.id, self.clock.now())?)
+            || (d.allows("recovery") && self.store.unused_recovery_codes(user.id)? > 0)
+            || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
     }
 
-    fn has_usable_factor(&self, tenant: &Tenant, user: &User) -> Result<bool, EngineError> {
+    /// Whether the user holds a factor that `d` accepts.
+    fn has_usable_factor(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        d: &Decision,
+    ) -> Result<bool, EngineError> {
         let can_send = self.senders.contains_key(&tenant.name);
-        let confirmed =
-            self.store.factors_of(user.id)?.iter().any(|f| {
-                f.state == FactorState::Confirmed && (f.kind != FactorKind::Sms || can_send)
-            });
+        let confirmed = self.store.factors_of(user.id)?.iter().any(|f| {
+            f.state == FactorState::Confirmed
+                && (f.kind != FactorKind::Sms || can_send)
+                && d.allows(f.kind.as_str())
+        });
         Ok(confirmed
-            || self.store.unused_recovery_codes(user.id)? > 0
-            || self.store.has_bypass_code(user.id, self.clock.now())?)
+            || (d.allows("recovery") && self.store.unused_recovery_codes(user.id)? > 0)
+            || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
+    }
+
+    /// A user without a factor the decision accepts: the unenrolled setting applies to users
+    /// with no factor at all; a rule that asks for factors the user lacks always rejects.
+    fn no_usable_factor(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        first: &str,
+        unenrolled: Unenrolled,
+        d: &Decision,
+    ) -> Result<Option<Outcome>, EngineError> {
+        if self.has_usable_factor(tenant, user, d)? {
+            return Ok(None);
+        }
+        if d.factors.is_empty() {
+            return Ok(Some(unenrolled_outcome(user, first, unenrolled)));
+        }
+        Ok(Some(Outcome::reject_with(
+            format!(
+                "{} asks for {} and the user has none of them",
+                d.label(),
+                d.factors.join("/")
+            ),
+            "This login needs a second factor you have not enrolled; ask your administrator",
+        )))
     }
 
     /// Append mode: the code came with the password; one try.
@@ -545,9 +604,10 @@ impl Engine {
         now: UnixTime,
         first: &'static str,
         unenrolled: Unenrolled,
+        d: &Decision,
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(tenant, user)? {
-            return Ok(unenrolled_outcome(user, first, unenrolled));
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
+            return Ok(stop);
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -555,7 +615,7 @@ impl Engine {
         // `password,sms`: send a code; the user logs in again with it (a NAS in append
         // mode cannot show a prompt).
         if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, user)? {
+            if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
                 let sent = self.send_code(&tenant.name, user, &sms)?;
                 let message = match sent {
                     SendOutcome::Sent { .. } => format!(
@@ -567,8 +627,8 @@ impl Engine {
                 return Ok(Outcome::reject_with(sent.reason(), &message));
             }
         }
-        Ok(match self.check_code(tenant, user, code, now)? {
-            CodeCheck::Accepted { factor } => accepted(user, first, factor),
+        Ok(match self.check_code(tenant, user, code, now, d)? {
+            CodeCheck::Accepted { factor } => accepted(user, first, factor, d),
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -611,10 +671,17 @@ impl Engine {
             self.store.delete_transaction(&txn.id)?;
             return Ok(blocked);
         }
+        // The rules are applied again: the user's groups or the time may have changed. A
+        // started login is never downgraded: skip_mfa here still asks for the code.
+        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+        if d.action == crate::policy::Action::Deny {
+            self.store.delete_transaction(&txn.id)?;
+            return Ok(Outcome::reject(format!("denied by {}", d.label())));
+        }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
         if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, &user)? {
+            if let Some(sms) = self.sms_factor(&tenant.name, &user, &d)? {
                 // Asking for a text is not a wrong answer: no attempt is counted.
                 let sent = self.send_code(&tenant.name, &user, &sms)?;
                 return Ok(Outcome {
@@ -629,10 +696,10 @@ impl Engine {
                 });
             }
         }
-        match self.check_code(&tenant, &user, &code, now)? {
+        match self.check_code(&tenant, &user, &code, now, &d)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
-                Ok(accepted(&user, txn.first_factor(), factor))
+                Ok(accepted(&user, txn.first_factor(), factor, &d))
             }
             failed => {
                 let attempts = self.store.add_transaction_attempt(&txn.id)?;
@@ -665,14 +732,14 @@ impl Engine {
     }
 }
 
-fn accepted(user: &User, first: &str, factor: &str) -> Outcome {
+fn accepted(user: &User, first: &str, factor: &str, d: &Decision) -> Outcome {
     Outcome {
         step: Step::Accept {
             factors_used: vec![first.into(), factor.into()],
             groups: user.groups.clone(),
             reply_attributes: Vec::new(),
         },
-        reason: format!("{first} and {factor} ok"),
+        reason: format!("{first} and {factor} ok; {}", d.label()),
         factors: vec![first.into(), factor.into()],
     }
 }
