@@ -290,7 +290,16 @@ mod tests {
     #[test]
     fn rules_table() {
         use Action::*;
-        let cases: &[(&str, &[&str], &str, i64, Action, Option<&str>)] = &[
+        // (client, groups, source, time, expected action, expected rule)
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a str,
+            i64,
+            Action,
+            Option<&'a str>,
+        );
+        let cases: &[Case] = &[
             (
                 "vpn",
                 &["staff"],

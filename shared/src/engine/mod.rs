@@ -220,6 +220,15 @@ pub struct Engine {
     policies: HashMap<String, Vec<Rule>>,
 }
 
+/// What the first factor established, for the second-factor step.
+#[derive(Clone, Copy)]
+struct Gate<'a> {
+    /// `password` or `delegated`.
+    first: &'static str,
+    unenrolled: Unenrolled,
+    decision: &'a Decision,
+}
+
 /// What happened, for the audit record.
 struct Outcome {
     step: Step,
@@ -430,9 +439,11 @@ impl Engine {
                                 &user,
                                 &cand.code,
                                 now,
-                                "password",
-                                req.unenrolled,
-                                &d,
+                                Gate {
+                                    first: "password",
+                                    unenrolled: req.unenrolled,
+                                    decision: &d,
+                                },
                             );
                         }
                         Err(r) => reason = r,
@@ -456,7 +467,17 @@ impl Engine {
                 }
                 let code =
                     Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
-                self.second_factor_once(&tenant, &user, &code, now, "delegated", req.unenrolled, &d)
+                self.second_factor_once(
+                    &tenant,
+                    &user,
+                    &code,
+                    now,
+                    Gate {
+                        first: "delegated",
+                        unenrolled: req.unenrolled,
+                        decision: &d,
+                    },
+                )
             }
         }
     }
@@ -602,10 +623,13 @@ impl Engine {
         user: &User,
         code: &str,
         now: UnixTime,
-        first: &'static str,
-        unenrolled: Unenrolled,
-        d: &Decision,
+        gate: Gate<'_>,
     ) -> Result<Outcome, EngineError> {
+        let Gate {
+            first,
+            unenrolled,
+            decision: d,
+        } = gate;
         if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
             return Ok(stop);
         }
