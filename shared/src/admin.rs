@@ -296,6 +296,17 @@ impl Admin {
         Ok(self.store.set_password_hash(u.id, hash.as_deref())?)
     }
 
+    /// `user forget`: revoke remembered sources (one, or all) of a user.
+    pub fn forget_sources(
+        &self,
+        tenant: &str,
+        name: &str,
+        source: Option<&str>,
+    ) -> Result<u64, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self.store.forget_sources(u.id, source)?)
+    }
+
     /// `user unlock`: forget the user's failed codes and lock.
     pub fn unlock(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
         let (t, u) = self.user(tenant, name)?;

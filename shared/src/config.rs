@@ -261,6 +261,17 @@ fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (St
                 ));
             }
         }
+        if r.remember.is_some() && r.action != Action::RequireMfa {
+            return Err((
+                key("remember"),
+                "only require_mfa rules can remember a source".into(),
+            ));
+        }
+        if r.remember
+            .is_some_and(|d| d.is_zero() || d.as_secs() > 90 * 86_400)
+        {
+            return Err((key("remember"), "use a duration from 1s to 90d".into()));
+        }
         if r.action == Action::StepUp && r.factors.is_empty() {
             return Err((
                 key("factors"),

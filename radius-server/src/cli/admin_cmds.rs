@@ -344,6 +344,17 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
             admin.set_password(&tenant.tenant, &name, password_input(&password)?)?;
             done(json, format!("password of '{name}' set"));
         }
+        UserCmd::Forget {
+            tenant,
+            name,
+            source,
+        } => {
+            let n = admin.forget_sources(&tenant.tenant, &name, source.as_deref())?;
+            done(
+                json,
+                format!("{n} remembered source(s) of '{name}' forgotten"),
+            );
+        }
         UserCmd::Unlock { tenant, name } => {
             admin.unlock(&tenant.tenant, &name)?;
             done(

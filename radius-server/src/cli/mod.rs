@@ -178,6 +178,15 @@ pub enum UserCmd {
         #[command(flatten)]
         password: PasswordInput,
     },
+    /// Revoke remembered sources: the user gives a second factor again from there.
+    Forget {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+        /// Only this source (default: all of the user's).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Lift a lock or throttle after failed codes.
     Unlock {
         #[command(flatten)]

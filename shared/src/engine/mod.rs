@@ -225,6 +225,8 @@ pub struct Engine {
 struct Gate<'a> {
     /// `password` or `delegated`.
     first: &'static str,
+    /// Where the user is (for remembered sources).
+    source: &'a str,
     unenrolled: Unenrolled,
     decision: &'a Decision,
 }
@@ -407,7 +409,9 @@ impl Engine {
                     return Ok(Outcome::reject("unknown user"));
                 };
                 let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "password") {
+                if let Some(stop) =
+                    self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
+                {
                     return Ok(stop);
                 }
                 self.begin_second_factor(&tenant, &user, req, now, "password", &d)
@@ -429,9 +433,13 @@ impl Engine {
                         Ok(()) => {
                             let Some(user) = user else { break };
                             let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                            if let Some(stop) =
-                                rules::stop_after_first_factor(&d, &user, "password")
-                            {
+                            if let Some(stop) = self.stop_after_first_factor(
+                                &d,
+                                &user,
+                                "password",
+                                &req.source,
+                                now,
+                            )? {
                                 return Ok(stop);
                             }
                             return self.second_factor_once(
@@ -441,6 +449,7 @@ impl Engine {
                                 now,
                                 Gate {
                                     first: "password",
+                                    source: &req.source,
                                     unenrolled: req.unenrolled,
                                     decision: &d,
                                 },
@@ -459,7 +468,9 @@ impl Engine {
                     None => return Ok(Outcome::reject("unknown user")),
                 };
                 let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "delegated") {
+                if let Some(stop) =
+                    self.stop_after_first_factor(&d, &user, "delegated", &req.source, now)?
+                {
                     return Ok(stop);
                 }
                 if req.credential.is_empty() {
@@ -474,6 +485,7 @@ impl Engine {
                     now,
                     Gate {
                         first: "delegated",
+                        source: &req.source,
                         unenrolled: req.unenrolled,
                         decision: &d,
                     },
@@ -627,6 +639,7 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         let Gate {
             first,
+            source,
             unenrolled,
             decision: d,
         } = gate;
@@ -652,7 +665,10 @@ impl Engine {
             }
         }
         Ok(match self.check_code(tenant, user, code, now, d)? {
-            CodeCheck::Accepted { factor } => accepted(user, first, factor, d),
+            CodeCheck::Accepted { factor } => {
+                self.remember_if_asked(d, user, source, now)?;
+                accepted(user, first, factor, d)
+            }
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -723,6 +739,7 @@ impl Engine {
         match self.check_code(&tenant, &user, &code, now, &d)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
+                self.remember_if_asked(&d, &user, &req.source, now)?;
                 Ok(accepted(&user, txn.first_factor(), factor, &d))
             }
             failed => {

@@ -864,6 +864,7 @@ mod rules {
             sources: vec![],
             time: None,
             factors: vec![],
+            remember: None,
         }
     }
 
@@ -942,6 +943,78 @@ mod rules {
         // The TOTP code was never spent by the refused attempt.
         w.engine.set_rules("acme", vec![]);
         assert!(is_accept(&append(&w, &format!("hunter2{totp_code}"))));
+    }
+
+    #[test]
+    fn a_remembered_source_skips_the_code_until_it_expires_or_is_forgotten() {
+        let w = with_rules(vec![Rule {
+            remember: Some(std::time::Duration::from_secs(8 * 3600)),
+            ..rule("remember-8h", Action::RequireMfa)
+        }]);
+        // First login from 192.0.2.10 needs the code...
+        let t = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+        assert!(is_accept(&answer(
+            &w,
+            "alice",
+            "192.0.2.10",
+            &t,
+            &code_at(T0)
+        )));
+        // ...the next one from there does not, and says why.
+        let s = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        assert!(
+            matches!(&s, Step::Accept { factors_used, .. } if factors_used == &["password", "remembered"]),
+            "{s:?}"
+        );
+        assert!(
+            last_reason(&w).contains("remembered for source '192.0.2.10'"),
+            "{}",
+            last_reason(&w)
+        );
+        assert!(
+            !is_accept(&login(&w, LoginMode::Challenge, "alice", "wrong")),
+            "never without the password"
+        );
+        // Another source is asked.
+        let other = w
+            .engine
+            .start(&LoginRequest {
+                tenant: "acme".into(),
+                channel: channel(),
+                source: "198.51.100.7".into(),
+                mode: LoginMode::Challenge,
+                username: "alice".into(),
+                credential: Zeroizing::new(b"hunter2".to_vec()),
+                delimiter: ",".into(),
+                prompt: "Code:".into(),
+                unenrolled: Unenrolled::Deny,
+            })
+            .unwrap();
+        assert!(matches!(other, Step::Prompt { .. }));
+        // Forgotten: asked again.
+        w.admin
+            .forget_sources("acme", "alice", Some("192.0.2.10"))
+            .unwrap();
+        assert!(matches!(
+            login(&w, LoginMode::Challenge, "alice", "hunter2"),
+            Step::Prompt { .. }
+        ));
+        // Remembered again, then expired.
+        assert!(is_accept(&append(
+            &w,
+            &format!("hunter2{}", code_at(T0 + 30))
+        )));
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Challenge,
+            "alice",
+            "hunter2"
+        )));
+        w.clock.advance(8 * 3600 + 1);
+        assert!(matches!(
+            login(&w, LoginMode::Challenge, "alice", "hunter2"),
+            Step::Prompt { .. }
+        ));
     }
 
     #[test]

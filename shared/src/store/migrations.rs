@@ -116,4 +116,17 @@ CREATE TABLE sent_codes (
 CREATE INDEX sent_codes_user ON sent_codes(user_id, created_at);
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE remembered_sources (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    source      TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, source)
+);
+"#,
+    ),
 ];
