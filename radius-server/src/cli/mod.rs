@@ -259,6 +259,16 @@ pub enum EnrollCmd {
         #[arg(long)]
         phone: Option<String>,
     },
+    /// E-mail codes, as an extra factor beside another one: a code is sent now;
+    /// `factor confirm` with it enables the factor.
+    Email {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// The address; defaults to the user's e-mail.
+        #[arg(long)]
+        email: Option<String>,
+    },
     /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
     Hotp {
         #[command(flatten)]
