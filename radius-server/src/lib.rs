@@ -1,5 +1,6 @@
-//! The Portcullis daemon and admin CLI: RADIUS front end, `serve`, admin subcommands.
+//! The Portcullis daemon and admin CLI: RADIUS and PAM front ends, `serve`, admin subcommands.
 
 pub mod cli;
+pub mod pam;
 pub mod radius;
 pub mod serve;
