@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use crate::pam::server::PamContext;
 use crate::radius::metrics::Metrics;
 use crate::radius::server::{bind, serve_socket, RadiusContext};
 
@@ -36,7 +37,11 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
         }
     }
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(RadiusContext::new(engine, &o.config, metrics.clone()));
+    let ctx = Arc::new(RadiusContext::new(
+        engine.clone(),
+        &o.config,
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = Vec::new();
     for (i, addr) in o.config.radius.listen.iter().enumerate() {
@@ -52,6 +57,27 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
             stop_rx.clone(),
         )));
     }
+    let pam = match &o.config.pam {
+        Some(pam_cfg) => {
+            let listener = crate::pam::server::bind(pam_cfg).with_context(|| {
+                format!(
+                    "cannot listen for PAM on {} (pam.socket)",
+                    pam_cfg.socket.display()
+                )
+            })?;
+            println!("pam: listening on {}", listener.path.display());
+            tracing::info!(path = %listener.path.display(), allowed_uids = ?pam_cfg.allowed_uids,
+                "PAM socket ready");
+            let pam_ctx = Arc::new(PamContext::new(engine.clone(), pam_cfg));
+            let task = tokio::spawn(crate::pam::server::serve(
+                pam_ctx.clone(),
+                listener,
+                stop_rx.clone(),
+            ));
+            Some((pam_ctx, task))
+        }
+        None => None,
+    };
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -90,6 +116,12 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
         let _ = l.await;
     }
     let _ = housekeeping.await;
+    if let Some((pam_ctx, task)) = pam {
+        let _ = task.await;
+        if !pam_ctx.drain(DRAIN_DEADLINE).await {
+            tracing::warn!("some PAM logins were still in progress at the shutdown deadline");
+        }
+    }
     if !ctx.drain(DRAIN_DEADLINE).await {
         tracing::warn!("some logins were still in progress at the shutdown deadline");
     }

@@ -49,6 +49,9 @@ pub struct Config {
     /// Per-tenant settings: `[tenants.NAME]`.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// `[pam]`: the PAM step-protocol socket. Absent = no PAM listener.
+    #[serde(default)]
+    pub pam: Option<PamConfig>,
     /// Name shown in authenticator apps (the `issuer` of the otpauth URI).
     #[serde(default = "default_issuer")]
     pub issuer: String,
@@ -647,6 +650,68 @@ impl SmsConfig {
     }
 }
 
+/// `[pam]`: the Unix socket that `pam_portcullis.so` talks to. The section being present
+/// turns the listener on; every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PamConfig {
+    /// Path of the socket; a stale file there is replaced at start.
+    #[serde(default = "default_pam_socket")]
+    pub socket: PathBuf,
+    /// Peer uids (SO_PEERCRED) allowed to ask; others get a `forbidden` error frame.
+    #[serde(default = "default_allowed_uids")]
+    pub allowed_uids: Vec<u32>,
+    /// Permission bits of the socket file, in octal (`"0600"`: only root can connect).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// The prompt for a code.
+    #[serde(default = "default_pam_prompt")]
+    pub prompt: String,
+    /// Connections served at once; past it new ones get a `busy` error frame.
+    #[serde(default = "default_pam_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_pam_socket() -> PathBuf {
+    PathBuf::from("/run/portcullis/pam.sock")
+}
+fn default_allowed_uids() -> Vec<u32> {
+    vec![0]
+}
+fn default_socket_mode() -> String {
+    "0600".into()
+}
+fn default_pam_prompt() -> String {
+    "Verification code (app): ".into()
+}
+fn default_pam_max_connections() -> usize {
+    256
+}
+
+impl Default for PamConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_pam_socket(),
+            allowed_uids: default_allowed_uids(),
+            socket_mode: default_socket_mode(),
+            prompt: default_pam_prompt(),
+            max_connections: default_pam_max_connections(),
+        }
+    }
+}
+
+impl PamConfig {
+    /// The socket's permission bits (validated at load).
+    pub fn mode(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o600)
+    }
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
 /// `[passwords]`: argon2id cost for new hashes.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -903,6 +968,29 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(pam) = &self.pam {
+            if pam.socket.as_os_str().is_empty() || !pam.socket.is_absolute() {
+                return Err(bad(
+                    "pam.socket".into(),
+                    "must be an absolute path (remove the [pam] section to run without a PAM socket)".into(),
+                ));
+            }
+            if parse_mode(&pam.socket_mode).is_none() {
+                return Err(bad(
+                    "pam.socket_mode".into(),
+                    format!(
+                        "'{}' is not an octal mode such as \"0600\"",
+                        pam.socket_mode
+                    ),
+                ));
+            }
+            if pam.max_connections == 0 {
+                return Err(bad(
+                    "pam.max_connections".into(),
+                    "must be at least 1".into(),
+                ));
+            }
+        }
         argon2::Params::new(
             self.passwords.argon2_memory_kib,
             self.passwords.argon2_iterations,
@@ -1053,6 +1141,32 @@ tenant = "acme"
         .unwrap_err()
         .to_string();
         assert!(e.contains("10.0.0/8") || e.contains("sources"), "{e}");
+    }
+
+    #[test]
+    fn pam_listener_is_off_without_the_section_and_root_only_with_it() {
+        assert!(parse("").unwrap().pam.is_none());
+        let c = parse("[pam]\n").unwrap();
+        let pam = c.pam.unwrap();
+        assert_eq!(pam.socket, PathBuf::from("/run/portcullis/pam.sock"));
+        assert_eq!(pam.allowed_uids, vec![0]);
+        assert_eq!(pam.mode(), 0o600);
+        let c = parse("[pam]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0666\"\n").unwrap();
+        assert_eq!(c.pam.unwrap().mode(), 0o666);
+    }
+
+    #[test]
+    fn bad_pam_settings_name_their_key() {
+        let e = parse("[pam]\nsocket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pam.socket"), "{e}");
+        let e = parse("[pam]\nsocket_mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pam.socket_mode"), "{e}");
+        let e = parse("[pam]\nsokcet = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("sokcet"), "{e}");
     }
 
     #[test]

@@ -113,6 +113,25 @@ impl Server {
         }
     }
 
+    /// Waits for the `pam: listening on PATH` line (a config with a `[pam]` section) and
+    /// returns the socket path.
+    pub fn wait_for_pam(&self) -> std::path::PathBuf {
+        const PAM_LISTENING: &str = "pam: listening on ";
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.stdout();
+            if let Some(line) = out.lines().find(|l| l.starts_with(PAM_LISTENING)) {
+                return std::path::PathBuf::from(line[PAM_LISTENING.len()..].trim());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not print `{PAM_LISTENING}PATH` within {START_TIMEOUT:?}\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -161,6 +161,10 @@ pub const SENT_PEPPER_LABEL: &str = "portcullis sent codes v1";
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
+/// The message of an answer to a login that expired or already ended: it names the
+/// transaction, not the user, so it tells nobody apart.
+pub const TRANSACTION_GONE: &str = "This login took too long or has already ended; start again";
+
 /// Errors of the Engine itself (not login failures: those are [`Step::Reject`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -755,8 +759,9 @@ impl Engine {
             )));
         };
         let Some(txn) = self.store.take_transaction(id, step, now)? else {
-            return Ok(Outcome::reject(
+            return Ok(Outcome::reject_with(
                 "transaction unknown, expired or already answered",
+                TRANSACTION_GONE,
             ));
         };
         if txn.tenant_id != tenant.id
