@@ -12,6 +12,7 @@ pub mod engine;
 pub mod first_factor;
 pub mod model;
 pub mod password;
+pub mod reply;
 pub mod secrets;
 pub mod store;
 pub mod totp;

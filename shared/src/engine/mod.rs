@@ -358,21 +358,24 @@ impl Engine {
                 self.begin_second_factor(&tenant, &user, req, now, "password")
             }
             LoginMode::Append => {
+                // Every reading of the string, then the whole string as the password: the
+                // number of password checks depends on the string only, never on the user
+                // (no enumeration by timing).
                 let candidates = split::append_candidates(&req.credential, &req.delimiter);
-                if candidates.is_empty() {
-                    let _ = self
-                        .local
-                        .check(&req.tenant, &req.username, None, &req.credential);
-                    return Ok(Outcome::reject(
-                        "append mode: no code found after the password",
-                    ));
-                }
                 let mut reason = String::from("wrong password");
                 for cand in &candidates {
                     match self.check_password(&tenant, &req.username, user.as_ref(), &cand.password)
                     {
                         Ok(()) => {
-                            let Some(user) = user else { break };
+                            let Some(user) = user else {
+                                return Ok(Outcome::reject("unknown user"));
+                            };
+                            if split::is_factor_word(&cand.code) {
+                                // `password,push` / `password,sms`: those factors come with
+                                // the factors issue; until then the code is asked for.
+                                return self
+                                    .begin_second_factor(&tenant, &user, req, now, "password");
+                            }
                             return self.second_factor_once(
                                 &tenant,
                                 &user,
@@ -385,7 +388,19 @@ impl Engine {
                         Err(r) => reason = r,
                     }
                 }
-                Ok(Outcome::reject(reason))
+                // No split passed the first factor: the password may contain the delimiter
+                // or end in digits, or the user typed no code. Whole string as the password,
+                // then a challenge asks for the code.
+                match self.check_password(&tenant, &req.username, user.as_ref(), &req.credential) {
+                    Ok(()) => {
+                        let Some(user) = user else {
+                            return Ok(Outcome::reject("unknown user"));
+                        };
+                        self.begin_second_factor(&tenant, &user, req, now, "password")
+                    }
+                    Err(r) if candidates.is_empty() => Ok(Outcome::reject(r)),
+                    Err(_) => Ok(Outcome::reject(reason)),
+                }
             }
             LoginMode::OtpOnly => {
                 // The first factor was checked elsewhere; the audit says so.

@@ -64,7 +64,18 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
     out
 }
 
+/// Names of out-of-band factors a user may type after the delimiter (`hunter2,push`).
+const FACTOR_WORDS: [&str; 2] = ["push", "sms"];
+
+/// Whether `code` names an out-of-band factor (`push`, `sms`) instead of being a code.
+pub fn is_factor_word(code: &str) -> bool {
+    FACTOR_WORDS.iter().any(|w| code.eq_ignore_ascii_case(w))
+}
+
 fn is_code_shaped(code: &[u8]) -> bool {
+    if std::str::from_utf8(code).is_ok_and(is_factor_word) {
+        return true;
+    }
     let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);
     digits
         || std::str::from_utf8(code)
@@ -126,6 +137,19 @@ mod tests {
         assert_eq!(r, [("hunter2".into(), "abcde-fghjk".into())]);
         let r = readings("hunter2,abcdefghjk");
         assert_eq!(r[0], ("hunter2".into(), "abcdefghjk".into()));
+    }
+
+    #[test]
+    fn factor_word_after_the_delimiter() {
+        assert_eq!(
+            readings("hunter2,push"),
+            [("hunter2".into(), "push".into())]
+        );
+        assert_eq!(readings("hunter2,SMS"), [("hunter2".into(), "SMS".into())]);
+        assert!(
+            readings("hunter2push").iter().all(|(_, c)| c != "push"),
+            "words need the delimiter"
+        );
     }
 
     #[test]
