@@ -11,6 +11,7 @@
 //! build: these tests never skip.
 
 pub mod env;
+pub mod http;
 pub mod radclient;
 pub mod raw;
 pub mod server;
@@ -18,7 +19,7 @@ pub mod tools;
 pub mod totp;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};
-pub use radclient::{radclient, RadReply};
+pub use radclient::{radclient, radclient_command, RadReply};
 pub use raw::RawClient;
 pub use server::Server;
 pub use tools::{portcullis_bin, require_tool};
