@@ -12,6 +12,7 @@
 
 pub mod env;
 pub mod http;
+pub mod pam_radius;
 pub mod radclient;
 pub mod raw;
 pub mod server;
