@@ -10,8 +10,10 @@
 //! A missing peer or binary makes the test fail with a message saying what to install or
 //! build: these tests never skip.
 
+pub mod accounting;
 pub mod env;
 pub mod http;
+pub mod netns;
 pub mod pam_radius;
 pub mod radclient;
 pub mod raw;
