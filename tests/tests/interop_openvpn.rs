@@ -250,4 +250,9 @@ fn openvpn_with_radiusplugin_logs_in_with_password_comma_code_in_append_mode() {
         "{}",
         describe(&log)
     );
+    assert!(
+        accounting.answered() >= 1,
+        "radiusplugin sent no accounting start\n{}",
+        describe(&log)
+    );
 }
