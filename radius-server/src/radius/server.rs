@@ -202,18 +202,20 @@ fn on_datagram(
             (_, ReplyCode::Reject) => client.counters.count_access(Answered::Reject),
             (_, ReplyCode::Challenge) => client.counters.count_access(Answered::Challenge),
         }
-        if let Err(e) = sock.send_to(&bytes, src).await {
-            tracing::debug!(%src, error = %e, "send failed");
-        }
-        ctx.metrics.latency.observe(now.elapsed());
+        // Cache before sending: a NAS that retransmits as soon as it has the reply (or lost
+        // it) must find the answer, not an in-progress entry that drops the duplicate.
         ctx.cache.finish(
             listener,
             src,
             request.identifier,
             request.authenticator,
-            bytes,
+            bytes.clone(),
             Instant::now(),
         );
+        if let Err(e) = sock.send_to(&bytes, src).await {
+            tracing::debug!(%src, error = %e, "send failed");
+        }
+        ctx.metrics.latency.observe(now.elapsed());
         drop(permit);
     });
 }
