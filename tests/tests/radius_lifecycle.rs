@@ -112,15 +112,17 @@ fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config()
     );
 }
 
-#[test]
-fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
-    peers();
-    // A costly password hash makes the login take long enough to be caught in flight.
+/// Alice's password `slowpw` has a costly hash, so that her login can be caught in flight.
+fn slow_env(radius_extra: &str) -> TestEnv {
     let (env, _) = env_with_alice(HTTP);
     let slow = std::fs::read_to_string(env.config_path())
         .unwrap()
         .replace("argon2_memory_kib = 1024", "argon2_memory_kib = 8192")
-        .replace("argon2_iterations = 1", "argon2_iterations = 2");
+        .replace("argon2_iterations = 1", "argon2_iterations = 2")
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\n{radius_extra}"),
+        );
     std::fs::write(env.config_path(), slow).unwrap();
     env.cli_stdin_ok(
         &[
@@ -133,6 +135,75 @@ fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
         ],
         "slowpw\n",
     );
+    env
+}
+
+/// Poll /metrics until the in-flight gauge shows `n`.
+fn wait_in_flight(http: std::net::SocketAddr, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = portcullis_tests::http::get(http, "/metrics");
+        if metric(&body, "portcullis_radius_in_flight") == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight never reached {n}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn past_max_in_flight_requests_are_shed_counted_and_served_on_retransmission() {
+    peers();
+    let env = slow_env("max_in_flight = 1");
+    let server = env.start_server();
+    let http = server.http_addr.expect("http listener");
+    let a = RawClient::new(server.addr, "s3cret-vpn");
+    let first = a.access_request(1, "alice", b"slowpw", None, true);
+    a.send(&first.bytes);
+    wait_in_flight(http, 1.0);
+    // The only slot is taken: a new login and a started one (State) are both shed.
+    let b = RawClient::new(server.addr, "s3cret-vpn");
+    let second = b.access_request(2, "alice", b"slowpw", None, true);
+    b.send(&second.bytes);
+    let third = b.access_request(
+        3,
+        "alice",
+        b"123456",
+        Some(b"0123456789abcdef0123456789abcdef.0"),
+        true,
+    );
+    b.send(&third.bytes);
+    let reply = a
+        .recv(Duration::from_secs(15))
+        .expect("the admitted login got no answer");
+    assert_eq!(a.decode(&first, &reply).code, code::ACCESS_CHALLENGE);
+    let m = server.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"portcullis_radius_dropped_total{reason="shed_overload"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(
+        b.recv(Duration::from_millis(200)).is_none(),
+        "a shed request was answered"
+    );
+    // A shed request never entered the response cache: its retransmission is processed.
+    let reply = b
+        .exchange(&second, Duration::from_secs(15))
+        .expect("the retransmitted shed request got no answer");
+    assert_eq!(b.decode(&second, &reply).code, code::ACCESS_CHALLENGE);
+}
+
+#[test]
+fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
+    peers();
+    let env = slow_env("");
     let mut server = env.start_server();
     let http = server.http_addr.expect("http listener");
     let client = RawClient::new(server.addr, "s3cret-vpn");
@@ -140,18 +211,7 @@ fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
     client.send(&request.bytes);
 
     // Wait until the login is being processed, then ask the server to stop.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = portcullis_tests::http::get(http, "/metrics");
-        if metric(&body, "portcullis_radius_in_flight") == Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the login never showed as in flight:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_in_flight(http, 1.0);
     let signalled = Instant::now();
     server.signal(libc::SIGTERM);
 

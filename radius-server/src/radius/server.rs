@@ -72,8 +72,11 @@ impl RadiusContext {
     /// Admit a request: started logins (carrying State) may use every slot, new ones
     /// leave a tenth free for them.
     fn admit(&self, has_state: bool) -> Option<OwnedSemaphorePermit> {
-        let reserve = self.max_in_flight / 10;
-        if !has_state && self.inflight.available_permits() <= reserve {
+        if !admits(
+            self.inflight.available_permits(),
+            self.max_in_flight,
+            has_state,
+        ) {
             return None;
         }
         self.inflight.clone().try_acquire_owned().ok()
@@ -86,6 +89,12 @@ impl RadiusContext {
             .await
             .is_ok()
     }
+}
+
+/// Whether a request may take one of `available` free slots: a new login only while more
+/// than a tenth of `max_in_flight` is free; one carrying State (a started login) while any is.
+fn admits(available: usize, max_in_flight: usize, has_state: bool) -> bool {
+    available > 0 && (has_state || available > max_in_flight / 10)
 }
 
 /// Bind a listener with a large receive buffer.
@@ -326,5 +335,23 @@ async fn decide(
             tracing::error!(%src, error = %e, "login task failed; rejected");
             Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admits;
+
+    #[test]
+    fn started_logins_may_use_the_reserve_new_ones_may_not() {
+        // 100 slots: the last 10 are kept for requests carrying State.
+        assert!(admits(11, 100, false));
+        assert!(!admits(10, 100, false));
+        assert!(admits(10, 100, true));
+        assert!(admits(1, 100, true));
+        assert!(!admits(0, 100, true));
+        // Fewer than 10 slots: no reserve, but never past the cap.
+        assert!(admits(1, 5, false));
+        assert!(!admits(0, 5, false));
     }
 }
