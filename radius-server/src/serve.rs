@@ -126,10 +126,13 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         let _ = l.await;
     }
     if let Some(h) = http {
-        match h.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP listener stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "HTTP task failed"),
-            Ok(Ok(())) => {}
+        // Scrapes in progress may finish; a client holding a connection open may not delay
+        // the shutdown for long.
+        match tokio::time::timeout(Duration::from_secs(5), h).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
+            Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
+            Ok(Ok(Ok(()))) => {}
         }
     }
     let _ = housekeeping.await;
