@@ -55,6 +55,26 @@ pub struct Config {
     /// Name shown in authenticator apps (the `issuer` of the otpauth URI).
     #[serde(default = "default_issuer")]
     pub issuer: String,
+    /// `[http]`: the HTTP listener (/metrics). Absent: no HTTP listener.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: the HTTP listener. It serves `/metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port, e.g. `127.0.0.1:8080` (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+}
+
+/// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    #[serde(default)]
+    pub reply: Vec<String>,
 }
 
 fn default_issuer() -> String {
@@ -189,7 +209,22 @@ pub struct ClientConfig {
     /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
     #[serde(default)]
     pub unenrolled: Unenrolled,
+    /// `auto` mode: how long a request may be held waiting for an out-of-band approval
+    /// (keep it below the NAS's own timeout). Nothing is held until push exists.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Reply attributes of every Access-Accept to this client (`NAME=value`,
+    /// `VENDOR_ID:TYPE=value`), after the tenant's and before the groups'.
+    #[serde(default)]
+    pub reply: Vec<String>,
 }
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(25)
+}
+
+/// Longest `max_wait` accepted: NAS give up long before.
+pub const MAX_WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 /// What happens to a user who passes the first factor but has no confirmed second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -215,6 +250,8 @@ impl std::fmt::Debug for ClientConfig {
                 &self.require_message_authenticator,
             )
             .field("limit_proxy_state", &self.limit_proxy_state)
+            .field("max_wait", &self.max_wait)
+            .field("reply", &self.reply)
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +273,13 @@ fn default_prompt() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
+    /// RADIUS attributes sent in every Access-Accept of the tenant: `NAME=value` or
+    /// `VENDOR_ID:TYPE=value` (see `reply.rs`).
+    #[serde(default)]
+    pub reply: Vec<String>,
+    /// `[[tenants.NAME.groups]]`: extra reply attributes for members of a group.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
     /// `[tenants.NAME.sms]`: the text-message provider of the SMS factor.
     #[serde(default)]
     pub sms: Option<SmsConfig>,
@@ -927,6 +971,28 @@ impl Config {
                     "is longer than the 253 bytes one Reply-Message can carry".into(),
                 ));
             }
+            if c.max_wait.is_zero() || c.max_wait > MAX_WAIT_LIMIT {
+                return Err(bad(
+                    key("max_wait"),
+                    format!(
+                        "{} is outside 1s..=120s; keep it below the NAS's timeout (default 25s)",
+                        humantime::format_duration(c.max_wait)
+                    ),
+                ));
+            }
+            crate::reply::parse_list(&key("reply"), &c.reply).map_err(|(k, m)| bad(k, m))?;
+        }
+        for (name, t) in &self.tenants {
+            crate::reply::parse_list(&format!("tenants.{name}.reply"), &t.reply)
+                .map_err(|(k, m)| bad(k, m))?;
+            for (i, g) in t.groups.iter().enumerate() {
+                let key = format!("tenants.{name}.groups[{i}]");
+                if g.name.trim().is_empty() {
+                    return Err(bad(format!("{key}.name"), "must not be empty".into()));
+                }
+                crate::reply::parse_list(&format!("{key}.reply"), &g.reply)
+                    .map_err(|(k, m)| bad(k, m))?;
+            }
         }
         for (name, t) in &self.tenants {
             validate_rules(name, &t.rules).map_err(|(key, message)| bad(key, message))?;
@@ -1167,6 +1233,44 @@ tenant = "acme"
         assert!(e.contains("pam.socket_mode"), "{e}");
         let e = parse("[pam]\nsokcet = \"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("sokcet"), "{e}");
+    }
+
+    #[test]
+    fn max_wait_defaults_to_25s_and_is_bounded() {
+        let c = parse(CLIENT).unwrap();
+        assert_eq!(c.radius.clients[0].max_wait, Duration::from_secs(25));
+        let e = parse(&format!("{CLIENT}max_wait = \"10m\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("radius.clients[0].max_wait"), "{e}");
+        let e = parse(&format!("{CLIENT}max_wait = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_wait"), "{e}");
+    }
+
+    #[test]
+    fn http_listener_is_optional() {
+        assert!(parse("").unwrap().http.is_none());
+        let c = parse("[http]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(c.http.unwrap().listen.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_reply_attribute_names_its_key() {
+        let e = parse("[tenants.acme]\nreply = [\"Class=a\", \"Colour=red\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.reply[1]"), "{e}");
+        assert!(e.contains("Colour"), "{e}");
+        let e = parse("[[tenants.acme.groups]]\nname = \"g\"\nreply = [\"9:x=1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.groups[0].reply[0]"), "{e}");
+        let e = parse(&format!("{CLIENT}reply = [\"Class\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("radius.clients[0].reply[0]"), "{e}");
     }
 
     #[test]

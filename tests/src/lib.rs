@@ -13,9 +13,13 @@
 //! A missing peer or binary makes the test fail with a message saying what to install or
 //! build: these tests never skip.
 
+pub mod accounting;
 pub mod env;
 pub mod fakes;
+pub mod http;
+pub mod netns;
 pub mod pam;
+pub mod pam_radius;
 pub mod radclient;
 pub mod raw;
 pub mod server;
@@ -24,7 +28,7 @@ pub mod totp;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};
 pub use pam::{describe, pam_module_path, require_root, PamFixture};
-pub use radclient::{radclient, RadReply};
+pub use radclient::{radclient, radclient_command, RadReply};
 pub use raw::RawClient;
 pub use server::Server;
 pub use tools::{portcullis_bin, require_tool};

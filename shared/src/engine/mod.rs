@@ -444,21 +444,18 @@ impl Engine {
                 self.begin_second_factor(&tenant, &user, req, now, "password", &d)
             }
             LoginMode::Append => {
+                // Every reading of the string, then the whole string as the password: the
+                // number of password checks depends on the string only, never on the user
+                // (no enumeration by timing).
                 let candidates = split::append_candidates(&req.credential, &req.delimiter);
-                if candidates.is_empty() {
-                    let _ = self
-                        .local
-                        .check(&req.tenant, &req.username, None, &req.credential);
-                    return Ok(Outcome::reject(
-                        "append mode: no code found after the password",
-                    ));
-                }
                 let mut reason = String::from("wrong password");
                 for cand in &candidates {
                     match self.check_password(&tenant, &req.username, user.as_ref(), &cand.password)
                     {
                         Ok(()) => {
-                            let Some(user) = user else { break };
+                            let Some(user) = user else {
+                                return Ok(Outcome::reject("unknown user"));
+                            };
                             let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
                             if let Some(stop) = self.stop_after_first_factor(
                                 &d,
@@ -468,6 +465,14 @@ impl Engine {
                                 now,
                             )? {
                                 return Ok(stop);
+                            }
+                            if split::is_factor_word(&cand.code)
+                                && !self.serves_word(&tenant, &user, &cand.code, &d)?
+                            {
+                                // `password,push` for a factor this tenant cannot serve
+                                // (push approval comes later): ask for a code instead.
+                                return self
+                                    .begin_second_factor(&tenant, &user, req, now, "password", &d);
                             }
                             return self.second_factor_once(
                                 &tenant,
@@ -485,7 +490,25 @@ impl Engine {
                         Err(r) => reason = r,
                     }
                 }
-                Ok(Outcome::reject(reason))
+                // No split passed the first factor: the password may contain the delimiter
+                // or end in digits, or the user typed no code. Whole string as the password,
+                // then a challenge asks for the code.
+                match self.check_password(&tenant, &req.username, user.as_ref(), &req.credential) {
+                    Ok(()) => {
+                        let Some(user) = user else {
+                            return Ok(Outcome::reject("unknown user"));
+                        };
+                        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                        if let Some(stop) =
+                            self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
+                        {
+                            return Ok(stop);
+                        }
+                        self.begin_second_factor(&tenant, &user, req, now, "password", &d)
+                    }
+                    Err(r) if candidates.is_empty() => Ok(Outcome::reject(r)),
+                    Err(_) => Ok(Outcome::reject(reason)),
+                }
             }
             LoginMode::OtpOnly => {
                 // The first factor was checked elsewhere; the audit says so.
@@ -608,6 +631,24 @@ impl Engine {
             reason: format!("first factor ok; code asked ({})", d.label()),
             factors: vec![first.into()],
         })
+    }
+
+    /// Whether `word` (push, phone, sms, email) typed after the password names something
+    /// this tenant can do for this user now.
+    fn serves_word(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        word: &str,
+        d: &Decision,
+    ) -> Result<bool, EngineError> {
+        if self.external(&tenant.name).is_some() {
+            return Ok(true);
+        }
+        match keyword(word) {
+            Some(kind) => Ok(self.oob_factor(&tenant.name, user, kind, d)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Store a new transaction for the prompt after the first factor; its reference.
