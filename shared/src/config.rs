@@ -3,13 +3,19 @@
 //! Loaded from a TOML file and overridable by environment variables named
 //! `PORTCULLIS__SECTION__KEY` (for example `PORTCULLIS__STORE__URL`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+mod first_factor;
+pub use first_factor::{
+    pass_through_type, FirstFactorKind, LdapConfig, TenantConfig, UpstreamRadiusConfig,
+    UpstreamServerConfig, PASS_THROUGH_ATTRIBUTES,
+};
 
 /// Where the config file is looked for when neither `--config` nor `PORTCULLIS_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/portcullis.toml";
@@ -49,6 +55,9 @@ pub struct Config {
     /// Name shown in authenticator apps (the `issuer` of the otpauth URI).
     #[serde(default = "default_issuer")]
     pub issuer: String,
+    /// `[tenants.NAME]`: per-tenant first-factor backends (see `config/first_factor.rs`).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 fn default_issuer() -> String {
@@ -183,6 +192,9 @@ pub struct ClientConfig {
     /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
     #[serde(default)]
     pub unenrolled: Unenrolled,
+    /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
+    #[serde(default)]
+    pub first_factor: Option<FirstFactorKind>,
 }
 
 /// What happens to a user who passes the first factor but has no confirmed second factor.
@@ -209,6 +221,7 @@ impl std::fmt::Debug for ClientConfig {
                 &self.require_message_authenticator,
             )
             .field("limit_proxy_state", &self.limit_proxy_state)
+            .field("first_factor", &self.first_factor)
             .finish_non_exhaustive()
     }
 }
@@ -473,7 +486,16 @@ impl Config {
             None,
         )
         .map_err(|e| bad("passwords".into(), format!("argon2 cost: {e}")))?;
+        first_factor::validate_tenants(&self.tenants, &self.radius.clients, path)?;
         Ok(())
+    }
+
+    /// The first factor of `tenant` as configured (`local` when it has no `[tenants.NAME]`).
+    pub fn tenant_first_factor(&self, tenant: &str) -> FirstFactorKind {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.first_factor)
+            .unwrap_or_default()
     }
 
     /// The SQLite file named by `store.url`.

@@ -20,7 +20,9 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, UnixTime};
 use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig, Unenrolled};
-use crate::first_factor::{FirstFactor, FirstFactorResult, LocalPasswords};
+use crate::first_factor::{
+    CheckContext, DirectoryInfo, FirstFactor, FirstFactorResult, LocalPasswords,
+};
 use crate::model::*;
 use crate::password::PasswordHasher;
 use crate::secrets::MasterKey;
@@ -193,8 +195,10 @@ pub struct Engine {
     key: Arc<MasterKey>,
     /// The first factor of tenants without a backend of their own.
     local: Arc<dyn FirstFactor>,
-    /// Per-tenant first-factor backends (LDAP, upstream RADIUS).
+    /// Per-tenant first-factor backends (LDAP, upstream RADIUS, delegated).
     first_factors: HashMap<String, Arc<dyn FirstFactor>>,
+    /// Per-client overrides, keyed by (channel kind, client name).
+    client_first_factors: HashMap<(String, String), Arc<dyn FirstFactor>>,
     settings: EngineSettings,
     recovery_pepper: Zeroizing<[u8; 32]>,
 }
@@ -238,6 +242,7 @@ impl Engine {
             key,
             local: Arc::new(LocalPasswords::new(hasher)),
             first_factors: HashMap::new(),
+            client_first_factors: HashMap::new(),
             settings,
             recovery_pepper,
         }
@@ -248,8 +253,24 @@ impl Engine {
         self.first_factors.insert(tenant.to_string(), backend);
     }
 
-    fn first_factor(&self, tenant: &str) -> &Arc<dyn FirstFactor> {
-        self.first_factors.get(tenant).unwrap_or(&self.local)
+    /// Check the passwords of one RADIUS client (`channel_kind` "radius") or PAM service
+    /// ("pam") with `backend`, whatever its tenant uses.
+    pub fn set_client_first_factor(
+        &mut self,
+        channel_kind: &str,
+        client: &str,
+        backend: Arc<dyn FirstFactor>,
+    ) {
+        self.client_first_factors
+            .insert((channel_kind.to_string(), client.to_string()), backend);
+    }
+
+    /// The backend for a login: the client's override, else the tenant's, else `local`.
+    fn first_factor(&self, tenant: &str, channel: &Channel) -> &Arc<dyn FirstFactor> {
+        self.client_first_factors
+            .get(&(channel.kind().to_string(), channel.client().to_string()))
+            .or_else(|| self.first_factors.get(tenant))
+            .unwrap_or(&self.local)
     }
 
     /// The store this Engine uses.
@@ -260,14 +281,21 @@ impl Engine {
     /// Begin a login.
     pub fn start(&self, req: &LoginRequest) -> Result<Step, EngineError> {
         let now = self.clock.now();
-        let outcome = self.start_inner(req, now)?;
+        let backend = self.first_factor(&req.tenant, &req.channel).clone();
+        // A delegated first factor (`first_factor = "none"`) makes any mode second-factor-only.
+        let mode = if backend.delegated() {
+            LoginMode::OtpOnly
+        } else {
+            req.mode
+        };
+        let outcome = self.start_inner(req, mode, &backend, now)?;
         self.finish(
             now,
             &req.tenant,
             &req.username,
             &req.channel,
             &req.source,
-            req.mode.as_str(),
+            mode.as_str(),
             outcome,
         )
     }
@@ -334,7 +362,13 @@ impl Engine {
         Ok(outcome.step)
     }
 
-    fn start_inner(&self, req: &LoginRequest, now: UnixTime) -> Result<Outcome, EngineError> {
+    fn start_inner(
+        &self,
+        req: &LoginRequest,
+        mode: LoginMode,
+        backend: &Arc<dyn FirstFactor>,
+        now: UnixTime,
+    ) -> Result<Outcome, EngineError> {
         let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
             let _ = self
                 .local
@@ -345,17 +379,37 @@ impl Engine {
             )));
         };
         let user = self.store.user_by_name(tenant.id, &req.username)?;
-        match req.mode {
+        match mode {
             LoginMode::Challenge | LoginMode::Auto => {
-                if let Err(reason) =
-                    self.check_password(&tenant, &req.username, user.as_ref(), &req.credential)
-                {
-                    return Ok(Outcome::reject(reason));
-                }
-                let Some(user) = user else {
-                    return Ok(Outcome::reject("unknown user"));
+                let info = match self.check_password(
+                    backend,
+                    &tenant,
+                    req,
+                    user.as_ref(),
+                    &req.credential,
+                ) {
+                    Ok(info) => info,
+                    Err(reason) => return Ok(Outcome::reject(reason)),
                 };
-                self.begin_second_factor(&tenant, &user, req, now, "password")
+                let user = match self.follow_directory(
+                    &tenant,
+                    backend,
+                    &req.username,
+                    user,
+                    &info,
+                    now,
+                )? {
+                    Ok(u) => u,
+                    Err(reason) => return Ok(Outcome::reject(reason)),
+                };
+                self.begin_second_factor(
+                    &tenant,
+                    &user,
+                    req,
+                    now,
+                    "password",
+                    info.reply_attributes,
+                )
             }
             LoginMode::Append => {
                 let candidates = split::append_candidates(&req.credential, &req.delimiter);
@@ -369,10 +423,20 @@ impl Engine {
                 }
                 let mut reason = String::from("wrong password");
                 for cand in &candidates {
-                    match self.check_password(&tenant, &req.username, user.as_ref(), &cand.password)
+                    match self.check_password(backend, &tenant, req, user.as_ref(), &cand.password)
                     {
-                        Ok(()) => {
-                            let Some(user) = user else { break };
+                        Ok(info) => {
+                            let user = match self.follow_directory(
+                                &tenant,
+                                backend,
+                                &req.username,
+                                user,
+                                &info,
+                                now,
+                            )? {
+                                Ok(u) => u,
+                                Err(r) => return Ok(Outcome::reject(r)),
+                            };
                             return self.second_factor_once(
                                 &tenant,
                                 &user,
@@ -380,6 +444,7 @@ impl Engine {
                                 now,
                                 "password",
                                 req.unenrolled,
+                                info.reply_attributes,
                             );
                         }
                         Err(r) => reason = r,
@@ -395,32 +460,132 @@ impl Engine {
                     None => return Ok(Outcome::reject("unknown user")),
                 };
                 if req.credential.is_empty() {
-                    return self.begin_second_factor(&tenant, &user, req, now, "delegated");
+                    return self.begin_second_factor(
+                        &tenant,
+                        &user,
+                        req,
+                        now,
+                        "delegated",
+                        Vec::new(),
+                    );
                 }
                 let code =
                     Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
-                self.second_factor_once(&tenant, &user, &code, now, "delegated", req.unenrolled)
+                let mut outcome = self.second_factor_once(
+                    &tenant,
+                    &user,
+                    &code,
+                    now,
+                    "delegated",
+                    req.unenrolled,
+                    Vec::new(),
+                )?;
+                if backend.delegated() {
+                    outcome.reason = format!(
+                        "{} (first factor delegated: first_factor = \"none\")",
+                        outcome.reason
+                    );
+                }
+                Ok(outcome)
             }
         }
     }
 
-    /// Checks the first factor with the tenant's backend.
+    /// Checks the first factor with the login's backend.
     fn check_password(
         &self,
+        backend: &Arc<dyn FirstFactor>,
         tenant: &Tenant,
-        username: &str,
+        req: &LoginRequest,
         user: Option<&User>,
         password: &[u8],
-    ) -> Result<(), String> {
-        let backend = self.first_factor(&tenant.name);
-        match backend.check(&tenant.name, username, user, password) {
-            FirstFactorResult::Accepted(_) => Ok(()),
-            FirstFactorResult::Rejected(reason) => Err(reason),
+    ) -> Result<DirectoryInfo, String> {
+        let nas_identifier = match &req.channel {
+            Channel::Radius { nas_identifier, .. } => nas_identifier.as_deref(),
+            Channel::Pam { host, .. } => Some(host.as_str()),
+        };
+        let ctx = CheckContext {
+            tenant: &tenant.name,
+            username: &req.username,
+            client: req.channel.client(),
+            nas_identifier,
+            source: &req.source,
+        };
+        match backend.check_in(&ctx, user, password) {
+            FirstFactorResult::Accepted(info) => Ok(info),
+            FirstFactorResult::Rejected(reason) => Err(if backend.name() == "local" {
+                reason
+            } else {
+                format!("first factor ({}): {reason}", backend.name())
+            }),
             FirstFactorResult::Unavailable(reason) => Err(format!(
                 "first factor ({}) unavailable: {reason}",
                 backend.name()
             )),
         }
+    }
+
+    /// After a backend accepted the password: the store's user follows the directory.
+    /// Creates the user on first login when the backend does so, and updates groups, e-mail
+    /// and phone when they changed. `Err` is the audit reason of a rejection.
+    fn follow_directory(
+        &self,
+        tenant: &Tenant,
+        backend: &Arc<dyn FirstFactor>,
+        username: &str,
+        user: Option<User>,
+        info: &DirectoryInfo,
+        now: UnixTime,
+    ) -> Result<Result<User, String>, EngineError> {
+        let mut user = match user {
+            Some(u) => u,
+            None if backend.creates_users() => {
+                let new = NewUser {
+                    tenant_id: tenant.id,
+                    name: username.to_string(),
+                    password_hash: None,
+                    email: info.email.clone(),
+                    phone: info.phone.clone(),
+                    groups: info.groups.clone().unwrap_or_default(),
+                };
+                match self.store.create_user(&new, now) {
+                    Ok(u) => {
+                        tracing::info!(tenant = %tenant.name, user = %username, backend = backend.name(),
+                            "created the user on first login (the store follows the directory)");
+                        return Ok(Ok(u));
+                    }
+                    // Another node created it a moment ago.
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        match self.store.user_by_name(tenant.id, username)? {
+                            Some(u) => u,
+                            None => return Ok(Err("unknown user".into())),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => {
+                return Ok(Err(format!(
+                    "unknown user (first factor {} accepted, but the user is not in the store and this backend does not create users)",
+                    backend.name()
+                )))
+            }
+        };
+        if user.disabled {
+            return Ok(Err("user is disabled".into()));
+        }
+        let groups = info.groups.as_ref().unwrap_or(&user.groups);
+        let email = info.email.as_ref().or(user.email.as_ref());
+        let phone = info.phone.as_ref().or(user.phone.as_ref());
+        if *groups != user.groups || email != user.email.as_ref() || phone != user.phone.as_ref() {
+            let (groups, email, phone) = (groups.clone(), email.cloned(), phone.cloned());
+            self.store
+                .set_directory_info(user.id, email.as_deref(), phone.as_deref(), &groups)?;
+            user.groups = groups;
+            user.email = email;
+            user.phone = phone;
+        }
+        Ok(Ok(user))
     }
 
     /// After the password in challenge mode: prompt for the code, if the user can give one.
@@ -431,9 +596,15 @@ impl Engine {
         req: &LoginRequest,
         now: UnixTime,
         first: &'static str,
+        reply_attributes: Vec<ReplyAttribute>,
     ) -> Result<Outcome, EngineError> {
         if !self.has_usable_factor(user)? {
-            return Ok(unenrolled_outcome(user, first, req.unenrolled));
+            return Ok(unenrolled_outcome(
+                user,
+                first,
+                req.unenrolled,
+                reply_attributes,
+            ));
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -449,6 +620,7 @@ impl Engine {
             client: req.channel.client().to_string(),
             source: req.source.clone(),
             first_factor: first.to_string(),
+            reply_attributes,
             step: 0,
             attempts: 0,
             created_at: now,
@@ -485,15 +657,21 @@ impl Engine {
         now: UnixTime,
         first: &'static str,
         unenrolled: Unenrolled,
+        reply_attributes: Vec<ReplyAttribute>,
     ) -> Result<Outcome, EngineError> {
         if !self.has_usable_factor(user)? {
-            return Ok(unenrolled_outcome(user, first, unenrolled));
+            return Ok(unenrolled_outcome(
+                user,
+                first,
+                unenrolled,
+                reply_attributes,
+            ));
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
         }
         Ok(match self.check_code(tenant, user, code, now)? {
-            CodeCheck::Accepted { factor } => accepted(user, first, factor),
+            CodeCheck::Accepted { factor } => accepted(user, first, factor, reply_attributes),
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -541,7 +719,12 @@ impl Engine {
         match self.check_code(&tenant, &user, &code, now)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
-                Ok(accepted(&user, txn.first_factor(), factor))
+                Ok(accepted(
+                    &user,
+                    txn.first_factor(),
+                    factor,
+                    txn.reply_attributes.clone(),
+                ))
             }
             failed => {
                 let attempts = self.store.add_transaction_attempt(&txn.id)?;
@@ -574,19 +757,29 @@ impl Engine {
     }
 }
 
-fn accepted(user: &User, first: &str, factor: &str) -> Outcome {
+fn accepted(
+    user: &User,
+    first: &str,
+    factor: &str,
+    reply_attributes: Vec<ReplyAttribute>,
+) -> Outcome {
     Outcome {
         step: Step::Accept {
             factors_used: vec![first.into(), factor.into()],
             groups: user.groups.clone(),
-            reply_attributes: Vec::new(),
+            reply_attributes,
         },
         reason: format!("{first} and {factor} ok"),
         factors: vec![first.into(), factor.into()],
     }
 }
 
-fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outcome {
+fn unenrolled_outcome(
+    user: &User,
+    first: &str,
+    unenrolled: Unenrolled,
+    reply_attributes: Vec<ReplyAttribute>,
+) -> Outcome {
     match unenrolled {
         Unenrolled::Deny => Outcome::reject_with(
             "no confirmed second factor enrolled",
@@ -596,7 +789,7 @@ fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outco
             step: Step::Accept {
                 factors_used: vec![first.into()],
                 groups: user.groups.clone(),
-                reply_attributes: Vec::new(),
+                reply_attributes,
             },
             reason: "no second factor enrolled; allowed without one (unenrolled = allow)".into(),
             factors: vec![first.into()],

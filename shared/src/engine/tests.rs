@@ -526,3 +526,141 @@ fn a_tenant_backend_replaces_local_passwords() {
     )));
     assert!(last_reason(&w).contains("first factor (test-directory) unavailable: directory down"));
 }
+
+/// A directory that knows `dave` (password `dir-pass`, groups, mail, mobile) and `alice`,
+/// creates users, and asks for a Class attribute in the final Accept.
+struct FakeDirectory;
+
+impl crate::first_factor::FirstFactor for FakeDirectory {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+    fn check(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&User>,
+        pw: &[u8],
+    ) -> crate::first_factor::FirstFactorResult {
+        use crate::first_factor::{DirectoryInfo, FirstFactorResult};
+        if pw == b"dir-pass" {
+            FirstFactorResult::Accepted(DirectoryInfo {
+                groups: Some(vec!["admins".into(), "vpn-users".into()]),
+                email: Some("dave@example.org".into()),
+                phone: Some("+15550101".into()),
+                reply_attributes: vec![ReplyAttribute {
+                    typ: 25,
+                    value: b"upstream-class".to_vec(),
+                }],
+            })
+        } else {
+            FirstFactorResult::Rejected("invalid credentials".into())
+        }
+    }
+    fn creates_users(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn directory_users_are_created_on_first_login_with_groups_mail_and_phone() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    // Unknown to the store, no factor yet: rejected as unenrolled, but created.
+    let s = login(&w, LoginMode::Challenge, "dave", "dir-pass");
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert!(last_reason(&w).contains("no confirmed second factor"));
+    let dave = w.engine.store().user_by_name(1, "dave").unwrap().unwrap();
+    assert_eq!(dave.groups, ["admins", "vpn-users"]);
+    assert_eq!(dave.email.as_deref(), Some("dave@example.org"));
+    assert_eq!(dave.phone.as_deref(), Some("+15550101"));
+    assert!(dave.password_hash.is_none());
+    // A wrong directory password creates nobody and says who refused.
+    let s = login(&w, LoginMode::Challenge, "erin", "nope");
+    assert!(matches!(s, Step::Reject { .. }));
+    assert_eq!(last_reason(&w), "first factor (ldap): invalid credentials");
+    assert!(w.engine.store().user_by_name(1, "erin").unwrap().is_none());
+}
+
+#[test]
+fn directory_groups_and_pass_through_attributes_reach_the_accept_after_a_challenge() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    let s = login(&w, LoginMode::Challenge, "alice", "dir-pass");
+    let txn = prompt_txn(&s);
+    match answer(&w, "alice", "192.0.2.10", &txn, &code_at(T0)) {
+        Step::Accept {
+            groups,
+            reply_attributes,
+            ..
+        } => {
+            // The store's groups were replaced by the directory's.
+            assert_eq!(groups, ["admins", "vpn-users"]);
+            assert_eq!(
+                reply_attributes,
+                [ReplyAttribute {
+                    typ: 25,
+                    value: b"upstream-class".to_vec()
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_disabled_store_user_is_refused_even_when_the_directory_accepts() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    w.admin.set_disabled("acme", "alice", true).unwrap();
+    let s = append(&w, &format!("dir-pass{}", code_at(T0)));
+    assert!(matches!(s, Step::Reject { .. }));
+    assert_eq!(last_reason(&w), "user is disabled");
+}
+
+#[test]
+fn first_factor_none_makes_the_login_second_factor_only_and_audits_it() {
+    let mut w = world();
+    w.engine
+        .set_first_factor("acme", Arc::new(crate::first_factor::Delegated));
+    // The client is configured for challenge mode, but the tenant delegates the password.
+    let s = login(&w, LoginMode::Challenge, "alice", &code_at(T0));
+    assert!(is_accept(&s), "{s:?}");
+    let records = w.admin.audit(&AuditFilter::default()).unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(last.mode, "otp-only");
+    assert_eq!(last.factors, ["delegated", "totp"]);
+    assert!(
+        last.reason.contains("first_factor = \"none\""),
+        "{}",
+        last.reason
+    );
+    // A password is not a code.
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::Challenge,
+        "alice",
+        "hunter2"
+    )));
+}
+
+#[test]
+fn a_client_override_wins_over_the_tenant_backend() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    w.engine.set_client_first_factor(
+        "radius",
+        "other-nas",
+        Arc::new(crate::first_factor::Delegated),
+    );
+    // "vpn" still uses the directory.
+    assert!(is_accept(&append(&w, &format!("dir-pass{}", code_at(T0)))));
+    w.engine
+        .set_client_first_factor("radius", "vpn", Arc::new(crate::first_factor::Delegated));
+    assert!(is_accept(&login(
+        &w,
+        LoginMode::Append,
+        "alice",
+        &code_at(T0 + 30)
+    )));
+}

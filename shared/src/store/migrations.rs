@@ -3,9 +3,10 @@
 //! (`BIGINT`, `TEXT`, no AUTOINCREMENT quirks beyond the id column).
 
 /// (version, SQL) in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -87,4 +88,13 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_tenant_time ON audit(tenant, time);
 "#,
-)];
+    ),
+    (
+        2,
+        // Reply attributes from the first factor (upstream RADIUS pass-through) wait with
+        // the transaction for the second factor: JSON [[type, "hex value"], ...].
+        r#"
+ALTER TABLE transactions ADD COLUMN reply_attributes TEXT NOT NULL DEFAULT '[]';
+"#,
+    ),
+];
