@@ -1,5 +1,6 @@
 //! The Portcullis daemon and admin CLI: RADIUS front end, `serve`, admin subcommands.
 
 pub mod cli;
+pub mod first_factor;
 pub mod radius;
 pub mod serve;

@@ -26,13 +26,15 @@ pub fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve(o: crate::cli::Opened) -> Result<()> {
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         o.store.clone(),
         o.clock.clone(),
         o.key.clone(),
         o.hasher.clone(),
         EngineSettings::from_config(&o.config),
-    ));
+    );
+    crate::first_factor::install(&mut engine, &o.config)?;
+    let engine = Arc::new(engine);
     for c in &o.config.radius.clients {
         if o.store.tenant_by_name(&c.tenant)?.is_none() {
             tracing::warn!(client = %c.name, tenant = %c.tenant,

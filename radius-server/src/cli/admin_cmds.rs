@@ -17,7 +17,7 @@ use super::{
 };
 
 /// One line from standard input, without its line ending. Prompts when stdin is a terminal.
-fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
+pub(super) fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         eprint!("{what}: ");
@@ -145,7 +145,9 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
 pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
     let admin = o.admin();
     match cmd {
-        Command::Serve | Command::Config(_) => unreachable!("handled by the caller"),
+        Command::Serve | Command::Config(_) | Command::Ldap(_) => {
+            unreachable!("handled by the caller")
+        }
         Command::Tenant(TenantCmd::Add { name }) => {
             let t = admin.add_tenant(&name)?;
             emit(json, &t, || format!("tenant '{}' created", t.name));

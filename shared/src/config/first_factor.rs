@@ -170,6 +170,10 @@ pub struct UpstreamRadiusConfig {
     /// by name: `Class`, `Filter-Id`, `Session-Timeout`, ... (see [`PASS_THROUGH_ATTRIBUTES`]).
     #[serde(default)]
     pub pass_through: Vec<String>,
+    /// Create users the upstream accepts but the store does not know yet (default true):
+    /// they can then be enrolled.
+    #[serde(default = "yes")]
+    pub create_users: bool,
 }
 
 /// `[[tenants.NAME.radius.servers]]`: one upstream server.

@@ -1,0 +1,263 @@
+//! `first_factor = "radius"`: forward the password to upstream RADIUS servers (NPS,
+//! FreeRADIUS), like the Duo proxy's `radius_client`.
+//!
+//! One Access-Request per login with a random Request Authenticator and identifier and a
+//! Message-Authenticator, from a socket of its own (so replies cannot be confused between
+//! logins). A reply counts only when it comes from the server's address, carries the
+//! request's identifier, and its Response Authenticator and Message-Authenticator verify;
+//! anything else is discarded (and counted in the audit reason) while waiting goes on.
+//! Each server is tried `1 + retries` times for `timeout` each, then the next (failover).
+//! An upstream Access-Challenge is refused: multi-round upstream logins are not supported.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use portcullis_core::config::{pass_through_type, UpstreamRadiusConfig, UpstreamServerConfig};
+use portcullis_core::engine::ReplyAttribute;
+use portcullis_core::first_factor::{CheckContext, DirectoryInfo, FirstFactor, FirstFactorResult};
+use portcullis_core::model::User;
+use rand::RngCore;
+
+use crate::radius::packet::{decode_reply, encode_access_request, RawAttribute};
+
+const CODE_ACCEPT: u8 = 2;
+const CODE_REJECT: u8 = 3;
+const CODE_CHALLENGE: u8 = 11;
+const ATTR_MESSAGE_AUTHENTICATOR: u8 = 80;
+const ATTR_NAS_IDENTIFIER: u8 = 32;
+const ATTR_CALLING_STATION_ID: u8 = 31;
+
+/// The upstream RADIUS backend of one tenant.
+pub struct UpstreamRadius {
+    cfg: UpstreamRadiusConfig,
+    pass_through: Vec<u8>,
+}
+
+/// What one server said.
+enum ServerOutcome {
+    Verdict(FirstFactorResult),
+    /// No valid reply in time; the text says what was seen.
+    NoAnswer(String),
+}
+
+impl UpstreamRadius {
+    /// The backend with these (validated) settings.
+    pub fn new(cfg: &UpstreamRadiusConfig) -> Self {
+        Self {
+            pass_through: cfg
+                .pass_through
+                .iter()
+                .filter_map(|n| pass_through_type(n))
+                .collect(),
+            cfg: cfg.clone(),
+        }
+    }
+
+    fn ask(
+        &self,
+        server: &UpstreamServerConfig,
+        ctx: &CheckContext<'_>,
+        password: &[u8],
+    ) -> ServerOutcome {
+        let mut authenticator = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut authenticator);
+        let identifier = (rand::rngs::OsRng.next_u32() & 0xff) as u8;
+        let mut extra = vec![RawAttribute {
+            typ: ATTR_NAS_IDENTIFIER,
+            value: self.cfg.nas_identifier.as_bytes().to_vec(),
+        }];
+        if !ctx.source.is_empty() && ctx.source.len() <= 253 {
+            extra.push(RawAttribute {
+                typ: ATTR_CALLING_STATION_ID,
+                value: ctx.source.as_bytes().to_vec(),
+            });
+        }
+        let packet = match encode_access_request(
+            identifier,
+            authenticator,
+            server.secret.as_bytes(),
+            ctx.username,
+            password,
+            None,
+            &extra,
+            true,
+        ) {
+            Ok(p) => p,
+            // User-Password holds at most 128 bytes; a user name past 253 does not fit.
+            Err(e) => {
+                return ServerOutcome::Verdict(FirstFactorResult::Rejected(format!(
+                    "cannot forward to the upstream RADIUS server: {e}"
+                )))
+            }
+        };
+        let bind: SocketAddr = if server.address.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let sock = match UdpSocket::bind(bind) {
+            Ok(s) => s,
+            Err(e) => return ServerOutcome::NoAnswer(format!("cannot open a UDP socket: {e}")),
+        };
+        let mut discarded: Vec<&'static str> = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        for _attempt in 0..=self.cfg.retries {
+            if let Err(e) = sock.send_to(&packet, server.address) {
+                return ServerOutcome::NoAnswer(format!("send failed: {e}"));
+            }
+            let deadline = Instant::now() + self.cfg.timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if sock
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .is_err()
+                {
+                    break;
+                }
+                let (len, from) = match sock.recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break
+                    }
+                    // ICMP port unreachable and the like: the server is not there.
+                    Err(e) => {
+                        return ServerOutcome::NoAnswer(format!("receive failed: {e}"));
+                    }
+                };
+                if from != server.address {
+                    discarded.push("a datagram from another address");
+                    continue;
+                }
+                let reply = match decode_reply(
+                    &buf[..len],
+                    &authenticator,
+                    server.secret.as_bytes(),
+                ) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        discarded.push(
+                            "a reply whose Response Authenticator or Message-Authenticator did not verify (forged, or a wrong secret)",
+                        );
+                        continue;
+                    }
+                };
+                if reply.identifier != identifier {
+                    discarded.push("a reply with another identifier");
+                    continue;
+                }
+                let has_ma = reply
+                    .attributes
+                    .iter()
+                    .any(|a| a.typ == ATTR_MESSAGE_AUTHENTICATOR);
+                if self.cfg.require_message_authenticator && !has_ma {
+                    discarded.push("a reply without Message-Authenticator (require_message_authenticator = true)");
+                    continue;
+                }
+                return ServerOutcome::Verdict(match reply.code {
+                    CODE_ACCEPT => FirstFactorResult::Accepted(DirectoryInfo {
+                        reply_attributes: reply
+                            .attributes
+                            .iter()
+                            .filter(|a| self.pass_through.contains(&a.typ))
+                            .map(|a| ReplyAttribute {
+                                typ: a.typ,
+                                value: a.value.clone(),
+                            })
+                            .collect(),
+                        ..DirectoryInfo::default()
+                    }),
+                    CODE_REJECT => FirstFactorResult::Rejected(format!(
+                        "upstream RADIUS server {} rejected the password",
+                        server.address
+                    )),
+                    CODE_CHALLENGE => FirstFactorResult::Rejected(format!(
+                        "upstream RADIUS server {} answered with an Access-Challenge, which is not supported (configure it to accept or reject on the password alone)",
+                        server.address
+                    )),
+                    other => FirstFactorResult::Rejected(format!(
+                        "upstream RADIUS server {} answered with code {other}",
+                        server.address
+                    )),
+                });
+            }
+        }
+        let mut why = format!(
+            "no valid reply within {} x {:?}",
+            self.cfg.retries + 1,
+            self.cfg.timeout
+        );
+        if let Some(first) = discarded.first() {
+            why.push_str(&format!(
+                "; discarded {} datagram(s), e.g. {first}",
+                discarded.len()
+            ));
+        }
+        ServerOutcome::NoAnswer(why)
+    }
+}
+
+impl FirstFactor for UpstreamRadius {
+    fn name(&self) -> &'static str {
+        "radius"
+    }
+
+    fn check(
+        &self,
+        tenant: &str,
+        username: &str,
+        user: Option<&User>,
+        password: &[u8],
+    ) -> FirstFactorResult {
+        let ctx = CheckContext {
+            tenant,
+            username,
+            client: "",
+            nas_identifier: None,
+            source: "",
+        };
+        self.check_in(&ctx, user, password)
+    }
+
+    fn check_in(
+        &self,
+        ctx: &CheckContext<'_>,
+        _user: Option<&User>,
+        password: &[u8],
+    ) -> FirstFactorResult {
+        if password.is_empty() {
+            return FirstFactorResult::Rejected("empty password".into());
+        }
+        let mut problems = Vec::new();
+        for server in &self.cfg.servers {
+            match self.ask(server, ctx, password) {
+                ServerOutcome::Verdict(v) => {
+                    if !problems.is_empty() {
+                        tracing::warn!(tenant = ctx.tenant, failed = %problems.join("; "),
+                            "upstream RADIUS failover: earlier servers did not answer");
+                    }
+                    return v;
+                }
+                ServerOutcome::NoAnswer(why) => {
+                    tracing::warn!(tenant = ctx.tenant, server = %server.address, %why, "upstream RADIUS server did not answer");
+                    problems.push(format!("{}: {why}", server.address));
+                }
+            }
+        }
+        FirstFactorResult::Unavailable(format!(
+            "no upstream RADIUS server answered ({})",
+            problems.join("; ")
+        ))
+    }
+
+    fn creates_users(&self) -> bool {
+        self.cfg.create_users
+    }
+}
