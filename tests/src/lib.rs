@@ -11,9 +11,11 @@
 //! build: these tests never skip.
 
 pub mod env;
+pub mod freeradius;
 pub mod radclient;
 pub mod raw;
 pub mod server;
+pub mod slapd;
 pub mod tools;
 pub mod totp;
 
