@@ -74,6 +74,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
     if cfg.radius.clients.is_empty() {
         warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
     }
+    warnings.extend(crate::first_factor::config_warnings(&cfg));
     let clients: Vec<_> = cfg
         .radius
         .clients

@@ -26,26 +26,16 @@ struct TenantBackends {
 /// Build every configured backend and tell the Engine which tenant and client uses which.
 /// Warns about lab settings (certificate checks off, clear-text LDAP).
 pub fn install(engine: &mut Engine, cfg: &Config) -> Result<()> {
+    for w in config_warnings(cfg) {
+        tracing::warn!("{w}");
+    }
     let mut built: BTreeMap<&str, TenantBackends> = BTreeMap::new();
     for (name, t) in &cfg.tenants {
         let mut b = TenantBackends::default();
         if let Some(l) = &t.ldap {
-            let backend = LdapBackend::new(name, l)?;
-            if !l.tls_verify {
-                tracing::warn!(tenant = %name, url = %l.url,
-                    "tenants.{name}.ldap.tls_verify = false: the directory's certificate is NOT checked (labs only)");
-            }
-            if backend.is_plaintext() {
-                tracing::warn!(tenant = %name, url = %l.url,
-                    "tenants.{name}.ldap: ldap:// with starttls = false sends passwords in clear text (labs only)");
-            }
-            b.ldap = Some(Arc::new(backend));
+            b.ldap = Some(Arc::new(LdapBackend::new(name, l)?));
         }
         if let Some(r) = &t.radius {
-            if !r.require_message_authenticator {
-                tracing::warn!(tenant = %name,
-                    "tenants.{name}.radius.require_message_authenticator = false: upstream replies are accepted without Message-Authenticator (BlastRADIUS exposure)");
-            }
             b.radius = Some(Arc::new(UpstreamRadius::new(r)));
         }
         built.insert(name, b);
@@ -85,4 +75,31 @@ pub fn install(engine: &mut Engine, cfg: &Config) -> Result<()> {
         engine.set_client_first_factor("radius", &c.name, backend);
     }
     Ok(())
+}
+
+/// Lab-only first-factor settings in `cfg`, for the start-up log and `config check`.
+pub fn config_warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, t) in &cfg.tenants {
+        if let Some(l) = &t.ldap {
+            if !l.tls_verify {
+                out.push(format!(
+                    "tenants.{name}.ldap.tls_verify = false: the directory's certificate is NOT checked (labs only)"
+                ));
+            }
+            if l.url.starts_with("ldap://") && !l.starttls {
+                out.push(format!(
+                    "tenants.{name}.ldap: ldap:// with starttls = false sends passwords in clear text (labs only)"
+                ));
+            }
+        }
+        if let Some(r) = &t.radius {
+            if !r.require_message_authenticator {
+                out.push(format!(
+                    "tenants.{name}.radius.require_message_authenticator = false: upstream replies are accepted without Message-Authenticator (BlastRADIUS exposure)"
+                ));
+            }
+        }
+    }
+    out
 }

@@ -499,6 +499,12 @@ secret = "up"
     }
 
     #[test]
+    fn tenant_names_keep_their_case() {
+        let c = parse("[tenants.AcMe]\nfirst_factor = \"none\"\n").unwrap();
+        assert_eq!(c.tenants.keys().collect::<Vec<_>>(), ["AcMe"]);
+    }
+
+    #[test]
     fn client_override_needs_the_tenants_table() {
         let text = format!(
             "{UPSTREAM}\n[[radius.clients]]\nname = \"vpn\"\naddress = \"127.0.0.1/32\"\nsecret = \"s\"\ntenant = \"acme\"\nfirst_factor = \"ldap\"\n"

@@ -649,6 +649,7 @@ impl Engine {
     }
 
     /// Append mode: the code came with the password; one try.
+    #[allow(clippy::too_many_arguments)]
     fn second_factor_once(
         &self,
         tenant: &Tenant,
