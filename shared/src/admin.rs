@@ -8,10 +8,14 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, UnixTime};
+use crate::codes::generate_bypass_code;
 use crate::codes::{
-    generate_recovery_code, hash_recovery_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
+    generate_recovery_code, hash_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
 };
-use crate::engine::factor_context;
+use crate::engine::{
+    factor_context, SmsParams, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL, SENT_PEPPER_LABEL,
+};
+use crate::hotp::{self, HotpParams, DEFAULT_LOOK_AHEAD};
 use crate::model::*;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::secrets::MasterKey;
@@ -58,6 +62,14 @@ pub struct EnrolledTotp {
     pub uri: String,
     pub digits: u8,
     pub algorithm: &'static str,
+}
+
+/// An issued bypass code, shown once.
+#[derive(Debug, Serialize)]
+pub struct BypassCode {
+    pub code: String,
+    pub uses: u32,
+    pub expires_at: UnixTime,
 }
 
 /// A factor as listed to admins (no secret).
@@ -303,32 +315,7 @@ impl Admin {
         algorithm: &str,
     ) -> Result<EnrolledTotp, AdminError> {
         let (_, u) = self.user(tenant, name)?;
-        if digits != 6 && digits != 8 {
-            return Err(AdminError::Invalid {
-                what: "digits",
-                value: digits.to_string(),
-                hint: "use 6 or 8",
-            });
-        }
-        let algorithm = TotpAlgorithm::parse(algorithm).ok_or_else(|| AdminError::Invalid {
-            what: "algorithm",
-            value: algorithm.to_string(),
-            hint: "use SHA1, SHA256 or SHA512",
-        })?;
-        let (secret, state) = match secret {
-            Some(text) => (
-                Zeroizing::new(totp::decode_base32(text).ok_or(AdminError::Invalid {
-                    what: "secret",
-                    value: "(hidden)".into(),
-                    hint: "give the base32 secret (A-Z, 2-7) of at least 16 characters",
-                })?),
-                FactorState::Confirmed,
-            ),
-            None => (
-                Zeroizing::new(totp::generate_secret()),
-                FactorState::Pending,
-            ),
-        };
+        let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
         let params = TotpParams {
             algorithm,
             digits,
@@ -383,22 +370,249 @@ impl Admin {
         if f.state == FactorState::Confirmed {
             return Err(AdminError::AlreadyConfirmed(factor_id.to_string()));
         }
-        let params: TotpParams = serde_json::from_str(&f.params)
-            .map_err(|e| StoreError::Corrupt(format!("factor {factor_id} params: {e}")))?;
-        let secret = self
-            .key
-            .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let secret = || {
+            self.key
+                .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        };
+        let corrupt =
+            |e: serde_json::Error| StoreError::Corrupt(format!("factor {factor_id} params: {e}"));
         let now = self.clock.now();
-        let step = totp::verify(&secret, &params, code.trim(), now, self.totp_window)
-            .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
-        let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
-        self.store.record_otp_use(&f.id, step as i64, expires)?;
+        match f.kind {
+            FactorKind::Totp => {
+                let params: TotpParams = serde_json::from_str(&f.params).map_err(corrupt)?;
+                let step = totp::verify(&secret()?, &params, code.trim(), now, self.totp_window)
+                    .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
+                let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
+                self.store.record_otp_use(&f.id, step as i64, expires)?;
+            }
+            FactorKind::Sms => {
+                let pepper = self.key.derive(SENT_PEPPER_LABEL);
+                let used = self
+                    .store
+                    .use_sent_code(u.id, &hash_code(&pepper, code.trim()), now)?;
+                if used.as_deref() != Some(factor_id) {
+                    return Err(AdminError::WrongCode(factor_id.to_string()));
+                }
+            }
+            FactorKind::Hotp => {
+                let params: HotpParams = serde_json::from_str(&f.params).map_err(corrupt)?;
+                let counter = hotp::find(&secret()?, &params, code.trim())
+                    .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
+                let next = serde_json::to_string(&HotpParams {
+                    counter: counter + 1,
+                    ..params
+                })
+                .unwrap_or_default();
+                if !self.store.update_factor_params(&f.id, &f.params, &next)? {
+                    return Err(AdminError::WrongCode(factor_id.to_string()));
+                }
+            }
+        }
         if self.store.confirm_factor(u.id, factor_id, now)? {
             Ok(())
         } else {
             Err(no_factor())
         }
+    }
+
+    /// `factor enroll hotp`: a hardware token's secret (confirmed at once) or a new secret
+    /// for a software token (pending until `factor confirm`).
+    pub fn enroll_hotp(
+        &self,
+        tenant: &str,
+        name: &str,
+        secret: Option<&str>,
+        digits: u8,
+        algorithm: &str,
+        counter: u64,
+    ) -> Result<EnrolledTotp, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
+        let params = HotpParams {
+            algorithm,
+            digits,
+            counter,
+            look_ahead: DEFAULT_LOOK_AHEAD,
+        };
+        let id = new_factor_id();
+        let now = self.clock.now();
+        self.store.add_factor(&Factor {
+            id: id.clone(),
+            user_id: u.id,
+            kind: FactorKind::Hotp,
+            state,
+            sealed_secret: self.key.seal(factor_context(&id).as_bytes(), &secret),
+            params: serde_json::to_string(&params).unwrap_or_default(),
+            created_at: now,
+            confirmed_at: (state == FactorState::Confirmed).then_some(now),
+            last_used_at: None,
+        })?;
+        let account = format!("{}@{}", u.name, tenant);
+        Ok(EnrolledTotp {
+            factor_id: id,
+            kind: "hotp",
+            state: state.as_str(),
+            secret: totp::encode_base32(&secret),
+            uri: hotp_uri(&self.issuer, &account, &secret, &params),
+            digits,
+            algorithm: algorithm.as_str(),
+        })
+    }
+
+    fn new_otp_secret(
+        &self,
+        secret: Option<&str>,
+        digits: u8,
+        algorithm: &str,
+    ) -> Result<(Zeroizing<Vec<u8>>, FactorState, TotpAlgorithm), AdminError> {
+        if digits != 6 && digits != 8 {
+            return Err(AdminError::Invalid {
+                what: "digits",
+                value: digits.to_string(),
+                hint: "use 6 or 8",
+            });
+        }
+        let algorithm = TotpAlgorithm::parse(algorithm).ok_or_else(|| AdminError::Invalid {
+            what: "algorithm",
+            value: algorithm.to_string(),
+            hint: "use SHA1, SHA256 or SHA512",
+        })?;
+        Ok(match secret {
+            Some(text) => (
+                Zeroizing::new(totp::decode_base32(text).ok_or(AdminError::Invalid {
+                    what: "secret",
+                    value: "(hidden)".into(),
+                    hint: "give the base32 secret (A-Z, 2-7) of at least 16 characters",
+                })?),
+                FactorState::Confirmed,
+                algorithm,
+            ),
+            None => (
+                Zeroizing::new(totp::generate_secret()),
+                FactorState::Pending,
+                algorithm,
+            ),
+        })
+    }
+
+    /// `factor enroll sms`: a pending SMS factor for `phone` (or the user's phone); a code
+    /// sent to it confirms it (`factor confirm`).
+    pub fn enroll_sms(
+        &self,
+        tenant: &str,
+        name: &str,
+        phone: Option<&str>,
+    ) -> Result<FactorInfo, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let phone = phone
+            .map(str::to_string)
+            .or(u.phone.clone())
+            .ok_or(AdminError::Invalid {
+                what: "phone number",
+                value: String::new(),
+                hint: "give --phone +4915112345678 or set the user's phone",
+            })?;
+        check_phone(&phone)?;
+        let id = new_factor_id();
+        let now = self.clock.now();
+        let params = serde_json::to_string(&SmsParams { phone }).unwrap_or_default();
+        self.store.add_factor(&Factor {
+            id: id.clone(),
+            user_id: u.id,
+            kind: FactorKind::Sms,
+            state: FactorState::Pending,
+            sealed_secret: Vec::new(),
+            params: params.clone(),
+            created_at: now,
+            confirmed_at: None,
+            last_used_at: None,
+        })?;
+        Ok(FactorInfo {
+            factor_id: id,
+            kind: "sms",
+            state: "pending",
+            details: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+            created_at: now,
+            confirmed_at: None,
+            last_used_at: None,
+        })
+    }
+
+    /// `factor resync`: a hardware token drifted past the look-ahead window; two
+    /// consecutive codes put the counter after them.
+    pub fn resync_hotp(
+        &self,
+        tenant: &str,
+        name: &str,
+        factor_id: &str,
+        first: &str,
+        second: &str,
+    ) -> Result<u64, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let f = self
+            .store
+            .factors_of(u.id)?
+            .into_iter()
+            .find(|f| f.id == factor_id && f.kind == FactorKind::Hotp)
+            .ok_or_else(|| AdminError::NoFactor {
+                tenant: tenant.to_string(),
+                user: name.to_string(),
+                factor: factor_id.to_string(),
+            })?;
+        let params: HotpParams = serde_json::from_str(&f.params)
+            .map_err(|e| StoreError::Corrupt(format!("factor {factor_id} params: {e}")))?;
+        let secret = self
+            .key
+            .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let next = hotp::resync(&secret, &params, first.trim(), second.trim())
+            .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
+        let new = serde_json::to_string(&HotpParams {
+            counter: next,
+            ..params
+        })
+        .unwrap_or_default();
+        if !self.store.update_factor_params(&f.id, &f.params, &new)? {
+            return Err(AdminError::WrongCode(factor_id.to_string()));
+        }
+        Ok(next)
+    }
+
+    /// `bypass`: a code for a user who lost their device, usable `uses` times within `ttl_secs`.
+    pub fn issue_bypass_code(
+        &self,
+        tenant: &str,
+        name: &str,
+        uses: u32,
+        ttl_secs: u64,
+    ) -> Result<BypassCode, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        if uses == 0 || uses > 100 {
+            return Err(AdminError::Invalid {
+                what: "uses",
+                value: uses.to_string(),
+                hint: "use 1 to 100",
+            });
+        }
+        if ttl_secs == 0 || ttl_secs > 30 * 24 * 3600 {
+            return Err(AdminError::Invalid {
+                what: "ttl",
+                value: format!("{ttl_secs}s"),
+                hint: "use a duration from 1s to 30d",
+            });
+        }
+        let code = generate_bypass_code();
+        let pepper = self.key.derive(BYPASS_PEPPER_LABEL);
+        let now = self.clock.now();
+        let expires_at = now + ttl_secs as i64;
+        self.store
+            .add_bypass_code(u.id, &hash_code(&pepper, &code), uses, expires_at, now)?;
+        Ok(BypassCode {
+            code,
+            uses,
+            expires_at,
+        })
     }
 
     /// `factor list`
@@ -446,14 +660,14 @@ impl Admin {
         name: &str,
     ) -> Result<Vec<String>, AdminError> {
         let (_, u) = self.user(tenant, name)?;
-        let pepper = self.key.derive("portcullis recovery codes v1");
+        let pepper = self.key.derive(RECOVERY_PEPPER_LABEL);
         let codes: Vec<String> = (0..RECOVERY_CODE_COUNT)
             .map(|_| generate_recovery_code())
             .collect();
         let hashes: Vec<String> = codes
             .iter()
             .filter_map(|c| normalize_recovery_code(c))
-            .map(|n| hash_recovery_code(&pepper, &n))
+            .map(|n| hash_code(&pepper, &n))
             .collect();
         self.store
             .replace_recovery_codes(u.id, &hashes, self.clock.now())?;
@@ -467,6 +681,39 @@ impl Admin {
         }
         Ok(self.store.list_audit(filter)?)
     }
+}
+
+fn check_phone(p: &str) -> Result<(), AdminError> {
+    let digits = p.strip_prefix('+').unwrap_or(p);
+    if !p.starts_with('+')
+        || digits.len() < 6
+        || digits.len() > 15
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(AdminError::Invalid {
+            what: "phone number",
+            value: p.to_string(),
+            hint: "expected E.164, like +4915112345678",
+        });
+    }
+    Ok(())
+}
+
+/// The `otpauth://hotp/...` URI of a software HOTP token.
+fn hotp_uri(issuer: &str, account: &str, secret: &[u8], p: &HotpParams) -> String {
+    let totp_like = totp::otpauth_uri(
+        issuer,
+        account,
+        secret,
+        &TotpParams {
+            algorithm: p.algorithm,
+            digits: p.digits,
+            period: 30,
+        },
+    );
+    totp_like
+        .replacen("otpauth://totp/", "otpauth://hotp/", 1)
+        .replace("&period=30", &format!("&counter={}", p.counter))
 }
 
 /// An unguessable, short factor id (`totp-` is not put in: the kind is a column).

@@ -9,6 +9,18 @@ use sha2::Sha256;
 pub const RECOVERY_CODE_COUNT: usize = 10;
 /// Characters of one code, without the dash.
 pub const RECOVERY_CODE_LEN: usize = 10;
+/// Digits of an admin-issued bypass code: 9, so that it is never taken for a 6- or
+/// 8-digit one-time password.
+pub const BYPASS_CODE_LEN: usize = 9;
+
+/// A new bypass code.
+pub fn generate_bypass_code() -> String {
+    let mut rng = rand::rngs::OsRng;
+    (0..BYPASS_CODE_LEN)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
+}
+
 /// No 0/o, 1/l/i: codes are read off paper.
 const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
 
@@ -36,8 +48,8 @@ pub fn normalize_recovery_code(input: &str) -> Option<String> {
     (s.len() == RECOVERY_CODE_LEN && s.bytes().all(|b| ALPHABET.contains(&b))).then_some(s)
 }
 
-/// The stored form of a normalized code.
-pub fn hash_recovery_code(pepper: &[u8; 32], normalized: &str) -> String {
+/// The stored form of a normalized recovery or bypass code (HMAC-SHA256 under a pepper).
+pub fn hash_code(pepper: &[u8; 32], normalized: &str) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(pepper)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(normalized.as_bytes());
@@ -69,8 +81,8 @@ mod tests {
     #[test]
     fn hash_depends_on_pepper() {
         assert_ne!(
-            hash_recovery_code(&[1; 32], "abcdefghjk"),
-            hash_recovery_code(&[2; 32], "abcdefghjk")
+            hash_code(&[1; 32], "abcdefghjk"),
+            hash_code(&[2; 32], "abcdefghjk")
         );
     }
 }

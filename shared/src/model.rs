@@ -62,6 +62,8 @@ pub struct NewUser {
 #[serde(rename_all = "lowercase")]
 pub enum FactorKind {
     Totp,
+    Hotp,
+    Sms,
 }
 
 impl FactorKind {
@@ -69,6 +71,8 @@ impl FactorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FactorKind::Totp => "totp",
+            FactorKind::Hotp => "hotp",
+            FactorKind::Sms => "sms",
         }
     }
 
@@ -76,6 +80,8 @@ impl FactorKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "totp" => Some(FactorKind::Totp),
+            "hotp" => Some(FactorKind::Hotp),
+            "sms" => Some(FactorKind::Sms),
             _ => None,
         }
     }

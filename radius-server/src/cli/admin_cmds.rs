@@ -174,6 +174,26 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
                 )
             });
         }
+        Command::Bypass {
+            tenant,
+            user,
+            uses,
+            ttl,
+        } => {
+            let b = admin.issue_bypass_code(
+                &tenant.tenant,
+                &user,
+                uses,
+                std::time::Duration::from(ttl).as_secs(),
+            )?;
+            emit(json, &b, || {
+                format!(
+                    "Bypass code for {user}: {}\nValid for {uses} login(s) until {} (UTC). It is not shown again; give it to the user over a trusted channel.",
+                    b.code,
+                    time(b.expires_at)
+                )
+            });
+        }
         Command::Audit(a) => audit(o, a, json)?,
     }
     Ok(())
@@ -324,6 +344,55 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                 }
                 s
             });
+        }
+        FactorCmd::Enroll(EnrollCmd::Hotp {
+            tenant,
+            user,
+            secret,
+            secret_stdin,
+            counter,
+            digits,
+            algorithm,
+        }) => {
+            let secret = if secret_stdin {
+                Some(read_stdin_line("secret")?.to_string())
+            } else {
+                secret
+            };
+            let e = admin.enroll_hotp(
+                &tenant.tenant,
+                &user,
+                secret.as_deref(),
+                digits,
+                &algorithm,
+                counter,
+            )?;
+            emit(json, &e, || {
+                if e.state == "pending" {
+                    format!(
+                        "{}\nScan this with a software token app, or enter the secret by hand:\n  secret: {}\n  uri:    {}\n\nThe factor {} is pending until a code confirms it:\n  portcullis factor confirm --tenant {} {} {} CODE\n",
+                        qr(&e.uri), e.secret, e.uri, e.factor_id, tenant.tenant, user, e.factor_id
+                    )
+                } else {
+                    format!(
+                        "HOTP factor {} of '{}' enrolled and confirmed (counter {counter}, {} digits, {}).\nIf the token drifts: portcullis factor resync --tenant {} {} {} CODE1 CODE2\n",
+                        e.factor_id, user, e.digits, e.algorithm, tenant.tenant, user, e.factor_id
+                    )
+                }
+            });
+        }
+        FactorCmd::Resync {
+            tenant,
+            user,
+            factor_id,
+            code1,
+            code2,
+        } => {
+            let next = admin.resync_hotp(&tenant.tenant, &user, &factor_id, &code1, &code2)?;
+            done(
+                json,
+                format!("factor {factor_id} of '{user}' resynchronised; next counter {next}"),
+            );
         }
         FactorCmd::Confirm {
             tenant,

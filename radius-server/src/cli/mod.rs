@@ -49,6 +49,18 @@ pub enum Command {
     /// Recovery codes.
     #[command(subcommand)]
     Recovery(RecoveryCmd),
+    /// Issue a bypass code for a user who lost their device (shown once).
+    Bypass {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// How many logins it may be used for.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid (e.g. 1h, 30m, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+    },
     /// Show the audit log: one record per login decision.
     Audit(AuditArgs),
     /// Check a tenant's LDAP/AD settings by hand.
@@ -175,6 +187,15 @@ pub enum FactorCmd {
         factor_id: String,
         code: String,
     },
+    /// Resynchronise a hardware HOTP token with two consecutive codes.
+    Resync {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        factor_id: String,
+        code1: String,
+        code2: String,
+    },
     /// List a user's factors.
     List {
         #[command(flatten)]
@@ -203,6 +224,25 @@ pub enum EnrollCmd {
         /// Read the secret to migrate from standard input (keeps it out of `ps`).
         #[arg(long)]
         secret_stdin: bool,
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(6..=8))]
+        digits: u8,
+        #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
+        algorithm: String,
+    },
+    /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
+    Hotp {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// The token's base32 secret (the factor is confirmed at once).
+        #[arg(long, conflicts_with = "secret_stdin")]
+        secret: Option<String>,
+        /// Read the token's secret from standard input (keeps it out of `ps`).
+        #[arg(long)]
+        secret_stdin: bool,
+        /// The token's current counter.
+        #[arg(long, default_value_t = 0)]
+        counter: u64,
         #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(6..=8))]
         digits: u8,
         #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]

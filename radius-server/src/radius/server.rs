@@ -203,17 +203,19 @@ fn on_datagram(
             }
         };
         count_reply(&ctx.metrics, reply.code);
-        if let Err(e) = sock.send_to(&bytes, src).await {
-            tracing::debug!(%src, error = %e, "send failed");
-        }
+        // Record the reply before sending it: a retransmission that arrives right after
+        // the reply left must find it answered, not in progress.
         ctx.cache.finish(
             listener,
             src,
             request.identifier,
             request.authenticator,
-            bytes,
+            bytes.clone(),
             Instant::now(),
         );
+        if let Err(e) = sock.send_to(&bytes, src).await {
+            tracing::debug!(%src, error = %e, "send failed");
+        }
         drop(permit);
     });
 }

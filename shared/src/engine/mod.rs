@@ -7,6 +7,7 @@
 //! their receive loops.
 
 mod second_factor;
+mod sms;
 mod split;
 mod throttle;
 
@@ -20,6 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::{Clock, UnixTime};
 use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig, Unenrolled};
+use crate::delivery::{CodeSender, DeliverySettings};
 use crate::first_factor::{
     CheckContext, DirectoryInfo, FirstFactor, FirstFactorResult, LocalPasswords,
 };
@@ -29,6 +31,7 @@ use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 
 pub use second_factor::{factor_context, CodeCheck};
+pub use sms::{SendOutcome, SmsParams};
 
 /// Who asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +148,16 @@ pub struct ReplyAttribute {
     pub value: Vec<u8>,
 }
 
+/// Sub-key labels of the code peppers (shared with the admin side that makes the codes).
+pub const RECOVERY_PEPPER_LABEL: &str = "portcullis recovery codes v1";
+/// See [`RECOVERY_PEPPER_LABEL`].
+pub const BYPASS_PEPPER_LABEL: &str = "portcullis bypass codes v1";
+/// See [`RECOVERY_PEPPER_LABEL`].
+pub const SENT_PEPPER_LABEL: &str = "portcullis sent codes v1";
+
+/// What a user types instead of a code to get one by text message.
+pub const SMS_KEYWORD: &str = "sms";
+
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
@@ -201,6 +214,10 @@ pub struct Engine {
     client_first_factors: HashMap<(String, String), Arc<dyn FirstFactor>>,
     settings: EngineSettings,
     recovery_pepper: Zeroizing<[u8; 32]>,
+    bypass_pepper: Zeroizing<[u8; 32]>,
+    sent_pepper: Zeroizing<[u8; 32]>,
+    /// Per-tenant out-of-band code delivery (SMS).
+    senders: HashMap<String, (Arc<dyn CodeSender>, DeliverySettings)>,
 }
 
 /// What happened, for the audit record.
@@ -235,7 +252,9 @@ impl Engine {
         hasher: PasswordHasher,
         settings: EngineSettings,
     ) -> Self {
-        let recovery_pepper = key.derive("portcullis recovery codes v1");
+        let recovery_pepper = key.derive(RECOVERY_PEPPER_LABEL);
+        let bypass_pepper = key.derive(BYPASS_PEPPER_LABEL);
+        let sent_pepper = key.derive(SENT_PEPPER_LABEL);
         Self {
             store,
             clock,
@@ -245,7 +264,20 @@ impl Engine {
             client_first_factors: HashMap::new(),
             settings,
             recovery_pepper,
+            bypass_pepper,
+            sent_pepper,
+            senders: HashMap::new(),
         }
+    }
+
+    /// Send the text messages of `tenant` through `sender`.
+    pub fn set_sender(
+        &mut self,
+        tenant: &str,
+        sender: Arc<dyn CodeSender>,
+        settings: DeliverySettings,
+    ) {
+        self.senders.insert(tenant.to_string(), (sender, settings));
     }
 
     /// Check the passwords of `tenant` with `backend` instead of the store's hashes.
@@ -598,7 +630,7 @@ impl Engine {
         first: &'static str,
         reply_attributes: Vec<ReplyAttribute>,
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(user)? {
+        if !self.has_usable_factor(tenant, user)? {
             return Ok(unenrolled_outcome(
                 user,
                 first,
@@ -608,6 +640,20 @@ impl Engine {
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
+        }
+        // SMS: with no other way to give a code, the text goes out at once; otherwise the
+        // prompt offers it.
+        let mut text = req.prompt.clone();
+        if let Some(sms) = self.sms_factor(&tenant.name, user)? {
+            if self.has_code_factor_besides_sms(user)? {
+                text = format!("{text} (or type sms for a text message)");
+            } else {
+                let sent = self.send_code(&tenant.name, user, &sms)?;
+                if !matches!(sent, SendOutcome::Sent { .. }) {
+                    return Ok(Outcome::reject_with(sent.reason(), &sent.user_text()));
+                }
+                text = format!("{} Enter it:", sent.user_text());
+            }
         }
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -630,7 +676,7 @@ impl Engine {
         Ok(Outcome {
             step: Step::Prompt {
                 txn: txn_ref(&id, 0),
-                text: req.prompt.clone(),
+                text,
                 echo: false,
                 expects: Expects::Code,
             },
@@ -639,13 +685,27 @@ impl Engine {
         })
     }
 
-    fn has_usable_factor(&self, user: &User) -> Result<bool, EngineError> {
-        let confirmed = self
+    /// Whether the user can give a code without a text message.
+    fn has_code_factor_besides_sms(&self, user: &User) -> Result<bool, EngineError> {
+        let other = self
             .store
             .factors_of(user.id)?
             .iter()
-            .any(|f| f.state == FactorState::Confirmed);
-        Ok(confirmed || self.store.unused_recovery_codes(user.id)? > 0)
+            .any(|f| f.state == FactorState::Confirmed && f.kind != FactorKind::Sms);
+        Ok(other
+            || self.store.unused_recovery_codes(user.id)? > 0
+            || self.store.has_bypass_code(user.id, self.clock.now())?)
+    }
+
+    fn has_usable_factor(&self, tenant: &Tenant, user: &User) -> Result<bool, EngineError> {
+        let can_send = self.senders.contains_key(&tenant.name);
+        let confirmed =
+            self.store.factors_of(user.id)?.iter().any(|f| {
+                f.state == FactorState::Confirmed && (f.kind != FactorKind::Sms || can_send)
+            });
+        Ok(confirmed
+            || self.store.unused_recovery_codes(user.id)? > 0
+            || self.store.has_bypass_code(user.id, self.clock.now())?)
     }
 
     /// Append mode: the code came with the password; one try.
@@ -660,7 +720,7 @@ impl Engine {
         unenrolled: Unenrolled,
         reply_attributes: Vec<ReplyAttribute>,
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(user)? {
+        if !self.has_usable_factor(tenant, user)? {
             return Ok(unenrolled_outcome(
                 user,
                 first,
@@ -670,6 +730,21 @@ impl Engine {
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
+        }
+        // `password,sms`: send a code; the user logs in again with it (a NAS in append
+        // mode cannot show a prompt).
+        if code.eq_ignore_ascii_case(SMS_KEYWORD) {
+            if let Some(sms) = self.sms_factor(&tenant.name, user)? {
+                let sent = self.send_code(&tenant.name, user, &sms)?;
+                let message = match sent {
+                    SendOutcome::Sent { .. } => format!(
+                        "{} Log in again with your password followed by the code.",
+                        sent.user_text()
+                    ),
+                    _ => sent.user_text(),
+                };
+                return Ok(Outcome::reject_with(sent.reason(), &message));
+            }
         }
         Ok(match self.check_code(tenant, user, code, now)? {
             CodeCheck::Accepted { factor } => accepted(user, first, factor, reply_attributes),
@@ -717,6 +792,22 @@ impl Engine {
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
+        if code.eq_ignore_ascii_case(SMS_KEYWORD) {
+            if let Some(sms) = self.sms_factor(&tenant.name, &user)? {
+                // Asking for a text is not a wrong answer: no attempt is counted.
+                let sent = self.send_code(&tenant.name, &user, &sms)?;
+                return Ok(Outcome {
+                    step: Step::Prompt {
+                        txn: txn_ref(&txn.id, txn.step),
+                        text: format!("{} Enter the code:", sent.user_text()),
+                        echo: false,
+                        expects: Expects::Code,
+                    },
+                    reason: sent.reason(),
+                    factors: vec![txn.first_factor().to_string()],
+                });
+            }
+        }
         match self.check_code(&tenant, &user, &code, now)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
@@ -751,7 +842,7 @@ impl Engine {
                         expects: Expects::Code,
                     },
                     reason: failed.reason(),
-                    factors: vec!["password".into()],
+                    factors: vec![txn.first_factor().to_string()],
                 })
             }
         }

@@ -3,8 +3,9 @@
 
 use super::{Engine, EngineError};
 use crate::clock::UnixTime;
-use crate::codes::{hash_recovery_code, normalize_recovery_code};
-use crate::model::{FactorKind, FactorState, Tenant, User};
+use crate::codes::{hash_code, normalize_recovery_code, BYPASS_CODE_LEN};
+use crate::hotp::{self, HotpParams};
+use crate::model::{Factor, FactorKind, FactorState, Tenant, User};
 use crate::totp::{self, TotpParams};
 
 /// The result of checking one code.
@@ -48,44 +49,129 @@ impl Engine {
     }
 
     fn match_code(&self, user: &User, code: &str, now: UnixTime) -> Result<CodeCheck, EngineError> {
-        if !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit()) {
-            for f in self.store.factors_of(user.id)? {
-                if f.kind != FactorKind::Totp || f.state != FactorState::Confirmed {
-                    continue;
-                }
-                let Ok(params) = serde_json::from_str::<TotpParams>(&f.params) else {
-                    tracing::error!(factor = %f.id, "factor has unreadable parameters; skipped");
-                    continue;
-                };
-                if params.digits as usize != code.len() {
-                    continue;
-                }
-                let secret = match self
-                    .key
-                    .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(factor = %f.id, error = %e, "cannot decrypt factor secret; skipped");
-                        continue;
-                    }
-                };
-                if let Some(step) =
-                    totp::verify(&secret, &params, code, now, self.settings.totp_window)
-                {
-                    let window = self.settings.totp_window as i64;
-                    let expires = (step as i64 + window + 2) * params.period as i64;
-                    if self.store.record_otp_use(&f.id, step as i64, expires)? {
-                        self.store.touch_factor(&f.id, now)?;
-                        return Ok(CodeCheck::Accepted { factor: "totp" });
-                    }
-                    return Ok(CodeCheck::Replayed);
-                }
+        if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return self.match_recovery_code(user, code, now);
+        }
+        if code.len() == BYPASS_CODE_LEN {
+            let hash = hash_code(&self.bypass_pepper, code);
+            if self.store.use_bypass_code(user.id, &hash, now)? {
+                tracing::warn!(user = %user.name, "bypass code used");
+                return Ok(CodeCheck::Accepted { factor: "bypass" });
             }
             return Ok(CodeCheck::Wrong);
         }
+        let mut replayed = false;
+        for f in self.store.factors_of(user.id)? {
+            if f.state != FactorState::Confirmed {
+                continue;
+            }
+            let result = match f.kind {
+                FactorKind::Totp => self.match_totp(&f, code, now)?,
+                FactorKind::Hotp => self.match_hotp(&f, code, now)?,
+                // Checked below against the codes that were sent.
+                FactorKind::Sms => None,
+            };
+            match result {
+                Some(CodeCheck::Replayed) => replayed = true,
+                Some(accepted) => return Ok(accepted),
+                None => {}
+            }
+        }
+        if let Some(factor_id) = self.match_sent_code(user, code, now)? {
+            self.store.touch_factor(&factor_id, now)?;
+            return Ok(CodeCheck::Accepted { factor: "sms" });
+        }
+        Ok(if replayed {
+            CodeCheck::Replayed
+        } else {
+            CodeCheck::Wrong
+        })
+    }
+
+    fn open_secret(&self, f: &Factor) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        match self
+            .key
+            .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(factor = %f.id, error = %e, "cannot decrypt factor secret; skipped");
+                None
+            }
+        }
+    }
+
+    fn match_totp(
+        &self,
+        f: &Factor,
+        code: &str,
+        now: UnixTime,
+    ) -> Result<Option<CodeCheck>, EngineError> {
+        let Ok(params) = serde_json::from_str::<TotpParams>(&f.params) else {
+            tracing::error!(factor = %f.id, "factor has unreadable parameters; skipped");
+            return Ok(None);
+        };
+        if params.digits as usize != code.len() {
+            return Ok(None);
+        }
+        let Some(secret) = self.open_secret(f) else {
+            return Ok(None);
+        };
+        let Some(step) = totp::verify(&secret, &params, code, now, self.settings.totp_window)
+        else {
+            return Ok(None);
+        };
+        let window = self.settings.totp_window as i64;
+        let expires = (step as i64 + window + 2) * params.period as i64;
+        if self.store.record_otp_use(&f.id, step as i64, expires)? {
+            self.store.touch_factor(&f.id, now)?;
+            return Ok(Some(CodeCheck::Accepted { factor: "totp" }));
+        }
+        Ok(Some(CodeCheck::Replayed))
+    }
+
+    /// HOTP: the counter moves past the matched code by compare-and-set, so a code is
+    /// accepted once even when two requests carry it at the same moment.
+    fn match_hotp(
+        &self,
+        f: &Factor,
+        code: &str,
+        now: UnixTime,
+    ) -> Result<Option<CodeCheck>, EngineError> {
+        let Ok(params) = serde_json::from_str::<HotpParams>(&f.params) else {
+            tracing::error!(factor = %f.id, "factor has unreadable parameters; skipped");
+            return Ok(None);
+        };
+        if params.digits as usize != code.len() {
+            return Ok(None);
+        }
+        let Some(secret) = self.open_secret(f) else {
+            return Ok(None);
+        };
+        let Some(counter) = hotp::find(&secret, &params, code) else {
+            return Ok(None);
+        };
+        let next = HotpParams {
+            counter: counter + 1,
+            ..params
+        };
+        let new = serde_json::to_string(&next).unwrap_or_default();
+        if self.store.update_factor_params(&f.id, &f.params, &new)? {
+            self.store.touch_factor(&f.id, now)?;
+            return Ok(Some(CodeCheck::Accepted { factor: "hotp" }));
+        }
+        // Another request moved the counter first: this code was spent there.
+        Ok(Some(CodeCheck::Replayed))
+    }
+
+    fn match_recovery_code(
+        &self,
+        user: &User,
+        code: &str,
+        now: UnixTime,
+    ) -> Result<CodeCheck, EngineError> {
         if let Some(normalized) = normalize_recovery_code(code) {
-            let hash = hash_recovery_code(&self.recovery_pepper, &normalized);
+            let hash = hash_code(&self.recovery_pepper, &normalized);
             if self.store.use_recovery_code(user.id, &hash, now)? {
                 tracing::warn!(user = %user.name, "recovery code used");
                 return Ok(CodeCheck::Accepted { factor: "recovery" });

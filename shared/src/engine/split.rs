@@ -13,8 +13,8 @@ pub struct Candidate {
     pub code: Zeroizing<String>,
 }
 
-/// TOTP code lengths tried as a digit suffix.
-const CODE_LENGTHS: [usize; 2] = [6, 8];
+/// Code lengths tried as a digit suffix: 6- and 8-digit one-time passwords, 9-digit bypass codes.
+const CODE_LENGTHS: [usize; 3] = [6, 8, 9];
 
 /// The readings of `credential`, most specific first: `password<delim>code`, then a 6- or
 /// 8-digit suffix, then a recovery-code suffix (with or without its dash).
@@ -65,6 +65,9 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
 }
 
 fn is_code_shaped(code: &[u8]) -> bool {
+    if code.eq_ignore_ascii_case(super::SMS_KEYWORD.as_bytes()) {
+        return true;
+    }
     let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);
     digits
         || std::str::from_utf8(code)

@@ -527,6 +527,329 @@ fn a_tenant_backend_replaces_local_passwords() {
     assert!(last_reason(&w).contains("first factor (test-directory) unavailable: directory down"));
 }
 
+fn hotp_code(counter: u64) -> String {
+    crate::hotp::generate(
+        &decode_base32(SECRET).unwrap(),
+        crate::totp::TotpAlgorithm::SHA1,
+        6,
+        counter,
+    )
+}
+
+fn world_with_hotp_user() -> World {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "hank",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    w.admin
+        .enroll_hotp("acme", "hank", Some(SECRET), 6, "SHA1", 0)
+        .unwrap();
+    w
+}
+
+#[test]
+fn hotp_code_is_accepted_once_and_the_counter_moves_past_it() {
+    let w = world_with_hotp_user();
+    let hank = |c: &str| login(&w, LoginMode::Append, "hank", &format!("pw{c}"));
+    // A token pressed three times without logging in: still within the look-ahead.
+    assert!(is_accept(&hank(&hotp_code(3))));
+    assert!(!is_accept(&hank(&hotp_code(3))), "same code again");
+    assert!(!is_accept(&hank(&hotp_code(1))), "an older code");
+    assert!(is_accept(&hank(&hotp_code(4))));
+    let records = w.admin.audit(&AuditFilter::default()).unwrap();
+    assert_eq!(records[0].factors, ["password", "hotp"]);
+}
+
+#[test]
+fn hotp_beyond_the_look_ahead_needs_a_resync() {
+    let w = world_with_hotp_user();
+    let hank = |c: &str| login(&w, LoginMode::Append, "hank", &format!("pw{c}"));
+    assert!(!is_accept(&hank(&hotp_code(50))));
+    let f = &w.admin.list_factors("acme", "hank").unwrap()[0];
+    assert!(w
+        .admin
+        .resync_hotp("acme", "hank", &f.factor_id, &hotp_code(50), &hotp_code(52))
+        .is_err());
+    assert_eq!(
+        w.admin
+            .resync_hotp("acme", "hank", &f.factor_id, &hotp_code(50), &hotp_code(51))
+            .unwrap(),
+        52
+    );
+    assert!(!is_accept(&hank(&hotp_code(51))));
+    assert!(is_accept(&hank(&hotp_code(52))));
+}
+
+#[test]
+fn bypass_code_works_for_its_uses_until_it_expires() {
+    let w = world();
+    let b = w.admin.issue_bypass_code("acme", "alice", 2, 3600).unwrap();
+    assert_eq!(b.code.len(), 9);
+    assert!(is_accept(&append(&w, &format!("hunter2{}", b.code))));
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    match answer(&w, "alice", "192.0.2.10", &txn, &b.code) {
+        Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "bypass"]),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !is_accept(&append(&w, &format!("hunter2{}", b.code))),
+        "uses spent"
+    );
+    let late = w.admin.issue_bypass_code("acme", "alice", 1, 60).unwrap();
+    w.clock.advance(61);
+    assert!(
+        !is_accept(&append(&w, &format!("hunter2{}", late.code))),
+        "expired"
+    );
+}
+
+#[test]
+fn a_bypass_code_lets_a_user_without_a_device_in() {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "lost",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    assert!(!is_accept(&login(&w, LoginMode::Challenge, "lost", "pw")));
+    let b = w.admin.issue_bypass_code("acme", "lost", 1, 3600).unwrap();
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "lost", "pw"));
+    assert!(is_accept(&answer(&w, "lost", "192.0.2.10", &txn, &b.code)));
+}
+
+mod sms {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::delivery::{CodeSender, DeliveryError, DeliverySettings};
+
+    #[derive(Default)]
+    struct Phone {
+        inbox: Mutex<Vec<(String, String)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl CodeSender for Phone {
+        fn channel(&self) -> &'static str {
+            "sms"
+        }
+        fn provider(&self) -> &str {
+            "test"
+        }
+        fn send(&self, to: &str, message: &str) -> Result<(), DeliveryError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(DeliveryError::Unavailable("HTTP 503".into()));
+            }
+            self.inbox.lock().unwrap().push((to.into(), message.into()));
+            Ok(())
+        }
+    }
+
+    impl Phone {
+        fn last_code(&self) -> String {
+            let inbox = self.inbox.lock().unwrap();
+            let (_, msg) = inbox.last().expect("a message was sent");
+            msg.chars().filter(|c| c.is_ascii_digit()).collect()
+        }
+        fn count(&self) -> usize {
+            self.inbox.lock().unwrap().len()
+        }
+    }
+
+    /// "sid" has only an SMS factor (confirmed through a sent code); alice has TOTP + SMS.
+    fn sms_world() -> (World, Arc<Phone>) {
+        let mut w = world();
+        let phone = Arc::new(Phone::default());
+        w.engine
+            .set_sender("acme", phone.clone(), DeliverySettings::default());
+        w.admin
+            .add_user(
+                "acme",
+                "sid",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                Some("+4915112345678".into()),
+                vec![],
+            )
+            .unwrap();
+        for user in ["sid", "alice"] {
+            let f = w
+                .admin
+                .enroll_sms("acme", user, Some("+4915112345678"))
+                .unwrap();
+            assert!(matches!(
+                w.engine
+                    .send_enrolment_code("acme", user, &f.factor_id)
+                    .unwrap(),
+                SendOutcome::Sent { .. }
+            ));
+            w.admin
+                .confirm_factor("acme", user, &f.factor_id, &phone.last_code())
+                .unwrap();
+            w.clock.advance(31);
+        }
+        (w, phone)
+    }
+
+    #[test]
+    fn sms_only_user_gets_a_text_at_once_and_its_code_works_once() {
+        let (w, phone) = sms_world();
+        let before = phone.count();
+        let p = login(&w, LoginMode::Challenge, "sid", "pw");
+        assert_eq!(phone.count(), before + 1);
+        match &p {
+            Step::Prompt { text, .. } => assert!(text.contains("••••5678"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let code = phone.last_code();
+        match answer(&w, "sid", "192.0.2.10", &prompt_txn(&p), &code) {
+            Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "sms"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !is_accept(&login(&w, LoginMode::Append, "sid", &format!("pw{code}"))),
+            "code reused"
+        );
+    }
+
+    #[test]
+    fn typing_sms_at_the_prompt_sends_a_code_without_costing_an_attempt() {
+        let (w, phone) = sms_world();
+        let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        match &p {
+            Step::Prompt { text, .. } => assert!(text.contains("type sms"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let before = phone.count();
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "SMS"));
+        assert_eq!(phone.count(), before + 1);
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &t, "000000"));
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &t, "000001"));
+        assert!(is_accept(&answer(
+            &w,
+            "alice",
+            "192.0.2.10",
+            &t,
+            &phone.last_code()
+        )));
+    }
+
+    #[test]
+    fn resend_waits_30_seconds_and_the_hourly_quota_holds() {
+        let (w, phone) = sms_world();
+        let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "sms"));
+        let n = phone.count();
+        let p = answer(&w, "alice", "192.0.2.10", &t, "sms");
+        assert_eq!(phone.count(), n, "too soon");
+        assert!(matches!(&p, Step::Prompt { text, .. } if text.contains("Wait")));
+        // Alice's enrolment text and one login text so far; three more fit into the hour.
+        for _ in 0..3 {
+            w.clock.advance(31);
+            login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        }
+        w.clock.advance(31);
+        let n = phone.count();
+        match login(&w, LoginMode::Append, "alice", "hunter2,sms") {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("Too many"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(phone.count(), n, "quota");
+        assert!(last_reason(&w).contains("hourly quota"));
+    }
+
+    #[test]
+    fn append_mode_sends_on_password_comma_sms_then_accepts_the_code() {
+        let (w, phone) = sms_world();
+        let s = login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        match s {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("sent to ••••5678"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(last_reason(&w).contains("sms code sent"));
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{}", phone.last_code())
+        )));
+    }
+
+    #[test]
+    fn sent_code_expires_after_five_minutes() {
+        let (w, phone) = sms_world();
+        login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        w.clock.advance(301);
+        assert!(!is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{}", phone.last_code())
+        )));
+    }
+
+    #[test]
+    fn provider_down_rejects_an_sms_only_user_clearly_and_leaves_other_factors_working() {
+        let (w, phone) = sms_world();
+        phone.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        match login(&w, LoginMode::Challenge, "sid", "pw") {
+            Step::Reject { user_message } => {
+                assert!(user_message.contains("could not be sent"), "{user_message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            last_reason(&w).contains("provider unavailable: HTTP 503"),
+            "{}",
+            last_reason(&w)
+        );
+        let now = w.clock.now();
+        assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(now)))));
+    }
+
+    #[test]
+    fn sms_factor_without_a_provider_is_not_usable() {
+        let w = world();
+        w.admin
+            .add_user(
+                "acme",
+                "sid",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                None,
+                vec![],
+            )
+            .unwrap();
+        let f = w
+            .admin
+            .enroll_sms("acme", "sid", Some("+4915112345678"))
+            .unwrap();
+        assert!(matches!(
+            w.engine
+                .send_enrolment_code("acme", "sid", &f.factor_id)
+                .unwrap(),
+            SendOutcome::NotConfigured
+        ));
+        assert!(!is_accept(&login(&w, LoginMode::Challenge, "sid", "pw")));
+    }
+}
+
 /// A directory that knows `dave` (password `dir-pass`, groups, mail, mobile) and `alice`,
 /// creates users, and asks for a Class attribute in the final Accept.
 struct FakeDirectory;

@@ -91,6 +91,33 @@ CREATE INDEX audit_tenant_time ON audit(tenant, time);
     ),
     (
         2,
+        r#"
+CREATE TABLE bypass_codes (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash   TEXT NOT NULL,
+    uses_left   INTEGER NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, code_hash)
+);
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE sent_codes (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    factor_id   TEXT NOT NULL,
+    code_hash   TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE INDEX sent_codes_user ON sent_codes(user_id, created_at);
+"#,
+    ),
+    (
+        4,
         // Reply attributes from the first factor (upstream RADIUS pass-through) wait with
         // the transaction for the second factor: JSON [[type, "hex value"], ...].
         r#"

@@ -64,6 +64,22 @@ pub trait Store: Send + Sync + 'static {
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()>;
+    /// Compare-and-set of a factor's params (HOTP counter): true only if they still were `old`.
+    fn update_factor_params(&self, factor_id: &str, old: &str, new: &str) -> StoreResult<bool>;
+
+    // Bypass codes (admin-issued, limited uses, expiring)
+    fn add_bypass_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        uses: u32,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// Spends one use of an unexpired code; true if there was one left.
+    fn use_bypass_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
+    /// Whether the user holds a bypass code that can still be used.
+    fn has_bypass_code(&self, user: UserId, now: UnixTime) -> StoreResult<bool>;
 
     // Recovery codes
     /// Replaces all of a user's recovery codes with these hashes.
@@ -76,6 +92,25 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the code used; true only for the first use of an existing code.
     fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool>;
     fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32>;
+
+    // Codes sent out of band (SMS)
+    fn add_sent_code(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        hash: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// Spends an unexpired, unused sent code; the factor it was sent for, if it matched.
+    fn use_sent_code(&self, user: UserId, hash: &str, now: UnixTime)
+        -> StoreResult<Option<String>>;
+    /// How many codes were sent to the user since `since`, and when the last one was.
+    fn sent_codes_since(
+        &self,
+        user: UserId,
+        since: UnixTime,
+    ) -> StoreResult<(u32, Option<UnixTime>)>;
 
     // OTP replay cache
     /// Records that `counter` of `factor_id` was used; false if it was used before.

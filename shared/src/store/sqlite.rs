@@ -468,6 +468,59 @@ impl Store for SqliteStore {
         st.execute(params![factor_id, now]).map(|_| ()).map_err(db)
     }
 
+    fn update_factor_params(&self, factor_id: &str, old: &str, new: &str) -> StoreResult<bool> {
+        self.lock()
+            .execute(
+                "UPDATE factors SET params = ?3 WHERE id = ?1 AND params = ?2",
+                params![factor_id, old, new],
+            )
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn add_bypass_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        uses: u32,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO bypass_codes (user_id, code_hash, uses_left, expires_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user, hash, uses, expires_at, now],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn use_bypass_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE bypass_codes SET uses_left = uses_left - 1
+                 WHERE user_id = ?1 AND code_hash = ?2 AND uses_left > 0 AND expires_at > ?3",
+            )
+            .map_err(db)?;
+        st.execute(params![user, hash, now])
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn has_bypass_code(&self, user: UserId, now: UnixTime) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM bypass_codes WHERE user_id = ?1 AND uses_left > 0 AND expires_at > ?2)",
+            )
+            .map_err(db)?;
+        st.query_row(params![user, now], |r| r.get::<_, i64>(0))
+            .map(|n| n != 0)
+            .map_err(db)
+    }
+
     fn replace_recovery_codes(
         &self,
         user: UserId,
@@ -512,6 +565,56 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         st.query_row(params![user], |r| r.get(0)).map_err(db)
+    }
+
+    fn add_sent_code(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        hash: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO sent_codes (user_id, factor_id, code_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user, factor_id, hash, now, expires_at],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn use_sent_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<String>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE sent_codes SET used_at = ?3
+                 WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NULL AND expires_at > ?3
+                 RETURNING factor_id",
+            )
+            .map_err(db)?;
+        let mut rows = st
+            .query_map(params![user, hash, now], |r| r.get::<_, String>(0))
+            .map_err(db)?;
+        rows.next().transpose().map_err(db)
+    }
+
+    fn sent_codes_since(
+        &self,
+        user: UserId,
+        since: UnixTime,
+    ) -> StoreResult<(u32, Option<UnixTime>)> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT COUNT(*), MAX(created_at) FROM sent_codes WHERE user_id = ?1 AND created_at >= ?2")
+            .map_err(db)?;
+        st.query_row(params![user, since], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)
     }
 
     fn record_otp_use(
@@ -724,7 +827,20 @@ impl Store for SqliteStore {
         let b = conn
             .execute("DELETE FROM used_otps WHERE expires_at <= ?1", params![now])
             .map_err(db)?;
-        Ok((a + b) as u64)
+        let c = conn
+            .execute(
+                "DELETE FROM bypass_codes WHERE expires_at <= ?1 OR uses_left <= 0",
+                params![now],
+            )
+            .map_err(db)?;
+        // Sent codes stay an hour past expiry: the hourly send quota counts them.
+        let d = conn
+            .execute(
+                "DELETE FROM sent_codes WHERE expires_at <= ?1",
+                params![now - 3600],
+            )
+            .map_err(db)?;
+        Ok((a + b + c + d) as u64)
     }
 }
 

@@ -14,6 +14,67 @@ pub fn run_all(s: &dyn Store) {
     throttle_counts_and_clears(s);
     audit_is_listed_in_order_and_filtered(s);
     deleting_a_user_removes_their_state(s);
+    factor_params_compare_and_set(s);
+    bypass_codes_are_limited_and_expire(s);
+    sent_codes_are_single_use_and_counted(s);
+}
+
+fn sent_codes_are_single_use_and_counted(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "sid");
+    assert_eq!(s.sent_codes_since(u.id, 0).unwrap(), (0, None));
+    s.add_sent_code(u.id, "fac-sms", "c1", 400, 100).unwrap();
+    s.add_sent_code(u.id, "fac-sms", "c2", 450, 150).unwrap();
+    assert_eq!(s.sent_codes_since(u.id, 0).unwrap(), (2, Some(150)));
+    assert_eq!(s.sent_codes_since(u.id, 120).unwrap(), (1, Some(150)));
+    assert_eq!(
+        s.use_sent_code(u.id, "c1", 200).unwrap().as_deref(),
+        Some("fac-sms")
+    );
+    assert_eq!(s.use_sent_code(u.id, "c1", 201).unwrap(), None, "used");
+    assert_eq!(s.use_sent_code(u.id, "c2", 450).unwrap(), None, "expired");
+    let other = user(s, &t, "mallory");
+    s.add_sent_code(u.id, "fac-sms", "c3", 900, 100).unwrap();
+    assert_eq!(
+        s.use_sent_code(other.id, "c3", 200).unwrap(),
+        None,
+        "another user's code"
+    );
+}
+
+fn factor_params_compare_and_set(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "hank");
+    s.add_factor(&factor("fac-cas", u.id)).unwrap();
+    assert!(s
+        .update_factor_params("fac-cas", "{}", "{\"counter\":1}")
+        .unwrap());
+    assert!(
+        !s.update_factor_params("fac-cas", "{}", "{\"counter\":2}")
+            .unwrap(),
+        "stale"
+    );
+    assert_eq!(s.factors_of(u.id).unwrap()[0].params, "{\"counter\":1}");
+}
+
+fn bypass_codes_are_limited_and_expire(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "bea");
+    assert!(!s.has_bypass_code(u.id, 10).unwrap());
+    s.add_bypass_code(u.id, "b1", 2, 100, 10).unwrap();
+    assert!(s.has_bypass_code(u.id, 10).unwrap());
+    assert!(s.use_bypass_code(u.id, "b1", 11).unwrap());
+    assert!(s.use_bypass_code(u.id, "b1", 12).unwrap());
+    assert!(!s.use_bypass_code(u.id, "b1", 13).unwrap(), "uses spent");
+    assert!(!s.has_bypass_code(u.id, 13).unwrap());
+    s.add_bypass_code(u.id, "b2", 5, 100, 10).unwrap();
+    assert!(!s.use_bypass_code(u.id, "b2", 100).unwrap(), "expired");
+    let other = user(s, &t, "mallory");
+    s.add_bypass_code(u.id, "b3", 5, 1000, 10).unwrap();
+    assert!(
+        !s.use_bypass_code(other.id, "b3", 20).unwrap(),
+        "another user's code"
+    );
 }
 
 fn tenant(s: &dyn Store, name: &str) -> Tenant {
