@@ -200,9 +200,18 @@ fn ldap_directory_down_is_a_reject_with_a_clear_audit_reason() {
     let mut slapd = directory();
     let env = env_for(&slapd);
     let server = env.start_server();
+    // One login while it is up leaves a pooled service connection behind.
+    let r = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&r, "Access-Reject", "no factor yet");
+    assert!(reason(&last_audit(&env, "alice")).contains("no confirmed second factor"));
     slapd.stop();
+    let started = std::time::Instant::now();
     let r = login(&env, server.addr, "alice", ALICE_PW, None);
     expect(&r, "Access-Reject", "directory down");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by the timeout"
+    );
     let rec = last_audit(&env, "alice");
     let why = reason(&rec);
     assert!(why.contains("first factor (ldap) unavailable"), "{rec}");
@@ -246,4 +255,72 @@ fn ldap_test_command_checks_starttls_with_certificate_verification() {
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["result"], "unavailable", "{v}");
+}
+
+fn ldap_test(env: &TestEnv, user: &str, pw: &str) -> (bool, Value) {
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", user, "--json"],
+        &format!("{pw}\n"),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn ldap_direct_bind_and_group_search_work_without_a_service_account_or_memberof() {
+    peers();
+    let slapd = directory();
+    let ca = slapd.ca_file().display().to_string();
+    // Direct bind with a DN template: no service account; memberOf read as the user.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{ca}\"\n\
+             user_dn_template = \"uid={{username}},ou=people,dc=example,dc=org\"\nrequired_group = \"vpn-users\"\n",
+            slapd.ldaps_url
+        ),
+    );
+    let (ok, v) = ldap_test(&env, "alice", ALICE_PW);
+    assert!(ok, "{v}");
+    assert_eq!(
+        v["groups"],
+        serde_json::json!(["staff", "vpn-users"]),
+        "{v}"
+    );
+    let (ok, v) = ldap_test(&env, "alice", "wrong");
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("wrong password"),
+        "{v}"
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("required group"),
+        "{v}"
+    );
+    // A DN-injection attempt in direct-bind mode is escaped (RFC 4514) and refused.
+    let (ok, v) = ldap_test(&env, "alice,ou=people", ALICE_PW);
+    assert!(!ok, "{v}");
+
+    // Group search instead of memberOf.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{ca}\"\n\
+             bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\nbase_dn = \"ou=people,dc=example,dc=org\"\n\
+             group_attribute = \"description\"\n\
+             group_filter = \"(&(objectClass=groupOfNames)(member={{dn}}))\"\n\
+             group_base_dn = \"ou=groups,dc=example,dc=org\"\nrequired_group = \"staff\"\n",
+            slapd.ldaps_url
+        ),
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(v["groups"], serde_json::json!(["staff"]), "{v}");
+    assert_eq!(v["phone"], "+15550101", "{v}");
 }

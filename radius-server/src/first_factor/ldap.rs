@@ -129,14 +129,34 @@ impl LdapBackend {
         })
     }
 
-    /// A connection bound as the service account (or anonymous), from the pool if possible.
-    fn service_conn(&self) -> Result<LdapConn, Failure> {
+    /// A search as the service account. A pooled connection that fails (the directory
+    /// restarted, an idle timeout closed it) is dropped and the search tried once more on a
+    /// fresh one; connections that worked go back to the pool.
+    fn service_search(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<SearchEntry>, Failure> {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(mut conn) = pooled {
             if !conn.is_closed() {
-                return Ok(conn);
+                if let Ok(found) = self.search(&mut conn, base, scope, filter, attrs) {
+                    self.give_back(conn);
+                    return Ok(found);
+                }
+                tracing::debug!(tenant = %self.tenant, "pooled LDAP connection failed; retrying on a new one");
             }
         }
+        let mut conn = self.new_service_conn()?;
+        let found = self.search(&mut conn, base, scope, filter, attrs)?;
+        self.give_back(conn);
+        Ok(found)
+    }
+
+    /// A new connection bound as the service account (or anonymous).
+    fn new_service_conn(&self) -> Result<LdapConn, Failure> {
         let mut conn = self.connect()?;
         if let (Some(dn), Some(pw)) = (&self.cfg.bind_dn, &self.cfg.bind_password) {
             let res = conn
@@ -230,12 +250,27 @@ impl LdapBackend {
                 let mut conn = self.connect().map_err(|f| (None, f))?;
                 self.bind_user(&mut conn, &dn, password)
                     .map_err(|f| (Some(dn.clone()), f))?;
-                let entry = self.read_own_entry(&mut conn, &dn, username);
+                // A template with `=` is a DN; otherwise a UPN (`{username}@corp.example`).
+                let by_dn = template.contains('=');
+                let entry = self.read_own_entry(&mut conn, &dn, by_dn, username);
                 let _ = conn.unbind();
                 (dn, entry)
             }
             None => {
-                let entry = self.find_user(username).map_err(|f| (None, f))?;
+                let Some(entry) = self.find_user(username).map_err(|f| (None, f))? else {
+                    // Cost about what a wrong password costs: bind once to a DN that does
+                    // not exist, so timing does not tell unknown users from known ones.
+                    if let Ok(mut conn) = self.connect() {
+                        let base = self.cfg.base_dn.as_deref().unwrap_or_default();
+                        let dn = format!("cn=portcullis-no-such-user,{base}");
+                        let _ = conn.with_timeout(self.timeout()).simple_bind(&dn, password);
+                        let _ = conn.unbind();
+                    }
+                    return Err((
+                        None,
+                        Failure::Rejected("user not found in the directory".into()),
+                    ));
+                };
                 let dn = entry.dn.clone();
                 let mut conn = self.connect().map_err(|f| (Some(dn.clone()), f))?;
                 self.bind_user(&mut conn, &dn, password)
@@ -289,41 +324,34 @@ impl LdapBackend {
         }
     }
 
-    /// Search mode: the service account finds exactly one entry.
-    fn find_user(&self, username: &str) -> Result<SearchEntry, Failure> {
+    /// Search mode: the service account finds exactly one entry (`None`: no entry).
+    fn find_user(&self, username: &str) -> Result<Option<SearchEntry>, Failure> {
         let base = self.cfg.base_dn.as_deref().unwrap_or_default();
         let filter = self
             .cfg
             .user_filter
             .replace("{username}", &escape_filter_value(username));
-        let mut conn = self.service_conn()?;
-        let found = self.search(
-            &mut conn,
-            base,
-            Scope::Subtree,
-            &filter,
-            &self.user_attributes(),
-        );
-        match found {
-            Ok(mut entries) => {
-                self.give_back(conn);
-                match entries.len() {
-                    1 => Ok(entries.remove(0)),
-                    0 => Err(Failure::Rejected("user not found in the directory".into())),
-                    n => Err(Failure::Rejected(format!(
-                        "user_filter matched {n} directory entries; refusing an ambiguous user"
-                    ))),
-                }
-            }
-            // The connection may be broken: do not return it to the pool.
-            Err(f) => Err(f),
+        let mut entries =
+            self.service_search(base, Scope::Subtree, &filter, &self.user_attributes())?;
+        match entries.len() {
+            1 => Ok(Some(entries.remove(0))),
+            0 => Ok(None),
+            n => Err(Failure::Rejected(format!(
+                "user_filter matched {n} directory entries; refusing an ambiguous user"
+            ))),
         }
     }
 
     /// Direct-bind mode: read the user's entry as the user (by DN, else by `user_filter`).
-    fn read_own_entry(&self, conn: &mut LdapConn, dn: &str, username: &str) -> Option<SearchEntry> {
+    fn read_own_entry(
+        &self,
+        conn: &mut LdapConn,
+        dn: &str,
+        by_dn: bool,
+        username: &str,
+    ) -> Option<SearchEntry> {
         let attrs = self.user_attributes();
-        let found = if dn.contains('=') && !dn.contains('@') {
+        let found = if by_dn {
             self.search(conn, dn, Scope::Base, "(objectClass=*)", &attrs)
         } else {
             let base = self.cfg.base_dn.as_deref()?;
@@ -361,9 +389,7 @@ impl LdapBackend {
             let filter = filter
                 .replace("{dn}", &escape_filter_value(dn))
                 .replace("{username}", &escape_filter_value(username));
-            let mut conn = self.service_conn()?;
-            let found = self.search(&mut conn, base, Scope::Subtree, &filter, &["cn"])?;
-            self.give_back(conn);
+            let found = self.service_search(base, Scope::Subtree, &filter, &["cn"])?;
             let list = groups.get_or_insert_with(Vec::new);
             for g in found {
                 let name = attr(&g, "cn")
