@@ -261,3 +261,133 @@ impl FirstFactor for UpstreamRadius {
         self.cfg.create_users
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use md5::{Digest, Md5};
+    use portcullis_core::config::Config;
+
+    /// A fake upstream answering one request with `reply(request) -> datagram`.
+    fn fake_upstream(
+        reply: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&reply(&buf[..n]), from);
+            }
+        });
+        (addr, h)
+    }
+
+    /// A reply with a correct Response Authenticator and no Message-Authenticator.
+    fn signed_reply(req: &[u8], code: u8, identifier: u8, attrs: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut p = vec![code, identifier, 0, 0];
+        p.extend_from_slice(&req[4..20]);
+        for (t, v) in attrs {
+            p.push(*t);
+            p.push((v.len() + 2) as u8);
+            p.extend_from_slice(v);
+        }
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut h = Md5::new();
+        h.update(&p);
+        h.update(b"s3cret");
+        let auth = h.finalize();
+        p[4..20].copy_from_slice(&auth);
+        p
+    }
+
+    fn backend(addr: SocketAddr, require_ma: bool) -> UpstreamRadius {
+        let text = format!(
+            "[tenants.t]\nfirst_factor = \"radius\"\n[tenants.t.radius]\ntimeout = \"300ms\"\nretries = 0\n\
+             require_message_authenticator = {require_ma}\npass_through = [\"Filter-Id\"]\n\
+             [[tenants.t.radius.servers]]\naddress = \"{addr}\"\nsecret = \"s3cret\"\n"
+        );
+        let cfg = Config::from_toml_str(&text, std::path::Path::new("t.toml")).unwrap();
+        UpstreamRadius::new(cfg.tenants["t"].radius.as_ref().unwrap())
+    }
+
+    fn ctx() -> CheckContext<'static> {
+        CheckContext {
+            tenant: "t",
+            username: "bob",
+            client: "vpn",
+            nas_identifier: None,
+            source: "192.0.2.7",
+        }
+    }
+
+    #[test]
+    fn a_reply_without_message_authenticator_is_discarded_by_default() {
+        let (addr, h) = fake_upstream(|req| signed_reply(req, CODE_ACCEPT, req[1], &[]));
+        let r = backend(addr, true).check_in(&ctx(), None, b"pw");
+        h.join().unwrap();
+        match r {
+            FirstFactorResult::Unavailable(why) => {
+                assert!(why.contains("without Message-Authenticator"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_the_opt_out_a_signed_accept_passes_its_pass_through_attributes() {
+        let (addr, h) = fake_upstream(|req| {
+            // The request carries a Message-Authenticator first, then User-Name.
+            assert_eq!(req[20], ATTR_MESSAGE_AUTHENTICATOR);
+            signed_reply(
+                req,
+                CODE_ACCEPT,
+                req[1],
+                &[(11, b"filter-1"), (25, b"not passed")],
+            )
+        });
+        let r = backend(addr, false).check_in(&ctx(), None, b"pw");
+        h.join().unwrap();
+        match r {
+            FirstFactorResult::Accepted(info) => assert_eq!(
+                info.reply_attributes,
+                [ReplyAttribute {
+                    typ: 11,
+                    value: b"filter-1".to_vec()
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reply_with_another_identifier_is_discarded() {
+        let (addr, h) =
+            fake_upstream(|req| signed_reply(req, CODE_ACCEPT, req[1].wrapping_add(1), &[]));
+        let r = backend(addr, false).check_in(&ctx(), None, b"pw");
+        h.join().unwrap();
+        assert!(
+            matches!(&r, FirstFactorResult::Unavailable(w) if w.contains("another identifier")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_challenge_is_a_reject() {
+        let (addr, h) = fake_upstream(|req| signed_reply(req, CODE_CHALLENGE, req[1], &[]));
+        let r = backend(addr, false).check_in(&ctx(), None, b"pw");
+        h.join().unwrap();
+        assert!(
+            matches!(&r, FirstFactorResult::Rejected(w) if w.contains("Access-Challenge")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_password_is_not_forwarded() {
+        let r = backend("127.0.0.1:9".parse().unwrap(), true).check_in(&ctx(), None, b"");
+        assert!(matches!(r, FirstFactorResult::Rejected(_)));
+    }
+}
