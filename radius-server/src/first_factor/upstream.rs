@@ -83,11 +83,12 @@ impl UpstreamRadius {
             true,
         ) {
             Ok(p) => p,
-            // User-Password holds at most 128 bytes; a user name past 253 does not fit.
-            Err(e) => {
-                return ServerOutcome::Verdict(FirstFactorResult::Rejected(format!(
-                    "cannot forward to the upstream RADIUS server: {e}"
-                )))
+            // User-Password holds at most 128 bytes; a user name past 253 does not fit. The
+            // audit reason does not repeat the encoder's lengths (a password's length).
+            Err(_) => {
+                return ServerOutcome::Verdict(FirstFactorResult::Rejected(
+                    "cannot forward to the upstream RADIUS server: the password (at most 128 bytes) or user name (at most 253) is too long".into(),
+                ))
             }
         };
         let bind: SocketAddr = if server.address.is_ipv4() {

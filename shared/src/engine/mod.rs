@@ -421,7 +421,7 @@ impl Engine {
                     &req.credential,
                 ) {
                     Ok(info) => info,
-                    Err(reason) => return Ok(Outcome::reject(reason)),
+                    Err(failed) => return Ok(Outcome::reject(failed.reason)),
                 };
                 let user = match self.follow_directory(
                     &tenant,
@@ -444,7 +444,24 @@ impl Engine {
                 )
             }
             LoginMode::Append => {
-                let candidates = split::append_candidates(&req.credential, &req.delimiter);
+                let mut candidates = split::append_candidates(&req.credential, &req.delimiter);
+                // With a directory or upstream server every reading is a bind or request
+                // there, and failures count toward its lockout: when the user typed the
+                // delimiter (`password,code`), only that reading is tried.
+                if backend.name() != "local" {
+                    let explicit = candidates.first().is_some_and(|c| {
+                        [
+                            c.password.as_slice(),
+                            req.delimiter.as_bytes(),
+                            c.code.as_bytes(),
+                        ]
+                        .concat()
+                            == req.credential.as_slice()
+                    });
+                    if explicit {
+                        candidates.truncate(1);
+                    }
+                }
                 if candidates.is_empty() {
                     let _ = self
                         .local
@@ -479,7 +496,12 @@ impl Engine {
                                 info.reply_attributes,
                             );
                         }
-                        Err(r) => reason = r,
+                        // A backend that cannot answer will not answer the next reading
+                        // either; do not make the NAS wait for each.
+                        Err(failed) if failed.unavailable => {
+                            return Ok(Outcome::reject(failed.reason))
+                        }
+                        Err(failed) => reason = failed.reason,
                     }
                 }
                 Ok(Outcome::reject(reason))
@@ -531,7 +553,7 @@ impl Engine {
         req: &LoginRequest,
         user: Option<&User>,
         password: &[u8],
-    ) -> Result<DirectoryInfo, String> {
+    ) -> Result<DirectoryInfo, PasswordFailure> {
         let nas_identifier = match &req.channel {
             Channel::Radius { nas_identifier, .. } => nas_identifier.as_deref(),
             Channel::Pam { host, .. } => Some(host.as_str()),
@@ -545,15 +567,18 @@ impl Engine {
         };
         match backend.check_in(&ctx, user, password) {
             FirstFactorResult::Accepted(info) => Ok(info),
-            FirstFactorResult::Rejected(reason) => Err(if backend.name() == "local" {
-                reason
-            } else {
-                format!("first factor ({}): {reason}", backend.name())
+            FirstFactorResult::Rejected(reason) => Err(PasswordFailure {
+                reason: if backend.name() == "local" {
+                    reason
+                } else {
+                    format!("first factor ({}): {reason}", backend.name())
+                },
+                unavailable: false,
             }),
-            FirstFactorResult::Unavailable(reason) => Err(format!(
-                "first factor ({}) unavailable: {reason}",
-                backend.name()
-            )),
+            FirstFactorResult::Unavailable(reason) => Err(PasswordFailure {
+                reason: format!("first factor ({}) unavailable: {reason}", backend.name()),
+                unavailable: true,
+            }),
         }
     }
 
@@ -847,6 +872,13 @@ impl Engine {
             }
         }
     }
+}
+
+/// A first factor that did not pass: the audit reason, and whether the backend could not
+/// answer at all (then trying another reading of an `append` credential is pointless).
+struct PasswordFailure {
+    reason: String,
+    unavailable: bool,
 }
 
 fn accepted(

@@ -987,3 +987,52 @@ fn a_client_override_wins_over_the_tenant_backend() {
         &code_at(T0 + 30)
     )));
 }
+
+/// Counts how often it is asked; answers with `verdict`.
+struct Counting {
+    calls: std::sync::atomic::AtomicUsize,
+    unavailable: bool,
+}
+
+impl crate::first_factor::FirstFactor for Counting {
+    fn name(&self) -> &'static str {
+        "radius"
+    }
+    fn check(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&User>,
+        _: &[u8],
+    ) -> crate::first_factor::FirstFactorResult {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.unavailable {
+            crate::first_factor::FirstFactorResult::Unavailable("down".into())
+        } else {
+            crate::first_factor::FirstFactorResult::Rejected("wrong".into())
+        }
+    }
+}
+
+#[test]
+fn append_mode_asks_a_remote_backend_once_when_the_delimiter_is_typed_or_it_is_down() {
+    let calls = |w: &mut World, unavailable: bool, credential: &str| {
+        let b = Arc::new(Counting {
+            calls: 0.into(),
+            unavailable,
+        });
+        w.engine.set_first_factor("acme", b.clone());
+        let s = append(w, credential);
+        assert!(matches!(s, Step::Reject { .. }));
+        b.calls.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut w = world();
+    // Wrong password with the delimiter: one bind/request upstream, not one per reading.
+    assert_eq!(calls(&mut w, false, "wrong,12345678"), 1);
+    // Without it, every reading is tried (6 and 8 digits here).
+    assert!(calls(&mut w, false, "wrong12345678") > 1);
+    // A backend that is down is asked once.
+    assert_eq!(calls(&mut w, true, "wrong12345678"), 1);
+    assert!(last_reason(&w).contains("first factor (radius) unavailable: down"));
+}
