@@ -33,7 +33,8 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
         o.hasher.clone(),
         EngineSettings::from_config(&o.config),
     );
-    crate::first_factor::install(&mut engine, &o.config)?;
+    // Keep the backends for the PAM services' `first_factor` overrides.
+    let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
     let engine = Arc::new(engine);
     for c in &o.config.radius.clients {
         if o.store.tenant_by_name(&c.tenant)?.is_none() {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use portcullis_core::config::{Config, FirstFactorKind};
 use portcullis_core::engine::Engine;
-use portcullis_core::first_factor::{Delegated, FirstFactor};
+use portcullis_core::first_factor::{Delegated, FirstFactor, LocalPasswords};
+use portcullis_core::password::PasswordHasher;
 
 use self::ldap::LdapBackend;
 use self::upstream::UpstreamRadius;
@@ -23,58 +24,89 @@ struct TenantBackends {
     radius: Option<Arc<dyn FirstFactor>>,
 }
 
-/// Build every configured backend and tell the Engine which tenant and client uses which.
-/// Warns about lab settings (certificate checks off, clear-text LDAP).
-pub fn install(engine: &mut Engine, cfg: &Config) -> Result<()> {
+/// Every configured backend, built once: tenants, RADIUS clients and PAM services that name
+/// the same tenant's `ldap` or `radius` share one instance (and its connection pool).
+pub struct Backends {
+    by_tenant: BTreeMap<String, TenantBackends>,
+    local: Arc<dyn FirstFactor>,
+}
+
+impl Backends {
+    /// Build the backends of every `[tenants.NAME]`.
+    pub fn build(cfg: &Config) -> Result<Self> {
+        let mut by_tenant = BTreeMap::new();
+        for (name, t) in &cfg.tenants {
+            let mut b = TenantBackends::default();
+            if let Some(l) = &t.ldap {
+                b.ldap = Some(Arc::new(LdapBackend::new(name, l)?) as Arc<dyn FirstFactor>);
+            }
+            if let Some(r) = &t.radius {
+                b.radius = Some(Arc::new(UpstreamRadius::new(r)) as Arc<dyn FirstFactor>);
+            }
+            by_tenant.insert(name.clone(), b);
+        }
+        Ok(Self {
+            by_tenant,
+            local: Arc::new(LocalPasswords::new(PasswordHasher::new(&cfg.passwords)?)),
+        })
+    }
+
+    /// The backend `kind` of `tenant` (`local` is the store's hashes, `none` delegated).
+    pub fn get(&self, tenant: &str, kind: FirstFactorKind) -> Result<Arc<dyn FirstFactor>> {
+        let b = self.by_tenant.get(tenant);
+        Ok(match kind {
+            FirstFactorKind::Local => self.local.clone(),
+            FirstFactorKind::None => Arc::new(Delegated),
+            FirstFactorKind::Ldap => b
+                .and_then(|b| b.ldap.clone())
+                .with_context(|| format!("tenant '{tenant}' has no [tenants.{tenant}.ldap]"))?,
+            FirstFactorKind::Radius => b
+                .and_then(|b| b.radius.clone())
+                .with_context(|| format!("tenant '{tenant}' has no [tenants.{tenant}.radius]"))?,
+        })
+    }
+
+    /// Make `client` of `channel_kind` (`radius`, `pam`) use `kind` of `tenant`, whatever
+    /// the tenant itself uses (the per-client / per-service `first_factor` override).
+    pub fn override_client(
+        &self,
+        engine: &mut Engine,
+        channel_kind: &str,
+        client: &str,
+        tenant: &str,
+        kind: FirstFactorKind,
+    ) -> Result<()> {
+        tracing::info!(
+            channel = channel_kind,
+            client,
+            first_factor = kind.as_str(),
+            "first factor override"
+        );
+        engine.set_client_first_factor(channel_kind, client, self.get(tenant, kind)?);
+        Ok(())
+    }
+}
+
+/// Build every configured backend and tell the Engine which tenant and RADIUS client uses
+/// which; returns the backends for other front ends' overrides (PAM services). Warns about
+/// lab settings (certificate checks off, clear-text LDAP).
+pub fn install(engine: &mut Engine, cfg: &Config) -> Result<Backends> {
     for w in config_warnings(cfg) {
         tracing::warn!("{w}");
     }
-    let mut built: BTreeMap<&str, TenantBackends> = BTreeMap::new();
+    let backends = Backends::build(cfg)?;
     for (name, t) in &cfg.tenants {
-        let mut b = TenantBackends::default();
-        if let Some(l) = &t.ldap {
-            b.ldap = Some(Arc::new(LdapBackend::new(name, l)?));
-        }
-        if let Some(r) = &t.radius {
-            b.radius = Some(Arc::new(UpstreamRadius::new(r)));
-        }
-        built.insert(name, b);
-    }
-    let pick = |tenant: &str, kind: FirstFactorKind| -> Result<Option<Arc<dyn FirstFactor>>> {
-        let b = built.get(tenant);
-        Ok(match kind {
-            FirstFactorKind::Local => None,
-            FirstFactorKind::None => Some(Arc::new(Delegated)),
-            FirstFactorKind::Ldap => Some(
-                b.and_then(|b| b.ldap.clone())
-                    .with_context(|| format!("tenant '{tenant}' has no [tenants.{tenant}.ldap]"))?,
-            ),
-            FirstFactorKind::Radius => {
-                Some(b.and_then(|b| b.radius.clone()).with_context(|| {
-                    format!("tenant '{tenant}' has no [tenants.{tenant}.radius]")
-                })?)
-            }
-        })
-    };
-    for (name, t) in &cfg.tenants {
-        if let Some(backend) = pick(name, t.first_factor)? {
+        if t.first_factor != FirstFactorKind::Local {
             tracing::info!(tenant = %name, first_factor = t.first_factor.as_str(), "first factor");
-            engine.set_first_factor(name, backend);
+            engine.set_first_factor(name, backends.get(name, t.first_factor)?);
         }
     }
     for c in &cfg.radius.clients {
-        let Some(kind) = c.first_factor else { continue };
-        tracing::info!(client = %c.name, first_factor = kind.as_str(), "first factor override");
-        let backend: Arc<dyn FirstFactor> = match pick(&c.tenant, kind)? {
-            Some(b) => b,
-            // `local` on a client overrides a tenant backend with the store's hashes.
-            None => Arc::new(portcullis_core::first_factor::LocalPasswords::new(
-                portcullis_core::password::PasswordHasher::new(&cfg.passwords)?,
-            )),
-        };
-        engine.set_client_first_factor("radius", &c.name, backend);
+        if let Some(kind) = c.first_factor {
+            backends.override_client(engine, "radius", &c.name, &c.tenant, kind)?;
+        }
     }
-    Ok(())
+    Ok(backends)
 }
 
 /// Lab-only first-factor settings in `cfg`, for the start-up log and `config check`.
