@@ -199,7 +199,13 @@ impl LdapBackend {
         let (entries, _) = res.success().map_err(|e| {
             Failure::Unavailable(format!("search under '{base}' failed: {}", describe(&e)))
         })?;
-        entries.into_iter().map(construct).collect()
+        // Active Directory answers a search at the domain root with continuation references
+        // (DomainDnsZones, ...) besides the entries; they are not chased.
+        entries
+            .into_iter()
+            .filter(|e| !e.is_ref() && !e.is_intermediate())
+            .map(construct)
+            .collect()
     }
 
     fn user_attributes(&self) -> Vec<&str> {
