@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod first_factor;
+pub mod providers;
 pub mod radius;
 pub mod serve;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use portcullis_core::engine::{Engine, EngineSettings};
 use tokio::sync::watch;
 
 use crate::radius::metrics::Metrics;
@@ -26,14 +25,9 @@ pub fn run(config_path: &Path) -> Result<()> {
 }
 
 async fn serve(o: crate::cli::Opened) -> Result<()> {
-    let mut engine = Engine::new(
-        o.store.clone(),
-        o.clock.clone(),
-        o.key.clone(),
-        o.hasher.clone(),
-        EngineSettings::from_config(&o.config),
-    );
-    // Keep the backends for the PAM services' `first_factor` overrides.
+    let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
+    // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
+    // returned backends serve the PAM services' `first_factor` overrides.
     let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
     let engine = Arc::new(engine);
     for c in &o.config.radius.clients {

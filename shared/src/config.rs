@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 mod first_factor;
 pub use first_factor::{
-    pass_through_type, FirstFactorKind, LdapConfig, TenantConfig, UpstreamRadiusConfig,
-    UpstreamServerConfig, PASS_THROUGH_ATTRIBUTES,
+    pass_through_type, FirstFactorKind, LdapConfig, UpstreamRadiusConfig, UpstreamServerConfig,
+    PASS_THROUGH_ATTRIBUTES,
 };
 
 /// Where the config file is looked for when neither `--config` nor `PORTCULLIS_CONFIG` is given.
@@ -52,12 +52,12 @@ pub struct Config {
     pub lockout: LockoutConfig,
     #[serde(default)]
     pub transactions: TransactionConfig,
+    /// Per-tenant settings: `[tenants.NAME]`.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// Name shown in authenticator apps (the `issuer` of the otpauth URI).
     #[serde(default = "default_issuer")]
     pub issuer: String,
-    /// `[tenants.NAME]`: per-tenant first-factor backends (see `config/first_factor.rs`).
-    #[serde(default)]
-    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 fn default_issuer() -> String {
@@ -237,6 +237,222 @@ fn default_delimiter() -> String {
 }
 fn default_prompt() -> String {
     "Enter the verification code from your authenticator app".into()
+}
+
+/// `[tenants.NAME]`: what one tenant sets for itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// `[tenants.NAME.sms]`: the text-message provider of the SMS factor.
+    #[serde(default)]
+    pub sms: Option<SmsConfig>,
+    /// `[[tenants.NAME.rules]]`: policy rules, in order; the first match wins; without a
+    /// match a second factor is required.
+    #[serde(default)]
+    pub rules: Vec<crate::policy::Rule>,
+    /// Who checks the password: `local` (default), `ldap`, `radius` or `none`
+    /// (see `config/first_factor.rs`).
+    #[serde(default)]
+    pub first_factor: FirstFactorKind,
+    /// `[tenants.NAME.ldap]`, needed when `first_factor = "ldap"`.
+    pub ldap: Option<LdapConfig>,
+    /// `[tenants.NAME.radius]`, needed when `first_factor = "radius"`.
+    pub radius: Option<UpstreamRadiusConfig>,
+}
+
+fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (String, String)> {
+    use crate::policy::{parse_hhmm, Action, FACTOR_NAMES};
+    let mut names = HashSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("tenants.{tenant}.rules[{i}].{k}");
+        if r.name.trim().is_empty() {
+            return Err((key("name"), "must not be empty".into()));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err((key("name"), format!("'{}' is used by another rule; names must be unique (audit records name the rule)", r.name)));
+        }
+        for f in &r.factors {
+            if !FACTOR_NAMES.contains(&f.as_str()) {
+                return Err((
+                    key("factors"),
+                    format!("'{f}' is not a factor; use {}", FACTOR_NAMES.join(", ")),
+                ));
+            }
+        }
+        if r.action == Action::StepUp && r.factors.is_empty() {
+            return Err((
+                key("factors"),
+                "step_up needs the factors that count as stronger, e.g. [\"hotp\"]".into(),
+            ));
+        }
+        if !r.factors.is_empty() && matches!(r.action, Action::Deny | Action::SkipMfa) {
+            return Err((
+                key("factors"),
+                "only require_mfa and step_up take factors".into(),
+            ));
+        }
+        if let Some(t) = &r.time {
+            match (parse_hhmm(&t.from), parse_hhmm(&t.to)) {
+                (Some(a), Some(b)) if a < b => {}
+                _ => return Err((key("time"), format!("from '{}' and to '{}' must be HH:MM with from before to (split a window across midnight into two rules)", t.from, t.to))),
+            }
+            if t.utc_offset_minutes.abs() > 14 * 60 {
+                return Err((
+                    key("time.utc_offset_minutes"),
+                    "must be within +-840".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which SMS provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmsProvider {
+    /// Twilio Programmable Messaging.
+    Twilio,
+    /// Any HTTP(S) gateway, described by URL, method, headers and a body template.
+    Http,
+}
+
+/// How the generic gateway's body template escapes `{to}`, `{code}`, `{message}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BodyEncoding {
+    /// JSON string escaping (the template is a JSON document).
+    #[default]
+    Json,
+    /// application/x-www-form-urlencoded escaping.
+    Form,
+}
+
+/// `[tenants.NAME.sms]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    pub provider: SmsProvider,
+    // Twilio
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    /// A file holding the auth token (keeps it out of the config file).
+    pub auth_token_file: Option<PathBuf>,
+    /// Sender number (E.164), or use `messaging_service_sid`.
+    pub from: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    #[serde(default = "default_twilio_base")]
+    pub base_url: String,
+    // Generic HTTP gateway
+    pub url: Option<String>,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Body template with `{to}`, `{code}`, `{message}`.
+    pub body: Option<String>,
+    #[serde(default)]
+    pub body_encoding: BodyEncoding,
+    // Both
+    /// Extra CA certificate (PEM) to trust, for a gateway with a private CA. Public CAs are
+    /// always trusted; certificate verification cannot be turned off.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_provider_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The text, with `{code}` (required) and `{issuer}`.
+    #[serde(default = "default_sms_message")]
+    pub message: String,
+    #[serde(default = "default_code_ttl", with = "humantime_serde")]
+    pub code_ttl: Duration,
+    #[serde(default = "default_resend_after", with = "humantime_serde")]
+    pub resend_after: Duration,
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+}
+
+impl std::fmt::Debug for SmsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsConfig")
+            .field("provider", &self.provider)
+            .field("account_sid", &self.account_sid)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_twilio_base() -> String {
+    "https://api.twilio.com".into()
+}
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_provider_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_sms_message() -> String {
+    "Your {issuer} verification code is {code}".into()
+}
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_resend_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_per_hour() -> u32 {
+    5
+}
+
+impl SmsConfig {
+    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((format!("{key}.{k}"), m.to_string()));
+        if !self.message.contains("{code}") {
+            return bad("message", "must contain {code}");
+        }
+        if self.max_per_hour == 0 {
+            return bad("max_per_hour", "must be at least 1");
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return bad("timeout", "use a timeout from 1ms to 60s");
+        }
+        match self.provider {
+            SmsProvider::Twilio => {
+                if self.account_sid.as_deref().unwrap_or("").is_empty() {
+                    return bad("account_sid", "is required for provider = \"twilio\"");
+                }
+                if self.auth_token.is_some() == self.auth_token_file.is_some() {
+                    return bad(
+                        "auth_token",
+                        "give exactly one of auth_token or auth_token_file",
+                    );
+                }
+                if self.from.is_some() == self.messaging_service_sid.is_some() {
+                    return bad("from", "give exactly one of from or messaging_service_sid");
+                }
+                if !self.base_url.starts_with("https://") {
+                    return bad("base_url", "must be an https:// URL");
+                }
+            }
+            SmsProvider::Http => {
+                match &self.url {
+                    Some(u) if u.starts_with("https://") => {}
+                    Some(_) => return bad("url", "must be an https:// URL"),
+                    None => return bad("url", "is required for provider = \"http\""),
+                }
+                if self.body.is_none() {
+                    return bad("body", "is required for provider = \"http\" (a template with {to} and {code} or {message})");
+                }
+                if !["POST", "PUT", "GET"].contains(&self.method.to_ascii_uppercase().as_str()) {
+                    return bad("method", "use POST, PUT or GET");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[passwords]`: argon2id cost for new hashes.
@@ -455,6 +671,13 @@ impl Config {
                 ));
             }
         }
+        for (name, t) in &self.tenants {
+            validate_rules(name, &t.rules).map_err(|(key, message)| bad(key, message))?;
+            if let Some(sms) = &t.sms {
+                sms.validate(&format!("tenants.{name}.sms"))
+                    .map_err(|(key, message)| bad(key, message))?;
+            }
+        }
         if self.radius.max_in_flight == 0 {
             return Err(bad(
                 "radius.max_in_flight".into(),
@@ -584,6 +807,60 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn sms_provider_settings_are_checked() {
+        let ok = "[tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15550001111\"\n";
+        parse(ok).unwrap();
+        let e = parse(&ok.replace("auth_token = \"t\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.sms.auth_token"), "{e}");
+        let e = parse(&format!("{ok}message = \"no code here\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.sms.message"), "{e}");
+        let e =
+            parse("[tenants.acme.sms]\nprovider = \"http\"\nurl = \"http://gw\"\nbody = \"x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("https://"), "{e}");
+        let e = parse("[tenants.acme.sms]\nprovider = \"carrier-pigeon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("carrier-pigeon"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_checked() {
+        let ok = "[[tenants.acme.rules]]\nname = \"lan\"\naction = \"skip_mfa\"\nsources = [\"10.0.0.0/8\"]\n";
+        let c = parse(ok).unwrap();
+        assert_eq!(c.tenants["acme"].rules.len(), 1);
+        let e = parse(&format!("{ok}{ok}")).unwrap_err().to_string();
+        assert!(e.contains("tenants.acme.rules[1].name"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"s\"\naction = \"step_up\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules[0].factors"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"s\"\naction = \"require_mfa\"\nfactors = [\"carrier-pigeon\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("carrier-pigeon"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"t\"\naction = \"deny\"\ntime = { from = \"22:00\", to = \"06:00\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rules[0].time"), "{e}");
+        let e = parse("[[tenants.acme.rules]]\nname = \"t\"\naction = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maybe"), "{e}");
+        let e = parse(
+            "[[tenants.acme.rules]]\nname = \"t\"\naction = \"deny\"\nsources = [\"10.0.0/8\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("10.0.0/8") || e.contains("sources"), "{e}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub trait CodeSender: Send + Sync + 'static {
     fn channel(&self) -> &'static str;
     /// Provider name for logs and audit (`twilio`, `http`).
     fn provider(&self) -> &str;
-    /// Deliver `message` to `to`. Must be bounded in time.
-    fn send(&self, to: &str, message: &str) -> Result<(), DeliveryError>;
+    /// Deliver `message` (which contains `code`) to `to`. Must be bounded in time.
+    fn send(&self, to: &str, code: &str, message: &str) -> Result<(), DeliveryError>;
 }
 
 /// Per-tenant settings of code delivery that the Engine needs.

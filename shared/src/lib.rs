@@ -14,6 +14,7 @@ pub mod first_factor;
 pub mod hotp;
 pub mod model;
 pub mod password;
+pub mod policy;
 pub mod secrets;
 pub mod store;
 pub mod totp;

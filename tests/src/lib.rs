@@ -11,6 +11,7 @@
 //! build: these tests never skip.
 
 pub mod env;
+pub mod fakes;
 pub mod freeradius;
 pub mod radclient;
 pub mod raw;

@@ -12,8 +12,8 @@ use zeroize::Zeroizing;
 
 use super::output::{emit, qr, table, time};
 use super::{
-    AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, RecoveryCmd, TenantCmd,
-    UserCmd,
+    AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, PolicyCmd, RecoveryCmd,
+    TenantCmd, UserCmd,
 };
 
 /// One line from standard input, without its line ending. Prompts when stdin is a terminal.
@@ -195,6 +195,54 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             });
         }
         Command::Audit(a) => audit(o, a, json)?,
+        Command::Policy(PolicyCmd::Test {
+            tenant,
+            user,
+            client,
+            source,
+            host,
+            at,
+        }) => {
+            let groups = admin.show_user(&tenant.tenant, &user)?.user.groups;
+            let now = match at {
+                Some(t) => std::time::SystemTime::from(t)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                None => o.clock.now(),
+            };
+            let rules = o
+                .config
+                .tenants
+                .get(&tenant.tenant)
+                .map(|t| t.rules.as_slice())
+                .unwrap_or(&[]);
+            let d = portcullis_core::policy::evaluate(
+                rules,
+                &portcullis_core::policy::Context {
+                    client: &client,
+                    host: host.as_deref(),
+                    groups: &groups,
+                    source: &source,
+                    now,
+                },
+            );
+            let value = json!({
+                "decision": d.label(), "action": d.action, "rule": d.rule,
+                "factors": d.factors, "groups": groups, "explanation": d.explanation,
+            });
+            emit(json, &value, || {
+                let mut s = format!("{}: {}\n", user, d.label());
+                if !d.factors.is_empty() {
+                    s.push_str(&format!("factors accepted: {}\n", d.factors.join(", ")));
+                }
+                s.push_str(&format!("groups: {}\n", groups.join(", ")));
+                for line in &d.explanation {
+                    s.push_str(&format!("  - {line}\n"));
+                }
+                s
+            });
+        }
     }
     Ok(())
 }
@@ -379,6 +427,32 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                         e.factor_id, user, e.digits, e.algorithm, tenant.tenant, user, e.factor_id
                     )
                 }
+            });
+        }
+        FactorCmd::Enroll(EnrollCmd::Sms {
+            tenant,
+            user,
+            phone,
+        }) => {
+            let f = admin.enroll_sms(&tenant.tenant, &user, phone.as_deref())?;
+            let (engine, _rt) = o.engine()?;
+            let sent = engine.send_enrolment_code(&tenant.tenant, &user, &f.factor_id)?;
+            let value = json!({
+                "factor_id": f.factor_id, "kind": "sms", "state": "pending",
+                "sent": matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }),
+                "message": sent.reason(),
+            });
+            if !matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }) {
+                bail!(
+                    "factor {} created but pending: {} (fix the provider in [tenants.{}.sms], then remove and enrol again)",
+                    f.factor_id, sent.reason(), tenant.tenant
+                );
+            }
+            emit(json, &value, || {
+                format!(
+                "{}\nThe SMS factor {} is pending until the user reads you the code:\n  portcullis factor confirm --tenant {} {} {} CODE",
+                sent.user_text(), f.factor_id, tenant.tenant, user, f.factor_id
+            )
             });
         }
         FactorCmd::Resync {

@@ -63,6 +63,9 @@ pub enum Command {
     },
     /// Show the audit log: one record per login decision.
     Audit(AuditArgs),
+    /// Policy rules.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Check a tenant's LDAP/AD settings by hand.
     #[command(subcommand)]
     Ldap(LdapCmd),
@@ -76,6 +79,30 @@ pub enum LdapCmd {
         #[command(flatten)]
         tenant: TenantArg,
         user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Explain which rule a login would match, and why.
+    Test {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The user (their groups come from the store).
+        #[arg(long)]
+        user: String,
+        /// RADIUS client or PAM service name.
+        #[arg(long)]
+        client: String,
+        /// Source address (Calling-Station-Id or PAM rhost).
+        #[arg(long, default_value = "")]
+        source: String,
+        /// PAM host.
+        #[arg(long)]
+        host: Option<String>,
+        /// When (RFC 3339, e.g. 2026-11-23T10:00:00Z); default now.
+        #[arg(long)]
+        at: Option<humantime::Timestamp>,
     },
 }
 
@@ -229,6 +256,15 @@ pub enum EnrollCmd {
         #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
         algorithm: String,
     },
+    /// Text-message codes to a phone: a code is sent now; `factor confirm` with it enables the factor.
+    Sms {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// E.164 number; defaults to the user's phone.
+        #[arg(long)]
+        phone: Option<String>,
+    },
     /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
     Hotp {
         #[command(flatten)]
@@ -304,6 +340,38 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
 }
 
 impl Opened {
+    /// The Engine as the config describes it: settings, each tenant's rules and providers
+    /// (which run on `handle`).
+    pub fn build_engine(
+        &self,
+        handle: &tokio::runtime::Handle,
+    ) -> Result<portcullis_core::engine::Engine> {
+        let mut engine = portcullis_core::engine::Engine::new(
+            self.store.clone(),
+            self.clock.clone(),
+            self.key.clone(),
+            self.hasher.clone(),
+            portcullis_core::engine::EngineSettings::from_config(&self.config),
+        );
+        for (tenant, t) in &self.config.tenants {
+            engine.set_rules(tenant, t.rules.clone());
+        }
+        crate::providers::configure(&mut engine, &self.config, handle)?;
+        Ok(engine)
+    }
+
+    /// An Engine for commands that send (CLI code runs on the main thread, outside the
+    /// runtime that the providers' requests run on).
+    pub fn engine(&self) -> Result<(portcullis_core::engine::Engine, tokio::runtime::Runtime)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let engine = self.build_engine(rt.handle())?;
+        Ok((engine, rt))
+    }
+
     /// The admin service over this store.
     pub fn admin(&self) -> Admin {
         Admin::new(

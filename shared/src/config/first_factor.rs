@@ -1,6 +1,6 @@
-//! `[tenants.NAME]`: who checks a tenant's first factor (the password), and the settings of
-//! the `ldap` and `radius` (upstream RADIUS) backends. Kept apart from the rest of the
-//! schema; `Config::validate` calls [`validate_tenants`].
+//! Who checks a tenant's first factor (the password): `first_factor` of `[tenants.NAME]`
+//! and the settings of the `ldap` and `radius` (upstream RADIUS) backends. Kept apart from
+//! the rest of the schema; `Config::validate` calls [`validate_tenants`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ClientConfig, ConfigError};
+use super::{ClientConfig, ConfigError, TenantConfig};
 
 /// Which backend checks the first factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -36,19 +36,6 @@ impl FirstFactorKind {
             FirstFactorKind::None => "none",
         }
     }
-}
-
-/// `[tenants.NAME]`: per-tenant settings.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    /// `local` (default), `ldap`, `radius` or `none`.
-    #[serde(default)]
-    pub first_factor: FirstFactorKind,
-    /// `[tenants.NAME.ldap]`, needed when `first_factor = "ldap"`.
-    pub ldap: Option<LdapConfig>,
-    /// `[tenants.NAME.radius]`, needed when `first_factor = "radius"`.
-    pub radius: Option<UpstreamRadiusConfig>,
 }
 
 /// `[tenants.NAME.ldap]`: an LDAP directory or Active Directory.

@@ -6,6 +6,7 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod rules;
 mod second_factor;
 mod sms;
 mod split;
@@ -27,6 +28,7 @@ use crate::first_factor::{
 };
 use crate::model::*;
 use crate::password::PasswordHasher;
+use crate::policy::{Decision, Rule};
 use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 
@@ -208,7 +210,7 @@ pub struct Engine {
     key: Arc<MasterKey>,
     /// The first factor of tenants without a backend of their own.
     local: Arc<dyn FirstFactor>,
-    /// Per-tenant first-factor backends (LDAP, upstream RADIUS, delegated).
+    /// Per-tenant first-factor backends (LDAP, upstream RADIUS).
     first_factors: HashMap<String, Arc<dyn FirstFactor>>,
     /// Per-client overrides, keyed by (channel kind, client name).
     client_first_factors: HashMap<(String, String), Arc<dyn FirstFactor>>,
@@ -218,6 +220,17 @@ pub struct Engine {
     sent_pepper: Zeroizing<[u8; 32]>,
     /// Per-tenant out-of-band code delivery (SMS).
     senders: HashMap<String, (Arc<dyn CodeSender>, DeliverySettings)>,
+    /// Per-tenant policy rules, in order.
+    policies: HashMap<String, Vec<Rule>>,
+}
+
+/// What the first factor established, for the second-factor step.
+#[derive(Clone, Copy)]
+struct Gate<'a> {
+    /// `password` or `delegated`.
+    first: &'static str,
+    unenrolled: Unenrolled,
+    decision: &'a Decision,
 }
 
 /// What happened, for the audit record.
@@ -267,7 +280,13 @@ impl Engine {
             bypass_pepper,
             sent_pepper,
             senders: HashMap::new(),
+            policies: HashMap::new(),
         }
+    }
+
+    /// The policy rules of `tenant`, evaluated in order (first match wins).
+    pub fn set_rules(&mut self, tenant: &str, rules: Vec<Rule>) {
+        self.policies.insert(tenant.to_string(), rules);
     }
 
     /// Send the text messages of `tenant` through `sender`.
@@ -434,14 +453,14 @@ impl Engine {
                     Ok(u) => u,
                     Err(reason) => return Ok(Outcome::reject(reason)),
                 };
-                self.begin_second_factor(
-                    &tenant,
-                    &user,
-                    req,
-                    now,
-                    "password",
-                    info.reply_attributes,
-                )
+                let attrs = &info.reply_attributes;
+                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "password") {
+                    return Ok(carry(stop, attrs));
+                }
+                let outcome =
+                    self.begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
+                Ok(carry(outcome, attrs))
             }
             LoginMode::Append => {
                 let mut candidates = split::append_candidates(&req.credential, &req.delimiter);
@@ -486,15 +505,25 @@ impl Engine {
                                 Ok(u) => u,
                                 Err(r) => return Ok(Outcome::reject(r)),
                             };
-                            return self.second_factor_once(
+                            let attrs = &info.reply_attributes;
+                            let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                            if let Some(stop) =
+                                rules::stop_after_first_factor(&d, &user, "password")
+                            {
+                                return Ok(carry(stop, attrs));
+                            }
+                            let outcome = self.second_factor_once(
                                 &tenant,
                                 &user,
                                 &cand.code,
                                 now,
-                                "password",
-                                req.unenrolled,
-                                info.reply_attributes,
-                            );
+                                Gate {
+                                    first: "password",
+                                    unenrolled: req.unenrolled,
+                                    decision: &d,
+                                },
+                            )?;
+                            return Ok(carry(outcome, attrs));
                         }
                         // A backend that cannot answer will not answer the next reading
                         // either; do not make the NAS wait for each.
@@ -513,6 +542,10 @@ impl Engine {
                     Some(_) => return Ok(Outcome::reject("user is disabled")),
                     None => return Ok(Outcome::reject("unknown user")),
                 };
+                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "delegated") {
+                    return Ok(stop);
+                }
                 if req.credential.is_empty() {
                     return self.begin_second_factor(
                         &tenant,
@@ -520,7 +553,8 @@ impl Engine {
                         req,
                         now,
                         "delegated",
-                        Vec::new(),
+                        &d,
+                        &[],
                     );
                 }
                 let code =
@@ -530,9 +564,11 @@ impl Engine {
                     &user,
                     &code,
                     now,
-                    "delegated",
-                    req.unenrolled,
-                    Vec::new(),
+                    Gate {
+                        first: "delegated",
+                        unenrolled: req.unenrolled,
+                        decision: &d,
+                    },
                 )?;
                 if backend.delegated() {
                     outcome.reason = format!(
@@ -646,6 +682,8 @@ impl Engine {
     }
 
     /// After the password in challenge mode: prompt for the code, if the user can give one.
+    /// `reply_attributes` (upstream pass-through) wait with the transaction.
+    #[allow(clippy::too_many_arguments)]
     fn begin_second_factor(
         &self,
         tenant: &Tenant,
@@ -653,15 +691,11 @@ impl Engine {
         req: &LoginRequest,
         now: UnixTime,
         first: &'static str,
-        reply_attributes: Vec<ReplyAttribute>,
+        d: &Decision,
+        reply_attributes: &[ReplyAttribute],
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(tenant, user)? {
-            return Ok(unenrolled_outcome(
-                user,
-                first,
-                req.unenrolled,
-                reply_attributes,
-            ));
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
+            return Ok(stop);
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -669,8 +703,8 @@ impl Engine {
         // SMS: with no other way to give a code, the text goes out at once; otherwise the
         // prompt offers it.
         let mut text = req.prompt.clone();
-        if let Some(sms) = self.sms_factor(&tenant.name, user)? {
-            if self.has_code_factor_besides_sms(user)? {
+        if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
+            if self.has_code_factor_besides_sms(user, d)? {
                 text = format!("{text} (or type sms for a text message)");
             } else {
                 let sent = self.send_code(&tenant.name, user, &sms)?;
@@ -691,7 +725,7 @@ impl Engine {
             client: req.channel.client().to_string(),
             source: req.source.clone(),
             first_factor: first.to_string(),
-            reply_attributes,
+            reply_attributes: reply_attributes.to_vec(),
             step: 0,
             attempts: 0,
             created_at: now,
@@ -705,53 +739,83 @@ impl Engine {
                 echo: false,
                 expects: Expects::Code,
             },
-            reason: "first factor ok; code asked".into(),
+            reason: format!("first factor ok; code asked ({})", d.label()),
             factors: vec![first.into()],
         })
     }
 
-    /// Whether the user can give a code without a text message.
-    fn has_code_factor_besides_sms(&self, user: &User) -> Result<bool, EngineError> {
-        let other = self
-            .store
-            .factors_of(user.id)?
-            .iter()
-            .any(|f| f.state == FactorState::Confirmed && f.kind != FactorKind::Sms);
+    /// Whether the user can give a code (allowed by `d`) without a text message.
+    fn has_code_factor_besides_sms(&self, user: &User, d: &Decision) -> Result<bool, EngineError> {
+        let other = self.store.factors_of(user.id)?.iter().any(|f| {
+            f.state == FactorState::Confirmed
+                && f.kind != FactorKind::Sms
+                && d.allows(f.kind.as_str())
+        });
         Ok(other
-            || self.store.unused_recovery_codes(user.id)? > 0
-            || self.store.has_bypass_code(user.id, self.clock.now())?)
+            || (d.allows("recovery") && self.store.unused_recovery_codes(user.id)? > 0)
+            || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
     }
 
-    fn has_usable_factor(&self, tenant: &Tenant, user: &User) -> Result<bool, EngineError> {
+    /// Whether the user holds a factor that `d` accepts.
+    fn has_usable_factor(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        d: &Decision,
+    ) -> Result<bool, EngineError> {
         let can_send = self.senders.contains_key(&tenant.name);
-        let confirmed =
-            self.store.factors_of(user.id)?.iter().any(|f| {
-                f.state == FactorState::Confirmed && (f.kind != FactorKind::Sms || can_send)
-            });
+        let confirmed = self.store.factors_of(user.id)?.iter().any(|f| {
+            f.state == FactorState::Confirmed
+                && (f.kind != FactorKind::Sms || can_send)
+                && d.allows(f.kind.as_str())
+        });
         Ok(confirmed
-            || self.store.unused_recovery_codes(user.id)? > 0
-            || self.store.has_bypass_code(user.id, self.clock.now())?)
+            || (d.allows("recovery") && self.store.unused_recovery_codes(user.id)? > 0)
+            || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
+    }
+
+    /// A user without a factor the decision accepts: the unenrolled setting applies to users
+    /// with no factor at all; a rule that asks for factors the user lacks always rejects.
+    fn no_usable_factor(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        first: &str,
+        unenrolled: Unenrolled,
+        d: &Decision,
+    ) -> Result<Option<Outcome>, EngineError> {
+        if self.has_usable_factor(tenant, user, d)? {
+            return Ok(None);
+        }
+        if d.factors.is_empty() {
+            return Ok(Some(unenrolled_outcome(user, first, unenrolled)));
+        }
+        Ok(Some(Outcome::reject_with(
+            format!(
+                "{} asks for {} and the user has none of them",
+                d.label(),
+                d.factors.join("/")
+            ),
+            "This login needs a second factor you have not enrolled; ask your administrator",
+        )))
     }
 
     /// Append mode: the code came with the password; one try.
-    #[allow(clippy::too_many_arguments)]
     fn second_factor_once(
         &self,
         tenant: &Tenant,
         user: &User,
         code: &str,
         now: UnixTime,
-        first: &'static str,
-        unenrolled: Unenrolled,
-        reply_attributes: Vec<ReplyAttribute>,
+        gate: Gate<'_>,
     ) -> Result<Outcome, EngineError> {
-        if !self.has_usable_factor(tenant, user)? {
-            return Ok(unenrolled_outcome(
-                user,
-                first,
-                unenrolled,
-                reply_attributes,
-            ));
+        let Gate {
+            first,
+            unenrolled,
+            decision: d,
+        } = gate;
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
+            return Ok(stop);
         }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
@@ -759,7 +823,7 @@ impl Engine {
         // `password,sms`: send a code; the user logs in again with it (a NAS in append
         // mode cannot show a prompt).
         if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, user)? {
+            if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
                 let sent = self.send_code(&tenant.name, user, &sms)?;
                 let message = match sent {
                     SendOutcome::Sent { .. } => format!(
@@ -771,8 +835,8 @@ impl Engine {
                 return Ok(Outcome::reject_with(sent.reason(), &message));
             }
         }
-        Ok(match self.check_code(tenant, user, code, now)? {
-            CodeCheck::Accepted { factor } => accepted(user, first, factor, reply_attributes),
+        Ok(match self.check_code(tenant, user, code, now, d)? {
+            CodeCheck::Accepted { factor } => accepted(user, first, factor, d),
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -815,10 +879,17 @@ impl Engine {
             self.store.delete_transaction(&txn.id)?;
             return Ok(blocked);
         }
+        // The rules are applied again: the user's groups or the time may have changed. A
+        // started login is never downgraded: skip_mfa here still asks for the code.
+        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+        if d.action == crate::policy::Action::Deny {
+            self.store.delete_transaction(&txn.id)?;
+            return Ok(Outcome::reject(format!("denied by {}", d.label())));
+        }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
         if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, &user)? {
+            if let Some(sms) = self.sms_factor(&tenant.name, &user, &d)? {
                 // Asking for a text is not a wrong answer: no attempt is counted.
                 let sent = self.send_code(&tenant.name, &user, &sms)?;
                 return Ok(Outcome {
@@ -833,14 +904,12 @@ impl Engine {
                 });
             }
         }
-        match self.check_code(&tenant, &user, &code, now)? {
+        match self.check_code(&tenant, &user, &code, now, &d)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
-                Ok(accepted(
-                    &user,
-                    txn.first_factor(),
-                    factor,
-                    txn.reply_attributes.clone(),
+                Ok(carry(
+                    accepted(&user, txn.first_factor(), factor, &d),
+                    &txn.reply_attributes,
                 ))
             }
             failed => {
@@ -881,29 +950,30 @@ struct PasswordFailure {
     unavailable: bool,
 }
 
-fn accepted(
-    user: &User,
-    first: &str,
-    factor: &str,
-    reply_attributes: Vec<ReplyAttribute>,
-) -> Outcome {
+/// Adds the first factor's reply attributes (upstream pass-through) to an Accept.
+fn carry(mut outcome: Outcome, attrs: &[ReplyAttribute]) -> Outcome {
+    if let Step::Accept {
+        reply_attributes, ..
+    } = &mut outcome.step
+    {
+        reply_attributes.extend(attrs.iter().cloned());
+    }
+    outcome
+}
+
+fn accepted(user: &User, first: &str, factor: &str, d: &Decision) -> Outcome {
     Outcome {
         step: Step::Accept {
             factors_used: vec![first.into(), factor.into()],
             groups: user.groups.clone(),
-            reply_attributes,
+            reply_attributes: Vec::new(),
         },
-        reason: format!("{first} and {factor} ok"),
+        reason: format!("{first} and {factor} ok; {}", d.label()),
         factors: vec![first.into(), factor.into()],
     }
 }
 
-fn unenrolled_outcome(
-    user: &User,
-    first: &str,
-    unenrolled: Unenrolled,
-    reply_attributes: Vec<ReplyAttribute>,
-) -> Outcome {
+fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outcome {
     match unenrolled {
         Unenrolled::Deny => Outcome::reject_with(
             "no confirmed second factor enrolled",
@@ -913,7 +983,7 @@ fn unenrolled_outcome(
             step: Step::Accept {
                 factors_used: vec![first.into()],
                 groups: user.groups.clone(),
-                reply_attributes,
+                reply_attributes: Vec::new(),
             },
             reason: "no second factor enrolled; allowed without one (unenrolled = allow)".into(),
             factors: vec![first.into()],

@@ -6,6 +6,7 @@ use crate::clock::UnixTime;
 use crate::codes::{hash_code, normalize_recovery_code, BYPASS_CODE_LEN};
 use crate::hotp::{self, HotpParams};
 use crate::model::{Factor, FactorKind, FactorState, Tenant, User};
+use crate::policy::Decision;
 use crate::totp::{self, TotpParams};
 
 /// The result of checking one code.
@@ -39,8 +40,9 @@ impl Engine {
         user: &User,
         code: &str,
         now: UnixTime,
+        d: &Decision,
     ) -> Result<CodeCheck, EngineError> {
-        let result = self.match_code(user, code.trim(), now)?;
+        let result = self.match_code(user, code.trim(), now, d)?;
         match result {
             CodeCheck::Accepted { .. } => self.clear_failures(tenant, user)?,
             _ => self.count_failure(tenant, user, now)?,
@@ -48,11 +50,21 @@ impl Engine {
         Ok(result)
     }
 
-    fn match_code(&self, user: &User, code: &str, now: UnixTime) -> Result<CodeCheck, EngineError> {
+    /// Only factors that `d` allows are looked at, so a code of another kind is never spent.
+    fn match_code(
+        &self,
+        user: &User,
+        code: &str,
+        now: UnixTime,
+        d: &Decision,
+    ) -> Result<CodeCheck, EngineError> {
         if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) {
+            if !d.allows("recovery") {
+                return Ok(CodeCheck::Wrong);
+            }
             return self.match_recovery_code(user, code, now);
         }
-        if code.len() == BYPASS_CODE_LEN {
+        if code.len() == BYPASS_CODE_LEN && d.allows("bypass") {
             let hash = hash_code(&self.bypass_pepper, code);
             if self.store.use_bypass_code(user.id, &hash, now)? {
                 tracing::warn!(user = %user.name, "bypass code used");
@@ -62,7 +74,7 @@ impl Engine {
         }
         let mut replayed = false;
         for f in self.store.factors_of(user.id)? {
-            if f.state != FactorState::Confirmed {
+            if f.state != FactorState::Confirmed || !d.allows(f.kind.as_str()) {
                 continue;
             }
             let result = match f.kind {
@@ -76,6 +88,13 @@ impl Engine {
                 Some(accepted) => return Ok(accepted),
                 None => {}
             }
+        }
+        if !d.allows("sms") {
+            return Ok(if replayed {
+                CodeCheck::Replayed
+            } else {
+                CodeCheck::Wrong
+            });
         }
         if let Some(factor_id) = self.match_sent_code(user, code, now)? {
             self.store.touch_factor(&factor_id, now)?;

@@ -9,6 +9,7 @@ use crate::clock::UnixTime;
 use crate::codes::hash_code;
 use crate::delivery::{mask_address, DeliveryError};
 use crate::model::{Factor, FactorKind, FactorState, User};
+use crate::policy::Decision;
 
 /// The settings of an SMS factor, stored as its JSON `params`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,8 +73,9 @@ impl Engine {
         &self,
         tenant: &str,
         user: &User,
+        d: &Decision,
     ) -> Result<Option<Factor>, EngineError> {
-        if !self.senders.contains_key(tenant) {
+        if !self.senders.contains_key(tenant) || !d.allows("sms") {
             return Ok(None);
         }
         Ok(self
@@ -120,7 +122,7 @@ impl Engine {
             .template
             .replace("{issuer}", &settings.issuer)
             .replace("{code}", &code);
-        if let Err(e) = sender.send(&params.phone, &message) {
+        if let Err(e) = sender.send(&params.phone, &code, &message) {
             tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "sms not sent");
             return Ok(SendOutcome::Failed(e));
         }

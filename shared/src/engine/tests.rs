@@ -648,7 +648,7 @@ mod sms {
         fn provider(&self) -> &str {
             "test"
         }
-        fn send(&self, to: &str, message: &str) -> Result<(), DeliveryError> {
+        fn send(&self, to: &str, _code: &str, message: &str) -> Result<(), DeliveryError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(DeliveryError::Unavailable("HTTP 503".into()));
             }
@@ -1035,4 +1035,125 @@ fn append_mode_asks_a_remote_backend_once_when_the_delimiter_is_typed_or_it_is_d
     // A backend that is down is asked once.
     assert_eq!(calls(&mut w, true, "wrong12345678"), 1);
     assert!(last_reason(&w).contains("first factor (radius) unavailable: down"));
+}
+
+mod rules {
+    use super::*;
+    use crate::policy::{Action, Rule};
+
+    fn rule(name: &str, action: Action) -> Rule {
+        Rule {
+            name: name.into(),
+            action,
+            clients: vec![],
+            hosts: vec![],
+            groups: vec![],
+            sources: vec![],
+            time: None,
+            factors: vec![],
+        }
+    }
+
+    fn with_rules(rules: Vec<Rule>) -> World {
+        let mut w = world();
+        w.engine.set_rules("acme", rules);
+        w
+    }
+
+    #[test]
+    fn skip_from_a_trusted_network_accepts_on_the_password_and_audits_the_rule() {
+        let w = with_rules(vec![Rule {
+            sources: vec!["192.0.2.0/24".parse().unwrap()],
+            ..rule("lab", Action::SkipMfa)
+        }]);
+        // login() uses source 192.0.2.10.
+        let s = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        assert!(
+            matches!(&s, Step::Accept { factors_used, .. } if factors_used == &["password"]),
+            "{s:?}"
+        );
+        assert!(
+            last_reason(&w).contains("rule 'lab' (skip_mfa)"),
+            "{}",
+            last_reason(&w)
+        );
+        // The password is still checked.
+        assert!(!is_accept(&login(
+            &w,
+            LoginMode::Challenge,
+            "alice",
+            "nope"
+        )));
+    }
+
+    #[test]
+    fn deny_by_group_rejects_after_the_password() {
+        let w = with_rules(vec![Rule {
+            groups: vec!["vpn-users".into()],
+            ..rule("no-vpn", Action::Deny)
+        }]);
+        assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+        assert_eq!(last_reason(&w), "denied by rule 'no-vpn' (deny)");
+    }
+
+    #[test]
+    fn step_up_accepts_only_the_named_factor_and_spends_no_other_code() {
+        let mut w = with_rules(vec![Rule {
+            clients: vec!["vpn".into()],
+            factors: vec!["hotp".into()],
+            ..rule("token-only", Action::StepUp)
+        }]);
+        // alice has only TOTP: the rule asks for what she lacks.
+        assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+        assert!(
+            last_reason(&w).contains("asks for hotp"),
+            "{}",
+            last_reason(&w)
+        );
+        w.admin
+            .enroll_hotp("acme", "alice", Some(SECRET), 6, "SHA1", 0)
+            .unwrap();
+        let totp_code = code_at(T0);
+        assert!(
+            !is_accept(&append(&w, &format!("hunter2{totp_code}"))),
+            "TOTP is not enough"
+        );
+        let h = crate::hotp::generate(
+            &decode_base32(SECRET).unwrap(),
+            crate::totp::TotpAlgorithm::SHA1,
+            6,
+            0,
+        );
+        assert!(is_accept(&append(&w, &format!("hunter2{h}"))));
+        assert!(last_reason(&w).contains("rule 'token-only' (step_up)"));
+        // The TOTP code was never spent by the refused attempt.
+        w.engine.set_rules("acme", vec![]);
+        assert!(is_accept(&append(&w, &format!("hunter2{totp_code}"))));
+    }
+
+    #[test]
+    fn first_match_wins_and_default_requires_a_code() {
+        let w = with_rules(vec![
+            Rule {
+                groups: vec!["vpn-users".into()],
+                ..rule("staff", Action::RequireMfa)
+            },
+            rule("everyone-else", Action::SkipMfa),
+        ]);
+        assert!(matches!(
+            login(&w, LoginMode::Challenge, "alice", "hunter2"),
+            Step::Prompt { .. }
+        ));
+        w.admin
+            .add_user(
+                "acme",
+                "svc",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                None,
+                vec![],
+            )
+            .unwrap();
+        assert!(is_accept(&login(&w, LoginMode::Challenge, "svc", "pw")));
+    }
 }

@@ -1,0 +1,103 @@
+//! Outbound providers of second factors (SMS today): HTTPS clients with certificate
+//! verification always on and bounded timeouts. The Engine calls them from its blocking
+//! threads; the requests run on the daemon's (or the CLI's) async runtime through a handle.
+
+mod http_gateway;
+mod twilio;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portcullis_core::config::{Config, SmsConfig, SmsProvider};
+use portcullis_core::delivery::{CodeSender, DeliveryError, DeliverySettings};
+use portcullis_core::engine::Engine;
+use tokio::runtime::Handle;
+
+pub use http_gateway::HttpGateway;
+pub use twilio::Twilio;
+
+/// An HTTPS client for one provider, trusting the public CAs and, if given, `ca_file`.
+fn client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .https_only(true)
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading ca_file {}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().context("building the HTTPS client")
+}
+
+/// Run a provider request to completion from a blocking thread, bounded by `timeout`.
+fn run_blocking<T>(
+    handle: &Handle,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, DeliveryError>>,
+) -> Result<T, DeliveryError> {
+    // The Engine runs only on blocking threads (tokio's blocking pool in the daemon, the
+    // main thread in the CLI), where Handle::block_on is allowed; `handle` belongs to a
+    // multi-thread runtime whose workers drive the I/O.
+    handle.block_on(async {
+        match tokio::time::timeout(timeout + Duration::from_secs(1), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(DeliveryError::Unavailable(format!(
+                "no answer within {timeout:?}"
+            ))),
+        }
+    })
+}
+
+/// Sort an HTTP failure into refused (4xx except 429: not worth retrying) or unavailable.
+fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryError {
+    if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+        DeliveryError::Refused(format!("HTTP {}: {detail}", status.as_u16()))
+    } else {
+        DeliveryError::Unavailable(format!("HTTP {}: {detail}", status.as_u16()))
+    }
+}
+
+fn transport(e: reqwest::Error) -> DeliveryError {
+    // reqwest's error text names the URL but never the body or credentials.
+    DeliveryError::Unavailable(if e.is_timeout() {
+        "timed out".into()
+    } else {
+        format!("transport error: {e}")
+    })
+}
+
+/// The sender a tenant's `[tenants.NAME.sms]` describes.
+pub fn sms_sender(cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>> {
+    let http = client(cfg.ca_file.as_deref(), cfg.timeout)?;
+    Ok(match cfg.provider {
+        SmsProvider::Twilio => Arc::new(Twilio::new(cfg, http, handle)?),
+        SmsProvider::Http => Arc::new(HttpGateway::new(cfg, http, handle)?),
+    })
+}
+
+/// Give the Engine every tenant's providers.
+pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Result<()> {
+    for (tenant, t) in &config.tenants {
+        if let Some(sms) = &t.sms {
+            let sender =
+                sms_sender(sms, handle.clone()).with_context(|| format!("tenants.{tenant}.sms"))?;
+            engine.set_sender(
+                tenant,
+                sender,
+                DeliverySettings {
+                    template: sms.message.clone(),
+                    code_ttl: sms.code_ttl.as_secs() as i64,
+                    resend_after: sms.resend_after.as_secs() as i64,
+                    max_per_hour: sms.max_per_hour,
+                    issuer: config.issuer.clone(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
