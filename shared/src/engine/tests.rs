@@ -1157,3 +1157,44 @@ mod rules {
         assert!(is_accept(&login(&w, LoginMode::Challenge, "svc", "pw")));
     }
 }
+
+#[test]
+fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
+    use crate::policy::{Action, Rule};
+    let rule = |name: &str, action: Action, group: &str| Rule {
+        name: name.into(),
+        action,
+        clients: vec![],
+        hosts: vec![],
+        groups: vec![group.into()],
+        sources: vec![],
+        time: None,
+        factors: vec![],
+    };
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    // alice is only in vpn-users in the store; the directory says she is in admins too.
+    w.engine
+        .set_rules("acme", vec![rule("admins-skip", Action::SkipMfa, "admins")]);
+    match login(&w, LoginMode::Challenge, "alice", "dir-pass") {
+        Step::Accept {
+            factors_used,
+            groups,
+            reply_attributes,
+        } => {
+            assert_eq!(factors_used, ["password"]);
+            assert_eq!(groups, ["admins", "vpn-users"]);
+            assert_eq!(reply_attributes.len(), 1, "the upstream Class comes along");
+        }
+        other => panic!("{other:?}"),
+    }
+    w.engine
+        .set_rules("acme", vec![rule("no-admins", Action::Deny, "admins")]);
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::Challenge,
+        "alice",
+        "dir-pass"
+    )));
+    assert!(last_reason(&w).contains("no-admins"), "{}", last_reason(&w));
+}
