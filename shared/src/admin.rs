@@ -13,7 +13,8 @@ use crate::codes::{
     generate_recovery_code, hash_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
 };
 use crate::engine::{
-    factor_context, SmsParams, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL, SENT_PEPPER_LABEL,
+    factor_context, EmailParams, SmsParams, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL,
+    SENT_PEPPER_LABEL,
 };
 use crate::hotp::{self, HotpParams, DEFAULT_LOOK_AHEAD};
 use crate::model::*;
@@ -195,13 +196,7 @@ impl Admin {
             check_name("group", g)?;
         }
         if let Some(e) = &email {
-            if !e.contains('@') || e.chars().any(char::is_whitespace) {
-                return Err(AdminError::Invalid {
-                    what: "e-mail",
-                    value: e.clone(),
-                    hint: "expected name@domain",
-                });
-            }
+            check_email(e)?;
         }
         if let Some(p) = &phone {
             let digits = p.strip_prefix('+').unwrap_or(p);
@@ -296,6 +291,17 @@ impl Admin {
         Ok(self.store.set_password_hash(u.id, hash.as_deref())?)
     }
 
+    /// `user forget`: revoke remembered sources (one, or all) of a user.
+    pub fn forget_sources(
+        &self,
+        tenant: &str,
+        name: &str,
+        source: Option<&str>,
+    ) -> Result<u64, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self.store.forget_sources(u.id, source)?)
+    }
+
     /// `user unlock`: forget the user's failed codes and lock.
     pub fn unlock(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
         let (t, u) = self.user(tenant, name)?;
@@ -386,11 +392,10 @@ impl Admin {
                 let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
                 self.store.record_otp_use(&f.id, step as i64, expires)?;
             }
-            FactorKind::Sms => {
+            FactorKind::Sms | FactorKind::Email => {
                 let pepper = self.key.derive(SENT_PEPPER_LABEL);
-                let used = self
-                    .store
-                    .use_sent_code(u.id, &hash_code(&pepper, code.trim()), now)?;
+                let hash = crate::engine::sent_code_hash(&pepper, factor_id, code.trim());
+                let used = self.store.use_sent_code(u.id, &hash, now)?;
                 if used.as_deref() != Some(factor_id) {
                     return Err(AdminError::WrongCode(factor_id.to_string()));
                 }
@@ -514,13 +519,50 @@ impl Admin {
                 hint: "give --phone +4915112345678 or set the user's phone",
             })?;
         check_phone(&phone)?;
+        self.add_out_of_band_factor(
+            &u,
+            FactorKind::Sms,
+            serde_json::to_string(&SmsParams { phone }).unwrap_or_default(),
+        )
+    }
+
+    /// `factor enroll email`: a pending e-mail factor for `email` (or the user's address);
+    /// a code sent there confirms it. It only counts beside another factor.
+    pub fn enroll_email(
+        &self,
+        tenant: &str,
+        name: &str,
+        email: Option<&str>,
+    ) -> Result<FactorInfo, AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        let email = email
+            .map(str::to_string)
+            .or(u.email.clone())
+            .ok_or(AdminError::Invalid {
+                what: "e-mail",
+                value: String::new(),
+                hint: "give --email alice@example.com or set the user's e-mail",
+            })?;
+        check_email(&email)?;
+        self.add_out_of_band_factor(
+            &u,
+            FactorKind::Email,
+            serde_json::to_string(&EmailParams { email }).unwrap_or_default(),
+        )
+    }
+
+    fn add_out_of_band_factor(
+        &self,
+        u: &User,
+        kind: FactorKind,
+        params: String,
+    ) -> Result<FactorInfo, AdminError> {
         let id = new_factor_id();
         let now = self.clock.now();
-        let params = serde_json::to_string(&SmsParams { phone }).unwrap_or_default();
         self.store.add_factor(&Factor {
             id: id.clone(),
             user_id: u.id,
-            kind: FactorKind::Sms,
+            kind,
             state: FactorState::Pending,
             sealed_secret: Vec::new(),
             params: params.clone(),
@@ -530,7 +572,7 @@ impl Admin {
         })?;
         Ok(FactorInfo {
             factor_id: id,
-            kind: "sms",
+            kind: kind.as_str(),
             state: "pending",
             details: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
             created_at: now,
@@ -680,6 +722,23 @@ impl Admin {
             self.tenant(t)?;
         }
         Ok(self.store.list_audit(filter)?)
+    }
+}
+
+fn check_email(e: &str) -> Result<(), AdminError> {
+    let ok = e
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && e.len() <= 254;
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid {
+            what: "e-mail",
+            value: e.to_string(),
+            hint: "expected name@domain.tld",
+        })
     }
 }
 

@@ -246,6 +246,9 @@ pub struct TenantConfig {
     /// `[tenants.NAME.sms]`: the text-message provider of the SMS factor.
     #[serde(default)]
     pub sms: Option<SmsConfig>,
+    /// `[tenants.NAME.email]`: the SMTP server of the e-mail factor.
+    #[serde(default)]
+    pub email: Option<EmailConfig>,
     /// `[[tenants.NAME.rules]]`: policy rules, in order; the first match wins; without a
     /// match a second factor is required.
     #[serde(default)]
@@ -279,6 +282,17 @@ fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (St
                 ));
             }
         }
+        if r.remember.is_some() && r.action != Action::RequireMfa {
+            return Err((
+                key("remember"),
+                "only require_mfa rules can remember a source".into(),
+            ));
+        }
+        if r.remember
+            .is_some_and(|d| d.is_zero() || d.as_secs() > 90 * 86_400)
+        {
+            return Err((key("remember"), "use a duration from 1s to 90d".into()));
+        }
         if r.action == Action::StepUp && r.factors.is_empty() {
             return Err((
                 key("factors"),
@@ -305,6 +319,110 @@ fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (St
         }
     }
     Ok(())
+}
+
+/// How the SMTP connection is encrypted; there is no plaintext mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `[tenants.NAME.email]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub host: String,
+    /// Default: 587 with STARTTLS, 465 with implicit TLS.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A file holding the SMTP password.
+    pub password_file: Option<PathBuf>,
+    /// The sender, e.g. `Portcullis <mfa@example.com>`.
+    pub from: String,
+    #[serde(default = "default_email_subject")]
+    pub subject: String,
+    /// Extra CA certificate (PEM) to trust; verification cannot be turned off.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_provider_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The text, with `{code}` (required) and `{issuer}`.
+    #[serde(default = "default_email_message")]
+    pub message: String,
+    #[serde(default = "default_code_ttl", with = "humantime_serde")]
+    pub code_ttl: Duration,
+    #[serde(default = "default_resend_after", with = "humantime_serde")]
+    pub resend_after: Duration,
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_email_subject() -> String {
+    "Your verification code".into()
+}
+fn default_email_message() -> String {
+    "Your {issuer} verification code is {code}. It is valid for 5 minutes. If you did not try to log in, tell your administrator.".into()
+}
+
+impl EmailConfig {
+    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((format!("{key}.{k}"), m.to_string()));
+        if self.host.trim().is_empty() {
+            return bad("host", "must not be empty");
+        }
+        if !self.message.contains("{code}") {
+            return bad("message", "must contain {code}");
+        }
+        if !self.from.contains('@') {
+            return bad(
+                "from",
+                "must be an address like Portcullis <mfa@example.com>",
+            );
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return bad("password", "give at most one of password or password_file");
+        }
+        if (self.password.is_some() || self.password_file.is_some()) != self.username.is_some() {
+            return bad(
+                "username",
+                "username and password (or password_file) go together",
+            );
+        }
+        if self.max_per_hour == 0 {
+            return bad("max_per_hour", "must be at least 1");
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return bad("timeout", "use a timeout from 1ms to 60s");
+        }
+        Ok(())
+    }
+
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Implicit => 465,
+        })
+    }
 }
 
 /// Which SMS provider.
@@ -675,6 +793,11 @@ impl Config {
             validate_rules(name, &t.rules).map_err(|(key, message)| bad(key, message))?;
             if let Some(sms) = &t.sms {
                 sms.validate(&format!("tenants.{name}.sms"))
+                    .map_err(|(key, message)| bad(key, message))?;
+            }
+            if let Some(email) = &t.email {
+                email
+                    .validate(&format!("tenants.{name}.email"))
                     .map_err(|(key, message)| bad(key, message))?;
             }
         }

@@ -50,8 +50,13 @@ impl Default for DeliverySettings {
     }
 }
 
-/// `+4915112345678` -> `••••5678`: enough for the user to recognise, not enough to leak.
+/// `+4915112345678` -> `••••5678`, `alice@example.com` -> `a•••@example.com`: enough for
+/// the user to recognise, not enough to leak.
 pub fn mask_address(to: &str) -> String {
+    if let Some((local, domain)) = to.split_once('@') {
+        let first: String = local.chars().take(1).collect();
+        return format!("{first}•••@{domain}");
+    }
     let tail: String = to
         .chars()
         .rev()
@@ -69,5 +74,6 @@ mod tests {
     fn masks_all_but_the_last_four() {
         assert_eq!(super::mask_address("+4915112345678"), "••••5678");
         assert_eq!(super::mask_address("12"), "••••12");
+        assert_eq!(super::mask_address("alice@example.com"), "a•••@example.com");
     }
 }

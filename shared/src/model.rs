@@ -58,12 +58,13 @@ pub struct NewUser {
 }
 
 /// The kind of a second factor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FactorKind {
     Totp,
     Hotp,
     Sms,
+    Email,
 }
 
 impl FactorKind {
@@ -73,7 +74,13 @@ impl FactorKind {
             FactorKind::Totp => "totp",
             FactorKind::Hotp => "hotp",
             FactorKind::Sms => "sms",
+            FactorKind::Email => "email",
         }
+    }
+
+    /// Whether codes of this kind are sent to the user (SMS, e-mail).
+    pub fn is_out_of_band(self) -> bool {
+        matches!(self, FactorKind::Sms | FactorKind::Email)
     }
 
     /// Parse the stored name.
@@ -82,6 +89,7 @@ impl FactorKind {
             "totp" => Some(FactorKind::Totp),
             "hotp" => Some(FactorKind::Hotp),
             "sms" => Some(FactorKind::Sms),
+            "email" => Some(FactorKind::Email),
             _ => None,
         }
     }

@@ -81,6 +81,10 @@ pub struct Rule {
     /// recovery, bypass). Empty: any.
     #[serde(default)]
     pub factors: Vec<String>,
+    /// For require_mfa: after a second factor, the same user from the same source may
+    /// skip it for this long (default: never).
+    #[serde(default, with = "humantime_serde")]
+    pub remember: Option<std::time::Duration>,
 }
 
 /// Who logs in, from where, when.
@@ -99,6 +103,8 @@ pub struct Decision {
     pub action: Action,
     pub rule: Option<String>,
     pub factors: Vec<String>,
+    /// Seconds a successful second factor is remembered for this source (0: not at all).
+    pub remember_secs: i64,
     pub explanation: Vec<String>,
 }
 
@@ -203,6 +209,7 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
                 action: r.action,
                 rule: Some(r.name.clone()),
                 factors: r.factors.clone(),
+                remember_secs: r.remember.map(|d| d.as_secs() as i64).unwrap_or(0),
                 explanation,
             };
         }
@@ -213,6 +220,7 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
         action: Action::RequireMfa,
         rule: None,
         factors: Vec::new(),
+        remember_secs: 0,
         explanation,
     }
 }
@@ -231,6 +239,7 @@ mod tests {
             sources: vec![],
             time: None,
             factors: vec![],
+            remember: None,
         }
     }
 

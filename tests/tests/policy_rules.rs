@@ -183,3 +183,61 @@ fn policy_test_explains_the_decision() {
     ]);
     assert_eq!(v["rule"], "office-lan", "{v}");
 }
+
+#[test]
+fn a_remembered_source_skips_the_code_until_the_admin_revokes_it() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+    let env = TestEnv::with_extra_config(
+        vec![ClientSpec::new(Mode::Challenge)],
+        "[[tenants.acme.rules]]\nname = \"remember-8h\"\naction = \"require_mfa\"\nremember = \"8h\"\n",
+    );
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw-alice");
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    let server = env.start_server();
+    let w = World {
+        env,
+        server,
+        secret,
+    };
+
+    let first = login(&w, "alice", "pw-alice", "203.0.113.9", None);
+    expect(&first, "Access-Challenge", "first login from this source");
+    let code = oathtool_totp(&w.secret, 6, Algorithm::Sha1, 0);
+    expect(
+        &login(
+            &w,
+            "alice",
+            &code,
+            "203.0.113.9",
+            first.state_hex.as_deref(),
+        ),
+        "Access-Accept",
+        "code",
+    );
+
+    expect(
+        &login(&w, "alice", "pw-alice", "203.0.113.9", None),
+        "Access-Accept",
+        "remembered source",
+    );
+    assert_eq!(
+        last_audit(&w)["factors"],
+        serde_json::json!(["password", "remembered"])
+    );
+    expect(
+        &login(&w, "alice", "pw-alice", "198.51.100.4", None),
+        "Access-Challenge",
+        "another source",
+    );
+
+    w.env
+        .cli_ok(&["user", "forget", "--tenant", "acme", "alice"]);
+    expect(
+        &login(&w, "alice", "pw-alice", "203.0.113.9", None),
+        "Access-Challenge",
+        "after revocation",
+    );
+}

@@ -4,8 +4,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use portcullis_core::admin::FactorInfo;
 use portcullis_core::admin::NewPassword;
 use portcullis_core::config::Config;
+use portcullis_core::engine::SendOutcome;
 use portcullis_core::model::AuditFilter;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -347,6 +349,17 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
             admin.set_password(&tenant.tenant, &name, password_input(&password)?)?;
             done(json, format!("password of '{name}' set"));
         }
+        UserCmd::Forget {
+            tenant,
+            name,
+            source,
+        } => {
+            let n = admin.forget_sources(&tenant.tenant, &name, source.as_deref())?;
+            done(
+                json,
+                format!("{n} remembered source(s) of '{name}' forgotten"),
+            );
+        }
         UserCmd::Unlock { tenant, name } => {
             admin.unlock(&tenant.tenant, &name)?;
             done(
@@ -435,25 +448,15 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
             phone,
         }) => {
             let f = admin.enroll_sms(&tenant.tenant, &user, phone.as_deref())?;
-            let (engine, _rt) = o.engine()?;
-            let sent = engine.send_enrolment_code(&tenant.tenant, &user, &f.factor_id)?;
-            let value = json!({
-                "factor_id": f.factor_id, "kind": "sms", "state": "pending",
-                "sent": matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }),
-                "message": sent.reason(),
-            });
-            if !matches!(sent, portcullis_core::engine::SendOutcome::Sent { .. }) {
-                bail!(
-                    "factor {} created but pending: {} (fix the provider in [tenants.{}.sms], then remove and enrol again)",
-                    f.factor_id, sent.reason(), tenant.tenant
-                );
-            }
-            emit(json, &value, || {
-                format!(
-                "{}\nThe SMS factor {} is pending until the user reads you the code:\n  portcullis factor confirm --tenant {} {} {} CODE",
-                sent.user_text(), f.factor_id, tenant.tenant, user, f.factor_id
-            )
-            });
+            send_confirmation(o, json, &tenant.tenant, &user, f)?;
+        }
+        FactorCmd::Enroll(EnrollCmd::Email {
+            tenant,
+            user,
+            email,
+        }) => {
+            let f = admin.enroll_email(&tenant.tenant, &user, email.as_deref())?;
+            send_confirmation(o, json, &tenant.tenant, &user, f)?;
         }
         FactorCmd::Resync {
             tenant,
@@ -504,6 +507,40 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
             done(json, format!("factor {factor_id} of '{user}' removed"));
         }
     }
+    Ok(())
+}
+
+/// Send the code that confirms a new SMS or e-mail factor.
+fn send_confirmation(
+    o: &Opened,
+    json: bool,
+    tenant: &str,
+    user: &str,
+    f: FactorInfo,
+) -> Result<()> {
+    let (engine, _rt) = o.engine()?;
+    let sent = engine.send_enrolment_code(tenant, user, &f.factor_id)?;
+    if !matches!(sent, SendOutcome::Sent { .. }) {
+        bail!(
+            "factor {} created but pending: {} (fix [tenants.{tenant}.{}], then remove the factor and enrol again)",
+            f.factor_id,
+            sent.reason(),
+            f.kind
+        );
+    }
+    let value = json!({
+        "factor_id": f.factor_id, "kind": f.kind, "state": "pending", "sent": true,
+        "message": sent.reason(),
+    });
+    emit(json, &value, || {
+        format!(
+            "{}\nThe {} factor {} is pending until the user reads you the code:\n  portcullis factor confirm --tenant {tenant} {user} {} CODE",
+            sent.user_text(),
+            f.kind,
+            f.factor_id,
+            f.factor_id
+        )
+    });
     Ok(())
 }
 

@@ -193,6 +193,15 @@ pub enum UserCmd {
         #[command(flatten)]
         password: PasswordInput,
     },
+    /// Revoke remembered sources: the user gives a second factor again from there.
+    Forget {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+        /// Only this source (default: all of the user's).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Lift a lock or throttle after failed codes.
     Unlock {
         #[command(flatten)]
@@ -264,6 +273,16 @@ pub enum EnrollCmd {
         /// E.164 number; defaults to the user's phone.
         #[arg(long)]
         phone: Option<String>,
+    },
+    /// E-mail codes, as an extra factor beside another one: a code is sent now;
+    /// `factor confirm` with it enables the factor.
+    Email {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// The address; defaults to the user's e-mail.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
     Hotp {

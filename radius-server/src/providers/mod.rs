@@ -1,8 +1,9 @@
-//! Outbound providers of second factors (SMS today): HTTPS clients with certificate
+//! Outbound providers of second factors (SMS, e-mail): HTTPS clients with certificate
 //! verification always on and bounded timeouts. The Engine calls them from its blocking
 //! threads; the requests run on the daemon's (or the CLI's) async runtime through a handle.
 
 mod http_gateway;
+mod smtp;
 mod twilio;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use portcullis_core::engine::Engine;
 use tokio::runtime::Handle;
 
 pub use http_gateway::HttpGateway;
+pub use smtp::Smtp;
 pub use twilio::Twilio;
 
 /// An HTTPS client for one provider, trusting the public CAs and, if given, `ca_file`.
@@ -83,6 +85,20 @@ pub fn sms_sender(cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>
 /// Give the Engine every tenant's providers.
 pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Result<()> {
     for (tenant, t) in &config.tenants {
+        if let Some(email) = &t.email {
+            let sender = Smtp::new(email).with_context(|| format!("tenants.{tenant}.email"))?;
+            engine.set_sender(
+                tenant,
+                Arc::new(sender),
+                DeliverySettings {
+                    template: email.message.clone(),
+                    code_ttl: email.code_ttl.as_secs() as i64,
+                    resend_after: email.resend_after.as_secs() as i64,
+                    max_per_hour: email.max_per_hour,
+                    issuer: config.issuer.clone(),
+                },
+            );
+        }
         if let Some(sms) = &t.sms {
             let sender =
                 sms_sender(sms, handle.clone()).with_context(|| format!("tenants.{tenant}.sms"))?;

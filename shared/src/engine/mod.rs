@@ -6,9 +6,9 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod oob;
 mod rules;
 mod second_factor;
-mod sms;
 mod split;
 mod throttle;
 
@@ -32,8 +32,9 @@ use crate::policy::{Decision, Rule};
 use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 
+pub(crate) use oob::sent_code_hash;
+pub use oob::{keyword, EmailParams, SendOutcome, SmsParams, OUT_OF_BAND};
 pub use second_factor::{factor_context, CodeCheck};
-pub use sms::{SendOutcome, SmsParams};
 
 /// Who asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,9 +158,6 @@ pub const BYPASS_PEPPER_LABEL: &str = "portcullis bypass codes v1";
 /// See [`RECOVERY_PEPPER_LABEL`].
 pub const SENT_PEPPER_LABEL: &str = "portcullis sent codes v1";
 
-/// What a user types instead of a code to get one by text message.
-pub const SMS_KEYWORD: &str = "sms";
-
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
@@ -218,8 +216,8 @@ pub struct Engine {
     recovery_pepper: Zeroizing<[u8; 32]>,
     bypass_pepper: Zeroizing<[u8; 32]>,
     sent_pepper: Zeroizing<[u8; 32]>,
-    /// Per-tenant out-of-band code delivery (SMS).
-    senders: HashMap<String, (Arc<dyn CodeSender>, DeliverySettings)>,
+    /// Per-tenant out-of-band code delivery (SMS, e-mail).
+    senders: HashMap<(String, FactorKind), (Arc<dyn CodeSender>, DeliverySettings)>,
     /// Per-tenant policy rules, in order.
     policies: HashMap<String, Vec<Rule>>,
 }
@@ -229,6 +227,8 @@ pub struct Engine {
 struct Gate<'a> {
     /// `password` or `delegated`.
     first: &'static str,
+    /// Where the user is (for remembered sources).
+    source: &'a str,
     unenrolled: Unenrolled,
     decision: &'a Decision,
 }
@@ -289,14 +289,23 @@ impl Engine {
         self.policies.insert(tenant.to_string(), rules);
     }
 
-    /// Send the text messages of `tenant` through `sender`.
+    /// Send the codes of `tenant` for the sender's channel (`sms`, `email`) through it.
     pub fn set_sender(
         &mut self,
         tenant: &str,
         sender: Arc<dyn CodeSender>,
         settings: DeliverySettings,
     ) {
-        self.senders.insert(tenant.to_string(), (sender, settings));
+        match FactorKind::parse(sender.channel()).filter(|k| k.is_out_of_band()) {
+            Some(kind) => {
+                self.senders
+                    .insert((tenant.to_string(), kind), (sender, settings));
+            }
+            None => tracing::error!(
+                channel = sender.channel(),
+                "sender for an unknown channel ignored"
+            ),
+        }
     }
 
     /// Check the passwords of `tenant` with `backend` instead of the store's hashes.
@@ -455,7 +464,9 @@ impl Engine {
                 };
                 let attrs = &info.reply_attributes;
                 let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "password") {
+                if let Some(stop) =
+                    self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
+                {
                     return Ok(carry(stop, attrs));
                 }
                 let outcome =
@@ -507,9 +518,13 @@ impl Engine {
                             };
                             let attrs = &info.reply_attributes;
                             let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                            if let Some(stop) =
-                                rules::stop_after_first_factor(&d, &user, "password")
-                            {
+                            if let Some(stop) = self.stop_after_first_factor(
+                                &d,
+                                &user,
+                                "password",
+                                &req.source,
+                                now,
+                            )? {
                                 return Ok(carry(stop, attrs));
                             }
                             let outcome = self.second_factor_once(
@@ -519,6 +534,7 @@ impl Engine {
                                 now,
                                 Gate {
                                     first: "password",
+                                    source: &req.source,
                                     unenrolled: req.unenrolled,
                                     decision: &d,
                                 },
@@ -543,7 +559,9 @@ impl Engine {
                     None => return Ok(Outcome::reject("unknown user")),
                 };
                 let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                if let Some(stop) = rules::stop_after_first_factor(&d, &user, "delegated") {
+                if let Some(stop) =
+                    self.stop_after_first_factor(&d, &user, "delegated", &req.source, now)?
+                {
                     return Ok(stop);
                 }
                 if req.credential.is_empty() {
@@ -566,6 +584,7 @@ impl Engine {
                     now,
                     Gate {
                         first: "delegated",
+                        source: &req.source,
                         unenrolled: req.unenrolled,
                         decision: &d,
                     },
@@ -700,19 +719,33 @@ impl Engine {
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
         }
-        // SMS: with no other way to give a code, the text goes out at once; otherwise the
-        // prompt offers it.
+        // Codes that can be sent: with no other way to give a code, an SMS goes out at
+        // once; otherwise the prompt offers them ("type sms").
         let mut text = req.prompt.clone();
-        if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
-            if self.has_code_factor_besides_sms(user, d)? {
-                text = format!("{text} (or type sms for a text message)");
-            } else {
-                let sent = self.send_code(&tenant.name, user, &sms)?;
-                if !matches!(sent, SendOutcome::Sent { .. }) {
-                    return Ok(Outcome::reject_with(sent.reason(), &sent.user_text()));
+        let mut offers = Vec::new();
+        let mut sms_now = None;
+        let has_other = self.has_code_factor_besides_oob(user, d)?;
+        for kind in OUT_OF_BAND {
+            if let Some(f) = self.oob_factor(&tenant.name, user, kind, d)? {
+                if kind == FactorKind::Sms && !has_other {
+                    sms_now = Some(f);
+                } else {
+                    offers.push(kind.as_str());
                 }
-                text = format!("{} Enter it:", sent.user_text());
             }
+        }
+        if let Some(sms) = sms_now {
+            let sent = self.send_code(&tenant.name, user, &sms)?;
+            if !matches!(sent, SendOutcome::Sent { .. }) && offers.is_empty() {
+                return Ok(Outcome::reject_with(sent.reason(), &sent.user_text()));
+            }
+            text = format!("{} Enter it:", sent.user_text());
+        }
+        if !offers.is_empty() {
+            text = format!(
+                "{text} (or type {} to get a code sent)",
+                offers.join(" or ")
+            );
         }
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -744,11 +777,11 @@ impl Engine {
         })
     }
 
-    /// Whether the user can give a code (allowed by `d`) without a text message.
-    fn has_code_factor_besides_sms(&self, user: &User, d: &Decision) -> Result<bool, EngineError> {
+    /// Whether the user can give a code (allowed by `d`) without one being sent.
+    fn has_code_factor_besides_oob(&self, user: &User, d: &Decision) -> Result<bool, EngineError> {
         let other = self.store.factors_of(user.id)?.iter().any(|f| {
             f.state == FactorState::Confirmed
-                && f.kind != FactorKind::Sms
+                && !f.kind.is_out_of_band()
                 && d.allows(f.kind.as_str())
         });
         Ok(other
@@ -756,22 +789,18 @@ impl Engine {
             || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
     }
 
-    /// Whether the user holds a factor that `d` accepts.
+    /// Whether the user holds a factor that `d` accepts (e-mail only counts beside
+    /// another factor, so it never makes a user usable on its own).
     fn has_usable_factor(
         &self,
         tenant: &Tenant,
         user: &User,
         d: &Decision,
     ) -> Result<bool, EngineError> {
-        let can_send = self.senders.contains_key(&tenant.name);
-        let confirmed = self.store.factors_of(user.id)?.iter().any(|f| {
-            f.state == FactorState::Confirmed
-                && (f.kind != FactorKind::Sms || can_send)
-                && d.allows(f.kind.as_str())
-        });
-        Ok(confirmed
-            || (d.allows("recovery") && self.store.unused_recovery_codes(user.id)? > 0)
-            || (d.allows("bypass") && self.store.has_bypass_code(user.id, self.clock.now())?))
+        Ok(self.has_code_factor_besides_oob(user, d)?
+            || self
+                .oob_factor(&tenant.name, user, FactorKind::Sms, d)?
+                .is_some())
     }
 
     /// A user without a factor the decision accepts: the unenrolled setting applies to users
@@ -811,6 +840,7 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         let Gate {
             first,
+            source,
             unenrolled,
             decision: d,
         } = gate;
@@ -822,9 +852,9 @@ impl Engine {
         }
         // `password,sms`: send a code; the user logs in again with it (a NAS in append
         // mode cannot show a prompt).
-        if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, user, d)? {
-                let sent = self.send_code(&tenant.name, user, &sms)?;
+        if let Some(kind) = keyword(code) {
+            if let Some(f) = self.oob_factor(&tenant.name, user, kind, d)? {
+                let sent = self.send_code(&tenant.name, user, &f)?;
                 let message = match sent {
                     SendOutcome::Sent { .. } => format!(
                         "{} Log in again with your password followed by the code.",
@@ -836,7 +866,10 @@ impl Engine {
             }
         }
         Ok(match self.check_code(tenant, user, code, now, d)? {
-            CodeCheck::Accepted { factor } => accepted(user, first, factor, d),
+            CodeCheck::Accepted { factor } => {
+                self.remember_if_asked(d, user, source, now)?;
+                accepted(user, first, factor, d)
+            }
             failed => Outcome::reject(failed.reason()),
         })
     }
@@ -888,10 +921,10 @@ impl Engine {
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
-        if code.eq_ignore_ascii_case(SMS_KEYWORD) {
-            if let Some(sms) = self.sms_factor(&tenant.name, &user, &d)? {
-                // Asking for a text is not a wrong answer: no attempt is counted.
-                let sent = self.send_code(&tenant.name, &user, &sms)?;
+        if let Some(kind) = keyword(&code) {
+            if let Some(f) = self.oob_factor(&tenant.name, &user, kind, &d)? {
+                // Asking for a code is not a wrong answer: no attempt is counted.
+                let sent = self.send_code(&tenant.name, &user, &f)?;
                 return Ok(Outcome {
                     step: Step::Prompt {
                         txn: txn_ref(&txn.id, txn.step),
@@ -907,6 +940,7 @@ impl Engine {
         match self.check_code(&tenant, &user, &code, now, &d)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
+                self.remember_if_asked(&d, &user, &req.source, now)?;
                 Ok(carry(
                     accepted(&user, txn.first_factor(), factor, &d),
                     &txn.reply_attributes,

@@ -1,6 +1,6 @@
 //! The tenant's policy rules applied to a login (the rules themselves are in `policy.rs`).
 
-use super::{Channel, Engine, Outcome, Step};
+use super::{Channel, Engine, EngineError, Outcome, Step};
 use crate::clock::UnixTime;
 use crate::model::{Tenant, User};
 use crate::policy::{self, Action, Context, Decision};
@@ -37,9 +37,56 @@ impl Engine {
     }
 }
 
-/// Deny and skip end the login after the first factor; the other actions go on to the
-/// second factor.
-pub(super) fn stop_after_first_factor(d: &Decision, user: &User, first: &str) -> Option<Outcome> {
+impl Engine {
+    /// Deny and skip end the login after the first factor, and so does a source the rule
+    /// remembers for this user; otherwise the login goes on to the second factor.
+    pub(super) fn stop_after_first_factor(
+        &self,
+        d: &Decision,
+        user: &User,
+        first: &str,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<Option<Outcome>, EngineError> {
+        if d.action == Action::RequireMfa && d.remember_secs > 0 {
+            if let Some(rule) = &d.rule {
+                if let Some(until) = self.store.remembered_until(user.id, source, rule, now)? {
+                    return Ok(Some(Outcome {
+                        step: Step::Accept {
+                            factors_used: vec![first.into(), "remembered".into()],
+                            groups: user.groups.clone(),
+                            reply_attributes: Vec::new(),
+                        },
+                        reason: format!(
+                            "{first} ok; second factor remembered for source '{source}' for {} s more by {}",
+                            until - now,
+                            d.label()
+                        ),
+                        factors: vec![first.into(), "remembered".into()],
+                    }));
+                }
+            }
+        }
+        Ok(stop_after_first_factor(d, user, first))
+    }
+
+    /// After a good second factor: remember the source if the rule says so.
+    pub(super) fn remember_if_asked(
+        &self,
+        d: &Decision,
+        user: &User,
+        source: &str,
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        if let (Some(rule), true) = (&d.rule, d.remember_secs > 0 && !source.is_empty()) {
+            self.store
+                .remember_source(user.id, source, rule, now + d.remember_secs, now)?;
+        }
+        Ok(())
+    }
+}
+
+fn stop_after_first_factor(d: &Decision, user: &User, first: &str) -> Option<Outcome> {
     match d.action {
         Action::Deny => Some(Outcome::reject(format!("denied by {}", d.label()))),
         Action::SkipMfa => Some(Outcome {

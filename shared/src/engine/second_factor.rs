@@ -73,15 +73,17 @@ impl Engine {
             return Ok(CodeCheck::Wrong);
         }
         let mut replayed = false;
-        for f in self.store.factors_of(user.id)? {
-            if f.state != FactorState::Confirmed || !d.allows(f.kind.as_str()) {
-                continue;
-            }
+        let factors = self.store.factors_of(user.id)?;
+        let usable: Vec<&Factor> = factors
+            .iter()
+            .filter(|f| f.state == FactorState::Confirmed && d.allows(f.kind.as_str()))
+            .collect();
+        for f in &usable {
             let result = match f.kind {
-                FactorKind::Totp => self.match_totp(&f, code, now)?,
-                FactorKind::Hotp => self.match_hotp(&f, code, now)?,
+                FactorKind::Totp => self.match_totp(f, code, now)?,
+                FactorKind::Hotp => self.match_hotp(f, code, now)?,
                 // Checked below against the codes that were sent.
-                FactorKind::Sms => None,
+                FactorKind::Sms | FactorKind::Email => None,
             };
             match result {
                 Some(CodeCheck::Replayed) => replayed = true,
@@ -89,16 +91,14 @@ impl Engine {
                 None => {}
             }
         }
-        if !d.allows("sms") {
-            return Ok(if replayed {
-                CodeCheck::Replayed
-            } else {
-                CodeCheck::Wrong
+        let out_of_band: Vec<&Factor> = usable
+            .into_iter()
+            .filter(|f| f.kind.is_out_of_band())
+            .collect();
+        if let Some(kind) = self.match_sent_code(user, &out_of_band, code, now)? {
+            return Ok(CodeCheck::Accepted {
+                factor: kind.as_str(),
             });
-        }
-        if let Some(factor_id) = self.match_sent_code(user, code, now)? {
-            self.store.touch_factor(&factor_id, now)?;
-            return Ok(CodeCheck::Accepted { factor: "sms" });
         }
         Ok(if replayed {
             CodeCheck::Replayed

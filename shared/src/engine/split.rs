@@ -65,7 +65,11 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
 }
 
 fn is_code_shaped(code: &[u8]) -> bool {
-    if code.eq_ignore_ascii_case(super::SMS_KEYWORD.as_bytes()) {
+    if std::str::from_utf8(code)
+        .ok()
+        .and_then(super::keyword)
+        .is_some()
+    {
         return true;
     }
     let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);

@@ -639,11 +639,16 @@ mod sms {
     struct Phone {
         inbox: Mutex<Vec<(String, String)>>,
         down: std::sync::atomic::AtomicBool,
+        email: bool,
     }
 
     impl CodeSender for Phone {
         fn channel(&self) -> &'static str {
-            "sms"
+            if self.email {
+                "email"
+            } else {
+                "sms"
+            }
         }
         fn provider(&self) -> &str {
             "test"
@@ -821,6 +826,112 @@ mod sms {
         );
         let now = w.clock.now();
         assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(now)))));
+    }
+
+    /// alice (TOTP) and sid (SMS) also get a confirmed e-mail factor.
+    fn email_world() -> (World, Arc<Phone>, Arc<Phone>) {
+        let (mut w, phone) = sms_world();
+        let mail = Arc::new(Phone {
+            email: true,
+            ..Phone::default()
+        });
+        w.engine
+            .set_sender("acme", mail.clone(), DeliverySettings::default());
+        for user in ["alice", "sid"] {
+            let f = w
+                .admin
+                .enroll_email("acme", user, Some("alice@example.com"))
+                .unwrap();
+            assert!(matches!(
+                w.engine
+                    .send_enrolment_code("acme", user, &f.factor_id)
+                    .unwrap(),
+                SendOutcome::Sent { .. }
+            ));
+            w.admin
+                .confirm_factor("acme", user, &f.factor_id, &mail.last_code())
+                .unwrap();
+            w.clock.advance(31);
+        }
+        (w, phone, mail)
+    }
+
+    #[test]
+    fn email_is_offered_beside_another_factor_and_its_code_logs_in() {
+        let (w, _phone, mail) = email_world();
+        let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        match &p {
+            Step::Prompt { text, .. } => assert!(text.contains("type sms or email"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "email"));
+        match answer(&w, "alice", "192.0.2.10", &t, &mail.last_code()) {
+            Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "email"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn email_alone_is_never_enough_and_a_refused_kind_keeps_its_code() {
+        let (mut w, _phone, mail) = email_world();
+        w.admin
+            .add_user(
+                "acme",
+                "eve",
+                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+                None,
+                None,
+                vec![],
+            )
+            .unwrap();
+        let f = w
+            .admin
+            .enroll_email("acme", "eve", Some("eve@example.com"))
+            .unwrap();
+        w.engine
+            .send_enrolment_code("acme", "eve", &f.factor_id)
+            .unwrap();
+        w.admin
+            .confirm_factor("acme", "eve", &f.factor_id, &mail.last_code())
+            .unwrap();
+        // Eve holds only e-mail: not usable.
+        assert!(!is_accept(&login(&w, LoginMode::Challenge, "eve", "pw")));
+        assert!(
+            last_reason(&w).contains("no confirmed second factor"),
+            "{}",
+            last_reason(&w)
+        );
+        // A rule that accepts only SMS leaves an e-mail code unspent.
+        w.clock.advance(31);
+        login(&w, LoginMode::Append, "alice", "hunter2,email");
+        let code = mail.last_code();
+        w.engine.set_rules(
+            "acme",
+            vec![crate::policy::Rule {
+                name: "sms-only".into(),
+                action: crate::policy::Action::RequireMfa,
+                clients: vec![],
+                hosts: vec![],
+                groups: vec![],
+                sources: vec![],
+                time: None,
+                factors: vec!["sms".into()],
+                remember: None,
+            }],
+        );
+        assert!(!is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{code}")
+        )));
+        w.engine.set_rules("acme", vec![]);
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{code}")
+        )));
     }
 
     #[test]
@@ -1051,6 +1162,7 @@ mod rules {
             sources: vec![],
             time: None,
             factors: vec![],
+            remember: None,
         }
     }
 
@@ -1132,6 +1244,78 @@ mod rules {
     }
 
     #[test]
+    fn a_remembered_source_skips_the_code_until_it_expires_or_is_forgotten() {
+        let w = with_rules(vec![Rule {
+            remember: Some(std::time::Duration::from_secs(8 * 3600)),
+            ..rule("remember-8h", Action::RequireMfa)
+        }]);
+        // First login from 192.0.2.10 needs the code...
+        let t = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+        assert!(is_accept(&answer(
+            &w,
+            "alice",
+            "192.0.2.10",
+            &t,
+            &code_at(T0)
+        )));
+        // ...the next one from there does not, and says why.
+        let s = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        assert!(
+            matches!(&s, Step::Accept { factors_used, .. } if factors_used == &["password", "remembered"]),
+            "{s:?}"
+        );
+        assert!(
+            last_reason(&w).contains("remembered for source '192.0.2.10'"),
+            "{}",
+            last_reason(&w)
+        );
+        assert!(
+            !is_accept(&login(&w, LoginMode::Challenge, "alice", "wrong")),
+            "never without the password"
+        );
+        // Another source is asked.
+        let other = w
+            .engine
+            .start(&LoginRequest {
+                tenant: "acme".into(),
+                channel: channel(),
+                source: "198.51.100.7".into(),
+                mode: LoginMode::Challenge,
+                username: "alice".into(),
+                credential: Zeroizing::new(b"hunter2".to_vec()),
+                delimiter: ",".into(),
+                prompt: "Code:".into(),
+                unenrolled: Unenrolled::Deny,
+            })
+            .unwrap();
+        assert!(matches!(other, Step::Prompt { .. }));
+        // Forgotten: asked again.
+        w.admin
+            .forget_sources("acme", "alice", Some("192.0.2.10"))
+            .unwrap();
+        assert!(matches!(
+            login(&w, LoginMode::Challenge, "alice", "hunter2"),
+            Step::Prompt { .. }
+        ));
+        // Remembered again, then expired.
+        assert!(is_accept(&append(
+            &w,
+            &format!("hunter2{}", code_at(T0 + 30))
+        )));
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Challenge,
+            "alice",
+            "hunter2"
+        )));
+        w.clock.advance(8 * 3600 + 1);
+        assert!(matches!(
+            login(&w, LoginMode::Challenge, "alice", "hunter2"),
+            Step::Prompt { .. }
+        ));
+    }
+
+    #[test]
     fn first_match_wins_and_default_requires_a_code() {
         let w = with_rules(vec![
             Rule {
@@ -1170,6 +1354,7 @@ fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
         sources: vec![],
         time: None,
         factors: vec![],
+        remember: None,
     };
     let mut w = world();
     w.engine.set_first_factor("acme", Arc::new(FakeDirectory));

@@ -118,6 +118,19 @@ CREATE INDEX sent_codes_user ON sent_codes(user_id, created_at);
     ),
     (
         4,
+        r#"
+CREATE TABLE remembered_sources (
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    source      TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, source)
+);
+"#,
+    ),
+    (
+        5,
         // Reply attributes from the first factor (upstream RADIUS pass-through) wait with
         // the transaction for the second factor: JSON [[type, "hex value"], ...].
         r#"

@@ -112,6 +112,27 @@ pub trait Store: Send + Sync + 'static {
         since: UnixTime,
     ) -> StoreResult<(u32, Option<UnixTime>)>;
 
+    // Remembered sources ("remember this device" for infrastructure)
+    /// Remember (or extend) that `user` passed a second factor from `source`.
+    fn remember_source(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// The expiry of an unexpired remembered `source` of `user` under `rule`.
+    fn remembered_until(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<UnixTime>>;
+    /// Forget one source, or all of the user's; returns how many were forgotten.
+    fn forget_sources(&self, user: UserId, source: Option<&str>) -> StoreResult<u64>;
+
     // OTP replay cache
     /// Records that `counter` of `factor_id` was used; false if it was used before.
     fn record_otp_use(

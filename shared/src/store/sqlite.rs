@@ -617,6 +617,52 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
+    fn remember_source(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO remembered_sources (user_id, source, rule, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (user_id, source) DO UPDATE SET rule = excluded.rule, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                params![user, source, rule, now, expires_at],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn remembered_until(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<UnixTime>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT expires_at FROM remembered_sources WHERE user_id = ?1 AND source = ?2 AND rule = ?3 AND expires_at > ?4",
+            )
+            .map_err(db)?;
+        st.query_row(params![user, source, rule, now], |r| r.get(0))
+            .optional()
+            .map_err(db)
+    }
+
+    fn forget_sources(&self, user: UserId, source: Option<&str>) -> StoreResult<u64> {
+        self.lock()
+            .execute(
+                "DELETE FROM remembered_sources WHERE user_id = ?1 AND (?2 IS NULL OR source = ?2)",
+                params![user, source],
+            )
+            .map(|n| n as u64)
+            .map_err(db)
+    }
+
     fn record_otp_use(
         &self,
         factor_id: &str,
@@ -840,7 +886,13 @@ impl Store for SqliteStore {
                 params![now - 3600],
             )
             .map_err(db)?;
-        Ok((a + b + c + d) as u64)
+        let e = conn
+            .execute(
+                "DELETE FROM remembered_sources WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(db)?;
+        Ok((a + b + c + d + e) as u64)
     }
 }
 

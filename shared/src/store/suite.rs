@@ -17,6 +17,40 @@ pub fn run_all(s: &dyn Store) {
     factor_params_compare_and_set(s);
     bypass_codes_are_limited_and_expire(s);
     sent_codes_are_single_use_and_counted(s);
+    remembered_sources_expire_and_can_be_forgotten(s);
+}
+
+fn remembered_sources_expire_and_can_be_forgotten(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "remy");
+    s.remember_source(u.id, "10.0.0.1", "r", 200, 100).unwrap();
+    s.remember_source(u.id, "10.0.0.2", "r", 200, 100).unwrap();
+    assert_eq!(
+        s.remembered_until(u.id, "10.0.0.1", "r", 150).unwrap(),
+        Some(200)
+    );
+    assert_eq!(
+        s.remembered_until(u.id, "10.0.0.1", "other-rule", 150)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.remembered_until(u.id, "10.0.0.1", "r", 200).unwrap(),
+        None,
+        "expired"
+    );
+    s.remember_source(u.id, "10.0.0.1", "r", 300, 250).unwrap();
+    assert_eq!(
+        s.remembered_until(u.id, "10.0.0.1", "r", 250).unwrap(),
+        Some(300),
+        "extended"
+    );
+    assert_eq!(s.forget_sources(u.id, Some("10.0.0.1")).unwrap(), 1);
+    assert_eq!(
+        s.remembered_until(u.id, "10.0.0.1", "r", 250).unwrap(),
+        None
+    );
+    assert_eq!(s.forget_sources(u.id, None).unwrap(), 1);
 }
 
 fn sent_codes_are_single_use_and_counted(s: &dyn Store) {

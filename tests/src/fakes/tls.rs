@@ -8,6 +8,8 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 pub struct TestTls {
     pub cert_pem: String,
     pub key_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
     pub ca_file: PathBuf,
 }
 
@@ -29,6 +31,8 @@ impl TestTls {
         TestTls {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
             ca_file,
         }
     }

@@ -1,0 +1,89 @@
+//! E-mail codes over SMTP (lettre): STARTTLS (required) or implicit TLS, optional AUTH,
+//! certificate verification always on, bounded timeouts.
+
+use anyhow::{Context, Result};
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Message, SmtpTransport, Transport};
+use portcullis_core::config::{EmailConfig, SmtpTls};
+use portcullis_core::delivery::{CodeSender, DeliveryError};
+
+/// The SMTP sender of one tenant.
+pub struct Smtp {
+    transport: SmtpTransport,
+    from: Mailbox,
+    subject: String,
+}
+
+impl Smtp {
+    /// From validated config; reads `password_file` and `ca_file` now.
+    pub fn new(cfg: &EmailConfig) -> Result<Self> {
+        let mut tls = TlsParameters::builder(cfg.host.clone());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading ca_file {}", path.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
+            tls = tls.add_root_certificate(cert);
+        }
+        let tls = tls.build_rustls().context("setting up TLS for SMTP")?;
+        let mut b = SmtpTransport::builder_dangerous(cfg.host.as_str())
+            .port(cfg.port())
+            .timeout(Some(cfg.timeout))
+            .tls(match cfg.tls {
+                SmtpTls::Starttls => Tls::Required(tls),
+                SmtpTls::Implicit => Tls::Wrapper(tls),
+            });
+        if let Some(user) = &cfg.username {
+            let password = match (&cfg.password, &cfg.password_file) {
+                (Some(p), _) => p.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading password_file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+                (None, None) => String::new(),
+            };
+            b = b.credentials(Credentials::new(user.clone(), password));
+        }
+        Ok(Self {
+            transport: b.build(),
+            from: cfg
+                .from
+                .parse()
+                .with_context(|| format!("from '{}' is not an e-mail address", cfg.from))?,
+            subject: cfg.subject.clone(),
+        })
+    }
+}
+
+impl CodeSender for Smtp {
+    fn channel(&self) -> &'static str {
+        "email"
+    }
+
+    fn provider(&self) -> &str {
+        "smtp"
+    }
+
+    fn send(&self, to: &str, _code: &str, message: &str) -> Result<(), DeliveryError> {
+        let to: Mailbox = to
+            .parse()
+            .map_err(|_| DeliveryError::Refused(format!("'{to}' is not an e-mail address")))?;
+        let email = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(&self.subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(message.to_string())
+            .map_err(|e| DeliveryError::Refused(format!("cannot build the message: {e}")))?;
+        match self.transport.send(&email) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => {
+                Err(DeliveryError::Refused(format!("SMTP server refused: {e}")))
+            }
+            Err(e) if e.is_timeout() => Err(DeliveryError::Unavailable("SMTP timed out".into())),
+            Err(e) => Err(DeliveryError::Unavailable(format!("SMTP: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Codes sent out of band (SMS, e-mail): making, sending, quotas. Checking a sent code is
+//! part of [`Engine::check_code`](super::Engine); the code is single-use and expires.
+//!
+//! E-mail is weaker than the other factors (a mailbox is often reachable with the very
+//! password being checked), so, as in the product documentation this project follows, an
+//! e-mail factor only counts for a user who also holds another confirmed factor.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError};
+use crate::clock::UnixTime;
+use crate::codes::hash_code;
+use crate::delivery::{mask_address, DeliveryError};
+use crate::model::{Factor, FactorKind, FactorState, User};
+use crate::policy::Decision;
+
+/// The settings of an SMS factor, stored as its JSON `params`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsParams {
+    /// E.164 phone number.
+    pub phone: String,
+}
+
+/// The settings of an e-mail factor, stored as its JSON `params`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailParams {
+    pub email: String,
+}
+
+/// Digits of a sent code.
+pub const SENT_CODE_LEN: usize = 6;
+
+/// The out-of-band kinds, in the order they are offered.
+pub const OUT_OF_BAND: [FactorKind; 2] = [FactorKind::Sms, FactorKind::Email];
+
+/// What a user types instead of a code to get one sent: `sms` or `email`.
+pub fn keyword(answer: &str) -> Option<FactorKind> {
+    OUT_OF_BAND
+        .into_iter()
+        .find(|k| answer.trim().eq_ignore_ascii_case(k.as_str()))
+}
+
+/// What happened when a code was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Sent to the (masked) address.
+    Sent { kind: FactorKind, to: String },
+    /// The previous code is younger than the resend delay.
+    TooSoon { wait: i64 },
+    /// The hourly quota is used up.
+    QuotaExceeded,
+    /// The tenant has no provider for this channel.
+    NotConfigured,
+    /// The provider did not take it.
+    Failed(DeliveryError),
+}
+
+impl SendOutcome {
+    /// The audit reason.
+    pub fn reason(&self) -> String {
+        match self {
+            SendOutcome::Sent { kind, to } => format!("{} code sent to {to}", kind.as_str()),
+            SendOutcome::TooSoon { wait } => format!("resend refused: {wait} s too soon"),
+            SendOutcome::QuotaExceeded => "code not sent: hourly quota used up".into(),
+            SendOutcome::NotConfigured => {
+                "code not sent: no provider configured for the tenant".into()
+            }
+            SendOutcome::Failed(e) => format!("code not sent: {e}"),
+        }
+    }
+
+    /// What the user is told.
+    pub fn user_text(&self) -> String {
+        match self {
+            SendOutcome::Sent { to, .. } => format!("A code was sent to {to}."),
+            SendOutcome::TooSoon { wait } => {
+                format!("Wait {wait} s before asking for another code.")
+            }
+            SendOutcome::QuotaExceeded => "Too many codes were sent; try again later.".into(),
+            SendOutcome::NotConfigured | SendOutcome::Failed(_) => {
+                "The code could not be sent.".into()
+            }
+        }
+    }
+}
+
+/// Where a factor's codes go.
+fn address_of(f: &Factor) -> Option<String> {
+    match f.kind {
+        FactorKind::Sms => serde_json::from_str::<SmsParams>(&f.params)
+            .ok()
+            .map(|p| p.phone),
+        FactorKind::Email => serde_json::from_str::<EmailParams>(&f.params)
+            .ok()
+            .map(|p| p.email),
+        _ => None,
+    }
+}
+
+/// The stored hash of a sent code: bound to its factor, so a code only counts for the
+/// factor (and kind) it was sent for.
+pub(crate) fn sent_code_hash(pepper: &[u8; 32], factor_id: &str, code: &str) -> String {
+    hash_code(pepper, &format!("{factor_id}:{code}"))
+}
+
+impl Engine {
+    /// Whether the tenant can send codes of `kind`.
+    pub(super) fn can_send(&self, tenant: &str, kind: FactorKind) -> bool {
+        self.senders.contains_key(&(tenant.to_string(), kind))
+    }
+
+    /// The user's confirmed factor of out-of-band `kind` that can be used now: the tenant
+    /// can send it, the decision allows it, and (e-mail) the user holds another factor.
+    pub(super) fn oob_factor(
+        &self,
+        tenant: &str,
+        user: &User,
+        kind: FactorKind,
+        d: &Decision,
+    ) -> Result<Option<Factor>, EngineError> {
+        if !self.can_send(tenant, kind) || !d.allows(kind.as_str()) {
+            return Ok(None);
+        }
+        let factors = self.store.factors_of(user.id)?;
+        let confirmed = |f: &&Factor| f.state == FactorState::Confirmed;
+        if kind == FactorKind::Email
+            && !factors
+                .iter()
+                .filter(confirmed)
+                .any(|f| f.kind != FactorKind::Email)
+        {
+            return Ok(None);
+        }
+        Ok(factors
+            .into_iter()
+            .find(|f| f.kind == kind && f.state == FactorState::Confirmed))
+    }
+
+    /// Make a code for `factor`, send it, and keep its hash (send first: a code that never
+    /// left is never valid).
+    pub fn send_code(
+        &self,
+        tenant: &str,
+        user: &User,
+        factor: &Factor,
+    ) -> Result<SendOutcome, EngineError> {
+        let Some((sender, settings)) = self.senders.get(&(tenant.to_string(), factor.kind)) else {
+            return Ok(SendOutcome::NotConfigured);
+        };
+        let Some(to) = address_of(factor) else {
+            tracing::error!(factor = %factor.id, "factor has no readable address");
+            return Ok(SendOutcome::Failed(DeliveryError::Refused(
+                "factor has no address".into(),
+            )));
+        };
+        let now: UnixTime = self.clock.now();
+        let (count, last) = self.store.sent_codes_since(user.id, now - 3600)?;
+        if let Some(last) = last {
+            if now < last + settings.resend_after {
+                return Ok(SendOutcome::TooSoon {
+                    wait: last + settings.resend_after - now,
+                });
+            }
+        }
+        if count >= settings.max_per_hour {
+            return Ok(SendOutcome::QuotaExceeded);
+        }
+        let mut rng = rand::rngs::OsRng;
+        let code: String = (0..SENT_CODE_LEN)
+            .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+            .collect();
+        let message = settings
+            .template
+            .replace("{issuer}", &settings.issuer)
+            .replace("{code}", &code);
+        if let Err(e) = sender.send(&to, &code, &message) {
+            tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "code not sent");
+            return Ok(SendOutcome::Failed(e));
+        }
+        let hash = sent_code_hash(&self.sent_pepper, &factor.id, &code);
+        self.store
+            .add_sent_code(user.id, &factor.id, &hash, now + settings.code_ttl, now)?;
+        Ok(SendOutcome::Sent {
+            kind: factor.kind,
+            to: mask_address(&to),
+        })
+    }
+
+    /// Send the confirmation code of a pending (or confirmed) SMS or e-mail factor
+    /// (`factor enroll sms|email`).
+    pub fn send_enrolment_code(
+        &self,
+        tenant: &str,
+        username: &str,
+        factor_id: &str,
+    ) -> Result<SendOutcome, EngineError> {
+        let Some(t) = self.store.tenant_by_name(tenant)? else {
+            return Ok(SendOutcome::Failed(DeliveryError::Refused(format!(
+                "tenant '{tenant}' does not exist"
+            ))));
+        };
+        let Some(user) = self.store.user_by_name(t.id, username)? else {
+            return Ok(SendOutcome::Failed(DeliveryError::Refused(format!(
+                "user '{username}' does not exist"
+            ))));
+        };
+        let Some(factor) = self
+            .store
+            .factors_of(user.id)?
+            .into_iter()
+            .find(|f| f.id == factor_id && f.kind.is_out_of_band())
+        else {
+            return Ok(SendOutcome::Failed(DeliveryError::Refused(format!(
+                "no sms or email factor '{factor_id}'"
+            ))));
+        };
+        self.send_code(tenant, &user, &factor)
+    }
+
+    /// A sent code for one of `factors` (already filtered by policy): the kind it was
+    /// sent for, spent now.
+    pub(super) fn match_sent_code(
+        &self,
+        user: &User,
+        factors: &[&Factor],
+        code: &str,
+        now: UnixTime,
+    ) -> Result<Option<FactorKind>, EngineError> {
+        if code.len() != SENT_CODE_LEN {
+            return Ok(None);
+        }
+        for f in factors {
+            let hash = sent_code_hash(&self.sent_pepper, &f.id, code);
+            if self.store.use_sent_code(user.id, &hash, now)?.is_some() {
+                self.store.touch_factor(&f.id, now)?;
+                return Ok(Some(f.kind));
+            }
+        }
+        Ok(None)
+    }
+}
