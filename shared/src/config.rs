@@ -836,13 +836,6 @@ impl Config {
         Ok(())
     }
 
-    /// The first factor of `tenant` as configured (`local` when it has no `[tenants.NAME]`).
-    pub fn tenant_first_factor(&self, tenant: &str) -> FirstFactorKind {
-        self.tenants
-            .get(tenant)
-            .map(|t| t.first_factor)
-            .unwrap_or_default()
-    }
 
     /// The SQLite file named by `store.url`.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
