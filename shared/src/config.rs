@@ -249,6 +249,9 @@ pub struct TenantConfig {
     /// `[tenants.NAME.email]`: the SMTP server of the e-mail factor.
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// `[tenants.NAME.duo]`: Duo owns the second factor of this tenant's users.
+    #[serde(default)]
+    pub duo: Option<DuoConfig>,
     /// `[[tenants.NAME.rules]]`: policy rules, in order; the first match wins; without a
     /// match a second factor is required.
     #[serde(default)]
@@ -319,6 +322,95 @@ fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (St
         }
     }
     Ok(())
+}
+
+/// What happens when Duo cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// Deny (default).
+    #[default]
+    Secure,
+    /// Let the user in on the first factor, only for 5xx, transport errors and malformed
+    /// replies (never 4xx or timeouts); every such login is audited as FAIL-OPEN.
+    Safe,
+}
+
+/// Which user field Duo knows the user by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DuoUsername {
+    #[default]
+    Username,
+    Email,
+}
+
+/// `[tenants.NAME.duo]`: Duo Auth API v2.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DuoConfig {
+    /// Integration key.
+    pub ikey: String,
+    /// Secret key, or `skey_file`.
+    pub skey: Option<String>,
+    pub skey_file: Option<PathBuf>,
+    /// `api-xxxxxxxx.duosecurity.com`
+    pub api_host: String,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    #[serde(default)]
+    pub username: DuoUsername,
+    /// Per request (preauth, passcode).
+    #[serde(default = "default_provider_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a push or phone call may wait for the user.
+    #[serde(default = "default_push_timeout", with = "humantime_serde")]
+    pub push_timeout: Duration,
+    /// Extra CA certificate (PEM) to trust; verification cannot be turned off.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_push_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl std::fmt::Debug for DuoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DuoConfig")
+            .field("ikey", &self.ikey)
+            .field("skey", &self.skey.as_ref().map(|_| "<redacted>"))
+            .field("api_host", &self.api_host)
+            .field("fail_mode", &self.fail_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DuoConfig {
+    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((format!("{key}.{k}"), m.to_string()));
+        if self.ikey.trim().is_empty() {
+            return bad("ikey", "must not be empty");
+        }
+        if self.skey.is_some() == self.skey_file.is_some() {
+            return bad("skey", "give exactly one of skey or skey_file");
+        }
+        if self.api_host.trim().is_empty() || self.api_host.contains('/') {
+            return bad(
+                "api_host",
+                "a host name like api-xxxxxxxx.duosecurity.com, without https://",
+            );
+        }
+        if self.timeout.is_zero()
+            || self.push_timeout < self.timeout
+            || self.push_timeout > Duration::from_secs(120)
+        {
+            return bad(
+                "push_timeout",
+                "use timeout > 0 and timeout <= push_timeout <= 120s",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// How the SMTP connection is encrypted; there is no plaintext mode.
@@ -795,6 +887,10 @@ impl Config {
                 sms.validate(&format!("tenants.{name}.sms"))
                     .map_err(|(key, message)| bad(key, message))?;
             }
+            if let Some(duo) = &t.duo {
+                duo.validate(&format!("tenants.{name}.duo"))
+                    .map_err(|(key, message)| bad(key, message))?;
+            }
             if let Some(email) = &t.email {
                 email
                     .validate(&format!("tenants.{name}.email"))
@@ -835,7 +931,6 @@ impl Config {
         first_factor::validate_tenants(&self.tenants, &self.radius.clients, path)?;
         Ok(())
     }
-
 
     /// The SQLite file named by `store.url`.
     pub fn sqlite_path(&self) -> Option<PathBuf> {

@@ -10,6 +10,7 @@ pub mod codes;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+pub mod external;
 pub mod first_factor;
 pub mod hotp;
 pub mod model;

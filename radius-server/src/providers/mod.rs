@@ -2,6 +2,7 @@
 //! verification always on and bounded timeouts. The Engine calls them from its blocking
 //! threads; the requests run on the daemon's (or the CLI's) async runtime through a handle.
 
+pub mod duo;
 mod http_gateway;
 mod smtp;
 mod twilio;
@@ -85,6 +86,18 @@ pub fn sms_sender(cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>
 /// Give the Engine every tenant's providers.
 pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Result<()> {
     for (tenant, t) in &config.tenants {
+        if let Some(duo) = &t.duo {
+            let client = duo::Duo::new(duo, handle.clone())
+                .with_context(|| format!("tenants.{tenant}.duo"))?;
+            engine.set_external(
+                tenant,
+                Arc::new(client),
+                portcullis_core::external::ExternalSettings {
+                    fail_open: duo.fail_mode == portcullis_core::config::FailMode::Safe,
+                    username_is_email: duo.username == portcullis_core::config::DuoUsername::Email,
+                },
+            );
+        }
         if let Some(email) = &t.email {
             let sender = Smtp::new(email).with_context(|| format!("tenants.{tenant}.email"))?;
             engine.set_sender(

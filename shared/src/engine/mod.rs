@@ -6,6 +6,7 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod external_mfa;
 mod oob;
 mod rules;
 mod second_factor;
@@ -23,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::clock::{Clock, UnixTime};
 use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig, Unenrolled};
 use crate::delivery::{CodeSender, DeliverySettings};
+use crate::external::{ExternalMfa, ExternalSettings};
 use crate::first_factor::{
     CheckContext, DirectoryInfo, FirstFactor, FirstFactorResult, LocalPasswords,
 };
@@ -220,6 +222,8 @@ pub struct Engine {
     senders: HashMap<(String, FactorKind), (Arc<dyn CodeSender>, DeliverySettings)>,
     /// Per-tenant policy rules, in order.
     policies: HashMap<String, Vec<Rule>>,
+    /// Per-tenant external second-factor services (Duo).
+    externals: HashMap<String, (Arc<dyn ExternalMfa>, ExternalSettings)>,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -281,7 +285,19 @@ impl Engine {
             sent_pepper,
             senders: HashMap::new(),
             policies: HashMap::new(),
+            externals: HashMap::new(),
         }
+    }
+
+    /// Let `service` (Duo) own the second factor of `tenant`'s users.
+    pub fn set_external(
+        &mut self,
+        tenant: &str,
+        service: Arc<dyn ExternalMfa>,
+        settings: ExternalSettings,
+    ) {
+        self.externals
+            .insert(tenant.to_string(), (service, settings));
     }
 
     /// The policy rules of `tenant`, evaluated in order (first match wins).
@@ -713,11 +729,24 @@ impl Engine {
         d: &Decision,
         reply_attributes: &[ReplyAttribute],
     ) -> Result<Outcome, EngineError> {
-        if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
-            return Ok(stop);
-        }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
+        }
+        let new_txn = || self.put_new_txn(tenant, user, req, first, now, reply_attributes);
+        if let Some(o) = self.external_start(
+            tenant,
+            user,
+            first,
+            &req.source,
+            req.mode,
+            None,
+            &req.prompt,
+            &new_txn,
+        )? {
+            return Ok(o);
+        }
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
+            return Ok(stop);
         }
         // Codes that can be sent: with no other way to give a code, an SMS goes out at
         // once; otherwise the prompt offers them ("type sms").
@@ -747,10 +776,34 @@ impl Engine {
                 offers.join(" or ")
             );
         }
+        let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
+        Ok(Outcome {
+            step: Step::Prompt {
+                txn,
+                text,
+                echo: false,
+                expects: Expects::Code,
+            },
+            reason: format!("first factor ok; code asked ({})", d.label()),
+            factors: vec![first.into()],
+        })
+    }
+
+    /// Store a new transaction for the prompt after the first factor; its reference.
+    /// `reply_attributes` (upstream pass-through) wait in it for the final Accept.
+    fn put_new_txn(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        req: &LoginRequest,
+        first: &str,
+        now: UnixTime,
+        reply_attributes: &[ReplyAttribute],
+    ) -> Result<String, EngineError> {
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let id = data_encoding::HEXLOWER.encode(&raw);
-        let txn = Transaction {
+        self.store.put_transaction(&Transaction {
             id: id.clone(),
             tenant_id: tenant.id,
             user_id: user.id,
@@ -763,18 +816,8 @@ impl Engine {
             attempts: 0,
             created_at: now,
             expires_at: now + self.settings.transaction_ttl,
-        };
-        self.store.put_transaction(&txn)?;
-        Ok(Outcome {
-            step: Step::Prompt {
-                txn: txn_ref(&id, 0),
-                text,
-                echo: false,
-                expects: Expects::Code,
-            },
-            reason: format!("first factor ok; code asked ({})", d.label()),
-            factors: vec![first.into()],
-        })
+        })?;
+        Ok(txn_ref(&id, 0))
     }
 
     /// Whether the user can give a code (allowed by `d`) without one being sent.
@@ -844,11 +887,24 @@ impl Engine {
             unenrolled,
             decision: d,
         } = gate;
-        if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
-            return Ok(stop);
-        }
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
+        }
+        let no_txn = || Ok(String::new());
+        if let Some(o) = self.external_start(
+            tenant,
+            user,
+            first,
+            source,
+            LoginMode::Append,
+            Some(code),
+            "",
+            &no_txn,
+        )? {
+            return Ok(o);
+        }
+        if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
+            return Ok(stop);
         }
         // `password,sms`: send a code; the user logs in again with it (a NAS in append
         // mode cannot show a prompt).
@@ -921,6 +977,29 @@ impl Engine {
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
+        if let Some(o) = self.external_answer(
+            &tenant,
+            &user,
+            txn.first_factor(),
+            &req.source,
+            &code,
+            &txn.id,
+            txn.step,
+        )? {
+            if let Step::Prompt { .. } = o.step {
+                let attempts = self.store.add_transaction_attempt(&txn.id)?;
+                if attempts >= self.settings.max_attempts {
+                    self.store.delete_transaction(&txn.id)?;
+                    return Ok(Outcome::reject(format!(
+                        "{} ({attempts} of {} attempts; login ended)",
+                        o.reason, self.settings.max_attempts
+                    )));
+                }
+            } else {
+                self.store.delete_transaction(&txn.id)?;
+            }
+            return Ok(carry(o, &txn.reply_attributes));
+        }
         if let Some(kind) = keyword(&code) {
             if let Some(f) = self.oob_factor(&tenant.name, &user, kind, &d)? {
                 // Asking for a code is not a wrong answer: no attempt is counted.

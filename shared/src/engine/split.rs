@@ -72,6 +72,10 @@ fn is_code_shaped(code: &[u8]) -> bool {
     {
         return true;
     }
+    // Methods of an external service (Duo): password,push / password,phone.
+    if code.eq_ignore_ascii_case(b"push") || code.eq_ignore_ascii_case(b"phone") {
+        return true;
+    }
     let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);
     digits
         || std::str::from_utf8(code)
@@ -133,6 +137,18 @@ mod tests {
         assert_eq!(r, [("hunter2".into(), "abcde-fghjk".into())]);
         let r = readings("hunter2,abcdefghjk");
         assert_eq!(r[0], ("hunter2".into(), "abcdefghjk".into()));
+    }
+
+    #[test]
+    fn method_keywords_follow_the_delimiter() {
+        for kw in ["sms", "email", "push", "phone", "PUSH"] {
+            assert_eq!(
+                readings(&format!("pw,{kw}")),
+                [("pw".into(), kw.into())],
+                "{kw}"
+            );
+        }
+        assert!(readings("pwpush").is_empty(), "keywords need the delimiter");
     }
 
     #[test]

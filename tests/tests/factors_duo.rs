@@ -1,0 +1,253 @@
+//! Duo end to end: `portcullis serve` asks a strict local fake of the Duo Auth API v2
+//! (signature and Date checked on every request) after the password; radclient is the NAS.
+
+use portcullis_tests::fakes::duo::{DuoBehaviour, FakeDuo, PASSCODE};
+use portcullis_tests::{radclient, require_tool, ClientSpec, Mode, RadReply, Server, TestEnv};
+
+struct World {
+    duo: FakeDuo,
+    env: TestEnv,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+fn world(mode: Mode, fail_mode: &str, skey: Option<&str>) -> World {
+    require_tool("radclient", "freeradius-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let duo = FakeDuo::start(dir.path());
+    let config = format!(
+        "[tenants.acme.duo]\nikey = \"{}\"\nskey = \"{}\"\napi_host = \"{}\"\nfail_mode = \"{fail_mode}\"\nca_file = \"{}\"\ntimeout = \"3s\"\npush_timeout = \"5s\"\n",
+        duo.ikey,
+        skey.unwrap_or(&duo.skey),
+        duo.api_host(),
+        duo.ca_file.display()
+    );
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(mode)], &config);
+    env.add_tenant("acme");
+    for user in ["alice", "bypass", "locked", "newbie"] {
+        env.add_user("acme", user, "pw");
+    }
+    let server = env.start_server();
+    World {
+        duo,
+        env,
+        server,
+        _dir: dir,
+    }
+}
+
+fn login(w: &World, user: &str, password: &str, state: Option<&str>) -> RadReply {
+    let mut attrs = vec![
+        ("User-Name", user.to_string()),
+        ("User-Password", password.to_string()),
+        ("Calling-Station-Id", "198.51.100.20".to_string()),
+    ];
+    if let Some(s) = state {
+        attrs.push(("State", s.to_string()));
+    }
+    radclient(w.server.addr, &w.env.client().secret, &attrs, true)
+}
+
+#[track_caller]
+fn expect(reply: &RadReply, code: &str, what: &str) {
+    assert_eq!(
+        reply.code.as_deref(),
+        Some(code),
+        "{what}\n{}",
+        reply.raw_output
+    );
+}
+
+fn last_audit(w: &World) -> serde_json::Value {
+    let v = w.env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+    v.as_array()
+        .and_then(|a| a.last().cloned())
+        .expect("an audit record")
+}
+
+#[test]
+fn passcode_and_push_answer_the_duo_prompt() {
+    let w = world(Mode::Challenge, "secure", None);
+    let first = login(&w, "alice", "pw", None);
+    expect(&first, "Access-Challenge", "password");
+    let prompt = first.reply_message.clone().unwrap_or_default();
+    assert!(
+        prompt.contains("push") && prompt.contains("sms") && prompt.contains("phone"),
+        "{prompt}"
+    );
+    expect(
+        &login(&w, "alice", PASSCODE, first.state_hex.as_deref()),
+        "Access-Accept",
+        "passcode",
+    );
+    assert_eq!(
+        last_audit(&w)["factors"],
+        serde_json::json!(["password", "duo"])
+    );
+
+    let first = login(&w, "alice", "pw", None);
+    expect(
+        &login(&w, "alice", "push", first.state_hex.as_deref()),
+        "Access-Accept",
+        "push approved",
+    );
+
+    w.duo.set_push_allows(false);
+    let first = login(&w, "alice", "pw", None);
+    let denied = login(&w, "alice", "push", first.state_hex.as_deref());
+    expect(&denied, "Access-Challenge", "push denied: asked again");
+    expect(
+        &login(&w, "alice", "000000", denied.state_hex.as_deref()),
+        "Access-Challenge",
+        "wrong passcode",
+    );
+
+    let calls = w.duo.calls();
+    let preauth = calls
+        .iter()
+        .find(|(p, _)| p == "/auth/v2/preauth")
+        .expect("a preauth call");
+    assert_eq!(
+        preauth.1.get("ipaddr").map(String::as_str),
+        Some("198.51.100.20")
+    );
+    assert!(w.duo.refusals().is_empty(), "{:?}", w.duo.refusals());
+}
+
+#[test]
+fn append_mode_takes_password_comma_push_or_passcode() {
+    let w = world(Mode::Append, "secure", None);
+    expect(
+        &login(&w, "alice", "pw,push", None),
+        "Access-Accept",
+        "pw,push",
+    );
+    expect(
+        &login(&w, "alice", &format!("pw{PASSCODE}"), None),
+        "Access-Accept",
+        "password+passcode",
+    );
+    expect(
+        &login(&w, "alice", "pw000000", None),
+        "Access-Reject",
+        "wrong passcode",
+    );
+    expect(
+        &login(&w, "alice", &format!("wrong{PASSCODE}"), None),
+        "Access-Reject",
+        "wrong password",
+    );
+}
+
+#[test]
+fn preauth_allow_deny_and_enroll_are_followed() {
+    let w = world(Mode::Challenge, "secure", None);
+    expect(
+        &login(&w, "bypass", "pw", None),
+        "Access-Accept",
+        "preauth allow",
+    );
+    assert!(last_audit(&w)["reason"]
+        .as_str()
+        .unwrap()
+        .contains("preauth allow"));
+    expect(
+        &login(&w, "locked", "pw", None),
+        "Access-Reject",
+        "preauth deny",
+    );
+    let r = login(&w, "newbie", "pw", None);
+    expect(&r, "Access-Reject", "preauth enroll");
+    assert!(r
+        .reply_message
+        .unwrap_or_default()
+        .contains("https://api-xxxxxxxx.duosecurity.com/portal"));
+}
+
+#[test]
+fn wrong_signature_is_refused_by_the_fake_and_fails_closed_even_in_safe_mode() {
+    let w = world(
+        Mode::Challenge,
+        "safe",
+        Some("not-the-secret-key-0000000000000000000000"),
+    );
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "bad signature",
+    );
+    assert_eq!(w.duo.refusals(), ["invalid signature"]);
+    assert!(
+        last_audit(&w)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 401"),
+        "{}",
+        last_audit(&w)
+    );
+}
+
+#[test]
+fn skewed_date_is_refused_by_the_fake() {
+    let w = world(Mode::Challenge, "secure", None);
+    w.duo.set_clock_offset(3600);
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "skewed Date",
+    );
+    assert!(
+        w.duo.refusals()[0].contains("skewed"),
+        "{:?}",
+        w.duo.refusals()
+    );
+}
+
+#[test]
+fn duo_down_fails_open_only_when_configured_and_audits_it() {
+    let secure = world(Mode::Challenge, "secure", None);
+    secure.duo.set_behaviour(DuoBehaviour::ServerError);
+    expect(
+        &login(&secure, "alice", "pw", None),
+        "Access-Reject",
+        "5xx, fail_mode secure",
+    );
+
+    let safe = world(Mode::Challenge, "safe", None);
+    safe.duo.set_behaviour(DuoBehaviour::ServerError);
+    expect(
+        &login(&safe, "alice", "pw", None),
+        "Access-Accept",
+        "5xx, fail_mode safe",
+    );
+    assert!(
+        last_audit(&safe)["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAIL-OPEN"),
+        "{}",
+        last_audit(&safe)
+    );
+    expect(
+        &login(&safe, "alice", "wrong", None),
+        "Access-Reject",
+        "fail-open never skips the password",
+    );
+    safe.duo.set_behaviour(DuoBehaviour::Malformed);
+    expect(
+        &login(&safe, "alice", "pw", None),
+        "Access-Accept",
+        "malformed reply, fail_mode safe",
+    );
+}
+
+#[test]
+fn rate_limiting_is_waited_out() {
+    let w = world(Mode::Append, "secure", None);
+    w.duo.set_behaviour(DuoBehaviour::RateLimited(1));
+    expect(
+        &login(&w, "alice", &format!("pw{PASSCODE}"), None),
+        "Access-Accept",
+        "after one 429",
+    );
+}

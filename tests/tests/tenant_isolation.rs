@@ -1,0 +1,81 @@
+//! Tenants are isolated: the same user name in two tenants are two users; a RADIUS client
+//! of one tenant never authenticates another tenant's users; the CLI never reaches another
+//! tenant's factors or codes.
+
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    TestEnv,
+};
+
+#[test]
+fn same_name_in_two_tenants_are_two_users_and_clients_stay_in_their_tenant() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+    let env = TestEnv::new(vec![ClientSpec::new(Mode::Append)]); // client of tenant acme
+    env.add_tenant("acme");
+    env.add_tenant("globex");
+    env.add_user("acme", "alice", "acme-pw");
+    env.add_user("globex", "alice", "globex-pw");
+    let (acme_secret, globex_secret) = (random_base32_secret(), random_base32_secret());
+    env.enroll_totp("acme", "alice", Some(&acme_secret));
+    let globex_factor = env.enroll_totp("globex", "alice", Some(&globex_secret));
+    let server = env.start_server();
+    let login = |pw: &str| {
+        radclient(
+            server.addr,
+            &env.client().secret,
+            &[
+                ("User-Name", "alice".to_string()),
+                ("User-Password", pw.to_string()),
+            ],
+            true,
+        )
+    };
+    let globex_code = oathtool_totp(&globex_secret, 6, Algorithm::Sha1, 0);
+    let r = login(&format!("globex-pw{globex_code}"));
+    assert_eq!(
+        r.code.as_deref(),
+        Some("Access-Reject"),
+        "globex credentials through acme's client\n{}",
+        r.raw_output
+    );
+    let acme_code = oathtool_totp(&acme_secret, 6, Algorithm::Sha1, 0);
+    let r = login(&format!("acme-pw{acme_code}"));
+    assert_eq!(r.code.as_deref(), Some("Access-Accept"), "{}", r.raw_output);
+
+    // The CLI: acme's alice does not see or own globex's factor.
+    let acme_factors = env.list_factors("acme", "alice");
+    assert!(acme_factors
+        .iter()
+        .all(|f| f.factor_id != globex_factor.factor_id));
+    let out = env.cli(&[
+        "factor",
+        "remove",
+        "--tenant",
+        "acme",
+        "alice",
+        &globex_factor.factor_id,
+    ]);
+    assert!(
+        !out.status.success(),
+        "removing another tenant's factor must fail"
+    );
+    assert_eq!(
+        env.list_factors("globex", "alice").len(),
+        1,
+        "globex's factor is still there"
+    );
+    // Audit records are per tenant.
+    let globex_audit = env.cli_json(&["audit", "--tenant", "globex", "--json"]);
+    assert_eq!(
+        globex_audit.as_array().map(Vec::len),
+        Some(0),
+        "{globex_audit}"
+    );
+    let acme_audit = env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+    assert_eq!(acme_audit.as_array().map(Vec::len), Some(2), "{acme_audit}");
+    // Recovery codes of one tenant's alice do not work for the other's.
+    let codes = env.generate_recovery_codes("globex", "alice");
+    let r = login(&format!("acme-pw{}", codes[0]));
+    assert_eq!(r.code.as_deref(), Some("Access-Reject"), "{}", r.raw_output);
+}
