@@ -11,6 +11,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod first_factor;
+pub use first_factor::{
+    pass_through_type, FirstFactorKind, LdapConfig, UpstreamRadiusConfig, UpstreamServerConfig,
+    PASS_THROUGH_ATTRIBUTES,
+};
+
 /// Where the config file is looked for when neither `--config` nor `PORTCULLIS_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/portcullis.toml";
 
@@ -217,6 +223,9 @@ pub struct ClientConfig {
     /// `VENDOR_ID:TYPE=value`), after the tenant's and before the groups'.
     #[serde(default)]
     pub reply: Vec<String>,
+    /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
+    #[serde(default)]
+    pub first_factor: Option<FirstFactorKind>,
 }
 
 fn default_max_wait() -> Duration {
@@ -252,6 +261,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("limit_proxy_state", &self.limit_proxy_state)
             .field("max_wait", &self.max_wait)
             .field("reply", &self.reply)
+            .field("first_factor", &self.first_factor)
             .finish_non_exhaustive()
     }
 }
@@ -293,6 +303,14 @@ pub struct TenantConfig {
     /// match a second factor is required.
     #[serde(default)]
     pub rules: Vec<crate::policy::Rule>,
+    /// Who checks the password: `local` (default), `ldap`, `radius` or `none`
+    /// (see `config/first_factor.rs`).
+    #[serde(default)]
+    pub first_factor: FirstFactorKind,
+    /// `[tenants.NAME.ldap]`, needed when `first_factor = "ldap"`.
+    pub ldap: Option<LdapConfig>,
+    /// `[tenants.NAME.radius]`, needed when `first_factor = "radius"`.
+    pub radius: Option<UpstreamRadiusConfig>,
 }
 
 fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (String, String)> {
@@ -1064,6 +1082,7 @@ impl Config {
             None,
         )
         .map_err(|e| bad("passwords".into(), format!("argon2 cost: {e}")))?;
+        first_factor::validate_tenants(&self.tenants, &self.radius.clients, path)?;
         Ok(())
     }
 

@@ -2,16 +2,35 @@
 //! in; LDAP/AD and upstream RADIUS implement the same trait. The Engine picks the backend
 //! per tenant.
 
+use crate::engine::ReplyAttribute;
 use crate::model::User;
 use crate::password::PasswordHasher;
 
 /// What a backend knows of a user beyond "the password is right" (for example LDAP
 /// groups, mail and mobile), used by policy, reply attributes and the SMS/e-mail factors.
+/// `None` means "the backend does not say": the store keeps what it has.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectoryInfo {
     pub groups: Option<Vec<String>>,
     pub email: Option<String>,
     pub phone: Option<String>,
+    /// Attributes the final Access-Accept must carry (upstream RADIUS `pass_through`);
+    /// kept with the transaction until the second factor is done.
+    pub reply_attributes: Vec<ReplyAttribute>,
+}
+
+/// Who asks, for backends that forward it (upstream RADIUS sends NAS-Identifier and
+/// Calling-Station-Id).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckContext<'a> {
+    pub tenant: &'a str,
+    pub username: &'a str,
+    /// The RADIUS client's or PAM service's configured name.
+    pub client: &'a str,
+    /// The NAS-Identifier the NAS sent, if any.
+    pub nas_identifier: Option<&'a str>,
+    /// Where the user is (Calling-Station-Id, else the NAS address).
+    pub source: &'a str,
 }
 
 /// A backend's verdict.
@@ -40,10 +59,54 @@ pub trait FirstFactor: Send + Sync + 'static {
         password: &[u8],
     ) -> FirstFactorResult;
 
+    /// Like [`FirstFactor::check`], with who asks; the Engine calls this one. Backends that
+    /// forward the request (upstream RADIUS) override it.
+    fn check_in(
+        &self,
+        ctx: &CheckContext<'_>,
+        user: Option<&User>,
+        password: &[u8],
+    ) -> FirstFactorResult {
+        self.check(ctx.tenant, ctx.username, user, password)
+    }
+
     /// Whether users it accepts but the store does not know are created on first login
     /// (the factor store follows the directory).
     fn creates_users(&self) -> bool {
         false
+    }
+
+    /// True for [`Delegated`]: the first factor was checked elsewhere, so the Engine asks
+    /// for the code alone (as in `otp-only` mode).
+    fn delegated(&self) -> bool {
+        false
+    }
+}
+
+/// `first_factor = "none"`: the first factor was checked elsewhere (the PAM stack, another
+/// RADIUS server). The Engine never calls [`FirstFactor::check`] on it: logins become
+/// second-factor-only and are audited as `delegated`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delegated;
+
+impl FirstFactor for Delegated {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn check(
+        &self,
+        _tenant: &str,
+        _username: &str,
+        _user: Option<&User>,
+        _password: &[u8],
+    ) -> FirstFactorResult {
+        // Fail closed should anything call it.
+        FirstFactorResult::Rejected("first factor is delegated; no password is checked here".into())
+    }
+
+    fn delegated(&self) -> bool {
+        true
     }
 }
 

@@ -161,6 +161,9 @@ pub struct Transaction {
     pub source: String,
     /// How the first factor was satisfied: `password` or `delegated`.
     pub first_factor: String,
+    /// Attributes for the final Access-Accept that the first factor produced (upstream
+    /// RADIUS `pass_through`), remembered until the second factor is done.
+    pub reply_attributes: Vec<crate::engine::ReplyAttribute>,
     pub step: u32,
     pub attempts: u32,
     pub created_at: UnixTime,

@@ -16,6 +16,7 @@
 pub mod accounting;
 pub mod env;
 pub mod fakes;
+pub mod freeradius;
 pub mod http;
 pub mod netns;
 pub mod pam;
@@ -23,6 +24,7 @@ pub mod pam_radius;
 pub mod radclient;
 pub mod raw;
 pub mod server;
+pub mod slapd;
 pub mod tools;
 pub mod totp;
 

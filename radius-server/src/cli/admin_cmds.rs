@@ -19,7 +19,7 @@ use super::{
 };
 
 /// One line from standard input, without its line ending. Prompts when stdin is a terminal.
-fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
+pub(super) fn read_stdin_line(what: &str) -> Result<Zeroizing<String>> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         eprint!("{what}: ");
@@ -76,6 +76,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
     if cfg.radius.clients.is_empty() {
         warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
     }
+    warnings.extend(crate::first_factor::config_warnings(&cfg));
     let clients: Vec<_> = cfg
         .radius
         .clients
@@ -150,7 +151,9 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
 pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
     let admin = o.admin();
     match cmd {
-        Command::Serve | Command::Config(_) => unreachable!("handled by the caller"),
+        Command::Serve | Command::Config(_) | Command::Ldap(_) => {
+            unreachable!("handled by the caller")
+        }
         Command::Tenant(TenantCmd::Add { name }) => {
             let t = admin.add_tenant(&name)?;
             emit(json, &t, || format!("tenant '{}' created", t.name));

@@ -1,6 +1,7 @@
 //! The `portcullis` command line: the daemon (`serve`) and the admin commands.
 
 mod admin_cmds;
+mod ldap_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -65,6 +66,20 @@ pub enum Command {
     /// Policy rules.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Check a tenant's LDAP/AD settings by hand.
+    #[command(subcommand)]
+    Ldap(LdapCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LdapCmd {
+    /// Check USER's password (read from standard input) against the tenant's directory and
+    /// show what it says: the entry, groups, e-mail and phone. Nothing is stored.
+    Test {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +409,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve => crate::serve::run(&cli.config),
         Command::Config(ConfigCmd::Check) => admin_cmds::config_check(&cli.config, cli.json),
+        Command::Ldap(cmd) => ldap_cmd::run(&cli.config, cmd, cli.json),
         other => {
             let opened = open(&cli.config)?;
             admin_cmds::run(&opened, other, cli.json)

@@ -25,7 +25,9 @@ use crate::clock::{Clock, UnixTime};
 use crate::config::{Config, LockoutConfig, LoginMode, TotpConfig, TransactionConfig, Unenrolled};
 use crate::delivery::{CodeSender, DeliverySettings};
 use crate::external::{ExternalMfa, ExternalSettings};
-use crate::first_factor::{FirstFactor, FirstFactorResult, LocalPasswords};
+use crate::first_factor::{
+    CheckContext, DirectoryInfo, FirstFactor, FirstFactorResult, LocalPasswords,
+};
 use crate::model::*;
 use crate::password::PasswordHasher;
 use crate::policy::{Decision, Rule};
@@ -214,6 +216,8 @@ pub struct Engine {
     local: Arc<dyn FirstFactor>,
     /// Per-tenant first-factor backends (LDAP, upstream RADIUS).
     first_factors: HashMap<String, Arc<dyn FirstFactor>>,
+    /// Per-client overrides, keyed by (channel kind, client name).
+    client_first_factors: HashMap<(String, String), Arc<dyn FirstFactor>>,
     settings: EngineSettings,
     recovery_pepper: Zeroizing<[u8; 32]>,
     bypass_pepper: Zeroizing<[u8; 32]>,
@@ -278,6 +282,7 @@ impl Engine {
             key,
             local: Arc::new(LocalPasswords::new(hasher)),
             first_factors: HashMap::new(),
+            client_first_factors: HashMap::new(),
             settings,
             recovery_pepper,
             bypass_pepper,
@@ -328,8 +333,24 @@ impl Engine {
         self.first_factors.insert(tenant.to_string(), backend);
     }
 
-    fn first_factor(&self, tenant: &str) -> &Arc<dyn FirstFactor> {
-        self.first_factors.get(tenant).unwrap_or(&self.local)
+    /// Check the passwords of one RADIUS client (`channel_kind` "radius") or PAM service
+    /// ("pam") with `backend`, whatever its tenant uses.
+    pub fn set_client_first_factor(
+        &mut self,
+        channel_kind: &str,
+        client: &str,
+        backend: Arc<dyn FirstFactor>,
+    ) {
+        self.client_first_factors
+            .insert((channel_kind.to_string(), client.to_string()), backend);
+    }
+
+    /// The backend for a login: the client's override, else the tenant's, else `local`.
+    fn first_factor(&self, tenant: &str, channel: &Channel) -> &Arc<dyn FirstFactor> {
+        self.client_first_factors
+            .get(&(channel.kind().to_string(), channel.client().to_string()))
+            .or_else(|| self.first_factors.get(tenant))
+            .unwrap_or(&self.local)
     }
 
     /// The store this Engine uses.
@@ -340,14 +361,21 @@ impl Engine {
     /// Begin a login.
     pub fn start(&self, req: &LoginRequest) -> Result<Step, EngineError> {
         let now = self.clock.now();
-        let outcome = self.start_inner(req, now)?;
+        let backend = self.first_factor(&req.tenant, &req.channel).clone();
+        // A delegated first factor (`first_factor = "none"`) makes any mode second-factor-only.
+        let mode = if backend.delegated() {
+            LoginMode::OtpOnly
+        } else {
+            req.mode
+        };
+        let outcome = self.start_inner(req, mode, &backend, now)?;
         self.finish(
             now,
             &req.tenant,
             &req.username,
             &req.channel,
             &req.source,
-            req.mode.as_str(),
+            mode.as_str(),
             outcome,
         )
     }
@@ -414,7 +442,13 @@ impl Engine {
         Ok(outcome.step)
     }
 
-    fn start_inner(&self, req: &LoginRequest, now: UnixTime) -> Result<Outcome, EngineError> {
+    fn start_inner(
+        &self,
+        req: &LoginRequest,
+        mode: LoginMode,
+        backend: &Arc<dyn FirstFactor>,
+        now: UnixTime,
+    ) -> Result<Outcome, EngineError> {
         let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
             let _ = self
                 .local
@@ -425,37 +459,81 @@ impl Engine {
             )));
         };
         let user = self.store.user_by_name(tenant.id, &req.username)?;
-        match req.mode {
+        match mode {
             LoginMode::Challenge | LoginMode::Auto => {
-                if let Err(reason) =
-                    self.check_password(&tenant, &req.username, user.as_ref(), &req.credential)
-                {
-                    return Ok(Outcome::reject(reason));
-                }
-                let Some(user) = user else {
-                    return Ok(Outcome::reject("unknown user"));
+                let info = match self.check_password(
+                    backend,
+                    &tenant,
+                    req,
+                    user.as_ref(),
+                    &req.credential,
+                ) {
+                    Ok(info) => info,
+                    Err(failed) => return Ok(Outcome::reject(failed.reason)),
                 };
+                let user = match self.follow_directory(
+                    &tenant,
+                    backend,
+                    &req.username,
+                    user,
+                    &info,
+                    now,
+                )? {
+                    Ok(u) => u,
+                    Err(reason) => return Ok(Outcome::reject(reason)),
+                };
+                let attrs = &info.reply_attributes;
                 let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
                 if let Some(stop) =
                     self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
                 {
-                    return Ok(stop);
+                    return Ok(carry(stop, attrs));
                 }
-                self.begin_second_factor(&tenant, &user, req, now, "password", &d)
+                let outcome =
+                    self.begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
+                Ok(carry(outcome, attrs))
             }
             LoginMode::Append => {
                 // Every reading of the string, then the whole string as the password: the
                 // number of password checks depends on the string only, never on the user
                 // (no enumeration by timing).
-                let candidates = split::append_candidates(&req.credential, &req.delimiter);
+                let mut candidates = split::append_candidates(&req.credential, &req.delimiter);
+                // With a directory or upstream server every reading is a bind or request
+                // there, and failures count toward its lockout: when the user typed the
+                // delimiter (`password,code`), only that reading is tried.
+                let mut explicit_only = false;
+                if backend.name() != "local" {
+                    let explicit = candidates.first().is_some_and(|c| {
+                        [
+                            c.password.as_slice(),
+                            req.delimiter.as_bytes(),
+                            c.code.as_bytes(),
+                        ]
+                        .concat()
+                            == req.credential.as_slice()
+                    });
+                    if explicit {
+                        candidates.truncate(1);
+                        explicit_only = true;
+                    }
+                }
                 let mut reason = String::from("wrong password");
                 for cand in &candidates {
-                    match self.check_password(&tenant, &req.username, user.as_ref(), &cand.password)
+                    match self.check_password(backend, &tenant, req, user.as_ref(), &cand.password)
                     {
-                        Ok(()) => {
-                            let Some(user) = user else {
-                                return Ok(Outcome::reject("unknown user"));
+                        Ok(info) => {
+                            let user = match self.follow_directory(
+                                &tenant,
+                                backend,
+                                &req.username,
+                                user,
+                                &info,
+                                now,
+                            )? {
+                                Ok(u) => u,
+                                Err(r) => return Ok(Outcome::reject(r)),
                             };
+                            let attrs = &info.reply_attributes;
                             let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
                             if let Some(stop) = self.stop_after_first_factor(
                                 &d,
@@ -464,17 +542,19 @@ impl Engine {
                                 &req.source,
                                 now,
                             )? {
-                                return Ok(stop);
+                                return Ok(carry(stop, attrs));
                             }
                             if split::is_factor_word(&cand.code)
                                 && !self.serves_word(&tenant, &user, &cand.code, &d)?
                             {
                                 // `password,push` for a factor this tenant cannot serve
                                 // (push approval comes later): ask for a code instead.
-                                return self
-                                    .begin_second_factor(&tenant, &user, req, now, "password", &d);
+                                let outcome = self.begin_second_factor(
+                                    &tenant, &user, req, now, "password", &d, attrs,
+                                )?;
+                                return Ok(carry(outcome, attrs));
                             }
-                            return self.second_factor_once(
+                            let outcome = self.second_factor_once(
                                 &tenant,
                                 &user,
                                 &cand.code,
@@ -485,28 +565,50 @@ impl Engine {
                                     unenrolled: req.unenrolled,
                                     decision: &d,
                                 },
-                            );
+                            )?;
+                            return Ok(carry(outcome, attrs));
                         }
-                        Err(r) => reason = r,
+                        // A backend that cannot answer will not answer the next reading
+                        // either; do not make the NAS wait for each.
+                        Err(failed) if failed.unavailable => {
+                            return Ok(Outcome::reject(failed.reason))
+                        }
+                        Err(failed) => reason = failed.reason,
                     }
+                }
+                if explicit_only {
+                    return Ok(Outcome::reject(reason));
                 }
                 // No split passed the first factor: the password may contain the delimiter
                 // or end in digits, or the user typed no code. Whole string as the password,
                 // then a challenge asks for the code.
-                match self.check_password(&tenant, &req.username, user.as_ref(), &req.credential) {
-                    Ok(()) => {
-                        let Some(user) = user else {
-                            return Ok(Outcome::reject("unknown user"));
+                match self.check_password(backend, &tenant, req, user.as_ref(), &req.credential) {
+                    Ok(info) => {
+                        let user = match self.follow_directory(
+                            &tenant,
+                            backend,
+                            &req.username,
+                            user,
+                            &info,
+                            now,
+                        )? {
+                            Ok(u) => u,
+                            Err(r) => return Ok(Outcome::reject(r)),
                         };
+                        let attrs = &info.reply_attributes;
                         let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
                         if let Some(stop) =
                             self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
                         {
-                            return Ok(stop);
+                            return Ok(carry(stop, attrs));
                         }
-                        self.begin_second_factor(&tenant, &user, req, now, "password", &d)
+                        let outcome = self
+                            .begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
+                        Ok(carry(outcome, attrs))
                     }
-                    Err(r) if candidates.is_empty() => Ok(Outcome::reject(r)),
+                    Err(failed) if candidates.is_empty() || failed.unavailable => {
+                        Ok(Outcome::reject(failed.reason))
+                    }
                     Err(_) => Ok(Outcome::reject(reason)),
                 }
             }
@@ -524,11 +626,19 @@ impl Engine {
                     return Ok(stop);
                 }
                 if req.credential.is_empty() {
-                    return self.begin_second_factor(&tenant, &user, req, now, "delegated", &d);
+                    return self.begin_second_factor(
+                        &tenant,
+                        &user,
+                        req,
+                        now,
+                        "delegated",
+                        &d,
+                        &[],
+                    );
                 }
                 let code =
                     Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
-                self.second_factor_once(
+                let mut outcome = self.second_factor_once(
                     &tenant,
                     &user,
                     &code,
@@ -539,31 +649,121 @@ impl Engine {
                         unenrolled: req.unenrolled,
                         decision: &d,
                     },
-                )
+                )?;
+                if backend.delegated() {
+                    outcome.reason = format!(
+                        "{} (first factor delegated: first_factor = \"none\")",
+                        outcome.reason
+                    );
+                }
+                Ok(outcome)
             }
         }
     }
 
-    /// Checks the first factor with the tenant's backend.
+    /// Checks the first factor with the login's backend.
     fn check_password(
         &self,
+        backend: &Arc<dyn FirstFactor>,
         tenant: &Tenant,
-        username: &str,
+        req: &LoginRequest,
         user: Option<&User>,
         password: &[u8],
-    ) -> Result<(), String> {
-        let backend = self.first_factor(&tenant.name);
-        match backend.check(&tenant.name, username, user, password) {
-            FirstFactorResult::Accepted(_) => Ok(()),
-            FirstFactorResult::Rejected(reason) => Err(reason),
-            FirstFactorResult::Unavailable(reason) => Err(format!(
-                "first factor ({}) unavailable: {reason}",
-                backend.name()
-            )),
+    ) -> Result<DirectoryInfo, PasswordFailure> {
+        let nas_identifier = match &req.channel {
+            Channel::Radius { nas_identifier, .. } => nas_identifier.as_deref(),
+            Channel::Pam { host, .. } => Some(host.as_str()),
+        };
+        let ctx = CheckContext {
+            tenant: &tenant.name,
+            username: &req.username,
+            client: req.channel.client(),
+            nas_identifier,
+            source: &req.source,
+        };
+        match backend.check_in(&ctx, user, password) {
+            FirstFactorResult::Accepted(info) => Ok(info),
+            FirstFactorResult::Rejected(reason) => Err(PasswordFailure {
+                reason: if backend.name() == "local" {
+                    reason
+                } else {
+                    format!("first factor ({}): {reason}", backend.name())
+                },
+                unavailable: false,
+            }),
+            FirstFactorResult::Unavailable(reason) => Err(PasswordFailure {
+                reason: format!("first factor ({}) unavailable: {reason}", backend.name()),
+                unavailable: true,
+            }),
         }
     }
 
+    /// After a backend accepted the password: the store's user follows the directory.
+    /// Creates the user on first login when the backend does so, and updates groups, e-mail
+    /// and phone when they changed. `Err` is the audit reason of a rejection.
+    fn follow_directory(
+        &self,
+        tenant: &Tenant,
+        backend: &Arc<dyn FirstFactor>,
+        username: &str,
+        user: Option<User>,
+        info: &DirectoryInfo,
+        now: UnixTime,
+    ) -> Result<Result<User, String>, EngineError> {
+        let mut user = match user {
+            Some(u) => u,
+            None if backend.creates_users() => {
+                let new = NewUser {
+                    tenant_id: tenant.id,
+                    name: username.to_string(),
+                    password_hash: None,
+                    email: info.email.clone(),
+                    phone: info.phone.clone(),
+                    groups: info.groups.clone().unwrap_or_default(),
+                };
+                match self.store.create_user(&new, now) {
+                    Ok(u) => {
+                        tracing::info!(tenant = %tenant.name, user = %username, backend = backend.name(),
+                            "created the user on first login (the store follows the directory)");
+                        return Ok(Ok(u));
+                    }
+                    // Another node created it a moment ago.
+                    Err(StoreError::AlreadyExists { .. }) => {
+                        match self.store.user_by_name(tenant.id, username)? {
+                            Some(u) => u,
+                            None => return Ok(Err("unknown user".into())),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => {
+                return Ok(Err(format!(
+                    "unknown user (first factor {} accepted, but the user is not in the store and this backend does not create users)",
+                    backend.name()
+                )))
+            }
+        };
+        if user.disabled {
+            return Ok(Err("user is disabled".into()));
+        }
+        let groups = info.groups.as_ref().unwrap_or(&user.groups);
+        let email = info.email.as_ref().or(user.email.as_ref());
+        let phone = info.phone.as_ref().or(user.phone.as_ref());
+        if *groups != user.groups || email != user.email.as_ref() || phone != user.phone.as_ref() {
+            let (groups, email, phone) = (groups.clone(), email.cloned(), phone.cloned());
+            self.store
+                .set_directory_info(user.id, email.as_deref(), phone.as_deref(), &groups)?;
+            user.groups = groups;
+            user.email = email;
+            user.phone = phone;
+        }
+        Ok(Ok(user))
+    }
+
     /// After the password in challenge mode: prompt for the code, if the user can give one.
+    /// `reply_attributes` (upstream pass-through) wait with the transaction.
+    #[allow(clippy::too_many_arguments)]
     fn begin_second_factor(
         &self,
         tenant: &Tenant,
@@ -572,11 +772,12 @@ impl Engine {
         now: UnixTime,
         first: &'static str,
         d: &Decision,
+        reply_attributes: &[ReplyAttribute],
     ) -> Result<Outcome, EngineError> {
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
             return Ok(blocked);
         }
-        let new_txn = || self.put_new_txn(tenant, user, req, first, now);
+        let new_txn = || self.put_new_txn(tenant, user, req, first, now, reply_attributes);
         if let Some(o) = self.external_start(
             tenant,
             user,
@@ -620,7 +821,7 @@ impl Engine {
                 offers.join(" or ")
             );
         }
-        let txn = self.put_new_txn(tenant, user, req, first, now)?;
+        let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
         Ok(Outcome {
             step: Step::Prompt {
                 txn,
@@ -652,6 +853,7 @@ impl Engine {
     }
 
     /// Store a new transaction for the prompt after the first factor; its reference.
+    /// `reply_attributes` (upstream pass-through) wait in it for the final Accept.
     fn put_new_txn(
         &self,
         tenant: &Tenant,
@@ -659,6 +861,7 @@ impl Engine {
         req: &LoginRequest,
         first: &str,
         now: UnixTime,
+        reply_attributes: &[ReplyAttribute],
     ) -> Result<String, EngineError> {
         let mut raw = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut raw);
@@ -671,6 +874,7 @@ impl Engine {
             client: req.channel.client().to_string(),
             source: req.source.clone(),
             first_factor: first.to_string(),
+            reply_attributes: reply_attributes.to_vec(),
             step: 0,
             attempts: 0,
             created_at: now,
@@ -858,7 +1062,7 @@ impl Engine {
             } else {
                 self.store.delete_transaction(&txn.id)?;
             }
-            return Ok(o);
+            return Ok(carry(o, &txn.reply_attributes));
         }
         if let Some(kind) = keyword(&code) {
             if let Some(f) = self.oob_factor(&tenant.name, &user, kind, &d)? {
@@ -880,7 +1084,10 @@ impl Engine {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
                 self.remember_if_asked(&d, &user, &req.source, now)?;
-                Ok(accepted(&user, txn.first_factor(), factor, &d))
+                Ok(carry(
+                    accepted(&user, txn.first_factor(), factor, &d),
+                    &txn.reply_attributes,
+                ))
             }
             failed => {
                 let attempts = self.store.add_transaction_attempt(&txn.id)?;
@@ -911,6 +1118,24 @@ impl Engine {
             }
         }
     }
+}
+
+/// A first factor that did not pass: the audit reason, and whether the backend could not
+/// answer at all (then trying another reading of an `append` credential is pointless).
+struct PasswordFailure {
+    reason: String,
+    unavailable: bool,
+}
+
+/// Adds the first factor's reply attributes (upstream pass-through) to an Accept.
+fn carry(mut outcome: Outcome, attrs: &[ReplyAttribute]) -> Outcome {
+    if let Step::Accept {
+        reply_attributes, ..
+    } = &mut outcome.step
+    {
+        reply_attributes.extend(attrs.iter().cloned());
+    }
+    outcome
 }
 
 fn accepted(user: &User, first: &str, factor: &str, d: &Decision) -> Outcome {

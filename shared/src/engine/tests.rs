@@ -1033,6 +1033,193 @@ mod sms {
     }
 }
 
+/// A directory that knows `dave` (password `dir-pass`, groups, mail, mobile) and `alice`,
+/// creates users, and asks for a Class attribute in the final Accept.
+struct FakeDirectory;
+
+impl crate::first_factor::FirstFactor for FakeDirectory {
+    fn name(&self) -> &'static str {
+        "ldap"
+    }
+    fn check(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&User>,
+        pw: &[u8],
+    ) -> crate::first_factor::FirstFactorResult {
+        use crate::first_factor::{DirectoryInfo, FirstFactorResult};
+        if pw == b"dir-pass" {
+            FirstFactorResult::Accepted(DirectoryInfo {
+                groups: Some(vec!["admins".into(), "vpn-users".into()]),
+                email: Some("dave@example.org".into()),
+                phone: Some("+15550101".into()),
+                reply_attributes: vec![ReplyAttribute {
+                    typ: 25,
+                    value: b"upstream-class".to_vec(),
+                }],
+            })
+        } else {
+            FirstFactorResult::Rejected("invalid credentials".into())
+        }
+    }
+    fn creates_users(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn directory_users_are_created_on_first_login_with_groups_mail_and_phone() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    // Unknown to the store, no factor yet: rejected as unenrolled, but created.
+    let s = login(&w, LoginMode::Challenge, "dave", "dir-pass");
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert!(last_reason(&w).contains("no confirmed second factor"));
+    let dave = w.engine.store().user_by_name(1, "dave").unwrap().unwrap();
+    assert_eq!(dave.groups, ["admins", "vpn-users"]);
+    assert_eq!(dave.email.as_deref(), Some("dave@example.org"));
+    assert_eq!(dave.phone.as_deref(), Some("+15550101"));
+    assert!(dave.password_hash.is_none());
+    // A wrong directory password creates nobody and says who refused.
+    let s = login(&w, LoginMode::Challenge, "erin", "nope");
+    assert!(matches!(s, Step::Reject { .. }));
+    assert_eq!(last_reason(&w), "first factor (ldap): invalid credentials");
+    assert!(w.engine.store().user_by_name(1, "erin").unwrap().is_none());
+}
+
+#[test]
+fn directory_groups_and_pass_through_attributes_reach_the_accept_after_a_challenge() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    let s = login(&w, LoginMode::Challenge, "alice", "dir-pass");
+    let txn = prompt_txn(&s);
+    match answer(&w, "alice", "192.0.2.10", &txn, &code_at(T0)) {
+        Step::Accept {
+            groups,
+            reply_attributes,
+            ..
+        } => {
+            // The store's groups were replaced by the directory's.
+            assert_eq!(groups, ["admins", "vpn-users"]);
+            assert_eq!(
+                reply_attributes,
+                [ReplyAttribute {
+                    typ: 25,
+                    value: b"upstream-class".to_vec()
+                }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_disabled_store_user_is_refused_even_when_the_directory_accepts() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    w.admin.set_disabled("acme", "alice", true).unwrap();
+    let s = append(&w, &format!("dir-pass{}", code_at(T0)));
+    assert!(matches!(s, Step::Reject { .. }));
+    assert_eq!(last_reason(&w), "user is disabled");
+}
+
+#[test]
+fn first_factor_none_makes_the_login_second_factor_only_and_audits_it() {
+    let mut w = world();
+    w.engine
+        .set_first_factor("acme", Arc::new(crate::first_factor::Delegated));
+    // The client is configured for challenge mode, but the tenant delegates the password.
+    let s = login(&w, LoginMode::Challenge, "alice", &code_at(T0));
+    assert!(is_accept(&s), "{s:?}");
+    let records = w.admin.audit(&AuditFilter::default()).unwrap();
+    let last = records.last().unwrap();
+    assert_eq!(last.mode, "otp-only");
+    assert_eq!(last.factors, ["delegated", "totp"]);
+    assert!(
+        last.reason.contains("first_factor = \"none\""),
+        "{}",
+        last.reason
+    );
+    // A password is not a code.
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::Challenge,
+        "alice",
+        "hunter2"
+    )));
+}
+
+#[test]
+fn a_client_override_wins_over_the_tenant_backend() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    w.engine.set_client_first_factor(
+        "radius",
+        "other-nas",
+        Arc::new(crate::first_factor::Delegated),
+    );
+    // "vpn" still uses the directory.
+    assert!(is_accept(&append(&w, &format!("dir-pass{}", code_at(T0)))));
+    w.engine
+        .set_client_first_factor("radius", "vpn", Arc::new(crate::first_factor::Delegated));
+    assert!(is_accept(&login(
+        &w,
+        LoginMode::Append,
+        "alice",
+        &code_at(T0 + 30)
+    )));
+}
+
+/// Counts how often it is asked; answers with `verdict`.
+struct Counting {
+    calls: std::sync::atomic::AtomicUsize,
+    unavailable: bool,
+}
+
+impl crate::first_factor::FirstFactor for Counting {
+    fn name(&self) -> &'static str {
+        "radius"
+    }
+    fn check(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&User>,
+        _: &[u8],
+    ) -> crate::first_factor::FirstFactorResult {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.unavailable {
+            crate::first_factor::FirstFactorResult::Unavailable("down".into())
+        } else {
+            crate::first_factor::FirstFactorResult::Rejected("wrong".into())
+        }
+    }
+}
+
+#[test]
+fn append_mode_asks_a_remote_backend_once_when_the_delimiter_is_typed_or_it_is_down() {
+    let calls = |w: &mut World, unavailable: bool, credential: &str| {
+        let b = Arc::new(Counting {
+            calls: 0.into(),
+            unavailable,
+        });
+        w.engine.set_first_factor("acme", b.clone());
+        let s = append(w, credential);
+        assert!(matches!(s, Step::Reject { .. }));
+        b.calls.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut w = world();
+    // Wrong password with the delimiter: one bind/request upstream, not one per reading.
+    assert_eq!(calls(&mut w, false, "wrong,12345678"), 1);
+    // Without it, every reading is tried (6 and 8 digits here).
+    assert!(calls(&mut w, false, "wrong12345678") > 1);
+    // A backend that is down is asked once.
+    assert_eq!(calls(&mut w, true, "wrong12345678"), 1);
+    assert!(last_reason(&w).contains("first factor (radius) unavailable: down"));
+}
+
 mod rules {
     use super::*;
     use crate::policy::{Action, Rule};
@@ -1225,4 +1412,46 @@ mod rules {
             .unwrap();
         assert!(is_accept(&login(&w, LoginMode::Challenge, "svc", "pw")));
     }
+}
+
+#[test]
+fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
+    use crate::policy::{Action, Rule};
+    let rule = |name: &str, action: Action, group: &str| Rule {
+        name: name.into(),
+        action,
+        clients: vec![],
+        hosts: vec![],
+        groups: vec![group.into()],
+        sources: vec![],
+        time: None,
+        factors: vec![],
+        remember: None,
+    };
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    // alice is only in vpn-users in the store; the directory says she is in admins too.
+    w.engine
+        .set_rules("acme", vec![rule("admins-skip", Action::SkipMfa, "admins")]);
+    match login(&w, LoginMode::Challenge, "alice", "dir-pass") {
+        Step::Accept {
+            factors_used,
+            groups,
+            reply_attributes,
+        } => {
+            assert_eq!(factors_used, ["password"]);
+            assert_eq!(groups, ["admins", "vpn-users"]);
+            assert_eq!(reply_attributes.len(), 1, "the upstream Class comes along");
+        }
+        other => panic!("{other:?}"),
+    }
+    w.engine
+        .set_rules("acme", vec![rule("no-admins", Action::Deny, "admins")]);
+    assert!(!is_accept(&login(
+        &w,
+        LoginMode::Challenge,
+        "alice",
+        "dir-pass"
+    )));
+    assert!(last_reason(&w).contains("no-admins"), "{}", last_reason(&w));
 }

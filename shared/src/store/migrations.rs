@@ -129,4 +129,12 @@ CREATE TABLE remembered_sources (
 );
 "#,
     ),
+    (
+        5,
+        // Reply attributes from the first factor (upstream RADIUS pass-through) wait with
+        // the transaction for the second factor: JSON [[type, "hex value"], ...].
+        r#"
+ALTER TABLE transactions ADD COLUMN reply_attributes TEXT NOT NULL DEFAULT '[]';
+"#,
+    ),
 ];

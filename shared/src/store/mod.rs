@@ -46,6 +46,14 @@ pub trait Store: Send + Sync + 'static {
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>>;
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()>;
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()>;
+    /// What the first-factor backend's directory says about the user (LDAP groups, mail, mobile).
+    fn set_directory_info(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        phone: Option<&str>,
+        groups: &[String],
+    ) -> StoreResult<()>;
     /// Deletes the user with their factors, codes, transactions and throttles (audit stays).
     fn delete_user(&self, user: UserId) -> StoreResult<()>;
 

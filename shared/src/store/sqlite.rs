@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::migrations::MIGRATIONS;
 use super::{Store, StoreError, StoreResult};
 use crate::clock::UnixTime;
+use crate::engine::ReplyAttribute;
 use crate::model::*;
 
 /// SQLite-backed [`Store`].
@@ -168,8 +169,41 @@ fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> 
     }))
 }
 
+/// Transaction reply attributes as stored: JSON `[[type, "hex"], ...]`.
+fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
+    let pairs: Vec<(u8, String)> = attrs
+        .iter()
+        .map(|a| (a.typ, data_encoding::HEXLOWER.encode(&a.value)))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_reply_attributes(text: &str) -> Option<Vec<ReplyAttribute>> {
+    let pairs: Vec<(u8, String)> = serde_json::from_str(text).ok()?;
+    pairs
+        .into_iter()
+        .map(|(typ, hex)| {
+            Some(ReplyAttribute {
+                typ,
+                value: data_encoding::HEXLOWER.decode(hex.as_bytes()).ok()?,
+            })
+        })
+        .collect()
+}
+
 fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<Transaction> {
+    let attrs: String = r.get(11)?;
+    // Fail closed: a transaction whose attributes cannot be read is not continued
+    // (an Accept without its Filter-Id could grant more than the upstream meant).
+    let reply_attributes = decode_reply_attributes(&attrs).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            11,
+            rusqlite::types::Type::Text,
+            "transactions.reply_attributes is not valid JSON of [type, hex] pairs".into(),
+        )
+    })?;
     Ok(Transaction {
+        reply_attributes,
         id: r.get(0)?,
         tenant_id: r.get(1)?,
         user_id: r.get(2)?,
@@ -310,6 +344,23 @@ impl Store for SqliteStore {
             .execute(
                 "UPDATE users SET password_hash = ?2 WHERE id = ?1",
                 params![user, hash],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn set_directory_info(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        phone: Option<&str>,
+        groups: &[String],
+    ) -> StoreResult<()> {
+        let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
+        self.lock()
+            .execute(
+                "UPDATE users SET email = ?2, phone = ?3, groups_json = ?4 WHERE id = ?1",
+                params![user, email, phone, groups],
             )
             .map(|_| ())
             .map_err(db)
@@ -634,8 +685,8 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(db)?;
         st.execute(params![
@@ -649,7 +700,8 @@ impl Store for SqliteStore {
             t.step,
             t.attempts,
             t.created_at,
-            t.expires_at
+            t.expires_at,
+            encode_reply_attributes(&t.reply_attributes)
         ])
         .map(|_| ())
         .map_err(db)
@@ -666,7 +718,7 @@ impl Store for SqliteStore {
             .prepare_cached(
                 "UPDATE transactions SET step = step + 1
                  WHERE id = ?1 AND step = ?2 AND expires_at > ?3
-                 RETURNING id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at",
+                 RETURNING id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes",
             )
             .map_err(db)?;
         st.query_row(params![id, step, now], txn_from_row)

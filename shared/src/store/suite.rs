@@ -6,6 +6,7 @@ use super::*;
 pub fn run_all(s: &dyn Store) {
     tenants_are_unique(s);
     users_are_per_tenant(s);
+    directory_info_updates_the_user(s);
     factor_lifecycle(s);
     recovery_codes_are_single_use(s);
     otp_replay_cache_refuses_second_use(s);
@@ -198,6 +199,22 @@ fn users_are_per_tenant(s: &dyn Store) {
     assert_eq!(s.list_users(b.id).unwrap().len(), 1);
 }
 
+fn directory_info_updates_the_user(s: &dyn Store) {
+    let t = tenant(s, "suite-dir");
+    let u = user(s, &t, "dora");
+    s.set_directory_info(
+        u.id,
+        Some("dora@example.org"),
+        Some("+15550100"),
+        &["vpn".into()],
+    )
+    .unwrap();
+    let got = s.user_by_name(t.id, "dora").unwrap().unwrap();
+    assert_eq!(got.email.as_deref(), Some("dora@example.org"));
+    assert_eq!(got.phone.as_deref(), Some("+15550100"));
+    assert_eq!(got.groups, ["vpn"]);
+}
+
 fn factor_lifecycle(s: &dyn Store) {
     let t = tenant(s, "suite-a");
     let u = user(s, &t, "fred");
@@ -268,6 +285,16 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
         client: "vpn".into(),
         source: "192.0.2.1".into(),
         first_factor: "password".into(),
+        reply_attributes: vec![
+            crate::engine::ReplyAttribute {
+                typ: 25,
+                value: b"class-1".to_vec(),
+            },
+            crate::engine::ReplyAttribute {
+                typ: 11,
+                value: vec![0, 255],
+            },
+        ],
         step: 0,
         attempts: 0,
         created_at: 1000,
@@ -276,6 +303,10 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
     s.put_transaction(&txn).unwrap();
     let taken = s.take_transaction("txn-1", 0, 1001).unwrap().unwrap();
     assert_eq!(taken.step, 1);
+    assert_eq!(
+        taken.reply_attributes, txn.reply_attributes,
+        "reply attributes wait with the transaction"
+    );
     assert_eq!(taken.username, "tom");
     assert!(
         s.take_transaction("txn-1", 0, 1002).unwrap().is_none(),

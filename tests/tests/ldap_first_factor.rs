@@ -1,0 +1,326 @@
+//! First factor from a real OpenLDAP directory (slapd started by the test on 127.0.0.1 with
+//! a private config, a test CA and an LDIF of users and groups), second factor TOTP from
+//! oathtool, NAS = radclient.
+
+use portcullis_tests::slapd::{group, person, Slapd, ADMIN_DN, ADMIN_PASSWORD};
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    RadReply, TestEnv,
+};
+use serde_json::Value;
+
+const ALICE_PW: &str = "alice directory pw";
+const BOB_PW: &str = "bob directory pw";
+
+fn peers() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+    require_tool("ldapadd", "ldap-utils");
+    require_tool("openssl", "openssl");
+}
+
+/// alice is in vpn-users, bob only in staff.
+fn directory() -> Slapd {
+    let ldif = format!(
+        "{}{}{}{}",
+        person("alice", ALICE_PW, "alice@example.org", "+15550100"),
+        person("bob", BOB_PW, "bob@example.org", "+15550101"),
+        group("vpn-users", &["alice"]),
+        group("staff", &["alice", "bob"]),
+    );
+    Slapd::start(&ldif)
+}
+
+/// Tenant `acme` checks passwords with the directory over ldaps:// with the test CA and
+/// certificate verification on; users outside vpn-users are refused.
+fn ldap_config(slapd: &Slapd, url: &str) -> String {
+    format!(
+        "[tenants.acme]\nfirst_factor = \"ldap\"\n\n[tenants.acme.ldap]\nurl = \"{url}\"\n\
+         ca_file = \"{ca}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
+         base_dn = \"ou=people,dc=example,dc=org\"\n\
+         user_filter = \"(&(objectClass=inetOrgPerson)(uid={{username}}))\"\n\
+         required_group = \"vpn-users\"\ntimeout = \"3s\"\n",
+        ca = slapd.ca_file().display()
+    )
+}
+
+fn env_for(slapd: &Slapd) -> TestEnv {
+    let env = TestEnv::with_extra_config(
+        vec![ClientSpec::new(Mode::Challenge)],
+        &ldap_config(slapd, &slapd.ldaps_url),
+    );
+    env.add_tenant("acme");
+    env
+}
+
+fn login(
+    env: &TestEnv,
+    addr: std::net::SocketAddr,
+    user: &str,
+    pw: &str,
+    state: Option<&str>,
+) -> RadReply {
+    let mut attrs = vec![
+        ("User-Name", user.to_string()),
+        ("User-Password", pw.to_string()),
+    ];
+    if let Some(s) = state {
+        attrs.push(("State", s.to_string()));
+    }
+    radclient(addr, &env.client().secret, &attrs, true)
+}
+
+/// The newest audit record of `user`.
+fn last_audit(env: &TestEnv, user: &str) -> Value {
+    let v = env.cli_json(&["audit", "--tenant", "acme", "--user", user, "--json"]);
+    v.as_array()
+        .and_then(|a| a.last().cloned())
+        .unwrap_or_else(|| panic!("no audit record for {user}: {v}"))
+}
+
+fn reason(record: &Value) -> String {
+    record
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[track_caller]
+fn expect(reply: &RadReply, code: &str, what: &str) {
+    assert_eq!(
+        reply.code.as_deref(),
+        Some(code),
+        "{what}\n{}",
+        reply.raw_output
+    );
+}
+
+fn store_user(env: &TestEnv, name: &str) -> Option<Value> {
+    let v = env.cli_json(&["user", "list", "--tenant", "acme", "--json"]);
+    v.as_array().and_then(|a| {
+        a.iter()
+            .find(|u| u.get("name").and_then(Value::as_str) == Some(name))
+            .cloned()
+    })
+}
+
+#[test]
+fn ldap_first_login_creates_the_user_then_password_and_totp_are_accepted() {
+    peers();
+    let slapd = directory();
+    let env = env_for(&slapd);
+    let server = env.start_server();
+    assert!(store_user(&env, "alice").is_none());
+
+    // First login: the directory accepts, the store follows it; no factor yet -> refused.
+    let r = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&r, "Access-Reject", "no second factor enrolled yet");
+    assert!(reason(&last_audit(&env, "alice")).contains("no confirmed second factor"));
+    let alice = store_user(&env, "alice").expect("alice was created on first login");
+    assert_eq!(alice["email"], "alice@example.org", "{alice}");
+    assert_eq!(alice["phone"], "+15550100", "{alice}");
+    let groups: Vec<&str> = alice["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(groups, ["staff", "vpn-users"], "{alice}");
+
+    // Enrol TOTP, then: directory password -> challenge -> code -> Accept.
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    let first = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&first, "Access-Challenge", "right directory password");
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    let second = login(
+        &env,
+        server.addr,
+        "alice",
+        &code,
+        Some(&first.state_for_radclient()),
+    );
+    expect(&second, "Access-Accept", "directory password + TOTP");
+
+    // A wrong directory password is refused before any code is asked.
+    let r = login(&env, server.addr, "alice", "not her password", None);
+    expect(&r, "Access-Reject", "wrong directory password");
+    let rec = last_audit(&env, "alice");
+    assert!(reason(&rec).contains("wrong password"), "{rec}");
+}
+
+#[test]
+fn ldap_user_outside_required_group_is_refused() {
+    peers();
+    let slapd = directory();
+    let env = env_for(&slapd);
+    let server = env.start_server();
+    let r = login(&env, server.addr, "bob", BOB_PW, None);
+    expect(&r, "Access-Reject", "bob is not in vpn-users");
+    let rec = last_audit(&env, "bob");
+    assert!(reason(&rec).contains("required group 'vpn-users'"), "{rec}");
+    assert!(
+        store_user(&env, "bob").is_none(),
+        "a refused user is not created"
+    );
+}
+
+#[test]
+fn ldap_filter_metacharacters_in_user_names_are_escaped_and_refused() {
+    peers();
+    let slapd = directory();
+    let env = env_for(&slapd);
+    let server = env.start_server();
+    // Unescaped, each of these filters would find alice's entry, and her password would
+    // then log in a user with a forged name.
+    for name in ["al*", "*", "alice)(uid=*", "alice\\", "alice)(|(uid=*"] {
+        let r = login(&env, server.addr, name, ALICE_PW, None);
+        expect(&r, "Access-Reject", &format!("user name {name:?}"));
+        let rec = last_audit(&env, name);
+        assert!(
+            reason(&rec).contains("user not found in the directory"),
+            "{name:?}: {rec}"
+        );
+        assert!(store_user(&env, name).is_none());
+    }
+    // The same through `portcullis ldap test`.
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", "al*", "--json"],
+        &format!("{ALICE_PW}\n"),
+    );
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["result"], "rejected", "{v}");
+}
+
+#[test]
+fn ldap_directory_down_is_a_reject_with_a_clear_audit_reason() {
+    peers();
+    let mut slapd = directory();
+    let env = env_for(&slapd);
+    let server = env.start_server();
+    // One login while it is up leaves a pooled service connection behind.
+    let r = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&r, "Access-Reject", "no factor yet");
+    assert!(reason(&last_audit(&env, "alice")).contains("no confirmed second factor"));
+    slapd.stop();
+    let started = std::time::Instant::now();
+    let r = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&r, "Access-Reject", "directory down");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "bounded by the timeout"
+    );
+    let rec = last_audit(&env, "alice");
+    let why = reason(&rec);
+    assert!(why.contains("first factor (ldap) unavailable"), "{rec}");
+    assert!(
+        why.contains("unreachable") || why.contains("timed out"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn ldap_test_command_checks_starttls_with_certificate_verification() {
+    peers();
+    let slapd = directory();
+    // StartTLS on the ldap:// port, CA from ca_file, verification on.
+    let env = TestEnv::with_extra_config(vec![], &ldap_config(&slapd, &slapd.ldap_url));
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", "alice", "--json"],
+        &format!("{ALICE_PW}\n"),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["result"], "accepted", "{v}");
+    assert_eq!(v["dn"], "uid=alice,ou=people,dc=example,dc=org", "{v}");
+    assert_eq!(v["email"], "alice@example.org");
+    // Without the test CA the certificate does not verify: unavailable, not accepted.
+    let text = ldap_config(&slapd, &slapd.ldaps_url).replace(
+        &format!("ca_file = \"{}\"\n", slapd.ca_file().display()),
+        "",
+    );
+    let env = TestEnv::with_extra_config(vec![], &text);
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", "alice", "--json"],
+        &format!("{ALICE_PW}\n"),
+    );
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["result"], "unavailable", "{v}");
+}
+
+fn ldap_test(env: &TestEnv, user: &str, pw: &str) -> (bool, Value) {
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", user, "--json"],
+        &format!("{pw}\n"),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn ldap_direct_bind_and_group_search_work_without_a_service_account_or_memberof() {
+    peers();
+    let slapd = directory();
+    let ca = slapd.ca_file().display().to_string();
+    // Direct bind with a DN template: no service account; memberOf read as the user.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{ca}\"\n\
+             user_dn_template = \"uid={{username}},ou=people,dc=example,dc=org\"\nrequired_group = \"vpn-users\"\n",
+            slapd.ldaps_url
+        ),
+    );
+    let (ok, v) = ldap_test(&env, "alice", ALICE_PW);
+    assert!(ok, "{v}");
+    assert_eq!(
+        v["groups"],
+        serde_json::json!(["staff", "vpn-users"]),
+        "{v}"
+    );
+    let (ok, v) = ldap_test(&env, "alice", "wrong");
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("wrong password"),
+        "{v}"
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("required group"),
+        "{v}"
+    );
+    // A DN-injection attempt in direct-bind mode is escaped (RFC 4514) and refused.
+    let (ok, v) = ldap_test(&env, "alice,ou=people", ALICE_PW);
+    assert!(!ok, "{v}");
+
+    // Group search instead of memberOf.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{ca}\"\n\
+             bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\nbase_dn = \"ou=people,dc=example,dc=org\"\n\
+             group_attribute = \"description\"\n\
+             group_filter = \"(&(objectClass=groupOfNames)(member={{dn}}))\"\n\
+             group_base_dn = \"ou=groups,dc=example,dc=org\"\nrequired_group = \"staff\"\n",
+            slapd.ldaps_url
+        ),
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(v["groups"], serde_json::json!(["staff"]), "{v}");
+    assert_eq!(v["phone"], "+15550101", "{v}");
+}
