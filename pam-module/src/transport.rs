@@ -1,6 +1,6 @@
 //! The Unix-socket transport: one connection per step, every operation under a deadline.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,6 @@ impl SocketTransport {
         let len = protocol::body_len(header).map_err(|e| format!("receive: {e}"))?;
         let mut body = vec![0u8; len];
         read_until(&mut stream, &mut body, &left)?;
-        let _ = stream.flush();
         protocol::decode_response(&body).map_err(|e| format!("receive: {e}"))
     }
 }

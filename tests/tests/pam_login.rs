@@ -158,8 +158,15 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
 
-    let out = f.pamtester("safe", "alice", "");
+    let out = f.pamtester_logged("safe", "alice", "");
     assert!(out.status.success(), "{}", describe(&out));
+    // Loudly: syslog at LOG_ALERT (1).
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("SYSLOG(1)") && l.contains("WITHOUT a second factor")),
+        "{err}"
+    );
 
     // failmode=safe never lets in a password nobody could check.
     let out = f.pamtester("safe-password", "alice", "any password\n");
