@@ -194,7 +194,8 @@ impl PamFixture {
         self.pamtester_with_env(service, user, stdin, &[("PAM_WRAPPER_DEBUGLEVEL", "3")])
     }
 
-    fn pamtester_with_env(
+    /// [`PamFixture::pamtester`] with extra environment variables.
+    pub fn pamtester_with_env(
         &self,
         service: &str,
         user: &str,

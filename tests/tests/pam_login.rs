@@ -238,3 +238,67 @@ fn an_answer_after_the_transaction_expired_says_to_start_again() {
     assert!(err.contains("Verification code"), "{err}");
     assert!(err.contains("took too long"), "{err}");
 }
+
+#[test]
+fn use_first_pass_takes_the_password_an_earlier_module_set() {
+    let f = PamFixture::new();
+    // pam_wrapper's pam_set_items.so sets PAM_AUTHTOK from the environment, as a password
+    // module earlier in the stack would; Portcullis must send that and not prompt.
+    let set_items = system_file("pam_set_items.so", "libpam-wrapper");
+    f.service(
+        "svc",
+        &format!(
+            "auth required {}\n{}",
+            set_items.display(),
+            f.module_line("first_factor=portcullis use_first_pass")
+        ),
+    );
+    let out = f.pamtester_with_env(
+        "svc",
+        "alice",
+        &format!("{}\n", f.code()),
+        &[("PAM_AUTHTOK", f.password.as_str())],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("Password"), "{err}");
+    assert!(err.contains("Verification code (app): "), "{err}");
+
+    // A wrong earlier password is refused before any code prompt.
+    let out = f.pamtester_with_env("svc", "alice", "", &[("PAM_AUTHTOK", "wrong")]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("Verification code"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_daemon_that_never_answers_is_given_up_at_the_timeout() {
+    let f = PamFixture::with_config("", false);
+    // Accepts connections and reads, but never answers (a hung daemon).
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(2) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    f.module_service("secure", "first_factor=none timeout=1");
+    f.module_service("safe", "first_factor=none timeout=1 failmode=safe");
+    let started = Instant::now();
+    let out = f.pamtester("secure", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+    let out = f.pamtester("safe", "alice", "");
+    assert!(out.status.success(), "{}", describe(&out));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "two logins took {took:?} with timeout=1"
+    );
+    let _ = holder.join();
+}
