@@ -302,3 +302,33 @@ fn a_daemon_that_never_answers_is_given_up_at_the_timeout() {
     );
     let _ = holder.join();
 }
+
+#[test]
+fn a_daemon_speaking_another_protocol_version_is_refused_even_with_failmode_safe() {
+    let f = PamFixture::with_config("", false);
+    // Answers every request with a frame of protocol version 2.
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let fake = std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            let Ok(mut s) = stream else { continue };
+            let mut header = [0u8; 4];
+            if s.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            let _ = s.read_exact(&mut body);
+            let reply = br#"{"v":2,"step":{"type":"accept","factors":["totp"]}}"#;
+            let _ = s.write_all(&(reply.len() as u32).to_be_bytes());
+            let _ = s.write_all(reply);
+        }
+    });
+    f.module_service("safe", "first_factor=none failmode=safe");
+    let out = f.pamtester("safe", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("could not handle this login"),
+        "{}",
+        describe(&out)
+    );
+    let _ = fake.join();
+}
