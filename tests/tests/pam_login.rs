@@ -332,3 +332,40 @@ fn a_daemon_speaking_another_protocol_version_is_refused_even_with_failmode_safe
     );
     let _ = fake.join();
 }
+
+#[test]
+fn service_tty_and_rhost_reach_the_audit_record() {
+    let f = PamFixture::new();
+    // pam_set_items.so sets PAM items from the environment, as sudo (tty, ruser) and sshd
+    // (rhost) would.
+    let set_items = system_file("pam_set_items.so", "libpam-wrapper");
+    f.service(
+        "sudo",
+        &format!(
+            "auth required {}\n{}",
+            set_items.display(),
+            f.module_line("first_factor=none")
+        ),
+    );
+    let out = f.pamtester_with_env(
+        "sudo",
+        "alice",
+        &format!("{}\n", f.code()),
+        &[("PAM_TTY", "/dev/pts/7"), ("PAM_RUSER", "alice")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["client"], "sudo", "{rec}");
+    assert_eq!(rec["source"], "tty:/dev/pts/7", "{rec}");
+
+    let out = f.pamtester_with_env(
+        "sudo",
+        "alice",
+        &format!("{}\n", f.wrong_code()),
+        &[("PAM_RHOST", "192.0.2.44")],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["source"], "192.0.2.44", "{rec}");
+    assert_eq!(rec["result"], "reject", "{rec}");
+}
