@@ -400,3 +400,55 @@ fn accounting_request_from_radclient_is_acknowledged_only_with_the_right_secret(
         "{m}"
     );
 }
+
+#[test]
+fn auto_mode_challenges_for_the_code_until_push_exists() {
+    peers();
+    let s = Setup::new(vec![ClientSpec::new(Mode::Auto)], "", &[]);
+    let first = radclient(
+        s.server.addr,
+        "s3cret-vpn",
+        &[
+            ("User-Name", "alice".to_string()),
+            ("User-Password", "pw".to_string()),
+        ],
+        true,
+    );
+    assert!(first.is_challenge(), "{}", first.raw_output);
+    let second = radclient(
+        s.server.addr,
+        "s3cret-vpn",
+        &[
+            ("User-Name", "alice".to_string()),
+            ("User-Password", s.code()),
+            ("State", first.state_for_radclient()),
+        ],
+        true,
+    );
+    assert!(second.is_accept(), "{}", second.raw_output);
+}
+
+#[test]
+fn otp_only_mode_takes_the_code_alone() {
+    peers();
+    let s = Setup::new(vec![ClientSpec::new(Mode::OtpOnly)], "", &[]);
+    let login = |password: String| {
+        radclient(
+            s.server.addr,
+            "s3cret-vpn",
+            &[
+                ("User-Name", "alice".to_string()),
+                ("User-Password", password),
+            ],
+            true,
+        )
+    };
+    let wrong = login("pw".to_string());
+    assert!(
+        wrong.is_reject(),
+        "the password is not a code\n{}",
+        wrong.raw_output
+    );
+    let right = login(s.code());
+    assert!(right.is_accept(), "{}", right.raw_output);
+}
