@@ -598,3 +598,15 @@ fn append_factor_word_asks_for_a_code_until_push_and_sms_exist() {
     }
     assert!(matches!(append(&w, "hunter3,push"), Step::Reject { .. }));
 }
+
+#[test]
+fn only_our_state_shape_counts_as_a_transaction_reference() {
+    let w = world();
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    assert!(is_transaction_reference(txn.as_bytes()));
+    assert!(!is_transaction_reference(b"garbage"));
+    assert!(!is_transaction_reference(
+        b"0123456789abcdef0123456789abcdeg.0"
+    ));
+    assert!(!is_transaction_reference(&[0xff, 0xfe]));
+}
