@@ -46,6 +46,16 @@ seeds = {
     "eap": packet(1, [attr(1, b"frank"), attr(79, b"\x02\x00\x00\x05\x01")]),
     "vsa": packet(1, [attr(1, b"gina"), attr(2, password(b"pw")), attr(26, struct.pack("!IBB", 9, 1, 7) + b"a=b\0\0")]),
 }
+
+
+def accounting(attrs):
+    body = b"".join(attrs)
+    p = bytearray(struct.pack("!BBH", 4, 9, 20 + len(body)) + bytes(16) + body)
+    p[4:20] = hashlib.md5(bytes(p) + SECRET).digest()
+    return bytes(p)
+
+
+seeds["accounting_start"] = accounting([attr(40, struct.pack("!I", 1)), attr(1, b"alice"), attr(33, b"ps")])
 os.makedirs(OUT, exist_ok=True)
 for name, data in seeds.items():
     with open(os.path.join(OUT, name), "wb") as f:

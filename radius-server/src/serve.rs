@@ -78,6 +78,19 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         None => None,
     };
     let mut loops = Vec::new();
+    for addr in &o.config.radius.accounting_listen {
+        let sock = bind(*addr, o.config.radius.socket_receive_buffer).with_context(|| {
+            format!("cannot listen for RADIUS accounting on {addr} (radius.accounting_listen)")
+        })?;
+        let bound = sock.local_addr()?;
+        println!("radius accounting: listening on {bound}");
+        tracing::info!(addr = %bound, "RADIUS accounting listener ready (acknowledges, records nothing)");
+        loops.push(tokio::spawn(crate::radius::accounting::serve_accounting(
+            ctx.clone(),
+            Arc::new(sock),
+            stop_rx.clone(),
+        )));
+    }
     for (i, addr) in o.config.radius.listen.iter().enumerate() {
         let sock = bind(*addr, o.config.radius.socket_receive_buffer)
             .with_context(|| format!("cannot listen for RADIUS on {addr} (radius.listen)"))?;
@@ -231,11 +244,12 @@ fn reload(
             ctx.reload(&cfg);
             ctx.metrics.reloads_ok.fetch_add(1, Relaxed);
             if cfg.radius.listen != running.radius.listen
+                || cfg.radius.accounting_listen != running.radius.accounting_listen
                 || cfg.store.url != running.store.url
                 || cfg.http.as_ref().map(|h| h.listen) != running.http.as_ref().map(|h| h.listen)
             {
                 tracing::warn!(
-                    "radius.listen, store and http changes need a restart; they were not applied"
+                    "radius.listen, radius.accounting_listen, store and http changes need a restart; they were not applied"
                 );
             }
             tracing::info!(

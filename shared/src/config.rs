@@ -127,6 +127,10 @@ pub struct RadiusConfig {
     pub listen: Vec<SocketAddr>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// UDP listeners for Accounting-Requests (RFC 2866, usually port 1813), acknowledged and
+    /// not recorded; for NAS that need an accounting server. Empty (default): none.
+    #[serde(default)]
+    pub accounting_listen: Vec<SocketAddr>,
     /// How long a reply is kept to answer retransmissions (RFC 5080).
     #[serde(default = "default_response_cache", with = "humantime_serde")]
     pub response_cache_ttl: Duration,
@@ -156,6 +160,7 @@ impl Default for RadiusConfig {
         Self {
             listen: default_radius_listen(),
             clients: Vec::new(),
+            accounting_listen: Vec::new(),
             response_cache_ttl: default_response_cache(),
             max_in_flight: default_max_in_flight(),
             socket_receive_buffer: default_recv_buffer(),
@@ -917,7 +922,8 @@ impl Config {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("radius.listen"),
+                    .with_list_parse_key("radius.listen")
+                    .with_list_parse_key("radius.accounting_listen"),
             )
             .build()
             .map_err(|e| err(e.to_string()))?;

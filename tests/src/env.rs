@@ -19,6 +19,10 @@ pub enum Mode {
     Challenge,
     /// Password immediately followed by the code in User-Password.
     Append,
+    /// Password, then the default out-of-band factor (a challenge until push exists).
+    Auto,
+    /// The code alone (the password was checked elsewhere).
+    OtpOnly,
 }
 
 impl Mode {
@@ -26,6 +30,8 @@ impl Mode {
         match self {
             Mode::Challenge => "challenge",
             Mode::Append => "append",
+            Mode::Auto => "auto",
+            Mode::OtpOnly => "otp-only",
         }
     }
 }

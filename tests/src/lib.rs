@@ -13,7 +13,6 @@
 //! A missing peer or binary makes the test fail with a message saying what to install or
 //! build: these tests never skip.
 
-pub mod accounting;
 pub mod env;
 pub mod fakes;
 pub mod freeradius;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const LISTENING: &str = "radius: listening on ";
 /// What the server prints on stdout once the HTTP listener is bound (before the RADIUS line).
 const HTTP_LISTENING: &str = "http: listening on ";
+/// What the server prints for each accounting listener (before the RADIUS line).
+const ACCOUNTING_LISTENING: &str = "radius accounting: listening on ";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server process; dropping it stops the process (SIGTERM, then SIGKILL) and, when the
@@ -22,6 +24,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The bound HTTP address, when the config has `[http]`.
     pub http_addr: Option<SocketAddr>,
+    /// The first accounting address, when `radius.accounting_listen` is set.
+    pub accounting_addr: Option<SocketAddr>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
@@ -108,14 +112,20 @@ impl Server {
                 );
             }
         };
-        let http_addr = String::from_utf8_lossy(&stdout.lock().unwrap())
-            .lines()
-            .find_map(|l| l.strip_prefix(HTTP_LISTENING))
-            .and_then(|rest| rest.trim().parse().ok());
+        let printed = String::from_utf8_lossy(&stdout.lock().unwrap()).into_owned();
+        let find = |prefix: &str| {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.trim().parse().ok())
+        };
+        let http_addr = find(HTTP_LISTENING);
+        let accounting_addr = find(ACCOUNTING_LISTENING);
         Server {
             child,
             addr,
             http_addr,
+            accounting_addr,
             stdout,
             stderr,
             readers: vec![stdout_reader, stderr_reader],

@@ -357,3 +357,98 @@ fn every_malformed_class_is_dropped_and_counted_while_the_server_keeps_serving()
     );
     assert_eq!(metric(&m, "portcullis_radius_in_flight"), Some(0.0), "{m}");
 }
+
+#[test]
+fn accounting_request_from_radclient_is_acknowledged_only_with_the_right_secret() {
+    peers();
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(Mode::Challenge)], HTTP);
+    let text = std::fs::read_to_string(env.config_path()).unwrap().replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\"]\naccounting_listen = [\"127.0.0.1:0\"]",
+    );
+    std::fs::write(env.config_path(), text).unwrap();
+    let server = env.start_server();
+    let acct = server
+        .accounting_addr
+        .expect("no `radius accounting: listening on` line");
+    let attrs = [
+        ("User-Name", "alice".to_string()),
+        ("Acct-Status-Type", "Start".to_string()),
+        ("Acct-Session-Id", "42".to_string()),
+    ];
+    let r = radclient_command(acct, "acct", "s3cret-vpn", &attrs, false);
+    assert_eq!(
+        r.code.as_deref(),
+        Some("Accounting-Response"),
+        "{}",
+        r.raw_output
+    );
+    let wrong = radclient_command(acct, "acct", "not-the-secret", &attrs, false);
+    assert!(wrong.is_no_reply(), "{}", wrong.raw_output);
+    let m = server.metrics();
+    assert_eq!(
+        metric(&m, "portcullis_radius_accounting_responses_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"portcullis_radius_dropped_total{reason="bad_message_authenticator"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn auto_mode_challenges_for_the_code_until_push_exists() {
+    peers();
+    let s = Setup::new(vec![ClientSpec::new(Mode::Auto)], "", &[]);
+    let first = radclient(
+        s.server.addr,
+        "s3cret-vpn",
+        &[
+            ("User-Name", "alice".to_string()),
+            ("User-Password", "pw".to_string()),
+        ],
+        true,
+    );
+    assert!(first.is_challenge(), "{}", first.raw_output);
+    let second = radclient(
+        s.server.addr,
+        "s3cret-vpn",
+        &[
+            ("User-Name", "alice".to_string()),
+            ("User-Password", s.code()),
+            ("State", first.state_for_radclient()),
+        ],
+        true,
+    );
+    assert!(second.is_accept(), "{}", second.raw_output);
+}
+
+#[test]
+fn otp_only_mode_takes_the_code_alone() {
+    peers();
+    let s = Setup::new(vec![ClientSpec::new(Mode::OtpOnly)], "", &[]);
+    let login = |password: String| {
+        radclient(
+            s.server.addr,
+            "s3cret-vpn",
+            &[
+                ("User-Name", "alice".to_string()),
+                ("User-Password", password),
+            ],
+            true,
+        )
+    };
+    let wrong = login("pw".to_string());
+    assert!(
+        wrong.is_reject(),
+        "the password is not a code\n{}",
+        wrong.raw_output
+    );
+    let right = login(s.code());
+    assert!(right.is_accept(), "{}", right.raw_output);
+}

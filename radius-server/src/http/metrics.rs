@@ -5,6 +5,7 @@
 //! | `portcullis_radius_received_total` | |
 //! | `portcullis_radius_requests_total` | `client`, `code` (access_request, status_server), `result` (accept, reject, challenge) |
 //! | `portcullis_radius_cached_replies_total` | |
+//! | `portcullis_radius_accounting_responses_total` | |
 //! | `portcullis_radius_dropped_total` | `reason` (every packet class, unknown_client, duplicate_in_progress, shed_overload) |
 //! | `portcullis_radius_in_flight` | |
 //! | `portcullis_radius_request_duration_seconds` | histogram |
@@ -102,6 +103,20 @@ fn write_all(
         out,
         "portcullis_radius_cached_replies_total {}",
         m.cached_replies.load(Relaxed)
+    )?;
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_accounting_responses_total Accounting-Requests acknowledged (nothing is recorded)."
+    )?;
+    writeln!(
+        out,
+        "# TYPE portcullis_radius_accounting_responses_total counter"
+    )?;
+    writeln!(
+        out,
+        "portcullis_radius_accounting_responses_total {}",
+        m.accounting_responses.load(Relaxed)
     )?;
 
     writeln!(

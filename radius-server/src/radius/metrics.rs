@@ -35,6 +35,8 @@ pub struct Metrics {
     pub challenges: AtomicU64,
     pub cached_replies: AtomicU64,
     pub status_server: AtomicU64,
+    /// Accounting-Requests acknowledged (the accounting listener).
+    pub accounting_responses: AtomicU64,
     /// Config reloads (SIGHUP) that were applied / refused.
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,

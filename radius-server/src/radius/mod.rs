@@ -1,3 +1,4 @@
+pub mod accounting;
 pub mod cache;
 pub mod clients;
 pub mod metrics;

@@ -20,6 +20,7 @@ use self::wire::{
     response_authenticator, scan, utf8_chunks, Writer,
 };
 
+pub mod accounting;
 mod client;
 #[doc(hidden)]
 pub mod roundtrip;

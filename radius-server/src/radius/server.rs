@@ -69,8 +69,8 @@ impl RadiusContext {
             .saturating_sub(self.inflight.available_permits())
     }
 
-    /// Admit a request: started logins (carrying State) may use every slot, new ones
-    /// leave a tenth free for them.
+    /// Admit a request: started logins (carrying a State we could have issued) may use
+    /// every slot, new ones leave a tenth free for them.
     fn admit(&self, has_state: bool) -> Option<OwnedSemaphorePermit> {
         if !admits(
             self.inflight.available_permits(),
@@ -185,7 +185,11 @@ fn on_datagram(
                 return drop_it(ctx, src, DropCause::Packet(r));
             }
         };
-    let Some(permit) = ctx.admit(request.state.is_some()) else {
+    let started = request
+        .state
+        .as_deref()
+        .is_some_and(portcullis_core::engine::is_transaction_reference);
+    let Some(permit) = ctx.admit(started) else {
         ctx.cache
             .abandon(listener, src, header.identifier, header.authenticator);
         return drop_it(ctx, src, DropCause::Shed);

@@ -1455,3 +1455,15 @@ fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
     )));
     assert!(last_reason(&w).contains("no-admins"), "{}", last_reason(&w));
 }
+
+#[test]
+fn only_our_state_shape_counts_as_a_transaction_reference() {
+    let w = world();
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    assert!(is_transaction_reference(txn.as_bytes()));
+    assert!(!is_transaction_reference(b"garbage"));
+    assert!(!is_transaction_reference(
+        b"0123456789abcdef0123456789abcdeg.0"
+    ));
+    assert!(!is_transaction_reference(&[0xff, 0xfe]));
+}

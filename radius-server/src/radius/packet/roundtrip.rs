@@ -66,5 +66,27 @@ pub fn check_roundtrip(data: &[u8]) -> Result<(), String> {
             Err(e) => return Err(format!("reply does not encode: {e}")),
         }
     }
-    Ok(())
+    check_accounting(data)
+}
+
+/// Accounting-Requests: whatever verifies must be acknowledged with a well-formed
+/// Accounting-Response echoing every Proxy-State.
+fn check_accounting(data: &[u8]) -> Result<(), String> {
+    let Ok(request) = accounting::decode_accounting_request(data, FUZZ_SECRET) else {
+        return Ok(());
+    };
+    if accounting::check_accounting_structure(data).is_err() {
+        return Err("decode_accounting_request accepted what the structure check refused".into());
+    }
+    match accounting::encode_accounting_response(&request, FUZZ_SECRET) {
+        Ok(r) => {
+            let length = usize::from(u16::from_be_bytes([r[2], r[3]]));
+            if r[0] != 5 || r[1] != request.identifier || length != r.len() {
+                return Err("malformed Accounting-Response".into());
+            }
+            Ok(())
+        }
+        Err(EncodeError::TooLarge(_)) => Ok(()),
+        Err(e) => Err(format!("Accounting-Response does not encode: {e}")),
+    }
 }
