@@ -1,7 +1,9 @@
-//! The Portcullis daemon and admin CLI: RADIUS front end, `serve`, admin subcommands.
+//! The Portcullis daemon and admin CLI: RADIUS and PAM front ends, `serve`, admin subcommands.
 
 pub mod cli;
 pub mod first_factor;
+pub mod http;
+pub mod pam;
 pub mod providers;
 pub mod radius;
 pub mod serve;

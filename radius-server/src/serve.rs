@@ -1,12 +1,14 @@
 //! `portcullis serve`: the daemon.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use portcullis_core::config::Config;
 use tokio::sync::watch;
 
+use crate::pam::server::PamContext;
 use crate::radius::metrics::Metrics;
 use crate::radius::server::{bind, serve_socket, RadiusContext};
 
@@ -21,27 +23,60 @@ pub fn run(config_path: &Path) -> Result<()> {
         .thread_name("portcullis")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(opened))
+    runtime.block_on(serve(opened, config_path.to_path_buf()))
 }
 
-async fn serve(o: crate::cli::Opened) -> Result<()> {
-    let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
-    // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
-    // returned backends serve the PAM services' `first_factor` overrides.
-    let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
-    let engine = Arc::new(engine);
-    for c in &o.config.radius.clients {
-        if o.store.tenant_by_name(&c.tenant)?.is_none() {
-            tracing::warn!(client = %c.name, tenant = %c.tenant,
-                "client names a tenant that does not exist yet: its logins are rejected until `portcullis tenant add {}`", c.tenant);
+/// Warn about client settings an operator should know of (at start and after a reload).
+fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
+    for c in &cfg.radius.clients {
+        match store.tenant_by_name(&c.tenant) {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(client = %c.name, tenant = %c.tenant,
+                "client names a tenant that does not exist yet: its logins are rejected until `portcullis tenant add {}`", c.tenant),
+            Err(e) => {
+                tracing::warn!(client = %c.name, error = %e, "cannot look the client's tenant up")
+            }
         }
         if !c.require_message_authenticator {
             tracing::warn!(client = %c.name, "client does not require Message-Authenticator (BlastRADIUS exposure; use only for NAS software that cannot send it)");
         }
     }
+}
+
+async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
+    let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
+    // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and RADIUS
+    // client; built once at start (a SIGHUP reload does not rebuild them).
+    let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
+    let engine = Arc::new(engine);
+    warn_about_clients(&o.config, o.store.as_ref());
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(RadiusContext::new(engine, &o.config, metrics.clone()));
+    let ctx = Arc::new(RadiusContext::new(
+        engine.clone(),
+        &o.config,
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    use std::io::Write;
+    // The HTTP line comes before the RADIUS ones: a supervisor that waits for
+    // `radius: listening` then knows both addresses.
+    let http = match &o.config.http {
+        Some(h) => {
+            let listener = crate::http::bind(h.listen).await?;
+            let bound = listener.local_addr()?;
+            println!("http: listening on {bound}");
+            tracing::info!(addr = %bound, "HTTP listener ready (/metrics)");
+            let state = crate::http::HttpState {
+                radius: ctx.clone(),
+            };
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                state,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut loops = Vec::new();
     for (i, addr) in o.config.radius.listen.iter().enumerate() {
         let sock = bind(*addr, o.config.radius.socket_receive_buffer)
@@ -56,7 +91,27 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
             stop_rx.clone(),
         )));
     }
-    use std::io::Write;
+    let pam = match &o.config.pam {
+        Some(pam_cfg) => {
+            let listener = crate::pam::server::bind(pam_cfg).with_context(|| {
+                format!(
+                    "cannot listen for PAM on {} (pam.socket)",
+                    pam_cfg.socket.display()
+                )
+            })?;
+            println!("pam: listening on {}", listener.path.display());
+            tracing::info!(path = %listener.path.display(), allowed_uids = ?pam_cfg.allowed_uids,
+                "PAM socket ready");
+            let pam_ctx = Arc::new(PamContext::new(engine.clone(), pam_cfg));
+            let task = tokio::spawn(crate::pam::server::serve(
+                pam_ctx.clone(),
+                listener,
+                stop_rx.clone(),
+            ));
+            Some((pam_ctx, task))
+        }
+        None => None,
+    };
     let _ = std::io::stdout().flush();
 
     // Housekeeping: expire cached replies and stored transactions / replay entries.
@@ -87,13 +142,29 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
         })
     };
 
-    wait_for_signal().await;
+    wait_for_signal(&ctx, &o.config, &config_path, o.store.as_ref()).await;
     tracing::info!("shutting down: no new requests; finishing logins in progress");
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;
     }
+    if let Some(h) = http {
+        // Scrapes in progress may finish; a client holding a connection open may not delay
+        // the shutdown for long.
+        match tokio::time::timeout(Duration::from_secs(5), h).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP listener stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
+            Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     let _ = housekeeping.await;
+    if let Some((pam_ctx, task)) = pam {
+        let _ = task.await;
+        if !pam_ctx.drain(DRAIN_DEADLINE).await {
+            tracing::warn!("some PAM logins were still in progress at the shutdown deadline");
+        }
+    }
     if !ctx.drain(DRAIN_DEADLINE).await {
         tracing::warn!("some logins were still in progress at the shutdown deadline");
     }
@@ -111,7 +182,13 @@ async fn serve(o: crate::cli::Opened) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Serve signals until SIGTERM/SIGINT; SIGHUP reloads clients, secrets and reply attributes.
+async fn wait_for_signal(
+    ctx: &RadiusContext,
+    running: &Config,
+    path: &Path,
+    store: &dyn portcullis_core::store::Store,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -121,8 +198,54 @@ async fn wait_for_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP; config reload needs a restart");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                reload(ctx, running, path, store);
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
+/// ones when the new file is invalid.
+fn reload(
+    ctx: &RadiusContext,
+    running: &Config,
+    path: &Path,
+    store: &dyn portcullis_core::store::Store,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match Config::load(path) {
+        Ok(cfg) => {
+            warn_about_clients(&cfg, store);
+            ctx.reload(&cfg);
+            ctx.metrics.reloads_ok.fetch_add(1, Relaxed);
+            if cfg.radius.listen != running.radius.listen
+                || cfg.store.url != running.store.url
+                || cfg.http.as_ref().map(|h| h.listen) != running.http.as_ref().map(|h| h.listen)
+            {
+                tracing::warn!(
+                    "radius.listen, store and http changes need a restart; they were not applied"
+                );
+            }
+            tracing::info!(
+                clients = cfg.radius.clients.len(),
+                "configuration reloaded: clients, secrets and reply attributes"
+            );
+        }
+        Err(e) => {
+            ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "configuration reload failed; still using the previous configuration");
+        }
     }
 }

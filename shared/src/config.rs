@@ -55,9 +55,32 @@ pub struct Config {
     /// Per-tenant settings: `[tenants.NAME]`.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// `[pam]`: the PAM step-protocol socket. Absent = no PAM listener.
+    #[serde(default)]
+    pub pam: Option<PamConfig>,
     /// Name shown in authenticator apps (the `issuer` of the otpauth URI).
     #[serde(default = "default_issuer")]
     pub issuer: String,
+    /// `[http]`: the HTTP listener (/metrics). Absent: no HTTP listener.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: the HTTP listener. It serves `/metrics` (Prometheus text format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port, e.g. `127.0.0.1:8080` (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+}
+
+/// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    #[serde(default)]
+    pub reply: Vec<String>,
 }
 
 fn default_issuer() -> String {
@@ -195,7 +218,22 @@ pub struct ClientConfig {
     /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
     #[serde(default)]
     pub first_factor: Option<FirstFactorKind>,
+    /// `auto` mode: how long a request may be held waiting for an out-of-band approval
+    /// (keep it below the NAS's own timeout). Nothing is held until push exists.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Reply attributes of every Access-Accept to this client (`NAME=value`,
+    /// `VENDOR_ID:TYPE=value`), after the tenant's and before the groups'.
+    #[serde(default)]
+    pub reply: Vec<String>,
 }
+
+fn default_max_wait() -> Duration {
+    Duration::from_secs(25)
+}
+
+/// Longest `max_wait` accepted: NAS give up long before.
+pub const MAX_WAIT_LIMIT: Duration = Duration::from_secs(120);
 
 /// What happens to a user who passes the first factor but has no confirmed second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -222,6 +260,8 @@ impl std::fmt::Debug for ClientConfig {
             )
             .field("limit_proxy_state", &self.limit_proxy_state)
             .field("first_factor", &self.first_factor)
+            .field("max_wait", &self.max_wait)
+            .field("reply", &self.reply)
             .finish_non_exhaustive()
     }
 }
@@ -243,6 +283,13 @@ fn default_prompt() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
+    /// RADIUS attributes sent in every Access-Accept of the tenant: `NAME=value` or
+    /// `VENDOR_ID:TYPE=value` (see `reply.rs`).
+    #[serde(default)]
+    pub reply: Vec<String>,
+    /// `[[tenants.NAME.groups]]`: extra reply attributes for members of a group.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
     /// `[tenants.NAME.sms]`: the text-message provider of the SMS factor.
     #[serde(default)]
     pub sms: Option<SmsConfig>,
@@ -665,6 +712,68 @@ impl SmsConfig {
     }
 }
 
+/// `[pam]`: the Unix socket that `pam_portcullis.so` talks to. The section being present
+/// turns the listener on; every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PamConfig {
+    /// Path of the socket; a stale file there is replaced at start.
+    #[serde(default = "default_pam_socket")]
+    pub socket: PathBuf,
+    /// Peer uids (SO_PEERCRED) allowed to ask; others get a `forbidden` error frame.
+    #[serde(default = "default_allowed_uids")]
+    pub allowed_uids: Vec<u32>,
+    /// Permission bits of the socket file, in octal (`"0600"`: only root can connect).
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// The prompt for a code.
+    #[serde(default = "default_pam_prompt")]
+    pub prompt: String,
+    /// Connections served at once; past it new ones get a `busy` error frame.
+    #[serde(default = "default_pam_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_pam_socket() -> PathBuf {
+    PathBuf::from("/run/portcullis/pam.sock")
+}
+fn default_allowed_uids() -> Vec<u32> {
+    vec![0]
+}
+fn default_socket_mode() -> String {
+    "0600".into()
+}
+fn default_pam_prompt() -> String {
+    "Verification code (app): ".into()
+}
+fn default_pam_max_connections() -> usize {
+    256
+}
+
+impl Default for PamConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_pam_socket(),
+            allowed_uids: default_allowed_uids(),
+            socket_mode: default_socket_mode(),
+            prompt: default_pam_prompt(),
+            max_connections: default_pam_max_connections(),
+        }
+    }
+}
+
+impl PamConfig {
+    /// The socket's permission bits (validated at load).
+    pub fn mode(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o600)
+    }
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
 /// `[passwords]`: argon2id cost for new hashes.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -880,6 +989,28 @@ impl Config {
                     "is longer than the 253 bytes one Reply-Message can carry".into(),
                 ));
             }
+            if c.max_wait.is_zero() || c.max_wait > MAX_WAIT_LIMIT {
+                return Err(bad(
+                    key("max_wait"),
+                    format!(
+                        "{} is outside 1s..=120s; keep it below the NAS's timeout (default 25s)",
+                        humantime::format_duration(c.max_wait)
+                    ),
+                ));
+            }
+            crate::reply::parse_list(&key("reply"), &c.reply).map_err(|(k, m)| bad(k, m))?;
+        }
+        for (name, t) in &self.tenants {
+            crate::reply::parse_list(&format!("tenants.{name}.reply"), &t.reply)
+                .map_err(|(k, m)| bad(k, m))?;
+            for (i, g) in t.groups.iter().enumerate() {
+                let key = format!("tenants.{name}.groups[{i}]");
+                if g.name.trim().is_empty() {
+                    return Err(bad(format!("{key}.name"), "must not be empty".into()));
+                }
+                crate::reply::parse_list(&format!("{key}.reply"), &g.reply)
+                    .map_err(|(k, m)| bad(k, m))?;
+            }
         }
         for (name, t) in &self.tenants {
             validate_rules(name, &t.rules).map_err(|(key, message)| bad(key, message))?;
@@ -920,6 +1051,29 @@ impl Config {
                 "transactions.max_attempts".into(),
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(pam) = &self.pam {
+            if pam.socket.as_os_str().is_empty() || !pam.socket.is_absolute() {
+                return Err(bad(
+                    "pam.socket".into(),
+                    "must be an absolute path (remove the [pam] section to run without a PAM socket)".into(),
+                ));
+            }
+            if parse_mode(&pam.socket_mode).is_none() {
+                return Err(bad(
+                    "pam.socket_mode".into(),
+                    format!(
+                        "'{}' is not an octal mode such as \"0600\"",
+                        pam.socket_mode
+                    ),
+                ));
+            }
+            if pam.max_connections == 0 {
+                return Err(bad(
+                    "pam.max_connections".into(),
+                    "must be at least 1".into(),
+                ));
+            }
         }
         argon2::Params::new(
             self.passwords.argon2_memory_kib,
@@ -1072,6 +1226,70 @@ tenant = "acme"
         .unwrap_err()
         .to_string();
         assert!(e.contains("10.0.0/8") || e.contains("sources"), "{e}");
+    }
+
+    #[test]
+    fn pam_listener_is_off_without_the_section_and_root_only_with_it() {
+        assert!(parse("").unwrap().pam.is_none());
+        let c = parse("[pam]\n").unwrap();
+        let pam = c.pam.unwrap();
+        assert_eq!(pam.socket, PathBuf::from("/run/portcullis/pam.sock"));
+        assert_eq!(pam.allowed_uids, vec![0]);
+        assert_eq!(pam.mode(), 0o600);
+        let c = parse("[pam]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0666\"\n").unwrap();
+        assert_eq!(c.pam.unwrap().mode(), 0o666);
+    }
+
+    #[test]
+    fn bad_pam_settings_name_their_key() {
+        let e = parse("[pam]\nsocket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pam.socket"), "{e}");
+        let e = parse("[pam]\nsocket_mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pam.socket_mode"), "{e}");
+        let e = parse("[pam]\nsokcet = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("sokcet"), "{e}");
+    }
+
+    #[test]
+    fn max_wait_defaults_to_25s_and_is_bounded() {
+        let c = parse(CLIENT).unwrap();
+        assert_eq!(c.radius.clients[0].max_wait, Duration::from_secs(25));
+        let e = parse(&format!("{CLIENT}max_wait = \"10m\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("radius.clients[0].max_wait"), "{e}");
+        let e = parse(&format!("{CLIENT}max_wait = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_wait"), "{e}");
+    }
+
+    #[test]
+    fn http_listener_is_optional() {
+        assert!(parse("").unwrap().http.is_none());
+        let c = parse("[http]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(c.http.unwrap().listen.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_reply_attribute_names_its_key() {
+        let e = parse("[tenants.acme]\nreply = [\"Class=a\", \"Colour=red\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.reply[1]"), "{e}");
+        assert!(e.contains("Colour"), "{e}");
+        let e = parse("[[tenants.acme.groups]]\nname = \"g\"\nreply = [\"9:x=1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.groups[0].reply[0]"), "{e}");
+        let e = parse(&format!("{CLIENT}reply = [\"Class\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("radius.clients[0].reply[0]"), "{e}");
     }
 
     #[test]

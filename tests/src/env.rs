@@ -145,6 +145,15 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], with `extra` TOML appended to the config file.
     pub fn with_extra_config(clients: Vec<ClientSpec>, extra: &str) -> TestEnv {
+        TestEnv::with_config_in_dir(clients, |_| extra.to_string())
+    }
+
+    /// Like [`TestEnv::with_extra_config`], the extra TOML made from the env's directory
+    /// (for paths inside it, such as a PAM socket).
+    pub fn with_config_in_dir(
+        clients: Vec<ClientSpec>,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-test-")
             .tempdir()
@@ -163,7 +172,7 @@ impl TestEnv {
             text.push_str(&c.to_toml());
             text.push('\n');
         }
-        text.push_str(extra);
+        text.push_str(&extra(dir.path()));
         std::fs::write(&config_path, text).expect("write config");
         TestEnv {
             dir,

@@ -7,12 +7,20 @@
 //! authenticator app. Raw datagrams, for what radclient cannot show (byte-identical
 //! retransmissions, attribute order), go through [`raw::RawClient`].
 //!
+//! PAM tests run `pamtester` (and a real `sshd` driven by `expect`) under `pam_wrapper`
+//! against `libpam_portcullis.so` and a server with a `[pam]` socket ([`pam::PamFixture`]).
+//!
 //! A missing peer or binary makes the test fail with a message saying what to install or
 //! build: these tests never skip.
 
+pub mod accounting;
 pub mod env;
 pub mod fakes;
 pub mod freeradius;
+pub mod http;
+pub mod netns;
+pub mod pam;
+pub mod pam_radius;
 pub mod radclient;
 pub mod raw;
 pub mod server;
@@ -21,7 +29,8 @@ pub mod tools;
 pub mod totp;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};
-pub use radclient::{radclient, RadReply};
+pub use pam::{describe, pam_module_path, require_root, PamFixture};
+pub use radclient::{radclient, radclient_command, RadReply};
 pub use raw::RawClient;
 pub use server::Server;
 pub use tools::{portcullis_bin, require_tool};

@@ -199,12 +199,23 @@ pub fn radclient(
     attrs: &[(&str, String)],
     with_message_authenticator: bool,
 ) -> RadReply {
+    radclient_command(addr, "auth", secret, attrs, with_message_authenticator)
+}
+
+/// Like [`radclient`] with another radclient command: `status` sends a Status-Server.
+pub fn radclient_command(
+    addr: SocketAddr,
+    command: &str,
+    secret: &str,
+    attrs: &[(&str, String)],
+    with_message_authenticator: bool,
+) -> RadReply {
     let tool = require_tool("radclient", "freeradius-utils");
     let input = input_line(attrs, with_message_authenticator);
     let mut cmd = Command::new(tool);
     cmd.args(["-x", "-r", "1", "-t", "2"])
         .arg(addr.to_string())
-        .arg("auth")
+        .arg(command)
         .arg(secret);
     let out = run_with_timeout(
         cmd,
@@ -212,7 +223,7 @@ pub fn radclient(
         Duration::from_secs(20),
     );
     let raw_output = format!(
-        "$ radclient -x -r 1 -t 2 {addr} auth <secret> <<< {}{}{}(radclient {})",
+        "$ radclient -x -r 1 -t 2 {addr} {command} <secret> <<< {}{}{}(radclient {})",
         input,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// What the server prints on stdout once a RADIUS socket is bound.
 const LISTENING: &str = "radius: listening on ";
+/// What the server prints on stdout once the HTTP listener is bound (before the RADIUS line).
+const HTTP_LISTENING: &str = "http: listening on ";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server process; dropping it stops the process (SIGTERM, then SIGKILL) and, when the
@@ -18,6 +20,8 @@ pub struct Server {
     child: Child,
     /// The bound RADIUS address, from the `radius: listening on ADDR` line.
     pub addr: SocketAddr,
+    /// The bound HTTP address, when the config has `[http]`.
+    pub http_addr: Option<SocketAddr>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
@@ -104,12 +108,36 @@ impl Server {
                 );
             }
         };
+        let http_addr = String::from_utf8_lossy(&stdout.lock().unwrap())
+            .lines()
+            .find_map(|l| l.strip_prefix(HTTP_LISTENING))
+            .and_then(|rest| rest.trim().parse().ok());
         Server {
             child,
             addr,
+            http_addr,
             stdout,
             stderr,
             readers: vec![stdout_reader, stderr_reader],
+        }
+    }
+
+    /// Waits for the `pam: listening on PATH` line (a config with a `[pam]` section) and
+    /// returns the socket path.
+    pub fn wait_for_pam(&self) -> std::path::PathBuf {
+        const PAM_LISTENING: &str = "pam: listening on ";
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.stdout();
+            if let Some(line) = out.lines().find(|l| l.starts_with(PAM_LISTENING)) {
+                return std::path::PathBuf::from(line[PAM_LISTENING.len()..].trim());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not print `{PAM_LISTENING}PATH` within {START_TIMEOUT:?}\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -126,6 +154,63 @@ impl Server {
     /// What the server printed on stderr so far (its log).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// `GET /metrics` from the HTTP listener (fails the test without `[http]`).
+    pub fn metrics(&self) -> String {
+        let addr = self
+            .http_addr
+            .expect("the server has no HTTP listener: add [http] listen = \"127.0.0.1:0\"");
+        let (status, body) = crate::http::get(addr, "/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// Send a signal to the server.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// SIGHUP, then wait (up to 10 s) until the log says the reload was applied or refused;
+    /// returns true when it was applied.
+    pub fn reload(&self) -> bool {
+        let count = |s: &str, pat: &str| s.matches(pat).count();
+        let before = self.stderr();
+        let (ok0, err0) = (
+            count(&before, "configuration reloaded"),
+            count(&before, "configuration reload failed"),
+        );
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let now = self.stderr();
+            if count(&now, "configuration reloaded") > ok0 {
+                return true;
+            }
+            if count(&now, "configuration reload failed") > err0 {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no reload message within 10 s after SIGHUP\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Whether the process is still running.

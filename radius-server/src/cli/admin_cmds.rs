@@ -108,6 +108,9 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(h) = &cfg.http {
+            s.push_str(&format!("http listen: {} (/metrics)\n", h.listen));
+        }
         let rows: Vec<Vec<String>> = cfg
             .radius
             .clients

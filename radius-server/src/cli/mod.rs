@@ -32,7 +32,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: RADIUS listeners (and later the PAM socket and HTTP).
+    /// Run the daemon: RADIUS listeners and, with a `[pam]` section, the PAM socket.
     Serve,
     /// Check the config file.
     #[command(subcommand)]

@@ -1,5 +1,5 @@
-//! Counters of the RADIUS front end (exported on /metrics with the HTTP listener later;
-//! logged on shutdown now).
+//! Counters of the RADIUS front end: exported on `/metrics` by the HTTP listener
+//! (`crate::http::metrics`) and logged on shutdown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +35,11 @@ pub struct Metrics {
     pub challenges: AtomicU64,
     pub cached_replies: AtomicU64,
     pub status_server: AtomicU64,
+    /// Config reloads (SIGHUP) that were applied / refused.
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Receive-to-send time of processed requests.
+    pub latency: LatencyHistogram,
     drops: [AtomicU64; 32],
 }
 
@@ -74,5 +79,113 @@ impl Metrics {
         all.into_iter()
             .map(|d| (d.as_str(), self.dropped(d)))
             .collect()
+    }
+}
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Time from receiving a request to sending its reply (answers from the cache excluded).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Count per bucket (not cumulative); the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Record one request that took `d`.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.buckets.get(slot) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// (cumulative counts per bucket bound incl. +Inf, total count, sum in seconds).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut acc = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// What a request was answered with, for the per-client counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Accept,
+    Reject,
+    Challenge,
+}
+
+impl Answered {
+    pub const ALL: [Answered; 3] = [Answered::Accept, Answered::Reject, Answered::Challenge];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answered::Accept => "accept",
+            Answered::Reject => "reject",
+            Answered::Challenge => "challenge",
+        }
+    }
+}
+
+/// Per-client request counters (kept across config reloads for a client of the same name).
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    /// Access-Requests by answer: accept, reject, challenge.
+    access: [AtomicU64; 3],
+    /// Status-Server requests answered.
+    status_server: AtomicU64,
+}
+
+impl ClientCounters {
+    fn slot(a: Answered) -> usize {
+        match a {
+            Answered::Accept => 0,
+            Answered::Reject => 1,
+            Answered::Challenge => 2,
+        }
+    }
+
+    /// Count an answered Access-Request.
+    pub fn count_access(&self, a: Answered) {
+        self.access[Self::slot(a)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count an answered Status-Server.
+    pub fn count_status_server(&self) {
+        self.status_server.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Access-Requests answered with `a`.
+    pub fn access(&self, a: Answered) -> u64 {
+        self.access[Self::slot(a)].load(Ordering::Relaxed)
+    }
+
+    /// Status-Server requests answered.
+    pub fn status_server(&self) -> u64 {
+        self.status_server.load(Ordering::Relaxed)
     }
 }

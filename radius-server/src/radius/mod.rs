@@ -1,4 +1,5 @@
 pub mod cache;
+pub mod clients;
 pub mod metrics;
 pub mod packet;
 pub mod server;

@@ -21,11 +21,15 @@ use self::wire::{
 };
 
 mod client;
+#[doc(hidden)]
+pub mod roundtrip;
 #[cfg(test)]
 mod tests;
 mod wire;
 
-pub use self::client::{decode_reply, encode_access_request, encode_status_server, DecodedReply};
+pub use self::client::{
+    decode_reply, encode_access_request, encode_request, encode_status_server, DecodedReply,
+};
 
 /// Largest RADIUS packet (RFC 2865 §3); also the receive buffer size.
 pub const MAX_PACKET_LEN: usize = 4096;
@@ -172,7 +176,7 @@ pub enum RequestKind {
 ///
 /// Only structure and authenticity are checked here; whether the attributes make sense for a
 /// login (e.g. User-Password or State present) is the Engine's call.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Request {
     /// Access-Request or Status-Server.
     pub kind: RequestKind,

@@ -6,27 +6,24 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_core::config::{ClientConfig, Config};
+use arc_swap::ArcSwap;
+use portcullis_core::config::Config;
 use portcullis_core::engine::{AnswerRequest, Channel, Engine, LoginRequest, Step};
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::cache::{Lookup, ResponseCache};
-use super::metrics::{DropCause, Metrics};
-use super::packet::{self, ClientPolicy, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
-
-/// A configured RADIUS client, ready for lookups.
-#[derive(Debug)]
-pub struct Client {
-    pub config: ClientConfig,
-    pub policy: ClientPolicy,
-}
+pub use super::clients::Client;
+use super::clients::ClientTable;
+use super::metrics::{Answered, DropCause, Metrics};
+use super::packet::{self, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
 
 /// What every request task shares.
 pub struct RadiusContext {
     pub engine: Arc<Engine>,
-    pub clients: Vec<Arc<Client>>,
+    /// Clients, secrets and reply attributes; swapped whole by [`RadiusContext::reload`].
+    clients: ArcSwap<ClientTable>,
     pub cache: ResponseCache,
     pub metrics: Arc<Metrics>,
     inflight: Arc<Semaphore>,
@@ -38,25 +35,9 @@ pub struct RadiusContext {
 impl RadiusContext {
     /// Build the context from the config.
     pub fn new(engine: Arc<Engine>, cfg: &Config, metrics: Arc<Metrics>) -> Self {
-        let mut clients: Vec<Arc<Client>> = cfg
-            .radius
-            .clients
-            .iter()
-            .map(|c| {
-                Arc::new(Client {
-                    policy: ClientPolicy {
-                        require_message_authenticator: c.require_message_authenticator,
-                        limit_proxy_state: c.limit_proxy_state,
-                    },
-                    config: c.clone(),
-                })
-            })
-            .collect();
-        // Longest prefix first: the first match is the most specific.
-        clients.sort_by_key(|c| std::cmp::Reverse(c.config.address.prefix_len()));
         Self {
             engine,
-            clients,
+            clients: ArcSwap::from_pointee(ClientTable::from_config(cfg, None)),
             cache: ResponseCache::new(cfg.radius.response_cache_ttl),
             metrics,
             inflight: Arc::new(Semaphore::new(cfg.radius.max_in_flight)),
@@ -66,21 +47,36 @@ impl RadiusContext {
     }
 
     fn client_for(&self, ip: IpAddr) -> Option<Arc<Client>> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        self.clients.load().client_for(ip)
+    }
+
+    /// The current clients and reply policy.
+    pub fn clients(&self) -> Arc<ClientTable> {
+        self.clients.load_full()
+    }
+
+    /// Take clients, secrets and reply attributes from a new (validated) config. Requests in
+    /// flight finish with the client they started with.
+    pub fn reload(&self, cfg: &Config) {
+        let old = self.clients.load_full();
         self.clients
-            .iter()
-            .find(|c| c.config.address.contains(&ip))
-            .cloned()
+            .store(Arc::new(ClientTable::from_config(cfg, Some(&old))));
+    }
+
+    /// Requests being processed now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.inflight.available_permits())
     }
 
     /// Admit a request: started logins (carrying State) may use every slot, new ones
     /// leave a tenth free for them.
     fn admit(&self, has_state: bool) -> Option<OwnedSemaphorePermit> {
-        let reserve = self.max_in_flight / 10;
-        if !has_state && self.inflight.available_permits() <= reserve {
+        if !admits(
+            self.inflight.available_permits(),
+            self.max_in_flight,
+            has_state,
+        ) {
             return None;
         }
         self.inflight.clone().try_acquire_owned().ok()
@@ -93,6 +89,12 @@ impl RadiusContext {
             .await
             .is_ok()
     }
+}
+
+/// Whether a request may take one of `available` free slots: a new login only while more
+/// than a tenth of `max_in_flight` is free; one carrying State (a started login) while any is.
+fn admits(available: usize, max_in_flight: usize, has_state: bool) -> bool {
+    available > 0 && (has_state || available > max_in_flight / 10)
 }
 
 /// Bind a listener with a large receive buffer.
@@ -203,8 +205,14 @@ fn on_datagram(
             }
         };
         count_reply(&ctx.metrics, reply.code);
-        // Record the reply before sending it: a retransmission that arrives right after
-        // the reply left must find it answered, not in progress.
+        match (request.kind, reply.code) {
+            (RequestKind::StatusServer, _) => client.counters.count_status_server(),
+            (_, ReplyCode::Accept) => client.counters.count_access(Answered::Accept),
+            (_, ReplyCode::Reject) => client.counters.count_access(Answered::Reject),
+            (_, ReplyCode::Challenge) => client.counters.count_access(Answered::Challenge),
+        }
+        // Cache before sending: a NAS that retransmits as soon as it has the reply (or lost
+        // it) must find the answer, not an in-progress entry that drops the duplicate.
         ctx.cache.finish(
             listener,
             src,
@@ -216,6 +224,7 @@ fn on_datagram(
         if let Err(e) = sock.send_to(&bytes, src).await {
             tracing::debug!(%src, error = %e, "send failed");
         }
+        ctx.metrics.latency.observe(now.elapsed());
         drop(permit);
     });
 }
@@ -293,10 +302,16 @@ async fn decide(
     };
     match step {
         Ok(Ok(Step::Accept {
-            reply_attributes, ..
+            reply_attributes,
+            groups,
+            ..
         })) => {
             let mut r = Reply::accept();
-            r.attributes = reply_attributes
+            r.attributes = ctx
+                .clients
+                .load()
+                .replies
+                .attributes_for(&cfg.tenant, &client.reply, &groups, reply_attributes)
                 .into_iter()
                 .map(|a| packet::RawAttribute {
                     typ: a.typ,
@@ -320,5 +335,23 @@ async fn decide(
             tracing::error!(%src, error = %e, "login task failed; rejected");
             Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admits;
+
+    #[test]
+    fn started_logins_may_use_the_reserve_new_ones_may_not() {
+        // 100 slots: the last 10 are kept for requests carrying State.
+        assert!(admits(11, 100, false));
+        assert!(!admits(10, 100, false));
+        assert!(admits(10, 100, true));
+        assert!(admits(1, 100, true));
+        assert!(!admits(0, 100, true));
+        // Fewer than 10 slots: no reserve, but never past the cap.
+        assert!(admits(1, 5, false));
+        assert!(!admits(0, 5, false));
     }
 }

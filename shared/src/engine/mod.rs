@@ -163,6 +163,10 @@ pub const SENT_PEPPER_LABEL: &str = "portcullis sent codes v1";
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
 
+/// The message of an answer to a login that expired or already ended: it names the
+/// transaction, not the user, so it tells nobody apart.
+pub const TRANSACTION_GONE: &str = "This login took too long or has already ended; start again";
+
 /// Errors of the Engine itself (not login failures: those are [`Step::Reject`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -490,10 +494,14 @@ impl Engine {
                 Ok(carry(outcome, attrs))
             }
             LoginMode::Append => {
+                // Every reading of the string, then the whole string as the password: the
+                // number of password checks depends on the string only, never on the user
+                // (no enumeration by timing).
                 let mut candidates = split::append_candidates(&req.credential, &req.delimiter);
                 // With a directory or upstream server every reading is a bind or request
                 // there, and failures count toward its lockout: when the user typed the
                 // delimiter (`password,code`), only that reading is tried.
+                let mut whole_string = true;
                 if backend.name() != "local" {
                     let explicit = candidates.first().is_some_and(|c| {
                         [
@@ -506,15 +514,8 @@ impl Engine {
                     });
                     if explicit {
                         candidates.truncate(1);
+                        whole_string = false;
                     }
-                }
-                if candidates.is_empty() {
-                    let _ = self
-                        .local
-                        .check(&req.tenant, &req.username, None, &req.credential);
-                    return Ok(Outcome::reject(
-                        "append mode: no code found after the password",
-                    ));
                 }
                 let mut reason = String::from("wrong password");
                 for cand in &candidates {
@@ -543,6 +544,16 @@ impl Engine {
                             )? {
                                 return Ok(carry(stop, attrs));
                             }
+                            if split::is_factor_word(&cand.code)
+                                && !self.serves_word(&tenant, &user, &cand.code, &d)?
+                            {
+                                // `password,push` for a factor this tenant cannot serve
+                                // (push approval comes later): ask for a code instead.
+                                let outcome = self.begin_second_factor(
+                                    &tenant, &user, req, now, "password", &d, attrs,
+                                )?;
+                                return Ok(carry(outcome, attrs));
+                            }
                             let outcome = self.second_factor_once(
                                 &tenant,
                                 &user,
@@ -565,7 +576,41 @@ impl Engine {
                         Err(failed) => reason = failed.reason,
                     }
                 }
-                Ok(Outcome::reject(reason))
+                if !whole_string {
+                    return Ok(Outcome::reject(reason));
+                }
+                // No split passed the first factor: the password may contain the delimiter
+                // or end in digits, or the user typed no code. Whole string as the password,
+                // then a challenge asks for the code.
+                match self.check_password(backend, &tenant, req, user.as_ref(), &req.credential) {
+                    Ok(info) => {
+                        let user = match self.follow_directory(
+                            &tenant,
+                            backend,
+                            &req.username,
+                            user,
+                            &info,
+                            now,
+                        )? {
+                            Ok(u) => u,
+                            Err(r) => return Ok(Outcome::reject(r)),
+                        };
+                        let attrs = &info.reply_attributes;
+                        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                        if let Some(stop) =
+                            self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
+                        {
+                            return Ok(carry(stop, attrs));
+                        }
+                        let outcome = self
+                            .begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
+                        Ok(carry(outcome, attrs))
+                    }
+                    Err(failed) if candidates.is_empty() || failed.unavailable => {
+                        Ok(Outcome::reject(failed.reason))
+                    }
+                    Err(_) => Ok(Outcome::reject(reason)),
+                }
             }
             LoginMode::OtpOnly => {
                 // The first factor was checked elsewhere; the audit says so.
@@ -789,6 +834,24 @@ impl Engine {
         })
     }
 
+    /// Whether `word` (push, phone, sms, email) typed after the password names something
+    /// this tenant can do for this user now.
+    fn serves_word(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        word: &str,
+        d: &Decision,
+    ) -> Result<bool, EngineError> {
+        if self.external(&tenant.name).is_some() {
+            return Ok(true);
+        }
+        match keyword(word) {
+            Some(kind) => Ok(self.oob_factor(&tenant.name, user, kind, d)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     /// Store a new transaction for the prompt after the first factor; its reference.
     /// `reply_attributes` (upstream pass-through) wait in it for the final Accept.
     fn put_new_txn(
@@ -941,8 +1004,9 @@ impl Engine {
             )));
         };
         let Some(txn) = self.store.take_transaction(id, step, now)? else {
-            return Ok(Outcome::reject(
+            return Ok(Outcome::reject_with(
                 "transaction unknown, expired or already answered",
+                TRANSACTION_GONE,
             ));
         };
         if txn.tenant_id != tenant.id

@@ -64,16 +64,17 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
     out
 }
 
+/// Names of out-of-band factors a user may type after the delimiter (`hunter2,push`).
+const FACTOR_WORDS: [&str; 4] = ["push", "phone", "sms", "email"];
+
+/// Whether `code` names a factor or method (`push`, `phone`, `sms`, `email`) instead of
+/// being a code.
+pub fn is_factor_word(code: &str) -> bool {
+    FACTOR_WORDS.iter().any(|w| code.eq_ignore_ascii_case(w))
+}
+
 fn is_code_shaped(code: &[u8]) -> bool {
-    if std::str::from_utf8(code)
-        .ok()
-        .and_then(super::keyword)
-        .is_some()
-    {
-        return true;
-    }
-    // Methods of an external service (Duo): password,push / password,phone.
-    if code.eq_ignore_ascii_case(b"push") || code.eq_ignore_ascii_case(b"phone") {
+    if std::str::from_utf8(code).is_ok_and(is_factor_word) {
         return true;
     }
     let digits = CODE_LENGTHS.contains(&code.len()) && code.iter().all(u8::is_ascii_digit);
@@ -149,6 +150,19 @@ mod tests {
             );
         }
         assert!(readings("pwpush").is_empty(), "keywords need the delimiter");
+    }
+
+    #[test]
+    fn factor_word_after_the_delimiter() {
+        assert_eq!(
+            readings("hunter2,push"),
+            [("hunter2".into(), "push".into())]
+        );
+        assert_eq!(readings("hunter2,SMS"), [("hunter2".into(), "SMS".into())]);
+        assert!(
+            readings("hunter2push").iter().all(|(_, c)| c != "push"),
+            "words need the delimiter"
+        );
     }
 
     #[test]

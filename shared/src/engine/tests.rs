@@ -629,6 +629,78 @@ fn a_bypass_code_lets_a_user_without_a_device_in() {
     assert!(is_accept(&answer(&w, "lost", "192.0.2.10", &txn, &b.code)));
 }
 
+#[test]
+fn append_password_containing_the_delimiter_works() {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "carol",
+            NewPassword::Plain(Zeroizing::new(b"a,b".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    w.admin
+        .enroll_totp("acme", "carol", Some(SECRET), 6, "SHA1")
+        .unwrap();
+    assert!(is_accept(&login(
+        &w,
+        LoginMode::Append,
+        "carol",
+        &format!("a,b,{}", code_at(T0))
+    )));
+}
+
+#[test]
+fn append_whole_string_as_password_then_challenge_for_the_code() {
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "dave",
+            NewPassword::Plain(Zeroizing::new(b"pw,123456".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    w.admin
+        .enroll_totp("acme", "dave", Some(SECRET), 6, "SHA1")
+        .unwrap();
+    // The split (pw / 123456) fails the first factor; the whole string is the password.
+    let txn = prompt_txn(&login(&w, LoginMode::Append, "dave", "pw,123456"));
+    assert!(is_accept(&answer(
+        &w,
+        "dave",
+        "192.0.2.10",
+        &txn,
+        &code_at(T0)
+    )));
+    // A password alone (no code typed) is also asked for the code.
+    let txn = prompt_txn(&append(&w, "hunter2"));
+    assert!(is_accept(&answer(
+        &w,
+        "alice",
+        "192.0.2.10",
+        &txn,
+        &code_at(T0 + 30)
+    )));
+    // Wrong whole string: a plain reject.
+    assert!(matches!(append(&w, "hunter3"), Step::Reject { .. }));
+}
+
+#[test]
+fn append_factor_word_asks_for_a_code_until_push_and_sms_exist() {
+    let w = world();
+    for word in ["push", "sms"] {
+        let txn = prompt_txn(&append(&w, &format!("hunter2,{word}")));
+        assert!(!txn.is_empty());
+    }
+    assert!(matches!(append(&w, "hunter3,push"), Step::Reject { .. }));
+}
+
 mod sms {
     use std::sync::Mutex;
 

@@ -758,3 +758,63 @@ fn arbitrary_and_mutated_bytes_never_panic() {
         let _ = decode_reply(&p, &AUTH, SECRET);
     }
 }
+
+/// Every seed of the fuzz corpus and every saved fuzz finding (`fuzz/regressions/`) keeps the
+/// round-trip property the fuzz target checks.
+#[test]
+fn fuzz_seeds_and_regressions_round_trip() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut checked = 0;
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            if let Err(v) = roundtrip::check_roundtrip(&data) {
+                panic!("{}: {v}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 9,
+        "fuzz/seeds is missing (run fuzz/make_seeds.py)"
+    );
+}
+
+#[test]
+fn decoded_requests_encode_to_the_same_value() {
+    let extra = [
+        proxy_state(b"first"),
+        proxy_state(b"second"),
+        RawAttribute {
+            typ: 4,
+            value: vec![192, 0, 2, 1],
+        },
+        RawAttribute {
+            typ: 32,
+            value: b"nas".to_vec(),
+        },
+    ];
+    for ma in [true, false] {
+        let p = encode_access_request(
+            3,
+            AUTH,
+            SECRET,
+            "zoe",
+            b"pw,123456",
+            Some(b"st"),
+            &extra,
+            ma,
+        )
+        .unwrap();
+        let req = decode_request(&p, SECRET, &OPEN).unwrap();
+        let again = decode_request(&encode_request(&req, SECRET).unwrap(), SECRET, &OPEN).unwrap();
+        assert_eq!(again, req);
+    }
+}

@@ -1,0 +1,257 @@
+//! `pam_portcullis.so`: the second factor of SSH, sudo and other PAM logins.
+//!
+//! Thin and synchronous: it reads the PAM items, asks `portcullis serve` over a Unix socket
+//! what to do next (the step protocol of [`portcullis_core::protocol`]) and renders each
+//! step as a PAM conversation. No async runtime, no database, no secrets of providers.
+//! Every entry point catches panics (`pam_hooks!`), and every exchange with the daemon has
+//! a deadline (`timeout=`).
+//!
+//! Arguments: see [`args`] and the README (`socket=`, `tenant=`, `first_factor=`,
+//! `unenrolled=`, `failmode=`, `timeout=`, `fail_delay=`, `use_first_pass`,
+//! `try_first_pass`, `debug`).
+
+pub mod args;
+mod ffi;
+pub mod flow;
+mod transport;
+
+use std::ffi::CStr;
+
+use pam::constants::{
+    PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT,
+};
+use pam::conv::Conv;
+use pam::items::{RHost, RUser, Service, Tty};
+use pam::module::{PamHandle, PamHooks};
+use portcullis_core::protocol::{Origin, Secret};
+
+use crate::args::{Args, FirstFactorArg};
+use crate::flow::{ConvFailed, Conversation, Decision};
+use crate::transport::SocketTransport;
+
+/// The environment variable that names the second factor used, set on success.
+pub const FACTOR_ENV: &str = "PORTCULLIS_FACTOR";
+
+struct Portcullis;
+pam::pam_hooks!(Portcullis);
+
+impl PamHooks for Portcullis {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        authenticate(pamh, &args, flags)
+    }
+
+    /// Nothing to set; succeed so that `auth required` stacks pass pam_setcred.
+    fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        PamResultCode::PAM_SUCCESS
+    }
+}
+
+/// The PAM conversation as the flow sees it.
+struct PamConversation<'a> {
+    conv: Conv<'a>,
+    silent: bool,
+}
+
+impl Conversation for PamConversation<'_> {
+    fn prompt(&mut self, text: &str, echo: bool) -> Result<Secret, ConvFailed> {
+        let style = if echo {
+            PAM_PROMPT_ECHO_ON
+        } else {
+            PAM_PROMPT_ECHO_OFF
+        };
+        match self.conv.send(style, text) {
+            Ok(Some(reply)) => Ok(Secret::new(
+                String::from_utf8_lossy(reply.as_bytes()).into_owned(),
+            )),
+            Ok(None) => Ok(Secret::default()),
+            Err(_) => Err(ConvFailed),
+        }
+    }
+
+    fn error(&mut self, text: &str) {
+        if !self.silent {
+            let _ = self.conv.send(PAM_ERROR_MSG, text);
+        }
+    }
+}
+
+fn item_string<'a, T>(pamh: &'a PamHandle) -> Option<String>
+where
+    T: pam::items::Item<'a> + std::ops::Deref<Target = &'a CStr>,
+{
+    match pamh.get_item::<T>() {
+        Ok(Some(v)) => Some(v.to_string_lossy().into_owned()),
+        _ => None,
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResultCode {
+    let texts: Vec<String> = raw_args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args = match Args::parse(&texts) {
+        Ok(a) => a,
+        Err(e) => {
+            ffi::syslog(
+                pamh,
+                ffi::LOG_ERR,
+                &format!("configuration error, refusing every login: {e}"),
+            );
+            return PamResultCode::PAM_SERVICE_ERR;
+        }
+    };
+    ffi::fail_delay(pamh, args.fail_delay_us);
+    let user = match pamh.get_user(None) {
+        Ok(u) if !u.is_empty() => u,
+        Ok(_) => return PamResultCode::PAM_USER_UNKNOWN,
+        Err(e) => return e,
+    };
+    let origin = Origin {
+        tenant: args.tenant.clone(),
+        user,
+        service: item_string::<Service>(pamh).unwrap_or_else(|| "unknown".into()),
+        host: hostname(),
+        rhost: item_string::<RHost>(pamh),
+        tty: item_string::<Tty>(pamh),
+        ruser: item_string::<RUser>(pamh),
+    };
+    let password = if args.first_factor == FirstFactorArg::Portcullis {
+        match ffi::get_authtok(pamh) {
+            Ok(pw) => Some(pw),
+            Err(rc) => {
+                if args.debug {
+                    ffi::syslog(
+                        pamh,
+                        ffi::LOG_DEBUG,
+                        &format!(
+                            "no password for {} (pam_get_authtok returned {rc})",
+                            origin.user
+                        ),
+                    );
+                }
+                return PamResultCode::PAM_AUTH_ERR;
+            }
+        }
+    } else {
+        None
+    };
+    if args.debug {
+        ffi::syslog(
+            pamh,
+            ffi::LOG_DEBUG,
+            &format!(
+                "asking {} for user={} tenant={} service={} rhost={}",
+                args.socket.display(),
+                origin.user,
+                origin.tenant,
+                origin.service,
+                origin.rhost.as_deref().unwrap_or("-")
+            ),
+        );
+    }
+    let decision = {
+        let conv = match pamh.get_item::<Conv>() {
+            Ok(Some(c)) => c,
+            _ => {
+                ffi::syslog(
+                    pamh,
+                    ffi::LOG_ERR,
+                    "the application gave no PAM conversation",
+                );
+                return PamResultCode::PAM_CONV_ERR;
+            }
+        };
+        let mut ui = PamConversation {
+            conv,
+            silent: flags & PAM_SILENT != 0,
+        };
+        let mut transport = SocketTransport {
+            path: args.socket.clone(),
+            timeout: args.timeout,
+        };
+        flow::run(&args, &origin, password, &mut ui, &mut transport)
+    };
+    finish(pamh, &args, &origin, decision)
+}
+
+fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision) -> PamResultCode {
+    let who = format!(
+        "user={} tenant={} service={} rhost={}",
+        origin.user,
+        origin.tenant,
+        origin.service,
+        origin.rhost.as_deref().unwrap_or("-")
+    );
+    match decision {
+        Decision::Allow { factor, fail_open } => {
+            if let Some(detail) = fail_open {
+                ffi::syslog(
+                    pamh,
+                    ffi::LOG_ALERT,
+                    &format!(
+                        "failmode=safe: {who} let in WITHOUT a second factor because portcullis is unreachable ({detail})"
+                    ),
+                );
+            } else if args.debug {
+                ffi::syslog(
+                    pamh,
+                    ffi::LOG_DEBUG,
+                    &format!("accepted {who} factor={factor}"),
+                );
+            }
+            if ffi::putenv(pamh, FACTOR_ENV, &factor).is_err() {
+                ffi::syslog(pamh, ffi::LOG_WARNING, "could not set PORTCULLIS_FACTOR");
+            }
+            PamResultCode::PAM_SUCCESS
+        }
+        Decision::Reject => {
+            ffi::syslog(
+                pamh,
+                ffi::LOG_INFO,
+                &format!("refused {who} (the daemon's audit log says why)"),
+            );
+            PamResultCode::PAM_AUTH_ERR
+        }
+        Decision::Unavailable(detail) => {
+            ffi::syslog(
+                pamh,
+                ffi::LOG_ERR,
+                &format!(
+                    "refused {who}: portcullis is unreachable at {} ({detail}); failmode=secure",
+                    args.socket.display()
+                ),
+            );
+            PamResultCode::PAM_AUTHINFO_UNAVAIL
+        }
+        Decision::DaemonError(code, message) => {
+            ffi::syslog(
+                pamh,
+                ffi::LOG_ERR,
+                &format!(
+                    "refused {who}: the daemon answered {}: {message}",
+                    code.as_str()
+                ),
+            );
+            PamResultCode::PAM_AUTH_ERR
+        }
+        Decision::Conversation => {
+            if args.debug {
+                ffi::syslog(
+                    pamh,
+                    ffi::LOG_DEBUG,
+                    &format!("conversation ended for {who}"),
+                );
+            }
+            PamResultCode::PAM_CONV_ERR
+        }
+    }
+}

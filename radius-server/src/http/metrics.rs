@@ -1,0 +1,168 @@
+//! `GET /metrics`: Prometheus text exposition format 0.0.4, written by hand.
+//!
+//! | metric | labels |
+//! | --- | --- |
+//! | `portcullis_radius_received_total` | |
+//! | `portcullis_radius_requests_total` | `client`, `code` (access_request, status_server), `result` (accept, reject, challenge) |
+//! | `portcullis_radius_cached_replies_total` | |
+//! | `portcullis_radius_dropped_total` | `reason` (every packet class, unknown_client, duplicate_in_progress, shed_overload) |
+//! | `portcullis_radius_in_flight` | |
+//! | `portcullis_radius_request_duration_seconds` | histogram |
+//! | `portcullis_config_reloads_total` | `result` (ok, error) |
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use super::HttpState;
+use crate::radius::metrics::{Answered, LATENCY_BUCKETS};
+use crate::radius::server::RadiusContext;
+
+/// The routes of this file.
+pub fn routes() -> Router<HttpState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&state.radius),
+    )
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(ctx: &RadiusContext) -> String {
+    let m = &ctx.metrics;
+    let mut out = String::with_capacity(4096);
+    // Writing into a String cannot fail.
+    let _ = write_all(&mut out, ctx, m);
+    out
+}
+
+fn write_all(
+    out: &mut String,
+    ctx: &RadiusContext,
+    m: &crate::radius::metrics::Metrics,
+) -> std::fmt::Result {
+    writeln!(
+        out,
+        "# HELP portcullis_radius_received_total RADIUS datagrams received."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_received_total counter")?;
+    writeln!(
+        out,
+        "portcullis_radius_received_total {}",
+        m.received.load(Relaxed)
+    )?;
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_requests_total RADIUS requests answered, by client, request code and result."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_requests_total counter")?;
+    let table = ctx.clients();
+    for c in table.clients() {
+        let name = label(&c.config.name);
+        for a in Answered::ALL {
+            writeln!(
+                out,
+                "portcullis_radius_requests_total{{client=\"{name}\",code=\"access_request\",result=\"{}\"}} {}",
+                a.as_str(),
+                c.counters.access(a)
+            )?;
+        }
+        writeln!(
+            out,
+            "portcullis_radius_requests_total{{client=\"{name}\",code=\"status_server\",result=\"accept\"}} {}",
+            c.counters.status_server()
+        )?;
+    }
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_cached_replies_total Retransmissions answered from the response cache."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_cached_replies_total counter")?;
+    writeln!(
+        out,
+        "portcullis_radius_cached_replies_total {}",
+        m.cached_replies.load(Relaxed)
+    )?;
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_dropped_total RADIUS datagrams dropped without an answer, by reason."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_dropped_total counter")?;
+    for (reason, n) in m.drop_counts() {
+        writeln!(
+            out,
+            "portcullis_radius_dropped_total{{reason=\"{reason}\"}} {n}"
+        )?;
+    }
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_in_flight RADIUS requests being processed."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_in_flight gauge")?;
+    writeln!(out, "portcullis_radius_in_flight {}", ctx.in_flight())?;
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_request_duration_seconds Time from receiving a request to sending its reply."
+    )?;
+    writeln!(
+        out,
+        "# TYPE portcullis_radius_request_duration_seconds histogram"
+    )?;
+    let (cumulative, count, sum) = m.latency.snapshot();
+    for (bound, n) in LATENCY_BUCKETS.iter().zip(&cumulative) {
+        writeln!(
+            out,
+            "portcullis_radius_request_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+        )?;
+    }
+    writeln!(
+        out,
+        "portcullis_radius_request_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        cumulative.last().copied().unwrap_or(0)
+    )?;
+    writeln!(out, "portcullis_radius_request_duration_seconds_sum {sum}")?;
+    writeln!(
+        out,
+        "portcullis_radius_request_duration_seconds_count {count}"
+    )?;
+
+    writeln!(
+        out,
+        "# HELP portcullis_config_reloads_total Config reloads on SIGHUP, by result."
+    )?;
+    writeln!(out, "# TYPE portcullis_config_reloads_total counter")?;
+    writeln!(
+        out,
+        "portcullis_config_reloads_total{{result=\"ok\"}} {}",
+        m.reloads_ok.load(Relaxed)
+    )?;
+    writeln!(
+        out,
+        "portcullis_config_reloads_total{{result=\"error\"}} {}",
+        m.reloads_failed.load(Relaxed)
+    )?;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The HTTP listener (`[http] listen`): `/metrics` now; push approval, enrolment pages and the
+//! admin API are added as further routers merged in [`router`].
+
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::radius::server::RadiusContext;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub radius: Arc<RadiusContext>,
+}
+
+/// Every route of the listener. Add a feature as `.merge(feature::routes())`.
+pub fn router(state: HttpState) -> Router {
+    Router::new().merge(metrics::routes()).with_state(state)
+}
+
+/// Bind `addr` (fatal if it cannot be bound).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))
+}
+
+/// Serve until `shutdown` turns true; connections in progress finish first.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("HTTP listener failed")
+}

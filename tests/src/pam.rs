@@ -1,0 +1,237 @@
+//! PAM peers: `pamtester` under `pam_wrapper` (no change to /etc/pam.d), the module under
+//! test (`libpam_portcullis.so`), and a Portcullis installation with a `[pam]` socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::env::TestEnv;
+use crate::server::Server;
+use crate::tools::{require_tool, run_with_timeout};
+use crate::totp::{oathtool_totp, random_base32_secret, wrong_totp, Algorithm};
+
+/// How long one pamtester run may take.
+const PAMTESTER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Directories where Debian installs libraries and PAM modules.
+const LIB_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib",
+];
+
+/// The module under test: `$PAM_PORTCULLIS_SO`, or `libpam_portcullis.so` in the target
+/// directory next to the test executable. Panics when it was not built.
+pub fn pam_module_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("PAM_PORTCULLIS_SO") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PAM_PORTCULLIS_SO={} does not exist; build it: cargo build -p pam_portcullis",
+            path.display()
+        );
+        return path;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("libpam_portcullis.so"))
+        .collect();
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "libpam_portcullis.so is missing (looked at {candidates:?}); build it first: cargo build -p pam_portcullis"
+            )
+        })
+}
+
+/// A library or PAM module shipped by a Debian package, by file name under the usual
+/// library directories (and their `security/` and `pam_wrapper/` subdirectories).
+pub fn system_file(name: &str, debian_package: &str) -> PathBuf {
+    for dir in LIB_DIRS {
+        for sub in ["", "security", "pam_wrapper"] {
+            let candidate = Path::new(dir).join(sub).join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "`{name}` is not installed; install the Debian package `{debian_package}` \
+         (apt-get install {debian_package}) or run scripts/test as root, which installs it"
+    )
+}
+
+/// `libpam_wrapper.so` (Debian `libpam-wrapper`).
+pub fn pam_wrapper_lib() -> PathBuf {
+    system_file("libpam_wrapper.so", "libpam-wrapper")
+}
+
+/// Sets the pam_wrapper variables on `cmd`: PAM reads its services from `service_dir`.
+pub fn under_pam_wrapper(cmd: &mut Command, service_dir: &Path) {
+    cmd.env("LD_PRELOAD", pam_wrapper_lib())
+        .env("PAM_WRAPPER", "1")
+        .env("PAM_WRAPPER_SERVICE_DIR", service_dir);
+}
+
+/// Panics unless the tests run as root (sshd and uid switching need it).
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{what} needs root (it starts sshd / switches uid); run scripts/test as root"
+    );
+}
+
+/// A Portcullis installation with a PAM socket, tenant `acme` and user `alice` (password
+/// and a confirmed TOTP factor), plus a pam_wrapper service directory.
+pub struct PamFixture {
+    // Declared first so that it is dropped (the server stopped) before the directory goes.
+    pub server: Option<Server>,
+    pub env: TestEnv,
+    pub socket: PathBuf,
+    pub service_dir: PathBuf,
+    pub tenant: String,
+    pub user: String,
+    pub password: String,
+    pub secret: String,
+}
+
+impl PamFixture {
+    /// The usual fixture with a running server.
+    pub fn new() -> PamFixture {
+        PamFixture::with_config("", true)
+    }
+
+    /// `extra` TOML is appended to the config (after the `[pam]` section); with `start`
+    /// false no server runs (the daemon is down).
+    pub fn with_config(extra: &str, start: bool) -> PamFixture {
+        PamFixture::with_pam_section("", extra, start)
+    }
+
+    /// Like [`PamFixture::with_config`], with `pam_keys` added inside `[pam]`.
+    pub fn with_pam_section(pam_keys: &str, extra: &str, start: bool) -> PamFixture {
+        require_tool("pamtester", "pamtester");
+        pam_wrapper_lib();
+        // The socket path must fit in sun_path (108 bytes): the temp dir keeps it short.
+        let env = TestEnv::with_config_in_dir(vec![], |dir| {
+            format!(
+                "[pam]\nsocket = \"{}\"\n{pam_keys}\n{extra}",
+                dir.join("pam.sock").display()
+            )
+        });
+        let socket = env.dir().join("pam.sock");
+        let service_dir = env.dir().join("pam.d");
+        std::fs::create_dir(&service_dir).expect("create service dir");
+        let tenant = "acme".to_string();
+        let user = "alice".to_string();
+        let password = "correct horse battery".to_string();
+        let secret = random_base32_secret();
+        env.add_tenant(&tenant);
+        env.add_user(&tenant, &user, &password);
+        let factor = env.enroll_totp(&tenant, &user, Some(&secret));
+        assert_eq!(factor.state, "confirmed", "{:?}", factor.json);
+        let server = if start {
+            let server = env.start_server();
+            let bound = server.wait_for_pam();
+            assert_eq!(bound, socket);
+            Some(server)
+        } else {
+            None
+        };
+        PamFixture {
+            server,
+            env,
+            socket,
+            service_dir,
+            tenant,
+            user,
+            password,
+            secret,
+        }
+    }
+
+    /// The `auth` line of the module under test with this fixture's socket and tenant
+    /// (no failure delay, so that failing tests stay fast) and `args`.
+    pub fn module_line(&self, args: &str) -> String {
+        format!(
+            "auth required {} socket={} tenant={} fail_delay=0 {args}\n",
+            pam_module_path().display(),
+            self.socket.display(),
+            self.tenant
+        )
+    }
+
+    /// Writes the service file `name` with `content`.
+    pub fn service(&self, name: &str, content: &str) {
+        std::fs::write(self.service_dir.join(name), content).expect("write service file");
+    }
+
+    /// Writes service `name` holding only the module with `args`.
+    pub fn module_service(&self, name: &str, args: &str) {
+        self.service(name, &self.module_line(args));
+    }
+
+    /// `pamtester SERVICE USER authenticate` under pam_wrapper with `stdin` as the
+    /// answers. Prompts and messages go to stderr; exit status 0 = authenticated.
+    pub fn pamtester(&self, service: &str, user: &str, stdin: &str) -> Output {
+        let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
+        cmd.args(["-v", service, user, "authenticate"]);
+        under_pam_wrapper(&mut cmd, &self.service_dir);
+        run_with_timeout(cmd, Some(stdin.as_bytes().to_vec()), PAMTESTER_TIMEOUT)
+    }
+
+    /// The current code of alice's factor, from oathtool.
+    pub fn code(&self) -> String {
+        oathtool_totp(&self.secret, 6, Algorithm::Sha1, 0)
+    }
+
+    /// A well-formed code that is not valid now.
+    pub fn wrong_code(&self) -> String {
+        wrong_totp(&self.secret, 6, Algorithm::Sha1)
+    }
+
+    /// The newest audit record of `user` as JSON.
+    pub fn last_audit(&self, user: &str) -> serde_json::Value {
+        let v = self.env.cli_json(&[
+            "audit",
+            "--tenant",
+            &self.tenant,
+            "--user",
+            user,
+            "--limit",
+            "1",
+            "--json",
+        ]);
+        v.as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .unwrap_or_else(|| panic!("no audit record for {user}: {v}"))
+    }
+}
+
+impl Default for PamFixture {
+    fn default() -> Self {
+        PamFixture::new()
+    }
+}
+
+/// Text of a finished command, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

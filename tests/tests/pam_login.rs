@@ -1,0 +1,233 @@
+//! PAM logins through `libpam_portcullis.so`, driven by `pamtester` under `pam_wrapper`
+//! (no /etc/pam.d change), against a real `portcullis serve` and codes from `oathtool`.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::pam::{system_file, under_pam_wrapper};
+use portcullis_tests::{describe, PamFixture};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn password_and_totp_code_from_oathtool_log_in() {
+    let f = PamFixture::new();
+    f.module_service("svc", "first_factor=portcullis");
+    let out = f.pamtester("svc", "alice", &format!("{}\n{}\n", f.password, f.code()));
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Password:"), "{err}");
+    assert!(err.contains("Verification code (app): "), "{err}");
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["result"], "accept", "{rec}");
+    assert_eq!(rec["channel"], "pam", "{rec}");
+    assert_eq!(rec["client"], "svc", "{rec}");
+}
+
+#[test]
+fn wrong_code_is_refused() {
+    let f = PamFixture::new();
+    f.module_service("svc", "first_factor=portcullis");
+    let wrong = f.wrong_code();
+    let out = f.pamtester(
+        "svc",
+        "alice",
+        &format!("{}\n{wrong}\n{wrong}\n{wrong}\n", f.password),
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("Wrong code, try again"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(f.last_audit("alice")["result"], "reject");
+}
+
+#[test]
+fn wrong_password_is_refused_before_any_code_prompt() {
+    let f = PamFixture::new();
+    f.module_service("svc", "first_factor=portcullis");
+    let out = f.pamtester("svc", "alice", &format!("not-the-password\n{}\n", f.code()));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("Verification code"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn replayed_code_is_refused() {
+    let f = PamFixture::new();
+    f.module_service("svc", "first_factor=portcullis");
+    let code = f.code();
+    let first = f.pamtester("svc", "alice", &format!("{}\n{code}\n", f.password));
+    assert!(first.status.success(), "{}", describe(&first));
+    let again = f.pamtester("svc", "alice", &format!("{}\n{code}\n", f.password));
+    assert!(!again.status.success(), "{}", describe(&again));
+    assert!(
+        stderr(&again).contains("Wrong code"),
+        "{}",
+        describe(&again)
+    );
+}
+
+#[test]
+fn unenrolled_user_is_denied_by_default_and_allowed_with_unenrolled_allow() {
+    let f = PamFixture::new();
+    f.env.add_user("acme", "bob", "bobs password");
+    f.module_service("deny", "first_factor=portcullis unenrolled=deny");
+    f.module_service("allow", "first_factor=portcullis unenrolled=allow");
+    f.module_service("enroll", "first_factor=portcullis unenrolled=enroll");
+
+    let out = f.pamtester("deny", "bob", "bobs password\n");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("No second factor is enrolled"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = f.pamtester("allow", "bob", "bobs password\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("bob");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unenrolled = allow"),
+        "{rec}"
+    );
+
+    // Enrolment during login is not available yet: it behaves as deny.
+    let out = f.pamtester("enroll", "bob", "bobs password\n");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("No second factor is enrolled"),
+        "{}",
+        describe(&out)
+    );
+
+    // The password still counts with unenrolled=allow.
+    let out = f.pamtester("allow", "bob", "wrong\n");
+    assert!(!out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn first_factor_stack_asks_only_for_the_code_after_pam_matrix_checked_the_password() {
+    let f = PamFixture::new();
+    let passdb = f.env.dir().join("passdb");
+    std::fs::write(&passdb, format!("alice:{}:svc\n", f.password)).unwrap();
+    let matrix = system_file("pam_matrix.so", "libpam-wrapper");
+    f.service(
+        "svc",
+        &format!(
+            "auth requisite {} passdb={}\n{}",
+            matrix.display(),
+            passdb.display(),
+            f.module_line("first_factor=stack")
+        ),
+    );
+    let out = f.pamtester("svc", "alice", &format!("{}\n{}\n", f.password, f.code()));
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("Password").count(), 1, "{err}");
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["factors"][0], "delegated", "{rec}");
+    // A wrong password stops at pam_matrix: Portcullis is never asked.
+    let out = f.pamtester("svc", "alice", &format!("wrong\n{}\n", f.code()));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("Verification code"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
+    let f = PamFixture::with_config("", false);
+    f.module_service("secure", "first_factor=none");
+    f.module_service("safe", "first_factor=none failmode=safe");
+    f.module_service("safe-password", "first_factor=portcullis failmode=safe");
+
+    let out = f.pamtester("secure", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+
+    let out = f.pamtester("safe", "alice", "");
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // failmode=safe never lets in a password nobody could check.
+    let out = f.pamtester("safe-password", "alice", "any password\n");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+}
+
+#[test]
+fn repeated_wrong_codes_lock_the_user_out_until_unlocked() {
+    let f = PamFixture::with_config("[lockout]\nthrottle_after = 3\nlock_after = 3\n", true);
+    f.module_service("svc", "first_factor=portcullis");
+    let wrong = f.wrong_code();
+    let out = f.pamtester(
+        "svc",
+        "alice",
+        &format!("{}\n{wrong}\n{wrong}\n{wrong}\n", f.password),
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+
+    // The right code no longer helps: the user is locked, and told so.
+    let out = f.pamtester("svc", "alice", &format!("{}\n{}\n", f.password, f.code()));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("locked"), "{}", describe(&out));
+
+    f.env.unlock_user("acme", "alice");
+    let out = f.pamtester("svc", "alice", &format!("{}\n{}\n", f.password, f.code()));
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn an_answer_after_the_transaction_expired_says_to_start_again() {
+    let f = PamFixture::with_config("[transactions]\nttl = \"1s\"\n", true);
+    f.module_service("svc", "first_factor=portcullis");
+    let mut cmd = Command::new("pamtester");
+    cmd.args(["svc", "alice", "authenticate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    under_pam_wrapper(&mut cmd, &f.service_dir);
+    let mut child = cmd.spawn().expect("start pamtester");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    writeln!(stdin, "{}", f.password).unwrap();
+    // Wait for the code prompt, then let the transaction expire like a slow user would.
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = writeln!(stdin, "{}", f.code());
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pamtester did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("Verification code"), "{err}");
+    assert!(err.contains("took too long"), "{err}");
+}

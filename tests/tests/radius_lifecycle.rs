@@ -1,0 +1,242 @@
+//! The daemon's life: SIGHUP reloads clients and secrets without dropping logins in progress,
+//! an invalid new config is refused, SIGTERM finishes logins in flight and then exits.
+
+use std::time::{Duration, Instant};
+
+use portcullis_server::radius::packet::encode_status_server;
+use portcullis_tests::http::metric;
+use portcullis_tests::raw::{code, RawClient};
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    TestEnv,
+};
+
+const HTTP: &str = "\n[http]\nlisten = \"127.0.0.1:0\"\n";
+
+fn peers() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+}
+
+/// Whether a Status-Server signed with `secret` is answered.
+fn status_answered(addr: std::net::SocketAddr, secret: &str) -> bool {
+    let c = RawClient::new(addr, secret);
+    c.send(&encode_status_server(1, [3; 16], secret.as_bytes()));
+    c.socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    // No answer, or ICMP port unreachable once the server is gone.
+    c.socket
+        .recv(&mut buf)
+        .is_ok_and(|n| n >= 20 && buf[0] == code::ACCESS_ACCEPT)
+}
+
+fn env_with_alice(extra: &str) -> (TestEnv, String) {
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(Mode::Challenge)], extra);
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    (env, secret)
+}
+
+#[test]
+fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config() {
+    peers();
+    let (env, totp) = env_with_alice(HTTP);
+    let server = env.start_server();
+    assert!(status_answered(server.addr, "s3cret-vpn"));
+
+    // A login in progress across the reload.
+    let first = radclient(
+        server.addr,
+        "s3cret-vpn",
+        &[
+            ("User-Name", "alice".into()),
+            ("User-Password", "pw".into()),
+        ],
+        true,
+    );
+    assert!(first.is_challenge(), "{}", first.raw_output);
+
+    // New secret, plus a second client.
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let new_text = text.replace("s3cret-vpn", "n3w-secret")
+        + "\n[[radius.clients]]\nname = \"other\"\naddress = \"127.0.0.9/32\"\nsecret = \"x\"\ntenant = \"acme\"\n";
+    std::fs::write(env.config_path(), &new_text).unwrap();
+    assert!(server.reload(), "reload refused:\n{}", server.stderr());
+    assert!(
+        !status_answered(server.addr, "s3cret-vpn"),
+        "old secret still works"
+    );
+    assert!(
+        status_answered(server.addr, "n3w-secret"),
+        "new secret refused"
+    );
+
+    // The challenge started before the reload is answered with the new secret.
+    let second = radclient(
+        server.addr,
+        "n3w-secret",
+        &[
+            ("User-Name", "alice".into()),
+            ("User-Password", oathtool_totp(&totp, 6, Algorithm::Sha1, 0)),
+            ("State", first.state_for_radclient()),
+        ],
+        true,
+    );
+    assert!(second.is_accept(), "{}", second.raw_output);
+
+    // An invalid config is refused with a message naming the key; the old one stays.
+    std::fs::write(
+        env.config_path(),
+        new_text.replace("mode = \"challenge\"", "mode = \"sometimes\""),
+    )
+    .unwrap();
+    assert!(!server.reload(), "an invalid config was applied");
+    assert!(
+        server.stderr().contains("sometimes"),
+        "the error names the problem:\n{}",
+        server.stderr()
+    );
+    assert!(status_answered(server.addr, "n3w-secret"));
+    let m = server.metrics();
+    assert_eq!(
+        metric(&m, r#"portcullis_config_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, r#"portcullis_config_reloads_total{result="error"}"#),
+        Some(1.0)
+    );
+}
+
+/// Alice's password `slowpw` has a costly hash, so that her login can be caught in flight.
+fn slow_env(radius_extra: &str) -> TestEnv {
+    let (env, _) = env_with_alice(HTTP);
+    let slow = std::fs::read_to_string(env.config_path())
+        .unwrap()
+        .replace("argon2_memory_kib = 1024", "argon2_memory_kib = 8192")
+        .replace("argon2_iterations = 1", "argon2_iterations = 2")
+        .replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:0\"]\n{radius_extra}"),
+        );
+    std::fs::write(env.config_path(), slow).unwrap();
+    env.cli_stdin_ok(
+        &[
+            "user",
+            "set-password",
+            "--tenant",
+            "acme",
+            "alice",
+            "--password-stdin",
+        ],
+        "slowpw\n",
+    );
+    env
+}
+
+/// Poll /metrics until the in-flight gauge shows `n`.
+fn wait_in_flight(http: std::net::SocketAddr, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = portcullis_tests::http::get(http, "/metrics");
+        if metric(&body, "portcullis_radius_in_flight") == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in flight never reached {n}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn past_max_in_flight_requests_are_shed_counted_and_served_on_retransmission() {
+    peers();
+    let env = slow_env("max_in_flight = 1");
+    let server = env.start_server();
+    let http = server.http_addr.expect("http listener");
+    let a = RawClient::new(server.addr, "s3cret-vpn");
+    let first = a.access_request(1, "alice", b"slowpw", None, true);
+    a.send(&first.bytes);
+    wait_in_flight(http, 1.0);
+    // The only slot is taken: a new login and a started one (State) are both shed.
+    let b = RawClient::new(server.addr, "s3cret-vpn");
+    let second = b.access_request(2, "alice", b"slowpw", None, true);
+    b.send(&second.bytes);
+    let third = b.access_request(
+        3,
+        "alice",
+        b"123456",
+        Some(b"0123456789abcdef0123456789abcdef.0"),
+        true,
+    );
+    b.send(&third.bytes);
+    let reply = a
+        .recv(Duration::from_secs(15))
+        .expect("the admitted login got no answer");
+    assert_eq!(a.decode(&first, &reply).code, code::ACCESS_CHALLENGE);
+    let m = server.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"portcullis_radius_dropped_total{reason="shed_overload"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(
+        b.recv(Duration::from_millis(200)).is_none(),
+        "a shed request was answered"
+    );
+    // A shed request never entered the response cache: its retransmission is processed.
+    let reply = b
+        .exchange(&second, Duration::from_secs(15))
+        .expect("the retransmitted shed request got no answer");
+    assert_eq!(b.decode(&second, &reply).code, code::ACCESS_CHALLENGE);
+}
+
+#[test]
+fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
+    peers();
+    let env = slow_env("");
+    let mut server = env.start_server();
+    let http = server.http_addr.expect("http listener");
+    let client = RawClient::new(server.addr, "s3cret-vpn");
+    let request = client.access_request(5, "alice", b"slowpw", None, true);
+    client.send(&request.bytes);
+
+    // Wait until the login is being processed, then ask the server to stop.
+    wait_in_flight(http, 1.0);
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+
+    let reply = client
+        .recv(Duration::from_secs(15))
+        .expect("the login in flight at SIGTERM got no answer");
+    let decoded = client.decode(&request, &reply);
+    assert_eq!(decoded.code, code::ACCESS_CHALLENGE, "{decoded:?}");
+    eprintln!("reply {:?} after SIGTERM", signalled.elapsed());
+
+    let status = server
+        .wait_exit(Duration::from_secs(15))
+        .expect("the server did not exit after finishing the login");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        server.stderr()
+    );
+    assert!(
+        !status_answered(server.addr, "s3cret-vpn"),
+        "a stopped server answered"
+    );
+    assert!(
+        server.stderr().contains("shutting down"),
+        "{}",
+        server.stderr()
+    );
+}
