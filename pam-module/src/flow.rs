@@ -23,12 +23,19 @@ pub struct ConvFailed;
 
 /// The daemon's side.
 pub trait Transport {
-    fn call(&mut self, req: &Request) -> Result<Response, Unreachable>;
+    fn call(&mut self, req: &Request) -> Result<Response, CallError>;
 }
 
-/// The daemon could not be asked: not listening, timed out, hung up, answered garbage.
+/// Why a step got no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreachable(pub String);
+pub enum CallError {
+    /// The daemon could not be asked: not listening, timed out, hung up. `failmode`
+    /// decides.
+    Unreachable(String),
+    /// It answered, but not in this protocol (another version, garbage, too large): a
+    /// daemon that is there but broken is no reason to fail open, so this always denies.
+    Protocol(String),
+}
 
 /// What the PAM entry point returns and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +96,12 @@ pub fn run(
         };
         let response = match transport.call(&req) {
             Ok(r) => r,
-            Err(Unreachable(detail)) => {
+            Err(CallError::Unreachable(detail)) => {
                 return unreachable(args, conv, detail, first_factor_verified);
+            }
+            Err(CallError::Protocol(detail)) => {
+                conv.error(DAEMON_ERROR_MESSAGE);
+                return Decision::DaemonError(ErrorCode::Malformed, detail);
             }
         };
         step = match response.step {
@@ -245,22 +256,22 @@ mod tests {
     }
 
     struct Daemon {
-        replies: VecDeque<Result<ResponseStep, Unreachable>>,
+        replies: VecDeque<Result<ResponseStep, CallError>>,
         seen: Vec<Request>,
     }
 
     impl Transport for Daemon {
-        fn call(&mut self, req: &Request) -> Result<Response, Unreachable> {
+        fn call(&mut self, req: &Request) -> Result<Response, CallError> {
             self.seen.push(req.clone());
             match self.replies.pop_front() {
                 Some(Ok(step)) => Ok(Response::new(step)),
                 Some(Err(e)) => Err(e),
-                None => Err(Unreachable("no more replies".into())),
+                None => Err(CallError::Unreachable("no more replies".into())),
             }
         }
     }
 
-    fn daemon(replies: Vec<Result<ResponseStep, Unreachable>>) -> Daemon {
+    fn daemon(replies: Vec<Result<ResponseStep, CallError>>) -> Daemon {
         Daemon {
             replies: replies.into(),
             seen: Vec::new(),
@@ -361,7 +372,7 @@ mod tests {
 
     #[test]
     fn unreachable_daemon_denies_unless_failmode_safe() {
-        let down = || daemon(vec![Err(Unreachable("connect: refused".into()))]);
+        let down = || daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]);
         let mut conv = Script::new(&[]);
         let got = run(
             &args(&["first_factor=stack"]),
@@ -390,13 +401,27 @@ mod tests {
     }
 
     #[test]
+    fn a_daemon_speaking_another_protocol_is_denied_even_with_failmode_safe() {
+        let mut conv = Script::new(&[]);
+        let got = run(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut conv,
+            &mut daemon(vec![Err(CallError::Protocol("version 2".into()))]),
+        );
+        assert!(matches!(got, Decision::DaemonError(..)), "{got:?}");
+        assert_eq!(conv.errors, vec![DAEMON_ERROR_MESSAGE.to_string()]);
+    }
+
+    #[test]
     fn failmode_safe_never_lets_an_unchecked_password_in() {
         let got = run(
             &args(&["failmode=safe"]),
             &origin(),
             Some(Secret::new("anything".into())),
             &mut Script::new(&[]),
-            &mut daemon(vec![Err(Unreachable("down".into()))]),
+            &mut daemon(vec![Err(CallError::Unreachable("down".into()))]),
         );
         assert!(matches!(got, Decision::Unavailable(_)));
         // Once the daemon asked for the code, the password was right.
@@ -405,7 +430,10 @@ mod tests {
             &origin(),
             Some(Secret::new("pw".into())),
             &mut Script::new(&["123456"]),
-            &mut daemon(vec![Ok(prompt("Code: ")), Err(Unreachable("died".into()))]),
+            &mut daemon(vec![
+                Ok(prompt("Code: ")),
+                Err(CallError::Unreachable("died".into())),
+            ]),
         );
         assert!(matches!(
             got,

@@ -16,6 +16,7 @@ pub mod flow;
 mod transport;
 
 use std::ffi::CStr;
+use std::time::{Duration, Instant};
 
 use pam::constants::{
     PamFlag, PamResultCode, PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_SILENT,
@@ -50,6 +51,8 @@ impl PamHooks for Portcullis {
 struct PamConversation<'a> {
     conv: Conv<'a>,
     silent: bool,
+    /// Time spent waiting for the user (excluded from the module's own time).
+    waited: Duration,
 }
 
 impl Conversation for PamConversation<'_> {
@@ -59,7 +62,10 @@ impl Conversation for PamConversation<'_> {
         } else {
             PAM_PROMPT_ECHO_OFF
         };
-        match self.conv.send(style, text) {
+        let asked = Instant::now();
+        let reply = self.conv.send(style, text);
+        self.waited += asked.elapsed();
+        match reply {
             Ok(Some(reply)) => Ok(Secret::new(
                 String::from_utf8_lossy(reply.as_bytes()).into_owned(),
             )),
@@ -70,7 +76,9 @@ impl Conversation for PamConversation<'_> {
 
     fn error(&mut self, text: &str) {
         if !self.silent {
+            let shown = Instant::now();
             let _ = self.conv.send(PAM_ERROR_MSG, text);
+            self.waited += shown.elapsed();
         }
     }
 }
@@ -94,6 +102,7 @@ fn hostname() -> String {
 }
 
 fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResultCode {
+    let started = Instant::now();
     let texts: Vec<String> = raw_args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -124,8 +133,13 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
         tty: item_string::<Tty>(pamh),
         ruser: item_string::<RUser>(pamh),
     };
+    let mut waited = Duration::ZERO;
     let password = if args.first_factor == FirstFactorArg::Portcullis {
-        match ffi::get_authtok(pamh) {
+        // pam_get_authtok may prompt: its time is the user's.
+        let asked = Instant::now();
+        let authtok = ffi::get_authtok(pamh);
+        waited += asked.elapsed();
+        match authtok {
             Ok(pw) => Some(pw),
             Err(rc) => {
                 if args.debug {
@@ -173,14 +187,27 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
         let mut ui = PamConversation {
             conv,
             silent: flags & PAM_SILENT != 0,
+            waited: Duration::ZERO,
         };
         let mut transport = SocketTransport {
             path: args.socket.clone(),
             timeout: args.timeout,
         };
-        flow::run(&args, &origin, password, &mut ui, &mut transport)
+        let decision = flow::run(&args, &origin, password, &mut ui, &mut transport);
+        waited += ui.waited;
+        decision
     };
-    finish(pamh, &args, &origin, decision)
+    let code = finish(pamh, &args, &origin, decision);
+    if args.debug {
+        // What the module added to the login, the user's typing excluded.
+        let own = started.elapsed().saturating_sub(waited);
+        ffi::syslog(
+            pamh,
+            ffi::LOG_DEBUG,
+            &format!("module time {} us (user excluded)", own.as_micros()),
+        );
+    }
+    code
 }
 
 fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision) -> PamResultCode {

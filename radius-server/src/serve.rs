@@ -45,8 +45,8 @@ fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
 
 async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
-    // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and RADIUS
-    // client; built once at start (a SIGHUP reload does not rebuild them).
+    // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
+    // returned backends serve the PAM services' `first_factor` overrides.
     let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
     let engine = Arc::new(engine);
     warn_about_clients(&o.config, o.store.as_ref());

@@ -215,9 +215,6 @@ pub struct ClientConfig {
     /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
     #[serde(default)]
     pub unenrolled: Unenrolled,
-    /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
-    #[serde(default)]
-    pub first_factor: Option<FirstFactorKind>,
     /// `auto` mode: how long a request may be held waiting for an out-of-band approval
     /// (keep it below the NAS's own timeout). Nothing is held until push exists.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
@@ -226,6 +223,9 @@ pub struct ClientConfig {
     /// `VENDOR_ID:TYPE=value`), after the tenant's and before the groups'.
     #[serde(default)]
     pub reply: Vec<String>,
+    /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
+    #[serde(default)]
+    pub first_factor: Option<FirstFactorKind>,
 }
 
 fn default_max_wait() -> Duration {
@@ -259,9 +259,9 @@ impl std::fmt::Debug for ClientConfig {
                 &self.require_message_authenticator,
             )
             .field("limit_proxy_state", &self.limit_proxy_state)
-            .field("first_factor", &self.first_factor)
             .field("max_wait", &self.max_wait)
             .field("reply", &self.reply)
+            .field("first_factor", &self.first_factor)
             .finish_non_exhaustive()
     }
 }

@@ -293,14 +293,21 @@ pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, ProtocolError> {
 }
 
 /// A message as one frame (header and body).
+/// The body is serialised in place after the header (a request may hold a password: no
+/// second copy is made; room is reserved so that small frames are not reallocated).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
-    let body = serde_json::to_vec(msg).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    if body.len() > MAX_FRAME_LEN {
-        return Err(ProtocolError::TooLarge { len: body.len() });
+    let mut frame = Vec::with_capacity(2048);
+    frame.extend_from_slice(&[0; HEADER_LEN]);
+    if let Err(e) = serde_json::to_writer(&mut frame, msg) {
+        frame.zeroize();
+        return Err(ProtocolError::Malformed(e.to_string()));
     }
-    let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    let len = frame.len() - HEADER_LEN;
+    if len > MAX_FRAME_LEN {
+        frame.zeroize();
+        return Err(ProtocolError::TooLarge { len });
+    }
+    frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 

@@ -185,9 +185,27 @@ impl PamFixture {
     /// `pamtester SERVICE USER authenticate` under pam_wrapper with `stdin` as the
     /// answers. Prompts and messages go to stderr; exit status 0 = authenticated.
     pub fn pamtester(&self, service: &str, user: &str, stdin: &str) -> Output {
+        self.pamtester_with_env(service, user, stdin, &[])
+    }
+
+    /// [`PamFixture::pamtester`] with what modules log through pam_syslog on stderr too
+    /// (pam_wrapper prints it as `PWRAP_...SYSLOG(priority): message`).
+    pub fn pamtester_logged(&self, service: &str, user: &str, stdin: &str) -> Output {
+        self.pamtester_with_env(service, user, stdin, &[("PAM_WRAPPER_DEBUGLEVEL", "3")])
+    }
+
+    /// [`PamFixture::pamtester`] with extra environment variables.
+    pub fn pamtester_with_env(
+        &self,
+        service: &str,
+        user: &str,
+        stdin: &str,
+        vars: &[(&str, &str)],
+    ) -> Output {
         let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
         cmd.args(["-v", service, user, "authenticate"]);
         under_pam_wrapper(&mut cmd, &self.service_dir);
+        cmd.envs(vars.iter().copied());
         run_with_timeout(cmd, Some(stdin.as_bytes().to_vec()), PAMTESTER_TIMEOUT)
     }
 

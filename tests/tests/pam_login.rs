@@ -158,8 +158,15 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
 
-    let out = f.pamtester("safe", "alice", "");
+    let out = f.pamtester_logged("safe", "alice", "");
     assert!(out.status.success(), "{}", describe(&out));
+    // Loudly: syslog at LOG_ALERT (1).
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("SYSLOG(1)") && l.contains("WITHOUT a second factor")),
+        "{err}"
+    );
 
     // failmode=safe never lets in a password nobody could check.
     let out = f.pamtester("safe-password", "alice", "any password\n");
@@ -230,4 +237,135 @@ fn an_answer_after_the_transaction_expired_says_to_start_again() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("Verification code"), "{err}");
     assert!(err.contains("took too long"), "{err}");
+}
+
+#[test]
+fn use_first_pass_takes_the_password_an_earlier_module_set() {
+    let f = PamFixture::new();
+    // pam_wrapper's pam_set_items.so sets PAM_AUTHTOK from the environment, as a password
+    // module earlier in the stack would; Portcullis must send that and not prompt.
+    let set_items = system_file("pam_set_items.so", "libpam-wrapper");
+    f.service(
+        "svc",
+        &format!(
+            "auth required {}\n{}",
+            set_items.display(),
+            f.module_line("first_factor=portcullis use_first_pass")
+        ),
+    );
+    let out = f.pamtester_with_env(
+        "svc",
+        "alice",
+        &format!("{}\n", f.code()),
+        &[("PAM_AUTHTOK", f.password.as_str())],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("Password"), "{err}");
+    assert!(err.contains("Verification code (app): "), "{err}");
+
+    // A wrong earlier password is refused before any code prompt.
+    let out = f.pamtester_with_env("svc", "alice", "", &[("PAM_AUTHTOK", "wrong")]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("Verification code"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_daemon_that_never_answers_is_given_up_at_the_timeout() {
+    let f = PamFixture::with_config("", false);
+    // Accepts connections and reads, but never answers (a hung daemon).
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(2) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    f.module_service("secure", "first_factor=none timeout=1");
+    f.module_service("safe", "first_factor=none timeout=1 failmode=safe");
+    let started = Instant::now();
+    let out = f.pamtester("secure", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+    let out = f.pamtester("safe", "alice", "");
+    assert!(out.status.success(), "{}", describe(&out));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "two logins took {took:?} with timeout=1"
+    );
+    let _ = holder.join();
+}
+
+#[test]
+fn a_daemon_speaking_another_protocol_version_is_refused_even_with_failmode_safe() {
+    let f = PamFixture::with_config("", false);
+    // Answers every request with a frame of protocol version 2.
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let fake = std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            let Ok(mut s) = stream else { continue };
+            let mut header = [0u8; 4];
+            if s.read_exact(&mut header).is_err() {
+                continue;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            let _ = s.read_exact(&mut body);
+            let reply = br#"{"v":2,"step":{"type":"accept","factors":["totp"]}}"#;
+            let _ = s.write_all(&(reply.len() as u32).to_be_bytes());
+            let _ = s.write_all(reply);
+        }
+    });
+    f.module_service("safe", "first_factor=none failmode=safe");
+    let out = f.pamtester("safe", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("could not handle this login"),
+        "{}",
+        describe(&out)
+    );
+    let _ = fake.join();
+}
+
+#[test]
+fn service_tty_and_rhost_reach_the_audit_record() {
+    let f = PamFixture::new();
+    // pam_set_items.so sets PAM items from the environment, as sudo (tty, ruser) and sshd
+    // (rhost) would.
+    let set_items = system_file("pam_set_items.so", "libpam-wrapper");
+    f.service(
+        "sudo",
+        &format!(
+            "auth required {}\n{}",
+            set_items.display(),
+            f.module_line("first_factor=none")
+        ),
+    );
+    let out = f.pamtester_with_env(
+        "sudo",
+        "alice",
+        &format!("{}\n", f.code()),
+        &[("PAM_TTY", "/dev/pts/7"), ("PAM_RUSER", "alice")],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["client"], "sudo", "{rec}");
+    assert_eq!(rec["source"], "tty:/dev/pts/7", "{rec}");
+
+    let out = f.pamtester_with_env(
+        "sudo",
+        "alice",
+        &format!("{}\n", f.wrong_code()),
+        &[("PAM_RHOST", "192.0.2.44")],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("alice");
+    assert_eq!(rec["source"], "192.0.2.44", "{rec}");
+    assert_eq!(rec["result"], "reject", "{rec}");
 }

@@ -193,3 +193,35 @@ fn a_stale_socket_file_is_replaced_and_removed_at_shutdown() {
     server.stop();
     assert!(!f.socket.exists(), "the socket file outlived the daemon");
 }
+
+#[test]
+fn past_max_connections_a_peer_gets_busy_and_later_ones_are_served() {
+    let f = PamFixture::with_pam_section("max_connections = 1\n", "", true);
+    // The first connection is served and stays open: it holds the only slot.
+    let mut first = connect(&f.socket);
+    send_raw(&mut first, start("alice").as_bytes());
+    assert_eq!(read_reply(&mut first)["step"]["type"], "prompt");
+    let mut second = connect(&f.socket);
+    assert_eq!(error_code(&read_reply(&mut second)), "busy");
+    drop(first);
+    // The slot comes back once the first connection is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(&f.socket);
+        // A busy daemon may have hung up before the request is written: not an error.
+        let body = start("alice");
+        let _ = s
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .and_then(|()| s.write_all(body.as_bytes()));
+        let reply = read_reply(&mut s);
+        if reply["step"]["type"] == "prompt" {
+            break;
+        }
+        assert_eq!(error_code(&reply), "busy");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

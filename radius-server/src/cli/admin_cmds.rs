@@ -77,6 +77,19 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
     }
     warnings.extend(crate::first_factor::config_warnings(&cfg));
+    if let Some(pam) = &cfg.pam {
+        let others = pam.mode() & 0o077;
+        if pam.allowed_uids.iter().any(|u| *u != 0) && others == 0 {
+            warnings.push(format!(
+                "pam.allowed_uids names uids other than 0, but pam.socket_mode \"{}\" lets only the socket's owner connect; widen socket_mode (the uid check still applies)",
+                pam.socket_mode
+            ));
+        }
+        if pam.allowed_uids.is_empty() {
+            warnings.push("pam.allowed_uids is empty: every PAM request will be refused".into());
+        }
+    }
+    let pam_socket = cfg.pam.as_ref().map(|p| p.socket.display().to_string());
     let clients: Vec<_> = cfg
         .radius
         .clients
@@ -93,14 +106,16 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         "key_file": cfg.secrets.key_file.display().to_string(),
         "radius_listen": cfg.radius.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "clients": clients,
+        "pam_socket": pam_socket,
         "warnings": warnings,
     });
     emit(json, &value, || {
         let mut s = format!(
-            "{}: OK\nstore: {}\nkey file: {}\nradius listen: {}\n",
+            "{}: OK\nstore: {}\nkey file: {}\npam socket: {}\nradius listen: {}\n",
             path.display(),
             cfg.store.url,
             cfg.secrets.key_file.display(),
+            pam_socket.as_deref().unwrap_or("off (no [pam] section)"),
             cfg.radius
                 .listen
                 .iter()

@@ -142,3 +142,191 @@ fn translate(step: Step) -> ResponseStep {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::admin::{Admin, NewPassword};
+    use portcullis_core::clock::ManualClock;
+    use portcullis_core::config::PasswordConfig;
+    use portcullis_core::engine::EngineSettings;
+    use portcullis_core::password::PasswordHasher;
+    use portcullis_core::protocol::{Secret, VERSION};
+    use portcullis_core::secrets::MasterKey;
+    use portcullis_core::store::{SqliteStore, Store};
+
+    fn engine() -> Arc<Engine> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let clock = Arc::new(ManualClock::new(1_800_000_005));
+        let key = Arc::new(MasterKey::from_bytes([7; 32]));
+        let hasher = PasswordHasher::new(&PasswordConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+        })
+        .unwrap();
+        let admin = Admin::new(
+            store.clone(),
+            clock.clone(),
+            key.clone(),
+            hasher.clone(),
+            "Test".into(),
+            1,
+        );
+        admin.add_tenant("acme").unwrap();
+        for user in ["alice", "bob"] {
+            admin
+                .add_user(
+                    "acme",
+                    user,
+                    NewPassword::Plain(Zeroizing::new(b"hunter2".to_vec())),
+                    None,
+                    None,
+                    vec![],
+                )
+                .unwrap();
+        }
+        admin
+            .enroll_totp(
+                "acme",
+                "alice",
+                Some("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"),
+                6,
+                "SHA1",
+            )
+            .unwrap();
+        Arc::new(Engine::new(
+            store,
+            clock,
+            key,
+            hasher,
+            EngineSettings::default(),
+        ))
+    }
+
+    fn request(user: &str, step: RequestStep) -> Request {
+        Request {
+            v: VERSION,
+            origin: Origin {
+                tenant: "acme".into(),
+                user: user.into(),
+                service: "sshd".into(),
+                host: "web1".into(),
+                rhost: Some("192.0.2.7".into()),
+                tty: None,
+                ruser: None,
+            },
+            step,
+        }
+    }
+
+    fn settings() -> PamSettings {
+        PamSettings::from_config(&PamConfig::default())
+    }
+
+    fn start(ff: FirstFactor, pw: Option<&str>, unenrolled: Unenrolled) -> RequestStep {
+        RequestStep::Start {
+            first_factor: ff,
+            password: pw.map(|p| Secret::new(p.into())),
+            unenrolled,
+        }
+    }
+
+    #[test]
+    fn password_then_code_prompt_with_the_configured_text() {
+        let e = engine();
+        let r = handle(
+            &e,
+            &settings(),
+            request(
+                "alice",
+                start(FirstFactor::Portcullis, Some("hunter2"), Unenrolled::Deny),
+            ),
+        );
+        match r.step {
+            ResponseStep::Prompt {
+                text,
+                echo,
+                expects,
+                ..
+            } => {
+                assert_eq!(text, "Verification code (app): ");
+                assert!(!echo);
+                assert_eq!(expects, Expects::Code);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_password_travels_only_with_first_factor_portcullis() {
+        let e = engine();
+        let r = handle(
+            &e,
+            &settings(),
+            request(
+                "alice",
+                start(FirstFactor::Portcullis, None, Unenrolled::Deny),
+            ),
+        );
+        assert!(matches!(
+            r.step,
+            ResponseStep::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ));
+        let r = handle(
+            &e,
+            &settings(),
+            request(
+                "alice",
+                start(FirstFactor::Delegated, Some("hunter2"), Unenrolled::Deny),
+            ),
+        );
+        assert!(matches!(
+            r.step,
+            ResponseStep::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn enroll_acts_as_deny_and_allow_lets_the_unenrolled_in() {
+        let e = engine();
+        for (policy, accepted) in [
+            (Unenrolled::Enroll, false),
+            (Unenrolled::Deny, false),
+            (Unenrolled::Allow, true),
+        ] {
+            let r = handle(
+                &e,
+                &settings(),
+                request("bob", start(FirstFactor::Delegated, None, policy)),
+            );
+            assert_eq!(
+                matches!(r.step, ResponseStep::Accept { .. }),
+                accepted,
+                "{policy:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn poll_is_unsupported_until_push_exists() {
+        let r = handle(
+            &engine(),
+            &settings(),
+            request("alice", RequestStep::Poll { txn: "x.0".into() }),
+        );
+        assert!(matches!(
+            r.step,
+            ResponseStep::Error {
+                code: ErrorCode::Unsupported,
+                ..
+            }
+        ));
+    }
+}

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
+use zeroize::Zeroize;
 
 use super::handler::{handle, PamSettings};
 
@@ -174,7 +175,7 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
         return;
     }
     loop {
-        let body = match read_frame(&mut stream).await {
+        let mut body = match read_frame(&mut stream).await {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(FrameError::Io) => break,
@@ -192,7 +193,10 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
                 continue;
             }
         };
-        let response = match protocol::decode_request(&body) {
+        let decoded = protocol::decode_request(&body);
+        // The body may hold a password or code; the decoded Secret zeroises itself.
+        body.zeroize();
+        let response = match decoded {
             Ok(req) => {
                 tracing::debug!(uid, tenant = %req.origin.tenant, user = %req.origin.user,
                     service = %req.origin.service, "PAM request");

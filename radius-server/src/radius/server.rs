@@ -221,11 +221,14 @@ fn on_datagram(
             bytes.clone(),
             Instant::now(),
         );
+        // Everything the reply stands for is recorded before it leaves: a client that
+        // reads /metrics as soon as it has its answer sees this request counted, timed
+        // and no longer in flight.
+        ctx.metrics.latency.observe(now.elapsed());
+        drop(permit);
         if let Err(e) = sock.send_to(&bytes, src).await {
             tracing::debug!(%src, error = %e, "send failed");
         }
-        ctx.metrics.latency.observe(now.elapsed());
-        drop(permit);
     });
 }
 

@@ -501,7 +501,7 @@ impl Engine {
                 // With a directory or upstream server every reading is a bind or request
                 // there, and failures count toward its lockout: when the user typed the
                 // delimiter (`password,code`), only that reading is tried.
-                let mut whole_string = true;
+                let mut explicit_only = false;
                 if backend.name() != "local" {
                     let explicit = candidates.first().is_some_and(|c| {
                         [
@@ -514,7 +514,7 @@ impl Engine {
                     });
                     if explicit {
                         candidates.truncate(1);
-                        whole_string = false;
+                        explicit_only = true;
                     }
                 }
                 let mut reason = String::from("wrong password");
@@ -576,7 +576,7 @@ impl Engine {
                         Err(failed) => reason = failed.reason,
                     }
                 }
-                if !whole_string {
+                if explicit_only {
                     return Ok(Outcome::reject(reason));
                 }
                 // No split passed the first factor: the password may contain the delimiter

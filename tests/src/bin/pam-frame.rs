@@ -35,8 +35,11 @@ fn exchange(path: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
-    s.write_all(&len.to_be_bytes())?;
-    s.write_all(body)?;
+    // A daemon that refuses the peer answers at once and hangs up, possibly before the
+    // request is written: a failed write is not the end, the reply may be waiting.
+    let _ = s
+        .write_all(&len.to_be_bytes())
+        .and_then(|()| s.write_all(body));
     let mut header = [0u8; 4];
     s.read_exact(&mut header)?;
     let mut reply = vec![0u8; u32::from_be_bytes(header) as usize];
