@@ -22,6 +22,8 @@ use self::wire::{
 
 pub mod accounting;
 mod client;
+#[cfg(test)]
+mod crosscheck;
 #[doc(hidden)]
 pub mod roundtrip;
 #[cfg(test)]
