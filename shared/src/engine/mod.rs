@@ -471,27 +471,7 @@ impl Engine {
                     Ok(info) => info,
                     Err(failed) => return Ok(Outcome::reject(failed.reason)),
                 };
-                let user = match self.follow_directory(
-                    &tenant,
-                    backend,
-                    &req.username,
-                    user,
-                    &info,
-                    now,
-                )? {
-                    Ok(u) => u,
-                    Err(reason) => return Ok(Outcome::reject(reason)),
-                };
-                let attrs = &info.reply_attributes;
-                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                if let Some(stop) =
-                    self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
-                {
-                    return Ok(carry(stop, attrs));
-                }
-                let outcome =
-                    self.begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
-                Ok(carry(outcome, attrs))
+                self.password_then_prompt(backend, &tenant, req, user, &info, now)
             }
             LoginMode::Append => {
                 // Every reading of the string, then the whole string as the password: the
@@ -583,29 +563,7 @@ impl Engine {
                 // or end in digits, or the user typed no code. Whole string as the password,
                 // then a challenge asks for the code.
                 match self.check_password(backend, &tenant, req, user.as_ref(), &req.credential) {
-                    Ok(info) => {
-                        let user = match self.follow_directory(
-                            &tenant,
-                            backend,
-                            &req.username,
-                            user,
-                            &info,
-                            now,
-                        )? {
-                            Ok(u) => u,
-                            Err(r) => return Ok(Outcome::reject(r)),
-                        };
-                        let attrs = &info.reply_attributes;
-                        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
-                        if let Some(stop) =
-                            self.stop_after_first_factor(&d, &user, "password", &req.source, now)?
-                        {
-                            return Ok(carry(stop, attrs));
-                        }
-                        let outcome = self
-                            .begin_second_factor(&tenant, &user, req, now, "password", &d, attrs)?;
-                        Ok(carry(outcome, attrs))
-                    }
+                    Ok(info) => self.password_then_prompt(backend, &tenant, req, user, &info, now),
                     Err(failed) if candidates.is_empty() || failed.unavailable => {
                         Ok(Outcome::reject(failed.reason))
                     }
@@ -701,6 +659,30 @@ impl Engine {
     /// After a backend accepted the password: the store's user follows the directory.
     /// Creates the user on first login when the backend does so, and updates groups, e-mail
     /// and phone when they changed. `Err` is the audit reason of a rejection.
+    /// After a good password (challenge mode, or append mode's whole-string reading): the
+    /// directory's view of the user, the policy decision, then the prompt for the code.
+    fn password_then_prompt(
+        &self,
+        backend: &Arc<dyn FirstFactor>,
+        tenant: &Tenant,
+        req: &LoginRequest,
+        user: Option<User>,
+        info: &DirectoryInfo,
+        now: UnixTime,
+    ) -> Result<Outcome, EngineError> {
+        let user = match self.follow_directory(tenant, backend, &req.username, user, info, now)? {
+            Ok(u) => u,
+            Err(reason) => return Ok(Outcome::reject(reason)),
+        };
+        let attrs = &info.reply_attributes;
+        let d = self.decide(tenant, &user, &req.channel, &req.source, now);
+        if let Some(stop) = self.stop_after_first_factor(&d, &user, "password", &req.source, now)? {
+            return Ok(carry(stop, attrs));
+        }
+        let outcome = self.begin_second_factor(tenant, &user, req, now, "password", &d, attrs)?;
+        Ok(carry(outcome, attrs))
+    }
+
     fn follow_directory(
         &self,
         tenant: &Tenant,
