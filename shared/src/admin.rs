@@ -327,19 +327,13 @@ impl Admin {
             digits,
             period: 30,
         };
-        let id = new_factor_id();
-        let now = self.clock.now();
-        self.store.add_factor(&Factor {
-            id: id.clone(),
-            user_id: u.id,
-            kind: FactorKind::Totp,
+        let id = self.add_sealed_factor(
+            &u,
+            FactorKind::Totp,
             state,
-            sealed_secret: self.key.seal(factor_context(&id).as_bytes(), &secret),
-            params: serde_json::to_string(&params).unwrap_or_default(),
-            created_at: now,
-            confirmed_at: (state == FactorState::Confirmed).then_some(now),
-            last_used_at: None,
-        })?;
+            &secret,
+            serde_json::to_string(&params).unwrap_or_default(),
+        )?;
         let account = format!("{}@{}", u.name, tenant);
         Ok(EnrolledTotp {
             factor_id: id,
@@ -440,19 +434,13 @@ impl Admin {
             counter,
             look_ahead: DEFAULT_LOOK_AHEAD,
         };
-        let id = new_factor_id();
-        let now = self.clock.now();
-        self.store.add_factor(&Factor {
-            id: id.clone(),
-            user_id: u.id,
-            kind: FactorKind::Hotp,
+        let id = self.add_sealed_factor(
+            &u,
+            FactorKind::Hotp,
             state,
-            sealed_secret: self.key.seal(factor_context(&id).as_bytes(), &secret),
-            params: serde_json::to_string(&params).unwrap_or_default(),
-            created_at: now,
-            confirmed_at: (state == FactorState::Confirmed).then_some(now),
-            last_used_at: None,
-        })?;
+            &secret,
+            serde_json::to_string(&params).unwrap_or_default(),
+        )?;
         let account = format!("{}@{}", u.name, tenant);
         Ok(EnrolledTotp {
             factor_id: id,
@@ -463,6 +451,31 @@ impl Admin {
             digits,
             algorithm: algorithm.as_str(),
         })
+    }
+
+    /// Store a factor whose secret is sealed under the master key; its new id.
+    fn add_sealed_factor(
+        &self,
+        u: &User,
+        kind: FactorKind,
+        state: FactorState,
+        secret: &[u8],
+        params: String,
+    ) -> Result<String, AdminError> {
+        let id = new_factor_id();
+        let now = self.clock.now();
+        self.store.add_factor(&Factor {
+            id: id.clone(),
+            user_id: u.id,
+            kind,
+            state,
+            sealed_secret: self.key.seal(factor_context(&id).as_bytes(), secret),
+            params,
+            created_at: now,
+            confirmed_at: (state == FactorState::Confirmed).then_some(now),
+            last_used_at: None,
+        })?;
+        Ok(id)
     }
 
     fn new_otp_secret(
