@@ -216,6 +216,11 @@ fn choose(
         if let Some(c) = picked {
             return Ok(Secret::new(c.id.clone()));
         }
+        // A code typed at the menu (6+ characters: OTP, recovery or bypass code) goes to
+        // the daemon as the answer, as the menu's heading offers.
+        if typed.len() >= 6 {
+            return Ok(reply);
+        }
         conv.error("Not one of the choices.");
     }
     Err(ConvFailed)

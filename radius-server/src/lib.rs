@@ -5,5 +5,6 @@ pub mod first_factor;
 pub mod http;
 pub mod pam;
 pub mod providers;
+pub mod push;
 pub mod radius;
 pub mod serve;

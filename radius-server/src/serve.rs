@@ -115,7 +115,11 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
             println!("pam: listening on {}", listener.path.display());
             tracing::info!(path = %listener.path.display(), allowed_uids = ?pam_cfg.allowed_uids,
                 "PAM socket ready");
-            let pam_ctx = Arc::new(PamContext::new(engine.clone(), pam_cfg));
+            let pam_ctx = Arc::new(PamContext::new(
+                engine.clone(),
+                pam_cfg,
+                ctx.push_hub.clone(),
+            ));
             let task = tokio::spawn(crate::pam::server::serve(
                 pam_ctx.clone(),
                 listener,

@@ -386,7 +386,8 @@ impl Admin {
                 let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
                 self.store.record_otp_use(&f.id, step as i64, expires)?;
             }
-            FactorKind::Sms | FactorKind::Email => {
+            // Push factors are confirmed with a code sent through the push channel.
+            FactorKind::Sms | FactorKind::Email | FactorKind::Push => {
                 let pepper = self.key.derive(SENT_PEPPER_LABEL);
                 let hash = crate::engine::sent_code_hash(&pepper, factor_id, code.trim());
                 let used = self.store.use_sent_code(u.id, &hash, now)?;
@@ -592,6 +593,66 @@ impl Admin {
             confirmed_at: None,
             last_used_at: None,
         })
+    }
+
+    /// `factor enroll push`: a pending push factor. Its address is a new unguessable ntfy
+    /// topic (returned, to subscribe to) or the given webhook URL; both are sealed like a
+    /// TOTP seed. A code sent through the channel confirms it (`factor confirm`).
+    pub fn enroll_push(
+        &self,
+        tenant: &str,
+        name: &str,
+        webhook: Option<&str>,
+    ) -> Result<(FactorInfo, String), AdminError> {
+        use crate::push::{PushChannel, PushParams};
+        let (_, u) = self.user(tenant, name)?;
+        let (channel, address) = match webhook {
+            Some(url) => {
+                let ok = url
+                    .strip_prefix("https://")
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+                if !ok {
+                    return Err(AdminError::Invalid {
+                        what: "webhook URL",
+                        value: url.to_string(),
+                        hint: "give an https:// URL",
+                    });
+                }
+                (PushChannel::Webhook, url.to_string())
+            }
+            None => {
+                let mut raw = [0u8; 20];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+                let topic = format!(
+                    "pc_{}",
+                    data_encoding::BASE32_NOPAD
+                        .encode(&raw)
+                        .to_ascii_lowercase()
+                );
+                (PushChannel::Ntfy, topic)
+            }
+        };
+        let params = serde_json::to_string(&PushParams { channel }).unwrap_or_default();
+        let id = self.add_sealed_factor(
+            &u,
+            FactorKind::Push,
+            FactorState::Pending,
+            address.as_bytes(),
+            params.clone(),
+        )?;
+        let now = self.clock.now();
+        Ok((
+            FactorInfo {
+                factor_id: id,
+                kind: FactorKind::Push.as_str(),
+                state: "pending",
+                details: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+                created_at: now,
+                confirmed_at: None,
+                last_used_at: None,
+            },
+            address,
+        ))
     }
 
     /// `factor resync`: a hardware token drifted past the look-ahead window; two

@@ -12,10 +12,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 mod first_factor;
+mod push;
 pub use first_factor::{
     pass_through_type, FirstFactorKind, LdapConfig, UpstreamRadiusConfig, UpstreamServerConfig,
     PASS_THROUGH_ATTRIBUTES,
 };
+pub use push::PushConfig;
 
 /// Where the config file is looked for when neither `--config` nor `PORTCULLIS_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/portcullis.toml";
@@ -72,6 +74,9 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port, e.g. `127.0.0.1:8080` (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// How phones reach this listener (`https://mfa.example.com`, behind a TLS proxy):
+    /// the base of push approval links. Required when a tenant has `[push]`.
+    pub public_url: Option<String>,
 }
 
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
@@ -304,6 +309,9 @@ pub struct TenantConfig {
     /// `[tenants.NAME.duo]`: Duo owns the second factor of this tenant's users.
     #[serde(default)]
     pub duo: Option<DuoConfig>,
+    /// `[tenants.NAME.push]`: push approval (ntfy or webhook); needs `[http] public_url`.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
     /// `[[tenants.NAME.rules]]`: policy rules, in order; the first match wins; without a
     /// match a second factor is required.
     #[serde(default)]
@@ -1033,6 +1041,32 @@ impl Config {
                     .validate(&format!("tenants.{name}.email"))
                     .map_err(|(key, message)| bad(key, message))?;
             }
+            if let Some(push) = &t.push {
+                push.validate(&format!("tenants.{name}.push"))
+                    .map_err(|(key, message)| bad(key, message))?;
+                if self
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.public_url.as_ref())
+                    .is_none()
+                {
+                    return Err(bad(
+                        format!("tenants.{name}.push"),
+                        "push approval needs [http] listen and public_url (the address phones open to approve)".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(u) = self.http.as_ref().and_then(|h| h.public_url.as_ref()) {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', ' '])) {
+                return Err(bad(
+                    "http.public_url".into(),
+                    format!("'{u}' is not a base URL such as https://mfa.example.com"),
+                ));
+            }
         }
         if self.radius.max_in_flight == 0 {
             return Err(bad(
@@ -1272,6 +1306,38 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_wait"), "{e}");
+    }
+
+    #[test]
+    fn push_needs_a_public_url_and_sane_bounds() {
+        let e = parse("[tenants.acme.push]\nntfy_url = \"https://ntfy.example\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.push"), "{e}");
+        assert!(e.contains("public_url"), "{e}");
+        let http = "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://mfa.example.com\"\n";
+        let c = parse(&format!(
+            "{http}[tenants.acme.push]\nntfy_url = \"https://ntfy.example\"\n"
+        ))
+        .unwrap();
+        let p = c.tenants["acme"].push.as_ref().unwrap();
+        assert!(p.number_matching);
+        assert_eq!(p.max_pushes, 5);
+        assert_eq!(p.window, Duration::from_secs(600));
+        let e = parse(&format!(
+            "{http}[tenants.acme.push]\nntfy_url = \"http://ntfy.example\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tenants.acme.push.ntfy_url"), "{e}");
+        let e = parse(&format!("{http}[tenants.acme.push]\nttl = \"2s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.push.ttl"), "{e}");
+        let e = parse("[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"mfa.example.com\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.public_url"), "{e}");
     }
 
     #[test]

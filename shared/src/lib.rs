@@ -34,6 +34,8 @@ pub mod policy;
 #[cfg(feature = "protocol")]
 pub mod protocol;
 #[cfg(feature = "engine")]
+pub mod push;
+#[cfg(feature = "engine")]
 pub mod reply;
 #[cfg(feature = "engine")]
 pub mod secrets;

@@ -65,6 +65,8 @@ pub enum FactorKind {
     Hotp,
     Sms,
     Email,
+    /// Push approval: a notification with Approve/Deny, answered on the approval page.
+    Push,
 }
 
 impl FactorKind {
@@ -75,6 +77,7 @@ impl FactorKind {
             FactorKind::Hotp => "hotp",
             FactorKind::Sms => "sms",
             FactorKind::Email => "email",
+            FactorKind::Push => "push",
         }
     }
 
@@ -90,6 +93,7 @@ impl FactorKind {
             "hotp" => Some(FactorKind::Hotp),
             "sms" => Some(FactorKind::Sms),
             "email" => Some(FactorKind::Email),
+            "push" => Some(FactorKind::Push),
             _ => None,
         }
     }
@@ -217,6 +221,74 @@ pub struct AuditRecord {
     pub result: AuditResult,
     pub reason: String,
     pub transaction: Option<String>,
+}
+
+/// Where a push request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl PushStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushStatus::Pending => "pending",
+            PushStatus::Approved => "approved",
+            PushStatus::Denied => "denied",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(PushStatus::Pending),
+            "approved" => Some(PushStatus::Approved),
+            "denied" => Some(PushStatus::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// One push notification of a login, waiting for the phone's answer. The answer link
+/// carries `id` and a single-use token, kept here only as a keyed hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    /// The transaction the push belongs to; its poll reads the decision.
+    pub txn_id: String,
+    pub factor_id: String,
+    pub token_hash: String,
+    /// The two digits the login prompt shows (number matching), if on.
+    pub number: Option<u8>,
+    pub status: PushStatus,
+    /// Why it was denied (`denied on the device`, `wrong number picked`).
+    pub detail: Option<String>,
+    /// Login context shown on the approval page (never a secret).
+    pub username: String,
+    pub client: String,
+    pub source: String,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub decided_at: Option<UnixTime>,
+}
+
+impl std::fmt::Debug for PushRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushRequest")
+            .field("id", &self.id)
+            .field("txn_id", &self.txn_id)
+            .field("status", &self.status)
+            .field("username", &self.username)
+            .field("client", &self.client)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which audit records to list.

@@ -128,7 +128,7 @@ impl Decision {
 }
 
 /// Known factor names, for config validation.
-pub const FACTOR_NAMES: [&str; 5] = ["totp", "hotp", "sms", "recovery", "bypass"];
+pub const FACTOR_NAMES: [&str; 6] = ["totp", "hotp", "sms", "push", "recovery", "bypass"];
 
 /// "HH:MM" -> minutes of the day.
 pub fn parse_hhmm(s: &str) -> Option<u32> {

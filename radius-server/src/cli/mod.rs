@@ -284,6 +284,16 @@ pub enum EnrollCmd {
         #[arg(long)]
         email: Option<String>,
     },
+    /// Push approval: a new unguessable ntfy topic to subscribe to (or a webhook URL); a
+    /// code is pushed now; `factor confirm` with it enables the factor.
+    Push {
+        #[command(flatten)]
+        tenant: TenantArg,
+        user: String,
+        /// Deliver to this https:// webhook instead of an ntfy topic.
+        #[arg(long)]
+        webhook: Option<String>,
+    },
     /// An HOTP (RFC 4226) token: a hardware token's secret, or a new software token.
     Hotp {
         #[command(flatten)]

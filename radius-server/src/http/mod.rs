@@ -2,6 +2,7 @@
 //! admin API are added as further routers merged in [`router`].
 
 pub mod metrics;
+pub mod push;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,10 @@ pub struct HttpState {
 
 /// Every route of the listener. Add a feature as `.merge(feature::routes())`.
 pub fn router(state: HttpState) -> Router {
-    Router::new().merge(metrics::routes()).with_state(state)
+    Router::new()
+        .merge(metrics::routes())
+        .merge(push::routes())
+        .with_state(state)
 }
 
 /// Bind `addr` (fatal if it cannot be bound).

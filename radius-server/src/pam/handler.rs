@@ -7,7 +7,7 @@ use portcullis_core::engine::{
     AnswerRequest, Channel, Engine, Expects as EngineExpects, LoginRequest, Step,
 };
 use portcullis_core::protocol::{
-    ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
+    Choice, ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
     Unenrolled,
 };
 use zeroize::Zeroizing;
@@ -96,11 +96,18 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
             };
             engine.answer(&req)
         }
-        RequestStep::Poll { .. } => {
-            return Response::error(
-                ErrorCode::Unsupported,
-                "push approval is not available in this version of portcullis",
-            )
+        // The server has already waited (briefly) for the decision; an empty answer reads it.
+        RequestStep::Poll { txn } => {
+            let req = AnswerRequest {
+                tenant: origin.tenant.clone(),
+                channel: channel(&origin),
+                source: origin.source(),
+                username: origin.user.clone(),
+                txn,
+                answer: Zeroizing::new(Vec::new()),
+                prompt: settings.prompt.clone(),
+            };
+            engine.answer(&req)
         }
     };
     match result {
@@ -125,11 +132,13 @@ fn translate(step: Step) -> ResponseStep {
         Step::Reject { user_message } => ResponseStep::Reject {
             message: user_message,
         },
+        Step::Wait { txn, text, .. } => ResponseStep::Wait { txn, text },
         Step::Prompt {
             txn,
             text,
             echo,
             expects,
+            choices,
         } => ResponseStep::Prompt {
             txn,
             text,
@@ -137,8 +146,15 @@ fn translate(step: Step) -> ResponseStep {
             expects: match expects {
                 EngineExpects::Password => Expects::Password,
                 EngineExpects::Code => Expects::Code,
+                EngineExpects::Choice => Expects::Choice,
             },
-            choices: Vec::new(),
+            choices: choices
+                .into_iter()
+                .map(|c| Choice {
+                    id: c.id,
+                    label: c.label,
+                })
+                .collect(),
         },
     }
 }
@@ -315,18 +331,16 @@ mod tests {
     }
 
     #[test]
-    fn poll_is_unsupported_until_push_exists() {
+    fn poll_of_an_unknown_transaction_ends_the_login() {
         let r = handle(
             &engine(),
             &settings(),
             request("alice", RequestStep::Poll { txn: "x.0".into() }),
         );
-        assert!(matches!(
-            r.step,
-            ResponseStep::Error {
-                code: ErrorCode::Unsupported,
-                ..
-            }
-        ));
+        assert!(
+            matches!(r.step, ResponseStep::Reject { .. }),
+            "{:?}",
+            r.step
+        );
     }
 }

@@ -26,6 +26,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing a response may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a push poll is held for the decision before "not approved yet" is answered.
+const POLL_HOLD: Duration = Duration::from_secs(5);
 
 /// Everything connection tasks share.
 pub struct PamContext {
@@ -34,11 +36,13 @@ pub struct PamContext {
     allowed_uids: Vec<u32>,
     slots: Arc<Semaphore>,
     max_connections: usize,
+    push_hub: Arc<crate::push::PushHub>,
 }
 
 impl PamContext {
-    pub fn new(engine: Arc<Engine>, cfg: &PamConfig) -> Self {
+    pub fn new(engine: Arc<Engine>, cfg: &PamConfig, push_hub: Arc<crate::push::PushHub>) -> Self {
         Self {
+            push_hub,
             engine,
             settings: PamSettings::from_config(cfg),
             allowed_uids: cfg.allowed_uids.clone(),
@@ -200,6 +204,15 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
             Ok(req) => {
                 tracing::debug!(uid, tenant = %req.origin.tenant, user = %req.origin.user,
                     service = %req.origin.service, "PAM request");
+                if let protocol::RequestStep::Poll { txn } = &req.step {
+                    // Hold a poll briefly: an approval landing meanwhile is answered at
+                    // once; the module's exchange deadline (timeout=, default 10 s) is
+                    // well above this.
+                    if let Some(id) = portcullis_core::engine::transaction_of(txn) {
+                        let until = tokio::time::Instant::now() + POLL_HOLD;
+                        ctx.push_hub.wait(&ctx.engine, id, until).await;
+                    }
+                }
                 let engine = ctx.engine.clone();
                 let settings = ctx.settings.clone();
                 match tokio::task::spawn_blocking(move || handle(&engine, &settings, req)).await {

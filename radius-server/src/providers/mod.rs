@@ -21,7 +21,10 @@ pub use smtp::Smtp;
 pub use twilio::Twilio;
 
 /// An HTTPS client for one provider, trusting the public CAs and, if given, `ca_file`.
-fn client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Result<reqwest::Client> {
+pub(crate) fn client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -38,7 +41,7 @@ fn client(ca_file: Option<&std::path::Path>, timeout: Duration) -> Result<reqwes
 }
 
 /// Run a provider request to completion from a blocking thread, bounded by `timeout`.
-fn run_blocking<T>(
+pub(crate) fn run_blocking<T>(
     handle: &Handle,
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<T, DeliveryError>>,
@@ -57,7 +60,7 @@ fn run_blocking<T>(
 }
 
 /// Sort an HTTP failure into refused (4xx except 429: not worth retrying) or unavailable.
-fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryError {
+pub(crate) fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryError {
     if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
         DeliveryError::Refused(format!("HTTP {}: {detail}", status.as_u16()))
     } else {
@@ -65,7 +68,7 @@ fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryError {
     }
 }
 
-fn transport(e: reqwest::Error) -> DeliveryError {
+pub(crate) fn transport(e: reqwest::Error) -> DeliveryError {
     // reqwest's error text names the URL but never the body or credentials.
     DeliveryError::Unavailable(if e.is_timeout() {
         "timed out".into()
@@ -95,6 +98,27 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
                 portcullis_core::external::ExternalSettings {
                     fail_open: duo.fail_mode == portcullis_core::config::FailMode::Safe,
                     username_is_email: duo.username == portcullis_core::config::DuoUsername::Email,
+                },
+            );
+        }
+        if let Some(push) = &t.push {
+            let sender = crate::push::PushClient::new(push, handle.clone())
+                .with_context(|| format!("tenants.{tenant}.push"))?;
+            let public_url = config
+                .http
+                .as_ref()
+                .and_then(|h| h.public_url.clone())
+                .context("push needs [http] public_url")?;
+            engine.set_push(
+                tenant,
+                Arc::new(sender),
+                portcullis_core::push::PushSettings {
+                    public_url,
+                    number_matching: push.number_matching,
+                    ttl: push.ttl.as_secs() as i64,
+                    max_pushes: push.max_pushes,
+                    window: push.window.as_secs() as i64,
+                    issuer: config.issuer.clone(),
                 },
             );
         }

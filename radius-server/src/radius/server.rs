@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use portcullis_core::config::Config;
-use portcullis_core::engine::{AnswerRequest, Channel, Engine, LoginRequest, Step};
+use portcullis_core::config::LoginMode;
+use portcullis_core::engine::{
+    transaction_of, AnswerRequest, Channel, Engine, LoginRequest, MenuChoice, Step,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
@@ -18,6 +21,7 @@ pub use super::clients::Client;
 use super::clients::ClientTable;
 use super::metrics::{Answered, DropCause, Metrics};
 use super::packet::{self, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
+use crate::push::PushHub;
 
 /// What every request task shares.
 pub struct RadiusContext {
@@ -30,6 +34,8 @@ pub struct RadiusContext {
     max_in_flight: usize,
     /// Session-Timeout sent with a challenge: how long the prompt may wait.
     challenge_timeout: u32,
+    /// Requests waiting for a push decision, woken by the approval handler.
+    pub push_hub: Arc<PushHub>,
 }
 
 impl RadiusContext {
@@ -43,6 +49,7 @@ impl RadiusContext {
             inflight: Arc::new(Semaphore::new(cfg.radius.max_in_flight)),
             max_in_flight: cfg.radius.max_in_flight,
             challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
+            push_hub: Arc::new(PushHub::default()),
         }
     }
 
@@ -279,13 +286,16 @@ async fn decide(
     let cfg = &client.config;
     let engine = ctx.engine.clone();
     let secret_input = Zeroizing::new(password.to_vec());
-    let step = match &req.state {
+    // A push wait is held until the phone answers, at most `max_wait` from arrival.
+    let deadline = tokio::time::Instant::now() + cfg.max_wait;
+    let polled = req.state.is_some();
+    let mut step = match &req.state {
         Some(state) => {
             let answer = AnswerRequest {
                 tenant: cfg.tenant.clone(),
-                channel,
-                source,
-                username,
+                channel: channel.clone(),
+                source: source.clone(),
+                username: username.clone(),
                 txn: String::from_utf8_lossy(state).into_owned(),
                 answer: secret_input,
                 prompt: cfg.prompt.clone(),
@@ -295,10 +305,10 @@ async fn decide(
         None => {
             let login = LoginRequest {
                 tenant: cfg.tenant.clone(),
-                channel,
-                source,
+                channel: channel.clone(),
+                source: source.clone(),
                 mode: cfg.mode,
-                username,
+                username: username.clone(),
                 credential: secret_input,
                 delimiter: cfg.delimiter.clone(),
                 prompt: cfg.prompt.clone(),
@@ -307,6 +317,43 @@ async fn decide(
             tokio::task::spawn_blocking(move || engine.start(&login)).await
         }
     };
+    // `challenge` shows the first wait as a challenge ("approve, then press Enter"); the
+    // other modes, and every answer to such a challenge, hold the request instead. The
+    // hold is a parked future (no thread); retransmissions meanwhile hit the in-progress
+    // cache entry and are dropped, so no second push is ever sent.
+    let hold = cfg.mode != LoginMode::Challenge || polled;
+    while let Ok(Ok(Step::Wait { txn, .. })) = &step {
+        if !hold {
+            break;
+        }
+        let Some(id) = transaction_of(txn) else { break };
+        let decided = ctx.push_hub.wait(&ctx.engine, id, deadline).await;
+        if !decided && cfg.mode == LoginMode::Challenge {
+            break;
+        }
+        // Decided, or out of time in a mode that cannot show a challenge: ask once more;
+        // a push still pending then ends the login.
+        let engine = ctx.engine.clone();
+        let poll = AnswerRequest {
+            tenant: cfg.tenant.clone(),
+            channel: channel.clone(),
+            source: source.clone(),
+            username: username.clone(),
+            txn: txn.clone(),
+            answer: Zeroizing::new(Vec::new()),
+            prompt: cfg.prompt.clone(),
+        };
+        step = tokio::task::spawn_blocking(move || engine.answer(&poll)).await;
+        if !decided {
+            if let Ok(Ok(Step::Wait { .. })) = &step {
+                tracing::info!(%src, client = %cfg.name, user = %username,
+                    "push not answered within max_wait; rejected");
+                return Reply::reject(Some(
+                    "The push was not approved in time; start again.".into(),
+                ));
+            }
+        }
+    }
     match step {
         Ok(Ok(Step::Accept {
             reply_attributes,
@@ -328,7 +375,14 @@ async fn decide(
             r
         }
         Ok(Ok(Step::Reject { user_message })) => Reply::reject(Some(user_message)),
-        Ok(Ok(Step::Prompt { txn, text, .. })) => {
+        Ok(Ok(Step::Prompt {
+            txn, text, choices, ..
+        })) => {
+            let mut r = Reply::challenge(menu_text(&text, &choices), txn.into_bytes());
+            r.session_timeout = Some(ctx.challenge_timeout);
+            r
+        }
+        Ok(Ok(Step::Wait { txn, text, .. })) => {
             let mut r = Reply::challenge(text, txn.into_bytes());
             r.session_timeout = Some(ctx.challenge_timeout);
             r
@@ -343,6 +397,19 @@ async fn decide(
             Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()))
         }
     }
+}
+
+/// A prompt's text with its factor menu: `Heading 1) code from your app  2) push ...`.
+fn menu_text(text: &str, choices: &[MenuChoice]) -> String {
+    if choices.is_empty() {
+        return text.to_string();
+    }
+    let items: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}) {}", i + 1, c.label))
+        .collect();
+    format!("{text} {}", items.join("  "))
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! their receive loops.
 
 mod external_mfa;
+mod menu;
 mod oob;
+mod push;
 mod rules;
 mod second_factor;
 mod split;
@@ -36,6 +38,7 @@ use crate::store::{Store, StoreError};
 
 pub(crate) use oob::sent_code_hash;
 pub use oob::{keyword, EmailParams, SendOutcome, SmsParams, OUT_OF_BAND};
+pub use push::POLL_AFTER_MS;
 pub use second_factor::{factor_context, CodeCheck};
 
 /// Who asks.
@@ -122,6 +125,16 @@ pub struct AnswerRequest {
 pub enum Expects {
     Password,
     Code,
+    /// A factor menu: the answer is a choice's id or number, or a code.
+    Choice,
+}
+
+/// One entry of a factor menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MenuChoice {
+    /// What picks it (`app`, `push`, `sms`, `email`); its 1-based position does too.
+    pub id: String,
+    pub label: String,
 }
 
 /// What the front end must do next.
@@ -142,6 +155,15 @@ pub enum Step {
         text: String,
         echo: bool,
         expects: Expects,
+        /// With `expects = Choice`: the menu (the text is its heading).
+        choices: Vec<MenuChoice>,
+    },
+    /// A push was sent: hold the request until it is decided, or tell the user to approve
+    /// and answer (an empty answer polls) quoting `txn`.
+    Wait {
+        txn: String,
+        text: String,
+        poll_after_ms: u32,
     },
 }
 
@@ -159,6 +181,8 @@ pub const RECOVERY_PEPPER_LABEL: &str = "portcullis recovery codes v1";
 pub const BYPASS_PEPPER_LABEL: &str = "portcullis bypass codes v1";
 /// See [`RECOVERY_PEPPER_LABEL`].
 pub const SENT_PEPPER_LABEL: &str = "portcullis sent codes v1";
+/// See [`RECOVERY_PEPPER_LABEL`].
+pub const PUSH_PEPPER_LABEL: &str = "portcullis push tokens v1";
 
 /// The message every failed login shows, so that nothing tells users apart.
 pub const GENERIC_FAILURE: &str = "Authentication failed";
@@ -228,6 +252,9 @@ pub struct Engine {
     policies: HashMap<String, Vec<Rule>>,
     /// Per-tenant external second-factor services (Duo).
     externals: HashMap<String, (Arc<dyn ExternalMfa>, ExternalSettings)>,
+    /// Per-tenant push notification channels.
+    pushes: HashMap<String, (Arc<dyn crate::push::PushSender>, crate::push::PushSettings)>,
+    push_pepper: Zeroizing<[u8; 32]>,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -276,6 +303,7 @@ impl Engine {
         let recovery_pepper = key.derive(RECOVERY_PEPPER_LABEL);
         let bypass_pepper = key.derive(BYPASS_PEPPER_LABEL);
         let sent_pepper = key.derive(SENT_PEPPER_LABEL);
+        let push_pepper = key.derive(PUSH_PEPPER_LABEL);
         Self {
             store,
             clock,
@@ -290,6 +318,8 @@ impl Engine {
             senders: HashMap::new(),
             policies: HashMap::new(),
             externals: HashMap::new(),
+            pushes: HashMap::new(),
+            push_pepper,
         }
     }
 
@@ -358,6 +388,11 @@ impl Engine {
         &self.store
     }
 
+    /// The Engine's time (its injected clock).
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
     /// Begin a login.
     pub fn start(&self, req: &LoginRequest) -> Result<Step, EngineError> {
         let now = self.clock.now();
@@ -410,8 +445,8 @@ impl Engine {
         let result = match &outcome.step {
             Step::Accept { .. } => AuditResult::Accept,
             Step::Reject { .. } => AuditResult::Reject,
-            Step::Prompt { txn, .. } => {
-                tracing::debug!(tenant, username, txn = %txn_id(txn), "prompting");
+            Step::Prompt { txn, .. } | Step::Wait { txn, .. } => {
+                tracing::debug!(tenant, username, txn = %txn_id(txn), reason = %outcome.reason, "prompting");
                 return Ok(outcome.step);
             }
         };
@@ -524,6 +559,11 @@ impl Engine {
                             )? {
                                 return Ok(carry(stop, attrs));
                             }
+                            if let Some(o) = self.push_word(
+                                &tenant, &user, req, &cand.code, "password", &d, attrs, now,
+                            )? {
+                                return Ok(carry(o, attrs));
+                            }
                             if split::is_factor_word(&cand.code)
                                 && !self.serves_word(&tenant, &user, &cand.code, &d)?
                             {
@@ -596,6 +636,11 @@ impl Engine {
                 }
                 let code =
                     Zeroizing::new(String::from_utf8_lossy(&req.credential).trim().to_string());
+                if let Some(o) =
+                    self.push_word(&tenant, &user, req, &code, "delegated", &d, &[], now)?
+                {
+                    return Ok(o);
+                }
                 let mut outcome = self.second_factor_once(
                     &tenant,
                     &user,
@@ -775,6 +820,39 @@ impl Engine {
         if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
             return Ok(stop);
         }
+        let methods = self.usable_methods(&tenant.name, user, d)?;
+        // Push at once when the client wants it (`auto`) or when it is the only way.
+        if let Some(push) = methods.iter().find(|m| m.method == menu::Method::Push) {
+            if req.mode == LoginMode::Auto || methods.len() == 1 {
+                if let Some(f) = &push.factor {
+                    let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
+                    return self.begin_push(
+                        tenant,
+                        user,
+                        f,
+                        (txn_id(&txn), 0),
+                        (req.channel.client(), &req.source),
+                        first,
+                        true,
+                        now,
+                    );
+                }
+            }
+        }
+        if methods.len() >= 2 {
+            let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
+            return Ok(Outcome {
+                step: Step::Prompt {
+                    txn,
+                    text: MENU_HEADING.into(),
+                    echo: false,
+                    expects: Expects::Choice,
+                    choices: menu::choices(&methods),
+                },
+                reason: format!("first factor ok; factor menu offered ({})", d.label()),
+                factors: vec![first.into()],
+            });
+        }
         // Codes that can be sent: with no other way to give a code, an SMS goes out at
         // once; otherwise the prompt offers them ("type sms").
         let mut text = req.prompt.clone();
@@ -810,6 +888,7 @@ impl Engine {
                 text,
                 echo: false,
                 expects: Expects::Code,
+                choices: Vec::new(),
             },
             reason: format!("first factor ok; code asked ({})", d.label()),
             factors: vec![first.into()],
@@ -832,6 +911,43 @@ impl Engine {
             Some(kind) => Ok(self.oob_factor(&tenant.name, user, kind, d)?.is_some()),
             None => Ok(false),
         }
+    }
+
+    /// `password,push` (append) or `push` (otp-only): send a push and wait for it, when
+    /// the user has push and no external service owns the second factor.
+    #[allow(clippy::too_many_arguments)]
+    fn push_word(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        req: &LoginRequest,
+        word: &str,
+        first: &'static str,
+        d: &Decision,
+        reply_attributes: &[ReplyAttribute],
+        now: UnixTime,
+    ) -> Result<Option<Outcome>, EngineError> {
+        if !word.trim().eq_ignore_ascii_case("push") || self.external(&tenant.name).is_some() {
+            return Ok(None);
+        }
+        let Some(f) = self.push_factor(&tenant.name, user, d)? else {
+            return Ok(None);
+        };
+        if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
+            return Ok(Some(blocked));
+        }
+        let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
+        self.begin_push(
+            tenant,
+            user,
+            &f,
+            (txn_id(&txn), 0),
+            (req.channel.client(), &req.source),
+            first,
+            false,
+            now,
+        )
+        .map(Some)
     }
 
     /// Store a new transaction for the prompt after the first factor; its reference.
@@ -1023,6 +1139,36 @@ impl Engine {
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
+        if let Some(push) = self.store.push_of_transaction(&txn.id)? {
+            if push.detail.as_deref() != Some(push::NOT_SENT) {
+                match self.poll_push(
+                    &user,
+                    &push,
+                    &code,
+                    txn.first_factor(),
+                    &req.source,
+                    &d,
+                    now,
+                )? {
+                    push::PushPoll::Done(o) => return Ok(carry(o, &txn.reply_attributes)),
+                    push::PushPoll::Waiting(text) => {
+                        return Ok(Outcome {
+                            step: Step::Wait {
+                                txn: txn_ref(&txn.id, txn.step),
+                                text,
+                                poll_after_ms: POLL_AFTER_MS,
+                            },
+                            reason: "push still pending".into(),
+                            factors: vec![txn.first_factor().to_string()],
+                        })
+                    }
+                    push::PushPoll::Typed => {}
+                }
+            }
+        }
+        if let Some(o) = self.menu_answer(&tenant, &user, &txn, req, &code, &d, now)? {
+            return Ok(o);
+        }
         if let Some(o) = self.external_answer(
             &tenant,
             &user,
@@ -1056,6 +1202,7 @@ impl Engine {
                         text: format!("{} Enter the code:", sent.user_text()),
                         echo: false,
                         expects: Expects::Code,
+                        choices: Vec::new(),
                     },
                     reason: sent.reason(),
                     factors: vec![txn.first_factor().to_string()],
@@ -1093,6 +1240,7 @@ impl Engine {
                         text: format!("Wrong code, try again. {}", req.prompt),
                         echo: false,
                         expects: Expects::Code,
+                        choices: Vec::new(),
                     },
                     reason: failed.reason(),
                     factors: vec![txn.first_factor().to_string()],
@@ -1101,6 +1249,9 @@ impl Engine {
         }
     }
 }
+
+/// The heading of the factor menu.
+pub const MENU_HEADING: &str = "Choose a second factor (or enter a code):";
 
 /// A first factor that did not pass: the audit reason, and whether the backend could not
 /// answer at all (then trying another reading of an `append` credential is pointless).
@@ -1157,6 +1308,12 @@ fn txn_ref(id: &str, step: u32) -> String {
 
 fn txn_id(r: &str) -> &str {
     r.split('.').next().unwrap_or("")
+}
+
+/// The transaction a step's reference (`txn` of a Prompt or Wait) belongs to, for front
+/// ends that wait for a push decision on it.
+pub fn transaction_of(reference: &str) -> Option<&str> {
+    parse_txn_ref(reference).map(|(id, _)| id)
 }
 
 /// Whether `state` has the shape of a prompt's reference (a RADIUS State we issued):

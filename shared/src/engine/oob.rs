@@ -86,7 +86,7 @@ impl SendOutcome {
 }
 
 /// Where a factor's codes go.
-fn address_of(f: &Factor) -> Option<String> {
+pub(super) fn address_of(f: &Factor) -> Option<String> {
     match f.kind {
         FactorKind::Sms => serde_json::from_str::<SmsParams>(&f.params)
             .ok()

@@ -83,7 +83,7 @@ impl Engine {
                 FactorKind::Totp => self.match_totp(f, code, now)?,
                 FactorKind::Hotp => self.match_hotp(f, code, now)?,
                 // Checked below against the codes that were sent.
-                FactorKind::Sms | FactorKind::Email => None,
+                FactorKind::Sms | FactorKind::Email | FactorKind::Push => None,
             };
             match result {
                 Some(CodeCheck::Replayed) => replayed = true,

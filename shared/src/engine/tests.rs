@@ -806,7 +806,15 @@ mod sms {
         let (w, phone) = sms_world();
         let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
         match &p {
-            Step::Prompt { text, .. } => assert!(text.contains("type sms"), "{text}"),
+            // App and SMS: a menu, which a code also answers.
+            Step::Prompt {
+                expects, choices, ..
+            } => {
+                assert_eq!(*expects, Expects::Choice);
+                let ids: Vec<&str> = choices.iter().map(|c| c.id.as_str()).collect();
+                assert_eq!(ids, ["app", "sms"]);
+                assert!(choices[1].label.contains("••••5678"), "{choices:?}");
+            }
             other => panic!("{other:?}"),
         }
         let before = phone.count();
@@ -933,10 +941,14 @@ mod sms {
         let (w, _phone, mail) = email_world();
         let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
         match &p {
-            Step::Prompt { text, .. } => assert!(text.contains("type sms or email"), "{text}"),
+            Step::Prompt { choices, .. } => {
+                let ids: Vec<&str> = choices.iter().map(|c| c.id.as_str()).collect();
+                assert_eq!(ids, ["app", "sms", "email"]);
+            }
             other => panic!("{other:?}"),
         }
-        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "email"));
+        // Picked by its number in the menu.
+        let t = prompt_txn(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "3"));
         match answer(&w, "alice", "192.0.2.10", &t, &mail.last_code()) {
             Step::Accept { factors_used, .. } => assert_eq!(factors_used, ["password", "email"]),
             other => panic!("{other:?}"),
@@ -1467,3 +1479,5 @@ fn only_our_state_shape_counts_as_a_transaction_reference() {
     ));
     assert!(!is_transaction_reference(&[0xff, 0xfe]));
 }
+
+mod push;

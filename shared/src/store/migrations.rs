@@ -137,4 +137,30 @@ CREATE TABLE remembered_sources (
 ALTER TABLE transactions ADD COLUMN reply_attributes TEXT NOT NULL DEFAULT '[]';
 "#,
     ),
+    (
+        6,
+        // Push approval: one row per notification; the decision is a conditional UPDATE
+        // (pending -> approved/denied), so two answers can never both count.
+        r#"
+CREATE TABLE push_requests (
+    id          TEXT PRIMARY KEY,
+    tenant_id   BIGINT NOT NULL,
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    txn_id      TEXT NOT NULL,
+    factor_id   TEXT NOT NULL,
+    token_hash  TEXT NOT NULL,
+    number      INTEGER,
+    status      TEXT NOT NULL,
+    detail      TEXT,
+    username    TEXT NOT NULL,
+    client      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    decided_at  BIGINT
+);
+CREATE INDEX push_requests_txn ON push_requests(txn_id, created_at);
+CREATE INDEX push_requests_user ON push_requests(user_id, created_at);
+"#,
+    ),
 ];

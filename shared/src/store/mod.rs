@@ -156,6 +156,22 @@ pub trait Store: Send + Sync + 'static {
     fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32>;
     fn delete_transaction(&self, id: &str) -> StoreResult<()>;
 
+    // Push approval
+    fn add_push(&self, push: &PushRequest) -> StoreResult<()>;
+    fn push_by_id(&self, id: &str) -> StoreResult<Option<PushRequest>>;
+    /// The newest push of a transaction.
+    fn push_of_transaction(&self, txn_id: &str) -> StoreResult<Option<PushRequest>>;
+    /// Pending -> `status`, only while unexpired: true if this call decided it.
+    fn decide_push(
+        &self,
+        id: &str,
+        status: PushStatus,
+        detail: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
+    /// How many pushes were sent to the user since `since` (anti-fatigue cap).
+    fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32>;
+
     // Throttles
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;
     /// Counts one failure atomically and returns the new state.

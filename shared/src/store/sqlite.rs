@@ -218,6 +218,35 @@ fn txn_from_row(r: &Row<'_>) -> rusqlite::Result<Transaction> {
     })
 }
 
+const PUSH_COLUMNS: &str = "id, tenant_id, user_id, txn_id, factor_id, token_hash, number, status, detail, username, client, source, created_at, expires_at, decided_at";
+
+fn push_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PushRequest, StoreError>> {
+    let status: String = r.get(7)?;
+    let Some(status) = PushStatus::parse(&status) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "push request has an unknown status '{status}'"
+        ))));
+    };
+    let number: Option<i64> = r.get(6)?;
+    Ok(Ok(PushRequest {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        user_id: r.get(2)?,
+        txn_id: r.get(3)?,
+        factor_id: r.get(4)?,
+        token_hash: r.get(5)?,
+        number: number.and_then(|n| u8::try_from(n).ok()),
+        status,
+        detail: r.get(8)?,
+        username: r.get(9)?,
+        client: r.get(10)?,
+        source: r.get(11)?,
+        created_at: r.get(12)?,
+        expires_at: r.get(13)?,
+        decided_at: r.get(14)?,
+    }))
+}
+
 fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<Throttle> {
     Ok(Throttle {
         failures: r.get(0)?,
@@ -747,6 +776,88 @@ impl Store for SqliteStore {
         st.execute(params![id]).map(|_| ()).map_err(db)
     }
 
+    fn add_push(&self, p: &PushRequest) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                &format!("INSERT INTO push_requests ({PUSH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                params![
+                    p.id,
+                    p.tenant_id,
+                    p.user_id,
+                    p.txn_id,
+                    p.factor_id,
+                    p.token_hash,
+                    p.number.map(i64::from),
+                    p.status.as_str(),
+                    p.detail,
+                    p.username,
+                    p.client,
+                    p.source,
+                    p.created_at,
+                    p.expires_at,
+                    p.decided_at
+                ],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+
+    fn push_by_id(&self, id: &str) -> StoreResult<Option<PushRequest>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {PUSH_COLUMNS} FROM push_requests WHERE id = ?1"
+            ))
+            .map_err(db)?;
+        st.query_row(params![id], push_from_row)
+            .optional()
+            .map_err(db)?
+            .transpose()
+    }
+
+    fn push_of_transaction(&self, txn_id: &str) -> StoreResult<Option<PushRequest>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {PUSH_COLUMNS} FROM push_requests WHERE txn_id = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ))
+            .map_err(db)?;
+        st.query_row(params![txn_id], push_from_row)
+            .optional()
+            .map_err(db)?
+            .transpose()
+    }
+
+    fn decide_push(
+        &self,
+        id: &str,
+        status: PushStatus,
+        detail: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE push_requests SET status = ?2, detail = ?3, decided_at = ?4
+                 WHERE id = ?1 AND status = 'pending' AND expires_at > ?4",
+            )
+            .map_err(db)?;
+        st.execute(params![id, status.as_str(), detail, now])
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM push_requests WHERE user_id = ?1 AND created_at >= ?2",
+            )
+            .map_err(db)?;
+        st.query_row(params![user, since], |r| r.get(0)).map_err(db)
+    }
+
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
         let conn = self.lock();
         let mut st = conn
@@ -892,7 +1003,14 @@ impl Store for SqliteStore {
                 params![now],
             )
             .map_err(db)?;
-        Ok((a + b + c + d + e) as u64)
+        // Pushes stay a day past expiry: the anti-fatigue window counts them.
+        let f = conn
+            .execute(
+                "DELETE FROM push_requests WHERE expires_at <= ?1",
+                params![now - 86_400],
+            )
+            .map_err(db)?;
+        Ok((a + b + c + d + e + f) as u64)
     }
 }
 

@@ -18,6 +18,63 @@ pub fn run_all(s: &dyn Store) {
     bypass_codes_are_limited_and_expire(s);
     sent_codes_are_single_use_and_counted(s);
     remembered_sources_expire_and_can_be_forgotten(s);
+    push_decisions_are_made_once(s);
+}
+
+fn push_decisions_are_made_once(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "pia");
+    let push = |id: &str, txn: &str, at: UnixTime| PushRequest {
+        id: id.into(),
+        tenant_id: t.id,
+        user_id: u.id,
+        txn_id: txn.into(),
+        factor_id: "fac-push".into(),
+        token_hash: format!("hash-{id}"),
+        number: Some(42),
+        status: PushStatus::Pending,
+        detail: None,
+        username: u.name.clone(),
+        client: "vpn".into(),
+        source: "10.0.0.9".into(),
+        created_at: at,
+        expires_at: at + 60,
+        decided_at: None,
+    };
+    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
+    s.add_push(&push("p1", "t1", 100)).unwrap();
+    s.add_push(&push("p2", "t1", 110)).unwrap();
+    s.add_push(&push("p3", "t2", 120)).unwrap();
+    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
+    assert_eq!(s.pushes_since(u.id, 110).unwrap(), 2);
+    let got = s.push_by_id("p1").unwrap().unwrap();
+    assert_eq!(got, push("p1", "t1", 100));
+    assert_eq!(s.push_by_id("nope").unwrap(), None);
+    assert_eq!(s.push_of_transaction("t1").unwrap().unwrap().id, "p2");
+    assert_eq!(s.push_of_transaction("t9").unwrap(), None);
+    // One decision only; the second answer (approve after deny) does not count.
+    assert!(s
+        .decide_push("p2", PushStatus::Denied, Some("denied on the device"), 115)
+        .unwrap());
+    assert!(!s
+        .decide_push("p2", PushStatus::Approved, None, 116)
+        .unwrap());
+    let p2 = s.push_by_id("p2").unwrap().unwrap();
+    assert_eq!(p2.status, PushStatus::Denied);
+    assert_eq!(p2.detail.as_deref(), Some("denied on the device"));
+    assert_eq!(p2.decided_at, Some(115));
+    // An expired push cannot be approved.
+    assert!(!s
+        .decide_push("p3", PushStatus::Approved, None, 180)
+        .unwrap());
+    assert!(s
+        .decide_push("p3", PushStatus::Approved, None, 179)
+        .unwrap());
+    // Kept a day past expiry for the anti-fatigue count, then purged.
+    s.purge_expired(1_000).unwrap();
+    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
+    s.purge_expired(200 + 86_400).unwrap();
+    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
 }
 
 fn remembered_sources_expire_and_can_be_forgotten(s: &dyn Store) {

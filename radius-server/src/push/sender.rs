@@ -1,0 +1,240 @@
+//! Delivering push notifications: ntfy (JSON publish with action buttons) and a generic
+//! JSON webhook (optionally signed). HTTPS only, certificates verified, bounded in time.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use portcullis_core::config::PushConfig;
+use portcullis_core::delivery::DeliveryError;
+use portcullis_core::push::{PushChannel, PushNotice, PushSender};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::runtime::Handle;
+use zeroize::Zeroizing;
+
+use crate::providers::{classify, client, run_blocking, transport};
+
+/// The push channels of one tenant.
+pub struct PushClient {
+    http: reqwest::Client,
+    handle: Handle,
+    ntfy_url: Option<String>,
+    ntfy_token: Option<Zeroizing<String>>,
+    webhook_secret: Option<Zeroizing<Vec<u8>>>,
+    timeout: Duration,
+}
+
+impl PushClient {
+    /// From validated config; reads `ntfy_token_file` now.
+    pub fn new(cfg: &PushConfig, handle: Handle) -> Result<Self> {
+        let ntfy_token = match (&cfg.ntfy_token, &cfg.ntfy_token_file) {
+            (Some(t), _) => Some(Zeroizing::new(t.clone())),
+            (None, Some(path)) => Some(Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading ntfy_token_file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            )),
+            (None, None) => None,
+        };
+        Ok(Self {
+            http: client(cfg.ca_file.as_deref(), cfg.timeout)?,
+            handle,
+            ntfy_url: cfg
+                .ntfy_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            ntfy_token,
+            webhook_secret: cfg
+                .webhook_secret
+                .as_ref()
+                .map(|s| Zeroizing::new(s.as_bytes().to_vec())),
+            timeout: cfg.timeout,
+        })
+    }
+
+    /// POST `body` as JSON to `url` (with the ntfy token for ntfy, a signature for webhooks).
+    fn post(&self, channel: PushChannel, url: &str, body: &Value) -> Result<(), DeliveryError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| DeliveryError::Refused(format!("cannot encode the message: {e}")))?;
+        let mut req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        match channel {
+            PushChannel::Ntfy => {
+                if let Some(t) = &self.ntfy_token {
+                    req = req.bearer_auth(t.as_str());
+                }
+            }
+            PushChannel::Webhook => {
+                if let Some(key) = &self.webhook_secret {
+                    req = req.header("X-Portcullis-Signature", sign(key, &bytes));
+                }
+            }
+        }
+        let req = req.body(bytes);
+        run_blocking(&self.handle, self.timeout, async move {
+            let resp = req.send().await.map_err(transport)?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let detail: String = text.chars().take(200).collect();
+            Err(classify(status, detail))
+        })
+    }
+
+    fn ntfy_base(&self) -> Result<&str, DeliveryError> {
+        self.ntfy_url.as_deref().ok_or_else(|| {
+            DeliveryError::Refused(
+                "the tenant's [push] has no ntfy_url for this ntfy factor".into(),
+            )
+        })
+    }
+}
+
+/// `sha256=HEX` of HMAC-SHA256(key, body): lets the receiver check who sent the webhook.
+fn sign(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(body);
+    format!(
+        "sha256={}",
+        data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
+    )
+}
+
+/// The ntfy publish body: with number matching, Approve opens the page (the number is
+/// picked there); without it, Approve and Deny are HTTP actions carrying the token.
+fn ntfy_body(topic: &str, n: &PushNotice) -> Value {
+    let bearer = format!("Bearer {}", n.token);
+    let deny = json!({
+        "action": "http", "label": "Deny", "url": n.deny_url, "method": "POST",
+        "headers": {"Authorization": bearer}, "clear": true
+    });
+    let approve = if n.number_matching {
+        json!({"action": "view", "label": "Approve…", "url": n.page_url, "clear": true})
+    } else {
+        json!({
+            "action": "http", "label": "Approve", "url": n.approve_url, "method": "POST",
+            "headers": {"Authorization": bearer}, "clear": true
+        })
+    };
+    json!({
+        "topic": topic,
+        "title": n.title,
+        "message": n.message,
+        "priority": 5,
+        "tags": ["lock"],
+        "click": n.page_url,
+        "actions": [approve, deny],
+    })
+}
+
+fn webhook_body(n: &PushNotice) -> Value {
+    json!({
+        "type": "push",
+        "title": n.title,
+        "message": n.message,
+        "user": n.username,
+        "client": n.client,
+        "source": n.source,
+        "time": n.time,
+        "page_url": n.page_url,
+        "approve_url": n.approve_url,
+        "deny_url": n.deny_url,
+        "token": n.token,
+        "number_matching": n.number_matching,
+    })
+}
+
+impl PushSender for PushClient {
+    fn provider(&self, channel: PushChannel) -> &'static str {
+        match channel {
+            PushChannel::Ntfy => "ntfy",
+            PushChannel::Webhook => "webhook",
+        }
+    }
+
+    fn send(
+        &self,
+        channel: PushChannel,
+        address: &str,
+        notice: &PushNotice,
+    ) -> Result<(), DeliveryError> {
+        match channel {
+            PushChannel::Ntfy => {
+                let base = self.ntfy_base()?;
+                self.post(channel, &format!("{base}/"), &ntfy_body(address, notice))
+            }
+            PushChannel::Webhook => self.post(channel, address, &webhook_body(notice)),
+        }
+    }
+
+    fn send_text(
+        &self,
+        channel: PushChannel,
+        address: &str,
+        title: &str,
+        message: &str,
+    ) -> Result<(), DeliveryError> {
+        match channel {
+            PushChannel::Ntfy => {
+                let base = self.ntfy_base()?;
+                let body =
+                    json!({"topic": address, "title": title, "message": message, "priority": 4});
+                self.post(channel, &format!("{base}/"), &body)
+            }
+            PushChannel::Webhook => {
+                let body = json!({"type": "message", "title": title, "message": message});
+                self.post(channel, address, &body)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(number_matching: bool) -> PushNotice {
+        PushNotice {
+            title: "t".into(),
+            message: "m".into(),
+            username: "alice".into(),
+            client: "vpn".into(),
+            source: "10.0.0.1".into(),
+            time: 1,
+            page_url: "https://mfa/v1/push/ab?t=tok".into(),
+            approve_url: "https://mfa/v1/push/ab/approve".into(),
+            deny_url: "https://mfa/v1/push/ab/deny".into(),
+            token: "tok".into(),
+            number_matching,
+        }
+    }
+
+    #[test]
+    fn number_matching_approves_on_the_page_only() {
+        let b = ntfy_body("topic1", &notice(true));
+        assert_eq!(b["topic"], "topic1");
+        assert_eq!(b["actions"][0]["action"], "view");
+        assert_eq!(b["actions"][0]["url"], "https://mfa/v1/push/ab?t=tok");
+        assert_eq!(b["actions"][1]["url"], "https://mfa/v1/push/ab/deny");
+        assert_eq!(b["actions"][1]["headers"]["Authorization"], "Bearer tok");
+        let b = ntfy_body("topic1", &notice(false));
+        assert_eq!(b["actions"][0]["action"], "http");
+        assert_eq!(b["actions"][0]["url"], "https://mfa/v1/push/ab/approve");
+    }
+
+    #[test]
+    fn webhook_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
