@@ -45,6 +45,8 @@ pub struct ClientSpec {
     pub tenant: String,
     pub mode: Mode,
     pub require_message_authenticator: bool,
+    /// More `key = value` lines of the client's table (e.g. `max_wait = "2s"`).
+    pub extra: String,
 }
 
 impl ClientSpec {
@@ -58,18 +60,20 @@ impl ClientSpec {
             tenant: "acme".into(),
             mode,
             require_message_authenticator: true,
+            extra: String::new(),
         }
     }
 
     fn to_toml(&self) -> String {
         format!(
-            "[[radius.clients]]\nname = {}\naddress = {}\nsecret = {}\ntenant = {}\nmode = {}\nrequire_message_authenticator = {}\n",
+            "[[radius.clients]]\nname = {}\naddress = {}\nsecret = {}\ntenant = {}\nmode = {}\nrequire_message_authenticator = {}\n{}",
             toml_str(&self.name),
             toml_str(&self.address),
             toml_str(&self.secret),
             toml_str(&self.tenant),
             toml_str(self.mode.as_str()),
             self.require_message_authenticator,
+            self.extra,
         )
     }
 }

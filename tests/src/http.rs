@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 GET over a TCP socket (no extra dependencies) and a reader of the
+//! A minimal HTTP/1.1 client (GET, POST) over a TCP socket (no extra dependencies) and a reader of the
 //! Prometheus text format.
 
 use std::io::{Read, Write};
@@ -7,15 +7,36 @@ use std::time::Duration;
 
 /// `GET path` on `addr`; returns (status, body). Fails the test on I/O errors.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path, &[], b"")
+}
+
+/// `POST path` with `headers` and `body`; returns (status, body).
+pub fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    request(addr, "POST", path, headers, body)
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let timeout = Duration::from_secs(10);
     let mut s = TcpStream::connect_timeout(&addr, timeout)
         .unwrap_or_else(|e| panic!("cannot connect to HTTP {addr}: {e}"));
     s.set_read_timeout(Some(timeout)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" || !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .unwrap_or_else(|e| panic!("reading the HTTP reply from {addr}: {e}"));

@@ -29,7 +29,7 @@ pub mod totp;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};
 pub use pam::{describe, pam_module_path, require_root, PamFixture};
-pub use radclient::{radclient, radclient_command, RadReply};
+pub use radclient::{radclient, radclient_command, radclient_waiting, RadReply};
 pub use raw::RawClient;
 pub use server::Server;
 pub use tools::{portcullis_bin, require_tool};

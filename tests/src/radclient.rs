@@ -202,6 +202,17 @@ pub fn radclient(
     radclient_command(addr, "auth", secret, attrs, with_message_authenticator)
 }
 
+/// Like [`radclient`] with one try of `timeout_secs` (for a server that holds the
+/// request, e.g. while a push waits for approval).
+pub fn radclient_waiting(
+    addr: SocketAddr,
+    secret: &str,
+    attrs: &[(&str, String)],
+    timeout_secs: u32,
+) -> RadReply {
+    run_radclient(addr, "auth", secret, attrs, true, timeout_secs)
+}
+
 /// Like [`radclient`] with another radclient command: `status` sends a Status-Server.
 pub fn radclient_command(
     addr: SocketAddr,
@@ -210,20 +221,32 @@ pub fn radclient_command(
     attrs: &[(&str, String)],
     with_message_authenticator: bool,
 ) -> RadReply {
+    run_radclient(addr, command, secret, attrs, with_message_authenticator, 2)
+}
+
+fn run_radclient(
+    addr: SocketAddr,
+    command: &str,
+    secret: &str,
+    attrs: &[(&str, String)],
+    with_message_authenticator: bool,
+    timeout_secs: u32,
+) -> RadReply {
     let tool = require_tool("radclient", "freeradius-utils");
     let input = input_line(attrs, with_message_authenticator);
     let mut cmd = Command::new(tool);
-    cmd.args(["-x", "-r", "1", "-t", "2"])
+    let t = timeout_secs.to_string();
+    cmd.args(["-x", "-r", "1", "-t", &t])
         .arg(addr.to_string())
         .arg(command)
         .arg(secret);
     let out = run_with_timeout(
         cmd,
         Some(input.clone().into_bytes()),
-        Duration::from_secs(20),
+        Duration::from_secs(20 + u64::from(timeout_secs)),
     );
     let raw_output = format!(
-        "$ radclient -x -r 1 -t 2 {addr} {command} <secret> <<< {}{}{}(radclient {})",
+        "$ radclient -x -r 1 -t {t} {addr} {command} <secret> <<< {}{}{}(radclient {})",
         input,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -269,10 +269,16 @@ async fn decide(
         tracing::debug!(%src, client = %client.config.name, "Access-Request without User-Name");
         return Reply::reject(None);
     };
-    let Some(password) = req.user_password.as_ref() else {
-        tracing::warn!(%src, client = %client.config.name, user = %username,
-            "Access-Request without User-Password (CHAP/EAP are not supported; configure the NAS for PAP)");
-        return Reply::reject(None);
+    // The answer to a challenge may come without User-Password when the user just pressed
+    // Enter (radclient and some NAS omit an empty one): an empty answer, which polls a push.
+    let password: &[u8] = match (req.user_password.as_ref(), &req.state) {
+        (Some(p), _) => p,
+        (None, Some(_)) => &[],
+        (None, None) => {
+            tracing::warn!(%src, client = %client.config.name, user = %username,
+                "Access-Request without User-Password (CHAP/EAP are not supported; configure the NAS for PAP)");
+            return Reply::reject(None);
+        }
     };
     let channel = Channel::Radius {
         client: client.config.name.clone(),
@@ -288,7 +294,6 @@ async fn decide(
     let secret_input = Zeroizing::new(password.to_vec());
     // A push wait is held until the phone answers, at most `max_wait` from arrival.
     let deadline = tokio::time::Instant::now() + cfg.max_wait;
-    let polled = req.state.is_some();
     let mut step = match &req.state {
         Some(state) => {
             let answer = AnswerRequest {
@@ -317,13 +322,12 @@ async fn decide(
             tokio::task::spawn_blocking(move || engine.start(&login)).await
         }
     };
-    // `challenge` shows the first wait as a challenge ("approve, then press Enter"); the
-    // other modes, and every answer to such a challenge, hold the request instead. The
-    // hold is a parked future (no thread); retransmissions meanwhile hit the in-progress
-    // cache entry and are dropped, so no second push is ever sent.
-    let hold = cfg.mode != LoginMode::Challenge || polled;
-    while let Ok(Ok(Step::Wait { txn, .. })) = &step {
-        if !hold {
+    // `challenge` shows a new push's wait as a challenge ("approve (pick 42), then press
+    // Enter") and holds the answer to it; the other modes cannot show a prompt and hold at
+    // once. A hold is a parked future (no thread); retransmissions meanwhile hit the
+    // in-progress cache entry and are dropped, so no second push is ever sent.
+    while let Ok(Ok(Step::Wait { txn, started, .. })) = &step {
+        if cfg.mode == LoginMode::Challenge && *started {
             break;
         }
         let Some(id) = transaction_of(txn) else { break };

@@ -139,7 +139,7 @@ impl Engine {
                 (&txn.id, txn.step),
                 (req.channel.client(), &req.source),
                 first,
-                true,
+                (true, true),
                 now,
             )?,
             (Method::Sms | Method::Email, Some(f)) => {

@@ -164,6 +164,9 @@ pub enum Step {
         txn: String,
         text: String,
         poll_after_ms: u32,
+        /// True when this step sent the push (the user has not seen its text yet); false
+        /// when a poll found it still pending.
+        started: bool,
     },
 }
 
@@ -833,7 +836,7 @@ impl Engine {
                         (txn_id(&txn), 0),
                         (req.channel.client(), &req.source),
                         first,
-                        true,
+                        (true, req.mode != LoginMode::Auto),
                         now,
                     );
                 }
@@ -944,7 +947,7 @@ impl Engine {
             (txn_id(&txn), 0),
             (req.channel.client(), &req.source),
             first,
-            false,
+            (false, false),
             now,
         )
         .map(Some)
@@ -1157,6 +1160,7 @@ impl Engine {
                                 txn: txn_ref(&txn.id, txn.step),
                                 text,
                                 poll_after_ms: POLL_AFTER_MS,
+                                started: false,
                             },
                             reason: "push still pending".into(),
                             factors: vec![txn.first_factor().to_string()],

@@ -64,6 +64,8 @@ impl Engine {
 
     /// Send a push for transaction `txn_id` (whose next step is `step`). Returns a Wait,
     /// or, when the push cannot go out, a prompt for a code (`fallback`) or a Reject.
+    /// `shown`: the user sees the wait's text (challenge, PAM), so number matching can
+    /// apply; a held RADIUS request (`auto`, `append`) shows nothing until it ends.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn begin_push(
         &self,
@@ -73,7 +75,7 @@ impl Engine {
         (txn_id, step): (&str, u32),
         (client, source): (&str, &str),
         first: &str,
-        fallback: bool,
+        (fallback, shown): (bool, bool),
         now: UnixTime,
     ) -> Result<Outcome, EngineError> {
         let refuse = |reason: String, user_text: &str| -> Result<Outcome, EngineError> {
@@ -140,7 +142,7 @@ impl Engine {
         let mut tok = [0u8; 32];
         rng.fill_bytes(&mut tok);
         let token = data_encoding::BASE64URL_NOPAD.encode(&tok);
-        let number = settings.number_matching.then(|| rng.gen_range(10..=99u8));
+        let number = (settings.number_matching && shown).then(|| rng.gen_range(10..=99u8));
         let ttl = settings.ttl.min(self.settings.transaction_ttl);
         self.store.add_push(&PushRequest {
             id: id.clone(),
@@ -191,6 +193,7 @@ impl Engine {
                 txn: txn_ref(txn_id, step),
                 text: wait_text(number, false),
                 poll_after_ms: POLL_AFTER_MS,
+                started: true,
             },
             reason: format!("push sent via {}", sender.provider(params.channel)),
             factors: vec![first.to_string()],

@@ -2,6 +2,7 @@
 //! the real services do (path, auth, required fields) and can be told to fail.
 
 pub mod duo;
+pub mod ntfy;
 pub mod smtp;
 pub mod tls;
 pub mod twilio;

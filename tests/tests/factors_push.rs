@@ -1,0 +1,390 @@
+//! Push approval end to end: `portcullis serve` publishes through a strict local fake of an
+//! ntfy server (HTTPS with a CA made for the test, access token, JSON checked); the test
+//! answers as the phone would, on the daemon's real HTTP listener (the ntfy action's POST
+//! with the token, or the approval page's form), and logs in with radclient or raw UDP.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::fakes::ntfy::{Behaviour, FakeNtfy};
+use portcullis_tests::http::{get, post};
+use portcullis_tests::radclient::radclient_waiting;
+use portcullis_tests::raw::code;
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    RadReply, RawClient, Server, TestEnv,
+};
+use serde_json::Value;
+
+const PUBLIC: &str = "https://mfa.example.test";
+
+struct World {
+    ntfy: FakeNtfy,
+    env: TestEnv,
+    server: Server,
+    /// alice's TOTP secret (alice has TOTP and push; pat has push only).
+    secret: String,
+    _ca_dir: tempfile::TempDir,
+}
+
+/// Tenant acme: "pat" (password "pw") with push only, "alice" ("hunter2") with TOTP and
+/// push; both push factors enrolled through the CLI and confirmed with the pushed code.
+fn world(client: ClientSpec, push_extra: &str) -> World {
+    require_tool("radclient", "freeradius-utils");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ntfy = FakeNtfy::start(ca_dir.path());
+    let extra = format!(
+        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC}\"\n{}",
+        ntfy.config("acme", push_extra)
+    );
+    let env = TestEnv::with_extra_config(vec![client], &extra);
+    env.add_tenant("acme");
+    env.add_user("acme", "pat", "pw");
+    env.add_user("acme", "alice", "hunter2");
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    for (i, user) in ["pat", "alice"].into_iter().enumerate() {
+        let enrolled = env.cli_json(&[
+            "factor", "enroll", "push", "--tenant", "acme", user, "--json",
+        ]);
+        let id = enrolled["factor_id"]
+            .as_str()
+            .expect("factor id")
+            .to_string();
+        let url = enrolled["subscribe_url"].as_str().expect("subscribe url");
+        assert!(url.starts_with(&ntfy.base_url()), "{url}");
+        let msgs = ntfy.messages();
+        assert_eq!(msgs.len(), i + 1, "enrolment pushes a code");
+        assert_eq!(
+            format!("{}/{}", ntfy.base_url(), msgs[i]["topic"].as_str().unwrap()),
+            url,
+            "the code goes to the topic the user subscribes to"
+        );
+        env.cli_ok(&[
+            "factor",
+            "confirm",
+            "--tenant",
+            "acme",
+            user,
+            &id,
+            &ntfy.last_code(),
+        ]);
+    }
+    let server = env.start_server();
+    World {
+        ntfy,
+        env,
+        server,
+        secret,
+        _ca_dir: ca_dir,
+    }
+}
+
+/// (push id, token) from a published notification: its click URL is the approval page.
+fn link(msg: &Value) -> (String, String) {
+    let click = msg["click"].as_str().expect("click URL");
+    let rest = click
+        .strip_prefix(&format!("{PUBLIC}/v1/push/"))
+        .unwrap_or_else(|| panic!("unexpected click URL {click}"));
+    let (id, token) = rest.split_once("?t=").expect("token in the link");
+    (id.to_string(), token.to_string())
+}
+
+impl World {
+    fn http(&self) -> std::net::SocketAddr {
+        self.server.http_addr.expect("http listener")
+    }
+
+    /// Wait for the `n`th notification (counting enrolment codes).
+    fn notification(&self, n: usize) -> Value {
+        let msgs = self.ntfy.wait_for(n, Duration::from_secs(10));
+        assert!(
+            msgs.len() >= n,
+            "no push arrived; refusals: {:?}",
+            self.ntfy.refusals()
+        );
+        msgs[n - 1].clone()
+    }
+
+    /// The phone's answer, as an ntfy HTTP action sends it (token as Bearer).
+    fn answer(&self, id: &str, token: &str, what: &str, number: Option<u8>) -> (u16, String) {
+        let path = match number {
+            Some(n) => format!("/v1/push/{id}/{what}?number={n}"),
+            None => format!("/v1/push/{id}/{what}"),
+        };
+        let bearer = format!("Bearer {token}");
+        post(self.http(), &path, &[("Authorization", &bearer)], b"")
+    }
+
+    fn radius(&self, user: &str, password: &str, state: Option<&str>) -> RadReply {
+        let mut attrs = vec![
+            ("User-Name", user.to_string()),
+            ("User-Password", password.to_string()),
+        ];
+        if let Some(s) = state {
+            attrs.push(("State", s.to_string()));
+        }
+        radclient(self.server.addr, &self.env.client().secret, &attrs, true)
+    }
+}
+
+fn auto_client(max_wait: &str) -> ClientSpec {
+    let mut c = ClientSpec::new(Mode::Auto);
+    c.extra = format!("max_wait = \"{max_wait}\"\n");
+    c
+}
+
+#[test]
+fn auto_mode_holds_the_request_until_the_phone_approves() {
+    let w = world(auto_client("20s"), "");
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    let login = thread::spawn(move || {
+        radclient_waiting(
+            addr,
+            &secret,
+            &[
+                ("User-Name", "pat".to_string()),
+                ("User-Password", "pw".to_string()),
+            ],
+            25,
+        )
+    });
+    let msg = w.notification(3);
+    assert_eq!(msg["priority"], 5);
+    let text = msg["message"].as_str().unwrap();
+    assert!(text.contains("pat") && text.contains("vpn"), "{text}");
+    // auto mode shows no prompt, so no number to match: Approve is a plain HTTP action.
+    assert_eq!(msg["actions"][0]["action"], "http", "{msg}");
+    let (id, token) = link(&msg);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !login.is_finished(),
+        "the request is held while the push waits"
+    );
+    let (status, body) = w.answer(&id, &token, "approve", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("approved"), "{body}");
+    let reply = login.join().unwrap();
+    assert!(reply.is_accept(), "{}", reply.raw_output);
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "pat", "--json"]);
+    assert!(audit.to_string().contains("push"), "{audit}");
+    // The token was single-use.
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 409);
+}
+
+#[test]
+fn a_retransmitted_request_during_the_wait_sends_no_second_push() {
+    let w = world(auto_client("20s"), "");
+    let raw = RawClient::new(w.server.addr, &w.env.client().secret);
+    let req = raw.access_request(7, "pat", b"pw", None, true);
+    raw.send(&req.bytes);
+    let msg = w.notification(3);
+    // The NAS retransmits (the same bytes) while the user reaches for the phone.
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(200));
+        raw.send(&req.bytes);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(w.ntfy.messages().len(), 3, "exactly one push for the login");
+    let (id, token) = link(&msg);
+    let asked = Instant::now();
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
+    let answered = asked.elapsed();
+    let reply = raw
+        .recv(Duration::from_secs(5))
+        .expect("a reply after approval");
+    let decided = asked.elapsed();
+    assert_eq!(raw.decode(&req, &reply).code, code::ACCESS_ACCEPT);
+    // Not a benchmark: a sanity bound showing the decision wakes the held request.
+    eprintln!(
+        "approval answered in {answered:?}; Access-Accept {decided:?} after the approval was sent"
+    );
+    assert!(decided < Duration::from_secs(2), "{decided:?}");
+    assert!(
+        raw.recv(Duration::from_millis(500)).is_none(),
+        "one reply only"
+    );
+}
+
+#[test]
+fn denied_push_is_rejected_and_unanswered_push_times_out() {
+    let w = world(auto_client("2s"), "");
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    let attrs = vec![
+        ("User-Name", "pat".to_string()),
+        ("User-Password", "pw".to_string()),
+    ];
+    let a = attrs.clone();
+    let s = secret.clone();
+    let login = thread::spawn(move || radclient_waiting(addr, &s, &a, 10));
+    let (id, token) = link(&w.notification(3));
+    assert_eq!(w.answer(&id, &token, "deny", None).0, 200);
+    let reply = login.join().unwrap();
+    assert!(reply.is_reject(), "{}", reply.raw_output);
+    assert_eq!(
+        reply.reply_message.as_deref(),
+        Some("The login was denied on the phone.")
+    );
+
+    // Nobody answers: rejected once max_wait (2 s) has passed.
+    let started = Instant::now();
+    let reply = radclient_waiting(addr, &secret, &attrs, 10);
+    let took = started.elapsed();
+    assert!(reply.is_reject(), "{}", reply.raw_output);
+    assert!(
+        reply
+            .reply_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("not approved in time"),
+        "{}",
+        reply.raw_output
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(w.ntfy.messages().len(), 4);
+}
+
+#[test]
+fn challenge_menu_push_with_number_matching_on_the_approval_page() {
+    let w = world(ClientSpec::new(Mode::Challenge), "");
+    // alice has the app and push: a menu.
+    let menu = w.radius("alice", "hunter2", None);
+    assert!(menu.is_challenge(), "{}", menu.raw_output);
+    let text = menu.reply_message.clone().unwrap_or_default();
+    assert!(
+        text.contains("1) code from your app") && text.contains("2) push to your phone"),
+        "{text}"
+    );
+    let wait = w.radius("alice", "2", Some(&menu.state_for_radclient()));
+    assert!(wait.is_challenge(), "{}", wait.raw_output);
+    let prompt = wait.reply_message.clone().unwrap_or_default();
+    let number: u8 = prompt
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| s.len() == 2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number to pick in {prompt}"));
+    let msg = w.notification(3);
+    // With number matching, Approve opens the page; Deny stays a one-tap action.
+    assert_eq!(msg["actions"][0]["action"], "view", "{msg}");
+    assert_eq!(msg["actions"][1]["action"], "http", "{msg}");
+    let (id, token) = link(&msg);
+    // The page: context and three numbers, the prompt's among them.
+    let (status, page) = get(w.http(), &format!("/v1/push/{id}?t={token}"));
+    assert_eq!(status, 200);
+    assert!(page.contains("alice") && page.contains("vpn"), "{page}");
+    assert_eq!(page.matches("name=\"number\"").count(), 3, "{page}");
+    assert!(page.contains(&format!("id=\"pick-{number}\"")), "{page}");
+    // A forged token shows nothing.
+    assert_eq!(get(w.http(), &format!("/v1/push/{id}?t=forged")).0, 404);
+    // The right number, picked on the page (a form post).
+    let form = format!("t={token}&number={number}");
+    let (status, body) = post(
+        w.http(),
+        &format!("/v1/push/{id}/approve"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("data-result=\"approved\""), "{body}");
+    // The user presses Enter: an empty answer with the State polls.
+    let done = w.radius("alice", "", Some(&wait.state_for_radclient()));
+    assert!(done.is_accept(), "{}", done.raw_output);
+
+    // Again, picking a wrong number: the login is denied.
+    let menu = w.radius("alice", "hunter2", None);
+    let wait = w.radius("alice", "push", Some(&menu.state_for_radclient()));
+    let prompt = wait.reply_message.clone().unwrap_or_default();
+    let right: u8 = prompt
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| s.len() == 2)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let (id, token) = link(&w.notification(4));
+    let wrong = if right == 10 { 11 } else { right - 1 };
+    let (status, body) = w.answer(&id, &token, "approve", Some(wrong));
+    assert_eq!(status, 200);
+    assert!(body.contains("wrong_number"), "{body}");
+    let done = w.radius("alice", "", Some(&wait.state_for_radclient()));
+    assert!(done.is_reject(), "{}", done.raw_output);
+}
+
+#[test]
+fn append_mode_push_word_and_a_provider_outage() {
+    let w = world(ClientSpec::new(Mode::Append), "");
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    let login = thread::spawn(move || {
+        radclient_waiting(
+            addr,
+            &secret,
+            &[
+                ("User-Name", "alice".to_string()),
+                ("User-Password", "hunter2,push".to_string()),
+            ],
+            25,
+        )
+    });
+    let (id, token) = link(&w.notification(3));
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
+    assert!(login.join().unwrap().is_accept());
+
+    // ntfy is down: push is refused with a clear message; the app's code still works.
+    w.ntfy.set_behaviour(Behaviour::ServerError);
+    let reply = w.radius("alice", "hunter2,push", None);
+    assert!(reply.is_reject(), "{}", reply.raw_output);
+    assert!(
+        reply
+            .reply_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("unavailable"),
+        "{}",
+        reply.raw_output
+    );
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "alice", "--json"]);
+    assert!(audit.to_string().contains("push not sent"), "{audit}");
+    let code = oathtool_totp(&w.secret, 6, Algorithm::Sha1, 0);
+    let reply = w.radius("alice", &format!("hunter2{code}"), None);
+    assert!(reply.is_accept(), "{}", reply.raw_output);
+}
+
+#[test]
+fn the_anti_fatigue_cap_stops_a_push_storm() {
+    let w = world(ClientSpec::new(Mode::Append), "max_pushes = 2\n");
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    for n in 0..2 {
+        let s = secret.clone();
+        let login = thread::spawn(move || {
+            radclient_waiting(
+                addr,
+                &s,
+                &[
+                    ("User-Name", "pat".to_string()),
+                    ("User-Password", "pw,push".to_string()),
+                ],
+                25,
+            )
+        });
+        let (id, token) = link(&w.notification(3 + n));
+        assert_eq!(w.answer(&id, &token, "deny", None).0, 200);
+        assert!(login.join().unwrap().is_reject());
+    }
+    let reply = w.radius("pat", "pw,push", None);
+    assert!(reply.is_reject(), "{}", reply.raw_output);
+    assert!(
+        reply
+            .reply_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("Too many push requests"),
+        "{}",
+        reply.raw_output
+    );
+    assert_eq!(w.ntfy.messages().len(), 4, "no third push");
+}
