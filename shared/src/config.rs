@@ -297,6 +297,14 @@ pub struct TenantConfig {
     /// `VENDOR_ID:TYPE=value` (see `reply.rs`).
     #[serde(default)]
     pub reply: Vec<String>,
+    /// Attributes that tell the NAS which second factor was used: like `reply`, with
+    /// `{factor}` replaced by the factor (`totp`, `push`, ...; `none` when none was needed),
+    /// e.g. `["Class=mfa:{factor}"]` or a VSA `"9:1=portcullis-factor={factor}"`.
+    #[serde(default)]
+    pub factor_reply: Vec<String>,
+    /// The second factors this tenant accepts (default: all). Rules can narrow it further.
+    #[serde(default)]
+    pub factors: Vec<String>,
     /// `[[tenants.NAME.groups]]`: extra reply attributes for members of a group.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
@@ -1017,6 +1025,24 @@ impl Config {
         for (name, t) in &self.tenants {
             crate::reply::parse_list(&format!("tenants.{name}.reply"), &t.reply)
                 .map_err(|(k, m)| bad(k, m))?;
+            let sample: Vec<String> = t
+                .factor_reply
+                .iter()
+                .map(|r| r.replace("{factor}", "totp"))
+                .collect();
+            crate::reply::parse_list(&format!("tenants.{name}.factor_reply"), &sample)
+                .map_err(|(k, m)| bad(k, m))?;
+            for (i, f) in t.factors.iter().enumerate() {
+                if !crate::policy::FACTOR_NAMES.contains(&f.as_str()) && f != "email" {
+                    return Err(bad(
+                        format!("tenants.{name}.factors[{i}]"),
+                        format!(
+                            "'{f}' is not a factor; use {}, email",
+                            crate::policy::FACTOR_NAMES.join(", ")
+                        ),
+                    ));
+                }
+            }
             for (i, g) in t.groups.iter().enumerate() {
                 let key = format!("tenants.{name}.groups[{i}]");
                 if g.name.trim().is_empty() {

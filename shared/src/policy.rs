@@ -125,7 +125,25 @@ impl Decision {
     pub fn allows(&self, factor: &str) -> bool {
         self.factors.is_empty() || self.factors.iter().any(|f| f == factor)
     }
+
+    /// Narrow the factors to those the tenant accepts (`factors` of `[tenants.NAME]`).
+    /// When nothing is left, nothing is allowed (an empty list would mean "any").
+    pub fn restrict_to(&mut self, allowed: &[String]) {
+        if self.factors.is_empty() {
+            self.factors = allowed.to_vec();
+        } else {
+            self.factors.retain(|f| allowed.contains(f));
+            if self.factors.is_empty() {
+                self.factors.push(NO_FACTOR.into());
+            }
+        }
+        self.explanation
+            .push(format!("tenant accepts only {}", allowed.join("/")));
+    }
 }
+
+/// Stands in a decision's factors when the rule and the tenant share none: matches nothing.
+pub const NO_FACTOR: &str = "(none the tenant accepts)";
 
 /// Known factor names, for config validation.
 pub const FACTOR_NAMES: [&str; 6] = ["totp", "hotp", "sms", "push", "recovery", "bypass"];

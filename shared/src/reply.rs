@@ -129,6 +129,8 @@ pub fn parse_list(key: &str, items: &[String]) -> Result<Vec<ReplyAttribute>, (S
 #[derive(Debug, Clone, Default)]
 struct TenantReplies {
     attributes: Vec<ReplyAttribute>,
+    /// `factor_reply` templates (`{factor}` filled in per login).
+    factor_templates: Vec<String>,
     groups: Vec<(String, Vec<ReplyAttribute>)>,
 }
 
@@ -161,12 +163,35 @@ impl ReplyPolicy {
                     name.clone(),
                     TenantReplies {
                         attributes: parse(&t.reply),
+                        factor_templates: t.factor_reply.clone(),
                         groups,
                     },
                 )
             })
             .collect();
         Self { tenants }
+    }
+
+    /// The tenant's `factor_reply` attributes for a login that used `factors_used`
+    /// (`password`/`delegated` are not second factors; none at all reads `none`).
+    pub fn factor_attributes(&self, tenant: &str, factors_used: &[String]) -> Vec<ReplyAttribute> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return Vec::new();
+        };
+        let second: Vec<&str> = factors_used
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !matches!(*f, "password" | "delegated"))
+            .collect();
+        let factor = if second.is_empty() {
+            "none".to_string()
+        } else {
+            second.join("+")
+        };
+        t.factor_templates
+            .iter()
+            .filter_map(|tpl| parse_reply_attribute(&tpl.replace("{factor}", &factor)).ok())
+            .collect()
     }
 
     /// The attributes of an Access-Accept: the tenant's, then the client's, then those of
@@ -209,6 +234,21 @@ mod tests {
 
     fn attr(t: &str) -> ReplyAttribute {
         parse_reply_attribute(t).unwrap()
+    }
+
+    #[test]
+    fn factor_reply_names_the_second_factor() {
+        let cfg = crate::config::Config::from_toml_str(
+            "[tenants.acme]\nfactor_reply = [\"Class=mfa:{factor}\", \"9:1=f={factor}\"]\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let p = ReplyPolicy::from_config(&cfg);
+        let got = p.factor_attributes("acme", &["password".into(), "push".into()]);
+        assert_eq!(got, vec![attr("Class=mfa:push"), attr("9:1=f=push")]);
+        let got = p.factor_attributes("acme", &["password".into()]);
+        assert_eq!(got[0], attr("Class=mfa:none"));
+        assert!(p.factor_attributes("other", &["totp".into()]).is_empty());
     }
 
     #[test]

@@ -118,8 +118,8 @@ fn typing_email_at_the_prompt_mails_a_code_that_logs_in() {
             .reply_message
             .as_deref()
             .unwrap_or("")
-            .contains("type email"),
-        "{:?}",
+            .contains("2) e-mail to a"),
+        "a factor menu offers the app and e-mail: {:?}",
         first.reply_message
     );
     let mailed = login(

@@ -34,7 +34,7 @@ fn world(client: ClientSpec, push_extra: &str) -> World {
     let ca_dir = tempfile::tempdir().unwrap();
     let ntfy = FakeNtfy::start(ca_dir.path());
     let extra = format!(
-        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC}\"\n{}",
+        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC}\"\n\n[tenants.acme]\nfactor_reply = [\"Class=mfa:{{factor}}\"]\n{}",
         ntfy.config("acme", push_extra)
     );
     let env = TestEnv::with_extra_config(vec![client], &extra);
@@ -166,6 +166,13 @@ fn auto_mode_holds_the_request_until_the_phone_approves() {
     assert!(body.contains("approved"), "{body}");
     let reply = login.join().unwrap();
     assert!(reply.is_accept(), "{}", reply.raw_output);
+    // The NAS learns the factor used (`factor_reply`): Class = "mfa:push".
+    let class = reply.attribute("Class").unwrap_or_default().to_string();
+    assert!(
+        class.contains("mfa:push") || class.contains("6d66613a70757368"),
+        "{}",
+        reply.raw_output
+    );
     let audit = w
         .env
         .cli_json(&["audit", "--tenant", "acme", "--user", "pat", "--json"]);

@@ -384,6 +384,7 @@ impl Opened {
         );
         for (tenant, t) in &self.config.tenants {
             engine.set_rules(tenant, t.rules.clone());
+            engine.set_allowed_factors(tenant, t.factors.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
         Ok(engine)

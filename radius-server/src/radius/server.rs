@@ -360,14 +360,18 @@ async fn decide(
     }
     match step {
         Ok(Ok(Step::Accept {
-            reply_attributes,
+            mut reply_attributes,
             groups,
-            ..
+            factors_used,
         })) => {
             let mut r = Reply::accept();
-            r.attributes = ctx
-                .clients
-                .load()
+            let clients = ctx.clients.load();
+            reply_attributes.extend(
+                clients
+                    .replies
+                    .factor_attributes(&cfg.tenant, &factors_used),
+            );
+            r.attributes = clients
                 .replies
                 .attributes_for(&cfg.tenant, &client.reply, &groups, reply_attributes)
                 .into_iter()

@@ -253,6 +253,8 @@ pub struct Engine {
     senders: HashMap<(String, FactorKind), (Arc<dyn CodeSender>, DeliverySettings)>,
     /// Per-tenant policy rules, in order.
     policies: HashMap<String, Vec<Rule>>,
+    /// Per-tenant second factors accepted at all (`factors`; absent: all).
+    allowed_factors: HashMap<String, Vec<String>>,
     /// Per-tenant external second-factor services (Duo).
     externals: HashMap<String, (Arc<dyn ExternalMfa>, ExternalSettings)>,
     /// Per-tenant push notification channels.
@@ -320,6 +322,7 @@ impl Engine {
             sent_pepper,
             senders: HashMap::new(),
             policies: HashMap::new(),
+            allowed_factors: HashMap::new(),
             externals: HashMap::new(),
             pushes: HashMap::new(),
             push_pepper,
@@ -340,6 +343,15 @@ impl Engine {
     /// The policy rules of `tenant`, evaluated in order (first match wins).
     pub fn set_rules(&mut self, tenant: &str, rules: Vec<Rule>) {
         self.policies.insert(tenant.to_string(), rules);
+    }
+
+    /// The second factors `tenant` accepts at all (empty: all); rules narrow it further.
+    pub fn set_allowed_factors(&mut self, tenant: &str, factors: Vec<String>) {
+        if factors.is_empty() {
+            self.allowed_factors.remove(tenant);
+        } else {
+            self.allowed_factors.insert(tenant.to_string(), factors);
+        }
     }
 
     /// Send the codes of `tenant` for the sender's channel (`sms`, `email`) through it.

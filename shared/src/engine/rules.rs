@@ -24,7 +24,7 @@ impl Engine {
             .get(&tenant.name)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        policy::evaluate(
+        let mut d = policy::evaluate(
             rules,
             &Context {
                 client: channel.client(),
@@ -33,7 +33,11 @@ impl Engine {
                 source,
                 now,
             },
-        )
+        );
+        if let Some(allowed) = self.allowed_factors.get(&tenant.name) {
+            d.restrict_to(allowed);
+        }
+        d
     }
 }
 

@@ -385,3 +385,33 @@ fn the_notice_carries_context_and_links_but_the_store_no_token() {
     assert_ne!(stored.token_hash, notice.token);
     assert!(!stored.token_hash.contains(&notice.token));
 }
+
+#[test]
+fn a_tenant_that_accepts_only_push_pushes_at_once_and_refuses_app_codes() {
+    let (mut w, phone) = push_world(false);
+    w.engine
+        .set_allowed_factors("acme", vec!["push".to_string()]);
+    // alice holds TOTP too, but the tenant accepts push only: no menu, a push at once.
+    let (txn, _) = wait_of(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    assert_eq!(phone.count(), 1);
+    let s = answer(&w, "alice", "192.0.2.10", &txn, &code_at(T0));
+    assert!(!is_accept(&s), "an app code is not accepted: {s:?}");
+    assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+}
+
+#[test]
+fn auto_mode_sends_no_number_to_match() {
+    let (w, phone) = push_world(true);
+    let (txn, text) = wait_of(&login(&w, LoginMode::Auto, "alice", "hunter2"));
+    assert!(!text.contains("pick"), "{text}");
+    let (id, token) = phone.last();
+    assert!(!phone.notices.lock().unwrap()[0].1.number_matching);
+    assert_eq!(
+        w.engine
+            .answer_push(&id, &token, PushAnswer::Approve { number: None })
+            .unwrap()
+            .0,
+        PushDecision::Approved
+    );
+    assert!(is_accept(&poll(&w, "alice", &txn)));
+}
