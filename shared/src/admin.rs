@@ -302,6 +302,37 @@ impl Admin {
         Ok(self.store.forget_sources(u.id, source)?)
     }
 
+    /// `user set-attr`: set (or, without a value, remove) an attribute for policy rules.
+    pub fn set_attribute(
+        &self,
+        tenant: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), AdminError> {
+        let ok_key = !key.is_empty()
+            && key.len() <= 64
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok_key {
+            return Err(AdminError::Invalid {
+                what: "attribute name",
+                value: key.to_string(),
+                hint: "use 1-64 letters, digits, '_', '-' or '.'",
+            });
+        }
+        if value.is_some_and(|v| v.len() > 256 || v.chars().any(char::is_control)) {
+            return Err(AdminError::Invalid {
+                what: "attribute value",
+                value: String::new(),
+                hint: "use at most 256 printable characters",
+            });
+        }
+        let (_, u) = self.user(tenant, name)?;
+        Ok(self.store.set_user_attribute(u.id, key, value)?)
+    }
+
     /// `user unlock`: forget the user's failed codes and lock.
     pub fn unlock(&self, tenant: &str, name: &str) -> Result<(), AdminError> {
         let (t, u) = self.user(tenant, name)?;

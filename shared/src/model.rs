@@ -31,6 +31,8 @@ pub struct User {
     pub groups: Vec<String>,
     pub disabled: bool,
     pub created_at: UnixTime,
+    /// Free-form attributes policy rules can test (`use_mfa = "false"`), set by admins.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for User {

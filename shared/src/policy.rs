@@ -75,6 +75,10 @@ pub struct Rule {
     /// The source (Calling-Station-Id or PAM rhost) is in one of these networks.
     #[serde(default)]
     pub sources: Vec<IpNet>,
+    /// The user has each of these attributes with exactly this value
+    /// (`attributes = { use_mfa = "false" }`; set with `portcullis user set-attr`).
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub time: Option<TimeWindow>,
     /// For require_mfa / step_up: the factor kinds that satisfy it (totp, hotp, sms,
@@ -93,6 +97,8 @@ pub struct Context<'a> {
     pub client: &'a str,
     pub host: Option<&'a str>,
     pub groups: &'a [String],
+    /// The user's attributes.
+    pub attributes: &'a std::collections::BTreeMap<String, String>,
     pub source: &'a str,
     pub now: UnixTime,
 }
@@ -191,6 +197,17 @@ impl Rule {
             );
             return false;
         }
+        if let Some((k, v)) = self
+            .attributes
+            .iter()
+            .find(|(k, v)| cx.attributes.get(*k) != Some(*v))
+        {
+            *why = format!(
+                "user attribute {k} is {:?}, not \"{v}\"",
+                cx.attributes.get(k)
+            );
+            return false;
+        }
         if !self.sources.is_empty() {
             let inside =
                 source_ip(cx.source).is_some_and(|ip| self.sources.iter().any(|n| n.contains(&ip)));
@@ -258,6 +275,7 @@ mod tests {
             time: None,
             factors: vec![],
             remember: None,
+            attributes: Default::default(),
         }
     }
 
@@ -307,6 +325,7 @@ mod tests {
                 client,
                 host: None,
                 groups: &groups,
+                attributes: &Default::default(),
                 source,
                 now,
             },
@@ -397,6 +416,7 @@ mod tests {
                 client: "vpn",
                 host: None,
                 groups: &groups,
+                attributes: &Default::default(),
                 source: "192.0.2.7",
                 now: MON_10,
             },
@@ -421,5 +441,52 @@ mod tests {
         assert!(w.contains(MON_10)); // 11:00 at +01:00
         assert!(!w.contains(MON_10 + 3600));
         assert!(parse_hhmm("24:00").is_none() && parse_hhmm("8:00").is_none());
+    }
+}
+
+#[cfg(test)]
+mod attribute_tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_on_a_user_attribute_matches_only_that_value() {
+        let rules = vec![Rule {
+            name: "no-mfa-for-flagged".into(),
+            action: Action::SkipMfa,
+            clients: vec![],
+            hosts: vec![],
+            groups: vec![],
+            sources: vec![],
+            attributes: [("use_mfa".to_string(), "false".to_string())].into(),
+            time: None,
+            factors: vec![],
+            remember: None,
+        }];
+        let decide = |attrs: &[(&str, &str)]| {
+            let attributes = attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            evaluate(
+                &rules,
+                &Context {
+                    client: "vpn",
+                    host: None,
+                    groups: &[],
+                    attributes: &attributes,
+                    source: "10.0.0.1",
+                    now: 0,
+                },
+            )
+        };
+        assert_eq!(decide(&[("use_mfa", "false")]).action, Action::SkipMfa);
+        let d = decide(&[("use_mfa", "true")]);
+        assert_eq!(d.action, Action::RequireMfa);
+        assert!(
+            d.explanation[0].contains("user attribute use_mfa"),
+            "{:?}",
+            d.explanation
+        );
+        assert_eq!(decide(&[]).action, Action::RequireMfa);
     }
 }

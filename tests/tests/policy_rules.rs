@@ -17,6 +17,11 @@ name = "office-lan"
 action = "skip_mfa"
 sources = ["10.0.0.0/8"]
 groups = ["staff"]
+
+[[tenants.acme.rules]]
+name = "mfa-opt-out"
+action = "skip_mfa"
+attributes = { use_mfa = "false" }
 "#;
 
 struct World {
@@ -239,5 +244,57 @@ fn a_remembered_source_skips_the_code_until_the_admin_revokes_it() {
         &login(&w, "alice", "pw-alice", "203.0.113.9", None),
         "Access-Challenge",
         "after revocation",
+    );
+}
+
+#[test]
+fn a_user_attribute_set_by_the_admin_decides_the_rule() {
+    let w = world();
+    let from = "203.0.113.9";
+    w.env.add_user("acme", "svc", "pw-svc");
+    w.env.enroll_totp("acme", "svc", Some(&w.secret));
+    expect(
+        &login(&w, "svc", "pw-svc", from, None),
+        "Access-Challenge",
+        "no attribute: the default asks for a code",
+    );
+    w.env.cli_ok(&[
+        "user", "set-attr", "--tenant", "acme", "svc", "use_mfa", "false",
+    ]);
+    expect(
+        &login(&w, "svc", "pw-svc", from, None),
+        "Access-Accept",
+        "use_mfa = false: the opt-out rule skips the code",
+    );
+    let rec = last_audit(&w);
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rule 'mfa-opt-out'"),
+        "{rec}"
+    );
+    w.env.cli_ok(&[
+        "user", "set-attr", "--tenant", "acme", "svc", "use_mfa", "true",
+    ]);
+    expect(
+        &login(&w, "svc", "pw-svc", from, None),
+        "Access-Challenge",
+        "another value does not match",
+    );
+    w.env
+        .cli_ok(&["user", "set-attr", "--tenant", "acme", "svc", "use_mfa"]);
+    let shown = w
+        .env
+        .cli_json(&["user", "show", "--tenant", "acme", "svc", "--json"]);
+    assert!(!shown.to_string().contains("use_mfa"), "{shown}");
+    let bad = w.env.cli(&[
+        "user", "set-attr", "--tenant", "acme", "svc", "bad key", "x",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("attribute name"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
     );
 }

@@ -223,7 +223,8 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             host,
             at,
         }) => {
-            let groups = admin.show_user(&tenant.tenant, &user)?.user.groups;
+            let shown = admin.show_user(&tenant.tenant, &user)?.user;
+            let (groups, attributes) = (shown.groups, shown.attributes);
             let now = match at {
                 Some(t) => std::time::SystemTime::from(t)
                     .duration_since(std::time::UNIX_EPOCH)
@@ -243,6 +244,7 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
                     client: &client,
                     host: host.as_deref(),
                     groups: &groups,
+                    attributes: &attributes,
                     source: &source,
                     now,
                 },
@@ -376,6 +378,21 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
             done(
                 json,
                 format!("{n} remembered source(s) of '{name}' forgotten"),
+            );
+        }
+        UserCmd::SetAttr {
+            tenant,
+            name,
+            key,
+            value,
+        } => {
+            admin.set_attribute(&tenant.tenant, &name, &key, value.as_deref())?;
+            done(
+                json,
+                match value {
+                    Some(v) => format!("attribute {key} of '{name}' set to \"{v}\""),
+                    None => format!("attribute {key} of '{name}' removed"),
+                },
             );
         }
         UserCmd::Unlock { tenant, name } => {

@@ -202,6 +202,15 @@ pub enum UserCmd {
         #[arg(long)]
         source: Option<String>,
     },
+    /// Set a user attribute that policy rules can test (`attributes = { KEY = "VALUE" }`);
+    /// without VALUE the attribute is removed.
+    SetAttr {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+        key: String,
+        value: Option<String>,
+    },
     /// Lift a lock or throttle after failed codes.
     Unlock {
         #[command(flatten)]

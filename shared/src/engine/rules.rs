@@ -30,6 +30,7 @@ impl Engine {
                 client: channel.client(),
                 host,
                 groups: &user.groups,
+                attributes: &user.attributes,
                 source,
                 now,
             },

@@ -1001,6 +1001,7 @@ mod sms {
                 time: None,
                 factors: vec!["sms".into()],
                 remember: None,
+                attributes: Default::default(),
             }],
         );
         assert!(!is_accept(&login(
@@ -1247,6 +1248,7 @@ mod rules {
             time: None,
             factors: vec![],
             remember: None,
+            attributes: Default::default(),
         }
     }
 
@@ -1331,6 +1333,7 @@ mod rules {
     fn a_remembered_source_skips_the_code_until_it_expires_or_is_forgotten() {
         let w = with_rules(vec![Rule {
             remember: Some(std::time::Duration::from_secs(8 * 3600)),
+            attributes: Default::default(),
             ..rule("remember-8h", Action::RequireMfa)
         }]);
         // First login from 192.0.2.10 needs the code...
@@ -1439,6 +1442,7 @@ fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
         time: None,
         factors: vec![],
         remember: None,
+        attributes: Default::default(),
     };
     let mut w = world();
     w.engine.set_first_factor("acme", Arc::new(FakeDirectory));

@@ -163,4 +163,11 @@ CREATE INDEX push_requests_txn ON push_requests(txn_id, created_at);
 CREATE INDEX push_requests_user ON push_requests(user_id, created_at);
 "#,
     ),
+    (
+        10,
+        // User attributes for policy rules (`attributes = { use_mfa = "false" }`): JSON object.
+        r#"
+ALTER TABLE users ADD COLUMN attributes_json TEXT NOT NULL DEFAULT '{}';
+"#,
+    ),
 ];

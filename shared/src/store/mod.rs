@@ -46,6 +46,8 @@ pub trait Store: Send + Sync + 'static {
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>>;
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()>;
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()>;
+    /// Sets (`Some`) or removes (`None`) one of the user's attributes.
+    fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()>;
     /// What the first-factor backend's directory says about the user (LDAP groups, mail, mobile).
     fn set_directory_info(
         &self,

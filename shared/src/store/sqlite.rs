@@ -141,11 +141,12 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         groups: serde_json::from_str(&groups_json).unwrap_or_default(),
         disabled: r.get::<_, i64>(7)? != 0,
         created_at: r.get(8)?,
+        attributes: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
     })
 }
 
 const USER_COLS: &str =
-    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at";
+    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
 
 fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> {
     let kind: String = r.get(2)?;
@@ -326,6 +327,7 @@ impl Store for SqliteStore {
                 groups: u.groups.clone(),
                 disabled: false,
                 created_at: now,
+                attributes: Default::default(),
             }),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
                 what: "user",
@@ -376,6 +378,38 @@ impl Store for SqliteStore {
             )
             .map(|_| ())
             .map_err(db)
+    }
+
+    fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()> {
+        // Read and write under the one connection's lock: no other writer can interleave.
+        let conn = self.lock();
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT attributes_json FROM users WHERE id = ?1",
+                params![user],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(text) = text else {
+            return Err(StoreError::NotFound {
+                what: "user",
+                name: user.to_string(),
+            });
+        };
+        let mut attrs: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("user {user} attributes: {e}")))?;
+        match value {
+            Some(v) => attrs.insert(key.to_string(), v.to_string()),
+            None => attrs.remove(key),
+        };
+        let text = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+        conn.execute(
+            "UPDATE users SET attributes_json = ?2 WHERE id = ?1",
+            params![user, text],
+        )
+        .map(|_| ())
+        .map_err(db)
     }
 
     fn set_directory_info(

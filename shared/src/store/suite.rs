@@ -19,6 +19,28 @@ pub fn run_all(s: &dyn Store) {
     sent_codes_are_single_use_and_counted(s);
     remembered_sources_expire_and_can_be_forgotten(s);
     push_decisions_are_made_once(s);
+    user_attributes_are_set_and_removed(s);
+}
+
+fn user_attributes_are_set_and_removed(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "attr");
+    assert!(u.attributes.is_empty());
+    s.set_user_attribute(u.id, "use_mfa", Some("false"))
+        .unwrap();
+    s.set_user_attribute(u.id, "dept", Some("ops")).unwrap();
+    s.set_user_attribute(u.id, "dept", Some("it")).unwrap();
+    let got = s.user_by_name(t.id, "attr").unwrap().unwrap().attributes;
+    assert_eq!(got.get("use_mfa").map(String::as_str), Some("false"));
+    assert_eq!(got.get("dept").map(String::as_str), Some("it"));
+    s.set_user_attribute(u.id, "dept", None).unwrap();
+    let got = s.list_users(t.id).unwrap();
+    let got = &got.iter().find(|x| x.name == "attr").unwrap().attributes;
+    assert_eq!(got.len(), 1);
+    assert!(matches!(
+        s.set_user_attribute(987_654, "k", Some("v")),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 fn push_decisions_are_made_once(s: &dyn Store) {
