@@ -52,6 +52,16 @@ pub struct Actor<'a> {
 }
 
 impl Admin {
+    /// The time on the administration's clock.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// The tenant called `name` (an error that says how to create it otherwise).
+    pub fn get_tenant(&self, name: &str) -> Result<crate::model::Tenant, AdminError> {
+        self.tenant(name)
+    }
+
     /// `user update`: e-mail, phone, groups, disabled; the user as it is afterwards.
     pub fn update_user(
         &self,
