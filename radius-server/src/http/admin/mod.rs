@@ -147,3 +147,138 @@ pub fn routes() -> Router<HttpState> {
 pub fn context(admin: Admin, config: &Config) -> Arc<AdminContext> {
     Arc::new(AdminContext::new(admin, config))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use portcullis_core::clock::ManualClock;
+    use portcullis_core::config::PasswordConfig;
+    use portcullis_core::engine::{Engine, EngineSettings};
+    use portcullis_core::password::PasswordHasher;
+    use portcullis_core::secrets::MasterKey;
+    use portcullis_core::store::{SqliteStore, Store};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::radius::metrics::Metrics;
+    use crate::radius::server::RadiusContext;
+
+    fn state() -> HttpState {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let clock = Arc::new(ManualClock::new(1_800_000_000));
+        let key = Arc::new(MasterKey::from_bytes([3; 32]));
+        let hasher = PasswordHasher::new(&PasswordConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+        })
+        .unwrap();
+        let config = Config::from_toml_str("", std::path::Path::new("test.toml")).unwrap();
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            clock.clone(),
+            key.clone(),
+            hasher.clone(),
+            EngineSettings::default(),
+        ));
+        let admin = Admin::new(store, clock, key, hasher, "Test".into(), 1);
+        HttpState {
+            radius: Arc::new(RadiusContext::new(
+                engine,
+                &config,
+                Arc::new(Metrics::default()),
+            )),
+            admin: context(admin, &config),
+        }
+    }
+
+    /// (method, path) of every route the router declares.
+    fn declared() -> BTreeSet<(String, String)> {
+        api_routes()
+            .iter()
+            .flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn openapi_lists_exactly_the_routes_of_the_router() {
+        let doc = openapi::document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.insert((method.clone(), path.clone()));
+            }
+        }
+        assert_eq!(documented, declared());
+    }
+
+    #[tokio::test]
+    async fn the_router_answers_exactly_the_declared_methods() {
+        let app = crate::http::router(state());
+        let all = ["GET", "POST", "PATCH", "PUT", "DELETE"];
+        let declared = declared();
+        let paths: BTreeSet<String> = declared.iter().map(|(_, p)| p.clone()).collect();
+        for path in paths {
+            let uri = path.replace(['{', '}'], "");
+            for m in all {
+                let req = Request::builder()
+                    .method(Method::from_bytes(m.as_bytes()).unwrap())
+                    .uri(&uri)
+                    .body(Body::empty())
+                    .unwrap();
+                let status = app.clone().oneshot(req).await.unwrap().status();
+                let expected = declared.contains(&(m.to_ascii_lowercase(), path.clone()));
+                if !expected {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {uri}");
+                } else if path == "/v1/openapi.json" {
+                    assert_eq!(status, StatusCode::OK, "{m} {uri}");
+                } else {
+                    // Routed to its handler, which wants a token first.
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{m} {uri}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_are_json_and_oversized_bodies_are_refused() {
+        let st = state();
+        let token = st
+            .admin
+            .admin
+            .add_token(None, portcullis_core::model::AdminRole::Operator, "t")
+            .unwrap()
+            .token;
+        let app = crate::http::router(st);
+        let send = |body: Vec<u8>| {
+            Request::builder()
+                .method("POST")
+                .uri("/v1/tenants")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let big = format!("{{\"name\": \"{}\"}}", "a".repeat(BODY_LIMIT + 10));
+        let r = app.clone().oneshot(send(big.into_bytes())).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+        let r = app
+            .clone()
+            .oneshot(send(b"{\"name\": \"acme\", \"extra\": 1}".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("extra"), "{v}");
+        let r = app.oneshot(send(b"{\"name\": \"acme\"}".to_vec())).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+}
