@@ -199,7 +199,11 @@ mod tests {
     fn declared() -> BTreeSet<(String, String)> {
         api_routes()
             .iter()
-            .flat_map(|r| r.methods.iter().map(|m| (m.to_string(), r.path.to_string())))
+            .flat_map(|r| {
+                r.methods
+                    .iter()
+                    .map(|m| (m.to_string(), r.path.to_string()))
+            })
             .collect()
     }
 
@@ -278,7 +282,10 @@ mod tests {
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(v["error"].as_str().unwrap().contains("extra"), "{v}");
-        let r = app.oneshot(send(b"{\"name\": \"acme\"}".to_vec())).await.unwrap();
+        let r = app
+            .oneshot(send(b"{\"name\": \"acme\"}".to_vec()))
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
     }
 }
