@@ -224,15 +224,12 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             host,
             at,
         }) => {
-            let at = match at {
-                Some(t) => Some(
-                    std::time::SystemTime::from(t)
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0),
-                ),
-                None => None,
-            };
+            let at = at.map(|t| {
+                std::time::SystemTime::from(t)
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0)
+            });
             let rules = o
                 .config
                 .tenants
@@ -251,8 +248,7 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
                 },
             )?;
             let groups = d.groups.clone();
-            let value = &d;
-            emit(json, value, || {
+            emit(json, &d, || {
                 let mut s = format!("{}: {}\n", user, d.decision);
                 if !d.factors.is_empty() {
                     s.push_str(&format!("factors accepted: {}\n", d.factors.join(", ")));
