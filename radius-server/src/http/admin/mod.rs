@@ -22,7 +22,9 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::MethodRouter;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, MethodRouter};
 use axum::Router;
 use portcullis_core::admin::{Admin, AdminError};
 use portcullis_core::config::Config;
@@ -88,7 +90,7 @@ fn optional_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
-        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 r.status(),
                 format!("the body is larger than the limit of {BODY_LIMIT} bytes"),
@@ -134,13 +136,50 @@ pub fn api_routes() -> Vec<ApiRoute> {
     all
 }
 
-/// The admin API's router.
+/// The admin API's router. Other paths under `/v1/` answer a JSON 404, and every error of
+/// axum itself (405, a path that cannot be decoded) is turned into the same JSON shape.
 pub fn routes() -> Router<HttpState> {
     let mut r = Router::new();
     for route in api_routes() {
         r = r.route(route.path, route.handlers);
     }
-    r.layer(DefaultBodyLimit::max(BODY_LIMIT))
+    r.route("/v1/{*rest}", any(no_route))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route; the routes are listed in /v1/openapi.json",
+    )
+}
+
+/// An error answer that is not JSON yet (axum's own) as `{"error": "..."}`.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        "this route does not take this method; the routes are listed in /v1/openapi.json".into()
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// The context of the API for `state`'s shared pieces.
@@ -234,7 +273,16 @@ mod tests {
                     .uri(&uri)
                     .body(Body::empty())
                     .unwrap();
-                let status = app.clone().oneshot(req).await.unwrap().status();
+                let res = app.clone().oneshot(req).await.unwrap();
+                let status = res.status();
+                if status.is_client_error() {
+                    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&body)
+                        .unwrap_or_else(|e| panic!("{m} {uri}: not JSON ({e})"));
+                    assert!(v["error"].is_string(), "{m} {uri}: {v}");
+                }
                 let expected = declared.contains(&(m.to_ascii_lowercase(), path.clone()));
                 if !expected {
                     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {uri}");
@@ -246,6 +294,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_answer_json() {
+        let app = crate::http::router(state());
+        for (uri, want) in [
+            ("/v1/nothing", StatusCode::NOT_FOUND),
+            ("/v1/tenants/acme/userz", StatusCode::NOT_FOUND),
+            ("/v1/tenants/acme/users/a/b/c/d", StatusCode::NOT_FOUND),
+            ("/v1/openapi.json/x", StatusCode::NOT_FOUND),
+        ] {
+            let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), want, "{uri}");
+            let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["error"].as_str().unwrap().contains("openapi.json"), "{v}");
+        }
+        // Outside /v1/ the other routers (metrics) are untouched.
+        let req = Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]
@@ -283,9 +357,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(v["error"].as_str().unwrap().contains("extra"), "{v}");
         let r = app
+            .clone()
             .oneshot(send(b"{\"name\": \"acme\"}".to_vec()))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
+        // A path segment that is not UTF-8: axum's own 400, as JSON.
+        let req = Request::builder()
+            .uri("/v1/tenants/%FF/users")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let r = app.oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
 }
