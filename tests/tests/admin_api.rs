@@ -670,6 +670,20 @@ fn a_revoked_token_is_refused_and_no_token_is_stored_in_clear() {
     api.expect(&op, "GET", "/v1/tenants/acme/users", None, 200);
     let again = api.env.cli(&["token", "revoke", id]);
     assert!(!again.status.success(), "revoking twice says so");
+    // Token changes are in the tenant's audit log.
+    let records = api.audit(&op, "acme");
+    assert!(
+        records.iter().any(|r| r["mode"] == "token.add"
+            && r["channel"] == "cli"
+            && r["reason"].as_str().unwrap().contains("boss")),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["mode"] == "token.revoke" && r["reason"].as_str().unwrap().contains(id)),
+        "{records:?}"
+    );
 
     // Neither token, nor its secret part, is anywhere in the database files.
     let mut db = Vec::new();

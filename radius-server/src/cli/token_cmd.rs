@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
+use portcullis_core::admin::{Actor, Admin};
 use portcullis_core::model::AdminRole;
 
 use super::output::{emit, table, time};
@@ -54,6 +55,18 @@ pub enum TokenCmd {
     Revoke { id: String },
 }
 
+/// Token changes are admin changes: audited like the API's (the record holds no secret).
+fn audit(admin: &Admin, tenant: &str, action: &str, detail: &str) {
+    let actor = Actor {
+        channel: "cli",
+        name: "cli",
+        source: "local".into(),
+    };
+    if let Err(e) = admin.record_admin_action(&actor, tenant, "", action, detail) {
+        tracing::error!(error = %e, action, "cannot write the audit record of a token change");
+    }
+}
+
 /// Run a `token` subcommand.
 pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
     let admin = o.admin();
@@ -70,6 +83,17 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
                 _ => bail!("give either --operator or --tenant T --role admin|helpdesk|auditor"),
             };
             let t = admin.add_token(tenant.as_deref(), role, &name)?;
+            audit(
+                &admin,
+                t.tenant.as_deref().unwrap_or(""),
+                "token.add",
+                &format!(
+                    "admin token '{}' (id {}, role {})",
+                    t.name,
+                    t.id,
+                    t.role.as_str()
+                ),
+            );
             emit(json, &t, || {
                 format!(
                     "{}\n\ntoken '{}' (id {}, role {}{}). It is not shown again: store it now.\nUse it as: Authorization: Bearer TOKEN",
@@ -116,7 +140,13 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
             });
         }
         TokenCmd::Revoke { id } => {
-            admin.revoke_token(&id)?;
+            let t = admin.revoke_token(&id)?;
+            audit(
+                &admin,
+                t.tenant.as_deref().unwrap_or(""),
+                "token.revoke",
+                &format!("admin token '{}' (id {id}) revoked", t.name),
+            );
             emit(
                 json,
                 &serde_json::json!({"ok": true, "message": format!("token {id} revoked")}),

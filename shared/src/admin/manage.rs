@@ -45,10 +45,10 @@ pub struct PolicyQuery<'a> {
 pub struct Actor<'a> {
     /// How: `admin-api` or `cli`.
     pub channel: &'a str,
-    /// Who: the token's name.
+    /// Who: the token's name (`cli` for the command line).
     pub name: &'a str,
-    /// The token's id.
-    pub id: &'a str,
+    /// Which credential: `token ID` (`local` for the command line).
+    pub source: String,
 }
 
 impl Admin {
@@ -159,7 +159,7 @@ impl Admin {
             username: user.to_string(),
             channel: actor.channel.to_string(),
             client: actor.name.to_string(),
-            source: format!("token {}", actor.id),
+            source: actor.source.clone(),
             mode: action.to_string(),
             factors: Vec::new(),
             result: AuditResult::Accept,

@@ -114,10 +114,14 @@ impl Admin {
         Ok(self.store.list_admin_tokens(tenant_id)?)
     }
 
-    /// `token revoke`: the token stops working at once.
-    pub fn revoke_token(&self, id: &str) -> Result<(), AdminError> {
+    /// `token revoke`: the token stops working at once; returns it as it was.
+    pub fn revoke_token(&self, id: &str) -> Result<AdminToken, AdminError> {
+        let token = self
+            .store
+            .admin_token(id)?
+            .ok_or_else(|| AdminError::NoToken(id.to_string()))?;
         if self.store.revoke_admin_token(id)? {
-            Ok(())
+            Ok(token)
         } else {
             Err(AdminError::NoToken(id.to_string()))
         }

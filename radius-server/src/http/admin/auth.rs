@@ -110,7 +110,7 @@ impl Caller {
         Actor {
             channel: "admin-api",
             name: &self.0.name,
-            id: &self.0.id,
+            source: format!("token {}", self.0.id),
         }
     }
 }

@@ -143,6 +143,7 @@ async fn update(
             "nothing to change: give one of disabled, email, phone, groups",
         ));
     }
+    let up_disabled = p.disabled;
     let up = UserUpdate {
         disabled: p.disabled,
         email: p.email,
@@ -152,15 +153,14 @@ async fn update(
     let ctx = s.admin.clone();
     let u = blocking(move || {
         let u = ctx.admin.update_user(&tenant, &user, up)?;
-        let detail = match u.disabled {
-            true if changed.contains(&"disabled") => {
-                format!("changed {} (disabled)", changed.join(", "))
-            }
-            false if changed.contains(&"disabled") => {
-                format!("changed {} (enabled)", changed.join(", "))
-            }
-            _ => format!("changed {}", changed.join(", ")),
-        };
+        let mut detail = format!("changed {}", changed.join(", "));
+        if let Some(d) = up_disabled {
+            detail.push_str(if d {
+                " (now disabled)"
+            } else {
+                " (now enabled)"
+            });
+        }
         ctx.audit(&caller, &tenant, &user, "user.update", &detail);
         Ok(u)
     })
