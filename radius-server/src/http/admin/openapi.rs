@@ -293,10 +293,12 @@ pub fn document() -> Value {
             json!({"name": name, "in": "query", "required": false, "description": d, "schema": {"type": "string"}})
         }));
         let mut responses = Map::new();
-        responses.insert(
-            o.ok.0.into(),
-            json!({"description": o.ok.1, "content": {"application/json": {}}}),
-        );
+        let ok = if o.ok.0 == "204" {
+            json!({"description": o.ok.1})
+        } else {
+            json!({"description": o.ok.1, "content": {"application/json": {}}})
+        };
+        responses.insert(o.ok.0.into(), ok);
         let public = o.path == "/v1/openapi.json";
         let failures: &[(&str, &str)] = if public {
             &[]
