@@ -65,9 +65,10 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
             let listener = crate::http::bind(h.listen).await?;
             let bound = listener.local_addr()?;
             println!("http: listening on {bound}");
-            tracing::info!(addr = %bound, "HTTP listener ready (/metrics)");
+            tracing::info!(addr = %bound, "HTTP listener ready (/metrics, admin API /v1/)");
             let state = crate::http::HttpState {
                 radius: ctx.clone(),
+                admin: crate::http::admin::context(o.admin(), &o.config),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,

@@ -23,6 +23,11 @@ use crate::secrets::MasterKey;
 use crate::store::{Store, StoreError};
 use crate::totp::{self, TotpAlgorithm, TotpParams};
 
+mod manage;
+mod tokens;
+pub use manage::{Actor, PolicyQuery, PolicyTest, UserUpdate};
+pub use tokens::{IssuedToken, ADMIN_TOKEN_PEPPER_LABEL, TOKEN_PREFIX};
+
 /// An admin operation that cannot be done.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +52,8 @@ pub enum AdminError {
         value: String,
         hint: &'static str,
     },
+    #[error("admin token '{0}' does not exist or is already revoked; list them with: portcullis token list")]
+    NoToken(String),
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]

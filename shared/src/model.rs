@@ -301,3 +301,59 @@ pub struct AuditFilter {
     pub since: Option<UnixTime>,
     pub limit: u32,
 }
+
+/// What an admin API token may do. An `operator` token is global; the others belong to one
+/// tenant and never reach another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    /// Everything, in every tenant, and tenant management.
+    Operator,
+    /// Everything inside its tenant.
+    Admin,
+    /// List and show users, reset factors, issue bypass codes.
+    Helpdesk,
+    /// Read the tenant's audit log.
+    Auditor,
+}
+
+impl AdminRole {
+    /// The name used in the store, the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Operator => "operator",
+            AdminRole::Admin => "admin",
+            AdminRole::Helpdesk => "helpdesk",
+            AdminRole::Auditor => "auditor",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "operator" => Some(AdminRole::Operator),
+            "admin" => Some(AdminRole::Admin),
+            "helpdesk" => Some(AdminRole::Helpdesk),
+            "auditor" => Some(AdminRole::Auditor),
+            _ => None,
+        }
+    }
+}
+
+/// An admin API token as stored: the secret part only as a keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminToken {
+    pub id: String,
+    /// None for an operator token.
+    #[serde(skip)]
+    pub tenant_id: Option<TenantId>,
+    /// The tenant's name (read back with the token; ignored when adding one).
+    pub tenant: Option<String>,
+    pub role: AdminRole,
+    pub name: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub created_at: UnixTime,
+    pub last_used_at: Option<UnixTime>,
+    pub revoked: bool,
+}

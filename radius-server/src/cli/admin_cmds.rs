@@ -215,6 +215,7 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             });
         }
         Command::Audit(a) => audit(o, a, json)?,
+        Command::Token(cmd) => super::token_cmd::run(o, cmd, json)?,
         Command::Policy(PolicyCmd::Test {
             tenant,
             user,
@@ -223,38 +224,32 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             host,
             at,
         }) => {
-            let shown = admin.show_user(&tenant.tenant, &user)?.user;
-            let (groups, attributes) = (shown.groups, shown.attributes);
-            let now = match at {
-                Some(t) => std::time::SystemTime::from(t)
+            let at = at.map(|t| {
+                std::time::SystemTime::from(t)
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
-                None => o.clock.now(),
-            };
+                    .unwrap_or(0)
+            });
             let rules = o
                 .config
                 .tenants
                 .get(&tenant.tenant)
                 .map(|t| t.rules.as_slice())
                 .unwrap_or(&[]);
-            let d = portcullis_core::policy::evaluate(
+            let d = admin.policy_test(
+                &tenant.tenant,
                 rules,
-                &portcullis_core::policy::Context {
+                &portcullis_core::admin::PolicyQuery {
+                    user: &user,
                     client: &client,
-                    host: host.as_deref(),
-                    groups: &groups,
-                    attributes: &attributes,
                     source: &source,
-                    now,
+                    host: host.as_deref(),
+                    at,
                 },
-            );
-            let value = json!({
-                "decision": d.label(), "action": d.action, "rule": d.rule,
-                "factors": d.factors, "groups": groups, "explanation": d.explanation,
-            });
-            emit(json, &value, || {
-                let mut s = format!("{}: {}\n", user, d.label());
+            )?;
+            let groups = d.groups.clone();
+            emit(json, &d, || {
+                let mut s = format!("{}: {}\n", user, d.decision);
                 if !d.factors.is_empty() {
                     s.push_str(&format!("factors accepted: {}\n", d.factors.join(", ")));
                 }

@@ -3,6 +3,7 @@
 mod admin_cmds;
 mod ldap_cmd;
 mod output;
+mod token_cmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Check a tenant's LDAP/AD settings by hand.
     #[command(subcommand)]
     Ldap(LdapCmd),
+    /// Admin API tokens (shown once, stored hashed).
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
 }
 
 #[derive(Debug, Subcommand)]

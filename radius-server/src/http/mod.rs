@@ -1,6 +1,7 @@
-//! The HTTP listener (`[http] listen`): `/metrics` now; push approval, enrolment pages and the
-//! admin API are added as further routers merged in [`router`].
+//! The HTTP listener (`[http] listen`): `/metrics` and the admin API (`/v1/`); push approval
+//! and enrolment pages are added as further routers merged in [`router`].
 
+pub mod admin;
 pub mod metrics;
 pub mod push;
 
@@ -18,6 +19,8 @@ use crate::radius::server::RadiusContext;
 #[derive(Clone)]
 pub struct HttpState {
     pub radius: Arc<RadiusContext>,
+    /// The admin API (`/v1/`).
+    pub admin: Arc<admin::AdminContext>,
 }
 
 /// Every route of the listener. Add a feature as `.merge(feature::routes())`.
@@ -25,6 +28,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(metrics::routes())
         .merge(push::routes())
+        .merge(admin::routes())
         .with_state(state)
 }
 

@@ -164,6 +164,23 @@ CREATE INDEX push_requests_user ON push_requests(user_id, created_at);
 "#,
     ),
     (
+        7,
+        // Admin API tokens: the secret part only as a keyed hash; tenant_id NULL = operator.
+        r#"
+CREATE TABLE admin_tokens (
+    id            TEXT PRIMARY KEY,
+    tenant_id     BIGINT REFERENCES tenants(id),
+    role          TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    token_hash    TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    last_used_at  BIGINT,
+    revoked       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX admin_tokens_tenant ON admin_tokens(tenant_id);
+"#,
+    ),
+    (
         10,
         // User attributes for policy rules (`attributes = { use_mfa = "false" }`): JSON object.
         r#"

@@ -188,6 +188,16 @@ pub trait Store: Send + Sync + 'static {
     // Housekeeping
     /// Deletes expired transactions and replay-cache entries.
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
+
+    // Admin API tokens (only the hash of the secret is kept)
+    fn add_admin_token(&self, token: &AdminToken) -> StoreResult<()>;
+    /// The token with this id (revoked or not), with its tenant's name.
+    fn admin_token(&self, id: &str) -> StoreResult<Option<AdminToken>>;
+    /// Every token, or the tenant's only, oldest first.
+    fn list_admin_tokens(&self, tenant: Option<TenantId>) -> StoreResult<Vec<AdminToken>>;
+    /// Revokes the token; false if there was no such token not yet revoked.
+    fn revoke_admin_token(&self, id: &str) -> StoreResult<bool>;
+    fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()>;
 }
 
 #[cfg(test)]

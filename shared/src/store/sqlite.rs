@@ -1046,6 +1046,104 @@ impl Store for SqliteStore {
             .map_err(db)?;
         Ok((a + b + c + d + e + f) as u64)
     }
+
+    fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    t.id,
+                    t.tenant_id,
+                    t.role.as_str(),
+                    t.name,
+                    t.hash,
+                    t.created_at,
+                    t.last_used_at,
+                    t.revoked as i64
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists {
+                        what: "token",
+                        name: t.id.clone(),
+                    }
+                } else {
+                    db(e)
+                }
+            })
+    }
+
+    fn admin_token(&self, id: &str) -> StoreResult<Option<AdminToken>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!("{ADMIN_TOKEN_SELECT} WHERE k.id = ?1"))
+            .map_err(db)?;
+        st.query_row(params![id], admin_token_from_row)
+            .optional()
+            .map_err(db)?
+            .transpose()
+    }
+
+    fn list_admin_tokens(&self, tenant: Option<TenantId>) -> StoreResult<Vec<AdminToken>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "{ADMIN_TOKEN_SELECT} WHERE (?1 IS NULL OR k.tenant_id = ?1) ORDER BY k.created_at, k.id"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![tenant], admin_token_from_row)
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db)?).collect()
+    }
+
+    fn revoke_admin_token(&self, id: &str) -> StoreResult<bool> {
+        self.lock()
+            .execute(
+                "UPDATE admin_tokens SET revoked = 1 WHERE id = ?1 AND revoked = 0",
+                params![id],
+            )
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "UPDATE admin_tokens SET last_used_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )
+            .map(|_| ())
+            .map_err(db)
+    }
+}
+
+const ADMIN_TOKEN_SELECT: &str =
+    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked
+     FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
+
+fn admin_token_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AdminToken, StoreError>> {
+    let role: String = r.get(3)?;
+    let Some(role) = AdminRole::parse(&role) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "admin token {} has role '{role}'",
+            r.get::<_, String>(0)?
+        ))));
+    };
+    Ok(Ok(AdminToken {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        tenant: r.get(2)?,
+        role,
+        name: r.get(4)?,
+        hash: r.get(5)?,
+        created_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+        revoked: r.get::<_, i64>(8)? != 0,
+    }))
 }
 
 #[cfg(test)]

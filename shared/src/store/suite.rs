@@ -97,6 +97,7 @@ fn push_decisions_are_made_once(s: &dyn Store) {
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
     s.purge_expired(200 + 86_400).unwrap();
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
+    admin_tokens_are_listed_per_tenant_and_revoked_once(s);
 }
 
 fn remembered_sources_expire_and_can_be_forgotten(s: &dyn Store) {
@@ -479,4 +480,56 @@ fn deleting_a_user_removes_their_state(s: &dyn Store) {
             .failures,
         0
     );
+}
+
+fn admin_tokens_are_listed_per_tenant_and_revoked_once(s: &dyn Store) {
+    let a = tenant(s, "suite-tok-a");
+    let b = tenant(s, "suite-tok-b");
+    let token = |id: &str, tenant: Option<TenantId>, role: AdminRole| AdminToken {
+        id: id.into(),
+        tenant_id: tenant,
+        tenant: None,
+        role,
+        name: format!("name-{id}"),
+        hash: format!("hash-{id}"),
+        created_at: 100,
+        last_used_at: None,
+        revoked: false,
+    };
+    s.add_admin_token(&token("op1", None, AdminRole::Operator))
+        .unwrap();
+    s.add_admin_token(&token("ka1", Some(a.id), AdminRole::Admin))
+        .unwrap();
+    s.add_admin_token(&token("kb1", Some(b.id), AdminRole::Auditor))
+        .unwrap();
+    assert!(matches!(
+        s.add_admin_token(&token("ka1", Some(b.id), AdminRole::Helpdesk)),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let got = s.admin_token("ka1").unwrap().unwrap();
+    assert_eq!(got.tenant.as_deref(), Some("suite-tok-a"));
+    assert_eq!(got.tenant_id, Some(a.id));
+    assert_eq!(got.role, AdminRole::Admin);
+    assert_eq!(got.hash, "hash-ka1");
+    assert!(!got.revoked);
+    let op = s.admin_token("op1").unwrap().unwrap();
+    assert_eq!((op.tenant_id, op.tenant), (None, None));
+    assert!(s.admin_token("nope").unwrap().is_none());
+    let ids = |v: Vec<AdminToken>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_admin_tokens(Some(a.id)).unwrap()), ["ka1"]);
+    assert_eq!(ids(s.list_admin_tokens(Some(b.id)).unwrap()), ["kb1"]);
+    let all = ids(s.list_admin_tokens(None).unwrap());
+    assert!(["op1", "ka1", "kb1"]
+        .iter()
+        .all(|i| all.iter().any(|x| x == i)));
+    s.touch_admin_token("ka1", 500).unwrap();
+    assert_eq!(
+        s.admin_token("ka1").unwrap().unwrap().last_used_at,
+        Some(500)
+    );
+    assert!(s.revoke_admin_token("ka1").unwrap());
+    assert!(!s.revoke_admin_token("ka1").unwrap(), "only once");
+    assert!(!s.revoke_admin_token("nope").unwrap());
+    assert!(s.admin_token("ka1").unwrap().unwrap().revoked);
+    assert!(!s.admin_token("kb1").unwrap().unwrap().revoked);
 }

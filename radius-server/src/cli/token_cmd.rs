@@ -1,0 +1,158 @@
+//! `portcullis token`: admin API tokens (shown once, stored hashed).
+
+use anyhow::{bail, Result};
+use clap::{Subcommand, ValueEnum};
+use portcullis_core::admin::{Actor, Admin};
+use portcullis_core::model::AdminRole;
+
+use super::output::{emit, table, time};
+use super::Opened;
+
+/// The role of a tenant's token.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TenantRole {
+    /// Everything inside the tenant.
+    Admin,
+    /// List and show users, reset factors, issue bypass codes.
+    Helpdesk,
+    /// Read the tenant's audit log.
+    Auditor,
+}
+
+impl From<TenantRole> for AdminRole {
+    fn from(r: TenantRole) -> Self {
+        match r {
+            TenantRole::Admin => AdminRole::Admin,
+            TenantRole::Helpdesk => AdminRole::Helpdesk,
+            TenantRole::Auditor => AdminRole::Auditor,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token for the admin API (printed once): `--tenant T --role R NAME` or
+    /// `--operator NAME`.
+    Add {
+        /// The tenant the token is confined to.
+        #[arg(long, conflicts_with = "operator", requires = "role")]
+        tenant: Option<String>,
+        /// What a tenant's token may do.
+        #[arg(long, value_enum, requires = "tenant")]
+        role: Option<TenantRole>,
+        /// A global token: tenant management and everything in every tenant.
+        #[arg(long)]
+        operator: bool,
+        /// Who or what uses the token (shown in audit records).
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke { id: String },
+}
+
+/// Token changes are admin changes: audited like the API's (the record holds no secret).
+fn audit(admin: &Admin, tenant: &str, action: &str, detail: &str) {
+    let actor = Actor {
+        channel: "cli",
+        name: "cli",
+        source: "local".into(),
+    };
+    if let Err(e) = admin.record_admin_action(&actor, tenant, "", action, detail) {
+        tracing::error!(error = %e, action, "cannot write the audit record of a token change");
+    }
+}
+
+/// Run a `token` subcommand.
+pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
+    let admin = o.admin();
+    match cmd {
+        TokenCmd::Add {
+            tenant,
+            role,
+            operator,
+            name,
+        } => {
+            let (tenant, role) = match (operator, tenant, role) {
+                (true, None, None) => (None, AdminRole::Operator),
+                (false, Some(t), Some(r)) => (Some(t), AdminRole::from(r)),
+                _ => bail!("give either --operator or --tenant T --role admin|helpdesk|auditor"),
+            };
+            let t = admin.add_token(tenant.as_deref(), role, &name)?;
+            audit(
+                &admin,
+                t.tenant.as_deref().unwrap_or(""),
+                "token.add",
+                &format!(
+                    "admin token '{}' (id {}, role {})",
+                    t.name,
+                    t.id,
+                    t.role.as_str()
+                ),
+            );
+            emit(json, &t, || {
+                format!(
+                    "{}\n\ntoken '{}' (id {}, role {}{}). It is not shown again: store it now.\nUse it as: Authorization: Bearer TOKEN",
+                    t.token,
+                    t.name,
+                    t.id,
+                    t.role.as_str(),
+                    t.tenant
+                        .as_deref()
+                        .map(|t| format!(", tenant {t}"))
+                        .unwrap_or_default(),
+                )
+            });
+        }
+        TokenCmd::List { tenant } => {
+            let tokens = admin.list_tokens(tenant.as_deref())?;
+            emit(json, &tokens, || {
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.role.as_str().into(),
+                            t.tenant.clone().unwrap_or_else(|| "-".into()),
+                            time(t.created_at),
+                            t.last_used_at.map(time).unwrap_or_else(|| "never".into()),
+                            if t.revoked { "revoked" } else { "active" }.into(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "ROLE",
+                        "TENANT",
+                        "CREATED",
+                        "LAST USED",
+                        "STATE",
+                    ],
+                    &rows,
+                )
+            });
+        }
+        TokenCmd::Revoke { id } => {
+            let t = admin.revoke_token(&id)?;
+            audit(
+                &admin,
+                t.tenant.as_deref().unwrap_or(""),
+                "token.revoke",
+                &format!("admin token '{}' (id {id}) revoked", t.name),
+            );
+            emit(
+                json,
+                &serde_json::json!({"ok": true, "message": format!("token {id} revoked")}),
+                || format!("token {id} revoked"),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Who is asking: the bearer token, its role and its tenant.
+//!
+//! Order of the checks: no or unknown or revoked token = 401; a tenant the token is not
+//! confined to = 404 (exactly as for a tenant that does not exist, so a tenant's token
+//! learns nothing about others); a role that may not = 403.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use portcullis_core::admin::Actor;
+use portcullis_core::model::{AdminRole, AdminToken};
+
+use super::error::ApiError;
+use super::{blocking, HttpState};
+
+/// What a request wants to do; each role allows a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    /// List and create tenants (operator only).
+    ManageTenants,
+    ReadUsers,
+    WriteUsers,
+    ReadFactors,
+    /// Remove one or all of a user's factors.
+    ResetFactors,
+    EnrolFactors,
+    RecoveryCodes,
+    BypassCodes,
+    ReadPolicy,
+    ReadClients,
+    ReadAudit,
+}
+
+impl Perm {
+    /// For error messages: "a token with role 'x' may not ...".
+    fn describe(self) -> &'static str {
+        match self {
+            Perm::ManageTenants => "list or create tenants",
+            Perm::ReadUsers => "read users",
+            Perm::WriteUsers => "change users",
+            Perm::ReadFactors => "read factors",
+            Perm::ResetFactors => "remove factors",
+            Perm::EnrolFactors => "enrol factors",
+            Perm::RecoveryCodes => "generate recovery codes",
+            Perm::BypassCodes => "issue bypass codes",
+            Perm::ReadPolicy => "read or test policies",
+            Perm::ReadClients => "read RADIUS clients",
+            Perm::ReadAudit => "read the audit log",
+        }
+    }
+}
+
+/// Whether `role` allows `perm` (inside the token's tenant).
+pub fn allows(role: AdminRole, perm: Perm) -> bool {
+    use Perm::*;
+    match role {
+        AdminRole::Operator => true,
+        AdminRole::Admin => perm != ManageTenants,
+        AdminRole::Helpdesk => matches!(perm, ReadUsers | ReadFactors | ResetFactors | BypassCodes),
+        AdminRole::Auditor => perm == ReadAudit,
+    }
+}
+
+/// The authenticated token of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub AdminToken);
+
+impl FromRequestParts<HttpState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
+            })
+            .ok_or_else(ApiError::unauthorized)?;
+        let admin = state.admin.clone();
+        let token = blocking(move || admin.admin.authenticate_token(&presented)).await?;
+        token.map(Caller).ok_or_else(ApiError::unauthorized)
+    }
+}
+
+impl Caller {
+    /// May this token do `perm` in `tenant`? 404 outside its tenant, 403 for its role.
+    pub fn check(&self, tenant: &str, perm: Perm) -> Result<(), ApiError> {
+        let t = &self.0;
+        if t.role != AdminRole::Operator && t.tenant.as_deref() != Some(tenant) {
+            return Err(ApiError::no_tenant(tenant));
+        }
+        self.check_global(perm)
+    }
+
+    /// May this token do `perm` (not bound to a tenant)?
+    pub fn check_global(&self, perm: Perm) -> Result<(), ApiError> {
+        if allows(self.0.role, perm) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(perm.describe(), self.0.role.as_str()))
+        }
+    }
+
+    /// Who, for audit records.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor {
+            channel: "admin-api",
+            name: &self.0.name,
+            source: format!("token {}", self.0.id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_what_the_readme_says() {
+        use Perm::*;
+        let all = [
+            ManageTenants,
+            ReadUsers,
+            WriteUsers,
+            ReadFactors,
+            ResetFactors,
+            EnrolFactors,
+            RecoveryCodes,
+            BypassCodes,
+            ReadPolicy,
+            ReadClients,
+            ReadAudit,
+        ];
+        let set = |r| {
+            all.iter()
+                .copied()
+                .filter(|p| allows(r, *p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(set(AdminRole::Operator), all);
+        assert_eq!(set(AdminRole::Admin), &all[1..]);
+        assert_eq!(
+            set(AdminRole::Helpdesk),
+            [ReadUsers, ReadFactors, ResetFactors, BypassCodes]
+        );
+        assert_eq!(set(AdminRole::Auditor), [ReadAudit]);
+    }
+}

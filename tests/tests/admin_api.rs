@@ -1,0 +1,842 @@
+//! The admin HTTP API (`/v1/`) of a real `portcullis serve`: tokens made with the CLI, users
+//! and factors made over HTTP, logins over radclient with oathtool codes; tenant isolation,
+//! roles, revoked tokens, malformed bodies and the OpenAPI document.
+
+use std::net::SocketAddr;
+
+use portcullis_tests::http::request;
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    Server, TestEnv,
+};
+use serde_json::{json, Value};
+
+const HTTP: &str = "\n[http]\nlisten = \"127.0.0.1:0\"\n";
+
+fn peers() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+}
+
+/// One installation with an append-mode client of tenant `acme` and the HTTP listener.
+struct Api {
+    env: TestEnv,
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Api {
+    fn start(extra: &str) -> Api {
+        let env = TestEnv::with_extra_config(
+            vec![ClientSpec::new(Mode::Append)],
+            &format!("{HTTP}{extra}"),
+        );
+        let server = env.start_server();
+        let addr = server
+            .http_addr
+            .expect("the server printed its HTTP address");
+        Api { env, server, addr }
+    }
+
+    /// `portcullis token add ARGS --json`: the token, printed once.
+    fn token(&self, args: &[&str]) -> String {
+        let mut all = vec!["token", "add"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let v = self.env.cli_json(&all);
+        let t = v["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {v}"));
+        assert!(t.starts_with("pca_"), "{t}");
+        t.to_string()
+    }
+
+    /// A request with `token`; the reply body parsed as JSON (Null when empty).
+    fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let text = body.map(|b| b.to_string());
+        if text.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let (status, reply) = request(
+            self.addr,
+            method,
+            path,
+            &headers,
+            text.as_deref().map(str::as_bytes),
+        );
+        let v = if reply.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&reply)
+                .unwrap_or_else(|e| panic!("{method} {path}: reply is not JSON ({e}): {reply}"))
+        };
+        (status, v)
+    }
+
+    /// A request that must answer `want`.
+    #[track_caller]
+    fn expect(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> Value {
+        let (status, v) = self.call(Some(token), method, path, body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        if status >= 400 {
+            assert!(
+                v["error"].as_str().is_some_and(|m| !m.is_empty()),
+                "{method} {path}: errors say why: {v}"
+            );
+        }
+        v
+    }
+
+    fn login(&self, user: &str, password: &str) -> portcullis_tests::RadReply {
+        radclient(
+            self.server.addr,
+            &self.env.client().secret,
+            &[
+                ("User-Name", user.to_string()),
+                ("User-Password", password.to_string()),
+            ],
+            true,
+        )
+    }
+
+    fn audit(&self, token: &str, tenant: &str) -> Vec<Value> {
+        self.expect(
+            token,
+            "GET",
+            &format!("/v1/tenants/{tenant}/audit?since=1h&limit=100"),
+            None,
+            200,
+        )
+        .as_array()
+        .cloned()
+        .expect("audit is an array")
+    }
+}
+
+/// The base32 secret in an otpauth URI.
+fn secret_of(uri: &str) -> String {
+    uri.split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap_or_else(|| panic!("no secret in {uri}"))
+        .to_string()
+}
+
+#[test]
+fn a_user_created_and_enrolled_through_the_api_logs_in_over_radius() {
+    peers();
+    let api = Api::start("");
+    let op = api.token(&["--operator", "ops-robot"]);
+    let t = api.expect(
+        &op,
+        "POST",
+        "/v1/tenants",
+        Some(json!({"name": "acme"})),
+        201,
+    );
+    assert_eq!(t["name"], "acme");
+    let tenants = api.expect(&op, "GET", "/v1/tenants", None, 200);
+    assert!(
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "acme"),
+        "{tenants}"
+    );
+    api.expect(
+        &op,
+        "POST",
+        "/v1/tenants",
+        Some(json!({"name": "acme"})),
+        409,
+    );
+
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "acme-admin"]);
+    let u = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "alice", "password": "alice pw", "groups": ["vpn"], "email": "alice@example.com"})),
+        201,
+    );
+    assert_eq!(u["name"], "alice");
+    assert!(
+        u.get("password_hash").is_none() && !u.to_string().contains("alice pw"),
+        "{u}"
+    );
+
+    let f = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/alice/factors",
+        Some(json!({"kind": "totp"})),
+        201,
+    );
+    assert_eq!(f["state"], "pending", "{f}");
+    let uri = f["uri"].as_str().expect("the otpauth URI, once");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    let secret = secret_of(uri);
+    let id = f["factor_id"].as_str().unwrap();
+    // The secret is not shown again.
+    let listed = api.expect(
+        &admin,
+        "GET",
+        "/v1/tenants/acme/users/alice/factors",
+        None,
+        200,
+    );
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+
+    // A pending factor does not log in; a wrong confirmation code is refused.
+    let r = api.login(
+        "alice",
+        &format!("alice pw{}", oathtool_totp(&secret, 6, Algorithm::Sha1, 0)),
+    );
+    assert!(r.is_reject(), "pending factor\n{}", r.raw_output);
+    let wrong = portcullis_tests::wrong_totp(&secret, 6, Algorithm::Sha1);
+    api.expect(
+        &admin,
+        "POST",
+        &format!("/v1/tenants/acme/users/alice/factors/{id}/confirm"),
+        Some(json!({"code": wrong})),
+        400,
+    );
+    api.expect(
+        &admin,
+        "POST",
+        &format!("/v1/tenants/acme/users/alice/factors/{id}/confirm"),
+        Some(json!({"code": oathtool_totp(&secret, 6, Algorithm::Sha1, 0)})),
+        200,
+    );
+    let r = api.login(
+        "alice",
+        &format!("alice pw{}", oathtool_totp(&secret, 6, Algorithm::Sha1, 1)),
+    );
+    assert!(
+        r.is_accept(),
+        "login with the API-enrolled factor\n{}",
+        r.raw_output
+    );
+
+    let shown = api.expect(&admin, "GET", "/v1/tenants/acme/users/alice", None, 200);
+    assert_eq!(shown["factors"][0]["state"], "confirmed", "{shown}");
+    assert_eq!(shown["has_password"], true, "{shown}");
+
+    // Patch: disable refuses logins, enable lets them in again; e-mail cleared, groups set.
+    let p = api.expect(
+        &admin,
+        "PATCH",
+        "/v1/tenants/acme/users/alice",
+        Some(json!({"disabled": true, "email": null, "groups": ["vpn", "ops"]})),
+        200,
+    );
+    assert_eq!(
+        (p["disabled"].clone(), p["email"].clone()),
+        (json!(true), Value::Null),
+        "{p}"
+    );
+    assert_eq!(p["groups"], json!(["vpn", "ops"]));
+    let r = api.login(
+        "alice",
+        &format!("alice pw{}", oathtool_totp(&secret, 6, Algorithm::Sha1, -1)),
+    );
+    assert!(r.is_reject(), "disabled\n{}", r.raw_output);
+    api.expect(
+        &admin,
+        "PATCH",
+        "/v1/tenants/acme/users/alice",
+        Some(json!({"disabled": false})),
+        200,
+    );
+    api.expect(
+        &admin,
+        "PATCH",
+        "/v1/tenants/acme/users/alice",
+        Some(json!({"phone": "12"})),
+        400,
+    );
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/alice/unlock",
+        None,
+        200,
+    );
+
+    // Recovery codes, returned once, log in once.
+    let codes = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/alice/recovery-codes",
+        None,
+        201,
+    );
+    let code = codes["codes"][0].as_str().unwrap().to_string();
+    assert_eq!(codes["codes"].as_array().unwrap().len(), 10);
+    let r = api.login("alice", &format!("alice pw{code}"));
+    assert!(r.is_accept(), "recovery code\n{}", r.raw_output);
+
+    // Every change is audited: who (the token's name), what, whom; no secret in it.
+    let records = api.audit(&admin, "acme");
+    let admin_records: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["channel"] == "admin-api")
+        .collect();
+    for action in [
+        "user.create",
+        "factor.enroll",
+        "factor.confirm",
+        "user.update",
+        "user.unlock",
+        "recovery.generate",
+    ] {
+        assert!(
+            admin_records.iter().any(|r| r["mode"] == action
+                && r["client"] == "acme-admin"
+                && r["username"] == "alice"),
+            "no audit record of {action}: {admin_records:?}"
+        );
+    }
+    assert!(records.iter().any(|r| r["channel"] == "admin-api"
+        && r["mode"] == "tenant.create"
+        && r["client"] == "ops-robot"));
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains(&secret) && !text.contains("alice pw") && !text.contains(&code));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["result"] == "accept" && r["channel"] != "admin-api"),
+        "the logins are there too"
+    );
+    let only = api.expect(
+        &admin,
+        "GET",
+        "/v1/tenants/acme/audit?user=nobody",
+        None,
+        200,
+    );
+    assert_eq!(only, json!([]));
+    api.expect(
+        &admin,
+        "GET",
+        "/v1/tenants/acme/audit?since=yesterday",
+        None,
+        400,
+    );
+
+    // Delete: gone, and its factor with it.
+    api.expect(&admin, "DELETE", "/v1/tenants/acme/users/alice", None, 204);
+    api.expect(&admin, "GET", "/v1/tenants/acme/users/alice", None, 404);
+}
+
+#[test]
+fn a_tenant_token_never_reaches_another_tenant() {
+    let api = Api::start("");
+    let op = api.token(&["--operator", "ops"]);
+    for t in ["acme", "globex"] {
+        api.expect(&op, "POST", "/v1/tenants", Some(json!({"name": t})), 201);
+    }
+    api.expect(
+        &op,
+        "POST",
+        "/v1/tenants/globex/users",
+        Some(json!({"name": "bob", "password": "pw"})),
+        201,
+    );
+    let secret = random_base32_secret();
+    let f = api.expect(
+        &op,
+        "POST",
+        "/v1/tenants/globex/users/bob/factors",
+        Some(json!({"kind": "totp", "secret": secret})),
+        201,
+    );
+    let factor = f["factor_id"].as_str().unwrap().to_string();
+    assert_eq!(f["state"], "confirmed");
+    let a = api.token(&["--tenant", "acme", "--role", "admin", "acme-admin"]);
+    api.expect(
+        &a,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "bob"})),
+        201,
+    );
+
+    // Another tenant answers exactly as a tenant that does not exist.
+    let (_, missing) = api.call(Some(&a), "GET", "/v1/tenants/nosuch/users", None);
+    let (status, other) = api.call(Some(&a), "GET", "/v1/tenants/globex/users", None);
+    assert_eq!(status, 404, "{other}");
+    assert_eq!(
+        other["error"].as_str().unwrap().replace("globex", "X"),
+        missing["error"].as_str().unwrap().replace("nosuch", "X")
+    );
+    let denied: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/v1/tenants/globex/users/bob".into(), None),
+        (
+            "POST",
+            "/v1/tenants/globex/users".into(),
+            Some(json!({"name": "mallory", "password": "x"})),
+        ),
+        (
+            "PATCH",
+            "/v1/tenants/globex/users/bob".into(),
+            Some(json!({"disabled": true})),
+        ),
+        ("DELETE", "/v1/tenants/globex/users/bob".into(), None),
+        ("GET", "/v1/tenants/globex/users/bob/factors".into(), None),
+        (
+            "DELETE",
+            "/v1/tenants/globex/users/bob/factors".into(),
+            None,
+        ),
+        (
+            "DELETE",
+            format!("/v1/tenants/globex/users/bob/factors/{factor}"),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex/users/bob/factors".into(),
+            Some(json!({"kind": "totp"})),
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex/users/bob/bypass-codes".into(),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex/users/bob/recovery-codes".into(),
+            None,
+        ),
+        ("POST", "/v1/tenants/globex/users/bob/unlock".into(), None),
+        ("GET", "/v1/tenants/globex/audit".into(), None),
+        ("GET", "/v1/tenants/globex/policies".into(), None),
+        ("GET", "/v1/tenants/globex/clients".into(), None),
+    ];
+    for (method, path, body) in denied {
+        api.expect(&a, method, &path, body, 404);
+    }
+    // acme's own bob is a different user; acme's token cannot remove globex's factor through him.
+    api.expect(
+        &a,
+        "DELETE",
+        &format!("/v1/tenants/acme/users/bob/factors/{factor}"),
+        None,
+        404,
+    );
+    // Tenant management is the operator's.
+    api.expect(&a, "GET", "/v1/tenants", None, 403);
+    api.expect(
+        &a,
+        "POST",
+        "/v1/tenants",
+        Some(json!({"name": "evil"})),
+        403,
+    );
+
+    // Nothing of globex changed.
+    let users = api.expect(&op, "GET", "/v1/tenants/globex/users", None, 200);
+    assert_eq!(users.as_array().unwrap().len(), 1, "{users}");
+    assert_eq!(users[0]["disabled"], false);
+    let factors = api.expect(
+        &op,
+        "GET",
+        "/v1/tenants/globex/users/bob/factors",
+        None,
+        200,
+    );
+    assert_eq!(factors.as_array().unwrap().len(), 1, "{factors}");
+    let mine = api.expect(&a, "GET", "/v1/tenants/acme/users", None, 200);
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+}
+
+#[test]
+fn roles_are_enforced_and_helpdesk_can_get_a_user_back_in() {
+    peers();
+    let api = Api::start("");
+    api.env.add_tenant("acme");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "boss"]);
+    let desk = api.token(&["--tenant", "acme", "--role", "helpdesk", "desk"]);
+    let auditor = api.token(&["--tenant", "acme", "--role", "auditor", "auditor"]);
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "alice", "password": "alice pw"})),
+        201,
+    );
+    let secret = random_base32_secret();
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/alice/factors",
+        Some(json!({"kind": "totp", "secret": secret})),
+        201,
+    );
+
+    // Helpdesk: no audit, no user changes, no enrolment or recovery codes.
+    api.expect(&desk, "GET", "/v1/tenants/acme/audit", None, 403);
+    api.expect(
+        &desk,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "x"})),
+        403,
+    );
+    api.expect(
+        &desk,
+        "PATCH",
+        "/v1/tenants/acme/users/alice",
+        Some(json!({"disabled": true})),
+        403,
+    );
+    api.expect(&desk, "DELETE", "/v1/tenants/acme/users/alice", None, 403);
+    api.expect(
+        &desk,
+        "POST",
+        "/v1/tenants/acme/users/alice/recovery-codes",
+        None,
+        403,
+    );
+    api.expect(
+        &desk,
+        "POST",
+        "/v1/tenants/acme/users/alice/factors",
+        Some(json!({"kind": "totp"})),
+        403,
+    );
+    api.expect(&desk, "GET", "/v1/tenants/acme/policies", None, 403);
+    api.expect(&desk, "GET", "/v1/tenants", None, 403);
+    // Auditor: reads the audit log, nothing else.
+    api.expect(
+        &auditor,
+        "DELETE",
+        "/v1/tenants/acme/users/alice/factors",
+        None,
+        403,
+    );
+    api.expect(
+        &auditor,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "x"})),
+        403,
+    );
+    api.expect(&auditor, "GET", "/v1/tenants/acme/users", None, 403);
+    api.expect(
+        &auditor,
+        "POST",
+        "/v1/tenants/acme/users/alice/bypass-codes",
+        None,
+        403,
+    );
+    api.audit(&auditor, "acme");
+    // Nothing above changed alice.
+    let factors = api.expect(
+        &admin,
+        "GET",
+        "/v1/tenants/acme/users/alice/factors",
+        None,
+        200,
+    );
+    assert_eq!(factors.as_array().unwrap().len(), 1);
+
+    // Helpdesk: alice lost her phone. Reset her factors, give her a bypass code.
+    let users = api.expect(&desk, "GET", "/v1/tenants/acme/users", None, 200);
+    assert_eq!(users[0]["name"], "alice");
+    api.expect(&desk, "GET", "/v1/tenants/acme/users/alice", None, 200);
+    let reset = api.expect(
+        &desk,
+        "DELETE",
+        "/v1/tenants/acme/users/alice/factors",
+        None,
+        200,
+    );
+    assert_eq!(reset["removed_factors"], 1, "{reset}");
+    let after = api.expect(
+        &desk,
+        "GET",
+        "/v1/tenants/acme/users/alice/factors",
+        None,
+        200,
+    );
+    assert_eq!(after, json!([]));
+    let r = api.login(
+        "alice",
+        &format!("alice pw{}", oathtool_totp(&secret, 6, Algorithm::Sha1, 0)),
+    );
+    assert!(
+        r.is_reject(),
+        "the old device no longer works\n{}",
+        r.raw_output
+    );
+    api.expect(
+        &desk,
+        "POST",
+        "/v1/tenants/acme/users/alice/bypass-codes",
+        Some(json!({"uses": 0})),
+        400,
+    );
+    let b = api.expect(
+        &desk,
+        "POST",
+        "/v1/tenants/acme/users/alice/bypass-codes",
+        Some(json!({"uses": 1, "ttl": "10m"})),
+        201,
+    );
+    let code = b["code"]
+        .as_str()
+        .expect("the bypass code, once")
+        .to_string();
+    let r = api.login("alice", &format!("alice pw{code}"));
+    assert!(
+        r.is_accept(),
+        "bypass code from the helpdesk\n{}",
+        r.raw_output
+    );
+    let r = api.login("alice", &format!("alice pw{code}"));
+    assert!(r.is_reject(), "one use only\n{}", r.raw_output);
+
+    let records = api.audit(&auditor, "acme");
+    assert!(
+        records.iter().any(|r| r["mode"] == "factor.reset"
+            && r["client"] == "desk"
+            && r["username"] == "alice"),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["mode"] == "bypass.issue" && r["client"] == "desk"),
+        "{records:?}"
+    );
+    assert!(!serde_json::to_string(&records).unwrap().contains(&code));
+}
+
+#[test]
+fn a_revoked_token_is_refused_and_no_token_is_stored_in_clear() {
+    let api = Api::start("");
+    api.env.add_tenant("acme");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "boss"]);
+    let op = api.token(&["--operator", "root"]);
+    api.expect(&admin, "GET", "/v1/tenants/acme/users", None, 200);
+    let (status, v) = api.call(None, "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Bearer"), "{v}");
+    let (status, _) = api.call(
+        Some("pca_aaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"),
+        "GET",
+        "/v1/tenants/acme/users",
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _) = api.call(Some("garbage"), "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401);
+
+    let list = api
+        .env
+        .cli_json(&["token", "list", "--tenant", "acme", "--json"]);
+    let entry = &list.as_array().unwrap()[0];
+    assert_eq!(entry["name"], "boss");
+    assert!(
+        entry["last_used_at"].is_number(),
+        "last use recorded: {entry}"
+    );
+    let id = entry["id"].as_str().unwrap();
+    assert!(admin.contains(id), "the token names its id");
+    assert!(!list.to_string().contains(&admin));
+    api.env.cli_ok(&["token", "revoke", id]);
+    let (status, v) = api.call(Some(&admin), "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401, "revoked: {v}");
+    api.expect(&op, "GET", "/v1/tenants/acme/users", None, 200);
+    let again = api.env.cli(&["token", "revoke", id]);
+    assert!(!again.status.success(), "revoking twice says so");
+    // Token changes are in the tenant's audit log.
+    let records = api.audit(&op, "acme");
+    assert!(
+        records.iter().any(|r| r["mode"] == "token.add"
+            && r["channel"] == "cli"
+            && r["reason"].as_str().unwrap().contains("boss")),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["mode"] == "token.revoke" && r["reason"].as_str().unwrap().contains(id)),
+        "{records:?}"
+    );
+
+    // Neither token, nor its secret part, is anywhere in the database files.
+    let mut db = Vec::new();
+    for entry in std::fs::read_dir(api.env.dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("portcullis.db")
+        {
+            db.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(!db.is_empty());
+    let db = String::from_utf8_lossy(&db);
+    for t in [&admin, &op] {
+        let secret = t.rsplit('_').next().unwrap();
+        assert_eq!(secret.len(), 32);
+        assert!(
+            !db.contains(secret),
+            "a token secret is in the database in clear"
+        );
+    }
+}
+
+#[test]
+fn malformed_bodies_get_400_with_a_message_and_the_server_keeps_serving() {
+    let api = Api::start("");
+    api.env.add_tenant("acme");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "boss"]);
+    let auth = format!("Bearer {admin}");
+    let send = |body: &[u8], content_type: &str| {
+        request(
+            api.addr,
+            "POST",
+            "/v1/tenants/acme/users",
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            Some(body),
+        )
+    };
+    for (body, hint) in [
+        (&b"{\"name\": "[..], "invalid JSON"),
+        (b"{\"name\": 5}", "invalid type"),
+        (b"{\"name\": \"x\", \"admin\": true}", "unknown field"),
+        (b"{}", "missing field"),
+        (b"\xff\xfe", "invalid JSON"),
+    ] {
+        let (status, reply) = send(body, "application/json");
+        assert_eq!(status, 400, "{reply}");
+        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        assert!(v["error"].as_str().unwrap().contains(hint), "{hint}: {v}");
+    }
+    let (status, reply) = send(b"name=x", "application/x-www-form-urlencoded");
+    assert_eq!(status, 415, "{reply}");
+    assert!(reply.contains("application/json"), "{reply}");
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(100_000));
+    let (status, reply) = send(big.as_bytes(), "application/json");
+    assert_eq!(status, 413, "{reply}");
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "bad name!"})),
+        400,
+    );
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "ok", "email": "nope"})),
+        400,
+    );
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/ok/factors",
+        Some(json!({"kind": "sms"})),
+        400,
+    );
+    // Still serving, RADIUS too.
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "ok"})),
+        201,
+    );
+    api.expect(&admin, "GET", "/v1/tenants/acme/users/ok", None, 200);
+    api.expect(&admin, "GET", "/v1/tenants/acme/users/nobody", None, 404);
+    assert!(api.server.stdout().contains("radius: listening"));
+}
+
+#[test]
+fn policies_clients_and_the_openapi_document_are_served() {
+    let api = Api::start(
+        "\n[[tenants.acme.rules]]\nname = \"office-lan\"\naction = \"skip_mfa\"\nsources = [\"10.0.0.0/8\"]\ngroups = [\"staff\"]\n",
+    );
+    api.env.add_tenant("acme");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "boss"]);
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users",
+        Some(json!({"name": "sam", "groups": ["staff"]})),
+        201,
+    );
+    let p = api.expect(&admin, "GET", "/v1/tenants/acme/policies", None, 200);
+    assert_eq!(p["rules"][0]["name"], "office-lan", "{p}");
+    let inside = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/policies/test",
+        Some(json!({"user": "sam", "client": "vpn", "source": "10.1.2.3"})),
+        200,
+    );
+    assert_eq!(inside["rule"], "office-lan", "{inside}");
+    assert_eq!(inside["action"], "skip_mfa", "{inside}");
+    let outside = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/policies/test",
+        Some(json!({"user": "sam", "client": "vpn", "source": "192.0.2.1"})),
+        200,
+    );
+    assert_eq!(outside["action"], "require_mfa", "{outside}");
+    assert!(!outside["explanation"].as_array().unwrap().is_empty());
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/policies/test",
+        Some(json!({"user": "nobody", "client": "vpn"})),
+        404,
+    );
+
+    let clients = api.expect(&admin, "GET", "/v1/tenants/acme/clients", None, 200);
+    assert_eq!(clients[0]["name"], "vpn", "{clients}");
+    assert_eq!(clients[0]["mode"], "append");
+    assert!(
+        !clients.to_string().contains(&api.env.client().secret),
+        "no secrets: {clients}"
+    );
+
+    let (status, doc) = api.call(None, "GET", "/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/tenants",
+        "/v1/tenants/{tenant}/users/{user}/factors",
+        "/v1/tenants/{tenant}/audit",
+    ] {
+        assert!(paths.contains_key(p), "{p} documented");
+    }
+    assert!(paths["/v1/tenants/{tenant}/users/{user}"]["patch"].is_object());
+}
