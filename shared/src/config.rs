@@ -96,15 +96,53 @@ fn default_issuer() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite:///absolute/path.db` (the embedded default).
+    /// `sqlite:///absolute/path.db` (the embedded default) or, for several nodes,
+    /// `postgres://user:password@host:port/database` (`postgresql://` too).
     pub url: String,
+    /// PostgreSQL: connections this node keeps open at most.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// PostgreSQL: bound on connecting (and on waiting for a free pooled connection).
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: bound on one statement.
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite:///var/lib/portcullis/portcullis.db".into(),
+            max_connections: default_max_connections(),
+            connect_timeout: default_store_timeout(),
+            statement_timeout: default_store_timeout(),
         }
+    }
+}
+
+impl StoreConfig {
+    /// The URL as it may be shown: the password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        crate::store::redact_url(&self.url)
+    }
+
+    /// PostgreSQL settings when the URL names PostgreSQL.
+    pub fn postgres(&self) -> Option<crate::store::PgSettings> {
+        crate::store::is_postgres_url(&self.url).then(|| crate::store::PgSettings {
+            url: self.url.clone(),
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+        })
     }
 }
 
@@ -972,12 +1010,37 @@ impl Config {
             key,
             message,
         };
-        if !self.store.url.starts_with("sqlite://") {
+        if crate::store::is_postgres_url(&self.store.url) {
+            if let Err(e) = self.store.url.parse::<postgres::Config>() {
+                return Err(bad(
+                    "store.url".into(),
+                    format!(
+                        "'{}' is not a valid PostgreSQL URL: {e}",
+                        self.store.redacted_url()
+                    ),
+                ));
+            }
+            if self.store.max_connections == 0 || self.store.max_connections > 1000 {
+                return Err(bad(
+                    "store.max_connections".into(),
+                    "must be between 1 and 1000".into(),
+                ));
+            }
+            for (key, d) in [
+                ("store.connect_timeout", self.store.connect_timeout),
+                ("store.statement_timeout", self.store.statement_timeout),
+            ] {
+                if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                    return Err(bad(key.into(), "must be between 100ms and 5m".into()));
+                }
+            }
+        } else if !self.store.url.starts_with("sqlite://") {
             return Err(bad(
                 "store.url".into(),
                 format!(
-                    "'{}' is not supported; use sqlite:///absolute/path.db",
-                    self.store.url
+                    "'{}' is not supported; use sqlite:///absolute/path.db for one node or \
+                     postgres://user:password@host:port/database for several",
+                    self.store.redacted_url()
                 ),
             ));
         }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod netns;
 pub mod pam;
 pub mod pam_radius;
+pub mod postgres;
 pub mod radclient;
 pub mod raw;
 pub mod server;

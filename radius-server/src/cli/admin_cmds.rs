@@ -102,7 +102,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
     let value = json!({
         "ok": true,
         "file": path.display().to_string(),
-        "store": cfg.store.url,
+        "store": cfg.store.redacted_url(),
         "key_file": cfg.secrets.key_file.display().to_string(),
         "radius_listen": cfg.radius.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "clients": clients,
@@ -113,7 +113,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         let mut s = format!(
             "{}: OK\nstore: {}\nkey file: {}\npam socket: {}\nradius listen: {}\n",
             path.display(),
-            cfg.store.url,
+            cfg.store.redacted_url(),
             cfg.secrets.key_file.display(),
             pam_socket.as_deref().unwrap_or("off (no [pam] section)"),
             cfg.radius

@@ -15,7 +15,7 @@ use portcullis_core::clock::{Clock, SystemClock};
 use portcullis_core::config::{Config, DEFAULT_CONFIG_PATH};
 use portcullis_core::password::PasswordHasher;
 use portcullis_core::secrets::MasterKey;
-use portcullis_core::store::{SqliteStore, Store};
+use portcullis_core::store::{PgStore, SqliteStore, Store};
 
 /// Portcullis: a second-factor gate for SSH (PAM) and VPN (RADIUS) logins.
 #[derive(Debug, Parser)]
@@ -366,15 +366,24 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
     let config = Config::load(config_path)?;
     let key = MasterKey::load_or_create(&config.secrets.key_file)
         .context("the master key is needed to read and write factor secrets")?;
-    let path = config
-        .sqlite_path()
-        .context("store.url must be sqlite:///path")?;
-    let store = SqliteStore::open(&path)
-        .with_context(|| format!("opening the store {}", path.display()))?;
+    let store: Arc<dyn Store> = if let Some(pg) = config.store.postgres() {
+        Arc::new(
+            PgStore::open(&pg)
+                .with_context(|| format!("opening the store {}", config.store.redacted_url()))?,
+        )
+    } else {
+        let path = config
+            .sqlite_path()
+            .context("store.url must be sqlite:///path or postgres://...")?;
+        Arc::new(
+            SqliteStore::open(&path)
+                .with_context(|| format!("opening the store {}", path.display()))?,
+        )
+    };
     let hasher = PasswordHasher::new(&config.passwords)?;
     Ok(Opened {
         config,
-        store: Arc::new(store),
+        store,
         key: Arc::new(key),
         clock: Arc::new(SystemClock),
         hasher,

@@ -6,8 +6,10 @@
 //! (`UPDATE ... WHERE step = ?`, `INSERT` under a unique key), never read-then-write.
 
 mod migrations;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{is_postgres_url, redact_url, translate_sql, PgSettings, PgStore};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixTime;
@@ -200,5 +202,7 @@ pub trait Store: Send + Sync + 'static {
     fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()>;
 }
 
-#[cfg(test)]
-pub(crate) mod suite;
+/// The behavioural suite every backend passes (public with the `test-suite` feature, so the
+/// PostgreSQL run can start its own server from the workspace's tests).
+#[cfg(any(test, feature = "test-suite"))]
+pub mod suite;

@@ -171,7 +171,7 @@ fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> 
 }
 
 /// Transaction reply attributes as stored: JSON `[[type, "hex"], ...]`.
-fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
+pub(super) fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
     let pairs: Vec<(u8, String)> = attrs
         .iter()
         .map(|a| (a.typ, data_encoding::HEXLOWER.encode(&a.value)))
@@ -179,7 +179,7 @@ fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
 }
 
-fn decode_reply_attributes(text: &str) -> Option<Vec<ReplyAttribute>> {
+pub(super) fn decode_reply_attributes(text: &str) -> Option<Vec<ReplyAttribute>> {
     let pairs: Vec<(u8, String)> = serde_json::from_str(text).ok()?;
     pairs
         .into_iter()

@@ -1,0 +1,1153 @@
+//! The shared store for several nodes: PostgreSQL behind a small connection pool.
+//!
+//! Every node is stateless; transactions, the OTP replay cache, throttles, push decisions,
+//! remembered sources and audit all live here, so a challenge started on one node can be
+//! answered on another. Race-sensitive operations are single conditional statements
+//! (`INSERT ... ON CONFLICT DO NOTHING`, `UPDATE ... WHERE step = $2 RETURNING`), so two
+//! nodes receiving the same code at the same moment cannot both accept it.
+//!
+//! The schema is the one migration list shared with SQLite, translated on the fly
+//! ([`translate_sql`]); migrations run under an advisory lock, so nodes starting together
+//! do not race. Connections are checked on checkout: after the database was down, broken
+//! connections are dropped and new ones made, with no restart.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::config::SslMode;
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{NoTls, Row};
+use r2d2::{Pool, PooledConnection};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::migrations::MIGRATIONS;
+use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
+use super::{Store, StoreError, StoreResult};
+use crate::clock::UnixTime;
+use crate::model::*;
+
+/// Key of the advisory lock held while migrations run ("portcull" in ASCII).
+const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
+
+/// How to reach PostgreSQL and how long to wait for it.
+#[derive(Clone)]
+pub struct PgSettings {
+    /// `postgres://user:password@host:port/database?sslmode=disable`
+    pub url: String,
+    /// Connections kept by this node (pool size).
+    pub max_connections: u32,
+    /// Bound on making a connection and on waiting for a free one.
+    pub connect_timeout: Duration,
+    /// Bound on one statement (server side `statement_timeout`).
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+impl PgSettings {
+    /// Settings with the defaults: 8 connections, 5 s to connect, 5 s per statement.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The URL with its password replaced by `***`, for logs, errors and `config check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', '?' or '#'; a password may contain none of them
+    // unescaped, but may contain '@', so the last '@' of the authority ends the userinfo.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut out = format!("{scheme}://");
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => out.push_str(&format!("{user}:***@{host}")),
+            None => out.push_str(&format!("{userinfo}@{host}")),
+        },
+        None => out.push_str(authority),
+    }
+    // `password=` may also be given as a query parameter.
+    match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_string(),
+                })
+                .collect();
+            out.push_str(&format!("{path}?{}", query.join("&")));
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Translates the portable migration SQL to PostgreSQL: SQLite's `INTEGER PRIMARY KEY`
+/// (an auto-increment row id) becomes `BIGSERIAL PRIMARY KEY`, every other `INTEGER` a
+/// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`.
+pub fn translate_sql(sql: &str) -> String {
+    sql.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+}
+
+type Manager = PostgresConnectionManager<NoTls>;
+type Conn = PooledConnection<Manager>;
+
+/// PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    pool: Pool<Manager>,
+    url: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+fn db(e: postgres::Error) -> StoreError {
+    // The driver's messages never carry the connection password.
+    StoreError::Database(e.to_string())
+}
+
+fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+fn to_u32(v: i64, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is {v}")))
+}
+
+impl PgStore {
+    /// Connects, checks the schema and applies pending migrations.
+    pub fn open(settings: &PgSettings) -> StoreResult<Self> {
+        let shown = redact_url(&settings.url);
+        let mut config = postgres::Config::from_str(&settings.url)
+            .map_err(|e| StoreError::Database(format!("store.url {shown}: {e}")))?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Database(format!(
+                "store.url {shown}: sslmode=require is not supported by this build (no TLS); \
+                 use sslmode=disable or prefer on a trusted network or loopback"
+            )));
+        }
+        config.connect_timeout(settings.connect_timeout);
+        let ms = settings.statement_timeout.as_millis().max(1);
+        let options = match config.get_options() {
+            Some(o) => format!("{o} -c statement_timeout={ms}"),
+            None => format!("-c statement_timeout={ms}"),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("portcullis");
+        }
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = Pool::builder()
+            .max_size(settings.max_connections.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(settings.connect_timeout)
+            .test_on_check_out(true)
+            .build_unchecked(manager);
+        let store = Self {
+            pool,
+            url: settings.url.clone(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> StoreResult<Conn> {
+        self.pool.get().map_err(|e| {
+            StoreError::Database(format!(
+                "cannot reach PostgreSQL at {}: {e}",
+                redact_url(&self.url)
+            ))
+        })
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        // Held until commit: a second node starting at the same moment waits here.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .map_err(db)?;
+        let current: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .map_err(db)?
+            .get(0);
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.batch_execute(&translate_sql(sql))
+                .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+                &[version],
+            )
+            .map_err(db)?;
+            tracing::info!(version, "applied store migration");
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+        self.conn()?.execute(sql, params).map_err(db)
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
+        self.conn()?.query(sql, params).map_err(db)
+    }
+
+    fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
+        self.conn()?.query_opt(sql, params).map_err(db)
+    }
+
+    fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
+        self.conn()?.query_one(sql, params).map_err(db)
+    }
+}
+
+const USER_COLS: &str =
+    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
+
+fn user_from_row(r: &Row) -> StoreResult<User> {
+    let groups: String = r.get(6);
+    let attrs: String = r.get(9);
+    Ok(User {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        name: r.get(2),
+        password_hash: r.get(3),
+        email: r.get(4),
+        phone: r.get(5),
+        groups: serde_json::from_str(&groups).unwrap_or_default(),
+        disabled: r.get::<_, i64>(7) != 0,
+        created_at: r.get(8),
+        attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+    })
+}
+
+const FACTOR_COLS: &str =
+    "id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at";
+
+fn factor_from_row(r: &Row) -> StoreResult<Factor> {
+    let id: String = r.get(0);
+    let kind: String = r.get(2);
+    let state: String = r.get(3);
+    let (Some(kind), Some(state)) = (FactorKind::parse(&kind), FactorState::parse(&state)) else {
+        return Err(StoreError::Corrupt(format!(
+            "factor {id} has kind '{kind}' / state '{state}'"
+        )));
+    };
+    Ok(Factor {
+        id,
+        user_id: r.get(1),
+        kind,
+        state,
+        sealed_secret: r.get(4),
+        params: r.get(5),
+        created_at: r.get(6),
+        confirmed_at: r.get(7),
+        last_used_at: r.get(8),
+    })
+}
+
+const TXN_COLS: &str = "id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes";
+
+fn txn_from_row(r: &Row) -> StoreResult<Transaction> {
+    let attrs: String = r.get(11);
+    // Fail closed: a transaction whose attributes cannot be read is not continued.
+    let reply_attributes = decode_reply_attributes(&attrs).ok_or_else(|| {
+        StoreError::Corrupt(
+            "transactions.reply_attributes is not valid JSON of [type, hex] pairs".into(),
+        )
+    })?;
+    Ok(Transaction {
+        reply_attributes,
+        id: r.get(0),
+        tenant_id: r.get(1),
+        user_id: r.get(2),
+        username: r.get(3),
+        client: r.get(4),
+        source: r.get(5),
+        first_factor: r.get(6),
+        step: to_u32(r.get(7), "transaction step")?,
+        attempts: to_u32(r.get(8), "transaction attempts")?,
+        created_at: r.get(9),
+        expires_at: r.get(10),
+    })
+}
+
+const PUSH_COLUMNS: &str = "id, tenant_id, user_id, txn_id, factor_id, token_hash, number, status, detail, username, client, source, created_at, expires_at, decided_at";
+
+fn push_from_row(r: &Row) -> StoreResult<PushRequest> {
+    let status: String = r.get(7);
+    let Some(status) = PushStatus::parse(&status) else {
+        return Err(StoreError::Corrupt(format!(
+            "push request has an unknown status '{status}'"
+        )));
+    };
+    let number: Option<i64> = r.get(6);
+    Ok(PushRequest {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        user_id: r.get(2),
+        txn_id: r.get(3),
+        factor_id: r.get(4),
+        token_hash: r.get(5),
+        number: number.and_then(|n| u8::try_from(n).ok()),
+        status,
+        detail: r.get(8),
+        username: r.get(9),
+        client: r.get(10),
+        source: r.get(11),
+        created_at: r.get(12),
+        expires_at: r.get(13),
+        decided_at: r.get(14),
+    })
+}
+
+fn throttle_from_row(r: &Row) -> StoreResult<Throttle> {
+    Ok(Throttle {
+        failures: to_u32(r.get(0), "throttle failures")?,
+        last_failure_at: r.get(1),
+        locked_until: r.get(2),
+    })
+}
+
+const ADMIN_TOKEN_SELECT: &str =
+    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked
+     FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
+
+fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
+    let id: String = r.get(0);
+    let role: String = r.get(3);
+    let Some(role) = AdminRole::parse(&role) else {
+        return Err(StoreError::Corrupt(format!(
+            "admin token {id} has role '{role}'"
+        )));
+    };
+    Ok(AdminToken {
+        id,
+        tenant_id: r.get(1),
+        tenant: r.get(2),
+        role,
+        name: r.get(4),
+        hash: r.get(5),
+        created_at: r.get(6),
+        last_used_at: r.get(7),
+        revoked: r.get::<_, i64>(8) != 0,
+    })
+}
+
+impl Store for PgStore {
+    fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
+        match self.conn()?.query_one(
+            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id",
+            &[&name, &now],
+        ) {
+            Ok(row) => Ok(Tenant {
+                id: row.get(0),
+                name: name.to_string(),
+                created_at: now,
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                what: "tenant",
+                name: name.to_string(),
+            }),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
+        Ok(self
+            .query_opt(
+                "SELECT id, name, created_at FROM tenants WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| Tenant {
+                id: r.get(0),
+                name: r.get(1),
+                created_at: r.get(2),
+            }))
+    }
+
+    fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        Ok(self
+            .query(
+                "SELECT id, name, created_at FROM tenants ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| Tenant {
+                id: r.get(0),
+                name: r.get(1),
+                created_at: r.get(2),
+            })
+            .collect())
+    }
+
+    fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
+        let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+        match self.conn()?.query_one(
+            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
+            &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
+        ) {
+            Ok(row) => Ok(User {
+                id: row.get(0),
+                tenant_id: u.tenant_id,
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                email: u.email.clone(),
+                phone: u.phone.clone(),
+                groups: u.groups.clone(),
+                disabled: false,
+                created_at: now,
+                attributes: Default::default(),
+            }),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                what: "user",
+                name: u.name.clone(),
+            }),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
+        self.query_opt(
+            &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 AND name = $2"),
+            &[&tenant, &name],
+        )?
+        .as_ref()
+        .map(user_from_row)
+        .transpose()
+    }
+
+    fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>> {
+        self.query(
+            &format!("SELECT {USER_COLS} FROM users WHERE tenant_id = $1 ORDER BY name"),
+            &[&tenant],
+        )?
+        .iter()
+        .map(user_from_row)
+        .collect()
+    }
+
+    fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()> {
+        self.execute(
+            "UPDATE users SET disabled = $2 WHERE id = $1",
+            &[&user, &(disabled as i64)],
+        )
+        .map(|_| ())
+    }
+
+    fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()> {
+        self.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            &[&user, &hash],
+        )
+        .map(|_| ())
+    }
+
+    fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()> {
+        // Read under a row lock and write in the same transaction: two nodes setting
+        // different keys at once both keep their change.
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT attributes_json FROM users WHERE id = $1 FOR UPDATE",
+                &[&user],
+            )
+            .map_err(db)?
+        else {
+            return Err(StoreError::NotFound {
+                what: "user",
+                name: user.to_string(),
+            });
+        };
+        let text: String = row.get(0);
+        let mut attrs: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("user {user} attributes: {e}")))?;
+        match value {
+            Some(v) => attrs.insert(key.to_string(), v.to_string()),
+            None => attrs.remove(key),
+        };
+        let text = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+        tx.execute(
+            "UPDATE users SET attributes_json = $2 WHERE id = $1",
+            &[&user, &text],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn set_directory_info(
+        &self,
+        user: UserId,
+        email: Option<&str>,
+        phone: Option<&str>,
+        groups: &[String],
+    ) -> StoreResult<()> {
+        let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
+        self.execute(
+            "UPDATE users SET email = $2, phone = $3, groups_json = $4 WHERE id = $1",
+            &[&user, &email, &phone, &groups],
+        )
+        .map(|_| ())
+    }
+
+    fn delete_user(&self, user: UserId) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        let tenant: Option<i64> = tx
+            .query_opt("SELECT tenant_id FROM users WHERE id = $1", &[&user])
+            .map_err(db)?
+            .map(|r| r.get(0));
+        tx.execute(
+            "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = $1)",
+            &[&user],
+        )
+        .map_err(db)?;
+        if let Some(t) = tenant {
+            tx.execute(
+                "DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key LIKE $2",
+                &[&t, &format!("user:{user}:%")],
+            )
+            .map_err(db)?;
+        }
+        tx.execute("DELETE FROM users WHERE id = $1", &[&user])
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    fn add_factor(&self, f: &Factor) -> StoreResult<()> {
+        self.execute(
+            &format!(
+                "INSERT INTO factors ({FACTOR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ),
+            &[
+                &f.id,
+                &f.user_id,
+                &f.kind.as_str(),
+                &f.state.as_str(),
+                &f.sealed_secret,
+                &f.params,
+                &f.created_at,
+                &f.confirmed_at,
+                &f.last_used_at,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>> {
+        self.query(
+            &format!(
+                "SELECT {FACTOR_COLS} FROM factors WHERE user_id = $1 ORDER BY created_at, id"
+            ),
+            &[&user],
+        )?
+        .iter()
+        .map(factor_from_row)
+        .collect()
+    }
+
+    fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE factors SET state = 'confirmed', confirmed_at = $3
+             WHERE id = $2 AND user_id = $1 AND state = 'pending'",
+            &[&user, &factor_id, &now],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "DELETE FROM factors WHERE id = $2 AND user_id = $1",
+                &[&user, &factor_id],
+            )
+            .map_err(db)?;
+        tx.execute("DELETE FROM used_otps WHERE factor_id = $1", &[&factor_id])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n == 1)
+    }
+
+    fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()> {
+        self.execute(
+            "UPDATE factors SET last_used_at = $2 WHERE id = $1",
+            &[&factor_id, &now],
+        )
+        .map(|_| ())
+    }
+
+    fn update_factor_params(&self, factor_id: &str, old: &str, new: &str) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE factors SET params = $3 WHERE id = $1 AND params = $2",
+            &[&factor_id, &old, &new],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn add_bypass_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        uses: u32,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO bypass_codes (user_id, code_hash, uses_left, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&user, &hash, &i64::from(uses), &expires_at, &now],
+        )
+        .map(|_| ())
+    }
+
+    fn use_bypass_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE bypass_codes SET uses_left = uses_left - 1
+             WHERE user_id = $1 AND code_hash = $2 AND uses_left > 0 AND expires_at > $3",
+            &[&user, &hash, &now],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn has_bypass_code(&self, user: UserId, now: UnixTime) -> StoreResult<bool> {
+        Ok(self
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM bypass_codes WHERE user_id = $1 AND uses_left > 0 AND expires_at > $2)",
+                &[&user, &now],
+            )?
+            .get(0))
+    }
+
+    fn replace_recovery_codes(
+        &self,
+        user: UserId,
+        hashes: &[String],
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(db)?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])
+            .map_err(db)?;
+        for h in hashes {
+            tx.execute(
+                "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
+                &[&user, h, &now],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE recovery_codes SET used_at = $3
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+            &[&user, &hash, &now],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn unused_recovery_codes(&self, user: UserId) -> StoreResult<u32> {
+        let n: i64 = self
+            .query_one(
+                "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
+                &[&user],
+            )?
+            .get(0);
+        to_u32(n, "recovery code count")
+    }
+
+    fn add_sent_code(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        hash: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO sent_codes (user_id, factor_id, code_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&user, &factor_id, &hash, &now, &expires_at],
+        )
+        .map(|_| ())
+    }
+
+    fn use_sent_code(
+        &self,
+        user: UserId,
+        hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<String>> {
+        let rows = self.query(
+            "UPDATE sent_codes SET used_at = $3
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL AND expires_at > $3
+             RETURNING factor_id",
+            &[&user, &hash, &now],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn sent_codes_since(
+        &self,
+        user: UserId,
+        since: UnixTime,
+    ) -> StoreResult<(u32, Option<UnixTime>)> {
+        let r = self.query_one(
+            "SELECT COUNT(*), MAX(created_at) FROM sent_codes WHERE user_id = $1 AND created_at >= $2",
+            &[&user, &since],
+        )?;
+        Ok((to_u32(r.get(0), "sent code count")?, r.get(1)))
+    }
+
+    fn remember_source(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO remembered_sources (user_id, source, rule, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, source) DO UPDATE SET rule = excluded.rule, created_at = excluded.created_at, expires_at = excluded.expires_at",
+            &[&user, &source, &rule, &now, &expires_at],
+        )
+        .map(|_| ())
+    }
+
+    fn remembered_until(
+        &self,
+        user: UserId,
+        source: &str,
+        rule: &str,
+        now: UnixTime,
+    ) -> StoreResult<Option<UnixTime>> {
+        Ok(self
+            .query_opt(
+                "SELECT expires_at FROM remembered_sources WHERE user_id = $1 AND source = $2 AND rule = $3 AND expires_at > $4",
+                &[&user, &source, &rule, &now],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn forget_sources(&self, user: UserId, source: Option<&str>) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM remembered_sources WHERE user_id = $1 AND ($2::TEXT IS NULL OR source = $2)",
+            &[&user, &source],
+        )
+    }
+
+    fn record_otp_use(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool> {
+        // The primary key decides: of two nodes inserting the same counter at once, one
+        // inserts a row and the other waits for it, then inserts nothing.
+        self.execute(
+            "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (factor_id, counter) DO NOTHING",
+            &[&factor_id, &counter, &expires_at],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn put_transaction(&self, t: &Transaction) -> StoreResult<()> {
+        self.execute(
+            &format!("INSERT INTO transactions ({TXN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+            &[
+                &t.id,
+                &t.tenant_id,
+                &t.user_id,
+                &t.username,
+                &t.client,
+                &t.source,
+                &t.first_factor,
+                &i64::from(t.step),
+                &i64::from(t.attempts),
+                &t.created_at,
+                &t.expires_at,
+                &encode_reply_attributes(&t.reply_attributes),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn take_transaction(
+        &self,
+        id: &str,
+        step: u32,
+        now: UnixTime,
+    ) -> StoreResult<Option<Transaction>> {
+        self.query_opt(
+            &format!(
+                "UPDATE transactions SET step = step + 1
+                 WHERE id = $1 AND step = $2 AND expires_at > $3
+                 RETURNING {TXN_COLS}"
+            ),
+            &[&id, &i64::from(step), &now],
+        )?
+        .as_ref()
+        .map(txn_from_row)
+        .transpose()
+    }
+
+    fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32> {
+        match self.query_opt(
+            "UPDATE transactions SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+            &[&id],
+        )? {
+            Some(r) => to_u32(r.get(0), "transaction attempts"),
+            None => Ok(u32::MAX),
+        }
+    }
+
+    fn delete_transaction(&self, id: &str) -> StoreResult<()> {
+        self.execute("DELETE FROM transactions WHERE id = $1", &[&id])
+            .map(|_| ())
+    }
+
+    fn add_push(&self, p: &PushRequest) -> StoreResult<()> {
+        self.execute(
+            &format!("INSERT INTO push_requests ({PUSH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
+            &[
+                &p.id,
+                &p.tenant_id,
+                &p.user_id,
+                &p.txn_id,
+                &p.factor_id,
+                &p.token_hash,
+                &p.number.map(i64::from),
+                &p.status.as_str(),
+                &p.detail,
+                &p.username,
+                &p.client,
+                &p.source,
+                &p.created_at,
+                &p.expires_at,
+                &p.decided_at,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn push_by_id(&self, id: &str) -> StoreResult<Option<PushRequest>> {
+        self.query_opt(
+            &format!("SELECT {PUSH_COLUMNS} FROM push_requests WHERE id = $1"),
+            &[&id],
+        )?
+        .as_ref()
+        .map(push_from_row)
+        .transpose()
+    }
+
+    fn push_of_transaction(&self, txn_id: &str) -> StoreResult<Option<PushRequest>> {
+        // No row id here: within one second the push expiring last is the newest.
+        self.query_opt(
+            &format!(
+                "SELECT {PUSH_COLUMNS} FROM push_requests WHERE txn_id = $1
+                 ORDER BY created_at DESC, expires_at DESC, id DESC LIMIT 1"
+            ),
+            &[&txn_id],
+        )?
+        .as_ref()
+        .map(push_from_row)
+        .transpose()
+    }
+
+    fn decide_push(
+        &self,
+        id: &str,
+        status: PushStatus,
+        detail: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE push_requests SET status = $2, detail = $3, decided_at = $4
+             WHERE id = $1 AND status = 'pending' AND expires_at > $4",
+            &[&id, &status.as_str(), &detail, &now],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32> {
+        let n: i64 = self
+            .query_one(
+                "SELECT COUNT(*) FROM push_requests WHERE user_id = $1 AND created_at >= $2",
+                &[&user, &since],
+            )?
+            .get(0);
+        to_u32(n, "push count")
+    }
+
+    fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
+        match self.query_opt(
+            "SELECT failures, last_failure_at, locked_until FROM throttles
+             WHERE tenant_id = $1 AND throttle_key = $2",
+            &[&tenant, &key],
+        )? {
+            Some(r) => throttle_from_row(&r),
+            None => Ok(Throttle::default()),
+        }
+    }
+
+    fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle> {
+        throttle_from_row(&self.query_one(
+            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (tenant_id, throttle_key)
+             DO UPDATE SET failures = throttles.failures + 1, last_failure_at = excluded.last_failure_at
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &now],
+        )?)
+    }
+
+    fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {
+        self.execute(
+            "UPDATE throttles SET locked_until = $3 WHERE tenant_id = $1 AND throttle_key = $2",
+            &[&tenant, &key, &until],
+        )
+        .map(|_| ())
+    }
+
+    fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()> {
+        self.execute(
+            "DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key = $2",
+            &[&tenant, &key],
+        )
+        .map(|_| ())
+    }
+
+    fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &a.time,
+                &a.tenant,
+                &a.username,
+                &a.channel,
+                &a.client,
+                &a.source,
+                &a.mode,
+                &a.factors.join(","),
+                &a.result.as_str(),
+                &a.reason,
+                &a.transaction,
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let limit = i64::from(if f.limit == 0 { 1000 } else { f.limit });
+        let rows = self.query(
+            "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id
+             FROM audit
+             WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR username = $2)
+               AND ($3::BIGINT IS NULL OR time >= $3)
+             ORDER BY id DESC LIMIT $4",
+            &[&f.tenant, &f.username, &f.since, &limit],
+        )?;
+        let mut out: Vec<AuditRecord> = rows
+            .iter()
+            .map(|r| {
+                let factors: String = r.get(7);
+                let result: String = r.get(8);
+                AuditRecord {
+                    time: r.get(0),
+                    tenant: r.get(1),
+                    username: r.get(2),
+                    channel: r.get(3),
+                    client: r.get(4),
+                    source: r.get(5),
+                    mode: r.get(6),
+                    factors: factors
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
+                    result: if result == "accept" {
+                        AuditResult::Accept
+                    } else {
+                        AuditResult::Reject
+                    },
+                    reason: r.get(9),
+                    transaction: r.get(10),
+                }
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        let mut conn = self.conn()?;
+        let mut n = 0;
+        n += conn
+            .execute("DELETE FROM transactions WHERE expires_at <= $1", &[&now])
+            .map_err(db)?;
+        n += conn
+            .execute("DELETE FROM used_otps WHERE expires_at <= $1", &[&now])
+            .map_err(db)?;
+        n += conn
+            .execute(
+                "DELETE FROM bypass_codes WHERE expires_at <= $1 OR uses_left <= 0",
+                &[&now],
+            )
+            .map_err(db)?;
+        // Sent codes stay an hour past expiry: the hourly send quota counts them.
+        n += conn
+            .execute(
+                "DELETE FROM sent_codes WHERE expires_at <= $1",
+                &[&(now - 3600)],
+            )
+            .map_err(db)?;
+        n += conn
+            .execute(
+                "DELETE FROM remembered_sources WHERE expires_at <= $1",
+                &[&now],
+            )
+            .map_err(db)?;
+        // Pushes stay a day past expiry: the anti-fatigue window counts them.
+        n += conn
+            .execute(
+                "DELETE FROM push_requests WHERE expires_at <= $1",
+                &[&(now - 86_400)],
+            )
+            .map_err(db)?;
+        Ok(n)
+    }
+
+    fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
+        match self.conn()?.execute(
+            "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &t.id,
+                &t.tenant_id,
+                &t.role.as_str(),
+                &t.name,
+                &t.hash,
+                &t.created_at,
+                &t.last_used_at,
+                &(t.revoked as i64),
+            ],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+                what: "token",
+                name: t.id.clone(),
+            }),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn admin_token(&self, id: &str) -> StoreResult<Option<AdminToken>> {
+        self.query_opt(&format!("{ADMIN_TOKEN_SELECT} WHERE k.id = $1"), &[&id])?
+            .as_ref()
+            .map(admin_token_from_row)
+            .transpose()
+    }
+
+    fn list_admin_tokens(&self, tenant: Option<TenantId>) -> StoreResult<Vec<AdminToken>> {
+        self.query(
+            &format!(
+                "{ADMIN_TOKEN_SELECT} WHERE ($1::BIGINT IS NULL OR k.tenant_id = $1) ORDER BY k.created_at, k.id"
+            ),
+            &[&tenant],
+        )?
+        .iter()
+        .map(admin_token_from_row)
+        .collect()
+    }
+
+    fn revoke_admin_token(&self, id: &str) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE admin_tokens SET revoked = 1 WHERE id = $1 AND revoked = 0",
+            &[&id],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()> {
+        self.execute(
+            "UPDATE admin_tokens SET last_used_at = $2 WHERE id = $1",
+            &[&id, &now],
+        )
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr@t@db.example:5432/p?sslmode=disable"),
+            "postgres://app:***@db.example:5432/p?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("postgresql://app@db/p?password=hunter2&sslmode=prefer"),
+            "postgresql://app@db/p?password=***&sslmode=prefer"
+        );
+        assert_eq!(redact_url("postgres://db/p"), "postgres://db/p");
+    }
+
+    #[test]
+    fn migrations_translate_to_postgres_types() {
+        for (v, sql) in MIGRATIONS {
+            let t = translate_sql(sql);
+            assert!(!t.contains("INTEGER"), "migration {v}: {t}");
+            assert!(!t.contains("BLOB"), "migration {v}: {t}");
+        }
+        assert!(translate_sql(MIGRATIONS[0].1).contains("id          BIGSERIAL PRIMARY KEY"));
+    }
+}

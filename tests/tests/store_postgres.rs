@@ -1,0 +1,157 @@
+//! The store test suite against a real PostgreSQL (the SQLite run is the core's unit test
+//! `store_suite_passes_on_sqlite`), plus what only several nodes can show: two stores on
+//! one database racing for the same code, the same attribute row and the migrations.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use portcullis_core::model::NewUser;
+use portcullis_core::store::{suite, PgSettings, PgStore, Store, StoreError};
+use portcullis_tests::postgres::{PgServer, TEST_PASSWORD};
+
+fn open(url: &str) -> PgStore {
+    PgStore::open(&PgSettings::new(url)).unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+#[test]
+fn store_suite_passes_on_postgres() {
+    let pg = PgServer::start();
+    let store = open(&pg.create_database());
+    suite::run_all(&store);
+}
+
+/// Two nodes starting at once on an empty database: the advisory lock lets one apply the
+/// migrations and the other find them done; both then work on the same schema.
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                PgStore::open(&PgSettings::new(&url)).map(|_| ())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .expect("thread")
+            .expect("open while another node migrates");
+    }
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let rows = client
+        .query(
+            "SELECT version, COUNT(*) FROM schema_version GROUP BY version HAVING COUNT(*) > 1",
+            &[],
+        )
+        .expect("query");
+    assert!(rows.is_empty(), "a migration was applied twice");
+}
+
+/// The same TOTP counter recorded by many "nodes" (each its own pool) at the same moment:
+/// exactly one of them gets `true`.
+#[test]
+fn concurrent_replay_cache_accepts_exactly_one() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let stores: Vec<Arc<PgStore>> = (0..2).map(|_| Arc::new(open(&url))).collect();
+    for round in 0..20i64 {
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let store = stores[i % 2].clone();
+                let barrier = barrier.clone();
+                thread::spawn(move || {
+                    barrier.wait();
+                    store
+                        .record_otp_use("factor-race", round, 2_000_000_000)
+                        .expect("record")
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .filter(|&won| won)
+            .count();
+        assert_eq!(
+            wins, 1,
+            "round {round}: {wins} nodes accepted the same code"
+        );
+    }
+}
+
+/// Two nodes setting different attributes of one user at once: neither change is lost.
+#[test]
+fn concurrent_attribute_updates_are_not_lost() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let a = Arc::new(open(&url));
+    let b = Arc::new(open(&url));
+    let t = a.create_tenant("acme", 1).expect("tenant");
+    let u = a
+        .create_user(
+            &NewUser {
+                tenant_id: t.id,
+                name: "alice".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .expect("user");
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(n, store)| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                for i in 0..25 {
+                    store
+                        .set_user_attribute(u.id, &format!("node{n}-{i}"), Some("x"))
+                        .expect("set attribute");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    let user = b.user_by_name(t.id, "alice").expect("read").expect("user");
+    assert_eq!(user.attributes.len(), 50, "{:?}", user.attributes);
+}
+
+/// A wrong password or an unreachable server is an error that names the server but never
+/// shows the password.
+#[test]
+fn connection_errors_do_not_show_the_password() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let wrong = url.replace(TEST_PASSWORD, "Wr0ng-Secret-pw");
+    let err = PgStore::open(&PgSettings::new(&wrong)).expect_err("wrong password accepted");
+    let text = format!("{err} {err:?}");
+    assert!(matches!(err, StoreError::Database(_)), "{text}");
+    assert!(!text.contains("Wr0ng-Secret-pw"), "password shown: {text}");
+    assert!(text.contains("***"), "{text}");
+
+    // Nothing listens on port 1: a bounded, clear failure.
+    let mut settings = PgSettings::new("postgres://u:Hidden-pw@127.0.0.1:1/p?sslmode=disable");
+    settings.connect_timeout = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let err = PgStore::open(&settings).expect_err("connected to nothing");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let text = format!("{err}");
+    assert!(!text.contains("Hidden-pw"), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+
+    // TLS is not built in: sslmode=require is refused with a clear message.
+    let err = PgStore::open(&PgSettings::new(
+        &url.replace("sslmode=disable", "sslmode=require"),
+    ))
+    .expect_err("require accepted");
+    assert!(format!("{err}").contains("sslmode"), "{err}");
+}
