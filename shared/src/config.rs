@@ -1011,7 +1011,7 @@ impl Config {
             message,
         };
         if crate::store::is_postgres_url(&self.store.url) {
-            if let Err(e) = self.store.url.parse::<postgres::Config>() {
+            if let Err(e) = self.store.url.parse::<tokio_postgres::Config>() {
                 return Err(bad(
                     "store.url".into(),
                     format!(

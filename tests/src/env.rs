@@ -164,18 +164,37 @@ impl TestEnv {
         clients: Vec<ClientSpec>,
         extra: impl FnOnce(&Path) -> String,
     ) -> TestEnv {
+        TestEnv::build(clients, None, extra)
+    }
+
+    /// Like [`TestEnv::with_extra_config`] with another `[store]` section (e.g. a shared
+    /// PostgreSQL: `url = "postgres://..."` and its settings) instead of a SQLite file.
+    pub fn with_store(clients: Vec<ClientSpec>, store_toml: &str, extra: &str) -> TestEnv {
+        TestEnv::build(clients, Some(store_toml.to_string()), |_| extra.to_string())
+    }
+
+    fn build(
+        clients: Vec<ClientSpec>,
+        store_toml: Option<String>,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-test-")
             .tempdir()
             .expect("create temp dir");
         let config_path = dir.path().join("portcullis.toml");
         let d = dir.path().display().to_string();
+        let store = store_toml.unwrap_or_else(|| {
+            format!(
+                "url = {}\n",
+                toml_str(&format!("sqlite://{d}/portcullis.db"))
+            )
+        });
         let mut text = format!(
-            "[store]\nurl = {}\n\n[secrets]\nkey_file = {}\n\n\
+            "[store]\n{store}\n[secrets]\nkey_file = {}\n\n\
              # Cheap password hashes: the tests are about the protocol, not the hash cost.\n\
              [passwords]\nargon2_memory_kib = 1024\nargon2_iterations = 1\nargon2_parallelism = 1\n\n\
              [radius]\nlisten = [\"127.0.0.1:0\"]\n\n",
-            toml_str(&format!("sqlite://{d}/portcullis.db")),
             toml_str(&format!("{d}/master.key")),
         );
         for c in &clients {

@@ -8,18 +8,23 @@
 //!
 //! The schema is the one migration list shared with SQLite, translated on the fly
 //! ([`translate_sql`]); migrations run under an advisory lock, so nodes starting together
-//! do not race. Connections are checked on checkout: after the database was down, broken
+//! do not race. Connections are checked on checkout: after the database was down, closed
 //! connections are dropped and new ones made, with no restart.
+//!
+//! The store is synchronous (like the SQLite one) but may be called from any thread, also
+//! from inside the server's async runtime: the connections are driven by a small runtime
+//! of the store's own, and a call only waits on channels to them (no nested `block_on`
+//! of a tokio runtime, which would panic there).
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use postgres::config::SslMode;
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{NoTls, Row};
-use r2d2::{Pool, PooledConnection};
-use r2d2_postgres::PostgresConnectionManager;
+use futures_executor::block_on;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
 
 use super::migrations::MIGRATIONS;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
@@ -114,13 +119,32 @@ pub fn translate_sql(sql: &str) -> String {
         .replace("BLOB", "BYTEA")
 }
 
-type Manager = PostgresConnectionManager<NoTls>;
-type Conn = PooledConnection<Manager>;
-
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
-    pool: Pool<Manager>,
+    /// Drives the connections' socket I/O; calls only wait for their answers.
+    runtime: Option<tokio::runtime::Runtime>,
+    config: tokio_postgres::Config,
     url: String,
+    pool: Mutex<PoolState>,
+    freed: Condvar,
+    max_connections: u32,
+    connect_timeout: Duration,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Client>,
+    /// Connections in use or idle.
+    open: u32,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Does not block: safe also when the last reference goes inside an async task.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -131,12 +155,12 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn db(e: postgres::Error) -> StoreError {
+fn db(e: tokio_postgres::Error) -> StoreError {
     // The driver's messages never carry the connection password.
     StoreError::Database(e.to_string())
 }
 
-fn is_unique_violation(e: &postgres::Error) -> bool {
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
@@ -144,11 +168,106 @@ fn to_u32(v: i64, what: &str) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is {v}")))
 }
 
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+/// A pooled connection; back to the pool when dropped, unless it was closed.
+struct Conn<'s> {
+    store: &'s PgStore,
+    client: Option<Client>,
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.store.lock_pool();
+        match self.client.take() {
+            Some(c) if !c.is_closed() => pool.idle.push(c),
+            _ => pool.open = pool.open.saturating_sub(1),
+        }
+        drop(pool);
+        self.store.freed.notify_one();
+    }
+}
+
+impl Conn<'_> {
+    fn client(&mut self) -> StoreResult<&mut Client> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Database("connection already returned".into()))
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+        let c = self.client()?;
+        block_on(c.execute(sql, params)).map_err(db)
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        let c = self.client()?;
+        block_on(c.query(sql, params)).map_err(db)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+        let c = self.client()?;
+        block_on(c.query_opt(sql, params)).map_err(db)
+    }
+
+    fn try_query_one(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> StoreResult<Result<Row, tokio_postgres::Error>> {
+        let c = self.client()?;
+        Ok(block_on(c.query_one(sql, params)))
+    }
+
+    fn try_execute(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> StoreResult<Result<u64, tokio_postgres::Error>> {
+        let c = self.client()?;
+        Ok(block_on(c.execute(sql, params)))
+    }
+
+    fn transaction(&mut self) -> StoreResult<Tx<'_>> {
+        let c = self.client()?;
+        Ok(Tx {
+            tx: block_on(c.transaction()).map_err(db)?,
+        })
+    }
+}
+
+/// An open transaction; rolled back when dropped without [`Tx::commit`].
+struct Tx<'c> {
+    tx: tokio_postgres::Transaction<'c>,
+}
+
+impl Tx<'_> {
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+        block_on(self.tx.execute(sql, params)).map_err(db)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+        block_on(self.tx.query_opt(sql, params)).map_err(db)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
+        block_on(self.tx.query_one(sql, params)).map_err(db)
+    }
+
+    fn batch_execute(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        block_on(self.tx.batch_execute(sql))
+    }
+
+    fn commit(self) -> StoreResult<()> {
+        block_on(self.tx.commit()).map_err(db)
+    }
+}
+
 impl PgStore {
     /// Connects, checks the schema and applies pending migrations.
     pub fn open(settings: &PgSettings) -> StoreResult<Self> {
         let shown = redact_url(&settings.url);
-        let mut config = postgres::Config::from_str(&settings.url)
+        let mut config = tokio_postgres::Config::from_str(&settings.url)
             .map_err(|e| StoreError::Database(format!("store.url {shown}: {e}")))?;
         if config.get_ssl_mode() == SslMode::Require {
             return Err(StoreError::Database(format!(
@@ -157,6 +276,10 @@ impl PgStore {
             )));
         }
         config.connect_timeout(settings.connect_timeout);
+        // A server that vanishes without closing the socket: unacknowledged data for longer
+        // than this closes the connection instead of hanging the login.
+        config.tcp_user_timeout(settings.statement_timeout + settings.connect_timeout);
+        config.keepalives_idle(Duration::from_secs(30));
         let ms = settings.statement_timeout.as_millis().max(1);
         let options = match config.get_options() {
             Some(o) => format!("{o} -c statement_timeout={ms}"),
@@ -166,43 +289,129 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("portcullis");
         }
-        let manager = PostgresConnectionManager::new(config, NoTls);
-        let pool = Pool::builder()
-            .max_size(settings.max_connections.max(1))
-            .min_idle(Some(0))
-            .connection_timeout(settings.connect_timeout)
-            .test_on_check_out(true)
-            .build_unchecked(manager);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("portcullis-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StoreError::Database(format!("cannot start the database I/O threads: {e}"))
+            })?;
         let store = Self {
-            pool,
+            runtime: Some(runtime),
+            config,
             url: settings.url.clone(),
+            pool: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+            max_connections: settings.max_connections.max(1),
+            connect_timeout: settings.connect_timeout,
         };
         store.migrate()?;
         Ok(store)
     }
 
-    fn conn(&self) -> StoreResult<Conn> {
-        self.pool.get().map_err(|e| {
-            StoreError::Database(format!(
-                "cannot reach PostgreSQL at {}: {e}",
-                redact_url(&self.url)
-            ))
-        })
+    fn lock_pool(&self) -> MutexGuard<'_, PoolState> {
+        // The state is two fields updated together; a panic cannot leave it half-changed.
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unreachable(&self, why: impl std::fmt::Display) -> StoreError {
+        StoreError::Database(format!(
+            "cannot reach PostgreSQL at {}: {why}",
+            redact_url(&self.url)
+        ))
+    }
+
+    /// A new connection, its I/O driven by the store's runtime.
+    fn connect(&self) -> StoreResult<Client> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| self.unreachable("the store is shutting down"))?;
+        let config = self.config.clone();
+        let limit = self.connect_timeout;
+        let task = runtime.spawn(async move {
+            let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
+                .await
+                .map_err(|_| format!("no connection within {limit:?}"))?
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "database connection closed");
+                }
+            });
+            Ok::<_, String>(client)
+        });
+        match block_on(task) {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
+    /// A connection from the pool: an idle open one, a new one while fewer than
+    /// `max_connections` exist, or the next one freed within `connect_timeout`.
+    fn conn(&self) -> StoreResult<Conn<'_>> {
+        let deadline = Instant::now() + self.connect_timeout;
+        let mut pool = self.lock_pool();
+        loop {
+            while let Some(client) = pool.idle.pop() {
+                if !client.is_closed() {
+                    return Ok(Conn {
+                        store: self,
+                        client: Some(client),
+                    });
+                }
+                pool.open = pool.open.saturating_sub(1);
+            }
+            if pool.open < self.max_connections {
+                pool.open += 1;
+                drop(pool);
+                return match self.connect() {
+                    Ok(client) => Ok(Conn {
+                        store: self,
+                        client: Some(client),
+                    }),
+                    Err(e) => {
+                        let mut pool = self.lock_pool();
+                        pool.open = pool.open.saturating_sub(1);
+                        drop(pool);
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.unreachable(format!(
+                    "all {} connections busy for {:?}",
+                    self.max_connections, self.connect_timeout
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     fn migrate(&self) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
+        let mut tx = conn.transaction()?;
         // Held until commit: a second node starting at the same moment waits here.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let exists: bool = tx
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
+            .get(0);
+        if !exists {
+            tx.batch_execute(
+                "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
             .map_err(db)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .map_err(db)?;
+        }
         let current: i64 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-            .map_err(db)?
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
             .get(0);
         let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
         if current > known {
@@ -217,27 +426,28 @@ impl PgStore {
             tx.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
                 &[version],
-            )
-            .map_err(db)?;
+            )?;
             tracing::info!(version, "applied store migration");
         }
-        tx.commit().map_err(db)
+        tx.commit()
     }
 
-    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
-        self.conn()?.execute(sql, params).map_err(db)
+    fn execute(&self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+        self.conn()?.execute(sql, params)
     }
 
-    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Vec<Row>> {
-        self.conn()?.query(sql, params).map_err(db)
+    fn query(&self, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        self.conn()?.query(sql, params)
     }
 
-    fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
-        self.conn()?.query_opt(sql, params).map_err(db)
+    fn query_opt(&self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+        self.conn()?.query_opt(sql, params)
     }
 
-    fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Row> {
-        self.conn()?.query_one(sql, params).map_err(db)
+    fn query_one(&self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
+        let mut conn = self.conn()?;
+        let c = conn.client()?;
+        block_on(c.query_one(sql, params)).map_err(db)
     }
 }
 
@@ -376,10 +586,10 @@ fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
 
 impl Store for PgStore {
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
-        match self.conn()?.query_one(
+        match self.conn()?.try_query_one(
             "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id",
             &[&name, &now],
-        ) {
+        )? {
             Ok(row) => Ok(Tenant {
                 id: row.get(0),
                 name: name.to_string(),
@@ -423,11 +633,11 @@ impl Store for PgStore {
 
     fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
         let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
-        match self.conn()?.query_one(
+        match self.conn()?.try_query_one(
             "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
             &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
-        ) {
+        )? {
             Ok(row) => Ok(User {
                 id: row.get(0),
                 tenant_id: u.tenant_id,
@@ -488,13 +698,11 @@ impl Store for PgStore {
         // Read under a row lock and write in the same transaction: two nodes setting
         // different keys at once both keep their change.
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT attributes_json FROM users WHERE id = $1 FOR UPDATE",
-                &[&user],
-            )
-            .map_err(db)?
+        let mut tx = conn.transaction()?;
+        let Some(row) = tx.query_opt(
+            "SELECT attributes_json FROM users WHERE id = $1 FOR UPDATE",
+            &[&user],
+        )?
         else {
             return Err(StoreError::NotFound {
                 what: "user",
@@ -512,9 +720,8 @@ impl Store for PgStore {
         tx.execute(
             "UPDATE users SET attributes_json = $2 WHERE id = $1",
             &[&user, &text],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)
+        )?;
+        tx.commit()
     }
 
     fn set_directory_info(
@@ -534,26 +741,22 @@ impl Store for PgStore {
 
     fn delete_user(&self, user: UserId) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
+        let mut tx = conn.transaction()?;
         let tenant: Option<i64> = tx
-            .query_opt("SELECT tenant_id FROM users WHERE id = $1", &[&user])
-            .map_err(db)?
+            .query_opt("SELECT tenant_id FROM users WHERE id = $1", &[&user])?
             .map(|r| r.get(0));
         tx.execute(
             "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = $1)",
             &[&user],
-        )
-        .map_err(db)?;
+        )?;
         if let Some(t) = tenant {
             tx.execute(
                 "DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key LIKE $2",
                 &[&t, &format!("user:{user}:%")],
-            )
-            .map_err(db)?;
+            )?;
         }
-        tx.execute("DELETE FROM users WHERE id = $1", &[&user])
-            .map_err(db)?;
-        tx.commit().map_err(db)
+        tx.execute("DELETE FROM users WHERE id = $1", &[&user])?;
+        tx.commit()
     }
 
     fn add_factor(&self, f: &Factor) -> StoreResult<()> {
@@ -599,16 +802,13 @@ impl Store for PgStore {
 
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
-        let n = tx
-            .execute(
-                "DELETE FROM factors WHERE id = $2 AND user_id = $1",
-                &[&user, &factor_id],
-            )
-            .map_err(db)?;
-        tx.execute("DELETE FROM used_otps WHERE factor_id = $1", &[&factor_id])
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
+        let mut tx = conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM factors WHERE id = $2 AND user_id = $1",
+            &[&user, &factor_id],
+        )?;
+        tx.execute("DELETE FROM used_otps WHERE factor_id = $1", &[&factor_id])?;
+        tx.commit()?;
         Ok(n == 1)
     }
 
@@ -669,17 +869,15 @@ impl Store for PgStore {
         now: UnixTime,
     ) -> StoreResult<()> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(db)?;
-        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])
-            .map_err(db)?;
+        let mut tx = conn.transaction()?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])?;
         for h in hashes {
             tx.execute(
                 "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)",
                 &[&user, h, &now],
-            )
-            .map_err(db)?;
+            )?;
         }
-        tx.commit().map_err(db)
+        tx.commit()
     }
 
     fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
@@ -1029,43 +1227,31 @@ impl Store for PgStore {
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         let mut conn = self.conn()?;
         let mut n = 0;
-        n += conn
-            .execute("DELETE FROM transactions WHERE expires_at <= $1", &[&now])
-            .map_err(db)?;
-        n += conn
-            .execute("DELETE FROM used_otps WHERE expires_at <= $1", &[&now])
-            .map_err(db)?;
-        n += conn
-            .execute(
-                "DELETE FROM bypass_codes WHERE expires_at <= $1 OR uses_left <= 0",
-                &[&now],
-            )
-            .map_err(db)?;
+        n += conn.execute("DELETE FROM transactions WHERE expires_at <= $1", &[&now])?;
+        n += conn.execute("DELETE FROM used_otps WHERE expires_at <= $1", &[&now])?;
+        n += conn.execute(
+            "DELETE FROM bypass_codes WHERE expires_at <= $1 OR uses_left <= 0",
+            &[&now],
+        )?;
         // Sent codes stay an hour past expiry: the hourly send quota counts them.
-        n += conn
-            .execute(
-                "DELETE FROM sent_codes WHERE expires_at <= $1",
-                &[&(now - 3600)],
-            )
-            .map_err(db)?;
-        n += conn
-            .execute(
-                "DELETE FROM remembered_sources WHERE expires_at <= $1",
-                &[&now],
-            )
-            .map_err(db)?;
+        n += conn.execute(
+            "DELETE FROM sent_codes WHERE expires_at <= $1",
+            &[&(now - 3600)],
+        )?;
+        n += conn.execute(
+            "DELETE FROM remembered_sources WHERE expires_at <= $1",
+            &[&now],
+        )?;
         // Pushes stay a day past expiry: the anti-fatigue window counts them.
-        n += conn
-            .execute(
-                "DELETE FROM push_requests WHERE expires_at <= $1",
-                &[&(now - 86_400)],
-            )
-            .map_err(db)?;
+        n += conn.execute(
+            "DELETE FROM push_requests WHERE expires_at <= $1",
+            &[&(now - 86_400)],
+        )?;
         Ok(n)
     }
 
     fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
-        match self.conn()?.execute(
+        match self.conn()?.try_execute(
             "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -1078,7 +1264,7 @@ impl Store for PgStore {
                 &t.last_used_at,
                 &(t.revoked as i64),
             ],
-        ) {
+        )? {
             Ok(_) => Ok(()),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
                 what: "token",

@@ -1,0 +1,334 @@
+//! Several nodes on one PostgreSQL: two real `portcullis serve` processes, each with its
+//! own config file and RADIUS port, sharing `store.url` and the master key (copied). What
+//! one node starts or uses, the other sees: challenges, the OTP replay cache (also for two
+//! requests at the same moment), push decisions. A database that goes away makes logins
+//! fail closed with a clear log line, and they work again when it is back, no restart.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::fakes::ntfy::FakeNtfy;
+use portcullis_tests::http::post;
+use portcullis_tests::postgres::{PgServer, TEST_PASSWORD};
+use portcullis_tests::radclient::radclient_waiting;
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
+    RadReply, Server, TestEnv,
+};
+
+struct Node {
+    // Declared first: the server stops before its directory goes.
+    server: Server,
+    env: TestEnv,
+}
+
+impl Node {
+    fn login(&self, user: &str, password: &str, state: Option<&str>) -> RadReply {
+        let mut attrs = vec![
+            ("User-Name", user.to_string()),
+            ("User-Password", password.to_string()),
+        ];
+        if let Some(s) = state {
+            attrs.push(("State", s.to_string()));
+        }
+        radclient(self.server.addr, &self.env.client().secret, &attrs, true)
+    }
+}
+
+struct Cluster {
+    a: Node,
+    b: Node,
+    /// user -> TOTP secret
+    secrets: Vec<(String, String)>,
+    // Last: the database outlives the nodes.
+    pg: PgServer,
+}
+
+impl Cluster {
+    fn code(&self, user: &str) -> String {
+        let secret = &self
+            .secrets
+            .iter()
+            .find(|(u, _)| u == user)
+            .expect("known user")
+            .1;
+        oathtool_totp(secret, 6, Algorithm::Sha1, 0)
+    }
+}
+
+/// Two nodes, users with TOTP (password "pw-<user>"), created through node A's CLI on the
+/// shared database; `extra` is more config for both nodes.
+fn cluster(
+    client: ClientSpec,
+    users: &[&str],
+    extra: &str,
+    setup: impl FnOnce(&TestEnv),
+) -> Cluster {
+    require_tool("radclient", "freeradius-utils");
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    // Short bounds, so that a test of the database going away does not wait long.
+    let store = format!(
+        "url = \"{url}\"\nmax_connections = 4\nconnect_timeout = \"1s\"\nstatement_timeout = \"2s\"\n"
+    );
+    let env_a = TestEnv::with_store(vec![client.clone()], &store, extra);
+    env_a.add_tenant("acme");
+    let mut secrets = Vec::new();
+    for user in users {
+        env_a.add_user("acme", user, &format!("pw-{user}"));
+        let secret = random_base32_secret();
+        let f = env_a.enroll_totp("acme", user, Some(&secret));
+        assert_eq!(f.state, "confirmed", "{:?}", f.json);
+        secrets.push((user.to_string(), secret));
+    }
+    setup(&env_a);
+    let env_b = TestEnv::with_store(vec![client], &store, extra);
+    // The same master key on every node: factor secrets are sealed with it.
+    std::fs::copy(
+        env_a.dir().join("master.key"),
+        env_b.dir().join("master.key"),
+    )
+    .expect("copy the master key to node B");
+    // Node B sees what was created on A: it shares the database, not a copy.
+    let users_b = env_b.cli_json(&["user", "list", "--tenant", "acme", "--json"]);
+    for user in users {
+        assert!(users_b.to_string().contains(user), "{users_b}");
+    }
+    let a = Node {
+        server: env_a.start_server(),
+        env: env_a,
+    };
+    let b = Node {
+        server: env_b.start_server(),
+        env: env_b,
+    };
+    assert_ne!(a.server.addr, b.server.addr);
+    Cluster { a, b, secrets, pg }
+}
+
+#[test]
+fn a_challenge_started_on_node_a_is_answered_on_node_b() {
+    let c = cluster(ClientSpec::new(Mode::Challenge), &["alice"], "", |_| {});
+    let first = c.a.login("alice", "pw-alice", None);
+    assert!(first.is_challenge(), "{}", first.raw_output);
+    let state = first.state_for_radclient();
+    let second = c.b.login("alice", &c.code("alice"), Some(&state));
+    assert!(
+        second.is_accept(),
+        "node B must continue the transaction node A started\n{}\n--- node B log ---\n{}",
+        second.raw_output,
+        c.b.server.stderr()
+    );
+    // The step was taken: the same State cannot be answered again, on either node.
+    let again = c.a.login("alice", &c.code("alice"), Some(&state));
+    assert!(!again.is_accept(), "{}", again.raw_output);
+    // Both nodes wrote to the one audit trail.
+    let audit =
+        c.b.env
+            .cli_json(&["audit", "--tenant", "acme", "--user", "alice", "--json"]);
+    assert!(audit.to_string().contains("accept"), "{audit}");
+}
+
+#[test]
+fn a_code_used_on_node_a_is_refused_on_node_b() {
+    let users = ["u0", "u1", "u2", "u3", "u4", "u5"];
+    let c = cluster(ClientSpec::new(Mode::Append), &users, "", |_| {});
+    // One after the other.
+    let pass = format!("pw-u0{}", c.code("u0"));
+    let on_a = c.a.login("u0", &pass, None);
+    assert!(on_a.is_accept(), "{}", on_a.raw_output);
+    let on_b = c.b.login("u0", &pass, None);
+    assert!(
+        on_b.is_reject(),
+        "the code used on node A must be refused on node B\n{}",
+        on_b.raw_output
+    );
+
+    // At the same moment: the same fresh code to both nodes from two threads, for
+    // several users; exactly one of each pair is accepted.
+    let c = Arc::new(c);
+    for user in &users[1..] {
+        let pass = format!("pw-{user}{}", c.code(user));
+        let barrier = Arc::new(Barrier::new(2));
+        let replies: Vec<RadReply> = [true, false]
+            .into_iter()
+            .map(|on_a| {
+                let (c, barrier, pass, user) =
+                    (c.clone(), barrier.clone(), pass.clone(), user.to_string());
+                thread::spawn(move || {
+                    let node = if on_a { &c.a } else { &c.b };
+                    barrier.wait();
+                    node.login(&user, &pass, None)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("login thread"))
+            .collect();
+        let accepts = replies.iter().filter(|r| r.is_accept()).count();
+        let rejects = replies.iter().filter(|r| r.is_reject()).count();
+        assert_eq!(
+            (accepts, rejects),
+            (1, 1),
+            "{user}: one code sent to two nodes at once must be accepted exactly once\n{}\n{}",
+            replies[0].raw_output,
+            replies[1].raw_output
+        );
+    }
+}
+
+const PUBLIC: &str = "https://mfa.example.test";
+
+#[test]
+fn a_push_approved_on_node_b_releases_the_request_held_by_node_a() {
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let ntfy = FakeNtfy::start(ca_dir.path());
+    let extra = format!(
+        "\n[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{PUBLIC}\"\n\n{}",
+        ntfy.config("acme", "")
+    );
+    let mut client = ClientSpec::new(Mode::Auto);
+    client.extra = "max_wait = \"20s\"\n".into();
+    let c = cluster(client, &[], &extra, |env| {
+        env.add_user("acme", "pat", "pw");
+        let enrolled = env.cli_json(&[
+            "factor", "enroll", "push", "--tenant", "acme", "pat", "--json",
+        ]);
+        let id = enrolled["factor_id"]
+            .as_str()
+            .expect("factor id")
+            .to_string();
+        env.cli_ok(&[
+            "factor",
+            "confirm",
+            "--tenant",
+            "acme",
+            "pat",
+            &id,
+            &ntfy.last_code(),
+        ]);
+    });
+    let (addr, secret) = (c.a.server.addr, c.a.env.client().secret.clone());
+    let login = thread::spawn(move || {
+        radclient_waiting(
+            addr,
+            &secret,
+            &[
+                ("User-Name", "pat".to_string()),
+                ("User-Password", "pw".to_string()),
+            ],
+            25,
+        )
+    });
+    // Enrolment code, then the login's notification (sent by node A).
+    let msgs = ntfy.wait_for(2, Duration::from_secs(10));
+    assert!(msgs.len() >= 2, "no push; refusals: {:?}", ntfy.refusals());
+    let click = msgs[1]["click"].as_str().expect("click URL").to_string();
+    let rest = click
+        .strip_prefix(&format!("{PUBLIC}/v1/push/"))
+        .unwrap_or_else(|| panic!("unexpected click URL {click}"));
+    let (id, token) = rest.split_once("?t=").expect("token in the link");
+    thread::sleep(Duration::from_millis(300));
+    assert!(!login.is_finished(), "node A holds the request");
+    // The phone's answer lands on node B.
+    let approved_at = Instant::now();
+    let (status, body) = post(
+        c.b.server.http_addr.expect("node B http listener"),
+        &format!("/v1/push/{id}/approve"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply = login.join().expect("login thread");
+    assert!(
+        reply.is_accept(),
+        "{}\n--- node A log ---\n{}",
+        reply.raw_output,
+        c.a.server.stderr()
+    );
+    assert!(
+        approved_at.elapsed() < Duration::from_secs(3),
+        "node A released the request {:?} after node B took the approval",
+        approved_at.elapsed()
+    );
+}
+
+#[test]
+fn logins_fail_closed_while_the_database_is_down_and_work_again_when_it_is_back() {
+    let mut c = cluster(
+        ClientSpec::new(Mode::Append),
+        &["before", "during", "after"],
+        "",
+        |_| {},
+    );
+    let ok =
+        c.a.login("before", &format!("pw-before{}", c.code("before")), None);
+    assert!(ok.is_accept(), "{}", ok.raw_output);
+    if !c.pg.is_own() {
+        panic!("this test stops the database: it needs its own server (unset PORTCULLIS_TEST_POSTGRES)");
+    }
+
+    c.pg.stop();
+    for node in [&c.a, &c.b] {
+        let pass = format!("pw-during{}", c.code("during"));
+        let started = Instant::now();
+        let reply = radclient_waiting(
+            node.server.addr,
+            &node.env.client().secret,
+            &[("User-Name", "during".to_string()), ("User-Password", pass)],
+            15,
+        );
+        assert!(
+            reply.is_reject(),
+            "a login while the database is down is rejected (not dropped, not accepted)\n{}",
+            reply.raw_output
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(c.a.server.is_running(), "node A survived the outage");
+    let log = c.a.server.stderr();
+    assert!(
+        log.contains("cannot reach PostgreSQL"),
+        "the log says why logins fail\n{log}"
+    );
+    assert!(
+        !log.contains(TEST_PASSWORD),
+        "the log shows the database password\n{log}"
+    );
+
+    c.pg.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        let pass = format!("pw-after{}", c.code("after"));
+        let reply = radclient(
+            c.a.server.addr,
+            &c.a.env.client().secret,
+            &[("User-Name", "after".to_string()), ("User-Password", pass)],
+            true,
+        );
+        if reply.is_accept() || Instant::now() > deadline {
+            break reply;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        reply.is_accept(),
+        "logins work again without a restart\n{}\n{}",
+        reply.raw_output,
+        c.a.server.stderr()
+    );
+    // And node B too, with the code node A did not use.
+    let pass = format!("pw-during{}", c.code("during"));
+    let reply = c.b.login("during", &pass, None);
+    assert!(
+        reply.is_accept(),
+        "{}\n{}",
+        reply.raw_output,
+        c.b.server.stderr()
+    );
+}
