@@ -1304,6 +1304,35 @@ tenant = "acme"
     }
 
     #[test]
+    fn postgres_store_urls_are_accepted_and_checked() {
+        for scheme in ["postgres", "postgresql"] {
+            let c = parse(&format!(
+                "[store]\nurl = \"{scheme}://app:s3cr3t@db:5432/portcullis?sslmode=disable\"\nmax_connections = 16\nstatement_timeout = \"2s\"\n"
+            ))
+            .unwrap();
+            let pg = c.store.postgres().expect("postgres settings");
+            assert_eq!(pg.max_connections, 16);
+            assert_eq!(pg.statement_timeout, Duration::from_secs(2));
+            assert_eq!(pg.connect_timeout, Duration::from_secs(5));
+            assert!(!c.store.redacted_url().contains("s3cr3t"));
+            assert!(!format!("{pg:?}").contains("s3cr3t"));
+            assert!(c.sqlite_path().is_none());
+        }
+        let e = parse("[store]\nurl = \"postgres://app:s3cr3t@db/p\"\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.max_connections"), "{e}");
+        let e = parse("[store]\nurl = \"postgres://app:s3cr3t@db/p?sslmode=sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.url") && !e.contains("s3cr3t"), "{e}");
+        let e = parse("[store]\nurl = \"mysql://app:s3cr3t@db/p\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("postgres://") && !e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
     fn sms_provider_settings_are_checked() {
         let ok = "[tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"t\"\nfrom = \"+15550001111\"\n";
         parse(ok).unwrap();

@@ -123,6 +123,16 @@ fn a_challenge_started_on_node_a_is_answered_on_node_b() {
     // The step was taken: the same State cannot be answered again, on either node.
     let again = c.a.login("alice", &c.code("alice"), Some(&state));
     assert!(!again.is_accept(), "{}", again.raw_output);
+    // `config check` names the shared store, its password hidden.
+    let out = c.b.env.cli_ok(&["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("store: postgres://portcullis:***@127.0.0.1:"),
+        "{text}"
+    );
+    assert!(!text.contains(TEST_PASSWORD), "{text}");
+    let json = c.b.env.cli_json(&["config", "check", "--json"]);
+    assert!(!json.to_string().contains(TEST_PASSWORD), "{json}");
     // Both nodes wrote to the one audit trail.
     let audit =
         c.b.env
