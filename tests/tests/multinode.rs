@@ -70,7 +70,7 @@ fn cluster(
     let url = pg.create_database();
     // Short bounds, so that a test of the database going away does not wait long.
     let store = format!(
-        "url = \"{url}\"\nmax_connections = 4\nconnect_timeout = \"1s\"\nstatement_timeout = \"2s\"\n"
+        "url = \"{url}\"\nmax_connections = 4\nconnect_timeout = \"3s\"\nstatement_timeout = \"3s\"\n"
     );
     let env_a = TestEnv::with_store(vec![client.clone()], &store, extra);
     env_a.add_tenant("acme");

@@ -16,6 +16,7 @@
 //! of the store's own, and a call only waits on channels to them (no nested `block_on`
 //! of a tokio runtime, which would panic there).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use futures_executor::block_on;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::migrations::MIGRATIONS;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
@@ -133,7 +134,7 @@ pub struct PgStore {
 
 #[derive(Default)]
 struct PoolState {
-    idle: Vec<Client>,
+    idle: Vec<PgConn>,
     /// Connections in use or idle.
     open: u32,
 }
@@ -170,17 +171,24 @@ fn to_u32(v: i64, what: &str) -> StoreResult<u32> {
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
+/// One connection and the statements prepared on it (each prepared once, then only
+/// executed: one round trip per statement instead of two).
+struct PgConn {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
 /// A pooled connection; back to the pool when dropped, unless it was closed.
 struct Conn<'s> {
     store: &'s PgStore,
-    client: Option<Client>,
+    conn: Option<PgConn>,
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let mut pool = self.store.lock_pool();
-        match self.client.take() {
-            Some(c) if !c.is_closed() => pool.idle.push(c),
+        match self.conn.take() {
+            Some(c) if !c.client.is_closed() => pool.idle.push(c),
             _ => pool.open = pool.open.saturating_sub(1),
         }
         drop(pool);
@@ -189,25 +197,48 @@ impl Drop for Conn<'_> {
 }
 
 impl Conn<'_> {
-    fn client(&mut self) -> StoreResult<&mut Client> {
-        self.client
+    fn pg(&mut self) -> StoreResult<&mut PgConn> {
+        self.conn
             .as_mut()
             .ok_or_else(|| StoreError::Database("connection already returned".into()))
     }
 
+    fn client(&mut self) -> StoreResult<&mut Client> {
+        Ok(&mut self.pg()?.client)
+    }
+
+    /// The prepared statement for `sql` on this connection, and the client to run it.
+    fn prepared(&mut self, sql: &str) -> StoreResult<(Statement, &Client)> {
+        let pg = self.pg()?;
+        let statement = match pg.prepared.get(sql) {
+            Some(st) => st.clone(),
+            None => {
+                let st = block_on(pg.client.prepare(sql)).map_err(db)?;
+                pg.prepared.insert(sql.to_string(), st.clone());
+                st
+            }
+        };
+        Ok((statement, &pg.client))
+    }
+
     fn execute(&mut self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
-        let c = self.client()?;
-        block_on(c.execute(sql, params)).map_err(db)
+        let (st, c) = self.prepared(sql)?;
+        block_on(c.execute(&st, params)).map_err(db)
     }
 
     fn query(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
-        let c = self.client()?;
-        block_on(c.query(sql, params)).map_err(db)
+        let (st, c) = self.prepared(sql)?;
+        block_on(c.query(&st, params)).map_err(db)
     }
 
     fn query_opt(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
-        let c = self.client()?;
-        block_on(c.query_opt(sql, params)).map_err(db)
+        let (st, c) = self.prepared(sql)?;
+        block_on(c.query_opt(&st, params)).map_err(db)
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
+        let (st, c) = self.prepared(sql)?;
+        block_on(c.query_one(&st, params)).map_err(db)
     }
 
     fn try_query_one(
@@ -215,8 +246,8 @@ impl Conn<'_> {
         sql: &str,
         params: Params<'_>,
     ) -> StoreResult<Result<Row, tokio_postgres::Error>> {
-        let c = self.client()?;
-        Ok(block_on(c.query_one(sql, params)))
+        let (st, c) = self.prepared(sql)?;
+        Ok(block_on(c.query_one(&st, params)))
     }
 
     fn try_execute(
@@ -224,8 +255,8 @@ impl Conn<'_> {
         sql: &str,
         params: Params<'_>,
     ) -> StoreResult<Result<u64, tokio_postgres::Error>> {
-        let c = self.client()?;
-        Ok(block_on(c.execute(sql, params)))
+        let (st, c) = self.prepared(sql)?;
+        Ok(block_on(c.execute(&st, params)))
     }
 
     fn transaction(&mut self) -> StoreResult<Tx<'_>> {
@@ -355,11 +386,11 @@ impl PgStore {
         let deadline = Instant::now() + self.connect_timeout;
         let mut pool = self.lock_pool();
         loop {
-            while let Some(client) = pool.idle.pop() {
-                if !client.is_closed() {
+            while let Some(conn) = pool.idle.pop() {
+                if !conn.client.is_closed() {
                     return Ok(Conn {
                         store: self,
-                        client: Some(client),
+                        conn: Some(conn),
                     });
                 }
                 pool.open = pool.open.saturating_sub(1);
@@ -370,7 +401,10 @@ impl PgStore {
                 return match self.connect() {
                     Ok(client) => Ok(Conn {
                         store: self,
-                        client: Some(client),
+                        conn: Some(PgConn {
+                            client,
+                            prepared: HashMap::new(),
+                        }),
                     }),
                     Err(e) => {
                         let mut pool = self.lock_pool();
@@ -445,9 +479,7 @@ impl PgStore {
     }
 
     fn query_one(&self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
-        let mut conn = self.conn()?;
-        let c = conn.client()?;
-        block_on(c.query_one(sql, params)).map_err(db)
+        self.conn()?.query_one(sql, params)
     }
 }
 
