@@ -222,11 +222,16 @@ pub struct ClientConfig {
     /// The Reply-Message of the code challenge.
     #[serde(default = "default_prompt")]
     pub prompt: String,
+    /// The heading of the factor menu (the numbered choices follow it); default
+    /// "Choose a second factor (or enter a code):".
+    #[serde(default)]
+    pub menu_prompt: Option<String>,
     /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
     #[serde(default)]
     pub unenrolled: Unenrolled,
-    /// `auto` mode: how long a request may be held waiting for an out-of-band approval
-    /// (keep it below the NAS's own timeout). Nothing is held until push exists.
+    /// How long a request may be held waiting for a push approval (`auto`, `append` with
+    /// `password,push`, and the answer to a push challenge); keep it below the NAS's own
+    /// timeout.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
     /// Reply attributes of every Access-Accept to this client (`NAME=value`,
@@ -1009,6 +1014,12 @@ impl Config {
                 return Err(bad(
                     key("prompt"),
                     "is longer than the 253 bytes one Reply-Message can carry".into(),
+                ));
+            }
+            if c.menu_prompt.as_ref().is_some_and(|m| m.len() > 200) {
+                return Err(bad(
+                    key("menu_prompt"),
+                    "is longer than 200 bytes; the menu's choices must fit after it".into(),
                 ));
             }
             if c.max_wait.is_zero() || c.max_wait > MAX_WAIT_LIMIT {
