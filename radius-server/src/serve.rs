@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use portcullis_core::config::Config;
 use tokio::sync::watch;
 
+use crate::pam::handler::PamSettings;
 use crate::pam::server::PamContext;
 use crate::radius::metrics::Metrics;
 use crate::radius::server::{bind, serve_socket, RadiusContext};
@@ -62,12 +63,28 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     // `radius: listening` then knows both addresses.
     let http = match &o.config.http {
         Some(h) => {
-            let listener = crate::http::bind(h.listen).await?;
+            let listener = crate::http::bind(h).await?;
             let bound = listener.local_addr()?;
             println!("http: listening on {bound}");
-            tracing::info!(addr = %bound, "HTTP listener ready (/metrics)");
+            if listener.is_tls() {
+                tracing::info!(addr = %bound, "HTTPS listener ready (/metrics, /v1/pam/step)");
+            } else {
+                tracing::info!(addr = %bound, "HTTP listener ready (/metrics, /v1/pam/step)");
+                if !bound.ip().is_loopback() {
+                    tracing::warn!(addr = %bound, "the HTTP listener has no TLS: remote PAM hosts would send tokens and codes in clear; set http.tls_cert and http.tls_key (or terminate TLS in a proxy on this machine)");
+                }
+            }
             let state = crate::http::HttpState {
                 radius: ctx.clone(),
+                pam: Arc::new(crate::pam::http::PamHttp {
+                    engine: engine.clone(),
+                    settings: PamSettings::from_config(&o.config.pam.clone().unwrap_or_default()),
+                    hosts: portcullis_core::hosts::Hosts::new(
+                        o.store.clone(),
+                        o.clock.clone(),
+                        &o.key,
+                    ),
+                }),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,

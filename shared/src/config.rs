@@ -72,6 +72,13 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port, e.g. `127.0.0.1:8080` (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS (needed for
+    /// `POST /v1/pam/step` from remote hosts). Both or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (mode 0600 or stricter).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
@@ -1034,6 +1041,33 @@ impl Config {
                     .map_err(|(key, message)| bad(key, message))?;
             }
         }
+        if let Some(h) = &self.http {
+            match (&h.tls_cert, &h.tls_key) {
+                (Some(_), None) => {
+                    return Err(bad(
+                        "http.tls_key".into(),
+                        "is missing: tls_cert and tls_key go together (add the key's path, or remove tls_cert for plain HTTP)".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "http.tls_cert".into(),
+                        "is missing: tls_cert and tls_key go together (add the certificate's path, or remove tls_key for plain HTTP)".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for (key, p) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
+                if let Some(p) = p {
+                    if !p.is_absolute() {
+                        return Err(bad(
+                            key.into(),
+                            format!("'{}' must be an absolute path", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
         if self.radius.max_in_flight == 0 {
             return Err(bad(
                 "radius.max_in_flight".into(),
@@ -1272,6 +1306,30 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_wait"), "{e}");
+    }
+
+    #[test]
+    fn http_tls_needs_cert_and_key_together() {
+        let c = parse(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.tls_cert.unwrap(), PathBuf::from("/c.pem"));
+        assert_eq!(h.tls_key.unwrap(), PathBuf::from("/k.pem"));
+        for (text, key) in [
+            ("tls_cert = \"/c.pem\"", "http.tls_key"),
+            ("tls_key = \"/k.pem\"", "http.tls_cert"),
+            (
+                "tls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
+                "http.tls_cert",
+            ),
+        ] {
+            let e = parse(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -227,3 +227,17 @@ pub struct AuditFilter {
     pub since: Option<UnixTime>,
     pub limit: u32,
 }
+
+/// A remote host of a fleet that may ask `POST /v1/pam/step` with its token. The token's
+/// hash stays in the store and is never part of this value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PamHost {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    /// The tenant's name (joined in for display and request binding).
+    pub tenant: String,
+    pub name: String,
+    pub created_at: UnixTime,
+    pub last_seen_at: Option<UnixTime>,
+    pub revoked: bool,
+}

@@ -107,6 +107,11 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         "radius_listen": cfg.radius.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "clients": clients,
         "pam_socket": pam_socket,
+        "http": cfg.http.as_ref().map(|h| json!({
+            "listen": h.listen.to_string(),
+            "tls": h.tls_cert.is_some(),
+            "tls_cert": h.tls_cert.as_ref().map(|p| p.display().to_string()),
+        })),
         "warnings": warnings,
     });
     emit(json, &value, || {
@@ -124,7 +129,17 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
                 .join(", ")
         );
         if let Some(h) = &cfg.http {
-            s.push_str(&format!("http listen: {} (/metrics)\n", h.listen));
+            match &h.tls_cert {
+                Some(cert) => s.push_str(&format!(
+                    "http listen: {} (HTTPS, certificate {}; /metrics, /v1/pam/step)\n",
+                    h.listen,
+                    cert.display()
+                )),
+                None => s.push_str(&format!(
+                    "http listen: {} (plain HTTP; /metrics, /v1/pam/step)\n",
+                    h.listen
+                )),
+            }
         }
         let rows: Vec<Vec<String>> = cfg
             .radius
@@ -166,7 +181,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
 pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
     let admin = o.admin();
     match cmd {
-        Command::Serve | Command::Config(_) | Command::Ldap(_) => {
+        Command::Serve | Command::Config(_) | Command::Ldap(_) | Command::Host(_) => {
             unreachable!("handled by the caller")
         }
         Command::Tenant(TenantCmd::Add { name }) => {

@@ -15,9 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
-use zeroize::Zeroize;
 
-use super::handler::{handle, PamSettings};
+use super::handler::{answer, Caller, PamSettings};
 
 /// How long a connection may stay silent between two requests (the module connects per
 /// step, so this only bounds forgotten connections).
@@ -175,7 +174,7 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
         return;
     }
     loop {
-        let mut body = match read_frame(&mut stream).await {
+        let body = match read_frame(&mut stream).await {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(FrameError::Io) => break,
@@ -193,28 +192,7 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
                 continue;
             }
         };
-        let decoded = protocol::decode_request(&body);
-        // The body may hold a password or code; the decoded Secret zeroises itself.
-        body.zeroize();
-        let response = match decoded {
-            Ok(req) => {
-                tracing::debug!(uid, tenant = %req.origin.tenant, user = %req.origin.user,
-                    service = %req.origin.service, "PAM request");
-                let engine = ctx.engine.clone();
-                let settings = ctx.settings.clone();
-                match tokio::task::spawn_blocking(move || handle(&engine, &settings, req)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "PAM request task failed; refused");
-                        Response::error(ErrorCode::Internal, "the daemon failed; see its log")
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(uid, error = %e, "PAM socket: bad request");
-                Response::error(e.code(), e.to_string())
-            }
-        };
+        let response = answer(&ctx.engine, &ctx.settings, body, &Caller::Socket { uid }).await;
         if send(&mut stream, &response).await.is_err() {
             break;
         }

@@ -137,4 +137,21 @@ CREATE TABLE remembered_sources (
 ALTER TABLE transactions ADD COLUMN reply_attributes TEXT NOT NULL DEFAULT '[]';
 "#,
     ),
+    (
+        8,
+        // Remote PAM hosts of a fleet: each holds a bearer token (stored as a keyed hash)
+        // that names its tenant and host for POST /v1/pam/step.
+        r#"
+CREATE TABLE pam_hosts (
+    id            INTEGER PRIMARY KEY,
+    tenant_id     BIGINT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    token_hash    TEXT NOT NULL UNIQUE,
+    created_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT,
+    revoked       BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (tenant_id, name)
+);
+"#,
+    ),
 ];
