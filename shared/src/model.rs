@@ -217,6 +217,9 @@ pub struct AuditRecord {
     pub result: AuditResult,
     pub reason: String,
     pub transaction: Option<String>,
+    /// The PAM host (a registered host's name over HTTPS); none for RADIUS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Which audit records to list.

@@ -595,7 +595,11 @@ fn audit(o: &Opened, a: AuditArgs, json: bool) -> Result<()> {
                     time(r.time),
                     r.tenant.clone(),
                     r.username.clone(),
-                    format!("{}:{}", r.channel, r.client),
+                    match &r.host {
+                        // PAM: the service on its host.
+                        Some(host) => format!("{}:{}@{host}", r.channel, r.client),
+                        None => format!("{}:{}", r.channel, r.client),
+                    },
                     r.source.clone(),
                     r.mode.clone(),
                     r.result.as_str().into(),

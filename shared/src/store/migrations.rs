@@ -140,7 +140,8 @@ ALTER TABLE transactions ADD COLUMN reply_attributes TEXT NOT NULL DEFAULT '[]';
     (
         8,
         // Remote PAM hosts of a fleet: each holds a bearer token (stored as a keyed hash)
-        // that names its tenant and host for POST /v1/pam/step.
+        // that names its tenant and host for POST /v1/pam/step. The audit records which host
+        // a PAM login came from.
         r#"
 CREATE TABLE pam_hosts (
     id            INTEGER PRIMARY KEY,
@@ -152,6 +153,7 @@ CREATE TABLE pam_hosts (
     revoked       BIGINT NOT NULL DEFAULT 0,
     UNIQUE (tenant_id, name)
 );
+ALTER TABLE audit ADD COLUMN host TEXT;
 "#,
     ),
 ];

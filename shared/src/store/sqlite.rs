@@ -814,8 +814,8 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(db)?;
         st.execute(params![
@@ -829,7 +829,8 @@ impl Store for SqliteStore {
             a.factors.join(","),
             a.result.as_str(),
             a.reason,
-            a.transaction
+            a.transaction,
+            a.host
         ])
         .map(|_| ())
         .map_err(db)
@@ -840,7 +841,7 @@ impl Store for SqliteStore {
         let limit = if f.limit == 0 { 1000 } else { f.limit };
         let mut st = conn
             .prepare_cached(
-                "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id
+                "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host
                  FROM audit
                  WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR username = ?2) AND (?3 IS NULL OR time >= ?3)
                  ORDER BY id DESC LIMIT ?4",
@@ -870,6 +871,7 @@ impl Store for SqliteStore {
                     },
                     reason: r.get(9)?,
                     transaction: r.get(10)?,
+                    host: r.get(11)?,
                 })
             })
             .map_err(db)?;

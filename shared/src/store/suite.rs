@@ -419,6 +419,7 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
             result: AuditResult::Accept,
             reason: "ok".into(),
             transaction: None,
+            host: (i == 2).then(|| "web1".into()),
         })
         .unwrap();
     }
@@ -433,6 +434,10 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
         ["ann", "bob"]
     );
     assert_eq!(a[0].factors, ["password", "totp"]);
+    assert_eq!(
+        (a[0].host.as_deref(), a[1].host.as_deref()),
+        (None, Some("web1"))
+    );
     let recent = s
         .list_audit(&AuditFilter {
             since: Some(1001),
