@@ -403,3 +403,47 @@ fn bad_requests_get_error_frames_and_the_server_keeps_serving() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""type":"prompt""#), "{body}");
 }
+
+#[test]
+fn tls_settings_are_checked_at_start_and_shown_by_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestTls::new(dir.path());
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, &tls.cert_pem).unwrap();
+    std::fs::write(&key, &tls.key_pem).unwrap();
+    let http = |keys: &str| format!("[http]\nlisten = \"127.0.0.1:0\"\n{keys}\n");
+    let both = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+
+    // Half a pair: the config names the missing key.
+    let env = portcullis_tests::TestEnv::with_extra_config(
+        vec![],
+        &http(&format!("tls_cert = \"{}\"", cert.display())),
+    );
+    let out = env.cli(&["config", "check"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("http.tls_key"), "{}", describe(&out));
+
+    // A private key that others may read: serve refuses to start and says what to do.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let env = portcullis_tests::TestEnv::with_extra_config(vec![], &http(&both));
+    let out = env.cli(&["serve"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("http.tls_key") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // Both, private: config check shows the HTTPS listener.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.cli_ok(&["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTPS"), "{text}");
+    let v = env.cli_json(&["config", "check", "--json"]);
+    assert_eq!(v["http"]["tls"], true, "{v}");
+}
