@@ -292,7 +292,7 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                 ffi::LOG_ERR,
                 &format!(
                     "refused {who}: portcullis is unreachable at {} ({detail}); failmode=secure",
-                    target(&args)
+                    target(args)
                 ),
             );
             PamResultCode::PAM_AUTHINFO_UNAVAIL
