@@ -319,7 +319,11 @@ fn an_untrusted_certificate_denies_even_with_failmode_safe() {
         let out = fleet.f.pamtester_logged(service, "alice", "");
         assert!(!out.status.success(), "{service}: {}", describe(&out));
         let err = stderr(&out);
-        assert!(err.contains("TLS handshake"), "{service}: {err}");
+        // A machine without a system trust store refuses for that reason instead.
+        assert!(
+            err.contains("TLS handshake") || err.contains("no system trust store"),
+            "{service}: {err}"
+        );
         assert!(!err.contains("WITHOUT a second factor"), "{service}: {err}");
     }
     // The daemon never saw a request.

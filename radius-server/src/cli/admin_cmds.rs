@@ -89,6 +89,14 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
             warnings.push("pam.allowed_uids is empty: every PAM request will be refused".into());
         }
     }
+    if let Some(h) = &cfg.http {
+        if h.tls_cert.is_none() && !h.listen.ip().is_loopback() {
+            warnings.push(format!(
+                "http.listen {} has no TLS: remote PAM hosts would send tokens and codes in clear; set http.tls_cert and http.tls_key",
+                h.listen
+            ));
+        }
+    }
     let pam_socket = cfg.pam.as_ref().map(|p| p.socket.display().to_string());
     let clients: Vec<_> = cfg
         .radius

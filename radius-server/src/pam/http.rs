@@ -15,6 +15,8 @@ use portcullis_core::engine::Engine;
 use portcullis_core::hosts::Hosts;
 use portcullis_core::protocol::{ErrorCode, Response, MAX_FRAME_LEN};
 
+use zeroize::Zeroizing;
+
 use super::handler::{answer, Caller, PamSettings};
 use crate::http::HttpState;
 
@@ -77,7 +79,7 @@ async fn step(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         );
         r
     };
-    let Some(token) = bearer(&headers).map(str::to_owned) else {
+    let Some(token) = bearer(&headers).map(|t| Zeroizing::new(t.to_owned())) else {
         tracing::info!("PAM over HTTPS: a request without a bearer token; refused");
         return unauthorized();
     };
