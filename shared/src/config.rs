@@ -77,6 +77,13 @@ pub struct HttpConfig {
     /// How phones reach this listener (`https://mfa.example.com`, behind a TLS proxy):
     /// the base of push approval links. Required when a tenant has `[push]`.
     pub public_url: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS (needed for
+    /// `POST /v1/pam/step` from remote hosts). Both or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (mode 0600 or stricter).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
@@ -1105,6 +1112,33 @@ impl Config {
                 ));
             }
         }
+        if let Some(h) = &self.http {
+            match (&h.tls_cert, &h.tls_key) {
+                (Some(_), None) => {
+                    return Err(bad(
+                        "http.tls_key".into(),
+                        "is missing: tls_cert and tls_key go together (add the key's path, or remove tls_cert for plain HTTP)".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "http.tls_cert".into(),
+                        "is missing: tls_cert and tls_key go together (add the certificate's path, or remove tls_key for plain HTTP)".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for (key, p) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
+                if let Some(p) = p {
+                    if !p.is_absolute() {
+                        return Err(bad(
+                            key.into(),
+                            format!("'{}' must be an absolute path", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
         if self.radius.max_in_flight == 0 {
             return Err(bad(
                 "radius.max_in_flight".into(),
@@ -1375,6 +1409,30 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.public_url"), "{e}");
+    }
+
+    #[test]
+    fn http_tls_needs_cert_and_key_together() {
+        let c = parse(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.tls_cert.unwrap(), PathBuf::from("/c.pem"));
+        assert_eq!(h.tls_key.unwrap(), PathBuf::from("/k.pem"));
+        for (text, key) in [
+            ("tls_cert = \"/c.pem\"", "http.tls_key"),
+            ("tls_key = \"/k.pem\"", "http.tls_cert"),
+            (
+                "tls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
+                "http.tls_cert",
+            ),
+        ] {
+            let e = parse(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -477,6 +477,10 @@ impl Engine {
             result,
             reason: outcome.reason,
             transaction: None,
+            host: match channel {
+                Channel::Pam { host, .. } => Some(host.clone()),
+                Channel::Radius { .. } => None,
+            },
         };
         tracing::info!(
             tenant = %record.tenant,
