@@ -86,6 +86,9 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+/// What `default_factor` may name.
+pub const DEFAULT_FACTORS: [&str; 5] = ["push", "sms", "email", "totp", "hotp"];
+
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -317,6 +320,10 @@ pub struct TenantConfig {
     /// The second factors this tenant accepts (default: all). Rules can narrow it further.
     #[serde(default)]
     pub factors: Vec<String>,
+    /// The factor started at once in `auto` mode and listed first in the menu (`push`,
+    /// `sms`, `email`, `totp`, `hotp`); a rule's `default_factor` overrides it.
+    #[serde(default)]
+    pub default_factor: Option<String>,
     /// `[[tenants.NAME.groups]]`: extra reply attributes for members of a group.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
@@ -1050,6 +1057,30 @@ impl Config {
                 .collect();
             crate::reply::parse_list(&format!("tenants.{name}.factor_reply"), &sample)
                 .map_err(|(k, m)| bad(k, m))?;
+            if let Some(f) = &t.default_factor {
+                if !DEFAULT_FACTORS.contains(&f.as_str()) {
+                    return Err(bad(
+                        format!("tenants.{name}.default_factor"),
+                        format!(
+                            "'{f}' cannot be started; use {}",
+                            DEFAULT_FACTORS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (i, r) in t.rules.iter().enumerate() {
+                if let Some(f) = &r.default_factor {
+                    if !DEFAULT_FACTORS.contains(&f.as_str()) {
+                        return Err(bad(
+                            format!("tenants.{name}.rules[{i}].default_factor"),
+                            format!(
+                                "'{f}' cannot be started; use {}",
+                                DEFAULT_FACTORS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
             for (i, f) in t.factors.iter().enumerate() {
                 if !crate::policy::FACTOR_NAMES.contains(&f.as_str()) && f != "email" {
                     return Err(bad(

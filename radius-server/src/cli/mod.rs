@@ -424,6 +424,7 @@ impl Opened {
         for (tenant, t) in &self.config.tenants {
             engine.set_rules(tenant, t.rules.clone());
             engine.set_allowed_factors(tenant, t.factors.clone());
+            engine.set_default_factor(tenant, t.default_factor.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
         Ok(engine)
