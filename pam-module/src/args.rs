@@ -29,10 +29,91 @@ pub enum FailMode {
     Safe,
 }
 
+/// `url=https://HOST[:PORT][/PREFIX]`: the daemon of a fleet, over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsUrl {
+    /// The host as written (a name, an IPv4 address, or an IPv6 address without brackets):
+    /// what the certificate must name.
+    pub host: String,
+    pub port: u16,
+    /// A path prefix (empty, or starting with `/` without a trailing one) for a daemon behind
+    /// a reverse proxy; the module posts to `PREFIX/v1/pam/step`.
+    pub prefix: String,
+}
+
+impl HttpsUrl {
+    /// Parse `https://host[:port][/prefix]`.
+    pub fn parse(text: &str) -> Result<HttpsUrl, String> {
+        let rest = text
+            .strip_prefix("https://")
+            .ok_or("must start with https:// (the token and codes never travel in clear)")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err("must not hold a user name or password".into());
+        }
+        if path.contains(['?', '#']) {
+            return Err("must not hold a query or fragment".into());
+        }
+        if !path.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the path must be printable ASCII without spaces".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 address needs its closing ]")?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            None => 443,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("port '{p}' must be a number from 1 to 65535")),
+            },
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+        if !host_ok {
+            return Err("needs a host name or address after https://".into());
+        }
+        Ok(HttpsUrl {
+            host: host.to_string(),
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for HttpsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "https://[{}]:{}{}", self.host, self.port, self.prefix)
+        } else {
+            write!(f, "https://{}:{}{}", self.host, self.port, self.prefix)
+        }
+    }
+}
+
 /// The parsed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     pub socket: PathBuf,
+    /// `url=`: ask a remote daemon over HTTPS instead of the socket.
+    pub url: Option<HttpsUrl>,
+    /// `token_file=`: this host's token (`portcullis host add`), with `url=`.
+    pub token_file: Option<PathBuf>,
+    /// `ca_file=`: the CA certificates that sign the daemon's certificate (a private CA);
+    /// without it the system's trust store is used.
+    pub ca_file: Option<PathBuf>,
     pub tenant: String,
     pub first_factor: FirstFactorArg,
     pub unenrolled: Unenrolled,
@@ -63,6 +144,9 @@ impl Args {
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Args, ArgError> {
         let mut a = Args {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            url: None,
+            token_file: None,
+            ca_file: None,
             tenant: String::new(),
             first_factor: FirstFactorArg::Portcullis,
             unenrolled: Unenrolled::Deny,
@@ -74,6 +158,7 @@ impl Args {
             debug: false,
         };
         let err = |m: String| Err(ArgError(m));
+        let mut socket_given = false;
         for arg in args {
             let arg = arg.as_ref();
             let (key, value) = match arg.split_once('=') {
@@ -81,12 +166,19 @@ impl Args {
                 None => (arg, None),
             };
             match (key, value) {
-                ("socket", Some(v)) if v.starts_with('/') => a.socket = PathBuf::from(v),
+                ("socket", Some(v)) if v.starts_with('/') => {
+                    a.socket = PathBuf::from(v);
+                    socket_given = true;
+                }
                 ("socket", _) => return err(format!("socket={}: must be an absolute path", value.unwrap_or(""))),
-                ("url", _) | ("token_file", _) => {
-                    return err(format!(
-                        "{key}=: the HTTPS transport for remote hosts is not available in this version; use socket= with a local portcullis serve"
-                    ))
+                ("url", Some(v)) => match HttpsUrl::parse(v) {
+                    Ok(u) => a.url = Some(u),
+                    Err(e) => return err(format!("url={v}: {e}")),
+                },
+                ("token_file", Some(v)) if v.starts_with('/') => a.token_file = Some(PathBuf::from(v)),
+                ("ca_file", Some(v)) if v.starts_with('/') => a.ca_file = Some(PathBuf::from(v)),
+                ("token_file" | "ca_file", _) => {
+                    return err(format!("{key}={}: must be an absolute path", value.unwrap_or("")))
                 }
                 ("tenant", Some(v)) if !v.is_empty() => a.tenant = v.to_string(),
                 ("first_factor", Some("stack")) => a.first_factor = FirstFactorArg::Stack,
@@ -120,13 +212,28 @@ impl Args {
                 ("failmode", _) => return err(format!("{arg}: failmode must be secure or safe")),
                 _ => {
                     return err(format!(
-                        "unknown argument '{arg}' (known: socket= tenant= first_factor= unenrolled= failmode= timeout= fail_delay= use_first_pass try_first_pass debug)"
+                        "unknown argument '{arg}' (known: socket= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= fail_delay= use_first_pass try_first_pass debug)"
                     ))
                 }
             }
         }
         if a.tenant.is_empty() {
             return err("tenant=NAME is required".into());
+        }
+        match (&a.url, &a.token_file) {
+            (Some(_), _) if socket_given => {
+                return err("socket= and url= exclude each other: use socket= for a daemon on this machine, url= for a remote one".into())
+            }
+            (Some(_), None) => {
+                return err("url= needs token_file=/path/to/token (the host's token from `portcullis host add`)".into())
+            }
+            (None, Some(_)) => {
+                return err("token_file= is used only with url=https://...".into())
+            }
+            _ => {}
+        }
+        if a.ca_file.is_some() && a.url.is_none() {
+            return err("ca_file= is used only with url=https://...".into());
         }
         Ok(a)
     }
@@ -175,6 +282,50 @@ mod tests {
     }
 
     #[test]
+    fn https_transport_arguments() {
+        let a = Args::parse(&[
+            "tenant=acme",
+            "url=https://gate.example.com:8443",
+            "token_file=/etc/portcullis/host.token",
+            "ca_file=/etc/portcullis/ca.pem",
+        ])
+        .unwrap();
+        let url = a.url.unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.prefix.as_str()),
+            ("gate.example.com", 8443, "")
+        );
+        assert_eq!(url.to_string(), "https://gate.example.com:8443");
+        assert_eq!(
+            a.token_file.unwrap(),
+            PathBuf::from("/etc/portcullis/host.token")
+        );
+        assert_eq!(a.ca_file.unwrap(), PathBuf::from("/etc/portcullis/ca.pem"));
+        // The default port, a path prefix, addresses.
+        for (text, host, port, prefix) in [
+            ("https://gate", "gate", 443, ""),
+            ("https://gate/", "gate", 443, ""),
+            ("https://gate/mfa/", "gate", 443, "/mfa"),
+            ("https://127.0.0.1:9", "127.0.0.1", 9, ""),
+            ("https://[::1]:8443/p", "::1", 8443, "/p"),
+        ] {
+            let u = HttpsUrl::parse(text).unwrap();
+            assert_eq!(
+                (u.host.as_str(), u.port, u.prefix.as_str()),
+                (host, port, prefix),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            HttpsUrl::parse("https://[::1]:8443").unwrap().to_string(),
+            "https://[::1]:8443"
+        );
+        // Without url= the socket is used, as before.
+        let a = Args::parse(&["tenant=acme"]).unwrap();
+        assert!(a.url.is_none() && a.token_file.is_none() && a.ca_file.is_none());
+    }
+
+    #[test]
     fn mistakes_are_errors_that_name_the_argument() {
         for (args, needle) in [
             (vec!["tenant=acme", "failmode=open"], "failmode"),
@@ -182,7 +333,36 @@ mod tests {
             (vec!["tenant=acme", "timout=3"], "timout"),
             (vec!["tenant=acme", "timeout=0"], "timeout"),
             (vec!["tenant=acme", "socket=relative"], "socket"),
-            (vec!["tenant=acme", "url=https://x"], "url"),
+            (vec!["tenant=acme", "url=https://x"], "token_file"),
+            (vec!["tenant=acme", "url=http://x", "token_file=/t"], "url"),
+            (vec!["tenant=acme", "url=https://", "token_file=/t"], "url"),
+            (
+                vec!["tenant=acme", "url=https://x:0", "token_file=/t"],
+                "port",
+            ),
+            (
+                vec!["tenant=acme", "url=https://u:p@x", "token_file=/t"],
+                "url",
+            ),
+            (
+                vec!["tenant=acme", "url=https://x", "token_file=rel"],
+                "token_file",
+            ),
+            (
+                vec![
+                    "tenant=acme",
+                    "url=https://x",
+                    "token_file=/t",
+                    "ca_file=ca.pem",
+                ],
+                "ca_file",
+            ),
+            (vec!["tenant=acme", "token_file=/t"], "token_file"),
+            (vec!["tenant=acme", "ca_file=/ca.pem"], "ca_file"),
+            (
+                vec!["tenant=acme", "socket=/s", "url=https://x", "token_file=/t"],
+                "socket=",
+            ),
             (vec!["first_factor=stack"], "tenant"),
             (vec!["tenant="], "tenant"),
             (vec!["tenant=acme", "debug=yes"], "debug"),

@@ -1,18 +1,20 @@
 //! `pam_portcullis.so`: the second factor of SSH, sudo and other PAM logins.
 //!
 //! Thin and synchronous: it reads the PAM items, asks `portcullis serve` over a Unix socket
-//! what to do next (the step protocol of [`portcullis_core::protocol`]) and renders each
+//! (or, on a remote host of a fleet, over HTTPS with the host's token) what to do next (the step protocol of [`portcullis_core::protocol`]) and renders each
 //! step as a PAM conversation. No async runtime, no database, no secrets of providers.
 //! Every entry point catches panics (`pam_hooks!`), and every exchange with the daemon has
 //! a deadline (`timeout=`).
 //!
-//! Arguments: see [`args`] and the README (`socket=`, `tenant=`, `first_factor=`,
+//! Arguments: see [`args`] and the README (`socket=`, `url=`, `token_file=`, `ca_file=`,
+//! `tenant=`, `first_factor=`,
 //! `unenrolled=`, `failmode=`, `timeout=`, `fail_delay=`, `use_first_pass`,
 //! `try_first_pass`, `debug`).
 
 pub mod args;
 mod ffi;
 pub mod flow;
+mod https;
 mod transport;
 
 use std::ffi::CStr;
@@ -27,7 +29,8 @@ use pam::module::{PamHandle, PamHooks};
 use portcullis_core::protocol::{Origin, Secret};
 
 use crate::args::{Args, FirstFactorArg};
-use crate::flow::{ConvFailed, Conversation, Decision};
+use crate::flow::{ConvFailed, Conversation, Decision, Transport};
+use crate::https::HttpsTransport;
 use crate::transport::SocketTransport;
 
 /// The environment variable that names the second factor used, set on success.
@@ -101,6 +104,34 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Where the daemon is, for log messages.
+fn target(args: &Args) -> String {
+    match &args.url {
+        Some(url) => url.to_string(),
+        None => args.socket.display().to_string(),
+    }
+}
+
+/// The transport the arguments ask for; an error says what to fix.
+fn transport(args: &Args) -> Result<Box<dyn Transport>, String> {
+    match (&args.url, &args.token_file) {
+        (Some(url), Some(token_file)) => {
+            let token = https::read_token_file(token_file)?;
+            let tls = https::client_config(args.ca_file.as_deref())?;
+            Ok(Box::new(HttpsTransport {
+                url: url.clone(),
+                token,
+                tls,
+                timeout: args.timeout,
+            }))
+        }
+        _ => Ok(Box::new(SocketTransport {
+            path: args.socket.clone(),
+            timeout: args.timeout,
+        })),
+    }
+}
+
 fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResultCode {
     let started = Instant::now();
     let texts: Vec<String> = raw_args
@@ -119,6 +150,17 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
         }
     };
     ffi::fail_delay(pamh, args.fail_delay_us);
+    let mut transport = match transport(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            ffi::syslog(
+                pamh,
+                ffi::LOG_ERR,
+                &format!("configuration error, refusing every login: {e}"),
+            );
+            return PamResultCode::PAM_SERVICE_ERR;
+        }
+    };
     let user = match pamh.get_user(None) {
         Ok(u) if !u.is_empty() => u,
         Ok(_) => return PamResultCode::PAM_USER_UNKNOWN,
@@ -164,7 +206,7 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             ffi::LOG_DEBUG,
             &format!(
                 "asking {} for user={} tenant={} service={} rhost={}",
-                args.socket.display(),
+                target(&args),
                 origin.user,
                 origin.tenant,
                 origin.service,
@@ -189,11 +231,7 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             silent: flags & PAM_SILENT != 0,
             waited: Duration::ZERO,
         };
-        let mut transport = SocketTransport {
-            path: args.socket.clone(),
-            timeout: args.timeout,
-        };
-        let decision = flow::run(&args, &origin, password, &mut ui, &mut transport);
+        let decision = flow::run(&args, &origin, password, &mut ui, transport.as_mut());
         waited += ui.waited;
         decision
     };
@@ -254,7 +292,7 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                 ffi::LOG_ERR,
                 &format!(
                     "refused {who}: portcullis is unreachable at {} ({detail}); failmode=secure",
-                    args.socket.display()
+                    target(args)
                 ),
             );
             PamResultCode::PAM_AUTHINFO_UNAVAIL

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use portcullis_core::config::Config;
 use tokio::sync::watch;
 
+use crate::pam::handler::PamSettings;
 use crate::pam::server::PamContext;
 use crate::radius::metrics::Metrics;
 use crate::radius::server::{bind, serve_socket, RadiusContext};
@@ -44,6 +45,9 @@ fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
 }
 
 async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
+    // Signals are watched before any listener is announced: a SIGTERM that arrives as soon
+    // as the daemon answers is a shutdown, never the default (abrupt) death.
+    let signals = Signals::install();
     let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
     // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
     // returned backends serve the PAM services' `first_factor` overrides.
@@ -62,13 +66,32 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     // `radius: listening` then knows both addresses.
     let http = match &o.config.http {
         Some(h) => {
-            let listener = crate::http::bind(h.listen).await?;
+            let listener = crate::http::bind(h).await?;
             let bound = listener.local_addr()?;
             println!("http: listening on {bound}");
-            tracing::info!(addr = %bound, "HTTP listener ready (/metrics, admin API /v1/)");
+            if listener.is_tls() {
+                tracing::info!(addr = %bound, "HTTPS listener ready (/metrics, /v1/push, /v1/pam/step, admin API /v1/)");
+            } else {
+                tracing::info!(addr = %bound, "HTTP listener ready (/metrics, /v1/push, /v1/pam/step, admin API /v1/)");
+                if !bound.ip().is_loopback() {
+                    tracing::warn!(addr = %bound, "the HTTP listener has no TLS: remote PAM hosts would send tokens and codes in clear; set http.tls_cert and http.tls_key (or terminate TLS in a proxy on this machine)");
+                }
+            }
             let state = crate::http::HttpState {
                 radius: ctx.clone(),
                 admin: crate::http::admin::context(o.admin(), &o.config),
+                pam: Arc::new(crate::pam::http::PamHttp {
+                    engine: engine.clone(),
+                    settings: PamSettings::new(
+                        &o.config.pam.clone().unwrap_or_default(),
+                        ctx.push_hub.clone(),
+                    ),
+                    hosts: portcullis_core::hosts::Hosts::new(
+                        o.store.clone(),
+                        o.clock.clone(),
+                        &o.key,
+                    ),
+                }),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,
@@ -160,7 +183,7 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         })
     };
 
-    wait_for_signal(&ctx, &o.config, &config_path, o.store.as_ref()).await;
+    wait_for_signal(signals, &ctx, &o.config, &config_path, o.store.as_ref()).await;
     tracing::info!("shutting down: no new requests; finishing logins in progress");
     let _ = stop_tx.send(true);
     for l in loops {
@@ -201,27 +224,38 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
 }
 
 /// Serve signals until SIGTERM/SIGINT; SIGHUP reloads clients, secrets and reply attributes.
+/// The signal streams the daemon serves.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C"))
+            .ok();
+        let hup = signal(SignalKind::hangup())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot watch SIGHUP; config reload needs a restart")
+            })
+            .ok();
+        Signals { term, hup }
+    }
+}
+
 async fn wait_for_signal(
+    signals: Signals,
     ctx: &RadiusContext,
     running: &Config,
     path: &Path,
     store: &dyn portcullis_core::store::Store,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGHUP; config reload needs a restart");
-            None
-        }
+    let Signals { term, mut hup } = signals;
+    let Some(mut term) = term else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
     loop {
         tokio::select! {

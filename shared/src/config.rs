@@ -77,7 +77,17 @@ pub struct HttpConfig {
     /// How phones reach this listener (`https://mfa.example.com`, behind a TLS proxy):
     /// the base of push approval links. Required when a tenant has `[push]`.
     pub public_url: Option<String>,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS (needed for
+    /// `POST /v1/pam/step` from remote hosts). Both or neither.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (mode 0600 or stricter).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
+
+/// What `default_factor` may name.
+pub const DEFAULT_FACTORS: [&str; 5] = ["push", "sms", "email", "totp", "hotp"];
 
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
 #[derive(Debug, Clone, Deserialize)]
@@ -260,11 +270,16 @@ pub struct ClientConfig {
     /// The Reply-Message of the code challenge.
     #[serde(default = "default_prompt")]
     pub prompt: String,
+    /// The heading of the factor menu (the numbered choices follow it); default
+    /// "Choose a second factor (or enter a code):".
+    #[serde(default)]
+    pub menu_prompt: Option<String>,
     /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
     #[serde(default)]
     pub unenrolled: Unenrolled,
-    /// `auto` mode: how long a request may be held waiting for an out-of-band approval
-    /// (keep it below the NAS's own timeout). Nothing is held until push exists.
+    /// How long a request may be held waiting for a push approval (`auto`, `append` with
+    /// `password,push`, and the answer to a push challenge); keep it below the NAS's own
+    /// timeout.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
     /// Reply attributes of every Access-Accept to this client (`NAME=value`,
@@ -343,6 +358,10 @@ pub struct TenantConfig {
     /// The second factors this tenant accepts (default: all). Rules can narrow it further.
     #[serde(default)]
     pub factors: Vec<String>,
+    /// The factor started at once in `auto` mode and listed first in the menu (`push`,
+    /// `sms`, `email`, `totp`, `hotp`); a rule's `default_factor` overrides it.
+    #[serde(default)]
+    pub default_factor: Option<String>,
     /// `[[tenants.NAME.groups]]`: extra reply attributes for members of a group.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
@@ -1074,6 +1093,12 @@ impl Config {
                     "is longer than the 253 bytes one Reply-Message can carry".into(),
                 ));
             }
+            if c.menu_prompt.as_ref().is_some_and(|m| m.len() > 200) {
+                return Err(bad(
+                    key("menu_prompt"),
+                    "is longer than 200 bytes; the menu's choices must fit after it".into(),
+                ));
+            }
             if c.max_wait.is_zero() || c.max_wait > MAX_WAIT_LIMIT {
                 return Err(bad(
                     key("max_wait"),
@@ -1095,6 +1120,30 @@ impl Config {
                 .collect();
             crate::reply::parse_list(&format!("tenants.{name}.factor_reply"), &sample)
                 .map_err(|(k, m)| bad(k, m))?;
+            if let Some(f) = &t.default_factor {
+                if !DEFAULT_FACTORS.contains(&f.as_str()) {
+                    return Err(bad(
+                        format!("tenants.{name}.default_factor"),
+                        format!(
+                            "'{f}' cannot be started; use {}",
+                            DEFAULT_FACTORS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (i, r) in t.rules.iter().enumerate() {
+                if let Some(f) = &r.default_factor {
+                    if !DEFAULT_FACTORS.contains(&f.as_str()) {
+                        return Err(bad(
+                            format!("tenants.{name}.rules[{i}].default_factor"),
+                            format!(
+                                "'{f}' cannot be started; use {}",
+                                DEFAULT_FACTORS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
             for (i, f) in t.factors.iter().enumerate() {
                 if !crate::policy::FACTOR_NAMES.contains(&f.as_str()) && f != "email" {
                     return Err(bad(
@@ -1155,6 +1204,33 @@ impl Config {
                     "http.public_url".into(),
                     format!("'{u}' is not a base URL such as https://mfa.example.com"),
                 ));
+            }
+        }
+        if let Some(h) = &self.http {
+            match (&h.tls_cert, &h.tls_key) {
+                (Some(_), None) => {
+                    return Err(bad(
+                        "http.tls_key".into(),
+                        "is missing: tls_cert and tls_key go together (add the key's path, or remove tls_cert for plain HTTP)".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "http.tls_cert".into(),
+                        "is missing: tls_cert and tls_key go together (add the certificate's path, or remove tls_key for plain HTTP)".into(),
+                    ))
+                }
+                _ => {}
+            }
+            for (key, p) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
+                if let Some(p) = p {
+                    if !p.is_absolute() {
+                        return Err(bad(
+                            key.into(),
+                            format!("'{}' must be an absolute path", p.display()),
+                        ));
+                    }
+                }
             }
         }
         if self.radius.max_in_flight == 0 {
@@ -1456,6 +1532,30 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("http.public_url"), "{e}");
+    }
+
+    #[test]
+    fn http_tls_needs_cert_and_key_together() {
+        let c = parse(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let h = c.http.unwrap();
+        assert_eq!(h.tls_cert.unwrap(), PathBuf::from("/c.pem"));
+        assert_eq!(h.tls_key.unwrap(), PathBuf::from("/k.pem"));
+        for (text, key) in [
+            ("tls_cert = \"/c.pem\"", "http.tls_key"),
+            ("tls_key = \"/k.pem\"", "http.tls_cert"),
+            (
+                "tls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
+                "http.tls_cert",
+            ),
+        ] {
+            let e = parse(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

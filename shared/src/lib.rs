@@ -24,6 +24,8 @@ pub mod external;
 #[cfg(feature = "engine")]
 pub mod first_factor;
 #[cfg(feature = "engine")]
+pub mod hosts;
+#[cfg(feature = "engine")]
 pub mod hotp;
 #[cfg(feature = "engine")]
 pub mod model;

@@ -223,6 +223,9 @@ pub struct AuditRecord {
     pub result: AuditResult,
     pub reason: String,
     pub transaction: Option<String>,
+    /// The PAM host (a registered host's name over HTTPS); none for RADIUS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Where a push request stands.
@@ -355,5 +358,19 @@ pub struct AdminToken {
     pub hash: String,
     pub created_at: UnixTime,
     pub last_used_at: Option<UnixTime>,
+    pub revoked: bool,
+}
+
+/// A remote host of a fleet that may ask `POST /v1/pam/step` with its token. The token's
+/// hash stays in the store and is never part of this value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PamHost {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    /// The tenant's name (joined in for display and request binding).
+    pub tenant: String,
+    pub name: String,
+    pub created_at: UnixTime,
+    pub last_seen_at: Option<UnixTime>,
     pub revoked: bool,
 }

@@ -89,6 +89,10 @@ pub struct Rule {
     /// skip it for this long (default: never).
     #[serde(default, with = "humantime_serde")]
     pub remember: Option<std::time::Duration>,
+    /// For require_mfa / step_up: the factor started at once in `auto` mode and listed
+    /// first in the menu (`push`, `sms`, `email`, `totp`, `hotp`); overrides the tenant's.
+    #[serde(default)]
+    pub default_factor: Option<String>,
 }
 
 /// Who logs in, from where, when.
@@ -111,6 +115,8 @@ pub struct Decision {
     pub factors: Vec<String>,
     /// Seconds a successful second factor is remembered for this source (0: not at all).
     pub remember_secs: i64,
+    /// The factor to start first (the rule's, else the tenant's `default_factor`).
+    pub default_factor: Option<String>,
     pub explanation: Vec<String>,
 }
 
@@ -245,6 +251,7 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
                 rule: Some(r.name.clone()),
                 factors: r.factors.clone(),
                 remember_secs: r.remember.map(|d| d.as_secs() as i64).unwrap_or(0),
+                default_factor: r.default_factor.clone(),
                 explanation,
             };
         }
@@ -256,6 +263,7 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
         rule: None,
         factors: Vec::new(),
         remember_secs: 0,
+        default_factor: None,
         explanation,
     }
 }
@@ -275,6 +283,7 @@ mod tests {
             time: None,
             factors: vec![],
             remember: None,
+            default_factor: None,
             attributes: Default::default(),
         }
     }
@@ -461,6 +470,7 @@ mod attribute_tests {
             time: None,
             factors: vec![],
             remember: None,
+            default_factor: None,
         }];
         let decide = |attrs: &[(&str, &str)]| {
             let attributes = attrs

@@ -258,13 +258,15 @@ fn denied_push_is_rejected_and_unanswered_push_times_out() {
 
 #[test]
 fn challenge_menu_push_with_number_matching_on_the_approval_page() {
-    let w = world(ClientSpec::new(Mode::Challenge), "");
-    // alice has the app and push: a menu.
+    let mut client = ClientSpec::new(Mode::Challenge);
+    client.extra = "menu_prompt = \"Second factor?\"\n".into();
+    let w = world(client, "");
+    // alice has the app and push: a menu, under the client's heading.
     let menu = w.radius("alice", "hunter2", None);
     assert!(menu.is_challenge(), "{}", menu.raw_output);
     let text = menu.reply_message.clone().unwrap_or_default();
     assert!(
-        text.contains("1) code from your app") && text.contains("2) push to your phone"),
+        text.starts_with("Second factor? 1) code from your app  2) push to your phone"),
         "{text}"
     );
     let wait = w.radius("alice", "2", Some(&menu.state_for_radclient()));

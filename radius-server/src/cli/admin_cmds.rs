@@ -89,6 +89,14 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
             warnings.push("pam.allowed_uids is empty: every PAM request will be refused".into());
         }
     }
+    if let Some(h) = &cfg.http {
+        if h.tls_cert.is_none() && !h.listen.ip().is_loopback() {
+            warnings.push(format!(
+                "http.listen {} has no TLS: remote PAM hosts would send tokens and codes in clear; set http.tls_cert and http.tls_key",
+                h.listen
+            ));
+        }
+    }
     let pam_socket = cfg.pam.as_ref().map(|p| p.socket.display().to_string());
     let clients: Vec<_> = cfg
         .radius
@@ -107,6 +115,11 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         "radius_listen": cfg.radius.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "clients": clients,
         "pam_socket": pam_socket,
+        "http": cfg.http.as_ref().map(|h| json!({
+            "listen": h.listen.to_string(),
+            "tls": h.tls_cert.is_some(),
+            "tls_cert": h.tls_cert.as_ref().map(|p| p.display().to_string()),
+        })),
         "warnings": warnings,
     });
     emit(json, &value, || {
@@ -124,7 +137,17 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
                 .join(", ")
         );
         if let Some(h) = &cfg.http {
-            s.push_str(&format!("http listen: {} (/metrics)\n", h.listen));
+            match &h.tls_cert {
+                Some(cert) => s.push_str(&format!(
+                    "http listen: {} (HTTPS, certificate {}; /metrics, /v1/pam/step)\n",
+                    h.listen,
+                    cert.display()
+                )),
+                None => s.push_str(&format!(
+                    "http listen: {} (plain HTTP; /metrics, /v1/pam/step)\n",
+                    h.listen
+                )),
+            }
         }
         let rows: Vec<Vec<String>> = cfg
             .radius
@@ -166,7 +189,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
 pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
     let admin = o.admin();
     match cmd {
-        Command::Serve | Command::Config(_) | Command::Ldap(_) => {
+        Command::Serve | Command::Config(_) | Command::Ldap(_) | Command::Host(_) => {
             unreachable!("handled by the caller")
         }
         Command::Tenant(TenantCmd::Add { name }) => {
@@ -672,7 +695,11 @@ fn audit(o: &Opened, a: AuditArgs, json: bool) -> Result<()> {
                     time(r.time),
                     r.tenant.clone(),
                     r.username.clone(),
-                    format!("{}:{}", r.channel, r.client),
+                    match &r.host {
+                        // PAM: the service on its host.
+                        Some(host) => format!("{}:{}@{host}", r.channel, r.client),
+                        None => format!("{}:{}", r.channel, r.client),
+                    },
                     r.source.clone(),
                     r.mode.clone(),
                     r.result.as_str().into(),

@@ -1,6 +1,7 @@
 //! The `portcullis` command line: the daemon (`serve`) and the admin commands.
 
 mod admin_cmds;
+mod host_cmd;
 mod ldap_cmd;
 mod output;
 mod token_cmd;
@@ -73,6 +74,31 @@ pub enum Command {
     /// Admin API tokens (shown once, stored hashed).
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// Remote PAM hosts of a fleet (pam_portcullis.so with url= and token_file=).
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Register a host and print its token (shown once; put it in the host's token_file).
+    Add {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The host's name, as rules and the audit log will show it.
+        name: String,
+    },
+    /// List a tenant's hosts.
+    List {
+        #[command(flatten)]
+        tenant: TenantArg,
+    },
+    /// Revoke a host's token at once.
+    Remove {
+        #[command(flatten)]
+        tenant: TenantArg,
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -407,6 +433,7 @@ impl Opened {
         for (tenant, t) in &self.config.tenants {
             engine.set_rules(tenant, t.rules.clone());
             engine.set_allowed_factors(tenant, t.factors.clone());
+            engine.set_default_factor(tenant, t.default_factor.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
         Ok(engine)
@@ -443,6 +470,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve => crate::serve::run(&cli.config),
         Command::Config(ConfigCmd::Check) => admin_cmds::config_check(&cli.config, cli.json),
         Command::Ldap(cmd) => ldap_cmd::run(&cli.config, cmd, cli.json),
+        Command::Host(cmd) => host_cmd::run(&open(&cli.config)?, cmd, cli.json),
         other => {
             let opened = open(&cli.config)?;
             admin_cmds::run(&opened, other, cli.json)

@@ -1,9 +1,11 @@
-//! The HTTP listener (`[http] listen`): `/metrics` and the admin API (`/v1/`); push approval
-//! and enrolment pages are added as further routers merged in [`router`].
+//! The HTTP listener (`[http] listen`, HTTPS with `tls_cert` + `tls_key`): `/metrics`, push
+//! approval (`/v1/push/`), `POST /v1/pam/step` (remote PAM hosts) and the admin API
+//! (`/v1/`); further features are routers merged in [`router`].
 
 pub mod admin;
 pub mod metrics;
 pub mod push;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use portcullis_core::config::HttpConfig;
+
 use crate::radius::server::RadiusContext;
 
 /// What the HTTP handlers share.
@@ -21,6 +25,7 @@ pub struct HttpState {
     pub radius: Arc<RadiusContext>,
     /// The admin API (`/v1/`).
     pub admin: Arc<admin::AdminContext>,
+    pub pam: Arc<crate::pam::http::PamHttp>,
 }
 
 /// Every route of the listener. Add a feature as `.merge(feature::routes())`.
@@ -29,26 +34,62 @@ pub fn router(state: HttpState) -> Router {
         .merge(metrics::routes())
         .merge(push::routes())
         .merge(admin::routes())
+        .merge(crate::pam::http::routes())
         .with_state(state)
 }
 
-/// Bind `addr` (fatal if it cannot be bound).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
+/// A bound listener: plain HTTP, or HTTPS when `tls_cert` and `tls_key` are set.
+pub enum HttpListener {
+    Plain(TcpListener),
+    Tls(tls::TlsListener),
+}
+
+impl HttpListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            HttpListener::Plain(l) => l.local_addr(),
+            HttpListener::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, HttpListener::Tls(_))
+    }
+}
+
+/// Load the TLS files (if any) and bind `cfg.listen` (fatal if either fails).
+pub async fn bind(cfg: &HttpConfig) -> Result<HttpListener> {
+    let acceptor = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let addr = cfg.listen;
+    let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))
+        .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))?;
+    Ok(match acceptor {
+        Some(a) => HttpListener::Tls(tls::TlsListener::new(listener, a)?),
+        None => HttpListener::Plain(listener),
+    })
 }
 
 /// Serve until `shutdown` turns true; connections in progress finish first.
 pub async fn serve(
-    listener: TcpListener,
+    listener: HttpListener,
     state: HttpState,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("HTTP listener failed")
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    match listener {
+        HttpListener::Plain(l) => axum::serve(l, router(state))
+            .with_graceful_shutdown(stop)
+            .await
+            .context("HTTP listener failed"),
+        HttpListener::Tls(l) => axum::serve(l, router(state))
+            .with_graceful_shutdown(stop)
+            .await
+            .context("HTTPS listener failed"),
+    }
 }

@@ -1,28 +1,108 @@
 //! One PAM step request -> Engine -> one response. Deciding is the Engine's job.
+//!
+//! Both transports (the Unix socket and `POST /v1/pam/step`) hand the request body to
+//! [`answer`]: it decodes it, binds it to the caller (a remote host's tenant and name come
+//! from its token, never from the body) and runs the Engine off the async loop.
 
 use std::sync::Arc;
 
+use crate::push::PushHub;
 use portcullis_core::config::{LoginMode, PamConfig, Unenrolled as EngineUnenrolled};
 use portcullis_core::engine::{
     AnswerRequest, Channel, Engine, Expects as EngineExpects, LoginRequest, Step,
 };
+use portcullis_core::model::PamHost;
+use portcullis_core::protocol;
 use portcullis_core::protocol::{
     Choice, ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
     Unenrolled,
 };
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-/// What the handler needs from the config.
-#[derive(Debug, Clone)]
+/// What the handler needs from the config, and the push hub that wakes held polls.
+#[derive(Clone)]
 pub struct PamSettings {
     /// The prompt for a code.
     pub prompt: String,
+    /// Where push approvals are announced (the daemon's one hub).
+    pub push_hub: Arc<PushHub>,
+}
+
+impl std::fmt::Debug for PamSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PamSettings")
+            .field("prompt", &self.prompt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PamSettings {
-    pub fn from_config(cfg: &PamConfig) -> Self {
+    /// From the config, with the daemon's push hub.
+    pub fn new(cfg: &PamConfig, push_hub: Arc<PushHub>) -> Self {
         Self {
             prompt: cfg.prompt.clone(),
+            push_hub,
+        }
+    }
+}
+
+/// How long a push poll is held for the decision before "not approved yet" is answered
+/// (well below the module's exchange deadline, `timeout=`, default 10 s).
+const POLL_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who sent a request: decides which fields of its origin are trusted.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A module on this machine, over the Unix socket (its uid was checked).
+    Socket { uid: u32 },
+    /// A registered remote host (its token was checked).
+    Host(PamHost),
+}
+
+/// Answer one request body from `caller`. The body is zeroised once decoded (it may hold a
+/// password or code).
+pub async fn answer(
+    engine: &Arc<Engine>,
+    settings: &PamSettings,
+    mut body: Vec<u8>,
+    caller: &Caller,
+) -> Response {
+    let decoded = protocol::decode_request(&body);
+    body.zeroize();
+    let mut req = match decoded {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::debug!(caller = ?caller, error = %e, "PAM: bad request");
+            return Response::error(e.code(), e.to_string());
+        }
+    };
+    if let Caller::Host(host) = caller {
+        if req.origin.tenant != host.tenant {
+            tracing::warn!(host = %host.name, host_tenant = %host.tenant, asked_tenant = %req.origin.tenant,
+                user = %req.origin.user, "PAM over HTTPS: a host asked for another tenant than its token's; refused");
+            return Response::error(
+                ErrorCode::Forbidden,
+                "this host's token is not registered for the tenant the request names (check the module's tenant= argument)",
+            );
+        }
+        // The Engine (rules, audit) sees the registered name, not what the host calls itself.
+        req.origin.host = host.name.clone();
+    }
+    tracing::debug!(caller = ?caller, tenant = %req.origin.tenant, user = %req.origin.user,
+        service = %req.origin.service, host = %req.origin.host, "PAM request");
+    if let RequestStep::Poll { txn } = &req.step {
+        // Hold a poll briefly: an approval landing meanwhile is answered at once.
+        if let Some(id) = portcullis_core::engine::transaction_of(txn) {
+            let until = tokio::time::Instant::now() + POLL_HOLD;
+            settings.push_hub.wait(engine, id, until).await;
+        }
+    }
+    let (engine, settings) = (engine.clone(), settings.clone());
+    match tokio::task::spawn_blocking(move || handle(&engine, &settings, req)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "PAM request task failed; refused");
+            Response::error(ErrorCode::Internal, "the daemon failed; see its log")
         }
     }
 }
@@ -237,7 +317,7 @@ mod tests {
     }
 
     fn settings() -> PamSettings {
-        PamSettings::from_config(&PamConfig::default())
+        PamSettings::new(&PamConfig::default(), Default::default())
     }
 
     fn start(ff: FirstFactor, pw: Option<&str>, unenrolled: Unenrolled) -> RequestStep {
@@ -328,6 +408,60 @@ mod tests {
                 "{policy:?}: {r:?}"
             );
         }
+    }
+
+    fn host(tenant: &str, name: &str) -> Caller {
+        Caller::Host(PamHost {
+            id: 1,
+            tenant_id: 1,
+            tenant: tenant.into(),
+            name: name.into(),
+            created_at: 0,
+            last_seen_at: None,
+            revoked: false,
+        })
+    }
+
+    fn body(req: &Request) -> Vec<u8> {
+        serde_json::to_vec(req).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_host_may_ask_only_for_its_own_tenant() {
+        let e = engine();
+        let req = request(
+            "alice",
+            start(FirstFactor::Portcullis, Some("hunter2"), Unenrolled::Deny),
+        );
+        let r = answer(&e, &settings(), body(&req), &host("other", "web9")).await;
+        assert!(
+            matches!(
+                r.step,
+                ResponseStep::Error {
+                    code: ErrorCode::Forbidden,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let r = answer(&e, &settings(), body(&req), &host("acme", "web9")).await;
+        assert!(matches!(r.step, ResponseStep::Prompt { .. }), "{r:?}");
+        let r = answer(&e, &settings(), body(&req), &Caller::Socket { uid: 0 }).await;
+        assert!(matches!(r.step, ResponseStep::Prompt { .. }), "{r:?}");
+        let r = answer(
+            &e,
+            &settings(),
+            b"{not json".to_vec(),
+            &Caller::Socket { uid: 0 },
+        )
+        .await;
+        assert!(matches!(
+            r.step,
+            ResponseStep::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -15,9 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
-use zeroize::Zeroize;
 
-use super::handler::{handle, PamSettings};
+use super::handler::{answer, Caller, PamSettings};
 
 /// How long a connection may stay silent between two requests (the module connects per
 /// step, so this only bounds forgotten connections).
@@ -26,8 +25,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long writing a response may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a push poll is held for the decision before "not approved yet" is answered.
-const POLL_HOLD: Duration = Duration::from_secs(5);
 
 /// Everything connection tasks share.
 pub struct PamContext {
@@ -36,15 +33,13 @@ pub struct PamContext {
     allowed_uids: Vec<u32>,
     slots: Arc<Semaphore>,
     max_connections: usize,
-    push_hub: Arc<crate::push::PushHub>,
 }
 
 impl PamContext {
     pub fn new(engine: Arc<Engine>, cfg: &PamConfig, push_hub: Arc<crate::push::PushHub>) -> Self {
         Self {
-            push_hub,
             engine,
-            settings: PamSettings::from_config(cfg),
+            settings: PamSettings::new(cfg, push_hub),
             allowed_uids: cfg.allowed_uids.clone(),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
             max_connections: cfg.max_connections,
@@ -179,7 +174,7 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
         return;
     }
     loop {
-        let mut body = match read_frame(&mut stream).await {
+        let body = match read_frame(&mut stream).await {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(FrameError::Io) => break,
@@ -197,37 +192,7 @@ async fn connection(ctx: Arc<PamContext>, mut stream: UnixStream) {
                 continue;
             }
         };
-        let decoded = protocol::decode_request(&body);
-        // The body may hold a password or code; the decoded Secret zeroises itself.
-        body.zeroize();
-        let response = match decoded {
-            Ok(req) => {
-                tracing::debug!(uid, tenant = %req.origin.tenant, user = %req.origin.user,
-                    service = %req.origin.service, "PAM request");
-                if let protocol::RequestStep::Poll { txn } = &req.step {
-                    // Hold a poll briefly: an approval landing meanwhile is answered at
-                    // once; the module's exchange deadline (timeout=, default 10 s) is
-                    // well above this.
-                    if let Some(id) = portcullis_core::engine::transaction_of(txn) {
-                        let until = tokio::time::Instant::now() + POLL_HOLD;
-                        ctx.push_hub.wait(&ctx.engine, id, until).await;
-                    }
-                }
-                let engine = ctx.engine.clone();
-                let settings = ctx.settings.clone();
-                match tokio::task::spawn_blocking(move || handle(&engine, &settings, req)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "PAM request task failed; refused");
-                        Response::error(ErrorCode::Internal, "the daemon failed; see its log")
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(uid, error = %e, "PAM socket: bad request");
-                Response::error(e.code(), e.to_string())
-            }
-        };
+        let response = answer(&ctx.engine, &ctx.settings, body, &Caller::Socket { uid }).await;
         if send(&mut stream, &response).await.is_err() {
             break;
         }

@@ -386,7 +386,11 @@ async fn decide(
         Ok(Ok(Step::Prompt {
             txn, text, choices, ..
         })) => {
-            let mut r = Reply::challenge(menu_text(&text, &choices), txn.into_bytes());
+            let heading = match (&cfg.menu_prompt, choices.is_empty()) {
+                (Some(h), false) => h.as_str(),
+                _ => text.as_str(),
+            };
+            let mut r = Reply::challenge(menu_text(heading, &choices), txn.into_bytes());
             r.session_timeout = Some(ctx.challenge_timeout);
             r
         }

@@ -166,6 +166,7 @@ impl Admin {
             result: AuditResult::Accept,
             reason: detail.to_string(),
             transaction: None,
+            host: None,
         })?)
     }
 }

@@ -19,6 +19,14 @@ pub(super) enum Method {
 }
 
 impl Method {
+    /// Whether a `default_factor` name (`push`, `sms`, `email`, `totp`, `hotp`) means this.
+    pub(super) fn serves(self, name: &str) -> bool {
+        match self {
+            Method::App => matches!(name, "totp" | "hotp" | "app"),
+            m => m.id() == name,
+        }
+    }
+
     /// The id a PAM module or a user answers with.
     pub(super) fn id(self) -> &'static str {
         match self {
@@ -118,10 +126,34 @@ impl Engine {
         let Some(i) = pick(&methods, a) else {
             return Ok(None);
         };
-        let first = txn.first_factor();
+        self.start_method(
+            tenant,
+            user,
+            (&txn.id, txn.step, txn.first_factor()),
+            (req.channel.client(), &req.source, &req.prompt),
+            &methods[i],
+            true,
+            now,
+        )
+        .map(Some)
+    }
+
+    /// Start `m` for transaction (id, step, first factor): push it, send its code, or ask
+    /// for the app's code. `shown`: the user sees the prompt (number matching possible).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_method(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        (txn_id, step, first): (&str, u32, &str),
+        (client, source, code_prompt): (&str, &str, &str),
+        m: &Usable,
+        shown: bool,
+        now: UnixTime,
+    ) -> Result<Outcome, EngineError> {
         let prompt = |text: String, reason: String| Outcome {
             step: Step::Prompt {
-                txn: txn_ref(&txn.id, txn.step),
+                txn: txn_ref(txn_id, step),
                 text,
                 echo: false,
                 expects: Expects::Code,
@@ -130,16 +162,15 @@ impl Engine {
             reason,
             factors: vec![first.to_string()],
         };
-        let m = &methods[i];
-        Ok(Some(match (m.method, &m.factor) {
+        Ok(match (m.method, &m.factor) {
             (Method::Push, Some(f)) => self.begin_push(
                 tenant,
                 user,
                 f,
-                (&txn.id, txn.step),
-                (req.channel.client(), &req.source),
+                (txn_id, step),
+                (client, source),
                 first,
-                (true, true),
+                (true, shown),
                 now,
             )?,
             (Method::Sms | Method::Email, Some(f)) => {
@@ -150,8 +181,8 @@ impl Engine {
                     sent.reason(),
                 )
             }
-            _ => prompt(req.prompt.clone(), "code from app chosen".into()),
-        }))
+            _ => prompt(code_prompt.to_string(), "code from app asked".into()),
+        })
     }
 }
 

@@ -255,6 +255,8 @@ pub struct Engine {
     policies: HashMap<String, Vec<Rule>>,
     /// Per-tenant second factors accepted at all (`factors`; absent: all).
     allowed_factors: HashMap<String, Vec<String>>,
+    /// Per-tenant factor to start first (`default_factor`).
+    default_factors: HashMap<String, String>,
     /// Per-tenant external second-factor services (Duo).
     externals: HashMap<String, (Arc<dyn ExternalMfa>, ExternalSettings)>,
     /// Per-tenant push notification channels.
@@ -323,6 +325,7 @@ impl Engine {
             senders: HashMap::new(),
             policies: HashMap::new(),
             allowed_factors: HashMap::new(),
+            default_factors: HashMap::new(),
             externals: HashMap::new(),
             pushes: HashMap::new(),
             push_pepper,
@@ -352,6 +355,14 @@ impl Engine {
         } else {
             self.allowed_factors.insert(tenant.to_string(), factors);
         }
+    }
+
+    /// The factor `tenant` starts first (`auto` mode) and lists first in the menu.
+    pub fn set_default_factor(&mut self, tenant: &str, factor: Option<String>) {
+        match factor {
+            Some(f) => self.default_factors.insert(tenant.to_string(), f),
+            None => self.default_factors.remove(tenant),
+        };
     }
 
     /// Send the codes of `tenant` for the sender's channel (`sms`, `email`) through it.
@@ -477,6 +488,10 @@ impl Engine {
             result,
             reason: outcome.reason,
             transaction: None,
+            host: match channel {
+                Channel::Pam { host, .. } => Some(host.clone()),
+                Channel::Radius { .. } => None,
+            },
         };
         tracing::info!(
             tenant = %record.tenant,
@@ -835,7 +850,29 @@ impl Engine {
         if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
             return Ok(stop);
         }
-        let methods = self.usable_methods(&tenant.name, user, d)?;
+        let mut methods = self.usable_methods(&tenant.name, user, d)?;
+        // The default factor (the rule's, else the tenant's) goes first in the menu and is
+        // what `auto` starts.
+        if let Some(i) = d
+            .default_factor
+            .as_deref()
+            .and_then(|f| methods.iter().position(|m| m.method.serves(f)))
+        {
+            let chosen = methods.remove(i);
+            methods.insert(0, chosen);
+            if req.mode == LoginMode::Auto {
+                let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
+                return self.start_method(
+                    tenant,
+                    user,
+                    (txn_id(&txn), 0, first),
+                    (req.channel.client(), &req.source, &req.prompt),
+                    &methods[0],
+                    false,
+                    now,
+                );
+            }
+        }
         // Push at once when the client wants it (`auto`) or when it is the only way.
         if let Some(push) = methods.iter().find(|m| m.method == menu::Method::Push) {
             if req.mode == LoginMode::Auto || methods.len() == 1 {

@@ -38,6 +38,9 @@ impl Engine {
         if let Some(allowed) = self.allowed_factors.get(&tenant.name) {
             d.restrict_to(allowed);
         }
+        if d.default_factor.is_none() {
+            d.default_factor = self.default_factors.get(&tenant.name).cloned();
+        }
         d
     }
 }

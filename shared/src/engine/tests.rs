@@ -1001,6 +1001,7 @@ mod sms {
                 time: None,
                 factors: vec!["sms".into()],
                 remember: None,
+                default_factor: None,
                 attributes: Default::default(),
             }],
         );
@@ -1248,6 +1249,7 @@ mod rules {
             time: None,
             factors: vec![],
             remember: None,
+            default_factor: None,
             attributes: Default::default(),
         }
     }
@@ -1333,6 +1335,7 @@ mod rules {
     fn a_remembered_source_skips_the_code_until_it_expires_or_is_forgotten() {
         let w = with_rules(vec![Rule {
             remember: Some(std::time::Duration::from_secs(8 * 3600)),
+            default_factor: None,
             attributes: Default::default(),
             ..rule("remember-8h", Action::RequireMfa)
         }]);
@@ -1442,6 +1445,7 @@ fn directory_groups_feed_policy_rules_and_pass_through_survives_a_skip() {
         time: None,
         factors: vec![],
         remember: None,
+        default_factor: None,
         attributes: Default::default(),
     };
     let mut w = world();

@@ -181,6 +181,25 @@ CREATE INDEX admin_tokens_tenant ON admin_tokens(tenant_id);
 "#,
     ),
     (
+        8,
+        // Remote PAM hosts of a fleet: each holds a bearer token (stored as a keyed hash)
+        // that names its tenant and host for POST /v1/pam/step. The audit records which host
+        // a PAM login came from.
+        r#"
+CREATE TABLE pam_hosts (
+    id            INTEGER PRIMARY KEY,
+    tenant_id     BIGINT NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    token_hash    TEXT NOT NULL UNIQUE,
+    created_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT,
+    revoked       BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (tenant_id, name)
+);
+ALTER TABLE audit ADD COLUMN host TEXT;
+"#,
+    ),
+    (
         10,
         // User attributes for policy rules (`attributes = { use_mfa = "false" }`): JSON object.
         r#"

@@ -200,6 +200,24 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the token; false if there was no such token not yet revoked.
     fn revoke_admin_token(&self, id: &str) -> StoreResult<bool>;
     fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()>;
+    // PAM hosts (remote hosts of a fleet, `portcullis host add`)
+    /// Registers host `name` of `tenant` with the hash of its token. A revoked host of the
+    /// same name is replaced (new token, not revoked); a live one is `AlreadyExists`.
+    fn create_pam_host(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<PamHost>;
+    /// The tenant's hosts, revoked ones included, by name.
+    fn list_pam_hosts(&self, tenant: TenantId) -> StoreResult<Vec<PamHost>>;
+    /// Revokes a host: its token stops working at once. False if there was no live host.
+    fn revoke_pam_host(&self, tenant: TenantId, name: &str) -> StoreResult<bool>;
+    /// The host holding the token with this hash (revoked ones too: the caller refuses them).
+    fn pam_host_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<PamHost>>;
+    /// Records that the host was seen at `now` (at most one write a minute per host).
+    fn touch_pam_host(&self, host: i64, now: UnixTime) -> StoreResult<()>;
 }
 
 /// The behavioural suite every backend passes (public with the `test-suite` feature, so the

@@ -256,6 +256,22 @@ fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<Throttle> {
     })
 }
 
+const PAM_HOST_SELECT: &str =
+    "SELECT h.id, h.tenant_id, t.name, h.name, h.created_at, h.last_seen_at, h.revoked
+     FROM pam_hosts h JOIN tenants t ON t.id = h.tenant_id";
+
+fn pam_host_from_row(r: &Row<'_>) -> rusqlite::Result<PamHost> {
+    Ok(PamHost {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        tenant: r.get(2)?,
+        name: r.get(3)?,
+        created_at: r.get(4)?,
+        last_seen_at: r.get(5)?,
+        revoked: r.get::<_, i64>(6)? != 0,
+    })
+}
+
 impl Store for SqliteStore {
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
         let conn = self.lock();
@@ -943,8 +959,8 @@ impl Store for SqliteStore {
         let conn = self.lock();
         let mut st = conn
             .prepare_cached(
-                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(db)?;
         st.execute(params![
@@ -958,7 +974,8 @@ impl Store for SqliteStore {
             a.factors.join(","),
             a.result.as_str(),
             a.reason,
-            a.transaction
+            a.transaction,
+            a.host
         ])
         .map(|_| ())
         .map_err(db)
@@ -969,7 +986,7 @@ impl Store for SqliteStore {
         let limit = if f.limit == 0 { 1000 } else { f.limit };
         let mut st = conn
             .prepare_cached(
-                "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id
+                "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host
                  FROM audit
                  WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR username = ?2) AND (?3 IS NULL OR time >= ?3)
                  ORDER BY id DESC LIMIT ?4",
@@ -999,6 +1016,7 @@ impl Store for SqliteStore {
                     },
                     reason: r.get(9)?,
                     transaction: r.get(10)?,
+                    host: r.get(11)?,
                 })
             })
             .map_err(db)?;
@@ -1118,6 +1136,86 @@ impl Store for SqliteStore {
             )
             .map(|_| ())
             .map_err(db)
+    }
+
+    fn create_pam_host(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<PamHost> {
+        let conn = self.lock();
+        // One statement: a live host is never replaced, a revoked one is.
+        let changed = conn
+            .execute(
+                "INSERT INTO pam_hosts (tenant_id, name, token_hash, created_at, last_seen_at, revoked)
+                 VALUES (?1, ?2, ?3, ?4, NULL, 0)
+                 ON CONFLICT (tenant_id, name) DO UPDATE
+                 SET token_hash = excluded.token_hash, created_at = excluded.created_at,
+                     last_seen_at = NULL, revoked = 0
+                 WHERE pam_hosts.revoked <> 0",
+                params![tenant, name, token_hash, now],
+            )
+            .map_err(db)?;
+        if changed == 0 {
+            return Err(StoreError::AlreadyExists {
+                what: "host",
+                name: name.to_string(),
+            });
+        }
+        let mut st = conn
+            .prepare_cached(&format!(
+                "{PAM_HOST_SELECT} WHERE h.tenant_id = ?1 AND h.name = ?2"
+            ))
+            .map_err(db)?;
+        st.query_row(params![tenant, name], pam_host_from_row)
+            .map_err(db)
+    }
+
+    fn list_pam_hosts(&self, tenant: TenantId) -> StoreResult<Vec<PamHost>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "{PAM_HOST_SELECT} WHERE h.tenant_id = ?1 ORDER BY h.name"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![tenant], pam_host_from_row)
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn revoke_pam_host(&self, tenant: TenantId, name: &str) -> StoreResult<bool> {
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE pam_hosts SET revoked = 1 WHERE tenant_id = ?1 AND name = ?2 AND revoked = 0",
+                params![tenant, name],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn pam_host_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<PamHost>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!("{PAM_HOST_SELECT} WHERE h.token_hash = ?1"))
+            .map_err(db)?;
+        st.query_row(params![token_hash], pam_host_from_row)
+            .optional()
+            .map_err(db)
+    }
+
+    fn touch_pam_host(&self, host: i64, now: UnixTime) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                "UPDATE pam_hosts SET last_seen_at = ?2
+                 WHERE id = ?1 AND (last_seen_at IS NULL OR last_seen_at <= ?2 - 60)",
+                params![host, now],
+            )
+            .map_err(db)?;
+        Ok(())
     }
 }
 

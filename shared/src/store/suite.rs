@@ -98,6 +98,65 @@ fn push_decisions_are_made_once(s: &dyn Store) {
     s.purge_expired(200 + 86_400).unwrap();
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
     admin_tokens_are_listed_per_tenant_and_revoked_once(s);
+    pam_hosts_are_per_tenant_and_revocable(s);
+}
+
+fn pam_hosts_are_per_tenant_and_revocable(s: &dyn Store) {
+    let a = tenant(s, "suite-a");
+    let b = tenant(s, "suite-b");
+    let h = s.create_pam_host(a.id, "web1", "hash-a-web1", 100).unwrap();
+    assert_eq!(h.tenant, "suite-a");
+    assert_eq!(h.name, "web1");
+    assert_eq!(h.last_seen_at, None);
+    assert!(!h.revoked);
+    // The same name in another tenant is another host.
+    s.create_pam_host(b.id, "web1", "hash-b-web1", 100).unwrap();
+    assert!(matches!(
+        s.create_pam_host(a.id, "web1", "hash-other", 100),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    // The token names the host and its tenant.
+    let found = s.pam_host_by_token_hash("hash-b-web1").unwrap().unwrap();
+    assert_eq!((found.tenant.as_str(), found.tenant_id), ("suite-b", b.id));
+    assert!(s.pam_host_by_token_hash("hash-other").unwrap().is_none());
+    // last_seen_at: recorded, then at most once a minute.
+    s.touch_pam_host(h.id, 200).unwrap();
+    s.touch_pam_host(h.id, 230).unwrap();
+    let seen = s.pam_host_by_token_hash("hash-a-web1").unwrap().unwrap();
+    assert_eq!(seen.last_seen_at, Some(200));
+    s.touch_pam_host(h.id, 260).unwrap();
+    assert_eq!(
+        s.pam_host_by_token_hash("hash-a-web1")
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        Some(260)
+    );
+    // Revoked: still found (the caller refuses it), listed as revoked, revoked once.
+    assert!(s.revoke_pam_host(a.id, "web1").unwrap());
+    assert!(!s.revoke_pam_host(a.id, "web1").unwrap());
+    assert!(!s.revoke_pam_host(a.id, "nope").unwrap());
+    assert!(
+        s.pam_host_by_token_hash("hash-a-web1")
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    let listed = s.list_pam_hosts(a.id).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked);
+    assert!(!s.list_pam_hosts(b.id).unwrap()[0].revoked);
+    // A revoked name can be registered again, with a new token; the old one is gone.
+    let again = s
+        .create_pam_host(a.id, "web1", "hash-a-web1-new", 300)
+        .unwrap();
+    assert!(!again.revoked);
+    assert_eq!(again.created_at, 300);
+    assert!(s.pam_host_by_token_hash("hash-a-web1").unwrap().is_none());
+    assert!(s
+        .pam_host_by_token_hash("hash-a-web1-new")
+        .unwrap()
+        .is_some());
 }
 
 fn remembered_sources_expire_and_can_be_forgotten(s: &dyn Store) {
@@ -440,6 +499,7 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
             result: AuditResult::Accept,
             reason: "ok".into(),
             transaction: None,
+            host: (i == 2).then(|| "web1".into()),
         })
         .unwrap();
     }
@@ -454,6 +514,10 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
         ["ann", "bob"]
     );
     assert_eq!(a[0].factors, ["password", "totp"]);
+    assert_eq!(
+        (a[0].host.as_deref(), a[1].host.as_deref()),
+        (None, Some("web1"))
+    );
     let recent = s
         .list_audit(&AuditFilter {
             since: Some(1001),

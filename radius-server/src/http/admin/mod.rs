@@ -223,14 +223,31 @@ mod tests {
             hasher.clone(),
             EngineSettings::default(),
         ));
-        let admin = Admin::new(store, clock, key, hasher, "Test".into(), 1);
+        let admin = Admin::new(
+            store.clone(),
+            clock.clone(),
+            key.clone(),
+            hasher,
+            "Test".into(),
+            1,
+        );
+        let radius = Arc::new(RadiusContext::new(
+            engine.clone(),
+            &config,
+            Arc::new(Metrics::default()),
+        ));
+        let pam = Arc::new(crate::pam::http::PamHttp {
+            engine,
+            settings: crate::pam::handler::PamSettings::new(
+                &Default::default(),
+                radius.push_hub.clone(),
+            ),
+            hosts: portcullis_core::hosts::Hosts::new(store, clock, &key),
+        });
         HttpState {
-            radius: Arc::new(RadiusContext::new(
-                engine,
-                &config,
-                Arc::new(Metrics::default()),
-            )),
+            radius,
             admin: context(admin, &config),
+            pam,
         }
     }
 

@@ -415,3 +415,47 @@ fn auto_mode_sends_no_number_to_match() {
     );
     assert!(is_accept(&poll(&w, "alice", &txn)));
 }
+
+#[test]
+fn the_default_factor_leads_the_menu_and_auto_starts_it() {
+    let (mut w, phone) = push_world(false);
+    // The tenant's default: the app. auto mode then asks for the app's code, no push.
+    w.engine.set_default_factor("acme", Some("totp".into()));
+    match login(&w, LoginMode::Auto, "alice", "hunter2") {
+        Step::Prompt {
+            expects, choices, ..
+        } => {
+            assert_eq!(expects, Expects::Code);
+            assert!(choices.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(phone.count(), 0, "no push when the default is the app");
+    // Default push: first in the challenge menu.
+    w.engine.set_default_factor("acme", Some("push".into()));
+    match login(&w, LoginMode::Challenge, "alice", "hunter2") {
+        Step::Prompt { choices, .. } => assert_eq!(choices[0].id, "push"),
+        other => panic!("{other:?}"),
+    }
+    // A rule's default overrides the tenant's.
+    w.engine.set_rules(
+        "acme",
+        vec![crate::policy::Rule {
+            name: "vpn-app-first".into(),
+            action: crate::policy::Action::RequireMfa,
+            clients: vec!["vpn".into()],
+            hosts: vec![],
+            groups: vec![],
+            sources: vec![],
+            attributes: Default::default(),
+            time: None,
+            factors: vec![],
+            remember: None,
+            default_factor: Some("totp".into()),
+        }],
+    );
+    match login(&w, LoginMode::Challenge, "alice", "hunter2") {
+        Step::Prompt { choices, .. } => assert_eq!(choices[0].id, "app"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,492 @@
+//! The HTTPS transport (`url=` + `token_file=` [+ `ca_file=`]): one `POST /v1/pam/step` per
+//! step, on a fresh connection, every operation under the `timeout=` deadline.
+//!
+//! Small and synchronous on purpose: std's TCP stream, rustls (ring, statically linked: no
+//! OpenSSL, no async runtime) and a minimal HTTP/1.1 exchange (`Connection: close`, a
+//! `Content-Length` or chunked body). The certificate is always verified, against
+//! `ca_file=` or the system's trust store.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_core::protocol::Secret;
+use portcullis_core::protocol::{self, ErrorCode, Request, Response, HEADER_LEN, MAX_FRAME_LEN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use zeroize::Zeroize;
+
+use crate::args::HttpsUrl;
+use crate::flow::{CallError, Transport};
+
+/// Where Debian, Fedora/RHEL and SUSE keep the system's trust store.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// The most a response head (status line and headers) may take.
+const MAX_HEAD_LEN: usize = 16 * 1024;
+
+/// A host token read from `token_file=`.
+pub fn read_token_file(path: &Path) -> Result<Secret, String> {
+    let shown = path.display();
+    // O_NOFOLLOW: a symlink planted in the token's place is refused, not followed.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("token_file={shown}: cannot open it ({e}); write the token of `portcullis host add` there"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("token_file={shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "token_file={shown} is not a regular file; put the token in a plain file"
+        ));
+    }
+    if meta.uid() != 0 {
+        return Err(format!(
+            "token_file={shown} is owned by uid {}, not root; chown root:root {shown}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "token_file={shown} has mode {mode:04o}: group or others may read the token; chmod 600 {shown}"
+        ));
+    }
+    let mut text = String::new();
+    let read = file.read_to_string(&mut text);
+    let token = text.trim().to_string();
+    text.zeroize();
+    if let Err(e) = read {
+        return Err(format!("token_file={shown}: cannot read it ({e})"));
+    }
+    let token = Secret::new(token);
+    if token.is_empty() {
+        return Err(format!(
+            "token_file={shown} is empty; write the token of `portcullis host add` there"
+        ));
+    }
+    if token.expose().len() > 512 || !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "token_file={shown} does not hold a token (one line of printable characters from `portcullis host add`)"
+        ));
+    }
+    Ok(token)
+}
+
+/// The TLS settings: `ca_file` alone when given, else the system's trust store.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let (path, what): (PathBuf, &str) = match ca_file {
+        Some(p) => (p.to_path_buf(), "ca_file="),
+        None => match SYSTEM_CA_BUNDLES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+        {
+            Some(p) => (p.to_path_buf(), "the system trust store "),
+            None => {
+                return Err(format!(
+                    "no system trust store ({}); give the daemon's CA with ca_file=",
+                    SYSTEM_CA_BUNDLES.join(", ")
+                ))
+            }
+        },
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| format!("{what}{}: cannot read it ({e})", path.display()))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.map_err(|e| format!("{what}{}: not PEM certificates ({e})", path.display()))?;
+        // A bundle may hold certificates this verifier cannot use; a given ca_file may not.
+        if let Err(e) = roots.add(cert) {
+            if ca_file.is_some() {
+                return Err(format!(
+                    "{what}{}: unusable certificate ({e})",
+                    path.display()
+                ));
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{what}{} holds no CA certificate (expected PEM `-----BEGIN CERTIFICATE-----` blocks)",
+            path.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Talks to `portcullis serve` of a fleet over HTTPS.
+pub struct HttpsTransport {
+    pub url: HttpsUrl,
+    pub token: Secret,
+    pub tls: Arc<ClientConfig>,
+    /// The deadline of one exchange: resolve (best effort), connect, handshake, send, receive.
+    pub timeout: Duration,
+}
+
+/// What is left of `deadline`, or an error naming `what` timed out.
+fn left(deadline: Instant, timeout: Duration, what: &str) -> Result<Duration, CallError> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| CallError::Unreachable(format!("{what}: no answer within {timeout:?}")))
+}
+
+impl HttpsTransport {
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, CallError> {
+        let addrs: Vec<SocketAddr> = (self.url.host.as_str(), self.url.port)
+            .to_socket_addrs()
+            .map_err(|e| CallError::Unreachable(format!("resolve {}: {e}", self.url.host)))?
+            .collect();
+        let mut last = format!("resolve {}: no address", self.url.host);
+        for addr in addrs {
+            let budget = left(deadline, self.timeout, "connect")?;
+            match TcpStream::connect_timeout(&addr, budget) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = format!("connect to {addr}: {e}"),
+            }
+        }
+        Err(CallError::Unreachable(last))
+    }
+
+    fn exchange(&self, req: &Request) -> Result<Response, CallError> {
+        let deadline = Instant::now() + self.timeout;
+        let unreachable = |what: &str, e: std::io::Error| {
+            CallError::Unreachable(format!("{what} {}: {e}", self.url))
+        };
+        let mut tcp = self.connect(deadline)?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.url.host.clone()).map_err(|_| {
+            CallError::Protocol(format!("url={}: not a valid TLS server name", self.url))
+        })?;
+        let mut tls = ClientConnection::new(self.tls.clone(), name)
+            .map_err(|e| CallError::Protocol(format!("TLS: {e}")))?;
+        // The handshake first, on its own: a certificate that does not verify is a
+        // configuration or interception problem, never a reason to fail open.
+        while tls.is_handshaking() {
+            let budget = left(deadline, self.timeout, "TLS handshake")?;
+            tcp.set_read_timeout(Some(budget))
+                .and_then(|()| tcp.set_write_timeout(Some(budget)))
+                .map_err(|e| unreachable("socket", e))?;
+            match tls.complete_io(&mut tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(CallError::Protocol(format!(
+                        "TLS handshake with {} failed: {e} (is the daemon's certificate signed by ca_file= and made for {}?)",
+                        self.url, self.url.host
+                    )))
+                }
+                Err(e) => return Err(unreachable("TLS handshake with", e)),
+            }
+        }
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let mut request = self.request_bytes(req)?;
+        let budget = left(deadline, self.timeout, "send")?;
+        let sent = stream
+            .sock
+            .set_write_timeout(Some(budget))
+            .and_then(|()| stream.write_all(&request))
+            .and_then(|()| stream.flush());
+        request.zeroize();
+        sent.map_err(|e| unreachable("send to", e))?;
+        let (status, body) = read_response(&mut stream, deadline, self.timeout)?;
+        self.interpret(status, &body)
+    }
+
+    /// The whole HTTP request (it holds the token and maybe a password: zeroised by the
+    /// caller once sent).
+    fn request_bytes(&self, req: &Request) -> Result<Vec<u8>, CallError> {
+        let mut frame =
+            protocol::encode(req).map_err(|e| CallError::Protocol(format!("send: {e}")))?;
+        let body = &frame[HEADER_LEN..];
+        let host = if self.url.host.contains(':') {
+            format!("[{}]:{}", self.url.host, self.url.port)
+        } else {
+            format!("{}:{}", self.url.host, self.url.port)
+        };
+        let mut out = Vec::with_capacity(body.len() + 512);
+        out.extend_from_slice(
+            format!(
+                "POST {}/v1/pam/step HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pam_portcullis/{}\r\n\
+                 Content-Type: application/json\r\nAccept: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\nAuthorization: Bearer ",
+                self.url.prefix,
+                env!("CARGO_PKG_VERSION"),
+                body.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(self.token.expose().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body);
+        frame.zeroize();
+        Ok(out)
+    }
+
+    /// A response from an HTTP status and body.
+    fn interpret(&self, status: u16, body: &[u8]) -> Result<Response, CallError> {
+        let decoded = protocol::decode_response(body);
+        match (status, decoded) {
+            (401, decoded) => Ok(decoded.unwrap_or_else(|_| {
+                Response::error(
+                    ErrorCode::Forbidden,
+                    "HTTP 401: the daemon does not know this host's token",
+                )
+            }))
+            // 401 is always a refusal: never fail open on it.
+            .map(|r| match r.step {
+                protocol::ResponseStep::Error { .. } => r,
+                _ => Response::error(ErrorCode::Forbidden, "HTTP 401 with a non-error body"),
+            }),
+            (_, Ok(r)) => Ok(r),
+            // A proxy in front of a daemon that is down.
+            (502..=504, Err(_)) => Err(CallError::Unreachable(format!(
+                "{} answered HTTP {status} without a protocol response (is portcullis serve running behind it?)",
+                self.url
+            ))),
+            (_, Err(e)) => Err(CallError::Protocol(format!(
+                "{} answered HTTP {status} that is not a protocol response: {e}",
+                self.url
+            ))),
+        }
+    }
+}
+
+/// How the body of a response ends.
+#[derive(Clone, Copy)]
+enum BodyEnd {
+    Length(usize),
+    Chunked,
+    Eof,
+}
+
+/// Reads an HTTP/1.1 response: the status and the body (by Content-Length, chunked, or to
+/// the end of the connection), bounded in size and by `deadline`.
+fn read_response(
+    stream: &mut rustls::Stream<'_, ClientConnection, TcpStream>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), CallError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let limit = MAX_HEAD_LEN + 2 * MAX_FRAME_LEN;
+    // (end of the head, status, how the body ends) once the head is in.
+    let mut head: Option<(usize, u16, BodyEnd)> = None;
+    let mut eof = false;
+    loop {
+        if let Some((end, _, body_end)) = head {
+            let complete = match body_end {
+                BodyEnd::Length(n) => buf.len() >= end + n,
+                BodyEnd::Chunked => dechunk(&buf[end..]).is_some(),
+                BodyEnd::Eof => false,
+            };
+            if complete {
+                break;
+            }
+        }
+        if eof {
+            break;
+        }
+        if buf.len() > limit {
+            return Err(CallError::Protocol(format!(
+                "the response is larger than {limit} bytes"
+            )));
+        }
+        let budget = left(deadline, timeout, "receive")?;
+        stream
+            .sock
+            .set_read_timeout(Some(budget))
+            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => eof = true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A peer that closes without close_notify: what came is judged below.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => eof = true,
+            Err(e) => return Err(CallError::Unreachable(format!("receive: {e}"))),
+        }
+        if head.is_none() {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                let h = parse_head(&buf[..i])?;
+                let body_end = if h.chunked {
+                    BodyEnd::Chunked
+                } else if let Some(n) = h.content_length {
+                    if n > MAX_FRAME_LEN {
+                        return Err(CallError::Protocol(format!(
+                            "the response body of {n} bytes is larger than {MAX_FRAME_LEN}"
+                        )));
+                    }
+                    BodyEnd::Length(n)
+                } else {
+                    BodyEnd::Eof
+                };
+                head = Some((i + 4, h.status, body_end));
+            } else if buf.len() > MAX_HEAD_LEN {
+                return Err(CallError::Protocol("the response head is too long".into()));
+            }
+        }
+    }
+    let Some((end, status, body_end)) = head else {
+        return Err(CallError::Unreachable(
+            "receive: the daemon closed the connection before answering".into(),
+        ));
+    };
+    let rest = &buf[end..];
+    let body = match body_end {
+        BodyEnd::Length(n) if rest.len() < n => {
+            return Err(CallError::Unreachable(
+                "receive: the daemon closed the connection in the middle of its answer".into(),
+            ))
+        }
+        BodyEnd::Length(n) => rest[..n].to_vec(),
+        BodyEnd::Chunked => dechunk(rest).ok_or_else(|| {
+            CallError::Unreachable(
+                "receive: the daemon closed the connection in the middle of its answer".into(),
+            )
+        })?,
+        BodyEnd::Eof => rest.to_vec(),
+    };
+    Ok((status, body))
+}
+
+struct Head {
+    status: u16,
+    content_length: Option<usize>,
+    chunked: bool,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_head(head: &[u8]) -> Result<Head, CallError> {
+    let bad = || CallError::Protocol("the daemon's answer is not HTTP/1.1".into());
+    let text = std::str::from_utf8(head).map_err(|_| bad())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().ok_or_else(bad)?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().ok_or_else(bad)?;
+    if !version.starts_with("HTTP/1.") {
+        return Err(bad());
+    }
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(bad)?;
+    let mut content_length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(value.parse::<usize>().map_err(|_| bad())?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    if chunked {
+        content_length = None;
+    }
+    Ok(Head {
+        status,
+        content_length,
+        chunked,
+    })
+}
+
+/// The data of a complete chunked body, or `None` while it is incomplete or broken.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(body, b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            // Trailers (none expected) end with a blank line.
+            return find(body, b"\r\n").map(|_| out);
+        }
+        if size > MAX_FRAME_LEN || body.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+impl Transport for HttpsTransport {
+    fn call(&mut self, req: &Request) -> Result<Response, CallError> {
+        self.exchange(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn heads_and_bodies_are_parsed() {
+        let h = parse_head(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 12\r\nx: y").unwrap();
+        assert_eq!(
+            (h.status, h.content_length, h.chunked),
+            (401, Some(12), false)
+        );
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked").unwrap();
+        assert!(h.chunked && h.content_length.is_none());
+        assert!(parse_head(b"SSH-2.0-OpenSSH").is_err());
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"3\r\nabc\r\n").is_none(), "incomplete");
+        assert!(dechunk(b"zz\r\n").is_none(), "broken");
+    }
+
+    #[test]
+    fn the_token_file_must_be_private() {
+        let dir = std::env::temp_dir().join(format!("pam-portcullis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("host.token");
+        std::fs::write(&path, "pch_abc\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // SAFETY: geteuid(2) has no preconditions and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            assert_eq!(read_token_file(&path).unwrap().expose(), "pch_abc");
+        } else {
+            let e = read_token_file(&path).unwrap_err();
+            assert!(e.contains("chown root"), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_token_file(&path).unwrap_err();
+        assert!(e.contains("chmod 600") || e.contains("chown root"), "{e}");
+        let link = dir.join("link.token");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_token_file(&link).is_err(), "a symlink is not followed");
+        assert!(read_token_file(&dir).is_err(), "a directory");
+        assert!(read_token_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
