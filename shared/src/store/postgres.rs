@@ -591,6 +591,22 @@ fn throttle_from_row(r: &Row) -> StoreResult<Throttle> {
     })
 }
 
+const PAM_HOST_SELECT: &str =
+    "SELECT h.id, h.tenant_id, t.name, h.name, h.created_at, h.last_seen_at, h.revoked
+     FROM pam_hosts h JOIN tenants t ON t.id = h.tenant_id";
+
+fn pam_host_from_row(r: &Row) -> StoreResult<PamHost> {
+    Ok(PamHost {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        tenant: r.get(2),
+        name: r.get(3),
+        created_at: r.get(4),
+        last_seen_at: r.get(5),
+        revoked: r.get::<_, i64>(6) != 0,
+    })
+}
+
 const ADMIN_TOKEN_SELECT: &str =
     "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked
      FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
@@ -1195,8 +1211,8 @@ impl Store for PgStore {
 
     fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
         self.execute(
-            "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &a.time,
                 &a.tenant,
@@ -1209,6 +1225,7 @@ impl Store for PgStore {
                 &a.result.as_str(),
                 &a.reason,
                 &a.transaction,
+                &a.host,
             ],
         )
         .map(|_| ())
@@ -1217,7 +1234,7 @@ impl Store for PgStore {
     fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let limit = i64::from(if f.limit == 0 { 1000 } else { f.limit });
         let rows = self.query(
-            "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id
+            "SELECT time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host
              FROM audit
              WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR username = $2)
                AND ($3::BIGINT IS NULL OR time >= $3)
@@ -1249,6 +1266,7 @@ impl Store for PgStore {
                     },
                     reason: r.get(9),
                     transaction: r.get(10),
+                    host: r.get(11),
                 }
             })
             .collect();
@@ -1337,6 +1355,73 @@ impl Store for PgStore {
         self.execute(
             "UPDATE admin_tokens SET last_used_at = $2 WHERE id = $1",
             &[&id, &now],
+        )
+        .map(|_| ())
+    }
+
+    fn create_pam_host(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> StoreResult<PamHost> {
+        let mut conn = self.conn()?;
+        // One statement: a live host is never replaced, a revoked one is.
+        let changed = conn.execute(
+            "INSERT INTO pam_hosts (tenant_id, name, token_hash, created_at, last_seen_at, revoked)
+             VALUES ($1, $2, $3, $4, NULL, 0)
+             ON CONFLICT (tenant_id, name) DO UPDATE
+             SET token_hash = excluded.token_hash, created_at = excluded.created_at,
+                 last_seen_at = NULL, revoked = 0
+             WHERE pam_hosts.revoked <> 0",
+            &[&tenant, &name, &token_hash, &now],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::AlreadyExists {
+                what: "host",
+                name: name.to_string(),
+            });
+        }
+        pam_host_from_row(&conn.query_one(
+            &format!("{PAM_HOST_SELECT} WHERE h.tenant_id = $1 AND h.name = $2"),
+            &[&tenant, &name],
+        )?)
+    }
+
+    fn list_pam_hosts(&self, tenant: TenantId) -> StoreResult<Vec<PamHost>> {
+        self.query(
+            &format!("{PAM_HOST_SELECT} WHERE h.tenant_id = $1 ORDER BY h.name"),
+            &[&tenant],
+        )?
+        .iter()
+        .map(pam_host_from_row)
+        .collect()
+    }
+
+    fn revoke_pam_host(&self, tenant: TenantId, name: &str) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE pam_hosts SET revoked = 1 WHERE tenant_id = $1 AND name = $2 AND revoked = 0",
+            &[&tenant, &name],
+        )
+        .map(|n| n > 0)
+    }
+
+    fn pam_host_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<PamHost>> {
+        self.query_opt(
+            &format!("{PAM_HOST_SELECT} WHERE h.token_hash = $1"),
+            &[&token_hash],
+        )?
+        .as_ref()
+        .map(pam_host_from_row)
+        .transpose()
+    }
+
+    fn touch_pam_host(&self, host: i64, now: UnixTime) -> StoreResult<()> {
+        self.execute(
+            "UPDATE pam_hosts SET last_seen_at = $2::BIGINT
+             WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at <= $2::BIGINT - 60)",
+            &[&host, &now],
         )
         .map(|_| ())
     }
