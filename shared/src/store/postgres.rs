@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_executor::block_on;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::migrations::MIGRATIONS;
@@ -167,6 +167,18 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 
 fn to_u32(v: i64, what: &str) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is {v}")))
+}
+
+/// Reading a column without panicking: a value of an unexpected type is an error.
+trait Col {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: usize) -> StoreResult<T>;
+}
+
+impl Col for Row {
+    fn col<'a, T: FromSql<'a>>(&'a self, idx: usize) -> StoreResult<T> {
+        self.try_get(idx)
+            .map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
+    }
 }
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
@@ -437,7 +449,7 @@ impl PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         let exists: bool = tx
             .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?
-            .get(0);
+            .col(0)?;
         if !exists {
             tx.batch_execute(
                 "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -446,7 +458,7 @@ impl PgStore {
         }
         let current: i64 = tx
             .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])?
-            .get(0);
+            .col(0)?;
         let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
         if current > known {
             return Err(StoreError::SchemaTooNew {
@@ -483,22 +495,30 @@ impl PgStore {
     }
 }
 
+fn tenant_from_row(r: &Row) -> StoreResult<Tenant> {
+    Ok(Tenant {
+        id: r.col(0)?,
+        name: r.col(1)?,
+        created_at: r.col(2)?,
+    })
+}
+
 const USER_COLS: &str =
     "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
 
 fn user_from_row(r: &Row) -> StoreResult<User> {
-    let groups: String = r.get(6);
-    let attrs: String = r.get(9);
+    let groups: String = r.col(6)?;
+    let attrs: String = r.col(9)?;
     Ok(User {
-        id: r.get(0),
-        tenant_id: r.get(1),
-        name: r.get(2),
-        password_hash: r.get(3),
-        email: r.get(4),
-        phone: r.get(5),
+        id: r.col(0)?,
+        tenant_id: r.col(1)?,
+        name: r.col(2)?,
+        password_hash: r.col(3)?,
+        email: r.col(4)?,
+        phone: r.col(5)?,
         groups: serde_json::from_str(&groups).unwrap_or_default(),
-        disabled: r.get::<_, i64>(7) != 0,
-        created_at: r.get(8),
+        disabled: r.col::<i64>(7)? != 0,
+        created_at: r.col(8)?,
         attributes: serde_json::from_str(&attrs).unwrap_or_default(),
     })
 }
@@ -507,9 +527,9 @@ const FACTOR_COLS: &str =
     "id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at";
 
 fn factor_from_row(r: &Row) -> StoreResult<Factor> {
-    let id: String = r.get(0);
-    let kind: String = r.get(2);
-    let state: String = r.get(3);
+    let id: String = r.col(0)?;
+    let kind: String = r.col(2)?;
+    let state: String = r.col(3)?;
     let (Some(kind), Some(state)) = (FactorKind::parse(&kind), FactorState::parse(&state)) else {
         return Err(StoreError::Corrupt(format!(
             "factor {id} has kind '{kind}' / state '{state}'"
@@ -517,21 +537,21 @@ fn factor_from_row(r: &Row) -> StoreResult<Factor> {
     };
     Ok(Factor {
         id,
-        user_id: r.get(1),
+        user_id: r.col(1)?,
         kind,
         state,
-        sealed_secret: r.get(4),
-        params: r.get(5),
-        created_at: r.get(6),
-        confirmed_at: r.get(7),
-        last_used_at: r.get(8),
+        sealed_secret: r.col(4)?,
+        params: r.col(5)?,
+        created_at: r.col(6)?,
+        confirmed_at: r.col(7)?,
+        last_used_at: r.col(8)?,
     })
 }
 
 const TXN_COLS: &str = "id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes";
 
 fn txn_from_row(r: &Row) -> StoreResult<Transaction> {
-    let attrs: String = r.get(11);
+    let attrs: String = r.col(11)?;
     // Fail closed: a transaction whose attributes cannot be read is not continued.
     let reply_attributes = decode_reply_attributes(&attrs).ok_or_else(|| {
         StoreError::Corrupt(
@@ -540,54 +560,54 @@ fn txn_from_row(r: &Row) -> StoreResult<Transaction> {
     })?;
     Ok(Transaction {
         reply_attributes,
-        id: r.get(0),
-        tenant_id: r.get(1),
-        user_id: r.get(2),
-        username: r.get(3),
-        client: r.get(4),
-        source: r.get(5),
-        first_factor: r.get(6),
-        step: to_u32(r.get(7), "transaction step")?,
-        attempts: to_u32(r.get(8), "transaction attempts")?,
-        created_at: r.get(9),
-        expires_at: r.get(10),
+        id: r.col(0)?,
+        tenant_id: r.col(1)?,
+        user_id: r.col(2)?,
+        username: r.col(3)?,
+        client: r.col(4)?,
+        source: r.col(5)?,
+        first_factor: r.col(6)?,
+        step: to_u32(r.col(7)?, "transaction step")?,
+        attempts: to_u32(r.col(8)?, "transaction attempts")?,
+        created_at: r.col(9)?,
+        expires_at: r.col(10)?,
     })
 }
 
 const PUSH_COLUMNS: &str = "id, tenant_id, user_id, txn_id, factor_id, token_hash, number, status, detail, username, client, source, created_at, expires_at, decided_at";
 
 fn push_from_row(r: &Row) -> StoreResult<PushRequest> {
-    let status: String = r.get(7);
+    let status: String = r.col(7)?;
     let Some(status) = PushStatus::parse(&status) else {
         return Err(StoreError::Corrupt(format!(
             "push request has an unknown status '{status}'"
         )));
     };
-    let number: Option<i64> = r.get(6);
+    let number: Option<i64> = r.col(6)?;
     Ok(PushRequest {
-        id: r.get(0),
-        tenant_id: r.get(1),
-        user_id: r.get(2),
-        txn_id: r.get(3),
-        factor_id: r.get(4),
-        token_hash: r.get(5),
+        id: r.col(0)?,
+        tenant_id: r.col(1)?,
+        user_id: r.col(2)?,
+        txn_id: r.col(3)?,
+        factor_id: r.col(4)?,
+        token_hash: r.col(5)?,
         number: number.and_then(|n| u8::try_from(n).ok()),
         status,
-        detail: r.get(8),
-        username: r.get(9),
-        client: r.get(10),
-        source: r.get(11),
-        created_at: r.get(12),
-        expires_at: r.get(13),
-        decided_at: r.get(14),
+        detail: r.col(8)?,
+        username: r.col(9)?,
+        client: r.col(10)?,
+        source: r.col(11)?,
+        created_at: r.col(12)?,
+        expires_at: r.col(13)?,
+        decided_at: r.col(14)?,
     })
 }
 
 fn throttle_from_row(r: &Row) -> StoreResult<Throttle> {
     Ok(Throttle {
-        failures: to_u32(r.get(0), "throttle failures")?,
-        last_failure_at: r.get(1),
-        locked_until: r.get(2),
+        failures: to_u32(r.col(0)?, "throttle failures")?,
+        last_failure_at: r.col(1)?,
+        locked_until: r.col(2)?,
     })
 }
 
@@ -597,13 +617,13 @@ const PAM_HOST_SELECT: &str =
 
 fn pam_host_from_row(r: &Row) -> StoreResult<PamHost> {
     Ok(PamHost {
-        id: r.get(0),
-        tenant_id: r.get(1),
-        tenant: r.get(2),
-        name: r.get(3),
-        created_at: r.get(4),
-        last_seen_at: r.get(5),
-        revoked: r.get::<_, i64>(6) != 0,
+        id: r.col(0)?,
+        tenant_id: r.col(1)?,
+        tenant: r.col(2)?,
+        name: r.col(3)?,
+        created_at: r.col(4)?,
+        last_seen_at: r.col(5)?,
+        revoked: r.col::<i64>(6)? != 0,
     })
 }
 
@@ -612,8 +632,8 @@ const ADMIN_TOKEN_SELECT: &str =
      FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
 
 fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
-    let id: String = r.get(0);
-    let role: String = r.get(3);
+    let id: String = r.col(0)?;
+    let role: String = r.col(3)?;
     let Some(role) = AdminRole::parse(&role) else {
         return Err(StoreError::Corrupt(format!(
             "admin token {id} has role '{role}'"
@@ -621,14 +641,14 @@ fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
     };
     Ok(AdminToken {
         id,
-        tenant_id: r.get(1),
-        tenant: r.get(2),
+        tenant_id: r.col(1)?,
+        tenant: r.col(2)?,
         role,
-        name: r.get(4),
-        hash: r.get(5),
-        created_at: r.get(6),
-        last_used_at: r.get(7),
-        revoked: r.get::<_, i64>(8) != 0,
+        name: r.col(4)?,
+        hash: r.col(5)?,
+        created_at: r.col(6)?,
+        last_used_at: r.col(7)?,
+        revoked: r.col::<i64>(8)? != 0,
     })
 }
 
@@ -639,7 +659,7 @@ impl Store for PgStore {
             &[&name, &now],
         )? {
             Ok(row) => Ok(Tenant {
-                id: row.get(0),
+                id: row.col(0)?,
                 name: name.to_string(),
                 created_at: now,
             }),
@@ -652,31 +672,22 @@ impl Store for PgStore {
     }
 
     fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>> {
-        Ok(self
-            .query_opt(
-                "SELECT id, name, created_at FROM tenants WHERE name = $1",
-                &[&name],
-            )?
-            .map(|r| Tenant {
-                id: r.get(0),
-                name: r.get(1),
-                created_at: r.get(2),
-            }))
+        self.query_opt(
+            "SELECT id, name, created_at FROM tenants WHERE name = $1",
+            &[&name],
+        )?
+        .map(|r| tenant_from_row(&r))
+        .transpose()
     }
 
     fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        Ok(self
-            .query(
-                "SELECT id, name, created_at FROM tenants ORDER BY name",
-                &[],
-            )?
-            .iter()
-            .map(|r| Tenant {
-                id: r.get(0),
-                name: r.get(1),
-                created_at: r.get(2),
-            })
-            .collect())
+        self.query(
+            "SELECT id, name, created_at FROM tenants ORDER BY name",
+            &[],
+        )?
+        .iter()
+        .map(tenant_from_row)
+        .collect()
     }
 
     fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
@@ -687,7 +698,7 @@ impl Store for PgStore {
             &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
         )? {
             Ok(row) => Ok(User {
-                id: row.get(0),
+                id: row.col(0)?,
                 tenant_id: u.tenant_id,
                 name: u.name.clone(),
                 password_hash: u.password_hash.clone(),
@@ -757,7 +768,7 @@ impl Store for PgStore {
                 name: user.to_string(),
             });
         };
-        let text: String = row.get(0);
+        let text: String = row.col(0)?;
         let mut attrs: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
             .map_err(|e| StoreError::Corrupt(format!("user {user} attributes: {e}")))?;
         match value {
@@ -792,7 +803,8 @@ impl Store for PgStore {
         let mut tx = conn.transaction()?;
         let tenant: Option<i64> = tx
             .query_opt("SELECT tenant_id FROM users WHERE id = $1", &[&user])?
-            .map(|r| r.get(0));
+            .map(|r| r.col(0))
+            .transpose()?;
         tx.execute(
             "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = $1)",
             &[&user],
@@ -907,7 +919,7 @@ impl Store for PgStore {
                 "SELECT EXISTS (SELECT 1 FROM bypass_codes WHERE user_id = $1 AND uses_left > 0 AND expires_at > $2)",
                 &[&user, &now],
             )?
-            .get(0))
+            .col(0)?)
     }
 
     fn replace_recovery_codes(
@@ -943,7 +955,7 @@ impl Store for PgStore {
                 "SELECT COUNT(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL",
                 &[&user],
             )?
-            .get(0);
+            .col(0)?;
         to_u32(n, "recovery code count")
     }
 
@@ -974,7 +986,7 @@ impl Store for PgStore {
              RETURNING factor_id",
             &[&user, &hash, &now],
         )?;
-        Ok(rows.first().map(|r| r.get(0)))
+        rows.first().map(|r| r.col(0)).transpose()
     }
 
     fn sent_codes_since(
@@ -986,7 +998,7 @@ impl Store for PgStore {
             "SELECT COUNT(*), MAX(created_at) FROM sent_codes WHERE user_id = $1 AND created_at >= $2",
             &[&user, &since],
         )?;
-        Ok((to_u32(r.get(0), "sent code count")?, r.get(1)))
+        Ok((to_u32(r.col(0)?, "sent code count")?, r.col(1)?))
     }
 
     fn remember_source(
@@ -1012,12 +1024,13 @@ impl Store for PgStore {
         rule: &str,
         now: UnixTime,
     ) -> StoreResult<Option<UnixTime>> {
-        Ok(self
+        self
             .query_opt(
                 "SELECT expires_at FROM remembered_sources WHERE user_id = $1 AND source = $2 AND rule = $3 AND expires_at > $4",
                 &[&user, &source, &rule, &now],
             )?
-            .map(|r| r.get(0)))
+            .map(|r| r.col(0))
+            .transpose()
     }
 
     fn forget_sources(&self, user: UserId, source: Option<&str>) -> StoreResult<u64> {
@@ -1088,7 +1101,7 @@ impl Store for PgStore {
             "UPDATE transactions SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
             &[&id],
         )? {
-            Some(r) => to_u32(r.get(0), "transaction attempts"),
+            Some(r) => to_u32(r.col(0)?, "transaction attempts"),
             None => Ok(u32::MAX),
         }
     }
@@ -1167,7 +1180,7 @@ impl Store for PgStore {
                 "SELECT COUNT(*) FROM push_requests WHERE user_id = $1 AND created_at >= $2",
                 &[&user, &since],
             )?
-            .get(0);
+            .col(0)?;
         to_u32(n, "push count")
     }
 
@@ -1243,17 +1256,17 @@ impl Store for PgStore {
         )?;
         let mut out: Vec<AuditRecord> = rows
             .iter()
-            .map(|r| {
-                let factors: String = r.get(7);
-                let result: String = r.get(8);
-                AuditRecord {
-                    time: r.get(0),
-                    tenant: r.get(1),
-                    username: r.get(2),
-                    channel: r.get(3),
-                    client: r.get(4),
-                    source: r.get(5),
-                    mode: r.get(6),
+            .map(|r| -> StoreResult<AuditRecord> {
+                let factors: String = r.col(7)?;
+                let result: String = r.col(8)?;
+                Ok(AuditRecord {
+                    time: r.col(0)?,
+                    tenant: r.col(1)?,
+                    username: r.col(2)?,
+                    channel: r.col(3)?,
+                    client: r.col(4)?,
+                    source: r.col(5)?,
+                    mode: r.col(6)?,
                     factors: factors
                         .split(',')
                         .filter(|s| !s.is_empty())
@@ -1264,12 +1277,12 @@ impl Store for PgStore {
                     } else {
                         AuditResult::Reject
                     },
-                    reason: r.get(9),
-                    transaction: r.get(10),
-                    host: r.get(11),
-                }
+                    reason: r.col(9)?,
+                    transaction: r.col(10)?,
+                    host: r.col(11)?,
+                })
             })
-            .collect();
+            .collect::<StoreResult<_>>()?;
         out.reverse();
         Ok(out)
     }
