@@ -447,6 +447,10 @@ pub struct DuoConfig {
     pub fail_mode: FailMode,
     #[serde(default)]
     pub username: DuoUsername,
+    /// Duo knows users that have this attribute (`portcullis user set-attr USER NAME
+    /// VALUE`) by its value; the others by `username`.
+    #[serde(default)]
+    pub username_attribute: Option<String>,
     /// Per request (preauth, passcode).
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     pub timeout: Duration,
