@@ -170,6 +170,12 @@ pub trait Store: Send + Sync + 'static {
     // Housekeeping
     /// Deletes expired transactions and replay-cache entries.
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
+
+    // Bulk import
+    /// Creates and updates users (with their factors) in one transaction: either every
+    /// entry is applied or, on the first error (e.g. a name that exists), none is.
+    /// Returns how many users were created and how many updated.
+    fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)>;
 }
 
 #[cfg(test)]
