@@ -20,6 +20,8 @@ const COLUMNS: &[&str] = &[
     "totp_secret",
 ];
 const IGNORED_COLUMNS: &[&str] = &["disabled", "factors"];
+/// At most this many problems of the file's shape are printed (all are counted).
+const MAX_SHOWN: usize = 50;
 
 /// Where each known column is in the file.
 #[derive(Default)]
@@ -129,11 +131,16 @@ pub fn import(admin: &Admin, tenant: &str, file: &Path, update: bool, json: bool
         read_rows(std::io::BufReader::new(f)).with_context(|| format!("in {}", file.display()))?
     };
     if !problems.is_empty() {
+        let shown = problems.len().min(MAX_SHOWN);
+        let more = match problems.len() - shown {
+            0 => String::new(),
+            n => format!("\n  ... and {n} more"),
+        };
         bail!(
-            "{} problem(s) in {}, nothing was imported (fix them and run the import again):\n  {}",
+            "{} problem(s) in {}, nothing was imported (fix them and run the import again):\n  {}{more}",
             problems.len(),
             file.display(),
-            problems.join("\n  ")
+            problems[..shown].join("\n  ")
         );
     }
     if rows.is_empty() {
