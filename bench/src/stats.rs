@@ -13,6 +13,8 @@ pub struct Outcome {
     pub timeouts: u64,
     /// Replies that failed the authenticator checks or were malformed.
     pub bad_replies: u64,
+    /// Replies to requests already counted as lost (after the timeout) or to unknown ids.
+    pub late_replies: u64,
     /// Replies without a Message-Authenticator.
     pub replies_without_ma: u64,
     /// Open loop: sends more than 5 ms late (the generator fell behind).
@@ -29,6 +31,7 @@ impl Outcome {
         self.challenges += o.challenges;
         self.timeouts += o.timeouts;
         self.bad_replies += o.bad_replies;
+        self.late_replies += o.late_replies;
         self.replies_without_ma += o.replies_without_ma;
         self.late_sends += o.late_sends;
         self.latencies_us.extend(o.latencies_us);

@@ -228,8 +228,8 @@ impl Lane {
             return;
         };
         let Some(slot) = slots[id as usize] else {
-            // Late reply to a request already counted as lost, or garbage.
-            out.bad_replies += 1;
+            // A reply after the timeout (already counted as lost), or to nothing we sent.
+            out.late_replies += 1;
             return;
         };
         match packet::check_reply(reply, id, &slot.authenticator, &self.secret) {
@@ -379,13 +379,14 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
     let (p50, p99, max) = (q(0.5), q(0.99), q(1.0));
     if args.kv {
         println!(
-            "rps={rps:.1} p50_ms={p50} p99_ms={p99} max_ms={max} sent={} accepts={} rejects={} challenges={} timeouts={} bad={} no_ma={} late={} elapsed_s={:.3}",
+            "rps={rps:.1} p50_ms={p50} p99_ms={p99} max_ms={max} sent={} accepts={} rejects={} challenges={} timeouts={} bad={} late_replies={} no_ma={} late={} elapsed_s={:.3}",
             o.sent,
             o.accepts,
             o.rejects,
             o.challenges,
             o.timeouts,
             o.bad_replies,
+            o.late_replies,
             o.replies_without_ma,
             o.late_sends,
             elapsed.as_secs_f64()
@@ -406,12 +407,13 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
     );
     println!("  latency ms: p50 {p50}  p99 {p99}  max {max}");
     println!(
-        "  accepts {}  rejects {}  challenges {}  timeouts (losses) {}  bad replies {}  replies without Message-Authenticator {}  late sends {}",
+        "  accepts {}  rejects {}  challenges {}  timeouts (losses) {}  bad replies {}  replies after the timeout {}  replies without Message-Authenticator {}  late sends {}",
         o.accepts,
         o.rejects,
         o.challenges,
         o.timeouts,
         o.bad_replies,
+        o.late_replies,
         o.replies_without_ma,
         o.late_sends
     );
