@@ -67,6 +67,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        // Checkpoint the WAL every ~16 MiB instead of every ~4 MiB: hot pages (the replay
+        // cache, audit and throttle indexes) are copied back once per checkpoint, not once
+        // per 1000 commits. Durability is the same (every commit is in the WAL).
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)
+            .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
         let store = Self {
             conn: Mutex::new(conn),
