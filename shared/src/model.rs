@@ -374,3 +374,22 @@ pub struct PamHost {
     pub last_seen_at: Option<UnixTime>,
     pub revoked: bool,
 }
+
+/// One user of a bulk import (`user import`), applied with the others in one store
+/// transaction: all of them or none.
+#[derive(Clone)]
+pub enum ImportUser {
+    /// A new user, with an optional factor (already sealed) whose `user_id` the store fills in.
+    Create {
+        user: NewUser,
+        factor: Option<Factor>,
+    },
+    /// An existing user: each `Some` field replaces the stored value, `None` keeps it.
+    Update {
+        user: UserId,
+        email: Option<Option<String>>,
+        phone: Option<Option<String>>,
+        groups: Option<Vec<String>>,
+        password_hash: Option<String>,
+    },
+}

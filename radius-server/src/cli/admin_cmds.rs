@@ -413,6 +413,14 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
                 },
             );
         }
+        UserCmd::Import {
+            tenant,
+            file,
+            update,
+        } => super::csv_cmds::import(&admin, &tenant.tenant, &file, update, json)?,
+        UserCmd::Export { tenant, output } => {
+            super::csv_cmds::export(&admin, &tenant.tenant, output.as_deref(), json)?
+        }
         UserCmd::Unlock { tenant, name } => {
             admin.unlock(&tenant.tenant, &name)?;
             done(

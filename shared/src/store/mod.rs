@@ -216,6 +216,11 @@ pub trait Store: Send + Sync + 'static {
     fn pam_host_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<PamHost>>;
     /// Records that the host was seen at `now` (at most one write a minute per host).
     fn touch_pam_host(&self, host: i64, now: UnixTime) -> StoreResult<()>;
+    // Bulk import
+    /// Creates and updates users (with their factors) in one transaction: either every
+    /// entry is applied or, on the first error (e.g. a name that exists), none is.
+    /// Returns how many users were created and how many updated.
+    fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)>;
 }
 
 #[cfg(test)]
