@@ -400,6 +400,12 @@ impl Opened {
             engine.set_allowed_factors(tenant, t.factors.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
+        engine.set_enroll_url(
+            self.config
+                .http
+                .as_ref()
+                .and_then(|h| h.public_url.as_deref()),
+        );
         Ok(engine)
     }
 

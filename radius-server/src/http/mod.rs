@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod metrics;
 pub mod push;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(metrics::routes())
         .merge(push::routes())
         .merge(admin::routes())
+        .merge(web::routes())
         .with_state(state)
 }
 

@@ -198,6 +198,16 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the token; false if there was no such token not yet revoked.
     fn revoke_admin_token(&self, id: &str) -> StoreResult<bool>;
     fn touch_admin_token(&self, id: &str, now: UnixTime) -> StoreResult<()>;
+
+    // Enrolment links (`unenrolled = "enroll"`)
+    fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()>;
+    /// Claims an unexpired, never opened link (one conditional UPDATE): the link as it is
+    /// now, or None if it is unknown, expired or was opened before.
+    fn open_enrollment(&self, token_hash: &str, now: UnixTime) -> StoreResult<Option<Enrollment>>;
+    /// Attaches the pending factor to an opened link that has none yet.
+    fn set_enrollment_factor(&self, token_hash: &str, factor_id: &str) -> StoreResult<bool>;
+    /// The newest enrolment link of a login transaction.
+    fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>>;
 }
 
 #[cfg(test)]
