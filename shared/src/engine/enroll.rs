@@ -1,6 +1,6 @@
 //! Enrolment on first login (`unenrolled = "enroll"`).
 //!
-//! A user with no confirmed factor who passes the first factor gets a prompt whose text
+//! A user with no usable second factor (no confirmed factor, recovery or bypass code) who passes the first factor gets a prompt whose text
 //! carries a single-use link `{public_url}/v1/enroll/{token}` (valid [`ENROLL_TTL`]
 //! seconds; the store keeps only a keyed hash of the token). Opening the link claims it
 //! once and makes a new *pending* TOTP factor, whose QR code and secret the page shows.
@@ -84,8 +84,9 @@ impl Engine {
                 "unenrolled = enroll needs [http] public_url; treated as deny");
             return Ok(None);
         };
-        let factors = self.store.factors_of(user.id)?;
-        if factors.iter().any(|f| f.state == FactorState::Confirmed) {
+        // A user who can give any second factor (a bypass code from the helpdesk, recovery
+        // codes) uses it; the link is for those with nothing.
+        if self.has_usable_factor(tenant, user, d)? {
             return Ok(None);
         }
         let mut raw = [0u8; 16];

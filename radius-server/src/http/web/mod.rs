@@ -130,11 +130,21 @@ pub fn qr_svg(text: &str) -> Option<String> {
     let colors = code.to_colors();
     let quiet = 4;
     let size = w + 2 * quiet;
+    // One rectangle per horizontal run of dark modules.
     let mut path = String::new();
-    for (i, c) in colors.iter().enumerate() {
-        if *c == qrcode::Color::Dark {
-            let (x, y) = (i % w + quiet, i / w + quiet);
-            path.push_str(&format!("M{x} {y}h1v1h-1z"));
+    for (y, row) in colors.chunks(w).enumerate() {
+        let mut x = 0;
+        while x < w {
+            if row[x] != qrcode::Color::Dark {
+                x += 1;
+                continue;
+            }
+            let start = x;
+            while x < w && row[x] == qrcode::Color::Dark {
+                x += 1;
+            }
+            let len = x - start;
+            path.push_str(&format!("M{} {}h{len}v1h-{len}z", start + quiet, y + quiet));
         }
     }
     Some(format!(
