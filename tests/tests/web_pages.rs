@@ -7,9 +7,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use portcullis_tests::http::{request_full, HttpReply};
+use portcullis_tests::pam::under_pam_wrapper;
 use portcullis_tests::webdriver::Browser;
 use portcullis_tests::{
-    oathtool_totp, radclient, require_tool, Algorithm, ClientSpec, Mode, RadReply, Server, TestEnv,
+    describe, oathtool_totp, radclient, require_tool, Algorithm, ClientSpec, Mode, PamFixture,
+    RadReply, Server, TestEnv,
 };
 use serde_json::Value;
 
@@ -603,4 +605,120 @@ fn admin_pages_follow_the_token_roles() {
     w.env.cli_ok(&["token", "revoke", &helpdesk_id]);
     let r = w.get("/admin/t/acme/", &[("Cookie", &s)]);
     assert_eq!(r.status, 303);
+}
+
+#[test]
+fn pam_enrolment_prompt_carries_the_link_and_the_first_code_logs_in() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let f = PamFixture::with_config(
+        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n"),
+        true,
+    );
+    f.env.add_user("acme", "bob", "bobs password");
+    f.module_service("enroll", "first_factor=portcullis unenrolled=enroll");
+
+    // pamtester answers from stdin: the password now, the code once the link was opened.
+    let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
+    cmd.args(["-v", "enroll", "bob", "authenticate"]);
+    under_pam_wrapper(&mut cmd, &f.service_dir);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pamtester");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"bobs password\n").unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for mut pipe in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let seen = seen.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }));
+    }
+    let prefix = format!("{base}/v1/enroll/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        let text = seen.lock().unwrap().clone();
+        if let Some(i) = text.find(&prefix) {
+            let link: String = text[i..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != ',')
+                .collect();
+            if link.len() == prefix.len() + 43 {
+                break link;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no enrolment link in the PAM prompt: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let page = request_full(
+        http,
+        "GET",
+        path_of(&link),
+        &[],
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    let secret = page
+        .body
+        .split("id=\"secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_string();
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    stdin.write_all(format!("{code}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pamtester did not finish: {}", seen.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: seen.lock().unwrap().clone().into_bytes(),
+    };
+    assert!(out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("bob");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("enrolled a TOTP factor at login"),
+        "{rec}"
+    );
 }
