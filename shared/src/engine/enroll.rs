@@ -126,7 +126,7 @@ impl Engine {
             step: Step::Prompt {
                 txn: txn_ref(&id, 0),
                 text: format!(
-                    "No second factor is set up for this account. Within 10 minutes open {base}{ENROLL_PATH}{} , add the account to your authenticator app, then enter the code it shows:",
+                    "No second factor is set up for this account. Within 10 minutes, open {base}{ENROLL_PATH}{} and add the account to your authenticator app; then enter the code it shows:",
                     token.as_str()
                 ),
                 echo: false,
