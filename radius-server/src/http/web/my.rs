@@ -229,24 +229,24 @@ fn authorize(
     engine: &Engine,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<(Session, String, String), Response> {
+) -> Result<(Session, String, String), Box<Response>> {
     let Some((s, value)) = current(engine, headers) else {
-        return Err(see_other("/my/"));
+        return Err(Box::new(see_other("/my/")));
     };
     let Some(form) = form(body) else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Error",
             "<p class=\"error\">The form is too large.</p>",
-        ));
+        )));
     };
     let token = form_value(&form, "csrf").unwrap_or_default();
     if !signer(engine).check_csrf(&value, &token) {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::FORBIDDEN,
             "Forbidden",
             "<p class=\"error\" id=\"error\">This form is not from this session; reload the page and try again.</p>",
-        ));
+        )));
     }
     Ok((s, value, form))
 }
@@ -265,7 +265,7 @@ fn audit(admin: &Admin, s: &Session, action: &str, detail: &str) {
 async fn logout(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let engine = state.radius.engine.clone();
     if let Err(r) = authorize(&engine, &headers, &body) {
-        return r;
+        return *r;
     }
     with_cookie(
         see_other("/my/"),
@@ -277,7 +277,7 @@ async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     let engine = state.radius.engine.clone();
     let (s, value, _) = match authorize(&engine, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let admin = state.admin.clone();
     let s2 = s.clone();
@@ -320,7 +320,7 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     let engine = state.radius.engine.clone();
     let (s, value, form) = match authorize(&engine, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let factor = form_value(&form, "factor").unwrap_or_default();
     let code = Zeroizing::new(form_value(&form, "code").unwrap_or_default());
@@ -350,7 +350,7 @@ async fn remove(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     let engine = state.radius.engine.clone();
     let (s, value, form) = match authorize(&engine, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let factor = form_value(&form, "factor").unwrap_or_default();
     let admin = state.admin.clone();
@@ -381,7 +381,7 @@ async fn recovery(State(state): State<HttpState>, headers: HeaderMap, body: Byte
     let engine = state.radius.engine.clone();
     let (s, value, _) = match authorize(&engine, &headers, &body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let admin = state.admin.clone();
     let s2 = s.clone();
