@@ -253,6 +253,21 @@ fn enrolment_link_then_self_service_in_chromium() {
     // Back on the page: one code fewer.
     browser.click("#back");
     assert_eq!(browser.text("#recovery-left"), "9", "{}", browser.source());
+
+    // The admin pages in the same browser: a helpdesk token signs in, sees newbie's
+    // confirmed factor and issues a bypass code that logs in once.
+    let (token, _) = add_token(&w, "helpdesk", "desk");
+    browser.goto(&format!("{}/admin/", w.base));
+    browser.type_into("#token", &token);
+    browser.click("#submit");
+    assert_eq!(browser.text("#token-name"), "desk", "{}", browser.source());
+    let row = browser.text("tr[data-user=\"newbie\"]");
+    assert!(row.contains("totp (confirmed)"), "{row}");
+    browser.click("tr[data-user=\"newbie\"] button.bypass");
+    let code = browser.text("#bypass-code");
+    let r = w.login("newbie", "pw-newbie", None);
+    let r = w.login("newbie", &code, Some(&r.state_for_radclient()));
+    assert!(r.is_accept(), "{}", r.raw_output);
 }
 
 #[test]
