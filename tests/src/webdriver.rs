@@ -37,7 +37,7 @@ impl Browser {
     /// Start chromedriver and a headless Chromium session. Fails the test (never skips)
     /// when either is missing.
     pub fn start() -> Browser {
-        require_tool("chromium", "chromium");
+        let chromium = require_tool("chromium", "chromium");
         let chromedriver = require_tool("chromedriver", "chromium-driver");
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -74,7 +74,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
+                "binary": chromium.display().to_string(),
                 "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--disable-background-networking", "--disable-component-update",
                          "--disable-sync", "--no-first-run", user_data]

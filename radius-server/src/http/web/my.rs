@@ -3,9 +3,11 @@
 //! adds an authenticator app (QR code, confirmed with a code), removes a factor (never the
 //! last confirmed one) and makes new recovery codes (shown once).
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -114,7 +116,19 @@ fn form(body: &Bytes) -> Option<String> {
     std::str::from_utf8(body).ok().map(str::to_string)
 }
 
-async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The browser's address when the listener records it (connect info), else `web`.
+fn peer(ext: &Extensions) -> String {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "web".into())
+}
+
+async fn login(
+    State(state): State<HttpState>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let engine = state.radius.engine.clone();
     let Some(form) = form(&body) else {
         return page(
@@ -150,7 +164,8 @@ async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) 
     }
     let e = engine.clone();
     let (t, u) = (tenant.clone(), username.clone());
-    let result = blocking(move || web_login(&e, &t, &u, &password, &code)).await;
+    let source = peer(&ext);
+    let result = blocking(move || web_login(&e, &t, &u, &source, &password, &code)).await;
     match result {
         Some(Ok(())) => {
             let value = sign.issue(Kind::My, &tenant, &username, engine.now());
@@ -172,11 +187,12 @@ fn web_login(
     engine: &Engine,
     tenant: &str,
     username: &str,
+    source: &str,
     password: &str,
     code: &str,
 ) -> Result<(), String> {
     let channel = Channel::Web {
-        address: "web".into(),
+        address: source.to_string(),
     };
     let failed = |e: portcullis_core::engine::EngineError| {
         tracing::error!(error = %e, "self-service login: store error");
@@ -186,7 +202,7 @@ fn web_login(
         .start(&LoginRequest {
             tenant: tenant.to_string(),
             channel: channel.clone(),
-            source: "web".into(),
+            source: source.to_string(),
             mode: LoginMode::Challenge,
             username: username.to_string(),
             credential: Zeroizing::new(password.as_bytes().to_vec()),
@@ -200,7 +216,7 @@ fn web_login(
             .answer(&portcullis_core::engine::AnswerRequest {
                 tenant: tenant.to_string(),
                 channel,
-                source: "web".into(),
+                source: source.to_string(),
                 username: username.to_string(),
                 txn,
                 answer: Zeroizing::new(code.trim().as_bytes().to_vec()),
