@@ -236,7 +236,8 @@ pub struct ClientConfig {
     /// "Choose a second factor (or enter a code):".
     #[serde(default)]
     pub menu_prompt: Option<String>,
-    /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
+    /// Users without a confirmed second factor: `deny` (default), `allow` (audited) or
+    /// `enroll` (an enrolment link in the prompt; needs `[http] public_url`).
     #[serde(default)]
     pub unenrolled: Unenrolled,
     /// How long a request may be held waiting for a push approval (`auto`, `append` with
@@ -269,6 +270,9 @@ pub enum Unenrolled {
     Deny,
     /// Accept on the first factor alone; every such login is audited as such.
     Allow,
+    /// Prompt with a single-use enrolment link (`[http] public_url`), then confirm the new
+    /// factor with the first code at the same prompt. Without `public_url`: as `deny`.
+    Enroll,
 }
 
 impl std::fmt::Debug for ClientConfig {

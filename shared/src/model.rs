@@ -393,3 +393,22 @@ pub enum ImportUser {
         password_hash: Option<String>,
     },
 }
+
+/// An enrolment link of a login (`unenrolled = "enroll"`): the token only as a keyed hash.
+/// Opening the link claims it once (`opened_at`) and attaches a new pending factor, which
+/// the login's next answer confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    pub token_hash: String,
+    pub tenant_id: TenantId,
+    pub tenant: String,
+    pub user_id: UserId,
+    pub username: String,
+    /// The login transaction that waits for the first code.
+    pub txn_id: String,
+    /// The pending factor made when the link was opened.
+    pub factor_id: Option<String>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub opened_at: Option<UnixTime>,
+}

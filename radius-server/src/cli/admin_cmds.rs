@@ -77,6 +77,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
     }
     warnings.extend(crate::first_factor::config_warnings(&cfg));
+    warnings.extend(crate::http::web::config_warnings(&cfg));
     if let Some(pam) = &cfg.pam {
         let others = pam.mode() & 0o077;
         if pam.allowed_uids.iter().any(|u| *u != 0) && others == 0 {

@@ -448,6 +448,12 @@ impl Opened {
             engine.set_default_factor(tenant, t.default_factor.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
+        engine.set_enroll_url(
+            self.config
+                .http
+                .as_ref()
+                .and_then(|h| h.public_url.as_deref()),
+        );
         Ok(engine)
     }
 

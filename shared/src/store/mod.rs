@@ -221,6 +221,16 @@ pub trait Store: Send + Sync + 'static {
     /// entry is applied or, on the first error (e.g. a name that exists), none is.
     /// Returns how many users were created and how many updated.
     fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)>;
+
+    // Enrolment links (`unenrolled = "enroll"`)
+    fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()>;
+    /// Claims an unexpired, never opened link (one conditional UPDATE): the link as it is
+    /// now, or None if it is unknown, expired or was opened before.
+    fn open_enrollment(&self, token_hash: &str, now: UnixTime) -> StoreResult<Option<Enrollment>>;
+    /// Attaches the pending factor to an opened link that has none yet.
+    fn set_enrollment_factor(&self, token_hash: &str, factor_id: &str) -> StoreResult<bool>;
+    /// The newest enrolment link of a login transaction.
+    fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>>;
 }
 
 #[cfg(test)]

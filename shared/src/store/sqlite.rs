@@ -1067,7 +1067,92 @@ impl Store for SqliteStore {
                 params![now - 86_400],
             )
             .map_err(db)?;
-        Ok((a + b + c + d + e + f) as u64)
+        let g = conn
+            .execute(
+                "DELETE FROM enrollments WHERE expires_at <= ?1",
+                params![now],
+            )
+            .map_err(db)?;
+        Ok((a + b + c + d + e + f + g) as u64)
+    }
+
+    fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()> {
+        self.lock()
+            .execute(
+                &format!("INSERT INTO enrollments ({ENROLL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    e.token_hash,
+                    e.tenant_id,
+                    e.tenant,
+                    e.user_id,
+                    e.username,
+                    e.txn_id,
+                    e.factor_id,
+                    e.created_at,
+                    e.expires_at,
+                    e.opened_at
+                ],
+            )
+            .map(|_| ())
+            .map_err(|err| {
+                if is_unique_violation(&err) {
+                    StoreError::AlreadyExists {
+                        what: "enrolment link",
+                        name: "(hash)".into(),
+                    }
+                } else {
+                    db(err)
+                }
+            })
+    }
+
+    fn open_enrollment(&self, token_hash: &str, now: UnixTime) -> StoreResult<Option<Enrollment>> {
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(
+                "UPDATE enrollments SET opened_at = ?2
+                 WHERE token_hash = ?1 AND opened_at IS NULL AND expires_at > ?2",
+            )
+            .map_err(db)?
+            .execute(params![token_hash, now])
+            .map_err(db)?;
+        if n != 1 {
+            return Ok(None);
+        }
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {ENROLL_COLUMNS} FROM enrollments WHERE token_hash = ?1"
+            ))
+            .map_err(db)?;
+        st.query_row(params![token_hash], enrollment_from_row)
+            .optional()
+            .map_err(db)
+    }
+
+    fn set_enrollment_factor(&self, token_hash: &str, factor_id: &str) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE enrollments SET factor_id = ?2
+                 WHERE token_hash = ?1 AND factor_id IS NULL AND opened_at IS NOT NULL",
+            )
+            .map_err(db)?;
+        st.execute(params![token_hash, factor_id])
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {ENROLL_COLUMNS} FROM enrollments WHERE txn_id = ?1
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ))
+            .map_err(db)?;
+        st.query_row(params![txn_id], enrollment_from_row)
+            .optional()
+            .map_err(db)
     }
 
     fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
@@ -1347,6 +1432,23 @@ fn admin_token_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AdminToken, Stor
         last_used_at: r.get(7)?,
         revoked: r.get::<_, i64>(8)? != 0,
     }))
+}
+
+const ENROLL_COLUMNS: &str = "token_hash, tenant_id, tenant, user_id, username, txn_id, factor_id, created_at, expires_at, opened_at";
+
+fn enrollment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
+    Ok(Enrollment {
+        token_hash: r.get(0)?,
+        tenant_id: r.get(1)?,
+        tenant: r.get(2)?,
+        user_id: r.get(3)?,
+        username: r.get(4)?,
+        txn_id: r.get(5)?,
+        factor_id: r.get(6)?,
+        created_at: r.get(7)?,
+        expires_at: r.get(8)?,
+        opened_at: r.get(9)?,
+    })
 }
 
 #[cfg(test)]

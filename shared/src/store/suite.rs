@@ -23,6 +23,7 @@ pub fn run_all(s: &dyn Store) {
     admin_tokens_are_listed_per_tenant_and_revoked_once(s);
     pam_hosts_are_per_tenant_and_revocable(s);
     import_is_all_or_nothing(s);
+    enrollment_links_open_once_and_expire(s);
 }
 
 fn user_attributes_are_set_and_removed(s: &dyn Store) {
@@ -681,4 +682,47 @@ fn import_is_all_or_nothing(s: &dyn Store) {
             100
         )
         .is_err());
+}
+
+fn enrollment_links_open_once_and_expire(s: &dyn Store) {
+    let t = tenant(s, "suite-enrol");
+    let u = user(s, &t, "newbie");
+    let link = |hash: &str, txn: &str, expires_at| Enrollment {
+        token_hash: hash.into(),
+        tenant_id: t.id,
+        tenant: t.name.clone(),
+        user_id: u.id,
+        username: u.name.clone(),
+        txn_id: txn.into(),
+        factor_id: None,
+        created_at: 100,
+        expires_at,
+        opened_at: None,
+    };
+    s.add_enrollment(&link("h1", "txn-a", 700)).unwrap();
+    s.add_enrollment(&link("h2", "txn-b", 700)).unwrap();
+    assert!(matches!(
+        s.add_enrollment(&link("h1", "txn-c", 700)),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(s.open_enrollment("nope", 200).unwrap().is_none());
+    assert!(
+        !s.set_enrollment_factor("h1", "f1").unwrap(),
+        "not before it is opened"
+    );
+    let opened = s.open_enrollment("h1", 200).unwrap().unwrap();
+    assert_eq!(opened.opened_at, Some(200));
+    assert_eq!((opened.user_id, opened.txn_id.as_str()), (u.id, "txn-a"));
+    assert!(
+        s.open_enrollment("h1", 201).unwrap().is_none(),
+        "single use"
+    );
+    assert!(s.set_enrollment_factor("h1", "f1").unwrap());
+    assert!(!s.set_enrollment_factor("h1", "f2").unwrap(), "only once");
+    let got = s.enrollment_of_transaction("txn-a").unwrap().unwrap();
+    assert_eq!(got.factor_id.as_deref(), Some("f1"));
+    assert!(s.enrollment_of_transaction("txn-x").unwrap().is_none());
+    assert!(s.open_enrollment("h2", 700).unwrap().is_none(), "expired");
+    s.purge_expired(700).unwrap();
+    assert!(s.enrollment_of_transaction("txn-b").unwrap().is_none());
 }
