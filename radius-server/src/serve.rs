@@ -29,6 +29,9 @@ pub fn run(config_path: &Path) -> Result<()> {
 
 /// Warn about client settings an operator should know of (at start and after a reload).
 fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
+    for w in crate::http::web::config_warnings(cfg) {
+        tracing::warn!("{w}");
+    }
     for c in &cfg.radius.clients {
         match store.tenant_by_name(&c.tenant) {
             Ok(Some(_)) => {}

@@ -54,6 +54,8 @@ pub enum AdminError {
     },
     #[error("admin token '{0}' does not exist or is already revoked; list them with: portcullis token list")]
     NoToken(String),
+    #[error("{} problem(s) in the file, nothing was imported (fix them and run the import again):\n{}", .0.len(), list_problems(.0))]
+    ImportRows(Vec<String>),
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
@@ -894,4 +896,249 @@ fn new_factor_id() -> String {
     data_encoding::BASE32_NOPAD
         .encode(&raw)
         .to_ascii_lowercase()
+}
+
+/// At most this many problems of an import are printed (all are counted).
+const MAX_IMPORT_PROBLEMS_SHOWN: usize = 50;
+
+fn list_problems(problems: &[String]) -> String {
+    let mut out: Vec<String> = problems
+        .iter()
+        .take(MAX_IMPORT_PROBLEMS_SHOWN)
+        .map(|p| format!("  {p}"))
+        .collect();
+    if problems.len() > MAX_IMPORT_PROBLEMS_SHOWN {
+        out.push(format!(
+            "  ... and {} more",
+            problems.len() - MAX_IMPORT_PROBLEMS_SHOWN
+        ));
+    }
+    out.join("\n")
+}
+
+/// One row of a user import as read from the file (`line` is its line number there).
+/// A field is `None` when the file has no such column, `Some("")` for an empty cell.
+#[derive(Default)]
+pub struct ImportRow {
+    pub line: u64,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// Groups separated by `;`.
+    pub groups: Option<String>,
+    /// An argon2id or `$6$` hash, as `--password-hash-stdin` takes.
+    pub password_hash: Option<String>,
+    /// A base32 TOTP secret: a confirmed TOTP factor (SHA1, 6 digits, 30 s).
+    pub totp_secret: Option<Zeroizing<String>>,
+}
+
+/// What an import did.
+#[derive(Debug, Serialize)]
+pub struct ImportReport {
+    pub created: u64,
+    pub updated: u64,
+    pub totp_enrolled: u64,
+}
+
+/// A user as exported (`user export`): no secret, no hash.
+#[derive(Debug, Serialize)]
+pub struct ExportedUser {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub groups: Vec<String>,
+    pub disabled: bool,
+    /// Factor kinds, `kind` when confirmed and `kind:pending` otherwise.
+    pub factors: Vec<String>,
+}
+
+impl Admin {
+    /// `user import`: every row is checked first; if any is wrong nothing is written and
+    /// every problem is returned with its line. Existing users are refused unless
+    /// `update` (then their e-mail, phone, groups and hash are replaced by the row's
+    /// non-absent columns; an empty `password_hash` cell keeps the hash). All rows are
+    /// written in one store transaction.
+    pub fn import_users(
+        &self,
+        tenant: &str,
+        rows: Vec<ImportRow>,
+        update: bool,
+    ) -> Result<ImportReport, AdminError> {
+        let t = self.tenant(tenant)?;
+        let existing: std::collections::HashMap<String, UserId> = self
+            .store
+            .list_users(t.id)?
+            .into_iter()
+            .map(|u| (u.name, u.id))
+            .collect();
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        let mut problems = Vec::new();
+        let mut batch = Vec::with_capacity(rows.len());
+        let now = self.clock.now();
+        let mut totp_enrolled = 0;
+        for row in rows {
+            let line = row.line;
+            let mut row_problems = Vec::new();
+            let mut bad =
+                |e: &dyn std::fmt::Display| row_problems.push(format!("line {line}: {e}"));
+            let name = row.name.trim().to_string();
+            if let Err(e) = check_name("user name", &name) {
+                bad(&e);
+            }
+            if let Some(first) = seen.get(&name) {
+                bad(&format!(
+                    "user '{name}' is also on line {first}: keep one row per user"
+                ));
+            } else {
+                seen.insert(name.clone(), line);
+            }
+            let email = nonempty(&row.email).map(|e| e.trim().to_string());
+            if let Some(e) = &email {
+                if let Err(e) = check_email(e) {
+                    bad(&e);
+                }
+            }
+            let phone = nonempty(&row.phone).map(|p| p.trim().to_string());
+            if let Some(p) = &phone {
+                if let Err(e) = check_phone(p) {
+                    bad(&e);
+                }
+            }
+            let groups: Option<Vec<String>> = row.groups.as_ref().map(|g| {
+                g.split(';')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            });
+            for g in groups.iter().flatten() {
+                if let Err(e) = check_name("group", g) {
+                    bad(&e);
+                }
+            }
+            let hash = nonempty(&row.password_hash).map(|h| h.trim().to_string());
+            if let Some(h) = &hash {
+                if let Err(e) = PasswordHasher::check_importable(h) {
+                    bad(&e);
+                }
+            }
+            let secret = row
+                .totp_secret
+                .as_ref()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| totp::decode_base32(s).map(Zeroizing::new));
+            if let Some(None) = secret {
+                bad(&AdminError::Invalid {
+                    what: "totp_secret",
+                    value: "(hidden)".into(),
+                    hint: "give the base32 secret (A-Z, 2-7) of at least 16 characters",
+                });
+            }
+            let id = existing.get(&name).copied();
+            match id {
+                Some(_) if !update => bad(&AdminError::Invalid {
+                    what: "user name",
+                    value: name.clone(),
+                    hint: "the user exists already: remove the row, or import with --update to update it",
+                }),
+                Some(_) if secret.is_some() => bad(&AdminError::Invalid {
+                    what: "totp_secret",
+                    value: "(hidden)".into(),
+                    hint: "the user exists already and --update does not enrol factors: empty the cell and use portcullis factor enroll totp",
+                }),
+                _ => {}
+            }
+            if !row_problems.is_empty() {
+                problems.append(&mut row_problems);
+                continue;
+            }
+            batch.push(match id {
+                Some(user) => ImportUser::Update {
+                    user,
+                    email: row.email.as_ref().map(|_| email),
+                    phone: row.phone.as_ref().map(|_| phone),
+                    groups,
+                    password_hash: hash,
+                },
+                None => {
+                    let factor = match secret.flatten() {
+                        Some(secret) => {
+                            totp_enrolled += 1;
+                            let id = new_factor_id();
+                            let params = TotpParams {
+                                algorithm: TotpAlgorithm::SHA1,
+                                digits: 6,
+                                period: 30,
+                            };
+                            Some(Factor {
+                                sealed_secret: self
+                                    .key
+                                    .seal(factor_context(&id).as_bytes(), &secret),
+                                id,
+                                user_id: 0,
+                                kind: FactorKind::Totp,
+                                state: FactorState::Confirmed,
+                                params: serde_json::to_string(&params).unwrap_or_default(),
+                                created_at: now,
+                                confirmed_at: Some(now),
+                                last_used_at: None,
+                            })
+                        }
+                        None => None,
+                    };
+                    ImportUser::Create {
+                        user: NewUser {
+                            tenant_id: t.id,
+                            name,
+                            password_hash: hash,
+                            email,
+                            phone,
+                            groups: groups.unwrap_or_default(),
+                        },
+                        factor,
+                    }
+                }
+            });
+        }
+        if !problems.is_empty() {
+            return Err(AdminError::ImportRows(problems));
+        }
+        let (created, updated) = self.store.import_users(&batch, now)?;
+        Ok(ImportReport {
+            created,
+            updated,
+            totp_enrolled,
+        })
+    }
+
+    /// `user export`: every user of the tenant with the kinds of their factors.
+    pub fn export_users(&self, tenant: &str) -> Result<Vec<ExportedUser>, AdminError> {
+        let t = self.tenant(tenant)?;
+        let mut out = Vec::new();
+        for u in self.store.list_users(t.id)? {
+            let factors = self
+                .store
+                .factors_of(u.id)?
+                .into_iter()
+                .map(|f| match f.state {
+                    FactorState::Confirmed => f.kind.as_str().to_string(),
+                    _ => format!("{}:{}", f.kind.as_str(), f.state.as_str()),
+                })
+                .collect();
+            out.push(ExportedUser {
+                name: u.name,
+                email: u.email,
+                phone: u.phone,
+                groups: u.groups,
+                disabled: u.disabled,
+                factors,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The cell's text, unless the cell is absent or blank.
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.trim().is_empty())
 }

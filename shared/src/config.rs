@@ -274,7 +274,8 @@ pub struct ClientConfig {
     /// "Choose a second factor (or enter a code):".
     #[serde(default)]
     pub menu_prompt: Option<String>,
-    /// Users without a confirmed second factor: `deny` (default) or `allow` (audited).
+    /// Users without a confirmed second factor: `deny` (default), `allow` (audited) or
+    /// `enroll` (an enrolment link in the prompt; needs `[http] public_url`).
     #[serde(default)]
     pub unenrolled: Unenrolled,
     /// How long a request may be held waiting for a push approval (`auto`, `append` with
@@ -307,6 +308,9 @@ pub enum Unenrolled {
     Deny,
     /// Accept on the first factor alone; every such login is audited as such.
     Allow,
+    /// Prompt with a single-use enrolment link (`[http] public_url`), then confirm the new
+    /// factor with the first code at the same prompt. Without `public_url`: as `deny`.
+    Enroll,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -485,6 +489,10 @@ pub struct DuoConfig {
     pub fail_mode: FailMode,
     #[serde(default)]
     pub username: DuoUsername,
+    /// Duo knows users that have this attribute (`portcullis user set-attr USER NAME
+    /// VALUE`) by its value; the others by `username`.
+    #[serde(default)]
+    pub username_attribute: Option<String>,
     /// Per request (preauth, passcode).
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     pub timeout: Duration,

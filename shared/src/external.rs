@@ -89,13 +89,16 @@ pub trait ExternalMfa: Send + Sync + 'static {
 }
 
 /// Per-tenant behaviour around the service.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExternalSettings {
     /// Fail open (let the user in on the first factor) when the service is unavailable:
     /// only for 5xx, transport errors and malformed replies; never for 4xx or timeouts.
     pub fail_open: bool,
     /// Send the user's e-mail instead of the user name.
     pub username_is_email: bool,
+    /// Send this user attribute (`portcullis user set-attr`) when the user has it: the
+    /// optional mapping for users the service knows by another name.
+    pub username_attribute: Option<String>,
 }
 
 #[cfg(test)]

@@ -374,3 +374,41 @@ pub struct PamHost {
     pub last_seen_at: Option<UnixTime>,
     pub revoked: bool,
 }
+
+/// One user of a bulk import (`user import`), applied with the others in one store
+/// transaction: all of them or none.
+#[derive(Clone)]
+pub enum ImportUser {
+    /// A new user, with an optional factor (already sealed) whose `user_id` the store fills in.
+    Create {
+        user: NewUser,
+        factor: Option<Factor>,
+    },
+    /// An existing user: each `Some` field replaces the stored value, `None` keeps it.
+    Update {
+        user: UserId,
+        email: Option<Option<String>>,
+        phone: Option<Option<String>>,
+        groups: Option<Vec<String>>,
+        password_hash: Option<String>,
+    },
+}
+
+/// An enrolment link of a login (`unenrolled = "enroll"`): the token only as a keyed hash.
+/// Opening the link claims it once (`opened_at`) and attaches a new pending factor, which
+/// the login's next answer confirms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    pub token_hash: String,
+    pub tenant_id: TenantId,
+    pub tenant: String,
+    pub user_id: UserId,
+    pub username: String,
+    /// The login transaction that waits for the first code.
+    pub txn_id: String,
+    /// The pending factor made when the link was opened.
+    pub factor_id: Option<String>,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+    pub opened_at: Option<UnixTime>,
+}

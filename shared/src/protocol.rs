@@ -127,7 +127,8 @@ pub enum FirstFactor {
 pub enum Unenrolled {
     Deny,
     Allow,
-    /// Enrolment during login: not available yet; the daemon treats it as `deny`.
+    /// Enrolment during login: the prompt carries an enrolment link (the daemon needs
+    /// `[http] public_url`, else it behaves as `deny`).
     Enroll,
 }
 

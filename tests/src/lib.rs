@@ -27,6 +27,7 @@ pub mod server;
 pub mod slapd;
 pub mod tools;
 pub mod totp;
+pub mod webdriver;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};
 pub use pam::{describe, pam_module_path, require_root, PamFixture};

@@ -102,7 +102,7 @@ fn unenrolled_user_is_denied_by_default_and_allowed_with_unenrolled_allow() {
         "{rec}"
     );
 
-    // Enrolment during login is not available yet: it behaves as deny.
+    // Without [http] public_url no enrolment link can be made: enroll behaves as deny.
     let out = f.pamtester("enroll", "bob", "bobs password\n");
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(

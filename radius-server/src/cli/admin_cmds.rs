@@ -77,6 +77,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         warnings.push("no [[radius.clients]]: every RADIUS request will be dropped".into());
     }
     warnings.extend(crate::first_factor::config_warnings(&cfg));
+    warnings.extend(crate::http::web::config_warnings(&cfg));
     if let Some(pam) = &cfg.pam {
         let others = pam.mode() & 0o077;
         if pam.allowed_uids.iter().any(|u| *u != 0) && others == 0 {
@@ -412,6 +413,14 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
                     None => format!("attribute {key} of '{name}' removed"),
                 },
             );
+        }
+        UserCmd::Import {
+            tenant,
+            file,
+            update,
+        } => super::csv_cmds::import(&admin, &tenant.tenant, &file, update, json)?,
+        UserCmd::Export { tenant, output } => {
+            super::csv_cmds::export(&admin, &tenant.tenant, output.as_deref(), json)?
         }
         UserCmd::Unlock { tenant, name } => {
             admin.unlock(&tenant.tenant, &name)?;

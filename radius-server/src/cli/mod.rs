@@ -1,6 +1,7 @@
 //! The `portcullis` command line: the daemon (`serve`) and the admin commands.
 
 mod admin_cmds;
+mod csv_cmds;
 mod host_cmd;
 mod ldap_cmd;
 mod output;
@@ -247,6 +248,26 @@ pub enum UserCmd {
         tenant: TenantArg,
         name: String,
     },
+    /// Import users from a CSV file (header row: name, and any of email, phone, groups,
+    /// password_hash, totp_secret). Every row is checked before anything is written.
+    Import {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The CSV file (`-` for standard input).
+        file: PathBuf,
+        /// Update users that exist (e-mail, phone, groups, hash) instead of refusing them.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Export users as CSV: name, email, phone, groups, disabled, factors (kinds only;
+    /// never secrets or hashes).
+    Export {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -436,6 +457,12 @@ impl Opened {
             engine.set_default_factor(tenant, t.default_factor.clone());
         }
         crate::providers::configure(&mut engine, &self.config, handle)?;
+        engine.set_enroll_url(
+            self.config
+                .http
+                .as_ref()
+                .and_then(|h| h.public_url.as_deref()),
+        );
         Ok(engine)
     }
 

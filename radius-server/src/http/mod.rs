@@ -6,6 +6,7 @@ pub mod admin;
 pub mod metrics;
 pub mod push;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(push::routes())
         .merge(admin::routes())
         .merge(crate::pam::http::routes())
+        .merge(web::routes())
         .with_state(state)
 }
 

@@ -145,11 +145,7 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
             let unenrolled = match unenrolled {
                 Unenrolled::Allow => EngineUnenrolled::Allow,
                 Unenrolled::Deny => EngineUnenrolled::Deny,
-                Unenrolled::Enroll => {
-                    tracing::warn!(tenant = %origin.tenant, service = %origin.service,
-                        "unenrolled=enroll: enrolment during login is not available yet; treated as deny");
-                    EngineUnenrolled::Deny
-                }
+                Unenrolled::Enroll => EngineUnenrolled::Enroll,
             };
             let login = LoginRequest {
                 tenant: origin.tenant.clone(),
@@ -390,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn enroll_acts_as_deny_and_allow_lets_the_unenrolled_in() {
+    fn enroll_without_public_url_acts_as_deny_and_allow_lets_the_unenrolled_in() {
         let e = engine();
         for (policy, accepted) in [
             (Unenrolled::Enroll, false),

@@ -98,6 +98,7 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
                 portcullis_core::external::ExternalSettings {
                     fail_open: duo.fail_mode == portcullis_core::config::FailMode::Safe,
                     username_is_email: duo.username == portcullis_core::config::DuoUsername::Email,
+                    username_attribute: duo.username_attribute.clone(),
                 },
             );
         }

@@ -20,6 +20,13 @@ impl Engine {
     }
 
     fn external_username(user: &User, st: &ExternalSettings) -> String {
+        if let Some(mapped) = st
+            .username_attribute
+            .as_ref()
+            .and_then(|a| user.attributes.get(a))
+        {
+            return mapped.clone();
+        }
         match (&user.email, st.username_is_email) {
             (Some(e), true) => e.clone(),
             _ => user.name.clone(),

@@ -6,6 +6,7 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod enroll;
 mod external_mfa;
 mod menu;
 mod oob;
@@ -15,6 +16,7 @@ mod second_factor;
 mod split;
 mod throttle;
 
+pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
 pub use throttle::second_factor_key;
 
 use std::collections::HashMap;
@@ -57,6 +59,11 @@ pub enum Channel {
         rhost: Option<String>,
         tty: Option<String>,
     },
+    /// The self-service web pages (`/my/`): the policy and audit client is `web`.
+    Web {
+        /// The browser's address, as the listener saw it.
+        address: String,
+    },
 }
 
 impl Channel {
@@ -65,6 +72,7 @@ impl Channel {
         match self {
             Channel::Radius { .. } => "radius",
             Channel::Pam { .. } => "pam",
+            Channel::Web { .. } => "web",
         }
     }
 
@@ -73,6 +81,7 @@ impl Channel {
         match self {
             Channel::Radius { client, .. } => client,
             Channel::Pam { service, .. } => service,
+            Channel::Web { .. } => "web",
         }
     }
 }
@@ -262,6 +271,8 @@ pub struct Engine {
     /// Per-tenant push notification channels.
     pushes: HashMap<String, (Arc<dyn crate::push::PushSender>, crate::push::PushSettings)>,
     push_pepper: Zeroizing<[u8; 32]>,
+    /// `[http] public_url`, the base of enrolment links (`unenrolled = "enroll"`).
+    enroll_base: Option<String>,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -329,6 +340,7 @@ impl Engine {
             externals: HashMap::new(),
             pushes: HashMap::new(),
             push_pepper,
+            enroll_base: None,
         }
     }
 
@@ -490,7 +502,7 @@ impl Engine {
             transaction: None,
             host: match channel {
                 Channel::Pam { host, .. } => Some(host.clone()),
-                Channel::Radius { .. } => None,
+                Channel::Radius { .. } | Channel::Web { .. } => None,
             },
         };
         tracing::info!(
@@ -706,6 +718,7 @@ impl Engine {
         let nas_identifier = match &req.channel {
             Channel::Radius { nas_identifier, .. } => nas_identifier.as_deref(),
             Channel::Pam { host, .. } => Some(host.as_str()),
+            Channel::Web { .. } => None,
         };
         let ctx = CheckContext {
             tenant: &tenant.name,
@@ -845,6 +858,9 @@ impl Engine {
             &req.prompt,
             &new_txn,
         )? {
+            return Ok(o);
+        }
+        if let Some(o) = self.enroll_start(tenant, user, req, first, d, now, reply_attributes)? {
             return Ok(o);
         }
         if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
@@ -1191,6 +1207,9 @@ impl Engine {
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);
+        if let Some(o) = self.enroll_answer(&tenant, &user, &txn, &code, &d, now)? {
+            return Ok(o);
+        }
         if let Some(push) = self.store.push_of_transaction(&txn.id)? {
             if push.detail.as_deref() != Some(push::NOT_SENT) {
                 match self.poll_push(
@@ -1338,7 +1357,9 @@ fn accepted(user: &User, first: &str, factor: &str, d: &Decision) -> Outcome {
 
 fn unenrolled_outcome(user: &User, first: &str, unenrolled: Unenrolled) -> Outcome {
     match unenrolled {
-        Unenrolled::Deny => Outcome::reject_with(
+        // `enroll` reaches here only where no link can be given (append mode's single
+        // request, no public_url, a tenant or rule without TOTP).
+        Unenrolled::Deny | Unenrolled::Enroll => Outcome::reject_with(
             "no confirmed second factor enrolled",
             "No second factor is enrolled for this account; ask your administrator",
         ),

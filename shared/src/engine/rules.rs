@@ -17,7 +17,7 @@ impl Engine {
     ) -> Decision {
         let host = match channel {
             Channel::Pam { host, .. } => Some(host.as_str()),
-            Channel::Radius { .. } => None,
+            Channel::Radius { .. } | Channel::Web { .. } => None,
         };
         let rules = self
             .policies

@@ -107,7 +107,7 @@ impl Engine {
         })
     }
 
-    fn open_secret(&self, f: &Factor) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    pub(super) fn open_secret(&self, f: &Factor) -> Option<zeroize::Zeroizing<Vec<u8>>> {
         match self
             .key
             .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)

@@ -1488,4 +1488,5 @@ fn only_our_state_shape_counts_as_a_transaction_reference() {
     assert!(!is_transaction_reference(&[0xff, 0xfe]));
 }
 
+mod enroll;
 mod push;

@@ -206,4 +206,24 @@ ALTER TABLE audit ADD COLUMN host TEXT;
 ALTER TABLE users ADD COLUMN attributes_json TEXT NOT NULL DEFAULT '{}';
 "#,
     ),
+    (
+        11,
+        // Enrolment on first login: single-use links (keyed hash of the token), claimed by
+        // a conditional UPDATE when opened; the pending factor is confirmed by the login.
+        r#"
+CREATE TABLE enrollments (
+    token_hash  TEXT PRIMARY KEY,
+    tenant_id   BIGINT NOT NULL,
+    tenant      TEXT NOT NULL,
+    user_id     BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    username    TEXT NOT NULL,
+    txn_id      TEXT NOT NULL,
+    factor_id   TEXT,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    opened_at   BIGINT
+);
+CREATE INDEX enrollments_txn ON enrollments(txn_id);
+"#,
+    ),
 ];

@@ -218,6 +218,21 @@ pub trait Store: Send + Sync + 'static {
     fn pam_host_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<PamHost>>;
     /// Records that the host was seen at `now` (at most one write a minute per host).
     fn touch_pam_host(&self, host: i64, now: UnixTime) -> StoreResult<()>;
+    // Bulk import
+    /// Creates and updates users (with their factors) in one transaction: either every
+    /// entry is applied or, on the first error (e.g. a name that exists), none is.
+    /// Returns how many users were created and how many updated.
+    fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)>;
+
+    // Enrolment links (`unenrolled = "enroll"`)
+    fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()>;
+    /// Claims an unexpired, never opened link (one conditional UPDATE): the link as it is
+    /// now, or None if it is unknown, expired or was opened before.
+    fn open_enrollment(&self, token_hash: &str, now: UnixTime) -> StoreResult<Option<Enrollment>>;
+    /// Attaches the pending factor to an opened link that has none yet.
+    fn set_enrollment_factor(&self, token_hash: &str, factor_id: &str) -> StoreResult<bool>;
+    /// The newest enrolment link of a login transaction.
+    fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>>;
 }
 
 /// The behavioural suite every backend passes (public with the `test-suite` feature, so the

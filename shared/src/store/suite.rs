@@ -20,6 +20,10 @@ pub fn run_all(s: &dyn Store) {
     remembered_sources_expire_and_can_be_forgotten(s);
     push_decisions_are_made_once(s);
     user_attributes_are_set_and_removed(s);
+    admin_tokens_are_listed_per_tenant_and_revoked_once(s);
+    pam_hosts_are_per_tenant_and_revocable(s);
+    import_is_all_or_nothing(s);
+    enrollment_links_open_once_and_expire(s);
 }
 
 fn user_attributes_are_set_and_removed(s: &dyn Store) {
@@ -97,8 +101,6 @@ fn push_decisions_are_made_once(s: &dyn Store) {
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
     s.purge_expired(200 + 86_400).unwrap();
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
-    admin_tokens_are_listed_per_tenant_and_revoked_once(s);
-    pam_hosts_are_per_tenant_and_revocable(s);
 }
 
 fn pam_hosts_are_per_tenant_and_revocable(s: &dyn Store) {
@@ -596,4 +598,131 @@ fn admin_tokens_are_listed_per_tenant_and_revoked_once(s: &dyn Store) {
     assert!(!s.revoke_admin_token("nope").unwrap());
     assert!(s.admin_token("ka1").unwrap().unwrap().revoked);
     assert!(!s.admin_token("kb1").unwrap().unwrap().revoked);
+}
+
+fn import_is_all_or_nothing(s: &dyn Store) {
+    let t = tenant(s, "suite-import");
+    let existing = user(s, &t, "ivy");
+    let new = |name: &str, f: Option<Factor>| ImportUser::Create {
+        user: NewUser {
+            tenant_id: t.id,
+            name: name.into(),
+            password_hash: Some("$6$salt$x".into()),
+            email: Some(format!("{name}@example.org")),
+            phone: None,
+            groups: vec!["vpn".into(), "ops".into()],
+        },
+        factor: f,
+    };
+    let mut f = factor("fac-import-1", 0);
+    f.state = FactorState::Confirmed;
+    f.confirmed_at = Some(100);
+    // A name that exists makes the whole batch fail, the rows before it included.
+    let err = s
+        .import_users(&[new("imp-a", Some(f.clone())), new("ivy", None)], 100)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    assert!(
+        s.user_by_name(t.id, "imp-a").unwrap().is_none(),
+        "rolled back"
+    );
+
+    let update = ImportUser::Update {
+        user: existing.id,
+        email: Some(Some("ivy@example.org".into())),
+        phone: None,
+        groups: Some(vec!["admins".into()]),
+        password_hash: Some("$6$salt$y".into()),
+    };
+    assert_eq!(
+        s.import_users(&[new("imp-a", Some(f)), new("imp-b", None), update], 100)
+            .unwrap(),
+        (2, 1)
+    );
+    let a = s.user_by_name(t.id, "imp-a").unwrap().unwrap();
+    assert_eq!(a.groups, ["vpn", "ops"]);
+    assert_eq!(a.password_hash.as_deref(), Some("$6$salt$x"));
+    let fs = s.factors_of(a.id).unwrap();
+    assert_eq!(fs.len(), 1);
+    assert_eq!(fs[0].user_id, a.id, "the store fills in the new user's id");
+    assert_eq!(fs[0].state, FactorState::Confirmed);
+    assert!(s
+        .factors_of(s.user_by_name(t.id, "imp-b").unwrap().unwrap().id)
+        .unwrap()
+        .is_empty());
+    let ivy = s.user_by_name(t.id, "ivy").unwrap().unwrap();
+    assert_eq!(ivy.email.as_deref(), Some("ivy@example.org"));
+    assert_eq!(ivy.phone, existing.phone, "None keeps the phone");
+    assert_eq!(ivy.groups, ["admins"]);
+    assert_eq!(ivy.password_hash.as_deref(), Some("$6$salt$y"));
+    // Some(None) clears a field; an update of a user that is gone fails.
+    s.import_users(
+        &[ImportUser::Update {
+            user: ivy.id,
+            email: Some(None),
+            phone: None,
+            groups: None,
+            password_hash: None,
+        }],
+        100,
+    )
+    .unwrap();
+    let ivy = s.user_by_name(t.id, "ivy").unwrap().unwrap();
+    assert_eq!(ivy.email, None);
+    assert_eq!(ivy.groups, ["admins"], "None keeps the groups");
+    assert!(s
+        .import_users(
+            &[ImportUser::Update {
+                user: i64::MAX,
+                email: None,
+                phone: None,
+                groups: None,
+                password_hash: None,
+            }],
+            100
+        )
+        .is_err());
+}
+
+fn enrollment_links_open_once_and_expire(s: &dyn Store) {
+    let t = tenant(s, "suite-enrol");
+    let u = user(s, &t, "newbie");
+    let link = |hash: &str, txn: &str, expires_at| Enrollment {
+        token_hash: hash.into(),
+        tenant_id: t.id,
+        tenant: t.name.clone(),
+        user_id: u.id,
+        username: u.name.clone(),
+        txn_id: txn.into(),
+        factor_id: None,
+        created_at: 100,
+        expires_at,
+        opened_at: None,
+    };
+    s.add_enrollment(&link("h1", "txn-a", 700)).unwrap();
+    s.add_enrollment(&link("h2", "txn-b", 700)).unwrap();
+    assert!(matches!(
+        s.add_enrollment(&link("h1", "txn-c", 700)),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(s.open_enrollment("nope", 200).unwrap().is_none());
+    assert!(
+        !s.set_enrollment_factor("h1", "f1").unwrap(),
+        "not before it is opened"
+    );
+    let opened = s.open_enrollment("h1", 200).unwrap().unwrap();
+    assert_eq!(opened.opened_at, Some(200));
+    assert_eq!((opened.user_id, opened.txn_id.as_str()), (u.id, "txn-a"));
+    assert!(
+        s.open_enrollment("h1", 201).unwrap().is_none(),
+        "single use"
+    );
+    assert!(s.set_enrollment_factor("h1", "f1").unwrap());
+    assert!(!s.set_enrollment_factor("h1", "f2").unwrap(), "only once");
+    let got = s.enrollment_of_transaction("txn-a").unwrap().unwrap();
+    assert_eq!(got.factor_id.as_deref(), Some("f1"));
+    assert!(s.enrollment_of_transaction("txn-x").unwrap().is_none());
+    assert!(s.open_enrollment("h2", 700).unwrap().is_none(), "expired");
+    s.purge_expired(700).unwrap();
+    assert!(s.enrollment_of_transaction("txn-b").unwrap().is_none());
 }

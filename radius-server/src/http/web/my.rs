@@ -1,0 +1,489 @@
+//! Self-service "My MFA" (`/my/`, `/my/{tenant}/`): a user logs in with name, password and
+//! a second factor (through the Engine, policy client `web`), then lists their factors,
+//! adds an authenticator app (QR code, confirmed with a code), removes a factor (never the
+//! last confirmed one) and makes new recovery codes (shown once).
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use portcullis_core::admin::{Actor, Admin, AdminError};
+use portcullis_core::config::{LoginMode, Unenrolled};
+use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
+use zeroize::Zeroizing;
+
+use super::session::{cookie, set_cookie, Kind, Session, Signer, SESSION_TTL};
+use super::{blocking, esc, form_value, format_time, internal, page, qr_svg, see_other, MAX_FORM};
+use crate::http::HttpState;
+
+const COOKIE: &str = "pc_my";
+const PRE_COOKIE: &str = "pc_my_login";
+const PATH: &str = "/my";
+
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/my", get(|| async { see_other("/my/") }))
+        .route("/my/", get(home))
+        .route("/my/{tenant}/", get(home_of_tenant))
+        .route("/my/login", post(login))
+        .route("/my/logout", post(logout))
+        .route("/my/enroll", post(enroll))
+        .route("/my/confirm", post(confirm))
+        .route("/my/remove", post(remove))
+        .route("/my/recovery", post(recovery))
+}
+
+fn signer(engine: &Engine) -> Signer {
+    Signer::new(engine.web_session_key())
+}
+
+fn secure(engine: &Engine) -> bool {
+    engine
+        .public_url()
+        .is_some_and(|u| u.starts_with("https://"))
+}
+
+fn with_cookie(mut r: Response, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The signed-in user's session and its cookie value.
+fn current(engine: &Engine, headers: &HeaderMap) -> Option<(Session, String)> {
+    let value = cookie(headers, COOKIE)?;
+    let s = signer(engine).verify(&value, Kind::My, engine.now())?;
+    Some((s, value))
+}
+
+async fn home(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    show_home(state, headers, String::new()).await
+}
+
+async fn home_of_tenant(
+    State(state): State<HttpState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    show_home(state, headers, tenant).await
+}
+
+async fn show_home(state: HttpState, headers: HeaderMap, tenant: String) -> Response {
+    let engine = state.radius.engine.clone();
+    match current(&engine, &headers) {
+        Some((s, value)) => dashboard(&state, &s, &value, "").await,
+        None => login_page(&engine, &tenant, "", StatusCode::OK),
+    }
+}
+
+/// The login form, with a fresh pre-session that binds its POST.
+fn login_page(engine: &Engine, tenant: &str, error: &str, status: StatusCode) -> Response {
+    let pre = signer(engine).issue(Kind::Pre, "", "my", engine.now());
+    let csrf = signer(engine).csrf(&pre);
+    let error = if error.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"error\" id=\"error\">{}</p>", esc(error))
+    };
+    let body = format!(
+        "{error}<form method=\"post\" action=\"/my/login\" id=\"login\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label>Organisation <input name=\"tenant\" id=\"tenant\" value=\"{tenant}\" required></label>\
+<label>User name <input name=\"username\" id=\"username\" autocomplete=\"username\" required></label>\
+<label>Password <input type=\"password\" name=\"password\" id=\"password\" autocomplete=\"current-password\" required></label>\
+<label>Verification code (app, hardware token or recovery code) <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
+<button type=\"submit\" id=\"submit\">Sign in</button></form>",
+        csrf = esc(&csrf),
+        tenant = esc(tenant),
+    );
+    let r = page(status, "My second factors", &body);
+    with_cookie(
+        r,
+        &set_cookie(PRE_COOKIE, &pre, PATH, secure(engine), SESSION_TTL),
+    )
+}
+
+/// Read a POST form (bounded).
+fn form(body: &Bytes) -> Option<String> {
+    if body.len() > MAX_FORM {
+        return None;
+    }
+    std::str::from_utf8(body).ok().map(str::to_string)
+}
+
+/// The browser's address when the listener records it (connect info), else `web`.
+fn peer(ext: &Extensions) -> String {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "web".into())
+}
+
+async fn login(
+    State(state): State<HttpState>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let engine = state.radius.engine.clone();
+    let Some(form) = form(&body) else {
+        return page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Error",
+            "<p class=\"error\">The form is too large.</p>",
+        );
+    };
+    let field = |k| form_value(&form, k).unwrap_or_default();
+    let tenant = field("tenant").trim().to_string();
+    let sign = signer(&engine);
+    let pre_ok = cookie(&headers, PRE_COOKIE)
+        .filter(|pre| sign.verify(pre, Kind::Pre, engine.now()).is_some())
+        .is_some_and(|pre| sign.check_csrf(&pre, &field("csrf")));
+    if !pre_ok {
+        return login_page(
+            &engine,
+            &tenant,
+            "The form had expired; please sign in again.",
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let username = field("username").trim().to_string();
+    let password = Zeroizing::new(field("password"));
+    let code = Zeroizing::new(field("code"));
+    if tenant.is_empty() || username.is_empty() {
+        return login_page(
+            &engine,
+            &tenant,
+            "Enter the organisation and your user name.",
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let e = engine.clone();
+    let (t, u) = (tenant.clone(), username.clone());
+    let source = peer(&ext);
+    let result = blocking(move || web_login(&e, &t, &u, &source, &password, &code)).await;
+    match result {
+        Some(Ok(())) => {
+            let value = sign.issue(Kind::My, &tenant, &username, engine.now());
+            let r = see_other("/my/");
+            let r = with_cookie(
+                r,
+                &set_cookie(COOKIE, &value, PATH, secure(&engine), SESSION_TTL),
+            );
+            with_cookie(r, &set_cookie(PRE_COOKIE, "", PATH, secure(&engine), 0))
+        }
+        Some(Err(message)) => login_page(&engine, &tenant, &message, StatusCode::UNAUTHORIZED),
+        None => internal(),
+    }
+}
+
+/// Password then code through the Engine (policy client `web`); Ok only after a second
+/// factor. `Err` is what the user may see.
+fn web_login(
+    engine: &Engine,
+    tenant: &str,
+    username: &str,
+    source: &str,
+    password: &str,
+    code: &str,
+) -> Result<(), String> {
+    let channel = Channel::Web {
+        address: source.to_string(),
+    };
+    let failed = |e: portcullis_core::engine::EngineError| {
+        tracing::error!(error = %e, "self-service login: store error");
+        "The service failed; try again.".to_string()
+    };
+    let first = engine
+        .start(&LoginRequest {
+            tenant: tenant.to_string(),
+            channel: channel.clone(),
+            source: source.to_string(),
+            mode: LoginMode::Challenge,
+            username: username.to_string(),
+            credential: Zeroizing::new(password.as_bytes().to_vec()),
+            delimiter: ",".into(),
+            prompt: "Verification code".into(),
+            unenrolled: Unenrolled::Deny,
+        })
+        .map_err(failed)?;
+    let step = match first {
+        Step::Prompt { txn, .. } => engine
+            .answer(&portcullis_core::engine::AnswerRequest {
+                tenant: tenant.to_string(),
+                channel,
+                source: source.to_string(),
+                username: username.to_string(),
+                txn,
+                answer: Zeroizing::new(code.trim().as_bytes().to_vec()),
+                prompt: "Verification code".into(),
+            })
+            .map_err(failed)?,
+        other => other,
+    };
+    match step {
+        Step::Accept { factors_used, .. } if factors_used.len() >= 2 => Ok(()),
+        Step::Accept { .. } => Err(
+            "These pages need a second factor, and none was asked; ask your administrator.".into(),
+        ),
+        Step::Reject { user_message } => Err(user_message),
+        Step::Prompt { .. } => Err("Wrong code; sign in again.".into()),
+        Step::Wait { .. } => Err(
+            "Push approval is not offered here; enter a code from your app or a recovery code."
+                .into(),
+        ),
+    }
+}
+
+/// A POST of the signed-in user: the session, checked CSRF and the form; or the page to
+/// answer with.
+fn authorize(
+    engine: &Engine,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Session, String, String), Box<Response>> {
+    let Some((s, value)) = current(engine, headers) else {
+        return Err(Box::new(see_other("/my/")));
+    };
+    let Some(form) = form(body) else {
+        return Err(Box::new(page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Error",
+            "<p class=\"error\">The form is too large.</p>",
+        )));
+    };
+    let token = form_value(&form, "csrf").unwrap_or_default();
+    if !signer(engine).check_csrf(&value, &token) {
+        return Err(Box::new(page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "<p class=\"error\" id=\"error\">This form is not from this session; reload the page and try again.</p>",
+        )));
+    }
+    Ok((s, value, form))
+}
+
+fn audit(admin: &Admin, s: &Session, action: &str, detail: &str) {
+    let actor = Actor {
+        channel: "web",
+        name: &s.subject,
+        source: "self-service".into(),
+    };
+    if let Err(e) = admin.record_admin_action(&actor, &s.tenant, &s.subject, action, detail) {
+        tracing::error!(error = %e, action, "cannot write the audit record of a self-service change");
+    }
+}
+
+async fn logout(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    if let Err(r) = authorize(&engine, &headers, &body) {
+        return *r;
+    }
+    with_cookie(
+        see_other("/my/"),
+        &set_cookie(COOKIE, "", PATH, secure(&engine), 0),
+    )
+}
+
+async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, _) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let r = blocking(move || {
+        let t = admin
+            .admin
+            .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")?;
+        audit(
+            &admin.admin,
+            &s2,
+            "factor.enroll",
+            &format!("totp factor {} (pending)", t.factor_id),
+        );
+        Ok::<_, AdminError>(t)
+    })
+    .await;
+    match r {
+        Some(Ok(t)) => {
+            let csrf = signer(&engine).csrf(&value);
+            let body = format!(
+                "<p>Scan this QR code with your authenticator app:</p>{qr}\
+<p>or type this secret key (time-based, 6 digits): <code class=\"secret\" id=\"secret\">{secret}</code></p>\
+<form method=\"post\" action=\"/my/confirm\" id=\"confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"factor\" value=\"{fid}\">\
+<label>Code the app shows <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
+<button type=\"submit\" id=\"submit\">Confirm</button></form><p><a href=\"/my/\">Back</a></p>",
+                qr = qr_svg(&t.uri).unwrap_or_default(),
+                secret = esc(&t.secret),
+                csrf = esc(&csrf),
+                fid = esc(&t.factor_id),
+            );
+            page(StatusCode::OK, "Add an authenticator app", &body)
+        }
+        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        None => internal(),
+    }
+}
+
+async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let factor = form_value(&form, "factor").unwrap_or_default();
+    let code = Zeroizing::new(form_value(&form, "code").unwrap_or_default());
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let r = blocking(move || {
+        admin
+            .admin
+            .confirm_factor(&s2.tenant, &s2.subject, &factor, &code)?;
+        audit(
+            &admin.admin,
+            &s2,
+            "factor.confirm",
+            &format!("factor {factor}"),
+        );
+        Ok::<_, AdminError>(())
+    })
+    .await;
+    match r {
+        Some(Ok(())) => dashboard(&state, &s, &value, "ok:The authenticator app is set up.").await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        None => internal(),
+    }
+}
+
+async fn remove(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let factor = form_value(&form, "factor").unwrap_or_default();
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let r = blocking(move || -> Result<Result<(), String>, AdminError> {
+        let factors = admin.admin.list_factors(&s2.tenant, &s2.subject)?;
+        let Some(f) = factors.iter().find(|f| f.factor_id == factor) else {
+            return Ok(Err("No such factor.".into()));
+        };
+        let confirmed = factors.iter().filter(|f| f.state == "confirmed").count();
+        if f.state == "confirmed" && confirmed <= 1 {
+            return Ok(Err("This is your last confirmed factor: add another one before removing it (or ask your administrator).".into()));
+        }
+        admin.admin.remove_factor(&s2.tenant, &s2.subject, &factor)?;
+        audit(&admin.admin, &s2, "factor.remove", &format!("factor {factor}"));
+        Ok(Ok(()))
+    })
+    .await;
+    match r {
+        Some(Ok(Ok(()))) => dashboard(&state, &s, &value, "ok:The factor was removed.").await,
+        Some(Ok(Err(m))) => dashboard(&state, &s, &value, &m).await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        None => internal(),
+    }
+}
+
+async fn recovery(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, _) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let r = blocking(move || {
+        let codes = admin
+            .admin
+            .generate_recovery_codes(&s2.tenant, &s2.subject)?;
+        audit(
+            &admin.admin,
+            &s2,
+            "recovery.generate",
+            &format!("{} codes", codes.len()),
+        );
+        Ok::<_, AdminError>(codes)
+    })
+    .await;
+    match r {
+        Some(Ok(codes)) => {
+            let items: String = codes
+                .iter()
+                .map(|c| format!("<li><code>{}</code></li>", esc(c)))
+                .collect();
+            let body = format!(
+                "<p>Each code logs you in once where a verification code is asked. Keep them somewhere safe: they are shown only now, and your older codes no longer work.</p>\
+<ul id=\"recovery-codes\">{items}</ul><p><a href=\"/my/\" id=\"back\">Back</a></p>"
+            );
+            page(StatusCode::OK, "Your new recovery codes", &body)
+        }
+        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        None => internal(),
+    }
+}
+
+/// The signed-in user's page. `message` prefixed `ok:` is a success, else an error.
+async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -> Response {
+    let engine = state.radius.engine.clone();
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let details = blocking(move || admin.admin.show_user(&s2.tenant, &s2.subject)).await;
+    let d = match details {
+        Some(Ok(d)) if !d.user.disabled => d,
+        Some(Ok(_)) | Some(Err(AdminError::NoUser { .. })) | Some(Err(AdminError::NoTenant(_))) => {
+            return with_cookie(
+                see_other("/my/"),
+                &set_cookie(COOKIE, "", PATH, secure(&engine), 0),
+            );
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "self-service page: store error");
+            return internal();
+        }
+        None => return internal(),
+    };
+    let csrf = esc(&signer(&engine).csrf(value));
+    let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
+    let message = match message.strip_prefix("ok:") {
+        Some(ok) => format!("<p class=\"ok\" id=\"message\">{}</p>", esc(ok)),
+        None if message.is_empty() => String::new(),
+        None => format!("<p class=\"error\" id=\"error\">{}</p>", esc(message)),
+    };
+    let rows: String = d
+        .factors
+        .iter()
+        .map(|f| {
+            format!(
+                "<tr data-kind=\"{kind}\" data-state=\"{state}\"><td>{kind}</td><td>{state}</td><td><code>{id}</code></td><td>{created}</td><td>{used}</td>\
+<td><form class=\"inline\" method=\"post\" action=\"/my/remove\">{hidden}<input type=\"hidden\" name=\"factor\" value=\"{id}\"><button type=\"submit\">Remove</button></form></td></tr>",
+                kind = esc(f.kind),
+                state = esc(f.state),
+                id = esc(&f.factor_id),
+                created = format_time(f.created_at),
+                used = f.last_used_at.map(format_time).unwrap_or_else(|| "never".into()),
+            )
+        })
+        .collect();
+    let body = format!(
+        "{message}<p>Signed in as <strong id=\"user\">{user}</strong> ({tenant}); the session ends at {ends}.</p>\
+<form method=\"post\" action=\"/my/logout\">{hidden}<button type=\"submit\" id=\"logout\">Sign out</button></form>\
+<h2>Factors</h2><table id=\"factors\"><tr><th>kind</th><th>state</th><th>id</th><th>added</th><th>last used</th><th></th></tr>{rows}</table>\
+<form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>\
+<h2>Recovery codes</h2><p><span id=\"recovery-left\">{left}</span> unused.</p>\
+<form method=\"post\" action=\"/my/recovery\">{hidden}<button type=\"submit\" id=\"new-recovery\">Make new recovery codes</button></form>",
+        user = esc(&d.user.name),
+        tenant = esc(&s.tenant),
+        ends = format_time(s.expires_at),
+        left = d.unused_recovery_codes,
+    );
+    page(StatusCode::OK, "My second factors", &body)
+}

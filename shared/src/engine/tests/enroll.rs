@@ -1,0 +1,178 @@
+//! Enrolment on first login: the link in the prompt, its single opening, the pending
+//! factor confirmed by the login's answer, expiry, and where `enroll` falls back to deny.
+
+use super::*;
+
+const URL: &str = "https://mfa.example.test";
+
+fn with_carol(url: Option<&str>) -> World {
+    let mut w = world();
+    w.engine.set_enroll_url(url);
+    w.admin
+        .add_user(
+            "acme",
+            "carol",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    w
+}
+
+/// The prompt's txn and the link's token.
+fn link(s: &Step) -> (String, String) {
+    match s {
+        Step::Prompt { txn, text, .. } => {
+            let prefix = format!("{URL}/v1/enroll/");
+            let i = text.find(&prefix).unwrap_or_else(|| panic!("{text}")) + prefix.len();
+            let token: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            assert_eq!(token.len(), 43, "{text}");
+            (txn.clone(), token)
+        }
+        other => panic!("expected the enrolment prompt, got {other:?}"),
+    }
+}
+
+fn prompt_text(s: &Step) -> String {
+    match s {
+        Step::Prompt { text, .. } => text.clone(),
+        other => panic!("expected a prompt, got {other:?}"),
+    }
+}
+
+fn carol_factors(w: &World) -> Vec<crate::admin::FactorInfo> {
+    w.admin.list_factors("acme", "carol").unwrap()
+}
+
+#[test]
+fn the_link_makes_a_pending_factor_that_the_first_code_confirms() {
+    let w = with_carol(Some("https://mfa.example.test/"));
+    let s = login_with(&w, LoginMode::Challenge, "carol", "pw", Unenrolled::Enroll);
+    let (txn, token) = link(&s);
+    assert!(
+        carol_factors(&w).is_empty(),
+        "nothing before the link is opened"
+    );
+    // Answering before opening the link: asked again, nothing confirmed.
+    let s = answer(&w, "carol", "192.0.2.10", &txn, "123456");
+    assert!(prompt_text(&s).contains("Open the enrolment link first"));
+    let txn = prompt_txn(&s);
+
+    assert!(w.engine.open_enrollment("x").unwrap().is_none());
+    let opened = w.engine.open_enrollment(&token).unwrap().unwrap();
+    assert_eq!(
+        (opened.tenant.as_str(), opened.username.as_str()),
+        ("acme", "carol")
+    );
+    assert!(w.engine.open_enrollment(&token).unwrap().is_none(), "once");
+    let t = w
+        .admin
+        .enroll_totp("acme", "carol", None, 6, "SHA1")
+        .unwrap();
+    assert!(w
+        .engine
+        .attach_enrollment_factor(&opened, &t.factor_id)
+        .unwrap());
+    assert!(!w.engine.attach_enrollment_factor(&opened, "other").unwrap());
+
+    let secret = decode_base32(&t.secret).unwrap();
+    let now = w.engine.now();
+    let wrong = generate(&secret, &TotpParams::default(), now + 300);
+    let s = answer(&w, "carol", "192.0.2.10", &txn, &wrong);
+    assert!(prompt_text(&s).contains("Wrong code"));
+    assert_eq!(carol_factors(&w)[0].state, "pending");
+    // The answer must come from the same user and source.
+    let good = generate(&secret, &TotpParams::default(), now);
+    let txn = prompt_txn(&s);
+    let s = answer(&w, "carol", "192.0.2.10", &txn, &good);
+    assert_eq!(
+        s,
+        Step::Accept {
+            factors_used: vec!["password".into(), "totp".into()],
+            groups: vec![],
+            reply_attributes: vec![],
+        }
+    );
+    assert_eq!(carol_factors(&w)[0].state, "confirmed");
+    assert!(last_reason(&w).contains("enrolled a TOTP factor at login"));
+    // Enrolled now: the next login asks for a code, and that code was spent.
+    let s = login_with(&w, LoginMode::Challenge, "carol", "pw", Unenrolled::Enroll);
+    assert!(!prompt_text(&s).contains("/v1/enroll/"));
+    assert!(!is_accept(&answer(
+        &w,
+        "carol",
+        "192.0.2.10",
+        &prompt_txn(&s),
+        &good
+    )));
+}
+
+#[test]
+fn links_expire_and_wrong_passwords_get_none() {
+    let w = with_carol(Some(URL));
+    assert!(matches!(
+        login_with(&w, LoginMode::Challenge, "carol", "bad", Unenrolled::Enroll),
+        Step::Reject { .. }
+    ));
+    let (_, token) = link(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ));
+    w.clock.advance(ENROLL_TTL);
+    assert!(
+        w.engine.open_enrollment(&token).unwrap().is_none(),
+        "expired"
+    );
+}
+
+#[test]
+fn enroll_without_a_public_url_or_in_one_append_request_denies() {
+    let w = with_carol(None);
+    assert!(matches!(
+        login_with(&w, LoginMode::Challenge, "carol", "pw", Unenrolled::Enroll),
+        Step::Reject { .. }
+    ));
+    let w = with_carol(Some(URL));
+    assert!(matches!(
+        login_with(
+            &w,
+            LoginMode::Append,
+            "carol",
+            "pw,123456",
+            Unenrolled::Enroll
+        ),
+        Step::Reject { .. }
+    ));
+    // A user with a confirmed factor never gets a link.
+    let s = login_with(
+        &w,
+        LoginMode::Challenge,
+        "alice",
+        "hunter2",
+        Unenrolled::Enroll,
+    );
+    assert!(!prompt_text(&s).contains("/v1/enroll/"));
+}
+
+#[test]
+fn a_bypass_code_is_used_instead_of_a_link() {
+    let w = with_carol(Some(URL));
+    let code = w.admin.issue_bypass_code("acme", "carol", 1, 3600).unwrap();
+    let s = login_with(&w, LoginMode::Challenge, "carol", "pw", Unenrolled::Enroll);
+    assert!(!prompt_text(&s).contains("/v1/enroll/"));
+    assert!(is_accept(&answer(
+        &w,
+        "carol",
+        "192.0.2.10",
+        &prompt_txn(&s),
+        &code.code
+    )));
+}

@@ -1,0 +1,240 @@
+//! `user import` / `user export`: users from a CSV file log in over RADIUS; a bad file is
+//! refused with its line numbers and nothing is written; an export holds no secret.
+
+use std::process::Command;
+
+use portcullis_tests::tools::run_with_timeout;
+use portcullis_tests::{
+    oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, TestEnv,
+};
+
+/// A SHA-512 crypt hash of `password` made by an independent tool (`openssl passwd -6`).
+fn sha512_crypt(password: &str) -> String {
+    let mut cmd = Command::new(require_tool("openssl", "openssl"));
+    cmd.args(["passwd", "-6", "-stdin"]);
+    let out = run_with_timeout(
+        cmd,
+        Some(format!("{password}\n").into_bytes()),
+        std::time::Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "openssl passwd -6: {out:?}");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$6$"), "openssl made {hash:?}");
+    hash
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn imported_users_log_in_and_export_holds_no_secret() {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    let carol_hash = sha512_crypt("carol password");
+    let carol_secret = random_base32_secret();
+    let dave_secret = random_base32_secret();
+    // Columns in a free order; a quoted cell with a comma; a user without any secret.
+    let csv = format!(
+        "totp_secret,name,groups,email,password_hash,phone\n\
+         {carol_secret},carol,vpn;ops,carol@example.org,{carol_hash},+4915112345678\n\
+         {dave_secret},dave,\"vpn\",,{carol_hash},\n\
+         ,erin,,erin@example.org,,\n"
+    );
+    let file = env.dir().join("users.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let file_arg = file.display().to_string();
+    let report = env.cli_json(&["--json", "user", "import", "--tenant", "acme", &file_arg]);
+    assert_eq!(report["created"], 3, "{report}");
+    assert_eq!(report["totp_enrolled"], 2, "{report}");
+
+    let carol = env.cli_json(&["--json", "user", "show", "--tenant", "acme", "carol"]);
+    assert_eq!(
+        carol["groups"],
+        serde_json::json!(["vpn", "ops"]),
+        "{carol}"
+    );
+    assert_eq!(carol["email"], "carol@example.org", "{carol}");
+    assert_eq!(carol["phone"], "+4915112345678", "{carol}");
+    assert_eq!(carol["has_password"], true, "{carol}");
+    assert_eq!(carol["factors"][0]["state"], "confirmed", "{carol}");
+
+    // Importing the same file again is refused (existing users), naming the lines.
+    let again = env.cli(&["user", "import", "--tenant", "acme", &file_arg]);
+    assert!(!again.status.success(), "re-import must be refused");
+    assert!(
+        stderr(&again).contains("line 2:") && stderr(&again).contains("--update"),
+        "{}",
+        stderr(&again)
+    );
+
+    let server = env.start_server();
+    let secret = env.client().secret.clone();
+    let code = oathtool_totp(&carol_secret, 6, Algorithm::Sha1, 0);
+    let wrong_password = radclient(
+        server.addr,
+        &secret,
+        &[
+            ("User-Name", "carol".into()),
+            ("User-Password", format!("not her password{code}")),
+        ],
+        true,
+    );
+    assert!(
+        wrong_password.is_reject(),
+        "a wrong password with a right code\n{}",
+        wrong_password.raw_output
+    );
+    let reply = radclient(
+        server.addr,
+        &secret,
+        &[
+            ("User-Name", "carol".into()),
+            ("User-Password", format!("carol password{code}")),
+        ],
+        true,
+    );
+    assert!(
+        reply.is_accept(),
+        "imported $6$ hash + imported TOTP secret\n{}",
+        reply.raw_output
+    );
+    let dave_wrong_secret = radclient(
+        server.addr,
+        &secret,
+        &[
+            ("User-Name", "dave".into()),
+            (
+                "User-Password",
+                format!(
+                    "carol password{}",
+                    oathtool_totp(&carol_secret, 6, Algorithm::Sha1, 0)
+                ),
+            ),
+        ],
+        true,
+    );
+    assert!(
+        dave_wrong_secret.is_reject(),
+        "dave's factor has dave's secret, not carol's\n{}",
+        dave_wrong_secret.raw_output
+    );
+
+    // --update changes e-mail and groups of an existing user; absent columns stay.
+    std::fs::write(
+        &file,
+        "name,groups,email\ncarol,admins,carol@new.example.org\n",
+    )
+    .unwrap();
+    let updated = env.cli_json(&[
+        "--json", "user", "import", "--tenant", "acme", "--update", &file_arg,
+    ]);
+    assert_eq!(updated["updated"], 1, "{updated}");
+    let carol = env.cli_json(&["--json", "user", "show", "--tenant", "acme", "carol"]);
+    assert_eq!(carol["groups"], serde_json::json!(["admins"]), "{carol}");
+    assert_eq!(carol["email"], "carol@new.example.org", "{carol}");
+    assert_eq!(carol["phone"], "+4915112345678", "{carol}");
+    assert_eq!(carol["has_password"], true, "{carol}");
+
+    let out_file = env.dir().join("export.csv");
+    env.cli_ok(&[
+        "user",
+        "export",
+        "--tenant",
+        "acme",
+        "--output",
+        &out_file.display().to_string(),
+    ]);
+    let exported = std::fs::read_to_string(&out_file).unwrap();
+    let stdout_export = env.cli_ok(&["user", "export", "--tenant", "acme"]);
+    assert_eq!(
+        String::from_utf8_lossy(&stdout_export.stdout),
+        exported,
+        "stdout and --output give the same CSV"
+    );
+    let mut lines = exported.lines();
+    assert_eq!(
+        lines.next(),
+        Some("name,email,phone,groups,disabled,factors")
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 3, "{exported}");
+    assert!(
+        rows.contains(&"carol,carol@new.example.org,+4915112345678,admins,false,totp"),
+        "{exported}"
+    );
+    assert!(
+        rows.contains(&"erin,erin@example.org,,,false,"),
+        "{exported}"
+    );
+    for secret_text in [&carol_secret, &dave_secret, &carol_hash] {
+        assert!(
+            !exported.contains(secret_text.as_str()),
+            "the export must not hold secrets or hashes:\n{exported}"
+        );
+    }
+    assert!(!exported.contains("$6$") && !exported.contains("argon2"));
+    let as_json = env.cli_json(&["--json", "user", "export", "--tenant", "acme"]);
+    assert_eq!(as_json.as_array().map(Vec::len), Some(3), "{as_json}");
+    assert!(!as_json.to_string().contains("$6$"), "{as_json}");
+}
+
+#[test]
+fn a_bad_file_names_each_line_and_writes_nothing() {
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    let file = env.dir().join("bad.csv");
+    let file_arg = file.display().to_string();
+    std::fs::write(
+        &file,
+        "name,email,password_hash,totp_secret\n\
+         good,good@example.org,,\n\
+         bad name,x@example.org,,\n\
+         frank,not-an-email,,\n\
+         gina,,plaintext-password,\n\
+         hank,,,not*base32\n\
+         good,,,\n",
+    )
+    .unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "acme", &file_arg]);
+    assert!(!out.status.success(), "a bad file must be refused");
+    let err = stderr(&out);
+    for expected in [
+        "line 3:", "line 4:", "line 5:", "line 6:", "line 7:", "e-mail",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("  line 2:"),
+        "line 2 is fine and not blamed:\n{err}"
+    );
+    assert!(
+        !err.contains("plaintext-password"),
+        "the hash cell is not echoed:\n{err}"
+    );
+    let users = env.cli_json(&["--json", "user", "list", "--tenant", "acme"]);
+    assert_eq!(
+        users.as_array().map(Vec::len),
+        Some(0),
+        "nothing was written: {users}"
+    );
+
+    std::fs::write(&file, "name,mail\nalice,a@example.org\n").unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "acme", &file_arg]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown column 'mail'"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&file, "name,email\nalice,a@example.org,extra\n").unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "acme", &file_arg]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("line 2: has 3 fields"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,739 @@
+//! Enrolment on first login and the web pages, end to end against the real `portcullis
+//! serve`: radclient as the NAS, oathtool as the authenticator app, the pages over the
+//! daemon's HTTP listener (a raw HTTP client for headers, cookies and CSRF, and headless
+//! Chromium through ChromeDriver for what a person does).
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use portcullis_tests::http::{request_full, HttpReply};
+use portcullis_tests::pam::under_pam_wrapper;
+use portcullis_tests::webdriver::Browser;
+use portcullis_tests::{
+    describe, oathtool_totp, radclient, require_tool, Algorithm, ClientSpec, Mode, PamFixture,
+    RadReply, Server, TestEnv,
+};
+use serde_json::Value;
+
+struct World {
+    server: Server,
+    env: TestEnv,
+    /// `http://127.0.0.1:PORT`, the configured public_url (the listener's own address).
+    base: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Tenant acme with "newbie" (password "pw-newbie", no factor); client vpn in challenge
+/// mode with `unenrolled = "enroll"`; the HTTP listener on a free port that is also the
+/// public_url.
+fn world() -> World {
+    require_tool("radclient", "freeradius-utils");
+    require_tool("oathtool", "oathtool");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut client = ClientSpec::new(Mode::Challenge);
+    client.extra = "unenrolled = \"enroll\"\n".into();
+    let env = TestEnv::with_extra_config(
+        vec![client],
+        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n"),
+    );
+    env.add_tenant("acme");
+    env.add_user("acme", "newbie", "pw-newbie");
+    let server = env.start_server();
+    World { server, env, base }
+}
+
+impl World {
+    fn http(&self) -> SocketAddr {
+        self.server.http_addr.expect("http listener")
+    }
+
+    fn login(&self, user: &str, password: &str, state: Option<&str>) -> RadReply {
+        let mut attrs = vec![
+            ("User-Name", user.to_string()),
+            ("User-Password", password.to_string()),
+        ];
+        if let Some(s) = state {
+            attrs.push(("State", s.to_string()));
+        }
+        radclient(self.server.addr, &self.env.client().secret, &attrs, true)
+    }
+
+    fn factors(&self, user: &str) -> Vec<Value> {
+        let v = self
+            .env
+            .cli_json(&["factor", "list", "--tenant", "acme", user, "--json"]);
+        v.as_array()
+            .cloned()
+            .or_else(|| v["factors"].as_array().cloned())
+            .unwrap_or_else(|| panic!("factor list: {v}"))
+    }
+
+    /// Password of newbie: a challenge whose Reply-Message carries the enrolment link.
+    fn enrolment_challenge(&self) -> (RadReply, String) {
+        let r = self.login("newbie", "pw-newbie", None);
+        assert!(r.is_challenge(), "{}", r.raw_output);
+        let msg = r.reply_message.clone().unwrap_or_default();
+        let prefix = format!("{}/v1/enroll/", self.base);
+        let start = msg
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("no enrolment link in {msg:?}"));
+        let link: String = msg[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != ',')
+            .collect();
+        assert_eq!(link.len(), prefix.len() + 43, "{link}");
+        (r, link)
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        request_full(
+            self.http(),
+            "GET",
+            path,
+            headers,
+            None,
+            Duration::from_secs(10),
+        )
+    }
+
+    fn post(&self, path: &str, cookie: &str, form: &str) -> HttpReply {
+        request_full(
+            self.http(),
+            "POST",
+            path,
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", cookie),
+            ],
+            Some(form.as_bytes()),
+            Duration::from_secs(10),
+        )
+    }
+}
+
+fn path_of(link: &str) -> &str {
+    &link[link.find("/v1/").unwrap()..]
+}
+
+/// The value of the hidden field `name` in `html` (the first one).
+fn hidden(html: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let i = html
+        .find(&key)
+        .unwrap_or_else(|| panic!("no field {name} in {html}"))
+        + key.len();
+    html[i..].split('"').next().unwrap().to_string()
+}
+
+/// `name=value` of the Set-Cookie called `name`.
+fn set_cookie(r: &HttpReply, name: &str) -> Option<String> {
+    r.headers_named("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(|c| c.to_string())
+}
+
+fn cookie_pair(set: &str) -> String {
+    set.split(';').next().unwrap().to_string()
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn assert_strict_headers(r: &HttpReply) {
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "{:?}",
+        r.headers
+    );
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/html")));
+    assert!(!r.body.contains("<script"), "no JavaScript: {}", r.body);
+}
+
+#[test]
+fn enrolment_link_then_self_service_in_chromium() {
+    let w = world();
+    let (challenge, link) = w.enrolment_challenge();
+    assert!(
+        w.factors("newbie").is_empty(),
+        "nothing before the link is opened"
+    );
+
+    let browser = Browser::start();
+    browser.goto(&link);
+    let secret = browser.text("#secret").trim().to_string();
+    assert!(
+        secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{secret}"
+    );
+    assert!(
+        browser.try_find("svg#qr").is_some(),
+        "the QR code is on the page"
+    );
+    assert_eq!(browser.text("#user"), "newbie");
+    let f = w.factors("newbie");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        f[0]["state"], "pending",
+        "not usable before the code: {f:?}"
+    );
+
+    // The app's first code answers the same login's prompt.
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    let r = w.login("newbie", &code, Some(&challenge.state_for_radclient()));
+    assert!(r.is_accept(), "{}", r.raw_output);
+    assert_eq!(w.factors("newbie")[0]["state"], "confirmed");
+
+    // The link was single-use.
+    browser.goto(&link);
+    assert!(
+        browser.try_find("#invalid").is_some(),
+        "{}",
+        browser.source()
+    );
+    assert!(browser.try_find("#secret").is_none());
+
+    // The same code cannot log in again (replay cache), even in a new login.
+    let r = w.login("newbie", "pw-newbie", None);
+    assert!(r.is_challenge(), "{}", r.raw_output);
+    assert!(
+        !r.reply_message
+            .clone()
+            .unwrap_or_default()
+            .contains("/v1/enroll/"),
+        "an enrolled user gets no link"
+    );
+    let again = w.login("newbie", &code, Some(&r.state_for_radclient()));
+    assert!(!again.is_accept(), "{}", again.raw_output);
+
+    // Self-service: password and a fresh code, then the factor and new recovery codes.
+    browser.goto(&format!("{}/my/acme/", w.base));
+    browser.type_into("#username", "newbie");
+    browser.type_into("#password", "pw-newbie");
+    browser.type_into("#code", &oathtool_totp(&secret, 6, Algorithm::Sha1, 1));
+    browser.click("#submit");
+    assert_eq!(browser.text("#user"), "newbie", "{}", browser.source());
+    let rows = browser.find_all("#factors tr[data-kind=\"totp\"][data-state=\"confirmed\"]");
+    assert_eq!(rows.len(), 1, "{}", browser.source());
+    browser.click("#new-recovery");
+    let codes: Vec<String> = browser
+        .find_all("#recovery-codes li")
+        .iter()
+        .map(|id| browser.element_text(id).trim().to_string())
+        .collect();
+    assert_eq!(codes.len(), 10, "{}", browser.source());
+
+    // A recovery code from the page logs in over RADIUS.
+    let r = w.login("newbie", "pw-newbie", None);
+    let r = w.login("newbie", &codes[0], Some(&r.state_for_radclient()));
+    assert!(r.is_accept(), "{}", r.raw_output);
+
+    // Back on the page: one code fewer.
+    browser.click("#back");
+    assert_eq!(browser.text("#recovery-left"), "9", "{}", browser.source());
+
+    // The admin pages in the same browser: a helpdesk token signs in, sees newbie's
+    // confirmed factor and issues a bypass code that logs in once.
+    let (token, _) = add_token(&w, "helpdesk", "desk");
+    browser.goto(&format!("{}/admin/", w.base));
+    browser.type_into("#token", &token);
+    browser.click("#submit");
+    assert_eq!(browser.text("#token-name"), "desk", "{}", browser.source());
+    let row = browser.text("tr[data-user=\"newbie\"]");
+    assert!(row.contains("totp (confirmed)"), "{row}");
+    browser.click("tr[data-user=\"newbie\"] button.bypass");
+    let code = browser.text("#bypass-code");
+    let r = w.login("newbie", "pw-newbie", None);
+    let r = w.login("newbie", &code, Some(&r.state_for_radclient()));
+    assert!(r.is_accept(), "{}", r.raw_output);
+}
+
+#[test]
+fn enrolment_links_are_single_use_and_wrong_codes_do_not_confirm() {
+    let w = world();
+    // A made-up token, a malformed one: not found, and nothing is made.
+    for path in [
+        "/v1/enroll/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "/v1/enroll/short",
+    ] {
+        let r = w.get(path, &[]);
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_strict_headers(&r);
+    }
+    let (challenge, link) = w.enrolment_challenge();
+    let state = challenge.state_for_radclient();
+    // Answering before the link was opened: asked again to open it (no factor to check).
+    let r = w.login("newbie", "123456", Some(&state));
+    assert!(r.is_challenge(), "{}", r.raw_output);
+    assert!(
+        r.reply_message
+            .clone()
+            .unwrap_or_default()
+            .contains("Open the enrolment link first"),
+        "{}",
+        r.raw_output
+    );
+    let state = r.state_for_radclient();
+
+    let page = w.get(path_of(&link), &[]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_strict_headers(&page);
+    assert!(page.body.contains("<svg id=\"qr\""), "{}", page.body);
+    let secret = page
+        .body
+        .split("id=\"secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_string();
+    // Opened once: a second opening shows nothing.
+    let second = w.get(path_of(&link), &[]);
+    assert_eq!(second.status, 404);
+    assert!(!second.body.contains(&secret));
+
+    // A wrong code does not confirm the factor; the right one then does.
+    let wrong = portcullis_tests::wrong_totp(&secret, 6, Algorithm::Sha1);
+    let r = w.login("newbie", &wrong, Some(&state));
+    assert!(r.is_challenge(), "{}", r.raw_output);
+    assert!(r
+        .reply_message
+        .clone()
+        .unwrap_or_default()
+        .contains("Wrong code"));
+    assert_eq!(w.factors("newbie")[0]["state"], "pending");
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    let r = w.login("newbie", &code, Some(&r.state_for_radclient()));
+    assert!(r.is_accept(), "{}", r.raw_output);
+    assert_eq!(w.factors("newbie")[0]["state"], "confirmed");
+
+    // The audit names the enrolment.
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "newbie", "--json"]);
+    assert!(
+        audit
+            .to_string()
+            .contains("enrolled a TOTP factor at login"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn enroll_without_public_url_is_deny_and_config_check_warns() {
+    require_tool("radclient", "freeradius-utils");
+    let mut client = ClientSpec::new(Mode::Challenge);
+    client.extra = "unenrolled = \"enroll\"\n".into();
+    let env = TestEnv::with_extra_config(vec![client], "\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    let check = env.cli_json(&["config", "check", "--json"]);
+    assert!(
+        check["warnings"].to_string().contains("public_url"),
+        "{check}"
+    );
+    env.add_tenant("acme");
+    env.add_user("acme", "newbie", "pw-newbie");
+    let server = env.start_server();
+    let r = radclient(
+        server.addr,
+        &env.client().secret,
+        &[
+            ("User-Name", "newbie".to_string()),
+            ("User-Password", "pw-newbie".to_string()),
+        ],
+        true,
+    );
+    assert!(r.is_reject(), "{}", r.raw_output);
+}
+
+/// A self-service session through the raw HTTP client: login form, POST with its CSRF.
+fn my_login(w: &World, user: &str, password: &str, code: &str) -> HttpReply {
+    let form = w.get("/my/", &[]);
+    let pre = cookie_pair(&set_cookie(&form, "pc_my_login").expect("pre-session cookie"));
+    let csrf = hidden(&form.body, "csrf");
+    w.post(
+        "/my/login",
+        &pre,
+        &format!(
+            "csrf={}&tenant=acme&username={}&password={}&code={}",
+            enc(&csrf),
+            enc(user),
+            enc(password),
+            enc(code)
+        ),
+    )
+}
+
+#[test]
+fn self_service_needs_a_second_factor_a_session_and_csrf() {
+    let w = world();
+    let secret = portcullis_tests::random_base32_secret();
+    w.env.add_user("acme", "alice", "pw-alice");
+    w.env.enroll_totp("acme", "alice", Some(&secret));
+
+    let form = w.get("/my/", &[]);
+    assert_eq!(form.status, 200);
+    assert_strict_headers(&form);
+    // What the path carries is escaped.
+    let r = w.get("/my/%3Cscript%3Ealert(1)%3C%2Fscript%3E/", &[]);
+    assert!(
+        !r.body.contains("<script>alert") && r.body.contains("&lt;script&gt;alert(1)"),
+        "{}",
+        r.body
+    );
+
+    // Without the login form's cookie: refused.
+    let r = w.post(
+        "/my/login",
+        "",
+        &format!(
+            "csrf=x&tenant=acme&username=alice&password=pw-alice&code={}",
+            oathtool_totp(&secret, 6, Algorithm::Sha1, 0)
+        ),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Password alone, or a wrong code: refused.
+    let r = my_login(&w, "alice", "pw-alice", "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(set_cookie(&r, "pc_my").is_none());
+    let r = my_login(
+        &w,
+        "alice",
+        "wrong",
+        &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
+    );
+    assert_eq!(r.status, 401);
+
+    let r = my_login(
+        &w,
+        "alice",
+        "pw-alice",
+        &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let set = set_cookie(&r, "pc_my").expect("session cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age=900"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "public_url is http: {set}");
+    let session = cookie_pair(&set);
+    let home = w.get("/my/", &[("Cookie", &session)]);
+    assert!(home.body.contains("id=\"user\">alice<"), "{}", home.body);
+    let csrf = hidden(&home.body, "csrf");
+
+    // A POST without the session's CSRF token is refused; with it, codes are made.
+    let r = w.post("/my/recovery", &session, "csrf=forged");
+    assert_eq!(r.status, 403);
+    let r = w.post("/my/recovery", &session, "");
+    assert_eq!(r.status, 403);
+    // Another session's token does not fit this session.
+    let other = cookie_pair(
+        &set_cookie(
+            &my_login(
+                &w,
+                "alice",
+                "pw-alice",
+                &oathtool_totp(&secret, 6, Algorithm::Sha1, 1),
+            ),
+            "pc_my",
+        )
+        .unwrap(),
+    );
+    let r = w.post("/my/recovery", &other, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 403);
+    let r = w.post("/my/recovery", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.matches("<li><code>").count(), 10, "{}", r.body);
+
+    // The last confirmed factor cannot be removed here.
+    let factor = w.factors("alice")[0]["factor_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = w.post(
+        "/my/remove",
+        &session,
+        &format!("csrf={}&factor={}", enc(&csrf), enc(&factor)),
+    );
+    assert!(r.body.contains("last confirmed factor"), "{}", r.body);
+    assert_eq!(w.factors("alice").len(), 1);
+
+    // Add a second app through the page: pending until its code confirms it, then the
+    // first one can go.
+    let r = w.post("/my/enroll", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new_secret = r
+        .body
+        .split("id=\"secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_string();
+    let new_id = hidden(&r.body, "factor");
+    let r = w.post(
+        "/my/confirm",
+        &session,
+        &format!(
+            "csrf={}&factor={}&code={}",
+            enc(&csrf),
+            enc(&new_id),
+            oathtool_totp(&new_secret, 6, Algorithm::Sha1, 0)
+        ),
+    );
+    assert!(r.body.contains("id=\"message\""), "{}", r.body);
+    let r = w.post(
+        "/my/remove",
+        &session,
+        &format!("csrf={}&factor={}", enc(&csrf), enc(&factor)),
+    );
+    assert!(r.body.contains("The factor was removed"), "{}", r.body);
+    let left = w.factors("alice");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["factor_id"], new_id.as_str());
+
+    // Signing out ends the cookie; a forged cookie is no session.
+    let r = w.post("/my/logout", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 303);
+    assert!(set_cookie(&r, "pc_my").unwrap().contains("Max-Age=0"));
+    let forged = format!("pc_my={}x", &session["pc_my=".len()..]);
+    let r = w.get("/my/", &[("Cookie", &forged)]);
+    assert!(r.body.contains("id=\"login\""), "{}", r.body);
+}
+
+/// An admin pages session for `token`.
+fn admin_login(w: &World, token: &str) -> String {
+    let form = w.get("/admin/", &[]);
+    assert_strict_headers(&form);
+    let pre = cookie_pair(&set_cookie(&form, "pc_admin_login").expect("pre-session cookie"));
+    let csrf = hidden(&form.body, "csrf");
+    let r = w.post(
+        "/admin/login",
+        &pre,
+        &format!("csrf={}&token={}", enc(&csrf), enc(token)),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    cookie_pair(&set_cookie(&r, "pc_admin").expect("admin session"))
+}
+
+fn add_token(w: &World, role: &str, name: &str) -> (String, String) {
+    let v = w.env.cli_json(&[
+        "token", "add", "--tenant", "acme", "--role", role, name, "--json",
+    ]);
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn admin_pages_follow_the_token_roles() {
+    let w = world();
+    w.env.add_user("acme", "alice", "pw-alice");
+    w.env.enroll_totp("acme", "alice", None);
+    let (helpdesk, helpdesk_id) = add_token(&w, "helpdesk", "desk");
+    let (auditor, _) = add_token(&w, "auditor", "soc");
+
+    // A wrong token: no session.
+    let form = w.get("/admin/", &[]);
+    let pre = cookie_pair(&set_cookie(&form, "pc_admin_login").unwrap());
+    let r = w.post(
+        "/admin/login",
+        &pre,
+        &format!(
+            "csrf={}&token=pca_nope_nope",
+            enc(&hidden(&form.body, "csrf"))
+        ),
+    );
+    assert_eq!(r.status, 401);
+    assert!(set_cookie(&r, "pc_admin").is_none());
+
+    let s = admin_login(&w, &helpdesk);
+    let users = w.get("/admin/t/acme/", &[("Cookie", &s)]);
+    assert_eq!(users.status, 200, "{}", users.body);
+    assert_strict_headers(&users);
+    assert!(users.body.contains("data-user=\"alice\""), "{}", users.body);
+    assert!(users.body.contains("totp (pending)"), "{}", users.body);
+    assert!(!users.body.contains("audit-link"), "helpdesk sees no audit");
+    assert_eq!(w.get("/admin/t/acme/audit", &[("Cookie", &s)]).status, 403);
+    assert_eq!(w.get("/admin/t/other/", &[("Cookie", &s)]).status, 403);
+    let csrf = hidden(&users.body, "csrf");
+    // CSRF on every POST.
+    let r = w.post("/admin/t/acme/bypass", &s, "csrf=forged&user=alice");
+    assert_eq!(r.status, 403);
+    let r = w.post(
+        "/admin/t/acme/bypass",
+        &s,
+        &format!("csrf={}&user=alice", enc(&csrf)),
+    );
+    let code = r
+        .body
+        .split("id=\"bypass-code\">")
+        .nth(1)
+        .and_then(|x| x.split('<').next())
+        .unwrap_or_else(|| panic!("{}", r.body))
+        .to_string();
+    assert_eq!(code.len(), 9);
+    // The bypass code works once over RADIUS.
+    let c = w.login("alice", "pw-alice", None);
+    let ok = w.login("alice", &code, Some(&c.state_for_radclient()));
+    assert!(ok.is_accept(), "{}", ok.raw_output);
+    let r = w.post(
+        "/admin/t/acme/reset",
+        &s,
+        &format!("csrf={}&user=alice", enc(&csrf)),
+    );
+    assert!(r.body.contains("1 factors of alice removed"), "{}", r.body);
+    assert!(w.factors("alice").is_empty());
+
+    // The auditor reads the audit (with the web changes in it), not the users.
+    let a = admin_login(&w, &auditor);
+    let users = w.get("/admin/t/acme/", &[("Cookie", &a)]);
+    assert!(!users.body.contains("data-user="), "{}", users.body);
+    assert!(users.body.contains("audit-link"));
+    let log = w.get("/admin/t/acme/audit", &[("Cookie", &a)]);
+    assert_eq!(log.status, 200);
+    assert!(log.body.contains("admin-web:desk"), "{}", log.body);
+    assert!(!log.body.contains(&code), "no secret in the audit");
+
+    // Revoking the token ends its page sessions at once.
+    w.env.cli_ok(&["token", "revoke", &helpdesk_id]);
+    let r = w.get("/admin/t/acme/", &[("Cookie", &s)]);
+    assert_eq!(r.status, 303);
+}
+
+#[test]
+fn pam_enrolment_prompt_carries_the_link_and_the_first_code_logs_in() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let f = PamFixture::with_config(
+        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n"),
+        true,
+    );
+    f.env.add_user("acme", "bob", "bobs password");
+    f.module_service("enroll", "first_factor=portcullis unenrolled=enroll");
+
+    // pamtester answers from stdin: the password now, the code once the link was opened.
+    let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
+    cmd.args(["-v", "enroll", "bob", "authenticate"]);
+    under_pam_wrapper(&mut cmd, &f.service_dir);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pamtester");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"bobs password\n").unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for mut pipe in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let seen = seen.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }));
+    }
+    let prefix = format!("{base}/v1/enroll/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        let text = seen.lock().unwrap().clone();
+        if let Some(i) = text.find(&prefix) {
+            let link: String = text[i..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != ',')
+                .collect();
+            if link.len() == prefix.len() + 43 {
+                break link;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no enrolment link in the PAM prompt: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let page = request_full(
+        http,
+        "GET",
+        path_of(&link),
+        &[],
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    let secret = page
+        .body
+        .split("id=\"secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_string();
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    stdin.write_all(format!("{code}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pamtester did not finish: {}", seen.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for r in readers {
+        let _ = r.join();
+    }
+    let out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: seen.lock().unwrap().clone().into_bytes(),
+    };
+    assert!(out.status.success(), "{}", describe(&out));
+    let rec = f.last_audit("bob");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("enrolled a TOTP factor at login"),
+        "{rec}"
+    );
+}
