@@ -301,6 +301,14 @@ impl Tx<'_> {
         block_on(self.tx.batch_execute(sql))
     }
 
+    fn try_query_one(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Row, tokio_postgres::Error> {
+        block_on(self.tx.query_one(sql, params))
+    }
+
     fn commit(self) -> StoreResult<()> {
         block_on(self.tx.commit()).map_err(db)
     }
@@ -608,6 +616,23 @@ fn throttle_from_row(r: &Row) -> StoreResult<Throttle> {
         failures: to_u32(r.col(0)?, "throttle failures")?,
         last_failure_at: r.col(1)?,
         locked_until: r.col(2)?,
+    })
+}
+
+const ENROLL_COLUMNS: &str = "token_hash, tenant_id, tenant, user_id, username, txn_id, factor_id, created_at, expires_at, opened_at";
+
+fn enrollment_from_row(r: &Row) -> StoreResult<Enrollment> {
+    Ok(Enrollment {
+        token_hash: r.col(0)?,
+        tenant_id: r.col(1)?,
+        tenant: r.col(2)?,
+        user_id: r.col(3)?,
+        username: r.col(4)?,
+        txn_id: r.col(5)?,
+        factor_id: r.col(6)?,
+        created_at: r.col(7)?,
+        expires_at: r.col(8)?,
+        opened_at: r.col(9)?,
     })
 }
 
@@ -1310,6 +1335,7 @@ impl Store for PgStore {
             "DELETE FROM push_requests WHERE expires_at <= $1",
             &[&(now - 86_400)],
         )?;
+        n += conn.execute("DELETE FROM enrollments WHERE expires_at <= $1", &[&now])?;
         Ok(n)
     }
 
@@ -1370,6 +1396,151 @@ impl Store for PgStore {
             &[&id, &now],
         )
         .map(|_| ())
+    }
+
+    fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let (mut created, mut updated) = (0u64, 0u64);
+        for entry in users {
+            match entry {
+                ImportUser::Create { user: u, factor } => {
+                    let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+                    let row = match tx.try_query_one(
+                        "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
+                        &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
+                    ) {
+                        Ok(row) => row,
+                        Err(e) if is_unique_violation(&e) => {
+                            return Err(StoreError::AlreadyExists {
+                                what: "user",
+                                name: u.name.clone(),
+                            })
+                        }
+                        Err(e) => return Err(db(e)),
+                    };
+                    let user_id: i64 = row.col(0)?;
+                    if let Some(f) = factor {
+                        tx.execute(
+                            &format!("INSERT INTO factors ({FACTOR_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+                            &[
+                                &f.id,
+                                &user_id,
+                                &f.kind.as_str(),
+                                &f.state.as_str(),
+                                &f.sealed_secret,
+                                &f.params,
+                                &f.created_at,
+                                &f.confirmed_at,
+                                &f.last_used_at,
+                            ],
+                        )?;
+                    }
+                    created += 1;
+                }
+                ImportUser::Update {
+                    user,
+                    email,
+                    phone,
+                    groups,
+                    password_hash,
+                } => {
+                    let groups = groups
+                        .as_ref()
+                        .map(|g| serde_json::to_string(g).unwrap_or_else(|_| "[]".into()));
+                    let n = tx.execute(
+                        "UPDATE users SET
+                           email = CASE WHEN $2::BOOLEAN THEN $3::TEXT ELSE email END,
+                           phone = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE phone END,
+                           groups_json = COALESCE($6::TEXT, groups_json),
+                           password_hash = COALESCE($7::TEXT, password_hash)
+                         WHERE id = $1",
+                        &[
+                            user,
+                            &email.is_some(),
+                            &email.as_ref().and_then(|e| e.as_deref()),
+                            &phone.is_some(),
+                            &phone.as_ref().and_then(|p| p.as_deref()),
+                            &groups,
+                            password_hash,
+                        ],
+                    )?;
+                    if n != 1 {
+                        return Err(StoreError::NotFound {
+                            what: "user",
+                            name: user.to_string(),
+                        });
+                    }
+                    updated += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((created, updated))
+    }
+
+    fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()> {
+        match self.conn()?.try_execute(
+            &format!("INSERT INTO enrollments ({ENROLL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &[
+                &e.token_hash,
+                &e.tenant_id,
+                &e.tenant,
+                &e.user_id,
+                &e.username,
+                &e.txn_id,
+                &e.factor_id,
+                &e.created_at,
+                &e.expires_at,
+                &e.opened_at,
+            ],
+        )? {
+            Ok(_) => Ok(()),
+            Err(err) if is_unique_violation(&err) => Err(StoreError::AlreadyExists {
+                what: "enrolment link",
+                name: "(hash)".into(),
+            }),
+            Err(err) => Err(db(err)),
+        }
+    }
+
+    fn open_enrollment(&self, token_hash: &str, now: UnixTime) -> StoreResult<Option<Enrollment>> {
+        // One conditional UPDATE claims the link: of two nodes opening it at once, one wins.
+        self.query_opt(
+            &format!(
+                "UPDATE enrollments SET opened_at = $2
+                 WHERE token_hash = $1 AND opened_at IS NULL AND expires_at > $2
+                 RETURNING {ENROLL_COLUMNS}"
+            ),
+            &[&token_hash, &now],
+        )?
+        .as_ref()
+        .map(enrollment_from_row)
+        .transpose()
+    }
+
+    fn set_enrollment_factor(&self, token_hash: &str, factor_id: &str) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE enrollments SET factor_id = $2
+             WHERE token_hash = $1 AND factor_id IS NULL AND opened_at IS NOT NULL",
+            &[&token_hash, &factor_id],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>> {
+        // No row id here: within one second the link expiring last is the newest.
+        self.query_opt(
+            &format!(
+                "SELECT {ENROLL_COLUMNS} FROM enrollments WHERE txn_id = $1
+                 ORDER BY created_at DESC, expires_at DESC, token_hash DESC LIMIT 1"
+            ),
+            &[&txn_id],
+        )?
+        .as_ref()
+        .map(enrollment_from_row)
+        .transpose()
     }
 
     fn create_pam_host(
