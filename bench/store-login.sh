@@ -17,6 +17,8 @@ PROFILE=${1:-release}
 N=${N:-400}
 P=${P:-32}
 HASH=${HASH:-default}
+POOL=${POOL:-8}   # store.max_connections of the PostgreSQL node
+PGOPTS=${PGOPTS:-}  # e.g. "-c synchronous_commit=off" (the durability of SQLite's WAL + NORMAL)
 PASSWORDS=
 if [ "$HASH" = cheap ]; then
     PASSWORDS=$'[passwords]\nargon2_memory_kib = 1024\nargon2_iterations = 1\nargon2_parallelism = 1'
@@ -43,7 +45,7 @@ echo benchpw >"$T/pg/pw"
 "${AS[@]}" "$PGBIN/initdb" -D "$T/pg/data" -U portcullis --auth-local=trust --auth-host=scram-sha-256 \
     --pwfile="$T/pg/pw" -E UTF8 >/dev/null
 "${AS[@]}" "$PGBIN/postgres" -D "$T/pg/data" -p "$PORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
-    >"$T/pg/log" 2>&1 &
+    $PGOPTS >"$T/pg/log" 2>&1 &
 PG=$!
 for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.1; done
 PGPASSWORD=benchpw "$PGBIN/psql" -q -h 127.0.0.1 -p "$PORT" -U portcullis -d postgres -c 'CREATE DATABASE bench' 
@@ -55,6 +57,7 @@ bench() {
     cat >"$cfg" <<TOML
 [store]
 url = "$url"
+max_connections = $POOL
 [secrets]
 key_file = "$T/master.key"
 [radius]
@@ -101,6 +104,6 @@ TOML
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
 }
 
-echo "profile: $PROFILE, N=$N logins, $P in flight, append mode (PAP + TOTP), argon2: $HASH"
+echo "profile: $PROFILE, N=$N logins, $P in flight, append mode (PAP + TOTP), argon2: $HASH, PostgreSQL pool $POOL ${PGOPTS:+($PGOPTS)}"
 bench sqlite "sqlite://$T/bench.db"
 bench postgres "postgres://portcullis:benchpw@127.0.0.1:$PORT/bench?sslmode=disable"
