@@ -939,12 +939,11 @@ impl Store for PgStore {
     }
 
     fn has_bypass_code(&self, user: UserId, now: UnixTime) -> StoreResult<bool> {
-        Ok(self
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM bypass_codes WHERE user_id = $1 AND uses_left > 0 AND expires_at > $2)",
-                &[&user, &now],
-            )?
-            .col(0)?)
+        self.query_one(
+            "SELECT EXISTS (SELECT 1 FROM bypass_codes WHERE user_id = $1 AND uses_left > 0 AND expires_at > $2)",
+            &[&user, &now],
+        )?
+        .col(0)
     }
 
     fn replace_recovery_codes(
