@@ -161,6 +161,19 @@ impl Server {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
+    /// Waits up to `timeout` until the server's stderr contains `text` (its log lines are
+    /// collected by a reader thread, a moment after the server wrote them); the stderr.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let err = self.stderr();
+            if err.contains(text) || Instant::now() >= deadline {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What the server printed on stderr so far (its log).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()

@@ -840,3 +840,63 @@ fn policies_clients_and_the_openapi_document_are_served() {
     }
     assert!(paths["/v1/tenants/{tenant}/users/{user}"]["patch"].is_object());
 }
+
+#[test]
+fn pam_hosts_are_managed_through_the_api_per_tenant_and_role() {
+    let api = Api::start("");
+    let op = api.token(&["--operator", "ops"]);
+    for t in ["acme", "globex"] {
+        api.expect(&op, "POST", "/v1/tenants", Some(json!({"name": t})), 201);
+    }
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "acme-admin"]);
+    let helpdesk = api.token(&["--tenant", "acme", "--role", "helpdesk", "acme-hd"]);
+    let other = api.token(&["--tenant", "globex", "--role", "admin", "globex-admin"]);
+    let path = "/v1/tenants/acme/pam-hosts";
+    let created = api.expect(&admin, "POST", path, Some(json!({"name": "web-a"})), 201);
+    let token = created["token"]
+        .as_str()
+        .expect("the token, once")
+        .to_string();
+    assert!(token.starts_with("pch_"), "{created}");
+    assert_eq!(created["host"]["name"], "web-a");
+    // The CLI sees the same host; no listing shows the token.
+    let cli = api
+        .env
+        .cli_json(&["host", "list", "--tenant", "acme", "--json"]);
+    assert!(cli.to_string().contains("web-a"), "{cli}");
+    let listed = api.expect(&admin, "GET", path, None, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(!listed.to_string().contains(&token), "{listed}");
+    // A second registration of a live host is a conflict; bad names are refused.
+    api.expect(&admin, "POST", path, Some(json!({"name": "web-a"})), 409);
+    api.expect(&admin, "POST", path, Some(json!({"name": "bad name"})), 400);
+    // Help desk may not; another tenant's admin sees nothing here.
+    api.expect(&helpdesk, "GET", path, None, 403);
+    api.expect(&other, "GET", path, None, 404);
+    api.expect(
+        &other,
+        "DELETE",
+        "/v1/tenants/acme/pam-hosts/web-a",
+        None,
+        404,
+    );
+    // Removed: revoked at once, and the change is audited.
+    api.expect(
+        &admin,
+        "DELETE",
+        "/v1/tenants/acme/pam-hosts/web-a",
+        None,
+        204,
+    );
+    let listed = api.expect(&admin, "GET", path, None, 200);
+    assert_eq!(listed[0]["revoked"], true, "{listed}");
+    api.expect(
+        &admin,
+        "DELETE",
+        "/v1/tenants/acme/pam-hosts/web-a",
+        None,
+        404,
+    );
+    let audit = api.expect(&admin, "GET", "/v1/tenants/acme/audit", None, 200);
+    assert!(audit.to_string().contains("host.remove"), "{audit}");
+}

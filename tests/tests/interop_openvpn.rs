@@ -244,7 +244,9 @@ fn openvpn_with_radiusplugin_logs_in_with_password_comma_code_in_append_mode() {
         describe(&log)
     );
     assert!(
-        server.stderr().contains("password and totp ok"),
+        server
+            .wait_for_stderr("password and totp ok", std::time::Duration::from_secs(5))
+            .contains("password and totp ok"),
         "{}",
         describe(&log)
     );

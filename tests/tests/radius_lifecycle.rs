@@ -96,7 +96,9 @@ fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config()
     .unwrap();
     assert!(!server.reload(), "an invalid config was applied");
     assert!(
-        server.stderr().contains("sometimes"),
+        server
+            .wait_for_stderr("sometimes", Duration::from_secs(5))
+            .contains("sometimes"),
         "the error names the problem:\n{}",
         server.stderr()
     );

@@ -28,6 +28,8 @@ pub enum Perm {
     BypassCodes,
     ReadPolicy,
     ReadClients,
+    /// List, register and remove remote PAM hosts.
+    ManageHosts,
     ReadAudit,
 }
 
@@ -45,6 +47,7 @@ impl Perm {
             Perm::BypassCodes => "issue bypass codes",
             Perm::ReadPolicy => "read or test policies",
             Perm::ReadClients => "read RADIUS clients",
+            Perm::ManageHosts => "manage PAM hosts",
             Perm::ReadAudit => "read the audit log",
         }
     }
@@ -133,6 +136,7 @@ mod tests {
             BypassCodes,
             ReadPolicy,
             ReadClients,
+            ManageHosts,
             ReadAudit,
         ];
         let set = |r| {

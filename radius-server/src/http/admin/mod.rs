@@ -11,6 +11,7 @@ mod clients;
 mod codes;
 mod error;
 mod factors;
+mod hosts;
 pub mod openapi;
 mod policies;
 mod tenants;
@@ -132,6 +133,7 @@ pub fn api_routes() -> Vec<ApiRoute> {
     all.extend(codes::routes());
     all.extend(policies::routes());
     all.extend(clients::routes());
+    all.extend(hosts::routes());
     all.extend(audit::routes());
     all
 }

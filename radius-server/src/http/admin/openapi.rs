@@ -259,6 +259,31 @@ fn operations() -> Vec<Op> {
             "operator, admin",
             ("200", "the clients"),
         ),
+        op(
+            "/v1/tenants/{tenant}/pam-hosts",
+            "get",
+            "The tenant's remote PAM hosts (never their tokens)",
+            "operator, admin",
+            ("200", "the hosts"),
+        ),
+        op(
+            "/v1/tenants/{tenant}/pam-hosts",
+            "post",
+            "Register a PAM host; its token is in this answer only (put it in the host's token_file)",
+            "operator, admin",
+            ("201", "the host and its token"),
+        )
+        .body(object(
+            &[("name", string("the host's name: 1-253 letters, digits or . _ -"))],
+            &["name"],
+        )),
+        op(
+            "/v1/tenants/{tenant}/pam-hosts/{host}",
+            "delete",
+            "Remove a PAM host: its token stops working at once",
+            "operator, admin",
+            ("204", "removed"),
+        ),
         Op {
             query: vec![
                 ("user", "only this user's records"),
