@@ -162,6 +162,12 @@ impl PgServer {
             server.wait_ready(Duration::from_secs(30));
             return server;
         }
+        PgServer::start_own()
+    }
+
+    /// A new server of our own, whatever `PORTCULLIS_TEST_POSTGRES` says (for tests that
+    /// stop and restart the database).
+    pub fn start_own() -> PgServer {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
@@ -233,6 +239,13 @@ impl PgServer {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("CREATE DATABASE");
         format!("{}/{name}?sslmode=disable", self.base)
+    }
+
+    /// The password in the server's URL (to check that it is never shown).
+    pub fn password(&self) -> Option<String> {
+        let (_, rest) = self.base.split_once("://")?;
+        let userinfo = rest.rsplit_once('@')?.0;
+        userinfo.split_once(':').map(|(_, p)| p.to_string())
     }
 
     /// The port of our own server (not available for an external one).

@@ -7,7 +7,7 @@ use std::thread;
 
 use portcullis_core::model::NewUser;
 use portcullis_core::store::{suite, PgSettings, PgStore, Store, StoreError};
-use portcullis_tests::postgres::{PgServer, TEST_PASSWORD};
+use portcullis_tests::postgres::PgServer;
 
 fn open(url: &str) -> PgStore {
     PgStore::open(&PgSettings::new(url)).unwrap_or_else(|e| panic!("open {url}: {e}"))
@@ -131,7 +131,9 @@ fn concurrent_attribute_updates_are_not_lost() {
 fn connection_errors_do_not_show_the_password() {
     let pg = PgServer::start();
     let url = pg.create_database();
-    let wrong = url.replace(TEST_PASSWORD, "Wr0ng-Secret-pw");
+    let password = pg.password().expect("a password in the test URL");
+    let wrong = url.replace(&format!(":{password}@"), ":Wr0ng-Secret-pw@");
+    assert_ne!(wrong, url);
     let err = PgStore::open(&PgSettings::new(&wrong)).expect_err("wrong password accepted");
     let text = format!("{err} {err:?}");
     assert!(matches!(err, StoreError::Database(_)), "{text}");
