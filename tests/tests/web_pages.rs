@@ -466,6 +466,17 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body.matches("<li><code>").count(), 10, "{}", r.body);
 
+    // The user revokes remembered devices themselves (CSRF-checked like every POST).
+    let r = w.post("/my/forget", &session, "csrf=forged");
+    assert_eq!(r.status, 403);
+    let r = w.post("/my/forget", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.contains("remembered device(s) forgotten"),
+        "{}",
+        r.body
+    );
+
     // The last confirmed factor cannot be removed here.
     let factor = w.factors("alice")[0]["factor_id"]
         .as_str()

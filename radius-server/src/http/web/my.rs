@@ -35,6 +35,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/my/confirm", post(confirm))
         .route("/my/remove", post(remove))
         .route("/my/recovery", post(recovery))
+        .route("/my/forget", post(forget))
 }
 
 fn signer(engine: &Engine) -> Signer {
@@ -393,6 +394,39 @@ async fn remove(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     }
 }
 
+/// Forget every remembered source ("remembered devices"): the next login from each of
+/// them asks for a second factor again.
+async fn forget(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, _) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let admin = state.admin.clone();
+    let s2 = s.clone();
+    let r = blocking(move || {
+        let n = admin.admin.forget_sources(&s2.tenant, &s2.subject, None)?;
+        audit(
+            &admin.admin,
+            &s2,
+            "sources.forget",
+            &format!("{n} remembered source(s)"),
+        );
+        Ok::<_, AdminError>(n)
+    })
+    .await;
+    match r {
+        Some(Ok(n)) => {
+            let m = format!(
+                "ok:{n} remembered device(s) forgotten: they ask for a second factor again."
+            );
+            dashboard(&state, &s, &value, &m).await
+        }
+        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        None => internal(),
+    }
+}
+
 async fn recovery(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let engine = state.radius.engine.clone();
     let (s, value, _) = match authorize(&engine, &headers, &body) {
@@ -479,7 +513,9 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
 <h2>Factors</h2><table id=\"factors\"><tr><th>kind</th><th>state</th><th>id</th><th>added</th><th>last used</th><th></th></tr>{rows}</table>\
 <form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>\
 <h2>Recovery codes</h2><p><span id=\"recovery-left\">{left}</span> unused.</p>\
-<form method=\"post\" action=\"/my/recovery\">{hidden}<button type=\"submit\" id=\"new-recovery\">Make new recovery codes</button></form>",
+<form method=\"post\" action=\"/my/recovery\">{hidden}<button type=\"submit\" id=\"new-recovery\">Make new recovery codes</button></form>\
+<h2>Remembered devices</h2><p>Where a rule remembers a device (network address), logins from it may skip the second factor for a while.</p>\
+<form method=\"post\" action=\"/my/forget\">{hidden}<button type=\"submit\" id=\"forget\">Forget all remembered devices</button></form>",
         user = esc(&d.user.name),
         tenant = esc(&s.tenant),
         ends = format_time(s.expires_at),
