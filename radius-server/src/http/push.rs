@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use portcullis_core::push::{PushAnswer, PushDecision, PushView};
 
+use super::web::{esc, strict_headers};
 use super::HttpState;
 
 /// Largest answer body taken (a form with a token and a number).
@@ -44,21 +45,6 @@ fn form_value(pairs: &str, key: &str) -> Option<String> {
     })
 }
 
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A page with headers that keep the token out of caches and referrers.
 fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let doc = format!(
@@ -70,22 +56,12 @@ dl{{display:grid;grid-template-columns:auto 1fr;gap:.3rem 1rem}}dt{{color:#666}}
 button{{font-size:1.2rem;padding:.8rem 1.2rem;margin:.3rem;border-radius:.5rem;border:1px solid #888}}\
 .approve{{background:#1a7f37;color:#fff}}.deny{{background:#b42318;color:#fff}}\
 </style></head><body><h1>{title}</h1>{body}</body></html>",
-        title = html_escape(title)
+        title = esc(title)
     );
     let mut r = (status, doc).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
+    // The same strict headers as every page: no caching, no referrer (the token is in the
+    // URL), a CSP that allows only the inline style and forms posting here.
+    strict_headers(r.headers_mut());
     r
 }
 
@@ -136,21 +112,21 @@ async fn page(State(state): State<HttpState>, Path(id): Path<String>, uri: Uri) 
 fn page_body(id: &str, token: &str, v: &PushView) -> String {
     let context = format!(
         "<dl><dt>User</dt><dd>{}</dd><dt>Service</dt><dd>{}</dd><dt>From</dt><dd>{}</dd><dt>Time</dt><dd>{}</dd></dl>",
-        html_escape(&v.username),
-        html_escape(&v.client),
-        html_escape(&v.source),
+        esc(&v.username),
+        esc(&v.client),
+        esc(&v.source),
         format_time(v.created_at)
     );
     if v.status != "pending" {
         return format!(
             "{context}<p id=\"status\">This request is {}.</p>",
-            html_escape(&v.status)
+            esc(&v.status)
         );
     }
-    let id = html_escape(id);
+    let id = esc(id);
     let hidden = format!(
         "<input type=\"hidden\" name=\"t\" value=\"{}\">",
-        html_escape(token)
+        esc(token)
     );
     let approve = if v.choices.is_empty() {
         format!(
