@@ -140,12 +140,12 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         if let Some(h) = &cfg.http {
             match &h.tls_cert {
                 Some(cert) => s.push_str(&format!(
-                    "http listen: {} (HTTPS, certificate {}; /metrics, /v1/pam/step)\n",
+                    "http listen: {} (HTTPS, certificate {}; /metrics, /v1/push, /v1/pam/step, admin API /v1/, /my/, /admin/)\n",
                     h.listen,
                     cert.display()
                 )),
                 None => s.push_str(&format!(
-                    "http listen: {} (plain HTTP; /metrics, /v1/pam/step)\n",
+                    "http listen: {} (plain HTTP; /metrics, /v1/push, /v1/pam/step, admin API /v1/, /my/, /admin/)\n",
                     h.listen
                 )),
             }
