@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -14,8 +14,11 @@ use portcullis_core::engine::Engine;
 use portcullis_core::model::{AdminRole, AdminToken, AuditFilter};
 use zeroize::Zeroizing;
 
-use super::session::{cookie, set_cookie, Kind, Signer, SESSION_TTL};
-use super::{blocking, esc, form_value, format_time, internal, page, see_other, MAX_FORM};
+use super::session::{cookie, set_cookie, Kind, SESSION_TTL};
+use super::{
+    blocking, esc, form_value, format_time, internal, page, secure, see_other, signer, with_cookie,
+    MAX_FORM,
+};
 use crate::http::admin::{allows, Perm};
 use crate::http::HttpState;
 
@@ -33,23 +36,6 @@ pub fn routes() -> Router<HttpState> {
         .route("/admin/t/{tenant}/audit", get(audit_log))
         .route("/admin/t/{tenant}/reset", post(reset))
         .route("/admin/t/{tenant}/bypass", post(bypass))
-}
-
-fn signer(engine: &Engine) -> Signer {
-    Signer::new(engine.web_session_key())
-}
-
-fn secure(engine: &Engine) -> bool {
-    engine
-        .public_url()
-        .is_some_and(|u| u.starts_with("https://"))
-}
-
-fn with_cookie(mut r: Response, value: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
 }
 
 /// The signed-in token (still valid) and the session's cookie value.

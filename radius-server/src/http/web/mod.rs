@@ -16,6 +16,8 @@ use axum::Router;
 use portcullis_core::config::{Config, Unenrolled};
 
 use super::HttpState;
+use portcullis_core::engine::Engine;
+use session::Signer;
 
 /// Largest form body taken.
 pub const MAX_FORM: usize = 8 * 1024;
@@ -43,6 +45,26 @@ pub fn config_warnings(cfg: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// The signer of session cookies and CSRF tokens (a key derived from the master key).
+pub(super) fn signer(engine: &Engine) -> Signer {
+    Signer::new(engine.web_session_key())
+}
+
+/// Whether cookies get `Secure`: the pages are reached over `https://`.
+pub(super) fn secure(engine: &Engine) -> bool {
+    engine
+        .public_url()
+        .is_some_and(|u| u.starts_with("https://"))
+}
+
+/// `r` with one more `Set-Cookie: value`.
+pub(super) fn with_cookie(mut r: Response, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// HTML-escapes `s` for text and attribute values.

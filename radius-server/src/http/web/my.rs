@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,8 +16,11 @@ use portcullis_core::config::{LoginMode, Unenrolled};
 use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
 use zeroize::Zeroizing;
 
-use super::session::{cookie, set_cookie, Kind, Session, Signer, SESSION_TTL};
-use super::{blocking, esc, form_value, format_time, internal, page, qr_svg, see_other, MAX_FORM};
+use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
+use super::{
+    blocking, esc, form_value, format_time, internal, page, qr_svg, secure, see_other, signer,
+    with_cookie, MAX_FORM,
+};
 use crate::http::HttpState;
 
 const COOKIE: &str = "pc_my";
@@ -36,23 +39,6 @@ pub fn routes() -> Router<HttpState> {
         .route("/my/remove", post(remove))
         .route("/my/recovery", post(recovery))
         .route("/my/forget", post(forget))
-}
-
-fn signer(engine: &Engine) -> Signer {
-    Signer::new(engine.web_session_key())
-}
-
-fn secure(engine: &Engine) -> bool {
-    engine
-        .public_url()
-        .is_some_and(|u| u.starts_with("https://"))
-}
-
-fn with_cookie(mut r: Response, value: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
 }
 
 /// The signed-in user's session and its cookie value.
