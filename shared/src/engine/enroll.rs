@@ -86,7 +86,8 @@ impl Engine {
         };
         // A user who can give any second factor (a bypass code from the helpdesk, recovery
         // codes) uses it; the link is for those with nothing.
-        if self.has_usable_factor(tenant, user, d)? {
+        let factors = self.store.factors_of(user.id)?;
+        if self.has_usable_factor(tenant, user, &factors, d)? {
             return Ok(None);
         }
         let mut raw = [0u8; 16];
@@ -275,7 +276,7 @@ impl Engine {
         let Some(e) = self.store.open_enrollment(&hash, now)? else {
             return Ok(None);
         };
-        let Some(tenant) = self.store.tenant_by_name(&e.tenant)? else {
+        let Some(tenant) = self.tenant(&e.tenant)? else {
             return Ok(None);
         };
         match self.store.user_by_name(tenant.id, &e.username)? {

@@ -50,11 +50,10 @@ impl Engine {
     pub(super) fn usable_methods(
         &self,
         tenant: &str,
-        user: &User,
+        factors: &[Factor],
         d: &Decision,
-    ) -> Result<Vec<Usable>, EngineError> {
+    ) -> Vec<Usable> {
         let mut out = Vec::new();
-        let factors = self.store.factors_of(user.id)?;
         let apps: Vec<&Factor> = factors
             .iter()
             .filter(|f| {
@@ -75,7 +74,7 @@ impl Engine {
                 label: label.into(),
             });
         }
-        if let Some(f) = self.push_factor(tenant, user, d)? {
+        if let Some(f) = self.push_factor(tenant, factors, d) {
             out.push(Usable {
                 method: Method::Push,
                 factor: Some(f),
@@ -86,7 +85,7 @@ impl Engine {
             (FactorKind::Sms, Method::Sms),
             (FactorKind::Email, Method::Email),
         ] {
-            if let Some(f) = self.oob_factor(tenant, user, kind, d)? {
+            if let Some(f) = self.oob_factor(tenant, factors, kind, d) {
                 let to = super::oob::address_of(&f)
                     .map(|a| mask_address(&a))
                     .unwrap_or_default();
@@ -101,7 +100,7 @@ impl Engine {
                 });
             }
         }
-        Ok(out)
+        out
     }
 
     /// An answer that picks a menu entry: start that factor. `None`: not a pick (a code).
@@ -122,7 +121,8 @@ impl Engine {
         if a.is_empty() || a.len() > 6 || looks_like_code || self.external(&tenant.name).is_some() {
             return Ok(None);
         }
-        let methods = self.usable_methods(&tenant.name, user, d)?;
+        let factors = self.store.factors_of(user.id)?;
+        let methods = self.usable_methods(&tenant.name, &factors, d);
         let Some(i) = pick(&methods, a) else {
             return Ok(None);
         };

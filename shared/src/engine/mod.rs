@@ -273,6 +273,8 @@ pub struct Engine {
     push_pepper: Zeroizing<[u8; 32]>,
     /// `[http] public_url`, the base of enrolment links (`unenrolled = "enroll"`).
     enroll_base: Option<String>,
+    /// Tenants found so far, by name (see [`Engine::tenant`]).
+    tenants: std::sync::RwLock<HashMap<String, Tenant>>,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -341,6 +343,7 @@ impl Engine {
             pushes: HashMap::new(),
             push_pepper,
             enroll_base: None,
+            tenants: Default::default(),
         }
     }
 
@@ -419,6 +422,29 @@ impl Engine {
             .get(&(channel.kind().to_string(), channel.client().to_string()))
             .or_else(|| self.first_factors.get(tenant))
             .unwrap_or(&self.local)
+    }
+
+    /// The tenant named `name`. Tenants are never renamed or deleted, so one found is kept
+    /// in memory (no store read per login); an unknown name is looked up every time (an
+    /// admin may create it meanwhile).
+    fn tenant(&self, name: &str) -> Result<Option<Tenant>, EngineError> {
+        let cached = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.store.tenant_by_name(name)?;
+        if let Some(t) = &found {
+            self.tenants
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), t.clone());
+        }
+        Ok(found)
     }
 
     /// The store this Engine uses.
@@ -526,7 +552,7 @@ impl Engine {
         backend: &Arc<dyn FirstFactor>,
         now: UnixTime,
     ) -> Result<Outcome, EngineError> {
-        let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
+        let Some(tenant) = self.tenant(&req.tenant)? else {
             let _ = self
                 .local
                 .check(&req.tenant, &req.username, None, &req.credential);
@@ -863,10 +889,13 @@ impl Engine {
         if let Some(o) = self.enroll_start(tenant, user, req, first, d, now, reply_attributes)? {
             return Ok(o);
         }
-        if let Some(stop) = self.no_usable_factor(tenant, user, first, req.unenrolled, d)? {
+        let factors = self.store.factors_of(user.id)?;
+        if let Some(stop) =
+            self.no_usable_factor(tenant, user, &factors, first, req.unenrolled, d)?
+        {
             return Ok(stop);
         }
-        let mut methods = self.usable_methods(&tenant.name, user, d)?;
+        let mut methods = self.usable_methods(&tenant.name, &factors, d);
         // The default factor (the rule's, else the tenant's) goes first in the menu and is
         // what `auto` starts.
         if let Some(i) = d
@@ -926,9 +955,9 @@ impl Engine {
         let mut text = req.prompt.clone();
         let mut offers = Vec::new();
         let mut sms_now = None;
-        let has_other = self.has_code_factor_besides_oob(user, d)?;
+        let has_other = self.has_code_factor_besides_oob(user, &factors, d)?;
         for kind in OUT_OF_BAND {
-            if let Some(f) = self.oob_factor(&tenant.name, user, kind, d)? {
+            if let Some(f) = self.oob_factor(&tenant.name, &factors, kind, d) {
                 if kind == FactorKind::Sms && !has_other {
                     sms_now = Some(f);
                 } else {
@@ -976,7 +1005,10 @@ impl Engine {
             return Ok(true);
         }
         match keyword(word) {
-            Some(kind) => Ok(self.oob_factor(&tenant.name, user, kind, d)?.is_some()),
+            Some(kind) => {
+                let factors = self.store.factors_of(user.id)?;
+                Ok(self.oob_factor(&tenant.name, &factors, kind, d).is_some())
+            }
             None => Ok(false),
         }
     }
@@ -998,7 +1030,11 @@ impl Engine {
         if !word.trim().eq_ignore_ascii_case("push") || self.external(&tenant.name).is_some() {
             return Ok(None);
         }
-        let Some(f) = self.push_factor(&tenant.name, user, d)? else {
+        if !self.pushes.contains_key(&tenant.name) {
+            return Ok(None);
+        }
+        let factors = self.store.factors_of(user.id)?;
+        let Some(f) = self.push_factor(&tenant.name, &factors, d) else {
             return Ok(None);
         };
         if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
@@ -1050,8 +1086,13 @@ impl Engine {
     }
 
     /// Whether the user can give a code (allowed by `d`) without one being sent.
-    fn has_code_factor_besides_oob(&self, user: &User, d: &Decision) -> Result<bool, EngineError> {
-        let other = self.store.factors_of(user.id)?.iter().any(|f| {
+    fn has_code_factor_besides_oob(
+        &self,
+        user: &User,
+        factors: &[Factor],
+        d: &Decision,
+    ) -> Result<bool, EngineError> {
+        let other = factors.iter().any(|f| {
             f.state == FactorState::Confirmed
                 && !f.kind.is_out_of_band()
                 && d.allows(f.kind.as_str())
@@ -1067,25 +1108,28 @@ impl Engine {
         &self,
         tenant: &Tenant,
         user: &User,
+        factors: &[Factor],
         d: &Decision,
     ) -> Result<bool, EngineError> {
-        Ok(self.has_code_factor_besides_oob(user, d)?
+        Ok(self.has_code_factor_besides_oob(user, factors, d)?
             || self
-                .oob_factor(&tenant.name, user, FactorKind::Sms, d)?
+                .oob_factor(&tenant.name, factors, FactorKind::Sms, d)
                 .is_some())
     }
 
     /// A user without a factor the decision accepts: the unenrolled setting applies to users
     /// with no factor at all; a rule that asks for factors the user lacks always rejects.
+    #[allow(clippy::too_many_arguments)]
     fn no_usable_factor(
         &self,
         tenant: &Tenant,
         user: &User,
+        factors: &[Factor],
         first: &str,
         unenrolled: Unenrolled,
         d: &Decision,
     ) -> Result<Option<Outcome>, EngineError> {
-        if self.has_usable_factor(tenant, user, d)? {
+        if self.has_usable_factor(tenant, user, factors, d)? {
             return Ok(None);
         }
         if d.factors.is_empty() {
@@ -1116,9 +1160,10 @@ impl Engine {
             unenrolled,
             decision: d,
         } = gate;
-        if let Some(blocked) = self.throttle_blocks(tenant, user, now)? {
-            return Ok(blocked);
-        }
+        let streak = match self.throttle_gate(tenant, user, now)? {
+            Ok(streak) => streak,
+            Err(blocked) => return Ok(blocked),
+        };
         let no_txn = || Ok(String::new());
         if let Some(o) = self.external_start(
             tenant,
@@ -1132,13 +1177,15 @@ impl Engine {
         )? {
             return Ok(o);
         }
-        if let Some(stop) = self.no_usable_factor(tenant, user, first, unenrolled, d)? {
+        // One read of the user's factors serves every check of this login.
+        let factors = self.store.factors_of(user.id)?;
+        if let Some(stop) = self.no_usable_factor(tenant, user, &factors, first, unenrolled, d)? {
             return Ok(stop);
         }
         // `password,sms`: send a code; the user logs in again with it (a NAS in append
         // mode cannot show a prompt).
         if let Some(kind) = keyword(code) {
-            if let Some(f) = self.oob_factor(&tenant.name, user, kind, d)? {
+            if let Some(f) = self.oob_factor(&tenant.name, &factors, kind, d) {
                 let sent = self.send_code(&tenant.name, user, &f)?;
                 let message = match sent {
                     SendOutcome::Sent { .. } => format!(
@@ -1150,20 +1197,22 @@ impl Engine {
                 return Ok(Outcome::reject_with(sent.reason(), &message));
             }
         }
-        Ok(match self.check_code(tenant, user, code, now, d)? {
-            CodeCheck::Accepted { factor } => {
-                self.remember_if_asked(d, user, source, now)?;
-                accepted(user, first, factor, d)
-            }
-            failed => Outcome::reject(failed.reason()),
-        })
+        Ok(
+            match self.check_code(tenant, user, &factors, code, now, d, streak)? {
+                CodeCheck::Accepted { factor } => {
+                    self.remember_if_asked(d, user, source, now)?;
+                    accepted(user, first, factor, d)
+                }
+                failed => Outcome::reject(failed.reason()),
+            },
+        )
     }
 
     fn answer_inner(&self, req: &AnswerRequest, now: UnixTime) -> Result<Outcome, EngineError> {
         let Some((id, step)) = parse_txn_ref(&req.txn) else {
             return Ok(Outcome::reject("malformed transaction reference (State)"));
         };
-        let Some(tenant) = self.store.tenant_by_name(&req.tenant)? else {
+        let Some(tenant) = self.tenant(&req.tenant)? else {
             return Ok(Outcome::reject(format!(
                 "tenant '{}' does not exist",
                 req.tenant
@@ -1194,10 +1243,13 @@ impl Engine {
                 ));
             }
         };
-        if let Some(blocked) = self.throttle_blocks(&tenant, &user, now)? {
-            self.store.delete_transaction(&txn.id)?;
-            return Ok(blocked);
-        }
+        let streak = match self.throttle_gate(&tenant, &user, now)? {
+            Ok(streak) => streak,
+            Err(blocked) => {
+                self.store.delete_transaction(&txn.id)?;
+                return Ok(blocked);
+            }
+        };
         // The rules are applied again: the user's groups or the time may have changed. A
         // started login is never downgraded: skip_mfa here still asks for the code.
         let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
@@ -1264,8 +1316,9 @@ impl Engine {
             }
             return Ok(carry(o, &txn.reply_attributes));
         }
+        let factors = self.store.factors_of(user.id)?;
         if let Some(kind) = keyword(&code) {
-            if let Some(f) = self.oob_factor(&tenant.name, &user, kind, &d)? {
+            if let Some(f) = self.oob_factor(&tenant.name, &factors, kind, &d) {
                 // Asking for a code is not a wrong answer: no attempt is counted.
                 let sent = self.send_code(&tenant.name, &user, &f)?;
                 return Ok(Outcome {
@@ -1281,7 +1334,7 @@ impl Engine {
                 });
             }
         }
-        match self.check_code(&tenant, &user, &code, now, &d)? {
+        match self.check_code(&tenant, &user, &factors, &code, now, &d, streak)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;
                 self.remember_if_asked(&d, &user, &req.source, now)?;

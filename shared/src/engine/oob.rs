@@ -115,14 +115,13 @@ impl Engine {
     pub(super) fn oob_factor(
         &self,
         tenant: &str,
-        user: &User,
+        factors: &[Factor],
         kind: FactorKind,
         d: &Decision,
-    ) -> Result<Option<Factor>, EngineError> {
+    ) -> Option<Factor> {
         if !self.can_send(tenant, kind) || !d.allows(kind.as_str()) {
-            return Ok(None);
+            return None;
         }
-        let factors = self.store.factors_of(user.id)?;
         let confirmed = |f: &&Factor| f.state == FactorState::Confirmed;
         if kind == FactorKind::Email
             && !factors
@@ -130,11 +129,12 @@ impl Engine {
                 .filter(confirmed)
                 .any(|f| f.kind != FactorKind::Email)
         {
-            return Ok(None);
+            return None;
         }
-        Ok(factors
-            .into_iter()
-            .find(|f| f.kind == kind && f.state == FactorState::Confirmed))
+        factors
+            .iter()
+            .find(|f| f.kind == kind && f.state == FactorState::Confirmed)
+            .cloned()
     }
 
     /// Make a code for `factor`, send it, and keep its hash (send first: a code that never
@@ -195,7 +195,7 @@ impl Engine {
         username: &str,
         factor_id: &str,
     ) -> Result<SendOutcome, EngineError> {
-        let Some(t) = self.store.tenant_by_name(tenant)? else {
+        let Some(t) = self.tenant(tenant)? else {
             return Ok(SendOutcome::Failed(DeliveryError::Refused(format!(
                 "tenant '{tenant}' does not exist"
             ))));

@@ -49,17 +49,16 @@ impl Engine {
     pub(super) fn push_factor(
         &self,
         tenant: &str,
-        user: &User,
+        factors: &[Factor],
         d: &Decision,
-    ) -> Result<Option<Factor>, EngineError> {
+    ) -> Option<Factor> {
         if !self.pushes.contains_key(tenant) || !d.allows("push") {
-            return Ok(None);
+            return None;
         }
-        Ok(self
-            .store
-            .factors_of(user.id)?
-            .into_iter()
-            .find(|f| f.kind == FactorKind::Push && f.state == FactorState::Confirmed))
+        factors
+            .iter()
+            .find(|f| f.kind == FactorKind::Push && f.state == FactorState::Confirmed)
+            .cloned()
     }
 
     /// Send a push for transaction `txn_id` (whose next step is `step`). Returns a Wait,
@@ -301,7 +300,7 @@ impl Engine {
             return Ok(SendOutcome::NotConfigured);
         };
         let refused = |m: String| Ok(SendOutcome::Failed(DeliveryError::Refused(m)));
-        let Some(t) = self.store.tenant_by_name(tenant)? else {
+        let Some(t) = self.tenant(tenant)? else {
             return refused(format!("tenant '{tenant}' does not exist"));
         };
         let Some(user) = self.store.user_by_name(t.id, username)? else {

@@ -1,6 +1,7 @@
 //! Checking a code against the user's factors: TOTP (with the replay cache), then
 //! recovery codes.
 
+use super::throttle::Streak;
 use super::{Engine, EngineError};
 use crate::clock::UnixTime;
 use crate::codes::{hash_code, normalize_recovery_code, BYPASS_CODE_LEN};
@@ -32,19 +33,26 @@ impl CodeCheck {
 }
 
 impl Engine {
-    /// Check `code` for `user` and count the result in the user's throttle.
-    /// The caller has checked that the user is not throttled.
+    /// Check `code` against `factors` (the user's, read for this login) and count the
+    /// result in the user's throttle. The caller has checked the throttle (`streak`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn check_code(
         &self,
         tenant: &Tenant,
         user: &User,
+        factors: &[Factor],
         code: &str,
         now: UnixTime,
         d: &Decision,
+        streak: Streak,
     ) -> Result<CodeCheck, EngineError> {
-        let result = self.match_code(user, code.trim(), now, d)?;
+        let result = self.match_code(user, factors, code.trim(), now, d)?;
         match result {
-            CodeCheck::Accepted { .. } => self.clear_failures(tenant, user)?,
+            // Nothing to clear when no failure was on record (one write less per login).
+            CodeCheck::Accepted { .. } if streak.failures_on_record => {
+                self.clear_failures(tenant, user)?
+            }
+            CodeCheck::Accepted { .. } => {}
             _ => self.count_failure(tenant, user, now)?,
         }
         Ok(result)
@@ -54,6 +62,7 @@ impl Engine {
     fn match_code(
         &self,
         user: &User,
+        factors: &[Factor],
         code: &str,
         now: UnixTime,
         d: &Decision,
@@ -73,7 +82,6 @@ impl Engine {
             return Ok(CodeCheck::Wrong);
         }
         let mut replayed = false;
-        let factors = self.store.factors_of(user.id)?;
         let usable: Vec<&Factor> = factors
             .iter()
             .filter(|f| f.state == FactorState::Confirmed && d.allows(f.kind.as_str()))
@@ -142,8 +150,7 @@ impl Engine {
         };
         let window = self.settings.totp_window as i64;
         let expires = (step as i64 + window + 2) * params.period as i64;
-        if self.store.record_otp_use(&f.id, step as i64, expires)? {
-            self.store.touch_factor(&f.id, now)?;
+        if self.store.use_otp(&f.id, step as i64, expires, now)? {
             return Ok(Some(CodeCheck::Accepted { factor: "totp" }));
         }
         Ok(Some(CodeCheck::Replayed))

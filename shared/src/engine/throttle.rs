@@ -18,6 +18,13 @@ pub(crate) fn delay_after(failures: u32, throttle_after: u32, base: u64, cap: u6
     base.saturating_mul(1u64 << doublings).min(cap)
 }
 
+/// The user's failure streak as the throttle check saw it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Streak {
+    /// Failures are on record: a good code must clear them.
+    pub failures_on_record: bool,
+}
+
 impl Engine {
     /// A Reject if the user is locked or must still wait; `None` if they may try.
     pub(super) fn throttle_blocks(
@@ -26,18 +33,30 @@ impl Engine {
         user: &User,
         now: UnixTime,
     ) -> Result<Option<Outcome>, EngineError> {
+        Ok(self.throttle_gate(tenant, user, now)?.err())
+    }
+
+    /// `Err(reject)` if the user is locked or must still wait; else the streak on record.
+    pub(super) fn throttle_gate(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        now: UnixTime,
+    ) -> Result<Result<Streak, Outcome>, EngineError> {
         let key = second_factor_key(user);
         let th = self.store.throttle(tenant.id, &key)?;
         if let Some(until) = th.locked_until {
             if until > now {
-                return Ok(Some(Outcome::reject_with(
+                return Ok(Err(Outcome::reject_with(
                     format!("user is locked for {} s more after {} failed codes", until - now, th.failures),
                     "Too many failed attempts: this account is locked. Try again later or ask your administrator",
                 )));
             }
             // The lock ran out: start afresh.
             self.store.clear_throttle(tenant.id, &key)?;
-            return Ok(None);
+            return Ok(Ok(Streak {
+                failures_on_record: false,
+            }));
         }
         let lock = &self.settings.lockout;
         let delay = delay_after(
@@ -48,7 +67,7 @@ impl Engine {
         ) as i64;
         if delay > 0 && now < th.last_failure_at + delay {
             let wait = th.last_failure_at + delay - now;
-            return Ok(Some(Outcome::reject_with(
+            return Ok(Err(Outcome::reject_with(
                 format!(
                     "throttled: {} failed codes, next try allowed in {wait} s",
                     th.failures
@@ -56,7 +75,9 @@ impl Engine {
                 "Too many failed attempts: wait a little, then try again",
             )));
         }
-        Ok(None)
+        Ok(Ok(Streak {
+            failures_on_record: th.failures > 0,
+        }))
     }
 
     /// Count a wrong code; lock the user when the limit is reached.

@@ -5,6 +5,7 @@
 //! Operations that must be race-free across nodes are single statements with a condition
 //! (`UPDATE ... WHERE step = ?`, `INSERT` under a unique key), never read-then-write.
 
+mod group_commit;
 mod migrations;
 mod postgres;
 mod sqlite;
@@ -144,6 +145,17 @@ pub trait Store: Send + Sync + 'static {
         factor_id: &str,
         counter: i64,
         expires_at: UnixTime,
+    ) -> StoreResult<bool>;
+
+    /// A login's use of a TOTP code: records `counter` of `factor_id` as used and, only
+    /// if it was not used before, sets the factor's `last_used_at`; one atomic write.
+    /// False if the code was used before (nothing changes then).
+    fn use_otp(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+        now: UnixTime,
     ) -> StoreResult<bool>;
 
     // Transactions

@@ -1080,6 +1080,29 @@ impl Store for PgStore {
         .map(|n| n == 1)
     }
 
+    fn use_otp(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        // One statement, one round trip: the insert under the primary key decides (as in
+        // record_otp_use), and the factor is touched only when it inserted a row.
+        let row = self.query_opt(
+            "WITH ins AS (
+                 INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (factor_id, counter) DO NOTHING
+                 RETURNING factor_id
+             ), touched AS (
+                 UPDATE factors SET last_used_at = $4 WHERE id IN (SELECT factor_id FROM ins)
+             )
+             SELECT COUNT(*) FROM ins",
+            &[&factor_id, &counter, &expires_at, &now],
+        )?;
+        Ok(row.map(|r| r.get::<_, i64>(0)).unwrap_or(0) == 1)
+    }
+
     fn put_transaction(&self, t: &Transaction) -> StoreResult<()> {
         self.execute(
             &format!("INSERT INTO transactions ({TXN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),

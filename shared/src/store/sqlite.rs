@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::group_commit::GroupCommit;
 use super::migrations::MIGRATIONS;
 use super::{Store, StoreError, StoreResult};
 use crate::clock::UnixTime;
@@ -20,6 +21,9 @@ use crate::model::*;
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The hot writes of a login (replay cache, audit, throttle, transactions) are
+    /// committed in groups (see `group_commit`).
+    writes: GroupCommit,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -75,6 +79,7 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(64);
         let store = Self {
             conn: Mutex::new(conn),
+            writes: GroupCommit::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -125,6 +130,15 @@ impl SqliteStore {
             tracing::info!(version, "applied store migration");
         }
         Ok(())
+    }
+
+    /// Runs `write` in the next group commit; its result once that is committed.
+    fn write<T, F>(&self, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.writes.write(&self.conn, write)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -765,8 +779,35 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
+    fn use_otp(
+        &self,
+        factor_id: &str,
+        counter: i64,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let factor_id = factor_id.to_string();
+        self.write(move |c| {
+            let fresh = c
+                .prepare_cached(
+                    "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (factor_id, counter) DO NOTHING",
+                )
+                .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
+                .map_err(db)?
+                == 1;
+            if fresh {
+                c.prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
+                    .and_then(|mut st| st.execute(params![factor_id, now]))
+                    .map_err(db)?;
+            }
+            Ok(fresh)
+        })
+    }
+
     fn put_transaction(&self, t: &Transaction) -> StoreResult<()> {
-        let conn = self.lock();
+        let t = t.clone();
+        self.write(move |conn| {
         let mut st = conn
             .prepare_cached(
                 "INSERT INTO transactions (id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes)
@@ -789,6 +830,7 @@ impl Store for SqliteStore {
         ])
         .map(|_| ())
         .map_err(db)
+        })
     }
 
     fn take_transaction(
@@ -797,7 +839,8 @@ impl Store for SqliteStore {
         step: u32,
         now: UnixTime,
     ) -> StoreResult<Option<Transaction>> {
-        let conn = self.lock();
+        let id = id.to_string();
+        self.write(move |conn| {
         let mut st = conn
             .prepare_cached(
                 "UPDATE transactions SET step = step + 1
@@ -808,27 +851,32 @@ impl Store for SqliteStore {
         st.query_row(params![id, step, now], txn_from_row)
             .optional()
             .map_err(db)
+        })
     }
 
     fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32> {
-        let conn = self.lock();
-        let mut st = conn
+        let id = id.to_string();
+        self.write(move |conn| {
+            let mut st = conn
             .prepare_cached(
                 "UPDATE transactions SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts",
             )
             .map_err(db)?;
-        st.query_row(params![id], |r| r.get(0))
-            .optional()
-            .map(|a| a.unwrap_or(u32::MAX))
-            .map_err(db)
+            st.query_row(params![id], |r| r.get(0))
+                .optional()
+                .map(|a| a.unwrap_or(u32::MAX))
+                .map_err(db)
+        })
     }
 
     fn delete_transaction(&self, id: &str) -> StoreResult<()> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare_cached("DELETE FROM transactions WHERE id = ?1")
-            .map_err(db)?;
-        st.execute(params![id]).map(|_| ()).map_err(db)
+        let id = id.to_string();
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached("DELETE FROM transactions WHERE id = ?1")
+                .map_err(db)?;
+            st.execute(params![id]).map(|_| ()).map_err(db)
+        })
     }
 
     fn add_push(&self, p: &PushRequest) -> StoreResult<()> {
@@ -928,7 +976,8 @@ impl Store for SqliteStore {
     }
 
     fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle> {
-        let conn = self.lock();
+        let key = key.to_string();
+        self.write(move |conn| {
         let mut st = conn
             .prepare_cached(
                 "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
@@ -940,6 +989,7 @@ impl Store for SqliteStore {
             .map_err(db)?;
         st.query_row(params![tenant, key, now], throttle_from_row)
             .map_err(db)
+        })
     }
 
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {
@@ -953,15 +1003,18 @@ impl Store for SqliteStore {
     }
 
     fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare_cached("DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2")
-            .map_err(db)?;
-        st.execute(params![tenant, key]).map(|_| ()).map_err(db)
+        let key = key.to_string();
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached("DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2")
+                .map_err(db)?;
+            st.execute(params![tenant, key]).map(|_| ()).map_err(db)
+        })
     }
 
     fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
-        let conn = self.lock();
+        let a = a.clone();
+        self.write(move |conn| {
         let mut st = conn
             .prepare_cached(
                 "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
@@ -984,6 +1037,7 @@ impl Store for SqliteStore {
         ])
         .map(|_| ())
         .map_err(db)
+        })
     }
 
     fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {

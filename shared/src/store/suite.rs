@@ -10,6 +10,7 @@ pub fn run_all(s: &dyn Store) {
     factor_lifecycle(s);
     recovery_codes_are_single_use(s);
     otp_replay_cache_refuses_second_use(s);
+    otp_use_touches_the_factor_only_when_fresh(s);
     transaction_steps_are_single_use_and_expire(s);
     throttle_counts_and_clears(s);
     audit_is_listed_in_order_and_filtered(s);
@@ -413,6 +414,30 @@ fn otp_replay_cache_refuses_second_use(s: &dyn Store) {
         s.record_otp_use("f", 1000, 900).unwrap(),
         "purged after expiry"
     );
+}
+
+fn otp_use_touches_the_factor_only_when_fresh(s: &dyn Store) {
+    let t = tenant(s, "suite-otp");
+    let u = user(s, &t, "olga");
+    s.add_factor(&factor("otp-f", u.id)).unwrap();
+    let last_used = || s.factors_of(u.id).unwrap()[0].last_used_at;
+    assert!(s.use_otp("otp-f", 7, 900, 300).unwrap());
+    assert_eq!(last_used(), Some(300));
+    assert!(
+        !s.use_otp("otp-f", 7, 900, 400).unwrap(),
+        "second use refused"
+    );
+    assert_eq!(
+        last_used(),
+        Some(300),
+        "a refused use does not touch the factor"
+    );
+    assert!(
+        !s.record_otp_use("otp-f", 7, 900).unwrap(),
+        "one replay cache for both calls"
+    );
+    assert!(s.use_otp("otp-f", 8, 900, 500).unwrap());
+    assert_eq!(last_used(), Some(500));
 }
 
 fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {

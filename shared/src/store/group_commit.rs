@@ -1,0 +1,168 @@
+//! Group commit for the SQLite store.
+//!
+//! Every login writes (the replay cache, the audit record, ...), and a SQLite commit costs
+//! a WAL append of every page it touched plus a round of file locks. Writes that arrive
+//! while another thread holds the connection wait in a queue; the next thread to get the
+//! connection (the "leader") commits all of them in one transaction. Under load one commit
+//! then carries many logins' writes (the audit table's last page is written once, not once
+//! per login); alone, a write is committed at once, as before.
+//!
+//! Each write runs inside its own `SAVEPOINT`, so one that fails (a unique key, say) is
+//! undone alone. A caller gets its answer only after the `COMMIT` that made its write
+//! durable, or the error that lost it: nothing is acknowledged before it is committed.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use rusqlite::Connection;
+
+use super::{StoreError, StoreResult};
+
+/// Delivers a write's answer once the fate of its transaction is known.
+type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// A queued write.
+struct Job {
+    /// Runs the write; says whether it succeeded (else its savepoint is rolled back).
+    run: Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>,
+    /// Answers without running (the transaction could not begin).
+    fail: Box<dyn FnOnce(&StoreError) + Send>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// A thread is committing a batch.
+    leading: bool,
+}
+
+/// The write queue of one SQLite connection.
+#[derive(Default)]
+pub(super) struct GroupCommit {
+    queue: Mutex<Queue>,
+    /// Signalled when a leader finishes a batch.
+    done: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The queue holds no invariant a panic could break half-way.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GroupCommit {
+    /// Runs `write` on `conn` inside a transaction (shared with other writers waiting at
+    /// the same time) and returns its result once that transaction is committed.
+    /// `write` must not begin or end transactions itself.
+    pub(super) fn write<T, F>(&self, conn: &Mutex<Connection>, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let slot: Arc<Mutex<Option<StoreResult<T>>>> = Arc::default();
+        let (run_slot, fail_slot) = (slot.clone(), slot.clone());
+        let job = Job {
+            run: Box::new(move |c| {
+                let result = write(c);
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit| {
+                    *lock(&run_slot) = Some(match (result, commit) {
+                        (Ok(v), Ok(())) => Ok(v),
+                        (Ok(_), Err(e)) => Err(StoreError::Database(e.to_string())),
+                        (Err(e), _) => Err(e),
+                    });
+                });
+                (ok, finish)
+            }),
+            fail: Box::new(move |e| {
+                *lock(&fail_slot) = Some(Err(StoreError::Database(e.to_string())));
+            }),
+        };
+        let mut queue = lock(&self.queue);
+        queue.jobs.push(job);
+        loop {
+            if let Some(result) = lock(&slot).take() {
+                return result;
+            }
+            if queue.leading {
+                queue = self
+                    .done
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            let jobs = std::mem::take(&mut queue.jobs);
+            if jobs.is_empty() {
+                // Only if a leader panicked with this write in its batch.
+                return Err(StoreError::Database(
+                    "a write was lost: the store thread committing it panicked".into(),
+                ));
+            }
+            queue.leading = true;
+            drop(queue);
+            let lead = Leading(self);
+            commit_batch(&lock(conn), jobs);
+            drop(lead);
+            queue = lock(&self.queue);
+        }
+    }
+}
+
+/// Ends a leader's turn (also when the batch panicked) and wakes the waiting writers.
+struct Leading<'a>(&'a GroupCommit);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.queue).leading = false;
+        self.0.done.notify_all();
+    }
+}
+
+fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = StoreError::Database(e.to_string());
+        for job in jobs {
+            (job.fail)(&e);
+        }
+        return;
+    }
+    // A batch of one needs no savepoint: its failure rolls back the whole transaction.
+    let alone = jobs.len() == 1;
+    let mut finishes = Vec::with_capacity(jobs.len());
+    let mut failed_alone = false;
+    for job in jobs {
+        if !alone && run_sql(conn, "SAVEPOINT w").is_err() {
+            (job.fail)(&StoreError::Database("cannot open a savepoint".into()));
+            continue;
+        }
+        let (ok, finish) = (job.run)(conn);
+        if !alone {
+            let end = if ok {
+                run_sql(conn, "RELEASE w")
+            } else {
+                run_sql(conn, "ROLLBACK TO w").and_then(|()| run_sql(conn, "RELEASE w"))
+            };
+            if let Err(e) = end {
+                tracing::error!(error = %e, "cannot end a savepoint of a group commit");
+            }
+        }
+        failed_alone = alone && !ok;
+        finishes.push(finish);
+    }
+    let commit = if failed_alone {
+        run_sql(conn, "ROLLBACK")
+    } else {
+        run_sql(conn, "COMMIT").map_err(|e| {
+            // The transaction may still be open after a failed COMMIT (SQLITE_BUSY, a
+            // full disk): undo it so that the next batch starts clean.
+            let _ = conn.execute_batch("ROLLBACK");
+            e
+        })
+    }
+    .map_err(|e| StoreError::Database(e.to_string()));
+    for finish in finishes {
+        finish(commit.as_ref().map(|_| ()));
+    }
+}
+
+fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
