@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use portcullis_tests::raw::code;
+use portcullis_tests::tools::run_with_timeout;
 use portcullis_tests::{
     oathtool_totp, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode, RawClient,
     TestEnv,
@@ -90,7 +91,11 @@ fn run(cmd: &mut Command) -> Output {
 
 /// Writes a file until the filesystem has no page left; returns its path.
 fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
+    fill_named(dir, "filler")
+}
+
+fn fill_named(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
     let mut f = File::create(&path).expect("create the filler");
     let chunk = vec![0xa5u8; 4096];
     loop {
@@ -305,6 +310,85 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
         );
     }
     drop(server);
+    drop(env);
+    drop(mount);
+}
+
+/// A login of `user` in append mode (`pw` + `code`); the reply's packet code.
+fn login_once(raw: &RawClient, id: u8, user: &str, code: &str) -> u8 {
+    let req = raw.access_request(id, user, format!("pw{code}").as_bytes(), None, true);
+    let reply = raw
+        .exchange(&req, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no answer to {user}'s login"));
+    raw.decode(&req, &reply).code
+}
+
+#[test]
+fn start_on_a_full_disk_fails_clearly_and_loses_nothing() {
+    require_tool("oathtool", "oathtool");
+    let Some(mount) = TmpfsMount::new(TMPFS_SIZE) else {
+        return;
+    };
+    let db = mount.path().join("portcullis.db");
+    let env = TestEnv::with_store(
+        vec![ClientSpec::new(Mode::Append)],
+        &format!("url = \"sqlite://{}\"\n", db.display()),
+        "",
+    );
+    env.add_tenant("acme");
+    let secrets: Vec<String> = (0..2)
+        .map(|i| {
+            env.add_user("acme", &format!("u{i}"), "pw");
+            let secret = random_base32_secret();
+            env.enroll_totp("acme", &format!("u{i}"), Some(&secret));
+            secret
+        })
+        .collect();
+    let c0 = oathtool_totp(&secrets[0], 6, Algorithm::Sha1, 0);
+    let mut server = env.start_server();
+    let raw = RawClient::new(server.addr, &env.client().secret);
+    assert_eq!(login_once(&raw, 1, "u0", &c0), code::ACCESS_ACCEPT);
+
+    // The disk fills up, the server is stopped (its last checkpoint frees the WAL and the
+    // -shm file) and the disk fills up again before it comes back.
+    let first = fill_named(mount.path(), "filler");
+    let status = server.stop().expect("the server stopped");
+    assert!(status.success(), "stopping on a full disk: {status}");
+    assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+    drop(server);
+    let second = fill_named(mount.path(), "filler2");
+    let mut cmd = env.command();
+    cmd.arg("serve");
+    let out = run_with_timeout(cmd, None, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("is the disk full?")
+            && !stderr.contains("panicked"),
+        "`serve` on a full disk: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+    );
+
+    // Space freed: it starts, the code used before is still spent, a fresh one works.
+    std::fs::remove_file(first).expect("delete the filler");
+    std::fs::remove_file(second).expect("delete the filler");
+    let server = env.start_server();
+    let raw = RawClient::new(server.addr, &env.client().secret);
+    assert_eq!(
+        login_once(&raw, 2, "u0", &c0),
+        code::ACCESS_REJECT,
+        "u0's code, used before the disk filled up, was accepted again"
+    );
+    let c1 = oathtool_totp(&secrets[1], 6, Algorithm::Sha1, 0);
+    assert_eq!(login_once(&raw, 3, "u1", &c1), code::ACCESS_ACCEPT);
+    drop(server);
+    let conn = rusqlite::Connection::open(&db).expect("open the database");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    drop(conn);
     drop(env);
     drop(mount);
 }
