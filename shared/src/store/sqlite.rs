@@ -33,7 +33,28 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ffi;
+    // SQLite reports a full disk as SQLITE_FULL ("database or disk is full") when a page
+    // cannot be appended, but as a bare "disk I/O error" when the -shm file cannot be
+    // extended (a start on a full disk) or another write fails: name the likely cause.
+    let hint = match &e {
+        rusqlite::Error::SqliteFailure(err, _)
+            if matches!(
+                err.extended_code,
+                ffi::SQLITE_IOERR_WRITE
+                    | ffi::SQLITE_IOERR_SHMSIZE
+                    | ffi::SQLITE_IOERR_TRUNCATE
+                    | ffi::SQLITE_IOERR_FSYNC
+            ) =>
+        {
+            format!(
+                " (extended code {}: writing the database, its -wal or its -shm file failed; is the disk full?)",
+                err.extended_code
+            )
+        }
+        _ => String::new(),
+    };
+    StoreError::Database(format!("{e}{hint}"))
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
