@@ -363,7 +363,7 @@ fn start_on_a_full_disk_fails_clearly_and_loses_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
-            && stderr.contains("is the disk full?")
+            && stderr.contains("is the disk full")
             && !stderr.contains("panicked"),
         "`serve` on a full disk: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
         out.status,

@@ -39,16 +39,16 @@ fn db(e: rusqlite::Error) -> StoreError {
     // extended (a start on a full disk) or another write fails: name the likely cause.
     let hint = match &e {
         rusqlite::Error::SqliteFailure(err, _)
-            if matches!(
-                err.extended_code,
-                ffi::SQLITE_IOERR_WRITE
-                    | ffi::SQLITE_IOERR_SHMSIZE
-                    | ffi::SQLITE_IOERR_TRUNCATE
-                    | ffi::SQLITE_IOERR_FSYNC
-            ) =>
+            if err.code == rusqlite::ErrorCode::SystemIoFailure =>
         {
+            let what = match err.extended_code {
+                ffi::SQLITE_IOERR_READ | ffi::SQLITE_IOERR_SHORT_READ => {
+                    "reading the database failed"
+                }
+                _ => "writing the database, its -wal or its -shm file failed",
+            };
             format!(
-                " (extended code {}: writing the database, its -wal or its -shm file failed; is the disk full?)",
+                " (extended code {}: {what}; is the disk full or failing?)",
                 err.extended_code
             )
         }
