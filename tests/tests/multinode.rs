@@ -454,9 +454,11 @@ fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certific
     let database = base.rsplit('/').next().expect("database name").to_string();
     let store = |query: &str| format!("url = \"{base}?{query}\"\n");
 
-    // verify-full: the chain leads to our CA and the certificate names 127.0.0.1.
+    // verify-full: the chain leads to our CA and the certificate names 127.0.0.1. SCRAM
+    // is bound to this TLS channel (tls-server-end-point): required here, so a wrong or
+    // missing binding fails the login.
     let verified = store(&format!(
-        "sslmode=verify-full&sslrootcert={}",
+        "sslmode=verify-full&sslrootcert={}&channel_binding=require",
         tls.ca_file.display()
     ));
     let env = TestEnv::with_store(vec![ClientSpec::new(Mode::Append)], &verified, "");
