@@ -442,7 +442,8 @@ fn connections_by_tls(pg: &PgServer, database: &str) -> (i64, i64) {
 fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certificate() {
     require_tool("radclient", "freeradius-utils");
     let ca_dir = tempfile::tempdir().expect("temp dir");
-    let tls = TestTls::new(ca_dir.path());
+    // The server's certificate names 127.0.0.1 only (not `localhost`).
+    let tls = TestTls::for_names(ca_dir.path(), &["127.0.0.1"]);
     let other_dir = tempfile::tempdir().expect("temp dir");
     let foreign = TestTls::new(other_dir.path());
     // Its own server with ssl=on, whatever PORTCULLIS_TEST_POSTGRES says.
@@ -518,6 +519,37 @@ fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certific
         );
         assert!(!err.contains(TEST_PASSWORD), "{err}");
     }
+
+    // The same server reached as `localhost`, a name its certificate does not hold:
+    // verify-ca (the chain only) works, verify-full refuses it.
+    let by_name = |mode: &str| {
+        TestEnv::with_store(
+            vec![ClientSpec::new(Mode::Append)],
+            &format!(
+                "url = \"{}?sslmode={mode}&sslrootcert={}\"\n",
+                base.replace("@127.0.0.1:", "@localhost:"),
+                tls.ca_file.display()
+            ),
+            "",
+        )
+        .cli(&["user", "list", "--tenant", "acme"])
+    };
+    let out = by_name("verify-ca");
+    assert!(
+        out.status.success(),
+        "verify-ca does not compare the host name\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = by_name("verify-full");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "verify-full accepted a certificate for another name"
+    );
+    assert!(
+        err.contains("not valid for name \"localhost\"") && err.contains("verify-full"),
+        "{err}"
+    );
 
     // verify-full without a root certificate: `config check` says what to add.
     let env = TestEnv::with_store(

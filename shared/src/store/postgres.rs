@@ -11,6 +11,11 @@
 //! do not race. Connections are checked on checkout: after the database was down, closed
 //! connections are dropped and new ones made, with no restart.
 //!
+//! A push decision is announced in the statement that records it (`NOTIFY` on
+//! [`PUSH_CHANNEL`], payload: the transaction id); [`Store::push_events`] gives a feed of
+//! them from one dedicated `LISTEN` connection, made again with backoff when it drops.
+//! TLS to the server follows libpq's `sslmode` and `sslrootcert` (see `pg_tls.rs`).
+//!
 //! The store is synchronous (like the SQLite one) but may be called from any thread, also
 //! from inside the server's async runtime: the connections are driven by a small runtime
 //! of the store's own, and a call only waits on channels to them (no nested `block_on`
@@ -168,23 +173,22 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn unreachable_error(url: &str, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!(
-        "cannot reach PostgreSQL at {}: {why}",
-        redact_url(url)
-    ))
+/// The driver's error with its cause (its own text names only the kind of error).
+fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// The driver's connect error, with what to check when the server's certificate was
 /// refused (the driver's text never holds the password).
 fn explain_connect_error(e: tokio_postgres::Error) -> String {
-    let text = match std::error::Error::source(&e) {
-        Some(source) => format!("{e}: {source}"),
-        None => e.to_string(),
-    };
+    let text = with_cause(&e);
     if text.contains("invalid peer certificate") {
         format!(
-            "{text} (the server's TLS certificate was refused: check that sslrootcert names              the CA that signed it and, with sslmode=verify-full, that it names the URL's host)"
+            "{text} (the server's TLS certificate was refused: check that sslrootcert names \
+             the CA that signed it and, with sslmode=verify-full, that it names the URL's host)"
         )
     } else {
         text
@@ -399,7 +403,10 @@ impl PgStore {
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> StoreError {
-        unreachable_error(&self.url, why)
+        StoreError::Database(format!(
+            "cannot reach PostgreSQL at {}: {why}",
+            redact_url(&self.url)
+        ))
     }
 
     /// A new connection, its I/O driven by the store's runtime.
@@ -596,7 +603,7 @@ impl PushListener {
         loop {
             tokio::select! {
                 r = &mut listen, if !*listening => {
-                    r.map_err(|e| format!("LISTEN {PUSH_CHANNEL}: {e}"))?;
+                    r.map_err(|e| format!("LISTEN {PUSH_CHANNEL}: {}", with_cause(&e)))?;
                     *listening = true;
                     tracing::info!(url = %self.url, channel = PUSH_CHANNEL,
                         "listening for push decisions on PostgreSQL");
@@ -611,7 +618,7 @@ impl PushListener {
                         self.send(PushEvent::Decided(n.payload().to_string()));
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(e)) => return Err(with_cause(&e)),
                     None => return Err("the server closed the connection".into()),
                 },
                 _ = self.tx.closed() => return Ok(()),
