@@ -63,6 +63,11 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         &o.config,
         metrics.clone(),
     ));
+    // Push decisions made on other nodes wake the requests held here at once (PostgreSQL).
+    if let Some(events) = o.store.push_events() {
+        let hub = ctx.push_hub.clone();
+        tokio::spawn(async move { hub.follow(events).await });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     use std::io::Write;
     // The HTTP line comes before the RADIUS ones: a supervisor that waits for

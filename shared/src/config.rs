@@ -118,6 +118,15 @@ pub struct StoreConfig {
     /// PostgreSQL: bound on one statement.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// How often a request held for a push decision reads the store. On PostgreSQL a
+    /// decision made on any node arrives at once (LISTEN/NOTIFY) and this is the fallback
+    /// while that connection is down; with SQLite (one node) the deciding request wakes it.
+    #[serde(default = "default_push_poll_interval", with = "humantime_serde")]
+    pub push_poll_interval: Duration,
+}
+
+fn default_push_poll_interval() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_max_connections() -> u32 {
@@ -135,6 +144,7 @@ impl Default for StoreConfig {
             max_connections: default_max_connections(),
             connect_timeout: default_store_timeout(),
             statement_timeout: default_store_timeout(),
+            push_poll_interval: default_push_poll_interval(),
         }
     }
 }
@@ -1038,7 +1048,7 @@ impl Config {
             message,
         };
         if crate::store::is_postgres_url(&self.store.url) {
-            if let Err(e) = self.store.url.parse::<tokio_postgres::Config>() {
+            if let Err(e) = crate::store::parse_postgres_url(&self.store.url) {
                 return Err(bad(
                     "store.url".into(),
                     format!(
@@ -1069,6 +1079,13 @@ impl Config {
                      postgres://user:password@host:port/database for several",
                     self.store.redacted_url()
                 ),
+            ));
+        }
+        let poll = self.store.push_poll_interval;
+        if poll < Duration::from_millis(50) || poll > Duration::from_secs(60) {
+            return Err(bad(
+                "store.push_poll_interval".into(),
+                "must be between 50ms and 60s".into(),
             ));
         }
         let mut names = HashSet::new();
@@ -1414,6 +1431,26 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("postgres://") && !e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn postgres_tls_settings_and_the_push_poll_interval_are_checked() {
+        let c = parse(
+            "[store]\nurl = \"postgres://app:s3cr3t@db/p?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.push_poll_interval, Duration::from_millis(500));
+        let e = parse("[store]\nurl = \"postgres://app:s3cr3t@db/p?sslmode=verify-full\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.url") && e.contains("sslrootcert"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let c = parse("[store]\nurl = \"sqlite:///x.db\"\npush_poll_interval = \"10s\"\n").unwrap();
+        assert_eq!(c.store.push_poll_interval, Duration::from_secs(10));
+        let e = parse("[store]\nurl = \"sqlite:///x.db\"\npush_poll_interval = \"10ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.push_poll_interval"), "{e}");
     }
 
     #[test]

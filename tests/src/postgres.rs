@@ -37,6 +37,8 @@ struct OwnServer {
     port: u16,
     child: Option<Child>,
     run_as: Option<(u32, u32)>,
+    /// More `-c name=value` server settings (TLS).
+    settings: Vec<String>,
 }
 
 /// The directory holding `initdb` and `postgres`, newest version first; fails the test
@@ -133,10 +135,11 @@ impl OwnServer {
             .args(["-c", "listen_addresses=127.0.0.1"])
             // A test database: durability is not what is tested here.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"]);
+        for setting in &self.settings {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("start postgres"));
     }
 
@@ -168,6 +171,16 @@ impl PgServer {
     /// A new server of our own, whatever `PORTCULLIS_TEST_POSTGRES` says (for tests that
     /// stop and restart the database).
     pub fn start_own() -> PgServer {
+        PgServer::start_own_with(None)
+    }
+
+    /// A new server of our own that also accepts TLS (`ssl=on`) with this certificate
+    /// chain and key (PEM); connections without TLS are still accepted.
+    pub fn start_own_tls(cert_pem: &str, key_pem: &str) -> PgServer {
+        PgServer::start_own_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_own_with(tls: Option<(&str, &str)>) -> PgServer {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
@@ -176,6 +189,18 @@ impl PgServer {
         let run_as = is_root().then(postgres_user);
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, format!("{TEST_PASSWORD}\n")).expect("write pwfile");
+        let mut settings = Vec::new();
+        if let Some((cert_pem, key_pem)) = tls {
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert, cert_pem).expect("write server.crt");
+            std::fs::write(&key, key_pem).expect("write server.key");
+            // PostgreSQL refuses a key that group or others can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod server.key");
+            settings.push("ssl=on".to_string());
+            settings.push(format!("ssl_cert_file={}", cert.display()));
+            settings.push(format!("ssl_key_file={}", key.display()));
+        }
         if let Some((uid, gid)) = run_as {
             chown_tree(dir.path(), uid, gid);
         }
@@ -186,6 +211,7 @@ impl PgServer {
             port,
             child: None,
             run_as,
+            settings,
         };
         let mut initdb = own.command("initdb");
         initdb
@@ -239,6 +265,11 @@ impl PgServer {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("CREATE DATABASE");
         format!("{}/{name}?sslmode=disable", self.base)
+    }
+
+    /// The URL of the server's admin database (`sslmode=disable`), to look at its state.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
     }
 
     /// The password in the server's URL (to check that it is never shown).

@@ -1,12 +1,16 @@
 //! The store test suite against a real PostgreSQL (the SQLite run is the core's unit test
 //! `store_suite_passes_on_sqlite`), plus what only several nodes can show: two stores on
-//! one database racing for the same code, the same attribute row and the migrations.
+//! one database racing for the same code, the same attribute row and the migrations, and
+//! a push decision announced from one store to another.
 
 use std::sync::{Arc, Barrier};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use portcullis_core::model::NewUser;
-use portcullis_core::store::{suite, PgSettings, PgStore, Store, StoreError};
+use portcullis_core::model::{NewUser, PushRequest, PushStatus};
+use portcullis_core::store::{
+    suite, PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError,
+};
 use portcullis_tests::postgres::PgServer;
 
 fn open(url: &str) -> PgStore {
@@ -150,10 +154,94 @@ fn connection_errors_do_not_show_the_password() {
     assert!(!text.contains("Hidden-pw"), "{text}");
     assert!(text.contains("127.0.0.1:1"), "{text}");
 
-    // TLS is not built in: sslmode=require is refused with a clear message.
+    // This server has no TLS: sslmode=require is refused, and the error says why.
     let err = PgStore::open(&PgSettings::new(
         &url.replace("sslmode=disable", "sslmode=require"),
     ))
-    .expect_err("require accepted");
-    assert!(format!("{err}").contains("sslmode"), "{err}");
+    .expect_err("require accepted without TLS");
+    assert!(format!("{err}").contains("TLS"), "{err}");
+    // An sslmode libpq does not know: refused before connecting, naming what to use.
+    let err = PgStore::open(&PgSettings::new(
+        &url.replace("sslmode=disable", "sslmode=on"),
+    ))
+    .expect_err("sslmode=on accepted");
+    let text = format!("{err}");
+    assert!(
+        text.contains("disable, prefer, require, verify-ca, verify-full"),
+        "{text}"
+    );
+    assert!(!text.contains(&password), "{text}");
+}
+
+/// The next event of a push feed, waiting at most `within`.
+fn next_event(events: &mut PushEvents, within: Duration) -> Option<PushEvent> {
+    let deadline = Instant::now() + within;
+    loop {
+        match events.try_recv() {
+            Ok(event) => return Some(event),
+            Err(_) if Instant::now() >= deadline => return None,
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// A push decided through one store is announced at once to the feed of another store on
+/// the same database (LISTEN/NOTIFY), and only a decision is announced: one that comes too
+/// late (already decided) is not.
+#[test]
+fn a_push_decided_on_one_node_is_announced_to_another() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let (a, b) = (open(&url), open(&url));
+    let mut events = a
+        .push_events()
+        .expect("PostgreSQL announces push decisions");
+    // Listening: the feed first asks its reader to read the store (nothing was announced
+    // before it listened).
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(10)),
+        Some(PushEvent::Resync)
+    );
+    let t = b.create_tenant("acme", 1).expect("tenant");
+    let u = b
+        .create_user(
+            &NewUser {
+                tenant_id: t.id,
+                name: "pat".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .expect("user");
+    let push = PushRequest {
+        id: "push-1".into(),
+        tenant_id: t.id,
+        user_id: u.id,
+        txn_id: "txn-1".into(),
+        factor_id: "fac-1".into(),
+        token_hash: "hash-1".into(),
+        number: None,
+        status: PushStatus::Pending,
+        detail: None,
+        username: "pat".into(),
+        client: "vpn".into(),
+        source: "10.0.0.9".into(),
+        created_at: 100,
+        expires_at: 160,
+        decided_at: None,
+    };
+    b.add_push(&push).expect("add push");
+    assert_eq!(next_event(&mut events, Duration::from_millis(300)), None);
+    assert!(b
+        .decide_push("push-1", PushStatus::Approved, None, 110)
+        .expect("decide"));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(5)),
+        Some(PushEvent::Decided("txn-1".into()))
+    );
+    // Decided already: no second decision, no second announcement.
+    assert!(!b
+        .decide_push("push-1", PushStatus::Denied, None, 111)
+        .expect("decide again"));
+    assert_eq!(next_event(&mut events, Duration::from_millis(500)), None);
 }

@@ -3,8 +3,10 @@
 //!
 //! Waiting never holds a thread: a waiting RADIUS or PAM request is a future parked on a
 //! [`tokio::sync::Notify`] of its transaction. The approval handler decides in the store
-//! and then wakes that future, so the decision reaches the waiting request at once. A
-//! short poll of the store covers answers that land on another node.
+//! and then wakes that future, so the decision reaches the waiting request at once. On a
+//! store that announces decisions (PostgreSQL: LISTEN/NOTIFY), [`PushHub::follow`] wakes
+//! the request held here when another node decides; a poll of the store every
+//! `store.push_poll_interval` covers whatever was not announced (that connection down).
 
 mod sender;
 
@@ -16,16 +18,25 @@ use std::time::Duration;
 
 use portcullis_core::engine::Engine;
 use portcullis_core::model::PushStatus;
+use portcullis_core::store::{PushEvent, PushEvents};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How often a waiting request looks at the store (answers received by another node).
-const STORE_POLL: Duration = Duration::from_millis(500);
+/// How often a waiting request looks at the store unless configured
+/// (`store.push_poll_interval`).
+const DEFAULT_STORE_POLL: Duration = Duration::from_millis(500);
 
 /// Waiting requests by transaction id.
-#[derive(Default)]
 pub struct PushHub {
     waiters: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// How often a waiting request reads the store anyway.
+    poll: Duration,
+}
+
+impl Default for PushHub {
+    fn default() -> Self {
+        Self::new(DEFAULT_STORE_POLL)
+    }
 }
 
 /// A registration in the hub; dropping it unregisters.
@@ -48,6 +59,25 @@ impl Drop for Registration<'_> {
 }
 
 impl PushHub {
+    /// A hub whose waiting requests read the store every `poll`.
+    pub fn new(poll: Duration) -> Self {
+        Self {
+            waiters: Mutex::default(),
+            poll,
+        }
+    }
+
+    /// Wakes the waiting requests named by `events` (decisions of every node) until the
+    /// feed ends.
+    pub async fn follow(&self, mut events: PushEvents) {
+        while let Some(event) = events.recv().await {
+            match event {
+                PushEvent::Decided(txn) => self.notify(&txn),
+                PushEvent::Resync => self.notify_all(),
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Notify>, usize)>> {
         // A panic while holding this lock cannot leave the map inconsistent (each update
         // is one insert/remove), so a poisoned lock is still usable.
@@ -74,6 +104,13 @@ impl PushHub {
         }
     }
 
+    /// Decisions may have been missed: every waiting request reads the store again.
+    pub fn notify_all(&self) {
+        for (n, _) in self.lock().values() {
+            n.notify_waiters();
+        }
+    }
+
     /// Requests waiting now (for /metrics and tests).
     pub fn waiting(&self) -> usize {
         self.lock().values().map(|(_, n)| n).sum()
@@ -96,7 +133,7 @@ impl PushHub {
             if now >= until {
                 return false;
             }
-            let nap = (until - now).min(STORE_POLL);
+            let nap = (until - now).min(self.poll);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(nap) => {}
@@ -137,5 +174,30 @@ mod tests {
         assert_eq!(hub.waiting(), 0);
         assert!(hub.lock().is_empty());
         hub.notify("t1");
+    }
+
+    #[tokio::test]
+    async fn announced_decisions_wake_the_waiters_they_name() {
+        let hub = Arc::new(PushHub::new(Duration::from_secs(60)));
+        let (t1, t2) = (hub.register("t1"), hub.register("t2"));
+        let (w1, w2) = (t1.notify.notified(), t2.notify.notified());
+        tokio::pin!(w1, w2);
+        w1.as_mut().enable();
+        w2.as_mut().enable();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let follower = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.follow(rx).await }
+        });
+        tx.send(PushEvent::Decided("t1".into())).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), &mut w1)
+            .await
+            .expect("t1 woken");
+        tx.send(PushEvent::Resync).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), &mut w2)
+            .await
+            .expect("t2 woken by a resync");
+        drop(tx);
+        follower.await.unwrap();
     }
 }

@@ -49,7 +49,7 @@ impl RadiusContext {
             inflight: Arc::new(Semaphore::new(cfg.radius.max_in_flight)),
             max_in_flight: cfg.radius.max_in_flight,
             challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
-            push_hub: Arc::new(PushHub::default()),
+            push_hub: Arc::new(PushHub::new(cfg.store.push_poll_interval)),
         }
     }
 

@@ -7,10 +7,12 @@
 
 mod group_commit;
 mod migrations;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{is_postgres_url, redact_url, translate_sql, PgSettings, PgStore};
+pub use pg_tls::{parse_url as parse_postgres_url, PgSslMode, PgTlsParams};
+pub use postgres::{is_postgres_url, redact_url, translate_sql, PgSettings, PgStore, PUSH_CHANNEL};
 pub use sqlite::SqliteStore;
 
 use crate::clock::UnixTime;
@@ -34,6 +36,19 @@ pub enum StoreError {
 
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a subscription to push decisions ([`Store::push_events`]) delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushEvent {
+    /// A push of this transaction was decided, on this node or another one.
+    Decided(String),
+    /// Decisions may have been missed (the subscription was connected again): whoever
+    /// waits should read the store now.
+    Resync,
+}
+
+/// Push decisions of every node as they are made (see [`Store::push_events`]).
+pub type PushEvents = tokio::sync::mpsc::Receiver<PushEvent>;
 
 /// Everything the Engine and the admin commands keep. Implemented by every backend and
 /// exercised by one test suite.
@@ -187,6 +202,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// How many pushes were sent to the user since `since` (anti-fatigue cap).
     fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32>;
+    /// A feed of push decisions made by every node sharing this store, for a store that
+    /// can push them (PostgreSQL: LISTEN/NOTIFY over one dedicated connection per call,
+    /// reconnected when it drops). None (the default, SQLite): a decision is seen by the
+    /// node that made it at once and by others only by reading the store.
+    fn push_events(&self) -> Option<PushEvents> {
+        None
+    }
 
     // Throttles
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;

@@ -11,27 +11,42 @@
 //! do not race. Connections are checked on checkout: after the database was down, closed
 //! connections are dropped and new ones made, with no restart.
 //!
+//! A push decision is announced in the statement that records it (`NOTIFY` on
+//! [`PUSH_CHANNEL`], payload: the transaction id); [`Store::push_events`] gives a feed of
+//! them from one dedicated `LISTEN` connection, made again with backoff when it drops.
+//! TLS to the server follows libpq's `sslmode` and `sslrootcert` (see `pg_tls.rs`).
+//!
 //! The store is synchronous (like the SQLite one) but may be called from any thread, also
 //! from inside the server's async runtime: the connections are driven by a small runtime
 //! of the store's own, and a call only waits on channels to them (no nested `block_on`
 //! of a tokio runtime, which would panic there).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 use super::migrations::MIGRATIONS;
+use super::pg_tls::PgTls;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
-use super::{Store, StoreError, StoreResult};
+use super::{PushEvent, PushEvents, Store, StoreError, StoreResult};
 use crate::clock::UnixTime;
 use crate::model::*;
+
+/// The channel on which a decided push is announced (`NOTIFY`, payload: its transaction
+/// id) and on which every node listens.
+pub const PUSH_CHANNEL: &str = "portcullis_push";
+
+/// Decisions buffered for a slow reader before they are replaced by one
+/// [`PushEvent::Resync`].
+const PUSH_EVENT_BUFFER: usize = 256;
+
+/// Longest pause between two attempts to listen again after the connection dropped.
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Key of the advisory lock held while migrations run ("portcull" in ASCII).
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c;
@@ -125,6 +140,8 @@ pub struct PgStore {
     /// Drives the connections' socket I/O; calls only wait for their answers.
     runtime: Option<tokio::runtime::Runtime>,
     config: tokio_postgres::Config,
+    /// The TLS connector (`sslmode`, `sslrootcert`); unused with `sslmode=disable`.
+    tls: PgTls,
     url: String,
     pool: Mutex<PoolState>,
     freed: Condvar,
@@ -153,6 +170,28 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("url", &redact_url(&self.url))
             .finish_non_exhaustive()
+    }
+}
+
+/// The driver's error with its cause (its own text names only the kind of error).
+fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// The driver's connect error, with what to check when the server's certificate was
+/// refused (the driver's text never holds the password).
+fn explain_connect_error(e: tokio_postgres::Error) -> String {
+    let text = with_cause(&e);
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text} (the server's TLS certificate was refused: check that sslrootcert names \
+             the CA that signed it and, with sslmode=verify-full, that it names the URL's host)"
+        )
+    } else {
+        text
     }
 }
 
@@ -318,14 +357,10 @@ impl PgStore {
     /// Connects, checks the schema and applies pending migrations.
     pub fn open(settings: &PgSettings) -> StoreResult<Self> {
         let shown = redact_url(&settings.url);
-        let mut config = tokio_postgres::Config::from_str(&settings.url)
+        let (mut config, tls) = super::pg_tls::parse_url(&settings.url)
             .map_err(|e| StoreError::Database(format!("store.url {shown}: {e}")))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Database(format!(
-                "store.url {shown}: sslmode=require is not supported by this build (no TLS); \
-                 use sslmode=disable or prefer on a trusted network or loopback"
-            )));
-        }
+        let tls = PgTls::new(&tls)
+            .map_err(|e| StoreError::Database(format!("store.url {shown}: {e}")))?;
         config.connect_timeout(settings.connect_timeout);
         // A server that vanishes without closing the socket: unacknowledged data for longer
         // than this closes the connection instead of hanging the login.
@@ -351,6 +386,7 @@ impl PgStore {
         let store = Self {
             runtime: Some(runtime),
             config,
+            tls,
             url: settings.url.clone(),
             pool: Mutex::new(PoolState::default()),
             freed: Condvar::new(),
@@ -380,12 +416,13 @@ impl PgStore {
             .as_ref()
             .ok_or_else(|| self.unreachable("the store is shutting down"))?;
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let limit = self.connect_timeout;
         let task = runtime.spawn(async move {
-            let (client, connection) = tokio::time::timeout(limit, config.connect(NoTls))
+            let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
                 .await
                 .map_err(|_| format!("no connection within {limit:?}"))?
-                .map_err(|e| e.to_string())?;
+                .map_err(explain_connect_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "database connection closed");
@@ -500,6 +537,107 @@ impl PgStore {
 
     fn query_one(&self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
         self.conn()?.query_one(sql, params)
+    }
+}
+
+/// The dedicated connection on which a node listens for push decisions (LISTEN), made
+/// again with a growing pause whenever it drops. Ends when the receiver is dropped.
+struct PushListener {
+    config: tokio_postgres::Config,
+    tls: PgTls,
+    /// Redacted: for logs.
+    url: String,
+    connect_timeout: Duration,
+    tx: tokio::sync::mpsc::Sender<PushEvent>,
+    /// An event could not be buffered: a [`PushEvent::Resync`] is owed.
+    missed: bool,
+}
+
+impl PushListener {
+    async fn run(mut self) {
+        let mut pause = Duration::from_millis(500);
+        // Said once per outage; later failed attempts are debug lines.
+        let mut outage_logged = false;
+        loop {
+            let mut listening = false;
+            let Err(e) = self.listen(&mut listening).await else {
+                return;
+            };
+            if listening {
+                pause = Duration::from_millis(500);
+                outage_logged = false;
+            }
+            if outage_logged {
+                tracing::debug!(url = %self.url, error = %e, retry_in = ?pause,
+                    "still cannot listen for push decisions");
+            } else {
+                tracing::warn!(url = %self.url, error = %e, retry_in = ?pause,
+                    "push decisions of other nodes are not announced to this one: cannot \
+                     LISTEN on PostgreSQL; held requests see them only by reading the \
+                     database (store.push_poll_interval) until this connection is back");
+                outage_logged = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.tx.closed() => return,
+            }
+            pause = (pause * 2).min(LISTEN_BACKOFF_MAX);
+        }
+    }
+
+    /// One connection: LISTEN, then pass notifications on until it drops (Err) or the
+    /// receiver is gone (Ok).
+    async fn listen(&mut self, listening: &mut bool) -> Result<(), String> {
+        let limit = self.connect_timeout;
+        let (client, mut connection) =
+            tokio::time::timeout(limit, self.config.connect(self.tls.clone()))
+                .await
+                .map_err(|_| format!("no connection within {limit:?}"))?
+                .map_err(explain_connect_error)?;
+        let sql = format!("LISTEN {PUSH_CHANNEL}");
+        let listen = client.batch_execute(&sql);
+        tokio::pin!(listen);
+        // Bounded: a server that accepts the connection but never answers LISTEN.
+        let answered = tokio::time::sleep(limit);
+        tokio::pin!(answered);
+        loop {
+            tokio::select! {
+                r = &mut listen, if !*listening => {
+                    r.map_err(|e| format!("LISTEN {PUSH_CHANNEL}: {}", with_cause(&e)))?;
+                    *listening = true;
+                    tracing::info!(url = %self.url, channel = PUSH_CHANNEL,
+                        "listening for push decisions on PostgreSQL");
+                    // Decisions made while not listening are read from the store now.
+                    self.send(PushEvent::Resync);
+                }
+                _ = &mut answered, if !*listening => {
+                    return Err(format!("LISTEN not answered within {limit:?}"));
+                }
+                m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        self.send(PushEvent::Decided(n.payload().to_string()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(with_cause(&e)),
+                    None => return Err("the server closed the connection".into()),
+                },
+                _ = self.tx.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Passes an event on without waiting; when the buffer is full, the reader is owed a
+    /// [`PushEvent::Resync`] instead.
+    fn send(&mut self, event: PushEvent) {
+        if self.missed {
+            if self.tx.try_send(PushEvent::Resync).is_err() {
+                return;
+            }
+            self.missed = false;
+        }
+        if self.tx.try_send(event).is_err() {
+            self.missed = true;
+        }
     }
 }
 
@@ -1213,12 +1351,19 @@ impl Store for PgStore {
         detail: Option<&str>,
         now: UnixTime,
     ) -> StoreResult<bool> {
-        self.execute(
-            "UPDATE push_requests SET status = $2, detail = $3, decided_at = $4
-             WHERE id = $1 AND status = 'pending' AND expires_at > $4",
+        // One statement: the decision and its announcement commit together, and every
+        // node listening on the channel wakes the request it holds for this transaction.
+        let rows = self.query(
+            &format!(
+                "WITH decided AS (
+                   UPDATE push_requests SET status = $2, detail = $3, decided_at = $4
+                   WHERE id = $1 AND status = 'pending' AND expires_at > $4
+                   RETURNING txn_id)
+                 SELECT pg_notify('{PUSH_CHANNEL}', txn_id) FROM decided"
+            ),
             &[&id, &status.as_str(), &detail, &now],
-        )
-        .map(|n| n == 1)
+        )?;
+        Ok(rows.len() == 1)
     }
 
     fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32> {
@@ -1229,6 +1374,21 @@ impl Store for PgStore {
             )?
             .col(0)?;
         to_u32(n, "push count")
+    }
+
+    fn push_events(&self) -> Option<PushEvents> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(PUSH_EVENT_BUFFER);
+        let listener = PushListener {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+            url: redact_url(&self.url),
+            connect_timeout: self.connect_timeout,
+            tx,
+            missed: false,
+        };
+        runtime.spawn(listener.run());
+        Some(rx)
     }
 
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {

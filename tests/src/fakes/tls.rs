@@ -16,13 +16,18 @@ pub struct TestTls {
 impl TestTls {
     /// A new CA (written to `dir/ca.pem`) and a server certificate signed by it.
     pub fn new(dir: &Path) -> TestTls {
+        TestTls::for_names(dir, &["127.0.0.1", "localhost"])
+    }
+
+    /// Like [`TestTls::new`], the server certificate naming only `names`.
+    pub fn for_names(dir: &Path, names: &[&str]) -> TestTls {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
         let key = KeyPair::generate().expect("server key");
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).expect("server params");
         let cert = params
             .signed_by(&key, &ca, &ca_key)
             .expect("server certificate");
