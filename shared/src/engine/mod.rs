@@ -286,6 +286,8 @@ struct Gate<'a> {
     source: &'a str,
     unenrolled: Unenrolled,
     decision: &'a Decision,
+    /// The user's factors if the login read them already (else they are read).
+    factors: Option<&'a [Factor]>,
 }
 
 /// What happened, for the audit record.
@@ -561,7 +563,13 @@ impl Engine {
                 req.tenant
             )));
         };
-        let user = self.store.user_by_name(tenant.id, &req.username)?;
+        // The factors come with the user: one store turn, and the second-factor checks
+        // of append and otp-only logins use them.
+        let (user, factors) = match self.store.user_with_factors(tenant.id, &req.username)? {
+            Some((u, f)) => (Some(u), f),
+            None => (None, Vec::new()),
+        };
+        let snapshot = user.as_ref().map(|u| u.id);
         match mode {
             LoginMode::Challenge | LoginMode::Auto => {
                 let info = match self.check_password(
@@ -652,6 +660,9 @@ impl Engine {
                                     source: &req.source,
                                     unenrolled: req.unenrolled,
                                     decision: &d,
+                                    // Not if the user was created meanwhile.
+                                    factors: (snapshot == Some(user.id))
+                                        .then_some(factors.as_slice()),
                                 },
                             )?;
                             return Ok(carry(outcome, attrs));
@@ -719,6 +730,7 @@ impl Engine {
                         source: &req.source,
                         unenrolled: req.unenrolled,
                         decision: &d,
+                        factors: Some(&factors),
                     },
                 )?;
                 if backend.delegated() {
@@ -1159,6 +1171,7 @@ impl Engine {
             source,
             unenrolled,
             decision: d,
+            factors,
         } = gate;
         let streak = match self.throttle_gate(tenant, user, now)? {
             Ok(streak) => streak,
@@ -1178,7 +1191,10 @@ impl Engine {
             return Ok(o);
         }
         // One read of the user's factors serves every check of this login.
-        let factors = self.store.factors_of(user.id)?;
+        let factors = match factors {
+            Some(f) => std::borrow::Cow::Borrowed(f),
+            None => std::borrow::Cow::Owned(self.store.factors_of(user.id)?),
+        };
         if let Some(stop) = self.no_usable_factor(tenant, user, &factors, first, unenrolled, d)? {
             return Ok(stop);
         }

@@ -80,6 +80,20 @@ pub trait Store: Send + Sync + 'static {
     // Factors
     fn add_factor(&self, factor: &Factor) -> StoreResult<()>;
     fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>>;
+    /// The user and their factors, read together (in one turn where the backend can).
+    fn user_with_factors(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> StoreResult<Option<(User, Vec<Factor>)>> {
+        match self.user_by_name(tenant, name)? {
+            Some(u) => {
+                let factors = self.factors_of(u.id)?;
+                Ok(Some((u, factors)))
+            }
+            None => Ok(None),
+        }
+    }
     /// Pending -> confirmed; false if there was no such pending factor.
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;

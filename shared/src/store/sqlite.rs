@@ -169,6 +169,32 @@ impl SqliteStore {
     }
 }
 
+fn user_by_name_on(conn: &Connection, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
+    let mut st = conn
+        .prepare_cached(&format!(
+            "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND name = ?2"
+        ))
+        .map_err(db)?;
+    st.query_row(params![tenant, name], user_from_row)
+        .optional()
+        .map_err(db)
+}
+
+fn factors_of_on(conn: &Connection, user: UserId) -> StoreResult<Vec<Factor>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at
+             FROM factors WHERE user_id = ?1 ORDER BY created_at, id",
+        )
+        .map_err(db)?;
+    let rows = st.query_map(params![user], factor_from_row).map_err(db)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(db)??);
+    }
+    Ok(out)
+}
+
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
     let groups_json: String = r.get(6)?;
     Ok(User {
@@ -394,15 +420,23 @@ impl Store for SqliteStore {
     }
 
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
+        user_by_name_on(&self.lock(), tenant, name)
+    }
+
+    fn user_with_factors(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> StoreResult<Option<(User, Vec<Factor>)>> {
+        // One turn of the connection for both reads.
         let conn = self.lock();
-        let mut st = conn
-            .prepare_cached(&format!(
-                "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND name = ?2"
-            ))
-            .map_err(db)?;
-        st.query_row(params![tenant, name], user_from_row)
-            .optional()
-            .map_err(db)
+        match user_by_name_on(&conn, tenant, name)? {
+            Some(u) => {
+                let factors = factors_of_on(&conn, u.id)?;
+                Ok(Some((u, factors)))
+            }
+            None => Ok(None),
+        }
     }
 
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>> {
@@ -535,19 +569,7 @@ impl Store for SqliteStore {
     }
 
     fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare_cached(
-                "SELECT id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at
-                 FROM factors WHERE user_id = ?1 ORDER BY created_at, id",
-            )
-            .map_err(db)?;
-        let rows = st.query_map(params![user], factor_from_row).map_err(db)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r.map_err(db)??);
-        }
-        Ok(out)
+        factors_of_on(&self.lock(), user)
     }
 
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool> {

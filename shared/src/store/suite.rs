@@ -421,6 +421,10 @@ fn otp_use_touches_the_factor_only_when_fresh(s: &dyn Store) {
     let u = user(s, &t, "olga");
     s.add_factor(&factor("otp-f", u.id)).unwrap();
     let last_used = || s.factors_of(u.id).unwrap()[0].last_used_at;
+    let (with_user, with_factors) = s.user_with_factors(t.id, "olga").unwrap().unwrap();
+    assert_eq!(with_user, u);
+    assert_eq!(with_factors, s.factors_of(u.id).unwrap());
+    assert!(s.user_with_factors(t.id, "nobody").unwrap().is_none());
     assert!(s.use_otp("otp-f", 7, 900, 300).unwrap());
     assert_eq!(last_used(), Some(300));
     assert!(
