@@ -673,9 +673,14 @@ const FACTOR_COLS: &str =
     "id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at";
 
 fn factor_from_row(r: &Row) -> StoreResult<Factor> {
-    let id: String = r.col(0)?;
-    let kind: String = r.col(2)?;
-    let state: String = r.col(3)?;
+    factor_from_row_at(r, 0)
+}
+
+/// A factor from the columns of [`FACTOR_COLS`] starting at column `at`.
+fn factor_from_row_at(r: &Row, at: usize) -> StoreResult<Factor> {
+    let id: String = r.col(at)?;
+    let kind: String = r.col(at + 2)?;
+    let state: String = r.col(at + 3)?;
     let (Some(kind), Some(state)) = (FactorKind::parse(&kind), FactorState::parse(&state)) else {
         return Err(StoreError::Corrupt(format!(
             "factor {id} has kind '{kind}' / state '{state}'"
@@ -683,14 +688,14 @@ fn factor_from_row(r: &Row) -> StoreResult<Factor> {
     };
     Ok(Factor {
         id,
-        user_id: r.col(1)?,
+        user_id: r.col(at + 1)?,
         kind,
         state,
-        sealed_secret: r.col(4)?,
-        params: r.col(5)?,
-        created_at: r.col(6)?,
-        confirmed_at: r.col(7)?,
-        last_used_at: r.col(8)?,
+        sealed_secret: r.col(at + 4)?,
+        params: r.col(at + 5)?,
+        created_at: r.col(at + 6)?,
+        confirmed_at: r.col(at + 7)?,
+        last_used_at: r.col(at + 8)?,
     })
 }
 
@@ -1000,6 +1005,41 @@ impl Store for PgStore {
             ],
         )
         .map(|_| ())
+    }
+
+    fn user_with_factors(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> StoreResult<Option<(User, Vec<Factor>)>> {
+        // One round trip: the user's row once per factor (or once with NULLs).
+        let prefixed = |cols: &str, t: &str| {
+            cols.split(", ")
+                .map(|c| format!("{t}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let rows = self.query(
+            &format!(
+                "SELECT {}, {} FROM users u LEFT JOIN factors f ON f.user_id = u.id
+                 WHERE u.tenant_id = $1 AND u.name = $2 ORDER BY f.created_at, f.id",
+                prefixed(USER_COLS, "u"),
+                prefixed(FACTOR_COLS, "f")
+            ),
+            &[&tenant, &name],
+        )?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let user = user_from_row(first)?;
+        let factor_at = USER_COLS.split(", ").count();
+        let mut factors = Vec::new();
+        for r in &rows {
+            if r.col::<Option<String>>(factor_at)?.is_some() {
+                factors.push(factor_from_row_at(r, factor_at)?);
+            }
+        }
+        Ok(Some((user, factors)))
     }
 
     fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>> {
