@@ -179,16 +179,43 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
 
     // Fill the filesystem to the last page.
     let filler = fill(mount.path());
+    // The store copies its WAL back into the database in the background and then writes
+    // the WAL again from its start: a write that fits in space the files already hold
+    // succeeds even now. Writes fail once the database file must grow (its checkpoint
+    // cannot finish, so the WAL must grow too). Failed logins write audit records (the
+    // audit table grows): at most a few hundred of them get there.
+    let mut refused = 0;
+    while !server.stderr().contains(DISK_FULL) {
+        assert_eq!(
+            login(&users[3].name, "not-the-password").0,
+            code::ACCESS_REJECT
+        );
+        refused += 1;
+        assert!(
+            refused < 400,
+            "{refused} logins on a full disk and no write failed:\n{}",
+            server.stderr()
+        );
+    }
 
-    // A valid, never used code of u2: refused, because its use cannot be recorded.
+    // A valid, never used code of u2. Whether this write finds room depends on the
+    // background checkpoint of the moment; either way, an accepted code is recorded and a
+    // refused one is not (fail closed: nothing accepted without its use written).
     let c2 = totp(&users[2]);
     let (answer, message) = login(&users[2].name, &format!("pw{c2}"));
-    assert_eq!(
-        answer,
-        code::ACCESS_REJECT,
-        "a code whose use could not be recorded was accepted on a full disk"
-    );
-    assert_eq!(message.as_deref(), Some("Authentication failed"));
+    let recorded = used_codes(&db, &factors[2]);
+    let u2_refused = answer == code::ACCESS_REJECT;
+    if u2_refused {
+        assert_eq!(message.as_deref(), Some("Authentication failed"));
+        assert_eq!(recorded, 0, "u2's refused code is in the replay cache");
+    } else {
+        assert_eq!(answer, code::ACCESS_ACCEPT);
+        assert_eq!(
+            recorded, 1,
+            "u2's code was accepted but its use is not recorded"
+        );
+        used.push((users[2].name.clone(), c2.clone()));
+    }
     // Replays, a wrong password and a wrong code are refused as well; every login is answered.
     assert_eq!(
         login(&used[0].0, &format!("pw{}", used[0].1)).0,
@@ -205,22 +232,8 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
         log.contains(DISK_FULL),
         "the server did not log `{DISK_FULL}`:\n{log}"
     );
-    // u2's code was not recorded as used (read-only look at the file, beside the server).
-    {
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .expect("open the database read-only");
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM used_otps WHERE factor_id = ?1",
-                [&factors[2]],
-                |r| r.get(0),
-            )
-            .expect("count u2's used codes");
-        assert_eq!(n, 0, "u2's refused code is in the replay cache");
-    }
-
-    // Admin commands fail with an error naming the problem, and change nothing.
+    // Admin commands either succeed (their write found room) or fail with an error that
+    // names the problem and change nothing.
     let enroll = env.cli(&[
         "factor", "enroll", "totp", "--tenant", "acme", "u3", "--json",
     ]);
@@ -238,22 +251,26 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
     for (what, out) in [("factor enroll", &enroll), ("user add", &add)] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && stderr.contains(DISK_FULL),
+            out.status.success() || stderr.contains(DISK_FULL),
             "`{what}` on a full disk: {}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
         );
     }
+    let enrolled_on_full_disk = enroll.status.success();
+    let added_on_full_disk = add.status.success();
     assert!(server.is_running(), "the server died on a full disk");
 
     // Free the space: the same server works again, no restart.
     std::fs::remove_file(&filler).expect("delete the filler");
-    assert_eq!(
-        login(&users[2].name, &format!("pw{c2}")).0,
-        code::ACCESS_ACCEPT,
-        "u2's code, refused on the full disk, after space was freed"
-    );
-    used.push((users[2].name.clone(), c2.clone()));
+    if u2_refused {
+        assert_eq!(
+            login(&users[2].name, &format!("pw{c2}")).0,
+            code::ACCESS_ACCEPT,
+            "u2's code, refused on the full disk, after space was freed"
+        );
+        used.push((users[2].name.clone(), c2.clone()));
+    }
     let c4 = totp(&users[4]);
     assert_eq!(
         login(&users[4].name, &format!("pw{c4}")).0,
@@ -262,7 +279,9 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
     used.push((users[4].name.clone(), c4));
     let late = env.enroll_totp("acme", "u3", None);
     assert_eq!(late.state, "pending");
-    env.add_user("acme", "late", "pw");
+    if !added_on_full_disk {
+        env.add_user("acme", "late", "pw");
+    }
 
     // Stop; the file is sound and holds everything committed before and after the fill.
     let status = server.stop().expect("the server stopped");
@@ -280,6 +299,22 @@ fn full_disk_refuses_logins_and_writes_then_recovers_without_restart_or_loss() {
                 .unwrap_or_else(|e| panic!("{}'s factor {f}: {e}", u.name));
             assert_eq!(state, "confirmed", "{}", u.name);
         }
+        // What an admin command reported done is there, once.
+        let pending: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM factors f JOIN users u ON u.id = f.user_id
+                 WHERE u.name = 'u3' AND f.state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count u3's pending factors");
+        assert_eq!(pending, 1 + i64::from(enrolled_on_full_disk));
+        let late: i64 = conn
+            .query_row("SELECT COUNT(*) FROM users WHERE name = 'late'", [], |r| {
+                r.get(0)
+            })
+            .expect("count users named late");
+        assert_eq!(late, 1);
         for i in [0, 1, 2, 4] {
             let n: i64 = conn
                 .query_row(
@@ -391,4 +426,17 @@ fn start_on_a_full_disk_fails_clearly_and_loses_nothing() {
     drop(conn);
     drop(env);
     drop(mount);
+}
+
+/// How many uses of `factor` the replay cache holds (a read-only look beside the server).
+fn used_codes(db: &std::path::Path, factor: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the database read-only");
+    conn.query_row(
+        "SELECT COUNT(*) FROM used_otps WHERE factor_id = ?1",
+        [factor],
+        |r| r.get(0),
+    )
+    .expect("count used codes")
 }
