@@ -20,10 +20,12 @@ use super::{StoreError, StoreResult};
 /// Delivers a write's answer once the fate of its transaction is known.
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
+/// Runs a write; says whether it succeeded (else its savepoint is rolled back).
+type Run = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
 /// A queued write.
 struct Job {
-    /// Runs the write; says whether it succeeded (else its savepoint is rolled back).
-    run: Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>,
+    run: Run,
     /// Answers without running (the transaction could not begin).
     fail: Box<dyn FnOnce(&StoreError) + Send>,
 }
@@ -150,11 +152,10 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
     let commit = if failed_alone {
         run_sql(conn, "ROLLBACK")
     } else {
-        run_sql(conn, "COMMIT").map_err(|e| {
+        run_sql(conn, "COMMIT").inspect_err(|_| {
             // The transaction may still be open after a failed COMMIT (SQLITE_BUSY, a
             // full disk): undo it so that the next batch starts clean.
             let _ = conn.execute_batch("ROLLBACK");
-            e
         })
     }
     .map_err(|e| StoreError::Database(e.to_string()));
@@ -165,4 +166,85 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
 
 fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Mutex<Connection> {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        Mutex::new(c)
+    }
+
+    fn insert(c: &Connection, k: i64) -> StoreResult<usize> {
+        c.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])
+            .map_err(|e| StoreError::Database(e.to_string()))
+    }
+
+    /// Many writers at once: every write gets its own answer, a failing write (here a
+    /// duplicate key, after a first insert of its own) is undone alone, and everything
+    /// answered Ok is in the table.
+    #[test]
+    fn concurrent_writes_get_their_own_answers_and_failures_undo_only_themselves() {
+        let conn = table();
+        let gc = GroupCommit::default();
+        let (conn, gc) = (&conn, &gc);
+        let results: Vec<(i64, bool)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    s.spawn(move || {
+                        (0..100)
+                            .map(|i| {
+                                let k = t * 1000 + i;
+                                // Every fifth write also inserts key 0, which exists after
+                                // the first: that write must fail and leave no trace.
+                                let dup = i % 5 == 4;
+                                let r = gc.write(conn, move |c| {
+                                    insert(c, k)?;
+                                    if dup {
+                                        insert(c, -1)?;
+                                        insert(c, -1)?;
+                                    }
+                                    Ok(())
+                                });
+                                (k, r.is_ok())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let c = conn.lock().unwrap();
+        for (k, ok) in &results {
+            let n: i64 = c
+                .query_row("SELECT COUNT(*) FROM t WHERE k = ?1", [k], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, i64::from(*ok), "key {k}: answered ok={ok}");
+            assert_eq!(*ok, k % 1000 % 5 != 4, "key {k}");
+        }
+        let stray: i64 = c
+            .query_row("SELECT COUNT(*) FROM t WHERE k = -1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stray, 0, "a failed write left a row behind");
+    }
+
+    #[test]
+    fn a_write_that_cannot_begin_is_answered_with_the_error() {
+        let conn = table();
+        // An open transaction makes BEGIN IMMEDIATE fail.
+        conn.lock().unwrap().execute_batch("BEGIN").unwrap();
+        let gc = GroupCommit::default();
+        let r = gc.write(&conn, |c| insert(c, 1));
+        assert!(
+            matches!(&r, Err(StoreError::Database(m)) if m.contains("within a transaction")),
+            "{r:?}"
+        );
+    }
 }
