@@ -1,6 +1,7 @@
 //! Self-service "My MFA" (`/my/`, `/my/{tenant}/`): a user logs in with name, password and
 //! a second factor (through the Engine, policy client `web`), then lists their factors,
-//! adds an authenticator app (QR code, confirmed with a code), removes a factor (never the
+//! adds an authenticator app (QR code, confirmed with a code) or push notifications (the
+//! ntfy topic as a QR code, confirmed with the code pushed to it), removes a factor (never the
 //! last confirmed one) and makes new recovery codes (shown once).
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use portcullis_core::admin::{Actor, Admin, AdminError};
+use portcullis_core::admin::{Actor, Admin, AdminError, EnrolledTotp};
 use portcullis_core::config::{LoginMode, Unenrolled};
 use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
 use zeroize::Zeroizing;
@@ -22,6 +23,7 @@ use super::{
     with_cookie, MAX_FORM,
 };
 use crate::http::HttpState;
+use crate::push::{PushEnrolError, PushEnrolment};
 
 const COOKIE: &str = "pc_my";
 const PRE_COOKIE: &str = "pc_my_login";
@@ -276,46 +278,110 @@ async fn logout(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     )
 }
 
+/// A factor just added on the page: pending until a code confirms it (the one the app
+/// shows, or the one pushed to the phone).
+enum Added {
+    Totp(EnrolledTotp),
+    Push(PushEnrolment),
+}
+
+/// Add an authenticator app, or (form field `kind=push`, where the tenant pushes through
+/// ntfy) push notifications; then the page that confirms it with a code.
 async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let engine = state.radius.engine.clone();
-    let (s, value, _) = match authorize(&engine, &headers, &body) {
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
         Ok(v) => v,
         Err(r) => return *r,
     };
+    let push = form_value(&form, "kind").as_deref() == Some("push");
     let admin = state.admin.clone();
+    let e = engine.clone();
     let s2 = s.clone();
     let r = blocking(move || {
-        let t = admin
-            .admin
-            .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")?;
+        let added = if push {
+            let p = crate::push::enroll_and_send(&admin.admin, &e, &s2.tenant, &s2.subject, None)
+                .map_err(push_error)?;
+            Added::Push(p)
+        } else {
+            let t = admin
+                .admin
+                .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")
+                .map_err(|e| e.to_string())?;
+            Added::Totp(t)
+        };
+        let (kind, id) = match &added {
+            Added::Totp(t) => ("totp", &t.factor_id),
+            Added::Push(p) => ("push", &p.factor.factor_id),
+        };
         audit(
             &admin.admin,
             &s2,
             "factor.enroll",
-            &format!("totp factor {} (pending)", t.factor_id),
+            &format!("{kind} factor {id} (pending)"),
         );
-        Ok::<_, AdminError>(t)
+        Ok::<_, String>(added)
     })
     .await;
-    match r {
-        Some(Ok(t)) => {
-            let csrf = signer(&engine).csrf(&value);
-            let body = format!(
+    let added = match r {
+        Some(Ok(a)) => a,
+        Some(Err(m)) => return dashboard(&state, &s, &value, &m).await,
+        None => return internal(),
+    };
+    let (title, how, label, fid) = match &added {
+        Added::Totp(t) => (
+            "Add an authenticator app",
+            format!(
                 "<p>Scan this QR code with your authenticator app:</p>{qr}\
-<p>or type this secret key (time-based, 6 digits): <code class=\"secret\" id=\"secret\">{secret}</code></p>\
-<form method=\"post\" action=\"/my/confirm\" id=\"confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<input type=\"hidden\" name=\"factor\" value=\"{fid}\">\
-<label>Code the app shows <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
-<button type=\"submit\" id=\"submit\">Confirm</button></form><p><a href=\"/my/\">Back</a></p>",
+<p>or type this secret key (time-based, 6 digits): <code class=\"secret\" id=\"secret\">{secret}</code></p>",
                 qr = qr_svg(&t.uri).unwrap_or_default(),
                 secret = esc(&t.secret),
-                csrf = esc(&csrf),
-                fid = esc(&t.factor_id),
-            );
-            page(StatusCode::OK, "Add an authenticator app", &body)
+            ),
+            "Code the app shows",
+            &t.factor_id,
+        ),
+        Added::Push(p) => {
+            let url = p.subscribe_url.as_deref().unwrap_or_default();
+            (
+                "Add push notifications",
+                format!(
+                    "<p>In the ntfy app, subscribe to this topic: scan this QR code, or add it by hand.</p>{qr}\
+<p><code class=\"secret\" id=\"subscribe-url\">{url}</code></p>\
+<p>Keep it to yourself: whoever knows it can read your login notifications. A code was sent to it.</p>",
+                    qr = qr_svg(url).unwrap_or_default(),
+                    url = esc(url),
+                ),
+                "Code in the notification",
+                &p.factor.factor_id,
+            )
         }
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
-        None => internal(),
+    };
+    let body = format!(
+        "{how}<form method=\"post\" action=\"/my/confirm\" id=\"confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"factor\" value=\"{fid}\">\
+<label>{label} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
+<button type=\"submit\" id=\"submit\">Confirm</button></form><p><a href=\"/my/\">Back</a></p>",
+        csrf = esc(&signer(&engine).csrf(&value)),
+        fid = esc(fid),
+    );
+    page(StatusCode::OK, title, &body)
+}
+
+/// What the user is told when push cannot be added (the log or the admin has the rest).
+fn push_error(e: PushEnrolError) -> String {
+    match e {
+        PushEnrolError::NotConfigured { .. } | PushEnrolError::NoNtfyUrl { .. } => {
+            "Push notifications are not offered here; ask your administrator.".into()
+        }
+        PushEnrolError::NotSent { reason, .. } => {
+            tracing::warn!(%reason, "self-service push enrolment: code not sent");
+            "The code could not be sent to the push server; nothing was added. Try again later."
+                .into()
+        }
+        PushEnrolError::Admin(e) => e.to_string(),
+        e => {
+            tracing::error!(error = %e, "self-service push enrolment failed");
+            "The service failed; try again.".into()
+        }
     }
 }
 
@@ -343,7 +409,9 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     })
     .await;
     match r {
-        Some(Ok(())) => dashboard(&state, &s, &value, "ok:The authenticator app is set up.").await,
+        Some(Ok(())) => {
+            dashboard(&state, &s, &value, "ok:The factor is confirmed and ready.").await
+        }
         Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
         None => internal(),
     }
@@ -471,6 +539,8 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         }
         None => return internal(),
     };
+    // Push is offered where the tenant pushes through ntfy (a webhook is the admin's).
+    let can_push = matches!(engine.push_enrolment_target(&s.tenant), Some(Some(_)));
     let csrf = esc(&signer(&engine).csrf(value));
     let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
     let message = match message.strip_prefix("ok:") {
@@ -497,7 +567,7 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         "{message}<p>Signed in as <strong id=\"user\">{user}</strong> ({tenant}); the session ends at {ends}.</p>\
 <form method=\"post\" action=\"/my/logout\">{hidden}<button type=\"submit\" id=\"logout\">Sign out</button></form>\
 <h2>Factors</h2><table id=\"factors\"><tr><th>kind</th><th>state</th><th>id</th><th>added</th><th>last used</th><th></th></tr>{rows}</table>\
-<form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>\
+<form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>{push}\
 <h2>Recovery codes</h2><p><span id=\"recovery-left\">{left}</span> unused.</p>\
 <form method=\"post\" action=\"/my/recovery\">{hidden}<button type=\"submit\" id=\"new-recovery\">Make new recovery codes</button></form>\
 <h2>Remembered devices</h2><p>Where a rule remembers a device (network address), logins from it may skip the second factor for a while.</p>\
@@ -506,6 +576,11 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         tenant = esc(&s.tenant),
         ends = format_time(s.expires_at),
         left = d.unused_recovery_codes,
+        push = if can_push {
+            format!("<form method=\"post\" action=\"/my/enroll\">{hidden}<input type=\"hidden\" name=\"kind\" value=\"push\"><button type=\"submit\" id=\"add-push\">Add push notifications (ntfy app)</button></form>")
+        } else {
+            String::new()
+        },
     );
     page(StatusCode::OK, "My second factors", &body)
 }
