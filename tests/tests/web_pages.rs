@@ -585,6 +585,17 @@ fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
         "{pending:?}"
     );
 
+    // The phone subscribed too late: the page sends the code again; the new one confirms.
+    browser.click("#resend-push");
+    assert!(
+        browser.try_find("#message").is_some(),
+        "{}",
+        browser.source()
+    );
+    let msgs = ntfy.wait_for(2, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 2, "refusals: {:?}", ntfy.refusals());
+    assert_eq!(msgs[1]["topic"], topic);
+    let code = ntfy.last_code();
     browser.type_into("#code", &code);
     browser.click("#submit");
     assert!(
@@ -600,15 +611,15 @@ fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
     assert!(menu.is_challenge(), "{}", menu.raw_output);
     let wait = w.login("alice", "push", Some(&menu.state_for_radclient()));
     assert!(wait.is_challenge(), "{}", wait.raw_output);
-    let msgs = ntfy.wait_for(2, Duration::from_secs(10));
+    let msgs = ntfy.wait_for(3, Duration::from_secs(10));
     assert_eq!(
         msgs.len(),
-        2,
+        3,
         "a login push; refusals: {:?}",
         ntfy.refusals()
     );
-    assert_eq!(msgs[1]["topic"], topic);
-    let click = msgs[1]["click"].as_str().expect("click URL");
+    assert_eq!(msgs[2]["topic"], topic);
+    let click = msgs[2]["click"].as_str().expect("click URL");
     let (id, token) = click
         .strip_prefix(&format!("{}/v1/push/", w.base))
         .and_then(|rest| rest.split_once("?t="))

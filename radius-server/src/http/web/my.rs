@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use portcullis_core::admin::{Actor, Admin, AdminError, EnrolledTotp};
 use portcullis_core::config::{LoginMode, Unenrolled};
-use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
+use portcullis_core::engine::{Channel, Engine, LoginRequest, SendOutcome, Step};
 use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
@@ -38,6 +38,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/my/logout", post(logout))
         .route("/my/enroll", post(enroll))
         .route("/my/confirm", post(confirm))
+        .route("/my/push-code", post(push_code))
         .route("/my/remove", post(remove))
         .route("/my/recovery", post(recovery))
         .route("/my/forget", post(forget))
@@ -355,15 +356,76 @@ async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
             )
         }
     };
-    let body = format!(
-        "{how}<form method=\"post\" action=\"/my/confirm\" id=\"confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<input type=\"hidden\" name=\"factor\" value=\"{fid}\">\
-<label>{label} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
-<button type=\"submit\" id=\"submit\">Confirm</button></form><p><a href=\"/my/\">Back</a></p>",
-        csrf = esc(&signer(&engine).csrf(&value)),
+    let push = matches!(added, Added::Push(_));
+    let form = confirm_form(&engine, &value, fid, label, push);
+    page(StatusCode::OK, title, &format!("{how}{form}"))
+}
+
+/// The form that confirms pending factor `fid` with a code (for push, also one that sends
+/// the code again: the phone may have subscribed after it was sent).
+fn confirm_form(engine: &Engine, session: &str, fid: &str, label: &str, push: bool) -> String {
+    let hidden = format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"factor\" value=\"{fid}\">",
+        csrf = esc(&signer(engine).csrf(session)),
         fid = esc(fid),
     );
-    page(StatusCode::OK, title, &body)
+    let resend = if push {
+        format!("<form method=\"post\" action=\"/my/push-code\">{hidden}<button type=\"submit\" id=\"resend-push\">Send the code again</button></form>")
+    } else {
+        String::new()
+    };
+    format!(
+        "<form method=\"post\" action=\"/my/confirm\" id=\"confirm\">{hidden}\
+<label>{label} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
+<button type=\"submit\" id=\"submit\">Confirm</button></form>{resend}<p><a href=\"/my/\">Back</a></p>"
+    )
+}
+
+/// Push the code of the user's pending push factor again.
+async fn push_code(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let factor = form_value(&form, "factor").unwrap_or_default();
+    let admin = state.admin.clone();
+    let (e, s2, f2) = (engine.clone(), s.clone(), factor.clone());
+    let r = blocking(move || -> Result<(), String> {
+        let factors = admin
+            .admin
+            .list_factors(&s2.tenant, &s2.subject)
+            .map_err(|e| e.to_string())?;
+        if !factors
+            .iter()
+            .any(|f| f.factor_id == f2 && f.kind == "push" && f.state == "pending")
+        {
+            return Err("No such push factor waiting for its code.".into());
+        }
+        match e.send_push_enrolment_code(&s2.tenant, &s2.subject, &f2) {
+            Ok(SendOutcome::Sent { .. }) => Ok(()),
+            Ok(other) => {
+                tracing::warn!(reason = %other.reason(), "self-service push code not sent again");
+                Err("The code could not be sent to the push server; try again later.".into())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "self-service push code: store error");
+                Err("The service failed; try again.".into())
+            }
+        }
+    })
+    .await;
+    match r {
+        Some(Ok(())) => {
+            let form = confirm_form(&engine, &value, &factor, "Code in the notification", true);
+            let body = format!(
+                "<p class=\"ok\" id=\"message\">A new code was sent to the topic.</p>{form}"
+            );
+            page(StatusCode::OK, "Add push notifications", &body)
+        }
+        Some(Err(m)) => dashboard(&state, &s, &value, &m).await,
+        None => internal(),
+    }
 }
 
 /// What the user is told when push cannot be added (the log or the admin has the rest).
