@@ -93,6 +93,9 @@ pub struct PushSettings {
     pub max_pushes: u32,
     pub window: i64,
     pub issuer: String,
+    /// Base URL of the ntfy server phones subscribe to (`ntfy_url`, no trailing `/`); without
+    /// it only webhook factors can be enrolled.
+    pub ntfy_url: Option<String>,
 }
 
 /// What the phone answered.

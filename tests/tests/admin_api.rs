@@ -1,10 +1,15 @@
 //! The admin HTTP API (`/v1/`) of a real `portcullis serve`: tokens made with the CLI, users
 //! and factors made over HTTP, logins over radclient with oathtool codes; tenant isolation,
-//! roles, revoked tokens, malformed bodies and the OpenAPI document.
+//! roles, revoked tokens, malformed bodies and the OpenAPI document; push enrolment against
+//! a strict fake ntfy server.
 
 use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
 
-use portcullis_tests::http::request;
+use portcullis_tests::fakes::ntfy::{Behaviour, FakeNtfy};
+use portcullis_tests::http::{post, request};
+use portcullis_tests::radclient::radclient_waiting;
 use portcullis_tests::{
     oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
     Server, TestEnv,
@@ -899,4 +904,171 @@ fn pam_hosts_are_managed_through_the_api_per_tenant_and_role() {
     );
     let audit = api.expect(&admin, "GET", "/v1/tenants/acme/audit", None, 200);
     assert!(audit.to_string().contains("host.remove"), "{audit}");
+}
+
+/// (push id, token) from a login notification: its click URL is the approval page.
+fn push_link(msg: &Value) -> (String, String) {
+    let click = msg["click"].as_str().expect("click URL");
+    let rest = click
+        .strip_prefix(&format!("{PUBLIC}/v1/push/"))
+        .unwrap_or_else(|| panic!("unexpected click URL {click}"));
+    let (id, token) = rest.split_once("?t=").expect("token in the link");
+    (id.to_string(), token.to_string())
+}
+
+const PUBLIC: &str = "https://mfa.example.test";
+
+#[test]
+fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_login() {
+    peers();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ntfy = FakeNtfy::start(ca_dir.path());
+    // acme pushes through the fake ntfy; beta has no push channel.
+    let api = Api::start(&format!(
+        "public_url = \"{PUBLIC}\"\n{}",
+        ntfy.config("acme", "")
+    ));
+    api.env.add_tenant("acme");
+    api.env.add_tenant("beta");
+    api.env.add_user("acme", "pat", "pw");
+    api.env.add_user("beta", "bea", "pw");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "acme-admin"]);
+    let factors = "/v1/tenants/acme/users/pat/factors";
+
+    // Fields of other kinds are refused, and nothing is pushed for them.
+    for body in [
+        json!({"kind": "push", "digits": 8}),
+        json!({"kind": "push", "secret": "JBSWY3DPEHPK3PXP"}),
+        json!({"kind": "totp", "webhook": "https://hooks.example.test/x"}),
+    ] {
+        api.expect(&admin, "POST", factors, Some(body), 400);
+    }
+    assert!(ntfy.messages().is_empty());
+
+    let f = api.expect(&admin, "POST", factors, Some(json!({"kind": "push"})), 201);
+    assert_eq!(
+        (f["kind"].as_str(), f["state"].as_str()),
+        (Some("push"), Some("pending")),
+        "{f}"
+    );
+    assert_eq!(f["code_sent_via"], "ntfy", "{f}");
+    let id = f["factor_id"].as_str().expect("factor id").to_string();
+    let url = f["subscribe_url"]
+        .as_str()
+        .expect("the topic to subscribe to");
+    let msgs = ntfy.wait_for(1, Duration::from_secs(5));
+    assert_eq!(
+        msgs.len(),
+        1,
+        "the confirmation code is pushed; refusals: {:?}",
+        ntfy.refusals()
+    );
+    assert_eq!(
+        format!("{}/{}", ntfy.base_url(), msgs[0]["topic"].as_str().unwrap()),
+        url,
+        "the code goes to the topic the user subscribes to"
+    );
+    let qr = f["subscribe_qr_svg"]
+        .as_str()
+        .expect("a QR code of the topic");
+    assert!(qr.starts_with("<svg") && !qr.contains("script"), "{qr}");
+    let code = ntfy.last_code();
+    assert!(
+        !f.to_string().contains(&code),
+        "the code only goes to the phone: {f}"
+    );
+
+    // Pending: push is not offered yet. A wrong code is refused, the pushed one confirms.
+    let r = api.login("pat", "pw,push");
+    assert!(r.is_reject(), "pending push factor\n{}", r.raw_output);
+    assert_eq!(
+        ntfy.messages().len(),
+        1,
+        "no login push for a pending factor"
+    );
+    let confirm = format!("{factors}/{id}/confirm");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    api.expect(&admin, "POST", &confirm, Some(json!({"code": wrong})), 400);
+    let c = api.expect(&admin, "POST", &confirm, Some(json!({"code": code})), 200);
+    assert_eq!(c["state"], "confirmed", "{c}");
+
+    // `password,push`: the phone gets the login, approves, the login is accepted.
+    let (addr, secret) = (api.server.addr, api.env.client().secret.clone());
+    let login = thread::spawn(move || {
+        radclient_waiting(
+            addr,
+            &secret,
+            &[
+                ("User-Name", "pat".to_string()),
+                ("User-Password", "pw,push".to_string()),
+            ],
+            25,
+        )
+    });
+    let msgs = ntfy.wait_for(2, Duration::from_secs(10));
+    assert_eq!(
+        msgs.len(),
+        2,
+        "a login push; refusals: {:?}",
+        ntfy.refusals()
+    );
+    assert_eq!(msgs[1]["topic"], msgs[0]["topic"]);
+    let (push, token) = push_link(&msgs[1]);
+    let (status, body) = post(
+        api.addr,
+        &format!("/v1/push/{push}/approve"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply = login.join().unwrap();
+    assert!(reply.is_accept(), "{}", reply.raw_output);
+
+    // Audited like the other enrolments, without the topic or the code.
+    let records = api.audit(&admin, "acme");
+    for action in ["factor.enroll", "factor.confirm"] {
+        assert!(
+            records.iter().any(|r| r["channel"] == "admin-api"
+                && r["mode"] == action
+                && r["client"] == "acme-admin"
+                && r["username"] == "pat"),
+            "no audit record of {action}: {records:?}"
+        );
+    }
+    let text = serde_json::to_string(&records).unwrap();
+    let topic = msgs[0]["topic"].as_str().unwrap();
+    assert!(!text.contains(topic) && !text.contains(&code), "{text}");
+
+    // A tenant without a push channel: the error says what to configure; no factor is made.
+    let op = api.token(&["--operator", "ops"]);
+    let beta = "/v1/tenants/beta/users/bea/factors";
+    for body in [
+        json!({"kind": "push"}),
+        json!({"kind": "push", "webhook": "https://hooks.example.test/mfa"}),
+    ] {
+        let e = api.expect(&op, "POST", beta, Some(body), 409);
+        let m = e["error"].as_str().unwrap();
+        assert!(m.contains("[tenants.beta.push]"), "{m}");
+    }
+    assert_eq!(api.expect(&op, "GET", beta, None, 200), json!([]));
+    assert_eq!(ntfy.messages().len(), 2, "nothing pushed for beta");
+    // An unknown user is still a 404, whatever the configuration.
+    api.expect(
+        &op,
+        "POST",
+        "/v1/tenants/beta/users/nobody/factors",
+        Some(json!({"kind": "push"})),
+        404,
+    );
+
+    // The push server refuses: 502, and the factor is not kept.
+    ntfy.set_behaviour(Behaviour::ServerError);
+    let e = api.expect(&admin, "POST", factors, Some(json!({"kind": "push"})), 502);
+    assert!(e["error"].as_str().unwrap().contains("not kept"), "{e}");
+    let listed = api.expect(&admin, "GET", factors, None, 200);
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "only the confirmed one: {listed}"
+    );
 }

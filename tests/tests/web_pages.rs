@@ -6,6 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use portcullis_tests::fakes::ntfy::FakeNtfy;
 use portcullis_tests::http::{request_full, HttpReply};
 use portcullis_tests::pam::under_pam_wrapper;
 use portcullis_tests::webdriver::Browser;
@@ -34,6 +35,11 @@ fn free_port() -> u16 {
 /// mode with `unenrolled = "enroll"`; the HTTP listener on a free port that is also the
 /// public_url.
 fn world() -> World {
+    world_with("")
+}
+
+/// [`world`] with `extra` appended to the config.
+fn world_with(extra: &str) -> World {
     require_tool("radclient", "freeradius-utils");
     require_tool("oathtool", "oathtool");
     let port = free_port();
@@ -42,7 +48,7 @@ fn world() -> World {
     client.extra = "unenrolled = \"enroll\"\n".into();
     let env = TestEnv::with_extra_config(
         vec![client],
-        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n"),
+        &format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n{extra}"),
     );
     env.add_tenant("acme");
     env.add_user("acme", "newbie", "pw-newbie");
@@ -441,6 +447,15 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     let home = w.get("/my/", &[("Cookie", &session)]);
     assert!(home.body.contains("id=\"user\">alice<"), "{}", home.body);
     let csrf = hidden(&home.body, "csrf");
+    // The tenant has no push channel: push is not offered, and a forged form adds nothing.
+    assert!(!home.body.contains("id=\"add-push\""), "{}", home.body);
+    let r = w.post(
+        "/my/enroll",
+        &session,
+        &format!("csrf={}&kind=push", enc(&csrf)),
+    );
+    assert!(r.body.contains("not offered here"), "{}", r.body);
+    assert_eq!(w.factors("alice").len(), 1);
 
     // A POST without the session's CSRF token is refused; with it, codes are made.
     let r = w.post("/my/recovery", &session, "csrf=forged");
@@ -530,6 +545,96 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     let forged = format!("pc_my={}x", &session["pc_my=".len()..]);
     let r = w.get("/my/", &[("Cookie", &forged)]);
     assert!(r.body.contains("id=\"login\""), "{}", r.body);
+}
+
+#[test]
+fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ntfy = FakeNtfy::start(ca_dir.path());
+    let w = world_with(&ntfy.config("acme", "number_matching = false\n"));
+    let secret = portcullis_tests::random_base32_secret();
+    w.env.add_user("acme", "alice", "pw-alice");
+    w.env.enroll_totp("acme", "alice", Some(&secret));
+
+    let browser = Browser::start();
+    browser.goto(&format!("{}/my/acme/", w.base));
+    browser.type_into("#username", "alice");
+    browser.type_into("#password", "pw-alice");
+    browser.type_into("#code", &oathtool_totp(&secret, 6, Algorithm::Sha1, 0));
+    browser.click("#submit");
+    assert_eq!(browser.text("#user"), "alice", "{}", browser.source());
+
+    // The topic to subscribe to, as text and QR code; the code was pushed to it.
+    browser.click("#add-push");
+    let url = browser.text("#subscribe-url").trim().to_string();
+    assert!(browser.try_find("svg#qr").is_some(), "{}", browser.source());
+    let msgs = ntfy.wait_for(1, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 1, "refusals: {:?}", ntfy.refusals());
+    let topic = msgs[0]["topic"].as_str().unwrap();
+    assert_eq!(url, format!("{}/{topic}", ntfy.base_url()));
+    let code = ntfy.last_code();
+    assert!(
+        !browser.source().contains(&code),
+        "the code only goes to the phone"
+    );
+    let pending = w.factors("alice");
+    assert!(
+        pending
+            .iter()
+            .any(|f| f["kind"] == "push" && f["state"] == "pending"),
+        "{pending:?}"
+    );
+
+    // The phone subscribed too late: the page sends the code again; the new one confirms.
+    browser.click("#resend-push");
+    assert!(
+        browser.try_find("#message").is_some(),
+        "{}",
+        browser.source()
+    );
+    let msgs = ntfy.wait_for(2, Duration::from_secs(10));
+    assert_eq!(msgs.len(), 2, "refusals: {:?}", ntfy.refusals());
+    assert_eq!(msgs[1]["topic"], topic);
+    let code = ntfy.last_code();
+    browser.type_into("#code", &code);
+    browser.click("#submit");
+    assert!(
+        browser.try_find("#message").is_some(),
+        "{}",
+        browser.source()
+    );
+    let rows = browser.find_all("#factors tr[data-kind=\"push\"][data-state=\"confirmed\"]");
+    assert_eq!(rows.len(), 1, "{}", browser.source());
+
+    // A RADIUS login now offers push; approved on the phone, it is accepted.
+    let menu = w.login("alice", "pw-alice", None);
+    assert!(menu.is_challenge(), "{}", menu.raw_output);
+    let wait = w.login("alice", "push", Some(&menu.state_for_radclient()));
+    assert!(wait.is_challenge(), "{}", wait.raw_output);
+    let msgs = ntfy.wait_for(3, Duration::from_secs(10));
+    assert_eq!(
+        msgs.len(),
+        3,
+        "a login push; refusals: {:?}",
+        ntfy.refusals()
+    );
+    assert_eq!(msgs[2]["topic"], topic);
+    let click = msgs[2]["click"].as_str().expect("click URL");
+    let (id, token) = click
+        .strip_prefix(&format!("{}/v1/push/", w.base))
+        .and_then(|rest| rest.split_once("?t="))
+        .unwrap_or_else(|| panic!("unexpected click URL {click}"));
+    let r = request_full(
+        w.http(),
+        "POST",
+        &format!("/v1/push/{id}/approve"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        Some(b""),
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = w.login("alice", "", Some(&wait.state_for_radclient()));
+    assert!(done.is_accept(), "{}", done.raw_output);
 }
 
 /// An admin pages session for `token`.

@@ -517,16 +517,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
             user,
             webhook,
         }) => {
-            let (f, address) = admin.enroll_push(&tenant.tenant, &user, webhook.as_deref())?;
-            enroll_push(
-                o,
-                json,
-                &tenant.tenant,
-                &user,
-                f,
-                &address,
-                webhook.is_some(),
-            )?;
+            enroll_push(o, json, &tenant.tenant, &user, webhook.as_deref())?;
         }
         FactorCmd::Enroll(EnrollCmd::Email {
             tenant,
@@ -588,65 +579,38 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Show where the phone subscribes, then push the code that confirms the factor.
+/// Enrol a push factor, push the code that confirms it and show where the phone subscribes.
 fn enroll_push(
     o: &Opened,
     json: bool,
     tenant: &str,
     user: &str,
-    f: FactorInfo,
-    address: &str,
-    webhook: bool,
+    webhook: Option<&str>,
 ) -> Result<()> {
-    let subscribe = if webhook {
-        None
-    } else {
-        let base = o
-            .config
-            .tenants
-            .get(tenant)
-            .and_then(|t| t.push.as_ref())
-            .and_then(|p| p.ntfy_url.as_ref())
-            .map(|u| u.trim_end_matches('/').to_string());
-        let Some(base) = base else {
-            bail!(
-                "factor {} created but pending: [tenants.{tenant}.push] has no ntfy_url (set it, or enrol with --webhook URL); remove the factor and enrol again",
-                f.factor_id
-            );
-        };
-        Some(format!("{base}/{address}"))
-    };
-    if !json {
-        if let Some(url) = &subscribe {
-            println!(
+    let (engine, _rt) = o.engine()?;
+    let e = crate::push::enroll_and_send(&o.admin(), &engine, tenant, user, webhook)?;
+    let id = &e.factor.factor_id;
+    let value = json!({
+        "factor_id": id, "kind": e.factor.kind, "state": "pending", "sent": true,
+        "subscribe_url": e.subscribe_url,
+    });
+    emit(json, &value, || {
+        let subscribe = match &e.subscribe_url {
+            Some(url) => format!(
                 "{}
 Subscribe to this topic in the ntfy app (scan, or add the topic by hand):
   {url}
 Keep the topic secret: whoever knows it can read the login notifications.
+
 ",
                 qr(url)
-            );
-        }
-    }
-    let (engine, _rt) = o.engine()?;
-    let sent = engine.send_push_enrolment_code(tenant, user, &f.factor_id)?;
-    if !matches!(sent, SendOutcome::Sent { .. }) {
-        bail!(
-            "factor {} created but pending: {} (fix [tenants.{tenant}.push], then remove the factor and enrol again)",
-            f.factor_id,
-            sent.reason()
-        );
-    }
-    let value = json!({
-        "factor_id": f.factor_id, "kind": f.kind, "state": "pending", "sent": true,
-        "subscribe_url": subscribe,
-    });
-    emit(json, &value, || {
+            ),
+            None => String::new(),
+        };
         format!(
-            "A confirmation code was pushed to the phone.
-The push factor {} is pending until the user reads you the code:
-  portcullis factor confirm --tenant {tenant} {user} {} CODE",
-            f.factor_id, f.factor_id
+            "{subscribe}A confirmation code was pushed to the phone.
+The push factor {id} is pending until the user reads you the code:
+  portcullis factor confirm --tenant {tenant} {user} {id} CODE"
         )
     });
     Ok(())

@@ -120,6 +120,10 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
                     max_pushes: push.max_pushes,
                     window: push.window.as_secs() as i64,
                     issuer: config.issuer.clone(),
+                    ntfy_url: push
+                        .ntfy_url
+                        .as_ref()
+                        .map(|u| u.trim_end_matches('/').to_string()),
                 },
             );
         }

@@ -8,8 +8,10 @@
 //! the request held here when another node decides; a poll of the store every
 //! `store.push_poll_interval` covers whatever was not announced (that connection down).
 
+mod enrol;
 mod sender;
 
+pub use enrol::{enroll_and_send, PushEnrolError, PushEnrolment};
 pub use sender::PushClient;
 
 use std::collections::HashMap;

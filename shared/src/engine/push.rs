@@ -45,6 +45,14 @@ impl Engine {
         self.pushes.insert(tenant.to_string(), (sender, settings));
     }
 
+    /// Whether `tenant` can push; then the ntfy server a new ntfy factor subscribes to
+    /// (None: only webhook factors can be enrolled).
+    pub fn push_enrolment_target(&self, tenant: &str) -> Option<Option<&str>> {
+        self.pushes
+            .get(tenant)
+            .map(|(_, settings)| settings.ntfy_url.as_deref())
+    }
+
     /// The user's confirmed push factor, if the tenant can push and `d` allows it.
     pub(super) fn push_factor(
         &self,

@@ -45,6 +45,8 @@ struct Op {
     body: Option<Value>,
     query: Vec<(&'static str, &'static str)>,
     ok: (&'static str, &'static str),
+    /// Failures of this operation besides the common ones (400, 401, 403, 404).
+    fails: Vec<(&'static str, &'static str)>,
 }
 
 fn op(
@@ -62,12 +64,18 @@ fn op(
         body: None,
         query: Vec::new(),
         ok,
+        fails: Vec::new(),
     }
 }
 
 impl Op {
     fn body(mut self, schema: Value) -> Op {
         self.body = Some(schema);
+        self
+    }
+
+    fn fails(mut self, fails: &[(&'static str, &'static str)]) -> Op {
+        self.fails.extend_from_slice(fails);
         self
     }
 }
@@ -171,20 +179,25 @@ fn operations() -> Vec<Op> {
         op(
             "/v1/tenants/{tenant}/users/{user}/factors",
             "post",
-            "Enrol a TOTP or HOTP factor; the secret and otpauth URI are returned once. Without `secret` the factor is pending until confirmed",
+            "Enrol a factor. TOTP or HOTP: the secret and otpauth URI are returned once; without `secret` the factor is pending until confirmed. Push: the factor is pending; the answer has the ntfy topic URL to subscribe to (`subscribe_url`, with its QR code as SVG in `subscribe_qr_svg`; null for a webhook), and a confirmation code is pushed to the phone: confirm the factor with it",
             "operator, admin",
-            ("201", "the factor with its secret and uri"),
+            ("201", "totp/hotp: the factor with its secret and uri; push: {factor_id, kind, state, subscribe_url, subscribe_qr_svg, code_sent_via}"),
         )
         .body(object(
             &[
-                ("kind", json!({"enum": ["totp", "hotp"]})),
-                ("secret", string("an existing base32 secret: the factor is confirmed at once")),
-                ("digits", json!({"enum": [6, 8], "default": 6})),
-                ("algorithm", json!({"enum": ["SHA1", "SHA256", "SHA512"], "default": "SHA1"})),
+                ("kind", json!({"enum": ["totp", "hotp", "push"]})),
+                ("secret", string("totp/hotp: an existing base32 secret: the factor is confirmed at once")),
+                ("digits", json!({"enum": [6, 8], "default": 6, "description": "totp/hotp only"})),
+                ("algorithm", json!({"enum": ["SHA1", "SHA256", "SHA512"], "default": "SHA1", "description": "totp/hotp only"})),
                 ("counter", json!({"type": "integer", "minimum": 0, "description": "hotp only"})),
+                ("webhook", string("push only: an https:// URL that receives the notifications instead of a new ntfy topic")),
             ],
             &["kind"],
-        )),
+        ))
+        .fails(&[
+            ("409", "push: the tenant has no push channel (or no ntfy_url); the message says what to configure"),
+            ("502", "push: the confirmation code could not be sent; no factor was kept"),
+        ]),
         op(
             "/v1/tenants/{tenant}/users/{user}/factors",
             "delete",
@@ -202,7 +215,7 @@ fn operations() -> Vec<Op> {
         op(
             "/v1/tenants/{tenant}/users/{user}/factors/{factor}/confirm",
             "post",
-            "Confirm a pending factor with a code from the user's device",
+            "Confirm a pending factor with a code from the user's device (for push: the code pushed at enrolment)",
             "operator, admin",
             ("200", "confirmed"),
         )
@@ -338,7 +351,7 @@ pub fn document() -> Value {
                 ),
             ]
         };
-        for (code, d) in failures {
+        for (code, d) in failures.iter().chain(&o.fails) {
             responses.insert(
                 code.to_string(),
                 json!({"description": d, "content": {"application/json": {"schema": error}}}),

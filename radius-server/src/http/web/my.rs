@@ -1,7 +1,10 @@
 //! Self-service "My MFA" (`/my/`, `/my/{tenant}/`): a user logs in with name, password and
 //! a second factor (through the Engine, policy client `web`), then lists their factors,
-//! adds an authenticator app (QR code, confirmed with a code), removes a factor (never the
+//! adds an authenticator app (QR code, confirmed with a code) or push notifications (the
+//! ntfy topic as a QR code, confirmed with the code pushed to it), removes a factor (never the
 //! last confirmed one) and makes new recovery codes (shown once).
+
+mod add;
 
 use std::net::SocketAddr;
 
@@ -18,8 +21,8 @@ use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
 use super::{
-    blocking, esc, form_value, format_time, internal, page, qr_svg, secure, see_other, signer,
-    with_cookie, MAX_FORM,
+    blocking, esc, form_value, format_time, internal, page, secure, see_other, signer, with_cookie,
+    MAX_FORM,
 };
 use crate::http::HttpState;
 
@@ -34,8 +37,9 @@ pub fn routes() -> Router<HttpState> {
         .route("/my/{tenant}/", get(home_of_tenant))
         .route("/my/login", post(login))
         .route("/my/logout", post(logout))
-        .route("/my/enroll", post(enroll))
+        .route("/my/enroll", post(add::enroll))
         .route("/my/confirm", post(confirm))
+        .route("/my/push-code", post(add::push_code))
         .route("/my/remove", post(remove))
         .route("/my/recovery", post(recovery))
         .route("/my/forget", post(forget))
@@ -276,49 +280,6 @@ async fn logout(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     )
 }
 
-async fn enroll(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let engine = state.radius.engine.clone();
-    let (s, value, _) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let admin = state.admin.clone();
-    let s2 = s.clone();
-    let r = blocking(move || {
-        let t = admin
-            .admin
-            .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")?;
-        audit(
-            &admin.admin,
-            &s2,
-            "factor.enroll",
-            &format!("totp factor {} (pending)", t.factor_id),
-        );
-        Ok::<_, AdminError>(t)
-    })
-    .await;
-    match r {
-        Some(Ok(t)) => {
-            let csrf = signer(&engine).csrf(&value);
-            let body = format!(
-                "<p>Scan this QR code with your authenticator app:</p>{qr}\
-<p>or type this secret key (time-based, 6 digits): <code class=\"secret\" id=\"secret\">{secret}</code></p>\
-<form method=\"post\" action=\"/my/confirm\" id=\"confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-<input type=\"hidden\" name=\"factor\" value=\"{fid}\">\
-<label>Code the app shows <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
-<button type=\"submit\" id=\"submit\">Confirm</button></form><p><a href=\"/my/\">Back</a></p>",
-                qr = qr_svg(&t.uri).unwrap_or_default(),
-                secret = esc(&t.secret),
-                csrf = esc(&csrf),
-                fid = esc(&t.factor_id),
-            );
-            page(StatusCode::OK, "Add an authenticator app", &body)
-        }
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
-        None => internal(),
-    }
-}
-
 async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let engine = state.radius.engine.clone();
     let (s, value, form) = match authorize(&engine, &headers, &body) {
@@ -343,7 +304,9 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     })
     .await;
     match r {
-        Some(Ok(())) => dashboard(&state, &s, &value, "ok:The authenticator app is set up.").await,
+        Some(Ok(())) => {
+            dashboard(&state, &s, &value, "ok:The factor is confirmed and ready.").await
+        }
         Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
         None => internal(),
     }
@@ -471,6 +434,8 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         }
         None => return internal(),
     };
+    // Push is offered where the tenant pushes through ntfy (a webhook is the admin's).
+    let can_push = matches!(engine.push_enrolment_target(&s.tenant), Some(Some(_)));
     let csrf = esc(&signer(&engine).csrf(value));
     let hidden = format!("<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">");
     let message = match message.strip_prefix("ok:") {
@@ -497,7 +462,7 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         "{message}<p>Signed in as <strong id=\"user\">{user}</strong> ({tenant}); the session ends at {ends}.</p>\
 <form method=\"post\" action=\"/my/logout\">{hidden}<button type=\"submit\" id=\"logout\">Sign out</button></form>\
 <h2>Factors</h2><table id=\"factors\"><tr><th>kind</th><th>state</th><th>id</th><th>added</th><th>last used</th><th></th></tr>{rows}</table>\
-<form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>\
+<form method=\"post\" action=\"/my/enroll\">{hidden}<button type=\"submit\" id=\"add-totp\">Add an authenticator app</button></form>{push}\
 <h2>Recovery codes</h2><p><span id=\"recovery-left\">{left}</span> unused.</p>\
 <form method=\"post\" action=\"/my/recovery\">{hidden}<button type=\"submit\" id=\"new-recovery\">Make new recovery codes</button></form>\
 <h2>Remembered devices</h2><p>Where a rule remembers a device (network address), logins from it may skip the second factor for a while.</p>\
@@ -506,6 +471,11 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         tenant = esc(&s.tenant),
         ends = format_time(s.expires_at),
         left = d.unused_recovery_codes,
+        push = if can_push {
+            format!("<form method=\"post\" action=\"/my/enroll\">{hidden}<input type=\"hidden\" name=\"kind\" value=\"push\"><button type=\"submit\" id=\"add-push\">Add push notifications (ntfy app)</button></form>")
+        } else {
+            String::new()
+        },
     );
     page(StatusCode::OK, "My second factors", &body)
 }

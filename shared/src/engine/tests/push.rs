@@ -69,6 +69,7 @@ fn settings(number_matching: bool) -> PushSettings {
         max_pushes: 5,
         window: 600,
         issuer: "Test".into(),
+        ntfy_url: Some("https://ntfy.example.com".into()),
     }
 }
 

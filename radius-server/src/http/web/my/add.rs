@@ -1,0 +1,191 @@
+//! Adding a factor on `/my/`: an authenticator app (QR code and secret) or, where the
+//! tenant pushes through ntfy, push notifications (the topic as link and QR code, the code
+//! pushed to it, and again on request); both confirmed with the same form.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use portcullis_core::admin::EnrolledTotp;
+use portcullis_core::engine::{Engine, SendOutcome};
+
+use super::{audit, authorize, dashboard};
+use crate::http::web::{blocking, esc, form_value, internal, page, qr_svg, signer};
+use crate::http::HttpState;
+use crate::push::{PushEnrolError, PushEnrolment};
+
+/// A factor just added on the page: pending until a code confirms it (the one the app
+/// shows, or the one pushed to the phone).
+enum Added {
+    Totp(EnrolledTotp),
+    Push(PushEnrolment),
+}
+
+/// Add an authenticator app, or (form field `kind=push`, where the tenant pushes through
+/// ntfy) push notifications; then the page that confirms it with a code.
+pub(super) async fn enroll(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let push = form_value(&form, "kind").as_deref() == Some("push");
+    let admin = state.admin.clone();
+    let e = engine.clone();
+    let s2 = s.clone();
+    let r = blocking(move || {
+        let added = if push {
+            let p = crate::push::enroll_and_send(&admin.admin, &e, &s2.tenant, &s2.subject, None)
+                .map_err(push_error)?;
+            Added::Push(p)
+        } else {
+            let t = admin
+                .admin
+                .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")
+                .map_err(|e| e.to_string())?;
+            Added::Totp(t)
+        };
+        let (kind, id) = match &added {
+            Added::Totp(t) => ("totp", &t.factor_id),
+            Added::Push(p) => ("push", &p.factor.factor_id),
+        };
+        audit(
+            &admin.admin,
+            &s2,
+            "factor.enroll",
+            &format!("{kind} factor {id} (pending)"),
+        );
+        Ok::<_, String>(added)
+    })
+    .await;
+    let added = match r {
+        Some(Ok(a)) => a,
+        Some(Err(m)) => return dashboard(&state, &s, &value, &m).await,
+        None => return internal(),
+    };
+    let (title, how, label, fid) = match &added {
+        Added::Totp(t) => (
+            "Add an authenticator app",
+            format!(
+                "<p>Scan this QR code with your authenticator app:</p>{qr}\
+<p>or type this secret key (time-based, 6 digits): <code class=\"secret\" id=\"secret\">{secret}</code></p>",
+                qr = qr_svg(&t.uri).unwrap_or_default(),
+                secret = esc(&t.secret),
+            ),
+            "Code the app shows",
+            &t.factor_id,
+        ),
+        Added::Push(p) => {
+            let url = p.subscribe_url.as_deref().unwrap_or_default();
+            (
+                "Add push notifications",
+                format!(
+                    "<p>In the ntfy app, subscribe to this topic: scan this QR code, or add it by hand.</p>{qr}\
+<p><code class=\"secret\" id=\"subscribe-url\">{url}</code></p>\
+<p>Keep it to yourself: whoever knows it can read your login notifications. A code was sent to it.</p>",
+                    qr = qr_svg(url).unwrap_or_default(),
+                    url = esc(url),
+                ),
+                "Code in the notification",
+                &p.factor.factor_id,
+            )
+        }
+    };
+    let push = matches!(added, Added::Push(_));
+    let form = confirm_form(&engine, &value, fid, label, push);
+    page(StatusCode::OK, title, &format!("{how}{form}"))
+}
+
+/// The form that confirms pending factor `fid` with a code (for push, also one that sends
+/// the code again: the phone may have subscribed after it was sent).
+fn confirm_form(engine: &Engine, session: &str, fid: &str, label: &str, push: bool) -> String {
+    let hidden = format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"factor\" value=\"{fid}\">",
+        csrf = esc(&signer(engine).csrf(session)),
+        fid = esc(fid),
+    );
+    let resend = if push {
+        format!("<form method=\"post\" action=\"/my/push-code\">{hidden}<button type=\"submit\" id=\"resend-push\">Send the code again</button></form>")
+    } else {
+        String::new()
+    };
+    format!(
+        "<form method=\"post\" action=\"/my/confirm\" id=\"confirm\">{hidden}\
+<label>{label} <input name=\"code\" id=\"code\" autocomplete=\"one-time-code\" required></label>\
+<button type=\"submit\" id=\"submit\">Confirm</button></form>{resend}<p><a href=\"/my/\">Back</a></p>"
+    )
+}
+
+/// Push the code of the user's pending push factor again.
+pub(super) async fn push_code(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let engine = state.radius.engine.clone();
+    let (s, value, form) = match authorize(&engine, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let factor = form_value(&form, "factor").unwrap_or_default();
+    let admin = state.admin.clone();
+    let (e, s2, f2) = (engine.clone(), s.clone(), factor.clone());
+    let r = blocking(move || -> Result<(), String> {
+        let factors = admin
+            .admin
+            .list_factors(&s2.tenant, &s2.subject)
+            .map_err(|e| e.to_string())?;
+        if !factors
+            .iter()
+            .any(|f| f.factor_id == f2 && f.kind == "push" && f.state == "pending")
+        {
+            return Err("No such push factor waiting for its code.".into());
+        }
+        match e.send_push_enrolment_code(&s2.tenant, &s2.subject, &f2) {
+            Ok(SendOutcome::Sent { .. }) => Ok(()),
+            Ok(other) => {
+                tracing::warn!(reason = %other.reason(), "self-service push code not sent again");
+                Err("The code could not be sent to the push server; try again later.".into())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "self-service push code: store error");
+                Err("The service failed; try again.".into())
+            }
+        }
+    })
+    .await;
+    match r {
+        Some(Ok(())) => {
+            let form = confirm_form(&engine, &value, &factor, "Code in the notification", true);
+            let body = format!(
+                "<p class=\"ok\" id=\"message\">A new code was sent to the topic.</p>{form}"
+            );
+            page(StatusCode::OK, "Add push notifications", &body)
+        }
+        Some(Err(m)) => dashboard(&state, &s, &value, &m).await,
+        None => internal(),
+    }
+}
+
+/// What the user is told when push cannot be added (the log or the admin has the rest).
+fn push_error(e: PushEnrolError) -> String {
+    match e {
+        PushEnrolError::NotConfigured { .. } | PushEnrolError::NoNtfyUrl { .. } => {
+            "Push notifications are not offered here; ask your administrator.".into()
+        }
+        PushEnrolError::NotSent { reason, .. } => {
+            tracing::warn!(%reason, "self-service push enrolment: code not sent");
+            "The code could not be sent to the push server; nothing was added. Try again later."
+                .into()
+        }
+        PushEnrolError::Admin(e) => e.to_string(),
+        e => {
+            tracing::error!(error = %e, "self-service push enrolment failed");
+            "The service failed; try again.".into()
+        }
+    }
+}
