@@ -119,8 +119,8 @@ node pg-a "$PG_URL"; PA_ADDR=$NODE_ADDR; PA_PID=$NODE_PID
 node pg-b "$PG_URL"; PB_ADDR=$NODE_ADDR; PB_PID=$NODE_PID
 
 kv() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
-# The CPU ticks of this shell's reaped children (radius-load, once it has been waited for).
-children_ticks() { proc_field "/proc/$$/stat" '{ sub(/^.*\) /, ""); print $14 + $15 }'; }
+# The CPU ticks of a shell's reaped children (radius-load, once waited for).
+children_ticks() { proc_field "/proc/$1/stat" '{ sub(/^.*\) /, ""); print $14 + $15 }'; }
 
 # run ROW N: one radius-load run of the row, a result line appended to $WORK/results:
 # row rps p50 p99 sent accepts lost cpu_node_a cpu_node_b cpu_pg cpu_load (seconds)
@@ -131,12 +131,12 @@ run() {
         postgres-1) servers=(--server "$PA_ADDR"); ledger=pg; pids=("$PA_PID") ;;
         postgres-2) servers=(--server "$PA_ADDR" --server "$PB_ADDR"); ledger=pg; pids=("$PA_PID" "$PB_PID") ;;
     esac
-    local a0 b0 g0 l0 a1 b1 g1 l1 out
-    a0=$(cpu_ticks "${pids[0]}"); b0=$(cpu_ticks "${pids[1]:-0}"); g0=$(pg_cpu_ticks); l0=$(children_ticks)
+    local a0 b0 g0 l0 a1 b1 g1 l1 out me=$BASHPID
+    a0=$(cpu_ticks "${pids[0]}"); b0=$(cpu_ticks "${pids[1]:-0}"); g0=$(pg_cpu_ticks); l0=$(children_ticks "$me")
     out=$("$BIN/radius-load" "${servers[@]}" --secret "$SECRET" --users "$WORK/users/users.txt" \
         --mode append -n "$n" -c "$CONCURRENCY" --timeout-ms 5000 \
         --ledger "$WORK/ledger.$ledger" --wait-for-step --kv)
-    a1=$(cpu_ticks "${pids[0]}"); b1=$(cpu_ticks "${pids[1]:-0}"); g1=$(pg_cpu_ticks); l1=$(children_ticks)
+    a1=$(cpu_ticks "${pids[0]}"); b1=$(cpu_ticks "${pids[1]:-0}"); g1=$(pg_cpu_ticks); l1=$(children_ticks "$me")
     # radius-load waits for the next TOTP step before it starts when too few users are
     # free; that wait is outside its elapsed time and costs no CPU.
     echo "$row $(kv rps "$out") $(kv p50_ms "$out") $(kv p99_ms "$out") $(kv sent "$out") $(kv accepts "$out") $(kv timeouts "$out") $(kv elapsed_s "$out")" \
@@ -175,7 +175,7 @@ function median(row, col,   n, i, j, t, v) {
 }
 { r[NR] = $1; for (c = 2; c <= NF; c++) f[NR, c] = $c; seen[$1] = 1 }
 END {
-    printf "%-11s %9s %8s %8s %10s %12s %10s %10s %9s\n", "row", "logins/s", "p50_ms", "p99_ms", "accepted", "node_cpu_ms", "pg_cpu_ms", "load_cpu_ms", "machine"
+    printf "%-11s %9s %8s %8s %10s %9s %9s %9s %8s\n", "row", "logins/s", "p50_ms", "p99_ms", "accepted", "node_cpu", "pg_cpu", "load_cpu", "machine"
     split("sqlite-1 postgres-1 postgres-2", rows, " ")
     for (k = 1; k <= 3; k++) {
         row = rows[k]; if (!seen[row]) continue
@@ -185,12 +185,13 @@ END {
         na = 0; g = 0; l = 0; w = 0; n = 0
         for (i = 1; i <= NR; i++) if (r[i] == row) { na += f[i, 9] + f[i, 10]; g += f[i, 11]; l += f[i, 12]; w += f[i, 8]; n += f[i, 5] }
         med[row] = median(row, 2)
-        printf "%-11s %9.0f %8.3f %8.3f %10s %12.2f %10.2f %10.2f %8.0f%%\n", row, med[row], median(row, 3), median(row, 4), acc "/" sent, 1000 * na / n, 1000 * g / n, 1000 * l / n, 100 * (na + g + l) / w / cores
+        printf "%-11s %9.0f %8.3f %8.3f %10s %9.2f %9.2f %9.2f %7.0f%%\n", row, med[row], median(row, 3), median(row, 4), acc "/" sent, 1000 * na / n, 1000 * g / n, 1000 * l / n, 100 * (na + g + l) / w / cores
         if (lost) printf "  %s: %d requests unanswered\n", row, lost
     }
     print ""
     if (med["sqlite-1"] && med["postgres-1"]) printf "one node, PostgreSQL / SQLite: %.2fx (target: SQLite / PostgreSQL <= 2, here %.2f)\n", med["postgres-1"] / med["sqlite-1"], med["sqlite-1"] / med["postgres-1"]
     if (med["postgres-1"] && med["postgres-2"]) printf "two nodes / one node on PostgreSQL: %.2fx (target: >= 1.6)\n", med["postgres-2"] / med["postgres-1"]
-    print "node_cpu_ms, pg_cpu_ms, load_cpu_ms: CPU (user + system) per 1000 logins of the node(s), of PostgreSQL, of radius-load;"
-    print "machine: all three together over the wall time, as a share of all cores"
+    print "node_cpu, pg_cpu, load_cpu: CPU milliseconds (user + system) per login of the node(s), of all PostgreSQL"
+    print "processes, of radius-load; machine: their CPU together over the wall time, as a share of all cores"
+    print "(the rest went to other processes on the machine: see the load average)"
 }' "$WORK/results"
