@@ -499,3 +499,90 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const SECRET: &[u8] = b"failover-secret";
+
+    /// A server on loopback that answers every request with an Access-Accept, or never
+    /// (`silent`, a node that is down); counts the requests it received.
+    async fn fake_server(silent: bool) -> (SocketAddr, Arc<AtomicU64>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if silent || n < 20 {
+                    continue;
+                }
+                let mut auth = [0u8; 16];
+                auth.copy_from_slice(&buf[4..20]);
+                let reply =
+                    packet::server_reply(packet::ACCESS_ACCEPT, buf[1], &auth, SECRET, &[], true);
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn run_lane(servers: Vec<SocketAddr>, failover: Option<Duration>) -> Outcome {
+        let users: Vec<LoadUser> = (0..10)
+            .map(|i| LoadUser {
+                name: format!("u{i}"),
+                password: "pw".into(),
+                secret: vec![i as u8; 20],
+            })
+            .collect();
+        let lane = Lane {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            servers: Arc::new(servers),
+            first_server: 0,
+            failover,
+            secret: Arc::new(SECRET.to_vec()),
+            users: Arc::new(users),
+            picks: (0..10).collect(),
+            mode: Mode::Append,
+            max_in_flight: 10,
+            interval: None,
+            first_send: Instant::now(),
+            timeout: Duration::from_millis(300),
+        };
+        lane.run().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_alternate_and_fail_over_to_the_node_that_answers() {
+        let (down, down_seen) = fake_server(true).await;
+        let (up, up_seen) = fake_server(false).await;
+        let out = run_lane(vec![down, up], Some(Duration::from_millis(50))).await;
+        assert_eq!(out.sent, 10);
+        assert_eq!(
+            out.accepts, 10,
+            "every request answered, half after a failover"
+        );
+        assert_eq!(out.timeouts, 0);
+        assert_eq!(out.failovers, 5, "the five sent to the node that is down");
+        assert_eq!(out.failover_answers, 5);
+        assert_eq!(out.answered_by, vec![0, 10]);
+        assert_eq!(down_seen.load(Ordering::SeqCst), 5);
+        assert_eq!(up_seen.load(Ordering::SeqCst), 10);
+        // Latency is the NAS's: from the first send, the failover wait included.
+        assert!(out.latencies_us.iter().filter(|&&us| us >= 50_000).count() >= 5);
+    }
+
+    #[tokio::test]
+    async fn without_failover_a_request_to_a_node_that_is_down_is_lost() {
+        let (down, _) = fake_server(true).await;
+        let (up, _) = fake_server(false).await;
+        let out = run_lane(vec![down, up], None).await;
+        assert_eq!((out.sent, out.accepts, out.timeouts), (10, 5, 5));
+        assert_eq!((out.failovers, out.failover_answers), (0, 0));
+        assert_eq!(out.answered_by, vec![0, 5]);
+    }
+}
