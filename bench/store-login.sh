@@ -8,11 +8,13 @@
 #   HASH=cheap bench/store-login.sh   # argon2id at 1 MiB, t=1: the store's share shows
 #   cargo build --release -p portcullis-server
 #
-# The PostgreSQL server is a private one (initdb + postgres from Debian's `postgresql`, as
-# the `postgres` user when run as root) in a temporary directory on a free loopback port,
-# with its default durability settings (fsync on). Needs radclient, oathtool.
+# The PostgreSQL server is a private one (bench/lib/common.sh: initdb + postgres from
+# Debian's `postgresql`, as the `postgres` user when run as root) in a temporary directory
+# on a free loopback port, with its default durability settings (fsync on). Needs
+# radclient, oathtool. Several nodes and $6$ users: bench/nodes-login.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib/common.sh
 PROFILE=${1:-release}
 N=${N:-400}
 P=${P:-32}
@@ -25,30 +27,17 @@ if [ "$HASH" = cheap ]; then
 fi
 BIN=$PWD/target/$PROFILE/portcullis
 [ -x "$BIN" ] || { echo "build first: cargo build --$PROFILE -p portcullis-server" >&2; exit 1; }
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 T=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
-chmod 755 "$T"
 SERVER=
-PG=
 cleanup() {
     [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
-    [ -n "$PG" ] && { kill -INT "$PG" 2>/dev/null || true; wait "$PG" 2>/dev/null || true; }
+    pg_stop
     rm -rf "$T"
 }
 trap cleanup EXIT
-AS=()
-if [ "$(id -u)" = 0 ]; then AS=(setpriv --reuid=postgres --regid=postgres --clear-groups --); fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir "$T/pg"
-echo benchpw >"$T/pg/pw"
-[ ${#AS[@]} -gt 0 ] && chown -R postgres:postgres "$T/pg"
-"${AS[@]}" "$PGBIN/initdb" -D "$T/pg/data" -U portcullis --auth-local=trust --auth-host=scram-sha-256 \
-    --pwfile="$T/pg/pw" -E UTF8 >/dev/null
-"${AS[@]}" "$PGBIN/postgres" -D "$T/pg/data" -p "$PORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
-    $PGOPTS >"$T/pg/log" 2>&1 &
-PG=$!
-for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.1; done
-PGPASSWORD=benchpw "$PGBIN/psql" -q -h 127.0.0.1 -p "$PORT" -U portcullis -d postgres -c 'CREATE DATABASE bench' 
+# shellcheck disable=SC2086 # PGOPTS is a list of options
+pg_start "$T/pg" $PGOPTS
+PG_URL=$(pg_createdb bench)
 SECRET=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP
 
 # bench NAME STORE_URL -> "NAME: N logins in S s = R logins/s"
@@ -106,4 +95,4 @@ TOML
 
 echo "profile: $PROFILE, N=$N logins, $P in flight, append mode (PAP + TOTP), argon2: $HASH, PostgreSQL pool $POOL ${PGOPTS:+($PGOPTS)}"
 bench sqlite "sqlite://$T/bench.db"
-bench postgres "postgres://portcullis:benchpw@127.0.0.1:$PORT/bench?sslmode=disable"
+bench postgres "$PG_URL"

@@ -19,6 +19,12 @@ pub struct Outcome {
     pub replies_without_ma: u64,
     /// Open loop: sends more than 5 ms late (the generator fell behind).
     pub late_sends: u64,
+    /// Requests sent once more to the next server after no reply within the failover time.
+    pub failovers: u64,
+    /// Of those, answered by the server they failed over to.
+    pub failover_answers: u64,
+    /// Answered requests per server (in the order the servers were given).
+    pub answered_by: Vec<u64>,
     /// Latency of each answered request, in microseconds.
     pub latencies_us: Vec<u32>,
 }
@@ -34,6 +40,14 @@ impl Outcome {
         self.late_replies += o.late_replies;
         self.replies_without_ma += o.replies_without_ma;
         self.late_sends += o.late_sends;
+        self.failovers += o.failovers;
+        self.failover_answers += o.failover_answers;
+        if self.answered_by.len() < o.answered_by.len() {
+            self.answered_by.resize(o.answered_by.len(), 0);
+        }
+        for (mine, theirs) in self.answered_by.iter_mut().zip(o.answered_by) {
+            *mine += theirs;
+        }
         self.latencies_us.extend(o.latencies_us);
     }
 }

@@ -5,9 +5,9 @@
 //! - `portcullis.csv`: `name,password_hash,totp_secret` for `portcullis user import`,
 //! - `freeradius-users`: a FreeRADIUS `users` file (`Crypt-Password`, `TOTP-Secret`).
 //!
-//! Hashes: SHA-512 crypt (`$6$`, 5000 rounds, a random 16-character salt per user), or with
-//! `--argon2` argon2id at Portcullis's default cost (19 MiB, t=2, p=1). Hashing runs on
-//! `--threads` threads.
+//! Hashes: SHA-512 crypt (`$6$`, 5000 rounds or `--rounds`, a random 16-character salt per
+//! user), or with `--argon2` argon2id at Portcullis's default cost (19 MiB, t=2, p=1).
+//! Hashing runs on `--threads` threads.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -34,6 +34,10 @@ struct Args {
     /// FreeRADIUS file is written then.
     #[arg(long)]
     argon2: bool,
+    /// Rounds of the SHA-512 crypt hashes (crypt(3) allows 1000 and up; 5000 is its
+    /// default and leaves `rounds=` out of the hash).
+    #[arg(long, default_value_t = sha_crypt::ROUNDS_DEFAULT)]
+    rounds: usize,
     /// Hashing threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -53,7 +57,7 @@ fn random_password(rng: &mut impl Rng) -> String {
         .collect()
 }
 
-fn hash(password: &str, argon2: bool) -> Result<String> {
+fn hash(password: &str, argon2: bool, rounds: usize) -> Result<String> {
     if argon2 {
         let params = argon2::Params::new(19 * 1024, 2, 1, None)
             .map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?;
@@ -63,7 +67,7 @@ fn hash(password: &str, argon2: bool) -> Result<String> {
             .map(|h| h.to_string())
             .map_err(|e| anyhow::anyhow!("argon2id: {e}"))
     } else {
-        let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
+        let params = sha_crypt::Sha512Params::new(rounds)
             .map_err(|e| anyhow::anyhow!("sha-crypt parameters: {e:?}"))?;
         sha_crypt::sha512_simple(password, &params)
             .map_err(|e| anyhow::anyhow!("sha512 crypt: {e:?}"))
@@ -94,7 +98,7 @@ fn main() -> Result<()> {
                             rng.fill_bytes(&mut secret);
                             Ok(Made {
                                 name: format!("{}{:0width$}", args.prefix, i + 1),
-                                hash: hash(&password, args.argon2)?,
+                                hash: hash(&password, args.argon2, args.rounds)?,
                                 password,
                                 secret: data_encoding::BASE32_NOPAD.encode(&secret),
                             })

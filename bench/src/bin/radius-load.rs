@@ -6,8 +6,14 @@
 //! Message-Authenticator, when present) is checked. Codes are computed at send time for
 //! the current TOTP step, and no user is sent twice within a step (also across runs, with
 //! `--ledger`): the server's replay protection stays on and sees only honest traffic.
+//!
+//! Several `--server`s: the requests are spread over them in turn, as NASes listing
+//! several servers would be; with `--failover-ms`, a request without a reply by then is
+//! sent once more, unchanged but for a fresh Request Authenticator, to the next server (a
+//! NAS failing over), and counts as lost only when that one does not answer either.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,9 +40,15 @@ enum Mode {
 #[derive(Debug, Parser)]
 #[command(name = "radius-load")]
 struct Args {
-    /// The server's address (host:port).
+    /// A server's address (host:port); repeat for several servers (requests are spread
+    /// over them in turn).
+    #[arg(long, required = true)]
+    server: Vec<SocketAddr>,
+    /// With several servers: a request not answered within this many milliseconds is sent
+    /// once more to the next server (a NAS failing over); `--timeout-ms` then counts from
+    /// that resend. Without it a request goes to one server only.
     #[arg(long)]
-    server: SocketAddr,
+    failover_ms: Option<u64>,
     /// The RADIUS shared secret.
     #[arg(long)]
     secret: String,
@@ -93,13 +105,24 @@ const LATE: Duration = Duration::from_millis(5);
 #[derive(Clone, Copy)]
 struct Slot {
     authenticator: [u8; 16],
+    /// When it was first sent (latency is the NAS's: failover included).
     sent: Instant,
     seq: u64,
+    /// The user and the code sent (a failover resends the same code).
+    user: usize,
+    code: [u8; 6],
+    /// The server it was (last) sent to.
+    server: usize,
+    failed_over: bool,
 }
 
 /// What one socket does: its share of the users, sent and answered on that socket.
 struct Lane {
     socket: UdpSocket,
+    servers: Arc<Vec<SocketAddr>>,
+    /// The server of this lane's first request (the next ones take turns from there).
+    first_server: usize,
+    failover: Option<Duration>,
     secret: Arc<Vec<u8>>,
     users: Arc<Vec<LoadUser>>,
     picks: Vec<usize>,
@@ -119,8 +142,10 @@ impl Lane {
         };
         let mut slots: Vec<Option<Slot>> = vec![None; 256];
         let mut free: VecDeque<u8> = (0..=255).collect();
-        let mut deadlines: VecDeque<(u8, u64, Instant)> = VecDeque::new();
+        let mut deadlines: BinaryHeap<Reverse<(Instant, u64, u8)>> = BinaryHeap::new();
         let mut rng = rand::rngs::StdRng::from_entropy();
+        let failover = self.failover.filter(|_| self.servers.len() > 1);
+        out.answered_by = vec![0; self.servers.len()];
         let mut next = 0usize;
         let mut seq = 0u64;
         let mut next_due = self.first_send;
@@ -144,41 +169,36 @@ impl Lane {
                     next_due += interval;
                 }
                 let Some(id) = free.pop_front() else { break };
-                let user = &self.users[self.picks[next]];
+                let user = self.picks[next];
+                let server = (self.first_server + next) % self.servers.len();
                 next += 1;
-                let step = totp::step_at(unix_now());
-                let code = totp::code(&user.secret, step);
-                let mut password = Vec::with_capacity(user.password.len() + 6);
-                if let Mode::Append = self.mode {
-                    password.extend_from_slice(user.password.as_bytes());
-                }
-                password.extend_from_slice(&code);
-                let mut authenticator = [0u8; 16];
-                rng.fill_bytes(&mut authenticator);
-                let datagram =
-                    packet::access_request(id, &authenticator, &self.secret, &user.name, &password)
-                        .with_context(|| format!("building the request for {}", user.name))?;
+                let code = totp::code(&self.users[user].secret, totp::step_at(unix_now()));
                 seq += 1;
-                let sent = Instant::now();
-                self.socket
-                    .send(&datagram)
-                    .await
-                    .context("sending a request")?;
-                out.sent += 1;
-                slots[id as usize] = Some(Slot {
-                    authenticator,
-                    sent,
+                let mut slot = Slot {
+                    authenticator: [0; 16],
+                    sent: Instant::now(),
                     seq,
-                });
-                deadlines.push_back((id, seq, sent + self.timeout));
+                    user,
+                    code,
+                    server,
+                    failed_over: false,
+                };
+                self.send(id, &mut slot, &mut rng).await?;
+                out.sent += 1;
+                slots[id as usize] = Some(slot);
+                deadlines.push(Reverse((
+                    slot.sent + failover.unwrap_or(self.timeout),
+                    seq,
+                    id,
+                )));
             }
             if next >= self.picks.len() && free.len() == 256 {
                 break;
             }
             // Wait for a reply, the next deadline or the next scheduled send.
             let mut wake = deadlines
-                .front()
-                .map(|d| d.2)
+                .peek()
+                .map(|d| d.0 .0)
                 .unwrap_or_else(|| Instant::now() + self.timeout);
             if self.interval.is_some()
                 && next < self.picks.len()
@@ -187,27 +207,39 @@ impl Lane {
                 wake = wake.min(next_due);
             }
             tokio::select! {
-                r = self.socket.recv(&mut buf) => {
-                    let n = r.context("receiving a reply")?;
-                    self.answer(&buf[..n], &mut slots, &mut free, &mut out);
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, from) = r.context("receiving a reply")?;
+                    self.answer(&buf[..n], from, &mut slots, &mut free, &mut out);
                     // Take whatever else is already queued without going back to the runtime.
-                    while let Ok(n) = self.socket.try_recv(&mut buf) {
-                        self.answer(&buf[..n], &mut slots, &mut free, &mut out);
+                    while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
+                        self.answer(&buf[..n], from, &mut slots, &mut free, &mut out);
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
-            while let Some(&(id, s, deadline)) = deadlines.front() {
-                let live = slots[id as usize].is_some_and(|slot| slot.seq == s);
-                if !live {
-                    deadlines.pop_front();
+            while let Some(&Reverse((deadline, s, id))) = deadlines.peek() {
+                let live = slots[id as usize].filter(|slot| slot.seq == s);
+                let Some(mut slot) = live else {
+                    deadlines.pop();
                     continue;
-                }
+                };
                 if deadline > now {
                     break;
                 }
-                deadlines.pop_front();
+                deadlines.pop();
+                if failover.is_some() && !slot.failed_over {
+                    // Fail over: the same request to the next server, a new deadline.
+                    slot.failed_over = true;
+                    slot.server = (slot.server + 1) % self.servers.len();
+                    seq += 1;
+                    slot.seq = seq;
+                    self.send(id, &mut slot, &mut rng).await?;
+                    out.failovers += 1;
+                    slots[id as usize] = Some(slot);
+                    deadlines.push(Reverse((now + self.timeout, seq, id)));
+                    continue;
+                }
                 slots[id as usize] = None;
                 free.push_back(id);
                 out.timeouts += 1;
@@ -216,9 +248,30 @@ impl Lane {
         Ok(out)
     }
 
+    /// Send (or resend) a slot's request to its server, with a fresh Request Authenticator.
+    async fn send(&self, id: u8, slot: &mut Slot, rng: &mut impl RngCore) -> Result<()> {
+        let user = &self.users[slot.user];
+        let mut password = Vec::with_capacity(user.password.len() + 6);
+        if let Mode::Append = self.mode {
+            password.extend_from_slice(user.password.as_bytes());
+        }
+        password.extend_from_slice(&slot.code);
+        rng.fill_bytes(&mut slot.authenticator);
+        let datagram =
+            packet::access_request(id, &slot.authenticator, &self.secret, &user.name, &password)
+                .with_context(|| format!("building the request for {}", user.name))?;
+        let to = self.servers[slot.server];
+        self.socket
+            .send_to(&datagram, to)
+            .await
+            .with_context(|| format!("sending a request to {to}"))?;
+        Ok(())
+    }
+
     fn answer(
         &self,
         reply: &[u8],
+        from: SocketAddr,
         slots: &mut [Option<Slot>],
         free: &mut VecDeque<u8>,
         out: &mut Outcome,
@@ -227,8 +280,9 @@ impl Lane {
             out.bad_replies += 1;
             return;
         };
-        let Some(slot) = slots[id as usize] else {
-            // A reply after the timeout (already counted as lost), or to nothing we sent.
+        let Some(slot) = slots[id as usize].filter(|s| self.servers[s.server] == from) else {
+            // A reply after the timeout (already counted as lost), from the server a request
+            // failed over from, or to nothing we sent.
             out.late_replies += 1;
             return;
         };
@@ -243,6 +297,10 @@ impl Lane {
                 }
                 if !has_ma {
                     out.replies_without_ma += 1;
+                }
+                out.answered_by[slot.server] += 1;
+                if slot.failed_over {
+                    out.failover_answers += 1;
                 }
                 slots[id as usize] = None;
                 free.push_back(id);
@@ -317,13 +375,11 @@ fn main() -> Result<()> {
     let (outcome, elapsed) = rt.block_on(async {
         let mut lanes = Vec::with_capacity(sockets);
         for _ in 0..sockets {
+            // Not connected: replies come from several servers (and a server that is down
+            // makes no error on an unconnected socket, as with a NAS).
             let socket = UdpSocket::bind(SocketAddr::new(args.bind, 0))
                 .await
                 .with_context(|| format!("binding a UDP socket on {}", args.bind))?;
-            socket
-                .connect(args.server)
-                .await
-                .with_context(|| format!("connecting to {}", args.server))?;
             lanes.push(socket);
         }
         let per_lane_in_flight = args.concurrency.div_ceil(sockets);
@@ -332,9 +388,13 @@ fn main() -> Result<()> {
             .map(|r| Duration::from_secs_f64(sockets as f64 / r));
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(sockets);
+        let servers = Arc::new(args.server.clone());
         for (i, socket) in lanes.into_iter().enumerate() {
             let lane = Lane {
                 socket,
+                servers: servers.clone(),
+                first_server: i % servers.len(),
+                failover: args.failover_ms.map(Duration::from_millis),
                 secret: secret.clone(),
                 users: users.clone(),
                 picks: picks.iter().skip(i).step_by(sockets).copied().collect(),
@@ -377,9 +437,15 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
             .unwrap_or_else(|| "-".into())
     };
     let (p50, p99, max) = (q(0.5), q(0.99), q(1.0));
+    let answered_by = o
+        .answered_by
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     if args.kv {
         println!(
-            "rps={rps:.1} p50_ms={p50} p99_ms={p99} max_ms={max} sent={} accepts={} rejects={} challenges={} timeouts={} bad={} late_replies={} no_ma={} late={} elapsed_s={:.3}",
+            "rps={rps:.1} p50_ms={p50} p99_ms={p99} max_ms={max} sent={} accepts={} rejects={} challenges={} timeouts={} bad={} late_replies={} no_ma={} late={} failovers={} failover_answers={} answered_by={} elapsed_s={:.3}",
             o.sent,
             o.accepts,
             o.rejects,
@@ -389,6 +455,9 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
             o.late_replies,
             o.replies_without_ma,
             o.late_sends,
+            o.failovers,
+            o.failover_answers,
+            answered_by,
             elapsed.as_secs_f64()
         );
         return;
@@ -397,9 +466,15 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
         Some(r) => format!("open loop at {r:.0}/s"),
         None => format!("closed loop, {} in flight", args.concurrency),
     };
+    let servers = args
+        .server
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
     println!(
-        "radius-load: {} requests to {} ({:?}), {shape}",
-        args.requests, args.server, args.mode
+        "radius-load: {} requests to {servers} ({:?}), {shape}",
+        args.requests, args.mode
     );
     println!(
         "  elapsed {:.3} s, {rps:.1} answered requests/s",
@@ -417,4 +492,97 @@ fn report(args: &Args, mut o: Outcome, elapsed: Duration) {
         o.replies_without_ma,
         o.late_sends
     );
+    if args.server.len() > 1 {
+        println!(
+            "  answered per server {answered_by}  failovers {}  answered after a failover {}",
+            o.failovers, o.failover_answers
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const SECRET: &[u8] = b"failover-secret";
+
+    /// A server on loopback that answers every request with an Access-Accept, or never
+    /// (`silent`, a node that is down); counts the requests it received.
+    async fn fake_server(silent: bool) -> (SocketAddr, Arc<AtomicU64>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if silent || n < 20 {
+                    continue;
+                }
+                let mut auth = [0u8; 16];
+                auth.copy_from_slice(&buf[4..20]);
+                let reply =
+                    packet::server_reply(packet::ACCESS_ACCEPT, buf[1], &auth, SECRET, &[], true);
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn run_lane(servers: Vec<SocketAddr>, failover: Option<Duration>) -> Outcome {
+        let users: Vec<LoadUser> = (0..10)
+            .map(|i| LoadUser {
+                name: format!("u{i}"),
+                password: "pw".into(),
+                secret: vec![i as u8; 20],
+            })
+            .collect();
+        let lane = Lane {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            servers: Arc::new(servers),
+            first_server: 0,
+            failover,
+            secret: Arc::new(SECRET.to_vec()),
+            users: Arc::new(users),
+            picks: (0..10).collect(),
+            mode: Mode::Append,
+            max_in_flight: 10,
+            interval: None,
+            first_send: Instant::now(),
+            timeout: Duration::from_millis(300),
+        };
+        lane.run().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_alternate_and_fail_over_to_the_node_that_answers() {
+        let (down, down_seen) = fake_server(true).await;
+        let (up, up_seen) = fake_server(false).await;
+        let out = run_lane(vec![down, up], Some(Duration::from_millis(50))).await;
+        assert_eq!(out.sent, 10);
+        assert_eq!(
+            out.accepts, 10,
+            "every request answered, half after a failover"
+        );
+        assert_eq!(out.timeouts, 0);
+        assert_eq!(out.failovers, 5, "the five sent to the node that is down");
+        assert_eq!(out.failover_answers, 5);
+        assert_eq!(out.answered_by, vec![0, 10]);
+        assert_eq!(down_seen.load(Ordering::SeqCst), 5);
+        assert_eq!(up_seen.load(Ordering::SeqCst), 10);
+        // Latency is the NAS's: from the first send, the failover wait included.
+        assert!(out.latencies_us.iter().filter(|&&us| us >= 50_000).count() >= 5);
+    }
+
+    #[tokio::test]
+    async fn without_failover_a_request_to_a_node_that_is_down_is_lost() {
+        let (down, _) = fake_server(true).await;
+        let (up, _) = fake_server(false).await;
+        let out = run_lane(vec![down, up], None).await;
+        assert_eq!((out.sent, out.accepts, out.timeouts), (10, 5, 5));
+        assert_eq!((out.failovers, out.failover_answers), (0, 0));
+        assert_eq!(out.answered_by, vec![0, 5]);
+    }
 }
