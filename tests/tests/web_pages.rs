@@ -585,7 +585,20 @@ fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
         "{pending:?}"
     );
 
-    // The phone subscribed too late: the page sends the code again; the new one confirms.
+    // Asking again at once is refused (the button must not flood the push server); the
+    // confirm form stays.
+    browser.click("#resend-push");
+    assert!(
+        browser.try_find("#too-soon").is_some(),
+        "{}",
+        browser.source()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ntfy.messages().len(), 1, "a second code went out at once");
+    // The phone subscribed too late: after the pause the page sends the code again; the
+    // new one confirms.
+    // (The pause is 15 s, counted in whole seconds.)
+    std::thread::sleep(Duration::from_secs(16));
     browser.click("#resend-push");
     assert!(
         browser.try_find("#message").is_some(),

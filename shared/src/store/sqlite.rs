@@ -31,7 +31,7 @@ pub struct SqliteStore {
 }
 
 /// How often the background thread copies the WAL back into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// A thread with its own connection that runs passive WAL checkpoints. A checkpoint run by
 /// a commit (SQLite's automatic one) holds up that commit, and with group commit every

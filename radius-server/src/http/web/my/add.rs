@@ -121,6 +121,9 @@ fn confirm_form(engine: &Engine, session: &str, fid: &str, label: &str, push: bo
 }
 
 /// Push the code of the user's pending push factor again.
+/// Seconds between two codes sent again from the page.
+const RESEND_PAUSE: i64 = 15;
+
 pub(super) async fn push_code(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -134,7 +137,8 @@ pub(super) async fn push_code(
     let factor = form_value(&form, "factor").unwrap_or_default();
     let admin = state.admin.clone();
     let (e, s2, f2) = (engine.clone(), s.clone(), factor.clone());
-    let r = blocking(move || -> Result<(), String> {
+    // Ok(false): a code went out moments ago; none is sent now.
+    let r = blocking(move || -> Result<bool, String> {
         let factors = admin
             .admin
             .list_factors(&s2.tenant, &s2.subject)
@@ -145,8 +149,29 @@ pub(super) async fn push_code(
         {
             return Err("No such push factor waiting for its code.".into());
         }
+        // One code per RESEND_PAUSE: the button must not become a way to flood the push
+        // server (or the phone).
+        let store = e.store();
+        let now = e.now();
+        let recent = store
+            .tenant_by_name(&s2.tenant)
+            .and_then(|t| match t {
+                Some(t) => store.user_by_name(t.id, &s2.subject),
+                None => Ok(None),
+            })
+            .and_then(|u| match u {
+                Some(u) => store.sent_codes_since(u.id, now - RESEND_PAUSE),
+                None => Ok((0, None)),
+            })
+            .map_err(|err| {
+                tracing::error!(error = %err, "self-service push code: store error");
+                "The service failed; try again.".to_string()
+            })?;
+        if recent.1.is_some() {
+            return Ok(false);
+        }
         match e.send_push_enrolment_code(&s2.tenant, &s2.subject, &f2) {
-            Ok(SendOutcome::Sent { .. }) => Ok(()),
+            Ok(SendOutcome::Sent { .. }) => Ok(true),
             Ok(other) => {
                 tracing::warn!(reason = %other.reason(), "self-service push code not sent again");
                 Err("The code could not be sent to the push server; try again later.".into())
@@ -159,12 +184,18 @@ pub(super) async fn push_code(
     })
     .await;
     match r {
-        Some(Ok(())) => {
+        Some(Ok(sent)) => {
             let form = confirm_form(&engine, &value, &factor, "Code in the notification", true);
-            let body = format!(
-                "<p class=\"ok\" id=\"message\">A new code was sent to the topic.</p>{form}"
-            );
-            page(StatusCode::OK, "Add push notifications", &body)
+            let message = if sent {
+                "<p class=\"ok\" id=\"message\">A new code was sent to the topic.</p>".to_string()
+            } else {
+                format!("<p class=\"error\" id=\"too-soon\">A code was sent less than {RESEND_PAUSE} seconds ago: enter it, or wait a little before asking for another.</p>")
+            };
+            page(
+                StatusCode::OK,
+                "Add push notifications",
+                &format!("{message}{form}"),
+            )
         }
         Some(Err(m)) => dashboard(&state, &s, &value, &m).await,
         None => internal(),
