@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, SESSION_TTL};
 use super::{
-    blocking, esc, form_value, format_time, internal, page, secure, see_other, signer, with_cookie,
-    MAX_FORM,
+    blocking, checked_form, esc, form_value, format_time, internal, page, read_form, secure,
+    see_other, signer, with_cookie,
 };
 use crate::http::admin::{allows, Perm};
 use crate::http::HttpState;
@@ -79,12 +79,6 @@ fn login_page(engine: &Engine, error: &str, status: StatusCode) -> Response {
         page(status, "Portcullis administration", &body),
         &set_cookie(PRE_COOKIE, &pre, PATH, secure(engine), SESSION_TTL),
     )
-}
-
-fn read_form(body: &Bytes) -> Option<String> {
-    (body.len() <= MAX_FORM)
-        .then(|| std::str::from_utf8(body).ok().map(str::to_string))
-        .flatten()
 }
 
 async fn home(State(state): State<HttpState>, headers: HeaderMap) -> Response {
@@ -184,24 +178,10 @@ async fn authorize(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(AdminToken, String, String), Response> {
-    let engine = state.radius.engine.clone();
     let Some((t, value)) = current(state, headers).await else {
         return Err(see_other("/admin/"));
     };
-    let Some(form) = read_form(body) else {
-        return Err(page(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Error",
-            "<p class=\"error\">The form is too large.</p>",
-        ));
-    };
-    if !signer(&engine).check_csrf(&value, &form_value(&form, "csrf").unwrap_or_default()) {
-        return Err(page(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "<p class=\"error\" id=\"error\">This form is not from this session; reload the page and try again.</p>",
-        ));
-    }
+    let form = checked_form(&state.radius.engine, &value, body).map_err(|r| *r)?;
     Ok((t, value, form))
 }
 

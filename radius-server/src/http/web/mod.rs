@@ -48,6 +48,37 @@ pub fn config_warnings(cfg: &Config) -> Vec<String> {
 }
 
 /// The signer of session cookies and CSRF tokens (a key derived from the master key).
+/// A posted form: at most [`MAX_FORM`] bytes of UTF-8.
+pub(super) fn read_form(body: &axum::body::Bytes) -> Option<String> {
+    (body.len() <= MAX_FORM)
+        .then(|| std::str::from_utf8(body).ok().map(str::to_string))
+        .flatten()
+}
+
+/// The form of a signed-in POST (`value`: the session cookie's), its CSRF token checked;
+/// or the page to answer with (form too large, or not from this session).
+pub(super) fn checked_form(
+    engine: &Engine,
+    value: &str,
+    body: &axum::body::Bytes,
+) -> Result<String, Box<Response>> {
+    let Some(form) = read_form(body) else {
+        return Err(Box::new(page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Error",
+            "<p class=\"error\">The form is too large.</p>",
+        )));
+    };
+    if !signer(engine).check_csrf(value, &form_value(&form, "csrf").unwrap_or_default()) {
+        return Err(Box::new(page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "<p class=\"error\" id=\"error\">This form is not from this session; reload the page and try again.</p>",
+        )));
+    }
+    Ok(form)
+}
+
 pub(super) fn signer(engine: &Engine) -> Signer {
     Signer::new(engine.web_session_key())
 }

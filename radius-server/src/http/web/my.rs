@@ -9,9 +9,9 @@ mod add;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
 use axum::http::{Extensions, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use portcullis_core::admin::{Actor, Admin, AdminError};
@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
 use super::{
-    blocking, esc, form_value, format_time, internal, page, secure, see_other, signer, with_cookie,
-    MAX_FORM,
+    blocking, checked_form, esc, form_value, format_time, internal, page, read_form, secure,
+    see_other, signer, with_cookie,
 };
 use crate::http::HttpState;
 
@@ -100,13 +100,6 @@ fn login_page(engine: &Engine, tenant: &str, error: &str, status: StatusCode) ->
 }
 
 /// Read a POST form (bounded).
-fn form(body: &Bytes) -> Option<String> {
-    if body.len() > MAX_FORM {
-        return None;
-    }
-    std::str::from_utf8(body).ok().map(str::to_string)
-}
-
 /// The browser's address when the listener records it (connect info), else `web`.
 fn peer(ext: &Extensions) -> String {
     ext.get::<ConnectInfo<SocketAddr>>()
@@ -121,7 +114,7 @@ async fn login(
     body: Bytes,
 ) -> Response {
     let engine = state.radius.engine.clone();
-    let Some(form) = form(&body) else {
+    let Some(form) = read_form(&body) else {
         return page(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Error",
@@ -230,8 +223,28 @@ fn web_login(
     }
 }
 
-/// A POST of the signed-in user: the session, checked CSRF and the form; or the page to
-/// answer with.
+/// A POST of the signed-in user: the session, its cookie's value and the form, whose CSRF
+/// token was checked. The rejection is the page to answer with (sign in again, form too
+/// large, forbidden).
+pub(super) struct Posted {
+    pub s: Session,
+    pub value: String,
+    pub form: String,
+}
+
+impl FromRequest<HttpState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &HttpState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (s, value, form) = authorize(&state.radius.engine, &headers, &body).map_err(|r| *r)?;
+        Ok(Self { s, value, form })
+    }
+}
+
 fn authorize(
     engine: &Engine,
     headers: &HeaderMap,
@@ -240,21 +253,7 @@ fn authorize(
     let Some((s, value)) = current(engine, headers) else {
         return Err(Box::new(see_other("/my/")));
     };
-    let Some(form) = form(body) else {
-        return Err(Box::new(page(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Error",
-            "<p class=\"error\">The form is too large.</p>",
-        )));
-    };
-    let token = form_value(&form, "csrf").unwrap_or_default();
-    if !signer(engine).check_csrf(&value, &token) {
-        return Err(Box::new(page(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "<p class=\"error\" id=\"error\">This form is not from this session; reload the page and try again.</p>",
-        )));
-    }
+    let form = checked_form(engine, &value, body)?;
     Ok((s, value, form))
 }
 
@@ -269,23 +268,15 @@ fn audit(admin: &Admin, s: &Session, action: &str, detail: &str) {
     }
 }
 
-async fn logout(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn logout(State(state): State<HttpState>, _: Posted) -> Response {
     let engine = state.radius.engine.clone();
-    if let Err(r) = authorize(&engine, &headers, &body) {
-        return *r;
-    }
     with_cookie(
         see_other("/my/"),
         &set_cookie(COOKIE, "", PATH, secure(&engine), 0),
     )
 }
 
-async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let engine = state.radius.engine.clone();
-    let (s, value, form) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+async fn confirm(State(state): State<HttpState>, Posted { s, value, form }: Posted) -> Response {
     let factor = form_value(&form, "factor").unwrap_or_default();
     let code = Zeroizing::new(form_value(&form, "code").unwrap_or_default());
     let admin = state.admin.clone();
@@ -312,12 +303,7 @@ async fn confirm(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
     }
 }
 
-async fn remove(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let engine = state.radius.engine.clone();
-    let (s, value, form) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+async fn remove(State(state): State<HttpState>, Posted { s, value, form }: Posted) -> Response {
     let factor = form_value(&form, "factor").unwrap_or_default();
     let admin = state.admin.clone();
     let s2 = s.clone();
@@ -345,12 +331,7 @@ async fn remove(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
 
 /// Forget every remembered source ("remembered devices"): the next login from each of
 /// them asks for a second factor again.
-async fn forget(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let engine = state.radius.engine.clone();
-    let (s, value, _) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+async fn forget(State(state): State<HttpState>, Posted { s, value, .. }: Posted) -> Response {
     let admin = state.admin.clone();
     let s2 = s.clone();
     let r = blocking(move || {
@@ -376,12 +357,7 @@ async fn forget(State(state): State<HttpState>, headers: HeaderMap, body: Bytes)
     }
 }
 
-async fn recovery(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    let engine = state.radius.engine.clone();
-    let (s, value, _) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
+async fn recovery(State(state): State<HttpState>, Posted { s, value, .. }: Posted) -> Response {
     let admin = state.admin.clone();
     let s2 = s.clone();
     let r = blocking(move || {

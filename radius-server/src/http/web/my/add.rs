@@ -2,14 +2,13 @@
 //! tenant pushes through ntfy, push notifications (the topic as link and QR code, the code
 //! pushed to it, and again on request); both confirmed with the same form.
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use portcullis_core::admin::EnrolledTotp;
 use portcullis_core::engine::{Engine, SendOutcome};
 
-use super::{audit, authorize, dashboard};
+use super::{audit, dashboard, Posted};
 use crate::http::web::{blocking, esc, form_value, internal, page, qr_svg, signer};
 use crate::http::HttpState;
 use crate::push::{PushEnrolError, PushEnrolment};
@@ -25,14 +24,9 @@ enum Added {
 /// ntfy) push notifications; then the page that confirms it with a code.
 pub(super) async fn enroll(
     State(state): State<HttpState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted { s, value, form }: Posted,
 ) -> Response {
     let engine = state.radius.engine.clone();
-    let (s, value, form) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
     let push = form_value(&form, "kind").as_deref() == Some("push");
     let admin = state.admin.clone();
     let e = engine.clone();
@@ -120,20 +114,15 @@ fn confirm_form(engine: &Engine, session: &str, fid: &str, label: &str, push: bo
     )
 }
 
-/// Push the code of the user's pending push factor again.
 /// Seconds between two codes sent again from the page.
 const RESEND_PAUSE: i64 = 15;
 
+/// Push the code of the user's pending push factor again.
 pub(super) async fn push_code(
     State(state): State<HttpState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted { s, value, form }: Posted,
 ) -> Response {
     let engine = state.radius.engine.clone();
-    let (s, value, form) = match authorize(&engine, &headers, &body) {
-        Ok(v) => v,
-        Err(r) => return *r,
-    };
     let factor = form_value(&form, "factor").unwrap_or_default();
     let admin = state.admin.clone();
     let (e, s2, f2) = (engine.clone(), s.clone(), factor.clone());
