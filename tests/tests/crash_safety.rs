@@ -1,8 +1,9 @@
-//! Crash safety on the embedded SQLite store: `kill -9` of `portcullis serve` while logins
-//! run (raw UDP, append mode, codes from oathtool) and enrolments run beside it (the CLI),
-//! then a restart on the same database: it opens and passes SQLite's integrity check, no
-//! confirmed factor is lost, a half-done enrolment is not usable, and no code that was
-//! accepted before the crash is accepted again.
+//! Crash safety, on the embedded SQLite store and on PostgreSQL: `kill -9` of `portcullis
+//! serve` while logins run (raw UDP, append mode, codes from oathtool) and enrolments run
+//! beside it (the CLI), then a restart on the same database: it opens (SQLite: and passes
+//! its integrity check; PostgreSQL: the dead node left no transaction open), no confirmed
+//! factor is lost, a half-done enrolment is not usable, and no code that was accepted
+//! before the crash is accepted again.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use portcullis_tests::postgres::PgServer;
 use portcullis_tests::raw::code;
 use portcullis_tests::{
     oathtool_totp, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode, RawClient,
@@ -20,8 +22,63 @@ const USERS: usize = 12;
 
 #[test]
 fn kill_9_under_logins_and_enrolments_loses_nothing_and_reopens_no_code() {
-    require_tool("oathtool", "oathtool");
     let env = TestEnv::new(vec![ClientSpec::new(Mode::Append)]);
+    crash_under_load(&env, || {
+        // The database file passes SQLite's own check.
+        let db = env.dir().join("portcullis.db");
+        let conn = rusqlite::Connection::open(&db).expect("open the database after the crash");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+    });
+}
+
+#[test]
+fn kill_9_of_a_postgresql_node_under_logins_and_enrolments_loses_nothing() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let database = url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .expect("a database name")
+        .to_string();
+    let env = TestEnv::with_store(
+        vec![ClientSpec::new(Mode::Append)],
+        &format!("url = \"{url}\"\nmax_connections = 4\nconnect_timeout = \"3s\"\n"),
+        "",
+    );
+    crash_under_load(&env, || {
+        // The killed node's connections are gone and none left a transaction open (which
+        // would hold row locks against the other nodes).
+        let mut admin =
+            postgres::Client::connect(pg.admin_url(), postgres::NoTls).expect("connect as admin");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = admin
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&database],
+                )
+                .expect("read pg_stat_activity");
+            let left: i64 = row.get(0);
+            if left == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} connection(s) of the killed node still open after 10 s"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+/// Logins and enrolments, `kill -9`, `after_crash` (the backend's own checks), restart,
+/// then the checks that nothing was lost and no used code works again.
+fn crash_under_load(env: &TestEnv, after_crash: impl FnOnce()) {
+    require_tool("oathtool", "oathtool");
     env.add_tenant("acme");
     let mut secrets = BTreeMap::new();
     for i in 0..USERS {
@@ -144,14 +201,7 @@ fn kill_9_under_logins_and_enrolments_loses_nothing_and_reopens_no_code() {
         );
     }
 
-    // The database file passes SQLite's own check.
-    let db = env.dir().join("portcullis.db");
-    let conn = rusqlite::Connection::open(&db).expect("open the database after the crash");
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(check, "ok");
-    drop(conn);
+    after_crash();
 
     // Restart on the same database; unlock everyone, so that a refusal below is the replay
     // cache's or the factor state's doing, not a throttle's.
