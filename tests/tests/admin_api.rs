@@ -1072,3 +1072,133 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
         "only the confirmed one: {listed}"
     );
 }
+
+#[test]
+fn sms_is_enrolled_over_the_api_and_confirmed_with_the_sent_code() {
+    peers();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let twilio = portcullis_tests::fakes::twilio::FakeTwilio::start(ca_dir.path());
+    // acme sends SMS through the fake Twilio; beta sends nothing.
+    let api = Api::start(&format!(
+        "[tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"{}\"\nauth_token = \"{}\"\nfrom = \"+15559990000\"\nbase_url = \"{}\"\nca_file = \"{}\"\ntimeout = \"3s\"\nresend_after = \"2s\"\n",
+        twilio.account_sid,
+        twilio.auth_token,
+        twilio.base_url(),
+        twilio.ca_file.display()
+    ));
+    api.env.add_tenant("acme");
+    api.env.add_tenant("beta");
+    api.env.add_user("acme", "sam", "pw");
+    api.env.add_user("beta", "bea", "pw");
+    let admin = api.token(&["--tenant", "acme", "--role", "admin", "acme-admin"]);
+    let factors = "/v1/tenants/acme/users/sam/factors";
+
+    // Fields of other kinds, and a malformed number, are refused; nothing is sent.
+    for body in [
+        json!({"kind": "sms", "email": "sam@example.test"}),
+        json!({"kind": "sms", "digits": 8}),
+        json!({"kind": "totp", "phone": "+15550001234"}),
+        json!({"kind": "sms", "phone": "not a number"}),
+        json!({"kind": "sms"}),
+    ] {
+        api.expect(&admin, "POST", factors, Some(body), 400);
+    }
+    assert!(twilio.messages().is_empty());
+
+    let f = api.expect(
+        &admin,
+        "POST",
+        factors,
+        Some(json!({"kind": "sms", "phone": "+15550001234"})),
+        201,
+    );
+    assert_eq!(
+        (f["kind"].as_str(), f["state"].as_str()),
+        (Some("sms"), Some("pending")),
+        "{f}"
+    );
+    let to = f["code_sent_to"].as_str().expect("where the code went");
+    assert!(
+        to.ends_with("34") && !to.contains("5550001234"),
+        "masked: {f}"
+    );
+    assert_eq!(twilio.messages().len(), 1);
+    assert_eq!(twilio.messages()[0].to, "+15550001234");
+    let first = twilio.last_code();
+    assert!(
+        !f.to_string().contains(&first),
+        "the code only goes to the phone"
+    );
+    let id = f["factor_id"].as_str().unwrap().to_string();
+
+    // Again at once: too soon (the tenant's resend delay); after it, a new code.
+    let again = format!("{factors}/{id}/send-code");
+    api.expect(&admin, "POST", &again, None, 429);
+    thread::sleep(Duration::from_millis(2100));
+    let r = api.expect(&admin, "POST", &again, None, 200);
+    assert_eq!(r["code_sent_to"], to, "{r}");
+    assert_eq!(twilio.messages().len(), 2);
+    let code = twilio.last_code();
+    let c = api.expect(
+        &admin,
+        "POST",
+        &format!("{factors}/{id}/confirm"),
+        Some(json!({"code": code})),
+        200,
+    );
+    assert_eq!(c["state"], "confirmed", "{c}");
+    // A confirmed factor gets no more confirmation codes.
+    api.expect(&admin, "POST", &again, None, 409);
+
+    // The enrolment and the resend are in the audit log, without the codes.
+    let audit = api.audit(&admin, "acme");
+    let text = serde_json::to_string(&audit).unwrap();
+    assert!(
+        text.contains("factor.enroll") && text.contains("factor.send_code"),
+        "{text}"
+    );
+    assert!(!text.contains(&code) && !text.contains(&first), "{text}");
+
+    // A tenant without an SMS sender: 409 naming the setting, and no factor is kept.
+    let op = api.token(&["--operator", "ops"]);
+    let r = api.expect(
+        &op,
+        "POST",
+        "/v1/tenants/beta/users/bea/factors",
+        Some(json!({"kind": "sms", "phone": "+15550009999"})),
+        409,
+    );
+    assert!(r.to_string().contains("[tenants.beta.sms]"), "{r}");
+    let left = api.expect(&op, "GET", "/v1/tenants/beta/users/bea/factors", None, 200);
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    assert_eq!(twilio.messages().len(), 2, "nothing sent for beta");
+
+    // The provider refuses: 502 and no factor kept.
+    twilio.set_behaviour(portcullis_tests::fakes::twilio::Behaviour::ServerError);
+    thread::sleep(Duration::from_millis(2100));
+    api.expect(
+        &admin,
+        "POST",
+        factors,
+        Some(json!({"kind": "email", "email": "sam@example.test"})),
+        409,
+    );
+    let before = api.expect(&admin, "GET", factors, None, 200);
+    api.env.add_user("acme", "sue", "pw");
+    api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/users/sue/factors",
+        Some(json!({"kind": "sms", "phone": "+15550002222"})),
+        502,
+    );
+    let sue = api.expect(
+        &admin,
+        "GET",
+        "/v1/tenants/acme/users/sue/factors",
+        None,
+        200,
+    );
+    assert_eq!(sue.as_array().map(Vec::len), Some(0), "{sue}");
+    assert_eq!(api.expect(&admin, "GET", factors, None, 200), before);
+}

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::{blocking, ApiError, ApiRoute, Caller, HttpState, Perm};
 use crate::push::PushEnrolError;
+use portcullis_core::engine::SendOutcome;
 
 pub fn routes() -> Vec<ApiRoute> {
     vec![
@@ -30,6 +31,11 @@ pub fn routes() -> Vec<ApiRoute> {
             path: "/v1/tenants/{tenant}/users/{user}/factors/{factor}/confirm",
             methods: &["post"],
             handlers: post(confirm),
+        },
+        ApiRoute {
+            path: "/v1/tenants/{tenant}/users/{user}/factors/{factor}/send-code",
+            methods: &["post"],
+            handlers: post(send_code),
         },
     ]
 }
@@ -52,6 +58,8 @@ enum EnrolKind {
     Totp,
     Hotp,
     Push,
+    Sms,
+    Email,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +81,22 @@ struct EnrolBody {
     /// Push only: deliver to this https:// webhook instead of a new ntfy topic.
     #[serde(default)]
     webhook: Option<String>,
+    /// SMS only: the phone number (E.164); else the user's phone.
+    #[serde(default)]
+    phone: Option<String>,
+    /// E-mail only: the address; else the user's e-mail.
+    #[serde(default)]
+    email: Option<String>,
+}
+
+/// A new SMS or e-mail factor: pending until the code sent to it confirms it.
+#[derive(Serialize)]
+struct EnrolledSent {
+    factor_id: String,
+    kind: &'static str,
+    state: &'static str,
+    /// Where the code went, masked.
+    code_sent_to: String,
 }
 
 /// A new push factor: pending until the pushed code confirms it.
@@ -93,6 +117,7 @@ struct EnrolledPush {
 enum Enrolled {
     Otp(EnrolledTotp),
     Push(EnrolledPush),
+    Sent(EnrolledSent),
 }
 
 impl From<PushEnrolError> for ApiError {
@@ -122,19 +147,29 @@ async fn enroll(
     caller.check(&tenant, Perm::EnrolFactors)?;
     let Json(b) = body?;
     let is_push = matches!(b.kind, EnrolKind::Push);
+    let is_otp = matches!(b.kind, EnrolKind::Totp | EnrolKind::Hotp);
     if !matches!(b.kind, EnrolKind::Hotp) && b.counter.is_some() {
         return Err(ApiError::bad_request("counter is only for kind \"hotp\""));
     }
     if !is_push && b.webhook.is_some() {
         return Err(ApiError::bad_request("webhook is only for kind \"push\""));
     }
-    if is_push && (b.secret.is_some() || b.digits.is_some() || b.algorithm.is_some()) {
+    if !matches!(b.kind, EnrolKind::Sms) && b.phone.is_some() {
+        return Err(ApiError::bad_request("phone is only for kind \"sms\""));
+    }
+    if !matches!(b.kind, EnrolKind::Email) && b.email.is_some() {
+        return Err(ApiError::bad_request("email is only for kind \"email\""));
+    }
+    if !is_otp && (b.secret.is_some() || b.digits.is_some() || b.algorithm.is_some()) {
         return Err(ApiError::bad_request(
             "secret, digits and algorithm are only for kinds \"totp\" and \"hotp\"",
         ));
     }
-    if is_push {
-        return enroll_push(caller, s, tenant, user, b.webhook).await;
+    match b.kind {
+        EnrolKind::Push => return enroll_push(caller, s, tenant, user, b.webhook).await,
+        EnrolKind::Sms => return enroll_sent(caller, s, tenant, user, "sms", b.phone).await,
+        EnrolKind::Email => return enroll_sent(caller, s, tenant, user, "email", b.email).await,
+        EnrolKind::Totp | EnrolKind::Hotp => {}
     }
     let ctx = s.admin.clone();
     let f = blocking(move || {
@@ -211,6 +246,130 @@ async fn enroll_push(
             code_sent_via: e.sent_to,
         })),
     ))
+}
+
+/// A pending SMS or e-mail factor (`kind`) for `address` (else the user's own), and the
+/// code that confirms it sent there. A factor whose code could not be sent is not kept.
+async fn enroll_sent(
+    caller: Caller,
+    s: HttpState,
+    tenant: String,
+    user: String,
+    kind: &'static str,
+    address: Option<String>,
+) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
+    let ctx = s.admin.clone();
+    let engine = s.radius.engine.clone();
+    let (f, to) = blocking(move || {
+        let a = &ctx.admin;
+        let f = match kind {
+            "sms" => a.enroll_sms(&tenant, &user, address.as_deref())?,
+            _ => a.enroll_email(&tenant, &user, address.as_deref())?,
+        };
+        let sent = engine.send_enrolment_code(&tenant, &user, &f.factor_id);
+        let to = match &sent {
+            Ok(SendOutcome::Sent { to, .. }) => to.clone(),
+            _ => {
+                if let Err(e) = a.remove_factor(&tenant, &user, &f.factor_id) {
+                    tracing::error!(error = %e, factor = %f.factor_id,
+                        "cannot remove a factor whose confirmation code was not sent");
+                }
+                return Ok(Err(match sent {
+                    Ok(SendOutcome::NotConfigured) => ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("tenant '{tenant}' cannot send {kind} codes: configure [tenants.{tenant}.{kind}] and restart the server"),
+                    ),
+                    Ok(other) => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the confirmation code could not be sent ({}); the factor was not kept", other.reason()),
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "enrolment code: engine error");
+                        ApiError::internal()
+                    }
+                }));
+            }
+        };
+        ctx.audit(
+            &caller,
+            &tenant,
+            &user,
+            "factor.enroll",
+            &format!("{kind} factor {} enrolled (pending), code sent to {to}", f.factor_id),
+        );
+        Ok(Ok((f, to)))
+    })
+    .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolled::Sent(EnrolledSent {
+            factor_id: f.factor_id,
+            kind: f.kind,
+            state: f.state,
+            code_sent_to: to,
+        })),
+    ))
+}
+
+/// Send the confirmation code of a pending SMS, e-mail or push factor again (the user
+/// did not get it, or it expired). SMS and e-mail keep their resend delay and quota.
+async fn send_code(
+    caller: Caller,
+    State(s): State<HttpState>,
+    Path((tenant, user, factor)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.check(&tenant, Perm::EnrolFactors)?;
+    let ctx = s.admin.clone();
+    let engine = s.radius.engine.clone();
+    let sent = blocking(move || {
+        let fs = ctx.admin.list_factors(&tenant, &user)?;
+        let Some(f) = fs.iter().find(|f| f.factor_id == factor) else {
+            return Ok(Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("user '{user}' has no factor '{factor}'"),
+            )));
+        };
+        if f.state != "pending" || !matches!(f.kind, "sms" | "email" | "push") {
+            return Ok(Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("factor '{factor}' is a {} factor in state {}: only pending sms, email and push factors get a confirmation code", f.kind, f.state),
+            )));
+        }
+        let sent = if f.kind == "push" {
+            engine.send_push_enrolment_code(&tenant, &user, &factor)
+        } else {
+            engine.send_enrolment_code(&tenant, &user, &factor)
+        };
+        let sent = match sent {
+            Ok(SendOutcome::Sent { to, .. }) => to,
+            Ok(SendOutcome::TooSoon { wait }) => {
+                return Ok(Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("a code was sent moments ago; ask again in {wait} s"),
+                )))
+            }
+            Ok(other) => {
+                return Ok(Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the code could not be sent: {}", other.reason()),
+                )))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "confirmation code: engine error");
+                return Ok(Err(ApiError::internal()));
+            }
+        };
+        ctx.audit(
+            &caller,
+            &tenant,
+            &user,
+            "factor.send_code",
+            &format!("confirmation code of factor {factor} sent again to {sent}"),
+        );
+        Ok(Ok(sent))
+    })
+    .await??;
+    Ok(Json(json!({"ok": true, "code_sent_to": sent})))
 }
 
 #[derive(Deserialize)]

@@ -179,24 +179,26 @@ fn operations() -> Vec<Op> {
         op(
             "/v1/tenants/{tenant}/users/{user}/factors",
             "post",
-            "Enrol a factor. TOTP or HOTP: the secret and otpauth URI are returned once; without `secret` the factor is pending until confirmed. Push: the factor is pending; the answer has the ntfy topic URL to subscribe to (`subscribe_url`, with its QR code as SVG in `subscribe_qr_svg`; null for a webhook), and a confirmation code is pushed to the phone: confirm the factor with it",
+            "Enrol a factor. TOTP or HOTP: the secret and otpauth URI are returned once; without `secret` the factor is pending until confirmed. Push: the factor is pending; the answer has the ntfy topic URL to subscribe to (`subscribe_url`, with its QR code as SVG in `subscribe_qr_svg`; null for a webhook), and a confirmation code is pushed to the phone: confirm the factor with it. SMS and e-mail: the factor is pending and a confirmation code is sent to `phone` / `email` (else the user's own); confirm the factor with it",
             "operator, admin",
-            ("201", "totp/hotp: the factor with its secret and uri; push: {factor_id, kind, state, subscribe_url, subscribe_qr_svg, code_sent_via}"),
+            ("201", "totp/hotp: the factor with its secret and uri; push: {factor_id, kind, state, subscribe_url, subscribe_qr_svg, code_sent_via}; sms/email: {factor_id, kind, state, code_sent_to}"),
         )
         .body(object(
             &[
-                ("kind", json!({"enum": ["totp", "hotp", "push"]})),
+                ("kind", json!({"enum": ["totp", "hotp", "push", "sms", "email"]})),
                 ("secret", string("totp/hotp: an existing base32 secret: the factor is confirmed at once")),
                 ("digits", json!({"enum": [6, 8], "default": 6, "description": "totp/hotp only"})),
                 ("algorithm", json!({"enum": ["SHA1", "SHA256", "SHA512"], "default": "SHA1", "description": "totp/hotp only"})),
                 ("counter", json!({"type": "integer", "minimum": 0, "description": "hotp only"})),
                 ("webhook", string("push only: an https:// URL that receives the notifications instead of a new ntfy topic")),
+                ("phone", string("sms only: the phone number (E.164, +4915112345678); else the user's phone")),
+                ("email", string("email only: the address; else the user's e-mail")),
             ],
             &["kind"],
         ))
         .fails(&[
-            ("409", "push: the tenant has no push channel (or no ntfy_url); the message says what to configure"),
-            ("502", "push: the confirmation code could not be sent; no factor was kept"),
+            ("409", "push, sms, email: the tenant has no such channel (push: or no ntfy_url); the message says what to configure"),
+            ("502", "push, sms, email: the confirmation code could not be sent; no factor was kept"),
         ]),
         op(
             "/v1/tenants/{tenant}/users/{user}/factors",
@@ -220,6 +222,18 @@ fn operations() -> Vec<Op> {
             ("200", "confirmed"),
         )
         .body(object(&[("code", string("the current code"))], &["code"])),
+        op(
+            "/v1/tenants/{tenant}/users/{user}/factors/{factor}/send-code",
+            "post",
+            "Send the confirmation code of a pending sms, email or push factor again (sms and email keep their resend delay and hourly quota)",
+            "operator, admin",
+            ("200", "{\"ok\": true, \"code_sent_to\": ...}"),
+        )
+        .fails(&[
+            ("409", "the factor is not a pending sms, email or push factor"),
+            ("429", "a code was sent moments ago; the message says when to ask again"),
+            ("502", "the code could not be sent"),
+        ]),
         op(
             "/v1/tenants/{tenant}/users/{user}/recovery-codes",
             "post",
