@@ -766,7 +766,7 @@ fn malformed_bodies_get_400_with_a_message_and_the_server_keeps_serving() {
         &admin,
         "POST",
         "/v1/tenants/acme/users/ok/factors",
-        Some(json!({"kind": "sms"})),
+        Some(json!({"kind": "carrier-pigeon"})),
         400,
     );
     // Still serving, RADIUS too.
