@@ -25,6 +25,7 @@ pub mod radclient;
 pub mod raw;
 pub mod server;
 pub mod slapd;
+pub mod store_suite;
 pub mod tools;
 pub mod totp;
 pub mod webdriver;

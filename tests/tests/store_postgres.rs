@@ -1,5 +1,5 @@
-//! The store test suite against a real PostgreSQL (the SQLite run is the core's unit test
-//! `store_suite_passes_on_sqlite`), plus what only several nodes can show: two stores on
+//! The store test suite against a real PostgreSQL (the SQLite run is
+//! tests/store_sqlite.rs), plus what only several nodes can show: two stores on
 //! one database racing for the same code, the same attribute row and the migrations, and
 //! a push decision announced from one store to another.
 
@@ -8,10 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use portcullis_core::model::{NewUser, PushRequest, PushStatus};
-use portcullis_core::store::{
-    suite, PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError,
-};
+use portcullis_core::store::{PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError};
 use portcullis_tests::postgres::PgServer;
+use portcullis_tests::store_suite as suite;
 
 fn open(url: &str) -> PgStore {
     PgStore::open(&PgSettings::new(url)).unwrap_or_else(|e| panic!("open {url}: {e}"))

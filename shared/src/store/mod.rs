@@ -282,8 +282,3 @@ pub trait Store: Send + Sync + 'static {
     /// The newest enrolment link of a login transaction.
     fn enrollment_of_transaction(&self, txn_id: &str) -> StoreResult<Option<Enrollment>>;
 }
-
-/// The behavioural suite every backend passes (public with the `test-suite` feature, so the
-/// PostgreSQL run can start its own server from the workspace's tests).
-#[cfg(any(test, feature = "test-suite"))]
-pub mod suite;

@@ -1617,12 +1617,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn store_suite_passes_on_sqlite() {
-        let store = SqliteStore::open_in_memory().unwrap();
-        crate::store::suite::run_all(&store);
-    }
-
-    #[test]
     fn file_store_survives_reopen_and_is_in_wal_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");

@@ -1,6 +1,9 @@
-//! One behavioural test suite that every [`Store`] backend must pass.
+//! One behavioural test suite that every [`Store`] backend must pass: run against SQLite
+//! (tests/store_sqlite.rs) and PostgreSQL (tests/store_postgres.rs).
 
-use super::*;
+use portcullis_core::clock::UnixTime;
+use portcullis_core::model::*;
+use portcullis_core::store::{Store, StoreError};
 
 /// Runs every check against a fresh, empty store.
 pub fn run_all(s: &dyn Store) {
@@ -456,11 +459,11 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
         source: "192.0.2.1".into(),
         first_factor: "password".into(),
         reply_attributes: vec![
-            crate::engine::ReplyAttribute {
+            portcullis_core::engine::ReplyAttribute {
                 typ: 25,
                 value: b"class-1".to_vec(),
             },
-            crate::engine::ReplyAttribute {
+            portcullis_core::engine::ReplyAttribute {
                 typ: 11,
                 value: vec![0, 255],
             },
