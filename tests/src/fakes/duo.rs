@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 
-use super::tls::TestTls;
+use super::tls::HttpsServer;
 
 /// The passcode `alice` can use.
 pub const PASSCODE: &str = "123456";
@@ -44,23 +44,12 @@ pub struct FakeDuo {
     pub skey: String,
     pub ca_file: PathBuf,
     state: Arc<Mutex<State>>,
-    server: Arc<tiny_http::Server>,
+    _server: HttpsServer,
 }
 
 impl FakeDuo {
     /// Start on a free 127.0.0.1 port; the CA to trust is written into `dir`.
     pub fn start(dir: &Path) -> FakeDuo {
-        let tls = TestTls::new(dir);
-        let server = tiny_http::Server::https(
-            "127.0.0.1:0",
-            tiny_http::SslConfig {
-                certificate: tls.cert_pem.into_bytes(),
-                private_key: tls.key_pem.into_bytes(),
-            },
-        )
-        .expect("start the fake Duo");
-        let addr = server.server_addr().to_ip().expect("IP address");
-        let server = Arc::new(server);
         let state = Arc::new(Mutex::new(State {
             push_allows: true,
             ..State::default()
@@ -69,25 +58,17 @@ impl FakeDuo {
             "DIWJ8X6AEYOR5OMC6TQ1".to_string(),
             "Zh5eGmUq9zpfQnyUIu5OL9iWoMMv5ZNmk3zLJ4Ep".to_string(),
         );
-        {
-            let (server, state) = (server.clone(), state.clone());
-            let (ikey, skey) = (ikey.clone(), skey.clone());
-            let host = format!("127.0.0.1:{}", addr.port());
-            thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let (state, ikey, skey, host) =
-                        (state.clone(), ikey.clone(), skey.clone(), host.clone());
-                    thread::spawn(move || handle(request, &state, &ikey, &skey, &host));
-                }
-            });
-        }
+        let (s, i, k) = (state.clone(), ikey.clone(), skey.clone());
+        let server = HttpsServer::start(dir, "Duo", move |request, addr| {
+            handle(request, &s, &i, &k, &format!("127.0.0.1:{}", addr.port()))
+        });
         FakeDuo {
-            addr,
+            addr: server.addr,
             ikey,
             skey,
-            ca_file: tls.ca_file,
+            ca_file: server.ca_file.clone(),
             state,
-            server,
+            _server: server,
         }
     }
 
@@ -117,12 +98,6 @@ impl FakeDuo {
     /// (path, params) of every accepted call.
     pub fn calls(&self) -> Vec<(String, HashMap<String, String>)> {
         self.state.lock().unwrap().calls.clone()
-    }
-}
-
-impl Drop for FakeDuo {
-    fn drop(&mut self) {
-        self.server.unblock();
     }
 }
 

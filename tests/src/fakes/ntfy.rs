@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::tls::TestTls;
+use super::tls::HttpsServer;
 
 /// How the fake answers the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,43 +39,22 @@ pub struct FakeNtfy {
     pub token: String,
     pub ca_file: PathBuf,
     state: Arc<Mutex<State>>,
-    server: Arc<tiny_http::Server>,
+    _server: HttpsServer,
 }
 
 impl FakeNtfy {
     /// Start on a free 127.0.0.1 port; the CA to trust is written into `dir`.
     pub fn start(dir: &Path) -> FakeNtfy {
-        let tls = TestTls::new(dir);
-        let server = tiny_http::Server::https(
-            "127.0.0.1:0",
-            tiny_http::SslConfig {
-                certificate: tls.cert_pem.into_bytes(),
-                private_key: tls.key_pem.into_bytes(),
-            },
-        )
-        .expect("start the fake ntfy");
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("the fake listens on an IP address");
-        let server = Arc::new(server);
         let state = Arc::new(Mutex::new(State::default()));
         let token = "tk_fakentfytoken0123456789abcd".to_string();
-        {
-            let (server, state, token) = (server.clone(), state.clone(), token.clone());
-            thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let (state, token) = (state.clone(), token.clone());
-                    thread::spawn(move || handle(request, &state, &token));
-                }
-            });
-        }
+        let (s, t) = (state.clone(), token.clone());
+        let server = HttpsServer::start(dir, "ntfy", move |request, _| handle(request, &s, &t));
         FakeNtfy {
-            addr,
+            addr: server.addr,
             token,
-            ca_file: tls.ca_file,
+            ca_file: server.ca_file.clone(),
             state,
-            server,
+            _server: server,
         }
     }
 
@@ -130,12 +109,6 @@ impl FakeNtfy {
             .chars()
             .filter(|c| c.is_ascii_digit())
             .collect()
-    }
-}
-
-impl Drop for FakeNtfy {
-    fn drop(&mut self) {
-        self.server.unblock();
     }
 }
 

@@ -42,3 +42,55 @@ impl TestTls {
         }
     }
 }
+
+/// The HTTPS server under a fake: a free 127.0.0.1 port, a throwaway CA (written into the
+/// fake's directory) and one thread per request, so that a hanging answer does not block
+/// the next. Stops accepting when dropped.
+pub struct HttpsServer {
+    pub addr: std::net::SocketAddr,
+    pub ca_file: PathBuf,
+    server: std::sync::Arc<tiny_http::Server>,
+}
+
+impl HttpsServer {
+    /// Start serving `handle(request, the server's own address)`; `what` names the fake.
+    pub fn start(
+        dir: &Path,
+        what: &str,
+        handle: impl Fn(tiny_http::Request, std::net::SocketAddr) + Send + Sync + 'static,
+    ) -> HttpsServer {
+        let tls = TestTls::new(dir);
+        let server = tiny_http::Server::https(
+            "127.0.0.1:0",
+            tiny_http::SslConfig {
+                certificate: tls.cert_pem.into_bytes(),
+                private_key: tls.key_pem.into_bytes(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("start the fake {what}: {e}"));
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("the fake listens on an IP address");
+        let server = std::sync::Arc::new(server);
+        let handle = std::sync::Arc::new(handle);
+        let incoming = server.clone();
+        std::thread::spawn(move || {
+            for request in incoming.incoming_requests() {
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(request, addr));
+            }
+        });
+        HttpsServer {
+            addr,
+            ca_file: tls.ca_file,
+            server,
+        }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use super::tls::TestTls;
+use super::tls::HttpsServer;
 
 /// How the fake answers the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,47 +47,26 @@ pub struct FakeTwilio {
     pub auth_token: String,
     pub ca_file: PathBuf,
     state: Arc<Mutex<State>>,
-    server: Arc<tiny_http::Server>,
+    _server: HttpsServer,
 }
 
 impl FakeTwilio {
     /// Start on a free 127.0.0.1 port; the CA to trust is written into `dir`.
     pub fn start(dir: &Path) -> FakeTwilio {
-        let tls = TestTls::new(dir);
-        let server = tiny_http::Server::https(
-            "127.0.0.1:0",
-            tiny_http::SslConfig {
-                certificate: tls.cert_pem.into_bytes(),
-                private_key: tls.key_pem.into_bytes(),
-            },
-        )
-        .expect("start the fake Twilio");
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("the fake listens on an IP address");
-        let server = Arc::new(server);
         let state = Arc::new(Mutex::new(State::default()));
         let account_sid = "AC0123456789abcdef0123456789abcdef".to_string();
         let auth_token = "fake-auth-token-0123456789".to_string();
-        {
-            let (server, state) = (server.clone(), state.clone());
-            let (sid, token) = (account_sid.clone(), auth_token.clone());
-            thread::spawn(move || {
-                for request in server.incoming_requests() {
-                    let (state, sid, token) = (state.clone(), sid.clone(), token.clone());
-                    // One thread per request, so a hanging answer does not block the next.
-                    thread::spawn(move || handle(request, &state, &sid, &token));
-                }
-            });
-        }
+        let (s, sid, token) = (state.clone(), account_sid.clone(), auth_token.clone());
+        let server = HttpsServer::start(dir, "Twilio", move |request, _| {
+            handle(request, &s, &sid, &token)
+        });
         FakeTwilio {
-            addr,
+            addr: server.addr,
             account_sid,
             auth_token,
-            ca_file: tls.ca_file,
+            ca_file: server.ca_file.clone(),
             state,
-            server,
+            _server: server,
         }
     }
 
@@ -116,12 +95,6 @@ impl FakeTwilio {
         let msgs = self.messages();
         let last = msgs.last().expect("the fake Twilio received no message");
         last.body.chars().filter(|c| c.is_ascii_digit()).collect()
-    }
-}
-
-impl Drop for FakeTwilio {
-    fn drop(&mut self) {
-        self.server.unblock();
     }
 }
 
