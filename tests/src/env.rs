@@ -335,6 +335,30 @@ impl TestEnv {
         info
     }
 
+    /// `factor enroll push` (the tenant pushes through `ntfy`), then `factor confirm` with
+    /// the code the fake received: a confirmed push factor. The enrolment's JSON.
+    pub fn enroll_push_confirmed(
+        &self,
+        tenant: &str,
+        user: &str,
+        ntfy: &crate::fakes::ntfy::FakeNtfy,
+    ) -> Value {
+        let enrolled = self.cli_json(&[
+            "factor", "enroll", "push", "--tenant", tenant, user, "--json",
+        ]);
+        let id = enrolled["factor_id"].as_str().expect("factor id");
+        self.cli_ok(&[
+            "factor",
+            "confirm",
+            "--tenant",
+            tenant,
+            user,
+            id,
+            &ntfy.last_code(),
+        ]);
+        enrolled
+    }
+
     /// `factor confirm --tenant T USER FACTOR_ID CODE` (not asserted: callers check the exit).
     pub fn confirm_factor(&self, tenant: &str, user: &str, factor_id: &str, code: &str) -> Output {
         self.cli(&[

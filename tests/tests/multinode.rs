@@ -222,22 +222,7 @@ fn push_cluster(pg: PgServer, ntfy: &FakeNtfy) -> Cluster {
     client.extra = "max_wait = \"20s\"\n".into();
     cluster_on(pg, client, &[], SLOW_POLL, &extra, |env| {
         env.add_user("acme", "pat", "pw");
-        let enrolled = env.cli_json(&[
-            "factor", "enroll", "push", "--tenant", "acme", "pat", "--json",
-        ]);
-        let id = enrolled["factor_id"]
-            .as_str()
-            .expect("factor id")
-            .to_string();
-        env.cli_ok(&[
-            "factor",
-            "confirm",
-            "--tenant",
-            "acme",
-            "pat",
-            &id,
-            &ntfy.last_code(),
-        ]);
+        env.enroll_push_confirmed("acme", "pat", ntfy);
     })
 }
 

@@ -23,19 +23,7 @@ fn fixture() -> (PamFixture, FakeNtfy, tempfile::TempDir) {
         ntfy.config("acme", "number_matching = false\n")
     );
     let mut fx = PamFixture::with_config(&extra, false);
-    let enrolled = fx.env.cli_json(&[
-        "factor", "enroll", "push", "--tenant", "acme", "alice", "--json",
-    ]);
-    let id = enrolled["factor_id"].as_str().unwrap().to_string();
-    fx.env.cli_ok(&[
-        "factor",
-        "confirm",
-        "--tenant",
-        "acme",
-        "alice",
-        &id,
-        &ntfy.last_code(),
-    ]);
+    fx.env.enroll_push_confirmed("acme", "alice", &ntfy);
     let server = fx.env.start_server();
     server.wait_for_pam();
     fx.server = Some(server);

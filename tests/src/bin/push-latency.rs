@@ -38,22 +38,7 @@ fn main() {
     let env = TestEnv::with_extra_config(vec![client], &extra);
     env.add_tenant("acme");
     env.add_user("acme", "pat", "pw");
-    let enrolled = env.cli_json(&[
-        "factor", "enroll", "push", "--tenant", "acme", "pat", "--json",
-    ]);
-    let id = enrolled["factor_id"]
-        .as_str()
-        .expect("factor id")
-        .to_string();
-    env.cli_ok(&[
-        "factor",
-        "confirm",
-        "--tenant",
-        "acme",
-        "pat",
-        &id,
-        &ntfy.last_code(),
-    ]);
+    env.enroll_push_confirmed("acme", "pat", &ntfy);
     let server = env.start_server();
     let http = server.http_addr.expect("http listener");
     let raw = RawClient::new(server.addr, &env.client().secret);
