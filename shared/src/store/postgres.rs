@@ -1012,27 +1012,28 @@ impl Store for PgStore {
         tenant: TenantId,
         name: &str,
     ) -> StoreResult<Option<(User, Vec<Factor>)>> {
-        // One round trip: the user's row once per factor (or once with NULLs).
-        let prefixed = |cols: &str, t: &str| {
-            cols.split(", ")
-                .map(|c| format!("{t}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let rows = self.query(
-            &format!(
+        // One round trip: the user's row once per factor (or once with NULLs). The SQL is
+        // made once (it is also the key of the connections' prepared statements).
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let prefixed = |cols: &str, t: &str| {
+                cols.split(", ")
+                    .map(|c| format!("{t}.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
                 "SELECT {}, {} FROM users u LEFT JOIN factors f ON f.user_id = u.id
                  WHERE u.tenant_id = $1 AND u.name = $2 ORDER BY f.created_at, f.id",
                 prefixed(USER_COLS, "u"),
                 prefixed(FACTOR_COLS, "f")
-            ),
-            &[&tenant, &name],
-        )?;
+            )
+        });
+        let rows = self.query(&SQL, &[&tenant, &name])?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
         let user = user_from_row(first)?;
-        let factor_at = USER_COLS.split(", ").count();
+        let factor_at = USER_COLS.matches(", ").count() + 1;
         let mut factors = Vec::new();
         for r in &rows {
             if r.col::<Option<String>>(factor_at)?.is_some() {
