@@ -1,5 +1,6 @@
 //! Crash safety, on the embedded SQLite store and on PostgreSQL: `kill -9` of `portcullis
-//! serve` while logins run (raw UDP, append mode, codes from oathtool) and enrolments run
+//! serve` while logins run (raw UDP, append mode, codes from oathtool; on SQLite also
+//! otp-only mode, whose logins are decided in batches) and enrolments run
 //! beside it (the CLI), then a restart on the same database: it opens (SQLite: and passes
 //! its integrity check; PostgreSQL: the dead node left no transaction open), no confirmed
 //! factor is lost, a half-done enrolment is not usable, and no code that was accepted
@@ -22,8 +23,19 @@ const USERS: usize = 12;
 
 #[test]
 fn kill_9_under_logins_and_enrolments_loses_nothing_and_reopens_no_code() {
-    let env = TestEnv::new(vec![ClientSpec::new(Mode::Append)]);
-    crash_under_load(&env, || {
+    sqlite_crash(Mode::Append);
+}
+
+/// Code-only logins are decided in batches, one commit for many: a batch is answered only
+/// after its commit, so none that was accepted is forgotten by the crash.
+#[test]
+fn kill_9_under_batched_code_only_logins_loses_nothing_and_reopens_no_code() {
+    sqlite_crash(Mode::OtpOnly);
+}
+
+fn sqlite_crash(mode: Mode) {
+    let env = TestEnv::new(vec![ClientSpec::new(mode)]);
+    crash_under_load(&env, mode, || {
         // The database file passes SQLite's own check.
         let db = env.dir().join("portcullis.db");
         let conn = rusqlite::Connection::open(&db).expect("open the database after the crash");
@@ -49,7 +61,7 @@ fn kill_9_of_a_postgresql_node_under_logins_and_enrolments_loses_nothing() {
         &format!("url = \"{url}\"\nmax_connections = 4\nconnect_timeout = \"3s\"\n"),
         "",
     );
-    crash_under_load(&env, || {
+    crash_under_load(&env, Mode::Append, || {
         // The killed node's connections are gone and none left a transaction open (which
         // would hold row locks against the other nodes).
         let mut admin =
@@ -77,7 +89,7 @@ fn kill_9_of_a_postgresql_node_under_logins_and_enrolments_loses_nothing() {
 
 /// Logins and enrolments, `kill -9`, `after_crash` (the backend's own checks), restart,
 /// then the checks that nothing was lost and no used code works again.
-fn crash_under_load(env: &TestEnv, after_crash: impl FnOnce()) {
+fn crash_under_load(env: &TestEnv, mode: Mode, after_crash: impl FnOnce()) {
     require_tool("oathtool", "oathtool");
     env.add_tenant("acme");
     let mut secrets = BTreeMap::new();
@@ -101,7 +113,13 @@ fn crash_under_load(env: &TestEnv, after_crash: impl FnOnce()) {
     let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     // Logins: every user once with its code (accepted), then a stream of logins with a
     // wrong password (rejected before any code is looked at, so the users' throttles stay
-    // clean) until the crash.
+    // clean; otp-only: a wrong code, counted by the throttle) until the crash.
+    let credential = move |code: &str, first: bool| match (mode, first) {
+        (Mode::OtpOnly, true) => code.to_string(),
+        (Mode::OtpOnly, false) => "000000".to_string(),
+        (_, true) => format!("pw{code}"),
+        (_, false) => format!("wrong{code}"),
+    };
     let logins = {
         let (stop, accepted, codes, secret) = (
             stop.clone(),
@@ -116,11 +134,7 @@ fn crash_under_load(env: &TestEnv, after_crash: impl FnOnce()) {
             while !stop.load(Ordering::SeqCst) {
                 for (user, code) in &codes {
                     id = id.wrapping_add(1);
-                    let password = if first {
-                        format!("pw{code}")
-                    } else {
-                        format!("wrong{code}")
-                    };
+                    let password = credential(code, first);
                     let req = raw.access_request(id, user, password.as_bytes(), None, true);
                     // Plain socket calls: once the server is killed they fail (ICMP port
                     // unreachable), which ends this thread.
@@ -222,7 +236,7 @@ fn crash_under_load(env: &TestEnv, after_crash: impl FnOnce()) {
     let mut id: u8 = 200;
     let mut login = |user: &str, code: &str| {
         id = id.wrapping_add(1);
-        let req = raw.access_request(id, user, format!("pw{code}").as_bytes(), None, true);
+        let req = raw.access_request(id, user, credential(code, true).as_bytes(), None, true);
         let reply = raw
             .exchange(&req, Duration::from_secs(5))
             .expect("the restarted server answers");

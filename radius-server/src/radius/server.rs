@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use portcullis_core::config::Config;
 use portcullis_core::config::LoginMode;
 use portcullis_core::engine::{
-    transaction_of, AnswerRequest, Channel, Engine, LoginRequest, MenuChoice, Step,
+    transaction_of, AnswerRequest, Batched, Channel, Engine, EngineError, LoginBatcher,
+    LoginRequest, MenuChoice, Step,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -36,12 +37,16 @@ pub struct RadiusContext {
     challenge_timeout: u32,
     /// Requests waiting for a push decision, woken by the approval handler.
     pub push_hub: Arc<PushHub>,
+    /// Decides code-only logins in batches (SQLite store; see [`LoginBatcher`]), and the
+    /// runtime that its thread hands the rest of a request to.
+    batcher: Option<(LoginBatcher, tokio::runtime::Handle)>,
 }
 
 impl RadiusContext {
     /// Build the context from the config.
     pub fn new(engine: Arc<Engine>, cfg: &Config, metrics: Arc<Metrics>) -> Self {
         Self {
+            batcher: start_batcher(&engine),
             engine,
             clients: ArcSwap::from_pointee(ClientTable::from_config(cfg, None)),
             cache: ResponseCache::new(cfg.radius.response_cache_ttl),
@@ -95,6 +100,19 @@ impl RadiusContext {
         tokio::time::timeout(deadline, self.inflight.acquire_many(all))
             .await
             .is_ok()
+    }
+}
+
+/// The batcher of code-only logins, if the store runs batches and a runtime is there to
+/// take what the batcher hands back.
+fn start_batcher(engine: &Arc<Engine>) -> Option<(LoginBatcher, tokio::runtime::Handle)> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    match LoginBatcher::start(engine.clone()) {
+        Ok(batcher) => batcher.map(|b| (b, runtime)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the login batch thread; every login runs on its own");
+            None
+        }
     }
 }
 
@@ -201,18 +219,151 @@ fn on_datagram(
             .abandon(listener, src, header.identifier, header.authenticator);
         return drop_it(ctx, src, DropCause::Shed);
     };
-    let ctx = ctx.clone();
-    let sock = sock.clone();
-    tokio::spawn(async move {
-        let reply = decide(&ctx, &client, src, &request).await;
+    let pending = Pending {
+        ctx: ctx.clone(),
+        client,
+        sock: sock.clone(),
+        listener,
+        src,
+        request,
+        permit,
+        arrived: now,
+    };
+    let ask = match ask_of(&pending.ctx, &pending.client, src, &pending.request) {
+        Ok(ask) => ask,
+        Err(reply) => {
+            tokio::spawn(async move { pending.answer(reply).await });
+            return;
+        }
+    };
+    match (&ctx.batcher, ask) {
+        (Some((batcher, runtime)), Ask::Start(login, follow))
+            if ctx.engine.is_code_only(&login) =>
+        {
+            let runtime = runtime.clone();
+            let done = Box::new(move |outcome: Batched| match outcome {
+                // Decided and committed: answered from the batch thread at once.
+                Batched::Decided(step) if !matches!(step, Ok(Step::Wait { .. })) => {
+                    let reply = step_reply(&pending.ctx, &pending.client, src, Ok(step));
+                    pending.answer_now(reply, &runtime);
+                }
+                Batched::Decided(step) => {
+                    runtime.spawn(async move {
+                        let reply = pending.follow(follow, Ok(step)).await;
+                        pending.answer(reply).await;
+                    });
+                }
+                Batched::Declined(login) => {
+                    runtime.spawn(async move {
+                        let reply = pending.run(Ask::Start(login, follow)).await;
+                        pending.answer(reply).await;
+                    });
+                }
+            });
+            batcher.submit(login, done);
+        }
+        (_, ask) => {
+            tokio::spawn(async move {
+                let reply = pending.run(ask).await;
+                pending.answer(reply).await;
+            });
+        }
+    }
+}
+
+/// A request admitted for the Engine, until its reply is sent.
+struct Pending {
+    ctx: Arc<RadiusContext>,
+    client: Arc<Client>,
+    sock: Arc<UdpSocket>,
+    listener: usize,
+    src: SocketAddr,
+    request: Request,
+    /// Its in-flight slot, freed when the reply is ready.
+    permit: OwnedSemaphorePermit,
+    arrived: Instant,
+}
+
+impl Pending {
+    /// Asks the Engine (on the blocking pool), follows a push wait, and makes the reply.
+    async fn run(&self, ask: Ask) -> Reply {
+        let engine = self.ctx.engine.clone();
+        let (step, follow) = match ask {
+            Ask::Start(login, follow) => (
+                tokio::task::spawn_blocking(move || engine.start(&login)).await,
+                follow,
+            ),
+            Ask::Answer(answer, follow) => (
+                tokio::task::spawn_blocking(move || engine.answer(&answer)).await,
+                follow,
+            ),
+        };
+        self.follow(follow, step).await
+    }
+
+    /// Holds a request whose step is a push wait until it is decided (see [`Follow`]),
+    /// then makes the reply.
+    async fn follow(&self, follow: Follow, mut step: StepResult) -> Reply {
+        let (ctx, src) = (&self.ctx, self.src);
+        let cfg = &self.client.config;
+        // `challenge` shows a new push's wait as a challenge ("approve (pick 42), then press
+        // Enter") and holds the answer to it; the other modes cannot show a prompt and hold
+        // at once. A hold is a parked future (no thread); retransmissions meanwhile hit the
+        // in-progress cache entry and are dropped, so no second push is ever sent.
+        while let Ok(Ok(Step::Wait { txn, started, .. })) = &step {
+            if cfg.mode == LoginMode::Challenge && *started {
+                break;
+            }
+            let Some(id) = transaction_of(txn) else { break };
+            let decided = ctx.push_hub.wait(&ctx.engine, id, follow.deadline).await;
+            if !decided && cfg.mode == LoginMode::Challenge {
+                break;
+            }
+            // Decided, or out of time in a mode that cannot show a challenge: ask once
+            // more; a push still pending then ends the login.
+            let engine = ctx.engine.clone();
+            let poll = AnswerRequest {
+                tenant: cfg.tenant.clone(),
+                channel: follow.channel.clone(),
+                source: follow.source.clone(),
+                username: follow.username.clone(),
+                txn: txn.clone(),
+                answer: Zeroizing::new(Vec::new()),
+                prompt: cfg.prompt.clone(),
+            };
+            step = tokio::task::spawn_blocking(move || engine.answer(&poll)).await;
+            if !decided {
+                if let Ok(Ok(Step::Wait { .. })) = &step {
+                    tracing::info!(%src, client = %cfg.name, user = %follow.username,
+                        "push not answered within max_wait; rejected");
+                    return Reply::reject(Some(
+                        "The push was not approved in time; start again.".into(),
+                    ));
+                }
+            }
+        }
+        step_reply(ctx, &self.client, src, step)
+    }
+
+    /// Records the reply (cache, metrics, counters), frees the slot, and sends it.
+    fn finish(self, reply: Reply) -> Option<(Arc<UdpSocket>, Arc<Vec<u8>>, SocketAddr)> {
+        let Pending {
+            ctx,
+            client,
+            sock,
+            listener,
+            src,
+            request,
+            permit,
+            arrived,
+        } = self;
         let bytes = match packet::encode_reply(&request, &reply, client.config.secret.as_bytes()) {
             Ok(b) => Arc::new(b),
             Err(e) => {
                 tracing::error!(%src, error = %e, "cannot encode reply; request dropped");
                 ctx.cache
                     .abandon(listener, src, request.identifier, request.authenticator);
-                drop(permit);
-                return;
+                return None;
             }
         };
         count_reply(&ctx.metrics, reply.code);
@@ -235,12 +386,38 @@ fn on_datagram(
         // Everything the reply stands for is recorded before it leaves: a client that
         // reads /metrics as soon as it has its answer sees this request counted, timed
         // and no longer in flight.
-        ctx.metrics.latency.observe(now.elapsed());
+        ctx.metrics.latency.observe(arrived.elapsed());
         drop(permit);
-        if let Err(e) = sock.send_to(&bytes, src).await {
-            tracing::debug!(%src, error = %e, "send failed");
+        Some((sock, bytes, src))
+    }
+
+    /// Sends the reply (from a task).
+    async fn answer(self, reply: Reply) {
+        if let Some((sock, bytes, src)) = self.finish(reply) {
+            if let Err(e) = sock.send_to(&bytes, src).await {
+                tracing::debug!(%src, error = %e, "send failed");
+            }
         }
-    });
+    }
+
+    /// Sends the reply from a thread outside the runtime (the batch thread): at once if
+    /// the socket takes it, else from a task.
+    fn answer_now(self, reply: Reply, runtime: &tokio::runtime::Handle) {
+        let Some((sock, bytes, src)) = self.finish(reply) else {
+            return;
+        };
+        match sock.try_send_to(&bytes, src) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                runtime.spawn(async move {
+                    if let Err(e) = sock.send_to(&bytes, src).await {
+                        tracing::debug!(%src, error = %e, "send failed");
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(%src, error = %e, "send failed"),
+        }
+    }
 }
 
 fn count_reply(m: &Metrics, code: ReplyCode) {
@@ -252,22 +429,40 @@ fn count_reply(m: &Metrics, code: ReplyCode) {
     };
 }
 
-/// Ask the Engine and turn its step into a reply.
-async fn decide(
-    ctx: &Arc<RadiusContext>,
+/// A step from the Engine, run on the blocking pool or in a batch.
+type StepResult = Result<Result<Step, EngineError>, tokio::task::JoinError>;
+
+/// What a request asks the Engine.
+enum Ask {
+    Start(LoginRequest, Follow),
+    Answer(AnswerRequest, Follow),
+}
+
+/// What a held push wait needs to ask the Engine again.
+struct Follow {
+    channel: Channel,
+    source: String,
+    username: String,
+    /// A push wait is held until the phone answers, at most `max_wait` from arrival.
+    deadline: tokio::time::Instant,
+}
+
+/// The Engine call a request makes, or the reply when it makes none.
+fn ask_of(
+    ctx: &RadiusContext,
     client: &Arc<Client>,
     src: SocketAddr,
     req: &Request,
-) -> Reply {
+) -> Result<Ask, Reply> {
     if req.kind == RequestKind::StatusServer {
         ctx.metrics
             .status_server
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Reply::accept();
+        return Err(Reply::accept());
     }
     let Some(username) = req.user_name.clone() else {
         tracing::debug!(%src, client = %client.config.name, "Access-Request without User-Name");
-        return Reply::reject(None);
+        return Err(Reply::reject(None));
     };
     // The answer to a challenge may come without User-Password when the user just pressed
     // Enter (radclient and some NAS omit an empty one): an empty answer, which polls a push.
@@ -277,87 +472,57 @@ async fn decide(
         (None, None) => {
             tracing::warn!(%src, client = %client.config.name, user = %username,
                 "Access-Request without User-Password (CHAP/EAP are not supported; configure the NAS for PAP)");
-            return Reply::reject(None);
+            return Err(Reply::reject(None));
         }
     };
-    let channel = Channel::Radius {
-        client: client.config.name.clone(),
-        nas_address: src.ip().to_string(),
-        nas_identifier: req.nas_identifier.clone(),
-    };
-    let source = req
-        .calling_station_id
-        .clone()
-        .unwrap_or_else(|| src.ip().to_string());
     let cfg = &client.config;
-    let engine = ctx.engine.clone();
+    let follow = Follow {
+        channel: Channel::Radius {
+            client: cfg.name.clone(),
+            nas_address: src.ip().to_string(),
+            nas_identifier: req.nas_identifier.clone(),
+        },
+        source: req
+            .calling_station_id
+            .clone()
+            .unwrap_or_else(|| src.ip().to_string()),
+        username,
+        deadline: tokio::time::Instant::now() + cfg.max_wait,
+    };
     let secret_input = Zeroizing::new(password.to_vec());
-    // A push wait is held until the phone answers, at most `max_wait` from arrival.
-    let deadline = tokio::time::Instant::now() + cfg.max_wait;
-    let mut step = match &req.state {
-        Some(state) => {
-            let answer = AnswerRequest {
+    Ok(match &req.state {
+        Some(state) => Ask::Answer(
+            AnswerRequest {
                 tenant: cfg.tenant.clone(),
-                channel: channel.clone(),
-                source: source.clone(),
-                username: username.clone(),
+                channel: follow.channel.clone(),
+                source: follow.source.clone(),
+                username: follow.username.clone(),
                 txn: String::from_utf8_lossy(state).into_owned(),
                 answer: secret_input,
                 prompt: cfg.prompt.clone(),
-            };
-            tokio::task::spawn_blocking(move || engine.answer(&answer)).await
-        }
-        None => {
-            let login = LoginRequest {
+            },
+            follow,
+        ),
+        None => Ask::Start(
+            LoginRequest {
                 tenant: cfg.tenant.clone(),
-                channel: channel.clone(),
-                source: source.clone(),
+                channel: follow.channel.clone(),
+                source: follow.source.clone(),
                 mode: cfg.mode,
-                username: username.clone(),
+                username: follow.username.clone(),
                 credential: secret_input,
                 delimiter: cfg.delimiter.clone(),
                 prompt: cfg.prompt.clone(),
                 unenrolled: cfg.unenrolled,
-            };
-            tokio::task::spawn_blocking(move || engine.start(&login)).await
-        }
-    };
-    // `challenge` shows a new push's wait as a challenge ("approve (pick 42), then press
-    // Enter") and holds the answer to it; the other modes cannot show a prompt and hold at
-    // once. A hold is a parked future (no thread); retransmissions meanwhile hit the
-    // in-progress cache entry and are dropped, so no second push is ever sent.
-    while let Ok(Ok(Step::Wait { txn, started, .. })) = &step {
-        if cfg.mode == LoginMode::Challenge && *started {
-            break;
-        }
-        let Some(id) = transaction_of(txn) else { break };
-        let decided = ctx.push_hub.wait(&ctx.engine, id, deadline).await;
-        if !decided && cfg.mode == LoginMode::Challenge {
-            break;
-        }
-        // Decided, or out of time in a mode that cannot show a challenge: ask once more;
-        // a push still pending then ends the login.
-        let engine = ctx.engine.clone();
-        let poll = AnswerRequest {
-            tenant: cfg.tenant.clone(),
-            channel: channel.clone(),
-            source: source.clone(),
-            username: username.clone(),
-            txn: txn.clone(),
-            answer: Zeroizing::new(Vec::new()),
-            prompt: cfg.prompt.clone(),
-        };
-        step = tokio::task::spawn_blocking(move || engine.answer(&poll)).await;
-        if !decided {
-            if let Ok(Ok(Step::Wait { .. })) = &step {
-                tracing::info!(%src, client = %cfg.name, user = %username,
-                    "push not answered within max_wait; rejected");
-                return Reply::reject(Some(
-                    "The push was not approved in time; start again.".into(),
-                ));
-            }
-        }
-    }
+            },
+            follow,
+        ),
+    })
+}
+
+/// Turns the Engine's step into a reply.
+fn step_reply(ctx: &RadiusContext, client: &Client, src: SocketAddr, step: StepResult) -> Reply {
+    let cfg = &client.config;
     match step {
         Ok(Ok(Step::Accept {
             mut reply_attributes,

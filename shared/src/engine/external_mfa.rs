@@ -92,6 +92,7 @@ impl Engine {
         };
         let name = Self::external_username(user, st);
         let ip = Some(source).filter(|s| s.parse::<std::net::IpAddr>().is_ok());
+        super::blocking_point()?;
         let methods = match svc.preauth(&name, ip) {
             Ok(Preauth::Allow(msg)) => {
                 return Ok(Some(Self::external_accept(
@@ -170,6 +171,7 @@ impl Engine {
         svc: &dyn ExternalMfa,
         st: &ExternalSettings,
     ) -> Result<(Outcome, bool), EngineError> {
+        super::blocking_point()?;
         let now = self.clock.now();
         Ok(match svc.auth(name, ip, method) {
             Ok(Verdict::Allow(msg)) => {

@@ -6,6 +6,7 @@
 //! Calls are synchronous and may take a password hash's time: front ends run them off
 //! their receive loops.
 
+mod batch;
 mod enroll;
 mod external_mfa;
 mod menu;
@@ -16,6 +17,7 @@ mod second_factor;
 mod split;
 mod throttle;
 
+pub use batch::{Batched, LoginBatcher};
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
 pub use throttle::second_factor_key;
 
@@ -209,6 +211,40 @@ pub const TRANSACTION_GONE: &str = "This login took too long or has already ende
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The step has to wait for the network (a provider, a directory) or hash a password,
+    /// and runs where nothing may block (a batch of code-only logins, see
+    /// [`LoginBatcher`]): it is to be run again where blocking is allowed.
+    #[error("this step waits for the network or a password hash; it cannot run in a batch")]
+    WouldBlock,
+    /// A bug: the Engine panicked on this login.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+thread_local! {
+    /// Set while this thread decides logins in a batch, where nothing may block.
+    static NO_BLOCKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every blocking point refused ([`EngineError::WouldBlock`]).
+fn without_blocking<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_BLOCKING.with(|b| b.set(self.0));
+        }
+    }
+    let _reset = Reset(NO_BLOCKING.with(|b| b.replace(true)));
+    f()
+}
+
+/// Called before anything that waits for the network or hashes a password.
+fn blocking_point() -> Result<(), EngineError> {
+    if NO_BLOCKING.with(std::cell::Cell::get) {
+        Err(EngineError::WouldBlock)
+    } else {
+        Ok(())
+    }
 }
 
 /// Settings of the Engine, from the config file.
@@ -459,6 +495,14 @@ impl Engine {
         self.clock.now()
     }
 
+    /// Whether `req` is a code-only login (mode `otp-only`, or a client or service whose
+    /// first factor is delegated) that carries a code: one a [`LoginBatcher`] takes.
+    pub fn is_code_only(&self, req: &LoginRequest) -> bool {
+        !req.credential.is_empty()
+            && (req.mode == LoginMode::OtpOnly
+                || self.first_factor(&req.tenant, &req.channel).delegated())
+    }
+
     /// Begin a login.
     pub fn start(&self, req: &LoginRequest) -> Result<Step, EngineError> {
         let now = self.clock.now();
@@ -554,7 +598,12 @@ impl Engine {
         backend: &Arc<dyn FirstFactor>,
         now: UnixTime,
     ) -> Result<Outcome, EngineError> {
+        if mode != LoginMode::OtpOnly {
+            // Every other mode checks a password first.
+            blocking_point()?;
+        }
         let Some(tenant) = self.tenant(&req.tenant)? else {
+            blocking_point()?;
             let _ = self
                 .local
                 .check(&req.tenant, &req.username, None, &req.credential);

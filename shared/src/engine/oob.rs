@@ -174,6 +174,7 @@ impl Engine {
             .template
             .replace("{issuer}", &settings.issuer)
             .replace("{code}", &code);
+        super::blocking_point()?;
         if let Err(e) = sender.send(&to, &code, &message) {
             tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "code not sent");
             return Ok(SendOutcome::Failed(e));

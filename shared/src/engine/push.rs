@@ -185,6 +185,7 @@ impl Engine {
             token,
             number_matching: number.is_some(),
         };
+        super::blocking_point()?;
         if let Err(e) = sender.send(params.channel, &address, &notice) {
             tracing::warn!(tenant = %tenant.name, user = %user.name,
                 provider = sender.provider(params.channel), error = %e, "push not sent");
@@ -340,6 +341,7 @@ impl Engine {
             settings.issuer
         );
         let title = format!("{}: confirm push enrolment", settings.issuer);
+        super::blocking_point()?;
         if let Err(e) = sender.send_text(params.channel, &address, &title, &message) {
             return Ok(SendOutcome::Failed(e));
         }

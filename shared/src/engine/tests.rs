@@ -780,6 +780,31 @@ mod sms {
         (w, phone)
     }
 
+    /// A code-only login that must send a text cannot be decided in a batch: it is handed
+    /// back untouched (nothing sent, nothing kept), and runs normally afterwards.
+    #[test]
+    fn a_batch_hands_back_a_login_that_must_send_a_text() {
+        let (w, phone) = sms_world();
+        let engine = Arc::new(w.engine);
+        let before = phone.count();
+        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let req = super::batch::code_login("sid", "sms");
+        assert!(engine.is_code_only(&req));
+        batcher.submit(req, Box::new(move |b| tx.send(b).unwrap()));
+        let Batched::Declined(req) = rx.recv().unwrap() else {
+            panic!("a login that sends a text was decided in a batch");
+        };
+        assert_eq!(phone.count(), before, "the batch sent a text");
+        assert_eq!(req.username, "sid");
+        let step = engine.start(&req).unwrap();
+        assert!(
+            matches!(&step, Step::Reject { user_message } if user_message.contains("A code was sent")),
+            "{step:?}"
+        );
+        assert_eq!(phone.count(), before + 1);
+    }
+
     #[test]
     fn sms_only_user_gets_a_text_at_once_and_its_code_works_once() {
         let (w, phone) = sms_world();
@@ -1232,6 +1257,97 @@ fn append_mode_asks_a_remote_backend_once_when_the_delimiter_is_typed_or_it_is_d
     // A backend that is down is asked once.
     assert_eq!(calls(&mut w, true, "wrong12345678"), 1);
     assert!(last_reason(&w).contains("first factor (radius) unavailable: down"));
+}
+
+/// Code-only logins decided in batches ([`LoginBatcher`]).
+mod batch {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    pub(super) fn code_login(user: &str, code: &str) -> LoginRequest {
+        LoginRequest {
+            tenant: "acme".into(),
+            channel: channel(),
+            source: "192.0.2.10".into(),
+            mode: LoginMode::OtpOnly,
+            username: user.into(),
+            credential: Zeroizing::new(code.as_bytes().to_vec()),
+            delimiter: ",".into(),
+            prompt: "Code:".into(),
+            unenrolled: Unenrolled::Deny,
+        }
+    }
+
+    /// Submits every login at once; their outcomes, in the order submitted.
+    fn decide_all(engine: &Arc<Engine>, logins: Vec<LoginRequest>) -> Vec<Step> {
+        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+        let (tx, rx) = mpsc::channel();
+        for (i, req) in logins.into_iter().enumerate() {
+            let tx = tx.clone();
+            batcher.submit(req, Box::new(move |b| tx.send((i, b)).unwrap()));
+        }
+        drop(tx);
+        let mut out: Vec<(usize, Batched)> = rx.iter().collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter()
+            .map(|(_, b)| match b {
+                Batched::Decided(step) => step.unwrap(),
+                Batched::Declined(req) => panic!("{req:?} was handed back"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batched_logins_are_decided_as_alone_and_a_code_is_used_once() {
+        let w = world();
+        for name in ["bob", "carol"] {
+            w.admin
+                .add_user("acme", name, NewPassword::None, None, None, vec![])
+                .unwrap();
+            w.admin
+                .enroll_totp("acme", name, Some(SECRET), 6, "SHA1")
+                .unwrap();
+        }
+        let engine = Arc::new(w.engine);
+        let code = code_at(T0);
+        let mut logins = vec![
+            code_login("alice", &code),
+            code_login("alice", &code), // a replay, maybe in the same batch
+            code_login("bob", "000000"),
+            code_login("mallory", &code),
+            code_login("carol", &code),
+        ];
+        logins.extend((0..20).map(|_| code_login("alice", &code)));
+        let steps = decide_all(&engine, logins);
+        let accepted: Vec<usize> = (0..steps.len()).filter(|&i| is_accept(&steps[i])).collect();
+        assert_eq!(accepted, [0, 4], "{steps:?}");
+        // One audit record per decision, none of them holding the code.
+        let records = w.admin.audit(&AuditFilter::default()).unwrap();
+        assert_eq!(records.len(), steps.len());
+        assert!(records.iter().all(|r| !format!("{r:?}").contains(&code)));
+        let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("unknown user")),
+            "{reasons:?}"
+        );
+        // The failure was counted, as alone: the throttle of bob has one.
+        w.clock.advance(30);
+        let again = decide_all(&engine, vec![code_login("alice", &code_at(T0 + 30))]);
+        assert!(is_accept(&again[0]));
+    }
+
+    #[test]
+    fn logins_that_need_a_password_are_not_code_only() {
+        let w = world();
+        let mut req = code_login("alice", "hunter2");
+        req.mode = LoginMode::Challenge;
+        assert!(!w.engine.is_code_only(&req));
+        let mut empty = code_login("alice", "");
+        empty.credential = Zeroizing::new(Vec::new());
+        assert!(!w.engine.is_code_only(&empty));
+        assert!(w.engine.is_code_only(&code_login("alice", "123456")));
+    }
 }
 
 mod rules {

@@ -13,8 +13,10 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use parking_lot::ReentrantMutex;
 use rusqlite::Connection;
 
+use super::sqlite::run_sql;
 use super::{StoreError, StoreResult};
 
 /// Delivers a write's answer once the fate of its transaction is known.
@@ -54,7 +56,7 @@ impl GroupCommit {
     /// Runs `write` on `conn` inside a transaction (shared with other writers waiting at
     /// the same time) and returns its result once that transaction is committed.
     /// `write` must not begin or end transactions itself.
-    pub(super) fn write<T, F>(&self, conn: &Mutex<Connection>, write: F) -> StoreResult<T>
+    pub(super) fn write<T, F>(&self, conn: &ReentrantMutex<Connection>, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -101,7 +103,7 @@ impl GroupCommit {
             queue.leading = true;
             drop(queue);
             let lead = Leading(self);
-            commit_batch(&lock(conn), jobs);
+            commit_batch(&conn.lock(), jobs);
             drop(lead);
             queue = lock(&self.queue);
         }
@@ -164,19 +166,15 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
     }
 }
 
-fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table() -> Mutex<Connection> {
+    fn table() -> ReentrantMutex<Connection> {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
             .unwrap();
-        Mutex::new(c)
+        ReentrantMutex::new(c)
     }
 
     fn insert(c: &Connection, k: i64) -> StoreResult<usize> {
@@ -221,7 +219,7 @@ mod tests {
                 .flat_map(|h| h.join().unwrap())
                 .collect()
         });
-        let c = conn.lock().unwrap();
+        let c = conn.lock();
         for (k, ok) in &results {
             let n: i64 = c
                 .query_row("SELECT COUNT(*) FROM t WHERE k = ?1", [k], |r| r.get(0))
@@ -239,7 +237,7 @@ mod tests {
     fn a_write_that_cannot_begin_is_answered_with_the_error() {
         let conn = table();
         // An open transaction makes BEGIN IMMEDIATE fail.
-        conn.lock().unwrap().execute_batch("BEGIN").unwrap();
+        conn.lock().execute_batch("BEGIN").unwrap();
         let gc = GroupCommit::default();
         let r = gc.write(&conn, |c| insert(c, 1));
         assert!(

@@ -50,9 +50,36 @@ pub enum PushEvent {
 /// Push decisions of every node as they are made (see [`Store::push_events`]).
 pub type PushEvents = tokio::sync::mpsc::Receiver<PushEvent>;
 
+/// The units of a batch (see [`Store::batch`]): each one's writes can be undone alone.
+pub trait BatchUnits {
+    /// Begins a unit: what this thread writes until [`BatchUnits::end_unit`] can be
+    /// undone without undoing the rest of the batch.
+    fn begin_unit(&self) -> StoreResult<()>;
+    /// Ends the unit, keeping its writes (`keep`) or undoing them.
+    fn end_unit(&self, keep: bool) -> StoreResult<()>;
+}
+
 /// Everything the Engine and the admin commands keep. Implemented by every backend and
 /// exercised by one test suite.
 pub trait Store: Send + Sync + 'static {
+    /// Whether [`Store::batch`] is supported (the embedded SQLite store).
+    fn can_batch(&self) -> bool {
+        false
+    }
+
+    /// Runs `work` with every call this thread makes on the store inside one transaction,
+    /// committed when `work` returns Ok (rolled back when it returns an error, which is
+    /// returned); calls of other threads wait meanwhile. Many small logins then cost one
+    /// commit and no hand-off between threads. `work` must not let anything it decided
+    /// out (an answer to a client) before this returns Ok: an error means that nothing of
+    /// the batch was kept. [`BatchUnits`] undo one unit's writes.
+    fn batch(&self, work: &mut dyn FnMut(&dyn BatchUnits) -> StoreResult<()>) -> StoreResult<()> {
+        let _ = work;
+        Err(StoreError::Database(
+            "this store does not run batches".into(),
+        ))
+    }
+
     // Tenants
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant>;
     fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;

@@ -5,15 +5,19 @@
 //! commits before the WAL was synced, but never corrupts the file. One connection behind a
 //! mutex serves the process; statements are short and prepared once (cached).
 
+use std::cell::Cell;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{ReentrantMutex, ReentrantMutexGuard};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::group_commit::GroupCommit;
 use super::migrations::MIGRATIONS;
-use super::{Store, StoreError, StoreResult};
+use super::{BatchUnits, Store, StoreError, StoreResult};
 use crate::clock::UnixTime;
 use crate::engine::ReplyAttribute;
 use crate::model::*;
@@ -24,10 +28,14 @@ pub struct SqliteStore {
     /// (its connection closed) before `conn`, the last connection, which then runs
     /// SQLite's final checkpoint and removes the WAL.
     checkpointer: Option<Checkpointer>,
-    conn: Mutex<Connection>,
+    /// The connection; reentrant so that a batch (see [`Store::batch`]) can hold it while
+    /// the store calls made inside the batch, on the same thread, take it again.
+    conn: ReentrantMutex<Connection>,
     /// The hot writes of a login (replay cache, audit, throttle, transactions) are
     /// committed in groups (see `group_commit`).
     writes: GroupCommit,
+    /// Set by the background checkpoint when the WAL has grown large (see [`WAL_LARGE`]).
+    wal_large: Arc<AtomicBool>,
 }
 
 /// How often the background thread copies the WAL back into the database.
@@ -39,13 +47,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// tail latency of logins. A passive checkpoint on another connection runs beside the
 /// writer (WAL lets it) and never blocks it.
 struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
     /// None (the commit-time checkpoint then does the work) if it cannot start.
-    fn start(path: &Path) -> Option<Self> {
+    fn start(path: &Path, wal_large: Arc<AtomicBool>) -> Option<Self> {
         let conn = match Connection::open(path) {
             Ok(c) => c,
             Err(e) => {
@@ -54,16 +62,22 @@ impl Checkpointer {
             }
         };
         let _ = conn.busy_timeout(Duration::from_secs(1));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stopped.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "background WAL checkpoint failed; retried");
+                    match checkpoint(&conn) {
+                        Ok(large) => {
+                            if large {
+                                wal_large.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "background WAL checkpoint failed; retried")
+                        }
                     }
                 }
             })
@@ -76,9 +90,25 @@ impl Checkpointer {
     }
 }
 
+/// A passive checkpoint; says whether the WAL has grown past [`WAL_LARGE`] frames.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    Ok(log >= WAL_LARGE)
+}
+
+/// WAL frames (pages) beyond which the writer finishes a checkpoint itself: 16 MiB.
+///
+/// A WAL starts over from its beginning only when a writer begins after a checkpoint that
+/// copied all of it. Under a steady stream of commits (batches of logins back to back) the
+/// background checkpoint never quite catches up, and the WAL would grow until SQLite's
+/// automatic checkpoint ran in every commit. So once the WAL is this large, the writer runs
+/// one passive checkpoint between two of its transactions: it copies only what the
+/// background one has not copied yet, and the next transaction starts the WAL over.
+const WAL_LARGE: i64 = 4096;
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -125,6 +155,80 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+thread_local! {
+    /// The store (its address) whose batch this thread runs, 0 if none: see
+    /// [`Store::batch`]. Store calls of this thread on that store run in the batch.
+    static BATCH_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` atomically: in a transaction of its own, or, inside a transaction (a batch),
+/// in a savepoint that is undone alone if `f` fails.
+fn atomically<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    run_sql(conn, "SAVEPOINT a").map_err(db)?;
+    let result = f(conn);
+    let end = match &result {
+        Ok(_) => run_sql(conn, "RELEASE a"),
+        Err(_) => Err(rusqlite::Error::InvalidQuery),
+    };
+    if let Err(e) = end {
+        // Undo (a failed RELEASE of the outermost savepoint is a failed COMMIT: a full
+        // disk, say), so that the connection is left as it was found.
+        let _ = run_sql(conn, "ROLLBACK TO a");
+        let _ = run_sql(conn, "RELEASE a");
+        if result.is_ok() {
+            return Err(db(e));
+        }
+    }
+    result
+}
+
+/// Runs one statement without parameters, prepared once.
+pub(super) fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// A batch in progress on this thread (see [`Store::batch`]); leaving it (also by a
+/// panic) ends the batch mode and undoes a transaction left open.
+struct Batch<'a> {
+    conn: &'a Connection,
+}
+
+impl<'a> Batch<'a> {
+    fn enter(store: &SqliteStore, conn: &'a Connection) -> StoreResult<Self> {
+        run_sql(conn, "BEGIN IMMEDIATE").map_err(db)?;
+        BATCH_OF.with(|b| b.set(store.id()));
+        Ok(Self { conn })
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        BATCH_OF.with(|b| b.set(0));
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl BatchUnits for Batch<'_> {
+    fn begin_unit(&self) -> StoreResult<()> {
+        run_sql(self.conn, "SAVEPOINT u").map_err(db)
+    }
+
+    fn end_unit(&self, keep: bool) -> StoreResult<()> {
+        if keep {
+            run_sql(self.conn, "RELEASE u").map_err(db)
+        } else {
+            run_sql(self.conn, "ROLLBACK TO u")
+                .and_then(|()| run_sql(self.conn, "RELEASE u"))
+                .map_err(db)
+        }
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the database file and apply pending migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
@@ -138,7 +242,7 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         let mut store = Self::setup(conn)?;
-        store.checkpointer = Checkpointer::start(path);
+        store.checkpointer = Checkpointer::start(path, store.wal_large.clone());
         Ok(store)
     }
 
@@ -160,10 +264,16 @@ impl SqliteStore {
         // Durability is the same either way (every commit is in the WAL).
         conn.pragma_update(None, "wal_autocheckpoint", 16_000)
             .map_err(db)?;
+        // The page cache of the one connection that serves every login: 64 MiB at most (it
+        // grows as pages are read), so that a large user table is read from memory rather
+        // than from the file (SQLite's default is 2 MiB).
+        conn.pragma_update(None, "cache_size", -65_536)
+            .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
         let store = Self {
-            conn: Mutex::new(conn),
+            conn: ReentrantMutex::new(conn),
             writes: GroupCommit::default(),
+            wal_large: Arc::default(),
             checkpointer: None,
         };
         store.migrate()?;
@@ -171,7 +281,7 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> StoreResult<()> {
-        let mut conn = self.lock();
+        let conn = self.lock();
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
         )
@@ -192,9 +302,11 @@ impl SqliteStore {
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             // IMMEDIATE: two processes starting at once do not both apply a migration.
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db)?;
+            let tx = rusqlite::Transaction::new_unchecked(
+                &conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .map_err(db)?;
             let again: i64 = tx
                 .query_row(
                     "SELECT COALESCE(MAX(version), 0) FROM schema_version",
@@ -217,19 +329,47 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Runs `write` in the next group commit; its result once that is committed.
+    /// Runs `write` in the next group commit; its result once that is committed. Inside
+    /// this thread's batch it runs at once, in the batch's transaction, in a savepoint of
+    /// its own (undone alone if it fails); the batch's commit makes it durable.
     fn write<T, F>(&self, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.writes.write(&self.conn, write)
+        if self.batching() {
+            return atomically(&self.lock(), write);
+        }
+        let result = self.writes.write(&self.conn, write);
+        if self.wal_large.load(Ordering::Relaxed) {
+            if let Some(conn) = self.conn.try_lock() {
+                self.finish_checkpoint(&conn);
+            }
+        }
+        result
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (every write is
-        // its own transaction), so a poisoned mutex is still safe to use.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Between two transactions of the writer: see [`WAL_LARGE`].
+    fn finish_checkpoint(&self, conn: &Connection) {
+        if self.wal_large.swap(false, Ordering::Relaxed) {
+            if let Err(e) = checkpoint(conn) {
+                tracing::debug!(error = %e, "WAL checkpoint failed; retried later");
+            }
+        }
+    }
+
+    fn lock(&self) -> ReentrantMutexGuard<'_, Connection> {
+        self.conn.lock()
+    }
+
+    /// This store's identity for [`BATCH_OF`].
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Whether this thread runs a batch on this store.
+    fn batching(&self) -> bool {
+        BATCH_OF.with(Cell::get) == self.id()
     }
 }
 
@@ -403,6 +543,24 @@ fn pam_host_from_row(r: &Row<'_>) -> rusqlite::Result<PamHost> {
 }
 
 impl Store for SqliteStore {
+    fn can_batch(&self) -> bool {
+        true
+    }
+
+    fn batch(&self, work: &mut dyn FnMut(&dyn BatchUnits) -> StoreResult<()>) -> StoreResult<()> {
+        if self.batching() {
+            return Err(StoreError::Database(
+                "a batch is already open on this thread".into(),
+            ));
+        }
+        let conn = self.lock();
+        let batch = Batch::enter(self, &conn)?;
+        let committed = work(&batch).and_then(|()| run_sql(&conn, "COMMIT").map_err(db));
+        drop(batch); // rolls back unless committed
+        self.finish_checkpoint(&conn);
+        committed
+    }
+
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
         let conn = self.lock();
         match conn.execute(
@@ -584,31 +742,32 @@ impl Store for SqliteStore {
     }
 
     fn delete_user(&self, user: UserId) -> StoreResult<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        let tenant: Option<i64> = tx
-            .query_row(
-                "SELECT tenant_id FROM users WHERE id = ?1",
-                params![user],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        tx.execute(
+        let conn = self.lock();
+        atomically(&conn, |tx| {
+            let tenant: Option<i64> = tx
+                .query_row(
+                    "SELECT tenant_id FROM users WHERE id = ?1",
+                    params![user],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            tx.execute(
             "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = ?1)",
             params![user],
         )
         .map_err(db)?;
-        if let Some(t) = tenant {
-            tx.execute(
-                "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key LIKE ?2",
-                params![t, format!("user:{user}:%")],
-            )
-            .map_err(db)?;
-        }
-        tx.execute("DELETE FROM users WHERE id = ?1", params![user])
-            .map_err(db)?;
-        tx.commit().map_err(db)
+            if let Some(t) = tenant {
+                tx.execute(
+                    "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key LIKE ?2",
+                    params![t, format!("user:{user}:%")],
+                )
+                .map_err(db)?;
+            }
+            tx.execute("DELETE FROM users WHERE id = ?1", params![user])
+                .map_err(db)?;
+            Ok(())
+        })
     }
 
     fn add_factor(&self, f: &Factor) -> StoreResult<()> {
@@ -648,21 +807,21 @@ impl Store for SqliteStore {
     }
 
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        let n = tx
-            .execute(
-                "DELETE FROM factors WHERE id = ?2 AND user_id = ?1",
-                params![user, factor_id],
+        let conn = self.lock();
+        atomically(&conn, |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM factors WHERE id = ?2 AND user_id = ?1",
+                    params![user, factor_id],
+                )
+                .map_err(db)?;
+            tx.execute(
+                "DELETE FROM used_otps WHERE factor_id = ?1",
+                params![factor_id],
             )
             .map_err(db)?;
-        tx.execute(
-            "DELETE FROM used_otps WHERE factor_id = ?1",
-            params![factor_id],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(n == 1)
+            Ok(n == 1)
+        })
     }
 
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()> {
@@ -732,21 +891,22 @@ impl Store for SqliteStore {
         hashes: &[String],
         now: UnixTime,
     ) -> StoreResult<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        tx.execute(
-            "DELETE FROM recovery_codes WHERE user_id = ?1",
-            params![user],
-        )
-        .map_err(db)?;
-        for h in hashes {
+        let conn = self.lock();
+        atomically(&conn, |tx| {
             tx.execute(
+                "DELETE FROM recovery_codes WHERE user_id = ?1",
+                params![user],
+            )
+            .map_err(db)?;
+            for h in hashes {
+                tx.execute(
                 "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?1, ?2, ?3)",
                 params![user, h, now],
             )
             .map_err(db)?;
-        }
-        tx.commit().map_err(db)
+            }
+            Ok(())
+        })
     }
 
     fn use_recovery_code(&self, user: UserId, hash: &str, now: UnixTime) -> StoreResult<bool> {
@@ -1470,103 +1630,103 @@ impl Store for SqliteStore {
     }
 
     fn import_users(&self, users: &[ImportUser], now: UnixTime) -> StoreResult<(u64, u64)> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(db)?;
-        let (mut created, mut updated) = (0u64, 0u64);
-        {
-            let mut insert_user = tx
+        let conn = self.lock();
+        atomically(&conn, |tx| {
+            let (mut created, mut updated) = (0u64, 0u64);
+            {
+                let mut insert_user = tx
                 .prepare_cached(
                     "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
                 )
                 .map_err(db)?;
-            let mut insert_factor = tx
+                let mut insert_factor = tx
                 .prepare_cached(
                     "INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(db)?;
-            for entry in users {
-                match entry {
-                    ImportUser::Create { user: u, factor } => {
-                        let groups =
-                            serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
-                        match insert_user.execute(params![
-                            u.tenant_id,
-                            u.name,
-                            u.password_hash,
-                            u.email,
-                            u.phone,
-                            groups,
-                            now
-                        ]) {
-                            Ok(_) => {}
-                            Err(e) if is_unique_violation(&e) => {
-                                return Err(StoreError::AlreadyExists {
-                                    what: "user",
-                                    name: u.name.clone(),
-                                })
+                for entry in users {
+                    match entry {
+                        ImportUser::Create { user: u, factor } => {
+                            let groups =
+                                serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+                            match insert_user.execute(params![
+                                u.tenant_id,
+                                u.name,
+                                u.password_hash,
+                                u.email,
+                                u.phone,
+                                groups,
+                                now
+                            ]) {
+                                Ok(_) => {}
+                                Err(e) if is_unique_violation(&e) => {
+                                    return Err(StoreError::AlreadyExists {
+                                        what: "user",
+                                        name: u.name.clone(),
+                                    })
+                                }
+                                Err(e) => return Err(db(e)),
                             }
-                            Err(e) => return Err(db(e)),
+                            let user_id = tx.last_insert_rowid();
+                            if let Some(f) = factor {
+                                insert_factor
+                                    .execute(params![
+                                        f.id,
+                                        user_id,
+                                        f.kind.as_str(),
+                                        f.state.as_str(),
+                                        f.sealed_secret,
+                                        f.params,
+                                        f.created_at,
+                                        f.confirmed_at,
+                                        f.last_used_at
+                                    ])
+                                    .map_err(db)?;
+                            }
+                            created += 1;
                         }
-                        let user_id = tx.last_insert_rowid();
-                        if let Some(f) = factor {
-                            insert_factor
-                                .execute(params![
-                                    f.id,
-                                    user_id,
-                                    f.kind.as_str(),
-                                    f.state.as_str(),
-                                    f.sealed_secret,
-                                    f.params,
-                                    f.created_at,
-                                    f.confirmed_at,
-                                    f.last_used_at
-                                ])
-                                .map_err(db)?;
-                        }
-                        created += 1;
-                    }
-                    ImportUser::Update {
-                        user,
-                        email,
-                        phone,
-                        groups,
-                        password_hash,
-                    } => {
-                        let n = tx
-                            .execute(
-                                "UPDATE users SET
+                        ImportUser::Update {
+                            user,
+                            email,
+                            phone,
+                            groups,
+                            password_hash,
+                        } => {
+                            let n = tx
+                                .execute(
+                                    "UPDATE users SET
                                    email = CASE WHEN ?2 THEN ?3 ELSE email END,
                                    phone = CASE WHEN ?4 THEN ?5 ELSE phone END,
                                    groups_json = COALESCE(?6, groups_json),
                                    password_hash = COALESCE(?7, password_hash)
                                  WHERE id = ?1",
-                                params![
-                                    user,
-                                    email.is_some(),
-                                    email.as_ref().and_then(|e| e.as_deref()),
-                                    phone.is_some(),
-                                    phone.as_ref().and_then(|p| p.as_deref()),
-                                    groups.as_ref().map(|g| serde_json::to_string(g)
-                                        .unwrap_or_else(|_| "[]".into())),
-                                    password_hash
-                                ],
-                            )
-                            .map_err(db)?;
-                        if n != 1 {
-                            return Err(StoreError::NotFound {
-                                what: "user",
-                                name: user.to_string(),
-                            });
+                                    params![
+                                        user,
+                                        email.is_some(),
+                                        email.as_ref().and_then(|e| e.as_deref()),
+                                        phone.is_some(),
+                                        phone.as_ref().and_then(|p| p.as_deref()),
+                                        groups.as_ref().map(|g| serde_json::to_string(g)
+                                            .unwrap_or_else(|_| "[]".into())),
+                                        password_hash
+                                    ],
+                                )
+                                .map_err(db)?;
+                            if n != 1 {
+                                return Err(StoreError::NotFound {
+                                    what: "user",
+                                    name: user.to_string(),
+                                });
+                            }
+                            updated += 1;
                         }
-                        updated += 1;
                     }
                 }
             }
-        }
-        tx.commit().map_err(db)?;
-        Ok((created, updated))
+            Ok((created, updated))
+        })
     }
 }
 
@@ -1631,5 +1791,81 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// Whether `counter` of `factor` is free (true) or was used before (false): the
+    /// question is itself a use, so ask each once.
+    fn free(s: &SqliteStore, factor: &str, counter: i64) -> bool {
+        s.use_otp(factor, counter, 100, 1).unwrap()
+    }
+
+    #[test]
+    fn a_batch_keeps_its_kept_units_and_undoes_the_others() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let mut order = Vec::new();
+        s.batch(&mut |units| {
+            units.begin_unit()?;
+            order.push(s.use_otp("f1", 1, 100, 1)?);
+            units.end_unit(true)?;
+            units.begin_unit()?;
+            order.push(s.use_otp("f2", 1, 100, 1)?);
+            // Seen inside the batch at once: the same code again is a replay.
+            order.push(s.use_otp("f2", 1, 100, 1)?);
+            units.end_unit(false)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(order, [true, true, false]);
+        assert!(!free(&s, "f1", 1), "a kept unit was not committed");
+        assert!(free(&s, "f2", 1), "an undone unit left its write behind");
+    }
+
+    #[test]
+    fn a_failed_batch_keeps_nothing_and_the_store_works_after_it() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let r = s.batch(&mut |units| {
+            units.begin_unit()?;
+            s.use_otp("f1", 1, 100, 1)?;
+            units.end_unit(true)?;
+            Err(StoreError::Database("stop".into()))
+        });
+        assert!(matches!(r, Err(StoreError::Database(m)) if m == "stop"));
+        // A panic inside a batch also leaves nothing and no open transaction behind.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = s.batch(&mut |_| {
+                s.use_otp("f3", 1, 100, 1).unwrap();
+                panic!("a bug in a login");
+            });
+        }));
+        assert!(panicked.is_err());
+        assert!(free(&s, "f1", 1));
+        assert!(free(&s, "f3", 1));
+        // Outside a batch, writes are committed on their own again (group commit).
+        assert!(!s.batching());
+        assert!(!free(&s, "f1", 1));
+        assert!(s.lock().is_autocommit());
+    }
+
+    #[test]
+    fn other_threads_wait_for_the_batch_and_see_it_committed() {
+        let s = std::sync::Arc::new(SqliteStore::open_in_memory().unwrap());
+        let reader = std::sync::Mutex::new(None);
+        s.batch(&mut |units| {
+            units.begin_unit()?;
+            s.use_otp("f1", 7, 100, 1)?;
+            units.end_unit(true)?;
+            let other = s.clone();
+            // Its write waits for the connection until this batch has committed.
+            *reader.lock().unwrap() =
+                Some(std::thread::spawn(move || other.use_otp("f1", 7, 100, 1)));
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(())
+        })
+        .unwrap();
+        let other = reader.lock().unwrap().take().unwrap().join().unwrap();
+        assert!(
+            !other.unwrap(),
+            "another thread used a code that this batch had used"
+        );
     }
 }

@@ -1,0 +1,142 @@
+//! Code-only logins decided in batches, on one thread, in one store transaction.
+//!
+//! A code-only login (mode `otp-only`, or a delegated first factor) with a TOTP, HOTP or
+//! recovery code hashes no password and waits for no network: it reads the user with their
+//! factors and the throttle, checks the code, and writes the replay-cache row and the
+//! audit record. Handed to a thread of its own and committed on its own, such a login
+//! costs more in thread hand-offs and commits than in work. The batcher's thread takes
+//! every login that is waiting, decides each in its own unit of one store transaction
+//! ([`Store::batch`](crate::store::Store::batch)), commits once, and only then hands the
+//! answers out: nothing is answered before it is durable.
+//!
+//! A login that turns out to need the network or a password hash (the word `push`, an
+//! SMS, Duo, an unknown tenant's dummy hash) stops at its first blocking point: its unit is
+//! undone and it is handed back ([`Batched::Declined`]) to run the usual way.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use super::{without_blocking, Engine, EngineError, LoginRequest, Step};
+use crate::store::StoreError;
+
+/// At most this many logins share one transaction (a bound on the time the others wait).
+const MAX_BATCH: usize = 128;
+
+/// What became of a login handed to the [`LoginBatcher`].
+pub enum Batched {
+    /// Decided, and the decision is committed (or the error that lost it).
+    Decided(Result<Step, EngineError>),
+    /// Not decided here: it needs the network or a password hash. Nothing of it was kept;
+    /// run it again where blocking is allowed.
+    Declined(LoginRequest),
+}
+
+/// Receives a login's outcome, on the batcher's thread: keep it short.
+pub type Done = Box<dyn FnOnce(Batched) + Send>;
+
+struct Job {
+    req: LoginRequest,
+    done: Done,
+}
+
+/// Decides code-only logins in batches on a thread of its own (see the module).
+pub struct LoginBatcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for LoginBatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginBatcher").finish_non_exhaustive()
+    }
+}
+
+impl LoginBatcher {
+    /// Starts the batcher's thread; None when the Engine's store cannot run batches
+    /// (PostgreSQL: there every login runs on its own).
+    pub fn start(engine: Arc<Engine>) -> std::io::Result<Option<Self>> {
+        if !engine.store().can_batch() {
+            return Ok(None);
+        }
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("login-batch".into())
+            .spawn(move || run(&engine, &queue))?;
+        Ok(Some(Self { jobs }))
+    }
+
+    /// Queues a login; `done` gets its outcome. Should the batcher's thread be gone (it
+    /// stops only if its store panicked), the login is handed back at once.
+    pub fn submit(&self, req: LoginRequest, done: Done) {
+        if let Err(mpsc::SendError(Job { req, done })) = self.jobs.send(Job { req, done }) {
+            done(Batched::Declined(req));
+        }
+    }
+}
+
+/// The batcher's thread: every login waiting becomes one batch. Ends when the batcher is
+/// dropped.
+fn run(engine: &Engine, queue: &mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        decide_batch(engine, jobs);
+    }
+}
+
+fn decide_batch(engine: &Engine, jobs: Vec<Job>) {
+    let mut waiting = jobs.into_iter();
+    let mut decided: Vec<(Done, Result<Step, EngineError>)> = Vec::new();
+    let mut declined: Vec<Job> = Vec::new();
+    let committed = engine.store().batch(&mut |units| {
+        for job in waiting.by_ref() {
+            if let Err(e) = units.begin_unit() {
+                // Answered with the batch's error below.
+                decided.push((job.done, Err(EngineError::Internal("batch failed".into()))));
+                return Err(e);
+            }
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                without_blocking(|| engine.start(&job.req))
+            }))
+            .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())));
+            // A login that failed keeps nothing, as it would alone (its writes there
+            // would have been undone by its own failed transaction).
+            if let Err(e) = units.end_unit(result.is_ok()) {
+                // Answered with the batch's error below.
+                decided.push((job.done, Err(EngineError::Internal("batch failed".into()))));
+                return Err(e);
+            }
+            match result {
+                Err(EngineError::WouldBlock) => declined.push(job),
+                result => decided.push((job.done, result)),
+            }
+        }
+        Ok(())
+    });
+    match committed {
+        Ok(()) => {
+            for (done, result) in decided {
+                done(Batched::Decided(result));
+            }
+        }
+        Err(e) => {
+            // Nothing of the batch was kept: every decision in it is void (fail closed).
+            tracing::error!(error = %e, logins = decided.len(), "a batch of logins could not be committed; they are rejected");
+            let lost = |e: &StoreError| EngineError::Store(StoreError::Database(e.to_string()));
+            for (done, _) in decided {
+                done(Batched::Decided(Err(lost(&e))));
+            }
+            for job in waiting {
+                (job.done)(Batched::Decided(Err(lost(&e))));
+            }
+        }
+    }
+    for job in declined {
+        (job.done)(Batched::Declined(job.req));
+    }
+}
