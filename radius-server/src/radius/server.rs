@@ -242,10 +242,11 @@ fn on_datagram(
         {
             let runtime = runtime.clone();
             let done = Box::new(move |outcome: Batched| match outcome {
-                // Decided and committed: answered from the batch thread at once.
+                // Decided and committed. The reply is encoded and sent from a task: the
+                // batch thread is the one that cannot be spread over both cores.
                 Batched::Decided(step) if !matches!(step, Ok(Step::Wait { .. })) => {
                     let reply = step_reply(&pending.ctx, &pending.client, src, Ok(step));
-                    pending.answer_now(reply, &runtime);
+                    runtime.spawn(async move { pending.answer(reply).await });
                 }
                 Batched::Decided(step) => {
                     runtime.spawn(async move {
@@ -397,25 +398,6 @@ impl Pending {
             if let Err(e) = sock.send_to(&bytes, src).await {
                 tracing::debug!(%src, error = %e, "send failed");
             }
-        }
-    }
-
-    /// Sends the reply from a thread outside the runtime (the batch thread): at once if
-    /// the socket takes it, else from a task.
-    fn answer_now(self, reply: Reply, runtime: &tokio::runtime::Handle) {
-        let Some((sock, bytes, src)) = self.finish(reply) else {
-            return;
-        };
-        match sock.try_send_to(&bytes, src) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                runtime.spawn(async move {
-                    if let Err(e) = sock.send_to(&bytes, src).await {
-                        tracing::debug!(%src, error = %e, "send failed");
-                    }
-                });
-            }
-            Err(e) => tracing::debug!(%src, error = %e, "send failed"),
         }
     }
 }

@@ -40,9 +40,12 @@ struct Job {
     done: Done,
 }
 
-/// Decides code-only logins in batches on a thread of its own (see the module).
+/// Decides code-only logins in batches on a thread of its own (see the module). Dropping
+/// it lets the thread finish the logins queued and waits for it: the Engine (and its
+/// store, whose last connection closes the database cleanly) is then released.
 pub struct LoginBatcher {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LoginBatcher {
@@ -59,17 +62,36 @@ impl LoginBatcher {
             return Ok(None);
         }
         let (jobs, queue) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("login-batch".into())
             .spawn(move || run(&engine, &queue))?;
-        Ok(Some(Self { jobs }))
+        Ok(Some(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        }))
     }
 
     /// Queues a login; `done` gets its outcome. Should the batcher's thread be gone (it
     /// stops only if its store panicked), the login is handed back at once.
     pub fn submit(&self, req: LoginRequest, done: Done) {
-        if let Err(mpsc::SendError(Job { req, done })) = self.jobs.send(Job { req, done }) {
+        let Some(jobs) = &self.jobs else {
+            return done(Batched::Declined(req));
+        };
+        if let Err(mpsc::SendError(Job { req, done })) = jobs.send(Job { req, done }) {
             done(Batched::Declined(req));
+        }
+    }
+}
+
+impl Drop for LoginBatcher {
+    fn drop(&mut self) {
+        // The thread ends once the queue is closed and empty.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // Not when the last owner is a login finished on that very thread.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -72,7 +72,9 @@ pub trait Store: Send + Sync + 'static {
     /// returned); calls of other threads wait meanwhile. Many small logins then cost one
     /// commit and no hand-off between threads. `work` must not let anything it decided
     /// out (an answer to a client) before this returns Ok: an error means that nothing of
-    /// the batch was kept. [`BatchUnits`] undo one unit's writes.
+    /// the batch was kept. [`BatchUnits`] undo one unit's writes; a write that fails inside
+    /// a unit may leave part of itself behind until its unit is undone, so a unit in which
+    /// a write failed must be undone.
     fn batch(&self, work: &mut dyn FnMut(&dyn BatchUnits) -> StoreResult<()>) -> StoreResult<()> {
         let _ = work;
         Err(StoreError::Database(

@@ -330,15 +330,17 @@ impl SqliteStore {
     }
 
     /// Runs `write` in the next group commit; its result once that is committed. Inside
-    /// this thread's batch it runs at once, in the batch's transaction, in a savepoint of
-    /// its own (undone alone if it fails); the batch's commit makes it durable.
+    /// this thread's batch it runs at once, in the batch's transaction; the batch's commit
+    /// makes it durable, and a failed write is undone with the unit it belongs to (the
+    /// Engine never carries on after a failed write: the login fails, and the batcher
+    /// undoes its unit).
     fn write<T, F>(&self, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         if self.batching() {
-            return atomically(&self.lock(), write);
+            return write(&self.lock());
         }
         let result = self.writes.write(&self.conn, write);
         if self.wal_large.load(Ordering::Relaxed) {
