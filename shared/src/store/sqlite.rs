@@ -90,6 +90,9 @@ impl Checkpointer {
     }
 }
 
+/// Rows deleted per statement by [`Store::purge_expired`].
+const PURGE_CHUNK: usize = 500;
+
 /// A passive checkpoint; says whether the WAL has grown past [`WAL_LARGE`] frames.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
     let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
@@ -1354,49 +1357,39 @@ impl Store for SqliteStore {
     }
 
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
-        let conn = self.lock();
-        let a = conn
-            .execute(
-                "DELETE FROM transactions WHERE expires_at <= ?1",
-                params![now],
-            )
-            .map_err(db)?;
-        let b = conn
-            .execute("DELETE FROM used_otps WHERE expires_at <= ?1", params![now])
-            .map_err(db)?;
-        let c = conn
-            .execute(
-                "DELETE FROM bypass_codes WHERE expires_at <= ?1 OR uses_left <= 0",
-                params![now],
-            )
-            .map_err(db)?;
-        // Sent codes stay an hour past expiry: the hourly send quota counts them.
-        let d = conn
-            .execute(
-                "DELETE FROM sent_codes WHERE expires_at <= ?1",
-                params![now - 3600],
-            )
-            .map_err(db)?;
-        let e = conn
-            .execute(
-                "DELETE FROM remembered_sources WHERE expires_at <= ?1",
-                params![now],
-            )
-            .map_err(db)?;
-        // Pushes stay a day past expiry: the anti-fatigue window counts them.
-        let f = conn
-            .execute(
-                "DELETE FROM push_requests WHERE expires_at <= ?1",
-                params![now - 86_400],
-            )
-            .map_err(db)?;
-        let g = conn
-            .execute(
-                "DELETE FROM enrollments WHERE expires_at <= ?1",
-                params![now],
-            )
-            .map_err(db)?;
-        Ok((a + b + c + d + e + f + g) as u64)
+        // (table, which rows, the time they are compared with)
+        let purges: [(&str, &str, UnixTime); 7] = [
+            ("transactions", "expires_at <= ?1", now),
+            ("used_otps", "expires_at <= ?1", now),
+            ("bypass_codes", "expires_at <= ?1 OR uses_left <= 0", now),
+            // Sent codes stay an hour past expiry: the hourly send quota counts them.
+            ("sent_codes", "expires_at <= ?1", now - 3600),
+            ("remembered_sources", "expires_at <= ?1", now),
+            // Pushes stay a day past expiry: the anti-fatigue window counts them.
+            ("push_requests", "expires_at <= ?1", now - 86_400),
+            ("enrollments", "expires_at <= ?1", now),
+        ];
+        let mut purged = 0u64;
+        for (table, rows, at) in purges {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN
+                 (SELECT rowid FROM {table} WHERE {rows} LIMIT {PURGE_CHUNK})"
+            );
+            // A chunk at a time, each its own transaction: the one connection (and every
+            // login waiting for it) is held for a few milliseconds at most, not for the
+            // whole purge of a busy minute's replay-cache rows.
+            loop {
+                let conn = self.lock();
+                let n = conn.execute(&sql, params![at]).map_err(db)?;
+                // Hand the connection to a waiting login, if any, before the next chunk.
+                ReentrantMutexGuard::unlock_fair(conn);
+                purged += n as u64;
+                if n < PURGE_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     fn add_enrollment(&self, e: &Enrollment) -> StoreResult<()> {
@@ -1799,6 +1792,26 @@ mod tests {
     /// question is itself a use, so ask each once.
     fn free(s: &SqliteStore, factor: &str, counter: i64) -> bool {
         s.use_otp(factor, counter, 100, 1).unwrap()
+    }
+
+    #[test]
+    fn purge_deletes_every_expired_row_in_chunks_and_keeps_the_rest() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let expired = 3 * PURGE_CHUNK + 7;
+        for i in 0..expired {
+            assert!(s.use_otp("f1", i as i64, 50, 1).unwrap());
+        }
+        for i in 0..5 {
+            assert!(s.use_otp("f2", i, 500, 1).unwrap());
+        }
+        assert_eq!(s.purge_expired(100).unwrap(), expired as u64);
+        assert!(free(&s, "f1", 0), "an expired row was kept");
+        assert!((0..5).all(|i| !free(&s, "f2", i)), "a live row was purged");
+        assert_eq!(
+            s.purge_expired(100).unwrap(),
+            1,
+            "the row just added by free()"
+        );
     }
 
     #[test]
