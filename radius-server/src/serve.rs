@@ -170,16 +170,16 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         let clock = o.clock.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
+            // Every 5 s: a purge every minute deleted a busy minute's replay-cache rows at
+            // once, and the logins of that moment waited for it (SQLite has one writer).
             let mut tick = tokio::time::interval(Duration::from_secs(5));
-            let mut n: u64 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.changed() => break,
                 }
                 ctx.cache.sweep(std::time::Instant::now());
-                n += 1;
-                if n.is_multiple_of(12) {
+                {
                     let (store, now) = (store.clone(), clock.now());
                     match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
                         Ok(Err(e)) => tracing::warn!(error = %e, "purging expired state failed"),

@@ -16,7 +16,8 @@ fn client_with_first_factor_none_accepts_the_code_alone_and_audits_it_as_delegat
         "[[radius.clients]]\nname = \"second-gate\"\naddress = \"127.0.0.1/32\"\nsecret = \"s3cret-gate\"\n\
          tenant = \"acme\"\nfirst_factor = \"none\"\n\n\
          [tenants.acme]\nfirst_factor = \"radius\"\n[tenants.acme.radius]\ntimeout = \"1s\"\nretries = 0\n\
-         [[tenants.acme.radius.servers]]\naddress = \"127.0.0.1:9\"\nsecret = \"x\"\n",
+         [[tenants.acme.radius.servers]]\naddress = \"127.0.0.1:9\"\nsecret = \"x\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
     );
     env.add_tenant("acme");
     env.add_user("acme", "carol", "unused");
@@ -49,5 +50,18 @@ fn client_with_first_factor_none_accepts_the_code_alone_and_audits_it_as_delegat
             .as_str()
             .is_some_and(|r| r.contains("first factor delegated")),
         "{last}"
+    );
+    let r = ask(&code);
+    assert!(r.is_reject(), "the same code again\n{}", r.raw_output);
+    // Code-only logins are decided in batches (the embedded store): all three were.
+    let m = server.metrics();
+    assert!(
+        m.lines().any(|l| l == "portcullis_login_batched_total 3"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l == "portcullis_login_batch_declined_total 0"),
+        "{m}"
     );
 }

@@ -138,6 +138,30 @@ fn write_all(
     writeln!(out, "# TYPE portcullis_radius_in_flight gauge")?;
     writeln!(out, "portcullis_radius_in_flight {}", ctx.in_flight())?;
 
+    if let Some(b) = ctx.batch_counts() {
+        for (name, help, n) in [
+            (
+                "portcullis_login_batches_total",
+                "Batches of code-only logins committed (one transaction each).",
+                &b.batches,
+            ),
+            (
+                "portcullis_login_batched_total",
+                "Code-only logins decided in committed batches.",
+                &b.decided,
+            ),
+            (
+                "portcullis_login_batch_declined_total",
+                "Code-only logins handed back by the batch: they needed the network or a password hash.",
+                &b.declined,
+            ),
+        ] {
+            writeln!(out, "# HELP {name} {help}")?;
+            writeln!(out, "# TYPE {name} counter")?;
+            writeln!(out, "{name} {}", n.load(Relaxed))?;
+        }
+    }
+
     writeln!(
         out,
         "# HELP portcullis_radius_request_duration_seconds Time from receiving a request to sending its reply."

@@ -75,6 +75,11 @@ impl RadiusContext {
             .store(Arc::new(ClientTable::from_config(cfg, Some(&old))));
     }
 
+    /// What the batcher of code-only logins has done, if there is one (SQLite store).
+    pub fn batch_counts(&self) -> Option<&portcullis_core::engine::BatchCounts> {
+        self.batcher.as_ref().map(|(b, _)| b.counts())
+    }
+
     /// Requests being processed now.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight

@@ -14,6 +14,7 @@
 //! undone and it is handed back ([`Batched::Declined`]) to run the usual way.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -40,12 +41,24 @@ struct Job {
     done: Done,
 }
 
+/// What a [`LoginBatcher`] has done (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct BatchCounts {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Logins decided in committed batches.
+    pub decided: AtomicU64,
+    /// Logins handed back: they needed the network or a password hash.
+    pub declined: AtomicU64,
+}
+
 /// Decides code-only logins in batches on a thread of its own (see the module). Dropping
 /// it lets the thread finish the logins queued and waits for it: the Engine (and its
 /// store, whose last connection closes the database cleanly) is then released.
 pub struct LoginBatcher {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    counts: Arc<BatchCounts>,
 }
 
 impl std::fmt::Debug for LoginBatcher {
@@ -62,13 +75,21 @@ impl LoginBatcher {
             return Ok(None);
         }
         let (jobs, queue) = mpsc::channel();
+        let counts = Arc::new(BatchCounts::default());
+        let counting = counts.clone();
         let thread = std::thread::Builder::new()
             .name("login-batch".into())
-            .spawn(move || run(&engine, &queue))?;
+            .spawn(move || run(&engine, &queue, &counting))?;
         Ok(Some(Self {
             jobs: Some(jobs),
             thread: Some(thread),
+            counts,
         }))
+    }
+
+    /// What it has done so far.
+    pub fn counts(&self) -> &BatchCounts {
+        &self.counts
     }
 
     /// Queues a login; `done` gets its outcome. Should the batcher's thread be gone (it
@@ -98,7 +119,7 @@ impl Drop for LoginBatcher {
 
 /// The batcher's thread: every login waiting becomes one batch. Ends when the batcher is
 /// dropped.
-fn run(engine: &Engine, queue: &mpsc::Receiver<Job>) {
+fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -107,11 +128,11 @@ fn run(engine: &Engine, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        decide_batch(engine, jobs);
+        decide_batch(engine, jobs, counts);
     }
 }
 
-fn decide_batch(engine: &Engine, jobs: Vec<Job>) {
+fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
     let mut waiting = jobs.into_iter();
     let mut decided: Vec<(Done, Result<Step, EngineError>)> = Vec::new();
     let mut declined: Vec<Job> = Vec::new();
@@ -142,6 +163,8 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>) {
     });
     match committed {
         Ok(()) => {
+            counts.batches.fetch_add(1, Relaxed);
+            counts.decided.fetch_add(decided.len() as u64, Relaxed);
             for (done, result) in decided {
                 done(Batched::Decided(result));
             }
@@ -158,6 +181,7 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>) {
             }
         }
     }
+    counts.declined.fetch_add(declined.len() as u64, Relaxed);
     for job in declined {
         (job.done)(Batched::Declined(job.req));
     }

@@ -17,7 +17,7 @@ mod second_factor;
 mod split;
 mod throttle;
 
-pub use batch::{Batched, LoginBatcher};
+pub use batch::{BatchCounts, Batched, LoginBatcher};
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
 pub use throttle::second_factor_key;
 

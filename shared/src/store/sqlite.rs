@@ -90,8 +90,11 @@ impl Checkpointer {
     }
 }
 
-/// Rows deleted per statement by [`Store::purge_expired`].
-const PURGE_CHUNK: usize = 500;
+/// Rows deleted per statement by [`Store::purge_expired`] (about a millisecond's work),
+/// and the shortest pause between two such statements, in which logins have the
+/// connection.
+const PURGE_CHUNK: usize = 100;
+const PURGE_PAUSE: Duration = Duration::from_millis(1);
 
 /// A passive checkpoint; says whether the WAL has grown past [`WAL_LARGE`] frames.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
@@ -1379,6 +1382,7 @@ impl Store for SqliteStore {
             // login waiting for it) is held for a few milliseconds at most, not for the
             // whole purge of a busy minute's replay-cache rows.
             loop {
+                let started = std::time::Instant::now();
                 let conn = self.lock();
                 let n = conn.execute(&sql, params![at]).map_err(db)?;
                 // Hand the connection to a waiting login, if any, before the next chunk.
@@ -1387,6 +1391,10 @@ impl Store for SqliteStore {
                 if n < PURGE_CHUNK {
                     break;
                 }
+                // The purge holds the connection a fifth of the time at most: a burst of
+                // logins expires as a burst of rows, and deleting them must not stall the
+                // logins of that moment.
+                std::thread::sleep((started.elapsed() * 4).max(PURGE_PAUSE));
             }
         }
         Ok(purged)
