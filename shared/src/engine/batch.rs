@@ -147,8 +147,8 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
                 without_blocking(|| engine.start(&job.req))
             }))
             .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())));
-            // A login that failed keeps nothing, as it would alone (its writes there
-            // would have been undone by its own failed transaction).
+            // A login that failed keeps nothing: it is rejected (fail closed), so nothing
+            // it wrote may stand (a code marked used, a failure counted).
             if let Err(e) = units.end_unit(result.is_ok()) {
                 // Answered with the batch's error below.
                 decided.push((job.done, Err(EngineError::Internal("batch failed".into()))));
