@@ -246,25 +246,17 @@ fn on_datagram(
             if ctx.engine.is_code_only(&login) =>
         {
             let runtime = runtime.clone();
-            let done = Box::new(move |outcome: Batched| match outcome {
-                // Decided and committed. The reply is encoded and sent from a task: the
-                // batch thread is the one that cannot be spread over both cores.
-                Batched::Decided(step) if !matches!(step, Ok(Step::Wait { .. })) => {
-                    let reply = step_reply(&pending.ctx, &pending.client, src, Ok(step));
-                    runtime.spawn(async move { pending.answer(reply).await });
-                }
-                Batched::Decided(step) => {
-                    runtime.spawn(async move {
-                        let reply = pending.follow(follow, Ok(step)).await;
-                        pending.answer(reply).await;
-                    });
-                }
-                Batched::Declined(login) => {
-                    runtime.spawn(async move {
-                        let reply = pending.run(Ask::Start(login, follow)).await;
-                        pending.answer(reply).await;
-                    });
-                }
+            let done = Box::new(move |outcome: Batched| {
+                // Decided and committed (a push wait is then held as usual), or handed
+                // back to run on the blocking pool. The reply is made and sent from a task:
+                // the batch thread is the one part that cannot use both cores.
+                runtime.spawn(async move {
+                    let reply = match outcome {
+                        Batched::Decided(step) => pending.follow(follow, Ok(step)).await,
+                        Batched::Declined(login) => pending.run(Ask::Start(login, follow)).await,
+                    };
+                    pending.answer(reply).await;
+                });
             });
             batcher.submit(login, done);
         }
@@ -352,7 +344,7 @@ impl Pending {
     }
 
     /// Records the reply (cache, metrics, counters), frees the slot, and sends it.
-    fn finish(self, reply: Reply) -> Option<(Arc<UdpSocket>, Arc<Vec<u8>>, SocketAddr)> {
+    async fn answer(self, reply: Reply) {
         let Pending {
             ctx,
             client,
@@ -369,7 +361,7 @@ impl Pending {
                 tracing::error!(%src, error = %e, "cannot encode reply; request dropped");
                 ctx.cache
                     .abandon(listener, src, request.identifier, request.authenticator);
-                return None;
+                return;
             }
         };
         count_reply(&ctx.metrics, reply.code);
@@ -394,15 +386,8 @@ impl Pending {
         // and no longer in flight.
         ctx.metrics.latency.observe(arrived.elapsed());
         drop(permit);
-        Some((sock, bytes, src))
-    }
-
-    /// Sends the reply (from a task).
-    async fn answer(self, reply: Reply) {
-        if let Some((sock, bytes, src)) = self.finish(reply) {
-            if let Err(e) = sock.send_to(&bytes, src).await {
-                tracing::debug!(%src, error = %e, "send failed");
-            }
+        if let Err(e) = sock.send_to(&bytes, src).await {
+            tracing::debug!(%src, error = %e, "send failed");
         }
     }
 }
