@@ -21,6 +21,7 @@ pub mod netns;
 pub mod pam;
 pub mod pam_radius;
 pub mod postgres;
+pub mod process;
 pub mod radclient;
 pub mod raw;
 pub mod server;

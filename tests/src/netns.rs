@@ -55,7 +55,7 @@ impl NetNs {
     }
 
     /// Process ids running inside the namespace.
-    pub fn pids(&self) -> Vec<libc::pid_t> {
+    pub fn pids(&self) -> Vec<u32> {
         String::from_utf8_lossy(&ip(&["netns", "pids", &self.name]).stdout)
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
@@ -67,10 +67,7 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         // Only processes this test started live in its namespace.
         for pid in self.pids() {
-            // SAFETY: kill(2) on a pid that runs in our own namespace; no memory involved.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            let _ = crate::process::send_signal(pid, crate::process::Signal::KILL);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let _ = ip(&["netns", "delete", &self.name]);

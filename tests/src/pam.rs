@@ -85,10 +85,8 @@ pub fn under_pam_wrapper(cmd: &mut Command, service_dir: &Path) {
 
 /// Panics unless the tests run as root (sshd and uid switching need it).
 pub fn require_root(what: &str) {
-    // SAFETY: geteuid(2) has no preconditions and touches no memory.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
+    assert!(
+        crate::process::is_root(),
         "{what} needs root (it starts sshd / switches uid); run scripts/test as root"
     );
 }

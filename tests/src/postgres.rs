@@ -336,7 +336,4 @@ impl Drop for PgServer {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
+use crate::process::is_root;

@@ -1,5 +1,6 @@
 //! A running `portcullis serve`.
 
+use crate::process::{send_signal, Signal};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -190,11 +191,11 @@ impl Server {
     }
 
     /// Send a signal to the server.
-    pub fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    pub fn signal(&self, sig: Signal) {
+        let pid = self.child.id();
+        if let Err(e) = send_signal(pid, sig) {
+            panic!("kill({pid}, {sig:?}) failed: {e}");
+        }
     }
 
     /// SIGHUP, then wait (up to 10 s) until the log says the reload was applied or refused;
@@ -206,7 +207,7 @@ impl Server {
             count(&before, "configuration reloaded"),
             count(&before, "configuration reload failed"),
         );
-        self.signal(libc::SIGHUP);
+        self.signal(Signal::HUP);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let now = self.stderr();
@@ -246,12 +247,7 @@ impl Server {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child's pid; no memory is involved.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        let _ = send_signal(self.child.id(), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

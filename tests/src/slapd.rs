@@ -251,12 +251,7 @@ impl Slapd {
     /// Stops slapd now (the directory goes down).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let pid = child.id() as libc::pid_t;
-            // SAFETY: kill(2) on the pid of our own, not yet reaped child has no
-            // memory-safety preconditions.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            let _ = crate::process::send_signal(child.id(), crate::process::Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use portcullis_tests::postgres::PgServer;
+use portcullis_tests::process::Signal;
 use portcullis_tests::raw::code;
 use portcullis_tests::{
     oathtool_totp, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode, RawClient,
@@ -188,7 +189,7 @@ fn crash_under_load(env: &TestEnv, mode: Mode, after_crash: impl FnOnce()) {
         }
     }
     // Crash while logins are still running.
-    server.signal(libc::SIGKILL);
+    server.signal(Signal::KILL);
     let status = server
         .wait_exit(Duration::from_secs(10))
         .expect("the server died");

@@ -38,8 +38,7 @@ impl TmpfsMount {
             .tempdir()
             .expect("create the mount point");
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-        // SAFETY: geteuid(2) has no preconditions and touches no memory.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = portcullis_tests::process::is_root();
         if !root && !ci {
             eprintln!(
                 "SKIPPED disk_full: mounting a tmpfs needs root (run as root, or with CI=true to \

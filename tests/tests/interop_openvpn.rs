@@ -47,12 +47,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child; no memory involved.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        let _ = portcullis_tests::process::send_signal(
+            self.child.id(),
+            portcullis_tests::process::Signal::TERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline && self.running() {
             std::thread::sleep(Duration::from_millis(50));

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_server::radius::packet::encode_status_server;
 use portcullis_tests::http::metric;
+use portcullis_tests::process::Signal;
 use portcullis_tests::raw::{code, RawClient};
 use portcullis_tests::{
     oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
@@ -215,7 +216,7 @@ fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
     // Wait until the login is being processed, then ask the server to stop.
     wait_in_flight(http, 1.0);
     let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
+    server.signal(Signal::TERM);
 
     let reply = client
         .recv(Duration::from_secs(15))
