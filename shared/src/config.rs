@@ -880,6 +880,12 @@ pub struct PasswordConfig {
     pub argon2_iterations: u32,
     #[serde(default = "default_p")]
     pub argon2_parallelism: u32,
+    /// How many password hashes are computed at once, at most; further logins wait their
+    /// turn in order. 0 (the default) means two per CPU. Hashing is pure CPU work: more at
+    /// once only shares the cores out finer, so every login waits longer, and argon2id's
+    /// memory (`argon2_memory_kib` each) grows with every extra one.
+    #[serde(default)]
+    pub max_parallel_hashes: u32,
 }
 
 fn default_m() -> u32 {
@@ -898,6 +904,7 @@ impl Default for PasswordConfig {
             argon2_memory_kib: default_m(),
             argon2_iterations: default_t(),
             argon2_parallelism: default_p(),
+            max_parallel_hashes: 0,
         }
     }
 }

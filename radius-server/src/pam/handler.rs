@@ -255,6 +255,7 @@ mod tests {
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
             argon2_parallelism: 1,
+            ..PasswordConfig::default()
         })
         .unwrap();
         let admin = Admin::new(

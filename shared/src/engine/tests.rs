@@ -28,6 +28,7 @@ fn world() -> World {
         argon2_memory_kib: 1024,
         argon2_iterations: 1,
         argon2_parallelism: 1,
+        ..PasswordConfig::default()
     })
     .unwrap();
     let engine = Engine::new(

@@ -110,7 +110,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
 /// automatic checkpoint ran in every commit. So once the WAL is this large, the writer runs
 /// one passive checkpoint between two of its transactions: it copies only what the
 /// background one has not copied yet, and the next transaction starts the WAL over.
-const WAL_LARGE: i64 = 4096;
+const WAL_LARGE: i64 = 32768;
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
@@ -268,7 +268,7 @@ impl SqliteStore {
         // own (`Checkpointer`), off the login path. The automatic checkpoint in a commit
         // stays as a safety net, at ~64 MiB of WAL, should that thread fall behind.
         // Durability is the same either way (every commit is in the WAL).
-        conn.pragma_update(None, "wal_autocheckpoint", 16_000)
+        conn.pragma_update(None, "wal_autocheckpoint", 100_000)
             .map_err(db)?;
         // The page cache of the one connection that serves every login: 64 MiB at most (it
         // grows as pages are read), so that a large user table is read from memory rather

@@ -215,6 +215,7 @@ mod tests {
             argon2_memory_kib: 1024,
             argon2_iterations: 1,
             argon2_parallelism: 1,
+            ..PasswordConfig::default()
         })
         .unwrap();
         let config = Config::from_toml_str("", std::path::Path::new("test.toml")).unwrap();
