@@ -423,7 +423,7 @@ impl Admin {
                 let params: TotpParams = serde_json::from_str(&f.params).map_err(corrupt)?;
                 let step = totp::verify(&secret()?, &params, code.trim(), now, self.totp_window)
                     .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
-                let expires = (step as i64 + self.totp_window as i64 + 2) * params.period as i64;
+                let expires = totp::replay_expiry(step, params.period);
                 self.store.record_otp_use(&f.id, step as i64, expires)?;
             }
             // Push factors are confirmed with a code sent through the push channel.

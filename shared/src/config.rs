@@ -1271,7 +1271,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if self.totp.window > 10 {
+        if self.totp.window > crate::totp::MAX_WINDOW {
             return Err(bad(
                 "totp.window".into(),
                 "more than 10 steps each side would accept codes minutes old".into(),

@@ -92,6 +92,18 @@ pub fn encode_base32(secret: &[u8]) -> String {
     data_encoding::BASE32_NOPAD.encode(secret)
 }
 
+/// The widest `[totp] window` the configuration accepts (steps either side of now).
+pub const MAX_WINDOW: u8 = 10;
+
+/// When the replay-cache row of a used `step` may go: once no window the configuration
+/// accepts can reach that step any more. A function of the factor (its period) and the
+/// step alone, never of the window in force: the row's key in the store starts with it,
+/// so one step of one factor always has the same key (see `Store::use_otp`).
+pub fn replay_expiry(step: u64, period: u64) -> UnixTime {
+    let steps = step.saturating_add(MAX_WINDOW as u64 + 2);
+    UnixTime::try_from(steps.saturating_mul(period)).unwrap_or(UnixTime::MAX)
+}
+
 /// If `code` is valid for `secret` at `now` within `window` steps either side, the matched step.
 ///
 /// The step of `now` is tried first, then the nearest ones: a code that happens to equal a

@@ -249,8 +249,7 @@ impl Engine {
         else {
             return Ok(false);
         };
-        let window = self.settings.totp_window as i64;
-        let expires = (step as i64 + window + 2) * params.period as i64;
+        let expires = totp::replay_expiry(step, params.period);
         if !self.store.record_otp_use(&f.id, step as i64, expires)? {
             return Ok(false);
         }

@@ -148,8 +148,7 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let window = self.settings.totp_window as i64;
-        let expires = (step as i64 + window + 2) * params.period as i64;
+        let expires = totp::replay_expiry(step, params.period);
         if self.store.use_otp(&f.id, step as i64, expires, now)? {
             return Ok(Some(CodeCheck::Accepted { factor: "totp" }));
         }

@@ -226,4 +226,26 @@ CREATE TABLE enrollments (
 CREATE INDEX enrollments_txn ON enrollments(txn_id);
 "#,
     ),
+    (
+        12,
+        // The TOTP replay cache keyed by expiry first, and on SQLite without a row id: a
+        // row is one entry of one b-tree, where it was a table row plus two index entries.
+        // A login adds one entry (it added three), and the purge deletes a run of the
+        // oldest keys, emptying whole pages one after another, where it touched a random
+        // index page per row (a WAL page written for each row purged). The key still makes
+        // one step of one factor unique: the expiry is a function of the factor's period
+        // and the step alone (`totp::replay_expiry`). Rows from before keep their expiry.
+        r#"
+CREATE TABLE used_otps_by_expiry (
+    expires_at  BIGINT NOT NULL,
+    factor_id   TEXT NOT NULL,
+    counter     BIGINT NOT NULL,
+    PRIMARY KEY (expires_at, factor_id, counter)
+) WITHOUT ROWID;
+INSERT INTO used_otps_by_expiry (expires_at, factor_id, counter)
+    SELECT expires_at, factor_id, counter FROM used_otps;
+DROP TABLE used_otps;
+ALTER TABLE used_otps_by_expiry RENAME TO used_otps;
+"#,
+    ),
 ];

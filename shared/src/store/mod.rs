@@ -104,6 +104,8 @@ pub trait Store: Send + Sync + 'static {
         groups: &[String],
     ) -> StoreResult<()>;
     /// Deletes the user with their factors, codes, transactions and throttles (audit stays).
+    /// The replay-cache rows of their TOTP factors are left to the purge: they name factor
+    /// ids that are never given out again, and expire within a few TOTP steps.
     fn delete_user(&self, user: UserId) -> StoreResult<()>;
 
     // Factors
@@ -125,6 +127,7 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Pending -> confirmed; false if there was no such pending factor.
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
+    /// Deletes the factor (its replay-cache rows expire, as for [`Store::delete_user`]).
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()>;
     /// Compare-and-set of a factor's params (HOTP counter): true only if they still were `old`.
@@ -198,6 +201,12 @@ pub trait Store: Send + Sync + 'static {
 
     // OTP replay cache
     /// Records that `counter` of `factor_id` was used; false if it was used before.
+    ///
+    /// The row is unique by (`expires_at`, `factor_id`, `counter`) and purged after
+    /// `expires_at`: callers give the same `expires_at` for the same counter of the same
+    /// factor ([`crate::totp::replay_expiry`]), which makes that the uniqueness of the
+    /// counter. The key leads with the expiry so that new rows and purged rows each sit
+    /// together (see migration 12).
     fn record_otp_use(
         &self,
         factor_id: &str,

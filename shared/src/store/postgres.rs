@@ -128,11 +128,13 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 /// Translates the portable migration SQL to PostgreSQL: SQLite's `INTEGER PRIMARY KEY`
 /// (an auto-increment row id) becomes `BIGSERIAL PRIMARY KEY`, every other `INTEGER` a
-/// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`.
+/// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`; SQLite's
+/// `WITHOUT ROWID` has no counterpart (a PostgreSQL table has no row id to leave out).
 pub fn translate_sql(sql: &str) -> String {
     sql.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
         .replace("BLOB", "BYTEA")
+        .replace(") WITHOUT ROWID;", ");")
 }
 
 /// PostgreSQL-backed [`Store`].
@@ -973,10 +975,6 @@ impl Store for PgStore {
             .query_opt("SELECT tenant_id FROM users WHERE id = $1", &[&user])?
             .map(|r| r.col(0))
             .transpose()?;
-        tx.execute(
-            "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = $1)",
-            &[&user],
-        )?;
         if let Some(t) = tenant {
             tx.execute(
                 "DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key LIKE $2",
@@ -1065,15 +1063,11 @@ impl Store for PgStore {
     }
 
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction()?;
-        let n = tx.execute(
+        self.execute(
             "DELETE FROM factors WHERE id = $2 AND user_id = $1",
             &[&user, &factor_id],
-        )?;
-        tx.execute("DELETE FROM used_otps WHERE factor_id = $1", &[&factor_id])?;
-        tx.commit()?;
-        Ok(n == 1)
+        )
+        .map(|n| n == 1)
     }
 
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()> {
@@ -1253,7 +1247,7 @@ impl Store for PgStore {
         // inserts a row and the other waits for it, then inserts nothing.
         self.execute(
             "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT (factor_id, counter) DO NOTHING",
+             ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
             &[&factor_id, &counter, &expires_at],
         )
         .map(|n| n == 1)
@@ -1271,7 +1265,7 @@ impl Store for PgStore {
         let row = self.query_opt(
             "WITH ins AS (
                  INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (factor_id, counter) DO NOTHING
+                 ON CONFLICT (expires_at, factor_id, counter) DO NOTHING
                  RETURNING factor_id
              ), touched AS (
                  UPDATE factors SET last_used_at = $4 WHERE id IN (SELECT factor_id FROM ins)
@@ -1859,5 +1853,13 @@ mod tests {
             assert!(!t.contains("BLOB"), "migration {v}: {t}");
         }
         assert!(translate_sql(MIGRATIONS[0].1).contains("id          BIGSERIAL PRIMARY KEY"));
+        let t = translate_sql(
+            MIGRATIONS
+                .iter()
+                .find(|m| m.0 == 12)
+                .expect("migration 12")
+                .1,
+        );
+        assert!(!t.contains("WITHOUT ROWID"), "{t}");
     }
 }

@@ -96,6 +96,13 @@ impl Checkpointer {
 const PURGE_CHUNK: usize = 100;
 const PURGE_PAUSE: Duration = Duration::from_millis(1);
 
+/// After a purge chunk that began at `started`: the purge holds the connection a fifth of
+/// the time at most. A burst of logins expires as a burst of rows, and deleting them must
+/// not stall the logins of that moment.
+fn purge_pause(started: std::time::Instant) {
+    std::thread::sleep((started.elapsed() * 4).max(PURGE_PAUSE));
+}
+
 /// A passive checkpoint; says whether the WAL has grown past [`WAL_LARGE`] frames.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
     let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
@@ -110,7 +117,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
 /// automatic checkpoint ran in every commit. So once the WAL is this large, the writer runs
 /// one passive checkpoint between two of its transactions: it copies only what the
 /// background one has not copied yet, and the next transaction starts the WAL over.
-const WAL_LARGE: i64 = 32768;
+const WAL_LARGE: i64 = 4096;
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
@@ -268,7 +275,7 @@ impl SqliteStore {
         // own (`Checkpointer`), off the login path. The automatic checkpoint in a commit
         // stays as a safety net, at ~64 MiB of WAL, should that thread fall behind.
         // Durability is the same either way (every commit is in the WAL).
-        conn.pragma_update(None, "wal_autocheckpoint", 100_000)
+        conn.pragma_update(None, "wal_autocheckpoint", 16_000)
             .map_err(db)?;
         // The page cache of the one connection that serves every login: 64 MiB at most (it
         // grows as pages are read), so that a large user table is read from memory rather
@@ -368,6 +375,45 @@ impl SqliteStore {
 
     fn lock(&self) -> ReentrantMutexGuard<'_, Connection> {
         self.conn.lock()
+    }
+
+    /// The expired rows of the TOTP replay cache, [`PURGE_CHUNK`] at a time: the oldest
+    /// keys first, each chunk a run of neighbouring entries (a few pages) up to the key of
+    /// its last row.
+    fn purge_used_otps(&self, now: UnixTime) -> StoreResult<u64> {
+        let mut purged = 0u64;
+        loop {
+            let started = std::time::Instant::now();
+            let conn = self.lock();
+            let last: Option<(i64, String, i64)> = conn
+                .prepare_cached(&format!(
+                    "SELECT expires_at, factor_id, counter FROM used_otps WHERE expires_at <= ?1
+                     ORDER BY expires_at, factor_id, counter LIMIT 1 OFFSET {}",
+                    PURGE_CHUNK - 1
+                ))
+                .and_then(|mut st| {
+                    st.query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(db)?;
+            let n = match &last {
+                Some((expires, factor, counter)) => conn
+                    .prepare_cached(
+                        "DELETE FROM used_otps WHERE (expires_at, factor_id, counter) <= (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut st| st.execute(params![expires, factor, counter])),
+                None => conn
+                    .prepare_cached("DELETE FROM used_otps WHERE expires_at <= ?1")
+                    .and_then(|mut st| st.execute(params![now])),
+            }
+            .map_err(db)?;
+            ReentrantMutexGuard::unlock_fair(conn);
+            purged += n as u64;
+            if last.is_none() {
+                return Ok(purged);
+            }
+            purge_pause(started);
+        }
     }
 
     /// This store's identity for [`BATCH_OF`].
@@ -760,11 +806,6 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(db)?;
-            tx.execute(
-            "DELETE FROM used_otps WHERE factor_id IN (SELECT id FROM factors WHERE user_id = ?1)",
-            params![user],
-        )
-        .map_err(db)?;
             if let Some(t) = tenant {
                 tx.execute(
                     "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key LIKE ?2",
@@ -815,21 +856,13 @@ impl Store for SqliteStore {
     }
 
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
-        let conn = self.lock();
-        atomically(&conn, |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM factors WHERE id = ?2 AND user_id = ?1",
-                    params![user, factor_id],
-                )
-                .map_err(db)?;
-            tx.execute(
-                "DELETE FROM used_otps WHERE factor_id = ?1",
-                params![factor_id],
+        self.lock()
+            .execute(
+                "DELETE FROM factors WHERE id = ?2 AND user_id = ?1",
+                params![user, factor_id],
             )
-            .map_err(db)?;
-            Ok(n == 1)
-        })
+            .map(|n| n == 1)
+            .map_err(db)
     }
 
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()> {
@@ -1046,7 +1079,7 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare_cached(
                 "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (factor_id, counter) DO NOTHING",
+                 ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
             )
             .map_err(db)?;
         st.execute(params![factor_id, counter, expires_at])
@@ -1066,7 +1099,7 @@ impl Store for SqliteStore {
             let fresh = c
                 .prepare_cached(
                     "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (factor_id, counter) DO NOTHING",
+                     ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
                 )
                 .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
                 .map_err(db)?
@@ -1360,10 +1393,10 @@ impl Store for SqliteStore {
     }
 
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        let mut purged = self.purge_used_otps(now)?;
         // (table, which rows, the time they are compared with)
-        let purges: [(&str, &str, UnixTime); 7] = [
+        let purges: [(&str, &str, UnixTime); 6] = [
             ("transactions", "expires_at <= ?1", now),
-            ("used_otps", "expires_at <= ?1", now),
             ("bypass_codes", "expires_at <= ?1 OR uses_left <= 0", now),
             // Sent codes stay an hour past expiry: the hourly send quota counts them.
             ("sent_codes", "expires_at <= ?1", now - 3600),
@@ -1372,7 +1405,6 @@ impl Store for SqliteStore {
             ("push_requests", "expires_at <= ?1", now - 86_400),
             ("enrollments", "expires_at <= ?1", now),
         ];
-        let mut purged = 0u64;
         for (table, rows, at) in purges {
             let sql = format!(
                 "DELETE FROM {table} WHERE rowid IN
@@ -1391,10 +1423,7 @@ impl Store for SqliteStore {
                 if n < PURGE_CHUNK {
                     break;
                 }
-                // The purge holds the connection a fifth of the time at most: a burst of
-                // logins expires as a burst of rows, and deleting them must not stall the
-                // logins of that moment.
-                std::thread::sleep((started.elapsed() * 4).max(PURGE_PAUSE));
+                purge_pause(started);
             }
         }
         Ok(purged)
@@ -1803,6 +1832,38 @@ mod tests {
     }
 
     #[test]
+    fn upgrading_keeps_the_replay_cache_of_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // A store as the version before migration 12 left it, with a used code.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .unwrap();
+            for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < 12) {
+                c.execute_batch(sql).unwrap();
+                c.execute("INSERT INTO schema_version VALUES (?1, 0)", params![v])
+                    .unwrap();
+            }
+            c.execute(
+                "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ('f', 7, 900)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(
+            !s.use_otp("f", 7, 900, 1).unwrap(),
+            "a code used before the upgrade is still used"
+        );
+        assert!(s.use_otp("f", 8, 900, 1).unwrap());
+        assert_eq!(s.purge_expired(899).unwrap(), 0);
+        assert_eq!(s.purge_expired(900).unwrap(), 2);
+    }
+
+    #[test]
     fn purge_deletes_every_expired_row_in_chunks_and_keeps_the_rest() {
         let s = SqliteStore::open_in_memory().unwrap();
         let expired = 3 * PURGE_CHUNK + 7;
@@ -1813,13 +1874,15 @@ mod tests {
             assert!(s.use_otp("f2", i, 500, 1).unwrap());
         }
         assert_eq!(s.purge_expired(100).unwrap(), expired as u64);
-        assert!(free(&s, "f1", 0), "an expired row was kept");
-        assert!((0..5).all(|i| !free(&s, "f2", i)), "a live row was purged");
-        assert_eq!(
-            s.purge_expired(100).unwrap(),
-            1,
-            "the row just added by free()"
+        assert!(
+            s.use_otp("f1", 0, 50, 1).unwrap(),
+            "an expired row was kept"
         );
+        assert!(
+            (0..5).all(|i| !s.use_otp("f2", i, 500, 1).unwrap()),
+            "a live row was purged"
+        );
+        assert_eq!(s.purge_expired(100).unwrap(), 1, "the row just added again");
     }
 
     #[test]
