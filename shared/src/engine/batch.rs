@@ -185,4 +185,7 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
     for job in declined {
         (job.done)(Batched::Declined(job.req));
     }
+    // The answers are out: now the store may hold itself up (a WAL restart) without
+    // making this batch's logins wait for it.
+    engine.store().after_batch();
 }

@@ -82,6 +82,11 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Called by the thread that runs batches once a batch's answers are on their way:
+    /// housekeeping that holds up the store (SQLite: restarting a large WAL, two `fsync`s)
+    /// is done here rather than between a batch's commit and its answers.
+    fn after_batch(&self) {}
+
     // Tenants
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant>;
     fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;
