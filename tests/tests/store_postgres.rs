@@ -8,7 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use portcullis_core::model::{NewUser, PushRequest, PushStatus};
-use portcullis_core::store::{PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError};
+use portcullis_core::store::{
+    translate_sql, PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError, MIGRATIONS,
+};
 use portcullis_tests::postgres::PgServer;
 use portcullis_tests::store_suite as suite;
 
@@ -52,6 +54,52 @@ fn nodes_starting_together_migrate_once() {
         )
         .expect("query");
     assert!(rows.is_empty(), "a migration was applied twice");
+}
+
+/// A database as the version before migration 12 left it, with a code used just before
+/// the upgrade (under `window = 1`): after the upgrade that code is still used, because its
+/// replay row was given the new key (an expiry from the factor's period and the step).
+#[test]
+fn upgrading_keeps_the_replay_cache_of_an_older_database() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        c.batch_execute(
+            "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .expect("schema_version");
+        for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < 12) {
+            c.batch_execute(&translate_sql(sql))
+                .unwrap_or_else(|e| panic!("migration {v}: {e}"));
+            c.execute("INSERT INTO schema_version VALUES ($1, 0)", &[v])
+                .expect("record the migration");
+        }
+        c.batch_execute(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 't', 0);
+             INSERT INTO users (id, tenant_id, name, created_at) VALUES (1, 1, 'u', 0);
+             INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at)
+                 VALUES ('f', 1, 'totp', 'confirmed', '\\x00',
+                         '{\"algorithm\":\"SHA1\",\"digits\":6,\"period\":60}', 0);
+             INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ('f', 7, 600);",
+        )
+        .expect("an older database's rows");
+    }
+    let store = open(&url);
+    let expiry = portcullis_core::totp::replay_expiry(7, 60);
+    assert!(
+        !store.use_otp("f", 7, expiry, 1).unwrap(),
+        "a code used before the upgrade is still used"
+    );
+    assert!(store
+        .use_otp("f", 8, portcullis_core::totp::replay_expiry(8, 60), 1)
+        .unwrap());
+    assert_eq!(store.purge_expired(expiry - 1).unwrap(), 0);
+    assert_eq!(
+        store.purge_expired(expiry).unwrap(),
+        1,
+        "step 7's row, at its new expiry"
+    );
 }
 
 /// The same TOTP counter recorded by many "nodes" (each its own pool) at the same moment:

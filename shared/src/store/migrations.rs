@@ -234,7 +234,9 @@ CREATE INDEX enrollments_txn ON enrollments(txn_id);
         // oldest keys, emptying whole pages one after another, where it touched a random
         // index page per row (a WAL page written for each row purged). The key still makes
         // one step of one factor unique: the expiry is a function of the factor's period
-        // and the step alone (`totp::replay_expiry`). Rows from before keep their expiry.
+        // and the step alone (`totp::replay_expiry`). Rows from before are given that
+        // expiry too (from their factor's period), or a code used just before the upgrade
+        // would have another key after it, and could be used once more.
         r#"
 CREATE TABLE used_otps_by_expiry (
     expires_at  BIGINT NOT NULL,
@@ -243,7 +245,9 @@ CREATE TABLE used_otps_by_expiry (
     PRIMARY KEY (expires_at, factor_id, counter)
 ) WITHOUT ROWID;
 INSERT INTO used_otps_by_expiry (expires_at, factor_id, counter)
-    SELECT expires_at, factor_id, counter FROM used_otps;
+    SELECT COALESCE((o.counter + 12) * json_extract(f.params, '$.period'), o.expires_at),
+           o.factor_id, o.counter
+    FROM used_otps o LEFT JOIN factors f ON f.id = o.factor_id AND f.kind = 'totp';
 DROP TABLE used_otps;
 ALTER TABLE used_otps_by_expiry RENAME TO used_otps;
 "#,

@@ -129,12 +129,17 @@ pub fn is_postgres_url(url: &str) -> bool {
 /// Translates the portable migration SQL to PostgreSQL: SQLite's `INTEGER PRIMARY KEY`
 /// (an auto-increment row id) becomes `BIGSERIAL PRIMARY KEY`, every other `INTEGER` a
 /// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`; SQLite's
-/// `WITHOUT ROWID` has no counterpart (a PostgreSQL table has no row id to leave out).
+/// `WITHOUT ROWID` has no counterpart (a PostgreSQL table has no row id to leave out), and
+/// the one JSON field a migration reads (a TOTP factor's period) is read the PostgreSQL way.
 pub fn translate_sql(sql: &str) -> String {
     sql.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
         .replace("BLOB", "BYTEA")
         .replace(") WITHOUT ROWID;", ");")
+        .replace(
+            "json_extract(f.params, '$.period')",
+            "CAST(f.params::jsonb ->> 'period' AS BIGINT)",
+        )
 }
 
 /// PostgreSQL-backed [`Store`].
@@ -1860,6 +1865,9 @@ mod tests {
                 .expect("migration 12")
                 .1,
         );
-        assert!(!t.contains("WITHOUT ROWID"), "{t}");
+        assert!(
+            !t.contains("WITHOUT ROWID") && !t.contains("json_extract"),
+            "{t}"
+        );
     }
 }

@@ -1903,20 +1903,35 @@ mod tests {
                 c.execute("INSERT INTO schema_version VALUES (?1, 0)", params![v])
                     .unwrap();
             }
-            c.execute(
-                "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ('f', 7, 900)",
-                [],
+            c.execute_batch(
+                "INSERT INTO tenants (id, name, created_at) VALUES (1, 't', 0);
+                 INSERT INTO users (id, tenant_id, name, created_at) VALUES (1, 1, 'u', 0);
+                 INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at)
+                     VALUES ('f', 1, 'totp', 'confirmed', x'00',
+                             '{\"algorithm\":\"SHA1\",\"digits\":6,\"period\":60}', 0);",
+            )
+            .unwrap();
+            // Step 7 used under `window = 1`: the old expiry was (7 + 1 + 2) x 60. A row
+            // of a factor that is gone keeps its expiry.
+            c.execute_batch(
+                "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ('f', 7, 600);
+                 INSERT INTO used_otps (factor_id, counter, expires_at) VALUES ('gone', 7, 900);",
             )
             .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
+        let expiry = crate::totp::replay_expiry(7, 60);
+        assert_eq!(expiry, (7 + 12) * 60);
         assert!(
-            !s.use_otp("f", 7, 900, 1).unwrap(),
+            !s.use_otp("f", 7, expiry, 1).unwrap(),
             "a code used before the upgrade is still used"
         );
-        assert!(s.use_otp("f", 8, 900, 1).unwrap());
+        assert!(s
+            .use_otp("f", 8, crate::totp::replay_expiry(8, 60), 1)
+            .unwrap());
+        assert!(!s.use_otp("gone", 7, 900, 1).unwrap());
         assert_eq!(s.purge_expired(899).unwrap(), 0);
-        assert_eq!(s.purge_expired(900).unwrap(), 2);
+        assert_eq!(s.purge_expired(expiry).unwrap(), 2);
     }
 
     #[test]
