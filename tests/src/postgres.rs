@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::process::is_root;
+
 /// The password of the test superuser (password authentication over TCP is required, so
 /// the store's URL handling and redaction are exercised with a real password).
 pub const TEST_PASSWORD: &str = "pg-t3st-pw";
@@ -335,5 +337,3 @@ impl Drop for PgServer {
         }
     }
 }
-
-use crate::process::is_root;
