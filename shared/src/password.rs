@@ -2,8 +2,8 @@
 //! so that existing hashes can be imported.
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,33 @@ pub struct PasswordHasher {
     dummy: String,
     /// Shared by every clone: how many hashes run at once.
     turns: Arc<Turns>,
+    /// Shared by every clone: argon2 memory kept between verifications.
+    memory: Arc<Memory>,
+}
+
+/// argon2's working memory (`m` KiB: 19 MiB at the default cost), kept between
+/// verifications rather than mapped, faulted in and zeroed for each: about a fifth of a
+/// verification's time at the default cost (measured: 22 ms instead of 28 ms on one core).
+/// There are never more blocks out than turns (see [`Turns`]), so at most that many are
+/// kept. argon2 writes every block it reads, so a block's old content never matters.
+#[derive(Default)]
+struct Memory {
+    free: Mutex<Vec<Vec<Block>>>,
+}
+
+impl Memory {
+    /// A block of at least `len` 1 KiB units.
+    fn take(&self, len: usize) -> Vec<Block> {
+        let mut blocks = self.free.lock().pop().unwrap_or_default();
+        if blocks.len() < len {
+            blocks.resize(len, Block::default());
+        }
+        blocks
+    }
+
+    fn give_back(&self, blocks: Vec<Block>) {
+        self.free.lock().push(blocks);
+    }
 }
 
 /// Turns at hashing: at most `limit` hashes run at once, and the logins waiting start in
@@ -145,6 +172,7 @@ impl PasswordHasher {
             argon,
             dummy: String::new(),
             turns: Arc::new(Turns::new(parallel)),
+            memory: Arc::default(),
         };
         let mut random = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
@@ -172,10 +200,38 @@ impl PasswordHasher {
             };
         }
         match PasswordHash::new(stored) {
-            // verify_password uses the parameters recorded in the hash itself.
-            Ok(parsed) => self.argon.verify_password(password, &parsed).is_ok(),
+            Ok(parsed) => self.verify_argon2(&parsed, password),
             Err(_) => false,
         }
+    }
+
+    /// An argon2 PHC hash, with the parameters recorded in it, computed in a memory block
+    /// kept from an earlier verification (see [`Memory`]).
+    fn verify_argon2(&self, hash: &PasswordHash<'_>, password: &[u8]) -> bool {
+        let (Ok(algorithm), Some(expected), Some(salt)) =
+            (Algorithm::try_from(hash.algorithm), hash.hash, hash.salt)
+        else {
+            return false;
+        };
+        let version = match hash.version.map(Version::try_from).transpose() {
+            Ok(v) => v.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let Ok(params) = Params::try_from(hash) else {
+            return false;
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+        let count = params.block_count();
+        let mut blocks = self.memory.take(count);
+        let computed = Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..count])
+            .is_ok();
+        self.memory.give_back(blocks);
+        computed && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()))
     }
 
     /// Spend the time of one verification without a user (unknown user, no password set).
@@ -224,6 +280,42 @@ mod tests {
         assert!(h.verify(&stored, b"hunter2"));
         assert!(!h.verify(&stored, b"hunter3"));
         PasswordHasher::check_importable(&stored).unwrap();
+    }
+
+    #[test]
+    fn argon2_verification_in_kept_memory_agrees_with_the_library() {
+        use argon2::password_hash::PasswordVerifier;
+        let h = cheap();
+        let salt = SaltString::from_b64("c29tZXNhbHRzb21lc2FsdA").unwrap();
+        // Larger, smaller and other variants in turn: the kept memory is reused and grown.
+        for (algorithm, m, t) in [
+            (Algorithm::Argon2id, 2048, 1),
+            (Algorithm::Argon2id, 1024, 2),
+            (Algorithm::Argon2i, 1536, 1),
+            (Algorithm::Argon2d, 1024, 1),
+        ] {
+            let library = Argon2::new(
+                algorithm,
+                Version::V0x13,
+                Params::new(m, t, 1, None).unwrap(),
+            );
+            let stored = library.hash_password(b"right", &salt).unwrap().to_string();
+            let parsed = PasswordHash::new(&stored).unwrap();
+            for (password, expected) in [(&b"right"[..], true), (&b"wrong"[..], false)] {
+                assert_eq!(
+                    library.verify_password(password, &parsed).is_ok(),
+                    expected,
+                    "{stored}"
+                );
+                assert_eq!(h.verify(&stored, password), expected, "{stored}");
+            }
+        }
+        // A hash without its output, or with a salt that is not base64, never matches.
+        assert!(!h.verify(
+            "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHRzb21lc2FsdA",
+            b"right"
+        ));
+        assert_eq!(h.memory.free.lock().len(), 1, "one block kept, reused");
     }
 
     #[test]
