@@ -179,13 +179,11 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
                     _ = stop.changed() => break,
                 }
                 ctx.cache.sweep(std::time::Instant::now());
-                {
-                    let (store, now) = (store.clone(), clock.now());
-                    match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "purging expired state failed"),
-                        Err(e) => tracing::warn!(error = %e, "purge task failed"),
-                        Ok(Ok(_)) => {}
-                    }
+                let (store, now) = (store.clone(), clock.now());
+                match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "purging expired state failed"),
+                    Err(e) => tracing::warn!(error = %e, "purge task failed"),
+                    Ok(Ok(_)) => {}
                 }
             }
         })
