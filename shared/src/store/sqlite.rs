@@ -387,35 +387,46 @@ impl SqliteStore {
     /// keys first, each chunk a run of neighbouring entries (a few pages) up to the key of
     /// its last row.
     fn purge_used_otps(&self, now: UnixTime) -> StoreResult<u64> {
-        let mut purged = 0u64;
-        loop {
-            let started = std::time::Instant::now();
-            let conn = self.lock();
+        self.purge_in_chunks(|conn| {
             let last: Option<(i64, String, i64)> = conn
                 .prepare_cached(&format!(
                     "SELECT expires_at, factor_id, counter FROM used_otps WHERE expires_at <= ?1
                      ORDER BY expires_at, factor_id, counter LIMIT 1 OFFSET {}",
                     PURGE_CHUNK - 1
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
-                })
-                .map_err(db)?;
+                ))?
+                .query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
             let n = match &last {
                 Some((expires, factor, counter)) => conn
                     .prepare_cached(
                         "DELETE FROM used_otps WHERE (expires_at, factor_id, counter) <= (?1, ?2, ?3)",
-                    )
-                    .and_then(|mut st| st.execute(params![expires, factor, counter])),
+                    )?
+                    .execute(params![expires, factor, counter])?,
                 None => conn
-                    .prepare_cached("DELETE FROM used_otps WHERE expires_at <= ?1")
-                    .and_then(|mut st| st.execute(params![now])),
-            }
-            .map_err(db)?;
+                    .prepare_cached("DELETE FROM used_otps WHERE expires_at <= ?1")?
+                    .execute(params![now])?,
+            };
+            Ok((n, last.is_some()))
+        })
+    }
+
+    /// Runs `chunk` (one statement's worth of deletes; it says how many rows went and
+    /// whether more may be left) until nothing is left, each chunk its own transaction: the
+    /// one connection, and every login waiting for it, is held for a few milliseconds at
+    /// most, not for the whole purge of a busy minute's rows. Between chunks the connection
+    /// goes to a waiting login first, and the purge rests (see [`purge_pause`]).
+    fn purge_in_chunks(
+        &self,
+        mut chunk: impl FnMut(&Connection) -> rusqlite::Result<(usize, bool)>,
+    ) -> StoreResult<u64> {
+        let mut purged = 0u64;
+        loop {
+            let started = std::time::Instant::now();
+            let conn = self.lock();
+            let (n, more) = chunk(&conn).map_err(db)?;
             ReentrantMutexGuard::unlock_fair(conn);
             purged += n as u64;
-            if last.is_none() {
+            if !more {
                 return Ok(purged);
             }
             purge_pause(started);
@@ -1421,21 +1432,10 @@ impl Store for SqliteStore {
                 "DELETE FROM {table} WHERE rowid IN
                  (SELECT rowid FROM {table} WHERE {rows} LIMIT {PURGE_CHUNK})"
             );
-            // A chunk at a time, each its own transaction: the one connection (and every
-            // login waiting for it) is held for a few milliseconds at most, not for the
-            // whole purge of a busy minute's replay-cache rows.
-            loop {
-                let started = std::time::Instant::now();
-                let conn = self.lock();
-                let n = conn.execute(&sql, params![at]).map_err(db)?;
-                // Hand the connection to a waiting login, if any, before the next chunk.
-                ReentrantMutexGuard::unlock_fair(conn);
-                purged += n as u64;
-                if n < PURGE_CHUNK {
-                    break;
-                }
-                purge_pause(started);
-            }
+            purged += self.purge_in_chunks(|conn| {
+                let n = conn.execute(&sql, params![at])?;
+                Ok((n, n == PURGE_CHUNK))
+            })?;
         }
         Ok(purged)
     }
