@@ -32,35 +32,8 @@ pub struct PasswordHasher {
     /// A real hash of a random password, verified for unknown users so that their
     /// rejection takes as long as a wrong password's.
     dummy: String,
-    /// Shared by every clone: how many hashes run at once.
+    /// Shared by every clone: how many hashes run at once, and argon2's memory.
     turns: Arc<Turns>,
-    /// Shared by every clone: argon2 memory kept between verifications.
-    memory: Arc<Memory>,
-}
-
-/// argon2's working memory (`m` KiB: 19 MiB at the default cost), kept between
-/// verifications rather than mapped, faulted in and zeroed for each: about a fifth of a
-/// verification's time at the default cost (measured: 22 ms instead of 28 ms on one core).
-/// There are never more blocks out than turns (see [`Turns`]), so at most that many are
-/// kept. argon2 writes every block it reads, so a block's old content never matters.
-#[derive(Default)]
-struct Memory {
-    free: Mutex<Vec<Vec<Block>>>,
-}
-
-impl Memory {
-    /// A block of at least `len` 1 KiB units.
-    fn take(&self, len: usize) -> Vec<Block> {
-        let mut blocks = self.free.lock().pop().unwrap_or_default();
-        if blocks.len() < len {
-            blocks.resize(len, Block::default());
-        }
-        blocks
-    }
-
-    fn give_back(&self, blocks: Vec<Block>) {
-        self.free.lock().push(blocks);
-    }
 }
 
 /// Turns at hashing: at most `limit` hashes run at once, and the logins waiting start in
@@ -74,6 +47,12 @@ impl Memory {
 /// of it, not all the work in the server. A finished hash hands its turn straight to the
 /// first waiter and wakes that thread alone (waking every waiter to let one through
 /// costs more CPU than the hashes save).
+///
+/// A turn also lends argon2 its working memory (`m` KiB: 19 MiB at the default cost),
+/// kept from an earlier turn rather than mapped, faulted in and zeroed for each hash:
+/// about a fifth of a verification's time at the default cost (measured: 22 ms instead of
+/// 28 ms on one core). At most one block per turn is ever kept. argon2 writes every block
+/// before it reads it, so a block's old content never matters.
 struct Turns {
     state: Mutex<TurnState>,
 }
@@ -82,6 +61,8 @@ struct TurnState {
     /// Turns nobody holds (only while nobody waits).
     free: usize,
     waiting: VecDeque<Arc<Waiter>>,
+    /// argon2 memory that no turn holds now.
+    memory: Vec<Vec<Block>>,
 }
 
 struct Waiter {
@@ -96,6 +77,7 @@ impl Turns {
             state: Mutex::new(TurnState {
                 free: limit.max(1),
                 waiting: VecDeque::new(),
+                memory: Vec::new(),
             }),
         }
     }
@@ -106,7 +88,7 @@ impl Turns {
             let mut state = self.state.lock();
             if state.free > 0 {
                 state.free -= 1;
-                return Turn(self);
+                return Turn::new(self);
             }
             let waiter = Arc::new(Waiter {
                 thread: std::thread::current(),
@@ -119,16 +101,44 @@ impl Turns {
         while !waiter.admitted.load(Ordering::Acquire) {
             std::thread::park();
         }
-        Turn(self)
+        Turn::new(self)
     }
 }
 
 /// One running hash's turn (see [`Turns`]).
-struct Turn<'a>(&'a Turns);
+struct Turn<'a> {
+    turns: &'a Turns,
+    /// argon2 memory borrowed for this turn, if it needed any.
+    memory: Option<Vec<Block>>,
+}
+
+impl<'a> Turn<'a> {
+    fn new(turns: &'a Turns) -> Self {
+        Self {
+            turns,
+            memory: None,
+        }
+    }
+
+    /// At least `len` blocks of argon2 memory, kept from an earlier turn if there is one.
+    fn memory(&mut self, len: usize) -> &mut [Block] {
+        let turns = self.turns;
+        let blocks = self
+            .memory
+            .get_or_insert_with(|| turns.state.lock().memory.pop().unwrap_or_default());
+        if blocks.len() < len {
+            blocks.resize(len, Block::default());
+        }
+        &mut blocks[..len]
+    }
+}
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock();
+        let mut state = self.turns.state.lock();
+        if let Some(blocks) = self.memory.take() {
+            state.memory.push(blocks);
+        }
         match state.waiting.pop_front() {
             Some(next) => {
                 next.admitted.store(true, Ordering::Release);
@@ -137,6 +147,33 @@ impl Drop for Turn<'_> {
             None => state.free += 1,
         }
     }
+}
+
+/// An argon2 PHC hash, with the parameters recorded in it, computed in the memory the
+/// turn lends (see [`Turns`]).
+fn verify_argon2(hash: &PasswordHash<'_>, password: &[u8], turn: &mut Turn<'_>) -> bool {
+    let (Ok(algorithm), Some(expected), Some(salt)) =
+        (Algorithm::try_from(hash.algorithm), hash.hash, hash.salt)
+    else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+    let memory = turn.memory(params.block_count());
+    let computed = Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, memory)
+        .is_ok();
+    computed && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()))
 }
 
 /// The default of `[passwords] max_parallel_hashes`: two per CPU. Exactly one per CPU
@@ -172,7 +209,6 @@ impl PasswordHasher {
             argon,
             dummy: String::new(),
             turns: Arc::new(Turns::new(parallel)),
-            memory: Arc::default(),
         };
         let mut random = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
@@ -192,7 +228,7 @@ impl PasswordHasher {
 
     /// Whether `password` matches `stored` (argon2id or `$6$`). Malformed hashes never match.
     pub fn verify(&self, stored: &str, password: &[u8]) -> bool {
-        let _turn = self.turns.take();
+        let mut turn = self.turns.take();
         if stored.starts_with("$6$") {
             return match std::str::from_utf8(password) {
                 Ok(pw) => sha_crypt::sha512_check(pw, stored).is_ok(),
@@ -200,38 +236,9 @@ impl PasswordHasher {
             };
         }
         match PasswordHash::new(stored) {
-            Ok(parsed) => self.verify_argon2(&parsed, password),
+            Ok(parsed) => verify_argon2(&parsed, password, &mut turn),
             Err(_) => false,
         }
-    }
-
-    /// An argon2 PHC hash, with the parameters recorded in it, computed in a memory block
-    /// kept from an earlier verification (see [`Memory`]).
-    fn verify_argon2(&self, hash: &PasswordHash<'_>, password: &[u8]) -> bool {
-        let (Ok(algorithm), Some(expected), Some(salt)) =
-            (Algorithm::try_from(hash.algorithm), hash.hash, hash.salt)
-        else {
-            return false;
-        };
-        let version = match hash.version.map(Version::try_from).transpose() {
-            Ok(v) => v.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        let Ok(params) = Params::try_from(hash) else {
-            return false;
-        };
-        let mut salt_buf = [0u8; 64];
-        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
-            return false;
-        };
-        let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
-        let count = params.block_count();
-        let mut blocks = self.memory.take(count);
-        let computed = Argon2::new(algorithm, version, params)
-            .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..count])
-            .is_ok();
-        self.memory.give_back(blocks);
-        computed && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()))
     }
 
     /// Spend the time of one verification without a user (unknown user, no password set).
@@ -315,7 +322,11 @@ mod tests {
             "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHRzb21lc2FsdA",
             b"right"
         ));
-        assert_eq!(h.memory.free.lock().len(), 1, "one block kept, reused");
+        assert_eq!(
+            h.turns.state.lock().memory.len(),
+            1,
+            "one block kept, reused"
+        );
     }
 
     #[test]
