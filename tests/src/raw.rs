@@ -132,6 +132,7 @@ pub fn unhex(text: &str) -> Vec<u8> {
 
 /// RADIUS codes.
 pub mod code {
+    pub const ACCESS_REQUEST: u8 = 1;
     pub const ACCESS_ACCEPT: u8 = 2;
     pub const ACCESS_REJECT: u8 = 3;
     pub const ACCESS_CHALLENGE: u8 = 11;

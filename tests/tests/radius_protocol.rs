@@ -96,6 +96,29 @@ fn retransmission_gets_byte_identical_reply() {
         "the retransmission must get the byte-identical reply"
     );
 
+    // Datagrams from the NAS's address with that identifier that do not verify (a forger
+    // who can fake the address but has no secret) are dropped and leave the cached reply
+    // in place: header only, and a whole request signed with a wrong secret.
+    let mut header_only = vec![code::ACCESS_REQUEST, 42, 0, 20];
+    header_only.extend_from_slice(&[0x5a; 16]);
+    client.send(&header_only);
+    let forger = RawClient::new(f.server.addr, "not-the-secret");
+    let forged = forger.access_request(42, &f.user, b"whatever", None, true);
+    client.send(&forged.bytes);
+    assert_eq!(
+        client.recv(Duration::from_millis(300)),
+        None,
+        "forged datagrams get no answer"
+    );
+    let again = client
+        .exchange(&request, Duration::from_secs(5))
+        .expect("no reply to the retransmission after the forged datagrams");
+    assert_eq!(
+        raw::hex(&again),
+        raw::hex(&first),
+        "forged datagrams must not push the answered request out of the response cache"
+    );
+
     // A new request (new authenticator, same identifier) is a new login: the code is used.
     let fresh = client.access_request(42, &f.user, password.as_bytes(), None, true);
     let third = client

@@ -60,7 +60,28 @@ impl ResponseCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Look the request up, marking it in progress when it is new.
+    /// Look the request up without changing anything: [`Lookup::New`] when it is not a
+    /// retransmission of a request seen (a request that has not verified yet must not
+    /// take an entry's place).
+    pub fn lookup(
+        &self,
+        listener: usize,
+        src: SocketAddr,
+        id: u8,
+        auth: [u8; 16],
+        now: Instant,
+    ) -> Lookup {
+        match self.lock().get(&(listener, src, id)) {
+            Some(e) if e.authenticator == auth && e.expires > now => match &e.state {
+                State::InProgress => Lookup::InProgress,
+                State::Answered(bytes) => Lookup::Answered(bytes.clone()),
+            },
+            _ => Lookup::New,
+        }
+    }
+
+    /// Look the request up, marking it in progress when it is new (replacing the entry of
+    /// an earlier request with the same identifier). Only for a request that verified.
     pub fn begin(
         &self,
         listener: usize,
@@ -161,6 +182,24 @@ mod tests {
         // A late reply for the old request does not overwrite the new one.
         c.finish(0, src(), 7, [1; 16], Arc::new(vec![1]), t);
         assert_eq!(c.begin(0, src(), 7, [2; 16], t), Lookup::InProgress);
+    }
+
+    #[test]
+    fn lookup_answers_retransmissions_and_changes_nothing() {
+        let c = ResponseCache::new(Duration::from_secs(30));
+        let t = Instant::now();
+        assert_eq!(c.lookup(0, src(), 7, [1; 16], t), Lookup::New);
+        // Not marked in progress by the lookup.
+        assert_eq!(c.lookup(0, src(), 7, [1; 16], t), Lookup::New);
+        c.begin(0, src(), 7, [1; 16], t);
+        assert_eq!(c.lookup(0, src(), 7, [1; 16], t), Lookup::InProgress);
+        c.finish(0, src(), 7, [1; 16], Arc::new(vec![5]), t);
+        // Another authenticator with that identifier (not verified yet) leaves the entry.
+        assert_eq!(c.lookup(0, src(), 7, [2; 16], t), Lookup::New);
+        assert_eq!(
+            c.lookup(0, src(), 7, [1; 16], t),
+            Lookup::Answered(Arc::new(vec![5]))
+        );
     }
 
     #[test]

@@ -167,6 +167,24 @@ pub async fn serve_socket(
     }
 }
 
+/// A request the cache has seen: sends the cached reply again, or drops the duplicate of
+/// one still in progress.
+fn resend_or_drop(ctx: &RadiusContext, sock: &Arc<UdpSocket>, src: SocketAddr, seen: Lookup) {
+    match seen {
+        Lookup::New => {}
+        Lookup::InProgress => drop_it(ctx, src, DropCause::Duplicate),
+        Lookup::Answered(bytes) => {
+            ctx.metrics
+                .cached_replies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let _ = sock.send_to(&bytes, src).await;
+            });
+        }
+    }
+}
+
 fn drop_it(ctx: &RadiusContext, src: SocketAddr, why: DropCause) {
     ctx.metrics.count_drop(why);
     tracing::debug!(%src, reason = why.as_str(), "dropped request");
@@ -189,32 +207,26 @@ fn on_datagram(
     let now = Instant::now();
     // Retransmissions are answered from the cache without verifying again: the cached
     // reply was made for a request that did verify, and resending it reveals nothing new.
-    match ctx
+    let seen = ctx
         .cache
-        .begin(listener, src, header.identifier, header.authenticator, now)
-    {
-        Lookup::New => {}
-        Lookup::InProgress => return drop_it(ctx, src, DropCause::Duplicate),
-        Lookup::Answered(bytes) => {
-            ctx.metrics
-                .cached_replies
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let sock = sock.clone();
-            tokio::spawn(async move {
-                let _ = sock.send_to(&bytes, src).await;
-            });
-            return;
-        }
+        .lookup(listener, src, header.identifier, header.authenticator, now);
+    if seen != Lookup::New {
+        return resend_or_drop(ctx, sock, src, seen);
     }
     let request =
         match packet::decode_request(datagram, client.config.secret.as_bytes(), &client.policy) {
             Ok(r) => r,
-            Err(r) => {
-                ctx.cache
-                    .abandon(listener, src, header.identifier, header.authenticator);
-                return drop_it(ctx, src, DropCause::Packet(r));
-            }
+            Err(r) => return drop_it(ctx, src, DropCause::Packet(r)),
         };
+    // Only a request that verified takes its identifier's place in the cache: a forged
+    // datagram with a NAS's address and an identifier in use must not push out the entry
+    // of the real request (whose retransmission would then run the login again).
+    let seen = ctx
+        .cache
+        .begin(listener, src, header.identifier, header.authenticator, now);
+    if seen != Lookup::New {
+        return resend_or_drop(ctx, sock, src, seen);
+    }
     let started = request
         .state
         .as_deref()
