@@ -1265,6 +1265,17 @@ impl Config {
                 }
             }
         }
+        let ttl = self.radius.response_cache_ttl;
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
+            return Err(bad(
+                "radius.response_cache_ttl".into(),
+                format!(
+                    "{} is outside 1s..=5m: a NAS's retransmission must find the reply \
+                     (RFC 5080 suggests 5-30 s; default 30s)",
+                    humantime::format_duration(ttl)
+                ),
+            ));
+        }
         if self.radius.max_in_flight == 0 {
             return Err(bad(
                 "radius.max_in_flight".into(),
@@ -1538,6 +1549,20 @@ tenant = "acme"
         assert!(e.contains("pam.socket_mode"), "{e}");
         let e = parse("[pam]\nsokcet = \"/x\"\n").unwrap_err().to_string();
         assert!(e.contains("sokcet"), "{e}");
+    }
+
+    #[test]
+    fn response_cache_ttl_is_bounded() {
+        let c = parse(CLIENT).unwrap();
+        assert_eq!(c.radius.response_cache_ttl, Duration::from_secs(30));
+        for bad in ["0s", "500ms", "1h"] {
+            let e = parse(&format!("[radius]\nresponse_cache_ttl = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("radius.response_cache_ttl"), "{bad}: {e}");
+        }
+        let c = parse("[radius]\nresponse_cache_ttl = \"10s\"\n").unwrap();
+        assert_eq!(c.radius.response_cache_ttl, Duration::from_secs(10));
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl ResponseCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            in_progress_ttl: Duration::from_secs(120),
+            // A request is in progress until answered; the longest is a held push
+            // (`max_wait`, at most MAX_WAIT_LIMIT) and the Engine step after it. The bound
+            // only frees entries of requests that never got an answer.
+            in_progress_ttl: portcullis_core::config::MAX_WAIT_LIMIT + Duration::from_secs(60),
             entries: Mutex::new(HashMap::new()),
         }
     }
@@ -222,6 +225,6 @@ mod tests {
         c.begin(0, src(), 7, [1; 16], t);
         c.abandon(0, src(), 7, [1; 16]);
         assert_eq!(c.begin(0, src(), 7, [1; 16], t), Lookup::New);
-        assert_eq!(c.sweep(t + Duration::from_secs(121)), 0);
+        assert_eq!(c.sweep(t + Duration::from_secs(181)), 0);
     }
 }
