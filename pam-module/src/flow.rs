@@ -29,9 +29,16 @@ pub trait Transport {
 /// Why a step got no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    /// The daemon could not be asked: not listening, timed out, hung up. `failmode`
-    /// decides.
+    /// The daemon could not be asked: not listening, connection refused or timed out,
+    /// the request not sent. `failmode` decides.
     Unreachable(String),
+    /// The request was sent, and no answer came in time (or the connection closed first).
+    /// To the first request of a login this is a hung daemon, an outage like the others
+    /// (`failmode` decides). Later in a login the daemon has shown it is there and may
+    /// have acted on the request (a code used, a push sent): a login that stalls there is
+    /// refused whatever `failmode` says, or anyone who could slow the daemon down at that
+    /// point (or leave a push unanswered) would get past the second factor.
+    NoAnswer(String),
     /// It answered, but not in this protocol (another version, garbage, too large): a
     /// daemon that is there but broken is no reason to fail open, so this always denies.
     Protocol(String),
@@ -89,6 +96,7 @@ pub fn run(
         unenrolled: args.unenrolled,
     };
     for _ in 0..MAX_STEPS {
+        let first_request = matches!(step, RequestStep::Start { .. });
         let req = Request {
             v: VERSION,
             origin: origin.clone(),
@@ -98,6 +106,13 @@ pub fn run(
             Ok(r) => r,
             Err(CallError::Unreachable(detail)) => {
                 return unreachable(args, conv, detail, first_factor_verified);
+            }
+            Err(CallError::NoAnswer(detail)) if first_request => {
+                return unreachable(args, conv, detail, first_factor_verified);
+            }
+            Err(CallError::NoAnswer(detail)) => {
+                conv.error(UNAVAILABLE_MESSAGE);
+                return Decision::Unavailable(detail);
             }
             Err(CallError::Protocol(detail)) => {
                 conv.error(DAEMON_ERROR_MESSAGE);
@@ -403,6 +418,45 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_request_sent_and_not_answered_is_denied_even_with_failmode_safe() {
+        // The password was accepted (the daemon asked for the code), the code went out and
+        // no answer came back in time: the daemon may have used the code or be holding a
+        // push; a slow daemon is no outage to fail open on.
+        let mut conv = Script::new(&["123456"]);
+        let got = run(
+            &args(&["failmode=safe"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut conv,
+            &mut daemon(vec![
+                Ok(prompt("Code: ")),
+                Err(CallError::NoAnswer("receive: no answer in time".into())),
+            ]),
+        );
+        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
+
+        // A daemon that hangs on the first request of a login is an outage: failmode.
+        let got = run(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut Script::new(&[]),
+            &mut daemon(vec![Err(CallError::NoAnswer("hung".into()))]),
+        );
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: Some(_),
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
     }
 
     #[test]

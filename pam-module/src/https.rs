@@ -167,7 +167,7 @@ impl HttpsTransport {
     }
 
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + req.answer_within(self.timeout);
         let unreachable = |what: &str, e: std::io::Error| {
             CallError::Unreachable(format!("{what} {}: {e}", self.url))
         };
@@ -206,7 +206,12 @@ impl HttpsTransport {
             .and_then(|()| stream.flush());
         request.zeroize();
         sent.map_err(|e| unreachable("send to", e))?;
-        let (status, body) = read_response(&mut stream, deadline, self.timeout)?;
+        // The request is out: from here on a missing answer is no outage (see NoAnswer).
+        let (status, body) =
+            read_response(&mut stream, deadline, self.timeout).map_err(|e| match e {
+                CallError::Unreachable(detail) => CallError::NoAnswer(detail),
+                other => other,
+            })?;
         self.interpret(status, &body)
     }
 
@@ -257,8 +262,13 @@ impl HttpsTransport {
             }),
             (_, Ok(r)) => Ok(r),
             // A proxy in front of a daemon that is down.
-            (502..=504, Err(_)) => Err(CallError::Unreachable(format!(
+            (502 | 503, Err(_)) => Err(CallError::Unreachable(format!(
                 "{} answered HTTP {status} without a protocol response (is portcullis serve running behind it?)",
+                self.url
+            ))),
+            // The proxy passed the request on and the daemon did not answer it in time.
+            (504, Err(_)) => Err(CallError::NoAnswer(format!(
+                "{} answered HTTP 504: the daemon behind it took the request and did not answer in time",
                 self.url
             ))),
             (_, Err(e)) => Err(CallError::Protocol(format!(

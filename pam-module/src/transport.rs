@@ -18,27 +18,27 @@ pub struct SocketTransport {
 
 impl SocketTransport {
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + req.answer_within(self.timeout);
         let mut stream = self.send(req, deadline).map_err(CallError::Unreachable)?;
         let left = self.deadline_left(deadline);
         // Read the header, then the body, each bounded by what is left of the deadline.
+        // The request is out: from here on a missing answer is no outage (see NoAnswer).
         let mut header = [0u8; HEADER_LEN];
-        read_until(&mut stream, &mut header, &left).map_err(CallError::Unreachable)?;
+        read_until(&mut stream, &mut header, &left).map_err(CallError::NoAnswer)?;
         let len =
             protocol::body_len(header).map_err(|e| CallError::Protocol(format!("receive: {e}")))?;
         let mut body = vec![0u8; len];
-        read_until(&mut stream, &mut body, &left).map_err(CallError::Unreachable)?;
+        read_until(&mut stream, &mut body, &left).map_err(CallError::NoAnswer)?;
         protocol::decode_response(&body).map_err(|e| CallError::Protocol(format!("receive: {e}")))
     }
 
     /// What is left of `deadline`, or an error naming `what` timed out.
     fn deadline_left(&self, deadline: Instant) -> impl Fn(&str) -> Result<Duration, String> {
-        let timeout = self.timeout;
         move |what: &str| {
             deadline
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("{what}: no answer within {timeout:?}"))
+                .ok_or_else(|| format!("{what}: no answer in time (timeout=)"))
         }
     }
 
@@ -89,5 +89,117 @@ fn read_until(
 impl Transport for SocketTransport {
     fn call(&mut self, req: &Request) -> Result<Response, CallError> {
         self.exchange(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    use portcullis_core::protocol::{Origin, RequestStep, ResponseStep, VERSION};
+
+    use super::*;
+
+    fn request(step: RequestStep) -> Request {
+        Request {
+            v: VERSION,
+            origin: Origin {
+                tenant: "acme".into(),
+                user: "alice".into(),
+                service: "sshd".into(),
+                host: "h".into(),
+                rhost: None,
+                tty: None,
+                ruser: None,
+            },
+            step,
+        }
+    }
+
+    fn poll() -> Request {
+        request(RequestStep::Poll { txn: "t.0".into() })
+    }
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pam-transport-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("pam.sock")
+    }
+
+    /// A daemon that takes one request and answers `reply` after `delay` (never, if None).
+    fn daemon(path: &PathBuf, delay: Option<Duration>) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = protocol::read_frame(&mut conn).unwrap();
+            match delay {
+                Some(d) => {
+                    std::thread::sleep(d);
+                    let still = Response::new(ResponseStep::Reject {
+                        message: "not approved yet".into(),
+                    });
+                    protocol::write_frame(&mut conn, &still).unwrap();
+                    conn.flush().unwrap();
+                }
+                // Holds the connection, says nothing, until the module gives up.
+                None => {
+                    let mut rest = Vec::new();
+                    let _ = conn.read_to_end(&mut rest);
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn no_daemon_is_unreachable() {
+        let mut t = SocketTransport {
+            path: socket_path("absent"),
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&poll());
+        assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_daemon_that_took_the_request_and_stays_silent_is_no_answer() {
+        let path = socket_path("silent");
+        let d = daemon(&path, None);
+        let mut t = SocketTransport {
+            path,
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&request(RequestStep::Answer {
+            txn: "t.0".into(),
+            answer: protocol::Secret::new("123456".into()),
+        }));
+        // Never Unreachable: failmode=safe must not let this login in.
+        assert!(matches!(got, Err(CallError::NoAnswer(_))), "{got:?}");
+        drop(t);
+        d.join().unwrap();
+    }
+
+    #[test]
+    fn a_poll_waits_for_the_daemons_hold_past_timeout() {
+        let path = socket_path("held");
+        // Answered after 1.5 s: beyond timeout=1, within timeout + the hold.
+        let d = daemon(&path, Some(Duration::from_millis(1500)));
+        let mut t = SocketTransport {
+            path,
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&poll());
+        assert!(
+            matches!(
+                got,
+                Ok(Response {
+                    step: ResponseStep::Reject { .. },
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        d.join().unwrap();
     }
 }

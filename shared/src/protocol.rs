@@ -33,6 +33,22 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Length of the frame header (big-endian body length).
 pub const HEADER_LEN: usize = 4;
 
+/// How long the daemon holds a [`RequestStep::Poll`] for the push decision before it
+/// answers "not approved yet". A module waits this much longer than its own deadline for
+/// a poll's answer, so that a held poll is never mistaken for a daemon that is gone.
+pub const POLL_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Request {
+    /// The longest a module should wait for the answer to this request when its own
+    /// deadline per exchange is `timeout`: a poll is held by the daemon (see [`POLL_HOLD`]).
+    pub fn answer_within(&self, timeout: std::time::Duration) -> std::time::Duration {
+        match self.step {
+            RequestStep::Poll { .. } => timeout + POLL_HOLD,
+            _ => timeout,
+        }
+    }
+}
+
 /// A password, code or other answer: zeroised on drop, never shown by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

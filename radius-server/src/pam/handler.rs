@@ -46,9 +46,9 @@ impl PamSettings {
     }
 }
 
-/// How long a push poll is held for the decision before "not approved yet" is answered
-/// (well below the module's exchange deadline, `timeout=`, default 10 s).
-const POLL_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a push poll is held for the decision before "not approved yet" is answered:
+/// the protocol's, which the module adds to its deadline for a poll.
+const POLL_HOLD: std::time::Duration = portcullis_core::protocol::POLL_HOLD;
 
 /// Who sent a request: decides which fields of its origin are trusted.
 #[derive(Debug, Clone)]
