@@ -69,11 +69,18 @@ pub(crate) fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryE
 }
 
 pub(crate) fn transport(e: reqwest::Error) -> DeliveryError {
-    // reqwest's error text names the URL but never the body or credentials.
+    // reqwest's error text names the whole URL, and a URL may be a secret (a push
+    // factor's ntfy topic, a gateway's key in the query): the text goes to logs and audit
+    // records, so only the host is named.
+    let host = e
+        .url()
+        .and_then(|u| u.host_str())
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
     DeliveryError::Unavailable(if e.is_timeout() {
-        "timed out".into()
+        format!("timed out{host}")
     } else {
-        format!("transport error: {e}")
+        format!("transport error{host}: {}", e.without_url())
     })
 }
 
@@ -158,4 +165,25 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transport_error_names_the_host_not_the_url() {
+        // Nothing listens on port 1 of loopback: the connection is refused.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:1/secret-topic-k3y?key=api-k3y")
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        let text = transport(e).to_string();
+        assert!(text.contains("127.0.0.1"), "{text}");
+        assert!(
+            !text.contains("k3y"),
+            "the URL's path or query leaked: {text}"
+        );
+    }
 }
