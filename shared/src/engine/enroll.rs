@@ -85,9 +85,13 @@ impl Engine {
             return Ok(None);
         };
         // A user who can give any second factor (a bypass code from the helpdesk, recovery
-        // codes) uses it; the link is for those with nothing.
+        // codes) uses it; the link is for those with nothing. A user with a confirmed
+        // factor that cannot be used now (an SMS factor without a sender) gets no link
+        // either: whoever has the password could bind their own app to the account.
         let factors = self.store.factors_of(user.id)?;
-        if self.has_usable_factor(tenant, user, &factors, d)? {
+        if self.has_usable_factor(tenant, user, &factors, d)?
+            || factors.iter().any(|f| f.state == FactorState::Confirmed)
+        {
             return Ok(None);
         }
         let mut raw = [0u8; 16];

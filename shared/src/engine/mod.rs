@@ -1193,6 +1193,24 @@ impl Engine {
         if self.has_usable_factor(tenant, user, factors, d)? {
             return Ok(None);
         }
+        // `unenrolled` is for users who enrolled nothing. A user whose factors cannot be
+        // used right now (an SMS factor while the tenant has no SMS sender, an e-mail
+        // factor alone) is not one of them: letting them in on the password alone (or
+        // handing out an enrolment link) would bypass the factor they chose.
+        let enrolled: Vec<&str> = factors
+            .iter()
+            .filter(|f| f.state == FactorState::Confirmed)
+            .map(|f| f.kind.as_str())
+            .collect();
+        if d.factors.is_empty() && !enrolled.is_empty() {
+            return Ok(Some(Outcome::reject_with(
+                format!(
+                    "the user's factors ({}) cannot be used for this login (is the tenant's sender for them configured?)",
+                    enrolled.join(", ")
+                ),
+                "Your second factor cannot be used right now; ask your administrator",
+            )));
+        }
         if d.factors.is_empty() {
             return Ok(Some(unenrolled_outcome(user, first, unenrolled)));
         }

@@ -503,6 +503,47 @@ fn unenrolled_users_are_denied_by_default_and_allowed_only_when_configured() {
 }
 
 #[test]
+fn a_user_whose_factors_cannot_be_used_is_refused_not_treated_as_unenrolled() {
+    // carol enrolled SMS; the tenant has no SMS sender (not configured, or broken).
+    let w = world();
+    w.admin
+        .add_user(
+            "acme",
+            "carol",
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+    let carol = w.engine.store().user_by_name(1, "carol").unwrap().unwrap();
+    w.engine
+        .store()
+        .add_factor(&Factor {
+            id: "sms-carol".into(),
+            user_id: carol.id,
+            kind: FactorKind::Sms,
+            state: FactorState::Confirmed,
+            sealed_secret: vec![],
+            params: r#"{"phone":"+15550100"}"#.into(),
+            created_at: T0,
+            confirmed_at: Some(T0),
+            last_used_at: None,
+        })
+        .unwrap();
+    for mode in [LoginMode::Challenge, LoginMode::Append] {
+        let s = login_with(&w, mode, "carol", "pw", Unenrolled::Allow);
+        assert!(
+            !is_accept(&s),
+            "{mode:?}: the password alone let carol in: {s:?}"
+        );
+        let reason = last_reason(&w);
+        assert!(reason.contains("sms"), "{mode:?}: {reason}");
+        assert!(!reason.contains("unenrolled"), "{mode:?}: {reason}");
+    }
+}
+
+#[test]
 fn a_tenant_backend_replaces_local_passwords() {
     use crate::first_factor::{DirectoryInfo, FirstFactor, FirstFactorResult};
     struct Directory;
@@ -1004,10 +1045,10 @@ mod sms {
         w.admin
             .confirm_factor("acme", "eve", &f.factor_id, &mail.last_code())
             .unwrap();
-        // Eve holds only e-mail: not usable.
+        // Eve holds only e-mail: not usable (and not unenrolled either).
         assert!(!is_accept(&login(&w, LoginMode::Challenge, "eve", "pw")));
         assert!(
-            last_reason(&w).contains("no confirmed second factor"),
+            last_reason(&w).contains("factors (email) cannot be used"),
             "{}",
             last_reason(&w)
         );
