@@ -26,7 +26,7 @@ use pam::constants::{
 use pam::conv::Conv;
 use pam::items::{RHost, RUser, Service, Tty};
 use pam::module::{PamHandle, PamHooks};
-use portcullis_core::protocol::{Origin, Secret};
+use portcullis_core::protocol::{ErrorCode, Origin, Secret};
 
 use crate::args::{Args, FirstFactorArg};
 use crate::flow::{ConvFailed, Conversation, Decision, Transport};
@@ -306,7 +306,12 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                     code.as_str()
                 ),
             );
-            PamResultCode::PAM_AUTH_ERR
+            // Not a wrong password or code: modules such as pam_faillock must not count
+            // an outage of the daemon's database, or a setup error, as a failed login.
+            match code {
+                ErrorCode::Internal | ErrorCode::Busy => PamResultCode::PAM_AUTHINFO_UNAVAIL,
+                _ => PamResultCode::PAM_SERVICE_ERR,
+            }
         }
         Decision::Conversation => {
             if args.debug {

@@ -369,3 +369,37 @@ fn service_tty_and_rhost_reach_the_audit_record() {
     assert_eq!(rec["source"], "192.0.2.44", "{rec}");
     assert_eq!(rec["result"], "reject", "{rec}");
 }
+
+#[test]
+fn a_daemon_error_is_no_failed_login_to_pam() {
+    use portcullis_core::protocol::{self, ErrorCode, Response};
+    let f = PamFixture::with_config("", false);
+    // A daemon whose store is down answers `internal`; one that refuses this uid answers
+    // `forbidden`.
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let daemon = std::thread::spawn(move || {
+        for code in [ErrorCode::Internal, ErrorCode::Forbidden] {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = protocol::read_frame(&mut conn).unwrap();
+            protocol::write_frame(&mut conn, &Response::error(code, "test")).unwrap();
+        }
+    });
+    f.module_service("svc", "first_factor=none timeout=5");
+    let out = f.pamtester("svc", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    // pamtester prints pam_strerror: PAM_AUTHINFO_UNAVAIL, not PAM_AUTH_ERR.
+    assert!(
+        stderr(&out).contains("cannot retrieve authentication info"),
+        "{}",
+        describe(&out)
+    );
+    let out = f.pamtester("svc", "alice", "");
+    assert!(!out.status.success(), "{}", describe(&out));
+    // PAM_SERVICE_ERR.
+    assert!(
+        stderr(&out).contains("Error in service module"),
+        "{}",
+        describe(&out)
+    );
+    daemon.join().unwrap();
+}
