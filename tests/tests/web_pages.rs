@@ -538,6 +538,22 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["factor_id"], new_id.as_str());
 
+    // A user disabled while signed in changes nothing more: the session's POSTs end it.
+    w.env
+        .cli_ok(&["user", "disable", "--tenant", "acme", "alice"]);
+    let r = w.post("/my/recovery", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(set_cookie(&r, "pc_my").unwrap().contains("Max-Age=0"));
+    let r = w.post("/my/enroll", &session, &format!("csrf={}", enc(&csrf)));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        w.factors("alice").len(),
+        1,
+        "no factor added by a disabled user"
+    );
+    w.env
+        .cli_ok(&["user", "enable", "--tenant", "acme", "alice"]);
+
     // Signing out ends the cookie; a forged cookie is no session.
     let r = w.post("/my/logout", &session, &format!("csrf={}", enc(&csrf)));
     assert_eq!(r.status, 303);

@@ -17,6 +17,7 @@ use axum::Router;
 use portcullis_core::admin::{Actor, Admin, AdminError};
 use portcullis_core::config::{LoginMode, Unenrolled};
 use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
+use portcullis_core::store::StoreError;
 use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
@@ -241,7 +242,32 @@ impl FromRequest<HttpState> for Posted {
             .await
             .map_err(IntoResponse::into_response)?;
         let (s, value, form) = authorize(&state.radius.engine, &headers, &body).map_err(|r| *r)?;
-        Ok(Self { s, value, form })
+        // The cookie proves who signed in, not that they still may: a user disabled (or
+        // deleted) since then changes nothing more, as the dashboard already refuses them.
+        let engine = state.radius.engine.clone();
+        let (tenant, subject) = (s.tenant.clone(), s.subject.clone());
+        let enabled = blocking(move || -> Result<bool, StoreError> {
+            let store = engine.store();
+            let Some(t) = store.tenant_by_name(&tenant)? else {
+                return Ok(false);
+            };
+            Ok(store
+                .user_by_name(t.id, &subject)?
+                .is_some_and(|u| !u.disabled))
+        })
+        .await;
+        match enabled {
+            Some(Ok(true)) => Ok(Self { s, value, form }),
+            Some(Ok(false)) => Err(with_cookie(
+                see_other("/my/"),
+                &set_cookie(COOKIE, "", PATH, secure(&state.radius.engine), 0),
+            )),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "self-service page: store error");
+                Err(internal())
+            }
+            None => Err(internal()),
+        }
     }
 }
 
