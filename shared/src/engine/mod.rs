@@ -311,6 +311,8 @@ pub struct Engine {
     enroll_base: Option<String>,
     /// Tenants found so far, by name (see [`Engine::tenant`]).
     tenants: std::sync::RwLock<HashMap<String, Tenant>>,
+    /// Second-factor checks in progress on this node, per user (see `throttle.rs`).
+    checking: throttle::Checking,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -382,6 +384,7 @@ impl Engine {
             push_pepper,
             enroll_base: None,
             tenants: Default::default(),
+            checking: Default::default(),
         }
     }
 

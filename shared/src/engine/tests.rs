@@ -346,6 +346,33 @@ fn throttle_delays_grow_then_lock_until_unlock() {
 }
 
 #[test]
+fn codes_checked_at_once_count_toward_the_lock() {
+    // Guesses sent together all read the failures on record before any is counted: the
+    // checks in progress count too, so no more than lock_after (10) are ever in play.
+    let w = world();
+    let alice = w.engine.store().user_by_name(1, "alice").unwrap().unwrap();
+    for _ in 0..3 {
+        assert!(!is_accept(&append(&w, "hunter2000000")));
+        w.clock.advance(1);
+    }
+    // 3 failures on record and 7 codes of alice's being checked right now: together they
+    // reach the lock, so this one (the right code, even) is refused meanwhile.
+    let mut held: Vec<_> = (0..7)
+        .map(|_| w.engine.checking.enter(alice.id).0)
+        .collect();
+    assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+    assert!(
+        last_reason(&w).contains("too many at once"),
+        "{}",
+        last_reason(&w)
+    );
+    // One of them done: 3 + 6 is below the lock, and the code is checked.
+    held.pop();
+    assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+    drop(held);
+}
+
+#[test]
 fn lock_runs_out_after_the_configured_time() {
     let w = world();
     for _ in 0..10 {

@@ -1,8 +1,61 @@
 //! Second-factor failures per user: growing delays, then a lock.
+//!
+//! The record of failures is read before a code is checked and written after, so codes
+//! checked at the same moment would all see the same record: with the password, one could
+//! send many guesses at once and get them all checked before the first failure is counted.
+//! So the checks in progress count too ([`Checking`]): a user never has more codes being
+//! checked, plus failures on record, than `lock_after`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use super::{Engine, EngineError, Outcome};
 use crate::clock::UnixTime;
-use crate::model::{Tenant, User};
+use crate::model::{Tenant, User, UserId};
+
+/// Second-factor checks in progress on this node, per user.
+#[derive(Debug, Default)]
+pub(super) struct Checking(Mutex<HashMap<UserId, u32>>);
+
+/// One check in progress, counted until dropped (after its result was counted).
+#[derive(Debug)]
+pub(super) struct InProgress<'a> {
+    checking: &'a Checking,
+    user: UserId,
+}
+
+impl Checking {
+    /// Counts a check of `user`; says how many others are in progress.
+    pub(super) fn enter(&self, user: UserId) -> (InProgress<'_>, u32) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(user).or_insert(0);
+        let others = *n;
+        *n += 1;
+        (
+            InProgress {
+                checking: self,
+                user,
+            },
+            others,
+        )
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .checking
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
 
 /// The throttle key of a user's second-factor attempts.
 pub fn second_factor_key(user: &User) -> String {
@@ -18,11 +71,13 @@ pub(crate) fn delay_after(failures: u32, throttle_after: u32, base: u64, cap: u6
     base.saturating_mul(1u64 << doublings).min(cap)
 }
 
-/// The user's failure streak as the throttle check saw it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Streak {
+/// The user's failure streak as the throttle check saw it; the check stays counted as in
+/// progress until this is dropped.
+#[derive(Debug)]
+pub(super) struct Streak<'a> {
     /// Failures are on record: a good code must clear them.
     pub failures_on_record: bool,
+    _checking: InProgress<'a>,
 }
 
 impl Engine {
@@ -36,47 +91,56 @@ impl Engine {
         Ok(self.throttle_gate(tenant, user, now)?.err())
     }
 
-    /// `Err(reject)` if the user is locked or must still wait; else the streak on record.
+    /// `Err(reject)` if the user is locked or must still wait, or has too many codes
+    /// being checked at once; else the streak on record.
     pub(super) fn throttle_gate(
         &self,
         tenant: &Tenant,
         user: &User,
         now: UnixTime,
-    ) -> Result<Result<Streak, Outcome>, EngineError> {
+    ) -> Result<Result<Streak<'_>, Outcome>, EngineError> {
         let key = second_factor_key(user);
         let th = self.store.throttle(tenant.id, &key)?;
-        if let Some(until) = th.locked_until {
-            if until > now {
+        let (failures, last_failure_at) = match th.locked_until {
+            Some(until) if until > now => {
                 return Ok(Err(Outcome::reject_with(
                     format!("user is locked for {} s more after {} failed codes", until - now, th.failures),
                     "Too many failed attempts: this account is locked. Try again later or ask your administrator",
                 )));
             }
-            // The lock ran out: start afresh.
-            self.store.clear_throttle(tenant.id, &key)?;
-            return Ok(Ok(Streak {
-                failures_on_record: false,
-            }));
-        }
+            Some(_) => {
+                // The lock ran out: start afresh.
+                self.store.clear_throttle(tenant.id, &key)?;
+                (0, 0)
+            }
+            None => (th.failures, th.last_failure_at),
+        };
         let lock = &self.settings.lockout;
-        let delay = delay_after(
-            th.failures,
-            lock.throttle_after,
-            lock.base_delay.as_secs(),
-            lock.duration.as_secs(),
-        ) as i64;
-        if delay > 0 && now < th.last_failure_at + delay {
-            let wait = th.last_failure_at + delay - now;
+        let (checking, others) = self.checking.enter(user.id);
+        if failures.saturating_add(others) >= lock.lock_after.max(1) {
             return Ok(Err(Outcome::reject_with(
                 format!(
-                    "throttled: {} failed codes, next try allowed in {wait} s",
-                    th.failures
+                    "{others} other codes of this user are being checked and {failures} failed on record: too many at once"
                 ),
                 "Too many failed attempts: wait a little, then try again",
             )));
         }
+        let delay = delay_after(
+            failures,
+            lock.throttle_after,
+            lock.base_delay.as_secs(),
+            lock.duration.as_secs(),
+        ) as i64;
+        if delay > 0 && now < last_failure_at + delay {
+            let wait = last_failure_at + delay - now;
+            return Ok(Err(Outcome::reject_with(
+                format!("throttled: {failures} failed codes, next try allowed in {wait} s"),
+                "Too many failed attempts: wait a little, then try again",
+            )));
+        }
         Ok(Ok(Streak {
-            failures_on_record: th.failures > 0,
+            failures_on_record: failures > 0,
+            _checking: checking,
         }))
     }
 
