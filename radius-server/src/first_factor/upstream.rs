@@ -100,7 +100,9 @@ impl UpstreamRadius {
             Ok(s) => s,
             Err(e) => return ServerOutcome::NoAnswer(format!("cannot open a UDP socket: {e}")),
         };
-        let mut discarded: Vec<&'static str> = Vec::new();
+        // What was thrown away while waiting: how many, and the first one's kind (a flood
+        // of stray datagrams costs a counter, not memory).
+        let mut discarded = Discarded::default();
         let mut buf = vec![0u8; 4096];
         for _attempt in 0..=self.cfg.retries {
             if let Err(e) = sock.send_to(&packet, server.address) {
@@ -134,7 +136,7 @@ impl UpstreamRadius {
                     }
                 };
                 if from != server.address {
-                    discarded.push("a datagram from another address");
+                    discarded.note("a datagram from another address");
                     continue;
                 }
                 let reply = match decode_reply(
@@ -144,14 +146,14 @@ impl UpstreamRadius {
                 ) {
                     Ok(r) => r,
                     Err(_) => {
-                        discarded.push(
+                        discarded.note(
                             "a reply whose Response Authenticator or Message-Authenticator did not verify (forged, or a wrong secret)",
                         );
                         continue;
                     }
                 };
                 if reply.identifier != identifier {
-                    discarded.push("a reply with another identifier");
+                    discarded.note("a reply with another identifier");
                     continue;
                 }
                 let has_ma = reply
@@ -159,7 +161,7 @@ impl UpstreamRadius {
                     .iter()
                     .any(|a| a.typ == ATTR_MESSAGE_AUTHENTICATOR);
                 if self.cfg.require_message_authenticator && !has_ma {
-                    discarded.push("a reply without Message-Authenticator (require_message_authenticator = true)");
+                    discarded.note("a reply without Message-Authenticator (require_message_authenticator = true)");
                     continue;
                 }
                 return ServerOutcome::Verdict(match reply.code {
@@ -195,10 +197,10 @@ impl UpstreamRadius {
             self.cfg.retries + 1,
             self.cfg.timeout
         );
-        if let Some(first) = discarded.first() {
+        if let Some(first) = discarded.first {
             why.push_str(&format!(
                 "; discarded {} datagram(s), e.g. {first}",
-                discarded.len()
+                discarded.count
             ));
         }
         ServerOutcome::NoAnswer(why)
@@ -260,6 +262,20 @@ impl FirstFactor for UpstreamRadius {
 
     fn creates_users(&self) -> bool {
         self.cfg.create_users
+    }
+}
+
+/// Datagrams discarded while waiting for an upstream reply.
+#[derive(Debug, Default)]
+struct Discarded {
+    count: u64,
+    first: Option<&'static str>,
+}
+
+impl Discarded {
+    fn note(&mut self, what: &'static str) {
+        self.count += 1;
+        self.first.get_or_insert(what);
     }
 }
 
