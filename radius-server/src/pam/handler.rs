@@ -126,6 +126,20 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
             unenrolled,
         } => {
             let (mode, credential) = match (first_factor, password) {
+                // The module believes the daemon checks the password (and, with
+                // failmode=safe, that a code prompt proves it was right); the Engine would
+                // log in on the code alone. Refused as a setup error, never a silent
+                // downgrade to one factor.
+                (FirstFactor::Portcullis, Some(_))
+                    if engine.delegates_first_factor(&origin.tenant, &channel(&origin)) =>
+                {
+                    tracing::error!(tenant = %origin.tenant, service = %origin.service, host = %origin.host,
+                        "PAM: the module sends a password (first_factor=portcullis) but this tenant's first_factor is \"none\"; refused");
+                    return Response::error(
+                        ErrorCode::Unsupported,
+                        "this tenant's first factor is checked elsewhere (first_factor = \"none\"): the password would not be checked; use first_factor=stack or first_factor=none in the PAM line, or give the tenant a first factor",
+                    );
+                }
                 (FirstFactor::Portcullis, Some(pw)) => (
                     LoginMode::Challenge,
                     Zeroizing::new(pw.expose().as_bytes().to_vec()),
@@ -349,6 +363,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_password_for_a_tenant_whose_first_factor_is_none_is_refused() {
+        // The module would take a code prompt for proof the password was right, and the
+        // Engine would never check it.
+        let mut e = Arc::into_inner(engine()).unwrap();
+        e.set_first_factor("acme", Arc::new(portcullis_core::first_factor::Delegated));
+        let e = Arc::new(e);
+        let r = handle(
+            &e,
+            &settings(),
+            request(
+                "alice",
+                start(
+                    FirstFactor::Portcullis,
+                    Some("not-the-password"),
+                    Unenrolled::Deny,
+                ),
+            ),
+        );
+        match r.step {
+            ResponseStep::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Unsupported);
+                assert!(message.contains("first_factor=stack"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The host that says the first factor is checked elsewhere gets the code prompt.
+        let r = handle(
+            &e,
+            &settings(),
+            request(
+                "alice",
+                start(FirstFactor::Delegated, None, Unenrolled::Deny),
+            ),
+        );
+        assert!(
+            matches!(r.step, ResponseStep::Prompt { .. }),
+            "{:?}",
+            r.step
+        );
     }
 
     #[test]

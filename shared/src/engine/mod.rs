@@ -465,6 +465,12 @@ impl Engine {
             .unwrap_or(&self.local)
     }
 
+    /// Whether logins of `tenant` over `channel` have their first factor checked elsewhere
+    /// (`first_factor = "none"`): a password sent along would not be checked.
+    pub fn delegates_first_factor(&self, tenant: &str, channel: &Channel) -> bool {
+        self.first_factor(tenant, channel).delegated()
+    }
+
     /// The tenant named `name`. Tenants are never renamed or deleted, so one found is kept
     /// in memory (no store read per login); an unknown name is looked up every time (an
     /// admin may create it meanwhile).
