@@ -220,7 +220,9 @@ fn choose(
     }
     menu.push_str(&format!("Choose 1-{}: ", choices.len()));
     for _ in 0..3 {
-        let reply = conv.prompt(&menu, true)?;
+        // Echo off: a code may be typed here instead of a number (a bypass code is good
+        // for several logins), and must not stay on the screen.
+        let reply = conv.prompt(&menu, false)?;
         let typed = reply.expose().trim();
         let picked = typed
             .parse::<usize>()
@@ -533,6 +535,10 @@ mod tests {
         let got = run(&args(&[]), &origin(), None, &mut conv, &mut d);
         assert!(matches!(got, Decision::Allow { .. }));
         assert!(conv.prompts[0].0.contains("2) Push to phone"));
+        assert!(
+            !conv.prompts[0].1,
+            "the menu is read with echo off (a code may be typed)"
+        );
         assert_eq!(conv.prompts[2], (WAIT_PROMPT.to_string(), true));
         match &d.seen[1].step {
             RequestStep::Answer { answer, .. } => assert_eq!(answer.expose(), "push"),
