@@ -24,17 +24,22 @@ pub fn generate_bypass_code() -> String {
 /// No 0/o, 1/l/i: codes are read off paper.
 const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
 
-/// A new code, as `abcde-fghjk` (about 49 bits).
+/// A new code, as `abcde-fghjk` (about 49 bits), with at least one letter: typed without
+/// its dash, a code of digits alone would be taken for a one-time password.
 pub fn generate_recovery_code() -> String {
     let mut rng = rand::rngs::OsRng;
-    let mut s = String::with_capacity(RECOVERY_CODE_LEN + 1);
-    for i in 0..RECOVERY_CODE_LEN {
-        if i == RECOVERY_CODE_LEN / 2 {
-            s.push('-');
+    loop {
+        let mut s = String::with_capacity(RECOVERY_CODE_LEN + 1);
+        for i in 0..RECOVERY_CODE_LEN {
+            if i == RECOVERY_CODE_LEN / 2 {
+                s.push('-');
+            }
+            s.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
         }
-        s.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+        if s.bytes().any(|b| b.is_ascii_alphabetic()) {
+            return s;
+        }
     }
-    s
 }
 
 /// The canonical form of what a user typed, if it can be a recovery code:
@@ -68,6 +73,8 @@ mod tests {
             let n = normalize_recovery_code(&c).unwrap();
             assert_eq!(n, c.replace('-', ""));
             assert_eq!(normalize_recovery_code(&c.to_uppercase()).unwrap(), n);
+            // Typed without its dash it is still no one-time password.
+            assert!(n.bytes().any(|b| b.is_ascii_alphabetic()), "{c}");
         }
     }
 
