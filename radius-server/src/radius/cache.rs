@@ -36,6 +36,17 @@ struct Entry {
 
 type Key = (usize, SocketAddr, u8);
 
+/// What `entry` (the one under a request's key, if any) says about a request with `auth`.
+fn seen(entry: Option<&Entry>, auth: [u8; 16], now: Instant) -> Lookup {
+    match entry {
+        Some(e) if e.authenticator == auth && e.expires > now => match &e.state {
+            State::InProgress => Lookup::InProgress,
+            State::Answered(bytes) => Lookup::Answered(bytes.clone()),
+        },
+        _ => Lookup::New,
+    }
+}
+
 /// Shared by the receive loop and the request tasks.
 #[derive(Debug)]
 pub struct ResponseCache {
@@ -74,13 +85,7 @@ impl ResponseCache {
         auth: [u8; 16],
         now: Instant,
     ) -> Lookup {
-        match self.lock().get(&(listener, src, id)) {
-            Some(e) if e.authenticator == auth && e.expires > now => match &e.state {
-                State::InProgress => Lookup::InProgress,
-                State::Answered(bytes) => Lookup::Answered(bytes.clone()),
-            },
-            _ => Lookup::New,
-        }
+        seen(self.lock().get(&(listener, src, id)), auth, now)
     }
 
     /// Look the request up, marking it in progress when it is new (replacing the entry of
@@ -95,13 +100,9 @@ impl ResponseCache {
     ) -> Lookup {
         let mut map = self.lock();
         let key = (listener, src, id);
-        if let Some(e) = map.get(&key) {
-            if e.authenticator == auth && e.expires > now {
-                return match &e.state {
-                    State::InProgress => Lookup::InProgress,
-                    State::Answered(bytes) => Lookup::Answered(bytes.clone()),
-                };
-            }
+        let found = seen(map.get(&key), auth, now);
+        if found != Lookup::New {
+            return found;
         }
         map.insert(
             key,

@@ -262,16 +262,7 @@ fn transaction_is_bound_to_user_and_source() {
 #[test]
 fn pending_factor_cannot_be_used() {
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "bob",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "bob");
     let enrolled = w.admin.enroll_totp("acme", "bob", None, 6, "SHA1").unwrap();
     assert_eq!(enrolled.state, "pending");
     let secret = decode_base32(&enrolled.secret).unwrap();
@@ -423,6 +414,20 @@ fn audit_never_holds_the_password_or_code() {
     assert!(!dump.contains(&code), "{dump}");
 }
 
+/// A user of tenant acme with password "pw" and no factor.
+fn add_user_with_pw(w: &World, name: &str) {
+    w.admin
+        .add_user(
+            "acme",
+            name,
+            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            None,
+            None,
+            vec![],
+        )
+        .unwrap();
+}
+
 fn login_with(
     w: &World,
     mode: LoginMode,
@@ -484,16 +489,7 @@ fn otp_only_without_a_code_prompts_for_one() {
 #[test]
 fn unenrolled_users_are_denied_by_default_and_allowed_only_when_configured() {
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "carol",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "carol");
     assert!(!is_accept(&login_with(
         &w,
         LoginMode::Challenge,
@@ -533,16 +529,7 @@ fn unenrolled_users_are_denied_by_default_and_allowed_only_when_configured() {
 fn a_user_whose_factors_cannot_be_used_is_refused_not_treated_as_unenrolled() {
     // carol enrolled SMS; the tenant has no SMS sender (not configured, or broken).
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "carol",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "carol");
     let carol = w.engine.store().user_by_name(1, "carol").unwrap().unwrap();
     w.engine
         .store()
@@ -607,16 +594,7 @@ fn hotp_code(counter: u64) -> String {
 
 fn world_with_hotp_user() -> World {
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "hank",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "hank");
     w.admin
         .enroll_hotp("acme", "hank", Some(SECRET), 6, "SHA1", 0)
         .unwrap();
@@ -682,16 +660,7 @@ fn bypass_code_works_for_its_uses_until_it_expires() {
 #[test]
 fn a_bypass_code_lets_a_user_without_a_device_in() {
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "lost",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "lost");
     assert!(!is_accept(&login(&w, LoginMode::Challenge, "lost", "pw")));
     let b = w.admin.issue_bypass_code("acme", "lost", 1, 3600).unwrap();
     let txn = prompt_txn(&login(&w, LoginMode::Challenge, "lost", "pw"));
@@ -1052,16 +1021,7 @@ mod sms {
     #[test]
     fn email_alone_is_never_enough_and_a_refused_kind_keeps_its_code() {
         let (mut w, _phone, mail) = email_world();
-        w.admin
-            .add_user(
-                "acme",
-                "eve",
-                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-                None,
-                None,
-                vec![],
-            )
-            .unwrap();
+        add_user_with_pw(&w, "eve");
         let f = w
             .admin
             .enroll_email("acme", "eve", Some("eve@example.com"))
@@ -1117,16 +1077,7 @@ mod sms {
     #[test]
     fn sms_factor_without_a_provider_is_not_usable() {
         let w = world();
-        w.admin
-            .add_user(
-                "acme",
-                "sid",
-                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-                None,
-                None,
-                vec![],
-            )
-            .unwrap();
+        add_user_with_pw(&w, "sid");
         let f = w
             .admin
             .enroll_sms("acme", "sid", Some("+4915112345678"))
@@ -1603,16 +1554,7 @@ mod rules {
             login(&w, LoginMode::Challenge, "alice", "hunter2"),
             Step::Prompt { .. }
         ));
-        w.admin
-            .add_user(
-                "acme",
-                "svc",
-                NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-                None,
-                None,
-                vec![],
-            )
-            .unwrap();
+        add_user_with_pw(&w, "svc");
         assert!(is_accept(&login(&w, LoginMode::Challenge, "svc", "pw")));
     }
 }

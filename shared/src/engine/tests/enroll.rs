@@ -8,16 +8,7 @@ const URL: &str = "https://mfa.example.test";
 fn with_carol(url: Option<&str>) -> World {
     let mut w = world();
     w.engine.set_enroll_url(url);
-    w.admin
-        .add_user(
-            "acme",
-            "carol",
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_pw(&w, "carol");
     w
 }
 
