@@ -628,6 +628,15 @@ impl Engine {
             None => (None, Vec::new()),
         };
         let snapshot = user.as_ref().map(|u| u.id);
+        if let Some(u) = user.as_ref().filter(|_| mode != LoginMode::OtpOnly) {
+            // A locked or throttled user is refused before the password is checked: after
+            // it, the refusal would confirm the password (otp-only logins check no password
+            // and meet the same gate before their code).
+            if let Err(mut blocked) = self.throttle_state(&tenant, u, now)? {
+                blocked.reason.push_str(" (password not checked)");
+                return Ok(blocked);
+            }
+        }
         match mode {
             LoginMode::Challenge | LoginMode::Auto => {
                 let info = match self.check_password(

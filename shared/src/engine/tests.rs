@@ -380,6 +380,40 @@ fn lock_runs_out_after_the_configured_time() {
 }
 
 #[test]
+fn a_locked_user_is_refused_alike_with_a_right_or_a_wrong_password() {
+    let w = world();
+    for _ in 0..10 {
+        w.clock.advance(600);
+        assert!(!is_accept(&append(&w, "hunter2000000")));
+    }
+    w.clock.advance(60);
+    let code = code_at(w.clock.now());
+    let mut seen = Vec::new();
+    for (mode, credential) in [
+        (LoginMode::Append, format!("hunter2{code}")),
+        (LoginMode::Append, format!("hunter3{code}")),
+        (LoginMode::Challenge, "hunter2".to_string()),
+        (LoginMode::Challenge, "hunter3".to_string()),
+    ] {
+        let step = login(&w, mode, "alice", &credential);
+        assert!(
+            last_reason(&w).contains("locked") && last_reason(&w).contains("password not checked"),
+            "{mode:?} {credential}: {}",
+            last_reason(&w)
+        );
+        seen.push(step);
+    }
+    // The same answer whether or not the password was right: no oracle for a guesser.
+    let Step::Reject { user_message } = &seen[0] else {
+        panic!("{:?}", seen[0])
+    };
+    assert!(user_message.contains("locked"), "{user_message}");
+    for step in &seen {
+        assert_eq!(step, &seen[0]);
+    }
+}
+
+#[test]
 fn a_good_code_resets_the_failure_count() {
     let w = world();
     for _ in 0..4 {

@@ -99,6 +99,37 @@ impl Engine {
         user: &User,
         now: UnixTime,
     ) -> Result<Result<Streak<'_>, Outcome>, EngineError> {
+        let failures = match self.throttle_state(tenant, user, now)? {
+            Ok(failures) => failures,
+            Err(blocked) => return Ok(Err(blocked)),
+        };
+        let (checking, others) = self.checking.enter(user.id);
+        if failures.saturating_add(others) >= self.settings.lockout.lock_after.max(1) {
+            return Ok(Err(Outcome::reject_with(
+                format!(
+                    "{others} other codes of this user are being checked and {failures} failed on record: too many at once"
+                ),
+                "Too many failed attempts: wait a little, then try again",
+            )));
+        }
+        Ok(Ok(Streak {
+            failures_on_record: failures > 0,
+            _checking: checking,
+        }))
+    }
+
+    /// `Err(reject)` if the user is locked or must still wait after failed codes; else
+    /// the failures on record.
+    ///
+    /// Logins check this before the password too: were it checked only after, a locked
+    /// user's "locked" answer would come only with the right password, and tell a guesser
+    /// when they had it.
+    pub(super) fn throttle_state(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        now: UnixTime,
+    ) -> Result<Result<u32, Outcome>, EngineError> {
         let key = second_factor_key(user);
         let th = self.store.throttle(tenant.id, &key)?;
         let (failures, last_failure_at) = match th.locked_until {
@@ -116,15 +147,6 @@ impl Engine {
             None => (th.failures, th.last_failure_at),
         };
         let lock = &self.settings.lockout;
-        let (checking, others) = self.checking.enter(user.id);
-        if failures.saturating_add(others) >= lock.lock_after.max(1) {
-            return Ok(Err(Outcome::reject_with(
-                format!(
-                    "{others} other codes of this user are being checked and {failures} failed on record: too many at once"
-                ),
-                "Too many failed attempts: wait a little, then try again",
-            )));
-        }
         let delay = delay_after(
             failures,
             lock.throttle_after,
@@ -138,10 +160,7 @@ impl Engine {
                 "Too many failed attempts: wait a little, then try again",
             )));
         }
-        Ok(Ok(Streak {
-            failures_on_record: failures > 0,
-            _checking: checking,
-        }))
+        Ok(Ok(failures))
     }
 
     /// Count a wrong code; lock the user when the limit is reached.
