@@ -6,6 +6,9 @@ use crate::engine::ReplyAttribute;
 use crate::model::User;
 use crate::password::PasswordHasher;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 /// What a backend knows of a user beyond "the password is right" (for example LDAP
 /// groups, mail and mobile), used by policy, reply attributes and the SMS/e-mail factors.
 /// `None` means "the backend does not say": the store keeps what it has.
@@ -114,12 +117,104 @@ impl FirstFactor for Delegated {
 #[derive(Debug, Clone)]
 pub struct LocalPasswords {
     hasher: PasswordHasher,
+    stand_ins: Arc<StandIns>,
+}
+
+/// Per tenant, the kinds of hash its logins verified (scheme and cost, without salt and
+/// checksum), how often, and a stand-in hash of each kind.
+///
+/// A login without a hash (unknown user, no password set) verifies the stand-in of the
+/// tenant's most common kind, so that it takes as long as a real user's: with one fixed
+/// argon2id stand-in, a tenant of imported `$6$` hashes (a few milliseconds each) would
+/// answer unknown names 20 ms later than known ones, and tell a guesser which exist.
+#[derive(Debug, Default)]
+struct StandIns(Mutex<HashMap<String, Vec<Kind>>>);
+
+#[derive(Debug)]
+struct Kind {
+    /// The hash up to its salt: `$6$rounds=N`, `$argon2id$v=19$m=...,t=...,p=...`.
+    cost: String,
+    seen: u64,
+    stand_in: String,
+}
+
+/// Kinds kept per tenant; hashes of further kinds are not counted.
+const MAX_KINDS: usize = 8;
+
+/// The part of a hash that sets its cost: everything before salt and checksum.
+fn cost_of(hash: &str) -> &str {
+    hash.rsplitn(3, '$').nth(2).unwrap_or("")
 }
 
 impl LocalPasswords {
     /// The local backend with this hasher.
     pub fn new(hasher: PasswordHasher) -> Self {
-        Self { hasher }
+        Self {
+            hasher,
+            stand_ins: Arc::default(),
+        }
+    }
+
+    /// Count a hash that a login of `tenant` verifies. The first of a kind makes its
+    /// stand-in (one hash of that cost, once per kind).
+    fn note(&self, tenant: &str, hash: &str) {
+        let cost = cost_of(hash);
+        {
+            let mut map = self
+                .stand_ins
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(kinds) = map.get_mut(tenant) {
+                if let Some(k) = kinds.iter_mut().find(|k| k.cost == cost) {
+                    k.seen += 1;
+                    return;
+                }
+                if kinds.len() >= MAX_KINDS {
+                    return;
+                }
+            }
+        }
+        let Some(stand_in) = self.hasher.stand_in_for(hash) else {
+            return;
+        };
+        let mut map = self
+            .stand_ins
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kinds = map.entry(tenant.to_string()).or_default();
+        // Another login may have added the kind meanwhile.
+        if let Some(k) = kinds.iter_mut().find(|k| k.cost == cost) {
+            k.seen += 1;
+        } else if kinds.len() < MAX_KINDS {
+            kinds.push(Kind {
+                cost: cost.to_string(),
+                seen: 1,
+                stand_in,
+            });
+        }
+    }
+
+    /// The stand-in hash for `tenant`'s logins without one: of its most common kind.
+    fn stand_in(&self, tenant: &str) -> Option<String> {
+        let map = self
+            .stand_ins
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kind = map.get(tenant)?.iter().max_by_key(|k| k.seen)?;
+        Some(kind.stand_in.clone())
+    }
+
+    /// Spend the time of one of `tenant`'s verifications without a hash.
+    fn verify_stand_in(&self, tenant: &str, password: &[u8]) {
+        match self.stand_in(tenant) {
+            Some(hash) => {
+                let _ = self.hasher.verify(&hash, password);
+            }
+            None => self.hasher.verify_dummy(password),
+        }
     }
 }
 
@@ -130,19 +225,20 @@ impl FirstFactor for LocalPasswords {
 
     fn check(
         &self,
-        _tenant: &str,
+        tenant: &str,
         _username: &str,
         user: Option<&User>,
         password: &[u8],
     ) -> FirstFactorResult {
         let Some(u) = user else {
-            self.hasher.verify_dummy(password);
+            self.verify_stand_in(tenant, password);
             return FirstFactorResult::Rejected("unknown user".into());
         };
         let Some(hash) = &u.password_hash else {
-            self.hasher.verify_dummy(password);
+            self.verify_stand_in(tenant, password);
             return FirstFactorResult::Rejected("user has no password set".into());
         };
+        self.note(tenant, hash);
         // Verify before looking at `disabled`, so that both cost the same time.
         let ok = self.hasher.verify(hash, password);
         if u.disabled {
@@ -152,5 +248,97 @@ impl FirstFactor for LocalPasswords {
         } else {
             FirstFactorResult::Rejected("wrong password".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PasswordConfig;
+
+    fn hasher() -> PasswordHasher {
+        PasswordHasher::new(&PasswordConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+            ..PasswordConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn user_with(hash: &str) -> User {
+        User {
+            id: 1,
+            tenant_id: 1,
+            name: "someone".into(),
+            password_hash: Some(hash.to_string()),
+            email: None,
+            phone: None,
+            groups: Vec::new(),
+            disabled: false,
+            created_at: 0,
+            attributes: Default::default(),
+        }
+    }
+
+    fn sha512(rounds: usize) -> String {
+        let params = sha_crypt::Sha512Params::new(rounds).unwrap();
+        sha_crypt::sha512_simple("secret", &params).unwrap()
+    }
+
+    #[test]
+    fn the_cost_of_a_hash_is_all_before_its_salt() {
+        assert_eq!(cost_of("$6$rounds=1000$salt$sum"), "$6$rounds=1000");
+        assert_eq!(cost_of("$6$salt$sum"), "$6");
+        assert_eq!(
+            cost_of("$argon2id$v=19$m=1024,t=1,p=1$c2FsdA$aGFzaA"),
+            "$argon2id$v=19$m=1024,t=1,p=1"
+        );
+    }
+
+    #[test]
+    fn a_stand_in_has_the_cost_of_its_model_and_matches_nothing_typed() {
+        let h = hasher();
+        let argon = PasswordHasher::new(&PasswordConfig {
+            argon2_memory_kib: 2048,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            ..PasswordConfig::default()
+        })
+        .unwrap()
+        .hash(b"secret")
+        .unwrap();
+        for model in [sha512(1000), sha512(5000), argon] {
+            let stand_in = h.stand_in_for(&model).unwrap();
+            assert_eq!(cost_of(&stand_in), cost_of(&model), "{stand_in}");
+            assert_eq!(stand_in.len(), model.len(), "{stand_in}");
+            PasswordHasher::check_importable(&stand_in).unwrap();
+            assert!(!h.verify(&stand_in, b"secret"));
+        }
+        assert_eq!(h.stand_in_for("$6$rounds=many$salt$sum"), None);
+        assert_eq!(h.stand_in_for("plain text"), None);
+    }
+
+    #[test]
+    fn unknown_users_verify_a_stand_in_of_the_tenants_most_common_hash() {
+        let local = LocalPasswords::new(hasher());
+        // Before any login the tenant's stand-in is the default argon2id one.
+        assert_eq!(local.stand_in("imported"), None);
+        let argon = hasher().hash(b"secret").unwrap();
+        for (tenant, hash) in [
+            ("imported", sha512(1000)),
+            ("imported", argon.clone()),
+            ("imported", sha512(1000)),
+            ("native", argon.clone()),
+        ] {
+            let result = local.check(tenant, "someone", Some(&user_with(&hash)), b"secret");
+            assert!(matches!(result, FirstFactorResult::Accepted(_)));
+        }
+        let imported = local.stand_in("imported").unwrap();
+        assert_eq!(cost_of(&imported), "$6$rounds=1000");
+        assert_eq!(cost_of(&local.stand_in("native").unwrap()), cost_of(&argon));
+        // An unknown user of each tenant is rejected after verifying that stand-in.
+        let result = local.check("imported", "nobody", None, b"secret");
+        assert!(matches!(result, FirstFactorResult::Rejected(r) if r == "unknown user"));
     }
 }

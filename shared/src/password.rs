@@ -246,6 +246,39 @@ impl PasswordHasher {
         let _ = self.verify(&self.dummy, password);
     }
 
+    /// A hash of a random password with the scheme and cost of `stored` (rounds of a `$6$`
+    /// hash; algorithm, version, memory, passes, lanes and output length of an argon2 one),
+    /// for logins that have no hash of their own to take as long as those that do. `None`
+    /// when `stored` is malformed.
+    pub fn stand_in_for(&self, stored: &str) -> Option<String> {
+        let mut random = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+        let password: String = random.iter().map(|b| char::from(b'a' + b % 26)).collect();
+        let _turn = self.turns.take();
+        if stored.starts_with("$6$") {
+            let rounds = match stored.split('$').nth(2)?.strip_prefix("rounds=") {
+                Some(r) => r.parse().ok()?,
+                None => 5000,
+            };
+            let params = sha_crypt::Sha512Params::new(rounds).ok()?;
+            return sha_crypt::sha512_simple(&password, &params).ok();
+        }
+        let parsed = PasswordHash::new(stored).ok()?;
+        let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = match parsed.version {
+            Some(v) => Version::try_from(v).ok()?,
+            None => Version::default(),
+        };
+        let length = parsed.hash?.len();
+        let p = Params::try_from(&parsed).ok()?;
+        let params = Params::new(p.m_cost(), p.t_cost(), p.p_cost(), Some(length)).ok()?;
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::new(algorithm, version, params)
+            .hash_password(password.as_bytes(), &salt)
+            .ok()
+            .map(|h| h.to_string())
+    }
+
     /// Check a hash given for import (`--password-hash-stdin`).
     pub fn check_importable(hash: &str) -> Result<(), PasswordError> {
         if hash.starts_with("$6$") {
