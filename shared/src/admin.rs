@@ -350,6 +350,16 @@ impl Admin {
             .clear_throttle(t.id, &crate::engine::second_factor_key(&u))?)
     }
 
+    /// Lift the block of a source address after too many wrong passwords (`unblock`).
+    /// Whether it was blocked or had failures on record.
+    pub fn unblock_source(&self, tenant: &str, source: &str) -> Result<bool, AdminError> {
+        let t = self.tenant(tenant)?;
+        let key = crate::engine::source_throttle_key(source);
+        let had = self.store.throttle(t.id, &key)? != Default::default();
+        self.store.clear_throttle(t.id, &key)?;
+        Ok(had)
+    }
+
     /// `factor enroll totp`: with `secret` (migration) the factor is confirmed at once,
     /// without it a new secret is made and the factor waits for `factor confirm`.
     pub fn enroll_totp(

@@ -930,7 +930,7 @@ impl Default for TotpConfig {
     }
 }
 
-/// `[lockout]`: second-factor failures per user.
+/// `[lockout]`: second-factor failures per user, wrong passwords per source address.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockoutConfig {
@@ -946,6 +946,20 @@ pub struct LockoutConfig {
     /// How long a lock lasts unless an admin runs `portcullis user unlock` first.
     #[serde(default = "default_lock_duration", with = "humantime_serde")]
     pub duration: Duration,
+    /// Wrong passwords allowed from one source address (Calling-Station-Id, PAM rhost, web
+    /// client) per `source_window`, in a burst or spread out; one more blocks the address
+    /// for `source_window`. 0 turns the check off.
+    #[serde(default = "default_source_failures")]
+    pub source_failures: u32,
+    #[serde(default = "default_source_window", with = "humantime_serde")]
+    pub source_window: Duration,
+}
+
+fn default_source_failures() -> u32 {
+    20
+}
+fn default_source_window() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 fn default_throttle_after() -> u32 {
@@ -968,6 +982,8 @@ impl Default for LockoutConfig {
             base_delay: default_base_delay(),
             lock_after: default_lock_after(),
             duration: default_lock_duration(),
+            source_failures: default_source_failures(),
+            source_window: default_source_window(),
         }
     }
 }
@@ -1292,6 +1308,13 @@ impl Config {
             return Err(bad(
                 "lockout.lock_after".into(),
                 "must not be smaller than lockout.throttle_after".into(),
+            ));
+        }
+        if self.lockout.source_failures > 0 && self.lockout.source_window.as_secs() == 0 {
+            return Err(bad(
+                "lockout.source_window".into(),
+                "must be at least 1s (or set lockout.source_failures = 0 to turn the check off)"
+                    .into(),
             ));
         }
         if self.transactions.max_attempts == 0 {

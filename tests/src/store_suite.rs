@@ -514,6 +514,24 @@ fn throttle_counts_and_clears(s: &dyn Store) {
     assert_eq!(s.throttle(b.id, "k").unwrap().failures, 0, "per tenant");
     s.clear_throttle(t.id, "k").unwrap();
     assert_eq!(s.throttle(t.id, "k").unwrap(), Throttle::default());
+
+    // A bucket draining 4 failures per 60 s: one every 15 s, whole failures only.
+    let drain = |at| s.record_draining_failure(t.id, "d", at, 4, 60).unwrap();
+    assert_eq!(drain(100).failures, 1);
+    assert_eq!(drain(100).failures, 2);
+    assert_eq!(drain(101).failures, 3, "a second drains nothing");
+    let th = drain(131);
+    assert_eq!(
+        (th.failures, th.last_failure_at),
+        (2, 131),
+        "30 s drain two"
+    );
+    assert_eq!(drain(10_000).failures, 1, "an empty bucket stays empty");
+    assert_eq!(
+        drain(9_000).failures,
+        2,
+        "a clock going back drains nothing"
+    );
 }
 
 fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {

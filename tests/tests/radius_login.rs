@@ -367,3 +367,73 @@ fn old_state_cannot_be_reused() {
         "another valid recovery code with the spent State",
     );
 }
+
+/// radclient as the NAS, for a user at `station` (Calling-Station-Id).
+fn login_from(f: &LoginFixture, station: &str, password: &str) -> RadReply {
+    portcullis_tests::radclient(
+        f.server.addr,
+        &f.env.client().secret,
+        &[
+            ("User-Name", f.user.clone()),
+            ("User-Password", password.to_string()),
+            ("Calling-Station-Id", station.to_string()),
+        ],
+        true,
+    )
+}
+
+#[test]
+fn an_address_guessing_passwords_is_blocked_until_an_admin_unblocks_it() {
+    peers();
+    let f = LoginFixture::new(Mode::Append);
+    // [lockout] source_failures = 20 (the default): 20 wrong passwords are plain rejects,
+    // the 21st blocks the address.
+    for i in 0..21 {
+        let reply = login_from(&f, "203.0.113.7", &format!("guess{i}"));
+        expect(&reply, "Access-Reject", "a wrong password");
+        assert_eq!(
+            reply.attribute("Reply-Message"),
+            Some("Authentication failed"),
+            "{}",
+            reply.raw_output
+        );
+    }
+    let right = format!("{}{}", f.password, f.code());
+    let blocked = login_from(&f, "203.0.113.7", &right);
+    expect(
+        &blocked,
+        "Access-Reject",
+        "the right password from a blocked address",
+    );
+    assert!(
+        blocked
+            .attribute("Reply-Message")
+            .is_some_and(|m| m.contains("Too many failed logins from your address")),
+        "{}",
+        blocked.raw_output
+    );
+    // The user is not locked out: from another address the login works.
+    expect(
+        &login_from(&f, "198.51.100.1", &right),
+        "Access-Accept",
+        "the same user from another address",
+    );
+    let audit = f.env.cli_ok(&["audit", "--tenant", &f.tenant]);
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.contains("source 203.0.113.7 is blocked"), "{audit}");
+
+    let out = f
+        .env
+        .cli_ok(&["unblock", "--tenant", &f.tenant, "203.0.113.7"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unblocked"),
+        "{out:?}"
+    );
+    // The next step's code: this step's was used from the other address.
+    let next = portcullis_tests::oathtool_totp(&f.secret, f.digits, f.algorithm, 1);
+    expect(
+        &login_from(&f, "203.0.113.7", &format!("{}{next}", f.password)),
+        "Access-Accept",
+        "the address after `portcullis unblock`",
+    );
+}

@@ -238,6 +238,17 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
                 )
             });
         }
+        Command::Unblock { tenant, address } => {
+            let had = admin.unblock_source(&tenant.tenant, &address)?;
+            done(
+                json,
+                if had {
+                    format!("source '{address}' unblocked; its wrong passwords forgotten")
+                } else {
+                    format!("source '{address}' had no wrong passwords on record; nothing to do")
+                },
+            );
+        }
         Command::Audit(a) => audit(o, a, json)?,
         Command::Token(cmd) => super::token_cmd::run(o, cmd, json)?,
         Command::Policy(PolicyCmd::Test {

@@ -64,6 +64,14 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
     },
+    /// Lift the block of a source address (Calling-Station-Id, PAM rhost, web client)
+    /// after too many wrong passwords (`[lockout] source_failures`).
+    Unblock {
+        #[command(flatten)]
+        tenant: TenantArg,
+        /// The address as the audit log shows it in `source`.
+        address: String,
+    },
     /// Show the audit log: one record per login decision.
     Audit(AuditArgs),
     /// Policy rules.

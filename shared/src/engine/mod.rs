@@ -19,7 +19,7 @@ mod throttle;
 
 pub use batch::{BatchCounts, Batched, LoginBatcher};
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
-pub use throttle::second_factor_key;
+pub use throttle::{second_factor_key, source_throttle_key};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -621,6 +621,11 @@ impl Engine {
                 req.tenant
             )));
         };
+        if mode != LoginMode::OtpOnly {
+            if let Some(blocked) = self.source_blocked(&tenant, req, now)? {
+                return Ok(blocked);
+            }
+        }
         // The factors come with the user: one store turn, and the second-factor checks
         // of append and otp-only logins use them.
         let (user, factors) = match self.store.user_with_factors(tenant.id, &req.username)? {
@@ -647,7 +652,7 @@ impl Engine {
                     &req.credential,
                 ) {
                     Ok(info) => info,
-                    Err(failed) => return Ok(Outcome::reject(failed.reason)),
+                    Err(failed) => return self.wrong_password(&tenant, req, failed, now),
                 };
                 self.password_then_prompt(backend, &tenant, req, user, &info, now)
             }
@@ -675,7 +680,10 @@ impl Engine {
                         explicit_only = true;
                     }
                 }
-                let mut reason = String::from("wrong password");
+                let mut wrong = PasswordFailure {
+                    reason: String::from("wrong password"),
+                    unavailable: false,
+                };
                 for cand in &candidates {
                     match self.check_password(backend, &tenant, req, user.as_ref(), &cand.password)
                     {
@@ -739,11 +747,11 @@ impl Engine {
                         Err(failed) if failed.unavailable => {
                             return Ok(Outcome::reject(failed.reason))
                         }
-                        Err(failed) => reason = failed.reason,
+                        Err(failed) => wrong = failed,
                     }
                 }
                 if explicit_only {
-                    return Ok(Outcome::reject(reason));
+                    return self.wrong_password(&tenant, req, wrong, now);
                 }
                 // No split passed the first factor: the password may contain the delimiter
                 // or end in digits, or the user typed no code. Whole string as the password,
@@ -751,9 +759,9 @@ impl Engine {
                 match self.check_password(backend, &tenant, req, user.as_ref(), &req.credential) {
                     Ok(info) => self.password_then_prompt(backend, &tenant, req, user, &info, now),
                     Err(failed) if candidates.is_empty() || failed.unavailable => {
-                        Ok(Outcome::reject(failed.reason))
+                        self.wrong_password(&tenant, req, failed, now)
                     }
-                    Err(_) => Ok(Outcome::reject(reason)),
+                    Err(_) => self.wrong_password(&tenant, req, wrong, now),
                 }
             }
             LoginMode::OtpOnly => {
@@ -809,6 +817,21 @@ impl Engine {
                 Ok(outcome)
             }
         }
+    }
+
+    /// The Reject of a password the backend refused; a wrong one (not an unavailable
+    /// backend) counts against the login's source.
+    fn wrong_password(
+        &self,
+        tenant: &Tenant,
+        req: &LoginRequest,
+        failed: PasswordFailure,
+        now: UnixTime,
+    ) -> Result<Outcome, EngineError> {
+        if !failed.unavailable {
+            self.count_source_failure(tenant, req, now)?;
+        }
+        Ok(Outcome::reject(failed.reason))
     }
 
     /// Checks the first factor with the login's backend.

@@ -73,11 +73,15 @@ fn channel() -> Channel {
 }
 
 fn login(w: &World, mode: LoginMode, user: &str, credential: &str) -> Step {
+    login_as(w, "192.0.2.10", mode, user, credential)
+}
+
+fn login_as(w: &World, source: &str, mode: LoginMode, user: &str, credential: &str) -> Step {
     w.engine
         .start(&LoginRequest {
             tenant: "acme".into(),
             channel: channel(),
-            source: "192.0.2.10".into(),
+            source: source.into(),
             mode,
             username: user.into(),
             credential: Zeroizing::new(credential.as_bytes().to_vec()),
@@ -446,6 +450,82 @@ fn audit_never_holds_the_password_or_code() {
     let dump = format!("{:?}", w.admin.audit(&AuditFilter::default()).unwrap());
     assert!(!dump.contains("hunter"), "{dump}");
     assert!(!dump.contains(&code), "{dump}");
+}
+
+fn login_from(w: &World, source: &str, mode: LoginMode, credential: &str) -> Step {
+    login_as(w, source, mode, "alice", credential)
+}
+
+#[test]
+fn wrong_passwords_from_one_address_block_it_for_the_window() {
+    let w = world();
+    let code = code_at(T0);
+    // 20 wrong passwords from one address are answered as wrong passwords, in any mode.
+    for i in 0..20 {
+        let mode = [LoginMode::Challenge, LoginMode::Append][i % 2];
+        assert!(!is_accept(&login_from(&w, "203.0.113.7", mode, "guess")));
+        assert_eq!(last_reason(&w), "wrong password");
+    }
+    // The 21st fills the bucket: from now on the address is refused unheard, even with
+    // the right password and code.
+    login_from(&w, "203.0.113.7", LoginMode::Append, "guess");
+    let right = format!("hunter2{code}");
+    let step = login_from(&w, "203.0.113.7", LoginMode::Append, &right);
+    assert!(
+        matches!(&step, Step::Reject { user_message } if user_message.contains("your address")),
+        "{step:?}"
+    );
+    assert!(
+        last_reason(&w).contains("source 203.0.113.7 is blocked"),
+        "{}",
+        last_reason(&w)
+    );
+    // Other addresses and otp-only logins (no password) are not affected.
+    assert!(is_accept(&login_from(
+        &w,
+        "198.51.100.1",
+        LoginMode::Append,
+        &right
+    )));
+    // The block lasts the window (10 min), then the address starts afresh.
+    w.clock.advance(9 * 60);
+    assert!(!is_accept(&login_from(
+        &w,
+        "203.0.113.7",
+        LoginMode::Append,
+        &format!("hunter2{}", code_at(w.clock.now()))
+    )));
+    w.clock.advance(61);
+    assert!(is_accept(&login_from(
+        &w,
+        "203.0.113.7",
+        LoginMode::Append,
+        &format!("hunter2{}", code_at(w.clock.now()))
+    )));
+}
+
+#[test]
+fn wrong_passwords_spread_out_never_block_and_a_nas_address_is_never_blocked() {
+    let w = world();
+    // One wrong password every 30 s is the rate the bucket drains (20 per 10 min).
+    for _ in 0..60 {
+        login_from(&w, "203.0.113.8", LoginMode::Challenge, "guess");
+        assert_eq!(last_reason(&w), "wrong password");
+        w.clock.advance(30);
+    }
+    // A NAS that sends no Calling-Station-Id: the source is its own address, shared by
+    // all its users, and never blocked (channel(): nas_address 127.0.0.1).
+    for _ in 0..30 {
+        login_from(&w, "127.0.0.1", LoginMode::Challenge, "guess");
+        assert_eq!(last_reason(&w), "wrong password");
+    }
+    let now = w.clock.now();
+    assert!(is_accept(&login_from(
+        &w,
+        "127.0.0.1",
+        LoginMode::Append,
+        &format!("hunter2{}", code_at(now))
+    )));
 }
 
 /// A user of tenant acme with password "pw" and no factor.

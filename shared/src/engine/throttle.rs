@@ -1,4 +1,5 @@
-//! Second-factor failures per user: growing delays, then a lock.
+//! Second-factor failures per user: growing delays, then a lock. Wrong passwords per
+//! source address: a bucket that drains at the allowed rate, and a block when it is full.
 //!
 //! The record of failures is read before a code is checked and written after, so codes
 //! checked at the same moment would all see the same record: with the password, one could
@@ -9,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use super::{Engine, EngineError, Outcome};
+use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
 use crate::clock::UnixTime;
 use crate::model::{Tenant, User, UserId};
 
@@ -60,6 +61,24 @@ impl Drop for InProgress<'_> {
 /// The throttle key of a user's second-factor attempts.
 pub fn second_factor_key(user: &User) -> String {
     format!("user:{}:second_factor", user.id)
+}
+
+/// The throttle key of wrong passwords from the login's source, if the source is the
+/// user's own address: not when it fell back to the NAS's address (one guesser would
+/// block every user of that NAS), nor a PAM host's own terminal (the console stays open).
+pub fn source_key(req: &LoginRequest) -> Option<String> {
+    let source = req.source.as_str();
+    let shared = match &req.channel {
+        Channel::Radius { nas_address, .. } => source == nas_address,
+        Channel::Pam { .. } => source == "local" || source.starts_with("tty:"),
+        Channel::Web { .. } => false,
+    };
+    (!source.is_empty() && !shared).then(|| source_throttle_key(source))
+}
+
+/// The throttle key of wrong passwords from `source`.
+pub fn source_throttle_key(source: &str) -> String {
+    format!("source:{source}:first_factor")
 }
 
 /// The delay owed after `failures` failures, if any.
@@ -161,6 +180,70 @@ impl Engine {
             )));
         }
         Ok(Ok(failures))
+    }
+
+    /// A Reject if the login's source is blocked after too many wrong passwords.
+    pub(super) fn source_blocked(
+        &self,
+        tenant: &Tenant,
+        req: &LoginRequest,
+        now: UnixTime,
+    ) -> Result<Option<Outcome>, EngineError> {
+        let Some(key) = self.source_throttle_key(req) else {
+            return Ok(None);
+        };
+        let th = self.store.throttle(tenant.id, &key)?;
+        match th.locked_until {
+            Some(until) if until > now => Ok(Some(Outcome::reject_with(
+                format!(
+                    "source {} is blocked for {} s more after too many wrong passwords (password not checked)",
+                    req.source,
+                    until - now
+                ),
+                "Too many failed logins from your address: try again later",
+            ))),
+            Some(_) => {
+                // The block ran out: the address starts afresh.
+                self.store.clear_throttle(tenant.id, &key)?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Count a wrong password from the login's source; block the source when its bucket
+    /// overflows.
+    pub(super) fn count_source_failure(
+        &self,
+        tenant: &Tenant,
+        req: &LoginRequest,
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let Some(key) = self.source_throttle_key(req) else {
+            return Ok(());
+        };
+        let lock = &self.settings.lockout;
+        let window = lock.source_window.as_secs().max(1) as i64;
+        let th = self.store.record_draining_failure(
+            tenant.id,
+            &key,
+            now,
+            lock.source_failures,
+            window,
+        )?;
+        if th.failures > lock.source_failures {
+            self.store.lock_until(tenant.id, &key, now + window)?;
+            tracing::warn!(tenant = %tenant.name, source = %req.source, failures = th.failures,
+                "source blocked after too many wrong passwords");
+        }
+        Ok(())
+    }
+
+    fn source_throttle_key(&self, req: &LoginRequest) -> Option<String> {
+        if self.settings.lockout.source_failures == 0 {
+            return None;
+        }
+        source_key(req)
     }
 
     /// Count a wrong code; lock the user when the limit is reached.

@@ -272,6 +272,16 @@ pub trait Store: Send + Sync + 'static {
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;
     /// Counts one failure atomically and returns the new state.
     fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle>;
+    /// Counts one failure atomically in a bucket that drains `per_window` failures every
+    /// `window` seconds since the last one (whole failures only), and returns the new state.
+    fn record_draining_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+    ) -> StoreResult<Throttle>;
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()>;
     fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()>;
 

@@ -1453,6 +1453,28 @@ impl Store for PgStore {
         )?)
     }
 
+    fn record_draining_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+    ) -> StoreResult<Throttle> {
+        let per_window = i64::from(per_window);
+        let window = window.max(1);
+        throttle_from_row(&self.query_one(
+            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (tenant_id, throttle_key)
+             DO UPDATE SET failures = GREATEST(0, throttles.failures
+                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + 1,
+               last_failure_at = excluded.last_failure_at
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &now, &per_window, &window],
+        )?)
+    }
+
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {
         self.execute(
             "UPDATE throttles SET locked_until = $3 WHERE tenant_id = $1 AND throttle_key = $2",

@@ -1322,6 +1322,33 @@ impl Store for SqliteStore {
         })
     }
 
+    fn record_draining_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+    ) -> StoreResult<Throttle> {
+        let key = key.to_string();
+        let window = window.max(1);
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+                     VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (tenant_id, throttle_key)
+                     DO UPDATE SET failures = MAX(0, throttles.failures
+                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + 1,
+                       last_failure_at = excluded.last_failure_at
+                     RETURNING failures, last_failure_at, locked_until",
+                )
+                .map_err(db)?;
+            st.query_row(params![tenant, key, now, per_window, window], throttle_from_row)
+                .map_err(db)
+        })
+    }
+
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {
         self.lock()
             .execute(
