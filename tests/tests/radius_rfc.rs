@@ -70,6 +70,34 @@ impl Setup {
 }
 
 #[test]
+fn an_accept_too_large_for_one_packet_becomes_a_reject_not_silence() {
+    peers();
+    // 17 Filter-Ids of 240 bytes: over 4096 bytes with the rest of the reply.
+    let filter = "f".repeat(240);
+    let list = vec![format!("\"Filter-Id={filter}\""); 17].join(", ");
+    let extra = format!(
+        "{HTTP}\n[tenants.acme]\n\n[[tenants.acme.groups]]\nname = \"huge\"\nreply = [{list}]\n"
+    );
+    let s = Setup::new(vec![ClientSpec::new(Mode::Append)], &extra, &["huge"]);
+    let attrs = [
+        ("User-Name", "alice".to_string()),
+        ("User-Password", format!("pw{}", s.code())),
+    ];
+    let r = radclient(s.server.addr, "s3cret-vpn", &attrs, true);
+    assert!(r.is_reject(), "{}", r.raw_output);
+    assert_eq!(
+        r.attribute("Reply-Message"),
+        Some("Authentication failed"),
+        "{}",
+        r.raw_output
+    );
+    let log = s
+        .server
+        .wait_for_stderr("does not fit in one RADIUS packet", Duration::from_secs(5));
+    assert!(log.contains("shorten the reply attributes"), "{log}");
+}
+
+#[test]
 fn status_server_from_radclient_is_answered_and_counted() {
     peers();
     let s = Setup::new(vec![ClientSpec::new(Mode::Challenge)], HTTP, &[]);

@@ -367,7 +367,21 @@ impl Pending {
             permit,
             arrived,
         } = self;
-        let bytes = match packet::encode_reply(&request, &reply, client.config.secret.as_bytes()) {
+        let secret = client.config.secret.as_bytes();
+        let (reply, encoded) = match packet::encode_reply(&request, &reply, secret) {
+            Err(e) if reply.code != ReplyCode::Reject => {
+                // The login was decided (a code may be used up): dropping the reply would
+                // leave the NAS retrying into a replay refusal. Refuse it plainly instead.
+                tracing::error!(%src, client = %client.config.name, error = %e,
+                    "the reply does not fit in one RADIUS packet; sending Access-Reject instead: \
+                     shorten the reply attributes of this user's tenant, groups or client");
+                let reject = Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()));
+                let encoded = packet::encode_reply(&request, &reject, secret);
+                (reject, encoded)
+            }
+            encoded => (reply, encoded),
+        };
+        let bytes = match encoded {
             Ok(b) => Arc::new(b),
             Err(e) => {
                 tracing::error!(%src, error = %e, "cannot encode reply; request dropped");
