@@ -143,17 +143,21 @@ fn crash_under_load(env: &TestEnv, mode: Mode, after_crash: impl FnOnce()) {
                         return;
                     }
                     let mut buf = vec![0u8; 4096];
-                    let _ = raw
-                        .socket
-                        .set_read_timeout(Some(Duration::from_millis(500)));
-                    let reply = match raw.socket.recv(&mut buf) {
-                        Ok(n) => buf[..n].to_vec(),
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-                        Err(_) => continue,
+                    // Generous: the first logins warm the server up on a loaded machine.
+                    let _ = raw.socket.set_read_timeout(Some(Duration::from_secs(2)));
+                    // A late reply to an earlier request is skipped, not taken for this
+                    // one's (which would leave every later reply one behind).
+                    let reply = loop {
+                        match raw.socket.recv(&mut buf) {
+                            Ok(n) if buf[..n].get(1) == Some(&id) => break Some(buf[..n].to_vec()),
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                            Err(_) => break None,
+                        }
                     };
-                    if reply.get(1) != Some(&id) {
+                    let Some(reply) = reply else {
                         continue;
-                    }
+                    };
                     if raw.decode(&req, &reply).code == code::ACCESS_ACCEPT {
                         accepted.lock().unwrap().push((user.clone(), code.clone()));
                     }
