@@ -100,6 +100,7 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
                         &o.key,
                     ),
                 }),
+                trusted_proxies: h.trusted_proxies.clone().into(),
             };
             Some(tokio::spawn(crate::http::serve(
                 listener,

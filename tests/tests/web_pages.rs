@@ -429,6 +429,21 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
         &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
     );
     assert_eq!(r.status, 401);
+    // The audit names where the login came from: here loopback, a trusted proxy by
+    // default, that named no browser (no X-Forwarded-For).
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "alice", "--json"]);
+    let sources: Vec<&str> = audit
+        .as_array()
+        .expect("audit records")
+        .iter()
+        .filter_map(|r| r["source"].as_str())
+        .collect();
+    assert!(
+        !sources.is_empty() && sources.iter().all(|s| *s == "proxy:127.0.0.1"),
+        "{audit}"
+    );
 
     let r = my_login(
         &w,

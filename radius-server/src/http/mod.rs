@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,6 +29,8 @@ pub struct HttpState {
     /// The admin API (`/v1/`).
     pub admin: Arc<admin::AdminContext>,
     pub pam: Arc<crate::pam::http::PamHttp>,
+    /// `[http] trusted_proxies`.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// Every route of the listener. Add a feature as `.merge(feature::routes())`.
@@ -38,6 +42,23 @@ pub fn router(state: HttpState) -> Router {
         .merge(crate::pam::http::routes())
         .merge(web::routes())
         .with_state(state)
+}
+
+/// The address a connection came from, recorded for every request (`ConnectInfo<Peer>`):
+/// self-service logins are bound to it, audited with it and throttled by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 /// A bound listener: plain HTTP, or HTTPS when `tls_cert` and `tls_key` are set.
@@ -85,13 +106,19 @@ pub async fn serve(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     match listener {
-        HttpListener::Plain(l) => axum::serve(l, router(state))
-            .with_graceful_shutdown(stop)
-            .await
-            .context("HTTP listener failed"),
-        HttpListener::Tls(l) => axum::serve(l, router(state))
-            .with_graceful_shutdown(stop)
-            .await
-            .context("HTTPS listener failed"),
+        HttpListener::Plain(l) => axum::serve(
+            l,
+            router(state).into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("HTTP listener failed"),
+        HttpListener::Tls(l) => axum::serve(
+            l,
+            router(state).into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("HTTPS listener failed"),
     }
 }

@@ -65,13 +65,15 @@ pub fn second_factor_key(user: &User) -> String {
 
 /// The throttle key of wrong passwords from the login's source, if the source is the
 /// user's own address: not when it fell back to the NAS's address (one guesser would
-/// block every user of that NAS), nor a PAM host's own terminal (the console stays open).
+/// block every user of that NAS), nor a PAM host's own terminal (the console stays open),
+/// nor a web proxy's address.
 pub fn source_key(req: &LoginRequest) -> Option<String> {
     let source = req.source.as_str();
     let shared = match &req.channel {
         Channel::Radius { nas_address, .. } => source == nas_address,
         Channel::Pam { .. } => source == "local" || source.starts_with("tty:"),
-        Channel::Web { .. } => false,
+        // Behind a trusted proxy that named no client (see the web pages).
+        Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
     };
     (!source.is_empty() && !shared).then(|| source_throttle_key(source))
 }
@@ -273,7 +275,56 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::delay_after;
+    use super::{delay_after, source_key};
+    use crate::engine::{Channel, LoginMode, LoginRequest, Unenrolled};
+
+    #[test]
+    fn only_a_users_own_address_is_a_throttled_source() {
+        let radius = Channel::Radius {
+            client: "vpn".into(),
+            nas_address: "192.0.2.1".into(),
+            nas_identifier: None,
+        };
+        let pam = Channel::Pam {
+            host: "bastion".into(),
+            service: "sshd".into(),
+            rhost: None,
+            tty: None,
+        };
+        let web = Channel::Web {
+            address: String::new(),
+        };
+        let cases = [
+            (&radius, "203.0.113.9", true),
+            (&radius, "02-00-5E-10-00-00", true),
+            (&radius, "192.0.2.1", false),
+            (&radius, "", false),
+            (&pam, "203.0.113.9", true),
+            (&pam, "local", false),
+            (&pam, "tty:/dev/tty1", false),
+            (&web, "203.0.113.9", true),
+            (&web, "proxy:127.0.0.1", false),
+            (&web, "web", false),
+        ];
+        for (channel, source, counted) in cases {
+            let req = LoginRequest {
+                tenant: "acme".into(),
+                channel: channel.clone(),
+                source: source.into(),
+                mode: LoginMode::Challenge,
+                username: "alice".into(),
+                credential: Default::default(),
+                delimiter: ",".into(),
+                prompt: String::new(),
+                unenrolled: Unenrolled::Deny,
+            };
+            assert_eq!(
+                source_key(&req),
+                counted.then(|| format!("source:{source}:first_factor")),
+                "{channel:?} {source}"
+            );
+        }
+    }
 
     #[test]
     fn delays_start_at_the_threshold_and_double() {

@@ -251,6 +251,7 @@ mod tests {
             radius,
             admin: context(admin, &config),
             pam,
+            trusted_proxies: Arc::new([]),
         }
     }
 

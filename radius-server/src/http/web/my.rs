@@ -6,18 +6,18 @@
 
 mod add;
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
 use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use ipnet::IpNet;
 use portcullis_core::admin::{Actor, Admin, AdminError};
 use portcullis_core::config::{LoginMode, Unenrolled};
 use portcullis_core::engine::{Channel, Engine, LoginRequest, Step};
 use portcullis_core::store::StoreError;
+use std::net::IpAddr;
 use zeroize::Zeroizing;
 
 use super::session::{cookie, set_cookie, Kind, Session, SESSION_TTL};
@@ -101,11 +101,37 @@ fn login_page(engine: &Engine, tenant: &str, error: &str, status: StatusCode) ->
 }
 
 /// Read a POST form (bounded).
-/// The browser's address when the listener records it (connect info), else `web`.
-fn peer(ext: &Extensions) -> String {
-    ext.get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "web".into())
+/// The browser's address: the connection's, or behind a trusted proxy the nearest one its
+/// `X-Forwarded-For` names that is not a trusted proxy too. A trusted proxy that names no
+/// address gives `proxy:ADDRESS`, which stands for all its users and is never throttled;
+/// `web` only for a router driven without a listener.
+fn peer(ext: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> String {
+    let Some(peer) = ext
+        .get::<ConnectInfo<crate::http::Peer>>()
+        .map(|c| c.0 .0.ip())
+    else {
+        return "web".into();
+    };
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer.to_string();
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip.to_string(),
+            // Garbage before any client address: nothing further left can be believed.
+            Err(_) => break,
+        }
+    }
+    format!("proxy:{peer}")
 }
 
 async fn login(
@@ -149,7 +175,7 @@ async fn login(
     }
     let e = engine.clone();
     let (t, u) = (tenant.clone(), username.clone());
-    let source = peer(&ext);
+    let source = peer(&ext, &headers, &state.trusted_proxies);
     let result = blocking(move || web_login(&e, &t, &u, &source, &password, &code)).await;
     match result {
         Some(Ok(())) => {
@@ -480,4 +506,55 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
         },
     );
     page(StatusCode::OK, "My second factors", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(addr: &str, forwarded: &[&str]) -> (Extensions, HeaderMap) {
+        let mut ext = Extensions::new();
+        ext.insert(ConnectInfo(crate::http::Peer(addr.parse().unwrap())));
+        let mut headers = HeaderMap::new();
+        for f in forwarded {
+            headers.append("x-forwarded-for", f.parse().unwrap());
+        }
+        (ext, headers)
+    }
+
+    #[test]
+    fn the_client_is_the_connection_unless_a_trusted_proxy_names_it() {
+        let proxies: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let cases = [
+            // Not a proxy: its X-Forwarded-For is not believed.
+            ("192.0.2.5:4000", &["203.0.113.9"][..], "192.0.2.5"),
+            ("127.0.0.1:4000", &["203.0.113.9"][..], "203.0.113.9"),
+            // The nearest address that is not a proxy; what the client wrote before it is
+            // ignored.
+            (
+                "127.0.0.1:4000",
+                &["198.51.100.1, 203.0.113.9, 10.1.2.3"][..],
+                "203.0.113.9",
+            ),
+            (
+                "127.0.0.1:4000",
+                &["198.51.100.1", "203.0.113.9"][..],
+                "203.0.113.9",
+            ),
+            // A proxy that names nobody (or garbage) stands for all its users.
+            ("127.0.0.1:4000", &[][..], "proxy:127.0.0.1"),
+            ("127.0.0.1:4000", &["unknown"][..], "proxy:127.0.0.1"),
+            ("127.0.0.1:4000", &["10.9.9.9"][..], "proxy:127.0.0.1"),
+        ];
+        for (addr, forwarded, want) in cases {
+            let (ext, headers) = from(addr, forwarded);
+            assert_eq!(peer(&ext, &headers, &proxies), want, "{addr} {forwarded:?}");
+        }
+        let (ext, headers) = from("127.0.0.1:4000", &["203.0.113.9"]);
+        assert_eq!(peer(&ext, &headers, &[]), "127.0.0.1", "no trusted proxies");
+        assert_eq!(peer(&Extensions::new(), &headers, &proxies), "web");
+    }
 }
