@@ -149,12 +149,53 @@ fn left(deadline: Instant, timeout: Duration, what: &str) -> Result<Duration, Ca
         .ok_or_else(|| CallError::Unreachable(format!("{what}: no answer within {timeout:?}")))
 }
 
+/// Runs `lookup` (getaddrinfo) within what is left of `deadline`. getaddrinfo has no
+/// timeout of its own (resolv.conf's allows many seconds per server, and sshd waits for
+/// the module meanwhile): it runs on a thread of its own, and a lookup that has not
+/// answered in time is left to finish there while the login goes on without it.
+fn resolve_within<F>(
+    host: &str,
+    lookup: F,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, CallError>
+where
+    F: FnOnce() -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+{
+    let budget = left(deadline, timeout, &format!("resolve {host}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pam_portcullis-resolve".into())
+        .spawn(move || {
+            let _ = tx.send(lookup());
+        })
+        .map_err(|e| CallError::Unreachable(format!("resolve {host}: no thread for it: {e}")))?;
+    match rx.recv_timeout(budget) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(CallError::Unreachable(format!("resolve {host}: {e}"))),
+        Err(_) => Err(CallError::Unreachable(format!(
+            "resolve {host}: no answer within {timeout:?} (check the host's DNS resolver, or give url= an IP address)"
+        ))),
+    }
+}
+
 impl HttpsTransport {
     fn connect(&self, deadline: Instant) -> Result<TcpStream, CallError> {
-        let addrs: Vec<SocketAddr> = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| CallError::Unreachable(format!("resolve {}: {e}", self.url.host)))?
-            .collect();
+        let (host, port) = (self.url.host.clone(), self.url.port);
+        let addrs = match host.parse::<std::net::IpAddr>() {
+            // An address needs no resolver.
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => resolve_within(
+                &self.url.host,
+                move || {
+                    (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(Iterator::collect)
+                },
+                deadline,
+                self.timeout,
+            )?,
+        };
         let mut last = format!("resolve {}: no address", self.url.host);
         for addr in addrs {
             let budget = left(deadline, self.timeout, "connect")?;
@@ -454,6 +495,45 @@ impl Transport for HttpsTransport {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_resolver_that_does_not_answer_costs_the_timeout_not_more() {
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let hung = move || {
+            // Like getaddrinfo waiting on a dead DNS server.
+            let _ = wait.recv();
+            Ok(vec![])
+        };
+        let e = resolve_within("mfa.example.com", hung, started + timeout, timeout).unwrap_err();
+        assert!(
+            matches!(&e, CallError::Unreachable(m) if m.contains("no answer within")),
+            "{e:?}"
+        );
+        // It gave up at the deadline; the resolver thread is left to finish on its own.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(release);
+        let addr: SocketAddr = "192.0.2.1:8443".parse().unwrap();
+        let found = resolve_within(
+            "x",
+            move || Ok(vec![addr]),
+            Instant::now() + timeout,
+            timeout,
+        );
+        assert_eq!(found.unwrap(), vec![addr]);
+        let failed = resolve_within(
+            "x",
+            || Err(std::io::Error::other("NXDOMAIN")),
+            Instant::now() + timeout,
+            timeout,
+        );
+        assert!(matches!(failed, Err(CallError::Unreachable(m)) if m.contains("NXDOMAIN")));
+    }
 
     #[test]
     fn heads_and_bodies_are_parsed() {
