@@ -1458,6 +1458,30 @@ impl Engine {
                 });
             }
         }
+        if code.is_empty() {
+            // Nothing typed (Enter by mistake, a NAS that sends an empty answer): not a
+            // guess, so the user's failures stay as they are; it uses one of this login's
+            // attempts, so that a login cannot be kept open by empty answers.
+            let attempts = self.store.add_transaction_attempt(&txn.id)?;
+            if attempts >= self.settings.max_attempts {
+                self.store.delete_transaction(&txn.id)?;
+                return Ok(Outcome::reject(format!(
+                    "no code entered ({attempts} of {} attempts; login ended)",
+                    self.settings.max_attempts
+                )));
+            }
+            return Ok(Outcome {
+                step: Step::Prompt {
+                    txn: txn_ref(&txn.id, txn.step),
+                    text: format!("No code entered. {}", req.prompt),
+                    echo: false,
+                    expects: Expects::Code,
+                    choices: Vec::new(),
+                },
+                reason: "no code entered".into(),
+                factors: vec![txn.first_factor().to_string()],
+            });
+        }
         match self.check_code(&tenant, &user, &factors, &code, now, &d, streak)? {
             CodeCheck::Accepted { factor } => {
                 self.store.delete_transaction(&txn.id)?;

@@ -222,6 +222,38 @@ fn wrong_code_reprompts_with_a_new_step_then_rejects_after_max_attempts() {
 }
 
 #[test]
+fn an_empty_answer_asks_again_without_counting_a_failure() {
+    let w = world();
+    let alice = w.engine.store().user_by_name(1, "alice").unwrap().unwrap();
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+    let again = answer(&w, "alice", "192.0.2.10", &txn, "  ");
+    let Step::Prompt {
+        text, txn: next, ..
+    } = &again
+    else {
+        panic!("{again:?}")
+    };
+    assert!(text.starts_with("No code entered."), "{text}");
+    let failures = |w: &World| {
+        w.engine
+            .store()
+            .throttle(1, &second_factor_key(&alice))
+            .unwrap()
+            .failures
+    };
+    assert_eq!(failures(&w), 0, "an empty answer is not a wrong code");
+    // It still uses one of the login's attempts: empty answers cannot hold a login open.
+    let next = prompt_txn(&answer(&w, "alice", "192.0.2.10", next, ""));
+    assert!(!is_accept(&answer(&w, "alice", "192.0.2.10", &next, "")));
+    assert!(
+        last_reason(&w).contains("login ended"),
+        "{}",
+        last_reason(&w)
+    );
+    assert_eq!(failures(&w), 0);
+}
+
+#[test]
 fn three_wrong_answers_end_the_login() {
     let w = world();
     let mut t = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
