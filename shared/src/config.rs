@@ -86,17 +86,11 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Reverse proxies in front of the listener, as CIDRs (`["127.0.0.1/32"]`): a request
     /// from one of them comes from the address its `X-Forwarded-For` names (the nearest
-    /// one that is not itself a trusted proxy). Others' `X-Forwarded-For` is ignored.
-    /// Default: loopback (a TLS proxy on this machine).
-    #[serde(default = "default_trusted_proxies")]
+    /// one that is not itself a trusted proxy). List only a proxy that sets or appends
+    /// that header itself (nginx, Apache, HAProxy in HTTP mode), never one that passes the
+    /// browser's own through (stunnel, HAProxy in TCP mode). Others' header is ignored.
+    #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
-}
-
-fn default_trusted_proxies() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"]
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect()
 }
 
 /// What `default_factor` may name.

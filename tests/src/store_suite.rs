@@ -515,23 +515,34 @@ fn throttle_counts_and_clears(s: &dyn Store) {
     s.clear_throttle(t.id, "k").unwrap();
     assert_eq!(s.throttle(t.id, "k").unwrap(), Throttle::default());
 
-    // A bucket draining 4 failures per 60 s: one every 15 s, whole failures only.
+    // A bucket draining 4 failures per 60 s: one every 15 s.
     let drain = |at| s.record_draining_failure(t.id, "d", at, 4, 60).unwrap();
     assert_eq!(drain(100).failures, 1);
     assert_eq!(drain(100).failures, 2);
-    assert_eq!(drain(101).failures, 3, "a second drains nothing");
+    let th = drain(101);
+    assert_eq!(
+        (th.failures, th.last_failure_at),
+        (3, 100),
+        "a second drains nothing"
+    );
     let th = drain(131);
     assert_eq!(
         (th.failures, th.last_failure_at),
-        (2, 131),
-        "30 s drain two"
+        (2, 130),
+        "31 s drain two (30 s)"
     );
     assert_eq!(drain(10_000).failures, 1, "an empty bucket stays empty");
+    let th = drain(9_000);
     assert_eq!(
-        drain(9_000).failures,
-        2,
+        (th.failures, th.last_failure_at),
+        (2, 10_000),
         "a clock going back drains nothing"
     );
+    // Gaps shorter than one failure's drain time add up: 10 s + 10 s + 10 s drain two.
+    assert_eq!(drain(10_010).failures, 3);
+    let th = drain(10_020);
+    assert_eq!((th.failures, th.last_failure_at), (3, 10_015));
+    assert_eq!(drain(10_030).failures, 3);
 }
 
 fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {

@@ -19,7 +19,7 @@ mod throttle;
 
 pub use batch::{BatchCounts, Batched, LoginBatcher};
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
-pub use throttle::{second_factor_key, source_throttle_key};
+pub use throttle::{second_factor_key, source_throttle_key, SOURCE_CHANNELS};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -312,7 +312,9 @@ pub struct Engine {
     /// Tenants found so far, by name (see [`Engine::tenant`]).
     tenants: std::sync::RwLock<HashMap<String, Tenant>>,
     /// Second-factor checks in progress on this node, per user (see `throttle.rs`).
-    checking: throttle::Checking,
+    checking: throttle::Checking<UserId>,
+    /// Password checks in progress on this node, per counted source.
+    checking_sources: throttle::Checking<String>,
 }
 
 /// What the first factor established, for the second-factor step.
@@ -385,6 +387,7 @@ impl Engine {
             enroll_base: None,
             tenants: Default::default(),
             checking: Default::default(),
+            checking_sources: Default::default(),
         }
     }
 
@@ -621,11 +624,15 @@ impl Engine {
                 req.tenant
             )));
         };
-        if mode != LoginMode::OtpOnly {
-            if let Some(blocked) = self.source_blocked(&tenant, req, now)? {
-                return Ok(blocked);
+        // Held until the login's password failure (if any) is counted.
+        let _source_check = if mode == LoginMode::OtpOnly {
+            None
+        } else {
+            match self.source_gate(&tenant, req, now)? {
+                Ok(guard) => guard,
+                Err(blocked) => return Ok(blocked),
             }
-        }
+        };
         // The factors come with the user: one store turn, and the second-factor checks
         // of append and otp-only logins use them.
         let (user, factors) = match self.store.user_with_factors(tenant.id, &req.username)? {

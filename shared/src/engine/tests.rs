@@ -537,6 +537,40 @@ fn wrong_passwords_from_one_address_block_it_for_the_window() {
 }
 
 #[test]
+fn passwords_checked_at_once_from_one_address_count_toward_its_block() {
+    let w = world();
+    for _ in 0..15 {
+        login_from(&w, "203.0.113.9", LoginMode::Challenge, "guess");
+    }
+    // 15 wrong on record and 6 passwords from there being checked right now: if all were
+    // wrong the bucket would overflow, so this one waits its turn, unheard.
+    let key = source_throttle_key("radius", "203.0.113.9");
+    let mut held: Vec<_> = (0..6)
+        .map(|_| w.engine.checking_sources.enter(key.clone()).0)
+        .collect();
+    let right = format!("hunter2{}", code_at(T0));
+    assert!(!is_accept(&login_from(
+        &w,
+        "203.0.113.9",
+        LoginMode::Append,
+        &right
+    )));
+    assert!(
+        last_reason(&w).contains("too many at once"),
+        "{}",
+        last_reason(&w)
+    );
+    held.pop();
+    assert!(is_accept(&login_from(
+        &w,
+        "203.0.113.9",
+        LoginMode::Append,
+        &right
+    )));
+    drop(held);
+}
+
+#[test]
 fn wrong_passwords_spread_out_never_block_and_a_nas_address_is_never_blocked() {
     let w = world();
     // One wrong password every 30 s is the rate the bucket drains (20 per 10 min).

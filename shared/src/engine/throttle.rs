@@ -8,51 +8,59 @@
 //! checked, plus failures on record, than `lock_after`.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 
 use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
 use crate::clock::UnixTime;
 use crate::model::{Tenant, User, UserId};
 
-/// Second-factor checks in progress on this node, per user.
-#[derive(Debug, Default)]
-pub(super) struct Checking(Mutex<HashMap<UserId, u32>>);
+/// Checks in progress on this node, per key: second-factor checks per user, password
+/// checks per source.
+#[derive(Debug)]
+pub(super) struct Checking<K>(Mutex<HashMap<K, u32>>);
+
+impl<K> Default for Checking<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
 
 /// One check in progress, counted until dropped (after its result was counted).
 #[derive(Debug)]
-pub(super) struct InProgress<'a> {
-    checking: &'a Checking,
-    user: UserId,
+pub(super) struct InProgress<'a, K: Hash + Eq + Clone> {
+    checking: &'a Checking<K>,
+    key: K,
 }
 
-impl Checking {
-    /// Counts a check of `user`; says how many others are in progress.
-    pub(super) fn enter(&self, user: UserId) -> (InProgress<'_>, u32) {
+impl<K: Hash + Eq + Clone> Checking<K> {
+    /// Counts a check of `key`; says how many others are in progress.
+    pub(super) fn enter(&self, key: K) -> (InProgress<'_, K>, u32) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(user).or_insert(0);
+        let n = map.entry(key.clone()).or_insert(0);
         let others = *n;
         *n += 1;
         (
             InProgress {
                 checking: self,
-                user,
+                key,
             },
             others,
         )
     }
 }
 
-impl Drop for InProgress<'_> {
+impl<K: Hash + Eq + Clone> Drop for InProgress<'_, K> {
     fn drop(&mut self) {
         let mut map = self
             .checking
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.user) {
+        if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.user);
+                map.remove(&self.key);
             }
         }
     }
@@ -75,13 +83,18 @@ pub fn source_key(req: &LoginRequest) -> Option<String> {
         // Behind a trusted proxy that named no client (see the web pages).
         Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
     };
-    (!source.is_empty() && !shared).then(|| source_throttle_key(source))
+    (!source.is_empty() && !shared).then(|| source_throttle_key(req.channel.kind(), source))
 }
 
-/// The throttle key of wrong passwords from `source`.
-pub fn source_throttle_key(source: &str) -> String {
-    format!("source:{source}:first_factor")
+/// The throttle key of wrong passwords from `source` over one kind of channel (`radius`,
+/// `pam`, `web`): each has its own bucket, so that guesses on one (say the web pages from
+/// an office's NAT address) never block that address on another (its VPN logins).
+pub fn source_throttle_key(channel: &str, source: &str) -> String {
+    format!("source:{channel}:{source}:first_factor")
 }
+
+/// The channels that have a bucket per source.
+pub const SOURCE_CHANNELS: [&str; 3] = ["radius", "pam", "web"];
 
 /// The delay owed after `failures` failures, if any.
 pub(crate) fn delay_after(failures: u32, throttle_after: u32, base: u64, cap: u64) -> u64 {
@@ -98,7 +111,7 @@ pub(crate) fn delay_after(failures: u32, throttle_after: u32, base: u64, cap: u6
 pub(super) struct Streak<'a> {
     /// Failures are on record: a good code must clear them.
     pub failures_on_record: bool,
-    _checking: InProgress<'a>,
+    _checking: InProgress<'a, UserId>,
 }
 
 impl Engine {
@@ -184,33 +197,57 @@ impl Engine {
         Ok(Ok(failures))
     }
 
-    /// A Reject if the login's source is blocked after too many wrong passwords.
-    pub(super) fn source_blocked(
+    /// `Err(reject)` if the login's source is blocked after too many wrong passwords, or
+    /// has so many passwords being checked that their failures would overflow its bucket;
+    /// else the check stays counted as in progress until the guard is dropped (after a
+    /// failure was counted). `Ok(None)`: the source is not counted.
+    pub(super) fn source_gate(
         &self,
         tenant: &Tenant,
         req: &LoginRequest,
         now: UnixTime,
-    ) -> Result<Option<Outcome>, EngineError> {
+    ) -> Result<Result<Option<InProgress<'_, String>>, Outcome>, EngineError> {
         let Some(key) = self.source_throttle_key(req) else {
-            return Ok(None);
+            return Ok(Ok(None));
+        };
+        let blocked = |reason: String| {
+            Outcome::reject_with(
+                format!("{reason} (password not checked)"),
+                "Too many failed logins from your address: try again later",
+            )
         };
         let th = self.store.throttle(tenant.id, &key)?;
         match th.locked_until {
-            Some(until) if until > now => Ok(Some(Outcome::reject_with(
-                format!(
-                    "source {} is blocked for {} s more after too many wrong passwords (password not checked)",
+            Some(until) if until > now => {
+                return Ok(Err(blocked(format!(
+                    "source {} is blocked for {} s more after too many wrong passwords",
                     req.source,
                     until - now
-                ),
-                "Too many failed logins from your address: try again later",
-            ))),
+                ))))
+            }
             Some(_) => {
                 // The block ran out: the address starts afresh.
                 self.store.clear_throttle(tenant.id, &key)?;
-                Ok(None)
             }
-            None => Ok(None),
+            None => {}
         }
+        let lock = &self.settings.lockout;
+        let window = lock.source_window.as_secs().max(1) as i64;
+        let level = if th.locked_until.is_some() {
+            0
+        } else {
+            let drained =
+                (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
+            (i64::from(th.failures) - drained).max(0) as u32
+        };
+        let (checking, others) = self.checking_sources.enter(key);
+        if level.saturating_add(others) > lock.source_failures {
+            return Ok(Err(blocked(format!(
+                "source {}: {others} other passwords being checked and {level} wrong on record: too many at once",
+                req.source
+            ))));
+        }
+        Ok(Ok(Some(checking)))
     }
 
     /// Count a wrong password from the login's source; block the source when its bucket
@@ -320,7 +357,7 @@ mod tests {
             };
             assert_eq!(
                 source_key(&req),
-                counted.then(|| format!("source:{source}:first_factor")),
+                counted.then(|| format!("source:{}:{source}:first_factor", channel.kind())),
                 "{channel:?} {source}"
             );
         }

@@ -273,7 +273,8 @@ pub trait Store: Send + Sync + 'static {
     /// Counts one failure atomically and returns the new state.
     fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle>;
     /// Counts one failure atomically in a bucket that drains `per_window` failures every
-    /// `window` seconds since the last one (whole failures only), and returns the new state.
+    /// `window` seconds, and returns the new state. `last_failure_at` is then the time the
+    /// bucket has drained up to: a part of a failure's drain time carries over to the next.
     fn record_draining_failure(
         &self,
         tenant: TenantId,

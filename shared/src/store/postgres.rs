@@ -1461,7 +1461,7 @@ impl Store for PgStore {
         per_window: u32,
         window: i64,
     ) -> StoreResult<Throttle> {
-        let per_window = i64::from(per_window);
+        let per_window = i64::from(per_window.max(1));
         let window = window.max(1);
         throttle_from_row(&self.query_one(
             "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
@@ -1469,7 +1469,11 @@ impl Store for PgStore {
              ON CONFLICT (tenant_id, throttle_key)
              DO UPDATE SET failures = GREATEST(0, throttles.failures
                  - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + 1,
-               last_failure_at = excluded.last_failure_at
+               last_failure_at = CASE WHEN throttles.failures
+                 > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
+               THEN throttles.last_failure_at
+                 + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
+               ELSE excluded.last_failure_at END
              RETURNING failures, last_failure_at, locked_until",
             &[&tenant, &key, &now, &per_window, &window],
         )?)

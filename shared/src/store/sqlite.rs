@@ -1331,7 +1331,7 @@ impl Store for SqliteStore {
         window: i64,
     ) -> StoreResult<Throttle> {
         let key = key.to_string();
-        let window = window.max(1);
+        let (per_window, window) = (per_window.max(1), window.max(1));
         self.write(move |conn| {
             let mut st = conn
                 .prepare_cached(
@@ -1340,7 +1340,11 @@ impl Store for SqliteStore {
                      ON CONFLICT (tenant_id, throttle_key)
                      DO UPDATE SET failures = MAX(0, throttles.failures
                          - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + 1,
-                       last_failure_at = excluded.last_failure_at
+                       last_failure_at = CASE WHEN throttles.failures
+                         > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
+                       THEN throttles.last_failure_at
+                         + (MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) * ?5 / ?4
+                       ELSE excluded.last_failure_at END
                      RETURNING failures, last_failure_at, locked_until",
                 )
                 .map_err(db)?;

@@ -103,18 +103,24 @@ fn login_page(engine: &Engine, tenant: &str, error: &str, status: StatusCode) ->
 /// Read a POST form (bounded).
 /// The browser's address: the connection's, or behind a trusted proxy the nearest one its
 /// `X-Forwarded-For` names that is not a trusted proxy too. A trusted proxy that names no
-/// address gives `proxy:ADDRESS`, which stands for all its users and is never throttled;
-/// `web` only for a router driven without a listener.
+/// address, and a loopback peer that is not listed (most likely a proxy on this machine
+/// that sends no header), give `proxy:ADDRESS`, which stands for all its users and is
+/// never throttled; `web` only for a router driven without a listener. IPv4 addresses
+/// seen as IPv6 (`::ffff:192.0.2.1`, a dual-stack listener) are taken as IPv4.
 fn peer(ext: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> String {
     let Some(peer) = ext
         .get::<ConnectInfo<crate::http::Peer>>()
-        .map(|c| c.0 .0.ip())
+        .map(|c| c.0 .0.ip().to_canonical())
     else {
         return "web".into();
     };
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
-        return peer.to_string();
+        return if peer.is_loopback() {
+            format!("proxy:{peer}")
+        } else {
+            peer.to_string()
+        };
     }
     let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
@@ -124,7 +130,7 @@ fn peer(ext: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> String {
         .map(str::trim)
         .collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if is_trusted(&ip) => continue,
             Ok(ip) => return ip.to_string(),
             // Garbage before any client address: nothing further left can be believed.
@@ -525,36 +531,49 @@ mod tests {
     #[test]
     fn the_client_is_the_connection_unless_a_trusted_proxy_names_it() {
         let proxies: Vec<IpNet> = vec![
-            "127.0.0.1/32".parse().unwrap(),
+            "192.0.2.80/32".parse().unwrap(),
             "10.0.0.0/8".parse().unwrap(),
         ];
         let cases = [
             // Not a proxy: its X-Forwarded-For is not believed.
-            ("192.0.2.5:4000", &["203.0.113.9"][..], "192.0.2.5"),
-            ("127.0.0.1:4000", &["203.0.113.9"][..], "203.0.113.9"),
+            ("198.51.100.5:4000", &["203.0.113.9"][..], "198.51.100.5"),
+            ("[::ffff:198.51.100.5]:4000", &[][..], "198.51.100.5"),
+            ("192.0.2.80:4000", &["203.0.113.9"][..], "203.0.113.9"),
+            (
+                "[::ffff:192.0.2.80]:4000",
+                &["::ffff:203.0.113.9"][..],
+                "203.0.113.9",
+            ),
             // The nearest address that is not a proxy; what the client wrote before it is
             // ignored.
             (
-                "127.0.0.1:4000",
+                "192.0.2.80:4000",
                 &["198.51.100.1, 203.0.113.9, 10.1.2.3"][..],
                 "203.0.113.9",
             ),
             (
-                "127.0.0.1:4000",
+                "192.0.2.80:4000",
                 &["198.51.100.1", "203.0.113.9"][..],
                 "203.0.113.9",
             ),
             // A proxy that names nobody (or garbage) stands for all its users.
-            ("127.0.0.1:4000", &[][..], "proxy:127.0.0.1"),
-            ("127.0.0.1:4000", &["unknown"][..], "proxy:127.0.0.1"),
-            ("127.0.0.1:4000", &["10.9.9.9"][..], "proxy:127.0.0.1"),
+            ("192.0.2.80:4000", &[][..], "proxy:192.0.2.80"),
+            ("192.0.2.80:4000", &["unknown"][..], "proxy:192.0.2.80"),
+            ("192.0.2.80:4000", &["10.9.9.9"][..], "proxy:192.0.2.80"),
+            // Loopback, not listed: a local proxy whose header is not believed.
+            ("127.0.0.1:4000", &["203.0.113.9"][..], "proxy:127.0.0.1"),
+            ("[::1]:4000", &[][..], "proxy:::1"),
         ];
         for (addr, forwarded, want) in cases {
             let (ext, headers) = from(addr, forwarded);
             assert_eq!(peer(&ext, &headers, &proxies), want, "{addr} {forwarded:?}");
         }
-        let (ext, headers) = from("127.0.0.1:4000", &["203.0.113.9"]);
-        assert_eq!(peer(&ext, &headers, &[]), "127.0.0.1", "no trusted proxies");
+        let (ext, headers) = from("192.0.2.80:4000", &["203.0.113.9"]);
+        assert_eq!(
+            peer(&ext, &headers, &[]),
+            "192.0.2.80",
+            "no trusted proxies"
+        );
         assert_eq!(peer(&Extensions::new(), &headers, &proxies), "web");
     }
 }
