@@ -448,3 +448,22 @@ fn tls_settings_are_checked_at_start_and_shown_by_config_check() {
     let v = env.cli_json(&["config", "check", "--json"]);
     assert_eq!(v["http"]["tls"], true, "{v}");
 }
+
+#[test]
+fn the_module_stays_mapped_after_pam_end() {
+    // A name lookup that outlives timeout= finishes on its own thread, which must still
+    // find the module's code after the application dlclose()s it: DF_1_NODELETE.
+    let readelf = portcullis_tests::require_tool("readelf", "binutils");
+    let out = std::process::Command::new(readelf)
+        .arg("-d")
+        .arg(pam_module_path())
+        .output()
+        .expect("readelf runs");
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dynamic
+            .lines()
+            .any(|l| l.contains("FLAGS_1") && l.contains("NODELETE")),
+        "{dynamic}"
+    );
+}
