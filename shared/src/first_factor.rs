@@ -3,7 +3,7 @@
 //! per tenant.
 
 use crate::engine::ReplyAttribute;
-use crate::model::User;
+use crate::model::{User, UserId};
 use crate::password::PasswordHasher;
 
 use std::collections::HashMap;
@@ -120,21 +120,30 @@ pub struct LocalPasswords {
     stand_ins: Arc<StandIns>,
 }
 
-/// Per tenant, the kinds of hash its logins verified (scheme and cost, without salt and
-/// checksum), how often, and a stand-in hash of each kind.
+/// Per tenant, the kinds of hash (scheme and cost, without salt and checksum) of the users
+/// who logged in, how many users have each, and a stand-in hash of each kind.
 ///
 /// A login without a hash (unknown user, no password set) verifies the stand-in of the
 /// tenant's most common kind, so that it takes as long as a real user's: with one fixed
 /// argon2id stand-in, a tenant of imported `$6$` hashes (a few milliseconds each) would
 /// answer unknown names 20 ms later than known ones, and tell a guesser which exist.
+/// Users are counted, not verifications: hammering one user's password cannot make that
+/// user's kind the stand-in.
 #[derive(Debug, Default)]
-struct StandIns(Mutex<HashMap<String, Vec<Kind>>>);
+struct StandIns(Mutex<HashMap<String, TenantKinds>>);
+
+#[derive(Debug, Default)]
+struct TenantKinds {
+    kinds: Vec<Kind>,
+    /// Each user's kind (an index into `kinds`), as last verified.
+    users: HashMap<UserId, usize>,
+}
 
 #[derive(Debug)]
 struct Kind {
     /// The hash up to its salt: `$6$rounds=N`, `$argon2id$v=19$m=...,t=...,p=...`.
     cost: String,
-    seen: u64,
+    users: u64,
     stand_in: String,
 }
 
@@ -146,6 +155,25 @@ fn cost_of(hash: &str) -> &str {
     hash.rsplitn(3, '$').nth(2).unwrap_or("")
 }
 
+impl TenantKinds {
+    /// Counts `user` under kind `k` (once, however often they log in). `false` if `cost`
+    /// is a kind not seen yet (its stand-in must be made first).
+    fn count(&mut self, user: UserId, cost: &str) -> bool {
+        let Some(k) = self.kinds.iter().position(|k| k.cost == cost) else {
+            return false;
+        };
+        match self.users.insert(user, k) {
+            Some(old) if old == k => {}
+            Some(old) => {
+                self.kinds[old].users -= 1;
+                self.kinds[k].users += 1;
+            }
+            None => self.kinds[k].users += 1,
+        }
+        true
+    }
+}
+
 impl LocalPasswords {
     /// The local backend with this hasher.
     pub fn new(hasher: PasswordHasher) -> Self {
@@ -155,22 +183,21 @@ impl LocalPasswords {
         }
     }
 
-    /// Count a hash that a login of `tenant` verifies. The first of a kind makes its
+    fn kinds(&self) -> std::sync::MutexGuard<'_, HashMap<String, TenantKinds>> {
+        self.stand_ins
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Count the kind of `user`'s hash in `tenant`. The first user of a kind makes its
     /// stand-in (one hash of that cost, once per kind).
-    fn note(&self, tenant: &str, hash: &str) {
+    fn note(&self, tenant: &str, user: UserId, hash: &str) {
         let cost = cost_of(hash);
         {
-            let mut map = self
-                .stand_ins
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(kinds) = map.get_mut(tenant) {
-                if let Some(k) = kinds.iter_mut().find(|k| k.cost == cost) {
-                    k.seen += 1;
-                    return;
-                }
-                if kinds.len() >= MAX_KINDS {
+            let mut map = self.kinds();
+            if let Some(t) = map.get_mut(tenant) {
+                if t.count(user, cost) || t.kinds.len() >= MAX_KINDS {
                     return;
                 }
             }
@@ -178,32 +205,26 @@ impl LocalPasswords {
         let Some(stand_in) = self.hasher.stand_in_for(hash) else {
             return;
         };
-        let mut map = self
-            .stand_ins
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let kinds = map.entry(tenant.to_string()).or_default();
+        let mut map = self.kinds();
+        let t = map.entry(tenant.to_string()).or_default();
         // Another login may have added the kind meanwhile.
-        if let Some(k) = kinds.iter_mut().find(|k| k.cost == cost) {
-            k.seen += 1;
-        } else if kinds.len() < MAX_KINDS {
-            kinds.push(Kind {
+        if !t.kinds.iter().any(|k| k.cost == cost) {
+            if t.kinds.len() >= MAX_KINDS {
+                return;
+            }
+            t.kinds.push(Kind {
                 cost: cost.to_string(),
-                seen: 1,
+                users: 0,
                 stand_in,
             });
         }
+        t.count(user, cost);
     }
 
     /// The stand-in hash for `tenant`'s logins without one: of its most common kind.
     fn stand_in(&self, tenant: &str) -> Option<String> {
-        let map = self
-            .stand_ins
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let kind = map.get(tenant)?.iter().max_by_key(|k| k.seen)?;
+        let map = self.kinds();
+        let kind = map.get(tenant)?.kinds.iter().max_by_key(|k| k.users)?;
         Some(kind.stand_in.clone())
     }
 
@@ -238,7 +259,7 @@ impl FirstFactor for LocalPasswords {
             self.verify_stand_in(tenant, password);
             return FirstFactorResult::Rejected("user has no password set".into());
         };
-        self.note(tenant, hash);
+        self.note(tenant, u.id, hash);
         // Verify before looking at `disabled`, so that both cost the same time.
         let ok = self.hasher.verify(hash, password);
         if u.disabled {
@@ -266,11 +287,11 @@ mod tests {
         .unwrap()
     }
 
-    fn user_with(hash: &str) -> User {
+    fn user_with(id: UserId, hash: &str) -> User {
         User {
-            id: 1,
+            id,
             tenant_id: 1,
-            name: "someone".into(),
+            name: format!("user{id}"),
             password_hash: Some(hash.to_string()),
             email: None,
             phone: None,
@@ -320,24 +341,46 @@ mod tests {
     }
 
     #[test]
-    fn unknown_users_verify_a_stand_in_of_the_tenants_most_common_hash() {
+    fn unknown_users_verify_a_stand_in_of_the_kind_most_users_have() {
         let local = LocalPasswords::new(hasher());
         // Before any login the tenant's stand-in is the default argon2id one.
         assert_eq!(local.stand_in("imported"), None);
         let argon = hasher().hash(b"secret").unwrap();
-        for (tenant, hash) in [
-            ("imported", sha512(1000)),
-            ("imported", argon.clone()),
-            ("imported", sha512(1000)),
-            ("native", argon.clone()),
+        let check = |tenant: &str, id: UserId, hash: &str, password: &[u8]| {
+            local.check(tenant, "someone", Some(&user_with(id, hash)), password)
+        };
+        let six = sha512(1000);
+        for (tenant, id, hash) in [
+            ("imported", 1, &six),
+            ("imported", 2, &argon),
+            ("imported", 3, &six),
+            ("native", 1, &argon),
+            ("native", 4, &argon),
         ] {
-            let result = local.check(tenant, "someone", Some(&user_with(&hash)), b"secret");
-            assert!(matches!(result, FirstFactorResult::Accepted(_)));
+            assert!(matches!(
+                check(tenant, id, hash, b"secret"),
+                FirstFactorResult::Accepted(_)
+            ));
         }
         let imported = local.stand_in("imported").unwrap();
         assert_eq!(cost_of(&imported), "$6$rounds=1000");
         assert_eq!(cost_of(&local.stand_in("native").unwrap()), cost_of(&argon));
-        // An unknown user of each tenant is rejected after verifying that stand-in.
+        // Users are counted, not verifications: guessing one user's password many times
+        // does not make that user's kind the stand-in.
+        for _ in 0..10 {
+            check("native", 2, &six, b"guess");
+        }
+        assert_eq!(cost_of(&local.stand_in("native").unwrap()), cost_of(&argon));
+        check("native", 3, &six, b"guess");
+        check("native", 5, &six, b"guess");
+        assert_eq!(
+            cost_of(&local.stand_in("native").unwrap()),
+            "$6$rounds=1000"
+        );
+        // A user whose hash changed kind moves with it.
+        check("native", 3, &argon, b"guess");
+        assert_eq!(cost_of(&local.stand_in("native").unwrap()), cost_of(&argon));
+        // An unknown user is rejected after verifying that stand-in.
         let result = local.check("imported", "nobody", None, b"secret");
         assert!(matches!(result, FirstFactorResult::Rejected(r) if r == "unknown user"));
     }

@@ -645,6 +645,19 @@ impl Engine {
             // it, the refusal would confirm the password (otp-only logins check no password
             // and meet the same gate before their code).
             if let Err(mut blocked) = self.throttle_state(&tenant, u, now)? {
+                // It still takes a wrong password's time (stand-in hashes, as many as the
+                // string would have cost), so that timing does not single out the locked.
+                let hashes = match mode {
+                    LoginMode::Append => {
+                        split::append_candidates(&req.credential, &req.delimiter).len() + 1
+                    }
+                    _ => 1,
+                };
+                for _ in 0..hashes {
+                    let _ = self
+                        .local
+                        .check(&req.tenant, &req.username, None, &req.credential);
+                }
                 blocked.reason.push_str(" (password not checked)");
                 return Ok(blocked);
             }
