@@ -354,14 +354,11 @@ impl Admin {
     /// Whether it was blocked or had failures on record.
     pub fn unblock_source(&self, tenant: &str, source: &str) -> Result<bool, AdminError> {
         let t = self.tenant(tenant)?;
-        // As the audit shows it: IPv4 seen over IPv6 and IPv6 spellings alike.
-        let source = match source.trim().parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.to_canonical().to_string(),
-            Err(_) => source.trim().to_string(),
-        };
+        // An address as the audit shows it (an IPv6 one stands for its /64).
+        let source = source.trim();
         let mut had = false;
         for channel in crate::engine::SOURCE_CHANNELS {
-            let key = crate::engine::source_throttle_key(channel, &source);
+            let key = crate::engine::source_throttle_key(channel, source);
             had |= self.store.throttle(t.id, &key)? != Default::default();
             self.store.clear_throttle(t.id, &key)?;
         }

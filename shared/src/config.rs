@@ -1317,10 +1317,12 @@ impl Config {
                 "must not be smaller than lockout.throttle_after".into(),
             ));
         }
-        if self.lockout.source_failures > 0 && self.lockout.source_window.as_secs() == 0 {
+        if self.lockout.source_failures > 0
+            && !(1..=86_400).contains(&self.lockout.source_window.as_secs())
+        {
             return Err(bad(
                 "lockout.source_window".into(),
-                "must be at least 1s (or set lockout.source_failures = 0 to turn the check off)"
+                "must be between 1s and 24h (or set lockout.source_failures = 0 to turn the check off)"
                     .into(),
             ));
         }

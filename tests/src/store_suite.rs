@@ -543,6 +543,22 @@ fn throttle_counts_and_clears(s: &dyn Store) {
     let th = drain(10_020);
     assert_eq!((th.failures, th.last_failure_at), (3, 10_015));
     assert_eq!(drain(10_030).failures, 3);
+
+    // Purged once long drained (two days on); user throttles and fresh buckets stay.
+    let old = "source:radius:192.0.2.1:first_factor";
+    let fresh = "source:radius:192.0.2.2:first_factor";
+    s.record_draining_failure(t.id, old, 10_000, 4, 60).unwrap();
+    s.record_draining_failure(t.id, fresh, 10_000 + 2 * 86_400, 4, 60)
+        .unwrap();
+    s.record_failure(t.id, "user:1:second_factor", 10_000)
+        .unwrap();
+    s.purge_expired(10_001 + 2 * 86_400).unwrap();
+    assert_eq!(s.throttle(t.id, old).unwrap(), Throttle::default());
+    assert_eq!(s.throttle(t.id, fresh).unwrap().failures, 1);
+    assert_eq!(
+        s.throttle(t.id, "user:1:second_factor").unwrap().failures,
+        1
+    );
 }
 
 fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {

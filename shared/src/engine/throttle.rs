@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 
 use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
@@ -90,7 +91,21 @@ pub fn source_key(req: &LoginRequest) -> Option<String> {
 /// `pam`, `web`): each has its own bucket, so that guesses on one (say the web pages from
 /// an office's NAT address) never block that address on another (its VPN logins).
 pub fn source_throttle_key(channel: &str, source: &str) -> String {
-    format!("source:{channel}:{source}:first_factor")
+    format!("source:{channel}:{}:first_factor", source_bucket(source))
+}
+
+/// What a source's bucket is kept for: an IPv6 address by its /64 (a host or network
+/// is given a whole /64 and may take any address in it), IPv4 seen over IPv6 as IPv4,
+/// anything else (a MAC address, a phone number) as written.
+fn source_bucket(source: &str) -> String {
+    match source.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        Ok(ip) => ip.to_string(),
+        Err(_) => source.to_string(),
+    }
 }
 
 /// The channels that have a bucket per source.
@@ -312,7 +327,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::{delay_after, source_key};
+    use super::{delay_after, source_key, source_throttle_key};
     use crate::engine::{Channel, LoginMode, LoginRequest, Unenrolled};
 
     #[test]
@@ -342,6 +357,8 @@ mod tests {
             (&web, "203.0.113.9", true),
             (&web, "proxy:127.0.0.1", false),
             (&web, "web", false),
+            (&radius, "::ffff:203.0.113.9", true),
+            (&radius, "2001:db8:1:2::abcd", true),
         ];
         for (channel, source, counted) in cases {
             let req = LoginRequest {
@@ -357,10 +374,35 @@ mod tests {
             };
             assert_eq!(
                 source_key(&req),
-                counted.then(|| format!("source:{}:{source}:first_factor", channel.kind())),
+                counted.then(|| source_throttle_key(channel.kind(), source)),
                 "{channel:?} {source}"
             );
         }
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+        use super::source_throttle_key as key;
+        assert_eq!(
+            key("radius", "2001:db8:1:2::abcd"),
+            "source:radius:2001:db8:1:2::/64:first_factor"
+        );
+        assert_eq!(
+            key("radius", "2001:db8:1:2:ffff::1"),
+            key("radius", "2001:db8:1:2::abcd")
+        );
+        assert_ne!(
+            key("radius", "2001:db8:1:3::1"),
+            key("radius", "2001:db8:1:2::1")
+        );
+        assert_eq!(
+            key("web", "::ffff:203.0.113.9"),
+            "source:web:203.0.113.9:first_factor"
+        );
+        assert_eq!(
+            key("radius", "02-00-5E-10-00-00"),
+            "source:radius:02-00-5E-10-00-00:first_factor"
+        );
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub trait BatchUnits {
     fn end_unit(&self, keep: bool) -> StoreResult<()>;
 }
 
+/// How long a source's wrong-password bucket is kept after its last failure: longer than
+/// the longest `[lockout] source_window` (a day) takes to drain it.
+pub const SOURCE_ROWS_KEPT: i64 = 2 * 86_400;
+
 /// Everything the Engine and the admin commands keep. Implemented by every backend and
 /// exercised by one test suite.
 pub trait Store: Send + Sync + 'static {

@@ -1584,6 +1584,13 @@ impl Store for PgStore {
             &[&(now - 86_400)],
         )?;
         n += conn.execute("DELETE FROM enrollments WHERE expires_at <= $1", &[&now])?;
+        // A source's bucket two days after its last failure has drained (windows are at
+        // most a day) and any block has ended.
+        n += conn.execute(
+            "DELETE FROM throttles WHERE throttle_key LIKE 'source:%'
+             AND last_failure_at <= $1 AND COALESCE(locked_until, 0) <= $1",
+            &[&(now - super::SOURCE_ROWS_KEPT)],
+        )?;
         Ok(n)
     }
 

@@ -1446,9 +1446,10 @@ impl Store for SqliteStore {
     }
 
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        use super::SOURCE_ROWS_KEPT;
         let mut purged = self.purge_used_otps(now)?;
         // (table, which rows, the time they are compared with)
-        let purges: [(&str, &str, UnixTime); 6] = [
+        let purges: [(&str, &str, UnixTime); 7] = [
             ("transactions", "expires_at <= ?1", now),
             ("bypass_codes", "expires_at <= ?1 OR uses_left <= 0", now),
             // Sent codes stay an hour past expiry: the hourly send quota counts them.
@@ -1457,6 +1458,13 @@ impl Store for SqliteStore {
             // Pushes stay a day past expiry: the anti-fatigue window counts them.
             ("push_requests", "expires_at <= ?1", now - 86_400),
             ("enrollments", "expires_at <= ?1", now),
+            // A source's bucket two days after its last failure has drained (windows are
+            // at most a day) and any block has ended.
+            (
+                "throttles",
+                "throttle_key LIKE 'source:%' AND last_failure_at <= ?1 AND COALESCE(locked_until, 0) <= ?1",
+                now - SOURCE_ROWS_KEPT,
+            ),
         ];
         for (table, rows, at) in purges {
             let sql = format!(
