@@ -95,6 +95,18 @@ fn an_accept_too_large_for_one_packet_becomes_a_reject_not_silence() {
         .server
         .wait_for_stderr("does not fit in one RADIUS packet", Duration::from_secs(5));
     assert!(log.contains("shorten the reply attributes"), "{log}");
+    // The audit says what was sent after the Engine's Accept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let audit = s._env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+        let text = audit.to_string();
+        if text.contains("did not fit in one RADIUS packet") {
+            assert!(text.contains("\"reject\""), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -372,9 +372,37 @@ impl Pending {
             Err(e) if reply.code != ReplyCode::Reject => {
                 // The login was decided (a code may be used up): dropping the reply would
                 // leave the NAS retrying into a replay refusal. Refuse it plainly instead.
-                tracing::error!(%src, client = %client.config.name, error = %e,
+                let user = request.user_name.clone().unwrap_or_default();
+                tracing::error!(%src, client = %client.config.name, %user, error = %e,
                     "the reply does not fit in one RADIUS packet; sending Access-Reject instead: \
                      shorten the reply attributes of this user's tenant, groups or client");
+                // The Engine audited what it decided; the audit also says what was sent.
+                let record = portcullis_core::model::AuditRecord {
+                    time: ctx.engine.now(),
+                    tenant: client.config.tenant.clone(),
+                    username: user,
+                    channel: "radius".into(),
+                    client: client.config.name.clone(),
+                    source: request
+                        .calling_station_id
+                        .clone()
+                        .unwrap_or_else(|| src.ip().to_string()),
+                    mode: client.config.mode.as_str().into(),
+                    factors: Vec::new(),
+                    result: portcullis_core::model::AuditResult::Reject,
+                    reason: format!(
+                        "the {:?} did not fit in one RADIUS packet ({e}): Access-Reject sent instead",
+                        reply.code
+                    ),
+                    transaction: None,
+                    host: None,
+                };
+                let store = ctx.engine.store().clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.append_audit(&record) {
+                        tracing::error!(error = %e, "could not audit the replaced reply");
+                    }
+                });
                 let reject = Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()));
                 let encoded = packet::encode_reply(&request, &reject, secret);
                 (reject, encoded)
