@@ -420,7 +420,8 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     assert_eq!(r.status, 403, "{}", r.body);
     // Password alone, or a wrong code: refused.
     let r = my_login(&w, "alice", "pw-alice", "");
-    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("Enter the code"), "{}", r.body);
     assert!(set_cookie(&r, "pc_my").is_none());
     let r = my_login(
         &w,

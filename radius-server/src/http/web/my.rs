@@ -179,6 +179,15 @@ async fn login(
             StatusCode::BAD_REQUEST,
         );
     }
+    if code.trim().is_empty() {
+        // Not a login attempt: nothing is checked, counted or left open.
+        return login_page(
+            &engine,
+            &tenant,
+            "Enter the code from your authenticator app (or a recovery code) with your password.",
+            StatusCode::BAD_REQUEST,
+        );
+    }
     let e = engine.clone();
     let (t, u) = (tenant.clone(), username.clone());
     let source = peer(&ext, &headers, &state.trusted_proxies);
