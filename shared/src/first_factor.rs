@@ -276,16 +276,7 @@ impl FirstFactor for LocalPasswords {
 mod tests {
     use super::*;
     use crate::config::PasswordConfig;
-
-    fn hasher() -> PasswordHasher {
-        PasswordHasher::new(&PasswordConfig {
-            argon2_memory_kib: 1024,
-            argon2_iterations: 1,
-            argon2_parallelism: 1,
-            ..PasswordConfig::default()
-        })
-        .unwrap()
-    }
+    use crate::password::cheap as hasher;
 
     fn user_with(id: UserId, hash: &str) -> User {
         User {

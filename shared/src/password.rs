@@ -298,19 +298,21 @@ impl PasswordHasher {
     }
 }
 
+/// A hasher with the cheapest argon2id cost (1 MiB, one pass), for tests.
+#[cfg(test)]
+pub(crate) fn cheap() -> PasswordHasher {
+    PasswordHasher::new(&PasswordConfig {
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        argon2_parallelism: 1,
+        ..PasswordConfig::default()
+    })
+    .expect("a valid cost")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cheap() -> PasswordHasher {
-        PasswordHasher::new(&PasswordConfig {
-            argon2_memory_kib: 1024,
-            argon2_iterations: 1,
-            argon2_parallelism: 1,
-            ..PasswordConfig::default()
-        })
-        .unwrap()
-    }
 
     #[test]
     fn argon2id_round_trip() {

@@ -150,21 +150,13 @@ mod tests {
     use super::*;
     use crate::admin::Admin;
     use crate::clock::ManualClock;
-    use crate::config::PasswordConfig;
-    use crate::password::PasswordHasher;
     use crate::secrets::MasterKey;
     use crate::store::{SqliteStore, Store};
     use std::sync::Arc;
 
     fn admin() -> Admin {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
-        let hasher = PasswordHasher::new(&PasswordConfig {
-            argon2_memory_kib: 1024,
-            argon2_iterations: 1,
-            argon2_parallelism: 1,
-            ..PasswordConfig::default()
-        })
-        .unwrap();
+        let hasher = crate::password::cheap();
         Admin::new(
             store,
             Arc::new(ManualClock::new(1_800_000_000)),

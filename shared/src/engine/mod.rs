@@ -1447,13 +1447,8 @@ impl Engine {
             txn.step,
         )? {
             if let Step::Prompt { .. } = o.step {
-                let attempts = self.store.add_transaction_attempt(&txn.id)?;
-                if attempts >= self.settings.max_attempts {
-                    self.store.delete_transaction(&txn.id)?;
-                    return Ok(Outcome::reject(format!(
-                        "{} ({attempts} of {} attempts; login ended)",
-                        o.reason, self.settings.max_attempts
-                    )));
+                if let Some(ended) = self.use_attempt(&txn.id, &o.reason)? {
+                    return Ok(ended);
                 }
             } else {
                 self.store.delete_transaction(&txn.id)?;
@@ -1482,24 +1477,10 @@ impl Engine {
             // Nothing typed (Enter by mistake, a NAS that sends an empty answer): not a
             // guess, so the user's failures stay as they are; it uses one of this login's
             // attempts, so that a login cannot be kept open by empty answers.
-            let attempts = self.store.add_transaction_attempt(&txn.id)?;
-            if attempts >= self.settings.max_attempts {
-                self.store.delete_transaction(&txn.id)?;
-                return Ok(Outcome::reject(format!(
-                    "no code entered ({attempts} of {} attempts; login ended)",
-                    self.settings.max_attempts
-                )));
-            }
-            return Ok(Outcome {
-                step: Step::Prompt {
-                    txn: txn_ref(&txn.id, txn.step),
-                    text: format!("No code entered. {}", req.prompt),
-                    echo: false,
-                    expects: Expects::Code,
-                    choices: Vec::new(),
-                },
-                reason: "no code entered".into(),
-                factors: vec![txn.first_factor().to_string()],
+            let reason = "no code entered";
+            return Ok(match self.use_attempt(&txn.id, reason)? {
+                Some(ended) => ended,
+                None => ask_again(&txn, format!("No code entered. {}", req.prompt), reason),
             });
         }
         match self.check_code(&tenant, &user, &factors, &code, now, &d, streak)? {
@@ -1512,34 +1493,48 @@ impl Engine {
                 ))
             }
             failed => {
-                let attempts = self.store.add_transaction_attempt(&txn.id)?;
-                if attempts >= self.settings.max_attempts {
-                    self.store.delete_transaction(&txn.id)?;
-                    return Ok(Outcome::reject(format!(
-                        "{} ({} of {} attempts; login ended)",
-                        failed.reason(),
-                        attempts,
-                        self.settings.max_attempts
-                    )));
+                let reason = failed.reason();
+                if let Some(ended) = self.use_attempt(&txn.id, &reason)? {
+                    return Ok(ended);
                 }
                 // A throttle that the failure just switched on ends the login too.
                 if let Some(blocked) = self.throttle_blocks(&tenant, &user, now)? {
                     self.store.delete_transaction(&txn.id)?;
                     return Ok(blocked);
                 }
-                Ok(Outcome {
-                    step: Step::Prompt {
-                        txn: txn_ref(&txn.id, txn.step),
-                        text: format!("Wrong code, try again. {}", req.prompt),
-                        echo: false,
-                        expects: Expects::Code,
-                        choices: Vec::new(),
-                    },
-                    reason: failed.reason(),
-                    factors: vec![txn.first_factor().to_string()],
-                })
+                let text = format!("Wrong code, try again. {}", req.prompt);
+                Ok(ask_again(&txn, text, &reason))
             }
         }
+    }
+
+    /// Counts an answer that did not log in against the login's attempts: the Reject that
+    /// ends the login once they are used up (audited with `reason`), else `None`.
+    fn use_attempt(&self, txn: &str, reason: &str) -> Result<Option<Outcome>, EngineError> {
+        let attempts = self.store.add_transaction_attempt(txn)?;
+        if attempts < self.settings.max_attempts {
+            return Ok(None);
+        }
+        self.store.delete_transaction(txn)?;
+        Ok(Some(Outcome::reject(format!(
+            "{reason} ({attempts} of {} attempts; login ended)",
+            self.settings.max_attempts
+        ))))
+    }
+}
+
+/// The same transaction's prompt for a code again, headed by `text`.
+fn ask_again(txn: &Transaction, text: String, reason: &str) -> Outcome {
+    Outcome {
+        step: Step::Prompt {
+            txn: txn_ref(&txn.id, txn.step),
+            text,
+            echo: false,
+            expects: Expects::Code,
+            choices: Vec::new(),
+        },
+        reason: reason.into(),
+        factors: vec![txn.first_factor().to_string()],
     }
 }
 

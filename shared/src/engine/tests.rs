@@ -7,7 +7,6 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::admin::{Admin, NewPassword};
 use crate::clock::ManualClock;
-use crate::config::PasswordConfig;
 use crate::store::SqliteStore;
 use crate::totp::{decode_base32, generate, TotpParams};
 
@@ -24,13 +23,7 @@ fn world() -> World {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
     let clock = Arc::new(ManualClock::new(T0 + 5));
     let key = Arc::new(MasterKey::from_bytes([7; 32]));
-    let hasher = PasswordHasher::new(&PasswordConfig {
-        argon2_memory_kib: 1024,
-        argon2_iterations: 1,
-        argon2_parallelism: 1,
-        ..PasswordConfig::default()
-    })
-    .unwrap();
+    let hasher = crate::password::cheap();
     let engine = Engine::new(
         store.clone(),
         clock.clone(),
