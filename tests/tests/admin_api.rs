@@ -285,6 +285,15 @@ fn a_user_created_and_enrolled_through_the_api_logs_in_over_radius() {
         None,
         200,
     );
+    // Nothing on record for this address: unblocked all the same, and said so.
+    let r = api.expect(
+        &admin,
+        "POST",
+        "/v1/tenants/acme/sources/203.0.113.7/unblock",
+        None,
+        200,
+    );
+    assert_eq!(r, json!({"ok": true, "had_failures": false}));
 
     // Recovery codes, returned once, log in once.
     let codes = api.expect(
@@ -433,6 +442,11 @@ fn a_tenant_token_never_reaches_another_tenant() {
             None,
         ),
         ("POST", "/v1/tenants/globex/users/bob/unlock".into(), None),
+        (
+            "POST",
+            "/v1/tenants/globex/sources/203.0.113.7/unblock".into(),
+            None,
+        ),
         ("GET", "/v1/tenants/globex/audit".into(), None),
         ("GET", "/v1/tenants/globex/policies".into(), None),
         ("GET", "/v1/tenants/globex/clients".into(), None),

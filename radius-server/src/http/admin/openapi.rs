@@ -170,6 +170,13 @@ fn operations() -> Vec<Op> {
             ("200", "unlocked"),
         ),
         op(
+            "/v1/tenants/{tenant}/sources/{address}/unblock",
+            "post",
+            "Lift the block of a source address after too many wrong passwords (all channels)",
+            "operator, admin",
+            ("200", "unblocked; had_failures says whether any were on record"),
+        ),
+        op(
             "/v1/tenants/{tenant}/users/{user}/factors",
             "get",
             "List a user's factors (no secrets)",

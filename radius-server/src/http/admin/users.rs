@@ -1,5 +1,6 @@
 //! `/v1/tenants/{tenant}/users[/{user}[/unlock]]`: list, create, show, change, delete and
-//! unlock users.
+//! unlock users; `/v1/tenants/{tenant}/sources/{address}/unblock`: lift the block of an
+//! address after too many wrong passwords.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -30,6 +31,11 @@ pub fn routes() -> Vec<ApiRoute> {
             path: "/v1/tenants/{tenant}/users/{user}/unlock",
             methods: &["post"],
             handlers: post(unlock),
+        },
+        ApiRoute {
+            path: "/v1/tenants/{tenant}/sources/{address}/unblock",
+            methods: &["post"],
+            handlers: post(unblock),
         },
     ]
 }
@@ -210,4 +216,26 @@ async fn unlock(
     })
     .await?;
     Ok(Json(json!({"ok": true})))
+}
+
+async fn unblock(
+    caller: Caller,
+    State(s): State<HttpState>,
+    Path((tenant, address)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.check(&tenant, Perm::WriteUsers)?;
+    let ctx = s.admin.clone();
+    let had = blocking(move || {
+        let had = ctx.admin.unblock_source(&tenant, &address)?;
+        ctx.audit(
+            &caller,
+            &tenant,
+            "",
+            "source.unblock",
+            &format!("wrong passwords from {address} forgotten"),
+        );
+        Ok(had)
+    })
+    .await?;
+    Ok(Json(json!({"ok": true, "had_failures": had})))
 }
