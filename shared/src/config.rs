@@ -307,6 +307,12 @@ pub struct ClientConfig {
     /// Overrides the tenant's first factor for this client (`local`, `ldap`, `radius`, `none`).
     #[serde(default)]
     pub first_factor: Option<FirstFactorKind>,
+    /// Whether wrong passwords are limited per Calling-Station-Id (`[lockout]
+    /// source_failures`). Set false for a NAS whose Calling-Station-Id does not tell its
+    /// users apart (a constant, or the NAS's own public address): all its users would
+    /// share one count. Without a Calling-Station-Id nothing is counted anyway.
+    #[serde(default = "yes")]
+    pub source_limit: bool,
 }
 
 fn default_max_wait() -> Duration {

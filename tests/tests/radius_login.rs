@@ -437,3 +437,39 @@ fn an_address_guessing_passwords_is_blocked_until_an_admin_unblocks_it() {
         "the address after `portcullis unblock`",
     );
 }
+
+#[test]
+fn a_client_with_source_limit_false_counts_no_address() {
+    peers();
+    // A NAS whose Calling-Station-Id is the same for every user.
+    let env = TestEnv::new(vec![portcullis_tests::ClientSpec {
+        extra: "source_limit = false".into(),
+        ..portcullis_tests::ClientSpec::new(Mode::Append)
+    }]);
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let secret = portcullis_tests::random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    let server = env.start_server();
+    let send = |password: &str| {
+        portcullis_tests::radclient(
+            server.addr,
+            &env.client().secret,
+            &[
+                ("User-Name", "alice".to_string()),
+                ("User-Password", password.to_string()),
+                ("Calling-Station-Id", "vpn-gateway".to_string()),
+            ],
+            true,
+        )
+    };
+    for i in 0..25 {
+        expect(&send(&format!("guess{i}")), "Access-Reject", "a wrong password");
+    }
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    expect(
+        &send(&format!("pw{code}")),
+        "Access-Accept",
+        "after 25 wrong passwords from the shared Calling-Station-Id",
+    );
+}

@@ -171,6 +171,7 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
                 delimiter: ",".into(),
                 prompt: settings.prompt.clone(),
                 unenrolled,
+                source_limited: true,
             };
             engine.start(&login)
         }

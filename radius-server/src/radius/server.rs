@@ -540,6 +540,7 @@ fn ask_of(
                 delimiter: cfg.delimiter.clone(),
                 prompt: cfg.prompt.clone(),
                 unenrolled: cfg.unenrolled,
+                source_limited: cfg.source_limit,
             },
             follow,
         ),

@@ -104,6 +104,9 @@ pub struct LoginRequest {
     pub prompt: String,
     /// Users without a confirmed second factor.
     pub unenrolled: Unenrolled,
+    /// Whether wrong passwords count toward `source`'s limit: false when the client says
+    /// its source does not tell users apart (RADIUS client `source_limit = false`).
+    pub source_limited: bool,
 }
 
 impl std::fmt::Debug for LoginRequest {

@@ -81,6 +81,7 @@ fn login_as(w: &World, source: &str, mode: LoginMode, user: &str, credential: &s
             delimiter: ",".into(),
             prompt: "Code:".into(),
             unenrolled: Unenrolled::Deny,
+            source_limited: true,
         })
         .unwrap()
 }
@@ -619,6 +620,7 @@ fn login_with(
             delimiter: ",".into(),
             prompt: "Code:".into(),
             unenrolled,
+            source_limited: true,
         })
         .unwrap()
 }
@@ -1469,6 +1471,7 @@ mod batch {
             delimiter: ",".into(),
             prompt: "Code:".into(),
             unenrolled: Unenrolled::Deny,
+            source_limited: true,
         }
     }
 
@@ -1685,6 +1688,7 @@ mod rules {
                 delimiter: ",".into(),
                 prompt: "Code:".into(),
                 unenrolled: Unenrolled::Deny,
+                source_limited: true,
             })
             .unwrap();
         assert!(matches!(other, Step::Prompt { .. }));

@@ -84,7 +84,8 @@ pub fn source_key(req: &LoginRequest) -> Option<String> {
         // Behind a trusted proxy that named no client (see the web pages).
         Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
     };
-    (!source.is_empty() && !shared).then(|| source_throttle_key(req.channel.kind(), source))
+    (req.source_limited && !source.is_empty() && !shared)
+        .then(|| source_throttle_key(req.channel.kind(), source))
 }
 
 /// The throttle key of wrong passwords from `source` over one kind of channel (`radius`,
@@ -371,12 +372,19 @@ mod tests {
                 delimiter: ",".into(),
                 prompt: String::new(),
                 unenrolled: Unenrolled::Deny,
+                source_limited: true,
             };
             assert_eq!(
                 source_key(&req),
                 counted.then(|| source_throttle_key(channel.kind(), source)),
                 "{channel:?} {source}"
             );
+            // A client that says its sources do not tell users apart: nothing counted.
+            let req = LoginRequest {
+                source_limited: false,
+                ..req
+            };
+            assert_eq!(source_key(&req), None, "{channel:?} {source}");
         }
     }
 

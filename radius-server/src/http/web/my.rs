@@ -235,6 +235,7 @@ fn web_login(
             delimiter: ",".into(),
             prompt: "Verification code".into(),
             unenrolled: Unenrolled::Deny,
+            source_limited: true,
         })
         .map_err(failed)?;
     let step = match first {
