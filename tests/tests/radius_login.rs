@@ -464,7 +464,11 @@ fn a_client_with_source_limit_false_counts_no_address() {
         )
     };
     for i in 0..25 {
-        expect(&send(&format!("guess{i}")), "Access-Reject", "a wrong password");
+        expect(
+            &send(&format!("guess{i}")),
+            "Access-Reject",
+            "a wrong password",
+        );
     }
     let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
     expect(

@@ -79,7 +79,7 @@ impl Engine {
         tenant: &Tenant,
         user: &User,
         factor: &Factor,
-        (txn_id, step): (&str, u32),
+        (txn_id, step, txn_expires): (&str, u32, UnixTime),
         (client, source): (&str, &str),
         first: &str,
         (fallback, shown): (bool, bool),
@@ -165,7 +165,8 @@ impl Engine {
             client: client.to_string(),
             source: source.to_string(),
             created_at: now,
-            expires_at: now + ttl,
+            // Never past the login's own end: an approval after it would be for nothing.
+            expires_at: (now + ttl).min(txn_expires),
             decided_at: None,
         })?;
         let base = settings.public_url.trim_end_matches('/');

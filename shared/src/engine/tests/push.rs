@@ -322,6 +322,27 @@ fn menu_offers_app_and_push_and_a_code_still_answers_a_wait() {
 }
 
 #[test]
+fn a_push_picked_late_in_a_login_expires_with_the_login() {
+    let (w, phone) = push_world(false);
+    let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+    // 100 s of the login's 120 go by at the menu before the user picks push.
+    w.clock.advance(100);
+    let (txn, _) = wait_of(&answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "2"));
+    assert_eq!(phone.count(), 1);
+    let push = w
+        .engine
+        .store()
+        .push_of_transaction(transaction_of(&txn).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        push.expires_at,
+        T0 + 5 + 120,
+        "the push ends with its login, not a full push lifetime later"
+    );
+}
+
+#[test]
 fn auto_mode_and_append_push_word_push_at_once() {
     let (w, phone) = push_world(false);
     wait_of(&login(&w, LoginMode::Auto, "alice", "hunter2"));
