@@ -29,6 +29,13 @@ pub(super) const NOT_SENT: &str = "notification not sent";
 /// How long a front end should wait before polling again, in milliseconds.
 pub const POLL_AFTER_MS: u32 = 1000;
 
+/// Seconds a push ends before its login: a poll interval and some clock skew between
+/// nodes, so that an approval in the push's last second still finds the login.
+const PUSH_ENDS_BEFORE_LOGIN: i64 = 3;
+
+/// The shortest push worth sending, in seconds.
+const MIN_PUSH_TIME: i64 = 5;
+
 /// Where a transaction's push stands, for the Engine's answer path.
 pub(super) enum PushPoll {
     /// Decided or expired: the login ends with this.
@@ -109,6 +116,18 @@ impl Engine {
                 "Push is not available.",
             );
         };
+        // The push ends a little before its login: an approval must reach a poll (on any
+        // node) while the login can still take it. Too little left: no push at all.
+        let until = txn_expires - PUSH_ENDS_BEFORE_LOGIN;
+        if until - now < MIN_PUSH_TIME {
+            return refuse(
+                format!(
+                    "only {} s of the login left: no push sent",
+                    txn_expires - now
+                ),
+                "This login is about to expire.",
+            );
+        }
         let sent = self.store.pushes_since(user.id, now - settings.window)?;
         if sent >= settings.max_pushes {
             return refuse(
@@ -166,7 +185,7 @@ impl Engine {
             source: source.to_string(),
             created_at: now,
             // Never past the login's own end: an approval after it would be for nothing.
-            expires_at: (now + ttl).min(txn_expires),
+            expires_at: (now + ttl).min(until),
             decided_at: None,
         })?;
         let base = settings.public_url.trim_end_matches('/');

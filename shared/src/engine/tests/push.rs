@@ -337,9 +337,17 @@ fn a_push_picked_late_in_a_login_expires_with_the_login() {
         .unwrap();
     assert_eq!(
         push.expires_at,
-        T0 + 5 + 120,
-        "the push ends with its login, not a full push lifetime later"
+        T0 + 5 + 120 - 3,
+        "the push ends with its login (a poll before it), not a full push lifetime later"
     );
+    // With less than that left, no push is sent: the user is asked for a code instead.
+    let p = login(&w, LoginMode::Challenge, "alice", "hunter2");
+    w.clock.advance(113);
+    match answer(&w, "alice", "192.0.2.10", &prompt_txn(&p), "2") {
+        Step::Prompt { text, .. } => assert!(text.contains("about to expire"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(phone.count(), 1, "no second push");
 }
 
 #[test]
