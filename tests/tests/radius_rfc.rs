@@ -99,12 +99,19 @@ fn an_accept_too_large_for_one_packet_becomes_a_reject_not_silence() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let audit = s._env.cli_json(&["audit", "--tenant", "acme", "--json"]);
-        let text = audit.to_string();
-        if text.contains("did not fit in one RADIUS packet") {
-            assert!(text.contains("\"reject\""), "{text}");
+        let replaced = audit.as_array().and_then(|records| {
+            records.iter().find(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("did not fit in one RADIUS packet"))
+            })
+        });
+        if let Some(record) = replaced {
+            assert_eq!(record["result"], "reject", "{record}");
+            assert_eq!(record["username"], "alice", "{record}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{text}");
+        assert!(std::time::Instant::now() < deadline, "{audit}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

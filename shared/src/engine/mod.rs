@@ -648,20 +648,26 @@ impl Engine {
             // it, the refusal would confirm the password (otp-only logins check no password
             // and meet the same gate before their code).
             if let Err(mut blocked) = self.throttle_state(&tenant, u, now)? {
-                // It still takes a wrong password's time (stand-in hashes, as many as the
-                // string would have cost), so that timing does not single out the locked.
-                let hashes = match mode {
-                    LoginMode::Append => {
-                        split::append_candidates(&req.credential, &req.delimiter).len() + 1
+                // With local hashes it still takes a wrong password's time, so that timing
+                // does not single out the locked: the user's own hash, verified as often
+                // as a wrong string would have been, the results thrown away unread.
+                if backend.name() == "local" {
+                    let mut readings: Vec<&[u8]> = Vec::new();
+                    let candidates = match mode {
+                        LoginMode::Append => {
+                            split::append_candidates(&req.credential, &req.delimiter)
+                        }
+                        _ => Vec::new(),
+                    };
+                    readings.extend(candidates.iter().map(|c| c.password.as_slice()));
+                    readings.push(&req.credential);
+                    for password in readings {
+                        let _ = self
+                            .local
+                            .check(&req.tenant, &req.username, Some(u), password);
                     }
-                    _ => 1,
-                };
-                for _ in 0..hashes {
-                    let _ = self
-                        .local
-                        .check(&req.tenant, &req.username, None, &req.credential);
                 }
-                blocked.reason.push_str(" (password not checked)");
+                blocked.reason.push_str(" (refused whatever the password)");
                 return Ok(blocked);
             }
         }

@@ -105,7 +105,7 @@ fn source_bucket(source: &str) -> String {
             format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
         Ok(ip) => ip.to_string(),
-        Err(_) => source.to_string(),
+        Err(_) => source.trim().to_string(),
     }
 }
 
@@ -234,13 +234,12 @@ impl Engine {
         };
         let th = self.store.throttle(tenant.id, &key)?;
         match th.locked_until {
-            Some(until) if until > now => {
-                return Ok(Err(blocked(format!(
-                    "source {} is blocked for {} s more after too many wrong passwords",
-                    req.source,
-                    until - now
-                ))))
-            }
+            Some(until) if until > now => return Ok(Err(blocked(format!(
+                "source {} (counted as {}) is blocked for {} s more after too many wrong passwords",
+                req.source,
+                source_bucket(&req.source),
+                until - now
+            )))),
             Some(_) => {
                 // The block ran out: the address starts afresh.
                 self.store.clear_throttle(tenant.id, &key)?;
@@ -259,8 +258,9 @@ impl Engine {
         let (checking, others) = self.checking_sources.enter(key);
         if level.saturating_add(others) > lock.source_failures {
             return Ok(Err(blocked(format!(
-                "source {}: {others} other passwords being checked and {level} wrong on record: too many at once",
-                req.source
+                "source {} (counted as {}): {others} other passwords being checked and {level} wrong on record: too many at once",
+                req.source,
+                source_bucket(&req.source)
             ))));
         }
         Ok(Ok(Some(checking)))
