@@ -117,6 +117,67 @@ fn an_accept_too_large_for_one_packet_becomes_a_reject_not_silence() {
 }
 
 #[test]
+fn a_challenge_too_large_for_one_packet_becomes_a_reject_and_is_audited() {
+    // The request's Proxy-States come back in the reply: with the challenge's prompt and
+    // State they no longer fit one packet.
+    let s = Setup::new(vec![ClientSpec::new(Mode::Challenge)], HTTP, &[]);
+    let client = RawClient::new(s.server.addr, "s3cret-vpn");
+    let mut proxy: Vec<RawAttribute> = (0..15)
+        .map(|i| RawAttribute {
+            typ: 33,
+            value: vec![i; 253],
+        })
+        .collect();
+    proxy.push(RawAttribute {
+        typ: 33,
+        value: vec![99; 140],
+    });
+    let authenticator = [5u8; 16];
+    let bytes = encode_access_request(
+        9,
+        authenticator,
+        b"s3cret-vpn",
+        "alice",
+        b"pw",
+        None,
+        &proxy,
+        true,
+    )
+    .unwrap();
+    assert!(
+        bytes.len() <= 4096,
+        "the request itself fits: {}",
+        bytes.len()
+    );
+    let request = raw::RawRequest {
+        identifier: 9,
+        authenticator,
+        bytes,
+    };
+    let reply = client
+        .exchange(&request, Duration::from_secs(3))
+        .expect("an answer, not silence");
+    assert_eq!(client.decode(&request, &reply).code, code::ACCESS_REJECT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let audit = s._env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+        let replaced = audit.as_array().and_then(|records| {
+            records.iter().find(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("Challenge did not fit"))
+            })
+        });
+        if let Some(record) = replaced {
+            assert_eq!(record["result"], "reject", "{record}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{audit}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn status_server_from_radclient_is_answered_and_counted() {
     peers();
     let s = Setup::new(vec![ClientSpec::new(Mode::Challenge)], HTTP, &[]);

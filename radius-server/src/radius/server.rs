@@ -376,7 +376,8 @@ impl Pending {
                 tracing::error!(%src, client = %client.config.name, %user, error = %e,
                     "the reply does not fit in one RADIUS packet; sending Access-Reject instead: \
                      shorten the reply attributes of this user's tenant, groups or client");
-                // The Engine audited what it decided; the audit also says what was sent.
+                // The Engine audited what it decided (a challenge is not audited until the
+                // login ends); the audit also says what was sent.
                 let record = portcullis_core::model::AuditRecord {
                     time: ctx.engine.now(),
                     tenant: client.config.tenant.clone(),
@@ -397,10 +398,20 @@ impl Pending {
                     transaction: None,
                     host: None,
                 };
+                // A replaced challenge's login cannot be answered: end it now.
+                let txn = reply
+                    .state
+                    .as_deref()
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .and_then(portcullis_core::engine::transaction_of)
+                    .map(str::to_string);
                 let store = ctx.engine.store().clone();
                 tokio::task::spawn_blocking(move || {
                     if let Err(e) = store.append_audit(&record) {
                         tracing::error!(error = %e, "could not audit the replaced reply");
+                    }
+                    if let Some(Err(e)) = txn.map(|t| store.delete_transaction(&t)) {
+                        tracing::error!(error = %e, "could not end the replaced challenge's login");
                     }
                 });
                 let reject = Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()));

@@ -234,12 +234,14 @@ impl Engine {
         };
         let th = self.store.throttle(tenant.id, &key)?;
         match th.locked_until {
-            Some(until) if until > now => return Ok(Err(blocked(format!(
+            Some(until) if until > now => {
+                return Ok(Err(blocked(format!(
                 "source {} (counted as {}) is blocked for {} s more after too many wrong passwords",
                 req.source,
                 source_bucket(&req.source),
                 until - now
-            )))),
+            ))))
+            }
             Some(_) => {
                 // The block ran out: the address starts afresh.
                 self.store.clear_throttle(tenant.id, &key)?;
