@@ -244,7 +244,7 @@ fn choose(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::VecDeque;
 
@@ -300,7 +300,8 @@ mod tests {
         }
     }
 
-    fn origin() -> Origin {
+    /// alice of tenant acme logging in to sshd on host `h` (also the transport tests').
+    pub(crate) fn origin() -> Origin {
         Origin {
             tenant: "acme".into(),
             user: "alice".into(),

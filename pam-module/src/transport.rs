@@ -97,22 +97,14 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixListener;
 
-    use portcullis_core::protocol::{Origin, RequestStep, ResponseStep, VERSION};
+    use portcullis_core::protocol::{RequestStep, ResponseStep, VERSION};
 
     use super::*;
 
     fn request(step: RequestStep) -> Request {
         Request {
             v: VERSION,
-            origin: Origin {
-                tenant: "acme".into(),
-                user: "alice".into(),
-                service: "sshd".into(),
-                host: "h".into(),
-                rhost: None,
-                tty: None,
-                ruser: None,
-            },
+            origin: crate::flow::tests::origin(),
             step,
         }
     }

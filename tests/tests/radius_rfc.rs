@@ -96,20 +96,25 @@ fn an_accept_too_large_for_one_packet_becomes_a_reject_not_silence() {
         .wait_for_stderr("does not fit in one RADIUS packet", Duration::from_secs(5));
     assert!(log.contains("shorten the reply attributes"), "{log}");
     // The audit says what was sent after the Engine's Accept.
+    let record = audit_record(&s, "did not fit in one RADIUS packet");
+    assert_eq!(record["result"], "reject", "{record}");
+    assert_eq!(record["username"], "alice", "{record}");
+}
+
+/// The first audit record of tenant acme whose reason contains `text`, waited for up to
+/// 5 s (the server writes it off its receive path).
+fn audit_record(s: &Setup, text: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let audit = s._env.cli_json(&["audit", "--tenant", "acme", "--json"]);
-        let replaced = audit.as_array().and_then(|records| {
-            records.iter().find(|r| {
-                r["reason"]
-                    .as_str()
-                    .is_some_and(|t| t.contains("did not fit in one RADIUS packet"))
-            })
+        let found = audit.as_array().and_then(|records| {
+            records
+                .iter()
+                .find(|r| r["reason"].as_str().is_some_and(|t| t.contains(text)))
+                .cloned()
         });
-        if let Some(record) = replaced {
-            assert_eq!(record["result"], "reject", "{record}");
-            assert_eq!(record["username"], "alice", "{record}");
-            break;
+        if let Some(record) = found {
+            return record;
         }
         assert!(std::time::Instant::now() < deadline, "{audit}");
         std::thread::sleep(Duration::from_millis(100));
@@ -158,23 +163,8 @@ fn a_challenge_too_large_for_one_packet_becomes_a_reject_and_is_audited() {
         .exchange(&request, Duration::from_secs(3))
         .expect("an answer, not silence");
     assert_eq!(client.decode(&request, &reply).code, code::ACCESS_REJECT);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let audit = s._env.cli_json(&["audit", "--tenant", "acme", "--json"]);
-        let replaced = audit.as_array().and_then(|records| {
-            records.iter().find(|r| {
-                r["reason"]
-                    .as_str()
-                    .is_some_and(|t| t.contains("Challenge did not fit"))
-            })
-        });
-        if let Some(record) = replaced {
-            assert_eq!(record["result"], "reject", "{record}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{audit}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let record = audit_record(&s, "Challenge did not fit");
+    assert_eq!(record["result"], "reject", "{record}");
 }
 
 #[test]
