@@ -682,6 +682,56 @@ fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
     assert!(done.is_accept(), "{}", done.raw_output);
 }
 
+#[test]
+fn a_push_only_user_signs_in_with_a_recovery_code_and_no_push_is_sent() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ntfy = FakeNtfy::start(ca_dir.path());
+    let w = world_with(&ntfy.config("acme", "number_matching = false\n"));
+    w.env.add_user("acme", "pat", "pw-pat");
+    w.env.enroll_push_confirmed("acme", "pat", &ntfy);
+    let sent = ntfy.messages().len(); // the enrolment's confirmation code
+    let codes = w.env.generate_recovery_codes("acme", "pat");
+
+    let r = my_login(&w, "pat", "pw-pat", &codes[0]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(set_cookie(&r, "pc_my").is_some(), "{:?}", r.headers);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ntfy.messages().len(),
+        sent,
+        "the web sign-in pushed to the phone"
+    );
+    // A wrong code is refused, and pushes nothing either.
+    let r = my_login(&w, "pat", "pw-pat", "12345678");
+    assert_eq!(r.status, 401, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ntfy.messages().len(), sent);
+}
+
+#[test]
+fn a_tenant_whose_passwords_are_checked_elsewhere_has_no_self_service_sign_in() {
+    let w = world_with("\n[tenants.acme]\nfirst_factor = \"none\"\n");
+    let secret = portcullis_tests::random_base32_secret();
+    w.env.add_user("acme", "alice", "pw-alice");
+    w.env.enroll_totp("acme", "alice", Some(&secret));
+    // The code in the password field (what the Engine takes as the credential of a
+    // delegated first factor) signs nobody in.
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    let r = my_login(&w, "alice", &code, &code);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(set_cookie(&r, "pc_my").is_none(), "{:?}", r.headers);
+    assert!(
+        r.body.contains("not available for this account"),
+        "{}",
+        r.body
+    );
+    // Refused before the Engine: the code was neither checked nor counted.
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "alice", "--json"]);
+    assert_eq!(audit.as_array().map(Vec::len), Some(0), "{audit}");
+}
+
 /// An admin pages session for `token`.
 fn admin_login(w: &World, token: &str) -> String {
     let form = w.get("/admin/", &[]);

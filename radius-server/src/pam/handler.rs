@@ -184,6 +184,7 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
                 txn,
                 answer: Zeroizing::new(answer.expose().as_bytes().to_vec()),
                 prompt: settings.prompt.clone(),
+                source_limited: true,
             };
             engine.answer(&req)
         }
@@ -197,6 +198,7 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
                 txn,
                 answer: Zeroizing::new(Vec::new()),
                 prompt: settings.prompt.clone(),
+                source_limited: true,
             };
             engine.answer(&req)
         }

@@ -340,6 +340,7 @@ impl Pending {
                 txn: txn.clone(),
                 answer: Zeroizing::new(Vec::new()),
                 prompt: cfg.prompt.clone(),
+                source_limited: cfg.source_limit,
             };
             step = tokio::task::spawn_blocking(move || engine.answer(&poll)).await;
             if !decided {
@@ -513,16 +514,16 @@ fn ask_of(
         }
     };
     let cfg = &client.config;
+    // On a dual-stack listener an IPv4 NAS arrives as ::ffff:a.b.c.d: it is the IPv4
+    // address for rules (`sources`), the source limit and the audit, as for `client_for`.
+    let nas_address = src.ip().to_canonical().to_string();
     let follow = Follow {
         channel: Channel::Radius {
             client: cfg.name.clone(),
-            nas_address: src.ip().to_string(),
+            nas_address: nas_address.clone(),
             nas_identifier: req.nas_identifier.clone(),
         },
-        source: req
-            .calling_station_id
-            .clone()
-            .unwrap_or_else(|| src.ip().to_string()),
+        source: req.calling_station_id.clone().unwrap_or(nas_address),
         username,
         deadline: tokio::time::Instant::now() + cfg.max_wait,
     };
@@ -537,6 +538,7 @@ fn ask_of(
                 txn: String::from_utf8_lossy(state).into_owned(),
                 answer: secret_input,
                 prompt: cfg.prompt.clone(),
+                source_limited: cfg.source_limit,
             },
             follow,
         ),

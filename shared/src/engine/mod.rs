@@ -104,8 +104,9 @@ pub struct LoginRequest {
     pub prompt: String,
     /// Users without a confirmed second factor.
     pub unenrolled: Unenrolled,
-    /// Whether wrong passwords count toward `source`'s limit: false when the client says
-    /// its source does not tell users apart (RADIUS client `source_limit = false`).
+    /// Whether `source` tells users apart: false when the client says it does not (RADIUS
+    /// client `source_limit = false`). Then wrong passwords do not count toward the
+    /// source's limit, and a rule's `remember` does not hold for it.
     pub source_limited: bool,
 }
 
@@ -132,6 +133,8 @@ pub struct AnswerRequest {
     pub answer: Zeroizing<Vec<u8>>,
     /// The prompt to repeat after a wrong code.
     pub prompt: String,
+    /// As in [`LoginRequest::source_limited`].
+    pub source_limited: bool,
 }
 
 /// What the user is asked for.
@@ -729,7 +732,14 @@ impl Engine {
                                 Err(r) => return Ok(Outcome::reject(r)),
                             };
                             let attrs = &info.reply_attributes;
-                            let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                            let d = self.decide(
+                                &tenant,
+                                &user,
+                                &req.channel,
+                                &req.source,
+                                req.source_limited,
+                                now,
+                            );
                             if let Some(stop) = self.stop_after_first_factor(
                                 &d,
                                 &user,
@@ -800,7 +810,14 @@ impl Engine {
                     Some(_) => return Ok(Outcome::reject("user is disabled")),
                     None => return Ok(Outcome::reject("unknown user")),
                 };
-                let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+                let d = self.decide(
+                    &tenant,
+                    &user,
+                    &req.channel,
+                    &req.source,
+                    req.source_limited,
+                    now,
+                );
                 if let Some(stop) =
                     self.stop_after_first_factor(&d, &user, "delegated", &req.source, now)?
                 {
@@ -920,7 +937,14 @@ impl Engine {
             Err(reason) => return Ok(Outcome::reject(reason)),
         };
         let attrs = &info.reply_attributes;
-        let d = self.decide(tenant, &user, &req.channel, &req.source, now);
+        let d = self.decide(
+            tenant,
+            &user,
+            &req.channel,
+            &req.source,
+            req.source_limited,
+            now,
+        );
         if let Some(stop) = self.stop_after_first_factor(&d, &user, "password", &req.source, now)? {
             return Ok(carry(stop, attrs));
         }
@@ -1049,9 +1073,13 @@ impl Engine {
                 );
             }
         }
+        // The self-service pages take the code in the same form as the password: nothing
+        // is pushed or sent from there (the user signs in with an app, recovery or bypass
+        // code).
+        let sends_at_once = !matches!(req.channel, Channel::Web { .. });
         // Push at once when the client wants it (`auto`) or when it is the only way.
         if let Some(push) = methods.iter().find(|m| m.method == menu::Method::Push) {
-            if req.mode == LoginMode::Auto || methods.len() == 1 {
+            if sends_at_once && (req.mode == LoginMode::Auto || methods.len() == 1) {
                 if let Some(f) = &push.factor {
                     let txn = self.put_new_txn(tenant, user, req, first, now, reply_attributes)?;
                     return self.begin_push(
@@ -1089,7 +1117,7 @@ impl Engine {
         let has_other = self.has_code_factor_besides_oob(user, &factors, d)?;
         for kind in OUT_OF_BAND {
             if let Some(f) = self.oob_factor(&tenant.name, &factors, kind, d) {
-                if kind == FactorKind::Sms && !has_other {
+                if kind == FactorKind::Sms && !has_other && sends_at_once {
                     sms_now = Some(f);
                 } else {
                     offers.push(kind.as_str());
@@ -1405,7 +1433,14 @@ impl Engine {
         };
         // The rules are applied again: the user's groups or the time may have changed. A
         // started login is never downgraded: skip_mfa here still asks for the code.
-        let d = self.decide(&tenant, &user, &req.channel, &req.source, now);
+        let d = self.decide(
+            &tenant,
+            &user,
+            &req.channel,
+            &req.source,
+            req.source_limited,
+            now,
+        );
         if d.action == crate::policy::Action::Deny {
             self.store.delete_transaction(&txn.id)?;
             return Ok(Outcome::reject(format!("denied by {}", d.label())));

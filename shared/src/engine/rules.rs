@@ -6,13 +6,15 @@ use crate::model::{Tenant, User};
 use crate::policy::{self, Action, Context, Decision};
 
 impl Engine {
-    /// The decision of `tenant`'s rules for this login.
+    /// The decision of `tenant`'s rules for this login. `source_limited` is the request's
+    /// (false when the client says its source is the same for all its users).
     pub(super) fn decide(
         &self,
         tenant: &Tenant,
         user: &User,
         channel: &Channel,
         source: &str,
+        source_limited: bool,
         now: UnixTime,
     ) -> Decision {
         let host = match channel {
@@ -40,6 +42,13 @@ impl Engine {
         }
         if d.default_factor.is_none() {
             d.default_factor = self.default_factors.get(&tenant.name).cloned();
+        }
+        if d.remember_secs > 0 && !may_remember(channel, source, source_limited) {
+            // A remembered source stands for one user's device or address. One shared by
+            // many users (a NAS's own address, a terminal name, a proxy) would let anyone
+            // with the password in after its owner's second factor; and the self-service
+            // pages always ask for a second factor, whatever VPN or SSH logins remembered.
+            d.remember_secs = 0;
         }
         d
     }
@@ -86,12 +95,20 @@ impl Engine {
         source: &str,
         now: UnixTime,
     ) -> Result<(), EngineError> {
-        if let (Some(rule), true) = (&d.rule, d.remember_secs > 0 && !source.is_empty()) {
+        if let (Some(rule), true) = (&d.rule, d.remember_secs > 0) {
             self.store
                 .remember_source(user.id, source, rule, now + d.remember_secs, now)?;
         }
         Ok(())
     }
+}
+
+/// Whether a rule's `remember` may hold for `source` on `channel`: never on the web pages,
+/// nor for a source many users share.
+fn may_remember(channel: &Channel, source: &str, source_limited: bool) -> bool {
+    !matches!(channel, Channel::Web { .. })
+        && source_limited
+        && !super::throttle::shared_source(channel, source)
 }
 
 fn stop_after_first_factor(d: &Decision, user: &User, first: &str) -> Option<Outcome> {

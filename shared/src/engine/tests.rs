@@ -96,6 +96,7 @@ fn answer(w: &World, user: &str, source: &str, txn: &str, code: &str) -> Step {
             txn: txn.into(),
             answer: Zeroizing::new(code.as_bytes().to_vec()),
             prompt: "Code:".into(),
+            source_limited: true,
         })
         .unwrap()
 }
@@ -1717,6 +1718,104 @@ mod rules {
             login(&w, LoginMode::Challenge, "alice", "hunter2"),
             Step::Prompt { .. }
         ));
+    }
+
+    /// A login over `channel` from `source`, password then the code of `t`: its final step.
+    fn login_and_answer(
+        w: &World,
+        channel: Channel,
+        source: &str,
+        source_limited: bool,
+        t: i64,
+    ) -> Step {
+        let started = w
+            .engine
+            .start(&LoginRequest {
+                tenant: "acme".into(),
+                channel: channel.clone(),
+                source: source.into(),
+                mode: LoginMode::Challenge,
+                username: "alice".into(),
+                credential: Zeroizing::new(b"hunter2".to_vec()),
+                delimiter: ",".into(),
+                prompt: "Code:".into(),
+                unenrolled: Unenrolled::Deny,
+                source_limited,
+            })
+            .unwrap();
+        let Step::Prompt { txn, .. } = started else {
+            return started;
+        };
+        w.engine
+            .answer(&AnswerRequest {
+                tenant: "acme".into(),
+                channel,
+                source: source.into(),
+                username: "alice".into(),
+                txn,
+                answer: Zeroizing::new(code_at(t).into_bytes()),
+                prompt: "Code:".into(),
+                source_limited,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn sources_shared_by_many_users_and_the_web_pages_are_never_remembered() {
+        let w = with_rules(vec![Rule {
+            remember: Some(std::time::Duration::from_secs(8 * 3600)),
+            ..rule("remember-8h", Action::RequireMfa)
+        }]);
+        let pam = |tty: &str| Channel::Pam {
+            host: "host1".into(),
+            service: "sshd".into(),
+            rhost: None,
+            tty: Some(tty.into()),
+        };
+        let web = Channel::Web {
+            address: "192.0.2.10".into(),
+        };
+        let mut t = T0;
+        // (channel, source, source_limited): each is asked for a code every time.
+        let shared = [
+            (channel(), "127.0.0.1", true), // the NAS's own address: no Calling-Station-Id
+            (channel(), "00-11-22-33-44-55", false), // a client whose source is a constant
+            (pam("/dev/pts/0"), "tty:/dev/pts/0", true), // every host has a pts/0
+            (pam("/dev/tty1"), "local", true),
+            (web.clone(), "proxy:127.0.0.1", true),
+            (web.clone(), "192.0.2.10", true), // the web pages never use one
+        ];
+        for (ch, source, limited) in shared {
+            let s = login_and_answer(&w, ch.clone(), source, limited, t);
+            assert!(
+                matches!(&s, Step::Accept { factors_used, .. } if factors_used[1] == "totp"),
+                "{source}: {s:?}"
+            );
+            t += 30;
+            w.clock.advance(30);
+            let again = login_and_answer(&w, ch, source, limited, t);
+            assert!(
+                matches!(&again, Step::Accept { factors_used, .. } if factors_used[1] == "totp"),
+                "{source} was remembered: {again:?}"
+            );
+            t += 30;
+            w.clock.advance(30);
+        }
+        // A Calling-Station-Id of the user's own is remembered (and the web pages, from
+        // that very address, still ask).
+        let s = login_and_answer(&w, channel(), "192.0.2.10", true, t);
+        assert!(is_accept(&s), "{s:?}");
+        let s = login(&w, LoginMode::Challenge, "alice", "hunter2");
+        assert!(
+            matches!(&s, Step::Accept { factors_used, .. } if factors_used[1] == "remembered"),
+            "{s:?}"
+        );
+        w.clock.advance(30);
+        let s = login_and_answer(&w, web, "192.0.2.10", true, t + 30);
+        assert!(
+            matches!(&s, Step::Accept { factors_used, .. } if factors_used[1] == "totp"),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -78,14 +78,22 @@ pub fn second_factor_key(user: &User) -> String {
 /// nor a web proxy's address.
 pub fn source_key(req: &LoginRequest) -> Option<String> {
     let source = req.source.as_str();
-    let shared = match &req.channel {
-        Channel::Radius { nas_address, .. } => source == nas_address,
-        Channel::Pam { .. } => source == "local" || source.starts_with("tty:"),
-        // Behind a trusted proxy that named no client (see the web pages).
-        Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
-    };
-    (req.source_limited && !source.is_empty() && !shared)
+    (req.source_limited && !shared_source(&req.channel, source))
         .then(|| source_throttle_key(req.channel.kind(), source))
+}
+
+/// Whether `source` stands for many users on `channel` rather than one user's address:
+/// the NAS's own address (no Calling-Station-Id), a PAM host's console or terminal (every
+/// host has a `tty:/dev/pts/0`), the web pages behind a proxy that named no client, or
+/// nothing at all. Such a source is neither limited on its own nor ever remembered.
+pub fn shared_source(channel: &Channel, source: &str) -> bool {
+    source.trim().is_empty()
+        || match channel {
+            Channel::Radius { nas_address, .. } => source == nas_address,
+            Channel::Pam { .. } => source == "local" || source.starts_with("tty:"),
+            // Behind a trusted proxy that named no client (see the web pages).
+            Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
+        }
 }
 
 /// The throttle key of wrong passwords from `source` over one kind of channel (`radius`,

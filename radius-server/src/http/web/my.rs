@@ -220,6 +220,16 @@ fn web_login(
     let channel = Channel::Web {
         address: source.to_string(),
     };
+    if engine.delegates_first_factor(tenant, &channel) {
+        // The tenant's passwords are checked elsewhere (first_factor = "none"): the
+        // Engine would take the password field for a code, and one code would sign in.
+        tracing::warn!(%tenant, user = %username,
+            "self-service sign-in refused: the tenant's first factor is checked elsewhere (first_factor = \"none\")");
+        return Err(
+            "These pages are not available for this account: its password is not checked here; ask your administrator."
+                .into(),
+        );
+    }
     let failed = |e: portcullis_core::engine::EngineError| {
         tracing::error!(error = %e, "self-service login: store error");
         "The service failed; try again.".to_string()
@@ -248,15 +258,29 @@ fn web_login(
                 txn,
                 answer: Zeroizing::new(code.trim().as_bytes().to_vec()),
                 prompt: "Verification code".into(),
+                source_limited: true,
             })
             .map_err(failed)?,
         other => other,
     };
     match step {
-        Step::Accept { factors_used, .. } if factors_used.len() >= 2 => Ok(()),
-        Step::Accept { .. } => Err(
-            "These pages need a second factor, and none was asked; ask your administrator.".into(),
-        ),
+        // Only a second factor checked in this login counts: not one skipped by a rule,
+        // remembered from another login, or a first factor checked elsewhere.
+        Step::Accept { factors_used, .. }
+            if factors_used.len() >= 2
+                && factors_used[0] == "password"
+                && !matches!(factors_used[1].as_str(), "remembered" | "delegated") =>
+        {
+            Ok(())
+        }
+        Step::Accept { factors_used, .. } => {
+            tracing::warn!(%tenant, user = %username, factors = ?factors_used,
+                "self-service sign-in refused: no second factor was checked in this login");
+            Err(
+                "These pages need a second factor, and none was asked; ask your administrator."
+                    .into(),
+            )
+        }
         Step::Reject { user_message } => Err(user_message),
         Step::Prompt { .. } => Err("Wrong code; sign in again.".into()),
         Step::Wait { .. } => Err(
