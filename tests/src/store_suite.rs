@@ -9,6 +9,7 @@ use portcullis_core::store::{Store, StoreError};
 pub fn run_all(s: &dyn Store) {
     tenants_are_unique(s);
     users_are_per_tenant(s);
+    user_names_alike_ignore_ascii_case_and_spaces(s);
     directory_info_updates_the_user(s);
     factor_lifecycle(s);
     recovery_codes_are_single_use(s);
@@ -342,6 +343,29 @@ fn users_are_per_tenant(s: &dyn Store) {
         .password_hash
         .is_none());
     assert_eq!(s.list_users(b.id).unwrap().len(), 1);
+}
+
+fn user_names_alike_ignore_ascii_case_and_spaces(s: &dyn Store) {
+    let t = tenant(s, "suite-alike");
+    let other = tenant(s, "suite-alike-other");
+    user(s, &t, "Alice");
+    user(s, &t, "alice.b");
+    user(s, &t, "ärger");
+    user(s, &other, "alice");
+    assert_eq!(s.user_names_alike(t.id, "ALICE").unwrap(), vec!["Alice"]);
+    assert_eq!(s.user_names_alike(t.id, " alice ").unwrap(), vec!["Alice"]);
+    assert_eq!(s.user_names_alike(t.id, "Alice").unwrap(), vec!["Alice"]);
+    assert!(s.user_names_alike(t.id, "alic").unwrap().is_empty());
+    assert!(
+        s.user_names_alike(t.id, "alice_b").unwrap().is_empty(),
+        "no LIKE patterns"
+    );
+    // Only ASCII letters are folded, on both stores alike.
+    assert_eq!(
+        s.user_names_alike(t.id, "ÄRGER").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.user_names_alike(t.id, "äRGER").unwrap(), vec!["ärger"]);
 }
 
 fn directory_info_updates_the_user(s: &dyn Store) {

@@ -964,6 +964,15 @@ impl Engine {
         let mut user = match user {
             Some(u) => u,
             None if backend.creates_users() => {
+                // A directory finds "ALICE" or "alice " as alice's entry and binds with her
+                // password; a new store user of that spelling would have none of alice's
+                // factors (and could enrol new ones). Only the spelling the store knows logs in.
+                let alike = self.store.user_names_alike(tenant.id, username)?;
+                if let Some(known) = alike.first() {
+                    return Ok(Err(format!(
+                        "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case and spaces): log in as '{known}'"
+                    )));
+                }
                 let new = NewUser {
                     tenant_id: tenant.id,
                     name: username.to_string(),

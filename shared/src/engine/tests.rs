@@ -1325,6 +1325,33 @@ fn directory_users_are_created_on_first_login_with_groups_mail_and_phone() {
 }
 
 #[test]
+fn a_directory_name_in_another_case_is_not_a_new_user_without_factors() {
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
+    // The directory (like LDAP and AD) accepts alice's password for "ALICE" and "alice ";
+    // neither becomes a new user who could enrol factors of their own.
+    for typed in ["ALICE", "Alice", " alice", "alice "] {
+        let s = login(&w, LoginMode::Challenge, typed, "dir-pass");
+        assert!(matches!(s, Step::Reject { .. }), "{typed:?}: {s:?}");
+        assert!(
+            last_reason(&w).contains("log in as 'alice'"),
+            "{typed:?}: {}",
+            last_reason(&w)
+        );
+        assert!(w.engine.store().user_by_name(1, typed).unwrap().is_none());
+    }
+    // The stored spelling still logs in.
+    let txn = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "dir-pass"));
+    assert!(is_accept(&answer(
+        &w,
+        "alice",
+        "192.0.2.10",
+        &txn,
+        &code_at(T0)
+    )));
+}
+
+#[test]
 fn directory_groups_and_pass_through_attributes_reach_the_accept_after_a_challenge() {
     let mut w = world();
     w.engine.set_first_factor("acme", Arc::new(FakeDirectory));
