@@ -60,12 +60,18 @@ fn matches(secret: &[u8], p: &HotpParams, counter: u64, code: &str) -> bool {
         .into()
 }
 
+/// The highest counter a code may match: the factor stores the counter after it (and a
+/// resync the one after that), which must not wrap around to 0 and make every old code
+/// valid again.
+const LAST_COUNTER: u64 = u64::MAX - 2;
+
 /// The counter that `code` matches within the look-ahead window, if any.
 pub fn find(secret: &[u8], p: &HotpParams, code: &str) -> Option<u64> {
     if code.len() != p.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    (p.counter..=p.counter.saturating_add(p.look_ahead)).find(|&c| matches(secret, p, c, code))
+    let last = p.counter.saturating_add(p.look_ahead).min(LAST_COUNTER);
+    (p.counter..=last).find(|&c| matches(secret, p, c, code))
 }
 
 /// Resync: the counter after two consecutive codes found within [`RESYNC_WINDOW`].
@@ -83,6 +89,20 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"12345678901234567890";
+
+    #[test]
+    fn a_counter_at_the_end_of_its_range_matches_nothing_rather_than_wrap() {
+        for counter in [u64::MAX - 1, u64::MAX] {
+            let p = params(counter);
+            let code = generate(SECRET, p.algorithm, p.digits, counter);
+            assert_eq!(find(SECRET, &p, &code), None, "counter {counter}");
+        }
+        let p = params(u64::MAX - 3);
+        let code = generate(SECRET, p.algorithm, p.digits, u64::MAX - 2);
+        assert_eq!(find(SECRET, &p, &code), Some(u64::MAX - 2));
+        let next = generate(SECRET, p.algorithm, p.digits, u64::MAX - 1);
+        assert_eq!(resync(SECRET, &p, &code, &next), Some(u64::MAX));
+    }
 
     fn params(counter: u64) -> HotpParams {
         HotpParams {
