@@ -371,6 +371,31 @@ fn service_tty_and_rhost_reach_the_audit_record() {
 }
 
 #[test]
+fn a_tenant_typo_is_a_setup_error_not_a_failed_login() {
+    let f = PamFixture::new();
+    f.service(
+        "svc",
+        &f.module_line("first_factor=portcullis")
+            .replace(&format!("tenant={} ", f.tenant), "tenant=acmee "),
+    );
+    let out = f.pamtester_logged("svc", "alice", &format!("{}\n{}\n", f.password, f.code()));
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    // PAM_SERVICE_ERR (pam_faillock counts PAM_AUTH_ERR only), and syslog says what to fix.
+    assert!(
+        err.contains("Error in service module"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        err.contains("tenant 'acmee' does not exist"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!err.contains("Verification code"), "{err}");
+}
+
+#[test]
 fn a_daemon_error_is_no_failed_login_to_pam() {
     use portcullis_core::protocol::{self, ErrorCode, Response};
     let f = PamFixture::with_config("", false);

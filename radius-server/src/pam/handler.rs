@@ -119,6 +119,29 @@ fn channel(origin: &Origin) -> Channel {
 /// Answer one request (blocking: the Engine may hash a password; run it off the loop).
 pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Response {
     let origin = req.origin;
+    // A tenant= typo is a setup error of the host, not a failed login: answered so that
+    // the module returns PAM_SERVICE_ERR, which pam_faillock does not count against users.
+    match engine.tenant_exists(&origin.tenant) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!(tenant = %origin.tenant, service = %origin.service, host = %origin.host,
+                "PAM: the module names a tenant that does not exist; check tenant= in its PAM line");
+            return Response::error(
+                ErrorCode::Unsupported,
+                format!(
+                    "tenant '{}' does not exist: check tenant= in the PAM line (portcullis tenant list)",
+                    origin.tenant
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!(tenant = %origin.tenant, error = %e, "PAM: tenant lookup failed; refused");
+            return Response::error(
+                ErrorCode::Internal,
+                "the daemon could not decide this login; see its log",
+            );
+        }
+    }
     let result = match req.step {
         RequestStep::Start {
             first_factor,

@@ -480,6 +480,11 @@ impl Engine {
         self.first_factor(tenant, channel).delegated()
     }
 
+    /// Whether the tenant `name` exists (from memory once seen, as for logins).
+    pub fn tenant_exists(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(self.tenant(name)?.is_some())
+    }
+
     /// The tenant named `name`. Tenants are never renamed or deleted, so one found is kept
     /// in memory (no store read per login); an unknown name is looked up every time (an
     /// admin may create it meanwhile).
