@@ -9,6 +9,9 @@ use portcullis_core::protocol::Unenrolled;
 /// Where the socket is unless `socket=` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/pam.sock";
 
+/// The longest `socket=` path: `sun_path` of `sockaddr_un` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
 /// Who checks the password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstFactorArg {
@@ -64,12 +67,40 @@ impl HttpsUrl {
             let (h, after) = v6
                 .split_once(']')
                 .ok_or("an IPv6 address needs its closing ]")?;
-            (h, after.strip_prefix(':'))
+            // After the ] only nothing or :PORT: `[fd00::5]8443` is a typo, not port 443.
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => {
+                    return Err(format!(
+                        "'{after}' after the ] of an IPv6 address: write the port as [ADDRESS]:PORT"
+                    ))
+                }
+            };
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "'[{h}]' is not an IPv6 address (brackets are only for one, as in https://[fd00::5]:8443)"
+                ));
+            }
+            (h, port)
         } else {
-            match authority.rsplit_once(':') {
+            let (h, p) = match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
+            };
+            // `https://fd00::5` would otherwise become host `fd00:`, port 5.
+            if p.is_some_and(|p| p.contains(':')) {
+                return Err(format!(
+                    "'{authority}' has more than one ':': an IPv6 address goes in brackets, as in https://[{authority}]:443"
+                ));
             }
+            let host_ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !host_ok {
+                return Err("needs a host name or address after https://".into());
+            }
+            (h, p)
         };
         let port = match port {
             None => 443,
@@ -78,13 +109,6 @@ impl HttpsUrl {
                 _ => return Err(format!("port '{p}' must be a number from 1 to 65535")),
             },
         };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-        if !host_ok {
-            return Err("needs a host name or address after https://".into());
-        }
         Ok(HttpsUrl {
             host: host.to_string(),
             port,
@@ -166,6 +190,12 @@ impl Args {
                 None => (arg, None),
             };
             match (key, value) {
+                ("socket", Some(v)) if v.len() > MAX_SOCKET_PATH => {
+                    return err(format!(
+                        "socket={v}: {} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket path may have (sun_path); use a shorter path, in the daemon's [pam] socket too",
+                        v.len()
+                    ))
+                }
                 ("socket", Some(v)) if v.starts_with('/') => {
                     a.socket = PathBuf::from(v);
                     socket_given = true;
@@ -323,6 +353,61 @@ mod tests {
         // Without url= the socket is used, as before.
         let a = Args::parse(&["tenant=acme"]).unwrap();
         assert!(a.url.is_none() && a.token_file.is_none() && a.ca_file.is_none());
+    }
+
+    #[test]
+    fn malformed_url_hosts_are_refused() {
+        for (text, needle) in [
+            // Not port 443: the ':' is missing.
+            ("https://[fd00::5]8443", "after the ]"),
+            ("https://[fd00::5]x", "after the ]"),
+            // Not host `fd00:` and port 5.
+            ("https://fd00::5", "brackets"),
+            ("https://fd00::5:8443", "brackets"),
+            ("https://::443", "brackets"),
+            // Brackets hold an IPv6 address and nothing else.
+            ("https://[gate.example.com]:8443", "not an IPv6 address"),
+            ("https://[127.0.0.1]", "not an IPv6 address"),
+            ("https://[:]", "not an IPv6 address"),
+            ("https://[]:443", "not an IPv6 address"),
+            ("https://[fd00::5", "closing ]"),
+            // A bare ':' is no host.
+            ("https://:", "host"),
+            ("https://:443", "host"),
+            ("https://[fd00::5]:", "port"),
+            ("https://[fd00::5]:0", "port"),
+        ] {
+            let e = HttpsUrl::parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            // The module's argument parser refuses it too, naming url=.
+            let arg = format!("url={text}");
+            let e = Args::parse(&["tenant=acme", &arg, "token_file=/t"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("url="), "{text}: {e}");
+        }
+        for (text, host, port) in [
+            ("https://[fd00::5]", "fd00::5", 443),
+            ("https://[fd00::5]:8443", "fd00::5", 8443),
+            ("https://[::ffff:192.0.2.1]:9", "::ffff:192.0.2.1", 9),
+        ] {
+            let u = HttpsUrl::parse(text).unwrap();
+            assert_eq!((u.host.as_str(), u.port), (host, port), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_socket_path_longer_than_sun_path_is_refused() {
+        // 107 bytes fit (sun_path is 108 with the NUL); 108 do not.
+        let fits = format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        let a = Args::parse(&["tenant=acme".to_string(), format!("socket={fits}")]).unwrap();
+        assert_eq!(a.socket, PathBuf::from(&fits));
+        let long = format!("{fits}x");
+        let e = Args::parse(&["tenant=acme".to_string(), format!("socket={long}")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("socket=") && e.contains("108 bytes"), "{e}");
+        assert!(e.contains("shorter path"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum CallError {
     /// refused whatever `failmode` says, or anyone who could slow the daemon down at that
     /// point (or leave a push unanswered) would get past the second factor.
     NoAnswer(String),
+    /// The daemon could not be asked because of this host's setup, not an outage: the
+    /// socket path is not a socket, the module may not open it (EACCES, EPERM), the path
+    /// cannot be a socket address. Failing open on it would turn a typo or a wrong file
+    /// mode into a login without a second factor, so this always denies (PAM_SERVICE_ERR).
+    Setup(String),
     /// It answered, but not in this protocol (another version, garbage, too large): a
     /// daemon that is there but broken is no reason to fail open, so this always denies.
     Protocol(String),
@@ -59,6 +64,9 @@ pub enum Decision {
     Unavailable(String),
     /// PAM_SERVICE_ERR / PAM_AUTH_ERR: the daemon answered with an error frame.
     DaemonError(ErrorCode, String),
+    /// PAM_SERVICE_ERR: the daemon could not be asked because of the host's setup
+    /// (see [`CallError::Setup`]); never failmode=safe.
+    Setup(String),
     /// PAM_CONV_ERR: the user's side failed.
     Conversation,
 }
@@ -118,6 +126,10 @@ pub fn run(
                 conv.error(DAEMON_ERROR_MESSAGE);
                 return Decision::DaemonError(ErrorCode::Malformed, detail);
             }
+            Err(CallError::Setup(detail)) => {
+                conv.error(DAEMON_ERROR_MESSAGE);
+                return Decision::Setup(detail);
+            }
         };
         step = match response.step {
             ResponseStep::Accept { factors } => {
@@ -160,7 +172,14 @@ pub fn run(
                     text.as_str()
                 };
                 // A prompt, not an info message: sshd shows info only after authentication.
-                match conv.prompt(text, true) {
+                // Echo off: the prompt offers to type a code instead (a bypass or recovery
+                // code is good for more than one login and must not stay on the screen).
+                match conv.prompt(text, false) {
+                    // The daemon takes a code typed while the push is pending.
+                    Ok(typed) if !typed.expose().trim().is_empty() => {
+                        RequestStep::Answer { txn, answer: typed }
+                    }
+                    // Enter alone: ask for the phone's decision.
                     Ok(_) => RequestStep::Poll { txn },
                     Err(ConvFailed) => return Decision::Conversation,
                 }
@@ -540,12 +559,62 @@ pub(crate) mod tests {
             !conv.prompts[0].1,
             "the menu is read with echo off (a code may be typed)"
         );
-        assert_eq!(conv.prompts[2], (WAIT_PROMPT.to_string(), true));
+        assert_eq!(conv.prompts[2], (WAIT_PROMPT.to_string(), false));
         match &d.seen[1].step {
             RequestStep::Answer { answer, .. } => assert_eq!(answer.expose(), "push"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(d.seen[2].step, RequestStep::Poll { .. }));
+    }
+
+    #[test]
+    fn a_code_typed_at_the_push_wait_is_read_with_echo_off_and_sent_as_the_answer() {
+        let wait = |txn: &str| {
+            Ok(ResponseStep::Wait {
+                txn: txn.into(),
+                text: "Approve the request on your phone, then press Enter (or type a code):"
+                    .into(),
+            })
+        };
+        let mut d = daemon(vec![wait("t.0"), wait("t.1"), Ok(accept())]);
+        // Enter alone first (a poll), then a recovery code.
+        let mut conv = Script::new(&["", " abcd-efgh-ijkl \n"]);
+        let got = run(
+            &args(&["first_factor=stack"]),
+            &origin(),
+            None,
+            &mut conv,
+            &mut d,
+        );
+        assert!(matches!(got, Decision::Allow { .. }), "{got:?}");
+        assert_eq!(conv.prompts.len(), 2);
+        assert!(
+            conv.prompts.iter().all(|(_, echo)| !echo),
+            "the wait prompt must not echo a typed code: {:?}",
+            conv.prompts
+        );
+        assert!(matches!(&d.seen[1].step, RequestStep::Poll { txn } if txn == "t.0"));
+        match &d.seen[2].step {
+            RequestStep::Answer { txn, answer } => {
+                assert_eq!(txn, "t.1");
+                assert_eq!(answer.expose(), " abcd-efgh-ijkl \n");
+            }
+            other => panic!("the typed code was not sent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_setup_error_is_refused_even_with_failmode_safe() {
+        let mut conv = Script::new(&[]);
+        let got = run(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut conv,
+            &mut daemon(vec![Err(CallError::Setup("not a socket".into()))]),
+        );
+        assert_eq!(got, Decision::Setup("not a socket".into()));
+        assert_eq!(conv.errors, vec![DAEMON_ERROR_MESSAGE.to_string()]);
     }
 
     #[test]

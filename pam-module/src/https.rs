@@ -179,6 +179,68 @@ where
     }
 }
 
+/// The TCP stream under TLS, every read and write bounded by one deadline.
+///
+/// rustls reads until a whole record is in (the handshake's `complete_io`, and
+/// `Stream::read`), so a socket timeout set once per call would restart with every byte: a
+/// peer sending one byte just before each timeout would hold the login for ever. Here each
+/// read and write gets only what is left of the deadline, and none starts after it.
+struct Deadlined {
+    tcp: TcpStream,
+    deadline: Instant,
+    /// The whole budget, for messages.
+    timeout: Duration,
+}
+
+impl Deadlined {
+    /// What is left of the deadline, or a TimedOut error once it has passed.
+    fn left(&self) -> std::io::Result<Duration> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| self.timed_out())
+    }
+
+    fn timed_out(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no complete answer within {:?} (timeout=)", self.timeout),
+        )
+    }
+
+    /// A socket timeout that fired is the deadline passing (EAGAIN says too little).
+    fn timeout_is_deadline(&self, e: std::io::Error) -> std::io::Error {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            self.timed_out()
+        } else {
+            e
+        }
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf).map_err(|e| self.timeout_is_deadline(e))
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_write_timeout(Some(left))?;
+        self.tcp.write(buf).map_err(|e| self.timeout_is_deadline(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 impl HttpsTransport {
     fn connect(&self, deadline: Instant) -> Result<TcpStream, CallError> {
         let (host, port) = (self.url.host.clone(), self.url.port);
@@ -212,8 +274,13 @@ impl HttpsTransport {
         let unreachable = |what: &str, e: std::io::Error| {
             CallError::Unreachable(format!("{what} {}: {e}", self.url))
         };
-        let mut tcp = self.connect(deadline)?;
+        let tcp = self.connect(deadline)?;
         let _ = tcp.set_nodelay(true);
+        let mut tcp = Deadlined {
+            tcp,
+            deadline,
+            timeout: self.timeout,
+        };
         let name = ServerName::try_from(self.url.host.clone()).map_err(|_| {
             CallError::Protocol(format!("url={}: not a valid TLS server name", self.url))
         })?;
@@ -222,10 +289,7 @@ impl HttpsTransport {
         // The handshake first, on its own: a certificate that does not verify is a
         // configuration or interception problem, never a reason to fail open.
         while tls.is_handshaking() {
-            let budget = left(deadline, self.timeout, "TLS handshake")?;
-            tcp.set_read_timeout(Some(budget))
-                .and_then(|()| tcp.set_write_timeout(Some(budget)))
-                .map_err(|e| unreachable("socket", e))?;
+            left(deadline, self.timeout, "TLS handshake")?;
             match tls.complete_io(&mut tcp) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -239,12 +303,8 @@ impl HttpsTransport {
         }
         let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
         let mut request = self.request_bytes(req)?;
-        let budget = left(deadline, self.timeout, "send")?;
-        let sent = stream
-            .sock
-            .set_write_timeout(Some(budget))
-            .and_then(|()| stream.write_all(&request))
-            .and_then(|()| stream.flush());
+        left(deadline, self.timeout, "send")?;
+        let sent = stream.write_all(&request).and_then(|()| stream.flush());
         request.zeroize();
         sent.map_err(|e| unreachable("send to", e))?;
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
@@ -331,7 +391,7 @@ enum BodyEnd {
 /// Reads an HTTP/1.1 response: the status and the body (by Content-Length, chunked, or to
 /// the end of the connection), bounded in size and by `deadline`.
 fn read_response(
-    stream: &mut rustls::Stream<'_, ClientConnection, TcpStream>,
+    stream: &mut rustls::Stream<'_, ClientConnection, Deadlined>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), CallError> {
@@ -360,11 +420,8 @@ fn read_response(
                 "the response is larger than {limit} bytes"
             )));
         }
-        let budget = left(deadline, timeout, "receive")?;
-        stream
-            .sock
-            .set_read_timeout(Some(budget))
-            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
+        // Each read of the socket underneath is bounded by the deadline (Deadlined).
+        left(deadline, timeout, "receive")?;
         match stream.read(&mut chunk) {
             Ok(0) => eof = true,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -533,6 +590,97 @@ mod tests {
             timeout,
         );
         assert!(matches!(failed, Err(CallError::Unreachable(m)) if m.contains("NXDOMAIN")));
+    }
+
+    /// A peer that takes what the client sends first, then sends the start of a TLS
+    /// record one byte every 300 ms (for up to 12 s, or until the client hangs up): each
+    /// byte comes well within a 1 s socket timeout, the record never completes.
+    fn trickler() -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let _ = conn.read(&mut [0u8; 4096]);
+            // A handshake record of 16 KiB: rustls waits for all of it.
+            let record = [0x16u8, 0x03, 0x03, 0x40, 0x00, 0x02, 0x00, 0x3f, 0xfc];
+            for byte in record.iter().copied().chain(std::iter::repeat(0)).take(40) {
+                if conn.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        (addr, peer)
+    }
+
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_deadline() {
+        let (addr, peer) = trickler();
+        let tcp = TcpStream::connect(addr).unwrap();
+        let timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let mut s = Deadlined {
+            tcp,
+            deadline: started + timeout,
+            timeout,
+        };
+        let e = s.read_exact(&mut [0u8; 100]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("timeout="), "{e}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // After the deadline nothing more is tried.
+        assert_eq!(
+            s.write(b"x").unwrap_err().kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        drop(s);
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_tls_handshake_trickled_byte_by_byte_ends_within_timeout() {
+        let (addr, peer) = trickler();
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+        let mut t = HttpsTransport {
+            url: HttpsUrl::parse(&format!("https://127.0.0.1:{}", addr.port())).unwrap(),
+            token: Secret::new("pch_test".into()),
+            tls: Arc::new(tls),
+            timeout: Duration::from_secs(1),
+        };
+        // The first request of a login: timeout= alone bounds it (a poll gets 5 s more).
+        let start = Request {
+            v: protocol::VERSION,
+            origin: crate::flow::tests::origin(),
+            step: protocol::RequestStep::Start {
+                first_factor: protocol::FirstFactor::Delegated,
+                password: None,
+                unenrolled: protocol::Unenrolled::Deny,
+            },
+        };
+        let started = Instant::now();
+        let got = t.call(&start);
+        let took = started.elapsed();
+        assert!(
+            matches!(&got, Err(CallError::Unreachable(m)) if m.contains("TLS handshake") && m.contains("timeout=")),
+            "{got:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "took {took:?} with timeout=1"
+        );
+        drop(t);
+        peer.join().unwrap();
     }
 
     #[test]

@@ -313,6 +313,18 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                 _ => PamResultCode::PAM_SERVICE_ERR,
             }
         }
+        Decision::Setup(detail) => {
+            // Not an outage: failmode=safe does not apply, and pam_faillock must not count it.
+            ffi::syslog(
+                pamh,
+                ffi::LOG_ERR,
+                &format!(
+                    "refused {who}: cannot ask portcullis at {}: {detail}; this is a setup error on this host, refused whatever failmode= says",
+                    target(args)
+                ),
+            );
+            PamResultCode::PAM_SERVICE_ERR
+        }
         Decision::Conversation => {
             if args.debug {
                 ffi::syslog(

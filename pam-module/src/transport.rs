@@ -1,12 +1,14 @@
 //! The Unix-socket transport: one connection per step, every operation under a deadline.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{self, Request, Response, HEADER_LEN};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::args::MAX_SOCKET_PATH;
 use crate::flow::{CallError, Transport};
 
 /// Talks to `portcullis serve` over its PAM socket.
@@ -19,7 +21,7 @@ pub struct SocketTransport {
 impl SocketTransport {
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
         let deadline = Instant::now() + req.answer_within(self.timeout);
-        let mut stream = self.send(req, deadline).map_err(CallError::Unreachable)?;
+        let mut stream = self.send(req, deadline)?;
         let left = self.deadline_left(deadline);
         // Read the header, then the body, each bounded by what is left of the deadline.
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
@@ -43,26 +45,95 @@ impl SocketTransport {
     }
 
     /// Connect and send the request: every failure here means the daemon could not be
-    /// asked.
+    /// asked; whether that is an outage (failmode decides) or this host's setup (always
+    /// refused) is told by [`connect_error`].
     fn send(
         &self,
         req: &Request,
         deadline: Instant,
-    ) -> Result<std::os::unix::net::UnixStream, String> {
-        let addr = SockAddr::unix(&self.path)
-            .map_err(|e| format!("socket path {}: {e}", self.path.display()))?;
-        let sock =
-            Socket::new(Domain::UNIX, Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
-        // Non-blocking connect: a daemon that stopped accepting must not hang the login.
-        sock.connect_timeout(&addr, self.timeout)
-            .map_err(|e| format!("connect to {}: {e}", self.path.display()))?;
-        let mut stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(sock));
+    ) -> Result<std::os::unix::net::UnixStream, CallError> {
+        let shown = self.path.display();
+        // Args::parse refuses a path too long for sun_path; this catches what it cannot.
+        let addr = SockAddr::unix(&self.path).map_err(|e| {
+            CallError::Setup(format!(
+                "socket={shown} cannot be a Unix socket address ({e}); use an absolute path of at most {MAX_SOCKET_PATH} bytes"
+            ))
+        })?;
+        let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
+            .map_err(|e| CallError::Setup(format!("cannot create a Unix socket: {e}")))?;
         let left = self.deadline_left(deadline);
+        // Non-blocking connect: a daemon that stopped accepting must not hang the login.
+        // timeout= at most, even for a poll (whose deadline includes the daemon's hold).
+        let budget = left("connect")
+            .map_err(CallError::Unreachable)?
+            .min(self.timeout);
+        sock.connect_timeout(&addr, budget)
+            .map_err(|e| connect_error(&self.path, &e))?;
+        let mut stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(sock));
         stream
-            .set_write_timeout(Some(left("send")?))
-            .map_err(|e| format!("socket: {e}"))?;
-        protocol::write_frame(&mut stream, req).map_err(|e| format!("send: {e}"))?;
+            .set_write_timeout(Some(left("send").map_err(CallError::Unreachable)?))
+            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
+        protocol::write_frame(&mut stream, req)
+            .map_err(|e| CallError::Unreachable(format!("send: {e}")))?;
         Ok(stream)
+    }
+}
+
+/// What a failed connect to the socket at `path` means. Only what a daemon that is down,
+/// restarting or overloaded causes is an outage (`failmode=` decides): no socket file
+/// (ENOENT), nobody listening on it (ECONNREFUSED), a full backlog (EAGAIN) or no answer in
+/// time. Anything else is this host's setup (a path that is not a socket, a mode or owner
+/// that keeps the module out) and is refused whatever `failmode=` says: otherwise a typo
+/// or a `chmod` would let logins in without a second factor.
+fn connect_error(path: &Path, e: &std::io::Error) -> CallError {
+    use std::io::ErrorKind;
+    let shown = path.display();
+    match e.raw_os_error() {
+        // Linux answers ECONNREFUSED for a path that is not a socket at all, too.
+        Some(libc::ECONNREFUSED | libc::ENOTSOCK) => match std::fs::metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => CallError::Setup(format!(
+                "socket={shown} is {}, not a socket; point socket= at the daemon's socket ([pam] socket in portcullis.toml)",
+                file_kind(&meta.file_type())
+            )),
+            _ if e.raw_os_error() == Some(libc::ENOTSOCK) => CallError::Setup(format!(
+                "connect to {shown}: {e}; point socket= at the daemon's socket ([pam] socket in portcullis.toml)"
+            )),
+            _ => CallError::Unreachable(format!(
+                "connect to {shown}: {e} (portcullis serve is not listening on it)"
+            )),
+        },
+        Some(libc::ENOENT | libc::ETIMEDOUT) => {
+            CallError::Unreachable(format!("connect to {shown}: {e}"))
+        }
+        _ if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            CallError::Unreachable(format!("connect to {shown}: {e} (within timeout=)"))
+        }
+        Some(libc::EACCES | libc::EPERM) => CallError::Setup(format!(
+            "connect to {shown}: {e}; the module may not open the socket or a directory above it: check their owner and mode (the daemon's [pam] socket_mode and allowed_uids)"
+        )),
+        Some(libc::ENOTDIR | libc::ENAMETOOLONG | libc::ELOOP | libc::EINVAL) => {
+            CallError::Setup(format!(
+                "connect to {shown}: {e}; socket= is not a usable socket path"
+            ))
+        }
+        _ => CallError::Setup(format!(
+            "connect to {shown}: {e}; check socket= and the socket's owner and mode"
+        )),
+    }
+}
+
+/// "a regular file", "a directory", ... for a message.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "another kind of file"
     }
 }
 
@@ -152,6 +223,101 @@ mod tests {
         };
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
+    }
+
+    #[test]
+    fn a_socket_path_that_is_not_a_socket_is_a_setup_error_not_an_outage() {
+        // connect(2) says ECONNREFUSED here, as for a socket nobody listens on.
+        let file = socket_path("regular");
+        std::fs::write(&file, b"").unwrap();
+        let dir = socket_path("dir");
+        std::fs::create_dir(&dir).unwrap();
+        for (path, kind) in [(file, "a regular file"), (dir, "a directory")] {
+            let mut t = SocketTransport {
+                path: path.clone(),
+                timeout: Duration::from_secs(1),
+            };
+            let got = t.call(&poll());
+            assert!(
+                matches!(&got, Err(CallError::Setup(m)) if m.contains(kind) && m.contains("socket=")),
+                "{}: {got:?}",
+                path.display()
+            );
+        }
+        // A component of the path that is a file: ENOTDIR.
+        let under_file = socket_path("component").with_file_name("f");
+        std::fs::write(&under_file, b"").unwrap();
+        let mut t = SocketTransport {
+            path: under_file.join("pam.sock"),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(matches!(t.call(&poll()), Err(CallError::Setup(_))));
+        for name in ["regular", "dir", "component"] {
+            let _ = std::fs::remove_dir_all(socket_path(name).parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_unreachable() {
+        // A socket file nobody listens on, as a crashed daemon leaves it.
+        let path = socket_path("stale");
+        drop(UnixListener::bind(&path).unwrap());
+        let mut t = SocketTransport {
+            path: path.clone(),
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&poll());
+        assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_path_too_long_for_sun_path_is_a_setup_error() {
+        let mut t = SocketTransport {
+            path: PathBuf::from(format!("/{}", "s".repeat(200))),
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&poll());
+        assert!(matches!(got, Err(CallError::Setup(_))), "{got:?}");
+    }
+
+    #[test]
+    fn only_outages_are_unreachable() {
+        let path = Path::new("/run/portcullis/pam.sock");
+        for errno in [
+            libc::ENOENT,
+            libc::ETIMEDOUT,
+            libc::EAGAIN,
+            libc::EWOULDBLOCK,
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(
+                matches!(connect_error(path, &e), CallError::Unreachable(_)),
+                "{e}"
+            );
+        }
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(matches!(
+            connect_error(path, &timed_out),
+            CallError::Unreachable(_)
+        ));
+        // The module runs as root in the tests, which no file mode keeps out: EACCES and
+        // EPERM are checked here rather than with a real socket.
+        for (errno, needle) in [
+            (libc::EACCES, "mode"),
+            (libc::EPERM, "mode"),
+            (libc::ENOTSOCK, "socket="),
+            (libc::ENAMETOOLONG, "socket="),
+            (libc::EINVAL, "socket="),
+            (libc::EPROTOTYPE, "socket="),
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(
+                matches!(connect_error(path, &e), CallError::Setup(ref m) if m.contains(needle)),
+                "{e}: {:?}",
+                connect_error(path, &e)
+            );
+        }
     }
 
     #[test]

@@ -467,3 +467,97 @@ fn the_module_stays_mapped_after_pam_end() {
         "{dynamic}"
     );
 }
+
+/// A TLS server that completes the handshake, reads the request and then sends a whole
+/// answer (an Accept) one byte of its TLS record every 300 ms: each byte comes well
+/// within a 1 s socket timeout, the whole answer only after about a minute.
+fn trickling_daemon(tls: &TestTls) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use rustls::pki_types::PrivateKeyDer;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(tls.cert_der.clone())],
+        PrivateKeyDer::try_from(tls.key_der.clone()).unwrap(),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut tcp).is_err() {
+                return;
+            }
+        }
+        // Session tickets and the like go out at once; then the request is read.
+        let _ = conn.complete_io(&mut tcp);
+        let mut request = Vec::new();
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            match rustls::Stream::new(&mut conn, &mut tcp).read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = br#"{"v":1,"step":{"type":"accept","factors":["delegated","totp"]}}"#;
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(body);
+        conn.writer().write_all(&answer).unwrap();
+        let mut records = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut records).unwrap();
+        }
+        for byte in records {
+            if tcp.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    (addr, server)
+}
+
+#[test]
+fn a_daemon_that_trickles_its_answer_is_cut_off_at_timeout() {
+    require_root("the token file must be owned by root");
+    let f = PamFixture::with_config("", false);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = TestTls::new(dir.path());
+    let token = dir.path().join("host.token");
+    std::fs::write(&token, "pch_trickle\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (addr, server) = trickling_daemon(&tls);
+    f.service(
+        "svc",
+        &format!(
+            "auth required {} url=https://127.0.0.1:{} token_file={} ca_file={} tenant=acme first_factor=none timeout=1 fail_delay=0\n",
+            pam_module_path().display(),
+            addr.port(),
+            token.display(),
+            tls.ca_file.display()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = f.pamtester_logged("svc", "alice", "");
+    let took = started.elapsed();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        took < Duration::from_secs(3),
+        "the login took {took:?} with timeout=1: {}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("not reachable"), "{err}");
+    assert!(err.contains("timeout="), "{err}");
+    server.join().unwrap();
+}

@@ -101,3 +101,26 @@ fn denied_push_refuses_the_pam_login() {
     assert!(text.contains("denied on the phone"), "{text}");
     assert_eq!(fx.last_audit("alice")["result"], "reject");
 }
+
+#[test]
+fn a_code_typed_at_the_push_wait_prompt_logs_in_without_the_phone() {
+    let (fx, ntfy, _ca) = fixture();
+    // The menu's push, then the app's code at "Approve ..., then press Enter (or type a
+    // code):" instead of Enter; nobody approves on the phone.
+    let stdin = format!("{}\n2\n{}\n", fx.password, fx.code());
+    let out = fx.pamtester("push-test", "alice", &stdin);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("or type a code"), "{text}");
+    assert!(
+        ntfy.wait_for(2, Duration::from_secs(5)).len() >= 2,
+        "the push was sent"
+    );
+    let audit = fx.last_audit("alice");
+    assert_eq!(audit["result"], "accept", "{audit}");
+    let factors = audit["factors"].to_string();
+    assert!(
+        factors.contains("totp") && !factors.contains("push"),
+        "{audit}"
+    );
+}
