@@ -2,7 +2,9 @@
 //! (signature and Date checked on every request) after the password; radclient is the NAS.
 
 use portcullis_tests::fakes::duo::{DuoBehaviour, FakeDuo, PASSCODE};
-use portcullis_tests::{radclient, require_tool, ClientSpec, Mode, RadReply, Server, TestEnv};
+use portcullis_tests::{
+    radclient, radclient_waiting, require_tool, ClientSpec, Mode, RadReply, Server, TestEnv,
+};
 
 struct World {
     duo: FakeDuo,
@@ -250,4 +252,90 @@ fn rate_limiting_is_waited_out() {
         "Access-Accept",
         "after one 429",
     );
+}
+
+/// Like [`login`], with one try that waits up to 10 s (the server backs off on 429).
+fn login_waiting(w: &World, user: &str, password: &str) -> RadReply {
+    let attrs = vec![
+        ("User-Name", user.to_string()),
+        ("User-Password", password.to_string()),
+        ("Calling-Station-Id", "198.51.100.20".to_string()),
+    ];
+    radclient_waiting(w.server.addr, &w.env.client().secret, &attrs, 10)
+}
+
+/// The audit reason of a login that Duo refused: failed closed, naming what Duo said.
+#[track_caller]
+fn refused_reason(w: &World, says: &str) {
+    let record = last_audit(w);
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        !reason.starts_with("FAIL-OPEN")
+            && reason.contains(says)
+            && reason.contains("failed closed"),
+        "{record}"
+    );
+}
+
+#[test]
+fn rate_limiting_past_the_deadline_fails_closed_even_in_safe_mode() {
+    let w = world(Mode::Challenge, "safe", None);
+    w.duo.set_behaviour(DuoBehaviour::AlwaysRateLimited);
+    expect(
+        &login_waiting(&w, "alice", "pw"),
+        "Access-Reject",
+        "429 until the deadline, fail_mode safe",
+    );
+    refused_reason(&w, "HTTP 429 code 42901 Too Many Requests");
+
+    // The same at the second step: the answer to the Duo prompt.
+    w.duo.set_behaviour(DuoBehaviour::Normal);
+    let first = login(&w, "alice", "pw", None);
+    expect(&first, "Access-Challenge", "password");
+    w.duo.set_behaviour(DuoBehaviour::AlwaysRateLimited);
+    let attrs = vec![
+        ("User-Name", "alice".to_string()),
+        ("User-Password", PASSCODE.to_string()),
+        ("Calling-Station-Id", "198.51.100.20".to_string()),
+        ("State", first.state_hex.clone().unwrap_or_default()),
+    ];
+    expect(
+        &radclient_waiting(w.server.addr, &w.env.client().secret, &attrs, 10),
+        "Access-Reject",
+        "429 until the deadline on the passcode, fail_mode safe",
+    );
+    refused_reason(&w, "HTTP 429");
+}
+
+#[test]
+fn a_failure_envelope_or_a_4xx_fails_closed_even_in_safe_mode() {
+    let w = world(Mode::Challenge, "safe", None);
+    w.duo.set_behaviour(DuoBehaviour::StatFail);
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "HTTP 200 with stat FAIL at preauth, fail_mode safe",
+    );
+    refused_reason(&w, "code 40002 Invalid request parameters");
+
+    w.duo.set_behaviour(DuoBehaviour::Normal);
+    let first = login(&w, "alice", "pw", None);
+    expect(&first, "Access-Challenge", "password");
+    w.duo.set_behaviour(DuoBehaviour::StatFail);
+    expect(
+        &login(&w, "alice", PASSCODE, first.state_hex.as_deref()),
+        "Access-Reject",
+        "HTTP 200 with stat FAIL at auth, fail_mode safe",
+    );
+    refused_reason(&w, "code 40002");
+
+    // A 4xx that is not even Duo's JSON (a proxy in front of it) is still a 4xx.
+    w.duo.set_behaviour(DuoBehaviour::HtmlForbidden);
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "HTTP 403 with an HTML body, fail_mode safe",
+    );
+    refused_reason(&w, "HTTP 403");
+    assert!(w.duo.refusals().is_empty(), "{:?}", w.duo.refusals());
 }

@@ -34,7 +34,9 @@ impl Engine {
     }
 
     /// An error of the service: fail open only when configured and the service is
-    /// unavailable (5xx, transport, malformed); 4xx and timeouts always fail closed.
+    /// unavailable (5xx, transport, malformed); a refusal (any 4xx, rate limiting that
+    /// outlasts the deadline, a `stat` other than OK) and timeouts always fail closed, and
+    /// the audit record says so when `fail_mode = "safe"` was not applied.
     fn external_failure(
         &self,
         e: &ExternalError,
@@ -55,8 +57,16 @@ impl Engine {
                 factors: vec![first.into()],
             };
         }
+        let reason = if st.fail_open {
+            format!(
+                "{svc}: {e}; failed closed: fail_mode = safe lets users in only when the \
+                 service is unavailable (5xx, transport error, malformed reply)"
+            )
+        } else {
+            format!("{svc}: {e}")
+        };
         Outcome::reject_with(
-            format!("{svc}: {e}"),
+            reason,
             "The second-factor service could not be reached; try again later",
         )
     }

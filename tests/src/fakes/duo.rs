@@ -26,6 +26,12 @@ pub enum DuoBehaviour {
     Malformed,
     /// 429 for the next N requests, then normal.
     RateLimited(u32),
+    /// 429 to every request, for as long as it is set.
+    AlwaysRateLimited,
+    /// HTTP 200 with a failure envelope (`stat` FAIL, code 40002) to signed requests.
+    StatFail,
+    /// HTTP 403 with an HTML body (a proxy or WAF in front of Duo), to every request.
+    HtmlForbidden,
 }
 
 #[derive(Default)]
@@ -204,8 +210,17 @@ fn handle(
     let response = (|| {
         match behaviour {
             DuoBehaviour::ServerError => return fail(503, 50301, "Service Unavailable"),
-            DuoBehaviour::RateLimited(_) => return fail(429, 42901, "Too Many Requests"),
-            DuoBehaviour::Malformed | DuoBehaviour::Normal => {}
+            DuoBehaviour::RateLimited(_) | DuoBehaviour::AlwaysRateLimited => {
+                return fail(429, 42901, "Too Many Requests")
+            }
+            DuoBehaviour::HtmlForbidden => {
+                return tiny_http::Response::from_string("<html><body>403 Forbidden</body></html>")
+                    .with_status_code(403)
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", "text/html").expect("header"),
+                    )
+            }
+            DuoBehaviour::Malformed | DuoBehaviour::StatFail | DuoBehaviour::Normal => {}
         }
         let header = |name: &str| {
             request
@@ -263,6 +278,9 @@ fn handle(
         if authorization.as_deref() != Some(expected.as_str()) {
             refuse("invalid signature".into());
             return fail(401, 40103, "Invalid signature in request credentials");
+        }
+        if behaviour == DuoBehaviour::StatFail {
+            return fail(200, 40002, "Invalid request parameters");
         }
         if behaviour == DuoBehaviour::Malformed {
             return reply(

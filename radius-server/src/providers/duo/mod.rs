@@ -1,6 +1,7 @@
 //! Duo Auth API v2 client: signed requests, preauth and auth (push, phone, sms, passcode),
-//! 429 backoff, and the error classes the fail mode needs (4xx refused, 5xx/transport/
-//! malformed unavailable, timeouts).
+//! 429 backoff, and the error classes the fail mode needs: refused (any 4xx, 429 that
+//! outlasts the deadline, a `stat` other than `OK`: always fail closed), unavailable (5xx,
+//! transport error, malformed 2xx body: may fail open) and timeouts (fail closed).
 
 pub mod sign;
 
@@ -138,46 +139,31 @@ impl Duo {
                             ExternalError::Unavailable(format!("transport error: {e}"))
                         }
                     })?;
-                let status = resp.status();
-                if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let status = resp.status().as_u16();
+                let text = match resp.text().await {
+                    Ok(text) => text,
+                    // The status says whether Duo answered: a refusal stays a refusal
+                    // (fail closed) even when its body cannot be read.
+                    Err(e) if may_fail_open(status) => {
+                        return Err(if e.is_timeout() {
+                            ExternalError::Timeout(format!("no answer within {timeout:?}"))
+                        } else {
+                            ExternalError::Unavailable(format!(
+                                "HTTP {status}: reading the reply: {e}"
+                            ))
+                        })
+                    }
+                    Err(_) => String::new(),
+                };
+                if status == 429 {
                     if started.elapsed() + backoff > timeout {
-                        return Err(ExternalError::Unavailable(
-                            "rate limited (HTTP 429) past the deadline".into(),
-                        ));
+                        return Err(rate_limited(&text, timeout));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                     continue;
                 }
-                let text = resp
-                    .text()
-                    .await
-                    .map_err(|e| ExternalError::Unavailable(format!("reading the reply: {e}")))?;
-                let env: Envelope = serde_json::from_str(&text).map_err(|_| {
-                    ExternalError::Unavailable(format!(
-                        "malformed reply (HTTP {})",
-                        status.as_u16()
-                    ))
-                })?;
-                if env.stat == "OK" && status.is_success() {
-                    return env.response.ok_or_else(|| {
-                        ExternalError::Unavailable("malformed reply: no response".into())
-                    });
-                }
-                let detail = format!(
-                    "HTTP {} code {} {}{}",
-                    status.as_u16(),
-                    env.code.unwrap_or_default(),
-                    env.message.unwrap_or_default(),
-                    env.message_detail
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                );
-                return Err(if status.is_client_error() {
-                    ExternalError::Refused(detail)
-                } else {
-                    ExternalError::Unavailable(detail)
-                });
+                return classify(status, &text);
             }
         };
         self.handle.block_on(async move {
@@ -189,6 +175,71 @@ impl Duo {
             }
         })
     }
+}
+
+/// Whether an answer with this HTTP status may count as "Duo is unavailable" (and so
+/// fail open when the tenant's `fail_mode = "safe"`): a 5xx, or a 2xx whose body turns out
+/// malformed. Everything else Duo answers (4xx, 429 included; 3xx; 1xx) fails closed.
+fn may_fail_open(status: u16) -> bool {
+    (200..300).contains(&status) || (500..600).contains(&status)
+}
+
+/// Duo's own words of a failure envelope: `code 40002 Invalid request parameters (detail)`.
+fn duo_says(text: &str) -> String {
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(env) => {
+            let mut s = match env.code {
+                Some(code) => format!("code {code}"),
+                None => format!("stat {}", env.stat),
+            };
+            if let Some(m) = env.message.filter(|m| !m.is_empty()) {
+                s.push(' ');
+                s.push_str(&m);
+            }
+            if let Some(d) = env.message_detail.filter(|d| !d.is_empty()) {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        Err(_) => "not a Duo JSON reply".into(),
+    }
+}
+
+/// HTTP 429 still answered when the next backoff would pass the deadline: Duo refuses
+/// this integration for now. A refusal, never "unavailable": rate limiting must not
+/// become a way past the second factor in `fail_mode = "safe"`.
+fn rate_limited(text: &str, timeout: Duration) -> ExternalError {
+    ExternalError::Refused(format!(
+        "HTTP 429 {}: still rate limited by Duo after backing off for the {timeout:?} deadline",
+        duo_says(text)
+    ))
+}
+
+/// The `response` of a reply, or why there is none. Only a 5xx or a malformed 2xx body
+/// is `Unavailable`; a 2xx whose `stat` is not `OK` and every other status are `Refused`.
+fn classify(status: u16, text: &str) -> Result<serde_json::Value, ExternalError> {
+    if (200..300).contains(&status) {
+        let env: Envelope = serde_json::from_str(text).map_err(|_| {
+            ExternalError::Unavailable(format!("malformed reply (HTTP {status}): not JSON"))
+        })?;
+        if env.stat == "OK" {
+            return env.response.ok_or_else(|| {
+                ExternalError::Unavailable(format!(
+                    "malformed reply (HTTP {status}): stat OK without a response"
+                ))
+            });
+        }
+        return Err(ExternalError::Refused(format!(
+            "HTTP {status} {}",
+            duo_says(text)
+        )));
+    }
+    let detail = format!("HTTP {status} {}", duo_says(text));
+    Err(if may_fail_open(status) {
+        ExternalError::Unavailable(detail)
+    } else {
+        ExternalError::Refused(detail)
+    })
 }
 
 fn malformed(what: &str) -> ExternalError {
@@ -271,5 +322,79 @@ impl ExternalMfa for Duo {
             }
             _ => return Err(malformed("auth")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAIL_40002: &str = r#"{"stat":"FAIL","code":40002,"message":"Invalid request parameters","message_detail":"username"}"#;
+
+    #[test]
+    fn only_5xx_and_malformed_2xx_are_unavailable() {
+        assert_eq!(
+            classify(200, r#"{"stat":"OK","response":{"time":1}}"#),
+            Ok(serde_json::json!({"time": 1}))
+        );
+        assert!(matches!(
+            classify(503, r#"{"stat":"FAIL","code":50301,"message":"Service Unavailable"}"#),
+            Err(ExternalError::Unavailable(m)) if m == "HTTP 503 code 50301 Service Unavailable"
+        ));
+        assert!(matches!(
+            classify(502, "<html>Bad Gateway</html>"),
+            Err(ExternalError::Unavailable(_))
+        ));
+        assert!(matches!(
+            classify(200, "<html>"),
+            Err(ExternalError::Unavailable(_))
+        ));
+        assert!(matches!(
+            classify(200, r#"{"stat":"OK"}"#),
+            Err(ExternalError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn a_stat_other_than_ok_is_refused_whatever_the_status() {
+        assert_eq!(
+            classify(200, FAIL_40002),
+            Err(ExternalError::Refused(
+                "HTTP 200 code 40002 Invalid request parameters (username)".into()
+            ))
+        );
+        assert!(matches!(
+            classify(200, r#"{"stat":"WHATEVER","response":{}}"#),
+            Err(ExternalError::Refused(m)) if m.contains("stat WHATEVER")
+        ));
+    }
+
+    #[test]
+    fn every_4xx_is_refused_even_without_a_duo_body() {
+        assert!(matches!(
+            classify(400, FAIL_40002),
+            Err(ExternalError::Refused(m)) if m.contains("40002")
+        ));
+        assert_eq!(
+            classify(403, "<html>Forbidden</html>"),
+            Err(ExternalError::Refused(
+                "HTTP 403 not a Duo JSON reply".into()
+            ))
+        );
+        assert!(matches!(classify(302, ""), Err(ExternalError::Refused(_))));
+    }
+
+    #[test]
+    fn rate_limiting_past_the_deadline_is_refused_and_says_so() {
+        let e = rate_limited(
+            r#"{"stat":"FAIL","code":42901,"message":"Too Many Requests"}"#,
+            Duration::from_secs(3),
+        );
+        let ExternalError::Refused(m) = e else {
+            panic!("429 past the deadline must be a refusal, got {e:?}");
+        };
+        assert!(m.contains("HTTP 429 code 42901 Too Many Requests"), "{m}");
+        assert!(m.contains("3s"), "{m}");
+        assert!(!may_fail_open(429));
     }
 }
