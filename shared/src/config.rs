@@ -1029,6 +1029,156 @@ impl Default for TransactionConfig {
     }
 }
 
+/// The text of an error of the `config` crate, fit for logs and the terminal. A TOML
+/// syntax error, as the parser renders it, quotes the whole offending line, and that line
+/// may hold a secret (`secret = "Tr0ub4dor\&3"` with an invalid escape): only the line,
+/// the column, the key and the parser's message are kept. `text`: the file's content,
+/// read only when needed, to name the key.
+fn load_error(e: &config::ConfigError, text: impl FnOnce() -> Option<String>) -> String {
+    match e {
+        config::ConfigError::FileParse { cause, .. } => syntax_error(&cause.to_string(), text),
+        other => other.to_string(),
+    }
+}
+
+/// A TOML parser's error text without its source snippet. The parser (`toml`) renders
+/// ```text
+/// TOML parse error at line 3, column 20
+///   |
+/// 3 | secret = "Tr0ub4dor\&3"
+///   |                    ^^
+/// invalid escape sequence, expected ...
+/// ```
+/// and only the position and the message are kept. Snippet lines (`  |`, `3 | ...`) are
+/// dropped wherever they are, so that a change of the parser's layout cannot bring the
+/// source line back.
+fn syntax_error(rendered: &str, text: impl FnOnce() -> Option<String>) -> String {
+    let is_snippet = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with('|')
+            || l.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut lines = rendered
+        .lines()
+        .filter(|l| !is_snippet(l) && !l.trim().is_empty());
+    let position = rendered
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("TOML parse error at line "));
+    if position.is_some() {
+        lines.next();
+    }
+    let message: Vec<&str> = lines.map(str::trim).collect();
+    let message = if message.is_empty() {
+        "invalid TOML".to_string()
+    } else {
+        message.join("; ")
+    };
+    let Some(position) = position else {
+        return format!("TOML syntax error: {message}");
+    };
+    let key = position
+        .split(',')
+        .next()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| text().and_then(|t| t.lines().nth(i).and_then(key_of)))
+        .map(|k| format!(" ({k})"))
+        .unwrap_or_default();
+    format!(
+        "TOML syntax error at line {}{key}: {message} (the line is not shown: it may hold a \
+         secret)",
+        position.trim()
+    )
+}
+
+/// What a TOML line sets, for an error message: `key `secret``, `table [tenants.acme]`.
+/// Never the value. `None` for a line that is neither (a continued string or array).
+fn key_of(line: &str) -> Option<String> {
+    let line = line.trim();
+    let keyish = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 100
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-. ".contains(&b))
+    };
+    if let Some(table) = line.strip_prefix('[') {
+        let name = table.trim_start_matches('[');
+        let name = name.split(']').next()?.trim();
+        return keyish(name).then(|| format!("table [{name}]"));
+    }
+    let (k, _) = line.split_once('=')?;
+    let k = k.trim();
+    keyish(k).then(|| format!("key `{k}`"))
+}
+
+/// One Reply-Message attribute carries at most 253 bytes; a longer text goes on in more
+/// of them, and pam_radius_auth (and many NAS) show only the first.
+pub const REPLY_MESSAGE_MAX: usize = 253;
+
+/// What the Engine may put around a RADIUS client's `prompt` (prefix, suffix), as in
+/// `engine/mod.rs` and `engine/external_mfa.rs`: the longest decides how long `prompt`
+/// may be.
+pub const PROMPT_DECORATIONS: [(&str, &str); 4] = [
+    ("Wrong code, try again. ", ""),
+    ("No code entered. ", ""),
+    ("", " (or type sms or email to get a code sent)"),
+    ("", " (Duo passcode)"),
+];
+
+/// The longest text around `prompt`: its bytes and the text itself.
+fn longest_prompt_decoration() -> (usize, String) {
+    PROMPT_DECORATIONS
+        .iter()
+        .map(|(pre, post)| (pre.len() + post.len(), format!("{pre}{post}")))
+        .max_by_key(|(n, _)| *n)
+        .unwrap_or_default()
+}
+
+/// The longest `prompt` whose every composed text fits one Reply-Message.
+pub fn max_prompt_len() -> usize {
+    REPLY_MESSAGE_MAX - longest_prompt_decoration().0
+}
+
+/// Bytes of an e-mail address's domain that `menu_prompt`'s limit leaves room for in the
+/// menu (the e-mail choice shows the domain in full; a longer one spills over).
+pub const MENU_EMAIL_DOMAIN_ROOM: usize = 40;
+
+/// The factor menu as the RADIUS front end shows it (`Heading 1) ...  2) ...`: labels of
+/// `engine/menu.rs`, joined as in `radius/server.rs`), with every choice at its widest:
+/// all four methods, the HOTP-only label, the masked phone number of a valid E.164
+/// number (`••••` and its last four digits), a four-byte first letter of the e-mail
+/// address and a domain of [`MENU_EMAIL_DOMAIN_ROOM`] bytes.
+pub fn worst_case_menu(heading: &str) -> String {
+    let labels = [
+        "code from your token".to_string(),
+        "push to your phone".to_string(),
+        format!(
+            "text message to {}",
+            crate::delivery::mask_address("+491511234567")
+        ),
+        format!(
+            "e-mail to {}",
+            crate::delivery::mask_address(&format!(
+                "\u{10348}@{}",
+                "d".repeat(MENU_EMAIL_DOMAIN_ROOM)
+            ))
+        ),
+    ];
+    let items: Vec<String> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{}) {l}", i + 1))
+        .collect();
+    format!("{heading} {}", items.join("  "))
+}
+
+/// The longest `menu_prompt` whose worst-case menu fits one Reply-Message.
+pub fn max_menu_prompt_len() -> usize {
+    REPLY_MESSAGE_MAX - worst_case_menu("").len()
+}
+
 impl Config {
     /// Load `path`, apply `PORTCULLIS__SECTION__KEY` overrides from the environment, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1053,7 +1203,7 @@ impl Config {
                     .with_list_parse_key("radius.accounting_listen"),
             )
             .build()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(load_error(&e, || std::fs::read_to_string(path).ok())))?;
         let cfg: Config = built.try_deserialize().map_err(|e| err(e.to_string()))?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -1066,7 +1216,7 @@ impl Config {
             .build()
             .map_err(|e| ConfigError::Load {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: load_error(&e, || Some(text.to_string())),
             })?;
         let cfg: Config = built.try_deserialize().map_err(|e| ConfigError::Load {
             path: path.to_path_buf(),
@@ -1148,16 +1298,38 @@ impl Config {
             if c.delimiter.is_empty() {
                 return Err(bad(key("delimiter"), "must not be empty".into()));
             }
-            if c.prompt.len() > 253 {
+            if c.prompt.len() > max_prompt_len() {
+                let (extra, around) = longest_prompt_decoration();
                 return Err(bad(
                     key("prompt"),
-                    "is longer than the 253 bytes one Reply-Message can carry".into(),
+                    format!(
+                        "is {} bytes; at most {} are allowed: the prompt is shown with up to \
+                         {extra} more bytes (\"{}\") and the whole text must fit the \
+                         {REPLY_MESSAGE_MAX} bytes of one Reply-Message (pam_radius_auth \
+                         and many NAS show only the first one)",
+                        c.prompt.len(),
+                        max_prompt_len(),
+                        around.trim()
+                    ),
                 ));
             }
-            if c.menu_prompt.as_ref().is_some_and(|m| m.len() > 200) {
+            if let Some(m) = c
+                .menu_prompt
+                .as_ref()
+                .filter(|m| m.len() > max_menu_prompt_len())
+            {
                 return Err(bad(
                     key("menu_prompt"),
-                    "is longer than 200 bytes; the menu's choices must fit after it".into(),
+                    format!(
+                        "is {} bytes; at most {} are allowed: the menu's choices follow it \
+                         (up to {} bytes with all four factors and an e-mail domain of \
+                         {MENU_EMAIL_DOMAIN_ROOM} bytes) and the whole menu must fit the \
+                         {REPLY_MESSAGE_MAX} bytes of one Reply-Message (pam_radius_auth \
+                         and many NAS show only the first one)",
+                        m.len(),
+                        max_menu_prompt_len(),
+                        worst_case_menu("").len()
+                    ),
                 ));
             }
             if c.max_wait.is_zero() || c.max_wait > MAX_WAIT_LIMIT {
@@ -1573,6 +1745,101 @@ tenant = "acme"
         assert_eq!(pam.mode(), 0o600);
         let c = parse("[pam]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0666\"\n").unwrap();
         assert_eq!(c.pam.unwrap().mode(), 0o666);
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_its_line_but_never_shows_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        // Line 6: an invalid escape (`\&`) in the client's secret.
+        let text = "[store]\nurl = \"sqlite:///var/lib/portcullis/p.db\"\n\n[[radius.clients]]\n\
+                    name = \"vpn\"\nsecret = \"Tr0ub4dor\\&3\"\naddress = \"10.0.0.0/8\"\n\
+                    tenant = \"acme\"\n";
+        std::fs::write(&path, text).unwrap();
+        for e in [
+            Config::load(&path).unwrap_err().to_string(),
+            Config::from_toml_str(text, &path).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("line 6"), "{e}");
+            assert!(e.contains("key `secret`"), "{e}");
+            assert!(e.contains("escape"), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(!e.contains("Tr0ub4dor"), "{e}");
+            assert!(!e.contains("&3"), "{e}");
+        }
+        // An error without a snippet keeps the parser's words; a snippet in another
+        // layout is still dropped.
+        assert_eq!(
+            syntax_error("floating-point number overflowed", || None),
+            "TOML syntax error: floating-point number overflowed"
+        );
+        assert_eq!(
+            syntax_error(
+                "parse error\n   |\n12 | skey = \"s3cr3t\\q\"\n   |         ^\nbad escape\n",
+                || None
+            ),
+            "TOML syntax error: parse error; bad escape"
+        );
+        assert_eq!(
+            key_of("  [tenants.acme.duo] "),
+            Some("table [tenants.acme.duo]".into())
+        );
+        assert_eq!(
+            key_of("[[radius.clients]]"),
+            Some("table [radius.clients]".into())
+        );
+        assert_eq!(key_of("  \"a\\b\" ,"), None);
+    }
+
+    fn client_with(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!("{CLIENT}{extra}\n"))
+    }
+
+    #[test]
+    fn prompt_leaves_room_for_what_the_engine_adds() {
+        // "(or type sms or email to get a code sent)" is the longest addition.
+        assert_eq!(max_prompt_len(), 253 - 42);
+        let longest = "p".repeat(max_prompt_len());
+        client_with(&format!("prompt = \"{longest}\"")).unwrap();
+        for (pre, post) in PROMPT_DECORATIONS {
+            assert!(format!("{pre}{longest}{post}").len() <= REPLY_MESSAGE_MAX);
+        }
+        // 230 bytes fit 253 alone, but not after "Wrong code, try again. ".
+        for n in [max_prompt_len() + 1, 230, 253] {
+            let e = client_with(&format!("prompt = \"{}\"", "p".repeat(n)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("radius.clients[0].prompt"), "{e}");
+            assert!(e.contains(&format!("is {n} bytes; at most 211")), "{e}");
+            assert!(e.contains("253 bytes of one Reply-Message"), "{e}");
+            assert!(e.contains("pam_radius_auth"), "{e}");
+        }
+        // Bytes, not characters.
+        assert!(client_with(&format!("prompt = \"{}\"", "\u{e9}".repeat(106))).is_err());
+    }
+
+    #[test]
+    fn menu_prompt_leaves_room_for_the_widest_menu() {
+        let widest = worst_case_menu("");
+        assert!(
+            widest.contains("1) code from your token  2) push to your phone  3) text message to"),
+            "{widest}"
+        );
+        assert_eq!(widest.len(), 153, "{widest}");
+        assert_eq!(max_menu_prompt_len(), 100);
+        let heading = "h".repeat(max_menu_prompt_len());
+        assert_eq!(worst_case_menu(&heading).len(), REPLY_MESSAGE_MAX);
+        client_with(&format!("menu_prompt = \"{heading}\"")).unwrap();
+        assert!(crate::engine::MENU_HEADING.len() <= max_menu_prompt_len());
+        // 150 bytes passed the old limit (200) but push the menu past 253.
+        for n in [max_menu_prompt_len() + 1, 150, 200] {
+            let e = client_with(&format!("menu_prompt = \"{}\"", "h".repeat(n)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("radius.clients[0].menu_prompt"), "{e}");
+            assert!(e.contains(&format!("is {n} bytes; at most 100")), "{e}");
+            assert!(e.contains("253 bytes of one Reply-Message"), "{e}");
+        }
     }
 
     #[test]

@@ -1575,6 +1575,57 @@ mod batch {
     }
 }
 
+#[test]
+fn the_longest_valid_prompt_still_fits_one_reply_message_after_a_wrong_or_empty_code() {
+    use crate::config::{max_prompt_len, REPLY_MESSAGE_MAX};
+    let w = world();
+    let prompt = "p".repeat(max_prompt_len());
+    let start = w
+        .engine
+        .start(&LoginRequest {
+            tenant: "acme".into(),
+            channel: channel(),
+            source: "192.0.2.10".into(),
+            mode: LoginMode::Challenge,
+            username: "alice".into(),
+            credential: Zeroizing::new(b"hunter2".to_vec()),
+            delimiter: ",".into(),
+            prompt: prompt.clone(),
+            unenrolled: Unenrolled::Deny,
+            source_limited: true,
+        })
+        .unwrap();
+    let mut txn = prompt_txn(&start);
+    for typed in ["000000", ""] {
+        let s = w
+            .engine
+            .answer(&AnswerRequest {
+                tenant: "acme".into(),
+                channel: channel(),
+                source: "192.0.2.10".into(),
+                username: "alice".into(),
+                txn: txn.clone(),
+                answer: Zeroizing::new(typed.as_bytes().to_vec()),
+                prompt: prompt.clone(),
+                source_limited: true,
+            })
+            .unwrap();
+        let Step::Prompt {
+            text, txn: next, ..
+        } = s
+        else {
+            panic!("{typed:?}: {s:?}");
+        };
+        assert!(text.ends_with(&prompt), "{text}");
+        assert!(
+            text.len() <= REPLY_MESSAGE_MAX,
+            "{typed:?}: {} bytes",
+            text.len()
+        );
+        txn = next;
+    }
+}
+
 mod rules {
     use super::*;
     use crate::policy::{Action, Rule};
