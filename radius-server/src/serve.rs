@@ -275,8 +275,90 @@ async fn wait_for_signal(
     }
 }
 
+/// What differs between `running` and `new` among the settings that the Engine took at
+/// start (a RADIUS client's `first_factor`, the tenants' factors, rules and backends, the
+/// lockout, TOTP, password and transaction settings, the PAM and HTTP settings, the
+/// secrets): named for the log. Listeners and the store are reported apart (a reload
+/// warns about them and applies the rest). Values are compared as their `Debug` text, in
+/// which secrets are redacted: a changed secret alone is not seen.
+fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut changed = Vec::new();
+    for c in &new.radius.clients {
+        let before = running
+            .radius
+            .clients
+            .iter()
+            .find(|r| r.name == c.name)
+            .and_then(|r| r.first_factor);
+        if before != c.first_factor {
+            changed.push(format!("radius.clients '{}' first_factor", c.name));
+        }
+    }
+    for c in &running.radius.clients {
+        if c.first_factor.is_some() && !new.radius.clients.iter().any(|n| n.name == c.name) {
+            changed.push(format!(
+                "radius.clients '{}' (removed, had first_factor)",
+                c.name
+            ));
+        }
+    }
+    // A tenant's reply attributes (tenant, group, factor_reply) are reloaded.
+    let engine_part = |t: Option<&portcullis_core::config::TenantConfig>| {
+        t.map(|t| portcullis_core::config::TenantConfig {
+            reply: Vec::new(),
+            factor_reply: Vec::new(),
+            groups: Vec::new(),
+            ..t.clone()
+        })
+    };
+    let names: std::collections::BTreeSet<&String> =
+        running.tenants.keys().chain(new.tenants.keys()).collect();
+    for name in names {
+        if differ(
+            &engine_part(running.tenants.get(name)),
+            &engine_part(new.tenants.get(name)),
+        ) {
+            changed.push(format!("[tenants.{name}]"));
+        }
+    }
+    let sections: [(&str, bool); 8] = [
+        ("[secrets]", differ(&running.secrets, &new.secrets)),
+        ("[passwords]", differ(&running.passwords, &new.passwords)),
+        ("[totp]", differ(&running.totp, &new.totp)),
+        ("[lockout]", differ(&running.lockout, &new.lockout)),
+        (
+            "[transactions]",
+            differ(&running.transactions, &new.transactions),
+        ),
+        ("[pam]", differ(&running.pam, &new.pam)),
+        ("issuer", running.issuer != new.issuer),
+        (
+            "[http] (other than listen)",
+            differ(
+                &running
+                    .http
+                    .as_ref()
+                    .map(|h| (&h.public_url, &h.tls_cert, &h.tls_key, &h.trusted_proxies)),
+                &new.http
+                    .as_ref()
+                    .map(|h| (&h.public_url, &h.tls_cert, &h.tls_key, &h.trusted_proxies)),
+            ),
+        ),
+    ];
+    changed.extend(
+        sections
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| n.to_string()),
+    );
+    changed
+}
+
 /// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
-/// ones when the new file is invalid.
+/// ones when the new file is invalid or changes what only a restart applies.
 fn reload(
     ctx: &RadiusContext,
     running: &Config,
@@ -285,6 +367,16 @@ fn reload(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     match Config::load(path) {
+        Ok(cfg) if !start_only_changes(running, &cfg).is_empty() => {
+            // Half a reload would mix the new clients with the Engine's old settings (a
+            // client whose first_factor = "none" was removed would still skip the
+            // password): nothing is applied.
+            ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+            tracing::error!(
+                changed = %start_only_changes(running, &cfg).join(", "),
+                "configuration reload failed: these settings change only with a restart, and nothing was applied (still using the previous configuration); restart portcullis to apply them"
+            );
+        }
         Ok(cfg) => {
             warn_about_clients(&cfg, store);
             ctx.reload(&cfg);

@@ -115,6 +115,55 @@ fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config()
     );
 }
 
+#[test]
+fn sighup_refuses_what_only_a_restart_applies_and_applies_nothing_of_it() {
+    peers();
+    let (env, totp) = env_with_alice(HTTP);
+    let server = env.start_server();
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let login = |password: String| {
+        radclient(
+            server.addr,
+            &env.client().secret,
+            &[("User-Name", "alice".into()), ("User-Password", password)],
+            true,
+        )
+    };
+    let refused = |new_text: &str, what: &str| {
+        std::fs::write(env.config_path(), new_text).unwrap();
+        assert!(!server.reload(), "applied: {what}\n{}", server.stderr());
+        let log =
+            server.wait_for_stderr("restart portcullis to apply them", Duration::from_secs(5));
+        assert!(log.contains(what), "the log names {what}:\n{log}");
+    };
+    // The client's first factor, and a tenant's rules, live in the Engine: a reload that
+    // took the client but not its first_factor would mix old and new.
+    refused(
+        &text.replace(
+            "mode = \"challenge\"",
+            "mode = \"challenge\"\nfirst_factor = \"none\"",
+        ),
+        "first_factor",
+    );
+    refused(
+        &format!("{text}\n[tenants.acme]\n[[tenants.acme.rules]]\nname = \"nobody\"\naction = \"deny\"\n"),
+        "[tenants.acme]",
+    );
+    // Nothing of either was applied: the password is still checked and nobody is denied.
+    let code = oathtool_totp(&totp, 6, Algorithm::Sha1, 0);
+    assert!(login(code).is_reject(), "a code alone logged in");
+    let first = login("pw".into());
+    assert!(first.is_challenge(), "{}", first.raw_output);
+    let m = server.metrics();
+    assert_eq!(
+        metric(&m, r#"portcullis_config_reloads_total{result="error"}"#),
+        Some(2.0)
+    );
+    // The running configuration's own text reloads.
+    std::fs::write(env.config_path(), &text).unwrap();
+    assert!(server.reload(), "{}", server.stderr());
+}
+
 /// Alice's password `slowpw` has a costly hash, so that her login can be caught in flight.
 fn slow_env(radius_extra: &str) -> TestEnv {
     let (env, _) = env_with_alice(HTTP);
