@@ -69,6 +69,9 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         tokio::spawn(async move { hub.follow(events).await });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The HTTP listener stops last: a login held for a push during the drain is approved
+    // through it (the phone's POST), and so is a PAM-over-HTTPS poll.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
     use std::io::Write;
     // The HTTP line comes before the RADIUS ones: a supervisor that waits for
     // `radius: listening` then knows both addresses.
@@ -105,7 +108,7 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 state,
-                stop_rx.clone(),
+                http_stop_rx,
             )))
         }
         None => None,
@@ -196,6 +199,24 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     for l in loops {
         let _ = l.await;
     }
+    let _ = housekeeping.await;
+    // PAM and RADIUS logins in flight finish together (a push held on either is approved
+    // through the HTTP listener, which still serves).
+    let pam_drained = async {
+        if let Some((pam_ctx, task)) = pam {
+            let _ = task.await;
+            if !pam_ctx.drain(DRAIN_DEADLINE).await {
+                tracing::warn!("some PAM logins were still in progress at the shutdown deadline");
+            }
+        }
+    };
+    let radius_drained = async {
+        if !ctx.drain(DRAIN_DEADLINE).await {
+            tracing::warn!("some logins were still in progress at the shutdown deadline");
+        }
+    };
+    tokio::join!(pam_drained, radius_drained);
+    let _ = http_stop_tx.send(true);
     if let Some(h) = http {
         // Scrapes in progress may finish; a client holding a connection open may not delay
         // the shutdown for long.
@@ -205,16 +226,6 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
             Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
             Ok(Ok(Ok(()))) => {}
         }
-    }
-    let _ = housekeeping.await;
-    if let Some((pam_ctx, task)) = pam {
-        let _ = task.await;
-        if !pam_ctx.drain(DRAIN_DEADLINE).await {
-            tracing::warn!("some PAM logins were still in progress at the shutdown deadline");
-        }
-    }
-    if !ctx.drain(DRAIN_DEADLINE).await {
-        tracing::warn!("some logins were still in progress at the shutdown deadline");
     }
     let drops: Vec<String> = metrics
         .drop_counts()

@@ -182,6 +182,38 @@ fn auto_mode_holds_the_request_until_the_phone_approves() {
 }
 
 #[test]
+fn a_login_held_at_sigterm_is_still_approved_through_the_http_listener() {
+    let mut w = world(auto_client("20s"), "");
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    let login = thread::spawn(move || {
+        radclient_waiting(
+            addr,
+            &secret,
+            &[
+                ("User-Name", "pat".to_string()),
+                ("User-Password", "pw".to_string()),
+            ],
+            25,
+        )
+    });
+    let msg = w.notification(3);
+    let (id, token) = link(&msg);
+    // The daemon is asked to stop while the request is held for the phone: it stops
+    // receiving RADIUS, but the phone's answer still lands and the login finishes.
+    w.server.signal(portcullis_tests::process::Signal::TERM);
+    thread::sleep(Duration::from_millis(300));
+    let (status, body) = w.answer(&id, &token, "approve", None);
+    assert_eq!(status, 200, "{body}");
+    let reply = login.join().unwrap();
+    assert!(reply.is_accept(), "{}", reply.raw_output);
+    let status = w
+        .server
+        .wait_exit(Duration::from_secs(20))
+        .expect("the daemon did not exit after its last login");
+    assert!(status.success(), "{status:?}\n{}", w.server.stderr());
+}
+
+#[test]
 fn a_retransmitted_request_during_the_wait_sends_no_second_push() {
     let w = world(auto_client("20s"), "");
     let raw = RawClient::new(w.server.addr, &w.env.client().secret);
