@@ -1406,6 +1406,25 @@ impl Config {
             if let Some(duo) = &t.duo {
                 duo.validate(&format!("tenants.{name}.duo"))
                     .map_err(|(key, message)| bad(key, message))?;
+                // Duo decides which of its methods a user passes (push, call, passcode, its
+                // own bypass): a limit that names Portcullis factors would be met by any of
+                // them, so it is refused rather than silently ignored.
+                let limited = (!t.factors.is_empty())
+                    .then(|| format!("tenants.{name}.factors"))
+                    .or_else(|| {
+                        t.rules
+                            .iter()
+                            .position(|r| !r.factors.is_empty())
+                            .map(|i| format!("tenants.{name}.rules[{i}].factors"))
+                    });
+                if let Some(key) = limited {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "cannot be combined with [tenants.{name}.duo]: Duo owns this tenant's second factor and any Duo method would meet the limit; remove it (and step_up rules), or move these users to a tenant without [duo]"
+                        ),
+                    ));
+                }
             }
             if let Some(email) = &t.email {
                 email
@@ -1840,6 +1859,27 @@ tenant = "acme"
             assert!(e.contains(&format!("is {n} bytes; at most 100")), "{e}");
             assert!(e.contains("253 bytes of one Reply-Message"), "{e}");
         }
+    }
+
+    #[test]
+    fn duo_tenants_refuse_factor_limits_that_duo_would_meet_with_any_method() {
+        let duo = "[tenants.acme.duo]\nikey = \"DIXXXXXXXXXXXXXXXXXX\"\nskey = \"s\"\napi_host = \"api-x.duosecurity.com\"\n";
+        assert!(parse(&format!("{CLIENT}\n{duo}")).is_ok());
+        let e = parse(&format!(
+            "{CLIENT}\n[tenants.acme]\nfactors = [\"totp\"]\n{duo}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tenants.acme.factors") && e.contains("[tenants.acme.duo]"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{CLIENT}\n{duo}\n[[tenants.acme.rules]]\nname = \"sudo\"\naction = \"step_up\"\nfactors = [\"hotp\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tenants.acme.rules[0].factors"), "{e}");
     }
 
     #[test]
