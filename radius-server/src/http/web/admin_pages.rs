@@ -353,7 +353,7 @@ async fn reset(
             n,
             esc(&user)
         ),
-        Some(Err(e)) => format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+        Some(Err(e)) => format!("<p class=\"error\">{}</p>", esc(&super::page_error(&e))),
         None => return internal(),
     };
     users_page(&state, &engine, &t, &value, &tenant, &message).await
@@ -392,7 +392,7 @@ async fn bypass(
             esc(&c.code),
             format_time(c.expires_at)
         ),
-        Some(Err(e)) => format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+        Some(Err(e)) => format!("<p class=\"error\">{}</p>", esc(&super::page_error(&e))),
         None => return internal(),
     };
     users_page(&state, &engine, &t, &value, &tenant, &message).await

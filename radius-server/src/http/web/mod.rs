@@ -212,6 +212,29 @@ pub fn format_time(unix: i64) -> String {
 }
 
 /// The page of a failure inside a handler (the details go to the log).
+/// What a page may show of an admin error: the user's own mistakes as they are (a wrong
+/// code, an invalid value), never a database's or hasher's words (logged instead), nor
+/// the CLI hints meant for operators.
+pub fn page_error(e: &portcullis_core::admin::AdminError) -> String {
+    use portcullis_core::admin::AdminError as E;
+    match e {
+        E::WrongCode(_) => {
+            "The code does not match: check the app's clock and that it scanned the latest QR code."
+                .into()
+        }
+        E::Invalid { .. } => e.to_string(),
+        E::AlreadyConfirmed(_) => "That factor is already confirmed.".into(),
+        E::NoFactor { .. } => "That factor no longer exists; reload the page.".into(),
+        E::NoUser { .. } | E::NoTenant(_) => {
+            "This account no longer exists; ask your administrator.".into()
+        }
+        other => {
+            tracing::error!(error = %other, "web page: request failed");
+            "The service failed; try again.".into()
+        }
+    }
+}
+
 pub fn internal() -> Response {
     page(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -234,6 +257,23 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_show_no_database_words_and_no_operator_hints() {
+        use portcullis_core::admin::AdminError;
+        use portcullis_core::store::StoreError;
+        let db = AdminError::Store(StoreError::Database(
+            "database disk image is malformed (table factors)".into(),
+        ));
+        assert_eq!(page_error(&db), "The service failed; try again.");
+        let gone = AdminError::NoFactor {
+            tenant: "acme".into(),
+            user: "alice".into(),
+            factor: "f1".into(),
+        };
+        assert!(!page_error(&gone).contains("portcullis factor list"));
+        assert!(page_error(&AdminError::WrongCode("f1".into())).contains("does not match"));
+    }
 
     #[test]
     fn escaping_covers_markup_and_quotes() {

@@ -390,7 +390,7 @@ async fn confirm(State(state): State<HttpState>, Posted { s, value, form }: Post
         Some(Ok(())) => {
             dashboard(&state, &s, &value, "ok:The factor is confirmed and ready.").await
         }
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &super::page_error(&e)).await,
         None => internal(),
     }
 }
@@ -416,7 +416,7 @@ async fn remove(State(state): State<HttpState>, Posted { s, value, form }: Poste
     match r {
         Some(Ok(Ok(()))) => dashboard(&state, &s, &value, "ok:The factor was removed.").await,
         Some(Ok(Err(m))) => dashboard(&state, &s, &value, &m).await,
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &super::page_error(&e)).await,
         None => internal(),
     }
 }
@@ -444,7 +444,7 @@ async fn forget(State(state): State<HttpState>, Posted { s, value, .. }: Posted)
             );
             dashboard(&state, &s, &value, &m).await
         }
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &super::page_error(&e)).await,
         None => internal(),
     }
 }
@@ -477,7 +477,7 @@ async fn recovery(State(state): State<HttpState>, Posted { s, value, .. }: Poste
             );
             page(StatusCode::OK, "Your new recovery codes", &body)
         }
-        Some(Err(e)) => dashboard(&state, &s, &value, &e.to_string()).await,
+        Some(Err(e)) => dashboard(&state, &s, &value, &super::page_error(&e)).await,
         None => internal(),
     }
 }

@@ -40,7 +40,7 @@ pub(super) async fn enroll(
             let t = admin
                 .admin
                 .enroll_totp(&s2.tenant, &s2.subject, None, 6, "SHA1")
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| super::super::page_error(&e))?;
             Added::Totp(t)
         };
         let (kind, id) = match &added {
@@ -131,7 +131,7 @@ pub(super) async fn push_code(
         let factors = admin
             .admin
             .list_factors(&s2.tenant, &s2.subject)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::super::page_error(&e))?;
         if !factors
             .iter()
             .any(|f| f.factor_id == f2 && f.kind == "push" && f.state == "pending")
@@ -202,7 +202,7 @@ fn push_error(e: PushEnrolError) -> String {
             "The code could not be sent to the push server; nothing was added. Try again later."
                 .into()
         }
-        PushEnrolError::Admin(e) => e.to_string(),
+        PushEnrolError::Admin(e) => super::super::page_error(&e),
         e => {
             tracing::error!(error = %e, "self-service push enrolment failed");
             "The service failed; try again.".into()
