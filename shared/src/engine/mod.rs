@@ -972,10 +972,11 @@ impl Engine {
                 // A directory finds "ALICE" or "alice " as alice's entry and binds with her
                 // password; a new store user of that spelling would have none of alice's
                 // factors (and could enrol new ones). Only the spelling the store knows logs in.
-                let alike = self.store.user_names_alike(tenant.id, username)?;
-                if let Some(known) = alike.first() {
+                let typed = directory_fold(username);
+                let names = self.store.user_names(tenant.id)?;
+                if let Some(known) = names.iter().find(|n| directory_fold(n) == typed) {
                     return Ok(Err(format!(
-                        "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case and spaces): log in as '{known}'"
+                        "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case, width and spaces): log in as '{known}'"
                     )));
                 }
                 let new = NewUser {
@@ -1656,6 +1657,16 @@ fn txn_ref(id: &str, step: u32) -> String {
 
 fn txn_id(r: &str) -> &str {
     r.split('.').next().unwrap_or("")
+}
+
+/// A user name as directories compare names (LDAP's caseIgnoreMatch, Active Directory):
+/// compatibility-normalized (full-width letters, the Kelvin sign), case-folded, with runs
+/// of spaces as one and none around it.
+fn directory_fold(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let lower: String = name.nfkc().flat_map(char::to_lowercase).collect();
+    let folded: String = lower.nfkc().collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The transaction a step's reference (`txn` of a Prompt or Wait) belongs to, for front

@@ -101,10 +101,9 @@ pub trait Store: Send + Sync + 'static {
     fn create_user(&self, user: &NewUser, now: UnixTime) -> StoreResult<User>;
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>>;
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>>;
-    /// Names of the tenant's users that equal `name` when ASCII letter case and leading or
-    /// trailing spaces are ignored (as a directory compares user names), `name` itself
-    /// included if it exists. A full scan of the tenant's users: for first logins only.
-    fn user_names_alike(&self, tenant: TenantId, name: &str) -> StoreResult<Vec<String>>;
+    /// The names of all the tenant's users, in order (a full scan: for first logins of
+    /// directory users only, who are compared by a fold the database cannot do).
+    fn user_names(&self, tenant: TenantId) -> StoreResult<Vec<String>>;
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()>;
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()>;
     /// Sets (`Some`) or removes (`None`) one of the user's attributes.

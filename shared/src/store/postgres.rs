@@ -912,20 +912,14 @@ impl Store for PgStore {
         .collect()
     }
 
-    fn user_names_alike(&self, tenant: TenantId, name: &str) -> StoreResult<Vec<String>> {
-        // translate() folds ASCII letters only (lower() would follow the database's
-        // locale), so that both stores find the same names.
-        const FOLD: &str =
-            "translate(btrim(%s, ' '), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')";
-        let sql = format!(
-            "SELECT name FROM users WHERE tenant_id = $1 AND {} = {} ORDER BY name",
-            FOLD.replace("%s", "name"),
-            FOLD.replace("%s", "$2"),
-        );
-        self.query(&sql, &[&tenant, &name])?
-            .iter()
-            .map(|r| r.col::<String>(0))
-            .collect()
+    fn user_names(&self, tenant: TenantId) -> StoreResult<Vec<String>> {
+        self.query(
+            "SELECT name FROM users WHERE tenant_id = $1 ORDER BY name",
+            &[&tenant],
+        )?
+        .iter()
+        .map(|r| r.col::<String>(0))
+        .collect()
     }
 
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()> {

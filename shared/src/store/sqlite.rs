@@ -748,17 +748,12 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    fn user_names_alike(&self, tenant: TenantId, name: &str) -> StoreResult<Vec<String>> {
+    fn user_names(&self, tenant: TenantId) -> StoreResult<Vec<String>> {
         let conn = self.lock();
-        // SQLite's lower() folds ASCII letters only, as promised.
         let mut st = conn
-            .prepare_cached(
-                "SELECT name FROM users WHERE tenant_id = ?1 AND lower(trim(name, ' ')) = lower(?2) ORDER BY name",
-            )
+            .prepare_cached("SELECT name FROM users WHERE tenant_id = ?1 ORDER BY name")
             .map_err(db)?;
-        let rows = st
-            .query_map(params![tenant, name.trim_matches(' ')], |r| r.get(0))
-            .map_err(db)?;
+        let rows = st.query_map(params![tenant], |r| r.get(0)).map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
