@@ -286,26 +286,26 @@ async fn wait_for_signal(
     }
 }
 
-/// What differs between `running` and `new` among the settings that the Engine took at
-/// start (a RADIUS client's `first_factor`, the tenants' factors, rules and backends, the
-/// lockout, TOTP, password and transaction settings, the PAM and HTTP settings, the
-/// secrets): named for the log. Listeners and the store are reported apart (a reload
-/// warns about them and applies the rest). Values are compared as their `Debug` text, in
-/// which secrets are redacted: a changed secret alone is not seen.
+/// What differs between `running` and `new` among the settings taken at start (the
+/// Engine's: a RADIUS client's `first_factor` and the tenant it checks passwords for, the
+/// tenants' factors, rules, providers and backends, the lockout, TOTP, password and
+/// transaction settings; the PAM and HTTP settings; the secrets; the RADIUS and store
+/// tuning): named for the log, never with their values. The listeners and the store's
+/// URL are reported apart (a reload warns about them and applies the rest).
 fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
-    fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
-        format!("{a:?}") != format!("{b:?}")
-    }
+    use portcullis_core::config::TenantConfig;
     let mut changed = Vec::new();
     for c in &new.radius.clients {
-        let before = running
-            .radius
-            .clients
-            .iter()
-            .find(|r| r.name == c.name)
-            .and_then(|r| r.first_factor);
-        if before != c.first_factor {
+        let before = running.radius.clients.iter().find(|r| r.name == c.name);
+        let first_factor = before.and_then(|r| r.first_factor);
+        if first_factor != c.first_factor {
             changed.push(format!("radius.clients '{}' first_factor", c.name));
+        } else if c.first_factor.is_some() && before.is_some_and(|r| r.tenant != c.tenant) {
+            // The override was built for the old tenant's backend.
+            changed.push(format!(
+                "radius.clients '{}' tenant (the client has a first_factor)",
+                c.name
+            ));
         }
     }
     for c in &running.radius.clients {
@@ -316,53 +316,72 @@ fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
             ));
         }
     }
-    // A tenant's reply attributes (tenant, group, factor_reply) are reloaded.
-    let engine_part = |t: Option<&portcullis_core::config::TenantConfig>| {
-        t.map(|t| portcullis_core::config::TenantConfig {
-            reply: Vec::new(),
-            factor_reply: Vec::new(),
-            groups: Vec::new(),
-            ..t.clone()
-        })
+    // A tenant's reply attributes (tenant, group, factor_reply) are reloaded; a tenant
+    // without a section is one with the defaults.
+    let engine_part = |t: Option<&TenantConfig>| TenantConfig {
+        reply: Vec::new(),
+        factor_reply: Vec::new(),
+        groups: Vec::new(),
+        ..t.cloned().unwrap_or_default()
     };
     let names: std::collections::BTreeSet<&String> =
         running.tenants.keys().chain(new.tenants.keys()).collect();
     for name in names {
-        if differ(
-            &engine_part(running.tenants.get(name)),
-            &engine_part(new.tenants.get(name)),
-        ) {
+        if engine_part(running.tenants.get(name)) != engine_part(new.tenants.get(name)) {
             changed.push(format!("[tenants.{name}]"));
         }
     }
-    let sections: [(&str, bool); 8] = [
-        ("[secrets]", differ(&running.secrets, &new.secrets)),
-        ("[passwords]", differ(&running.passwords, &new.passwords)),
-        ("[totp]", differ(&running.totp, &new.totp)),
-        ("[lockout]", differ(&running.lockout, &new.lockout)),
+    let radius_tuning = |c: &Config| {
         (
-            "[transactions]",
-            differ(&running.transactions, &new.transactions),
-        ),
-        ("[pam]", differ(&running.pam, &new.pam)),
+            c.radius.response_cache_ttl,
+            c.radius.max_in_flight,
+            c.radius.socket_receive_buffer,
+        )
+    };
+    let store_tuning = |c: &Config| {
+        let s = &c.store;
+        (
+            s.max_connections,
+            s.connect_timeout,
+            s.statement_timeout,
+            s.push_poll_interval,
+        )
+    };
+    let http_rest = |c: &Config| {
+        c.http.as_ref().map(|h| {
+            (
+                h.public_url.clone(),
+                h.tls_cert.clone(),
+                h.tls_key.clone(),
+                h.trusted_proxies.clone(),
+            )
+        })
+    };
+    let sections = [
+        ("[secrets]", running.secrets != new.secrets),
+        ("[passwords]", running.passwords != new.passwords),
+        ("[totp]", running.totp != new.totp),
+        ("[lockout]", running.lockout != new.lockout),
+        ("[transactions]", running.transactions != new.transactions),
+        ("[pam]", running.pam != new.pam),
         ("issuer", running.issuer != new.issuer),
         (
+            "[radius] response_cache_ttl, max_in_flight, socket_receive_buffer",
+            radius_tuning(running) != radius_tuning(new),
+        ),
+        (
+            "[store] (other than url)",
+            store_tuning(running) != store_tuning(new),
+        ),
+        (
             "[http] (other than listen)",
-            differ(
-                &running
-                    .http
-                    .as_ref()
-                    .map(|h| (&h.public_url, &h.tls_cert, &h.tls_key, &h.trusted_proxies)),
-                &new.http
-                    .as_ref()
-                    .map(|h| (&h.public_url, &h.tls_cert, &h.tls_key, &h.trusted_proxies)),
-            ),
+            http_rest(running) != http_rest(new),
         ),
     ];
     changed.extend(
         sections
             .iter()
-            .filter(|(_, d)| *d)
+            .filter(|(_, differ)| *differ)
             .map(|(n, _)| n.to_string()),
     );
     changed

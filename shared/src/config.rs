@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -69,7 +69,7 @@ pub struct Config {
 }
 
 /// `[http]`: the HTTP listener. It serves `/metrics` (Prometheus text format).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address and port, e.g. `127.0.0.1:8080` (port 0: any free port, printed at start).
@@ -97,7 +97,7 @@ pub struct HttpConfig {
 pub const DEFAULT_FACTORS: [&str; 5] = ["push", "sms", "email", "totp", "hotp"];
 
 /// `[[tenants.NAME.groups]]`: reply attributes for the members of one group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
@@ -110,7 +110,7 @@ fn default_issuer() -> String {
 }
 
 /// `[store]`: where all state lives.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite:///absolute/path.db` (the embedded default) or, for several nodes,
@@ -174,7 +174,7 @@ impl StoreConfig {
 }
 
 /// `[secrets]`: the master key that encrypts TOTP seeds at rest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
     /// Created with mode 0600 by the first command that needs it.
@@ -190,7 +190,7 @@ impl Default for SecretsConfig {
 }
 
 /// `[radius]`: listeners and clients (NAS).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RadiusConfig {
     #[serde(default = "default_radius_listen")]
@@ -267,7 +267,7 @@ impl LoginMode {
 }
 
 /// `[[radius.clients]]`: one NAS (or a network of them).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
@@ -370,7 +370,7 @@ fn default_prompt() -> String {
 }
 
 /// `[tenants.NAME]`: what one tenant sets for itself.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// RADIUS attributes sent in every Access-Accept of the tenant: `NAME=value` or
@@ -498,7 +498,7 @@ pub enum DuoUsername {
 }
 
 /// `[tenants.NAME.duo]`: Duo Auth API v2.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DuoConfig {
     /// Integration key.
@@ -581,7 +581,7 @@ pub enum SmtpTls {
 }
 
 /// `[tenants.NAME.email]`
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     pub host: String,
@@ -695,7 +695,7 @@ pub enum BodyEncoding {
 }
 
 /// `[tenants.NAME.sms]`
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsConfig {
     pub provider: SmsProvider,
@@ -823,7 +823,7 @@ impl SmsConfig {
 
 /// `[pam]`: the Unix socket that `pam_portcullis.so` talks to. The section being present
 /// turns the listener on; every key has a default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PamConfig {
     /// Path of the socket; a stale file there is replaced at start.
@@ -884,7 +884,7 @@ fn parse_mode(text: &str) -> Option<u32> {
 }
 
 /// `[passwords]`: argon2id cost for new hashes.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordConfig {
     #[serde(default = "default_m")]
@@ -923,7 +923,7 @@ impl Default for PasswordConfig {
 }
 
 /// `[totp]`: verification window.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TotpConfig {
     /// Steps accepted on either side of the current one (clock drift).
@@ -944,7 +944,7 @@ impl Default for TotpConfig {
 }
 
 /// `[lockout]`: second-factor failures per user, wrong passwords per source address.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockoutConfig {
     /// From this many failures on, each next attempt must wait a growing delay.
@@ -1002,7 +1002,7 @@ impl Default for LockoutConfig {
 }
 
 /// `[transactions]`: logins in progress.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionConfig {
     /// How long a started login may wait for its next answer.

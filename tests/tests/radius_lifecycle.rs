@@ -159,8 +159,15 @@ fn sighup_refuses_what_only_a_restart_applies_and_applies_nothing_of_it() {
         metric(&m, r#"portcullis_config_reloads_total{result="error"}"#),
         Some(2.0)
     );
-    // The running configuration's own text reloads.
+    // The running configuration's own text reloads, and so do reply attributes, also in
+    // a tenant section that was not there at start.
     std::fs::write(env.config_path(), &text).unwrap();
+    assert!(server.reload(), "{}", server.stderr());
+    std::fs::write(
+        env.config_path(),
+        format!("{text}\n[tenants.acme]\nreply = [\"Class=reloaded\"]\n"),
+    )
+    .unwrap();
     assert!(server.reload(), "{}", server.stderr());
 }
 

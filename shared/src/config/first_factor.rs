@@ -44,7 +44,7 @@ impl FirstFactorKind {
 /// account finds the user's entry, then Portcullis binds as the user) or direct bind
 /// (`user_dn_template`: `uid={username},ou=people,dc=example,dc=org` or the UPN
 /// `{username}@corp.example`).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapConfig {
     /// `ldaps://host:636` or `ldap://host:389` (then StartTLS, unless `starttls = false`).
@@ -136,7 +136,7 @@ fn default_pool_size() -> usize {
 }
 
 /// `[tenants.NAME.radius]`: upstream RADIUS servers that check the password.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamRadiusConfig {
     /// Tried in order; the next one when a server does not answer (failover).
@@ -164,7 +164,7 @@ pub struct UpstreamRadiusConfig {
 }
 
 /// `[[tenants.NAME.radius.servers]]`: one upstream server.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamServerConfig {
     /// `host:port` (an IP address).

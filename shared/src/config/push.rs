@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Settings of the push factor of one tenant.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// Base URL of the ntfy server (`https://ntfy.example.com`). Without it only webhook
