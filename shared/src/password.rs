@@ -25,6 +25,9 @@ pub enum PasswordError {
     Hash(String),
 }
 
+/// The longest password that can match (bytes), as OpenSSH's limit: longer ones are wrong.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
 /// Makes and checks password hashes with the configured argon2id cost.
 #[derive(Clone)]
 pub struct PasswordHasher {
@@ -218,6 +221,11 @@ impl PasswordHasher {
 
     /// A new argon2id PHC string for `password`.
     pub fn hash(&self, password: &[u8]) -> Result<String, PasswordError> {
+        if password.len() > MAX_PASSWORD_LEN {
+            return Err(PasswordError::Hash(format!(
+                "a password may have at most {MAX_PASSWORD_LEN} bytes"
+            )));
+        }
         let salt = SaltString::generate(&mut OsRng);
         let _turn = self.turns.take();
         self.argon
@@ -226,19 +234,26 @@ impl PasswordHasher {
             .map_err(|e| PasswordError::Hash(e.to_string()))
     }
 
-    /// Whether `password` matches `stored` (argon2id or `$6$`). Malformed hashes never match.
+    /// Whether `password` matches `stored` (argon2id or `$6$`). Malformed hashes never match,
+    /// nor does a password longer than [`MAX_PASSWORD_LEN`]: SHA-512 crypt's cost grows
+    /// with the square of the length (a 60 KB password over PAM would hold a hashing turn
+    /// for seconds). Such a password costs what one of the longest allowed does.
     pub fn verify(&self, stored: &str, password: &[u8]) -> bool {
+        let too_long = password.len() > MAX_PASSWORD_LEN;
+        let password = &password[..password.len().min(MAX_PASSWORD_LEN)];
         let mut turn = self.turns.take();
-        if stored.starts_with("$6$") {
-            return match std::str::from_utf8(password) {
+        let matched = if stored.starts_with("$6$") {
+            match std::str::from_utf8(password) {
                 Ok(pw) => sha_crypt::sha512_check(pw, stored).is_ok(),
                 Err(_) => false,
-            };
-        }
-        match PasswordHash::new(stored) {
-            Ok(parsed) => verify_argon2(&parsed, password, &mut turn),
-            Err(_) => false,
-        }
+            }
+        } else {
+            match PasswordHash::new(stored) {
+                Ok(parsed) => verify_argon2(&parsed, password, &mut turn),
+                Err(_) => false,
+            }
+        };
+        matched && !too_long
     }
 
     /// Spend the time of one verification without a user (unknown user, no password set).
@@ -313,6 +328,26 @@ pub(crate) fn cheap() -> PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_longer_than_the_limit_never_match_and_stay_cheap() {
+        let h = cheap();
+        let long = vec![b'x'; MAX_PASSWORD_LEN + 1];
+        assert!(h.hash(&long).is_err(), "not set either");
+        let max = vec![b'x'; MAX_PASSWORD_LEN];
+        let argon = h.hash(&max).unwrap();
+        assert!(h.verify(&argon, &max));
+        assert!(
+            !h.verify(&argon, &long),
+            "a longer password is not its prefix"
+        );
+        let params = sha_crypt::Sha512Params::new(1000).unwrap();
+        let crypt = sha_crypt::sha512_simple(std::str::from_utf8(&max).unwrap(), &params).unwrap();
+        assert!(h.verify(&crypt, &max));
+        assert!(!h.verify(&crypt, &long));
+        // 60 KB, a PAM frame's worth: only its first MAX_PASSWORD_LEN bytes are hashed.
+        assert!(!h.verify(&crypt, &vec![b'x'; 60_000]));
+    }
 
     #[test]
     fn argon2id_round_trip() {
