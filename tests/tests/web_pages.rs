@@ -701,9 +701,12 @@ fn a_push_only_user_signs_in_with_a_recovery_code_and_no_push_is_sent() {
         sent,
         "the web sign-in pushed to the phone"
     );
-    // A wrong code is refused, and pushes nothing either.
-    let r = my_login(&w, "pat", "pw-pat", "12345678");
-    assert_eq!(r.status, 401, "{}", r.body);
+    // A wrong code is refused, and pushes nothing either; nor does a menu pick or a
+    // factor's name typed in the code field.
+    for typed in ["12345678", "push", "1", "2"] {
+        let r = my_login(&w, "pat", "pw-pat", typed);
+        assert_eq!(r.status, 401, "{typed}: {}", r.body);
+    }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ntfy.messages().len(), sent);
 }

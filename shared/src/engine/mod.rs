@@ -1493,8 +1493,13 @@ impl Engine {
                 }
             }
         }
-        if let Some(o) = self.menu_answer(&tenant, &user, &txn, req, &code, &d, now)? {
-            return Ok(o);
+        // The self-service pages send nothing: a menu pick or `sms` typed in their code
+        // field is checked as the code it is not (see `sends_at_once`).
+        let sends = !matches!(req.channel, Channel::Web { .. });
+        if sends {
+            if let Some(o) = self.menu_answer(&tenant, &user, &txn, req, &code, &d, now)? {
+                return Ok(o);
+            }
         }
         if let Some(o) = self.external_answer(
             &tenant,
@@ -1515,7 +1520,7 @@ impl Engine {
             return Ok(carry(o, &txn.reply_attributes));
         }
         let factors = self.store.factors_of(user.id)?;
-        if let Some(kind) = keyword(&code) {
+        if let Some(kind) = keyword(&code).filter(|_| sends) {
             if let Some(f) = self.oob_factor(&tenant.name, &factors, kind, &d) {
                 // Asking for a code is not a wrong answer: no attempt is counted.
                 let sent = self.send_code(&tenant.name, &user, &f)?;
