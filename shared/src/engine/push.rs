@@ -243,6 +243,23 @@ impl Engine {
         Ok(match push.status {
             PushStatus::Approved => {
                 self.store.delete_transaction(&push.txn_id)?;
+                // The phone may be the one just reported lost: its factor removed, or push
+                // no longer allowed by the rules, since the push went out.
+                let factor_kept = self.store.factors_of(user.id)?.iter().any(|f| {
+                    f.id == push.factor_id
+                        && f.kind == FactorKind::Push
+                        && f.state == FactorState::Confirmed
+                });
+                if !factor_kept || !d.allows("push") {
+                    return Ok(PushPoll::Done(Outcome::reject(format!(
+                        "push approved, but {} since it was sent",
+                        if factor_kept {
+                            "the rules no longer allow push"
+                        } else {
+                            "its factor was removed"
+                        }
+                    ))));
+                }
                 self.remember_if_asked(d, user, source, now)?;
                 PushPoll::Done(accepted(user, first, "push", d))
             }
@@ -254,7 +271,12 @@ impl Engine {
                     "The login was denied on the phone.",
                 ))
             }
-            PushStatus::Pending if !typed.trim().is_empty() => PushPoll::Typed,
+            // A code typed instead of waiting for the phone. One or two digits are no code:
+            // the number the prompt said to pick, typed here by mistake, is a poll (not a
+            // wrong code counted toward the lockout).
+            PushStatus::Pending if !typed.trim().is_empty() && !is_match_number(typed) => {
+                PushPoll::Typed
+            }
             PushStatus::Pending if now >= push.expires_at => {
                 self.store.delete_transaction(&push.txn_id)?;
                 PushPoll::Done(Outcome::reject_with(
@@ -426,4 +448,11 @@ fn wait_text(number: Option<u8>, again: bool) -> String {
             format!("{lead}Approve the request on your phone, then press Enter (or type a code):")
         }
     }
+}
+
+/// One or two digits: what number matching asks the user to pick on the phone, never a
+/// code (codes have six digits or more).
+fn is_match_number(typed: &str) -> bool {
+    let t = typed.trim();
+    (1..=2).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit())
 }

@@ -181,6 +181,48 @@ fn approved_push_with_the_right_number_logs_in_once() {
 }
 
 #[test]
+fn the_picked_number_typed_at_the_wait_is_a_poll_not_a_wrong_code() {
+    let (w, _phone) = push_world(true);
+    let (txn, text) = wait_of(&login(&w, LoginMode::Challenge, "pat", "pw"));
+    let number = number_in(&text);
+    let (txn, again) = wait_of(&answer(&w, "pat", "192.0.2.10", &txn, &number.to_string()));
+    assert!(again.starts_with("Not approved yet"), "{again}");
+    let (_, again) = wait_of(&answer(&w, "pat", "192.0.2.10", &txn, " 7 "));
+    assert!(again.starts_with("Not approved yet"), "{again}");
+    let pat = w.engine.store().user_by_name(1, "pat").unwrap().unwrap();
+    let throttle = w
+        .engine
+        .store()
+        .throttle(1, &crate::engine::second_factor_key(&pat))
+        .unwrap();
+    assert_eq!(throttle.failures, 0, "{throttle:?}");
+}
+
+#[test]
+fn an_approval_after_the_push_factor_was_removed_does_not_log_in() {
+    let (w, phone) = push_world(false);
+    let (txn, _) = wait_of(&login(&w, LoginMode::Challenge, "pat", "pw"));
+    let (id, token) = phone.last();
+    // The phone is reported lost; the helpdesk removes its factor; it approves anyway.
+    let factor = w.admin.list_factors("acme", "pat").unwrap()[0]
+        .factor_id
+        .clone();
+    w.admin.remove_factor("acme", "pat", &factor).unwrap();
+    let (d, _) = w
+        .engine
+        .answer_push(&id, &token, PushAnswer::Approve { number: None })
+        .unwrap();
+    assert_eq!(d, PushDecision::Approved);
+    let s = poll(&w, "pat", &txn);
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert!(
+        last_reason(&w).contains("factor was removed"),
+        "{}",
+        last_reason(&w)
+    );
+}
+
+#[test]
 fn denied_push_or_wrong_number_rejects_and_a_wrong_token_decides_nothing() {
     let (w, phone) = push_world(true);
     let (txn, text) = wait_of(&login(&w, LoginMode::Challenge, "pat", "pw"));
