@@ -1871,6 +1871,8 @@ mod rules {
             (channel(), "00-11-22-33-44-55", false), // a client whose source is a constant
             (pam("/dev/pts/0"), "tty:/dev/pts/0", true), // every host has a pts/0
             (pam("/dev/tty1"), "local", true),
+            (pam("/dev/pts/1"), "127.0.0.1", true), // `ssh localhost` on any host
+            (pam("/dev/pts/1"), "::1", true),
             (web.clone(), "proxy:127.0.0.1", true),
             (web.clone(), "192.0.2.10", true), // the web pages never use one
         ];

@@ -90,7 +90,16 @@ pub fn shared_source(channel: &Channel, source: &str) -> bool {
     source.trim().is_empty()
         || match channel {
             Channel::Radius { nas_address, .. } => source == nas_address,
-            Channel::Pam { .. } => source == "local" || source.starts_with("tty:"),
+            // The console, a terminal name, and a login from the host itself (`ssh
+            // localhost`): the same text on every host of the fleet.
+            Channel::Pam { .. } => {
+                source == "local"
+                    || source.starts_with("tty:")
+                    || source.eq_ignore_ascii_case("localhost")
+                    || source
+                        .parse::<IpAddr>()
+                        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+            }
             // Behind a trusted proxy that named no client (see the web pages).
             Channel::Web { .. } => source == "web" || source.starts_with("proxy:"),
         }
