@@ -155,7 +155,8 @@ pub struct PushView {
 }
 
 /// Three numbers to pick from, one of them `right`, the order and the others derived from
-/// `seed` (the push id) so that reloading the page shows the same ones.
+/// `seed` (a secret of the push, never its public id) so that reloading the page shows
+/// the same ones.
 pub fn number_choices(right: u8, seed: &[u8]) -> Vec<u8> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut next = || {

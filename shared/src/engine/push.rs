@@ -415,7 +415,10 @@ impl Engine {
             status: status.to_string(),
             choices: push
                 .number
-                .map(|n| number_choices(n, push.id.as_bytes()))
+                // Seeded by the token's keyed hash, which only the server can compute: the
+                // push id is in the page's URL, and decoys derived from it alone would let
+                // a program find the right number without seeing the login prompt.
+                .map(|n| number_choices(n, push.token_hash.as_bytes()))
                 .unwrap_or_default(),
         }))
     }

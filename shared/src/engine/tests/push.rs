@@ -146,6 +146,12 @@ fn approved_push_with_the_right_number_logs_in_once() {
     assert_eq!(view.username, "pat");
     assert_eq!(view.status, "pending");
     assert!(view.choices.contains(&number), "{view:?}");
+    // The decoys and their order cannot be worked out from the push id in the page's URL.
+    assert_ne!(
+        view.choices,
+        crate::push::number_choices(number, id.as_bytes()),
+        "{view:?}"
+    );
     // Not yet approved: the poll waits again.
     let (txn, again) = wait_of(&poll(&w, "pat", &txn));
     assert!(again.starts_with("Not approved yet"), "{again}");
