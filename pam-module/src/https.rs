@@ -7,7 +7,7 @@
 //! `ca_file=` or the system's trust store.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,10 +149,152 @@ fn left(deadline: Instant, timeout: Duration, what: &str) -> Result<Duration, Ca
         .ok_or_else(|| CallError::Unreachable(format!("{what}: no answer within {timeout:?}")))
 }
 
+/// Why getaddrinfo(3) found no address: its `EAI_*` code and what it means, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LookupError {
+    code: libc::c_int,
+    detail: String,
+}
+
+impl LookupError {
+    /// The error of `code`, described by gai_strerror(3) (and errno for EAI_SYSTEM).
+    fn new(code: libc::c_int, errno: Option<std::io::Error>) -> LookupError {
+        // SAFETY: gai_strerror takes any int and returns a pointer to a static,
+        // NUL-terminated string (glibc and musl never return null, checked anyway); it is
+        // only read here, never freed or written.
+        let text = unsafe {
+            let p = libc::gai_strerror(code);
+            if p.is_null() {
+                format!("getaddrinfo error {code}")
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let detail = match errno {
+            Some(e) if code == libc::EAI_SYSTEM => format!("{text}: {e}"),
+            _ => text,
+        };
+        LookupError { code, detail }
+    }
+}
+
+/// What a failed lookup of `host` means. Only a definite answer that the name has no
+/// address (EAI_NONAME: NXDOMAIN, or a name in no database of nsswitch.conf; EAI_NODATA:
+/// the name exists without an address) is this host's setup: a misspelled `url=` host,
+/// refused whatever `failmode=` says, or a typo would let logins in without a second
+/// factor. A resolver that is down, unreachable or slow, or answers SERVFAIL (EAI_AGAIN),
+/// and anything else getaddrinfo says (EAI_FAIL, EAI_SYSTEM, EAI_MEMORY) is an outage.
+fn lookup_error(host: &str, e: &LookupError) -> CallError {
+    match e.code {
+        libc::EAI_NONAME => CallError::Setup(format!(
+            "url= host {host} does not exist in DNS ({}); check the host name in url= (or give it an IP address)",
+            e.detail
+        )),
+        libc::EAI_NODATA => CallError::Setup(format!(
+            "url= host {host} has no address in DNS ({}); check the host name in url= (or give it an IP address)",
+            e.detail
+        )),
+        _ => CallError::Unreachable(format!(
+            "resolve {host}: {} (check the host's DNS resolver, or give url= an IP address)",
+            e.detail
+        )),
+    }
+}
+
+/// Frees what getaddrinfo returned, once, when dropped.
+struct AddrInfoList(*mut libc::addrinfo);
+
+impl Drop for AddrInfoList {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from a successful getaddrinfo, is freed here only
+            // (this value owns it and is dropped once), and no reference into the list
+            // outlives this value.
+            unsafe { libc::freeaddrinfo(self.0) };
+        }
+    }
+}
+
+/// The TCP addresses of `host` at `port`, from getaddrinfo(3) as std's `to_socket_addrs`
+/// asks it (any family, stream sockets), keeping its `EAI_*` code on failure, which std
+/// turns into text. Blocking for as long as the resolver takes: see [`resolve_within`].
+fn getaddrinfo(host: &str, port: u16) -> Result<Vec<SocketAddr>, LookupError> {
+    let Ok(name) = std::ffi::CString::new(host) else {
+        // No name has a NUL in it (url= parsing does not let one through).
+        return Err(LookupError {
+            code: libc::EAI_NONAME,
+            detail: "the name holds a NUL byte".into(),
+        });
+    };
+    let hints = libc::addrinfo {
+        ai_flags: 0,
+        ai_family: libc::AF_UNSPEC,
+        ai_socktype: libc::SOCK_STREAM,
+        ai_protocol: 0,
+        ai_addrlen: 0,
+        ai_addr: std::ptr::null_mut(),
+        ai_canonname: std::ptr::null_mut(),
+        ai_next: std::ptr::null_mut(),
+    };
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: `name` is a NUL-terminated string that lives across the call; the service is
+    // null (the port is set on the results below); `hints` is a fully initialised addrinfo
+    // with null pointers; `res` is a valid place for the result. getaddrinfo is thread
+    // safe (MT-Safe in glibc), and this thread is the only one using `res`.
+    let code = unsafe { libc::getaddrinfo(name.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if code != 0 {
+        // errno is only meaningful for EAI_SYSTEM, and read before anything else runs.
+        let errno = std::io::Error::last_os_error();
+        return Err(LookupError::new(code, Some(errno)));
+    }
+    let list = AddrInfoList(res);
+    let mut addrs = Vec::new();
+    let mut node = list.0;
+    while !node.is_null() {
+        // SAFETY: `node` is the head of the list getaddrinfo returned or an `ai_next` of
+        // it; the list is owned by `list` and not freed before the end of this function.
+        let ai = unsafe { &*node };
+        let len = usize::try_from(ai.ai_addrlen).unwrap_or(0);
+        if !ai.ai_addr.is_null() {
+            match ai.ai_family {
+                libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+                    // SAFETY: for AF_INET, ai_addr points to a sockaddr_in of ai_addrlen
+                    // bytes (checked above), inside the list that is still alive;
+                    // read_unaligned makes no assumption about its alignment.
+                    let sin =
+                        unsafe { std::ptr::read_unaligned(ai.ai_addr.cast::<libc::sockaddr_in>()) };
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    addrs.push(SocketAddr::new(ip.into(), port));
+                }
+                libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                    // SAFETY: for AF_INET6, ai_addr points to a sockaddr_in6 of ai_addrlen
+                    // bytes (checked above), inside the list that is still alive;
+                    // read_unaligned makes no assumption about its alignment.
+                    let sin6 = unsafe {
+                        std::ptr::read_unaligned(ai.ai_addr.cast::<libc::sockaddr_in6>())
+                    };
+                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    addrs.push(SocketAddr::V6(std::net::SocketAddrV6::new(
+                        ip,
+                        port,
+                        sin6.sin6_flowinfo,
+                        sin6.sin6_scope_id,
+                    )));
+                }
+                _ => {}
+            }
+        }
+        node = ai.ai_next;
+    }
+    drop(list);
+    Ok(addrs)
+}
+
 /// Runs `lookup` (getaddrinfo) within what is left of `deadline`. getaddrinfo has no
 /// timeout of its own (resolv.conf's allows many seconds per server, and sshd waits for
 /// the module meanwhile): it runs on a thread of its own, and a lookup that has not
-/// answered in time is left to finish there while the login goes on without it.
+/// answered in time is left to finish there while the login goes on without it. What a
+/// lookup that failed means is told by [`lookup_error`].
 fn resolve_within<F>(
     host: &str,
     lookup: F,
@@ -160,7 +302,7 @@ fn resolve_within<F>(
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, CallError>
 where
-    F: FnOnce() -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+    F: FnOnce() -> Result<Vec<SocketAddr>, LookupError> + Send + 'static,
 {
     let budget = left(deadline, timeout, &format!("resolve {host}"))?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -172,7 +314,7 @@ where
         .map_err(|e| CallError::Unreachable(format!("resolve {host}: no thread for it: {e}")))?;
     match rx.recv_timeout(budget) {
         Ok(Ok(addrs)) => Ok(addrs),
-        Ok(Err(e)) => Err(CallError::Unreachable(format!("resolve {host}: {e}"))),
+        Ok(Err(e)) => Err(lookup_error(host, &e)),
         Err(_) => Err(CallError::Unreachable(format!(
             "resolve {host}: no answer within {timeout:?} (check the host's DNS resolver, or give url= an IP address)"
         ))),
@@ -249,11 +391,7 @@ impl HttpsTransport {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => resolve_within(
                 &self.url.host,
-                move || {
-                    (host.as_str(), port)
-                        .to_socket_addrs()
-                        .map(Iterator::collect)
-                },
+                move || getaddrinfo(&host, port),
                 deadline,
                 self.timeout,
             )?,
@@ -583,13 +721,125 @@ mod tests {
             timeout,
         );
         assert_eq!(found.unwrap(), vec![addr]);
+        // A resolver that answered "no such name" is a typo of url=, not an outage.
         let failed = resolve_within(
-            "x",
-            || Err(std::io::Error::other("NXDOMAIN")),
+            "mfa.exmaple.com",
+            || Err(LookupError::new(libc::EAI_NONAME, None)),
             Instant::now() + timeout,
             timeout,
         );
-        assert!(matches!(failed, Err(CallError::Unreachable(m)) if m.contains("NXDOMAIN")));
+        assert!(
+            matches!(&failed, Err(CallError::Setup(m)) if m.contains("url= host mfa.exmaple.com does not exist in DNS")),
+            "{failed:?}"
+        );
+        // One that failed for now (SERVFAIL, no server reachable) is an outage.
+        let failed = resolve_within(
+            "x",
+            || Err(LookupError::new(libc::EAI_AGAIN, None)),
+            Instant::now() + timeout,
+            timeout,
+        );
+        assert!(
+            matches!(&failed, Err(CallError::Unreachable(m)) if m.contains("resolve x")),
+            "{failed:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_name_that_does_not_exist_is_a_setup_error() {
+        let host = "mfa.example.com";
+        // Definite answers: the name is not there, or has no address.
+        for (code, needle) in [
+            (libc::EAI_NONAME, "does not exist in DNS"),
+            (libc::EAI_NODATA, "has no address in DNS"),
+        ] {
+            let got = lookup_error(host, &LookupError::new(code, None));
+            assert!(
+                matches!(&got, CallError::Setup(m) if m.contains(needle) && m.contains("url=") && m.contains(host)),
+                "{code}: {got:?}"
+            );
+        }
+        // Everything else is the resolver failing, for now: failmode= decides. A resolver
+        // that times out or is unreachable says EAI_AGAIN (or EAI_SYSTEM with errno).
+        for (code, errno) in [
+            (libc::EAI_AGAIN, None),
+            (libc::EAI_FAIL, None),
+            (libc::EAI_MEMORY, None),
+            (libc::EAI_SYSTEM, Some(libc::ETIMEDOUT)),
+            (libc::EAI_SYSTEM, Some(libc::ECONNREFUSED)),
+        ] {
+            let errno = errno.map(std::io::Error::from_raw_os_error);
+            let got = lookup_error(host, &LookupError::new(code, errno));
+            assert!(
+                matches!(&got, CallError::Unreachable(m) if m.contains(host)),
+                "{code}: {got:?}"
+            );
+        }
+        // The words of gai_strerror, which std's message would carry alone.
+        let e = LookupError::new(libc::EAI_AGAIN, None);
+        assert!(e.detail.contains("Temporary failure"), "{e:?}");
+        let e = LookupError::new(
+            libc::EAI_SYSTEM,
+            Some(std::io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+        );
+        assert!(e.detail.contains("timed out"), "{e:?}");
+    }
+
+    #[test]
+    fn a_resolver_that_times_out_is_unreachable() {
+        // getaddrinfo giving up on a silent server (EAI_AGAIN) before the deadline.
+        let timeout = Duration::from_secs(2);
+        let got = resolve_within(
+            "mfa.example.com",
+            || {
+                std::thread::sleep(Duration::from_millis(100));
+                Err(LookupError::new(libc::EAI_AGAIN, None))
+            },
+            Instant::now() + timeout,
+            timeout,
+        );
+        assert!(
+            matches!(&got, Err(CallError::Unreachable(m)) if m.contains("Temporary failure")),
+            "{got:?}"
+        );
+        // A lookup still running at the deadline (resolv.conf's retries outlast timeout=).
+        let timeout = Duration::from_millis(200);
+        let got = resolve_within(
+            "mfa.example.com",
+            || {
+                std::thread::sleep(Duration::from_secs(1));
+                Err(LookupError::new(libc::EAI_NONAME, None))
+            },
+            Instant::now() + timeout,
+            timeout,
+        );
+        assert!(
+            matches!(&got, Err(CallError::Unreachable(m)) if m.contains("no answer within")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn getaddrinfo_reads_addresses_of_both_families() {
+        // Numeric hosts and /etc/hosts: no DNS server is asked.
+        assert_eq!(
+            getaddrinfo("192.0.2.7", 8443).unwrap(),
+            vec!["192.0.2.7:8443".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            getaddrinfo("fd00::5", 443).unwrap(),
+            vec!["[fd00::5]:443".parse::<SocketAddr>().unwrap()]
+        );
+        let local = getaddrinfo("localhost", 8443).unwrap();
+        assert!(
+            local
+                .iter()
+                .all(|a| a.port() == 8443 && a.ip().is_loopback())
+                && !local.is_empty(),
+            "{local:?}"
+        );
+        let e = getaddrinfo("a\0b", 443).unwrap_err();
+        assert_eq!(e.code, libc::EAI_NONAME, "{e:?}");
     }
 
     /// A peer that takes what the client sends first, then sends the start of a TLS

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use portcullis_core::protocol::{self, Request, Response, HEADER_LEN};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::args::MAX_SOCKET_PATH;
+use crate::args::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 use crate::flow::{CallError, Transport};
 
 /// Talks to `portcullis serve` over its PAM socket.
@@ -80,11 +80,12 @@ impl SocketTransport {
 }
 
 /// What a failed connect to the socket at `path` means. Only what a daemon that is down,
-/// restarting or overloaded causes is an outage (`failmode=` decides): no socket file
-/// (ENOENT), nobody listening on it (ECONNREFUSED), a full backlog (EAGAIN) or no answer in
-/// time. Anything else is this host's setup (a path that is not a socket, a mode or owner
-/// that keeps the module out) and is refused whatever `failmode=` says: otherwise a typo
-/// or a `chmod` would let logins in without a second factor.
+/// restarting or overloaded causes is an outage (`failmode=` decides): no socket file in
+/// its directory (ENOENT, see [`missing_socket`]), nobody listening on it (ECONNREFUSED),
+/// a full backlog (EAGAIN) or no answer in time. Anything else is this host's setup (a
+/// path that is not a socket, a directory that does not exist, a mode or owner that keeps
+/// the module out) and is refused whatever `failmode=` says: otherwise a typo or a `chmod`
+/// would let logins in without a second factor.
 fn connect_error(path: &Path, e: &std::io::Error) -> CallError {
     use std::io::ErrorKind;
     let shown = path.display();
@@ -102,9 +103,8 @@ fn connect_error(path: &Path, e: &std::io::Error) -> CallError {
                 "connect to {shown}: {e} (portcullis serve is not listening on it)"
             )),
         },
-        Some(libc::ENOENT | libc::ETIMEDOUT) => {
-            CallError::Unreachable(format!("connect to {shown}: {e}"))
-        }
+        Some(libc::ENOENT) => missing_socket(path, e),
+        Some(libc::ETIMEDOUT) => CallError::Unreachable(format!("connect to {shown}: {e}")),
         _ if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
             CallError::Unreachable(format!("connect to {shown}: {e} (within timeout=)"))
         }
@@ -119,6 +119,69 @@ fn connect_error(path: &Path, e: &std::io::Error) -> CallError {
         _ => CallError::Setup(format!(
             "connect to {shown}: {e}; check socket= and the socket's owner and mode"
         )),
+    }
+}
+
+/// ENOENT from connect: no socket file at `path`, or a directory on the way to it missing.
+///
+/// The daemon's socket directory outlives the daemon (it is there while the daemon is
+/// installed and configured), so a directory holding no socket file is a daemon that is
+/// down: an outage. A directory that does not exist is a `socket=` that names the wrong
+/// place (`/run/portcullsi/pam.sock`): a setup error, whatever `failmode=` says. The one
+/// exception is the packaged directory, `/run/portcullis` of [`DEFAULT_SOCKET`]: systemd
+/// removes a unit's RuntimeDirectory when the daemon stops, and `/run` is empty after a
+/// boot until the daemon first starts, so its absence is an outage too (a typo in the
+/// directory of `socket=` does not name it; one in the file name looks like a daemon that
+/// is down in any directory).
+fn missing_socket(path: &Path, e: &std::io::Error) -> CallError {
+    let shown = path.display();
+    let down = || CallError::Unreachable(format!("connect to {shown}: {e}"));
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return down();
+    };
+    match std::fs::metadata(dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if is_default_runtime_dir(dir) {
+                return CallError::Unreachable(format!(
+                    "connect to {shown}: {e} (its directory {} is gone too: portcullis serve is stopped)",
+                    dir.display()
+                ));
+            }
+            let gone = dir
+                .ancestors()
+                .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+                .last()
+                .unwrap_or(dir);
+            let missing = if gone == dir {
+                String::new()
+            } else {
+                format!(" ({} is missing)", gone.display())
+            };
+            CallError::Setup(format!(
+                "socket={shown}: the directory {}{missing} does not exist, so this is no daemon's socket; point socket= at the daemon's socket ([pam] socket in portcullis.toml)",
+                dir.display()
+            ))
+        }
+        // The directory is there (or cannot be looked at, which connect would have said):
+        // the socket file is missing from it, as when the daemon is down.
+        _ => down(),
+    }
+}
+
+/// Whether `dir` is the directory of [`DEFAULT_SOCKET`] (`/run/portcullis`), also when
+/// written through a symlink above it (`/var/run/portcullis`).
+fn is_default_runtime_dir(dir: &Path) -> bool {
+    let Some(default) = Path::new(DEFAULT_SOCKET).parent() else {
+        return false;
+    };
+    if dir == default {
+        return true;
+    }
+    match (dir.parent(), dir.file_name()) {
+        (Some(above), Some(name)) => std::fs::canonicalize(above)
+            .map(|above| above.join(name) == default)
+            .unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -269,6 +332,64 @@ mod tests {
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_that_does_not_exist_is_a_setup_error() {
+        // A typo in the directory of socket=: no daemon puts its socket there.
+        let dir = socket_path("typo").parent().unwrap().to_path_buf();
+        let _ = std::fs::remove_dir_all(&dir);
+        for path in [dir.join("pam.sock"), dir.join("deeper").join("pam.sock")] {
+            let mut t = SocketTransport {
+                path: path.clone(),
+                timeout: Duration::from_secs(1),
+            };
+            let got = t.call(&poll());
+            let parent = path.parent().unwrap().display().to_string();
+            assert!(
+                matches!(&got, Err(CallError::Setup(m)) if m.contains("socket=") && m.contains(&format!("the directory {parent}")) && m.contains("does not exist")),
+                "{}: {got:?}",
+                path.display()
+            );
+        }
+        // The first directory that is missing is named too.
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let got = connect_error(&dir.join("a").join("pam.sock"), &e);
+        assert!(
+            matches!(&got, CallError::Setup(m) if m.contains(&format!("({} is missing)", dir.display()))),
+            "{got:?}"
+        );
+        // The same directory present and empty: the daemon is down.
+        std::fs::create_dir_all(&dir).unwrap();
+        let got = connect_error(&dir.join("pam.sock"), &e);
+        assert!(matches!(got, CallError::Unreachable(_)), "{got:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_packaged_socket_directory_gone_is_an_outage() {
+        // systemd removes /run/portcullis (RuntimeDirectory) when the daemon stops, and a
+        // boot empties /run: a missing /run/portcullis is a daemon that is not running.
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let mut paths = vec![
+            PathBuf::from(DEFAULT_SOCKET),
+            PathBuf::from("/run/portcullis/other.sock"),
+        ];
+        if std::fs::canonicalize("/var/run").is_ok_and(|p| p == Path::new("/run")) {
+            paths.push(PathBuf::from("/var/run/portcullis/pam.sock"));
+        }
+        for path in paths {
+            let got = connect_error(&path, &e);
+            assert!(
+                matches!(got, CallError::Unreachable(_)),
+                "{}: {got:?}",
+                path.display()
+            );
+        }
+        assert!(is_default_runtime_dir(Path::new("/run/portcullis")));
+        assert!(!is_default_runtime_dir(Path::new("/run/portcullsi")));
+        assert!(!is_default_runtime_dir(Path::new("/run/portcullis/sub")));
+        assert!(!is_default_runtime_dir(Path::new("/portcullis")));
     }
 
     #[test]
