@@ -166,6 +166,22 @@ impl Engine {
                 "enrolment link belongs to another user",
             )));
         }
+        // The link is for a user with nothing: once the user has confirmed a factor some
+        // other way (their own link, an admin), whoever holds this older link and the
+        // password must not bind a second app to the account.
+        let others = self.store.factors_of(user.id)?;
+        if others
+            .iter()
+            .any(|f| f.state == FactorState::Confirmed && Some(&f.id) != e.factor_id.as_ref())
+        {
+            self.store.delete_transaction(&txn.id)?;
+            if let Some(fid) = &e.factor_id {
+                self.store.remove_factor(user.id, fid)?;
+            }
+            return Ok(Some(Outcome::reject(
+                "enrolment login ended: the user confirmed a second factor since its link was issued (the link's pending factor was removed)",
+            )));
+        }
         let confirmed = match &e.factor_id {
             Some(fid) => self.confirm_enrolled(user, fid, code, now)?,
             None => false,
@@ -282,9 +298,21 @@ impl Engine {
         let Some(tenant) = self.tenant(&e.tenant)? else {
             return Ok(None);
         };
-        match self.store.user_by_name(tenant.id, &e.username)? {
-            Some(u) if u.id == e.user_id && tenant.id == e.tenant_id && !u.disabled => {}
+        let user = match self.store.user_by_name(tenant.id, &e.username)? {
+            Some(u) if u.id == e.user_id && tenant.id == e.tenant_id && !u.disabled => u,
             _ => return Ok(None),
+        };
+        // Issued to a user with no factor; one confirmed since (their own link, an admin)
+        // makes this link void: it would bind a second app for whoever has the password.
+        if self
+            .store
+            .factors_of(user.id)?
+            .iter()
+            .any(|f| f.state == FactorState::Confirmed)
+        {
+            tracing::warn!(tenant = %e.tenant, user = %e.username,
+                "enrolment link opened after the user confirmed a second factor; refused");
+            return Ok(None);
         }
         Ok(Some(OpenedEnrollment {
             tenant: e.tenant,

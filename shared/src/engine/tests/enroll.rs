@@ -167,3 +167,86 @@ fn a_bypass_code_is_used_instead_of_a_link() {
         &code.code
     )));
 }
+
+/// The link's pending factor for `opened`, attached as the web page does; its secret.
+fn attach_new_totp(w: &World, opened: &crate::engine::OpenedEnrollment) -> Vec<u8> {
+    let t = w
+        .admin
+        .enroll_totp("acme", "carol", None, 6, "SHA1")
+        .unwrap();
+    assert!(w
+        .engine
+        .attach_enrollment_factor(opened, &t.factor_id)
+        .unwrap());
+    decode_base32(&t.secret).unwrap()
+}
+
+#[test]
+fn an_older_link_binds_no_second_app_once_the_user_has_a_factor() {
+    let w = with_carol(Some(URL));
+    // Whoever has carol's password logs in first and keeps the link unopened...
+    let (their_txn, their_token) = link(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ));
+    // ...carol enrols with her own link meanwhile...
+    let (txn, token) = link(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ));
+    let opened = w.engine.open_enrollment(&token).unwrap().unwrap();
+    let secret = attach_new_totp(&w, &opened);
+    let code = generate(&secret, &TotpParams::default(), w.engine.now());
+    assert!(is_accept(&answer(&w, "carol", "192.0.2.10", &txn, &code)));
+    // ...and the older link opens no more.
+    assert!(w.engine.open_enrollment(&their_token).unwrap().is_none());
+    let s = answer(&w, "carol", "192.0.2.10", &their_txn, "123456");
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert_eq!(carol_factors(&w).len(), 1);
+}
+
+#[test]
+fn a_link_opened_before_the_user_enrolled_elsewhere_cannot_confirm_its_factor() {
+    let w = with_carol(Some(URL));
+    let (their_txn, their_token) = link(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ));
+    let theirs = w.engine.open_enrollment(&their_token).unwrap().unwrap();
+    let their_secret = attach_new_totp(&w, &theirs);
+    // An administrator enrols carol's own app meanwhile.
+    let own = w
+        .admin
+        .enroll_totp("acme", "carol", None, 6, "SHA1")
+        .unwrap();
+    let own_secret = decode_base32(&own.secret).unwrap();
+    let now = w.engine.now();
+    w.admin
+        .confirm_factor(
+            "acme",
+            "carol",
+            &own.factor_id,
+            &generate(&own_secret, &TotpParams::default(), now),
+        )
+        .unwrap();
+    let code = generate(&their_secret, &TotpParams::default(), now);
+    let s = answer(&w, "carol", "192.0.2.10", &their_txn, &code);
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert!(
+        last_reason(&w).contains("confirmed a second factor since"),
+        "{}",
+        last_reason(&w)
+    );
+    let left = carol_factors(&w);
+    assert_eq!(left.len(), 1, "the link's pending factor is gone: {left:?}");
+    assert_eq!(left[0].factor_id, own.factor_id);
+}
