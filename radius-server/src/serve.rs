@@ -102,6 +102,7 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
                         o.clock.clone(),
                         &o.key,
                     ),
+                    stopping: stop_rx.clone(),
                 }),
                 trusted_proxies: h.trusted_proxies.clone().into(),
             };
@@ -194,7 +195,7 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     };
 
     wait_for_signal(signals, &ctx, &o.config, &config_path, o.store.as_ref()).await;
-    tracing::info!("shutting down: no new requests; finishing logins in progress");
+    tracing::info!("shutting down: no new logins; finishing logins in progress (the HTTP listener stays up for their push approvals and PAM steps)");
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;

@@ -25,6 +25,22 @@ pub struct PamHttp {
     pub engine: Arc<Engine>,
     pub settings: PamSettings,
     pub hosts: Hosts,
+    /// True once the daemon is shutting down: logins in flight finish (the HTTP listener
+    /// stops last), new ones are refused as `busy` (an outage to the module).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Just enough of a request to tell a new login (`start`) from a step of one in flight,
+/// without reading its password.
+#[derive(serde::Deserialize)]
+struct StepKind {
+    step: StepType,
+}
+
+#[derive(serde::Deserialize)]
+struct StepType {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 pub fn routes() -> Router<HttpState> {
@@ -130,6 +146,16 @@ async fn step(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         let response = Response::error(
             ErrorCode::Malformed,
             "empty body: the body holds one JSON request",
+        );
+        return reply(status_of(&response), &response);
+    }
+    if *pam.stopping.borrow()
+        && serde_json::from_slice::<StepKind>(&bytes).is_ok_and(|r| r.step.kind == "start")
+    {
+        tracing::info!(host = %host.name, "PAM over HTTPS: a new login while shutting down; refused as busy");
+        let response = Response::error(
+            ErrorCode::Busy,
+            "the daemon is shutting down; try another node",
         );
         return reply(status_of(&response), &response);
     }

@@ -208,6 +208,11 @@ mod tests {
     use crate::radius::server::RadiusContext;
 
     fn state() -> HttpState {
+        state_stopping(false)
+    }
+
+    /// [`state`], the daemon shutting down when `stopping`.
+    fn state_stopping(stopping: bool) -> HttpState {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
         let clock = Arc::new(ManualClock::new(1_800_000_000));
         let key = Arc::new(MasterKey::from_bytes([3; 32]));
@@ -246,6 +251,7 @@ mod tests {
                 radius.push_hub.clone(),
             ),
             hosts: portcullis_core::hosts::Hosts::new(store, clock, &key),
+            stopping: tokio::sync::watch::channel(stopping).1,
         });
         HttpState {
             radius,
@@ -278,6 +284,39 @@ mod tests {
             }
         }
         assert_eq!(documented, declared());
+    }
+
+    #[tokio::test]
+    async fn while_shutting_down_remote_pam_hosts_start_no_new_login() {
+        let state = state_stopping(true);
+        let store = state.pam.engine.store().clone();
+        store.create_tenant("acme", 1).unwrap();
+        let token = state.pam.hosts.add("acme", "web-a").unwrap().token;
+        let app = crate::http::router(state);
+        let post = |body: &'static str| {
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/pam/step")
+                .header("Authorization", format!("Bearer {}", token.as_str()))
+                .body(Body::from(body))
+                .unwrap()
+        };
+        let start = r#"{"v":1,"origin":{"tenant":"acme","user":"alice","service":"sshd","host":"x"},"step":{"type":"start","first_factor":"delegated"}}"#;
+        let res = app.clone().oneshot(post(start)).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("\"busy\""), "{status} {body}");
+        // A step of a login already in flight is still answered (its transaction is
+        // unknown here, so it is refused by the Engine, not as busy).
+        let answer = r#"{"v":1,"origin":{"tenant":"acme","user":"alice","service":"sshd","host":"x"},"step":{"type":"answer","txn":"00000000000000000000000000000000.0","answer":"123456"}}"#;
+        let res = app.oneshot(post(answer)).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("\"busy\""));
     }
 
     #[tokio::test]
