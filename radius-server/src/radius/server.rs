@@ -388,7 +388,7 @@ impl Pending {
                     source: request
                         .calling_station_id
                         .clone()
-                        .unwrap_or_else(|| src.ip().to_string()),
+                        .unwrap_or_else(|| src.ip().to_canonical().to_string()),
                     mode: client.config.mode.as_str().into(),
                     factors: Vec::new(),
                     result: portcullis_core::model::AuditResult::Reject,
