@@ -288,3 +288,16 @@ pub fn group(cn: &str, member_uids: &[&str]) -> String {
     s.push('\n');
     s
 }
+
+/// An RFC 2307 `posixGroup` under ou=groups whose `memberUid` values (caseExactIA5Match:
+/// compared exactly, unlike uid) are these names.
+pub fn posix_group(cn: &str, gid: u32, member_uids: &[&str]) -> String {
+    let mut s = format!(
+        "dn: cn={cn},ou=groups,{SUFFIX}\nobjectClass: posixGroup\ncn: {cn}\ngidNumber: {gid}\n"
+    );
+    for uid in member_uids {
+        s.push_str(&format!("memberUid: {uid}\n"));
+    }
+    s.push('\n');
+    s
+}

@@ -2,7 +2,7 @@
 //! a private config, a test CA and an LDIF of users and groups), second factor TOTP from
 //! oathtool, NAS = radclient.
 
-use portcullis_tests::slapd::{group, person, Slapd, ADMIN_DN, ADMIN_PASSWORD};
+use portcullis_tests::slapd::{group, person, posix_group, Slapd, ADMIN_DN, ADMIN_PASSWORD};
 use portcullis_tests::{
     oathtool_totp, radclient, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode,
     RadReply, TestEnv,
@@ -323,4 +323,230 @@ fn ldap_direct_bind_and_group_search_work_without_a_service_account_or_memberof(
     assert!(ok, "{v}");
     assert_eq!(v["groups"], serde_json::json!(["staff"]), "{v}");
     assert_eq!(v["phone"], "+15550101", "{v}");
+}
+
+/// alice and bob as in [`directory`], plus the RFC 2307 group `ops` with `memberUid: bob`
+/// (memberUid is compared exactly; uid ignores case).
+fn directory_with_posix_group() -> Slapd {
+    let ldif = format!(
+        "{}{}{}{}{}",
+        person("alice", ALICE_PW, "alice@example.org", "+15550100"),
+        person("bob", BOB_PW, "bob@example.org", "+15550101"),
+        group("vpn-users", &["alice"]),
+        group("staff", &["alice", "bob"]),
+        posix_group("ops", 5000, &["bob"]),
+    );
+    Slapd::start(&ldif)
+}
+
+/// Search mode with memberOf plus a memberUid group search, no required group; `extra` is
+/// appended to the ldap table, `after` to the file.
+fn memberuid_config(slapd: &Slapd, extra: &str, after: &str) -> String {
+    format!(
+        "[tenants.acme]\nfirst_factor = \"ldap\"\n\n[tenants.acme.ldap]\nurl = \"{}\"\n\
+         ca_file = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
+         base_dn = \"ou=people,dc=example,dc=org\"\n\
+         user_filter = \"(&(objectClass=inetOrgPerson)(uid={{username}}))\"\n\
+         group_filter = \"(&(objectClass=posixGroup)(memberUid={{username}}))\"\n\
+         group_base_dn = \"ou=groups,dc=example,dc=org\"\ntimeout = \"3s\"\n{extra}\n{after}",
+        slapd.ldaps_url,
+        slapd.ca_file().display()
+    )
+}
+
+fn groups_of(v: &Value) -> Vec<String> {
+    v["groups"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no groups: {v}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn ldap_other_spellings_of_a_name_are_refused_so_memberuid_groups_and_their_rules_apply() {
+    peers();
+    let slapd = directory_with_posix_group();
+    // Members of ops may not use the VPN.
+    let deny_ops =
+        "[[tenants.acme.rules]]\nname = \"no-ops\"\naction = \"deny\"\ngroups = [\"ops\"]\n";
+    let env = TestEnv::with_extra_config(
+        vec![ClientSpec::new(Mode::Challenge)],
+        &memberuid_config(&slapd, "", deny_ops),
+    );
+    env.add_tenant("acme");
+    let server = env.start_server();
+
+    // uid matches BOB, and his password binds; but (memberUid=BOB) would match no group, and
+    // a store user BOB would escape the rule. Refused, with the spelling to use.
+    for typed in ["BOB", "Bob", "bob "] {
+        let r = login(&env, server.addr, typed, BOB_PW, None);
+        expect(
+            &r,
+            "Access-Reject",
+            &format!("{typed:?} is not the directory's spelling"),
+        );
+        let rec = last_audit(&env, typed);
+        let why = reason(&rec);
+        assert!(why.contains("log in as 'bob'"), "{typed:?}: {rec}");
+        assert!(
+            why.contains("uid of 'uid=bob,ou=people,dc=example,dc=org'"),
+            "{rec}"
+        );
+        assert!(!why.contains(BOB_PW), "{rec}");
+        assert!(
+            store_user(&env, typed).is_none(),
+            "{typed:?} was not created"
+        );
+    }
+
+    // As bob: the memberUid group is found (with the entry's spelling), so the rule applies.
+    let r = login(&env, server.addr, "bob", BOB_PW, None);
+    expect(&r, "Access-Reject", "bob is in ops");
+    let rec = last_audit(&env, "bob");
+    assert!(reason(&rec).contains("denied by rule 'no-ops'"), "{rec}");
+    // The server stops cleanly with service connections in its pool.
+    let mut server = server;
+    server.stop();
+    let log = server.stderr();
+    assert!(!log.contains("panicked"), "{log}");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(groups_of(&v), ["ops", "staff"], "{v}");
+    let (ok, v) = ldap_test(&env, "BOB", BOB_PW);
+    assert!(!ok, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("log in as 'bob'"),
+        "{v}"
+    );
+    // A wrong password under another spelling says "wrong password", not the spelling.
+    let (ok, v) = ldap_test(&env, "BOB", "not his password");
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("wrong password"),
+        "{v}"
+    );
+
+    // Direct bind: slapd binds uid=BOB,... as bob's entry; the same check applies.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{}\"\n\
+             user_dn_template = \"uid={{username}},ou=people,dc=example,dc=org\"\n\
+             bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
+             group_filter = \"(memberUid={{username}})\"\ngroup_base_dn = \"ou=groups,dc=example,dc=org\"\n",
+            slapd.ldaps_url,
+            slapd.ca_file().display()
+        ),
+    );
+    let (ok, v) = ldap_test(&env, "BOB", BOB_PW);
+    assert!(!ok, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("log in as 'bob'"),
+        "{v}"
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(groups_of(&v), ["ops", "staff"], "{v}");
+    assert_eq!(v["dn"], "uid=bob,ou=people,dc=example,dc=org", "{v}");
+}
+
+#[test]
+fn ldap_username_attribute_names_where_the_login_name_is() {
+    peers();
+    let slapd = directory_with_posix_group();
+    // Users may type uid or mail; by default (two attributes in the filter) the name is uid.
+    let either = |extra: &str| {
+        memberuid_config(&slapd, extra, "").replace(
+            "(&(objectClass=inetOrgPerson)(uid={username}))",
+            "(|(uid={username})(mail={username}))",
+        )
+    };
+    let env = TestEnv::with_extra_config(vec![], &either(""));
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    let (ok, v) = ldap_test(&env, "bob@example.org", BOB_PW);
+    assert!(!ok, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("log in as 'bob'"),
+        "{v}"
+    );
+
+    // username_attribute = "mail": the mail address is the name (memberUid then finds no
+    // group named by it, but memberOf still gives staff).
+    let env = TestEnv::with_extra_config(vec![], &either("username_attribute = \"mail\"\n"));
+    let (ok, v) = ldap_test(&env, "bob@example.org", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(groups_of(&v), ["staff"], "{v}");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(!ok, "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("log in as 'bob@example.org'") && why.contains("mail of"),
+        "{v}"
+    );
+
+    // An attribute the entries lack: refused, naming the setting to fix.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &memberuid_config(&slapd, "username_attribute = \"sAMAccountName\"\n", ""),
+    );
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(!ok, "{v}");
+    let why = v["reason"].as_str().unwrap();
+    assert!(
+        why.contains("'sAMAccountName'") && why.contains("tenants.acme.ldap.username_attribute"),
+        "{v}"
+    );
+}
+
+#[test]
+fn ldap_required_group_may_be_a_dn_from_memberof_or_the_group_search() {
+    peers();
+    let slapd = directory();
+    let ca = slapd.ca_file().display().to_string();
+    // memberOf: the DN written with other case and spaces still names vpn-users.
+    let text = ldap_config(&slapd, &slapd.ldaps_url).replace(
+        "required_group = \"vpn-users\"",
+        "required_group = \" CN=VPN-Users , OU=Groups,DC=Example, dc=org\"",
+    );
+    let env = TestEnv::with_extra_config(vec![], &text);
+    let (ok, v) = ldap_test(&env, "alice", ALICE_PW);
+    assert!(ok, "{v}");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("required group"),
+        "{v}"
+    );
+
+    // Group search without memberOf: the DNs of the groups found count.
+    let search = |required: &str| {
+        TestEnv::with_extra_config(
+            vec![],
+            &format!(
+                "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"{}\"\nca_file = \"{ca}\"\n\
+                 bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\nbase_dn = \"ou=people,dc=example,dc=org\"\n\
+                 group_attribute = \"description\"\n\
+                 group_filter = \"(&(objectClass=groupOfNames)(member={{dn}}))\"\n\
+                 group_base_dn = \"ou=groups,dc=example,dc=org\"\nrequired_group = \"{required}\"\n",
+                slapd.ldaps_url
+            ),
+        )
+    };
+    let env = search("cn=Staff, ou=groups, dc=example, dc=org");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(ok, "{v}");
+    assert_eq!(groups_of(&v), ["staff"], "{v}");
+    // Same cn, another place: not that group.
+    let env = search("cn=staff,ou=people,dc=example,dc=org");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(
+        !ok && v["reason"].as_str().unwrap().contains("required group"),
+        "{v}"
+    );
+    let env = search("cn=vpn-users,ou=groups,dc=example,dc=org");
+    let (ok, v) = ldap_test(&env, "alice", ALICE_PW);
+    assert!(ok, "{v}");
+    let (ok, v) = ldap_test(&env, "bob", BOB_PW);
+    assert!(!ok, "{v}");
 }

@@ -3,7 +3,10 @@
 //! Search mode: a service account (from a small pool of bound connections) finds the user's
 //! entry with `user_filter`, then a fresh connection binds as the user with their password.
 //! Direct-bind mode: bind as `user_dn_template` (a DN or a UPN), then read the entry as the
-//! user. Group membership comes from `group_attribute` (memberOf) and/or a group search.
+//! user (a UPN names no entry: the entry is the one with that `userPrincipalName`). The
+//! entry's `username_attribute` must then be the typed name byte for byte (directories match
+//! names ignoring case; the store and `memberUid` do not). Group membership comes from
+//! `group_attribute` (memberOf) and/or a group search; `required_group` may be a cn or a DN.
 //! Every network step is bounded by `timeout`; a directory that cannot be reached is
 //! `Unavailable` with a reason the audit shows.
 
@@ -208,11 +211,12 @@ impl LdapBackend {
             .collect()
     }
 
-    fn user_attributes(&self) -> Vec<&str> {
+    fn user_attributes(&self) -> Vec<String> {
         vec![
-            self.cfg.group_attribute.as_str(),
-            self.cfg.email_attribute.as_str(),
-            self.cfg.phone_attribute.as_str(),
+            self.cfg.username_attribute_or_default(),
+            self.cfg.group_attribute.clone(),
+            self.cfg.email_attribute.clone(),
+            self.cfg.phone_attribute.clone(),
         ]
     }
 
@@ -250,17 +254,21 @@ impl LdapBackend {
                 Failure::Rejected("user name empty or too long".into()),
             ));
         }
-        let (dn, entry) = match &self.cfg.user_dn_template {
+        let entry = match &self.cfg.user_dn_template {
             Some(template) => {
-                let dn = template.replace("{username}", &escape_dn_value(username));
+                let bind_name = bind_name(template, username);
                 let mut conn = self.connect().map_err(|f| (None, f))?;
-                self.bind_user(&mut conn, &dn, password)
-                    .map_err(|f| (Some(dn.clone()), f))?;
-                // A template with `=` is a DN; otherwise a UPN (`{username}@corp.example`).
-                let by_dn = template.contains('=');
-                let entry = self.read_own_entry(&mut conn, &dn, by_dn, username);
+                self.bind_user(&mut conn, &bind_name, password)
+                    .map_err(|f| (Some(bind_name.clone()), f))?;
+                // A template with `=` is a DN; otherwise a UPN (`{username}@corp.example`),
+                // which names no entry: the entry is the one with that userPrincipalName.
+                let entry = if self.cfg.is_upn_template() {
+                    self.read_entry_by_upn(&mut conn, &bind_name)
+                } else {
+                    self.read_own_entry(&mut conn, &bind_name)
+                };
                 let _ = conn.unbind();
-                (dn, entry)
+                entry.map_err(|f| (Some(bind_name.clone()), f))?
             }
             None => {
                 let Some(entry) = self.find_user(username).map_err(|f| (None, f))? else {
@@ -277,28 +285,23 @@ impl LdapBackend {
                         Failure::Rejected("user not found in the directory".into()),
                     ));
                 };
-                let dn = entry.dn.clone();
-                let mut conn = self.connect().map_err(|f| (Some(dn.clone()), f))?;
-                self.bind_user(&mut conn, &dn, password)
-                    .map_err(|f| (Some(dn.clone()), f))?;
+                let mut conn = self.connect().map_err(|f| (Some(entry.dn.clone()), f))?;
+                self.bind_user(&mut conn, &entry.dn, password)
+                    .map_err(|f| (Some(entry.dn.clone()), f))?;
                 let _ = conn.unbind();
-                (dn, Some(entry))
+                entry
             }
         };
-        let info = self
-            .directory_info(&dn, username, entry.as_ref())
+        let dn = entry.dn.clone();
+        let name = self
+            .directory_name(username, &entry)
+            .map_err(|f| (Some(dn.clone()), f))?;
+        let (info, group_dns) = self
+            .directory_info(&name, &entry)
             .map_err(|f| (Some(dn.clone()), f))?;
         if let Some(required) = &self.cfg.required_group {
-            let groups = info.groups.as_deref().unwrap_or_default();
-            let dns = entry
-                .as_ref()
-                .and_then(|e| attr(e, &self.cfg.group_attribute))
-                .unwrap_or_default();
-            let member = groups
-                .iter()
-                .chain(dns.iter())
-                .any(|g| g.eq_ignore_ascii_case(required));
-            if !member {
+            let names = info.groups.as_deref().unwrap_or_default();
+            if !in_group(required, names, &group_dns) {
                 return Err((
                     Some(dn),
                     Failure::Rejected(format!("not a member of the required group '{required}'")),
@@ -337,8 +340,9 @@ impl LdapBackend {
             .cfg
             .user_filter
             .replace("{username}", &escape_filter_value(username));
-        let mut entries =
-            self.service_search(base, Scope::Subtree, &filter, &self.user_attributes())?;
+        let attrs = self.user_attributes();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let mut entries = self.service_search(base, Scope::Subtree, &filter, &attrs)?;
         match entries.len() {
             1 => Ok(Some(entries.remove(0))),
             0 => Ok(None),
@@ -348,43 +352,93 @@ impl LdapBackend {
         }
     }
 
-    /// Direct-bind mode: read the user's entry as the user (by DN, else by `user_filter`).
-    fn read_own_entry(
-        &self,
-        conn: &mut LdapConn,
-        dn: &str,
-        by_dn: bool,
-        username: &str,
-    ) -> Option<SearchEntry> {
+    /// Direct bind with a DN template: read the bound entry, as the user.
+    fn read_own_entry(&self, conn: &mut LdapConn, dn: &str) -> Result<SearchEntry, Failure> {
         let attrs = self.user_attributes();
-        let found = if by_dn {
-            self.search(conn, dn, Scope::Base, "(objectClass=*)", &attrs)
-        } else {
-            let base = self.cfg.base_dn.as_deref()?;
-            let filter = self
-                .cfg
-                .user_filter
-                .replace("{username}", &escape_filter_value(username));
-            self.search(conn, base, Scope::Subtree, &filter, &attrs)
-        };
-        found
-            .ok()
-            .and_then(|mut v| (v.len() == 1).then(|| v.remove(0)))
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let mut found = self.search(conn, dn, Scope::Base, "(objectClass=*)", &attrs)?;
+        if found.len() != 1 {
+            return Err(Failure::Rejected(format!(
+                "bound as '{dn}', but that entry cannot be read as the user (needed to confirm the user name and read groups): let users read their own entry, or use search mode (tenants.{}.ldap.bind_dn, base_dn)",
+                self.tenant
+            )));
+        }
+        Ok(found.remove(0))
     }
 
+    /// Direct bind with a UPN template: the bind proved the UPN, so the entry is the one
+    /// whose `userPrincipalName` is that UPN (searched as the user under `base_dn`).
+    fn read_entry_by_upn(&self, conn: &mut LdapConn, upn: &str) -> Result<SearchEntry, Failure> {
+        let Some(base) = self.cfg.base_dn.as_deref() else {
+            return Err(Failure::Rejected(format!(
+                "tenants.{}.ldap.base_dn is needed with a UPN user_dn_template: the user's entry is found under it by userPrincipalName",
+                self.tenant
+            )));
+        };
+        let attrs = self.user_attributes();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let mut found = self.search(conn, base, Scope::Subtree, &upn_filter(upn), &attrs)?;
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Failure::Rejected(format!(
+                "bound as '{upn}', but no entry under '{base}' that the user can read has that userPrincipalName: check tenants.{}.ldap.base_dn and user_dn_template",
+                self.tenant
+            ))),
+            n => Err(Failure::Rejected(format!(
+                "{n} directory entries have the userPrincipalName '{upn}'; refusing an ambiguous user"
+            ))),
+        }
+    }
+
+    /// The user's name as the directory spells it (`username_attribute` of the entry), which
+    /// must be the typed name byte for byte: the directory found the entry ignoring case and
+    /// spaces, but the store keys users by the typed name and group searches such as
+    /// `memberUid` compare exactly.
+    fn directory_name(&self, typed: &str, entry: &SearchEntry) -> Result<String, Failure> {
+        let attribute = self.cfg.username_attribute_or_default();
+        let upn_template = self
+            .cfg
+            .user_dn_template
+            .as_deref()
+            .filter(|_| self.cfg.is_upn_template() && attribute.eq_ignore_ascii_case(UPN));
+        let names: Vec<&str> = attr(entry, &attribute)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| match upn_template {
+                Some(t) => name_in_upn(t, v),
+                None => v.as_str(),
+            })
+            .collect();
+        if let Some(same) = names.iter().find(|n| **n == typed) {
+            return Ok((*same).to_string());
+        }
+        let Some(first) = names.first() else {
+            return Err(Failure::Rejected(format!(
+                "the directory entry '{}' has no (readable) attribute '{attribute}' to confirm the user name: set tenants.{}.ldap.username_attribute to the attribute holding login names (sAMAccountName on Active Directory)",
+                entry.dn, self.tenant
+            )));
+        };
+        let folded = fold_name(typed);
+        let spelled = names
+            .iter()
+            .find(|n| fold_name(n) == folded)
+            .unwrap_or(first);
+        Err(Failure::Rejected(format!(
+            "user name '{typed}' is spelled '{spelled}' in the directory ({attribute} of '{}'); names are matched exactly: log in as '{spelled}'",
+            entry.dn
+        )))
+    }
+
+    /// Groups (names for the store, DNs for `required_group`), mail and mobile.
     fn directory_info(
         &self,
-        dn: &str,
-        username: &str,
-        entry: Option<&SearchEntry>,
-    ) -> Result<DirectoryInfo, Failure> {
-        let mut groups: Option<Vec<String>> = entry.map(|e| {
-            attr(e, &self.cfg.group_attribute)
-                .unwrap_or_default()
-                .iter()
-                .map(|g| group_name(g))
-                .collect()
-        });
+        name: &str,
+        entry: &SearchEntry,
+    ) -> Result<(DirectoryInfo, Vec<String>), Failure> {
+        let mut group_dns: Vec<String> = attr(entry, &self.cfg.group_attribute)
+            .unwrap_or_default()
+            .to_vec();
+        let mut groups: Vec<String> = group_dns.iter().map(|g| group_name(g)).collect();
         if let Some(filter) = &self.cfg.group_filter {
             let base = self
                 .cfg
@@ -392,35 +446,41 @@ impl LdapBackend {
                 .as_deref()
                 .or(self.cfg.base_dn.as_deref())
                 .unwrap_or_default();
-            let filter = filter
-                .replace("{dn}", &escape_filter_value(dn))
-                .replace("{username}", &escape_filter_value(username));
+            let filter = group_search_filter(filter, &entry.dn, name);
             let found = self.service_search(base, Scope::Subtree, &filter, &["cn"])?;
-            let list = groups.get_or_insert_with(Vec::new);
             for g in found {
                 let name = attr(&g, "cn")
                     .and_then(|v| v.first().cloned())
                     .unwrap_or_else(|| group_name(&g.dn));
-                if !list.iter().any(|x| x.eq_ignore_ascii_case(&name)) {
-                    list.push(name);
+                if !groups.iter().any(|x| x.eq_ignore_ascii_case(&name)) {
+                    groups.push(name);
                 }
+                group_dns.push(g.dn);
             }
         }
-        if let Some(list) = groups.as_mut() {
-            list.sort();
-            list.dedup();
-        }
-        let first = |name: &str| {
-            entry
-                .and_then(|e| attr(e, name))
-                .and_then(|v| v.first().cloned())
-        };
-        Ok(DirectoryInfo {
-            groups,
+        groups.sort();
+        groups.dedup();
+        let first = |name: &str| attr(entry, name).and_then(|v| v.first().cloned());
+        let info = DirectoryInfo {
+            groups: Some(groups),
             email: first(&self.cfg.email_attribute),
             phone: first(&self.cfg.phone_attribute),
             reply_attributes: Vec::new(),
-        })
+        };
+        Ok((info, group_dns))
+    }
+}
+
+impl Drop for LdapBackend {
+    fn drop(&mut self) {
+        let pool = self.pool.get_mut().unwrap_or_else(|p| p.into_inner());
+        let conns = std::mem::take(pool);
+        if conns.is_empty() {
+            return;
+        }
+        // Each connection owns a tokio runtime, which panics when dropped inside an async
+        // context; the server drops its backends on its own runtime when it stops.
+        let _ = std::thread::spawn(move || drop(conns)).join();
     }
 }
 
@@ -454,11 +514,169 @@ fn attr<'a>(e: &'a SearchEntry, name: &str) -> Option<&'a [String]> {
 
 /// `cn=vpn-users,ou=groups,dc=example,dc=org` -> `vpn-users`; anything else unchanged.
 fn group_name(dn: &str) -> String {
-    let first = dn.split(',').next().unwrap_or(dn);
-    match first.split_once('=') {
-        Some((k, v)) if k.trim().eq_ignore_ascii_case("cn") => v.trim().to_string(),
+    let first = parse_dn(dn).and_then(|rdns| rdns.into_iter().next());
+    match first.as_deref() {
+        Some([(ty, value)]) if ty == "cn" => match String::from_utf8(value.clone()) {
+            Ok(name) => name,
+            Err(_) => dn.to_string(),
+        },
         _ => dn.to_string(),
     }
+}
+
+/// A DN's RDNs, each a list of (attribute type in lower case, unescaped value).
+type Rdns = Vec<Vec<(String, Vec<u8>)>>;
+
+/// Splits a DN (RFC 4514) into RDNs and their attribute-value pairs: spaces around `,`,
+/// `+` and `=` are dropped (escaped ones kept), `\,` and `\2c` escapes decoded. `None` when
+/// it is not a DN (a part without `=`, a bad attribute type, a trailing `\`).
+fn parse_dn(dn: &str) -> Option<Rdns> {
+    let b = dn.as_bytes();
+    let mut rdns: Rdns = Vec::new();
+    let mut rdn: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut ty: Option<String> = None;
+    // The bytes of the part being read, each with whether it was escaped.
+    let mut cur: Vec<(u8, bool)> = Vec::new();
+    let mut i = 0;
+    loop {
+        let c = b.get(i).copied();
+        match c {
+            Some(b'\\') => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        cur.push((v, true));
+                        i += 3;
+                    }
+                    None => {
+                        cur.push((*b.get(i + 1)?, true));
+                        i += 2;
+                    }
+                }
+                continue;
+            }
+            Some(b'=') if ty.is_none() => {
+                let t = trim_unescaped(&cur);
+                if t.is_empty()
+                    || !t.iter().all(|(c, esc)| {
+                        !esc && (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'))
+                    })
+                {
+                    return None;
+                }
+                ty = Some(
+                    t.iter()
+                        .map(|(c, _)| char::from(c.to_ascii_lowercase()))
+                        .collect(),
+                );
+                cur.clear();
+            }
+            None | Some(b',') | Some(b'+') => {
+                let t = ty.take()?;
+                rdn.push((t, trim_unescaped(&cur).iter().map(|(c, _)| *c).collect()));
+                cur.clear();
+                if c != Some(b'+') {
+                    rdns.push(std::mem::take(&mut rdn));
+                }
+                if c.is_none() {
+                    break;
+                }
+            }
+            Some(x) => cur.push((x, false)),
+        }
+        i += 1;
+    }
+    Some(rdns)
+}
+
+fn trim_unescaped(part: &[(u8, bool)]) -> &[(u8, bool)] {
+    let space = |p: &(u8, bool)| *p == (b' ', false);
+    let start = part.iter().position(|p| !space(p)).unwrap_or(part.len());
+    let end = part
+        .iter()
+        .rposition(|p| !space(p))
+        .map_or(start, |e| e + 1);
+    &part[start..end]
+}
+
+/// A DN for comparison: its RDNs with attribute types and values ASCII-case-folded and the
+/// pairs of a multi-valued RDN in order.
+fn normalize_dn(dn: &str) -> Option<Rdns> {
+    let mut rdns = parse_dn(dn)?;
+    for rdn in &mut rdns {
+        for (_, value) in rdn.iter_mut() {
+            value.make_ascii_lowercase();
+        }
+        rdn.sort();
+    }
+    Some(rdns)
+}
+
+/// Whether `required` is among the user's groups: a DN (anything that parses as one) equal
+/// to one of the groups' DNs once both are normalized; else a group name, ignoring case.
+fn in_group(required: &str, names: &[String], dns: &[String]) -> bool {
+    match normalize_dn(required) {
+        Some(wanted) => dns
+            .iter()
+            .any(|d| normalize_dn(d).is_some_and(|d| d == wanted)),
+        None => names.iter().any(|g| g.eq_ignore_ascii_case(required)),
+    }
+}
+
+const UPN: &str = "userPrincipalName";
+
+/// `group_filter` with `{dn}` (the DN of the user's entry) and `{username}` (the user's name
+/// as the directory spells it) filled in, RFC 4515-escaped.
+fn group_search_filter(filter: &str, dn: &str, name: &str) -> String {
+    filter
+        .replace("{dn}", &escape_filter_value(dn))
+        .replace("{username}", &escape_filter_value(name))
+}
+
+/// The name bound in direct-bind mode: `user_dn_template` with `{username}` DN-escaped.
+fn bind_name(template: &str, username: &str) -> String {
+    template.replace("{username}", &escape_dn_value(username))
+}
+
+/// The search for the entry of a UPN the user bound as.
+fn upn_filter(upn: &str) -> String {
+    format!("({UPN}={})", escape_filter_value(upn))
+}
+
+/// The part of a `userPrincipalName` that a UPN template's `{username}` stands for:
+/// `bob@corp.example` under `{username}@corp.example` -> `bob` (the fixed parts compared
+/// ignoring ASCII case, as the directory does); a value of another shape is returned whole.
+fn name_in_upn<'a>(template: &str, value: &'a str) -> &'a str {
+    let Some((prefix, suffix)) = template.split_once("{username}") else {
+        return value;
+    };
+    let n = value.len();
+    if n < prefix.len() + suffix.len() {
+        return value;
+    }
+    let head = value.get(..prefix.len());
+    let tail = value.get(n - suffix.len()..);
+    match (head, tail, value.get(prefix.len()..n - suffix.len())) {
+        (Some(h), Some(t), Some(middle))
+            if h.eq_ignore_ascii_case(prefix) && t.eq_ignore_ascii_case(suffix) =>
+        {
+            middle
+        }
+        _ => value,
+    }
+}
+
+/// A name as directories compare names, roughly (case and runs of spaces ignored): to pick
+/// which of an entry's names the user meant.
+fn fold_name(name: &str) -> String {
+    name.to_lowercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// ldap3 panics on a malformed entry; a directory's bytes must not panic us.
@@ -552,6 +770,181 @@ mod tests {
         );
         assert_eq!(group_name("ou=x,dc=y"), "ou=x,dc=y");
         assert_eq!(group_name("plain"), "plain");
+    }
+
+    #[test]
+    fn group_names_keep_escaped_separators() {
+        assert_eq!(
+            group_name("cn=ops+ou=eu,dc=x"),
+            "cn=ops+ou=eu,dc=x",
+            "a multi-valued first RDN is not a plain cn"
+        );
+        assert_eq!(group_name("cn=Smith\\, J,ou=g,dc=x"), "Smith, J");
+        assert_eq!(group_name("cn = ops\\2c eu ,dc=x"), "ops, eu");
+    }
+
+    fn same_dn(a: &str, b: &str) -> bool {
+        matches!((normalize_dn(a), normalize_dn(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    #[test]
+    fn dns_compare_rdn_by_rdn_ignoring_case_and_spaces() {
+        let staff = "cn=staff,ou=groups,dc=example,dc=org";
+        assert!(same_dn(staff, "CN=Staff, OU=Groups,DC=Example , dc = org"));
+        assert!(same_dn(staff, "  cn=staff,ou=groups,dc=example,dc=org  "));
+        assert!(same_dn("cn=a\\,b,dc=x", "cn=A\\2Cb,dc=x"));
+        assert!(same_dn("cn=a+uid=b,dc=x", "UID=B + CN=A,dc=x"));
+        // An escaped space is part of the value.
+        assert!(!same_dn("cn=a\\ ,dc=x", "cn=a,dc=x"));
+        assert!(same_dn("cn=a\\ ,dc=x", "cn=a\\20,dc=x"));
+        assert!(!same_dn(staff, "cn=staff,ou=people,dc=example,dc=org"));
+        assert!(!same_dn(staff, "cn=staff,ou=groups,dc=example"));
+        assert!(!same_dn("cn=a\\,b,dc=x", "cn=a,b=,dc=x"));
+        // Not DNs.
+        for bad in ["staff", "cn=x\\", ",dc=x", "cn=x,,dc=y", "c n=x", "=x"] {
+            assert_eq!(normalize_dn(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn required_group_matches_a_cn_or_a_dn() {
+        let names = vec!["staff".to_string(), "vpn-users".to_string()];
+        let dns = vec![
+            "cn=staff,ou=groups,dc=example,dc=org".to_string(),
+            "CN=VPN-Users,OU=Groups,DC=example,DC=org".to_string(),
+        ];
+        assert!(in_group("VPN-users", &names, &dns));
+        assert!(in_group(
+            "cn=vpn-users, ou=groups, dc=example, dc=org",
+            &names,
+            &dns
+        ));
+        assert!(in_group(
+            "CN=STAFF,OU=GROUPS,DC=EXAMPLE,DC=ORG",
+            &names,
+            &dns
+        ));
+        assert!(!in_group(
+            "cn=vpn-users,ou=other,dc=example,dc=org",
+            &names,
+            &dns
+        ));
+        assert!(!in_group("admins", &names, &dns));
+        assert!(!in_group("", &names, &dns));
+        // A DN is compared as a DN only, not with the names.
+        let odd = vec!["cn=staff,ou=groups,dc=example,dc=org".to_string()];
+        assert!(!in_group("cn=staff,ou=groups,dc=example,dc=org", &odd, &[]));
+    }
+
+    #[test]
+    fn upn_mode_finds_the_entry_by_the_bound_upn_and_passes_its_dn() {
+        let t = "{username}@corp.example";
+        let upn = bind_name(t, "bob");
+        assert_eq!(upn, "bob@corp.example");
+        assert_eq!(upn_filter(&upn), "(userPrincipalName=bob@corp.example)");
+        // What the user typed cannot leave the assertion value.
+        let upn = bind_name(t, "*)(objectClass=*");
+        assert_eq!(
+            upn_filter(&upn),
+            "(userPrincipalName=\\2a\\29\\28objectClass\\5c=\\2a@corp.example)"
+        );
+        // {dn} is the entry's DN (escaped), not the UPN.
+        let nested = "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:={dn}))";
+        assert_eq!(
+            group_search_filter(nested, "CN=Bob \\, Jr,OU=Staff,DC=corp,DC=example", "bob"),
+            "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=CN=Bob \\5c, Jr,OU=Staff,DC=corp,DC=example))"
+        );
+        assert_eq!(
+            group_search_filter("(memberUid={username})", "uid=bob,dc=x", "bob"),
+            "(memberUid=bob)"
+        );
+        // The name in a userPrincipalName is the part {username} stands for.
+        assert_eq!(name_in_upn(t, "bob@corp.example"), "bob");
+        assert_eq!(name_in_upn(t, "bob@CORP.Example"), "bob");
+        assert_eq!(name_in_upn(t, "BOB@corp.example"), "BOB");
+        assert_eq!(name_in_upn(t, "bob@other.example"), "bob@other.example");
+        assert_eq!(name_in_upn(t, "@corp.example"), "");
+        assert_eq!(name_in_upn("pre-{username}", "PRE-bob"), "bob");
+        assert_eq!(name_in_upn(t, "é"), "é");
+    }
+
+    fn backend(extra: &str) -> LdapBackend {
+        let cfg = portcullis_core::config::Config::from_toml_str(
+            &format!("[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"ldaps://127.0.0.1:1\"\nbase_dn = \"DC=corp,DC=example\"\n{extra}"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        LdapBackend::new("acme", cfg.tenants["acme"].ldap.as_ref().unwrap()).unwrap()
+    }
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> SearchEntry {
+        SearchEntry {
+            dn: dn.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|x| x.to_string()).collect()))
+                .collect(),
+            bin_attrs: Default::default(),
+        }
+    }
+
+    fn refusal(r: Result<String, Failure>) -> String {
+        match r {
+            Err(Failure::Rejected(why)) => why,
+            Err(Failure::Unavailable(why)) => panic!("unavailable: {why}"),
+            Ok(name) => panic!("accepted as {name}"),
+        }
+    }
+
+    #[test]
+    fn the_typed_name_must_be_the_directorys_spelling() {
+        // Search mode, default attribute uid (from user_filter).
+        let b = backend("");
+        let bob = entry("uid=bob,ou=people,dc=x", &[("uid", &["bob", "robert"])]);
+        assert_eq!(b.directory_name("bob", &bob).ok().as_deref(), Some("bob"));
+        assert_eq!(
+            b.directory_name("robert", &bob).ok().as_deref(),
+            Some("robert")
+        );
+        let why = refusal(b.directory_name("BOB", &bob));
+        assert!(
+            why.contains("log in as 'bob'") && why.contains("uid of 'uid=bob,"),
+            "{why}"
+        );
+        let why = refusal(b.directory_name("Robert ", &bob));
+        assert!(why.contains("log in as 'robert'"), "{why}");
+        let why = refusal(b.directory_name("bob", &entry("uid=bob,dc=x", &[])));
+        assert!(
+            why.contains("no (readable) attribute 'uid'")
+                && why.contains("tenants.acme.ldap.username_attribute"),
+            "{why}"
+        );
+        // Active Directory: sAMAccountName, named by the filter or set.
+        let b = backend("user_filter = \"(&(objectClass=user)(sAMAccountName={username}))\"\n");
+        let ad = entry("CN=Bob,DC=corp", &[("sAMAccountName", &["Bob"])]);
+        assert_eq!(b.directory_name("Bob", &ad).ok().as_deref(), Some("Bob"));
+        assert!(refusal(b.directory_name("bob", &ad)).contains("log in as 'Bob'"));
+        let b = backend("user_filter = \"(|(mail={username})(uid={username}))\"\nusername_attribute = \"samaccountname\"\n");
+        assert_eq!(b.directory_name("Bob", &ad).ok().as_deref(), Some("Bob"));
+        // UPN mode: userPrincipalName without the template's fixed part.
+        let b = backend("user_dn_template = \"{username}@corp.example\"\n");
+        let upn = entry(
+            "CN=Bob Smith,OU=Staff,DC=corp,DC=example",
+            &[("userPrincipalName", &["bob@Corp.Example"])],
+        );
+        assert_eq!(b.directory_name("bob", &upn).ok().as_deref(), Some("bob"));
+        let why = refusal(b.directory_name("BOB", &upn));
+        assert!(why.contains("log in as 'bob'"), "{why}");
+        // ... or the attribute set for it.
+        let b = backend("user_dn_template = \"{username}@corp.example\"\nusername_attribute = \"sAMAccountName\"\n");
+        let upn = entry(
+            "CN=Bob Smith,OU=Staff,DC=corp,DC=example",
+            &[
+                ("sAMAccountName", &["bob"]),
+                ("userPrincipalName", &["bob@corp.example"]),
+            ],
+        );
+        assert_eq!(b.directory_name("bob", &upn).ok().as_deref(), Some("bob"));
     }
 
     #[test]

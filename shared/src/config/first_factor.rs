@@ -64,16 +64,27 @@ pub struct LdapConfig {
     /// Search filter; `{username}` is replaced by the RFC 4515-escaped user name.
     #[serde(default = "default_user_filter")]
     pub user_filter: String,
-    /// Direct bind: the user's DN or UPN; `{username}` is replaced (DN-escaped).
+    /// Direct bind: the user's DN or UPN; `{username}` is replaced (DN-escaped). A template
+    /// without `=` is a UPN (`{username}@corp.example`): the user's entry is then found under
+    /// `base_dn` by `userPrincipalName`.
     pub user_dn_template: Option<String>,
+    /// Attribute of the user's entry holding the login name. Directories match names
+    /// ignoring case (and spaces); the store and group searches such as `memberUid` do not,
+    /// so after the bind this attribute must equal the typed name byte for byte, and
+    /// `group_filter`'s `{username}` is taken from it. Default: see
+    /// [`LdapConfig::username_attribute_or_default`].
+    pub username_attribute: Option<String>,
     /// Attribute of the user's entry listing their groups' DNs.
     #[serde(default = "default_group_attribute")]
     pub group_attribute: String,
-    /// Optional group search (for directories without memberOf): `{dn}` is the user's DN,
-    /// `{username}` the user name, both escaped. Searched under `group_base_dn` (else `base_dn`).
+    /// Optional group search (for directories without memberOf): `{dn}` is the DN of the
+    /// user's entry, `{username}` the name from its `username_attribute`, both escaped.
+    /// Searched under `group_base_dn` (else `base_dn`).
     pub group_filter: Option<String>,
     pub group_base_dn: Option<String>,
-    /// Users outside this group (its cn or full DN, case-insensitive) are refused.
+    /// Users outside this group are refused: its cn (case-insensitive), or its full DN (a
+    /// value that parses as a DN; compared RDN by RDN, ignoring case and spaces around `,`
+    /// `=` `+`, with the DNs of `group_attribute` and of the groups `group_filter` finds).
     pub required_group: Option<String>,
     /// Attribute holding the user's e-mail address.
     #[serde(default = "default_email_attribute")]
@@ -108,9 +119,73 @@ impl std::fmt::Debug for LdapConfig {
             .field("base_dn", &self.base_dn)
             .field("user_filter", &self.user_filter)
             .field("user_dn_template", &self.user_dn_template)
+            .field("username_attribute", &self.username_attribute)
             .field("required_group", &self.required_group)
             .finish_non_exhaustive()
     }
+}
+
+impl LdapConfig {
+    /// Whether `user_dn_template` is a UPN (`{username}@corp.example`) rather than a DN.
+    pub fn is_upn_template(&self) -> bool {
+        self.user_dn_template
+            .as_deref()
+            .is_some_and(|t| !t.contains('='))
+    }
+
+    /// The attribute holding login names: `username_attribute` when set; else, with a UPN
+    /// `user_dn_template`, `userPrincipalName` (compared without the template's fixed part,
+    /// `@corp.example`); with a DN template, the attribute of its `ATTR={username}`; in search
+    /// mode, the attribute of `user_filter`'s `(ATTR={username})` when there is exactly one
+    /// such; otherwise `uid`.
+    pub fn username_attribute_or_default(&self) -> String {
+        if let Some(a) = &self.username_attribute {
+            return a.clone();
+        }
+        let found = match &self.user_dn_template {
+            Some(_) if self.is_upn_template() => return "userPrincipalName".into(),
+            Some(t) => attributes_given_username(t, &[',', '+'], &[',', '+']),
+            None => attributes_given_username(&self.user_filter, &['('], &[')']),
+        };
+        match found.as_slice() {
+            [one] => one.clone(),
+            _ => "uid".into(),
+        }
+    }
+}
+
+/// The distinct attributes `ATTR` in `text` of the form `ATTR={username}`, where `ATTR` comes
+/// right after the start or one of `before` and `{username}` is followed by the end or one of
+/// `after` (spaces around them are allowed).
+fn attributes_given_username(text: &str, before: &[char], after: &[char]) -> Vec<String> {
+    const PLACEHOLDER: &str = "{username}";
+    let mut found: Vec<String> = Vec::new();
+    for (i, _) in text.match_indices(PLACEHOLDER) {
+        let rest = text[i + PLACEHOLDER.len()..].trim_start();
+        if !(rest.is_empty() || rest.starts_with(after)) {
+            continue;
+        }
+        let Some(head) = text[..i].trim_end().strip_suffix('=') else {
+            continue;
+        };
+        let head = head.trim_end();
+        let start = head
+            .rfind(|c: char| !is_attribute_char(c))
+            .map_or(0, |p| p + 1);
+        let name = &head[start..];
+        let lead = head[..start].trim_end();
+        if name.is_empty() || !(lead.is_empty() || lead.ends_with(before)) {
+            continue;
+        }
+        if !found.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
+fn is_attribute_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ';')
 }
 
 fn yes() -> bool {
@@ -290,11 +365,19 @@ fn validate_ldap(
         ));
     }
     match (&l.user_dn_template, &l.base_dn) {
-        (Some(t), _) => {
+        (Some(t), base) => {
             if !t.contains("{username}") {
                 return Err(bad(
                     key("user_dn_template"),
                     "must contain {username}".into(),
+                ));
+            }
+            if l.is_upn_template() && base.is_none() {
+                return Err(bad(
+                    key("base_dn"),
+                    format!(
+                        "is needed with the UPN user_dn_template '{t}': after the bind the user's entry (name, groups, mail) is found under it by userPrincipalName"
+                    ),
                 ));
             }
         }
@@ -317,6 +400,16 @@ fn validate_ldap(
                     ),
                 ));
             }
+        }
+    }
+    if let Some(a) = &l.username_attribute {
+        if a.is_empty() || !a.chars().all(is_attribute_char) {
+            return Err(bad(
+                key("username_attribute"),
+                format!(
+                    "'{a}' is not an attribute name; name the attribute that holds login names, e.g. uid or sAMAccountName"
+                ),
+            ));
         }
     }
     if l.bind_dn.is_some() != l.bind_password.is_some() {
@@ -456,6 +549,67 @@ required_group = "vpn-users"
         .unwrap_err()
         .to_string();
         assert!(e.contains("requierd_group"), "{e}");
+    }
+
+    #[test]
+    fn username_attribute_defaults_to_the_one_user_filter_names() {
+        let ldap = |text: &str| {
+            let c = parse(text).unwrap();
+            let l = c.tenants["acme"].ldap.clone().unwrap();
+            l.username_attribute_or_default()
+        };
+        // The AD example: sAMAccountName from the filter.
+        assert_eq!(ldap(LDAP), "sAMAccountName");
+        let filter = |f: &str| LDAP.replace("(&(objectClass=user)(sAMAccountName={username}))", f);
+        assert_eq!(ldap(&filter("(uid={username})")), "uid");
+        assert_eq!(
+            ldap(&filter("(&(objectClass=person)( cn = {username} ))")),
+            "cn"
+        );
+        assert_eq!(
+            ldap(&filter("(|(uid={username})(UID={username}))")),
+            "uid",
+            "the same attribute twice is still one"
+        );
+        // Two different attributes, or none of the plain form: uid.
+        assert_eq!(ldap(&filter("(|(uid={username})(mail={username}))")), "uid");
+        assert_eq!(ldap(&filter("(mail={username}@corp.example)")), "uid");
+        assert_eq!(ldap(&filter("(cn:dn:={username})")), "uid");
+        // Set explicitly.
+        let set = LDAP.replace(
+            "required_group",
+            "username_attribute = \"cn\"\nrequired_group",
+        );
+        assert_eq!(ldap(&set), "cn");
+        let e = parse(&set.replace("\"cn\"", "\"(cn)\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenants.acme.ldap.username_attribute"), "{e}");
+        // Direct bind: the DN template's attribute; a UPN: userPrincipalName.
+        let direct = |t: &str| {
+            format!(
+                "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"ldaps://x\"\nbase_dn = \"dc=x\"\nuser_dn_template = \"{t}\"\n"
+            )
+        };
+        assert_eq!(ldap(&direct("cn={username},ou=people,dc=x")), "cn");
+        assert_eq!(ldap(&direct("uid = {username} ,dc=x")), "uid");
+        assert_eq!(
+            ldap(&direct("{username}@corp.example")),
+            "userPrincipalName"
+        );
+    }
+
+    #[test]
+    fn a_upn_template_needs_base_dn() {
+        let text = "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"ldaps://x\"\nuser_dn_template = \"{username}@corp.example\"\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(
+            e.contains("tenants.acme.ldap.base_dn") && e.contains("userPrincipalName"),
+            "{e}"
+        );
+        parse(&format!("{text}base_dn = \"DC=corp,DC=example\"\n")).unwrap();
+        // A DN template does not.
+        parse(&text.replace("{username}@corp.example", "uid={username},dc=x")).unwrap();
     }
 
     const UPSTREAM: &str = r#"
