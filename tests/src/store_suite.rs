@@ -3,7 +3,7 @@
 
 use portcullis_core::clock::UnixTime;
 use portcullis_core::model::*;
-use portcullis_core::store::{Store, StoreError};
+use portcullis_core::store::{PushAdded, SendClaim, SendLimits, Store, StoreError};
 
 /// Runs every check against a fresh, empty store.
 pub fn run_all(s: &dyn Store) {
@@ -29,6 +29,230 @@ pub fn run_all(s: &dyn Store) {
     pam_hosts_are_per_tenant_and_revocable(s);
     import_is_all_or_nothing(s);
     enrollment_links_open_once_and_expire(s);
+    code_sends_are_claimed_within_the_limits(s);
+    code_sends_claimed_at_once_never_exceed_the_limits(s);
+    pushes_are_added_under_the_cap_also_at_once(s);
+    an_expired_lock_is_cleared_only_as_it_was_read(s);
+}
+
+/// Runs `claim` on `n` threads released at the same moment; their results.
+fn at_once<T: Send>(n: usize, claim: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, claim) = (&barrier, &claim);
+                scope.spawn(move || {
+                    barrier.wait();
+                    claim(i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("claiming thread"))
+            .collect()
+    })
+}
+
+fn code_sends_are_claimed_within_the_limits(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "quinn");
+    let limits = SendLimits {
+        max_per_hour: 3,
+        resend_after: 30,
+    };
+    let claim = |res: &str, now| s.claim_code_send(u.id, "fac-q", res, limits, now).unwrap();
+    assert_eq!(claim("reserved:1", 1_000), SendClaim::Claimed);
+    // A claim counts as a send, but is never a code.
+    assert_eq!(s.sent_codes_since(u.id, 0).unwrap(), (1, Some(1_000)));
+    assert_eq!(s.use_sent_code(u.id, "reserved:1", 1_000).unwrap(), None);
+    assert_eq!(
+        claim("reserved:2", 1_029),
+        SendClaim::TooSoon { last: 1_000 }
+    );
+    // A failed send gives its claim back: nothing of it counts.
+    s.release_code_send(u.id, "reserved:1").unwrap();
+    assert_eq!(s.sent_codes_since(u.id, 0).unwrap(), (0, None));
+    assert_eq!(claim("reserved:2", 1_010), SendClaim::Claimed);
+    // A send that went out: the claim becomes the code, usable once, until it expires.
+    assert!(s
+        .confirm_code_send(u.id, "reserved:2", "q-code-2", 1_310)
+        .unwrap());
+    assert!(
+        !s.confirm_code_send(u.id, "reserved:2", "q-code-x", 1_310)
+            .unwrap(),
+        "confirmed once"
+    );
+    s.release_code_send(u.id, "q-code-2").unwrap();
+    assert_eq!(
+        s.use_sent_code(u.id, "q-code-2", 1_011).unwrap().as_deref(),
+        Some("fac-q"),
+        "releasing a code that went out does nothing"
+    );
+    assert_eq!(claim("reserved:3", 1_050), SendClaim::Claimed);
+    assert_eq!(claim("reserved:4", 1_090), SendClaim::Claimed);
+    assert_eq!(claim("reserved:5", 1_130), SendClaim::QuotaExceeded);
+    // An hour after the first of the three, one fits again.
+    assert_eq!(claim("reserved:5", 1_010 + 3_600), SendClaim::QuotaExceeded);
+    assert_eq!(claim("reserved:5", 1_011 + 3_600), SendClaim::Claimed);
+    // Another user's sends are their own.
+    let other = user(s, &t, "quentin");
+    assert_eq!(
+        s.claim_code_send(other.id, "fac-o", "reserved:o", limits, 1_130)
+            .unwrap(),
+        SendClaim::Claimed
+    );
+    // No sends allowed at all.
+    let none = SendLimits {
+        max_per_hour: 0,
+        resend_after: 0,
+    };
+    let third = user(s, &t, "quill");
+    assert_eq!(
+        s.claim_code_send(third.id, "fac-3", "reserved:n", none, 1_000)
+            .unwrap(),
+        SendClaim::QuotaExceeded
+    );
+}
+
+fn code_sends_claimed_at_once_never_exceed_the_limits(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    // The hourly quota: of 12 claims at once, 4 are taken.
+    let u = user(s, &t, "rush");
+    let quota = SendLimits {
+        max_per_hour: 4,
+        resend_after: 0,
+    };
+    for round in 0..3i64 {
+        let now = 10_000 + round * 10_000;
+        let claims = at_once(12, |i| {
+            s.claim_code_send(u.id, "fac-r", &format!("reserved:r{round}-{i}"), quota, now)
+                .unwrap()
+        });
+        let taken = claims.iter().filter(|c| **c == SendClaim::Claimed).count();
+        assert_eq!(taken, 4, "round {round}: {claims:?}");
+        assert!(
+            claims
+                .iter()
+                .all(|c| matches!(c, SendClaim::Claimed | SendClaim::QuotaExceeded)),
+            "{claims:?}"
+        );
+        assert_eq!(s.sent_codes_since(u.id, now - 3_600).unwrap().0, 4);
+    }
+    // The resend pause: of 12 claims at once, one is taken.
+    let v = user(s, &t, "rusty");
+    let pause = SendLimits {
+        max_per_hour: 100,
+        resend_after: 30,
+    };
+    let claims = at_once(12, |i| {
+        s.claim_code_send(v.id, "fac-r", &format!("reserved:p{i}"), pause, 5_000)
+            .unwrap()
+    });
+    let taken = claims.iter().filter(|c| **c == SendClaim::Claimed).count();
+    assert_eq!(taken, 1, "{claims:?}");
+    assert!(
+        claims
+            .iter()
+            .all(|c| matches!(c, SendClaim::Claimed | SendClaim::TooSoon { last: 5_000 })),
+        "{claims:?}"
+    );
+}
+
+fn pushes_are_added_under_the_cap_also_at_once(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let u = user(s, &t, "petra");
+    let push = |id: String, at: UnixTime| PushRequest {
+        id: id.clone(),
+        tenant_id: t.id,
+        user_id: u.id,
+        txn_id: format!("txn-{id}"),
+        factor_id: "fac-push".into(),
+        token_hash: format!("hash-{id}"),
+        number: None,
+        status: PushStatus::Pending,
+        detail: None,
+        username: u.name.clone(),
+        client: "vpn".into(),
+        source: "10.0.0.9".into(),
+        created_at: at,
+        expires_at: at + 60,
+        decided_at: None,
+    };
+    assert_eq!(
+        s.add_push_capped(&push("cap-1".into(), 100), 0, 2).unwrap(),
+        PushAdded::Added
+    );
+    assert_eq!(
+        s.add_push_capped(&push("cap-2".into(), 110), 0, 2).unwrap(),
+        PushAdded::Added
+    );
+    assert_eq!(
+        s.add_push_capped(&push("cap-3".into(), 120), 0, 2).unwrap(),
+        PushAdded::CapReached { sent: 2 }
+    );
+    assert_eq!(s.push_by_id("cap-3").unwrap(), None, "not added");
+    // Outside the window the older pushes no longer count.
+    assert_eq!(
+        s.add_push_capped(&push("cap-4".into(), 120), 105, 2)
+            .unwrap(),
+        PushAdded::Added
+    );
+    // Many logins pushing at once: no more than the cap get through.
+    let v = user(s, &t, "pavel");
+    let push_v = |id: String| PushRequest {
+        user_id: v.id,
+        username: v.name.clone(),
+        ..push(id, 5_000)
+    };
+    let added = at_once(12, |i| {
+        s.add_push_capped(&push_v(format!("race-{i}")), 4_000, 3)
+            .unwrap()
+    });
+    let n = added.iter().filter(|a| **a == PushAdded::Added).count();
+    assert_eq!(n, 3, "{added:?}");
+    assert_eq!(s.pushes_since(v.id, 0).unwrap(), 3);
+}
+
+fn an_expired_lock_is_cleared_only_as_it_was_read(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let key = "user:991:second_factor";
+    s.record_failure(t.id, key, 10).unwrap();
+    s.record_failure(t.id, key, 11).unwrap();
+    s.lock_until(t.id, key, 50).unwrap();
+    let seen = s.throttle(t.id, key).unwrap();
+    assert_eq!(seen.locked_until, Some(50));
+    // Not run out yet: kept.
+    assert!(!s.clear_expired_lock(t.id, key, &seen, 49).unwrap());
+    assert_eq!(s.throttle(t.id, key).unwrap(), seen);
+    // Another node counted a failure (and locked again) after this one read the row.
+    s.record_failure(t.id, key, 60).unwrap();
+    s.lock_until(t.id, key, 500).unwrap();
+    assert!(
+        !s.clear_expired_lock(t.id, key, &seen, 60).unwrap(),
+        "a stale clear removed a fresh lock"
+    );
+    let now = s.throttle(t.id, key).unwrap();
+    assert_eq!((now.failures, now.locked_until), (3, Some(500)));
+    // Only a failure counted since (the old lock still on the row): kept too.
+    let other = "user:992:second_factor";
+    s.record_failure(t.id, other, 10).unwrap();
+    s.lock_until(t.id, other, 50).unwrap();
+    let seen_other = s.throttle(t.id, other).unwrap();
+    s.record_failure(t.id, other, 70).unwrap();
+    assert!(!s.clear_expired_lock(t.id, other, &seen_other, 70).unwrap());
+    assert_eq!(s.throttle(t.id, other).unwrap().failures, 2);
+    // The row as read, run out: cleared.
+    let seen = s.throttle(t.id, key).unwrap();
+    assert!(s.clear_expired_lock(t.id, key, &seen, 500).unwrap());
+    assert_eq!(s.throttle(t.id, key).unwrap(), Throttle::default());
+    // A row without a lock is never cleared this way.
+    let plain = "source:radius:192.0.2.77:first_factor";
+    s.record_failure(t.id, plain, 10).unwrap();
+    let seen = s.throttle(t.id, plain).unwrap();
+    assert!(!s.clear_expired_lock(t.id, plain, &seen, 1_000).unwrap());
+    assert_eq!(s.throttle(t.id, plain).unwrap().failures, 1);
 }
 
 fn user_attributes_are_set_and_removed(s: &dyn Store) {

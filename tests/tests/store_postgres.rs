@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::model::{NewUser, PushRequest, PushStatus};
 use portcullis_core::store::{
-    translate_sql, PgSettings, PgStore, PushEvent, PushEvents, Store, StoreError, MIGRATIONS,
+    redact_url, translate_sql, PgSettings, PgStore, PushAdded, PushEvent, PushEvents, SendClaim,
+    SendLimits, Store, StoreError, MIGRATIONS,
 };
 use portcullis_tests::postgres::PgServer;
 use portcullis_tests::store_suite as suite;
@@ -291,4 +292,159 @@ fn a_push_decided_on_one_node_is_announced_to_another() {
         .decide_push("push-1", PushStatus::Denied, None, 111)
         .expect("decide again"));
     assert_eq!(next_event(&mut events, Duration::from_millis(500)), None);
+}
+
+/// Two nodes (each its own pool) claiming sends of codes and adding pushes for one user at
+/// the same moment: the user's quota and cap hold across them, as on one node.
+#[test]
+fn quotas_hold_across_nodes_claiming_at_once() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let nodes: Vec<Arc<PgStore>> = (0..2).map(|_| Arc::new(open(&url))).collect();
+    let t = nodes[0].create_tenant("acme", 1).expect("tenant");
+    let u = nodes[0]
+        .create_user(
+            &NewUser {
+                tenant_id: t.id,
+                name: "sam".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .expect("user");
+    let limits = SendLimits {
+        max_per_hour: 3,
+        resend_after: 0,
+    };
+    for round in 0..5i64 {
+        let now = 10_000 + round * 10_000;
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, barrier) = (nodes[i % 2].clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    let code = store
+                        .claim_code_send(
+                            u.id,
+                            "fac-sms",
+                            &format!("reserved:{round}-{i}"),
+                            limits,
+                            now,
+                        )
+                        .expect("claim");
+                    let push = PushRequest {
+                        id: format!("push-{round}-{i}"),
+                        tenant_id: t.id,
+                        user_id: u.id,
+                        txn_id: format!("txn-{round}-{i}"),
+                        factor_id: "fac-push".into(),
+                        token_hash: "hash".into(),
+                        number: None,
+                        status: PushStatus::Pending,
+                        detail: None,
+                        username: "sam".into(),
+                        client: "vpn".into(),
+                        source: "10.0.0.9".into(),
+                        created_at: now,
+                        expires_at: now + 60,
+                        decided_at: None,
+                    };
+                    let pushed = store
+                        .add_push_capped(&push, now - 600, 2)
+                        .expect("add push");
+                    (code, pushed)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let claimed = results.iter().filter(|r| r.0 == SendClaim::Claimed).count();
+        let pushed = results.iter().filter(|r| r.1 == PushAdded::Added).count();
+        assert_eq!(claimed, 3, "round {round}: {results:?}");
+        assert_eq!(pushed, 2, "round {round}: {results:?}");
+    }
+}
+
+/// A database error says what the server said (its message and SQLSTATE), not only "db
+/// error", but never the DETAIL, which quotes row values (here a code's hash).
+#[test]
+fn database_errors_name_the_cause_but_not_the_rows() {
+    let pg = PgServer::start();
+    let store = open(&pg.create_database());
+    let t = store.create_tenant("acme", 1).expect("tenant");
+    let u = store
+        .create_user(
+            &NewUser {
+                tenant_id: t.id,
+                name: "bo".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .expect("user");
+    store
+        .add_bypass_code(u.id, "secret-code-hash-77", 1, 1_000, 1)
+        .expect("first code");
+    let err = store
+        .add_bypass_code(u.id, "secret-code-hash-77", 1, 1_000, 1)
+        .expect_err("the same code twice");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("SQLSTATE 23505"), "{text}");
+    assert!(
+        text.contains("duplicate key value violates unique constraint"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("secret-code-hash-77"),
+        "a row value shown: {text}"
+    );
+    assert!(!text.contains("DETAIL"), "{text}");
+}
+
+/// A password with '/', '?', '#' and ':' in it, unescaped: the driver takes all up to the
+/// first '@' as the credentials, so the URL connects, and the password is shown nowhere:
+/// not in the settings' or the store's Debug, nor in the error of a wrong one.
+#[test]
+fn a_password_with_url_punctuation_connects_and_is_never_shown() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    let (_, host_and_db) = url.split_once('@').expect("the test URL has credentials");
+    let db = host_and_db
+        .split_once('/')
+        .and_then(|(_, rest)| rest.split_once('?'))
+        .map(|(db, _)| db.to_string())
+        .expect("a database name");
+    let role = format!("pc_punct_{:08x}", rand::random::<u32>());
+    let password = "Ab/9x?Qz#w:1";
+    {
+        let mut c = postgres::Client::connect(pg.admin_url(), postgres::NoTls).expect("connect");
+        c.batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; ALTER DATABASE {db} OWNER TO {role}"
+        ))
+        .expect("create the role");
+    }
+    let punctuated = format!("postgres://{role}:{password}@{host_and_db}");
+    let settings = PgSettings::new(&punctuated);
+    let store = PgStore::open(&settings).expect("the punctuated password connects");
+    store.create_tenant("acme", 1).expect("and works");
+    let shown = format!("{} {settings:?} {store:?}", redact_url(&punctuated));
+    for part in ["Ab/9x", "9x?Qz", "Qz#w", "#w:1"] {
+        assert!(!shown.contains(part), "password shown: {shown}");
+    }
+    assert!(shown.contains(&format!("{role}:***@")), "{shown}");
+
+    let wrong = format!("postgres://{role}:Xy/8w?Zz#q:2@{host_and_db}");
+    let err = PgStore::open(&PgSettings::new(&wrong)).expect_err("a wrong password accepted");
+    let text = format!("{err} {err:?}");
+    for part in ["Xy/8w", "8w?Zz", "Zz#q", "#q:2"] {
+        assert!(!text.contains(part), "password shown: {text}");
+    }
+    assert!(text.contains("***"), "{text}");
+    assert!(
+        text.contains("SQLSTATE 28P01"),
+        "the server's reason: {text}"
+    );
 }

@@ -14,6 +14,7 @@ use crate::codes::hash_code;
 use crate::delivery::{mask_address, DeliveryError};
 use crate::model::{Factor, FactorKind, FactorState, User};
 use crate::policy::Decision;
+use crate::store::{SendClaim, SendLimits, StoreError};
 
 /// The settings of an SMS factor, stored as its JSON `params`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,10 @@ pub struct EmailParams {
 
 /// Digits of a sent code.
 pub const SENT_CODE_LEN: usize = 6;
+
+/// How the stored "hash" of a claimed send starts until its code is confirmed sent: never
+/// the start of a hash (hex digits), so a claim can never match a typed code.
+const RESERVED: &str = "reserved:";
 
 /// The out-of-band kinds, in the order they are offered.
 pub const OUT_OF_BAND: [FactorKind; 2] = [FactorKind::Sms, FactorKind::Email];
@@ -137,8 +142,9 @@ impl Engine {
             .cloned()
     }
 
-    /// Make a code for `factor`, send it, and keep its hash (send first: a code that never
-    /// left is never valid).
+    /// Make a code for `factor`, send it, and keep its hash. The send is claimed first
+    /// (atomically, against the quota and the resend pause); the code becomes valid only
+    /// once the provider took it, and a send the provider refused is not counted.
     pub fn send_code(
         &self,
         tenant: &str,
@@ -155,18 +161,41 @@ impl Engine {
             )));
         };
         let now: UnixTime = self.clock.now();
-        let (count, last) = self.store.sent_codes_since(user.id, now - 3600)?;
-        if let Some(last) = last {
-            if now < last + settings.resend_after {
+        // The send is claimed before the provider is asked (which takes up to seconds):
+        // logins asking at the same moment, on this node or others, each see the claims
+        // of the others, so no more codes go out than the quota and the resend pause allow.
+        let mut rng = rand::rngs::OsRng;
+        let reservation = format!(
+            "{RESERVED}{}",
+            data_encoding::HEXLOWER.encode(&rng.gen::<[u8; 16]>())
+        );
+        let limits = SendLimits {
+            max_per_hour: settings.max_per_hour,
+            resend_after: settings.resend_after,
+        };
+        match self
+            .store
+            .claim_code_send(user.id, &factor.id, &reservation, limits, now)?
+        {
+            SendClaim::Claimed => {}
+            SendClaim::TooSoon { last } => {
                 return Ok(SendOutcome::TooSoon {
                     wait: last + settings.resend_after - now,
-                });
+                })
             }
+            SendClaim::QuotaExceeded => return Ok(SendOutcome::QuotaExceeded),
         }
-        if count >= settings.max_per_hour {
-            return Ok(SendOutcome::QuotaExceeded);
+        // A failed send is no sent code: the claim is given back.
+        let release = |why: &str| {
+            if let Err(e) = self.store.release_code_send(user.id, &reservation) {
+                tracing::warn!(tenant, user = %user.name, error = %e,
+                    "a send that did not happen still counts toward the user's hourly quota ({why})");
+            }
+        };
+        if let Err(e) = super::blocking_point() {
+            release("not sent in a batch");
+            return Err(e);
         }
-        let mut rng = rand::rngs::OsRng;
         let code: String = (0..SENT_CODE_LEN)
             .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
             .collect();
@@ -174,14 +203,23 @@ impl Engine {
             .template
             .replace("{issuer}", &settings.issuer)
             .replace("{code}", &code);
-        super::blocking_point()?;
         if let Err(e) = sender.send(&to, &code, &message) {
             tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "code not sent");
+            release("the provider did not take it");
             return Ok(SendOutcome::Failed(e));
         }
         let hash = sent_code_hash(&self.sent_pepper, &factor.id, &code);
-        self.store
-            .add_sent_code(user.id, &factor.id, &hash, now + settings.code_ttl, now)?;
+        if !self
+            .store
+            .confirm_code_send(user.id, &reservation, &hash, now + settings.code_ttl)?
+        {
+            // Only if the user was deleted while the code was on its way.
+            return Err(StoreError::NotFound {
+                what: "user of a code being sent",
+                name: user.name.clone(),
+            }
+            .into());
+        }
         Ok(SendOutcome::Sent {
             kind: factor.kind,
             to: mask_address(&to),

@@ -22,6 +22,7 @@ use crate::push::{
     number_choices, PushAnswer, PushDecision, PushNotice, PushParams, PushSender, PushSettings,
     PushView,
 };
+use crate::store::PushAdded;
 
 /// The detail of a push whose notification never left: it decides nothing.
 pub(super) const NOT_SENT: &str = "notification not sent";
@@ -128,16 +129,6 @@ impl Engine {
                 "This login is about to expire.",
             );
         }
-        let sent = self.store.pushes_since(user.id, now - settings.window)?;
-        if sent >= settings.max_pushes {
-            return refuse(
-                format!(
-                    "push refused: {sent} pushes in the last {} s (anti-fatigue cap max_pushes = {})",
-                    settings.window, settings.max_pushes
-                ),
-                "Too many push requests were sent; wait a few minutes.",
-            );
-        }
         let params: PushParams = match serde_json::from_str(&factor.params) {
             Ok(p) => p,
             Err(e) => {
@@ -170,24 +161,39 @@ impl Engine {
         let token = data_encoding::BASE64URL_NOPAD.encode(&tok);
         let number = (settings.number_matching && shown).then(|| rng.gen_range(10..=99u8));
         let ttl = settings.ttl.min(self.settings.transaction_ttl);
-        self.store.add_push(&PushRequest {
-            id: id.clone(),
-            tenant_id: tenant.id,
-            user_id: user.id,
-            txn_id: txn_id.to_string(),
-            factor_id: factor.id.clone(),
-            token_hash: hash_code(&self.push_pepper, &token),
-            number,
-            status: PushStatus::Pending,
-            detail: None,
-            username: user.name.clone(),
-            client: client.to_string(),
-            source: source.to_string(),
-            created_at: now,
-            // Never past the login's own end: an approval after it would be for nothing.
-            expires_at: (now + ttl).min(until),
-            decided_at: None,
-        })?;
+        // Added only under the anti-fatigue cap, in one atomic step: pushes started at the
+        // same moment (on any node) never go past it together.
+        let added = self.store.add_push_capped(
+            &PushRequest {
+                id: id.clone(),
+                tenant_id: tenant.id,
+                user_id: user.id,
+                txn_id: txn_id.to_string(),
+                factor_id: factor.id.clone(),
+                token_hash: hash_code(&self.push_pepper, &token),
+                number,
+                status: PushStatus::Pending,
+                detail: None,
+                username: user.name.clone(),
+                client: client.to_string(),
+                source: source.to_string(),
+                created_at: now,
+                // Never past the login's own end: an approval after it would be for nothing.
+                expires_at: (now + ttl).min(until),
+                decided_at: None,
+            },
+            now - settings.window,
+            settings.max_pushes,
+        )?;
+        if let PushAdded::CapReached { sent } = added {
+            return refuse(
+                format!(
+                    "push refused: {sent} pushes in the last {} s (anti-fatigue cap max_pushes = {})",
+                    settings.window, settings.max_pushes
+                ),
+                "Too many push requests were sent; wait a few minutes.",
+            );
+        }
         let base = settings.public_url.trim_end_matches('/');
         let notice = PushNotice {
             title: format!("{}: approve login?", settings.issuer),

@@ -1985,3 +1985,140 @@ fn only_our_state_shape_counts_as_a_transaction_reference() {
 
 mod enroll;
 mod push;
+
+/// Codes asked for at the same moment (parallel logins, on one node or several): the
+/// send is claimed before the provider is asked, so the resend pause and the hourly quota
+/// hold however many ask at once, and a send the provider refused is not counted.
+mod send_claims {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Barrier, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::delivery::{CodeSender, DeliveryError, DeliverySettings};
+
+    /// A provider that takes its time, as one across the network does.
+    #[derive(Default)]
+    struct SlowPhone {
+        codes: Mutex<Vec<String>>,
+        down: AtomicBool,
+    }
+
+    impl CodeSender for SlowPhone {
+        fn channel(&self) -> &'static str {
+            "sms"
+        }
+        fn provider(&self) -> &str {
+            "slow"
+        }
+        fn send(&self, _to: &str, code: &str, _message: &str) -> Result<(), DeliveryError> {
+            std::thread::sleep(Duration::from_millis(100));
+            if self.down.load(Ordering::SeqCst) {
+                return Err(DeliveryError::Unavailable("HTTP 503".into()));
+            }
+            self.codes.lock().unwrap().push(code.to_string());
+            Ok(())
+        }
+    }
+
+    impl SlowPhone {
+        fn sent(&self) -> usize {
+            self.codes.lock().unwrap().len()
+        }
+    }
+
+    /// alice with a pending SMS factor (its id), and a slow phone behind it.
+    fn slow_world(settings: DeliverySettings) -> (World, Arc<SlowPhone>, String) {
+        let mut w = world();
+        let phone = Arc::new(SlowPhone::default());
+        w.engine.set_sender("acme", phone.clone(), settings);
+        let f = w
+            .admin
+            .enroll_sms("acme", "alice", Some("+4915112345678"))
+            .unwrap();
+        (w, phone, f.factor_id)
+    }
+
+    fn send_at_once(w: &World, factor: &str, n: usize) -> Vec<SendOutcome> {
+        let barrier = Barrier::new(n);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        w.engine
+                            .send_enrolment_code("acme", "alice", factor)
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn sent(outcomes: &[SendOutcome]) -> usize {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, SendOutcome::Sent { .. }))
+            .count()
+    }
+
+    #[test]
+    fn codes_asked_for_at_once_are_sent_once_within_the_resend_pause() {
+        let (w, phone, factor) = slow_world(DeliverySettings::default());
+        let outcomes = send_at_once(&w, &factor, 6);
+        assert_eq!(sent(&outcomes), 1, "{outcomes:?}");
+        assert_eq!(phone.sent(), 1, "texts that left");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, SendOutcome::Sent { .. } | SendOutcome::TooSoon { .. })),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn codes_asked_for_at_once_never_exceed_the_hourly_quota() {
+        let (w, phone, factor) = slow_world(DeliverySettings {
+            resend_after: 0,
+            max_per_hour: 3,
+            ..DeliverySettings::default()
+        });
+        let outcomes = send_at_once(&w, &factor, 8);
+        assert_eq!(sent(&outcomes), 3, "{outcomes:?}");
+        assert_eq!(phone.sent(), 3, "texts that left");
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, SendOutcome::QuotaExceeded))
+            .count();
+        assert_eq!(refused, 5, "{outcomes:?}");
+        // The hour later the quota is free again.
+        w.clock.advance(3601);
+        assert_eq!(sent(&send_at_once(&w, &factor, 1)), 1);
+    }
+
+    #[test]
+    fn a_failed_send_is_not_counted_and_a_sent_code_works() {
+        let (w, phone, factor) = slow_world(DeliverySettings {
+            max_per_hour: 1,
+            ..DeliverySettings::default()
+        });
+        phone.down.store(true, Ordering::SeqCst);
+        let outcome = send_at_once(&w, &factor, 1);
+        assert!(
+            matches!(outcome[..], [SendOutcome::Failed(_)]),
+            "{outcome:?}"
+        );
+        // Neither the resend pause nor the quota (one an hour) counts the failed send.
+        phone.down.store(false, Ordering::SeqCst);
+        let outcome = send_at_once(&w, &factor, 1);
+        assert!(
+            matches!(outcome[..], [SendOutcome::Sent { .. }]),
+            "{outcome:?}"
+        );
+        let code = phone.codes.lock().unwrap().last().cloned().unwrap();
+        w.admin
+            .confirm_factor("acme", "alice", &factor, &code)
+            .expect("the code that was sent confirms the factor");
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 
 use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
 use crate::clock::UnixTime;
-use crate::model::{Tenant, User, UserId};
+use crate::model::{Tenant, Throttle, User, UserId};
 
 /// Checks in progress on this node, per key: second-factor checks per user, password
 /// checks per source.
@@ -198,21 +198,14 @@ impl Engine {
         now: UnixTime,
     ) -> Result<Result<u32, Outcome>, EngineError> {
         let key = second_factor_key(user);
-        let th = self.store.throttle(tenant.id, &key)?;
-        let (failures, last_failure_at) = match th.locked_until {
-            Some(until) if until > now => {
-                return Ok(Err(Outcome::reject_with(
-                    format!("user is locked for {} s more after {} failed codes", until - now, th.failures),
-                    "Too many failed attempts: this account is locked. Try again later or ask your administrator",
-                )));
-            }
-            Some(_) => {
-                // The lock ran out: start afresh.
-                self.store.clear_throttle(tenant.id, &key)?;
-                (0, 0)
-            }
-            None => (th.failures, th.last_failure_at),
-        };
+        let th = self.current_throttle(tenant, &key, now)?;
+        if let Some(until) = th.locked_until {
+            return Ok(Err(Outcome::reject_with(
+                format!("user is locked for {} s more after {} failed codes", until - now, th.failures),
+                "Too many failed attempts: this account is locked. Try again later or ask your administrator",
+            )));
+        }
+        let (failures, last_failure_at) = (th.failures, th.last_failure_at);
         let lock = &self.settings.lockout;
         let delay = delay_after(
             failures,
@@ -249,31 +242,19 @@ impl Engine {
                 "Too many failed logins from your address: try again later",
             )
         };
-        let th = self.store.throttle(tenant.id, &key)?;
-        match th.locked_until {
-            Some(until) if until > now => {
-                return Ok(Err(blocked(format!(
+        let th = self.current_throttle(tenant, &key, now)?;
+        if let Some(until) = th.locked_until {
+            return Ok(Err(blocked(format!(
                 "source {} (counted as {}) is blocked for {} s more after too many wrong passwords",
                 req.source,
                 source_bucket(&req.source),
                 until - now
-            ))))
-            }
-            Some(_) => {
-                // The block ran out: the address starts afresh.
-                self.store.clear_throttle(tenant.id, &key)?;
-            }
-            None => {}
+            ))));
         }
         let lock = &self.settings.lockout;
         let window = lock.source_window.as_secs().max(1) as i64;
-        let level = if th.locked_until.is_some() {
-            0
-        } else {
-            let drained =
-                (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
-            (i64::from(th.failures) - drained).max(0) as u32
-        };
+        let drained = (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
+        let level = (i64::from(th.failures) - drained).max(0) as u32;
         let (checking, others) = self.checking_sources.enter(key);
         if level.saturating_add(others) > lock.source_failures {
             return Ok(Err(blocked(format!(
@@ -283,6 +264,32 @@ impl Engine {
             ))));
         }
         Ok(Ok(Some(checking)))
+    }
+
+    /// The throttle row of `key` as it stands at `now`: a lock or block in it is one that
+    /// has not run out. One that ran out is cleared (the key starts afresh), but only as it
+    /// was read: should another node have locked the key again (or counted a failure)
+    /// since, that is kept, and the row is read again.
+    fn current_throttle(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+        now: UnixTime,
+    ) -> Result<Throttle, EngineError> {
+        for _ in 0..3 {
+            let th = self.store.throttle(tenant.id, key)?;
+            match th.locked_until {
+                Some(until) if until <= now => {
+                    if self.store.clear_expired_lock(tenant.id, key, &th, now)? {
+                        return Ok(Throttle::default());
+                    }
+                }
+                _ => return Ok(th),
+            }
+        }
+        // Changed under this check every time it looked, and still a lock that ran out:
+        // this check starts afresh; a later one clears the row.
+        Ok(Throttle::default())
     }
 
     /// Count a wrong password from the login's source; block the source when its bucket

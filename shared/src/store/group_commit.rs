@@ -120,6 +120,21 @@ impl Drop for Leading<'_> {
     }
 }
 
+/// The transaction of a batch being committed: rolled back when dropped still open (a
+/// job panicked, or COMMIT failed), so that the shared connection is never left inside a
+/// transaction that the next batch's `BEGIN` would trip over (or that would keep a write
+/// lock on the file). The writes of the batch are then lost, and their writers, never
+/// answered, are told so (see [`GroupCommit::write`]).
+struct Open<'a>(&'a Connection);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = StoreError::Database(e.to_string());
@@ -128,6 +143,7 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
         }
         return;
     }
+    let _open = Open(conn);
     // A batch of one needs no savepoint: its failure rolls back the whole transaction.
     let alone = jobs.len() == 1;
     let mut finishes = Vec::with_capacity(jobs.len());
@@ -231,6 +247,47 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t WHERE k = -1", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stray, 0, "a failed write left a row behind");
+    }
+
+    /// A write that panics takes its batch down with it, but never leaves the shared
+    /// connection inside the batch's transaction: the panic's batch is undone, and later
+    /// writes are committed (and durable, seen from another connection).
+    #[test]
+    fn a_panicking_write_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gc.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+        )
+        .unwrap();
+        let conn = ReentrantMutex::new(conn);
+        let gc = GroupCommit::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: StoreResult<()> = gc.write(&conn, |c| {
+                insert(c, 1)?;
+                panic!("a bug in a write");
+            });
+        }));
+        assert!(panicked.is_err(), "the write's panic reaches its caller");
+        assert!(
+            conn.lock().is_autocommit(),
+            "the connection is left inside the panicked batch's transaction"
+        );
+        gc.write(&conn, |c| insert(c, 2)).expect("a later write");
+        let other = Connection::open(&path).unwrap();
+        let keys: Vec<i64> = other
+            .prepare("SELECT k FROM t ORDER BY k")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            keys,
+            [2],
+            "the panicked write is undone, the later one committed"
+        );
     }
 
     #[test]

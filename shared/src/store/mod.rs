@@ -3,7 +3,11 @@
 //! implements the same trait for several nodes. SQL is kept portable between the two.
 //!
 //! Operations that must be race-free across nodes are single statements with a condition
-//! (`UPDATE ... WHERE step = ?`, `INSERT` under a unique key), never read-then-write.
+//! (`UPDATE ... WHERE step = ?`, `INSERT` under a unique key), never read-then-write. Where
+//! a count of rows decides (the send quota of codes, the push cap), SQLite inserts with
+//! the count in the statement's condition, and PostgreSQL, whose statements each see only
+//! what was committed when they began, counts and inserts in one transaction after taking
+//! a lock on the user's row.
 
 mod group_commit;
 mod migrations;
@@ -58,6 +62,50 @@ pub trait BatchUnits {
     fn begin_unit(&self) -> StoreResult<()>;
     /// Ends the unit, keeping its writes (`keep`) or undoing them.
     fn end_unit(&self, keep: bool) -> StoreResult<()>;
+}
+
+/// The window of the hourly send quota of codes sent out of band, in seconds.
+pub const SEND_WINDOW: i64 = 3600;
+
+/// The limits on codes sent out of band to one user (`[sms]` / `[email]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimits {
+    /// Sends per user in the last [`SEND_WINDOW`] seconds.
+    pub max_per_hour: u32,
+    /// The shortest time between two sends to the same user, in seconds.
+    pub resend_after: i64,
+}
+
+impl SendLimits {
+    /// Why one more send is refused, given the `count` of sends in the window before `now`
+    /// and the `last` of them; None if it may go.
+    pub fn refusal(&self, count: u32, last: Option<UnixTime>, now: UnixTime) -> Option<SendClaim> {
+        match last {
+            Some(last) if now < last + self.resend_after => Some(SendClaim::TooSoon { last }),
+            _ if count >= self.max_per_hour => Some(SendClaim::QuotaExceeded),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Store::claim_code_send`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendClaim {
+    /// The send is counted (as a reservation): send, then confirm or release it.
+    Claimed,
+    /// The last send, at `last`, is younger than `resend_after`.
+    TooSoon { last: UnixTime },
+    /// `max_per_hour` sends in the last hour.
+    QuotaExceeded,
+}
+
+/// What [`Store::add_push_capped`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushAdded {
+    /// The push was added.
+    Added,
+    /// The cap was reached: `sent` pushes in the window, none added.
+    CapReached { sent: u32 },
 }
 
 /// How long a source's wrong-password bucket is kept after its last failure: longer than
@@ -190,6 +238,31 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         since: UnixTime,
     ) -> StoreResult<(u32, Option<UnixTime>)>;
+    /// Claims one send of a code to `user` at `now`, atomically (also between nodes): only
+    /// if `limits` allow it, counting every code sent (or being sent) in the last
+    /// [`SEND_WINDOW`] seconds. A claim is a row under `reservation` (a text no code hash
+    /// can equal) that counts as a send but is never a usable code: once the provider has
+    /// taken the code, [`Store::confirm_code_send`] turns it into the code; if it did not,
+    /// [`Store::release_code_send`] removes it (a failed send is no sent code).
+    fn claim_code_send(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        reservation: &str,
+        limits: SendLimits,
+        now: UnixTime,
+    ) -> StoreResult<SendClaim>;
+    /// The claimed send went out: the reservation becomes the code with hash `hash`,
+    /// usable until `expires_at`. False if there is no such reservation (any more).
+    fn confirm_code_send(
+        &self,
+        user: UserId,
+        reservation: &str,
+        hash: &str,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool>;
+    /// The claimed send failed: the reservation is removed and counts no more.
+    fn release_code_send(&self, user: UserId, reservation: &str) -> StoreResult<()>;
 
     // Remembered sources ("remember this device" for infrastructure)
     /// Remember (or extend) that `user` passed a second factor from `source`.
@@ -267,6 +340,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// How many pushes were sent to the user since `since` (anti-fatigue cap).
     fn pushes_since(&self, user: UserId, since: UnixTime) -> StoreResult<u32>;
+    /// Adds the push only if fewer than `max` pushes were sent to its user since `since`
+    /// (the anti-fatigue cap), in one atomic step (also between nodes): of pushes started
+    /// at the same moment, no more than the cap are added.
+    fn add_push_capped(
+        &self,
+        push: &PushRequest,
+        since: UnixTime,
+        max: u32,
+    ) -> StoreResult<PushAdded>;
     /// A feed of push decisions made by every node sharing this store, for a store that
     /// can push them (PostgreSQL: LISTEN/NOTIFY over one dedicated connection per call,
     /// reconnected when it drops). None (the default, SQLite): a decision is seen by the
@@ -292,6 +374,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Throttle>;
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()>;
     fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()>;
+    /// Deletes the row of `key` only if it is still `seen` (as read by [`Store::throttle`])
+    /// and `seen` is a lock that ran out by `now`; true if it did. A lock (or a failure)
+    /// recorded since, by another node, is kept.
+    fn clear_expired_lock(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        seen: &Throttle,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
 
     // Audit (append-only)
     fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;

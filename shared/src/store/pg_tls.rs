@@ -90,8 +90,25 @@ pub struct PgTlsParams {
 /// Parses a `postgres://` URL: the driver's settings (with the driver's TLS mode set) and
 /// the TLS parameters. The error says what to change; it never holds the password.
 pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, PgTlsParams), String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
+    // Read as the driver reads it: the user and password run up to the first '@' (they may
+    // hold '?' and '/'), the host from there to the first '/' or '?', the query after it.
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let host_start = url[scheme_end..]
+        .find('@')
+        .map_or(scheme_end, |i| scheme_end + i + 1);
+    let query_start = url[host_start..]
+        .find('?')
+        .map_or(url.len(), |i| host_start + i);
+    if url[host_start..query_start].contains('@') {
+        return Err(
+            "there is an '@' after the user and password: the driver ends the \
+                    password at the first '@', so write each '@' of the user or password \
+                    as %40"
+                .into(),
+        );
+    }
+    let (base, query) = match url[host_start..].find('?') {
+        Some(i) => (&url[..host_start + i], Some(&url[host_start + i + 1..])),
         None => (url, None),
     };
     let mut mode = None;
@@ -145,7 +162,7 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, PgTlsParams), Str
 }
 
 /// `%XX` escapes of a URL query value.
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -484,6 +501,24 @@ mod tests {
         assert_eq!(c.get_ssl_mode(), SslMode::Disable);
         let (c, p) = parse_url("postgresql://u:pw@db/p?sslmode=require").unwrap();
         assert_eq!((c.get_ssl_mode(), p.root_cert), (SslMode::Require, None));
+    }
+
+    /// The driver takes everything up to the first '@' for the user and password: a '?'
+    /// in the password does not start the query (its `sslmode` still counts), and an '@'
+    /// after the first one is refused with what to write instead.
+    #[test]
+    fn the_url_is_split_where_the_driver_splits_it() {
+        let (c, p) = parse_url("postgres://u:Ab?9/x#y@db:5433/p?sslmode=require").unwrap();
+        assert_eq!(c.get_password(), Some(&b"Ab?9/x#y"[..]));
+        assert_eq!(c.get_user(), Some("u"));
+        assert_eq!(c.get_dbname(), Some("p"));
+        assert_eq!(c.get_ports(), [5433]);
+        assert_eq!(p.mode, PgSslMode::Require);
+        let e = parse_url("postgres://u:s3cr@t@db/p").unwrap_err();
+        assert!(e.contains("%40"), "{e}");
+        assert!(!e.contains("s3cr"), "{e}");
+        let (c, _) = parse_url("postgres://u:s3cr%40t@db/p").unwrap();
+        assert_eq!(c.get_password(), Some(&b"s3cr@t"[..]));
     }
 
     #[test]

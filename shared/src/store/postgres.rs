@@ -33,7 +33,10 @@ use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 use super::migrations::MIGRATIONS;
 use super::pg_tls::PgTls;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
-use super::{PushEvent, PushEvents, Store, StoreError, StoreResult};
+use super::{
+    PushAdded, PushEvent, PushEvents, SendClaim, SendLimits, Store, StoreError, StoreResult,
+    SEND_WINDOW,
+};
 use crate::clock::UnixTime;
 use crate::model::*;
 
@@ -88,29 +91,62 @@ impl PgSettings {
 }
 
 /// The URL with its password replaced by `***`, for logs, errors and `config check`.
+///
+/// The password is found by the driver's own reading of the URL: everything after the
+/// scheme up to the FIRST '@' is the user and password (a password may hold '/', '?', '#'
+/// and ':' unescaped, and the driver still takes them as part of it), and `password=` in
+/// the query. What cannot be shown for sure not to be a secret is hidden too: all of a URL
+/// whose user name holds URL punctuation (the driver took more than a name for the
+/// credentials: an '@' in the query, say), and all after the credentials when a second
+/// '@' follows them (the rest of a password with an unescaped '@' could be anywhere).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    // The authority ends at the first '/', '?' or '#'; a password may contain none of them
-    // unescaped, but may contain '@', so the last '@' of the authority ends the userinfo.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let mut out = format!("{scheme}://");
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => out.push_str(&format!("{user}:***@{host}")),
-            None => out.push_str(&format!("{userinfo}@{host}")),
-        },
-        None => out.push_str(authority),
+    // A SQLite file has no password, and its path is shown as given.
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        return url.to_string();
     }
-    // `password=` may also be given as a query parameter.
+    let mut out = format!("{scheme}://");
+    let after = match rest.split_once('@') {
+        Some((credentials, after)) => {
+            let (user, password) = match credentials.split_once(':') {
+                Some((user, _)) => (user, true),
+                None => (credentials, false),
+            };
+            if user.contains(['/', '?', '#', '&', '=']) {
+                return format!("{scheme}://***");
+            }
+            out.push_str(user);
+            if password {
+                out.push_str(":***");
+            }
+            out.push('@');
+            if after.contains('@') {
+                out.push_str("***");
+                return out;
+            }
+            after
+        }
+        None => rest,
+    };
+    // The host ends where the driver ends it: at the first '/' or '?'.
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (host, tail) = after.split_at(end);
+    out.push_str(host);
     match tail.split_once('?') {
         Some((path, query)) => {
             let query: Vec<String> = query
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    // `password=`, also escaped (`pass%77ord=`), and `sslpassword=`.
+                    Some((k, _))
+                        if super::pg_tls::percent_decode(k)
+                            .to_ascii_lowercase()
+                            .contains("password") =>
+                    {
+                        format!("{k}=***")
+                    }
                     _ => kv.to_string(),
                 })
                 .collect();
@@ -180,18 +216,68 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// The driver's error with its cause (its own text names only the kind of error).
-fn with_cause(e: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+/// An error and the chain of its causes, as one line (the driver's own text names only
+/// the kind of error: "db error", "error communicating with the server"). The server's
+/// report of an error is given by its severity, message and SQLSTATE, never by its DETAIL
+/// (which may quote row values, a password hash of a duplicate key say) or its other
+/// fields.
+fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    // Bounded: a chain is a few links long.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let part = match c.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => describe_db_error(db),
+            None => c.to_string(),
+        };
+        // Some errors repeat their source in their own text.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
     }
+    text
+}
+
+/// The server's error without its DETAIL: `ERROR: <message> (SQLSTATE 23505)`, and what
+/// to check for the errors an operator can fix.
+fn describe_db_error(db: &tokio_postgres::error::DbError) -> String {
+    let code = db.code();
+    let mut text = format!(
+        "{}: {} (SQLSTATE {})",
+        db.severity(),
+        db.message(),
+        code.code()
+    );
+    let hint = if *code == SqlState::QUERY_CANCELED && db.message().contains("statement timeout") {
+        Some("the statement ran longer than store.statement_timeout: is the database overloaded, or a row locked by a stuck session?")
+    } else if *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    {
+        Some("check the user and password in store.url and the server's pg_hba.conf")
+    } else if *code == SqlState::INVALID_CATALOG_NAME {
+        Some("the database named in store.url does not exist: create it")
+    } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        Some("the store.url user lacks a privilege: grant it the database's schema")
+    } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+        Some("the server is out of connections: raise its max_connections or lower store.max_connections")
+    } else {
+        None
+    };
+    if let Some(hint) = hint {
+        text.push_str(" (");
+        text.push_str(hint);
+        text.push(')');
+    }
+    text
 }
 
 /// The driver's connect error, with what to check when the server's certificate was
 /// refused (the driver's text never holds the password).
 fn explain_connect_error(e: tokio_postgres::Error) -> String {
-    let text = with_cause(&e);
+    let text = describe_error(&e);
     if text.contains("invalid peer certificate") {
         format!(
             "{text} (the server's TLS certificate was refused: check that sslrootcert names \
@@ -203,8 +289,25 @@ fn explain_connect_error(e: tokio_postgres::Error) -> String {
 }
 
 fn db(e: tokio_postgres::Error) -> StoreError {
-    // The driver's messages never carry the connection password.
-    StoreError::Database(e.to_string())
+    // The driver's messages never carry the connection password, and the server's DETAIL
+    // (row values) is left out.
+    StoreError::Database(describe_error(&e))
+}
+
+/// Takes the lock on a user's row that serializes the quota claims of every node for
+/// that user (sent codes, pushes). `NO KEY UPDATE`: rows that only refer to the user
+/// (their inserts take a key-share lock) are not held up by it.
+fn lock_user(tx: &mut Tx<'_>, user: UserId) -> StoreResult<()> {
+    match tx.query_opt(
+        "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
+        &[&user],
+    )? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound {
+            what: "user",
+            name: user.to_string(),
+        }),
+    }
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
@@ -519,8 +622,9 @@ impl PgStore {
             });
         }
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-            tx.batch_execute(&translate_sql(sql))
-                .map_err(|e| StoreError::Database(format!("migration {version}: {e}")))?;
+            tx.batch_execute(&translate_sql(sql)).map_err(|e| {
+                StoreError::Database(format!("migration {version}: {}", describe_error(&e)))
+            })?;
             tx.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
                 &[version],
@@ -610,7 +714,7 @@ impl PushListener {
         loop {
             tokio::select! {
                 r = &mut listen, if !*listening => {
-                    r.map_err(|e| format!("LISTEN {PUSH_CHANNEL}: {}", with_cause(&e)))?;
+                    r.map_err(|e| format!("LISTEN {PUSH_CHANNEL}: {}", describe_error(&e)))?;
                     *listening = true;
                     tracing::info!(url = %self.url, channel = PUSH_CHANNEL,
                         "listening for push decisions on PostgreSQL");
@@ -625,7 +729,7 @@ impl PushListener {
                         self.send(PushEvent::Decided(n.payload().to_string()));
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(with_cause(&e)),
+                    Some(Err(e)) => return Err(describe_error(&e)),
                     None => return Err("the server closed the connection".into()),
                 },
                 _ = self.tx.closed() => return Ok(()),
@@ -1213,6 +1317,61 @@ impl Store for PgStore {
         Ok((to_u32(r.col(0)?, "sent code count")?, r.col(1)?))
     }
 
+    fn claim_code_send(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        reservation: &str,
+        limits: SendLimits,
+        now: UnixTime,
+    ) -> StoreResult<SendClaim> {
+        let since = now - SEND_WINDOW;
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // The user's row lock serializes the claims of every node for this user; each
+        // statement after it sees the rows the claims before it committed.
+        lock_user(&mut tx, user)?;
+        let r = tx.query_one(
+            "SELECT COUNT(*), MAX(created_at) FROM sent_codes WHERE user_id = $1 AND created_at >= $2",
+            &[&user, &since],
+        )?;
+        let (count, last) = (to_u32(r.col(0)?, "sent code count")?, r.col(1)?);
+        if let Some(refusal) = limits.refusal(count, last, now) {
+            return Ok(refusal);
+        }
+        // Spent (`used_at`) and expired from the start: never usable as a code.
+        tx.execute(
+            "INSERT INTO sent_codes (user_id, factor_id, code_hash, created_at, expires_at, used_at)
+             VALUES ($1, $2, $3, $4, $4, $4)",
+            &[&user, &factor_id, &reservation, &now],
+        )?;
+        tx.commit()?;
+        Ok(SendClaim::Claimed)
+    }
+
+    fn confirm_code_send(
+        &self,
+        user: UserId,
+        reservation: &str,
+        hash: &str,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE sent_codes SET code_hash = $3, expires_at = $4, used_at = NULL
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NOT NULL",
+            &[&user, &reservation, &hash, &expires_at],
+        )
+        .map(|n| n == 1)
+    }
+
+    fn release_code_send(&self, user: UserId, reservation: &str) -> StoreResult<()> {
+        self.execute(
+            "DELETE FROM sent_codes WHERE user_id = $1 AND code_hash = $2 AND used_at IS NOT NULL",
+            &[&user, &reservation],
+        )
+        .map(|_| ())
+    }
+
     fn remember_source(
         &self,
         user: UserId,
@@ -1426,6 +1585,50 @@ impl Store for PgStore {
         to_u32(n, "push count")
     }
 
+    fn add_push_capped(
+        &self,
+        p: &PushRequest,
+        since: UnixTime,
+        max: u32,
+    ) -> StoreResult<PushAdded> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // As for sent codes: the user's row lock serializes the nodes' pushes to the user.
+        lock_user(&mut tx, p.user_id)?;
+        let n: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM push_requests WHERE user_id = $1 AND created_at >= $2",
+                &[&p.user_id, &since],
+            )?
+            .col(0)?;
+        let sent = to_u32(n, "push count")?;
+        if sent >= max {
+            return Ok(PushAdded::CapReached { sent });
+        }
+        tx.execute(
+            &format!("INSERT INTO push_requests ({PUSH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
+            &[
+                &p.id,
+                &p.tenant_id,
+                &p.user_id,
+                &p.txn_id,
+                &p.factor_id,
+                &p.token_hash,
+                &p.number.map(i64::from),
+                &p.status.as_str(),
+                &p.detail,
+                &p.username,
+                &p.client,
+                &p.source,
+                &p.created_at,
+                &p.expires_at,
+                &p.decided_at,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(PushAdded::Added)
+    }
+
     fn push_events(&self) -> Option<PushEvents> {
         let runtime = self.runtime.as_ref()?;
         let (tx, rx) = tokio::sync::mpsc::channel(PUSH_EVENT_BUFFER);
@@ -1503,6 +1706,32 @@ impl Store for PgStore {
             &[&tenant, &key],
         )
         .map(|_| ())
+    }
+
+    fn clear_expired_lock(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        seen: &Throttle,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let Some(until) = seen.locked_until.filter(|&until| until <= now) else {
+            return Ok(false);
+        };
+        // The row as it was read, and nothing newer: a lock another node set since (or a
+        // failure it counted) makes this delete nothing.
+        self.execute(
+            "DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key = $2
+             AND locked_until = $3 AND failures = $4 AND last_failure_at = $5",
+            &[
+                &tenant,
+                &key,
+                &until,
+                &i64::from(seen.failures),
+                &seen.last_failure_at,
+            ],
+        )
+        .map(|n| n == 1)
     }
 
     fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
@@ -1884,13 +2113,98 @@ mod tests {
     fn password_is_redacted() {
         assert_eq!(
             redact_url("postgres://app:s3cr@t@db.example:5432/p?sslmode=disable"),
-            "postgres://app:***@db.example:5432/p?sslmode=disable"
+            "postgres://app:***@***"
         );
         assert_eq!(
             redact_url("postgresql://app@db/p?password=hunter2&sslmode=prefer"),
             "postgresql://app@db/p?password=***&sslmode=prefer"
         );
+        assert_eq!(
+            redact_url("postgres://app@db/p?pass%77ord=hunter2&sslpassword=x"),
+            "postgres://app@db/p?pass%77ord=***&sslpassword=***"
+        );
         assert_eq!(redact_url("postgres://db/p"), "postgres://db/p");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/portcullis/p@1.db"),
+            "sqlite:///var/lib/portcullis/p@1.db"
+        );
+    }
+
+    /// Passwords holding '/', '?', '#', ':' or '@': the driver takes all up to the first
+    /// '@' as the credentials (the URL connects), and none of it is ever shown.
+    #[test]
+    fn passwords_with_url_punctuation_are_redacted_as_the_driver_reads_them() {
+        let cases = [
+            (
+                "postgres://portcullis:Ab/9x+Qz@db.internal/portcullis",
+                "Ab/9x+Qz",
+                "postgres://portcullis:***@db.internal/portcullis",
+            ),
+            (
+                "postgres://portcullis:Ab?9x=Qz@db.internal:5432/portcullis?sslmode=disable",
+                "Ab?9x=Qz",
+                "postgres://portcullis:***@db.internal:5432/portcullis?sslmode=disable",
+            ),
+            (
+                "postgresql://portcullis:Ab#9x/Qz@db.internal/portcullis",
+                "Ab#9x/Qz",
+                "postgresql://portcullis:***@db.internal/portcullis",
+            ),
+            (
+                "postgres://portcullis:a:b/c?d#e@db.internal/p",
+                "a:b/c?d#e",
+                "postgres://portcullis:***@db.internal/p",
+            ),
+            (
+                "postgres://portcullis:Ab%409x@db.internal/p",
+                "Ab%409x",
+                "postgres://portcullis:***@db.internal/p",
+            ),
+        ];
+        for (url, password, shown) in cases {
+            // The driver reads the password as the test means it (the URL works) ...
+            let (config, _) = crate::store::parse_postgres_url(url).expect(url);
+            assert_eq!(
+                config
+                    .get_password()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                Some(super::super::pg_tls::percent_decode(password)),
+                "{url}"
+            );
+            // ... and it is never shown, also not in the Debug of the settings.
+            assert_eq!(redact_url(url), shown);
+            let debug = format!("{:?}", PgSettings::new(url));
+            assert!(!debug.contains(password), "{debug}");
+            assert!(debug.contains(shown), "{debug}");
+        }
+        // An '@' in the password, unescaped: the driver ends the password at the first one
+        // (and the URL is refused by `config check`), but the rest is not shown either.
+        assert_eq!(
+            redact_url("postgres://portcullis:Ab@9/x@db.internal/p"),
+            "postgres://portcullis:***@***"
+        );
+        // No user and password before the host, but a password in the query with an '@':
+        // the driver takes the text before that '@' for the credentials.
+        assert_eq!(
+            redact_url("postgres://db.internal/p?sslmode=disable&password=se@cret&x=1"),
+            "postgres://***"
+        );
+    }
+
+    /// A driver error is shown with its causes (here a connection string the driver
+    /// refuses, which the driver's own text calls only "invalid connection string").
+    #[test]
+    fn driver_errors_are_shown_with_their_cause() {
+        let e = "postgres://u@db/p?connect_timeout=soon"
+            .parse::<tokio_postgres::Config>()
+            .unwrap_err();
+        let text = describe_error(&e);
+        assert!(text.starts_with("invalid connection string: "), "{text}");
+        assert!(text.contains("connect_timeout"), "{text}");
+        let StoreError::Database(m) = db(e) else {
+            panic!("not a database error")
+        };
+        assert_eq!(m, text);
     }
 
     #[test]

@@ -17,7 +17,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::group_commit::GroupCommit;
 use super::migrations::MIGRATIONS;
-use super::{BatchUnits, Store, StoreError, StoreResult};
+use super::{
+    BatchUnits, PushAdded, SendClaim, SendLimits, Store, StoreError, StoreResult, SEND_WINDOW,
+};
 use crate::clock::UnixTime;
 use crate::engine::ReplyAttribute;
 use crate::model::*;
@@ -1054,6 +1056,85 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
+    fn claim_code_send(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        reservation: &str,
+        limits: SendLimits,
+        now: UnixTime,
+    ) -> StoreResult<SendClaim> {
+        let since = now - SEND_WINDOW;
+        // One statement decides (also against another process on the same file): the
+        // reservation is inserted only while the limits allow one more send. It is spent
+        // (`used_at`) and expired from the start, so it can never be used as a code.
+        for _ in 0..3 {
+            let inserted = {
+                let conn = self.lock();
+                let mut st = conn
+                    .prepare_cached(
+                        "INSERT INTO sent_codes (user_id, factor_id, code_hash, created_at, expires_at, used_at)
+                         SELECT ?1, ?2, ?3, ?4, ?4, ?4
+                         WHERE NOT EXISTS (SELECT 1 FROM sent_codes
+                                           WHERE user_id = ?1 AND created_at >= ?5 AND created_at > ?6)
+                           AND (SELECT COUNT(*) FROM sent_codes
+                                WHERE user_id = ?1 AND created_at >= ?5) < ?7",
+                    )
+                    .map_err(db)?;
+                st.execute(params![
+                    user,
+                    factor_id,
+                    reservation,
+                    now,
+                    since,
+                    now - limits.resend_after,
+                    i64::from(limits.max_per_hour)
+                ])
+                .map_err(db)?
+            };
+            if inserted == 1 {
+                return Ok(SendClaim::Claimed);
+            }
+            // Refused: read why (a row removed in between lets the claim try again).
+            let (count, last) = self.sent_codes_since(user, since)?;
+            if let Some(refusal) = limits.refusal(count, last, now) {
+                return Ok(refusal);
+            }
+        }
+        Ok(SendClaim::QuotaExceeded)
+    }
+
+    fn confirm_code_send(
+        &self,
+        user: UserId,
+        reservation: &str,
+        hash: &str,
+        expires_at: UnixTime,
+    ) -> StoreResult<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE sent_codes SET code_hash = ?3, expires_at = ?4, used_at = NULL
+                 WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NOT NULL",
+            )
+            .map_err(db)?;
+        st.execute(params![user, reservation, hash, expires_at])
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
+    fn release_code_send(&self, user: UserId, reservation: &str) -> StoreResult<()> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "DELETE FROM sent_codes WHERE user_id = ?1 AND code_hash = ?2 AND used_at IS NOT NULL",
+            )
+            .map_err(db)?;
+        st.execute(params![user, reservation])
+            .map(|_| ())
+            .map_err(db)
+    }
+
     fn remember_source(
         &self,
         user: UserId,
@@ -1300,6 +1381,52 @@ impl Store for SqliteStore {
         st.query_row(params![user, since], |r| r.get(0)).map_err(db)
     }
 
+    fn add_push_capped(
+        &self,
+        p: &PushRequest,
+        since: UnixTime,
+        max: u32,
+    ) -> StoreResult<PushAdded> {
+        // One statement decides (also against another process on the same file).
+        let inserted = {
+            let conn = self.lock();
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "INSERT INTO push_requests ({PUSH_COLUMNS})
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+                     WHERE (SELECT COUNT(*) FROM push_requests
+                            WHERE user_id = ?3 AND created_at >= ?16) < ?17"
+                ))
+                .map_err(db)?;
+            st.execute(params![
+                p.id,
+                p.tenant_id,
+                p.user_id,
+                p.txn_id,
+                p.factor_id,
+                p.token_hash,
+                p.number.map(i64::from),
+                p.status.as_str(),
+                p.detail,
+                p.username,
+                p.client,
+                p.source,
+                p.created_at,
+                p.expires_at,
+                p.decided_at,
+                since,
+                i64::from(max)
+            ])
+            .map_err(db)?
+        };
+        if inserted == 1 {
+            return Ok(PushAdded::Added);
+        }
+        Ok(PushAdded::CapReached {
+            sent: self.pushes_since(p.user_id, since)?,
+        })
+    }
+
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
         let conn = self.lock();
         let mut st = conn
@@ -1379,6 +1506,31 @@ impl Store for SqliteStore {
                 .prepare_cached("DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2")
                 .map_err(db)?;
             st.execute(params![tenant, key]).map(|_| ()).map_err(db)
+        })
+    }
+
+    fn clear_expired_lock(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        seen: &Throttle,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        let Some(until) = seen.locked_until.filter(|&until| until <= now) else {
+            return Ok(false);
+        };
+        let key = key.to_string();
+        let (failures, last) = (seen.failures, seen.last_failure_at);
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2
+                     AND locked_until = ?3 AND failures = ?4 AND last_failure_at = ?5",
+                )
+                .map_err(db)?;
+            st.execute(params![tenant, key, until, failures, last])
+                .map(|n| n == 1)
+                .map_err(db)
         })
     }
 
