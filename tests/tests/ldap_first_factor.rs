@@ -455,7 +455,8 @@ fn ldap_other_spellings_of_a_name_are_refused_so_memberuid_groups_and_their_rule
 fn ldap_username_attribute_names_where_the_login_name_is() {
     peers();
     let slapd = directory_with_posix_group();
-    // Users may type uid or mail; by default (two attributes in the filter) the name is uid.
+    // Users may type uid or mail: by default both attributes of the filter are names (and
+    // the group search uses the uid, the first of them, whichever was typed).
     let either = |extra: &str| {
         memberuid_config(&slapd, extra, "").replace(
             "(&(objectClass=inetOrgPerson)(uid={username}))",
@@ -466,9 +467,17 @@ fn ldap_username_attribute_names_where_the_login_name_is() {
     let (ok, v) = ldap_test(&env, "bob", BOB_PW);
     assert!(ok, "{v}");
     let (ok, v) = ldap_test(&env, "bob@example.org", BOB_PW);
+    assert!(ok, "{v}");
+    let mut groups = groups_of(&v);
+    groups.sort();
+    assert_eq!(groups, ["ops", "staff"], "{v}");
+    let (ok, v) = ldap_test(&env, "BOB@example.org", BOB_PW);
     assert!(!ok, "{v}");
     assert!(
-        v["reason"].as_str().unwrap().contains("log in as 'bob'"),
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("log in as 'bob@example.org'"),
         "{v}"
     );
 

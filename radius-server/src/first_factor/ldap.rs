@@ -212,17 +212,26 @@ impl LdapBackend {
     }
 
     fn user_attributes(&self) -> Vec<String> {
-        vec![
-            self.cfg.username_attribute_or_default(),
+        let mut attrs = self.cfg.username_attributes_or_default();
+        attrs.extend([
             self.cfg.group_attribute.clone(),
             self.cfg.email_attribute.clone(),
             self.cfg.phone_attribute.clone(),
-        ]
+        ]);
+        attrs
     }
 
     /// Check a password and collect groups, mail and mobile.
     pub fn verify(&self, username: &str, password: &[u8]) -> LdapCheck {
-        let result = self.verify_inner(username, password);
+        self.verify_as(username, password, false)
+    }
+
+    /// [`LdapBackend::verify`] for a login whose typed name is already a store user
+    /// (`known`): such a user (created before names were checked, or by an administrator)
+    /// keeps logging in with the spelling the store has, when it is the directory's up to
+    /// case and spaces; only a new spelling must be the directory's byte for byte.
+    fn verify_as(&self, username: &str, password: &[u8], known: bool) -> LdapCheck {
+        let result = self.verify_inner(username, password, known);
         match result {
             Ok((dn, info)) => LdapCheck {
                 result: FirstFactorResult::Accepted(info),
@@ -240,6 +249,7 @@ impl LdapBackend {
         &self,
         username: &str,
         password: &[u8],
+        known: bool,
     ) -> Result<(String, DirectoryInfo), (Option<String>, Failure)> {
         // An empty password would be an "unauthenticated bind", which succeeds (RFC 4513 §5.1.2).
         if password.is_empty() {
@@ -294,10 +304,10 @@ impl LdapBackend {
         };
         let dn = entry.dn.clone();
         let name = self
-            .directory_name(username, &entry)
+            .directory_name(username, &entry, known)
             .map_err(|f| (Some(dn.clone()), f))?;
         let (info, group_dns) = self
-            .directory_info(&name, &entry)
+            .directory_info(&self.group_key(&entry).unwrap_or(name), &entry)
             .map_err(|f| (Some(dn.clone()), f))?;
         if let Some(required) = &self.cfg.required_group {
             let names = info.groups.as_deref().unwrap_or_default();
@@ -378,6 +388,14 @@ impl LdapBackend {
         let attrs = self.user_attributes();
         let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let mut found = self.search(conn, base, Scope::Subtree, &upn_filter(upn), &attrs)?;
+        if found.is_empty() {
+            // Active Directory also binds `sAMAccountName@` its own DNS domain, whatever
+            // the account's userPrincipalName says (another suffix, or none).
+            if let Some((account, _)) = upn.rsplit_once('@') {
+                let filter = format!("(sAMAccountName={})", escape_filter_value(account));
+                found = self.search(conn, base, Scope::Subtree, &filter, &attrs)?;
+            }
+        }
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => Err(Failure::Rejected(format!(
@@ -394,19 +412,29 @@ impl LdapBackend {
     /// must be the typed name byte for byte: the directory found the entry ignoring case and
     /// spaces, but the store keys users by the typed name and group searches such as
     /// `memberUid` compare exactly.
-    fn directory_name(&self, typed: &str, entry: &SearchEntry) -> Result<String, Failure> {
-        let attribute = self.cfg.username_attribute_or_default();
+    fn directory_name(
+        &self,
+        typed: &str,
+        entry: &SearchEntry,
+        known: bool,
+    ) -> Result<String, Failure> {
+        let attributes = self.cfg.username_attributes_or_default();
+        let attribute = attributes.join("/");
         let upn_template = self
             .cfg
             .user_dn_template
             .as_deref()
-            .filter(|_| self.cfg.is_upn_template() && attribute.eq_ignore_ascii_case(UPN));
-        let names: Vec<&str> = attr(entry, &attribute)
-            .unwrap_or_default()
+            .filter(|_| self.cfg.is_upn_template());
+        let names: Vec<&str> = attributes
             .iter()
-            .map(|v| match upn_template {
-                Some(t) => name_in_upn(t, v),
-                None => v.as_str(),
+            .flat_map(|a| {
+                attr(entry, a)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(move |v| match upn_template {
+                        Some(t) if a.eq_ignore_ascii_case(UPN) => name_in_upn(t, v),
+                        _ => v.as_str(),
+                    })
             })
             .collect();
         if let Some(same) = names.iter().find(|n| **n == typed) {
@@ -419,14 +447,36 @@ impl LdapBackend {
             )));
         };
         let folded = fold_name(typed);
-        let spelled = names
-            .iter()
-            .find(|n| fold_name(n) == folded)
-            .unwrap_or(first);
+        let alike = names.iter().find(|n| fold_name(n) == folded);
+        if let (true, Some(spelled)) = (known, alike) {
+            // The store already has this spelling (its groups are searched with the
+            // directory's): refusing it would lock the user out, since the directory's
+            // spelling is then refused as a near-duplicate of it by the Engine.
+            return Ok((*spelled).to_string());
+        }
+        let spelled = alike.unwrap_or(first);
         Err(Failure::Rejected(format!(
             "user name '{typed}' is spelled '{spelled}' in the directory ({attribute} of '{}'); names are matched exactly: log in as '{spelled}'",
             entry.dn
         )))
+    }
+
+    /// The name `group_filter`'s `{username}` stands for: the entry's value of the first
+    /// username attribute (`uid` for `(|(uid={username})(mail={username}))`, whichever the
+    /// user typed: `memberUid` holds uids), `None` if the entry has none.
+    fn group_key(&self, entry: &SearchEntry) -> Option<String> {
+        let first = self
+            .cfg
+            .username_attributes_or_default()
+            .into_iter()
+            .next()?;
+        let value = attr(entry, &first)?.first()?;
+        Some(match self.cfg.user_dn_template.as_deref() {
+            Some(t) if self.cfg.is_upn_template() && first.eq_ignore_ascii_case(UPN) => {
+                name_in_upn(t, value).to_string()
+            }
+            _ => value.clone(),
+        })
     }
 
     /// Groups (names for the store, DNs for `required_group`), mail and mobile.
@@ -493,10 +543,10 @@ impl FirstFactor for LdapBackend {
         &self,
         _tenant: &str,
         username: &str,
-        _user: Option<&User>,
+        user: Option<&User>,
         password: &[u8],
     ) -> FirstFactorResult {
-        self.verify(username, password).result
+        self.verify_as(username, password, user.is_some()).result
     }
 
     fn creates_users(&self) -> bool {
@@ -901,19 +951,30 @@ mod tests {
         // Search mode, default attribute uid (from user_filter).
         let b = backend("");
         let bob = entry("uid=bob,ou=people,dc=x", &[("uid", &["bob", "robert"])]);
-        assert_eq!(b.directory_name("bob", &bob).ok().as_deref(), Some("bob"));
         assert_eq!(
-            b.directory_name("robert", &bob).ok().as_deref(),
+            b.directory_name("bob", &bob, false).ok().as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            b.directory_name("robert", &bob, false).ok().as_deref(),
             Some("robert")
         );
-        let why = refusal(b.directory_name("BOB", &bob));
+        let why = refusal(b.directory_name("BOB", &bob, false));
         assert!(
             why.contains("log in as 'bob'") && why.contains("uid of 'uid=bob,"),
             "{why}"
         );
-        let why = refusal(b.directory_name("Robert ", &bob));
+        let why = refusal(b.directory_name("Robert ", &bob, false));
         assert!(why.contains("log in as 'robert'"), "{why}");
-        let why = refusal(b.directory_name("bob", &entry("uid=bob,dc=x", &[])));
+        // A store user of that spelling already exists (created before names were
+        // checked): it keeps logging in, its groups searched with the directory's name.
+        assert_eq!(
+            b.directory_name("BOB", &bob, true).ok().as_deref(),
+            Some("bob")
+        );
+        // Never another entry's name, known or not.
+        assert!(b.directory_name("alice", &bob, true).is_err());
+        let why = refusal(b.directory_name("bob", &entry("uid=bob,dc=x", &[]), false));
         assert!(
             why.contains("no (readable) attribute 'uid'")
                 && why.contains("tenants.acme.ldap.username_attribute"),
@@ -922,18 +983,27 @@ mod tests {
         // Active Directory: sAMAccountName, named by the filter or set.
         let b = backend("user_filter = \"(&(objectClass=user)(sAMAccountName={username}))\"\n");
         let ad = entry("CN=Bob,DC=corp", &[("sAMAccountName", &["Bob"])]);
-        assert_eq!(b.directory_name("Bob", &ad).ok().as_deref(), Some("Bob"));
-        assert!(refusal(b.directory_name("bob", &ad)).contains("log in as 'Bob'"));
+        assert_eq!(
+            b.directory_name("Bob", &ad, false).ok().as_deref(),
+            Some("Bob")
+        );
+        assert!(refusal(b.directory_name("bob", &ad, false)).contains("log in as 'Bob'"));
         let b = backend("user_filter = \"(|(mail={username})(uid={username}))\"\nusername_attribute = \"samaccountname\"\n");
-        assert_eq!(b.directory_name("Bob", &ad).ok().as_deref(), Some("Bob"));
+        assert_eq!(
+            b.directory_name("Bob", &ad, false).ok().as_deref(),
+            Some("Bob")
+        );
         // UPN mode: userPrincipalName without the template's fixed part.
         let b = backend("user_dn_template = \"{username}@corp.example\"\n");
         let upn = entry(
             "CN=Bob Smith,OU=Staff,DC=corp,DC=example",
             &[("userPrincipalName", &["bob@Corp.Example"])],
         );
-        assert_eq!(b.directory_name("bob", &upn).ok().as_deref(), Some("bob"));
-        let why = refusal(b.directory_name("BOB", &upn));
+        assert_eq!(
+            b.directory_name("bob", &upn, false).ok().as_deref(),
+            Some("bob")
+        );
+        let why = refusal(b.directory_name("BOB", &upn, false));
         assert!(why.contains("log in as 'bob'"), "{why}");
         // ... or the attribute set for it.
         let b = backend("user_dn_template = \"{username}@corp.example\"\nusername_attribute = \"sAMAccountName\"\n");
@@ -944,7 +1014,10 @@ mod tests {
                 ("userPrincipalName", &["bob@corp.example"]),
             ],
         );
-        assert_eq!(b.directory_name("bob", &upn).ok().as_deref(), Some("bob"));
+        assert_eq!(
+            b.directory_name("bob", &upn, false).ok().as_deref(),
+            Some("bob")
+        );
     }
 
     #[test]

@@ -139,17 +139,32 @@ impl LdapConfig {
     /// mode, the attribute of `user_filter`'s `(ATTR={username})` when there is exactly one
     /// such; otherwise `uid`.
     pub fn username_attribute_or_default(&self) -> String {
+        self.username_attributes_or_default()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "uid".into())
+    }
+
+    /// Every attribute whose value may be the typed name: `username_attribute` when set;
+    /// else with a UPN template `userPrincipalName` and `sAMAccountName` (Active Directory
+    /// also binds `sAMAccountName@` its domain); else each attribute the DN template or
+    /// `user_filter` compares with `{username}` (`(|(uid={username})(mail={username}))`
+    /// lets users log in by either), else `uid`.
+    pub fn username_attributes_or_default(&self) -> Vec<String> {
         if let Some(a) = &self.username_attribute {
-            return a.clone();
+            return vec![a.clone()];
         }
         let found = match &self.user_dn_template {
-            Some(_) if self.is_upn_template() => return "userPrincipalName".into(),
+            Some(_) if self.is_upn_template() => {
+                return vec!["userPrincipalName".into(), "sAMAccountName".into()]
+            }
             Some(t) => attributes_given_username(t, &[',', '+'], &[',', '+']),
             None => attributes_given_username(&self.user_filter, &['('], &[')']),
         };
-        match found.as_slice() {
-            [one] => one.clone(),
-            _ => "uid".into(),
+        if found.is_empty() {
+            vec!["uid".into()]
+        } else {
+            found
         }
     }
 }
@@ -571,8 +586,17 @@ required_group = "vpn-users"
             "uid",
             "the same attribute twice is still one"
         );
-        // Two different attributes, or none of the plain form: uid.
+        // Two different attributes: both may hold the typed name (uid is named first).
         assert_eq!(ldap(&filter("(|(uid={username})(mail={username}))")), "uid");
+        let c = parse(&filter("(|(uid={username})(mail={username}))")).unwrap();
+        assert_eq!(
+            c.tenants["acme"]
+                .ldap
+                .as_ref()
+                .unwrap()
+                .username_attributes_or_default(),
+            ["uid", "mail"]
+        );
         assert_eq!(ldap(&filter("(mail={username}@corp.example)")), "uid");
         assert_eq!(ldap(&filter("(cn:dn:={username})")), "uid");
         // Set explicitly.
