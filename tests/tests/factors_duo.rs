@@ -14,11 +14,16 @@ struct World {
 }
 
 fn world(mode: Mode, fail_mode: &str, skey: Option<&str>) -> World {
+    world_with(mode, fail_mode, skey, "")
+}
+
+/// [`world`] with `extra` before the Duo section (e.g. an `[http]` listener).
+fn world_with(mode: Mode, fail_mode: &str, skey: Option<&str>, extra: &str) -> World {
     require_tool("radclient", "freeradius-utils");
     let dir = tempfile::tempdir().unwrap();
     let duo = FakeDuo::start(dir.path());
     let config = format!(
-        "[tenants.acme.duo]\nikey = \"{}\"\nskey = \"{}\"\napi_host = \"{}\"\nfail_mode = \"{fail_mode}\"\nca_file = \"{}\"\ntimeout = \"3s\"\npush_timeout = \"5s\"\n",
+        "{extra}\n[tenants.acme.duo]\nikey = \"{}\"\nskey = \"{}\"\napi_host = \"{}\"\nfail_mode = \"{fail_mode}\"\nca_file = \"{}\"\ntimeout = \"3s\"\npush_timeout = \"5s\"\n",
         duo.ikey,
         skey.unwrap_or(&duo.skey),
         duo.api_host(),
@@ -338,4 +343,64 @@ fn a_failure_envelope_or_a_4xx_fails_closed_even_in_safe_mode() {
     );
     refused_reason(&w, "HTTP 403");
     assert!(w.duo.refusals().is_empty(), "{:?}", w.duo.refusals());
+}
+
+#[test]
+fn the_self_service_page_sends_only_passcodes_to_duo_never_a_push_or_a_text() {
+    use portcullis_tests::http::request_full;
+    use std::time::Duration;
+    let w = world_with(
+        Mode::Challenge,
+        "secure",
+        None,
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let http = w.server.http_addr.expect("http listener");
+    let sign_in = |code: &str| {
+        let form = request_full(http, "GET", "/my/", &[], None, Duration::from_secs(10));
+        let pre = form
+            .headers_named("set-cookie")
+            .into_iter()
+            .find(|c| c.starts_with("pc_my_login="))
+            .map(|c| c.split(';').next().unwrap().to_string())
+            .expect("pre-session cookie");
+        let key = "name=\"csrf\" value=\"";
+        let at = form.body.find(key).expect("csrf field") + key.len();
+        let csrf = form.body[at..].split('"').next().unwrap().to_string();
+        request_full(
+            http,
+            "POST",
+            "/my/login",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &pre),
+            ],
+            Some(
+                format!("csrf={csrf}&tenant=acme&username=alice&password=pw&code={code}")
+                    .as_bytes(),
+            ),
+            Duration::from_secs(20),
+        )
+    };
+    let auth_calls = |w: &World| {
+        w.duo
+            .calls()
+            .iter()
+            .filter(|(path, _)| path.ends_with("/auth"))
+            .count()
+    };
+    for word in ["push", "sms", "phone", "1"] {
+        let r = sign_in(word);
+        assert_eq!(r.status, 401, "{word}: {}", r.body);
+    }
+    assert_eq!(
+        auth_calls(&w),
+        0,
+        "a method word reached Duo: {:?}",
+        w.duo.calls()
+    );
+    // A passcode does go to Duo, and signs in.
+    let r = sign_in(PASSCODE);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(auth_calls(&w), 1, "{:?}", w.duo.calls());
 }

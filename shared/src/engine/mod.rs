@@ -1501,15 +1501,23 @@ impl Engine {
                 return Ok(o);
             }
         }
-        if let Some(o) = self.external_answer(
-            &tenant,
-            &user,
-            txn.first_factor(),
-            &req.source,
-            &code,
-            &txn.id,
-            txn.step,
-        )? {
+        // On the self-service pages only a passcode goes to Duo: its method words (`push`,
+        // `sms`, `phone`, a menu number) would push or text from an internet-facing form.
+        let passcode = code.len() >= 6 && code.bytes().all(|b| b.is_ascii_digit());
+        let external = if sends || passcode {
+            self.external_answer(
+                &tenant,
+                &user,
+                txn.first_factor(),
+                &req.source,
+                &code,
+                &txn.id,
+                txn.step,
+            )?
+        } else {
+            None
+        };
+        if let Some(o) = external {
             if let Step::Prompt { .. } = o.step {
                 if let Some(ended) = self.use_attempt(&txn.id, &o.reason)? {
                     return Ok(ended);

@@ -146,12 +146,14 @@ fn approved_push_with_the_right_number_logs_in_once() {
     assert_eq!(view.username, "pat");
     assert_eq!(view.status, "pending");
     assert!(view.choices.contains(&number), "{view:?}");
-    // The decoys and their order cannot be worked out from the push id in the page's URL.
-    assert_ne!(
+    // The decoys and their order come from the token's keyed hash, which only the server
+    // has, not from the push id in the page's URL.
+    let stored = w.engine.store().push_by_id(&id).unwrap().unwrap();
+    assert_eq!(
         view.choices,
-        crate::push::number_choices(number, id.as_bytes()),
-        "{view:?}"
+        crate::push::number_choices(number, stored.token_hash.as_bytes())
     );
+    assert!(!stored.token_hash.contains(&id) && !id.contains(&stored.token_hash));
     // Not yet approved: the poll waits again.
     let (txn, again) = wait_of(&poll(&w, "pat", &txn));
     assert!(again.starts_with("Not approved yet"), "{again}");
