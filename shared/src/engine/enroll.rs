@@ -173,13 +173,14 @@ impl Engine {
         if others
             .iter()
             .any(|f| f.state == FactorState::Confirmed && Some(&f.id) != e.factor_id.as_ref())
+            || self.has_usable_factor(tenant, user, &others, d)?
         {
             self.store.delete_transaction(&txn.id)?;
             if let Some(fid) = &e.factor_id {
                 self.store.remove_factor(user.id, fid)?;
             }
             return Ok(Some(Outcome::reject(
-                "enrolment login ended: the user confirmed a second factor since its link was issued (the link's pending factor was removed)",
+                "enrolment login ended: the user has had a second factor (or a recovery or bypass code) since its link was issued (the link's pending factor was removed)",
             )));
         }
         let confirmed = match &e.factor_id {
@@ -304,11 +305,23 @@ impl Engine {
         };
         // Issued to a user with no factor; one confirmed since (their own link, an admin)
         // makes this link void: it would bind a second app for whoever has the password.
-        if self
-            .store
-            .factors_of(user.id)?
-            .iter()
-            .any(|f| f.state == FactorState::Confirmed)
+        let factors = self.store.factors_of(user.id)?;
+        // As at issue: any confirmed factor, or a code the user can give (recovery codes,
+        // a bypass code from the helpdesk), under no rule's narrowing.
+        let no_attributes = std::collections::BTreeMap::new();
+        let any_rule = crate::policy::evaluate(
+            &[],
+            &crate::policy::Context {
+                client: "",
+                host: None,
+                groups: &[],
+                attributes: &no_attributes,
+                source: "",
+                now,
+            },
+        );
+        if factors.iter().any(|f| f.state == FactorState::Confirmed)
+            || self.has_usable_factor(&tenant, &user, &factors, &any_rule)?
         {
             tracing::warn!(tenant = %e.tenant, user = %e.username,
                 "enrolment link opened after the user confirmed a second factor; refused");

@@ -242,11 +242,29 @@ fn a_link_opened_before_the_user_enrolled_elsewhere_cannot_confirm_its_factor() 
     let s = answer(&w, "carol", "192.0.2.10", &their_txn, &code);
     assert!(matches!(s, Step::Reject { .. }), "{s:?}");
     assert!(
-        last_reason(&w).contains("confirmed a second factor since"),
+        last_reason(&w).contains("has had a second factor"),
         "{}",
         last_reason(&w)
     );
     let left = carol_factors(&w);
     assert_eq!(left.len(), 1, "the link's pending factor is gone: {left:?}");
     assert_eq!(left[0].factor_id, own.factor_id);
+}
+
+#[test]
+fn a_bypass_code_issued_after_the_link_voids_it_too() {
+    let w = with_carol(Some(URL));
+    let (txn, token) = link(&login_with(
+        &w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ));
+    // The helpdesk gives carol a bypass code: she has a way in; the link is void.
+    w.admin.issue_bypass_code("acme", "carol", 1, 3600).unwrap();
+    assert!(w.engine.open_enrollment(&token).unwrap().is_none());
+    let s = answer(&w, "carol", "192.0.2.10", &txn, "123456");
+    assert!(matches!(s, Step::Reject { .. }), "{s:?}");
+    assert!(carol_factors(&w).is_empty());
 }
