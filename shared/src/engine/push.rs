@@ -353,6 +353,33 @@ impl Engine {
         username: &str,
         factor_id: &str,
     ) -> Result<SendOutcome, EngineError> {
+        self.push_enrolment_code(tenant, username, factor_id, None)
+    }
+
+    /// [`Engine::send_push_enrolment_code`] at most once per `pause` seconds for the user
+    /// (the self-service button): the send is claimed before the push server is asked, so
+    /// two clicks at once send one code (`TooSoon` for the other).
+    pub fn resend_push_enrolment_code(
+        &self,
+        tenant: &str,
+        username: &str,
+        factor_id: &str,
+        pause: i64,
+    ) -> Result<SendOutcome, EngineError> {
+        let limits = crate::store::SendLimits {
+            max_per_hour: u32::MAX,
+            resend_after: pause,
+        };
+        self.push_enrolment_code(tenant, username, factor_id, Some(limits))
+    }
+
+    fn push_enrolment_code(
+        &self,
+        tenant: &str,
+        username: &str,
+        factor_id: &str,
+        limits: Option<crate::store::SendLimits>,
+    ) -> Result<SendOutcome, EngineError> {
         let Some((sender, settings)) = self.pushes.get(tenant) else {
             return Ok(SendOutcome::NotConfigured);
         };
@@ -389,13 +416,44 @@ impl Engine {
             settings.issuer
         );
         let title = format!("{}: confirm push enrolment", settings.issuer);
-        super::blocking_point()?;
+        let hash = super::sent_code_hash(&self.sent_pepper, &factor.id, &code);
+        let Some(limits) = limits else {
+            super::blocking_point()?;
+            if let Err(e) = sender.send_text(params.channel, &address, &title, &message) {
+                return Ok(SendOutcome::Failed(e));
+            }
+            self.store
+                .add_sent_code(user.id, &factor.id, &hash, now + 600, now)?;
+            return Ok(SendOutcome::Sent {
+                kind: FactorKind::Push,
+                to: sender.provider(params.channel).to_string(),
+            });
+        };
+        let mut raw = [0u8; 16];
+        rng.fill_bytes(&mut raw);
+        let reservation = format!("reserved:{}", data_encoding::HEXLOWER.encode(&raw));
+        match self
+            .store
+            .claim_code_send(user.id, &factor.id, &reservation, limits, now)?
+        {
+            crate::store::SendClaim::Claimed => {}
+            crate::store::SendClaim::TooSoon { last } => {
+                return Ok(SendOutcome::TooSoon {
+                    wait: last + limits.resend_after - now,
+                })
+            }
+            crate::store::SendClaim::QuotaExceeded => return Ok(SendOutcome::QuotaExceeded),
+        }
+        if let Err(e) = super::blocking_point() {
+            self.store.release_code_send(user.id, &reservation)?;
+            return Err(e);
+        }
         if let Err(e) = sender.send_text(params.channel, &address, &title, &message) {
+            self.store.release_code_send(user.id, &reservation)?;
             return Ok(SendOutcome::Failed(e));
         }
-        let hash = super::sent_code_hash(&self.sent_pepper, &factor.id, &code);
         self.store
-            .add_sent_code(user.id, &factor.id, &hash, now + 600, now)?;
+            .confirm_code_send(user.id, &reservation, &hash, now + 600)?;
         Ok(SendOutcome::Sent {
             kind: FactorKind::Push,
             to: sender.provider(params.channel).to_string(),

@@ -539,3 +539,31 @@ fn the_default_factor_leads_the_menu_and_auto_starts_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn the_enrolment_code_is_sent_again_at_most_once_per_pause_even_from_parallel_clicks() {
+    let (w, phone) = push_world(false);
+    add_user_with_pw(&w, "quinn");
+    let (f, _) = w.admin.enroll_push("acme", "quinn", None).unwrap();
+    let before = phone.texts.lock().unwrap().len();
+    let engine = Arc::new(w.engine);
+    let clicks: Vec<_> = (0..4)
+        .map(|_| {
+            let (e, id) = (engine.clone(), f.factor_id.clone());
+            std::thread::spawn(move || {
+                e.resend_push_enrolment_code("acme", "quinn", &id, 15)
+                    .unwrap()
+            })
+        })
+        .collect();
+    let outcomes: Vec<SendOutcome> = clicks.into_iter().map(|t| t.join().unwrap()).collect();
+    let sent = outcomes
+        .iter()
+        .filter(|o| matches!(o, SendOutcome::Sent { .. }))
+        .count();
+    assert_eq!(sent, 1, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, SendOutcome::Sent { .. } | SendOutcome::TooSoon { .. })));
+    assert_eq!(phone.texts.lock().unwrap().len(), before + 1);
+}

@@ -139,28 +139,10 @@ pub(super) async fn push_code(
             return Err("No such push factor waiting for its code.".into());
         }
         // One code per RESEND_PAUSE: the button must not become a way to flood the push
-        // server (or the phone).
-        let store = e.store();
-        let now = e.now();
-        let recent = store
-            .tenant_by_name(&s2.tenant)
-            .and_then(|t| match t {
-                Some(t) => store.user_by_name(t.id, &s2.subject),
-                None => Ok(None),
-            })
-            .and_then(|u| match u {
-                Some(u) => store.sent_codes_since(u.id, now - RESEND_PAUSE),
-                None => Ok((0, None)),
-            })
-            .map_err(|err| {
-                tracing::error!(error = %err, "self-service push code: store error");
-                "The service failed; try again.".to_string()
-            })?;
-        if recent.1.is_some() {
-            return Ok(false);
-        }
-        match e.send_push_enrolment_code(&s2.tenant, &s2.subject, &f2) {
+        // server (or the phone). The send is claimed first: two clicks at once send one.
+        match e.resend_push_enrolment_code(&s2.tenant, &s2.subject, &f2, RESEND_PAUSE) {
             Ok(SendOutcome::Sent { .. }) => Ok(true),
+            Ok(SendOutcome::TooSoon { .. }) => Ok(false),
             Ok(other) => {
                 tracing::warn!(reason = %other.reason(), "self-service push code not sent again");
                 Err("The code could not be sent to the push server; try again later.".into())
