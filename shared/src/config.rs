@@ -1179,6 +1179,9 @@ pub fn max_menu_prompt_len() -> usize {
     REPLY_MESSAGE_MAX - worst_case_menu("").len()
 }
 
+/// The longest `[lockout] duration` and `base_delay`: 30 days.
+const MAX_LOCK_SECS: u64 = 30 * 24 * 3600;
+
 impl Config {
     /// Load `path`, apply `PORTCULLIS__SECTION__KEY` overrides from the environment, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1506,6 +1509,21 @@ impl Config {
             return Err(bad(
                 "totp.window".into(),
                 "more than 10 steps each side would accept codes minutes old".into(),
+            ));
+        }
+        // Durations are counted in whole seconds: under one second is zero, and a lock of
+        // zero seconds is cleared (with its failures) by the next login.
+        if !(1..=MAX_LOCK_SECS).contains(&self.lockout.duration.as_secs()) {
+            return Err(bad(
+                "lockout.duration".into(),
+                "must be between 1s and 30d: 0 would unlock at once and count no failures (for a lock that lasts until an admin lifts it, use a long duration and portcullis user unlock)".into(),
+            ));
+        }
+        let base = self.lockout.base_delay;
+        if !base.is_zero() && !(1..=MAX_LOCK_SECS).contains(&base.as_secs()) {
+            return Err(bad(
+                "lockout.base_delay".into(),
+                "must be 0 (no delays before the lock) or between 1s and 30d".into(),
             ));
         }
         if self.lockout.lock_after < self.lockout.throttle_after {
@@ -1880,6 +1898,29 @@ tenant = "acme"
         .unwrap_err()
         .to_string();
         assert!(e.contains("tenants.acme.rules[0].factors"), "{e}");
+    }
+
+    #[test]
+    fn lockout_durations_under_a_second_or_over_thirty_days_are_refused() {
+        for (key, value) in [
+            ("duration", "\"0s\""),
+            ("duration", "\"500ms\""),
+            ("duration", "\"400000000000y\""),
+            ("base_delay", "\"500ms\""),
+            ("base_delay", "\"31d\""),
+        ] {
+            let e = parse(&format!("{CLIENT}\n[lockout]\n{key} = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("lockout.{key}")),
+                "{key} = {value}: {e}"
+            );
+        }
+        assert!(parse(&format!(
+            "{CLIENT}\n[lockout]\nbase_delay = \"0s\"\nduration = \"30d\"\n"
+        ))
+        .is_ok());
     }
 
     #[test]
