@@ -40,6 +40,13 @@ pub fn qr(text: &str) -> String {
 
 /// Simple left-aligned columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Cells hold what anyone could type (a RADIUS User-Name, a Calling-Station-Id, the
+    // self-service form): terminal control sequences are shown escaped, never run.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -65,4 +72,36 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `text` with control characters (ESC, CR, backspace, ...) and the bidirectional
+/// overrides written as escapes (`\u{1b}`), so that a cell cannot move the cursor, erase
+/// lines or reorder what the terminal shows.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_cannot_drive_the_terminal() {
+        let typed = "alice\u{1b}[1A\u{1b}[2K\rroot\u{202e}txt.exe".to_string();
+        let out = table(&["USER"], &[vec![typed]]);
+        assert!(!out
+            .chars()
+            .any(|c| c == '\u{1b}' || c == '\r' || c == '\u{202e}'));
+        assert!(out.contains("alice\\u{1b}[1A"), "{out}");
+        assert_eq!(printable("zoë ok"), "zoë ok");
+    }
 }
