@@ -246,8 +246,8 @@ pub enum LoginMode {
     Challenge,
     /// Password and code in one field: `hunter2123456` or `hunter2,123456`.
     Append,
-    /// Password, then the default out-of-band factor is started and the request held.
-    /// Until push approval exists it behaves as `challenge`.
+    /// Password, then the default out-of-band factor (push) is started and the request
+    /// held up to the client's `max_wait`; users without it are challenged.
     Auto,
     /// The first factor was checked elsewhere (PAM stack, another RADIUS server):
     /// User-Password is the code alone.
@@ -1921,6 +1921,17 @@ tenant = "acme"
             "{CLIENT}\n[lockout]\nbase_delay = \"0s\"\nduration = \"30d\"\n"
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn the_shipped_example_configurations_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in ["conf/portcullis.toml", "conf/deb/portcullis.toml"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            if let Err(e) = Config::from_toml_str(&text, Path::new(file)) {
+                panic!("{file}: {e}");
+            }
+        }
     }
 
     #[test]
