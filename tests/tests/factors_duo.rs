@@ -252,8 +252,9 @@ fn duo_down_fails_open_only_when_configured_and_audits_it() {
 fn rate_limiting_is_waited_out() {
     let w = world(Mode::Append, "secure", None);
     w.duo.set_behaviour(DuoBehaviour::RateLimited(1));
+    // The server backs off a second before asking again: one try that waits for it.
     expect(
-        &login(&w, "alice", &format!("pw{PASSCODE}"), None),
+        &login_waiting(&w, "alice", &format!("pw{PASSCODE}")),
         "Access-Accept",
         "after one 429",
     );

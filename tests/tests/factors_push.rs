@@ -201,7 +201,10 @@ fn a_login_held_at_sigterm_is_still_approved_through_the_http_listener() {
     // The daemon is asked to stop while the request is held for the phone: it stops
     // receiving RADIUS, but the phone's answer still lands and the login finishes.
     w.server.signal(portcullis_tests::process::Signal::TERM);
-    thread::sleep(Duration::from_millis(300));
+    let log = w
+        .server
+        .wait_for_stderr("shutting down", Duration::from_secs(10));
+    assert!(log.contains("shutting down"), "{log}");
     let (status, body) = w.answer(&id, &token, "approve", None);
     assert_eq!(status, 200, "{body}");
     let reply = login.join().unwrap();

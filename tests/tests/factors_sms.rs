@@ -210,14 +210,21 @@ fn a_hanging_provider_is_cut_off_by_the_timeout() {
     // the provider timeout is short; here the request times out at 3 s and radclient
     // gives up, so look at the audit for the outcome.
     let _ = login(&w, "pw", None);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let audit = w.env.cli_json(&["audit", "--tenant", "acme", "--json"]);
-    let last = audit
-        .as_array()
-        .unwrap()
-        .last()
-        .cloned()
-        .unwrap_or_default();
+    // The record is written once the provider's 3 s timeout has passed: wait for it.
+    let wait_until = Instant::now() + std::time::Duration::from_secs(20);
+    let last = loop {
+        let audit = w.env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+        let last = audit
+            .as_array()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        if last.get("result").is_some() || Instant::now() > wait_until {
+            break last;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert_eq!(last["result"], "reject", "{last}");
     assert!(
         last["reason"].as_str().unwrap_or("").contains("timed out")

@@ -210,18 +210,29 @@ fn an_answer_after_the_transaction_expired_says_to_start_again() {
     let mut stdin = child.stdin.take().expect("stdin");
     let mut err_pipe = child.stderr.take().expect("stderr");
     writeln!(stdin, "{}", f.password).unwrap();
-    // Wait for the code prompt, then let the transaction expire like a slow user would.
+    // Wait for the code prompt, then let the transaction expire like a slow user would
+    // (from the prompt on: the password's check may take a while on a loaded machine).
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
         let mut buf = [0u8; 256];
         while let Ok(n) = err_pipe.read(&mut buf) {
-            if n == 0 {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
-            seen.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&seen).into_owned()
     });
+    let mut seen = Vec::new();
+    let prompt_deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("Verification code") {
+        let left = prompt_deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(_) => panic!(
+                "no code prompt within 20 s: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
     std::thread::sleep(Duration::from_millis(2500));
     let _ = writeln!(stdin, "{}", f.code());
     drop(stdin);
@@ -233,7 +244,9 @@ fn an_answer_after_the_transaction_expired_says_to_start_again() {
         assert!(Instant::now() < deadline, "pamtester did not finish");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let err = reader.join().unwrap();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter().flatten());
+    let err = String::from_utf8_lossy(&seen).into_owned();
     assert!(!status.success(), "{err}");
     assert!(err.contains("Verification code"), "{err}");
     assert!(err.contains("took too long"), "{err}");

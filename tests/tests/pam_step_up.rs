@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use portcullis_tests::{describe, require_tool, PamFixture};
+use portcullis_tests::{describe, oathtool_totp, require_tool, Algorithm, PamFixture};
 
 const RULES: &str = r#"
 [[tenants.acme.rules]]
@@ -46,12 +46,14 @@ fn sudo_asks_for_the_hardware_token_and_refuses_the_app_code() {
     let out = f.pamtester("sshd", "alice", &format!("{}\n{}\n", f.password, f.code()));
     assert!(out.status.success(), "{}", describe(&out));
 
-    // ...but not sudo: three tries with app codes fail, and none of them is spent.
+    // ...but not sudo: three tries with app codes fail, and none of them is spent. The
+    // first is valid and unused (the next step's code, inside the window).
+    let unspent = oathtool_totp(&f.secret, 6, Algorithm::Sha1, 1);
     let app = f.wrong_code();
     let out = f.pamtester(
         "sudo",
         "alice",
-        &format!("{}\n{}\n{app}\n{app}\n", f.password, f.code()),
+        &format!("{}\n{unspent}\n{app}\n{app}\n", f.password),
     );
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -59,6 +61,9 @@ fn sudo_asks_for_the_hardware_token_and_refuses_the_app_code() {
     let rec = f.last_audit("alice");
     assert_eq!(rec["result"], "reject", "{rec}");
     assert_eq!(rec["client"], "sudo", "{rec}");
+    // The valid code sudo refused was not spent: it still opens sshd.
+    let out = f.pamtester("sshd", "alice", &format!("{}\n{unspent}\n", f.password));
+    assert!(out.status.success(), "{}", describe(&out));
 
     // The token's code opens sudo; the audit names the rule and the factor.
     let out = f.pamtester(
