@@ -62,8 +62,10 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
-/// A freshly enrolled TOTP factor: the secret is shown once, to be scanned.
-#[derive(Debug, Serialize)]
+/// A freshly enrolled TOTP or HOTP factor. A secret made here is shown once, to be
+/// scanned: serialised with `secret` and `uri`. A secret given to the enrolment (a
+/// migrated token, confirmed at once) is not repeated: the JSON leaves both out.
+#[derive(Debug)]
 pub struct EnrolledTotp {
     pub factor_id: String,
     pub kind: &'static str,
@@ -72,6 +74,35 @@ pub struct EnrolledTotp {
     pub uri: String,
     pub digits: u8,
     pub algorithm: &'static str,
+    /// The secret was made here (and the factor waits for its first code).
+    generated: bool,
+}
+
+impl Serialize for EnrolledTotp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            factor_id: &'a str,
+            kind: &'static str,
+            state: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            secret: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            uri: Option<&'a str>,
+            digits: u8,
+            algorithm: &'static str,
+        }
+        Shown {
+            factor_id: &self.factor_id,
+            kind: self.kind,
+            state: self.state,
+            secret: self.generated.then_some(self.secret.as_str()),
+            uri: self.generated.then_some(self.uri.as_str()),
+            digits: self.digits,
+            algorithm: self.algorithm,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// An issued bypass code, shown once.
@@ -248,7 +279,7 @@ impl Admin {
                 Some(self.hasher.hash(&pw)?)
             }
             NewPassword::Hash(h) => {
-                PasswordHasher::check_importable(&h)?;
+                self.hasher.check_importable(&h).map_err(hash_error)?;
                 Some(h)
             }
         })
@@ -376,6 +407,7 @@ impl Admin {
         algorithm: &str,
     ) -> Result<EnrolledTotp, AdminError> {
         let (_, u) = self.user(tenant, name)?;
+        let generated = secret.is_none();
         let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
         let params = TotpParams {
             algorithm,
@@ -398,6 +430,7 @@ impl Admin {
             uri: totp::otpauth_uri(&self.issuer, &account, &secret, &params),
             digits,
             algorithm: algorithm.as_str(),
+            generated,
         })
     }
 
@@ -483,6 +516,7 @@ impl Admin {
         counter: u64,
     ) -> Result<EnrolledTotp, AdminError> {
         let (_, u) = self.user(tenant, name)?;
+        let generated = secret.is_none();
         let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
         let params = HotpParams {
             algorithm,
@@ -506,6 +540,7 @@ impl Admin {
             uri: hotp_uri(&self.issuer, &account, &secret, &params),
             digits,
             algorithm: algorithm.as_str(),
+            generated,
         })
     }
 
@@ -945,6 +980,9 @@ pub struct ImportRow {
     pub password_hash: Option<String>,
     /// A base32 TOTP secret: a confirmed TOTP factor (SHA1, 6 digits, 30 s).
     pub totp_secret: Option<Zeroizing<String>>,
+    /// `true` or `false` (any case), as `user export` writes it; empty: a new user is
+    /// enabled, an updated one keeps its state.
+    pub disabled: Option<String>,
 }
 
 /// What an import did.
@@ -970,9 +1008,9 @@ pub struct ExportedUser {
 impl Admin {
     /// `user import`: every row is checked first; if any is wrong nothing is written and
     /// every problem is returned with its line. Existing users are refused unless
-    /// `update` (then their e-mail, phone, groups and hash are replaced by the row's
-    /// non-absent columns; an empty `password_hash` cell keeps the hash). All rows are
-    /// written in one store transaction.
+    /// `update` (then their e-mail, phone, groups, hash and disabled state are replaced by
+    /// the row's non-absent columns; an empty `password_hash` or `disabled` cell keeps the
+    /// stored value). All rows are written in one store transaction.
     pub fn import_users(
         &self,
         tenant: &str,
@@ -1033,10 +1071,23 @@ impl Admin {
             }
             let hash = nonempty(&row.password_hash).map(|h| h.trim().to_string());
             if let Some(h) = &hash {
-                if let Err(e) = PasswordHasher::check_importable(h) {
-                    bad(&e);
+                if let Err(e) = self.hasher.check_importable(h) {
+                    bad(&format!("password_hash of '{name}': {}", hash_error(e)));
                 }
             }
+            let disabled = match nonempty(&row.disabled).map(str::trim) {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
+                Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
+                Some(v) => {
+                    bad(&AdminError::Invalid {
+                        what: "disabled",
+                        value: v.to_string(),
+                        hint: "write true or false (or leave the cell empty: a new user is enabled, an updated one keeps its state)",
+                    });
+                    None
+                }
+            };
             let secret = row
                 .totp_secret
                 .as_ref()
@@ -1074,6 +1125,7 @@ impl Admin {
                     phone: row.phone.as_ref().map(|_| phone),
                     groups,
                     password_hash: hash,
+                    disabled,
                 },
                 None => {
                     let factor = match secret.flatten() {
@@ -1111,6 +1163,7 @@ impl Admin {
                             groups: groups.unwrap_or_default(),
                         },
                         factor,
+                        disabled: disabled.unwrap_or(false),
                     }
                 }
             });
@@ -1156,4 +1209,17 @@ impl Admin {
 /// The cell's text, unless the cell is absent or blank.
 fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.trim().is_empty())
+}
+
+/// A hash that cannot be imported or set. One over the cost limits is an invalid value
+/// (the admin API answers 400) that names its cost, never the hash.
+fn hash_error(e: PasswordError) -> AdminError {
+    match e {
+        PasswordError::TooCostly { cost } => AdminError::Invalid {
+            what: "password hash cost",
+            value: cost,
+            hint: crate::password::COST_LIMITS,
+        },
+        e => e.into(),
+    }
 }

@@ -259,6 +259,16 @@ impl FirstFactor for LocalPasswords {
             self.verify_stand_in(tenant, password);
             return FirstFactorResult::Rejected("user has no password set".into());
         };
+        if let Some(cost) = self.hasher.excess_cost(hash) {
+            // Never computed (it could take minutes, or more memory than there is): the
+            // login costs what one without a hash does. The cost is no secret.
+            self.verify_stand_in(tenant, password);
+            tracing::warn!(tenant, user = %u.name, %cost,
+                "the user's password hash costs more than Portcullis verifies; the login is refused: set a new password with portcullis user set-password");
+            return FirstFactorResult::Rejected(format!(
+                "the stored password hash costs too much to verify ({cost}): set a new password with portcullis user set-password"
+            ));
+        }
         self.note(tenant, u.id, hash);
         // Verify before looking at `disabled`, so that both cost the same time.
         let ok = self.hasher.verify(hash, password);
@@ -324,7 +334,7 @@ mod tests {
             let stand_in = h.stand_in_for(&model).unwrap();
             assert_eq!(cost_of(&stand_in), cost_of(&model), "{stand_in}");
             assert_eq!(stand_in.len(), model.len(), "{stand_in}");
-            PasswordHasher::check_importable(&stand_in).unwrap();
+            h.check_importable(&stand_in).unwrap();
             assert!(!h.verify(&stand_in, b"secret"));
         }
         assert_eq!(h.stand_in_for("$6$rounds=many$salt$sum"), None);
@@ -374,5 +384,32 @@ mod tests {
         // An unknown user is rejected after verifying that stand-in.
         let result = local.check("imported", "nobody", None, b"secret");
         assert!(matches!(result, FirstFactorResult::Rejected(r) if r == "unknown user"));
+    }
+
+    #[test]
+    fn a_stored_hash_over_the_cost_limits_is_refused_without_computing_it() {
+        let local = LocalPasswords::new(hasher());
+        // Computing either would abort (4 TiB of memory) or take minutes of a core.
+        let argon = hasher().hash(b"secret").unwrap();
+        let huge = argon.replacen("m=1024,", "m=4294967295,", 1);
+        let slow = sha512(1000).replacen("rounds=1000", "rounds=999999999", 1);
+        for (id, stored, cost) in [
+            (1, &huge, "m=4294967295,t=1,p=1"),
+            (2, &slow, "rounds=999999999"),
+        ] {
+            let started = std::time::Instant::now();
+            let result = local.check("t", "big", Some(&user_with(id, stored)), b"secret");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{stored} was computed"
+            );
+            match result {
+                FirstFactorResult::Rejected(r) => {
+                    assert!(r.contains(cost) && r.contains("set-password"), "{r}")
+                }
+                other => panic!("{stored}: {other:?}"),
+            }
+        }
+        assert_eq!(local.stand_in("t"), None, "no kind to model stand-ins on");
     }
 }

@@ -383,6 +383,8 @@ pub enum ImportUser {
     Create {
         user: NewUser,
         factor: Option<Factor>,
+        /// Created disabled (`user export` writes who is).
+        disabled: bool,
     },
     /// An existing user: each `Some` field replaces the stored value, `None` keeps it.
     Update {
@@ -391,6 +393,7 @@ pub enum ImportUser {
         phone: Option<Option<String>>,
         groups: Option<Vec<String>>,
         password_hash: Option<String>,
+        disabled: Option<bool>,
     },
 }
 

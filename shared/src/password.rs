@@ -23,7 +23,23 @@ pub enum PasswordError {
     Params(String),
     #[error("could not hash the password: {0}")]
     Hash(String),
+    /// The hash is well formed but would cost more to verify than [`COST_LIMITS`] allow.
+    #[error("the password hash costs too much to verify ({cost}): {}", COST_LIMITS)]
+    TooCostly { cost: String },
 }
+
+/// The most memory an argon2 hash may ask for (KiB: 1 GiB), unless `[passwords]` asks for
+/// more. Verifying takes that much memory, so a larger one could abort the daemon.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
+/// The most passes over that memory an argon2 hash may ask for (unless `[passwords]` does).
+pub const MAX_ARGON2_ITERATIONS: u32 = 16;
+/// The most lanes an argon2 hash may ask for (unless `[passwords]` does).
+pub const MAX_ARGON2_PARALLELISM: u32 = 16;
+/// The most rounds a SHA-512 crypt hash may ask for (glibc's default is 5000; 1,000,000 take
+/// about half a second of a core). The format allows 999,999,999: minutes per login.
+pub const MAX_SHA512_ROUNDS: usize = 1_000_000;
+/// The cost limits of imported and stored hashes, and what to do about a hash over them.
+pub const COST_LIMITS: &str = "argon2 hashes may cost at most m=1048576 (KiB, 1 GiB), t=16 and p=16 (or the [passwords] cost, if higher), $6$ hashes at most rounds=1000000; have the user set a new password (portcullis user set-password), or leave the hash out";
 
 /// The longest password that can match (bytes), as OpenSSH's limit: longer ones are wrong.
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -179,6 +195,42 @@ fn verify_argon2(hash: &PasswordHash<'_>, password: &[u8], turn: &mut Turn<'_>) 
     computed && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()))
 }
 
+/// What a stored hash costs to verify, as its text says (`None` when it is malformed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cost {
+    Sha512 { rounds: usize },
+    Argon2 { m: u32, t: u32, p: u32 },
+}
+
+impl Cost {
+    fn of(stored: &str) -> Option<Cost> {
+        if let Some(rest) = stored.strip_prefix("$6$") {
+            // As sha_crypt reads it: an optional `rounds=N` field, else the default 5000.
+            let rounds = match rest.split('$').next()?.strip_prefix("rounds=") {
+                Some(r) => r.parse().ok()?,
+                None => 5000,
+            };
+            return Some(Cost::Sha512 { rounds });
+        }
+        let parsed = PasswordHash::new(stored).ok()?;
+        let p = Params::try_from(&parsed).ok()?;
+        Some(Cost::Argon2 {
+            m: p.m_cost(),
+            t: p.t_cost(),
+            p: p.p_cost(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cost::Sha512 { rounds } => write!(f, "rounds={rounds}"),
+            Cost::Argon2 { m, t, p } => write!(f, "m={m},t={t},p={p}"),
+        }
+    }
+}
+
 /// The default of `[passwords] max_parallel_hashes`: two per CPU. Exactly one per CPU
 /// leaves a core idle whenever a hashing thread waits to be scheduled or the scheduler puts
 /// two of them on one core (measured: a fifth fewer `$6$` logins per second on two cores);
@@ -238,7 +290,14 @@ impl PasswordHasher {
     /// nor does a password longer than [`MAX_PASSWORD_LEN`]: SHA-512 crypt's cost grows
     /// with the square of the length (a 60 KB password over PAM would hold a hashing turn
     /// for seconds). Such a password costs what one of the longest allowed does.
+    ///
+    /// A hash that costs more than the limits (see [`PasswordHasher::excess_cost`]) never
+    /// matches either, and is not computed: it could take minutes, or more memory than
+    /// there is.
     pub fn verify(&self, stored: &str, password: &[u8]) -> bool {
+        if self.excess_cost(stored).is_some() {
+            return false;
+        }
         let too_long = password.len() > MAX_PASSWORD_LEN;
         let password = &password[..password.len().min(MAX_PASSWORD_LEN)];
         let mut turn = self.turns.take();
@@ -264,8 +323,11 @@ impl PasswordHasher {
     /// A hash of a random password with the scheme and cost of `stored` (rounds of a `$6$`
     /// hash; algorithm, version, memory, passes, lanes and output length of an argon2 one),
     /// for logins that have no hash of their own to take as long as those that do. `None`
-    /// when `stored` is malformed.
+    /// when `stored` is malformed or costs more than the limits (nothing is hashed then).
     pub fn stand_in_for(&self, stored: &str) -> Option<String> {
+        if self.excess_cost(stored).is_some() {
+            return None;
+        }
         let mut random = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
         let password: String = random.iter().map(|b| char::from(b'a' + b % 26)).collect();
@@ -294,21 +356,50 @@ impl PasswordHasher {
             .map(|h| h.to_string())
     }
 
-    /// Check a hash given for import (`--password-hash-stdin`).
-    pub fn check_importable(hash: &str) -> Result<(), PasswordError> {
+    /// The cost of `stored` (`rounds=N` or `m=..,t=..,p=..`: no secret) when it is more
+    /// than this hasher verifies: argon2 over [`MAX_ARGON2_MEMORY_KIB`],
+    /// [`MAX_ARGON2_ITERATIONS`] or [`MAX_ARGON2_PARALLELISM`] (each raised to the
+    /// configured cost where that is higher, so that the hasher's own hashes always
+    /// verify), `$6$` over [`MAX_SHA512_ROUNDS`]. `None` for a hash within the limits,
+    /// and for one too malformed to have a cost (it never matches, and is not computed).
+    pub fn excess_cost(&self, stored: &str) -> Option<String> {
+        let own = self.argon.params();
+        let cost = Cost::of(stored)?;
+        let over = match cost {
+            Cost::Sha512 { rounds } => rounds > MAX_SHA512_ROUNDS,
+            Cost::Argon2 { m, t, p } => {
+                m > MAX_ARGON2_MEMORY_KIB.max(own.m_cost())
+                    || t > MAX_ARGON2_ITERATIONS.max(own.t_cost())
+                    || p > MAX_ARGON2_PARALLELISM.max(own.p_cost())
+            }
+        };
+        over.then(|| cost.to_string())
+    }
+
+    /// Check a hash given for import or to be set (`--password-hash-stdin`, `user import`,
+    /// the admin API): argon2id or `$6$`, well formed, and within the cost limits
+    /// ([`PasswordError::TooCostly`] names its cost and the limits).
+    pub fn check_importable(&self, hash: &str) -> Result<(), PasswordError> {
         if hash.starts_with("$6$") {
             // A well-formed $6$ hash has salt and a 86-character checksum.
             let parts: Vec<&str> = hash.split('$').collect();
             let checksum_ok = parts.last().is_some_and(|c| c.len() == 86);
-            return if parts.len() >= 4 && checksum_ok {
-                Ok(())
-            } else {
-                Err(PasswordError::UnsupportedHash)
-            };
+            if parts.len() < 4 || !checksum_ok {
+                return Err(PasswordError::UnsupportedHash);
+            }
+        } else {
+            match PasswordHash::new(hash) {
+                Ok(p) if p.algorithm.as_str() == "argon2id" && p.hash.is_some() => {}
+                _ => return Err(PasswordError::UnsupportedHash),
+            }
         }
-        match PasswordHash::new(hash) {
-            Ok(p) if p.algorithm.as_str() == "argon2id" && p.hash.is_some() => Ok(()),
-            _ => Err(PasswordError::UnsupportedHash),
+        if Cost::of(hash).is_none() {
+            // A rounds field that is no number; argon2 parameters out of argon2's own range.
+            return Err(PasswordError::UnsupportedHash);
+        }
+        match self.excess_cost(hash) {
+            Some(cost) => Err(PasswordError::TooCostly { cost }),
+            None => Ok(()),
         }
     }
 }
@@ -356,7 +447,7 @@ mod tests {
         assert!(stored.starts_with("$argon2id$"));
         assert!(h.verify(&stored, b"hunter2"));
         assert!(!h.verify(&stored, b"hunter3"));
-        PasswordHasher::check_importable(&stored).unwrap();
+        h.check_importable(&stored).unwrap();
     }
 
     #[test]
@@ -407,7 +498,7 @@ mod tests {
         let h = cheap();
         assert!(h.verify(stored, b"Hello world!"));
         assert!(!h.verify(stored, b"Hello world"));
-        PasswordHasher::check_importable(stored).unwrap();
+        h.check_importable(stored).unwrap();
     }
 
     #[test]
@@ -498,11 +589,115 @@ mod tests {
         let h = cheap();
         assert!(!h.verify("plaintext", b"plaintext"));
         assert!(!h.verify("$6$short", b"x"));
-        assert!(PasswordHasher::check_importable("plaintext").is_err());
-        assert!(PasswordHasher::check_importable("$1$abc$def").is_err());
-        assert!(
-            PasswordHasher::check_importable("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA")
-                .is_err()
-        );
+        assert!(h.check_importable("plaintext").is_err());
+        assert!(h.check_importable("$1$abc$def").is_err());
+        assert!(h
+            .check_importable("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA")
+            .is_err());
+        let checksum = "x".repeat(86);
+        assert!(matches!(
+            h.check_importable(&format!("$6$rounds=many$salt${checksum}")),
+            Err(PasswordError::UnsupportedHash)
+        ));
+    }
+
+    /// A SHA-512 crypt hash of `password` with `rounds` (cheap to make only for few rounds).
+    fn sha512(password: &str, rounds: usize) -> String {
+        let params = sha_crypt::Sha512Params::new(rounds).unwrap();
+        sha_crypt::sha512_simple(password, &params).unwrap()
+    }
+
+    /// `model` (a real hash) with its cost field replaced by `cost`: the checksum no longer
+    /// matches, but the cost is what verifying it would spend.
+    fn with_cost(model: &str, cost: &str) -> String {
+        let mut parts: Vec<&str> = model.split('$').collect();
+        let at = parts.len() - 3;
+        parts[at] = cost;
+        parts.join("$")
+    }
+
+    #[test]
+    fn hashes_over_the_cost_limits_are_not_importable_and_name_their_cost() {
+        let h = cheap();
+        let argon = h.hash(b"pw").unwrap();
+        for cost in [
+            "m=1048577,t=1,p=1",
+            "m=4294967295,t=1,p=1",
+            "m=1024,t=17,p=1",
+            "m=1024,t=4294967295,p=1",
+            "m=2048,t=1,p=17",
+        ] {
+            let over = with_cost(&argon, cost);
+            let e = h.check_importable(&over).unwrap_err();
+            assert!(
+                matches!(&e, PasswordError::TooCostly { cost: c } if c == cost),
+                "{over}: {e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains(cost) && text.contains("m=1048576") && text.contains("t=16"),
+                "{text}"
+            );
+            assert!(!text.contains(over.rsplit('$').next().unwrap()), "{text}");
+        }
+        let six = sha512("pw", 1000);
+        for rounds in [1_000_001, 999_999_999] {
+            let over = six.replacen("rounds=1000", &format!("rounds={rounds}"), 1);
+            let e = h.check_importable(&over).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("rounds={rounds}"))
+                    && e.to_string().contains("rounds=1000000"),
+                "{e}"
+            );
+        }
+        // At the limits, and the usual costs, they are.
+        h.check_importable(&with_cost(&argon, "m=1048576,t=16,p=16"))
+            .unwrap();
+        h.check_importable(&six.replacen("rounds=1000", "rounds=1000000", 1))
+            .unwrap();
+        h.check_importable(&six.replacen("rounds=1000$", "", 1))
+            .unwrap();
+    }
+
+    #[test]
+    fn hashes_over_the_cost_limits_are_neither_verified_nor_modelled() {
+        let h = cheap();
+        // Verifying either would take minutes (or 4 TiB of memory): the test would not end.
+        let argon = with_cost(&h.hash(b"pw").unwrap(), "m=4294967295,t=1,p=1");
+        let six = sha512("pw", 1000).replacen("rounds=1000", "rounds=999999999", 1);
+        for stored in [&argon, &six] {
+            let started = std::time::Instant::now();
+            assert!(!h.verify(stored, b"pw"), "{stored}");
+            assert_eq!(h.stand_in_for(stored), None, "{stored}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "{stored} was computed"
+            );
+            assert!(h.excess_cost(stored).is_some());
+        }
+        assert!(h.turns.state.lock().memory.is_empty(), "no memory taken");
+        // Within the limits they are verified as before.
+        let six = sha512("pw", 1000);
+        assert_eq!(h.excess_cost(&six), None);
+        assert!(h.verify(&six, b"pw"));
+        assert!(h.stand_in_for(&six).is_some());
+    }
+
+    #[test]
+    fn a_configured_cost_over_the_limits_still_verifies_its_own_hashes() {
+        let h = PasswordHasher::new(&PasswordConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: MAX_ARGON2_ITERATIONS + 1,
+            argon2_parallelism: 1,
+            ..PasswordConfig::default()
+        })
+        .unwrap();
+        let stored = h.hash(b"pw").unwrap();
+        assert_eq!(h.excess_cost(&stored), None);
+        assert!(h.verify(&stored, b"pw"));
+        h.check_importable(&stored).unwrap();
+        // Another hasher, at the default cost, does not.
+        assert!(cheap().excess_cost(&stored).is_some());
+        assert!(!cheap().verify(&stored, b"pw"));
     }
 }

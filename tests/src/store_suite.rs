@@ -917,7 +917,7 @@ fn admin_tokens_are_listed_per_tenant_and_revoked_once(s: &dyn Store) {
 fn import_is_all_or_nothing(s: &dyn Store) {
     let t = tenant(s, "suite-import");
     let existing = user(s, &t, "ivy");
-    let new = |name: &str, f: Option<Factor>| ImportUser::Create {
+    let new_as = |name: &str, f: Option<Factor>, disabled: bool| ImportUser::Create {
         user: NewUser {
             tenant_id: t.id,
             name: name.into(),
@@ -927,7 +927,9 @@ fn import_is_all_or_nothing(s: &dyn Store) {
             groups: vec!["vpn".into(), "ops".into()],
         },
         factor: f,
+        disabled,
     };
+    let new = |name: &str, f: Option<Factor>| new_as(name, f, false);
     let mut f = factor("fac-import-1", 0);
     f.state = FactorState::Confirmed;
     f.confirmed_at = Some(100);
@@ -947,13 +949,27 @@ fn import_is_all_or_nothing(s: &dyn Store) {
         phone: None,
         groups: Some(vec!["admins".into()]),
         password_hash: Some("$6$salt$y".into()),
+        disabled: Some(true),
     };
     assert_eq!(
-        s.import_users(&[new("imp-a", Some(f)), new("imp-b", None), update], 100)
-            .unwrap(),
-        (2, 1)
+        s.import_users(
+            &[
+                new("imp-a", Some(f)),
+                new("imp-b", None),
+                new_as("imp-off", None, true),
+                update
+            ],
+            100
+        )
+        .unwrap(),
+        (3, 1)
     );
     let a = s.user_by_name(t.id, "imp-a").unwrap().unwrap();
+    assert!(!a.disabled);
+    assert!(
+        s.user_by_name(t.id, "imp-off").unwrap().unwrap().disabled,
+        "created disabled"
+    );
     assert_eq!(a.groups, ["vpn", "ops"]);
     assert_eq!(a.password_hash.as_deref(), Some("$6$salt$x"));
     let fs = s.factors_of(a.id).unwrap();
@@ -969,6 +985,7 @@ fn import_is_all_or_nothing(s: &dyn Store) {
     assert_eq!(ivy.phone, existing.phone, "None keeps the phone");
     assert_eq!(ivy.groups, ["admins"]);
     assert_eq!(ivy.password_hash.as_deref(), Some("$6$salt$y"));
+    assert!(ivy.disabled, "Some(true) disables");
     // Some(None) clears a field; an update of a user that is gone fails.
     s.import_users(
         &[ImportUser::Update {
@@ -977,6 +994,7 @@ fn import_is_all_or_nothing(s: &dyn Store) {
             phone: None,
             groups: None,
             password_hash: None,
+            disabled: None,
         }],
         100,
     )
@@ -984,6 +1002,23 @@ fn import_is_all_or_nothing(s: &dyn Store) {
     let ivy = s.user_by_name(t.id, "ivy").unwrap().unwrap();
     assert_eq!(ivy.email, None);
     assert_eq!(ivy.groups, ["admins"], "None keeps the groups");
+    assert!(ivy.disabled, "None keeps the disabled state");
+    s.import_users(
+        &[ImportUser::Update {
+            user: ivy.id,
+            email: None,
+            phone: None,
+            groups: None,
+            password_hash: None,
+            disabled: Some(false),
+        }],
+        100,
+    )
+    .unwrap();
+    assert!(
+        !s.user_by_name(t.id, "ivy").unwrap().unwrap().disabled,
+        "Some(false) enables"
+    );
     assert!(s
         .import_users(
             &[ImportUser::Update {
@@ -992,6 +1027,7 @@ fn import_is_all_or_nothing(s: &dyn Store) {
                 phone: None,
                 groups: None,
                 password_hash: None,
+                disabled: None,
             }],
             100
         )

@@ -138,3 +138,63 @@ fn enrolling_with_a_secret_confirms_the_factor() {
         "factor list: {listed:?}"
     );
 }
+
+#[test]
+fn a_given_secret_is_not_printed_back_in_json() {
+    let env = TestEnv::challenge();
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "alice password");
+    let secret = portcullis_tests::random_base32_secret();
+    let check = |what: &str, out: &std::process::Output| {
+        assert!(out.status.success(), "{what}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+        assert_eq!(v["state"], "confirmed", "{what}: {v}");
+        assert!(v["factor_id"].is_string(), "{what}: {v}");
+        assert!(
+            v.get("secret").is_none() && v.get("uri").is_none(),
+            "{what}: the given secret is not repeated: {v}"
+        );
+        assert!(
+            !text.contains(&secret) && !text.contains("otpauth://"),
+            "{what}: {text}"
+        );
+    };
+    let base = ["--json", "factor", "enroll"];
+    let with = |kind: &str, extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(&[kind, "--tenant", "acme", "alice"])
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let args = with("totp", &["--secret", &secret]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    check("totp --secret", &env.cli(&args));
+    let args = with("totp", &["--secret-stdin"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    check(
+        "totp --secret-stdin",
+        &env.cli_stdin(&args, &format!("{secret}\n")),
+    );
+    let args = with("hotp", &["--secret-stdin", "--counter", "3"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    check(
+        "hotp --secret-stdin",
+        &env.cli_stdin(&args, &format!("{secret}\n")),
+    );
+
+    // A secret made by the enrolment is still shown once, with its URI.
+    let made = env.cli_json(&[
+        "--json", "factor", "enroll", "hotp", "--tenant", "acme", "alice",
+    ]);
+    assert_eq!(made["state"], "pending", "{made}");
+    let shown = made["secret"].as_str().unwrap_or_else(|| panic!("{made}"));
+    assert!(
+        made["uri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("otpauth://hotp/") && u.contains(shown)),
+        "{made}"
+    );
+}

@@ -238,3 +238,121 @@ fn a_bad_file_names_each_line_and_writes_nothing() {
         stderr(&out)
     );
 }
+
+/// `user show --json`'s `disabled` of `name`.
+fn is_disabled(env: &TestEnv, tenant: &str, name: &str) -> bool {
+    let u = env.cli_json(&["--json", "user", "show", "--tenant", tenant, name]);
+    u["disabled"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no disabled in {u}"))
+}
+
+#[test]
+fn disabled_users_stay_disabled_through_export_and_import() {
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    env.add_tenant("globex");
+    env.add_user("acme", "dora", "dora password");
+    env.add_user("acme", "ed", "ed password");
+    env.cli_ok(&["user", "disable", "--tenant", "acme", "dora"]);
+    let file = env.dir().join("acme.csv");
+    let file_arg = file.display().to_string();
+    env.cli_ok(&["user", "export", "--tenant", "acme", "--output", &file_arg]);
+    let report = env.cli_json(&["--json", "user", "import", "--tenant", "globex", &file_arg]);
+    assert_eq!(report["created"], 2, "{report}");
+    assert!(is_disabled(&env, "globex", "dora"), "dora was disabled");
+    assert!(!is_disabled(&env, "globex", "ed"), "ed was not");
+
+    // --update: true/false in any case set the state; an empty cell keeps it.
+    let update = |csv: &str| {
+        std::fs::write(&file, csv).unwrap();
+        env.cli_json(&[
+            "--json", "user", "import", "--tenant", "globex", "--update", &file_arg,
+        ])
+    };
+    let report = update("name,disabled\ned,TRUE\ndora,\n");
+    assert_eq!(report["updated"], 2, "{report}");
+    assert!(is_disabled(&env, "globex", "ed"), "--update disables");
+    assert!(
+        is_disabled(&env, "globex", "dora"),
+        "an empty cell keeps it"
+    );
+    update("name,disabled,email\ndora,False,dora@example.org\n");
+    assert!(!is_disabled(&env, "globex", "dora"), "--update enables");
+    update("name,email\ned,ed@example.org\n");
+    assert!(is_disabled(&env, "globex", "ed"), "no column keeps it");
+    // A new user with an empty cell is enabled.
+    std::fs::write(&file, "name,disabled\nfay,\ngus,true\n").unwrap();
+    env.cli_ok(&["user", "import", "--tenant", "globex", &file_arg]);
+    assert!(!is_disabled(&env, "globex", "fay"));
+    assert!(is_disabled(&env, "globex", "gus"));
+
+    // Anything else is refused with its line, and nothing is written.
+    std::fs::write(&file, "name,disabled\nhal,false\nivo,yes\n").unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "globex", &file_arg]);
+    assert!(!out.status.success(), "disabled=yes must be refused");
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 3:") && err.contains("'yes'") && err.contains("true or false"),
+        "{err}"
+    );
+    let users = env.cli_json(&["--json", "user", "list", "--tenant", "globex"]);
+    assert_eq!(users.as_array().map(Vec::len), Some(4), "{users}");
+}
+
+#[test]
+fn hashes_that_cost_too_much_to_verify_are_refused_by_line() {
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    let six = sha512_crypt("pw");
+    // rounds=999999999: minutes of a core per login; m=4 TiB: the daemon would abort.
+    let slow = six.replacen("$6$", "$6$rounds=999999999$", 1);
+    let huge = "$argon2id$v=19$m=4294967295,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$cGFzc3dvcmRoYXNocGFzc3dvcmRoYXNocGFzc3dvcmQ";
+    let file = env.dir().join("costly.csv");
+    let file_arg = file.display().to_string();
+    std::fs::write(
+        &file,
+        format!("name,password_hash\nfine,{six}\nslow,{slow}\nhuge,\"{huge}\"\n"),
+    )
+    .unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "acme", &file_arg]);
+    assert!(!out.status.success(), "costly hashes must be refused");
+    let err = stderr(&out);
+    for expected in [
+        "line 3: password_hash of 'slow'",
+        "rounds=999999999",
+        "line 4: password_hash of 'huge'",
+        "m=4294967295,t=1,p=1",
+        "rounds=1000000",
+        "m=1048576",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("line 2:"), "line 2 is fine:\n{err}");
+    assert!(
+        !err.contains(six.rsplit('$').next().unwrap()),
+        "the hash is not echoed:\n{err}"
+    );
+    let users = env.cli_json(&["--json", "user", "list", "--tenant", "acme"]);
+    assert_eq!(users.as_array().map(Vec::len), Some(0), "{users}");
+
+    // Nor can one be set on its own.
+    env.add_user("acme", "solo", "pw");
+    let out = env.cli_stdin(
+        &[
+            "user",
+            "set-password",
+            "--tenant",
+            "acme",
+            "solo",
+            "--password-hash-stdin",
+        ],
+        &format!("{slow}\n"),
+    );
+    assert!(!out.status.success(), "set-password must refuse it");
+    assert!(
+        stderr(&out).contains("rounds=999999999"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -9,8 +9,8 @@ use zeroize::Zeroizing;
 
 use super::output::emit;
 
-/// The columns `user import` reads; `disabled` and `factors` (written by `user export`) are
-/// accepted and ignored, so that an export can be imported again.
+/// The columns `user import` reads; `factors` (written by `user export`) is accepted and
+/// ignored, so that an export can be imported again.
 const COLUMNS: &[&str] = &[
     "name",
     "email",
@@ -18,8 +18,9 @@ const COLUMNS: &[&str] = &[
     "groups",
     "password_hash",
     "totp_secret",
+    "disabled",
 ];
-const IGNORED_COLUMNS: &[&str] = &["disabled", "factors"];
+const IGNORED_COLUMNS: &[&str] = &["factors"];
 /// At most this many problems of the file's shape are printed (all are counted).
 const MAX_SHOWN: usize = 50;
 
@@ -32,6 +33,7 @@ struct Header {
     groups: Option<usize>,
     password_hash: Option<usize>,
     totp_secret: Option<usize>,
+    disabled: Option<usize>,
 }
 
 fn parse_header(record: &csv::StringRecord) -> Result<Header> {
@@ -67,6 +69,7 @@ fn parse_header(record: &csv::StringRecord) -> Result<Header> {
         groups: at("groups"),
         password_hash: at("password_hash"),
         totp_secret: at("totp_secret"),
+        disabled: at("disabled"),
     })
 }
 
@@ -116,6 +119,7 @@ fn read_rows(input: impl Read) -> Result<(Vec<ImportRow>, Vec<String>)> {
             groups: cell(h.groups),
             password_hash: cell(h.password_hash),
             totp_secret: cell(h.totp_secret).map(Zeroizing::new),
+            disabled: cell(h.disabled),
         });
     }
     Ok((rows, problems))

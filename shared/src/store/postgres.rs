@@ -1898,12 +1898,17 @@ impl Store for PgStore {
         let (mut created, mut updated) = (0u64, 0u64);
         for entry in users {
             match entry {
-                ImportUser::Create { user: u, factor } => {
+                ImportUser::Create {
+                    user: u,
+                    factor,
+                    disabled,
+                } => {
                     let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+                    let disabled = i64::from(*disabled);
                     let row = match tx.try_query_one(
                         "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
-                        &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
+                         VALUES ($1, $2, $3, $4, $5, $6, $8, $7) RETURNING id",
+                        &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now, &disabled],
                     ) {
                         Ok(row) => row,
                         Err(e) if is_unique_violation(&e) => {
@@ -1939,7 +1944,9 @@ impl Store for PgStore {
                     phone,
                     groups,
                     password_hash,
+                    disabled,
                 } => {
+                    let disabled = disabled.map(i64::from);
                     let groups = groups
                         .as_ref()
                         .map(|g| serde_json::to_string(g).unwrap_or_else(|_| "[]".into()));
@@ -1948,7 +1955,8 @@ impl Store for PgStore {
                            email = CASE WHEN $2::BOOLEAN THEN $3::TEXT ELSE email END,
                            phone = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE phone END,
                            groups_json = COALESCE($6::TEXT, groups_json),
-                           password_hash = COALESCE($7::TEXT, password_hash)
+                           password_hash = COALESCE($7::TEXT, password_hash),
+                           disabled = COALESCE($8::BIGINT, disabled)
                          WHERE id = $1",
                         &[
                             user,
@@ -1958,6 +1966,7 @@ impl Store for PgStore {
                             &phone.as_ref().and_then(|p| p.as_deref()),
                             &groups,
                             password_hash,
+                            &disabled,
                         ],
                     )?;
                     if n != 1 {

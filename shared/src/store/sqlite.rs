@@ -1880,7 +1880,7 @@ impl Store for SqliteStore {
                 let mut insert_user = tx
                 .prepare_cached(
                     "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8, ?7)",
                 )
                 .map_err(db)?;
                 let mut insert_factor = tx
@@ -1891,7 +1891,11 @@ impl Store for SqliteStore {
                 .map_err(db)?;
                 for entry in users {
                     match entry {
-                        ImportUser::Create { user: u, factor } => {
+                        ImportUser::Create {
+                            user: u,
+                            factor,
+                            disabled,
+                        } => {
                             let groups =
                                 serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
                             match insert_user.execute(params![
@@ -1901,7 +1905,8 @@ impl Store for SqliteStore {
                                 u.email,
                                 u.phone,
                                 groups,
-                                now
+                                now,
+                                *disabled as i64
                             ]) {
                                 Ok(_) => {}
                                 Err(e) if is_unique_violation(&e) => {
@@ -1936,6 +1941,7 @@ impl Store for SqliteStore {
                             phone,
                             groups,
                             password_hash,
+                            disabled,
                         } => {
                             let n = tx
                                 .execute(
@@ -1943,7 +1949,8 @@ impl Store for SqliteStore {
                                    email = CASE WHEN ?2 THEN ?3 ELSE email END,
                                    phone = CASE WHEN ?4 THEN ?5 ELSE phone END,
                                    groups_json = COALESCE(?6, groups_json),
-                                   password_hash = COALESCE(?7, password_hash)
+                                   password_hash = COALESCE(?7, password_hash),
+                                   disabled = COALESCE(?8, disabled)
                                  WHERE id = ?1",
                                     params![
                                         user,
@@ -1953,7 +1960,8 @@ impl Store for SqliteStore {
                                         phone.as_ref().and_then(|p| p.as_deref()),
                                         groups.as_ref().map(|g| serde_json::to_string(g)
                                             .unwrap_or_else(|_| "[]".into())),
-                                        password_hash
+                                        password_hash,
+                                        disabled.map(i64::from)
                                     ],
                                 )
                                 .map_err(db)?;

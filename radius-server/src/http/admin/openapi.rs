@@ -186,9 +186,9 @@ fn operations() -> Vec<Op> {
         op(
             "/v1/tenants/{tenant}/users/{user}/factors",
             "post",
-            "Enrol a factor. TOTP or HOTP: the secret and otpauth URI are returned once; without `secret` the factor is pending until confirmed. Push: the factor is pending; the answer has the ntfy topic URL to subscribe to (`subscribe_url`, with its QR code as SVG in `subscribe_qr_svg`; null for a webhook), and a confirmation code is pushed to the phone: confirm the factor with it. SMS and e-mail: the factor is pending and a confirmation code is sent to `phone` / `email` (else the user's own); confirm the factor with it",
+            "Enrol a factor. TOTP or HOTP without `secret`: the new secret and otpauth URI are returned once and the factor is pending until confirmed; with `secret` the factor is confirmed at once and neither is returned. Push: the factor is pending; the answer has the ntfy topic URL to subscribe to (`subscribe_url`, with its QR code as SVG in `subscribe_qr_svg`; null for a webhook), and a confirmation code is pushed to the phone: confirm the factor with it. SMS and e-mail: the factor is pending and a confirmation code is sent to `phone` / `email` (else the user's own); confirm the factor with it",
             "operator, admin",
-            ("201", "totp/hotp: the factor with its secret and uri; push: {factor_id, kind, state, subscribe_url, subscribe_qr_svg, code_sent_via}; sms/email: {factor_id, kind, state, code_sent_to}"),
+            ("201", "totp/hotp: {factor_id, kind, state, digits, algorithm}, with secret and uri only for a generated secret; push: {factor_id, kind, state, subscribe_url, subscribe_qr_svg, code_sent_via}; sms/email: {factor_id, kind, state, code_sent_to}"),
         )
         .body(object(
             &[
