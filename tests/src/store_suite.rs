@@ -297,9 +297,12 @@ fn push_decisions_are_made_once(s: &dyn Store) {
         decided_at: None,
     };
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
-    s.add_push(&push("p1", "t1", 100)).unwrap();
-    s.add_push(&push("p2", "t1", 110)).unwrap();
-    s.add_push(&push("p3", "t2", 120)).unwrap();
+    s.add_push_capped(&push("p1", "t1", 100), 0, u32::MAX)
+        .unwrap();
+    s.add_push_capped(&push("p2", "t1", 110), 0, u32::MAX)
+        .unwrap();
+    s.add_push_capped(&push("p3", "t2", 120), 0, u32::MAX)
+        .unwrap();
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
     assert_eq!(s.pushes_since(u.id, 110).unwrap(), 2);
     let got = s.push_by_id("p1").unwrap().unwrap();

@@ -278,7 +278,7 @@ fn a_push_decided_on_one_node_is_announced_to_another() {
         expires_at: 160,
         decided_at: None,
     };
-    b.add_push(&push).expect("add push");
+    b.add_push_capped(&push, 0, u32::MAX).expect("add push");
     assert_eq!(next_event(&mut events, Duration::from_millis(300)), None);
     assert!(b
         .decide_push("push-1", PushStatus::Approved, None, 110)

@@ -326,7 +326,6 @@ pub trait Store: Send + Sync + 'static {
     fn delete_transaction(&self, id: &str) -> StoreResult<()>;
 
     // Push approval
-    fn add_push(&self, push: &PushRequest) -> StoreResult<()>;
     fn push_by_id(&self, id: &str) -> StoreResult<Option<PushRequest>>;
     /// The newest push of a transaction.
     fn push_of_transaction(&self, txn_id: &str) -> StoreResult<Option<PushRequest>>;

@@ -1505,30 +1505,6 @@ impl Store for PgStore {
             .map(|_| ())
     }
 
-    fn add_push(&self, p: &PushRequest) -> StoreResult<()> {
-        self.execute(
-            &format!("INSERT INTO push_requests ({PUSH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
-            &[
-                &p.id,
-                &p.tenant_id,
-                &p.user_id,
-                &p.txn_id,
-                &p.factor_id,
-                &p.token_hash,
-                &p.number.map(i64::from),
-                &p.status.as_str(),
-                &p.detail,
-                &p.username,
-                &p.client,
-                &p.source,
-                &p.created_at,
-                &p.expires_at,
-                &p.decided_at,
-            ],
-        )
-        .map(|_| ())
-    }
-
     fn push_by_id(&self, id: &str) -> StoreResult<Option<PushRequest>> {
         self.query_opt(
             &format!("SELECT {PUSH_COLUMNS} FROM push_requests WHERE id = $1"),
