@@ -133,10 +133,23 @@ pub fn bind(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> 
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if let Err(e) = sock.set_recv_buffer_size(recv_buffer) {
         tracing::warn!(%addr, error = %e, "could not enlarge the receive buffer");
+    } else if let Ok(got) = sock.recv_buffer_size() {
+        // Linux silently caps the size at net.core.rmem_max (about 208 KiB by default)
+        // and reports twice what it keeps for data.
+        if receive_buffer_capped(recv_buffer, got) {
+            tracing::warn!(%addr, requested = recv_buffer, granted = got / 2,
+                "the kernel capped the RADIUS receive buffer (net.core.rmem_max): a burst of requests may be dropped (RcvbufErrors); raise it with sysctl -w net.core.rmem_max=BYTES");
+        }
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     UdpSocket::from_std(sock.into())
+}
+
+/// Whether the kernel kept less than `requested` bytes of receive buffer, given what it
+/// reports (`SO_RCVBUF` reads back twice the data size on Linux).
+fn receive_buffer_capped(requested: usize, reported: usize) -> bool {
+    reported / 2 < requested
 }
 
 /// Receive on `sock` until `shutdown` turns true.
@@ -631,7 +644,27 @@ fn menu_text(text: &str, choices: &[MenuChoice]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::admits;
+    use super::{admits, receive_buffer_capped};
+
+    #[test]
+    fn a_receive_buffer_the_kernel_capped_is_noticed() {
+        assert!(!receive_buffer_capped(4 << 20, 8 << 20));
+        assert!(receive_buffer_capped(4 << 20, 425_984)); // net.core.rmem_max 208 KiB
+                                                          // Linux reports twice the size it keeps: a small request is granted in full.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        sock.set_recv_buffer_size(32 * 1024).unwrap();
+        let reported = sock.recv_buffer_size().unwrap();
+        assert!(!receive_buffer_capped(32 * 1024, reported), "{reported}");
+        // ...and the default 4 MiB is reported capped exactly when rmem_max is lower.
+        sock.set_recv_buffer_size(4 << 20).unwrap();
+        let reported = sock.recv_buffer_size().unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(receive_buffer_capped(4 << 20, reported), max < 4 << 20);
+    }
 
     #[test]
     fn started_logins_may_use_the_reserve_new_ones_may_not() {
