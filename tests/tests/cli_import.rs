@@ -356,3 +356,28 @@ fn hashes_that_cost_too_much_to_verify_are_refused_by_line() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_missing_master_key_is_made_only_for_an_empty_store() {
+    let env = TestEnv::new(vec![]);
+    // A new installation: the first command makes the key.
+    env.add_tenant("acme");
+    let key = env.dir().join("master.key");
+    assert!(key.exists());
+    // The key file is gone (a typo in key_file, a node it was not copied to): commands
+    // refuse rather than seal new secrets under a new key.
+    let kept = env.dir().join("master.key.kept");
+    std::fs::rename(&key, &kept).unwrap();
+    let out = env.cli(&["user", "list", "--tenant", "acme"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("master key file")
+            && err.contains("does not exist")
+            && err.contains("copy the key"),
+        "{err}"
+    );
+    assert!(!key.exists(), "a new key was made");
+    std::fs::rename(&kept, &key).unwrap();
+    env.cli_ok(&["user", "list", "--tenant", "acme"]);
+}

@@ -473,12 +473,21 @@ fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certific
         "{with_tls} connections with TLS, {without} without"
     );
 
+    // Every node of this database needs its master key (a node without one is refused).
+    let share_key = |env: &TestEnv| {
+        std::fs::copy(
+            node.env.dir().join("master.key"),
+            env.dir().join("master.key"),
+        )
+        .expect("copy the master key");
+    };
     // require: encrypted, the certificate not checked (as libpq without sslrootcert).
     let env = TestEnv::with_store(
         vec![ClientSpec::new(Mode::Append)],
         &store("sslmode=require"),
         "",
     );
+    share_key(&env);
     let users = env.cli_json(&["user", "list", "--tenant", "acme", "--json"]);
     assert!(users.to_string().contains("tess"), "{users}");
 
@@ -508,7 +517,7 @@ fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certific
     // The same server reached as `localhost`, a name its certificate does not hold:
     // verify-ca (the chain only) works, verify-full refuses it.
     let by_name = |mode: &str| {
-        TestEnv::with_store(
+        let env = TestEnv::with_store(
             vec![ClientSpec::new(Mode::Append)],
             &format!(
                 "url = \"{}?sslmode={mode}&sslrootcert={}\"\n",
@@ -516,8 +525,9 @@ fn a_node_logs_in_over_verified_tls_to_postgresql_and_refuses_a_foreign_certific
                 tls.ca_file.display()
             ),
             "",
-        )
-        .cli(&["user", "list", "--tenant", "acme"])
+        );
+        share_key(&env);
+        env.cli(&["user", "list", "--tenant", "acme"])
     };
     let out = by_name("verify-ca");
     assert!(

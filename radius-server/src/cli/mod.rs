@@ -419,8 +419,11 @@ pub struct Opened {
 /// Load the config and open the store and master key (creating the key if needed).
 pub fn open(config_path: &std::path::Path) -> Result<Opened> {
     let config = Config::load(config_path)?;
-    let key = MasterKey::load_or_create(&config.secrets.key_file)
-        .context("the master key is needed to read and write factor secrets")?;
+    let key_file = &config.secrets.key_file;
+    let key_missing = matches!(
+        std::fs::symlink_metadata(key_file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    );
     let store: Arc<dyn Store> = if let Some(pg) = config.store.postgres() {
         Arc::new(
             PgStore::open(&pg)
@@ -435,6 +438,22 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
                 .with_context(|| format!("opening the store {}", path.display()))?,
         )
     };
+    // A new key is made for a new installation only. A store that already has tenants was
+    // used with a key: making another (a typo in key_file, a second node whose key was not
+    // copied, a command run from another directory) would seal new secrets under it and
+    // leave every existing factor and token unreadable.
+    if key_missing && !store.list_tenants()?.is_empty() {
+        anyhow::bail!(
+            "the master key file {} does not exist, but the store already holds tenants whose secrets were sealed with a key: copy the key from the first node or a backup (or fix secrets.key_file); a new key is made only for an empty store",
+            key_file.display()
+        );
+    }
+    let key = MasterKey::load_or_create(key_file)
+        .context("the master key is needed to read and write factor secrets")?;
+    if key_missing {
+        tracing::warn!(path = %key_file.display(),
+            "created a new master key for a new store: back it up; every node of a cluster needs a copy");
+    }
     let hasher = PasswordHasher::new(&config.passwords)?;
     Ok(Opened {
         config,
