@@ -737,14 +737,7 @@ impl Engine {
                                 Err(r) => return Ok(Outcome::reject(r)),
                             };
                             let attrs = &info.reply_attributes;
-                            let d = self.decide(
-                                &tenant,
-                                &user,
-                                &req.channel,
-                                &req.source,
-                                req.source_limited,
-                                now,
-                            );
+                            let d = self.decide_login(&tenant, &user, req, now);
                             if let Some(stop) = self.stop_after_first_factor(
                                 &d,
                                 &user,
@@ -815,14 +808,7 @@ impl Engine {
                     Some(_) => return Ok(Outcome::reject("user is disabled")),
                     None => return Ok(Outcome::reject("unknown user")),
                 };
-                let d = self.decide(
-                    &tenant,
-                    &user,
-                    &req.channel,
-                    &req.source,
-                    req.source_limited,
-                    now,
-                );
+                let d = self.decide_login(&tenant, &user, req, now);
                 if let Some(stop) =
                     self.stop_after_first_factor(&d, &user, "delegated", &req.source, now)?
                 {
@@ -942,14 +928,7 @@ impl Engine {
             Err(reason) => return Ok(Outcome::reject(reason)),
         };
         let attrs = &info.reply_attributes;
-        let d = self.decide(
-            tenant,
-            &user,
-            &req.channel,
-            &req.source,
-            req.source_limited,
-            now,
-        );
+        let d = self.decide_login(tenant, &user, req, now);
         if let Some(stop) = self.stop_after_first_factor(&d, &user, "password", &req.source, now)? {
             return Ok(carry(stop, attrs));
         }

@@ -55,6 +55,24 @@ impl Engine {
 }
 
 impl Engine {
+    /// [`Engine::decide`] for a login being started.
+    pub(super) fn decide_login(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        req: &super::LoginRequest,
+        now: UnixTime,
+    ) -> Decision {
+        self.decide(
+            tenant,
+            user,
+            &req.channel,
+            &req.source,
+            req.source_limited,
+            now,
+        )
+    }
+
     /// Deny and skip end the login after the first factor, and so does a source the rule
     /// remembers for this user; otherwise the login goes on to the second factor.
     pub(super) fn stop_after_first_factor(
