@@ -128,6 +128,17 @@ impl World {
     }
 }
 
+/// A login the server holds for a push, sent from a thread of its own (radclient waits up
+/// to 25 s for the answer).
+fn held_login(w: &World, user: &str, password: &str) -> thread::JoinHandle<RadReply> {
+    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
+    let attrs = [
+        ("User-Name", user.to_string()),
+        ("User-Password", password.to_string()),
+    ];
+    thread::spawn(move || radclient_waiting(addr, &secret, &attrs, 25))
+}
+
 fn auto_client(max_wait: &str) -> ClientSpec {
     let mut c = ClientSpec::new(Mode::Auto);
     c.extra = format!("max_wait = \"{max_wait}\"\n");
@@ -137,18 +148,7 @@ fn auto_client(max_wait: &str) -> ClientSpec {
 #[test]
 fn auto_mode_holds_the_request_until_the_phone_approves() {
     let w = world(auto_client("20s"), "");
-    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
-    let login = thread::spawn(move || {
-        radclient_waiting(
-            addr,
-            &secret,
-            &[
-                ("User-Name", "pat".to_string()),
-                ("User-Password", "pw".to_string()),
-            ],
-            25,
-        )
-    });
+    let login = held_login(&w, "pat", "pw");
     let msg = w.notification(3);
     assert_eq!(msg["priority"], 5);
     let text = msg["message"].as_str().unwrap();
@@ -184,18 +184,7 @@ fn auto_mode_holds_the_request_until_the_phone_approves() {
 #[test]
 fn a_login_held_at_sigterm_is_still_approved_through_the_http_listener() {
     let mut w = world(auto_client("20s"), "");
-    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
-    let login = thread::spawn(move || {
-        radclient_waiting(
-            addr,
-            &secret,
-            &[
-                ("User-Name", "pat".to_string()),
-                ("User-Password", "pw".to_string()),
-            ],
-            25,
-        )
-    });
+    let login = held_login(&w, "pat", "pw");
     let msg = w.notification(3);
     let (id, token) = link(&msg);
     // The daemon is asked to stop while the request is held for the phone: it stops
@@ -360,18 +349,7 @@ fn challenge_menu_push_with_number_matching_on_the_approval_page() {
 #[test]
 fn append_mode_push_word_and_a_provider_outage() {
     let w = world(ClientSpec::new(Mode::Append), "");
-    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
-    let login = thread::spawn(move || {
-        radclient_waiting(
-            addr,
-            &secret,
-            &[
-                ("User-Name", "alice".to_string()),
-                ("User-Password", "hunter2,push".to_string()),
-            ],
-            25,
-        )
-    });
+    let login = held_login(&w, "alice", "hunter2,push");
     let (id, token) = link(&w.notification(3));
     assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
     assert!(login.join().unwrap().is_accept());
@@ -401,20 +379,8 @@ fn append_mode_push_word_and_a_provider_outage() {
 #[test]
 fn the_anti_fatigue_cap_stops_a_push_storm() {
     let w = world(ClientSpec::new(Mode::Append), "max_pushes = 2\n");
-    let (addr, secret) = (w.server.addr, w.env.client().secret.clone());
     for n in 0..2 {
-        let s = secret.clone();
-        let login = thread::spawn(move || {
-            radclient_waiting(
-                addr,
-                &s,
-                &[
-                    ("User-Name", "pat".to_string()),
-                    ("User-Password", "pw,push".to_string()),
-                ],
-                25,
-            )
-        });
+        let login = held_login(&w, "pat", "pw,push");
         let (id, token) = link(&w.notification(3 + n));
         assert_eq!(w.answer(&id, &token, "deny", None).0, 200);
         assert!(login.join().unwrap().is_reject());

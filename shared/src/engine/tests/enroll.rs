@@ -29,6 +29,17 @@ fn link(s: &Step) -> (String, String) {
     }
 }
 
+/// carol's password login on an `enroll` client: the prompt's txn and the link's token.
+fn carol_link(w: &World) -> (String, String) {
+    link(&login_with(
+        w,
+        LoginMode::Challenge,
+        "carol",
+        "pw",
+        Unenrolled::Enroll,
+    ))
+}
+
 fn prompt_text(s: &Step) -> String {
     match s {
         Step::Prompt { text, .. } => text.clone(),
@@ -110,13 +121,7 @@ fn links_expire_and_wrong_passwords_get_none() {
         login_with(&w, LoginMode::Challenge, "carol", "bad", Unenrolled::Enroll),
         Step::Reject { .. }
     ));
-    let (_, token) = link(&login_with(
-        &w,
-        LoginMode::Challenge,
-        "carol",
-        "pw",
-        Unenrolled::Enroll,
-    ));
+    let (_, token) = carol_link(&w);
     w.clock.advance(ENROLL_TTL);
     assert!(
         w.engine.open_enrollment(&token).unwrap().is_none(),
@@ -185,21 +190,9 @@ fn attach_new_totp(w: &World, opened: &crate::engine::OpenedEnrollment) -> Vec<u
 fn an_older_link_binds_no_second_app_once_the_user_has_a_factor() {
     let w = with_carol(Some(URL));
     // Whoever has carol's password logs in first and keeps the link unopened...
-    let (their_txn, their_token) = link(&login_with(
-        &w,
-        LoginMode::Challenge,
-        "carol",
-        "pw",
-        Unenrolled::Enroll,
-    ));
+    let (their_txn, their_token) = carol_link(&w);
     // ...carol enrols with her own link meanwhile...
-    let (txn, token) = link(&login_with(
-        &w,
-        LoginMode::Challenge,
-        "carol",
-        "pw",
-        Unenrolled::Enroll,
-    ));
+    let (txn, token) = carol_link(&w);
     let opened = w.engine.open_enrollment(&token).unwrap().unwrap();
     let secret = attach_new_totp(&w, &opened);
     let code = generate(&secret, &TotpParams::default(), w.engine.now());
@@ -214,13 +207,7 @@ fn an_older_link_binds_no_second_app_once_the_user_has_a_factor() {
 #[test]
 fn a_link_opened_before_the_user_enrolled_elsewhere_cannot_confirm_its_factor() {
     let w = with_carol(Some(URL));
-    let (their_txn, their_token) = link(&login_with(
-        &w,
-        LoginMode::Challenge,
-        "carol",
-        "pw",
-        Unenrolled::Enroll,
-    ));
+    let (their_txn, their_token) = carol_link(&w);
     let theirs = w.engine.open_enrollment(&their_token).unwrap().unwrap();
     let their_secret = attach_new_totp(&w, &theirs);
     // An administrator enrols carol's own app meanwhile.
@@ -254,13 +241,7 @@ fn a_link_opened_before_the_user_enrolled_elsewhere_cannot_confirm_its_factor() 
 #[test]
 fn a_bypass_code_issued_after_the_link_voids_it_too() {
     let w = with_carol(Some(URL));
-    let (txn, token) = link(&login_with(
-        &w,
-        LoginMode::Challenge,
-        "carol",
-        "pw",
-        Unenrolled::Enroll,
-    ));
+    let (txn, token) = carol_link(&w);
     // The helpdesk gives carol a bypass code: she has a way in; the link is void.
     w.admin.issue_bypass_code("acme", "carol", 1, 3600).unwrap();
     assert!(w.engine.open_enrollment(&token).unwrap().is_none());
