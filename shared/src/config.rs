@@ -1,7 +1,8 @@
 //! The configuration file: typed, `deny_unknown_fields`, secure defaults.
 //!
 //! Loaded from a TOML file and overridable by environment variables named
-//! `PORTCULLIS__SECTION__KEY` (for example `PORTCULLIS__STORE__URL`).
+//! `PORTCULLIS__SECTION__KEY` (for example `PORTCULLIS__STORE__URL`; see `config/env.rs`).
+//! Relative paths are relative to the config file's directory (`config/paths.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -11,12 +12,15 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+mod env;
 mod first_factor;
+mod paths;
 mod push;
 pub use first_factor::{
     pass_through_type, FirstFactorKind, LdapConfig, UpstreamRadiusConfig, UpstreamServerConfig,
     PASS_THROUGH_ATTRIBUTES,
 };
+pub use paths::{PathKind, PathSetting};
 pub use push::PushConfig;
 
 /// Where the config file is looked for when neither `--config` nor `PORTCULLIS_CONFIG` is given.
@@ -113,7 +117,8 @@ fn default_issuer() -> String {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite:///absolute/path.db` (the embedded default) or, for several nodes,
+    /// `sqlite:///absolute/path.db` (the embedded default; `sqlite://relative/path.db` is
+    /// relative to the config file's directory) or, for several nodes,
     /// `postgres://user:password@host:port/database` (`postgresql://` too).
     pub url: String,
     /// PostgreSQL: connections this node keeps open at most.
@@ -1183,8 +1188,17 @@ pub fn max_menu_prompt_len() -> usize {
 const MAX_LOCK_SECS: u64 = 30 * 24 * 3600;
 
 impl Config {
-    /// Load `path`, apply `PORTCULLIS__SECTION__KEY` overrides from the environment, validate.
+    /// Load `path`, apply `PORTCULLIS__SECTION__KEY` overrides from the environment, make
+    /// relative paths absolute against the directory of `path`, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars_os())
+    }
+
+    /// [`Config::load`] with the environment variables `vars`.
+    fn load_with_env(
+        path: &Path,
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError::Load {
             path: path.to_path_buf(),
             message,
@@ -1194,25 +1208,29 @@ impl Config {
                 "not found; pass --config PATH or set PORTCULLIS_CONFIG (an example is conf/portcullis.toml)".into(),
             ));
         }
-        let built = config::Config::builder()
+        let env = env::overrides(vars).map_err(err)?;
+        let mut builder = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
+                // Values stay strings (no `try_parsing`): see `config/env.rs`.
                 config::Environment::with_prefix("PORTCULLIS")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("radius.listen")
-                    .with_list_parse_key("radius.accounting_listen"),
-            )
+                    .source(Some(env.strings)),
+            );
+        for (key, items) in env.lists {
+            builder = builder
+                .set_override(&key, items)
+                .map_err(|e| err(format!("{key} from the environment: {e}")))?;
+        }
+        let built = builder
             .build()
             .map_err(|e| err(load_error(&e, || std::fs::read_to_string(path).ok())))?;
-        let cfg: Config = built.try_deserialize().map_err(|e| err(e.to_string()))?;
-        cfg.validate(path)?;
-        Ok(cfg)
+        Self::finish(built, path)
     }
 
-    /// Parse TOML text without the environment (for tests and `config check` of a snippet).
+    /// Parse TOML text without the environment (for tests and `config check` of a snippet);
+    /// relative paths are taken from the directory of `path`.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let built = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -1221,10 +1239,21 @@ impl Config {
                 path: path.to_path_buf(),
                 message: load_error(&e, || Some(text.to_string())),
             })?;
-        let cfg: Config = built.try_deserialize().map_err(|e| ConfigError::Load {
+        Self::finish(built, path)
+    }
+
+    /// Deserialize, resolve relative paths (once, here), validate.
+    fn finish(built: config::Config, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = built.try_deserialize().map_err(|e| ConfigError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        cfg.resolve_paths(path)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -1477,16 +1506,6 @@ impl Config {
                 }
                 _ => {}
             }
-            for (key, p) in [("http.tls_cert", &h.tls_cert), ("http.tls_key", &h.tls_key)] {
-                if let Some(p) = p {
-                    if !p.is_absolute() {
-                        return Err(bad(
-                            key.into(),
-                            format!("'{}' must be an absolute path", p.display()),
-                        ));
-                    }
-                }
-            }
         }
         let ttl = self.radius.response_cache_ttl;
         if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(300) {
@@ -1548,12 +1567,6 @@ impl Config {
             ));
         }
         if let Some(pam) = &self.pam {
-            if pam.socket.as_os_str().is_empty() || !pam.socket.is_absolute() {
-                return Err(bad(
-                    "pam.socket".into(),
-                    "must be an absolute path (remove the [pam] section to run without a PAM socket)".into(),
-                ));
-            }
             if parse_mode(&pam.socket_mode).is_none() {
                 return Err(bad(
                     "pam.socket_mode".into(),
@@ -1936,9 +1949,7 @@ tenant = "acme"
 
     #[test]
     fn bad_pam_settings_name_their_key() {
-        let e = parse("[pam]\nsocket = \"relative.sock\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[pam]\nsocket = \"\"\n").unwrap_err().to_string();
         assert!(e.contains("pam.socket"), "{e}");
         let e = parse("[pam]\nsocket_mode = \"rw\"\n")
             .unwrap_err()
@@ -2020,16 +2031,23 @@ tenant = "acme"
         for (text, key) in [
             ("tls_cert = \"/c.pem\"", "http.tls_key"),
             ("tls_key = \"/k.pem\"", "http.tls_cert"),
-            (
-                "tls_cert = \"c.pem\"\ntls_key = \"/k.pem\"",
-                "http.tls_cert",
-            ),
+            ("tls_cert = \"\"\ntls_key = \"/k.pem\"", "http.tls_cert"),
         ] {
             let e = parse(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{text}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+        // A relative path is relative to the config file's directory.
+        let c = Config::from_toml_str(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"\n",
+            Path::new("/etc/portcullis/portcullis.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.http.unwrap().tls_cert.unwrap(),
+            PathBuf::from("/etc/portcullis/c.pem")
+        );
     }
 
     #[test]

@@ -58,6 +58,23 @@ fn done(json: bool, what: String) {
 /// `config check`
 pub fn config_check(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
+    let problems = super::config_files::problems(&cfg)?;
+    if !problems.is_empty() {
+        if json {
+            emit(
+                true,
+                &json!({"ok": false, "file": path.display().to_string(), "problems": problems}),
+                String::new,
+            );
+        }
+        bail!(
+            "config file {}: {} problem{} with the files it names:\n  {}",
+            path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        );
+    }
     let mut warnings = Vec::new();
     for c in &cfg.radius.clients {
         if !c.require_message_authenticator {

@@ -1,6 +1,7 @@
 //! The `portcullis` command line: the daemon (`serve`) and the admin commands.
 
 mod admin_cmds;
+mod config_files;
 mod csv_cmds;
 mod host_cmd;
 mod ldap_cmd;
@@ -147,7 +148,8 @@ pub enum PolicyCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCmd {
-    /// Parse and validate the config file; print what it sets.
+    /// Parse and validate the config file, open and read the files it names (certificates,
+    /// keys, secret files); print what it sets, or every problem found.
     Check,
 }
 

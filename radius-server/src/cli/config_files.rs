@@ -1,0 +1,77 @@
+//! `config check`: the files that the settings name are opened, then read and parsed by
+//! the very code that `serve` runs at start (TLS certificate and key, CA files, secret
+//! files), so that a restart does not fail on them. Every problem is reported, not only
+//! the first; a file's content is never shown.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use portcullis_core::config::Config;
+
+/// What is wrong with the files `cfg` names, one message each (naming the setting, the
+/// path and the reason); empty when `serve` would read them all.
+pub fn problems(cfg: &Config) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    // 1. Every file that must exist can be opened and read.
+    let mut unreadable = HashSet::new();
+    for setting in cfg.path_settings() {
+        if let Err(e) = setting.check() {
+            problems.push(e);
+            unreadable.insert(setting.key);
+        }
+    }
+    // 2. The files that could be read, as `serve` reads and parses them. A part whose file
+    // is already reported above is skipped (it would fail on the same file again).
+    let readable = |keys: &[&str]| keys.iter().all(|k| !unreadable.contains(*k));
+    let mut failed = |what: String, e: anyhow::Error| problems.push(format!("{what}{e:#}"));
+    if let Some(h) = &cfg.http {
+        if let (Some(cert), Some(key)) = (&h.tls_cert, &h.tls_key) {
+            if readable(&["http.tls_cert", "http.tls_key"]) {
+                if let Err(e) = crate::http::tls::acceptor(cert, key) {
+                    failed(String::new(), e);
+                }
+            }
+        }
+    }
+    // The providers keep a handle of the runtime their requests will run on; none is sent.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let handle = runtime.handle();
+    for (name, t) in &cfg.tenants {
+        // Whether no file of `[tenants.NAME.SECTION]` is reported above.
+        let section_readable = |section: &str| {
+            let prefix = format!("tenants.{name}.{section}.");
+            !unreadable.iter().any(|k| k.starts_with(&prefix))
+        };
+        let key = |section: &str| format!("tenants.{name}.{section}: ");
+        if let Some(duo) = t.duo.as_ref().filter(|_| section_readable("duo")) {
+            if let Err(e) = crate::providers::duo::Duo::new(duo, handle.clone()) {
+                failed(key("duo"), e);
+            }
+        }
+        if let Some(sms) = t.sms.as_ref().filter(|_| section_readable("sms")) {
+            if let Err(e) = crate::providers::sms_sender(sms, handle.clone()) {
+                failed(key("sms"), e);
+            }
+        }
+        if let Some(email) = t.email.as_ref().filter(|_| section_readable("email")) {
+            if let Err(e) = crate::providers::Smtp::new(email) {
+                failed(key("email"), e);
+            }
+        }
+        if let Some(push) = t.push.as_ref().filter(|_| section_readable("push")) {
+            if let Err(e) = crate::push::PushClient::new(push, handle.clone()) {
+                failed(key("push"), e);
+            }
+        }
+        if let Some(ldap) = t.ldap.as_ref().filter(|_| section_readable("ldap")) {
+            // Its errors name the tenant and the setting already.
+            if let Err(e) = crate::first_factor::ldap::LdapBackend::new(name, ldap) {
+                failed(String::new(), e.into());
+            }
+        }
+    }
+    Ok(problems)
+}
