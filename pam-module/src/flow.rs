@@ -1,6 +1,9 @@
 //! One login: render the daemon's steps as a conversation until it accepts or rejects.
-//! Generic over the conversation and the transport so it is tested without PAM or sockets.
-//! The module decides nothing but what to do when the daemon cannot be asked (failmode).
+//! Generic over the conversation, the transport and time so it is tested without PAM,
+//! sockets or sleeping. The module decides nothing but what to do when the daemon cannot
+//! be asked (failmode), and how long to wait for a daemon that restarts during a login.
+
+use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{
     Choice, ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
@@ -26,11 +29,23 @@ pub trait Transport {
     fn call(&mut self, req: &Request) -> Result<Response, CallError>;
 }
 
+/// Time, for waiting on a daemon that went away in the middle of a login, and the module's
+/// `debug` log: the real clock, sleep and syslog in the module, fakes in the tests.
+pub trait Pause {
+    /// Now (monotonic).
+    fn now(&self) -> Instant;
+    /// Wait `d` before asking again.
+    fn sleep(&mut self, d: Duration);
+    /// A note for the module's `debug` log; never shown to the user, never a secret.
+    fn note(&mut self, text: &str);
+}
+
 /// Why a step got no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
     /// The daemon could not be asked: not listening, connection refused or timed out,
-    /// the request not sent. `failmode` decides.
+    /// the request not sent (and so safe to send again). Later in a login the module first
+    /// waits for the daemon to come back (see [`retry_budget`]); then `failmode` decides.
     Unreachable(String),
     /// The request was sent, and no answer came in time (or the connection closed first).
     /// To the first request of a login this is a hung daemon, an outage like the others
@@ -74,6 +89,29 @@ pub enum Decision {
 /// How many steps one login may take before the module gives up (a loop guard).
 const MAX_STEPS: usize = 32;
 
+/// The first pause before asking an unreachable daemon again; it doubles after each
+/// attempt up to [`MAX_RETRY_PAUSE`]: a daemon that is back after 0.2 s costs the user
+/// 0.3 s, while one that takes seconds is not asked twenty times a second.
+pub const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between two attempts.
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long a step after the first one waits for a daemon that cannot be reached
+/// ([`CallError::Unreachable`]: no socket file, connection refused, connect timed out,
+/// the request not sent) before `failmode` decides: `timeout=` (default 10 s).
+///
+/// The daemon answered this login a moment ago, so a daemon that is gone now is most
+/// likely restarting (a package upgrade, `systemctl restart`): about a second with SQLite,
+/// longer while it lets logins in flight finish. `timeout=` is already what the admin
+/// allows one exchange with the daemon to take, and the user, who has just typed a code,
+/// waits no longer for a daemon coming back than for a slow one. The first request of a
+/// login is not retried: until the daemon has answered, the module cannot tell a restart
+/// from a daemon that is stopped or not yet started, which is what failmode is for, and
+/// waiting there would hold every login for the whole budget during a real outage.
+pub fn retry_budget(args: &Args) -> Duration {
+    args.timeout
+}
+
 /// Shown when the daemon cannot be asked and failmode is secure.
 pub const UNAVAILABLE_MESSAGE: &str =
     "The second-factor service is not reachable, so this login is refused. Try again later or tell your administrator.";
@@ -90,6 +128,7 @@ pub fn run(
     password: Option<Secret>,
     conv: &mut dyn Conversation,
     transport: &mut dyn Transport,
+    pause: &mut dyn Pause,
 ) -> Decision {
     let first_factor = match args.first_factor {
         FirstFactorArg::Portcullis => FirstFactor::Portcullis,
@@ -110,7 +149,12 @@ pub fn run(
             origin: origin.clone(),
             step,
         };
-        let response = match transport.call(&req) {
+        let called = if first_request {
+            transport.call(&req)
+        } else {
+            call_waiting(transport, &req, retry_budget(args), pause)
+        };
+        let response = match called {
             Ok(r) => r,
             Err(CallError::Unreachable(detail)) => {
                 return unreachable(args, conv, detail, first_factor_verified);
@@ -191,6 +235,69 @@ pub fn run(
         ErrorCode::Malformed,
         format!("the login did not end within {MAX_STEPS} steps"),
     )
+}
+
+/// Send `req`; while the daemon cannot be reached (the request was not delivered), send it
+/// again after a pause (100 ms doubling to 1 s) until it is or `budget`, counted from the
+/// first attempt, is spent. Only [`CallError::Unreachable`] is retried: a request that
+/// may have reached the daemon (`NoAnswer`) is never sent twice, and a setup or protocol
+/// error does not go away by waiting. The user is told nothing meanwhile; the `debug` log
+/// says that the module waited, and a final `Unreachable` says for how long.
+fn call_waiting(
+    transport: &mut dyn Transport,
+    req: &Request,
+    budget: Duration,
+    pause: &mut dyn Pause,
+) -> Result<Response, CallError> {
+    let started = pause.now();
+    let deadline = started + budget;
+    let mut next_pause = FIRST_RETRY_PAUSE;
+    let mut attempts = 1u32;
+    let mut result = transport.call(req);
+    loop {
+        let waited = pause.now().saturating_duration_since(started);
+        match result {
+            Err(CallError::Unreachable(detail)) => {
+                let left = deadline.saturating_duration_since(pause.now());
+                if left.is_zero() {
+                    if attempts > 1 {
+                        pause.note(&format!(
+                            "portcullis did not come back within {} s ({attempts} attempts): {detail}",
+                            budget.as_secs_f32()
+                        ));
+                        return Err(CallError::Unreachable(format!(
+                            "{detail} (waited {:.1} s for it to come back)",
+                            waited.as_secs_f32()
+                        )));
+                    }
+                    return Err(CallError::Unreachable(detail));
+                }
+                if attempts == 1 {
+                    pause.note(&format!(
+                        "portcullis is unreachable in the middle of a login ({detail}); waiting up to {} s for it to come back (a restart?)",
+                        budget.as_secs_f32()
+                    ));
+                }
+                pause.sleep(next_pause.min(left));
+                next_pause = (next_pause * 2).min(MAX_RETRY_PAUSE);
+                attempts += 1;
+                result = transport.call(req);
+            }
+            other => {
+                if attempts > 1 {
+                    let outcome = match &other {
+                        Ok(_) => "it answered, the login goes on".to_string(),
+                        Err(e) => format!("then: {e:?}"),
+                    };
+                    pause.note(&format!(
+                        "waited {:.1} s for portcullis to come back ({attempts} attempts); {outcome}",
+                        waited.as_secs_f32()
+                    ));
+                }
+                return other;
+            }
+        }
+    }
 }
 
 fn unreachable(
@@ -319,6 +426,56 @@ pub(crate) mod tests {
         }
     }
 
+    /// Time that passes only when the flow sleeps (and when a test moves it).
+    struct FakeTime {
+        start: Instant,
+        elapsed: Duration,
+        sleeps: Vec<Duration>,
+        notes: Vec<String>,
+    }
+
+    impl FakeTime {
+        fn new() -> Self {
+            FakeTime {
+                start: Instant::now(),
+                elapsed: Duration::ZERO,
+                sleeps: Vec::new(),
+                notes: Vec::new(),
+            }
+        }
+    }
+
+    impl Pause for FakeTime {
+        fn now(&self) -> Instant {
+            self.start + self.elapsed
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.sleeps.push(d);
+            self.elapsed += d;
+        }
+        fn note(&mut self, text: &str) {
+            self.notes.push(text.to_string());
+        }
+    }
+
+    /// [`run`] with time that does not really pass.
+    fn login(
+        args: &Args,
+        origin: &Origin,
+        password: Option<Secret>,
+        conv: &mut dyn Conversation,
+        transport: &mut dyn Transport,
+    ) -> Decision {
+        run(
+            args,
+            origin,
+            password,
+            conv,
+            transport,
+            &mut FakeTime::new(),
+        )
+    }
+
     /// alice of tenant acme logging in to sshd on host `h` (also the transport tests').
     pub(crate) fn origin() -> Origin {
         Origin {
@@ -359,7 +516,7 @@ pub(crate) mod tests {
         let mut conv = Script::new(&["123456"]);
         let mut d = daemon(vec![Ok(prompt("Verification code (app): ")), Ok(accept())]);
         let pw = Some(Secret::new("pw".into()));
-        let got = run(&args(&[]), &origin(), pw, &mut conv, &mut d);
+        let got = login(&args(&[]), &origin(), pw, &mut conv, &mut d);
         assert_eq!(
             got,
             Decision::Allow {
@@ -384,7 +541,7 @@ pub(crate) mod tests {
     fn stack_mode_sends_no_password() {
         let mut conv = Script::new(&["1"]);
         let mut d = daemon(vec![Ok(prompt("Code: ")), Ok(accept())]);
-        run(
+        login(
             &args(&["first_factor=stack"]),
             &origin(),
             None,
@@ -407,7 +564,7 @@ pub(crate) mod tests {
         let mut d = daemon(vec![Ok(ResponseStep::Reject {
             message: "locked".into(),
         })]);
-        let got = run(&args(&[]), &origin(), None, &mut conv, &mut d);
+        let got = login(&args(&[]), &origin(), None, &mut conv, &mut d);
         assert_eq!(got, Decision::Reject);
         assert_eq!(conv.errors, vec!["locked".to_string()]);
     }
@@ -416,7 +573,7 @@ pub(crate) mod tests {
     fn unreachable_daemon_denies_unless_failmode_safe() {
         let down = || daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]);
         let mut conv = Script::new(&[]);
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack"]),
             &origin(),
             None,
@@ -426,7 +583,7 @@ pub(crate) mod tests {
         assert!(matches!(got, Decision::Unavailable(_)));
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
 
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack", "failmode=safe"]),
             &origin(),
             None,
@@ -448,7 +605,7 @@ pub(crate) mod tests {
         // no answer came back in time: the daemon may have used the code or be holding a
         // push; a slow daemon is no outage to fail open on.
         let mut conv = Script::new(&["123456"]);
-        let got = run(
+        let got = login(
             &args(&["failmode=safe"]),
             &origin(),
             Some(Secret::new("pw".into())),
@@ -462,7 +619,7 @@ pub(crate) mod tests {
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
 
         // A daemon that hangs on the first request of a login is an outage: failmode.
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack", "failmode=safe"]),
             &origin(),
             None,
@@ -484,7 +641,7 @@ pub(crate) mod tests {
     #[test]
     fn a_daemon_speaking_another_protocol_is_denied_even_with_failmode_safe() {
         let mut conv = Script::new(&[]);
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack", "failmode=safe"]),
             &origin(),
             None,
@@ -497,7 +654,7 @@ pub(crate) mod tests {
 
     #[test]
     fn failmode_safe_never_lets_an_unchecked_password_in() {
-        let got = run(
+        let got = login(
             &args(&["failmode=safe"]),
             &origin(),
             Some(Secret::new("anything".into())),
@@ -506,7 +663,7 @@ pub(crate) mod tests {
         );
         assert!(matches!(got, Decision::Unavailable(_)));
         // Once the daemon asked for the code, the password was right.
-        let got = run(
+        let got = login(
             &args(&["failmode=safe"]),
             &origin(),
             Some(Secret::new("pw".into())),
@@ -523,6 +680,298 @@ pub(crate) mod tests {
                 ..
             }
         ));
+    }
+
+    fn answer_of(req: &Request) -> (&str, &str) {
+        match &req.step {
+            RequestStep::Answer { txn, answer } => (txn.as_str(), answer.expose()),
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_daemon_restarting_in_the_middle_of_a_login_is_waited_for() {
+        for failmode in ["failmode=secure", "failmode=safe"] {
+            // The password was checked, the code typed; then the daemon restarts: three
+            // refused connects, and it answers the same request.
+            let down = || Err(CallError::Unreachable("connect: refused".into()));
+            let mut d = daemon(vec![
+                Ok(prompt("Code: ")),
+                down(),
+                down(),
+                down(),
+                Ok(accept()),
+            ]);
+            let mut conv = Script::new(&["123456"]);
+            let mut time = FakeTime::new();
+            let got = run(
+                &args(&[failmode]),
+                &origin(),
+                Some(Secret::new("pw".into())),
+                &mut conv,
+                &mut d,
+                &mut time,
+            );
+            assert_eq!(
+                got,
+                Decision::Allow {
+                    factor: "totp".into(),
+                    fail_open: None
+                },
+                "{failmode}"
+            );
+            // The user typed the code once and was told nothing.
+            assert_eq!(conv.prompts.len(), 1, "{failmode}");
+            assert!(conv.errors.is_empty(), "{failmode}: {:?}", conv.errors);
+            // The same request, same transaction and code, four times.
+            assert_eq!(d.seen.len(), 5, "{failmode}");
+            for req in &d.seen[1..] {
+                assert_eq!(answer_of(req), ("t.0", "123456"), "{failmode}");
+            }
+            assert_eq!(
+                time.sleeps,
+                [100, 200, 400].map(Duration::from_millis),
+                "{failmode}"
+            );
+            // The debug log says it waited (and no code in it).
+            assert!(
+                time.notes.iter().any(|n| n.contains("waiting up to 10 s")),
+                "{:?}",
+                time.notes
+            );
+            assert!(
+                time.notes
+                    .iter()
+                    .any(|n| n.contains("waited 0.7 s") && n.contains("4 attempts")),
+                "{:?}",
+                time.notes
+            );
+            assert!(
+                !time.notes.iter().any(|n| n.contains("123456")),
+                "{:?}",
+                time.notes
+            );
+        }
+
+        // A push poll too: the phone's decision is asked for again.
+        let mut d = daemon(vec![
+            Ok(ResponseStep::Wait {
+                txn: "t.0".into(),
+                text: String::new(),
+            }),
+            Err(CallError::Unreachable("no socket file".into())),
+            Ok(accept()),
+        ]);
+        let got = run(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut Script::new(&[""]),
+            &mut d,
+            &mut FakeTime::new(),
+        );
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: None,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(d.seen.len(), 3);
+        assert_eq!(d.seen[1], d.seen[2]);
+        assert!(matches!(&d.seen[2].step, RequestStep::Poll { txn } if txn == "t.0"));
+    }
+
+    #[test]
+    fn a_daemon_that_does_not_come_back_within_the_budget_gets_failmode_as_before() {
+        // timeout=3: the budget is spent after pauses of 0.1, 0.2, 0.4, 0.8, 1 and the
+        // 0.5 s left, then failmode decides as it did without waiting.
+        let expected = [100, 200, 400, 800, 1000, 500].map(Duration::from_millis);
+        let mut time = FakeTime::new();
+        let mut d = daemon(vec![Ok(prompt("Code: "))]);
+        let got = run(
+            &args(&["failmode=safe", "timeout=3"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut d,
+            &mut time,
+        );
+        match &got {
+            Decision::Allow {
+                factor,
+                fail_open: Some(detail),
+            } => {
+                assert_eq!(factor, "none");
+                assert!(detail.contains("waited 3.0 s"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(time.sleeps, expected);
+        assert_eq!(time.elapsed, Duration::from_secs(3));
+        assert_eq!(d.seen.len(), 2 + expected.len());
+        assert!(
+            time.notes.iter().any(|n| n.contains("did not come back")),
+            "{:?}",
+            time.notes
+        );
+
+        let mut conv = Script::new(&["123456"]);
+        let mut time = FakeTime::new();
+        let got = run(
+            &args(&["timeout=3"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut conv,
+            &mut daemon(vec![Ok(prompt("Code: "))]),
+            &mut time,
+        );
+        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
+        assert_eq!(time.elapsed, Duration::from_secs(3));
+    }
+
+    /// A daemon whose every connect times out after `cost` (a full backlog, a host that
+    /// drops packets), on the same fake clock as the flow.
+    struct SlowToRefuse {
+        clock: std::rc::Rc<std::cell::Cell<Duration>>,
+        cost: Duration,
+        calls: usize,
+    }
+
+    impl Transport for SlowToRefuse {
+        fn call(&mut self, _req: &Request) -> Result<Response, CallError> {
+            self.calls += 1;
+            if self.calls == 1 {
+                return Ok(Response::new(prompt("Code: ")));
+            }
+            self.clock.set(self.clock.get() + self.cost);
+            Err(CallError::Unreachable("connect: timed out".into()))
+        }
+    }
+
+    struct SharedTime {
+        start: Instant,
+        clock: std::rc::Rc<std::cell::Cell<Duration>>,
+    }
+
+    impl Pause for SharedTime {
+        fn now(&self) -> Instant {
+            self.start + self.clock.get()
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.clock.set(self.clock.get() + d);
+        }
+        fn note(&mut self, _text: &str) {}
+    }
+
+    #[test]
+    fn attempts_that_each_take_time_are_not_started_after_the_budget() {
+        let clock = std::rc::Rc::new(std::cell::Cell::new(Duration::ZERO));
+        let cost = Duration::from_secs(4);
+        let mut d = SlowToRefuse {
+            clock: clock.clone(),
+            cost,
+            calls: 0,
+        };
+        let mut time = SharedTime {
+            start: Instant::now(),
+            clock: clock.clone(),
+        };
+        let got = run(
+            &args(&["timeout=10"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut d,
+            &mut time,
+        );
+        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        // Attempts start at 0, 4.1 and 8.3 s; none after the 10 s budget, so the wait
+        // ends within the budget and one attempt's own timeout.
+        assert_eq!(d.calls, 1 + 3);
+        assert!(
+            clock.get() <= Duration::from_secs(10) + cost,
+            "{:?}",
+            clock.get()
+        );
+    }
+
+    #[test]
+    fn only_a_request_that_was_not_delivered_is_sent_again() {
+        // The daemon may have acted on a request it took (NoAnswer); setup and protocol
+        // errors do not go away by waiting: each is handled at once, as before.
+        for (error, failmode) in [
+            (
+                CallError::NoAnswer("receive: no answer".into()),
+                "failmode=safe",
+            ),
+            (CallError::Setup("not a socket".into()), "failmode=safe"),
+            (CallError::Protocol("version 2".into()), "failmode=safe"),
+        ] {
+            let mut d = daemon(vec![Ok(prompt("Code: ")), Err(error.clone()), Ok(accept())]);
+            let mut time = FakeTime::new();
+            let got = run(
+                &args(&[failmode]),
+                &origin(),
+                Some(Secret::new("pw".into())),
+                &mut Script::new(&["123456"]),
+                &mut d,
+                &mut time,
+            );
+            assert!(!matches!(got, Decision::Allow { .. }), "{error:?}: {got:?}");
+            assert_eq!(d.seen.len(), 2, "{error:?} was sent again");
+            assert!(time.sleeps.is_empty(), "{error:?}");
+        }
+
+        // Unreachable, then taken and not answered: not sent a third time, and refused
+        // whatever failmode says (the daemon may have used the code).
+        let mut d = daemon(vec![
+            Ok(prompt("Code: ")),
+            Err(CallError::Unreachable("connect: refused".into())),
+            Err(CallError::NoAnswer("receive: closed".into())),
+            Ok(accept()),
+        ]);
+        let got = run(
+            &args(&["failmode=safe"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut d,
+            &mut FakeTime::new(),
+        );
+        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert_eq!(d.seen.len(), 3);
+
+        // The first request of a login: failmode decides at once, as before.
+        let mut d = daemon(vec![
+            Err(CallError::Unreachable("connect: refused".into())),
+            Ok(prompt("Code: ")),
+        ]);
+        let mut time = FakeTime::new();
+        let got = run(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut Script::new(&[]),
+            &mut d,
+            &mut time,
+        );
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: Some(_),
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(d.seen.len(), 1);
+        assert!(time.sleeps.is_empty());
     }
 
     #[test]
@@ -552,7 +1001,7 @@ pub(crate) mod tests {
         ]);
         // "7" is not a choice: asked again.
         let mut conv = Script::new(&["7", "2", ""]);
-        let got = run(&args(&[]), &origin(), None, &mut conv, &mut d);
+        let got = login(&args(&[]), &origin(), None, &mut conv, &mut d);
         assert!(matches!(got, Decision::Allow { .. }));
         assert!(conv.prompts[0].0.contains("2) Push to phone"));
         assert!(
@@ -579,7 +1028,7 @@ pub(crate) mod tests {
         let mut d = daemon(vec![wait("t.0"), wait("t.1"), Ok(accept())]);
         // Enter alone first (a poll), then a recovery code.
         let mut conv = Script::new(&["", " abcd-efgh-ijkl \n"]);
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack"]),
             &origin(),
             None,
@@ -606,7 +1055,7 @@ pub(crate) mod tests {
     #[test]
     fn a_setup_error_is_refused_even_with_failmode_safe() {
         let mut conv = Script::new(&[]);
-        let got = run(
+        let got = login(
             &args(&["first_factor=stack", "failmode=safe"]),
             &origin(),
             None,
@@ -619,7 +1068,7 @@ pub(crate) mod tests {
 
     #[test]
     fn hang_up_is_a_conversation_failure() {
-        let got = run(
+        let got = login(
             &args(&[]),
             &origin(),
             None,
@@ -631,7 +1080,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unenrolled_allowed_reports_no_second_factor() {
-        let got = run(
+        let got = login(
             &args(&["unenrolled=allow"]),
             &origin(),
             None,

@@ -500,8 +500,12 @@ impl HttpsTransport {
                 _ => Response::error(ErrorCode::Forbidden, "HTTP 401 with a non-error body"),
             }),
             (_, Ok(r)) => Ok(r),
-            // A proxy in front of a daemon that is down.
-            (502 | 503, Err(_)) => Err(CallError::Unreachable(format!(
+            // A proxy in front of a daemon that is down, or that went away while it had
+            // the request (nginx answers 502, Envoy 503, to a connection reset after the
+            // request was passed on): it may have been delivered, so it is never sent
+            // again, and later in a login it is no outage to fail open on (see NoAnswer).
+            // To the first request of a login, NoAnswer is an outage like Unreachable.
+            (502 | 503, Err(_)) => Err(CallError::NoAnswer(format!(
                 "{} answered HTTP {status} without a protocol response (is portcullis serve running behind it?)",
                 self.url
             ))),
@@ -931,6 +935,58 @@ mod tests {
         );
         drop(t);
         peer.join().unwrap();
+    }
+
+    fn transport_to(port: u16) -> HttpsTransport {
+        let tls =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+        HttpsTransport {
+            url: HttpsUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
+            token: Secret::new("pch_test".into()),
+            tls: Arc::new(tls),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_daemon_that_is_not_listening_is_unreachable() {
+        // A port nobody listens on: connection refused, the request not sent (the flow
+        // waits for a daemon that restarts in the middle of a login).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let poll = Request {
+            v: protocol::VERSION,
+            origin: crate::flow::tests::origin(),
+            step: protocol::RequestStep::Poll { txn: "t.0".into() },
+        };
+        let got = transport_to(port).call(&poll);
+        assert!(
+            matches!(&got, Err(CallError::Unreachable(m)) if m.contains("connect")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_lost_the_daemon_is_no_answer_the_request_may_have_reached_it() {
+        let t = transport_to(443);
+        for status in [502, 503, 504] {
+            let got = t.interpret(status, b"<html>Bad Gateway</html>");
+            assert!(
+                matches!(&got, Err(CallError::NoAnswer(m)) if m.contains(&status.to_string())),
+                "{status}: {got:?}"
+            );
+        }
+        // The daemon's own error frame (busy while it shuts down) is an answer.
+        let busy = Response::error(ErrorCode::Busy, "shutting down");
+        let frame = protocol::encode(&busy).unwrap();
+        let got = t.interpret(503, &frame[HEADER_LEN..]);
+        assert!(got.is_ok(), "{got:?}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use pam::module::{PamHandle, PamHooks};
 use portcullis_core::protocol::{ErrorCode, Origin, Secret};
 
 use crate::args::{Args, FirstFactorArg};
-use crate::flow::{ConvFailed, Conversation, Decision, Transport};
+use crate::flow::{ConvFailed, Conversation, Decision, Pause, Transport};
 use crate::https::HttpsTransport;
 use crate::transport::SocketTransport;
 
@@ -82,6 +82,28 @@ impl Conversation for PamConversation<'_> {
             let shown = Instant::now();
             let _ = self.conv.send(PAM_ERROR_MSG, text);
             self.waited += shown.elapsed();
+        }
+    }
+}
+
+/// Real time for the flow's wait on a restarting daemon; its notes go to syslog with `debug`.
+struct ModulePause<'a> {
+    pamh: &'a PamHandle,
+    debug: bool,
+}
+
+impl Pause for ModulePause<'_> {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn note(&mut self, text: &str) {
+        if self.debug {
+            ffi::syslog(self.pamh, ffi::LOG_DEBUG, text);
         }
     }
 }
@@ -231,7 +253,18 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             silent: flags & PAM_SILENT != 0,
             waited: Duration::ZERO,
         };
-        let decision = flow::run(&args, &origin, password, &mut ui, transport.as_mut());
+        let mut pause = ModulePause {
+            pamh,
+            debug: args.debug,
+        };
+        let decision = flow::run(
+            &args,
+            &origin,
+            password,
+            &mut ui,
+            transport.as_mut(),
+            &mut pause,
+        );
         waited += ui.waited;
         decision
     };

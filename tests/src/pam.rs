@@ -1,9 +1,12 @@
 //! PAM peers: `pamtester` under `pam_wrapper` (no change to /etc/pam.d), the module under
 //! test (`libpam_portcullis.so`), and a Portcullis installation with a `[pam]` socket.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::env::TestEnv;
 use crate::server::Server;
@@ -207,6 +210,45 @@ impl PamFixture {
         run_with_timeout(cmd, Some(stdin.as_bytes().to_vec()), PAMTESTER_TIMEOUT)
     }
 
+    /// `pamtester -v SERVICE USER authenticate` under pam_wrapper (with `vars`) that the
+    /// test answers one line at a time: the login stays at a prompt for as long as the test
+    /// likes (a transaction left to expire, a daemon restarted under it).
+    pub fn pamtester_held(&self, service: &str, user: &str, vars: &[(&str, &str)]) -> HeldLogin {
+        let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
+        cmd.args(["-v", service, user, "authenticate"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        under_pam_wrapper(&mut cmd, &self.service_dir);
+        cmd.envs(vars.iter().copied());
+        let mut child = cmd.spawn().expect("start pamtester");
+        let stdin = child.stdin.take().expect("stdin piped");
+        // Prompts and messages (and pam_wrapper's syslog lines) come on stderr.
+        let (tx, output) = mpsc::channel::<Vec<u8>>();
+        let mut readers = Vec::new();
+        for mut pipe in [
+            Box::new(child.stderr.take().expect("stderr piped")) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().expect("stdout piped")),
+        ] {
+            let tx = tx.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        HeldLogin {
+            child,
+            stdin: Some(stdin),
+            output,
+            seen: Vec::new(),
+            readers,
+        }
+    }
+
     /// The current code of alice's factor, from oathtool.
     pub fn code(&self) -> String {
         oathtool_totp(&self.secret, 6, Algorithm::Sha1, 0)
@@ -233,6 +275,81 @@ impl PamFixture {
             .and_then(|a| a.first())
             .cloned()
             .unwrap_or_else(|| panic!("no audit record for {user}: {v}"))
+    }
+}
+
+/// A running `pamtester` answered line by line ([`PamFixture::pamtester_held`]); killed
+/// when dropped unfinished.
+pub struct HeldLogin {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl HeldLogin {
+    /// Types `line` and Enter at the current (or next) prompt.
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open until finish");
+        writeln!(stdin, "{line}").expect("write to pamtester");
+    }
+
+    /// Waits up to `timeout` until pamtester's output holds `text`; fails the test with
+    /// what it printed otherwise. Returns everything printed so far.
+    pub fn wait_for(&mut self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while !String::from_utf8_lossy(&self.seen).contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "pamtester did not print `{text}` within {timeout:?}: {}",
+                    self.printed()
+                ),
+            }
+        }
+        self.printed()
+    }
+
+    /// What pamtester printed so far (stderr and stdout).
+    pub fn printed(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Closes stdin and waits up to `timeout` for pamtester to end: its status and
+    /// everything it printed.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait for pamtester") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pamtester did not finish within {timeout:?}: {}",
+                self.printed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let rest: Vec<Vec<u8>> = self.output.try_iter().collect();
+        for chunk in rest {
+            self.seen.extend_from_slice(&chunk);
+        }
+        (status, self.printed())
+    }
+}
+
+impl Drop for HeldLogin {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

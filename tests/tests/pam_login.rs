@@ -2,10 +2,9 @@
 //! (no /etc/pam.d change), against a real `portcullis serve` and codes from `oathtool`.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::pam::{system_file, under_pam_wrapper};
+use portcullis_tests::pam::system_file;
 use portcullis_tests::{describe, PamFixture};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -200,56 +199,62 @@ fn repeated_wrong_codes_lock_the_user_out_until_unlocked() {
 fn an_answer_after_the_transaction_expired_says_to_start_again() {
     let f = PamFixture::with_config("[transactions]\nttl = \"1s\"\n", true);
     f.module_service("svc", "first_factor=portcullis");
-    let mut cmd = Command::new("pamtester");
-    cmd.args(["svc", "alice", "authenticate"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    under_pam_wrapper(&mut cmd, &f.service_dir);
-    let mut child = cmd.spawn().expect("start pamtester");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut err_pipe = child.stderr.take().expect("stderr");
-    writeln!(stdin, "{}", f.password).unwrap();
+    let mut login = f.pamtester_held("svc", "alice", &[]);
+    login.type_line(&f.password);
     // Wait for the code prompt, then let the transaction expire like a slow user would
     // (from the prompt on: the password's check may take a while on a loaded machine).
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = err_pipe.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let prompt_deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&seen).contains("Verification code") {
-        let left = prompt_deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend_from_slice(&chunk),
-            Err(_) => panic!(
-                "no code prompt within 20 s: {}",
-                String::from_utf8_lossy(&seen)
-            ),
-        }
-    }
+    login.wait_for("Verification code", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(2500));
-    let _ = writeln!(stdin, "{}", f.code());
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pamtester did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    reader.join().unwrap();
-    seen.extend(rx.try_iter().flatten());
-    let err = String::from_utf8_lossy(&seen).into_owned();
+    login.type_line(&f.code());
+    let (status, err) = login.finish(Duration::from_secs(30));
     assert!(!status.success(), "{err}");
     assert!(err.contains("Verification code"), "{err}");
     assert!(err.contains("took too long"), "{err}");
+}
+
+#[test]
+fn a_daemon_restarted_while_the_user_is_at_the_code_prompt_is_waited_for() {
+    // failmode=secure: without the wait the login would be refused ("not reachable");
+    // with failmode=safe it would be let in without its second factor.
+    let mut f = PamFixture::new();
+    f.module_service("svc", "first_factor=portcullis failmode=secure debug");
+    // pam_wrapper prints what the module logs through pam_syslog (its debug notes) too.
+    let mut login = f.pamtester_held("svc", "alice", &[("PAM_WRAPPER_DEBUGLEVEL", "3")]);
+    login.type_line(&f.password);
+    login.wait_for("Verification code", Duration::from_secs(20));
+
+    // The daemon is stopped (SIGTERM, as `systemctl restart` or a package upgrade does):
+    // it ends, and its socket file goes with it.
+    let mut old = f.server.take().expect("the fixture's server");
+    let status = old.stop().expect("the daemon's exit status");
+    assert!(status.success(), "SIGTERM: {status:?}\n{}", old.stderr());
+    drop(old);
+    assert!(!f.socket.exists(), "the daemon left its socket file behind");
+
+    // The user types the code while it is down: the module waits for it, quietly.
+    login.type_line(&f.code());
+    login.wait_for("waiting up to 10 s", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Started again on the same config and store: the transaction is still there.
+    let server = f.env.start_server();
+    assert_eq!(server.wait_for_pam(), f.socket);
+    f.server = Some(server);
+    let (status, out) = login.finish(Duration::from_secs(30));
+    assert!(status.success(), "{out}");
+    assert!(out.contains("waited "), "{out}");
+    assert!(out.contains("attempts); it answered"), "{out}");
+    assert!(!out.contains("not reachable"), "{out}");
+    assert_eq!(out.matches("Verification code").count(), 1, "{out}");
+
+    // One login, accepted once, in the audit of the store the two processes shared.
+    let records = f.env.cli_json(&[
+        "audit", "--tenant", "acme", "--user", "alice", "--limit", "20", "--json",
+    ]);
+    let records = records.as_array().expect("audit records");
+    let accepted = records.iter().filter(|r| r["result"] == "accept").count();
+    assert_eq!(accepted, 1, "{records:?}");
+    assert_eq!(f.last_audit("alice")["result"], "accept");
 }
 
 #[test]
