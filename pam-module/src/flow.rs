@@ -62,6 +62,13 @@ pub enum CallError {
     /// It answered, but not in this protocol (another version, garbage, too large): a
     /// daemon that is there but broken is no reason to fail open, so this always denies.
     Protocol(String),
+    /// The TLS connection to the daemon (`url=`) could not be set up: its certificate does
+    /// not verify against `ca_file=` (or the system's trust store) or does not name the
+    /// host, or the peer does not speak TLS. The daemon has not seen the request, and
+    /// nothing it said is in this: told apart from [`CallError::Protocol`] so that the log
+    /// does not say the daemon answered. A wrong CA or an interception is no outage, so
+    /// this always denies (PAM_SERVICE_ERR).
+    Tls(String),
 }
 
 /// What the PAM entry point returns and logs.
@@ -75,15 +82,35 @@ pub enum Decision {
     },
     /// PAM_AUTH_ERR: the daemon refused (message already shown).
     Reject,
-    /// PAM_AUTHINFO_UNAVAIL: the daemon could not be asked and failmode is secure.
-    Unavailable(String),
+    /// PAM_AUTHINFO_UNAVAIL: the daemon could not be asked or did not answer, and
+    /// `failmode=safe` did not let the user in (`why` says what the log says about it).
+    Unavailable { detail: String, why: Unavailable },
     /// PAM_SERVICE_ERR / PAM_AUTH_ERR: the daemon answered with an error frame.
     DaemonError(ErrorCode, String),
     /// PAM_SERVICE_ERR: the daemon could not be asked because of the host's setup
     /// (see [`CallError::Setup`]); never failmode=safe.
     Setup(String),
+    /// PAM_SERVICE_ERR: the TLS connection to the daemon failed (see [`CallError::Tls`]);
+    /// never failmode=safe.
+    Tls(String),
     /// PAM_CONV_ERR: the user's side failed.
     Conversation,
+}
+
+/// Why a login that the daemon did not decide was refused rather than let in: what
+/// `failmode=` did, in the words of the module's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The daemon could not be asked (or hung on the first request of the login), and
+    /// `failmode=secure`.
+    FailmodeSecure,
+    /// The daemon could not be asked (or hung on the first request), `failmode=safe`, but
+    /// no one has checked the password yet (`first_factor=portcullis`): failmode=safe
+    /// never lets an unchecked password in.
+    PasswordNotChecked,
+    /// The daemon took a request in the middle of the login and did not answer (see
+    /// [`CallError::NoAnswer`]): refused whatever `failmode=` says.
+    Stalled,
 }
 
 /// How many steps one login may take before the module gives up (a loop guard).
@@ -164,11 +191,18 @@ pub fn run(
             }
             Err(CallError::NoAnswer(detail)) => {
                 conv.error(UNAVAILABLE_MESSAGE);
-                return Decision::Unavailable(detail);
+                return Decision::Unavailable {
+                    detail,
+                    why: Unavailable::Stalled,
+                };
             }
             Err(CallError::Protocol(detail)) => {
                 conv.error(DAEMON_ERROR_MESSAGE);
                 return Decision::DaemonError(ErrorCode::Malformed, detail);
+            }
+            Err(CallError::Tls(detail)) => {
+                conv.error(DAEMON_ERROR_MESSAGE);
+                return Decision::Tls(detail);
             }
             Err(CallError::Setup(detail)) => {
                 conv.error(DAEMON_ERROR_MESSAGE);
@@ -313,7 +347,12 @@ fn unreachable(
         };
     }
     conv.error(UNAVAILABLE_MESSAGE);
-    Decision::Unavailable(detail)
+    let why = if args.failmode == FailMode::Safe {
+        Unavailable::PasswordNotChecked
+    } else {
+        Unavailable::FailmodeSecure
+    };
+    Decision::Unavailable { detail, why }
 }
 
 /// The factors beyond the first one (`totp`), or `none` (unenrolled users let in).
@@ -580,7 +619,7 @@ pub(crate) mod tests {
             &mut conv,
             &mut down(),
         );
-        assert!(matches!(got, Decision::Unavailable(_)));
+        assert!(matches!(got, Decision::Unavailable { .. }));
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
 
         let got = login(
@@ -615,7 +654,7 @@ pub(crate) mod tests {
                 Err(CallError::NoAnswer("receive: no answer in time".into())),
             ]),
         );
-        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert!(matches!(got, Decision::Unavailable { .. }), "{got:?}");
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
 
         // A daemon that hangs on the first request of a login is an outage: failmode.
@@ -661,7 +700,7 @@ pub(crate) mod tests {
             &mut Script::new(&[]),
             &mut daemon(vec![Err(CallError::Unreachable("down".into()))]),
         );
-        assert!(matches!(got, Decision::Unavailable(_)));
+        assert!(matches!(got, Decision::Unavailable { .. }));
         // Once the daemon asked for the code, the password was right.
         let got = login(
             &args(&["failmode=safe"]),
@@ -680,6 +719,69 @@ pub(crate) mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_refused_login_says_why_failmode_safe_did_not_let_it_in() {
+        let run_with = |extra: &[&str], password: bool, replies| {
+            login(
+                &args(extra),
+                &origin(),
+                password.then(|| Secret::new("pw".into())),
+                &mut Script::new(&["123456"]),
+                &mut daemon(replies),
+            )
+        };
+        let why = |got: Decision| match got {
+            Decision::Unavailable { why, .. } => why,
+            other => panic!("{other:?}"),
+        };
+        let down = || vec![Err(CallError::Unreachable("connect: refused".into()))];
+        // The daemon down at the start: failmode=secure says so...
+        assert_eq!(
+            why(run_with(&["first_factor=stack"], false, down())),
+            Unavailable::FailmodeSecure
+        );
+        assert_eq!(
+            why(run_with(&[], true, down())),
+            Unavailable::FailmodeSecure
+        );
+        // ...failmode=safe was set, and the password had not been checked.
+        assert_eq!(
+            why(run_with(&["failmode=safe"], true, down())),
+            Unavailable::PasswordNotChecked
+        );
+        let hung = || vec![Err(CallError::NoAnswer("hung".into()))];
+        assert_eq!(
+            why(run_with(&["failmode=safe"], true, hung())),
+            Unavailable::PasswordNotChecked
+        );
+        // A stall in the middle of the login, whatever failmode says.
+        for failmode in ["failmode=safe", "failmode=secure"] {
+            let stalled = vec![
+                Ok(prompt("Code: ")),
+                Err(CallError::NoAnswer("receive: no answer in time".into())),
+            ];
+            assert_eq!(
+                why(run_with(&[failmode], true, stalled)),
+                Unavailable::Stalled,
+                "{failmode}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tls_failure_is_refused_even_with_failmode_safe_and_is_no_daemon_answer() {
+        let mut conv = Script::new(&[]);
+        let got = login(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut conv,
+            &mut daemon(vec![Err(CallError::Tls("UnknownIssuer".into()))]),
+        );
+        assert_eq!(got, Decision::Tls("UnknownIssuer".into()));
+        assert_eq!(conv.errors, vec![DAEMON_ERROR_MESSAGE.to_string()]);
     }
 
     fn answer_of(req: &Request) -> (&str, &str) {
@@ -829,7 +931,7 @@ pub(crate) mod tests {
             &mut daemon(vec![Ok(prompt("Code: "))]),
             &mut time,
         );
-        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert!(matches!(got, Decision::Unavailable { .. }), "{got:?}");
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
         assert_eq!(time.elapsed, Duration::from_secs(3));
     }
@@ -889,7 +991,7 @@ pub(crate) mod tests {
             &mut d,
             &mut time,
         );
-        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert!(matches!(got, Decision::Unavailable { .. }), "{got:?}");
         // Attempts start at 0, 4.1 and 8.3 s; none after the 10 s budget, so the wait
         // ends within the budget and one attempt's own timeout.
         assert_eq!(d.calls, 1 + 3);
@@ -911,6 +1013,7 @@ pub(crate) mod tests {
             ),
             (CallError::Setup("not a socket".into()), "failmode=safe"),
             (CallError::Protocol("version 2".into()), "failmode=safe"),
+            (CallError::Tls("UnknownIssuer".into()), "failmode=safe"),
         ] {
             let mut d = daemon(vec![Ok(prompt("Code: ")), Err(error.clone()), Ok(accept())]);
             let mut time = FakeTime::new();
@@ -943,7 +1046,7 @@ pub(crate) mod tests {
             &mut d,
             &mut FakeTime::new(),
         );
-        assert!(matches!(got, Decision::Unavailable(_)), "{got:?}");
+        assert!(matches!(got, Decision::Unavailable { .. }), "{got:?}");
         assert_eq!(d.seen.len(), 3);
 
         // The first request of a login: failmode decides at once, as before.

@@ -420,19 +420,22 @@ impl HttpsTransport {
             timeout: self.timeout,
         };
         let name = ServerName::try_from(self.url.host.clone()).map_err(|_| {
-            CallError::Protocol(format!("url={}: not a valid TLS server name", self.url))
+            CallError::Setup(format!("url={}: not a valid TLS server name", self.url))
         })?;
         let mut tls = ClientConnection::new(self.tls.clone(), name)
-            .map_err(|e| CallError::Protocol(format!("TLS: {e}")))?;
+            .map_err(|e| CallError::Tls(format!("cannot start TLS to {}: {e}", self.url)))?;
         // The handshake first, on its own: a certificate that does not verify is a
-        // configuration or interception problem, never a reason to fail open.
+        // configuration or interception problem, never a reason to fail open. rustls says
+        // InvalidData for every TLS error (a certificate that does not verify, an alert of
+        // the peer, a peer that does not speak TLS): the daemon answered nothing, so this
+        // is CallError::Tls, not Protocol ("the daemon answered malformed" in the log).
         while tls.is_handshaking() {
             left(deadline, self.timeout, "TLS handshake")?;
             match tls.complete_io(&mut tcp) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    return Err(CallError::Protocol(format!(
-                        "TLS handshake with {} failed: {e} (is the daemon's certificate signed by ca_file= and made for {}?)",
+                    return Err(CallError::Tls(format!(
+                        "handshake with {}: {e} (is the daemon's certificate signed by ca_file= and made for {}?)",
                         self.url, self.url.host
                     )))
                 }
@@ -444,6 +447,11 @@ impl HttpsTransport {
         left(deadline, self.timeout, "send")?;
         let sent = stream.write_all(&request).and_then(|()| stream.flush());
         request.zeroize();
+        // Unlike on the Unix socket (transport.rs, `failed_send`), no answer is looked for
+        // after a failed send: the daemon's HTTP server refuses (401, 403, busy) only once
+        // it has read the request head, and the whole request is one write into the
+        // kernel's buffer, so a send that fails met a connection reset or closed before
+        // the request was in: nobody answered it, and it was not delivered.
         sent.map_err(|e| unreachable("send to", e))?;
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
         let (status, body) =
@@ -970,6 +978,33 @@ mod tests {
             matches!(&got, Err(CallError::Unreachable(m)) if m.contains("connect")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_tls_handshake_that_fails_is_a_tls_error_not_an_answer_of_the_daemon() {
+        // A peer that answers the ClientHello with plain HTTP: the handshake fails as it
+        // does for a certificate that does not verify (rustls says InvalidData for both).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 512];
+            let _ = conn.read(&mut hello);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = conn.flush();
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let start = Request {
+            v: protocol::VERSION,
+            origin: crate::flow::tests::origin(),
+            step: protocol::RequestStep::Poll { txn: "t.0".into() },
+        };
+        let got = transport_to(port).call(&start);
+        assert!(
+            matches!(&got, Err(CallError::Tls(m)) if m.contains("handshake with https://127.0.0.1")),
+            "{got:?}"
+        );
+        peer.join().unwrap();
     }
 
     #[test]

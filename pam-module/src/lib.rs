@@ -28,8 +28,8 @@ use pam::items::{RHost, RUser, Service, Tty};
 use pam::module::{PamHandle, PamHooks};
 use portcullis_core::protocol::{ErrorCode, Origin, Secret};
 
-use crate::args::{Args, FirstFactorArg};
-use crate::flow::{ConvFailed, Conversation, Decision, Pause, Transport};
+use crate::args::{Args, FailMode, FirstFactorArg};
+use crate::flow::{ConvFailed, Conversation, Decision, Pause, Transport, Unavailable};
 use crate::https::HttpsTransport;
 use crate::transport::SocketTransport;
 
@@ -281,6 +281,48 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
     code
 }
 
+/// The log line of a login refused because portcullis at `target` could not be asked or
+/// did not answer: what happened, and what `failmode=` (the real one) did about it.
+fn unavailable_log(
+    who: &str,
+    target: &str,
+    failmode: FailMode,
+    detail: &str,
+    why: Unavailable,
+) -> String {
+    let mode = match failmode {
+        FailMode::Secure => "failmode=secure",
+        FailMode::Safe => "failmode=safe",
+    };
+    let (what, failmode_did) = match (why, failmode) {
+        (Unavailable::Stalled, FailMode::Safe) => (
+            format!("portcullis at {target} took the request and did not answer ({detail})"),
+            format!("{mode} does not apply: the daemon took the request and did not answer"),
+        ),
+        (Unavailable::Stalled, FailMode::Secure) => (
+            format!("portcullis at {target} took the request and did not answer ({detail})"),
+            mode.to_string(),
+        ),
+        (Unavailable::PasswordNotChecked, FailMode::Safe) => (
+            format!("portcullis is unreachable at {target} ({detail})"),
+            format!(
+                "{mode} does not apply: the password was not checked yet (first_factor=portcullis)"
+            ),
+        ),
+        // failmode=secure, or (not produced by the flow) a safe login with no other reason.
+        (Unavailable::FailmodeSecure | Unavailable::PasswordNotChecked, _) => (
+            format!("portcullis is unreachable at {target} ({detail})"),
+            mode.to_string(),
+        ),
+    };
+    format!("refused {who}: {what}; {failmode_did}")
+}
+
+/// The log line of a login refused because TLS to the daemon (`url=`) failed.
+fn tls_log(who: &str, detail: &str) -> String {
+    format!("refused {who}: TLS to the daemon failed: {detail}; refused whatever failmode= says")
+}
+
 fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision) -> PamResultCode {
     let who = format!(
         "user={} tenant={} service={} rhost={}",
@@ -319,16 +361,18 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
             );
             PamResultCode::PAM_AUTH_ERR
         }
-        Decision::Unavailable(detail) => {
+        Decision::Unavailable { detail, why } => {
             ffi::syslog(
                 pamh,
                 ffi::LOG_ERR,
-                &format!(
-                    "refused {who}: portcullis is unreachable at {} ({detail}); failmode=secure",
-                    target(args)
-                ),
+                &unavailable_log(&who, &target(args), args.failmode, &detail, why),
             );
             PamResultCode::PAM_AUTHINFO_UNAVAIL
+        }
+        Decision::Tls(detail) => {
+            // Not an outage and not an answer of the daemon (it never saw the request).
+            ffi::syslog(pamh, ffi::LOG_ERR, &tls_log(&who, &detail));
+            PamResultCode::PAM_SERVICE_ERR
         }
         Decision::DaemonError(code, message) => {
             ffi::syslog(
@@ -368,5 +412,61 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
             }
             PamResultCode::PAM_CONV_ERR
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WHO: &str = "user=alice tenant=acme service=sshd rhost=-";
+
+    #[test]
+    fn the_unavailable_log_names_the_real_failmode_and_why_it_did_not_let_the_user_in() {
+        let log = |failmode, why| {
+            unavailable_log(
+                WHO,
+                "/tmp/walk2/pam.sock",
+                failmode,
+                "connect: refused",
+                why,
+            )
+        };
+        assert_eq!(
+            log(FailMode::Secure, Unavailable::FailmodeSecure),
+            "refused user=alice tenant=acme service=sshd rhost=-: portcullis is unreachable at /tmp/walk2/pam.sock (connect: refused); failmode=secure"
+        );
+        let got = log(FailMode::Safe, Unavailable::PasswordNotChecked);
+        assert!(
+            got.ends_with("portcullis is unreachable at /tmp/walk2/pam.sock (connect: refused); failmode=safe does not apply: the password was not checked yet (first_factor=portcullis)"),
+            "{got}"
+        );
+        assert!(!got.contains("failmode=secure"), "{got}");
+        let got = log(FailMode::Safe, Unavailable::Stalled);
+        assert!(
+            got.ends_with("portcullis at /tmp/walk2/pam.sock took the request and did not answer (connect: refused); failmode=safe does not apply: the daemon took the request and did not answer"),
+            "{got}"
+        );
+        assert!(!got.contains("unreachable"), "{got}");
+        let got = log(FailMode::Secure, Unavailable::Stalled);
+        assert!(
+            got.ends_with(
+                "took the request and did not answer (connect: refused); failmode=secure"
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_tls_failure_is_not_logged_as_an_answer_of_the_daemon() {
+        let got = tls_log(
+            WHO,
+            "handshake with https://127.0.0.1:18080: invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(
+            got,
+            "refused user=alice tenant=acme service=sshd rhost=-: TLS to the daemon failed: handshake with https://127.0.0.1:18080: invalid peer certificate: UnknownIssuer; refused whatever failmode= says"
+        );
+        assert!(!got.contains("answered"), "{got}");
     }
 }

@@ -2,11 +2,13 @@
 
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{self, Request, Response, HEADER_LEN};
 use socket2::{Domain, SockAddr, Socket, Type};
+use zeroize::Zeroize;
 
 use crate::args::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 use crate::flow::{CallError, Transport};
@@ -18,11 +20,40 @@ pub struct SocketTransport {
     pub timeout: Duration,
 }
 
+/// How long the module looks for a frame the daemon queued before it closed the
+/// connection under a request that could not be sent (see [`failed_send`]). Such a frame
+/// is in the socket's receive queue already (AF_UNIX delivers a write to the peer's queue
+/// at once), so this only bounds a read that finds nothing.
+const QUEUED_FRAME_WAIT: Duration = Duration::from_millis(100);
+
 impl SocketTransport {
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
         let deadline = Instant::now() + req.answer_within(self.timeout);
-        let mut stream = self.send(req, deadline)?;
+        let stream = self.connect(deadline)?;
+        self.exchange_on(stream, req, deadline)
+    }
+
+    /// Send `req` on `stream` (connected to the daemon) and read the answer.
+    fn exchange_on(
+        &self,
+        mut stream: UnixStream,
+        req: &Request,
+        deadline: Instant,
+    ) -> Result<Response, CallError> {
         let left = self.deadline_left(deadline);
+        let budget = left("send").map_err(CallError::Unreachable)?;
+        stream
+            .set_write_timeout(Some(budget))
+            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
+        // A request that cannot be framed (too large) is no outage: never failmode.
+        let mut frame =
+            protocol::encode(req).map_err(|e| CallError::Protocol(format!("send: {e}")))?;
+        let sent = send_all(&stream, &frame);
+        // The frame may hold a password.
+        frame.zeroize();
+        if let Err(e) = sent {
+            return failed_send(&mut stream, &e, deadline);
+        }
         // Read the header, then the body, each bounded by what is left of the deadline.
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
         let mut header = [0u8; HEADER_LEN];
@@ -44,14 +75,10 @@ impl SocketTransport {
         }
     }
 
-    /// Connect and send the request: every failure here means the daemon could not be
-    /// asked; whether that is an outage (failmode decides) or this host's setup (always
+    /// Connect to the daemon: every failure here means the daemon could not be asked;
+    /// whether that is an outage (failmode decides) or this host's setup (always
     /// refused) is told by [`connect_error`].
-    fn send(
-        &self,
-        req: &Request,
-        deadline: Instant,
-    ) -> Result<std::os::unix::net::UnixStream, CallError> {
+    fn connect(&self, deadline: Instant) -> Result<UnixStream, CallError> {
         let shown = self.path.display();
         // Args::parse refuses a path too long for sun_path; this catches what it cannot.
         let addr = SockAddr::unix(&self.path).map_err(|e| {
@@ -69,14 +96,130 @@ impl SocketTransport {
             .min(self.timeout);
         sock.connect_timeout(&addr, budget)
             .map_err(|e| connect_error(&self.path, &e))?;
-        let mut stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(sock));
-        stream
-            .set_write_timeout(Some(left("send").map_err(CallError::Unreachable)?))
-            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
-        protocol::write_frame(&mut stream, req)
-            .map_err(|e| CallError::Unreachable(format!("send: {e}")))?;
-        Ok(stream)
+        Ok(UnixStream::from(std::os::fd::OwnedFd::from(sock)))
     }
+}
+
+/// Writes all of `frame` with MSG_NOSIGNAL: a daemon that closed the connection is an
+/// EPIPE error here, never a SIGPIPE, which would kill an application that does not
+/// ignore it. (std's UnixStream sends with MSG_NOSIGNAL on Linux too, but does not
+/// promise it.) The write timeout of `stream` bounds each send.
+fn send_all(stream: &UnixStream, frame: &[u8]) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let mut sent = 0;
+    while sent < frame.len() {
+        match sock.send_with_flags(&frame[sent..], libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What a request that could not be sent on a connection that was made means.
+///
+/// A daemon may answer a connection without reading the request: `forbidden` (a peer uid
+/// not in `pam.allowed_uids`) and `busy` (past `pam.max_connections`) did so before the
+/// daemon read the request first, and still do past its limit of refused peers it waits
+/// for; `too_large` does. It writes its error frame and closes; a send that comes after
+/// the close fails (EPIPE, ECONNRESET), while the frame is still in this socket's receive
+/// queue. That frame is the daemon's answer and wins: a `forbidden` taken for an outage
+/// would let a peer the daemon refuses in without a second factor under `failmode=safe`.
+/// So the module reads what is queued first, and uses a whole frame, or calls bytes that
+/// are no frame a protocol error (a daemon that is there and broken: refused whatever
+/// failmode says).
+///
+/// Nothing queued: the connection was closed (or the send timed out) without a word from
+/// the daemon. Every refusal of the daemon comes with a frame, so this is a daemon that
+/// is stopping or crashed: a daemon stopping closes its listening socket with our
+/// connection still in its backlog (the connect had succeeded, nobody ever accepted it),
+/// or ends its connection tasks. Part of the request at most went out, and the daemon
+/// cannot act on part of a frame, so the request was not delivered: `Unreachable`, as
+/// for a refused connect. That is an outage for `failmode=` to decide on the first
+/// request of a login, and, later in a login, a request that is safe to send again while
+/// the daemon restarts (`flow::call_waiting`). `NoAnswer` would be wrong on both counts:
+/// it claims the daemon may have acted on the request, and would refuse a login that a
+/// restart of the daemon interrupted at the send instead of waiting for it.
+fn failed_send(
+    stream: &mut UnixStream,
+    e: &std::io::Error,
+    deadline: Instant,
+) -> Result<Response, CallError> {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(10), QUEUED_FRAME_WAIT);
+    match queued_frame(stream, Instant::now() + wait) {
+        Queued::Nothing => Err(CallError::Unreachable(format!(
+            "send: {e} (the daemon closed the connection before it took the request, without an answer: stopping?)"
+        ))),
+        Queued::Frame(body) => protocol::decode_response(&body).map_err(|err| {
+            CallError::Protocol(format!(
+                "send: {e}; the daemon closed the connection after a frame that is no response: {err}"
+            ))
+        }),
+        Queued::Broken(what) => Err(CallError::Protocol(format!(
+            "send: {e}; the daemon closed the connection after {what}"
+        ))),
+    }
+}
+
+/// What the daemon left in the receive queue of a connection it closed.
+#[derive(Debug)]
+enum Queued {
+    /// Not a byte.
+    Nothing,
+    /// One whole frame: its body.
+    Frame(Vec<u8>),
+    /// Bytes that are no whole frame (what, for the log).
+    Broken(String),
+}
+
+/// Reads the frame the daemon may have queued before it closed the connection, waiting
+/// until `until` at most.
+fn queued_frame(stream: &mut UnixStream, until: Instant) -> Queued {
+    let mut header = [0u8; HEADER_LEN];
+    match read_before(stream, &mut header, until) {
+        0 => return Queued::Nothing,
+        n if n < HEADER_LEN => return Queued::Broken(format!("{n} bytes of a frame header")),
+        _ => {}
+    }
+    let len = match protocol::body_len(header) {
+        Ok(len) => len,
+        Err(e) => return Queued::Broken(format!("a frame header that is not one: {e}")),
+    };
+    let mut body = vec![0u8; len];
+    match read_before(stream, &mut body, until) {
+        n if n == len => Queued::Frame(body),
+        n => Queued::Broken(format!("{n} of the {len} bytes of a frame")),
+    }
+}
+
+/// Fills `buf` from `stream` until it is full, the stream ends or fails, or `until`
+/// passes; how many bytes were read.
+fn read_before(stream: &mut UnixStream, buf: &mut [u8], until: Instant) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let Some(left) = until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            break;
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // ECONNRESET (the daemon closed with our request unread) comes only once the
+            // queued bytes are read; a timeout: nothing (more) is queued.
+            Err(_) => break,
+        }
+    }
+    filled
 }
 
 /// What a failed connect to the socket at `path` means. Only what a daemon that is down,
@@ -201,7 +344,7 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
 }
 
 fn read_until(
-    stream: &mut std::os::unix::net::UnixStream,
+    stream: &mut UnixStream,
     buf: &mut [u8],
     left: &dyn Fn(&str) -> Result<Duration, String>,
 ) -> Result<(), String> {
@@ -457,6 +600,120 @@ mod tests {
         assert!(matches!(got, Err(CallError::NoAnswer(_))), "{got:?}");
         drop(t);
         d.join().unwrap();
+    }
+
+    fn forbidden() -> Response {
+        Response::error(
+            protocol::ErrorCode::Forbidden,
+            "uid 65534 may not use this socket (pam.allowed_uids)",
+        )
+    }
+
+    fn is_forbidden(got: &Result<Response, CallError>) -> bool {
+        matches!(
+            got,
+            Ok(Response {
+                step: ResponseStep::Error {
+                    code: protocol::ErrorCode::Forbidden,
+                    ..
+                },
+                ..
+            })
+        )
+    }
+
+    fn start() -> Request {
+        request(RequestStep::Start {
+            first_factor: protocol::FirstFactor::Delegated,
+            password: None,
+            unenrolled: protocol::Unenrolled::Deny,
+        })
+    }
+
+    /// A connection whose daemon end has already said `queued` and closed: the module's
+    /// send on it fails (EPIPE) every time, not only when it loses a race.
+    fn closed_after(queued: &[u8]) -> UnixStream {
+        let (module, mut daemon) = UnixStream::pair().unwrap();
+        daemon.write_all(queued).unwrap();
+        drop(daemon);
+        module
+    }
+
+    fn exchange_on(stream: UnixStream, req: &Request) -> Result<Response, CallError> {
+        let t = SocketTransport {
+            path: PathBuf::from("/unused"),
+            timeout: Duration::from_secs(1),
+        };
+        t.exchange_on(stream, req, Instant::now() + Duration::from_secs(1))
+    }
+
+    #[test]
+    fn a_frame_the_daemon_queued_before_it_closed_wins_over_the_failed_send() {
+        // The daemon refused the peer (forbidden) and closed before the request went out:
+        // the send fails with EPIPE, and that must not look like an outage, or
+        // failmode=safe would let a refused peer in without a second factor.
+        let frame = protocol::encode(&forbidden()).unwrap();
+        let probe = closed_after(&frame);
+        let e = send_all(&probe, b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+        let got = exchange_on(closed_after(&frame), &start());
+        assert!(is_forbidden(&got), "{got:?}");
+        // Any frame: busy (past pam.max_connections) too.
+        let busy = Response::error(protocol::ErrorCode::Busy, "the daemon is busy; try again");
+        let got = exchange_on(closed_after(&protocol::encode(&busy).unwrap()), &poll());
+        assert_eq!(got, Ok(busy));
+    }
+
+    #[test]
+    fn a_connection_closed_under_the_request_without_a_frame_is_unreachable() {
+        // A daemon stopping with the connection in its backlog, or ending its tasks: the
+        // request was not delivered (a part of a frame is nothing to the daemon), so it is
+        // an outage (failmode), and later in a login safe to send again.
+        let got = exchange_on(closed_after(b""), &start());
+        assert!(
+            matches!(&got, Err(CallError::Unreachable(m)) if m.starts_with("send: ")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_no_frame_before_the_close_are_a_protocol_error() {
+        let mut truncated = protocol::encode(&forbidden()).unwrap();
+        truncated.truncate(HEADER_LEN + 3);
+        let mut not_json = 5u32.to_be_bytes().to_vec();
+        not_json.extend_from_slice(b"hello");
+        for queued in [&b"\0\0"[..], &truncated, &not_json, &u32::MAX.to_be_bytes()] {
+            let got = exchange_on(closed_after(queued), &start());
+            assert!(
+                matches!(&got, Err(CallError::Protocol(m)) if m.starts_with("send: ")),
+                "{queued:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_daemon_that_refuses_without_reading_the_request_is_heard_every_time() {
+        // As the daemon did: accept, write forbidden, close without reading. Whether the
+        // module's send comes before or after the close, it gets the forbidden frame.
+        let path = socket_path("refusing");
+        let listener = UnixListener::bind(&path).unwrap();
+        const LOGINS: usize = 50;
+        let d = std::thread::spawn(move || {
+            for _ in 0..LOGINS {
+                let (mut conn, _) = listener.accept().unwrap();
+                protocol::write_frame(&mut conn, &forbidden()).unwrap();
+            }
+        });
+        let mut t = SocketTransport {
+            path: path.clone(),
+            timeout: Duration::from_secs(2),
+        };
+        for i in 0..LOGINS {
+            let got = t.call(&start());
+            assert!(is_forbidden(&got), "login {i}: {got:?}");
+        }
+        d.join().unwrap();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use portcullis_tests::pam::under_pam_wrapper;
 use portcullis_tests::tools::{require_tool, run_with_timeout};
 use portcullis_tests::{describe, require_root, PamFixture};
 use serde_json::Value;
@@ -170,6 +171,44 @@ fn a_peer_that_is_not_root_is_refused() {
     );
     let reply: Value = serde_json::from_slice(&out.stdout).expect("reply is JSON");
     assert_eq!(reply["step"]["type"], "prompt", "{reply}");
+    let log = f.server.as_ref().map(|s| s.stderr()).unwrap_or_default();
+    assert!(log.contains("uid=65534"), "{log}");
+}
+
+#[test]
+fn pam_logins_of_a_uid_not_allowed_are_refused_as_forbidden_every_time_even_with_failmode_safe() {
+    // The daemon used to write `forbidden` and close before the module had sent its
+    // request: the module's send failed (EPIPE), it took that for an outage, and
+    // failmode=safe let the user in without a second factor (2 runs of 3). Many logins
+    // here, so that the race would show.
+    require_root("the non-root PAM login test");
+    let setpriv = require_tool("setpriv", "util-linux");
+    let pamtester = require_tool("pamtester", "pamtester");
+    let f = PamFixture::with_pam_section("socket_mode = \"0666\"\nallowed_uids = [0]\n", "", true);
+    // uid 65534 may reach the socket (and read the service files); only the uid check
+    // (SO_PEERCRED) stops it.
+    std::fs::set_permissions(f.env.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    f.module_service("safe", "first_factor=stack failmode=safe");
+    for i in 0..20 {
+        let mut cmd = Command::new(&setpriv);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&pamtester)
+            .args(["-v", "safe", "alice", "authenticate"]);
+        under_pam_wrapper(&mut cmd, &f.service_dir);
+        // pam_wrapper prints what the module logs through pam_syslog on stderr.
+        cmd.env("PAM_WRAPPER_DEBUGLEVEL", "3");
+        let out = run_with_timeout(cmd, Some(Vec::new()), Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "login {i}: {}", describe(&out));
+        assert!(
+            !err.contains("WITHOUT a second factor") && !err.contains("unreachable"),
+            "login {i}: {err}"
+        );
+        assert!(
+            err.contains("the daemon answered forbidden: uid 65534 may not use this socket"),
+            "login {i}: {err}"
+        );
+    }
     let log = f.server.as_ref().map(|s| s.stderr()).unwrap_or_default();
     assert!(log.contains("uid=65534"), "{log}");
 }

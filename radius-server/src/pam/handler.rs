@@ -276,7 +276,7 @@ fn translate(step: Step) -> ResponseStep {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use portcullis_core::admin::{Admin, NewPassword};
     use portcullis_core::clock::ManualClock;
@@ -287,7 +287,8 @@ mod tests {
     use portcullis_core::secrets::MasterKey;
     use portcullis_core::store::{SqliteStore, Store};
 
-    fn engine() -> Arc<Engine> {
+    /// An Engine on an in-memory store: tenant acme, alice (with TOTP) and bob.
+    pub(in crate::pam) fn engine() -> Arc<Engine> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
         let clock = Arc::new(ManualClock::new(1_800_000_005));
         let key = Arc::new(MasterKey::from_bytes([7; 32]));
