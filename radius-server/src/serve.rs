@@ -13,6 +13,9 @@ use crate::pam::server::PamContext;
 use crate::radius::metrics::Metrics;
 use crate::radius::server::{bind, serve_socket, RadiusContext};
 
+/// What the HTTP listener serves (every route of `crate::http::router`), for its start line.
+const HTTP_SERVES: &str = "/metrics, /v1/push, /v1/pam/step, /v1/enroll, admin API /v1/, self-service /my/, admin pages /admin/";
+
 /// How long in-flight logins may take to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -45,6 +48,25 @@ fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
             tracing::warn!(client = %c.name, "client does not require Message-Authenticator (BlastRADIUS exposure; use only for NAS software that cannot send it)");
         }
     }
+    for w in placeholder_secrets(cfg) {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Clients whose shared secret is still an example's placeholder (`trial-secret-change-me`):
+/// anyone who read the example knows it.
+fn placeholder_secrets(cfg: &Config) -> Vec<String> {
+    cfg.radius
+        .clients
+        .iter()
+        .filter(|c| c.secret.to_ascii_lowercase().contains("change-me"))
+        .map(|c| {
+            format!(
+                "client '{}' has a placeholder shared secret (it contains \"change-me\"): set a long random one on both the NAS and here",
+                c.name
+            )
+        })
+        .collect()
 }
 
 async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
@@ -81,9 +103,9 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
             let bound = listener.local_addr()?;
             println!("http: listening on {bound}");
             if listener.is_tls() {
-                tracing::info!(addr = %bound, "HTTPS listener ready (/metrics, /v1/push, /v1/pam/step, admin API /v1/)");
+                tracing::info!(addr = %bound, "HTTPS listener ready ({HTTP_SERVES})");
             } else {
-                tracing::info!(addr = %bound, "HTTP listener ready (/metrics, /v1/push, /v1/pam/step, admin API /v1/)");
+                tracing::info!(addr = %bound, "HTTP listener ready ({HTTP_SERVES})");
                 if !bound.ip().is_loopback() {
                     tracing::warn!(addr = %bound, "the HTTP listener has no TLS: remote PAM hosts would send tokens and codes in clear; set http.tls_cert and http.tls_key (or terminate TLS in a proxy on this machine)");
                 }
@@ -195,7 +217,11 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
     };
 
     wait_for_signal(signals, &ctx, &o.config, &config_path, o.store.as_ref()).await;
-    tracing::info!("shutting down: no new logins; finishing logins in progress (the HTTP listener stays up for their push approvals and PAM steps)");
+    if o.config.http.is_some() {
+        tracing::info!("shutting down: no new logins; finishing logins in progress (the HTTP listener stays up for their push approvals and PAM steps)");
+    } else {
+        tracing::info!("shutting down: no new logins; finishing logins in progress");
+    }
     let _ = stop_tx.send(true);
     for l in loops {
         let _ = l.await;
@@ -234,9 +260,14 @@ async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| format!("{k}={n}"))
         .collect();
+    let drops = if drops.is_empty() {
+        "none".to_string()
+    } else {
+        drops.join(" ")
+    };
     tracing::info!(
         received = metrics.received.load(std::sync::atomic::Ordering::Relaxed),
-        drops = %drops.join(" "),
+        %drops,
         "stopped"
     );
     Ok(())
@@ -374,10 +405,6 @@ fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
             "[store] (other than url)",
             store_tuning(running) != store_tuning(new),
         ),
-        (
-            "[http] (other than listen)",
-            http_rest(running) != http_rest(new),
-        ),
     ];
     changed.extend(
         sections
@@ -385,7 +412,37 @@ fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
             .filter(|(_, differ)| *differ)
             .map(|(n, _)| n.to_string()),
     );
+    if running.http.is_some() != new.http.is_some() {
+        changed.push("[http] (section added or removed)".into());
+    } else if http_rest(running) != http_rest(new) {
+        changed.push("[http] (other than listen)".into());
+    }
     changed
+}
+
+/// The listeners and the store's URL that differ between `running` and `new`: a reload
+/// keeps them as they run (and applies the rest); named for the log.
+fn listener_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let http_listen = |c: &Config| c.http.as_ref().map(|h| h.listen);
+    [
+        ("radius.listen", running.radius.listen != new.radius.listen),
+        (
+            "radius.accounting_listen",
+            running.radius.accounting_listen != new.radius.accounting_listen,
+        ),
+        ("store.url", running.store.url != new.store.url),
+        (
+            "http.listen",
+            // A section added or removed is refused whole (see `start_only_changes`).
+            running.http.is_some()
+                && new.http.is_some()
+                && http_listen(running) != http_listen(new),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, differ)| *differ)
+    .map(|(key, _)| key)
+    .collect()
 }
 
 /// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
@@ -403,8 +460,14 @@ fn reload(
             // client whose first_factor = "none" was removed would still skip the
             // password): nothing is applied.
             ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+            let mut changed = start_only_changes(running, &cfg);
+            changed.extend(
+                listener_changes(running, &cfg)
+                    .into_iter()
+                    .map(String::from),
+            );
             tracing::error!(
-                changed = %start_only_changes(running, &cfg).join(", "),
+                changed = %changed.join(", "),
                 "configuration reload failed: these settings change only with a restart, and nothing was applied (still using the previous configuration); restart portcullis to apply them"
             );
         }
@@ -412,13 +475,11 @@ fn reload(
             warn_about_clients(&cfg, store);
             ctx.reload(&cfg);
             ctx.metrics.reloads_ok.fetch_add(1, Relaxed);
-            if cfg.radius.listen != running.radius.listen
-                || cfg.radius.accounting_listen != running.radius.accounting_listen
-                || cfg.store.url != running.store.url
-                || cfg.http.as_ref().map(|h| h.listen) != running.http.as_ref().map(|h| h.listen)
-            {
+            let unapplied = listener_changes(running, &cfg);
+            if !unapplied.is_empty() {
                 tracing::warn!(
-                    "radius.listen, radius.accounting_listen, store and http changes need a restart; they were not applied"
+                    changed = %unapplied.join(", "),
+                    "these settings change only with a restart and keep their running values until then (the rest of the reload was applied)"
                 );
             }
             tracing::info!(
@@ -430,5 +491,77 @@ fn reload(
             ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
             tracing::error!(error = %e, "configuration reload failed; still using the previous configuration");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml_str(
+            &format!(
+                "[radius]\nlisten = [\"127.0.0.1:1812\"]\n{extra}\n\
+                 [[radius.clients]]\nname = \"vpn\"\naddress = \"10.0.0.0/8\"\nsecret = \"s\"\ntenant = \"acme\"\n"
+            ),
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_placeholder_secret_is_warned_about() {
+        let mut c = cfg("");
+        assert!(placeholder_secrets(&c).is_empty());
+        c.radius.clients[0].secret = "trial-secret-CHANGE-ME".into();
+        let w = placeholder_secrets(&c);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("client 'vpn' has a placeholder shared secret"),
+            "{w:?}"
+        );
+        assert!(
+            !w[0].contains("trial-secret"),
+            "the secret is never logged: {w:?}"
+        );
+    }
+
+    #[test]
+    fn an_http_section_added_or_removed_is_named_so() {
+        let without = cfg("");
+        let with = cfg("[http]\nlisten = \"127.0.0.1:8080\"\n");
+        for (a, b) in [(&without, &with), (&with, &without)] {
+            assert_eq!(
+                start_only_changes(a, b),
+                vec!["[http] (section added or removed)".to_string()]
+            );
+            assert!(listener_changes(a, b).is_empty());
+        }
+        let proxied =
+            cfg("[http]\nlisten = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.1/32\"]\n");
+        assert_eq!(
+            start_only_changes(&with, &proxied),
+            vec!["[http] (other than listen)".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_reload_names_only_the_listeners_that_changed() {
+        let running = cfg("");
+        let moved = cfg("").clone();
+        assert!(listener_changes(&running, &moved).is_empty());
+        let mut moved = moved;
+        moved.radius.listen = vec!["127.0.0.1:1645".parse().unwrap()];
+        assert!(start_only_changes(&running, &moved).is_empty());
+        assert_eq!(listener_changes(&running, &moved), vec!["radius.listen"]);
+        moved.store.url = "sqlite:///elsewhere.db".into();
+        assert_eq!(
+            listener_changes(&running, &moved),
+            vec!["radius.listen", "store.url"]
+        );
+        let with = cfg("[http]\nlisten = \"127.0.0.1:8080\"\n");
+        let other = cfg("[http]\nlisten = \"127.0.0.1:8081\"\n");
+        assert_eq!(listener_changes(&with, &other), vec!["http.listen"]);
+        assert!(start_only_changes(&with, &other).is_empty());
     }
 }

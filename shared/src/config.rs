@@ -1046,6 +1046,124 @@ fn load_error(e: &config::ConfigError, text: impl FnOnce() -> Option<String>) ->
     }
 }
 
+/// The text of an error of deserializing the config: `KEY: MESSAGE`, the key with the `.`
+/// after an index that the `config` crate leaves out (`radius.clients[0]mode`), and for a
+/// value that is none of an enum's the values it may take instead of the Rust type's name
+/// (`radius.clients[0].mode: unknown value 'chalenge' (expected challenge, append, auto,
+/// otp-only)`).
+fn deserialize_error(e: &config::ConfigError) -> String {
+    use config::ConfigError as E;
+    // Values from `PORTCULLIS__...` variables come from "the environment"; the file is
+    // named by the caller.
+    let origin = |origin: &Option<String>| match origin.as_deref() {
+        Some(o) if o.contains("environment") => format!(" (set in {o})"),
+        _ => String::new(),
+    };
+    match e {
+        E::At {
+            error,
+            origin: o,
+            key: Some(key),
+        } => {
+            let message = match error.as_ref() {
+                E::Message(m) => unknown_variant(m).unwrap_or_else(|| m.clone()),
+                other => other.to_string(),
+            };
+            format!("{}: {message}{}", dotted_key(key), origin(o))
+        }
+        E::Type {
+            origin: o,
+            unexpected,
+            expected,
+            key: Some(key),
+        } => format!(
+            "{}: invalid type: {unexpected}, expected {expected}{}",
+            dotted_key(key),
+            origin(o)
+        ),
+        E::Message(m) => unknown_variant(m).unwrap_or_else(|| m.clone()),
+        other => other.to_string(),
+    }
+}
+
+/// A key as the `config` crate writes it, with a `.` put back after every index that a
+/// name follows: `tenants.acme.rules[1]action` -> `tenants.acme.rules[1].action`.
+fn dotted_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            out.push('.');
+        }
+        after_index = c == ']';
+        out.push(c);
+    }
+    out
+}
+
+/// `unknown value 'V' (expected a, b, c)` for the `config` crate's `enum T does not have
+/// variant constructor V`, when `T` is an enum of the config.
+fn unknown_variant(message: &str) -> Option<String> {
+    let (name, value) = message
+        .strip_prefix("enum ")?
+        .split_once(" does not have variant constructor ")?;
+    let values = match name {
+        "LoginMode" => variant_names::<LoginMode>(),
+        "Unenrolled" => variant_names::<Unenrolled>(),
+        "FirstFactorKind" => variant_names::<FirstFactorKind>(),
+        "FailMode" => variant_names::<FailMode>(),
+        "DuoUsername" => variant_names::<DuoUsername>(),
+        "SmtpTls" => variant_names::<SmtpTls>(),
+        "SmsProvider" => variant_names::<SmsProvider>(),
+        "BodyEncoding" => variant_names::<BodyEncoding>(),
+        "Action" => variant_names::<crate::policy::Action>(),
+        "Weekday" => variant_names::<crate::policy::Weekday>(),
+        _ => &[],
+    };
+    Some(if values.is_empty() {
+        format!("unknown value '{value}'")
+    } else {
+        format!("unknown value '{value}' (expected {})", values.join(", "))
+    })
+}
+
+/// The names of the variants of the enum `T` as a config writes them (serde's, after
+/// `rename_all`): asked from `T`'s `Deserialize`, so that they cannot go stale.
+fn variant_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records what an enum says it has.
+    struct Names(std::cell::Cell<&'static [&'static str]>);
+
+    impl<'de> de::Deserializer<'de> for &Names {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not an enum"))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(variants);
+            Err(de::Error::custom("only the names were asked for"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            struct identifier ignored_any
+        }
+    }
+
+    let names = Names(std::cell::Cell::new(&[]));
+    let _ = T::deserialize(&names);
+    names.0.get()
+}
+
 /// A TOML parser's error text without its source snippet. The parser (`toml`) renders
 /// ```text
 /// TOML parse error at line 3, column 20
@@ -1187,6 +1305,39 @@ pub fn max_menu_prompt_len() -> usize {
 /// The longest `[lockout] duration` and `base_delay`: 30 days.
 const MAX_LOCK_SECS: u64 = 30 * 24 * 3600;
 
+/// `d` in the largest unit that holds it whole, as a config writes it: `31d`, `90m`,
+/// `500ms`.
+fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        return if d.subsec_nanos().is_multiple_of(1_000_000) {
+            format!("{}ms", d.as_millis())
+        } else {
+            humantime::format_duration(d).to_string()
+        };
+    }
+    match secs {
+        0 => "0s".into(),
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Why `d` is no `[lockout]` length (1 s to 30 days), in terms of the value given:
+/// `500ms is under 1s`, `31days is over 30d`; `None` when it is one.
+fn outside_lock_range(d: Duration) -> Option<String> {
+    let shown = short_duration(d);
+    if d < Duration::from_secs(1) {
+        Some(format!("{shown} is under 1s"))
+    } else if d.as_secs() > MAX_LOCK_SECS {
+        Some(format!("{shown} is over 30d"))
+    } else {
+        None
+    }
+}
+
 impl Config {
     /// Load `path`, apply `PORTCULLIS__SECTION__KEY` overrides from the environment, make
     /// relative paths absolute against the directory of `path`, validate.
@@ -1246,7 +1397,7 @@ impl Config {
     fn finish(built: config::Config, path: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = built.try_deserialize().map_err(|e| ConfigError::Load {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: deserialize_error(&e),
         })?;
         cfg.resolve_paths(path)
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -1532,17 +1683,25 @@ impl Config {
         }
         // Durations are counted in whole seconds: under one second is zero, and a lock of
         // zero seconds is cleared (with its failures) by the next login.
-        if !(1..=MAX_LOCK_SECS).contains(&self.lockout.duration.as_secs()) {
+        let duration = self.lockout.duration;
+        if let Some(why) = outside_lock_range(duration) {
+            let why = if duration.is_zero() {
+                "0 would unlock at once and count no failures (for a lock that lasts until an admin lifts it, use a long duration and portcullis user unlock)".to_string()
+            } else if duration < Duration::from_secs(1) {
+                format!("{why} (a lock is counted in whole seconds; under one is none)")
+            } else {
+                format!("{why} (for a lock that lasts until an admin lifts it, use a long duration and portcullis user unlock)")
+            };
             return Err(bad(
                 "lockout.duration".into(),
-                "must be between 1s and 30d: 0 would unlock at once and count no failures (for a lock that lasts until an admin lifts it, use a long duration and portcullis user unlock)".into(),
+                format!("must be between 1s and 30d: {why}"),
             ));
         }
         let base = self.lockout.base_delay;
-        if !base.is_zero() && !(1..=MAX_LOCK_SECS).contains(&base.as_secs()) {
+        if let Some(why) = outside_lock_range(base).filter(|_| !base.is_zero()) {
             return Err(bad(
                 "lockout.base_delay".into(),
-                "must be 0 (no delays before the lock) or between 1s and 30d".into(),
+                format!("must be 0 (no delays before the lock) or between 1s and 30d: {why}"),
             ));
         }
         if self.lockout.lock_after < self.lockout.throttle_after {
@@ -1914,21 +2073,87 @@ tenant = "acme"
     }
 
     #[test]
+    fn an_unknown_enum_value_names_the_key_and_the_values_it_may_take() {
+        let e = parse(&CLIENT.replace(
+            "tenant = \"acme\"",
+            "tenant = \"acme\"\nmode = \"chalenge\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with(
+                "radius.clients[0].mode: unknown value 'chalenge' (expected challenge, append, auto, otp-only)"
+            ),
+            "{e}"
+        );
+        let e = parse(&CLIENT.replace(
+            "tenant = \"acme\"",
+            "tenant = \"acme\"\nfirst_factor = \"nonee\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with(
+                "radius.clients[0].first_factor: unknown value 'nonee' (expected local, ldap, radius, none)"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{CLIENT}\n[tenants.acme]\nfirst_factor = \"nonee\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with(
+                "tenants.acme.first_factor: unknown value 'nonee' (expected local, ldap, radius, none)"
+            ),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{CLIENT}\n[[tenants.acme.rules]]\nname = \"r\"\naction = \"allow\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with(
+                "tenants.acme.rules[0].action: unknown value 'allow' (expected require_mfa, skip_mfa, deny, step_up)"
+            ),
+            "{e}"
+        );
+        // Other type errors name the key with its dot too.
+        let e = parse(&CLIENT.replace(
+            "tenant = \"acme\"",
+            "tenant = \"acme\"\nrequire_message_authenticator = \"maybe\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("radius.clients[0].require_message_authenticator: invalid type"),
+            "{e}"
+        );
+        assert_eq!(dotted_key("a.b[0][1]c.d[2]"), "a.b[0][1].c.d[2]");
+    }
+
+    #[test]
     fn lockout_durations_under_a_second_or_over_thirty_days_are_refused() {
-        for (key, value) in [
-            ("duration", "\"0s\""),
-            ("duration", "\"500ms\""),
-            ("duration", "\"400000000000y\""),
-            ("base_delay", "\"500ms\""),
-            ("base_delay", "\"31d\""),
+        // The message says what is wrong with the value given.
+        for (key, value, why) in [
+            ("duration", "\"0s\"", "0 would unlock at once"),
+            ("duration", "\"500ms\"", "500ms is under 1s"),
+            ("duration", "\"400000000000y\"", "is over 30d"),
+            ("base_delay", "\"500ms\"", "500ms is under 1s"),
+            ("base_delay", "\"31d\"", "31d is over 30d"),
         ] {
             let e = parse(&format!("{CLIENT}\n[lockout]\n{key} = {value}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(
-                e.contains(&format!("lockout.{key}")),
+                e.contains(&format!("lockout.{key}")) && e.contains(why),
                 "{key} = {value}: {e}"
             );
+            if value != "\"0s\"" {
+                assert!(!e.contains("0 would"), "{key} = {value}: {e}");
+            }
         }
         assert!(parse(&format!(
             "{CLIENT}\n[lockout]\nbase_delay = \"0s\"\nduration = \"30d\"\n"

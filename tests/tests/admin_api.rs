@@ -642,11 +642,19 @@ fn roles_are_enforced_and_helpdesk_can_get_a_user_back_in() {
             && r["username"] == "alice"),
         "{records:?}"
     );
+    let issued = records
+        .iter()
+        .find(|r| r["mode"] == "bypass.issue" && r["client"] == "desk")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    // Its expiry as a UTC time, as the CLI prints it, not a Unix timestamp.
+    let reason = issued["reason"].as_str().unwrap_or_default();
+    let until = reason
+        .split("valid until ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{reason}"));
     assert!(
-        records
-            .iter()
-            .any(|r| r["mode"] == "bypass.issue" && r["client"] == "desk"),
-        "{records:?}"
+        until.len() == 20 && until.ends_with('Z') && until.as_bytes()[10] == b'T',
+        "{reason}"
     );
     assert!(!serde_json::to_string(&records).unwrap().contains(&code));
 }

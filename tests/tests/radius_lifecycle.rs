@@ -293,9 +293,10 @@ fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
         !status_answered(server.addr, "s3cret-vpn"),
         "a stopped server answered"
     );
+    let log = server.stderr();
     assert!(
-        server.stderr().contains("shutting down"),
-        "{}",
-        server.stderr()
+        log.contains("shutting down") && log.contains("the HTTP listener stays up"),
+        "{log}"
     );
+    assert!(log.contains("drops=none"), "nothing was dropped:\n{log}");
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use portcullis_tests::process::Signal;
 use portcullis_tests::raw::{self, code, first_attribute_type, RawClient, MESSAGE_AUTHENTICATOR};
 use portcullis_tests::{radclient, require_tool, LoginFixture, Mode};
 
@@ -53,6 +54,76 @@ fn wrong_secret_gets_no_answer() {
         "the same request with the right secret is accepted (the code was not consumed)\n{}",
         right.raw_output
     );
+}
+
+/// How many lines of `log` contain `text`.
+fn lines_with(log: &str, text: &str) -> usize {
+    log.lines().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn a_wrong_secret_and_an_unknown_address_are_warned_about_once_a_minute() {
+    peers();
+    let mut f = LoginFixture::new(Mode::Challenge);
+    let attrs = [
+        ("User-Name", f.user.clone()),
+        ("User-Password", f.password.clone()),
+    ];
+    const WRONG: &str =
+        "client 'vpn' (127.0.0.1): Message-Authenticator does not verify: wrong shared secret?";
+    for _ in 0..3 {
+        let wrong = radclient(f.server.addr, "not-the-secret", &attrs, true);
+        assert!(wrong.is_no_reply(), "{}", wrong.raw_output);
+    }
+    let log = f.server.wait_for_stderr(WRONG, Duration::from_secs(5));
+    assert_eq!(
+        lines_with(&log, WRONG),
+        1,
+        "one warning for three requests:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(WRONG) && l.contains("WARN")),
+        "at WARN, the default level shows it:\n{log}"
+    );
+
+    // An address that no client's `address` contains (127.0.0.2; the client is 127.0.0.1/32).
+    const UNKNOWN: &str = "request from 127.0.0.2 which is no configured client: dropped";
+    let request = RawClient::new(f.server.addr, "s3cret-vpn").access_request(
+        7,
+        &f.user,
+        f.password.as_bytes(),
+        None,
+        true,
+    );
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    for _ in 0..3 {
+        stranger.send_to(&request.bytes, f.server.addr).unwrap();
+    }
+    f.server.wait_for_stderr(UNKNOWN, Duration::from_secs(5));
+    // The three datagrams were handled (the last one's drop logged at debug only).
+    std::thread::sleep(Duration::from_millis(300));
+    let log = f.server.stderr();
+    assert_eq!(
+        lines_with(&log, UNKNOWN),
+        1,
+        "one warning for three requests:\n{log}"
+    );
+    assert_eq!(lines_with(&log, WRONG), 1, "{log}");
+
+    // Stopped: the last line counts the drops; without [http] no HTTP listener is promised.
+    f.server.signal(Signal::TERM);
+    assert!(f.server.wait_exit(Duration::from_secs(15)).is_some());
+    let log = f.server.stderr();
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("stopped received="))
+        .unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    assert!(
+        stopped.contains("unknown_client=3") && stopped.contains("bad_message_authenticator=3"),
+        "{stopped}"
+    );
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("HTTP listener"), "{log}");
 }
 
 #[test]

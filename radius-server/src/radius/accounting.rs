@@ -14,8 +14,9 @@ use super::metrics::DropCause;
 use super::packet::accounting::{
     check_accounting_structure, decode_accounting_request, encode_accounting_response,
 };
-use super::packet::MAX_PACKET_LEN;
+use super::packet::{DropReason, MAX_PACKET_LEN};
 use super::server::RadiusContext;
+use super::warnings::{self, Unverified};
 
 /// The answer to one accounting datagram, or why it gets none.
 pub fn respond(
@@ -24,15 +25,25 @@ pub fn respond(
     datagram: &[u8],
 ) -> Result<Vec<u8>, DropCause> {
     check_accounting_structure(datagram).map_err(DropCause::Packet)?;
-    let client = ctx
-        .clients()
-        .client_for(src.ip())
-        .ok_or(DropCause::UnknownClient)?;
-    let request = decode_accounting_request(datagram, client.config.secret.as_bytes())
-        .map_err(DropCause::Packet)?;
+    let Some(client) = ctx.clients().client_for(src.ip()) else {
+        warnings::unknown_client(&ctx.unknown_clients, src);
+        return Err(DropCause::UnknownClient);
+    };
+    let request =
+        decode_accounting_request(datagram, client.config.secret.as_bytes()).map_err(|r| {
+            if r == DropReason::BadMessageAuthenticator {
+                warnings::wrong_secret(
+                    &client.warnings,
+                    &client.config.name,
+                    src,
+                    Unverified::RequestAuthenticator,
+                );
+            }
+            DropCause::Packet(r)
+        })?;
     encode_accounting_response(&request, client.config.secret.as_bytes()).map_err(|e| {
         tracing::warn!(%src, error = %e, "cannot encode an Accounting-Response");
-        DropCause::Packet(super::packet::DropReason::Undecodable)
+        DropCause::Packet(DropReason::Undecodable)
     })
 }
 

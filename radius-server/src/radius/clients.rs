@@ -12,6 +12,7 @@ use portcullis_core::reply::{parse_reply_attribute, ReplyPolicy};
 
 use super::metrics::ClientCounters;
 use super::packet::ClientPolicy;
+use super::warnings::ClientWarnings;
 
 /// A configured RADIUS client, ready for lookups.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Client {
     pub reply: Vec<ReplyAttribute>,
     /// Requests answered for this client (survive reloads by client name).
     pub counters: Arc<ClientCounters>,
+    /// Its rate-limited warnings about requests that do not verify (a wrong secret); new
+    /// with every reload, so that a secret changed by it is warned about at once.
+    pub warnings: ClientWarnings,
 }
 
 /// Every client of one config, most specific address first, and the reply policy.
@@ -64,6 +68,7 @@ impl ClientTable {
                         .map(|c| Arc::clone(c))
                         .unwrap_or_default(),
                     config: c.clone(),
+                    warnings: ClientWarnings::default(),
                 })
             })
             .collect();

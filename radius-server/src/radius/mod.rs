@@ -4,3 +4,4 @@ pub mod clients;
 pub mod metrics;
 pub mod packet;
 pub mod server;
+pub mod warnings;

@@ -21,7 +21,8 @@ use super::cache::{Lookup, ResponseCache};
 pub use super::clients::Client;
 use super::clients::ClientTable;
 use super::metrics::{Answered, DropCause, Metrics};
-use super::packet::{self, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
+use super::packet::{self, DropReason, Reply, ReplyCode, Request, RequestKind, MAX_PACKET_LEN};
+use super::warnings::{self, DropWarning, Unverified};
 use crate::push::PushHub;
 
 /// What every request task shares.
@@ -40,6 +41,8 @@ pub struct RadiusContext {
     /// Decides code-only logins in batches (SQLite store; see [`LoginBatcher`]), and the
     /// runtime that its thread hands the rest of a request to.
     batcher: Option<(LoginBatcher, tokio::runtime::Handle)>,
+    /// Requests from addresses that are no configured client, for a rate-limited warning.
+    pub unknown_clients: DropWarning,
 }
 
 impl RadiusContext {
@@ -55,6 +58,7 @@ impl RadiusContext {
             max_in_flight: cfg.radius.max_in_flight,
             challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
             push_hub: Arc::new(PushHub::new(cfg.store.push_poll_interval)),
+            unknown_clients: DropWarning::default(),
         }
     }
 
@@ -215,6 +219,7 @@ fn on_datagram(
         Err(r) => return drop_it(ctx, src, DropCause::Packet(r)),
     };
     let Some(client) = ctx.client_for(src.ip()) else {
+        warnings::unknown_client(&ctx.unknown_clients, src);
         return drop_it(ctx, src, DropCause::UnknownClient);
     };
     let now = Instant::now();
@@ -229,7 +234,17 @@ fn on_datagram(
     let request =
         match packet::decode_request(datagram, client.config.secret.as_bytes(), &client.policy) {
             Ok(r) => r,
-            Err(r) => return drop_it(ctx, src, DropCause::Packet(r)),
+            Err(r) => {
+                if r == DropReason::BadMessageAuthenticator {
+                    warnings::wrong_secret(
+                        &client.warnings,
+                        &client.config.name,
+                        src,
+                        Unverified::MessageAuthenticator,
+                    );
+                }
+                return drop_it(ctx, src, DropCause::Packet(r));
+            }
         };
     // Only a request that verified takes its identifier's place in the cache: a forged
     // datagram with a NAS's address and an identifier in use must not push out the entry

@@ -126,6 +126,17 @@ fn source_bucket(source: &str) -> String {
     }
 }
 
+/// `source X` for a reason text, with `(counted as BUCKET)` where the bucket is not the
+/// source as written (an IPv6 address counted by its /64, IPv4 seen over IPv6).
+fn source_named(source: &str) -> String {
+    let bucket = source_bucket(source);
+    if bucket == source {
+        format!("source {source}")
+    } else {
+        format!("source {source} (counted as {bucket})")
+    }
+}
+
 /// The channels that have a bucket per source.
 pub const SOURCE_CHANNELS: [&str; 3] = ["radius", "pam", "web"];
 
@@ -245,9 +256,8 @@ impl Engine {
         let th = self.current_throttle(tenant, &key, now)?;
         if let Some(until) = th.locked_until {
             return Ok(Err(blocked(format!(
-                "source {} (counted as {}) is blocked for {} s more after too many wrong passwords",
-                req.source,
-                source_bucket(&req.source),
+                "{} is blocked for {} s more after too many wrong passwords",
+                source_named(&req.source),
                 until - now
             ))));
         }
@@ -258,9 +268,8 @@ impl Engine {
         let (checking, others) = self.checking_sources.enter(key);
         if level.saturating_add(others) > lock.source_failures {
             return Ok(Err(blocked(format!(
-                "source {} (counted as {}): {others} other passwords being checked and {level} wrong on record: too many at once",
-                req.source,
-                source_bucket(&req.source)
+                "{}: {others} other passwords being checked and {level} wrong on record: too many at once",
+                source_named(&req.source)
             ))));
         }
         Ok(Ok(Some(checking)))
@@ -354,8 +363,25 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::{delay_after, source_key, source_throttle_key};
+    use super::{delay_after, source_key, source_named, source_throttle_key};
     use crate::engine::{Channel, LoginMode, LoginRequest, Unenrolled};
+
+    #[test]
+    fn a_reason_names_the_counted_bucket_only_where_it_differs() {
+        assert_eq!(source_named("203.0.113.7"), "source 203.0.113.7");
+        assert_eq!(
+            source_named("aa-bb-cc-dd-ee-ff"),
+            "source aa-bb-cc-dd-ee-ff"
+        );
+        assert_eq!(
+            source_named("2001:db8::1:2"),
+            "source 2001:db8::1:2 (counted as 2001:db8::/64)"
+        );
+        assert_eq!(
+            source_named("::ffff:192.0.2.1"),
+            "source ::ffff:192.0.2.1 (counted as 192.0.2.1)"
+        );
+    }
 
     #[test]
     fn only_a_users_own_address_is_a_throttled_source() {

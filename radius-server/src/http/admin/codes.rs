@@ -93,7 +93,8 @@ async fn bypass(
             "bypass.issue",
             &format!(
                 "bypass code for {} use(s), valid until {}",
-                code.uses, code.expires_at
+                code.uses,
+                crate::http::web::format_time(code.expires_at)
             ),
         );
         Ok(code)

@@ -5,7 +5,7 @@
 //! that carried the link then takes the app's first code, which confirms the factor.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -30,7 +30,15 @@ enum Opened {
     },
 }
 
-async fn open(State(state): State<HttpState>, Path(token): Path<String>) -> Response {
+async fn open(
+    State(state): State<HttpState>,
+    Path(token): Path<String>,
+    ext: Extensions,
+    headers: HeaderMap,
+) -> Response {
+    // The browser's address (behind a trusted proxy, the one it names), as the login pages
+    // record it.
+    let source = super::my::peer(&ext, &headers, &state.trusted_proxies);
     let engine = state.radius.engine.clone();
     let admin = state.admin.clone();
     let result = blocking(move || -> anyhow::Result<Opened> {
@@ -49,7 +57,7 @@ async fn open(State(state): State<HttpState>, Path(token): Path<String>) -> Resp
         let actor = Actor {
             channel: "web",
             name: "enrolment link",
-            source: "login".into(),
+            source,
         };
         if let Err(e) = admin.admin.record_admin_action(
             &actor,

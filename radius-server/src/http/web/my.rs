@@ -107,7 +107,7 @@ fn login_page(engine: &Engine, tenant: &str, error: &str, status: StatusCode) ->
 /// that sends no header), give `proxy:ADDRESS`, which stands for all its users and is
 /// never throttled; `web` only for a router driven without a listener. IPv4 addresses
 /// seen as IPv6 (`::ffff:192.0.2.1`, a dual-stack listener) are taken as IPv4.
-fn peer(ext: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> String {
+pub(super) fn peer(ext: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> String {
     let Some(peer) = ext
         .get::<ConnectInfo<crate::http::Peer>>()
         .map(|c| c.0 .0.ip().to_canonical())

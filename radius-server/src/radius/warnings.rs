@@ -1,0 +1,164 @@
+//! Warnings about dropped requests that an operator has to see at the default log level (a
+//! NAS with the wrong shared secret, a NAS that is no configured client), logged at most
+//! once a minute each, with how many such requests were dropped since the last warning.
+//!
+//! One limiter per configured client (for its wrong secret) and one for every unknown
+//! address together: the memory is bounded by the config, not by who sends datagrams.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often one subject is warned about, at most.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Drops of one kind since its last warning.
+#[derive(Debug, Default)]
+pub struct DropWarning {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    last_warned: Option<Instant>,
+    /// Dropped since `last_warned` (not yet told).
+    dropped: u64,
+}
+
+/// A warning that is due: how many were dropped (this one included) since the last
+/// warning, and how long ago that was (`None`: the first one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    pub dropped: u64,
+    pub since: Option<Duration>,
+}
+
+impl Due {
+    /// `(1 such request dropped; ...)`, `(7 such requests dropped since the last such
+    /// warning 2m 5s ago)`; `what` follows the noun (`" dropped"`, or nothing where the
+    /// message says so already).
+    pub fn count_text(&self, what: &str) -> String {
+        let requests = if self.dropped == 1 {
+            "request"
+        } else {
+            "requests"
+        };
+        match self.since {
+            None => format!(
+                "({} such {requests}{what}; repeats are logged at most once a minute)",
+                self.dropped
+            ),
+            Some(since) => format!(
+                "({} such {requests}{what} since the last such warning {} ago)",
+                self.dropped,
+                humantime::format_duration(Duration::from_secs(since.as_secs()))
+            ),
+        }
+    }
+}
+
+impl DropWarning {
+    /// Count one dropped request at `now`; `Some` when it is to be logged now.
+    pub fn note(&self, now: Instant) -> Option<Due> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.dropped = s.dropped.saturating_add(1);
+        let since = s.last_warned.map(|t| now.saturating_duration_since(t));
+        if since.is_some_and(|d| d < WARN_INTERVAL) {
+            return None;
+        }
+        let due = Due {
+            dropped: s.dropped,
+            since,
+        };
+        s.dropped = 0;
+        s.last_warned = Some(now);
+        Some(due)
+    }
+}
+
+/// The per-client limiters of one configured client.
+#[derive(Debug, Default)]
+pub struct ClientWarnings {
+    /// Access-Requests and Status-Servers whose Message-Authenticator does not verify.
+    pub access: DropWarning,
+    /// Accounting-Requests whose Request Authenticator does not verify.
+    pub accounting: DropWarning,
+}
+
+/// What a request failed to verify with the client's shared secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unverified {
+    MessageAuthenticator,
+    RequestAuthenticator,
+}
+
+/// A request from a configured client that does not verify with its secret: a WARN at most
+/// once a minute per client and kind.
+pub fn wrong_secret(warnings: &ClientWarnings, client: &str, src: SocketAddr, what: Unverified) {
+    let (limiter, attribute) = match what {
+        Unverified::MessageAuthenticator => (&warnings.access, "Message-Authenticator"),
+        Unverified::RequestAuthenticator => (
+            &warnings.accounting,
+            "Request Authenticator (Accounting-Request)",
+        ),
+    };
+    if let Some(due) = limiter.note(Instant::now()) {
+        tracing::warn!(
+            "client '{client}' ({}): {attribute} does not verify: wrong shared secret? {}",
+            src.ip().to_canonical(),
+            due.count_text(" dropped")
+        );
+    }
+}
+
+/// A request from an address that no client's `address` contains: a WARN at most once a
+/// minute for all such addresses together (naming the latest).
+pub fn unknown_client(limiter: &DropWarning, src: SocketAddr) {
+    if let Some(due) = limiter.note(Instant::now()) {
+        tracing::warn!(
+            "request from {} which is no configured client: dropped {}",
+            src.ip().to_canonical(),
+            due.count_text("")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_is_due_at_most_once_a_minute_with_the_count_since_the_last() {
+        let w = DropWarning::default();
+        let t0 = Instant::now();
+        let first = w.note(t0).expect("the first drop is told at once");
+        assert_eq!(
+            first,
+            Due {
+                dropped: 1,
+                since: None
+            }
+        );
+        assert!(first
+            .count_text(" dropped")
+            .starts_with("(1 such request dropped;"));
+        for s in 1..60 {
+            assert_eq!(w.note(t0 + Duration::from_secs(s)), None, "{s} s");
+        }
+        let next = w
+            .note(t0 + Duration::from_secs(75))
+            .expect("a minute later");
+        assert_eq!(
+            next,
+            Due {
+                dropped: 60,
+                since: Some(Duration::from_secs(75))
+            }
+        );
+        assert_eq!(
+            next.count_text(" dropped"),
+            "(60 such requests dropped since the last such warning 1m 15s ago)"
+        );
+        assert_eq!(w.note(t0 + Duration::from_secs(76)), None);
+    }
+}
