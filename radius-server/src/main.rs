@@ -20,7 +20,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match portcullis_server::cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // A reader that closed standard output early (`| head`): 141, quietly (see
+        // `cli::output`); another write error was reported already.
+        Ok(()) => match portcullis_server::cli::stdout_status() {
+            None => ExitCode::SUCCESS,
+            Some(status) => ExitCode::from(status),
+        },
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1102,11 +1102,10 @@ impl Admin {
             }
             let id = existing.get(&name).copied();
             match id {
-                Some(_) if !update => bad(&AdminError::Invalid {
-                    what: "user name",
-                    value: name.clone(),
-                    hint: "the user exists already: remove the row, or import with --update to update it",
-                }),
+                // The name is valid: the problem is the user behind it.
+                Some(_) if !update => bad(&format!(
+                    "user '{name}' exists already: remove the row, or import with --update to update it"
+                )),
                 Some(_) if secret.is_some() => bad(&AdminError::Invalid {
                     what: "totp_secret",
                     value: "(hidden)".into(),

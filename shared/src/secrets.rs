@@ -22,10 +22,12 @@ const NONCE_LEN: usize = 24;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecretsError {
-    #[error("master key file {path}: {source}")]
+    /// The operating system's reason is part of the message, not a `source`: shown as a
+    /// chain (`{:#}`), it would be repeated.
+    #[error("master key file {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("master key file {path} has mode {mode:04o}; it must be readable by its owner only: chmod 600 {path}")]
     LoosePermissions { path: PathBuf, mode: u32 },
@@ -49,9 +51,9 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     /// Read the key file, or create it (mode 0600, parent directories 0700) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, SecretsError> {
-        let io = |source| SecretsError::Io {
+        let io = |error| SecretsError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         match fs::metadata(path) {
             Ok(meta) => {
@@ -100,7 +102,8 @@ impl MasterKey {
                 file.write_all(hex.as_bytes()).map_err(io)?;
                 file.write_all(b"\n").map_err(io)?;
                 file.sync_all().map_err(io)?;
-                tracing::info!(path = %path.display(), "created a new master key file; back it up: secrets sealed under it are unreadable without it");
+                // The caller says so once, at warn, with what to do (back it up).
+                tracing::debug!(path = %path.display(), "created a new master key file");
                 Ok(Self { key })
             }
             Err(e) => Err(io(e)),
@@ -185,6 +188,24 @@ mod tests {
         let k2 = MasterKey::load_or_create(&path).unwrap();
         let sealed = k1.seal(b"ctx", b"seed");
         assert_eq!(k2.open(b"ctx", &sealed).unwrap().as_slice(), b"seed");
+    }
+
+    #[test]
+    fn an_unreadable_key_file_names_the_os_reason_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails with an OS error.
+        let path = dir.path().join("master.key");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        let e = MasterKey::load_or_create(&path).unwrap_err();
+        // As `error: {e:#}` shows it: the message, then every source.
+        let mut chain = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
     }
 
     #[test]

@@ -69,6 +69,12 @@ fn imported_users_log_in_and_export_holds_no_secret() {
         "{}",
         stderr(&again)
     );
+    // The name is fine; the user behind it exists.
+    assert!(
+        stderr(&again).contains("exists already") && !stderr(&again).contains("invalid user name"),
+        "{}",
+        stderr(&again)
+    );
 
     let server = env.start_server();
     let secret = env.client().secret.clone();

@@ -214,10 +214,12 @@ fn a_hanging_provider_is_cut_off_by_the_timeout() {
     let wait_until = Instant::now() + std::time::Duration::from_secs(20);
     let last = loop {
         let audit = w.env.cli_json(&["audit", "--tenant", "acme", "--json"]);
+        // The login's decision (the CLI's changes are audited too).
         let last = audit
             .as_array()
             .unwrap()
-            .last()
+            .iter()
+            .rfind(|r| r["channel"] != "cli")
             .cloned()
             .unwrap_or_default();
         if last.get("result").is_some() || Instant::now() > wait_until {

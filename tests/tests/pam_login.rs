@@ -153,9 +153,14 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
     f.module_service("safe", "first_factor=none failmode=safe");
     f.module_service("safe-password", "first_factor=portcullis failmode=safe");
 
-    let out = f.pamtester("secure", "alice", "");
+    let out = f.pamtester_logged("secure", "alice", "");
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("not reachable"), "{}", describe(&out));
+    assert!(
+        err.contains("portcullis is unreachable at") && err.contains("); failmode=secure"),
+        "{err}"
+    );
 
     let out = f.pamtester_logged("safe", "alice", "");
     assert!(out.status.success(), "{}", describe(&out));
@@ -167,10 +172,55 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
         "{err}"
     );
 
-    // failmode=safe never lets in a password nobody could check.
-    let out = f.pamtester("safe-password", "alice", "any password\n");
+    // failmode=safe never lets in a password nobody could check, and the log says so
+    // (not "failmode=secure").
+    let out = f.pamtester_logged("safe-password", "alice", "any password\n");
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(stderr(&out).contains("not reachable"), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("not reachable"), "{}", describe(&out));
+    assert!(
+        err.contains("failmode=safe does not apply: the password was not checked yet (first_factor=portcullis)"),
+        "{err}"
+    );
+    assert!(!err.contains("failmode=secure"), "{err}");
+}
+
+#[test]
+fn a_daemon_that_stalls_in_the_middle_of_a_login_is_refused_and_the_log_says_why() {
+    use portcullis_core::protocol::{self, Expects, Response, ResponseStep};
+    let f = PamFixture::with_config("", false);
+    // Asks for the code, then takes the answer and never replies (a hung daemon).
+    let listener = std::os::unix::net::UnixListener::bind(&f.socket).unwrap();
+    let daemon = std::thread::spawn(move || {
+        let (mut first, _) = listener.accept().unwrap();
+        let _ = protocol::read_frame(&mut first).unwrap();
+        let prompt = Response::new(ResponseStep::Prompt {
+            txn: "t.0".into(),
+            text: "Code: ".into(),
+            echo: false,
+            expects: Expects::Code,
+            choices: vec![],
+        });
+        protocol::write_frame(&mut first, &prompt).unwrap();
+        let (mut second, _) = listener.accept().unwrap();
+        let _ = protocol::read_frame(&mut second).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        drop(second);
+    });
+    f.module_service("safe", "first_factor=none timeout=1 failmode=safe");
+    let out = f.pamtester_logged("safe", "alice", "123456\n");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("WITHOUT a second factor"), "{err}");
+    assert!(
+        err.contains("took the request and did not answer (")
+            && err.contains(
+                "failmode=safe does not apply: the daemon took the request and did not answer"
+            ),
+        "{err}"
+    );
+    assert!(!err.contains("failmode=secure"), "{err}");
+    daemon.join().unwrap();
 }
 
 #[test]
@@ -252,7 +302,10 @@ fn a_daemon_restarted_while_the_user_is_at_the_code_prompt_is_waited_for() {
         "audit", "--tenant", "acme", "--user", "alice", "--limit", "20", "--json",
     ]);
     let records = records.as_array().expect("audit records");
-    let accepted = records.iter().filter(|r| r["result"] == "accept").count();
+    let accepted = records
+        .iter()
+        .filter(|r| r["result"] == "accept" && r["channel"] == "pam")
+        .count();
     assert_eq!(accepted, 1, "{records:?}");
     assert_eq!(f.last_audit("alice")["result"], "accept");
 }

@@ -55,6 +55,19 @@ fn done(json: bool, what: String) {
     });
 }
 
+/// The shared secrets of the example configs (conf/), which a NAS must never share.
+const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "trial-secret-change-me",
+    "another-long-secret",
+    "upstream-secret-change-me",
+];
+
+/// Whether `secret` is one of the shipped examples, or says to change it.
+fn is_placeholder_secret(secret: &str) -> bool {
+    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
+}
+
 /// `config check`
 pub fn config_check(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -86,6 +99,12 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
         if c.secret.len() < 16 {
             warnings.push(format!(
                 "client '{}' has a shared secret shorter than 16 characters",
+                c.name
+            ));
+        }
+        if is_placeholder_secret(&c.secret) {
+            warnings.push(format!(
+                "client '{}' has the example shared secret of a shipped config: set a long random one (e.g. openssl rand -base64 24) here and on the NAS",
                 c.name
             ));
         }
@@ -288,6 +307,9 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
                 .get(&tenant.tenant)
                 .map(|t| t.rules.as_slice())
                 .unwrap_or(&[]);
+            if let Some(w) = unknown_client(o, &tenant.tenant, rules, &client)? {
+                eprintln!("warning: {w}");
+            }
             let d = admin.policy_test(
                 &tenant.tenant,
                 rules,
@@ -314,6 +336,63 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many of a tenant's newest audit records `policy test` reads for the PAM services
+/// that logged in (they are not configured: the PAM stack names them).
+const PAM_SERVICES_SEEN_IN: u32 = 10_000;
+
+/// A warning when `client` names no RADIUS client of `tenant`, no client or service in its
+/// rules and no PAM service seen in its audit log: a typo answers like a real name.
+fn unknown_client(
+    o: &Opened,
+    tenant: &str,
+    rules: &[portcullis_core::policy::Rule],
+    client: &str,
+) -> Result<Option<String>> {
+    let file = o.config_path.display();
+    if let Some(c) = o.config.radius.clients.iter().find(|c| c.name == client) {
+        if c.tenant == tenant {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "the RADIUS client '{client}' in {file} belongs to tenant '{}': its logins are never checked against the rules of '{tenant}'",
+            c.tenant
+        )));
+    }
+    let mut known: Vec<String> = o
+        .config
+        .radius
+        .clients
+        .iter()
+        .filter(|c| c.tenant == tenant)
+        .map(|c| c.name.clone())
+        .collect();
+    known.extend(rules.iter().flat_map(|r| r.clients.iter().cloned()));
+    let seen = o.admin().audit(&AuditFilter {
+        tenant: Some(tenant.to_string()),
+        username: None,
+        since: None,
+        limit: PAM_SERVICES_SEEN_IN,
+    })?;
+    known.extend(
+        seen.into_iter()
+            .filter(|r| r.channel == "pam")
+            .map(|r| r.client),
+    );
+    known.sort();
+    known.dedup();
+    if known.iter().any(|k| k == client) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "no RADIUS client or PAM service named '{client}' in {file} (known: {}); the answer is for a client of that name",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
 }
 
 fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
@@ -477,8 +556,13 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
             } else {
                 secret
             };
-            let e =
-                admin.enroll_totp(&tenant.tenant, &user, secret.as_deref(), digits, &algorithm)?;
+            let e = admin.enroll_totp(
+                &tenant.tenant,
+                &user,
+                secret.as_deref(),
+                digits.get(),
+                algorithm.as_str(),
+            )?;
             emit(json, &e, || {
                 let mut s = String::new();
                 if e.state == "pending" {
@@ -514,8 +598,8 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                 &tenant.tenant,
                 &user,
                 secret.as_deref(),
-                digits,
-                &algorithm,
+                digits.get(),
+                algorithm.as_str(),
                 counter,
             )?;
             emit(json, &e, || {

@@ -189,13 +189,7 @@ pub fn export(admin: &Admin, tenant: &str, output: Option<&Path>, json: bool) ->
         w.flush()?;
     }
     match output {
-        None => {
-            use std::io::Write;
-            std::io::stdout()
-                .lock()
-                .write_all(&out)
-                .context("writing to standard output")?;
-        }
+        None => super::output::write_stdout(&out).context("writing to standard output")?,
         Some(path) => {
             std::fs::write(path, &out)
                 .with_context(|| format!("cannot write {}", path.display()))?;

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use portcullis_core::config::Config;
+use anyhow::{bail, Result};
+use portcullis_core::config::{Config, FirstFactorKind};
 use portcullis_core::first_factor::FirstFactorResult;
 use serde_json::json;
 
@@ -16,20 +16,19 @@ use crate::first_factor::ldap::LdapBackend;
 pub fn run(config_path: &Path, cmd: LdapCmd, json: bool) -> Result<()> {
     let LdapCmd::Test { tenant, user } = cmd;
     let cfg = Config::load(config_path)?;
-    let t = cfg.tenants.get(&tenant.tenant).with_context(|| {
-        format!(
-            "{}: there is no [tenants.{}] table",
+    let t = cfg.tenants.get(&tenant.tenant);
+    let Some(ldap) = t.and_then(|t| t.ldap.as_ref()) else {
+        let name = &tenant.tenant;
+        let first = match t {
+            Some(t) => t.first_factor.as_str(),
+            None => FirstFactorKind::default().as_str(),
+        };
+        bail!(
+            "tenant '{name}' has no [tenants.{name}.ldap] section in {}; its first factor is {first}{}",
             config_path.display(),
-            tenant.tenant
-        )
-    })?;
-    let ldap = t.ldap.as_ref().with_context(|| {
-        format!(
-            "{}: there is no [tenants.{}.ldap] table",
-            config_path.display(),
-            tenant.tenant
-        )
-    })?;
+            if t.is_none() { " (the default)" } else { "" }
+        );
+    };
     let backend = LdapBackend::new(&tenant.tenant, ldap)?;
     if !ldap.tls_verify {
         eprintln!("warning: tls_verify = false: the directory's certificate is not checked");
@@ -76,8 +75,13 @@ pub fn run(config_path: &Path, cmd: LdapCmd, json: bool) -> Result<()> {
         }
         out
     });
-    if result != "accepted" {
-        bail!("the directory did not accept the password: {reason}");
+    match &check.result {
+        FirstFactorResult::Accepted(_) => {}
+        FirstFactorResult::Rejected(_) => {
+            bail!("the directory did not accept the password: {reason}")
+        }
+        // It never saw the password.
+        FirstFactorResult::Unavailable(_) => bail!("{reason} (the password was not checked)"),
     }
     Ok(())
 }

@@ -1,18 +1,22 @@
 //! The `portcullis` command line: the daemon (`serve`) and the admin commands.
 
 mod admin_cmds;
+mod changes;
 mod config_files;
 mod csv_cmds;
 mod host_cmd;
 mod ldap_cmd;
+mod local;
 mod output;
 mod token_cmd;
+
+pub use output::stdout_status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use portcullis_core::admin::Admin;
 use portcullis_core::clock::{Clock, SystemClock};
 use portcullis_core::config::{Config, DEFAULT_CONFIG_PATH};
@@ -36,7 +40,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: RADIUS listeners and, with a `[pam]` section, the PAM socket.
+    /// Run the daemon: RADIUS listeners; with a `[pam]` section, the PAM socket; with an
+    /// `[http]` section, /metrics, push approvals, enrolment links, the admin API (/v1/)
+    /// and the /my/ and /admin/ pages.
     Serve,
     /// Check the config file.
     #[command(subcommand)]
@@ -73,7 +79,8 @@ pub enum Command {
         /// The address as the audit log shows it in `source`.
         address: String,
     },
-    /// Show the audit log: one record per login decision.
+    /// Show the audit log: one record per login decision and per admin change (CLI, admin
+    /// API, web pages).
     Audit(AuditArgs),
     /// Policy rules.
     #[command(subcommand)]
@@ -163,7 +170,7 @@ pub enum TenantCmd {
 
 #[derive(Debug, Args)]
 pub struct TenantArg {
-    /// The user's tenant.
+    /// The tenant (see `portcullis tenant list`).
     #[arg(long)]
     pub tenant: String,
 }
@@ -258,14 +265,18 @@ pub enum UserCmd {
         tenant: TenantArg,
         name: String,
     },
-    /// Import users from a CSV file (header row: name, and any of email, phone, groups,
-    /// password_hash, totp_secret). Every row is checked before anything is written.
+    /// Import users from a CSV file (header row: name, and any of email, phone, groups
+    /// (`;`-separated), password_hash, totp_secret, disabled (`true`/`false`; empty: a new
+    /// user is enabled); a `factors` column, as `user export` writes it, is ignored).
+    /// Every row is checked before anything is written.
     Import {
         #[command(flatten)]
         tenant: TenantArg,
         /// The CSV file (`-` for standard input).
         file: PathBuf,
-        /// Update users that exist (e-mail, phone, groups, hash) instead of refusing them.
+        /// Update users that exist instead of refusing them: e-mail, phone, groups, hash
+        /// and disabled state from the row's columns (an absent column, or an empty
+        /// password_hash or disabled cell, keeps what is stored; totp_secret is refused).
         #[arg(long)]
         update: bool,
     },
@@ -330,10 +341,12 @@ pub enum EnrollCmd {
         /// Read the secret to migrate from standard input (keeps it out of `ps`).
         #[arg(long)]
         secret_stdin: bool,
-        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(6..=8))]
-        digits: u8,
-        #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
-        algorithm: String,
+        /// Digits per code.
+        #[arg(long, value_enum, default_value_t = Digits::Six)]
+        digits: Digits,
+        /// The HMAC hash (most apps and tokens use SHA1; any case).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = Algorithm::Sha1)]
+        algorithm: Algorithm,
     },
     /// Text-message codes to a phone: a code is sent now; `factor confirm` with it enables the factor.
     Sms {
@@ -378,10 +391,12 @@ pub enum EnrollCmd {
         /// The token's current counter.
         #[arg(long, default_value_t = 0)]
         counter: u64,
-        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(6..=8))]
-        digits: u8,
-        #[arg(long, default_value = "SHA1", value_parser = ["SHA1", "SHA256", "SHA512", "sha1", "sha256", "sha512"])]
-        algorithm: String,
+        /// Digits per code.
+        #[arg(long, value_enum, default_value_t = Digits::Six)]
+        digits: Digits,
+        /// The HMAC hash (most apps and tokens use SHA1; any case).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = Algorithm::Sha1)]
+        algorithm: Algorithm,
     },
 }
 
@@ -395,10 +410,51 @@ pub enum RecoveryCmd {
     },
 }
 
+/// Digits of a TOTP or HOTP code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Digits {
+    #[value(name = "6")]
+    Six,
+    #[value(name = "8")]
+    Eight,
+}
+
+impl Digits {
+    pub fn get(self) -> u8 {
+        match self {
+            Digits::Six => 6,
+            Digits::Eight => 8,
+        }
+    }
+}
+
+/// The HMAC hash of a TOTP or HOTP factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    #[value(name = "SHA1")]
+    Sha1,
+    #[value(name = "SHA256")]
+    Sha256,
+    #[value(name = "SHA512")]
+    Sha512,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha256 => "SHA256",
+            Algorithm::Sha512 => "SHA512",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AuditArgs {
+    /// Only this tenant's records (default: every tenant's).
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Only the records of this user name (logins and admin changes about them).
     #[arg(long)]
     pub user: Option<String>,
     /// Only records newer than this (e.g. 1h, 30m, 7d).
@@ -412,34 +468,96 @@ pub struct AuditArgs {
 /// What every command opens: config, store, master key.
 pub struct Opened {
     pub config: Config,
+    /// The file `config` was loaded from, as given.
+    pub config_path: PathBuf,
     pub store: Arc<dyn Store>,
     pub key: Arc<MasterKey>,
     pub clock: Arc<dyn Clock>,
     pub hasher: PasswordHasher,
 }
 
-/// Load the config and open the store and master key (creating the key if needed).
+/// Who opens the store, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFor {
+    /// `serve`: a new installation's store and key are made at the first start.
+    Serve,
+    /// An admin command that changes the store: may make a new store (the Quick start's
+    /// `tenant add`), and says so.
+    Change,
+    /// An admin command that only reads: a store that does not exist is an error (a
+    /// mistyped `store.url`), and nothing is made.
+    Read,
+}
+
+/// Load the config and open the store and master key for `serve` (making both for a new
+/// installation).
 pub fn open(config_path: &std::path::Path) -> Result<Opened> {
+    open_for(config_path, OpenFor::Serve)
+}
+
+/// Load the config and open the store and master key (a new key only for an empty store;
+/// a new store only unless `purpose` is [`OpenFor::Read`]).
+pub fn open_for(config_path: &std::path::Path, purpose: OpenFor) -> Result<Opened> {
     let config = Config::load(config_path)?;
     let key_file = &config.secrets.key_file;
+    let sqlite = if config.store.postgres().is_some() {
+        None
+    } else {
+        Some(
+            config
+                .sqlite_path()
+                .context("store.url must be sqlite:///path or postgres://...")?,
+        )
+    };
+    // Before anything is made or opened for writing.
+    if purpose != OpenFor::Serve {
+        let mut files = vec![("the master key file", key_file.as_path())];
+        if let Some(db) = &sqlite {
+            files.insert(0, ("the store", db.as_path()));
+        }
+        local::refuse_root_in_others_files(&files)?;
+    }
+    let new_store = sqlite
+        .as_deref()
+        .is_some_and(|db| std::fs::symlink_metadata(db).is_err());
+    if let (Some(db), true, OpenFor::Read) = (&sqlite, new_store, purpose) {
+        anyhow::bail!(
+            "no store at {} (store.url in {}): start portcullis serve once, or fix store.url",
+            absolute(db).display(),
+            absolute(config_path).display()
+        );
+    }
+    local::check_permissions(
+        sqlite.as_deref(),
+        key_file,
+        if purpose == OpenFor::Serve {
+            local::Opener::Daemon
+        } else {
+            local::Opener::Admin
+        },
+    )?;
     let key_missing = matches!(
         std::fs::symlink_metadata(key_file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound
     );
-    let store: Arc<dyn Store> = if let Some(pg) = config.store.postgres() {
-        Arc::new(
+    let store: Arc<dyn Store> = match (&sqlite, config.store.postgres()) {
+        (None, Some(pg)) => Arc::new(
             PgStore::open(&pg)
                 .with_context(|| format!("opening the store {}", config.store.redacted_url()))?,
-        )
-    } else {
-        let path = config
-            .sqlite_path()
-            .context("store.url must be sqlite:///path or postgres://...")?;
-        Arc::new(
-            SqliteStore::open(&path)
+        ),
+        (Some(path), _) => Arc::new(
+            SqliteStore::open(path)
                 .with_context(|| format!("opening the store {}", path.display()))?,
-        )
+        ),
+        (None, None) => anyhow::bail!("store.url must be sqlite:///path or postgres://..."),
     };
+    if let (Some(db), true) = (&sqlite, new_store) {
+        tracing::warn!(
+            "created a new, empty store at {} (store.url in {})",
+            absolute(db).display(),
+            absolute(config_path).display()
+        );
+    }
     // A new key is made for a new installation only. A store that already has tenants was
     // used with a key: making another (a typo in key_file, a second node whose key was not
     // copied, a command run from another directory) would seal new secrets under it and
@@ -453,17 +571,39 @@ pub fn open(config_path: &std::path::Path) -> Result<Opened> {
     let key = MasterKey::load_or_create(key_file)
         .context("the master key is needed to read and write factor secrets")?;
     if key_missing {
-        tracing::warn!(path = %key_file.display(),
-            "created a new master key for a new store: back it up; every node of a cluster needs a copy");
+        tracing::warn!(
+            "created a new master key at {}: back it up (factor secrets sealed under it cannot be read without it); every node of a cluster needs a copy",
+            absolute(key_file).display());
     }
     let hasher = PasswordHasher::new(&config.passwords)?;
     Ok(Opened {
         config,
+        config_path: config_path.to_path_buf(),
         store,
         key: Arc::new(key),
         clock: Arc::new(SystemClock),
         hasher,
     })
+}
+
+/// `path` made absolute (against the working directory), without `.` and `..`, for
+/// messages: as the system resolves it when it exists, else written out.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Opened {
@@ -520,16 +660,29 @@ impl Opened {
     }
 }
 
-/// Run the parsed command.
+/// Run the parsed command. A command that changes the store leaves an audit record
+/// (channel `cli`, see [`changes`]) once it succeeded.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve => crate::serve::run(&cli.config),
         Command::Config(ConfigCmd::Check) => admin_cmds::config_check(&cli.config, cli.json),
         Command::Ldap(cmd) => ldap_cmd::run(&cli.config, cmd, cli.json),
-        Command::Host(cmd) => host_cmd::run(&open(&cli.config)?, cmd, cli.json),
         other => {
-            let opened = open(&cli.config)?;
-            admin_cmds::run(&opened, other, cli.json)
+            let change = changes::describe(&other);
+            let purpose = if changes::writes(&other) {
+                OpenFor::Change
+            } else {
+                OpenFor::Read
+            };
+            let opened = open_for(&cli.config, purpose)?;
+            match other {
+                Command::Host(cmd) => host_cmd::run(&opened, cmd, cli.json)?,
+                other => admin_cmds::run(&opened, other, cli.json)?,
+            }
+            if let Some(c) = change {
+                changes::record(&opened.admin(), &c.tenant, &c.user, c.action, &c.detail);
+            }
+            Ok(())
         }
     }
 }

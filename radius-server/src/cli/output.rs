@@ -1,18 +1,77 @@
 //! Printing results for humans or, with `--json`, for scripts.
+//!
+//! Standard output is written with `write!`, never `println!` (which panics when the
+//! reader is gone). When the reader closes the pipe early (`portcullis ... | head`), the
+//! rest of the output is dropped quietly and the command exits with status 141 (128 +
+//! SIGPIPE, what the shell reports for `cat`, `grep` and the like in the same place), so
+//! that `set -o pipefail` still tells a cut-off export from a whole one. The command's
+//! work (a change, its audit record) is done either way.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::Serialize;
+
+/// The exit status of a command whose reader closed standard output early.
+pub const BROKEN_PIPE_STATUS: u8 = 141;
+
+/// 0: standard output took everything; else the exit status its failure calls for.
+static STDOUT_STATUS: AtomicU8 = AtomicU8::new(0);
+
+/// The exit status that writing to standard output calls for: `None` if it took
+/// everything, [`BROKEN_PIPE_STATUS`] if its reader went away, 1 on another error (which
+/// was reported on standard error).
+pub fn stdout_status() -> Option<u8> {
+    match STDOUT_STATUS.load(Ordering::Relaxed) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Write `bytes` to standard output. A closed pipe is remembered (see
+/// [`stdout_status`]) and not an error; nothing more is written after it.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    if STDOUT_STATUS.load(Ordering::Relaxed) == BROKEN_PIPE_STATUS {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_STATUS.store(BROKEN_PIPE_STATUS, Ordering::Relaxed);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Print one line (`text` and a newline) to standard output; a failure other than a
+/// closed pipe is reported on standard error and makes the exit status 1.
+pub fn print_line(text: &str) {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    if let Err(e) = write_stdout(line.as_bytes()) {
+        let _ = STDOUT_STATUS.compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: cannot write to standard output: {e}"
+        );
+    }
+}
 
 /// Print `value` as JSON, or `human` as text.
 pub fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
     if json {
         match serde_json::to_string_pretty(value) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot print JSON: {e}"),
+            Ok(s) => print_line(&s),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "error: cannot print JSON: {e}");
+            }
         }
     } else {
         let text = human();
         if !text.is_empty() {
-            println!("{}", text.trim_end());
+            print_line(text.trim_end());
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
-use portcullis_core::admin::{Actor, Admin};
+use portcullis_core::admin::Admin;
 use portcullis_core::model::AdminRole;
 
 use super::output::{emit, table, time};
@@ -48,6 +48,8 @@ pub enum TokenCmd {
     },
     /// List tokens (never their secrets).
     List {
+        /// Only the tokens confined to this tenant (default: every token, operators'
+        /// too).
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -55,16 +57,10 @@ pub enum TokenCmd {
     Revoke { id: String },
 }
 
-/// Token changes are admin changes: audited like the API's (the record holds no secret).
+/// Token changes are admin changes: audited like the API's (the record holds no secret;
+/// it names the token made or found, which only the command knows: see `changes`).
 fn audit(admin: &Admin, tenant: &str, action: &str, detail: &str) {
-    let actor = Actor {
-        channel: "cli",
-        name: "cli",
-        source: "local".into(),
-    };
-    if let Err(e) = admin.record_admin_action(&actor, tenant, "", action, detail) {
-        tracing::error!(error = %e, action, "cannot write the audit record of a token change");
-    }
+    super::changes::record(admin, tenant, "", action, detail);
 }
 
 /// Run a `token` subcommand.

@@ -253,3 +253,15 @@ ALTER TABLE used_otps_by_expiry RENAME TO used_otps;
 "#,
     ),
 ];
+
+/// One line for the migrations an open applied (each step is logged at debug): a first
+/// start applies every version, and a line each would bury the start's other messages.
+pub(super) fn log_migrated(from: i64, applied: &[i64]) {
+    if let Some(to) = applied.last() {
+        tracing::info!(
+            "store migrated from version {from} to {to} ({} step{})",
+            applied.len(),
+            if applied.len() == 1 { "" } else { "s" }
+        );
+    }
+}

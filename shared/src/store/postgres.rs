@@ -621,6 +621,7 @@ impl PgStore {
                 known,
             });
         }
+        let mut applied = Vec::new();
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             tx.batch_execute(&translate_sql(sql)).map_err(|e| {
                 StoreError::Database(format!("migration {version}: {}", describe_error(&e)))
@@ -629,9 +630,12 @@ impl PgStore {
                 "INSERT INTO schema_version (version, applied_at) VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
                 &[version],
             )?;
-            tracing::info!(version, "applied store migration");
+            tracing::debug!(version, "applied store migration");
+            applied.push(*version);
         }
-        tx.commit()
+        tx.commit()?;
+        super::migrations::log_migrated(current, &applied);
+        Ok(())
     }
 
     fn execute(&self, sql: &str, params: Params<'_>) -> StoreResult<u64> {

@@ -321,6 +321,7 @@ impl SqliteStore {
                 known,
             });
         }
+        let mut applied = Vec::new();
         for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
             // IMMEDIATE: two processes starting at once do not both apply a migration.
             let tx = rusqlite::Transaction::new_unchecked(
@@ -345,8 +346,10 @@ impl SqliteStore {
             )
             .map_err(db)?;
             tx.commit().map_err(db)?;
-            tracing::info!(version, "applied store migration");
+            tracing::debug!(version, "applied store migration");
+            applied.push(*version);
         }
+        super::migrations::log_migrated(current, &applied);
         Ok(())
     }
 

@@ -1,0 +1,279 @@
+//! The audit record of an admin change made on the command line: like the admin API's
+//! (same action names), with channel `cli`, the local user who ran the command as its
+//! name and source `local`. Described here once, for every command that changes the
+//! store, and written by [`super::run`] after the command succeeds. Never a secret: codes,
+//! passwords and TOTP secrets given on the command line are not part of any detail.
+
+use portcullis_core::admin::{Actor, Admin};
+
+use super::token_cmd::TokenCmd;
+use super::{Command, EnrollCmd, FactorCmd, HostCmd, RecoveryCmd, TenantCmd, UserCmd};
+
+/// What one change is, for its audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub tenant: String,
+    /// The user it is about ("" for a tenant-wide change).
+    pub user: String,
+    /// As the admin API names it: `user.unlock`, `factor.remove`, ...
+    pub action: &'static str,
+    pub detail: String,
+}
+
+fn change(tenant: &str, user: &str, action: &'static str, detail: String) -> Option<Change> {
+    Some(Change {
+        tenant: tenant.to_string(),
+        user: user.to_string(),
+        action,
+        detail,
+    })
+}
+
+/// Whether `cmd` writes to the store (and may create it).
+pub fn writes(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Token(TokenCmd::Add { .. } | TokenCmd::Revoke { .. })
+    ) || describe(cmd).is_some()
+}
+
+/// The change `cmd` makes when it succeeds; `None` for a command that only reads (and
+/// for `token add` and `token revoke`, whose records name the token found or made: see
+/// `token_cmd`).
+pub fn describe(cmd: &Command) -> Option<Change> {
+    match cmd {
+        Command::Serve
+        | Command::Config(_)
+        | Command::Audit(_)
+        | Command::Policy(_)
+        | Command::Ldap(_)
+        | Command::Token(_) => None,
+        Command::Tenant(TenantCmd::Add { name }) => {
+            change(name, "", "tenant.create", "tenant created".into())
+        }
+        Command::Tenant(TenantCmd::List) => None,
+        Command::User(cmd) => user(cmd),
+        Command::Factor(cmd) => factor(cmd),
+        Command::Recovery(RecoveryCmd::Generate { tenant, user }) => change(
+            &tenant.tenant,
+            user,
+            "recovery.generate",
+            "new recovery codes (older ones revoked)".into(),
+        ),
+        Command::Bypass {
+            tenant,
+            user,
+            uses,
+            ttl,
+        } => change(
+            &tenant.tenant,
+            user,
+            "bypass.issue",
+            format!("bypass code for {uses} use(s), valid for {ttl}"),
+        ),
+        Command::Unblock { tenant, address } => change(
+            &tenant.tenant,
+            "",
+            "source.unblock",
+            format!("wrong passwords from {address} forgotten"),
+        ),
+        Command::Host(HostCmd::Add { tenant, name }) => {
+            change(&tenant.tenant, "", "host.add", format!("PAM host {name}"))
+        }
+        Command::Host(HostCmd::Remove { tenant, name }) => change(
+            &tenant.tenant,
+            "",
+            "host.remove",
+            format!("PAM host {name}"),
+        ),
+        Command::Host(HostCmd::List { .. }) => None,
+    }
+}
+
+fn user(cmd: &UserCmd) -> Option<Change> {
+    match cmd {
+        UserCmd::Add { tenant, name, .. } => {
+            change(&tenant.tenant, name, "user.create", "user created".into())
+        }
+        UserCmd::Disable { tenant, name } => change(
+            &tenant.tenant,
+            name,
+            "user.update",
+            "changed disabled (now disabled)".into(),
+        ),
+        UserCmd::Enable { tenant, name } => change(
+            &tenant.tenant,
+            name,
+            "user.update",
+            "changed disabled (now enabled)".into(),
+        ),
+        UserCmd::Delete { tenant, name } => change(
+            &tenant.tenant,
+            name,
+            "user.delete",
+            "user deleted with factors and codes".into(),
+        ),
+        UserCmd::SetPassword {
+            tenant,
+            name,
+            password,
+        } => change(
+            &tenant.tenant,
+            name,
+            "user.set_password",
+            if password.password_hash_stdin {
+                "password set from a hash".into()
+            } else {
+                "password set".into()
+            },
+        ),
+        UserCmd::Forget {
+            tenant,
+            name,
+            source,
+        } => change(
+            &tenant.tenant,
+            name,
+            "sources.forget",
+            match source {
+                Some(s) => format!("remembered source {s} forgotten"),
+                None => "all remembered sources forgotten".into(),
+            },
+        ),
+        UserCmd::SetAttr {
+            tenant,
+            name,
+            key,
+            value,
+        } => change(
+            &tenant.tenant,
+            name,
+            "user.update",
+            match value {
+                Some(v) => format!("changed attribute {key} (set to \"{v}\")"),
+                None => format!("changed attribute {key} (removed)"),
+            },
+        ),
+        UserCmd::Unlock { tenant, name } => change(
+            &tenant.tenant,
+            name,
+            "user.unlock",
+            "failed codes and lock cleared".into(),
+        ),
+        UserCmd::Import {
+            tenant,
+            file,
+            update,
+        } => change(
+            &tenant.tenant,
+            "",
+            "user.import",
+            format!(
+                "users imported from {}{}",
+                file.display(),
+                if *update { " (--update)" } else { "" }
+            ),
+        ),
+        UserCmd::List { .. } | UserCmd::Show { .. } | UserCmd::Export { .. } => None,
+    }
+}
+
+fn factor(cmd: &FactorCmd) -> Option<Change> {
+    let enroll =
+        |tenant: &str, user: &str, detail: String| change(tenant, user, "factor.enroll", detail);
+    match cmd {
+        FactorCmd::Enroll(EnrollCmd::Totp {
+            tenant,
+            user,
+            secret,
+            secret_stdin,
+            ..
+        }) => enroll(
+            &tenant.tenant,
+            user,
+            if secret.is_some() || *secret_stdin {
+                "totp factor enrolled from a given secret (confirmed)".into()
+            } else {
+                "totp factor enrolled (pending)".into()
+            },
+        ),
+        FactorCmd::Enroll(EnrollCmd::Hotp {
+            tenant,
+            user,
+            secret,
+            secret_stdin,
+            ..
+        }) => enroll(
+            &tenant.tenant,
+            user,
+            if secret.is_some() || *secret_stdin {
+                "hotp factor enrolled from a given secret (confirmed)".into()
+            } else {
+                "hotp factor enrolled (pending)".into()
+            },
+        ),
+        FactorCmd::Enroll(EnrollCmd::Sms { tenant, user, .. }) => enroll(
+            &tenant.tenant,
+            user,
+            "sms factor enrolled (pending), code sent".into(),
+        ),
+        FactorCmd::Enroll(EnrollCmd::Email { tenant, user, .. }) => enroll(
+            &tenant.tenant,
+            user,
+            "email factor enrolled (pending), code sent".into(),
+        ),
+        FactorCmd::Enroll(EnrollCmd::Push { tenant, user, .. }) => enroll(
+            &tenant.tenant,
+            user,
+            "push factor enrolled (pending), code sent".into(),
+        ),
+        FactorCmd::Confirm {
+            tenant,
+            user,
+            factor_id,
+            ..
+        } => change(
+            &tenant.tenant,
+            user,
+            "factor.confirm",
+            format!("factor {factor_id} confirmed"),
+        ),
+        FactorCmd::Resync {
+            tenant,
+            user,
+            factor_id,
+            ..
+        } => change(
+            &tenant.tenant,
+            user,
+            "factor.resync",
+            format!("factor {factor_id} resynchronised"),
+        ),
+        FactorCmd::Remove {
+            tenant,
+            user,
+            factor_id,
+        } => change(
+            &tenant.tenant,
+            user,
+            "factor.remove",
+            format!("factor {factor_id} removed"),
+        ),
+        FactorCmd::List { .. } => None,
+    }
+}
+
+/// Write the audit record of a command-line change by the local user who ran it. A
+/// failure is logged: the change is done.
+pub fn record(admin: &Admin, tenant: &str, user: &str, action: &str, detail: &str) {
+    let name = super::local::actor_name();
+    let actor = Actor {
+        channel: "cli",
+        name: &name,
+        source: "local".into(),
+    };
+    if let Err(e) = admin.record_admin_action(&actor, tenant, user, action, detail) {
+        tracing::error!(error = %e, action, tenant, user,
+            "cannot write the audit record of an admin change");
+    }
+}

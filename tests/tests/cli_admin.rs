@@ -1,0 +1,349 @@
+//! The admin CLI as operators run it: its changes are audited, a mistyped store path or
+//! the wrong user does not leave a new store or files the daemon cannot open, and output
+//! piped into `head` ends quietly.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use portcullis_tests::tools::run_with_timeout;
+use portcullis_tests::{ClientSpec, Mode, TestEnv};
+use serde_json::Value;
+
+/// uid and gid of `nobody`: another user than the root the tests run as.
+const NOBODY: u32 = 65534;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn cli_as_nobody(env: &TestEnv, args: &[&str]) -> Output {
+    let mut cmd = env.command();
+    cmd.args(args).uid(NOBODY).gid(NOBODY);
+    run_with_timeout(cmd, None, std::time::Duration::from_secs(60))
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+}
+
+#[test]
+fn cli_changes_are_audited_with_the_local_user() {
+    let env = TestEnv::challenge();
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "alice password");
+    let factor = env.enroll_totp("acme", "alice", None);
+    let mut unlock = env.command();
+    unlock
+        .args(["user", "unlock", "--tenant", "acme", "alice"])
+        .env("SUDO_USER", "alice");
+    let out = run_with_timeout(unlock, None, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.cli_ok(&[
+        "factor",
+        "remove",
+        "--tenant",
+        "acme",
+        "alice",
+        &factor.factor_id,
+    ]);
+    // A command that only reads leaves no record.
+    env.cli_ok(&["user", "show", "--tenant", "acme", "alice"]);
+
+    let records = env.cli_json(&["--json", "audit", "--tenant", "acme", "--user", "alice"]);
+    let records = records.as_array().expect("a list of records");
+    let find = |action: &str| {
+        records
+            .iter()
+            .find(|r| r["mode"] == action)
+            .unwrap_or_else(|| panic!("no {action} record: {records:?}"))
+            .clone()
+    };
+    let unlock = find("user.unlock");
+    assert_eq!(unlock["channel"], "cli", "{unlock}");
+    assert_eq!(unlock["source"], "local", "{unlock}");
+    assert_eq!(unlock["client"], "root (sudo from alice)", "{unlock}");
+    assert_eq!(unlock["username"], "alice", "{unlock}");
+    let removed = find("factor.remove");
+    assert_eq!(removed["channel"], "cli", "{removed}");
+    assert_eq!(removed["client"], "root", "{removed}");
+    assert!(
+        removed["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&factor.factor_id),
+        "{removed}"
+    );
+    for action in ["user.create", "factor.enroll"] {
+        find(action);
+    }
+    assert_eq!(
+        records.len(),
+        4,
+        "one record per change, none for reads: {records:?}"
+    );
+    // The secret shown at enrolment is in no record.
+    let secret = factor.secret.clone().unwrap();
+    let all = env.cli_ok(&["--json", "audit"]);
+    assert!(!String::from_utf8_lossy(&all.stdout).contains(&secret));
+}
+
+#[test]
+fn read_only_commands_refuse_a_missing_store_and_make_nothing() {
+    let env = TestEnv::challenge();
+    let before = listing(env.dir());
+    for args in [
+        &["tenant", "list"][..],
+        &["user", "list", "--tenant", "acme"],
+        &["audit"],
+        &["token", "list"],
+        &["host", "list", "--tenant", "acme"],
+        &["user", "export", "--tenant", "acme"],
+    ] {
+        let out = env.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr(&out);
+        let db = env.dir().canonicalize().unwrap().join("portcullis.db");
+        assert!(
+            err.contains(&format!("no store at {} (store.url in ", db.display()))
+                && err.contains("start portcullis serve once, or fix store.url"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(listing(env.dir()), before, "{args:?} made files");
+    }
+    // A command that writes makes the store, and says where.
+    let out = env.cli_ok(&["tenant", "add", "acme"]);
+    let err = stderr(&out);
+    let db = env.dir().canonicalize().unwrap().join("portcullis.db");
+    assert!(
+        err.contains(&format!("created a new, empty store at {}", db.display())),
+        "{err}"
+    );
+    env.cli_ok(&["tenant", "list"]);
+}
+
+#[test]
+fn a_first_command_logs_the_new_key_and_the_migrations_once() {
+    let env = TestEnv::challenge();
+    let mut cmd = env.command();
+    cmd.args(["tenant", "add", "acme"])
+        .env("PORTCULLIS_LOG", "info");
+    let out = run_with_timeout(cmd, None, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines = |what: &str| err.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines("master key"), 1, "{err}");
+    assert!(err.contains("WARN") && err.contains("back it up"), "{err}");
+    let key = env.dir().canonicalize().unwrap().join("master.key");
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert_eq!(lines("store migrated from version 0 to "), 1, "{err}");
+    assert_eq!(lines("applied store migration"), 0, "{err}");
+}
+
+#[test]
+fn root_refuses_to_make_files_in_the_daemons_directory() {
+    let env = TestEnv::challenge();
+    // The packaged state directory: owned by the daemon's user, empty.
+    chown(env.dir(), NOBODY);
+    let before = listing(env.dir());
+    for args in [&["tenant", "add", "acme"][..], &["tenant", "list"]] {
+        let out = env.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded as root");
+        let err = stderr(&out);
+        assert!(
+            err.contains("run admin commands as the daemon's user: sudo -u nobody portcullis"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(listing(env.dir()), before, "{args:?} made files");
+    }
+}
+
+#[test]
+fn a_file_of_another_user_is_named_with_its_owner() {
+    let env = TestEnv::challenge();
+    env.add_tenant("acme");
+    // As if root had run `tenant add` in the daemon's directory: the directory and the
+    // store are the daemon's (nobody), the key stayed root's (0600).
+    std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in listing(env.dir()) {
+        if name.starts_with("portcullis.db") {
+            chown(&env.dir().join(name), NOBODY);
+        }
+    }
+    chown(env.dir(), NOBODY);
+    let key = env.dir().join("master.key");
+    let out = cli_as_nobody(&env, &["tenant", "list"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("the master key file {}", key.display()))
+            && err.contains("owned by root")
+            && err.contains(&format!("chown nobody: {}", key.display())),
+        "{err}"
+    );
+    let out = cli_as_nobody(&env, &["serve"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the daemon runs as nobody")
+            && err.contains(&format!(
+                "give it to the daemon's user: chown nobody: {}",
+                key.display()
+            )),
+        "{err}"
+    );
+    assert!(err.matches("os error").count() <= 1, "{err}");
+    // Given to the daemon's user, it works.
+    chown(&key, NOBODY);
+    let out = cli_as_nobody(&env, &["tenant", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Runs `args`, reads a little of its standard output and closes it.
+fn read_a_little(env: &TestEnv, args: &[&str]) -> Output {
+    let mut cmd = env.command();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn portcullis");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 100];
+    stdout.read_exact(&mut first).expect("the first bytes");
+    drop(stdout);
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let env = TestEnv::challenge();
+    env.add_tenant("acme");
+    // Far more than a pipe holds (64 KiB).
+    let mut csv = String::from("name,email,groups\n");
+    for i in 0..5000 {
+        csv.push_str(&format!("user{i},user{i}@example.org,vpn;ops\n"));
+    }
+    let file = env.dir().join("users.csv");
+    std::fs::write(&file, csv).unwrap();
+    env.cli_ok(&["user", "import", "--tenant", "acme", file.to_str().unwrap()]);
+    for args in [
+        &["--json", "user", "export", "--tenant", "acme"][..],
+        &["user", "export", "--tenant", "acme"],
+        &["user", "list", "--tenant", "acme"],
+    ] {
+        let out = read_a_little(&env, args);
+        let err = stderr(&out);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && err.is_empty(),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn config_check_warns_of_an_example_shared_secret() {
+    let mut client = ClientSpec::new(Mode::Challenge);
+    for secret in ["trial-secret-change-me", "CHANGE-ME-please-0123456789"] {
+        client.secret = secret.into();
+        let env = TestEnv::new(vec![client.clone()]);
+        let v = env.cli_json(&["--json", "config", "check"]);
+        let warnings = v["warnings"].to_string();
+        assert!(
+            warnings.contains("client 'vpn' has the example shared secret"),
+            "{secret}: {v}"
+        );
+    }
+    let env = TestEnv::challenge();
+    let v = env.cli_json(&["--json", "config", "check"]);
+    assert!(!v["warnings"].to_string().contains("example"), "{v}");
+}
+
+#[test]
+fn policy_test_warns_of_a_client_that_does_not_exist() {
+    let env = TestEnv::challenge();
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let out = env.cli_ok(&[
+        "policy", "test", "--tenant", "acme", "--user", "alice", "--client", "vnp",
+    ]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no RADIUS client or PAM service named 'vnp' in ")
+            && err.contains("(known: vpn)"),
+        "{err}"
+    );
+    let out = env.cli_ok(&[
+        "policy", "test", "--tenant", "acme", "--user", "alice", "--client", "vpn",
+    ]);
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn ldap_test_says_what_the_tenant_uses_and_that_a_down_directory_saw_no_password() {
+    let env = TestEnv::challenge();
+    let out = env.cli_stdin(&["ldap", "test", "--tenant", "acme", "alice"], "pw\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("tenant 'acme' has no [tenants.acme.ldap] section")
+            && err.contains("its first factor is local"),
+        "{err}"
+    );
+    // Nothing listens on port 9 of the loopback address.
+    let env = TestEnv::with_extra_config(
+        vec![],
+        "[tenants.acme.ldap]\nurl = \"ldap://127.0.0.1:9\"\nstarttls = false\n\
+         base_dn = \"dc=example,dc=org\"\nuser_dn_template = \"uid={username},dc=example,dc=org\"\n",
+    );
+    let out = env.cli_stdin(&["ldap", "test", "--tenant", "acme", "alice"], "pw\n");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: directory ldap://127.0.0.1:9 unreachable")
+            && err.contains("the password was not checked")
+            && !err.contains("did not accept"),
+        "{err}"
+    );
+}
+
+#[test]
+fn totp_options_take_one_spelling_in_any_case() {
+    let env = TestEnv::challenge();
+    let out = env.cli_ok(&["factor", "enroll", "totp", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("[possible values: SHA1, SHA256, SHA512]")
+            && help.contains("[possible values: 6, 8]"),
+        "{help}"
+    );
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let v: Value = env.cli_json(&[
+        "--json",
+        "factor",
+        "enroll",
+        "totp",
+        "--tenant",
+        "acme",
+        "alice",
+        "--algorithm",
+        "sha256",
+        "--digits",
+        "8",
+    ]);
+    assert_eq!(v["algorithm"], "SHA256", "{v}");
+    assert_eq!(v["digits"], 8, "{v}");
+}
