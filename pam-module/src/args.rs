@@ -144,6 +144,9 @@ pub struct Args {
     pub failmode: FailMode,
     /// Deadline of each exchange with the daemon (connect, send, receive).
     pub timeout: Duration,
+    /// How long a step in the middle of a login waits for a daemon that cannot be reached
+    /// (a restart) before `failmode` decides; 0 = not at all.
+    pub restart_wait: Duration,
     /// Delay after a failed login (pam_fail_delay), in microseconds.
     pub fail_delay_us: u32,
     /// `use_first_pass`: never prompt for the password, take PAM_AUTHTOK.
@@ -152,6 +155,10 @@ pub struct Args {
     pub try_first_pass: bool,
     pub debug: bool,
 }
+
+/// Default of `restart_wait=`: longer than the daemon takes to stop (it lets logins in
+/// flight finish for up to 10 s, then its HTTP listener for up to 5 s) and start again.
+pub const DEFAULT_RESTART_WAIT_SECS: u64 = 30;
 
 /// An argument that cannot be used; the message names it and says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +183,7 @@ impl Args {
             unenrolled: Unenrolled::Deny,
             failmode: FailMode::Secure,
             timeout: Duration::from_secs(10),
+            restart_wait: Duration::from_secs(DEFAULT_RESTART_WAIT_SECS),
             fail_delay_us: 2_000_000,
             use_first_pass: false,
             try_first_pass: false,
@@ -223,6 +231,14 @@ impl Args {
                     Ok(s) if (1..=120).contains(&s) => a.timeout = Duration::from_secs(s),
                     _ => return err(format!("timeout={v}: must be whole seconds from 1 to 120")),
                 },
+                ("restart_wait", Some(v)) => match v.parse::<u64>() {
+                    Ok(s) if s <= 300 => a.restart_wait = Duration::from_secs(s),
+                    _ => {
+                        return err(format!(
+                            "restart_wait={v}: must be whole seconds from 0 to 300"
+                        ))
+                    }
+                },
                 ("fail_delay", Some(v)) => match v.parse::<u32>() {
                     Ok(ms) if ms <= 10_000 => a.fail_delay_us = ms * 1000,
                     _ => return err(format!("fail_delay={v}: must be milliseconds from 0 to 10000")),
@@ -242,7 +258,7 @@ impl Args {
                 ("failmode", _) => return err(format!("{arg}: failmode must be secure or safe")),
                 _ => {
                     return err(format!(
-                        "unknown argument '{arg}' (known: socket= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= fail_delay= use_first_pass try_first_pass debug)"
+                        "unknown argument '{arg}' (known: socket= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= restart_wait= fail_delay= use_first_pass try_first_pass debug)"
                     ))
                 }
             }
@@ -281,6 +297,7 @@ mod tests {
         assert_eq!(a.unenrolled, Unenrolled::Deny);
         assert_eq!(a.failmode, FailMode::Secure);
         assert_eq!(a.timeout, Duration::from_secs(10));
+        assert_eq!(a.restart_wait, Duration::from_secs(30));
         assert!(!a.debug);
     }
 
@@ -293,6 +310,7 @@ mod tests {
             "unenrolled=allow",
             "failmode=safe",
             "timeout=3",
+            "restart_wait=0",
             "fail_delay=0",
             "try_first_pass",
             "use_first_pass",
@@ -304,6 +322,7 @@ mod tests {
         assert_eq!(a.unenrolled, Unenrolled::Allow);
         assert_eq!(a.failmode, FailMode::Safe);
         assert_eq!(a.timeout, Duration::from_secs(3));
+        assert_eq!(a.restart_wait, Duration::ZERO);
         assert_eq!(a.fail_delay_us, 0);
         assert!(a.try_first_pass && a.use_first_pass && a.debug);
         let a = Args::parse(&["tenant=acme", "unenrolled=enroll", "first_factor=none"]).unwrap();
@@ -417,6 +436,8 @@ mod tests {
             (vec!["tenant=acme", "first_factor=ldap"], "first_factor"),
             (vec!["tenant=acme", "timout=3"], "timout"),
             (vec!["tenant=acme", "timeout=0"], "timeout"),
+            (vec!["tenant=acme", "restart_wait=301"], "restart_wait"),
+            (vec!["tenant=acme", "restart_wait=-1"], "restart_wait"),
             (vec!["tenant=acme", "socket=relative"], "socket"),
             (vec!["tenant=acme", "url=https://x"], "token_file"),
             (vec!["tenant=acme", "url=http://x", "token_file=/t"], "url"),

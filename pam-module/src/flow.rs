@@ -125,18 +125,18 @@ pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long a step after the first one waits for a daemon that cannot be reached
 /// ([`CallError::Unreachable`]: no socket file, connection refused, connect timed out,
-/// the request not sent) before `failmode` decides: `timeout=` (default 10 s).
+/// the request not sent) before `failmode` decides: `restart_wait=` (default 30 s).
 ///
 /// The daemon answered this login a moment ago, so a daemon that is gone now is most
-/// likely restarting (a package upgrade, `systemctl restart`): about a second with SQLite,
-/// longer while it lets logins in flight finish. `timeout=` is already what the admin
-/// allows one exchange with the daemon to take, and the user, who has just typed a code,
-/// waits no longer for a daemon coming back than for a slow one. The first request of a
+/// likely restarting (a package upgrade, `systemctl restart`): its socket goes at once
+/// at SIGTERM, the old process then lets logins in flight finish (up to 10 s) and stops
+/// its HTTP listener (up to 5 s), and only then does the new one start, so the default is
+/// longer than all of that. The first request of a
 /// login is not retried: until the daemon has answered, the module cannot tell a restart
 /// from a daemon that is stopped or not yet started, which is what failmode is for, and
 /// waiting there would hold every login for the whole budget during a real outage.
 pub fn retry_budget(args: &Args) -> Duration {
-    args.timeout
+    args.restart_wait
 }
 
 /// Shown when the daemon cannot be asked and failmode is secure.
@@ -837,7 +837,7 @@ pub(crate) mod tests {
             );
             // The debug log says it waited (and no code in it).
             assert!(
-                time.notes.iter().any(|n| n.contains("waiting up to 10 s")),
+                time.notes.iter().any(|n| n.contains("waiting up to 30 s")),
                 "{:?}",
                 time.notes
             );
@@ -889,13 +889,13 @@ pub(crate) mod tests {
 
     #[test]
     fn a_daemon_that_does_not_come_back_within_the_budget_gets_failmode_as_before() {
-        // timeout=3: the budget is spent after pauses of 0.1, 0.2, 0.4, 0.8, 1 and the
+        // restart_wait=3: the budget is spent after pauses of 0.1, 0.2, 0.4, 0.8, 1 and the
         // 0.5 s left, then failmode decides as it did without waiting.
         let expected = [100, 200, 400, 800, 1000, 500].map(Duration::from_millis);
         let mut time = FakeTime::new();
         let mut d = daemon(vec![Ok(prompt("Code: "))]);
         let got = run(
-            &args(&["failmode=safe", "timeout=3"]),
+            &args(&["failmode=safe", "restart_wait=3"]),
             &origin(),
             Some(Secret::new("pw".into())),
             &mut Script::new(&["123456"]),
@@ -924,7 +924,7 @@ pub(crate) mod tests {
         let mut conv = Script::new(&["123456"]);
         let mut time = FakeTime::new();
         let got = run(
-            &args(&["timeout=3"]),
+            &args(&["restart_wait=3"]),
             &origin(),
             Some(Secret::new("pw".into())),
             &mut conv,
@@ -984,7 +984,7 @@ pub(crate) mod tests {
             clock: clock.clone(),
         };
         let got = run(
-            &args(&["timeout=10"]),
+            &args(&["restart_wait=10"]),
             &origin(),
             Some(Secret::new("pw".into())),
             &mut Script::new(&["123456"]),

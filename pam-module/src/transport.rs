@@ -57,11 +57,23 @@ impl SocketTransport {
         // Read the header, then the body, each bounded by what is left of the deadline.
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
         let mut header = [0u8; HEADER_LEN];
-        read_until(&mut stream, &mut header, &left).map_err(CallError::NoAnswer)?;
+        read_until(&mut stream, &mut header, &left).map_err(|(detail, reset)| {
+            if reset {
+                // A reset before any byte of the answer: the daemon closed its end with
+                // our request unread (a listener closed with this connection still in its
+                // queue at shutdown, or a daemon that died while reading it). A daemon that
+                // read the whole request and then stopped gives end of stream instead. So
+                // the request was not delivered, and may be sent again (a restart).
+                CallError::Unreachable(format!("{detail} (the request was not read)"))
+            } else {
+                CallError::NoAnswer(detail)
+            }
+        })?;
         let len =
             protocol::body_len(header).map_err(|e| CallError::Protocol(format!("receive: {e}")))?;
         let mut body = vec![0u8; len];
-        read_until(&mut stream, &mut body, &left).map_err(CallError::NoAnswer)?;
+        read_until(&mut stream, &mut body, &left)
+            .map_err(|(detail, _)| CallError::NoAnswer(detail))?;
         protocol::decode_response(&body).map_err(|e| CallError::Protocol(format!("receive: {e}")))
     }
 
@@ -343,21 +355,27 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// Fill `buf`. The error says what happened and whether it was a connection reset before
+/// any byte arrived (the peer closed with our request unread).
 fn read_until(
     stream: &mut UnixStream,
     buf: &mut [u8],
     left: &dyn Fn(&str) -> Result<Duration, String>,
-) -> Result<(), String> {
+) -> Result<(), (String, bool)> {
     let mut filled = 0;
     while filled < buf.len() {
+        let budget = left("receive").map_err(|e| (e, false))?;
         stream
-            .set_read_timeout(Some(left("receive")?))
-            .map_err(|e| format!("socket: {e}"))?;
+            .set_read_timeout(Some(budget))
+            .map_err(|e| (format!("socket: {e}"), false))?;
         match stream.read(&mut buf[filled..]) {
-            Ok(0) => return Err("receive: the daemon closed the connection".into()),
+            Ok(0) => return Err(("receive: the daemon closed the connection".into(), false)),
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("receive: {e}")),
+            Err(e) => {
+                let reset = filled == 0 && e.kind() == std::io::ErrorKind::ConnectionReset;
+                return Err((format!("receive: {e}"), reset));
+            }
         }
     }
     Ok(())
@@ -645,6 +663,44 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         t.exchange_on(stream, req, Instant::now() + Duration::from_secs(1))
+    }
+
+    #[test]
+    fn a_request_left_in_the_queue_of_a_listener_that_closed_is_not_delivered() {
+        // At shutdown the daemon closes its listener; a connection still in its queue,
+        // request and all, is reset unread: safe to send again, so Unreachable (a later
+        // step waits for the restart), not NoAnswer (refused in every failmode).
+        let path = socket_path("queued");
+        let listener = UnixListener::bind(&path).unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closer = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            drop(listener);
+        });
+        tx.send(()).unwrap();
+        let got = exchange_on(stream, &start());
+        closer.join().unwrap();
+        match got {
+            Err(CallError::Unreachable(detail)) => {
+                assert!(detail.contains("not read"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A daemon that read the request and then closed gives end of stream: NoAnswer.
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut theirs = theirs;
+            let mut header = [0u8; HEADER_LEN];
+            theirs.read_exact(&mut header).unwrap();
+            let mut body = vec![0u8; protocol::body_len(header).unwrap()];
+            theirs.read_exact(&mut body).unwrap();
+        });
+        let got = exchange_on(mine, &start());
+        reader.join().unwrap();
+        assert!(matches!(got, Err(CallError::NoAnswer(_))), "{got:?}");
     }
 
     #[test]

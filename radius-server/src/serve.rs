@@ -53,16 +53,30 @@ fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
     }
 }
 
+/// The shared secrets of the example configs (conf/), which a NAS must never share.
+const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "trial-secret-change-me",
+    "another-long-secret",
+    "upstream-secret-change-me",
+];
+
+/// Whether `secret` is one of the shipped examples, or says to change it (one test for
+/// `config check` and the start).
+pub fn is_placeholder_secret(secret: &str) -> bool {
+    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
+}
+
 /// Clients whose shared secret is still an example's placeholder (`trial-secret-change-me`):
 /// anyone who read the example knows it.
 fn placeholder_secrets(cfg: &Config) -> Vec<String> {
     cfg.radius
         .clients
         .iter()
-        .filter(|c| c.secret.to_ascii_lowercase().contains("change-me"))
+        .filter(|c| is_placeholder_secret(&c.secret))
         .map(|c| {
             format!(
-                "client '{}' has a placeholder shared secret (it contains \"change-me\"): set a long random one on both the NAS and here",
+                "client '{}' has a placeholder shared secret (an example's, or one that says change-me): set a long random one on both the NAS and here",
                 c.name
             )
         })
@@ -524,6 +538,9 @@ mod tests {
             !w[0].contains("trial-secret"),
             "the secret is never logged: {w:?}"
         );
+        // The examples' secrets that do not say change-me, as config check sees them.
+        c.radius.clients[0].secret = "another-long-secret".into();
+        assert_eq!(placeholder_secrets(&c).len(), 1);
     }
 
     #[test]

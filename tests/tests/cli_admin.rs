@@ -74,7 +74,22 @@ fn cli_changes_are_audited_with_the_local_user() {
     let unlock = find("user.unlock");
     assert_eq!(unlock["channel"], "cli", "{unlock}");
     assert_eq!(unlock["source"], "local", "{unlock}");
-    assert_eq!(unlock["client"], "root (sudo from alice)", "{unlock}");
+    // The kernel's login uid names who logged in when it is set (it cannot be forged);
+    // without one, SUDO_USER is named as the unverified hint it is.
+    let login_uid = std::fs::read_to_string("/proc/self/loginuid").unwrap_or_default();
+    if login_uid
+        .trim()
+        .parse::<u32>()
+        .map_or(true, |u| u == u32::MAX)
+    {
+        assert_eq!(unlock["client"], "root (SUDO_USER=alice)", "{unlock}");
+    } else {
+        let client = unlock["client"].as_str().unwrap_or_default();
+        assert!(
+            client.starts_with("root") && !client.contains("alice"),
+            "{unlock}"
+        );
+    }
     assert_eq!(unlock["username"], "alice", "{unlock}");
     let removed = find("factor.remove");
     assert_eq!(removed["channel"], "cli", "{removed}");
@@ -132,6 +147,13 @@ fn read_only_commands_refuse_a_missing_store_and_make_nothing() {
         "{err}"
     );
     env.cli_ok(&["tenant", "list"]);
+    // Nor does it make a master key where there is none (a typo in key_file).
+    let key = env.dir().join("master.key");
+    std::fs::rename(&key, env.dir().join("master.key.moved")).unwrap();
+    let out = env.cli(&["tenant", "list"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("master key"), "{}", stderr(&out));
+    assert!(!key.exists(), "a read-only command made a master key");
 }
 
 #[test]

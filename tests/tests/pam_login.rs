@@ -283,7 +283,7 @@ fn a_daemon_restarted_while_the_user_is_at_the_code_prompt_is_waited_for() {
 
     // The user types the code while it is down: the module waits for it, quietly.
     login.type_line(&f.code());
-    login.wait_for("waiting up to 10 s", Duration::from_secs(10));
+    login.wait_for("waiting up to 30 s", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
 
     // Started again on the same config and store: the transaction is still there.

@@ -55,19 +55,6 @@ fn done(json: bool, what: String) {
     });
 }
 
-/// The shared secrets of the example configs (conf/), which a NAS must never share.
-const EXAMPLE_SECRETS: &[&str] = &[
-    "change-me-to-a-long-random-secret",
-    "trial-secret-change-me",
-    "another-long-secret",
-    "upstream-secret-change-me",
-];
-
-/// Whether `secret` is one of the shipped examples, or says to change it.
-fn is_placeholder_secret(secret: &str) -> bool {
-    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
-}
-
 /// `config check`
 pub fn config_check(path: &Path, json: bool) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -102,7 +89,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
                 c.name
             ));
         }
-        if is_placeholder_secret(&c.secret) {
+        if crate::serve::is_placeholder_secret(&c.secret) {
             warnings.push(format!(
                 "client '{}' has the example shared secret of a shipped config: set a long random one (e.g. openssl rand -base64 24) here and on the NAS",
                 c.name

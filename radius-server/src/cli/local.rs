@@ -46,11 +46,25 @@ fn chown_user(uid: u32) -> String {
     user_name(uid).unwrap_or_else(|| uid.to_string())
 }
 
-/// Who runs this command, as its audit records name them: the effective user, and the
-/// user sudo ran it for (`root (sudo from alice)`). `SUDO_USER` is only a hint (anyone can
-/// set it): the effective user always comes first.
+/// Who runs this command, as its audit records name them: the effective user, then the
+/// user who logged in (`root (login alice)`), from the kernel's audit login uid, which
+/// the process cannot change (pam_loginuid sets it at login; sudo keeps it). Where the
+/// kernel has none (containers, no pam_loginuid), `SUDO_USER` is named as what it is, an
+/// unverified hint: `root (SUDO_USER=alice)`.
 pub fn actor_name() -> String {
-    let me = display_user(euid());
+    let me_uid = euid();
+    let me = display_user(me_uid);
+    let login = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .filter(|&uid| uid != u32::MAX);
+    if let Some(uid) = login {
+        return if uid == me_uid {
+            me
+        } else {
+            format!("{me} (login {})", display_user(uid))
+        };
+    }
     let sudo: String = std::env::var("SUDO_USER")
         .unwrap_or_default()
         .chars()
@@ -60,7 +74,7 @@ pub fn actor_name() -> String {
     if sudo.is_empty() || sudo == me {
         me
     } else {
-        format!("{me} (sudo from {sudo})")
+        format!("{me} (SUDO_USER={sudo})")
     }
 }
 

@@ -568,6 +568,15 @@ pub fn open_for(config_path: &std::path::Path, purpose: OpenFor) -> Result<Opene
             key_file.display()
         );
     }
+    // A command that only reads makes no key either (a typo in key_file would leave a
+    // stray key behind).
+    if key_missing && matches!(purpose, OpenFor::Read) {
+        anyhow::bail!(
+            "no master key at {} (secrets.key_file in {}): a command that only reads makes none; start portcullis serve once, or fix secrets.key_file",
+            absolute(key_file).display(),
+            absolute(config_path).display()
+        );
+    }
     let key = MasterKey::load_or_create(key_file)
         .context("the master key is needed to read and write factor secrets")?;
     if key_missing {

@@ -133,8 +133,13 @@ mod tests {
             c.radius.accounting_listen,
             vec!["127.0.0.1:1813".parse().unwrap()]
         );
-        // An empty list turns the listeners off.
-        let c = load(&[("PORTCULLIS__RADIUS__ACCOUNTING_LISTEN", "")]).unwrap();
+        // An empty list turns the listeners off (radius.listen has a default to override).
+        let c = load(&[
+            ("PORTCULLIS__RADIUS__LISTEN", ""),
+            ("PORTCULLIS__RADIUS__ACCOUNTING_LISTEN", ""),
+        ])
+        .unwrap();
+        assert!(c.radius.listen.is_empty(), "{:?}", c.radius.listen);
         assert!(c.radius.accounting_listen.is_empty());
         // A number that is not one names its key.
         let e = load(&[("PORTCULLIS__STORE__MAX_CONNECTIONS", "many")])
