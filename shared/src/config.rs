@@ -1726,6 +1726,19 @@ impl Config {
             ));
         }
         if let Some(pam) = &self.pam {
+            // sun_path of sockaddr_un: 108 bytes with the NUL. A relative socket path is
+            // resolved against the config's directory, which can make it long.
+            let len = pam.socket.as_os_str().len();
+            if len > 107 {
+                return Err(bad(
+                    "pam.socket".into(),
+                    format!(
+                        "'{}' is {len} bytes; a Unix socket path may have at most 107 \
+                         (sun_path): use a shorter path",
+                        pam.socket.display()
+                    ),
+                ));
+            }
             if parse_mode(&pam.socket_mode).is_none() {
                 return Err(bad(
                     "pam.socket_mode".into(),
@@ -2170,6 +2183,16 @@ tenant = "acme"
                 panic!("{file}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn a_pam_socket_path_too_long_for_sun_path_is_refused() {
+        let long = format!("/run/{}/pam.sock", "d".repeat(100));
+        let e = parse(&format!("[pam]\nsocket = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pam.socket") && e.contains("107"), "{e}");
+        assert!(parse("[pam]\nsocket = \"/run/portcullis/pam.sock\"\n").is_ok());
     }
 
     #[test]

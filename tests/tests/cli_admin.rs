@@ -61,6 +61,16 @@ fn cli_changes_are_audited_with_the_local_user() {
     ]);
     // A command that only reads leaves no record.
     env.cli_ok(&["user", "show", "--tenant", "acme", "alice"]);
+    // A change that fails leaves one, as refused, with the reason.
+    let failed = env.cli(&[
+        "factor",
+        "remove",
+        "--tenant",
+        "acme",
+        "alice",
+        "no-such-factor",
+    ]);
+    assert!(!failed.status.success());
 
     let records = env.cli_json(&["--json", "audit", "--tenant", "acme", "--user", "alice"]);
     let records = records.as_array().expect("a list of records");
@@ -91,7 +101,22 @@ fn cli_changes_are_audited_with_the_local_user() {
         );
     }
     assert_eq!(unlock["username"], "alice", "{unlock}");
-    let removed = find("factor.remove");
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r["mode"] == "factor.remove" && r["result"] == "reject")
+        .collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert!(
+        refused[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed:")),
+        "{refused:?}"
+    );
+    let removed = records
+        .iter()
+        .find(|r| r["mode"] == "factor.remove" && r["result"] == "accept")
+        .cloned()
+        .expect("the factor.remove record");
     assert_eq!(removed["channel"], "cli", "{removed}");
     assert_eq!(removed["client"], "root", "{removed}");
     assert!(
@@ -106,8 +131,8 @@ fn cli_changes_are_audited_with_the_local_user() {
     }
     assert_eq!(
         records.len(),
-        4,
-        "one record per change, none for reads: {records:?}"
+        5,
+        "one record per change (the failed one too), none for reads: {records:?}"
     );
     // The secret shown at enrolment is in no record.
     let secret = factor.secret.clone().unwrap();

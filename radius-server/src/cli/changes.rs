@@ -277,3 +277,35 @@ pub fn record(admin: &Admin, tenant: &str, user: &str, action: &str, detail: &st
             "cannot write the audit record of an admin change");
     }
 }
+
+/// The record of a change whose command failed (result `reject`, the error's first line
+/// in the detail): it may have changed part of the store first (an SMS factor created
+/// whose code could not be sent), and an attempt is worth a trace too.
+pub fn record_failed(admin: &Admin, change: &Change, error: &anyhow::Error) {
+    let name = super::local::actor_name();
+    let actor = Actor {
+        channel: "cli",
+        name: &name,
+        source: "local".into(),
+    };
+    let why: String = error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    let detail = format!("failed: {why} (the change: {})", change.detail);
+    if let Err(e) = admin.record_failed_admin_action(
+        &actor,
+        &change.tenant,
+        &change.user,
+        change.action,
+        &detail,
+    ) {
+        tracing::error!(error = %e, action = change.action,
+            "cannot write the audit record of a failed admin change");
+    }
+}

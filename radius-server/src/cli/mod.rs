@@ -684,14 +684,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 OpenFor::Read
             };
             let opened = open_for(&cli.config, purpose)?;
-            match other {
-                Command::Host(cmd) => host_cmd::run(&opened, cmd, cli.json)?,
-                other => admin_cmds::run(&opened, other, cli.json)?,
+            let result = match other {
+                Command::Host(cmd) => host_cmd::run(&opened, cmd, cli.json),
+                other => admin_cmds::run(&opened, other, cli.json),
+            };
+            match (&change, &result) {
+                (Some(c), Ok(())) => {
+                    changes::record(&opened.admin(), &c.tenant, &c.user, c.action, &c.detail)
+                }
+                (Some(c), Err(e)) => changes::record_failed(&opened.admin(), c, e),
+                (None, _) => {}
             }
-            if let Some(c) = change {
-                changes::record(&opened.admin(), &c.tenant, &c.user, c.action, &c.detail);
-            }
-            Ok(())
+            result
         }
     }
 }

@@ -154,6 +154,31 @@ impl Admin {
         action: &str,
         detail: &str,
     ) -> Result<(), AdminError> {
+        self.record_admin(actor, tenant, user, action, detail, AuditResult::Accept)
+    }
+
+    /// The audit record of an admin change that failed (result `reject`): it may have
+    /// changed part of the store before failing (a factor created, its code not sent).
+    pub fn record_failed_admin_action(
+        &self,
+        actor: &Actor<'_>,
+        tenant: &str,
+        user: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), AdminError> {
+        self.record_admin(actor, tenant, user, action, detail, AuditResult::Reject)
+    }
+
+    fn record_admin(
+        &self,
+        actor: &Actor<'_>,
+        tenant: &str,
+        user: &str,
+        action: &str,
+        detail: &str,
+        result: AuditResult,
+    ) -> Result<(), AdminError> {
         Ok(self.store.append_audit(&AuditRecord {
             time: self.clock.now(),
             tenant: tenant.to_string(),
@@ -163,7 +188,7 @@ impl Admin {
             source: actor.source.clone(),
             mode: action.to_string(),
             factors: Vec::new(),
-            result: AuditResult::Accept,
+            result,
             reason: detail.to_string(),
             transaction: None,
             host: None,
