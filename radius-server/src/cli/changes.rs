@@ -182,36 +182,33 @@ fn factor(cmd: &FactorCmd) -> Option<Change> {
     let enroll =
         |tenant: &str, user: &str, detail: String| change(tenant, user, "factor.enroll", detail);
     match cmd {
-        FactorCmd::Enroll(EnrollCmd::Totp {
-            tenant,
-            user,
-            secret,
-            secret_stdin,
-            ..
-        }) => enroll(
-            &tenant.tenant,
-            user,
-            if secret.is_some() || *secret_stdin {
-                "totp factor enrolled from a given secret (confirmed)".into()
-            } else {
-                "totp factor enrolled (pending)".into()
+        FactorCmd::Enroll(
+            EnrollCmd::Totp {
+                tenant,
+                user,
+                secret,
+                secret_stdin,
+                ..
+            }
+            | EnrollCmd::Hotp {
+                tenant,
+                user,
+                secret,
+                secret_stdin,
+                ..
             },
-        ),
-        FactorCmd::Enroll(EnrollCmd::Hotp {
-            tenant,
-            user,
-            secret,
-            secret_stdin,
-            ..
-        }) => enroll(
-            &tenant.tenant,
-            user,
-            if secret.is_some() || *secret_stdin {
-                "hotp factor enrolled from a given secret (confirmed)".into()
+        ) => {
+            let kind = match cmd {
+                FactorCmd::Enroll(EnrollCmd::Totp { .. }) => "totp",
+                _ => "hotp",
+            };
+            let state = if secret.is_some() || *secret_stdin {
+                "enrolled from a given secret (confirmed)"
             } else {
-                "hotp factor enrolled (pending)".into()
-            },
-        ),
+                "enrolled (pending)"
+            };
+            enroll(&tenant.tenant, user, format!("{kind} factor {state}"))
+        }
         FactorCmd::Enroll(EnrollCmd::Sms { tenant, user, .. }) => enroll(
             &tenant.tenant,
             user,
@@ -263,31 +260,35 @@ fn factor(cmd: &FactorCmd) -> Option<Change> {
     }
 }
 
-/// Write the audit record of a command-line change by the local user who ran it. A
-/// failure is logged: the change is done.
-pub fn record(admin: &Admin, tenant: &str, user: &str, action: &str, detail: &str) {
+/// One audit record of this command, with the local user who ran it as its actor.
+fn write(admin: &Admin, tenant: &str, user: &str, action: &str, detail: &str, failed: bool) {
     let name = super::local::actor_name();
     let actor = Actor {
         channel: "cli",
         name: &name,
         source: "local".into(),
     };
-    if let Err(e) = admin.record_admin_action(&actor, tenant, user, action, detail) {
-        tracing::error!(error = %e, action, tenant, user,
+    let written = if failed {
+        admin.record_failed_admin_action(&actor, tenant, user, action, detail)
+    } else {
+        admin.record_admin_action(&actor, tenant, user, action, detail)
+    };
+    if let Err(e) = written {
+        tracing::error!(error = %e, action, tenant, user, failed,
             "cannot write the audit record of an admin change");
     }
+}
+
+/// Write the audit record of a command-line change by the local user who ran it. A
+/// failure is logged: the change is done.
+pub fn record(admin: &Admin, tenant: &str, user: &str, action: &str, detail: &str) {
+    write(admin, tenant, user, action, detail, false);
 }
 
 /// The record of a change whose command failed (result `reject`, the error's first line
 /// in the detail): it may have changed part of the store first (an SMS factor created
 /// whose code could not be sent), and an attempt is worth a trace too.
 pub fn record_failed(admin: &Admin, change: &Change, error: &anyhow::Error) {
-    let name = super::local::actor_name();
-    let actor = Actor {
-        channel: "cli",
-        name: &name,
-        source: "local".into(),
-    };
     let why: String = error
         .to_string()
         .lines()
@@ -298,14 +299,12 @@ pub fn record_failed(admin: &Admin, change: &Change, error: &anyhow::Error) {
         .take(300)
         .collect();
     let detail = format!("failed: {why} (the change: {})", change.detail);
-    if let Err(e) = admin.record_failed_admin_action(
-        &actor,
+    write(
+        admin,
         &change.tenant,
         &change.user,
         change.action,
         &detail,
-    ) {
-        tracing::error!(error = %e, action = change.action,
-            "cannot write the audit record of a failed admin change");
-    }
+        true,
+    );
 }
