@@ -155,20 +155,22 @@ pub fn generate(secret: &[u8], params: &TotpParams, now: UnixTime) -> String {
 pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8], params: &TotpParams) -> String {
     format!(
         "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm={}&digits={}&period={}",
-        percent(issuer),
-        percent(account),
+        percent_encode(issuer, b""),
+        percent_encode(account, b""),
         encode_base32(secret),
-        percent(issuer),
+        percent_encode(issuer, b""),
         params.algorithm.as_str(),
         params.digits,
         params.period
     )
 }
 
-fn percent(s: &str) -> String {
+/// `%XX` escapes for a URI part: every byte but ASCII letters, digits, `-._~` and the
+/// bytes of `keep` (the config's `sslrootcert=` rewrite keeps `/`).
+pub(crate) fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

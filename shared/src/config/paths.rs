@@ -213,7 +213,7 @@ fn visit_store_url(url: &mut String, f: &mut Visit<'_>) -> Result<(), (String, S
         f(KEY, PathKind::Pem, &mut path);
         if path != old {
             let new = path.to_str().ok_or_else(|| unwritable(KEY, &path))?;
-            url.replace_range(span, &percent_encode(new));
+            url.replace_range(span, &crate::totp::percent_encode(new, b"/"));
         }
     }
     Ok(())
@@ -239,19 +239,6 @@ fn sslrootcert_span(url: &str) -> Option<std::ops::Range<usize>> {
         at += kv.len() + 1;
     }
     found
-}
-
-/// `%XX` escapes for a URL query value: all but unreserved characters and `/`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
