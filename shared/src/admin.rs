@@ -12,9 +12,10 @@ use crate::codes::generate_bypass_code;
 use crate::codes::{
     generate_recovery_code, hash_code, normalize_recovery_code, RECOVERY_CODE_COUNT,
 };
+use crate::config::LockoutConfig;
 use crate::engine::{
-    factor_context, EmailParams, SmsParams, BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL,
-    SENT_PEPPER_LABEL,
+    factor_context, throttle_in_force, EmailParams, SmsParams, ThrottleInForce,
+    BYPASS_PEPPER_LABEL, RECOVERY_PEPPER_LABEL, SENT_PEPPER_LABEL,
 };
 use crate::hotp::{self, HotpParams, DEFAULT_LOOK_AHEAD};
 use crate::model::*;
@@ -135,6 +136,9 @@ pub struct UserDetails {
     pub unused_recovery_codes: u32,
     pub failed_codes: u32,
     pub locked_until: Option<UnixTime>,
+    /// The lock or delay that keeps the user's next code from being checked now, as a
+    /// login would find it; `None` when there is none.
+    pub throttle: Option<ThrottleInForce>,
 }
 
 /// How a new user's password is given.
@@ -152,6 +156,8 @@ pub struct Admin {
     hasher: PasswordHasher,
     issuer: String,
     totp_window: u8,
+    /// `[lockout]`, for what `user show` says of failed codes.
+    lockout: LockoutConfig,
 }
 
 fn check_name(what: &'static str, value: &str) -> Result<(), AdminError> {
@@ -188,7 +194,14 @@ impl Admin {
             hasher,
             issuer,
             totp_window,
+            lockout: LockoutConfig::default(),
         }
+    }
+
+    /// With the `[lockout]` settings that logins use (else the defaults).
+    pub fn with_lockout(mut self, lockout: LockoutConfig) -> Self {
+        self.lockout = lockout;
+        self
     }
 
     fn tenant(&self, name: &str) -> Result<Tenant, AdminError> {
@@ -297,12 +310,17 @@ impl Admin {
         let th = self
             .store
             .throttle(t.id, &crate::engine::second_factor_key(&u))?;
+        let throttle = throttle_in_force(&th, &self.lockout, self.clock.now());
         Ok(UserDetails {
             has_password: u.password_hash.is_some(),
             factors: self.list_factors(tenant, name)?,
             unused_recovery_codes: self.store.unused_recovery_codes(u.id)?,
             failed_codes: th.failures,
-            locked_until: th.locked_until.filter(|&l| l > self.clock.now()),
+            locked_until: match throttle {
+                Some(ThrottleInForce::Locked { until, .. }) => Some(until),
+                _ => None,
+            },
+            throttle,
             user: u,
         })
     }

@@ -527,7 +527,8 @@ pub struct DuoConfig {
     /// How long a push or phone call may wait for the user.
     #[serde(default = "default_push_timeout", with = "humantime_serde")]
     pub push_timeout: Duration,
-    /// Extra CA certificate (PEM) to trust; verification cannot be turned off.
+    /// Extra CA certificate(s) to trust: one or more PEM `CERTIFICATE` blocks (a file
+    /// with none is refused at start). Verification cannot be turned off.
     pub ca_file: Option<PathBuf>,
 }
 
@@ -602,7 +603,8 @@ pub struct EmailConfig {
     pub from: String,
     #[serde(default = "default_email_subject")]
     pub subject: String,
-    /// Extra CA certificate (PEM) to trust; verification cannot be turned off.
+    /// Extra CA certificate(s) to trust: one or more PEM `CERTIFICATE` blocks (a file
+    /// with none is refused at start). Verification cannot be turned off.
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -725,8 +727,9 @@ pub struct SmsConfig {
     #[serde(default)]
     pub body_encoding: BodyEncoding,
     // Both
-    /// Extra CA certificate (PEM) to trust, for a gateway with a private CA. Public CAs are
-    /// always trusted; certificate verification cannot be turned off.
+    /// Extra CA certificate(s) to trust, for a gateway with a private CA: one or more PEM
+    /// `CERTIFICATE` blocks (a file with none is refused at start). Public CAs are always
+    /// trusted; certificate verification cannot be turned off.
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     pub timeout: Duration,

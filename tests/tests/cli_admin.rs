@@ -9,7 +9,10 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use portcullis_tests::tools::run_with_timeout;
-use portcullis_tests::{ClientSpec, Mode, TestEnv};
+use portcullis_tests::{
+    radclient, random_base32_secret, require_tool, wrong_totp, Algorithm, ClientSpec, Mode, Server,
+    TestEnv,
+};
 use serde_json::Value;
 
 /// uid and gid of `nobody`: another user than the root the tests run as.
@@ -393,4 +396,248 @@ fn totp_options_take_one_spelling_in_any_case() {
     ]);
     assert_eq!(v["algorithm"], "SHA256", "{v}");
     assert_eq!(v["digits"], 8, "{v}");
+}
+
+/// Tenant acme with `[lockout]` set to `lockout`, user alice (password "pw", a TOTP
+/// factor) and a running server whose `vpn` client is in append mode.
+fn throttle_world(lockout: &str) -> (TestEnv, Server, String) {
+    require_tool("radclient", "freeradius-utils");
+    let env = TestEnv::with_extra_config(
+        vec![ClientSpec::new(Mode::Append)],
+        &format!("\n[lockout]\n{lockout}\n"),
+    );
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    let server = env.start_server();
+    (env, server, secret)
+}
+
+/// One login of alice with her password and a wrong code: one failed code.
+fn fail_a_code(env: &TestEnv, server: &Server, secret: &str) {
+    let password = format!("pw{}", wrong_totp(secret, 6, Algorithm::Sha1));
+    let reply = radclient(
+        server.addr,
+        &env.client().secret,
+        &[("User-Name", "alice".into()), ("User-Password", password)],
+        true,
+    );
+    assert_eq!(
+        reply.code.as_deref(),
+        Some("Access-Reject"),
+        "{}",
+        reply.raw_output
+    );
+}
+
+fn show(env: &TestEnv) -> (String, Value) {
+    let text = env.cli_ok(&["user", "show", "--tenant", "acme", "alice"]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let json = env.cli_json(&["--json", "user", "show", "--tenant", "acme", "alice"]);
+    (text, json)
+}
+
+#[test]
+fn user_show_says_when_the_next_code_is_allowed_after_failed_codes() {
+    let (env, server, secret) =
+        throttle_world("throttle_after = 2\nbase_delay = \"10m\"\nlock_after = 5");
+    // Nothing in force: no line about it.
+    fail_a_code(&env, &server, &secret);
+    let (text, json) = show(&env);
+    assert!(text.contains("failures:   1 failed codes"), "{text}");
+    assert!(
+        !text.contains("throttled") && !text.contains("locked"),
+        "{text}"
+    );
+    assert_eq!(json["throttle"], Value::Null, "{json}");
+
+    // The second failed code owes a 10 minute delay before the next is checked.
+    fail_a_code(&env, &server, &secret);
+    let (text, json) = show(&env);
+    assert_eq!(json["throttle"]["state"], "delayed", "{json}");
+    assert_eq!(json["throttle"]["failures"], 2, "{json}");
+    let next = json["throttle"]["next_try_at"]
+        .as_i64()
+        .expect("next_try_at");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now + 590..=now + 600).contains(&next), "{next} vs {now}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("throttled:"))
+        .unwrap_or_else(|| panic!("no throttled line in\n{text}"));
+    assert!(
+        line.contains("2 failures, next try allowed at 20")
+            && (line.ends_with("Z (in 10m)") || line.contains("Z (in 9m ")),
+        "{line}"
+    );
+    assert!(!text.contains("locked"), "{text}");
+    // The daemon refuses the next login for the same reason.
+    fail_a_code(&env, &server, &secret);
+    let audit = String::from_utf8_lossy(
+        &env.cli_ok(&["audit", "--tenant", "acme", "--limit", "1"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(audit.contains("throttled: 2 failed codes"), "{audit}");
+}
+
+#[test]
+fn user_show_says_until_when_a_user_is_locked_and_how_to_lift_it() {
+    let (env, server, secret) = throttle_world(
+        "throttle_after = 2\nbase_delay = \"10m\"\nlock_after = 2\nduration = \"1h\"",
+    );
+    fail_a_code(&env, &server, &secret);
+    fail_a_code(&env, &server, &secret);
+    let (text, json) = show(&env);
+    assert_eq!(json["throttle"]["state"], "locked", "{json}");
+    assert_eq!(json["throttle"]["failures"], 2, "{json}");
+    assert_eq!(json["throttle"]["until"], json["locked_until"], "{json}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("locked:"))
+        .unwrap_or_else(|| panic!("no locked line in\n{text}"));
+    assert!(
+        line.contains("until 20")
+            && (line.contains("Z (in 1h)") || line.contains("Z (in 59m "))
+            && line.contains("after 2 failures")
+            && line.ends_with("portcullis user unlock --tenant acme alice"),
+        "{line}"
+    );
+    assert!(!text.contains("throttled"), "{text}");
+    env.unlock_user("acme", "alice");
+    let (text, json) = show(&env);
+    assert!(!text.contains("locked:"), "{text}");
+    assert_eq!(json["throttle"], Value::Null, "{json}");
+}
+
+#[test]
+fn every_cli_enrolment_is_audited_with_the_id_of_the_factor_it_made() {
+    use portcullis_tests::fakes::ntfy::FakeNtfy;
+    use portcullis_tests::fakes::smtp::{SinkTls, SmtpSink};
+    use portcullis_tests::fakes::twilio::FakeTwilio;
+
+    let fakes = tempfile::tempdir().unwrap();
+    let (sms_dir, smtp_dir, ntfy_dir) = (
+        fakes.path().join("sms"),
+        fakes.path().join("smtp"),
+        fakes.path().join("ntfy"),
+    );
+    for d in [&sms_dir, &smtp_dir, &ntfy_dir] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let twilio = FakeTwilio::start(&sms_dir);
+    let sink = SmtpSink::start(&smtp_dir, SinkTls::Implicit);
+    let ntfy = FakeNtfy::start(&ntfy_dir);
+    let env = TestEnv::with_extra_config(
+        vec![],
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://mfa.example.com\"\n\n\
+             [tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"{}\"\nauth_token = \"{}\"\n\
+             from = \"+15559990000\"\nbase_url = \"{}\"\nca_file = \"{}\"\ntimeout = \"5s\"\n\n\
+             [tenants.acme.email]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{}\"\n\
+             password = \"{}\"\nfrom = \"Portcullis <mfa@example.com>\"\nca_file = \"{}\"\ntimeout = \"5s\"\n{}",
+            twilio.account_sid,
+            twilio.auth_token,
+            twilio.base_url(),
+            twilio.ca_file.display(),
+            sink.addr.port(),
+            sink.username,
+            sink.password,
+            sink.ca_file.display(),
+            ntfy.config("acme", ""),
+        ),
+    );
+    env.add_tenant("acme");
+    // One user per channel that sends a code: each send counts for the user's resend delay.
+    for user in ["alice", "bob", "carol", "dave"] {
+        env.add_user("acme", user, "pw");
+    }
+    let secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
+    let enrol = |user: &str, args: &[&str]| -> String {
+        let mut all = vec!["--json", "factor", "enroll"];
+        all.extend_from_slice(&args[..1]);
+        all.extend(["--tenant", "acme", user]);
+        all.extend_from_slice(&args[1..]);
+        let v = env.cli_json(&all);
+        v["factor_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no factor_id in {v}"))
+            .to_string()
+    };
+    let made = [
+        ("alice", "totp", enrol("alice", &["totp"])),
+        (
+            "alice",
+            "totp",
+            enrol("alice", &["totp", "--secret", secret]),
+        ),
+        ("alice", "hotp", enrol("alice", &["hotp", "--counter", "5"])),
+        (
+            "bob",
+            "sms",
+            enrol("bob", &["sms", "--phone", "+15550001234"]),
+        ),
+        (
+            "carol",
+            "totp",
+            enrol("carol", &["totp", "--secret", secret]),
+        ),
+        (
+            "carol",
+            "email",
+            enrol("carol", &["email", "--email", "carol@example.com"]),
+        ),
+        ("dave", "push", enrol("dave", &["push"])),
+    ];
+    assert_eq!(twilio.messages().len(), 1, "{:?}", twilio.refusals());
+    assert_eq!(sink.mails().len(), 1, "{:?}", sink.refusals());
+
+    let audit = env.cli_json(&["--json", "audit", "--tenant", "acme"]);
+    let records: Vec<&Value> = audit
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|r| r["mode"] == "factor.enroll")
+        .collect();
+    assert_eq!(records.len(), made.len(), "{records:?}");
+    for (user, kind, id) in &made {
+        let naming: Vec<&&Value> = records
+            .iter()
+            .filter(|r| {
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(id.as_str()))
+            })
+            .collect();
+        assert_eq!(
+            naming.len(),
+            1,
+            "the record of {kind} factor {id}: {records:?}"
+        );
+        let r = naming[0];
+        assert_eq!(r["username"], *user, "{r}");
+        assert_eq!(r["result"], "accept", "{r}");
+        assert_eq!(r["channel"], "cli", "{r}");
+        let reason = r["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with(&format!("{kind} factor {id} enrolled (")),
+            "{reason}"
+        );
+    }
+    // How the codes went, as the admin API says; never the secret given.
+    let reason_of = |id: &str| {
+        records
+            .iter()
+            .find_map(|r| r["reason"].as_str().filter(|t| t.contains(id)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(reason_of(&made[1].2).ends_with("(confirmed), from a given secret"));
+    assert!(reason_of(&made[3].2).contains("(pending), code sent to "));
+    assert!(reason_of(&made[6].2).ends_with("(pending), code sent via ntfy"));
+    assert!(!audit.to_string().contains(secret), "{audit}");
 }

@@ -209,3 +209,151 @@ fn relative_paths_are_taken_from_the_config_files_directory_not_the_working_dire
         describe(&out)
     );
 }
+
+/// What every error about a provider's `ca_file` ends with.
+const CA_EXPECTED: &str = "point it at the CA certificate(s) in PEM form";
+
+/// Duo, SMS (Twilio), e-mail (SMTP) and push (ntfy) of tenant acme, each with `ca_file` set
+/// to `dir/NAME-ca.pem`.
+fn providers_config(dir: &Path) -> String {
+    let ca = |name: &str| dir.join(format!("{name}-ca.pem")).display().to_string();
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://mfa.example.com\"\n\n\
+         [tenants.acme.duo]\nikey = \"DIXXXXXXXXXXXXXXXXXX\"\nskey = \"{SECRET}\"\n\
+         api_host = \"api-x.duosecurity.com\"\nca_file = \"{}\"\n\n\
+         [tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"{SECRET}\"\n\
+         from = \"+15559990000\"\nca_file = \"{}\"\n\n\
+         [tenants.acme.email]\nhost = \"smtp.example.com\"\nfrom = \"Portcullis <mfa@example.com>\"\n\
+         ca_file = \"{}\"\n\n\
+         [tenants.acme.push]\nntfy_url = \"https://ntfy.example.com\"\nca_file = \"{}\"\n",
+        ca("duo"),
+        ca("sms"),
+        ca("email"),
+        ca("push"),
+    )
+}
+
+#[test]
+fn a_provider_ca_file_without_a_certificate_fails_the_check_and_the_start() {
+    let env = TestEnv::with_config_in_dir(vec![], |dir| {
+        let tls = TestTls::new(dir); // writes ca.pem
+        let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+        // Empty; text that is no PEM (a secret that must not be shown); a private key
+        // only; a certificate cut off half way.
+        std::fs::write(dir.join("duo-ca.pem"), "").unwrap();
+        std::fs::write(dir.join("sms-ca.pem"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(dir.join("email-ca.pem"), &tls.key_pem).unwrap();
+        std::fs::write(dir.join("push-ca.pem"), &ca[..ca.len() / 2]).unwrap();
+        providers_config(dir)
+    });
+    let d = env.dir();
+    let out = env.cli(&["config", "check"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // An empty file is found by the first pass, which opens every file.
+    let expected = format!(
+        "tenants.acme.duo.ca_file {}: is empty",
+        d.join("duo-ca.pem").display()
+    );
+    assert!(err.contains(&expected), "missing {expected:?} in\n{err}");
+    for section in ["sms", "email"] {
+        let expected = format!(
+            "tenants.acme.{section}.ca_file: {} holds no PEM certificate; {CA_EXPECTED}",
+            d.join(format!("{section}-ca.pem")).display()
+        );
+        assert!(err.contains(&expected), "missing {expected:?} in\n{err}");
+    }
+    let truncated = format!(
+        "tenants.acme.push.ca_file: {} holds no PEM certificate (",
+        d.join("push-ca.pem").display()
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&truncated) && l.ends_with(CA_EXPECTED)),
+        "missing {truncated:?} in\n{err}"
+    );
+    assert!(err.contains("4 problems"), "{err}");
+    assert!(!output_text(&out).contains(SECRET), "{}", describe(&out));
+    assert!(!output_text(&out).contains("PRIVATE"), "{}", describe(&out));
+
+    // serve builds the same clients at start, and stops at the first bad one (Duo's).
+    let out = env.cli(&["serve"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "tenants.acme.duo.ca_file: {} holds no PEM certificate; {CA_EXPECTED}",
+        d.join("duo-ca.pem").display()
+    );
+    assert!(err.contains(&expected), "missing {expected:?} in\n{err}");
+    assert!(!output_text(&out).contains(SECRET), "{}", describe(&out));
+}
+
+#[test]
+fn a_provider_ca_file_with_a_pem_bundle_trusts_every_certificate_in_it() {
+    use portcullis_tests::fakes::smtp::{SinkTls, SmtpSink};
+    use portcullis_tests::fakes::twilio::FakeTwilio;
+
+    let (sms_dir, smtp_dir, other_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let twilio = FakeTwilio::start(sms_dir.path());
+    let sink = SmtpSink::start(smtp_dir.path(), SinkTls::Implicit);
+    let other_tls = TestTls::new(other_dir.path());
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    // The CA that signed each fake comes second in its bundle, after an unrelated one; the
+    // SMTP bundle carries a comment and a private key too, which are skipped.
+    let other = read(&other_dir.path().join("ca.pem"));
+    let sms_bundle = format!("{other}{}", read(&twilio.ca_file));
+    let email_bundle = format!(
+        "# corporate CAs\n{other}\n{}{}",
+        other_tls.key_pem,
+        read(&sink.ca_file)
+    );
+    let env = TestEnv::with_config_in_dir(vec![], |dir| {
+        std::fs::write(dir.join("sms-bundle.pem"), &sms_bundle).unwrap();
+        std::fs::write(dir.join("email-bundle.pem"), &email_bundle).unwrap();
+        format!(
+            "[tenants.acme.sms]\nprovider = \"twilio\"\naccount_sid = \"{}\"\nauth_token = \"{}\"\n\
+             from = \"+15559990000\"\nbase_url = \"{}\"\nca_file = \"sms-bundle.pem\"\ntimeout = \"5s\"\n\n\
+             [tenants.acme.email]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"{}\"\n\
+             password = \"{}\"\nfrom = \"Portcullis <mfa@example.com>\"\nca_file = \"email-bundle.pem\"\n\
+             timeout = \"5s\"\n",
+            twilio.account_sid,
+            twilio.auth_token,
+            twilio.base_url(),
+            sink.addr.port(),
+            sink.username,
+            sink.password,
+        )
+    });
+    env.cli_ok(&["config", "check"]);
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    env.add_user("acme", "bob", "pw");
+    env.cli_ok(&[
+        "factor",
+        "enroll",
+        "sms",
+        "--tenant",
+        "acme",
+        "alice",
+        "--phone",
+        "+15550001234",
+    ]);
+    assert_eq!(twilio.messages().len(), 1, "{:?}", twilio.refusals());
+    // E-mail is enrolled only beside another factor (and not 30 s after alice's SMS).
+    env.enroll_totp("acme", "bob", Some("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"));
+    env.cli_ok(&[
+        "factor",
+        "enroll",
+        "email",
+        "--tenant",
+        "acme",
+        "bob",
+        "--email",
+        "bob@example.com",
+    ]);
+    assert_eq!(sink.mails().len(), 1, "{:?}", sink.refusals());
+}

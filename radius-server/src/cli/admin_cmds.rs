@@ -7,15 +7,15 @@ use anyhow::{bail, Context, Result};
 use portcullis_core::admin::FactorInfo;
 use portcullis_core::admin::NewPassword;
 use portcullis_core::config::Config;
-use portcullis_core::engine::SendOutcome;
+use portcullis_core::engine::{SendOutcome, ThrottleInForce};
 use portcullis_core::model::AuditFilter;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::output::{emit, qr, table, time};
 use super::{
-    AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, PolicyCmd, RecoveryCmd,
-    TenantCmd, UserCmd,
+    changes, AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, PolicyCmd,
+    RecoveryCmd, TenantCmd, UserCmd,
 };
 
 /// One line from standard input, without its line ending. Prompts when stdin is a terminal.
@@ -209,8 +209,10 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Every command that needs the store.
-pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
+/// Every command that needs the store. `Some(detail)`: what the change turned out to be,
+/// for its audit record in place of the one [`changes::describe`] gave beforehand (an
+/// enrolment names the factor it made).
+pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<Option<String>> {
     let admin = o.admin();
     match cmd {
         Command::Serve | Command::Config(_) | Command::Ldap(_) | Command::Host(_) => {
@@ -231,7 +233,7 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             });
         }
         Command::User(cmd) => user(o, cmd, json)?,
-        Command::Factor(cmd) => factor(o, cmd, json)?,
+        Command::Factor(cmd) => return factor(o, cmd, json),
         Command::Recovery(RecoveryCmd::Generate { tenant, user }) => {
             let codes = admin.generate_recovery_codes(&tenant.tenant, &user)?;
             emit(json, &json!({ "codes": codes }), || {
@@ -322,7 +324,7 @@ pub fn run(o: &Opened, cmd: Command, json: bool) -> Result<()> {
             });
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// How many of a tenant's newest audit records `policy test` reads for the PAM services
@@ -382,6 +384,28 @@ fn unknown_client(
     )))
 }
 
+/// The `user show` line of a throttle in force (a login now would be refused).
+fn throttle_line(t: ThrottleInForce, now: i64, tenant: &str, name: &str) -> String {
+    let within = |at: i64| {
+        humantime::format_duration(std::time::Duration::from_secs((at - now).max(0) as u64))
+    };
+    match t {
+        ThrottleInForce::Delayed {
+            failures,
+            next_try_at,
+        } => format!(
+            "throttled:  {failures} failures, next try allowed at {} (in {})\n",
+            time(next_try_at),
+            within(next_try_at)
+        ),
+        ThrottleInForce::Locked { failures, until } => format!(
+            "locked:     until {} (in {}) after {failures} failures; lift it with: portcullis user unlock --tenant {tenant} {name}\n",
+            time(until),
+            within(until)
+        ),
+    }
+}
+
 fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
     let admin = o.admin();
     match cmd {
@@ -435,7 +459,7 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
             let d = admin.show_user(&tenant.tenant, &name)?;
             emit(json, &d, || {
                 let mut s = format!(
-                    "user:       {}\ntenant:     {}\nstate:      {}\npassword:   {}\ngroups:     {}\ne-mail:     {}\nphone:      {}\nrecovery:   {} unused codes\nfailures:   {} failed codes{}\n",
+                    "user:       {}\ntenant:     {}\nstate:      {}\npassword:   {}\ngroups:     {}\ne-mail:     {}\nphone:      {}\nrecovery:   {} unused codes\nfailures:   {} failed codes\n{}",
                     d.user.name,
                     tenant.tenant,
                     if d.user.disabled { "disabled" } else { "enabled" },
@@ -445,8 +469,8 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
                     d.user.phone.as_deref().unwrap_or("-"),
                     d.unused_recovery_codes,
                     d.failed_codes,
-                    d.locked_until
-                        .map(|t| format!(", LOCKED until {} (portcullis user unlock)", time(t)))
+                    d.throttle
+                        .map(|t| throttle_line(t, o.clock.now(), &tenant.tenant, &name))
                         .unwrap_or_default(),
                 );
                 s.push_str("factors:\n");
@@ -527,9 +551,11 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
+/// A `factor` subcommand; an enrolment returns the detail of its audit record, which
+/// names the new factor.
+fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<Option<String>> {
     let admin = o.admin();
-    match cmd {
+    let enrolled = match cmd {
         FactorCmd::Enroll(EnrollCmd::Totp {
             tenant,
             user,
@@ -566,6 +592,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                 }
                 s
             });
+            Some(changes::otp_enrolled(&e, secret.is_some()))
         }
         FactorCmd::Enroll(EnrollCmd::Hotp {
             tenant,
@@ -602,6 +629,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                     )
                 }
             });
+            Some(changes::otp_enrolled(&e, secret.is_some()))
         }
         FactorCmd::Enroll(EnrollCmd::Sms {
             tenant,
@@ -609,22 +637,26 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
             phone,
         }) => {
             let f = admin.enroll_sms(&tenant.tenant, &user, phone.as_deref())?;
-            send_confirmation(o, json, &tenant.tenant, &user, f)?;
+            Some(send_confirmation(o, json, &tenant.tenant, &user, f)?)
         }
         FactorCmd::Enroll(EnrollCmd::Push {
             tenant,
             user,
             webhook,
-        }) => {
-            enroll_push(o, json, &tenant.tenant, &user, webhook.as_deref())?;
-        }
+        }) => Some(enroll_push(
+            o,
+            json,
+            &tenant.tenant,
+            &user,
+            webhook.as_deref(),
+        )?),
         FactorCmd::Enroll(EnrollCmd::Email {
             tenant,
             user,
             email,
         }) => {
             let f = admin.enroll_email(&tenant.tenant, &user, email.as_deref())?;
-            send_confirmation(o, json, &tenant.tenant, &user, f)?;
+            Some(send_confirmation(o, json, &tenant.tenant, &user, f)?)
         }
         FactorCmd::Resync {
             tenant,
@@ -638,6 +670,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                 json,
                 format!("factor {factor_id} of '{user}' resynchronised; next counter {next}"),
             );
+            None
         }
         FactorCmd::Confirm {
             tenant,
@@ -647,6 +680,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
         } => {
             admin.confirm_factor(&tenant.tenant, &user, &factor_id, &code)?;
             done(json, format!("factor {factor_id} of '{user}' confirmed"));
+            None
         }
         FactorCmd::List { tenant, user } => {
             let fs = admin.list_factors(&tenant.tenant, &user)?;
@@ -665,6 +699,7 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
                     .collect();
                 table(&["FACTOR", "KIND", "STATE", "CREATED", "LAST USED"], &rows)
             });
+            None
         }
         FactorCmd::Remove {
             tenant,
@@ -673,19 +708,21 @@ fn factor(o: &Opened, cmd: FactorCmd, json: bool) -> Result<()> {
         } => {
             admin.remove_factor(&tenant.tenant, &user, &factor_id)?;
             done(json, format!("factor {factor_id} of '{user}' removed"));
+            None
         }
-    }
-    Ok(())
+    };
+    Ok(enrolled)
 }
 
-/// Enrol a push factor, push the code that confirms it and show where the phone subscribes.
+/// Enrol a push factor, push the code that confirms it and show where the phone subscribes;
+/// the detail of the audit record.
 fn enroll_push(
     o: &Opened,
     json: bool,
     tenant: &str,
     user: &str,
     webhook: Option<&str>,
-) -> Result<()> {
+) -> Result<String> {
     let (engine, _rt) = o.engine()?;
     let e = crate::push::enroll_and_send(&o.admin(), &engine, tenant, user, webhook)?;
     let id = &e.factor.factor_id;
@@ -712,27 +749,32 @@ The push factor {id} is pending until the user reads you the code:
   portcullis factor confirm --tenant {tenant} {user} {id} CODE"
         )
     });
-    Ok(())
+    Ok(changes::enrolled(
+        e.factor.kind,
+        id,
+        e.factor.state,
+        Some(&format!("code sent via {}", e.sent_to)),
+    ))
 }
 
-/// Send the code that confirms a new SMS or e-mail factor.
+/// Send the code that confirms a new SMS or e-mail factor; the detail of the audit record.
 fn send_confirmation(
     o: &Opened,
     json: bool,
     tenant: &str,
     user: &str,
     f: FactorInfo,
-) -> Result<()> {
+) -> Result<String> {
     let (engine, _rt) = o.engine()?;
     let sent = engine.send_enrolment_code(tenant, user, &f.factor_id)?;
-    if !matches!(sent, SendOutcome::Sent { .. }) {
+    let SendOutcome::Sent { to, .. } = &sent else {
         bail!(
             "factor {} created but pending: {} (fix [tenants.{tenant}.{}], then remove the factor and enrol again)",
             f.factor_id,
             sent.reason(),
             f.kind
         );
-    }
+    };
     let value = json!({
         "factor_id": f.factor_id, "kind": f.kind, "state": "pending", "sent": true,
         "message": sent.reason(),
@@ -746,7 +788,12 @@ fn send_confirmation(
             f.factor_id
         )
     });
-    Ok(())
+    Ok(changes::enrolled(
+        f.kind,
+        &f.factor_id,
+        f.state,
+        Some(&format!("code sent to {to}")),
+    ))
 }
 
 fn audit(o: &Opened, a: AuditArgs, json: bool) -> Result<()> {

@@ -1,10 +1,12 @@
 //! The audit record of an admin change made on the command line: like the admin API's
 //! (same action names), with channel `cli`, the local user who ran the command as its
 //! name and source `local`. Described here once, for every command that changes the
-//! store, and written by [`super::run`] after the command succeeds. Never a secret: codes,
-//! passwords and TOTP secrets given on the command line are not part of any detail.
+//! store, and written by [`super::run`] after the command succeeds; what only the command
+//! learns (the id of the factor an enrolment made) it returns, and the record of its
+//! success says that instead ([`enrolled`]). Never a secret: codes, passwords and TOTP
+//! secrets given on the command line are not part of any detail.
 
-use portcullis_core::admin::{Actor, Admin};
+use portcullis_core::admin::{Actor, Admin, EnrolledTotp};
 
 use super::token_cmd::TokenCmd;
 use super::{Command, EnrollCmd, FactorCmd, HostCmd, RecoveryCmd, TenantCmd, UserCmd};
@@ -258,6 +260,26 @@ fn factor(cmd: &FactorCmd) -> Option<Change> {
         ),
         FactorCmd::List { .. } => None,
     }
+}
+
+/// The detail of a successful enrolment's record, naming the factor made as the admin
+/// API's records do: `sms factor 7kq2mz4d enrolled (pending), code sent to +1•••1234`.
+pub fn enrolled(kind: &str, factor_id: &str, state: &str, how: Option<&str>) -> String {
+    match how {
+        Some(how) => format!("{kind} factor {factor_id} enrolled ({state}), {how}"),
+        None => format!("{kind} factor {factor_id} enrolled ({state})"),
+    }
+}
+
+/// [`enrolled`] for a TOTP or HOTP factor, made from a secret given on the command line
+/// (`given_secret`, never named) or from one made here.
+pub fn otp_enrolled(e: &EnrolledTotp, given_secret: bool) -> String {
+    enrolled(
+        e.kind,
+        &e.factor_id,
+        e.state,
+        given_secret.then_some("from a given secret"),
+    )
 }
 
 /// One audit record of this command, with the local user who ran it as its actor.

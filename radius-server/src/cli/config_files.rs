@@ -23,12 +23,13 @@ pub fn problems(cfg: &Config) -> Result<Vec<String>> {
     // 2. The files that could be read, as `serve` reads and parses them. A part whose file
     // is already reported above is skipped (it would fail on the same file again).
     let readable = |keys: &[&str]| keys.iter().all(|k| !unreadable.contains(*k));
-    let mut failed = |what: String, e: anyhow::Error| problems.push(format!("{what}{e:#}"));
+    // Every error names its setting (and path) itself.
+    let mut failed = |e: anyhow::Error| problems.push(format!("{e:#}"));
     if let Some(h) = &cfg.http {
         if let (Some(cert), Some(key)) = (&h.tls_cert, &h.tls_key) {
             if readable(&["http.tls_cert", "http.tls_key"]) {
                 if let Err(e) = crate::http::tls::acceptor(cert, key) {
-                    failed(String::new(), e);
+                    failed(e);
                 }
             }
         }
@@ -45,31 +46,30 @@ pub fn problems(cfg: &Config) -> Result<Vec<String>> {
             let prefix = format!("tenants.{name}.{section}.");
             !unreadable.iter().any(|k| k.starts_with(&prefix))
         };
-        let key = |section: &str| format!("tenants.{name}.{section}: ");
+        let key = |section: &str| format!("tenants.{name}.{section}");
         if let Some(duo) = t.duo.as_ref().filter(|_| section_readable("duo")) {
-            if let Err(e) = crate::providers::duo::Duo::new(duo, handle.clone()) {
-                failed(key("duo"), e);
+            if let Err(e) = crate::providers::duo::Duo::new(&key("duo"), duo, handle.clone()) {
+                failed(e);
             }
         }
         if let Some(sms) = t.sms.as_ref().filter(|_| section_readable("sms")) {
-            if let Err(e) = crate::providers::sms_sender(sms, handle.clone()) {
-                failed(key("sms"), e);
+            if let Err(e) = crate::providers::sms_sender(&key("sms"), sms, handle.clone()) {
+                failed(e);
             }
         }
         if let Some(email) = t.email.as_ref().filter(|_| section_readable("email")) {
-            if let Err(e) = crate::providers::Smtp::new(email) {
-                failed(key("email"), e);
+            if let Err(e) = crate::providers::Smtp::new(&key("email"), email) {
+                failed(e);
             }
         }
         if let Some(push) = t.push.as_ref().filter(|_| section_readable("push")) {
-            if let Err(e) = crate::push::PushClient::new(push, handle.clone()) {
-                failed(key("push"), e);
+            if let Err(e) = crate::push::PushClient::new(&key("push"), push, handle.clone()) {
+                failed(e);
             }
         }
         if let Some(ldap) = t.ldap.as_ref().filter(|_| section_readable("ldap")) {
-            // Its errors name the tenant and the setting already.
             if let Err(e) = crate::first_factor::ldap::LdapBackend::new(name, ldap) {
-                failed(String::new(), e.into());
+                failed(e.into());
             }
         }
     }

@@ -209,7 +209,8 @@ pub enum UserCmd {
         #[command(flatten)]
         tenant: TenantArg,
     },
-    /// Show a user with factors, recovery codes left and lock state.
+    /// Show a user with factors, recovery codes left, failed codes and the delay or lock
+    /// in force after them.
     Show {
         #[command(flatten)]
         tenant: TenantArg,
@@ -666,6 +667,7 @@ impl Opened {
             self.config.issuer.clone(),
             self.config.totp.window,
         )
+        .with_lockout(self.config.lockout)
     }
 }
 
@@ -684,18 +686,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 OpenFor::Read
             };
             let opened = open_for(&cli.config, purpose)?;
+            // `Some(detail)`: what the change turned out to be (the factor it made).
             let result = match other {
-                Command::Host(cmd) => host_cmd::run(&opened, cmd, cli.json),
+                Command::Host(cmd) => host_cmd::run(&opened, cmd, cli.json).map(|()| None),
                 other => admin_cmds::run(&opened, other, cli.json),
             };
             match (&change, &result) {
-                (Some(c), Ok(())) => {
-                    changes::record(&opened.admin(), &c.tenant, &c.user, c.action, &c.detail)
+                (Some(c), Ok(learnt)) => {
+                    let detail = learnt.as_deref().unwrap_or(&c.detail);
+                    changes::record(&opened.admin(), &c.tenant, &c.user, c.action, detail)
                 }
                 (Some(c), Err(e)) => changes::record_failed(&opened.admin(), c, e),
                 (None, _) => {}
             }
-            result
+            result.map(|_| ())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use portcullis_core::config::{BodyEncoding, SmsConfig};
 use portcullis_core::delivery::{CodeSender, DeliveryError};
 use tokio::runtime::Handle;
@@ -23,13 +23,22 @@ pub struct HttpGateway {
 }
 
 impl HttpGateway {
-    /// From validated config.
-    pub fn new(cfg: &SmsConfig, http: reqwest::Client, handle: Handle) -> Result<Self> {
+    /// From validated config; `section` is its config key (`tenants.acme.sms`), which the
+    /// errors name.
+    pub fn new(
+        section: &str,
+        cfg: &SmsConfig,
+        http: reqwest::Client,
+        handle: Handle,
+    ) -> Result<Self> {
         Ok(Self {
             http,
             handle,
             url: cfg.url.clone().unwrap_or_default(),
-            method: reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())?,
+            method: reqwest::Method::from_bytes(cfg.method.to_ascii_uppercase().as_bytes())
+                .with_context(|| {
+                    format!("{section}.method: '{}' is not an HTTP method", cfg.method)
+                })?,
             headers: cfg
                 .headers
                 .iter()

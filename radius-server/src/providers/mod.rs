@@ -2,6 +2,7 @@
 //! verification always on and bounded timeouts. The Engine calls them from its blocking
 //! threads; the requests run on the daemon's (or the CLI's) async runtime through a handle.
 
+mod ca_file;
 pub mod duo;
 mod http_gateway;
 mod smtp;
@@ -16,12 +17,15 @@ use portcullis_core::delivery::{CodeSender, DeliveryError, DeliverySettings};
 use portcullis_core::engine::Engine;
 use tokio::runtime::Handle;
 
+pub(crate) use ca_file::ca_certificates;
 pub use http_gateway::HttpGateway;
 pub use smtp::Smtp;
 pub use twilio::Twilio;
 
-/// An HTTPS client for one provider, trusting the public CAs and, if given, `ca_file`.
+/// An HTTPS client for the provider of config section `section` (`tenants.acme.sms`),
+/// trusting the public CAs and, if given, the certificates of its `ca_file`.
 pub(crate) fn client(
+    section: &str,
     ca_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client> {
@@ -31,13 +35,14 @@ pub(crate) fn client(
         .https_only(true)
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).with_context(|| format!("reading ca_file {}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
-        b = b.add_root_certificate(cert);
+        for der in ca_certificates(&format!("{section}.ca_file"), path)? {
+            let cert = reqwest::Certificate::from_der(&der)
+                .with_context(|| format!("{section}.ca_file: {}", path.display()))?;
+            b = b.add_root_certificate(cert);
+        }
     }
-    b.build().context("building the HTTPS client")
+    b.build()
+        .with_context(|| format!("{section}: building the HTTPS client"))
 }
 
 /// Run a provider request to completion from a blocking thread, bounded by `timeout`.
@@ -84,12 +89,13 @@ pub(crate) fn transport(e: reqwest::Error) -> DeliveryError {
     })
 }
 
-/// The sender a tenant's `[tenants.NAME.sms]` describes.
-pub fn sms_sender(cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>> {
-    let http = client(cfg.ca_file.as_deref(), cfg.timeout)?;
+/// The sender a tenant's `[tenants.NAME.sms]` describes; `section` is that key, which
+/// the errors name.
+pub fn sms_sender(section: &str, cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>> {
+    let http = client(section, cfg.ca_file.as_deref(), cfg.timeout)?;
     Ok(match cfg.provider {
-        SmsProvider::Twilio => Arc::new(Twilio::new(cfg, http, handle)?),
-        SmsProvider::Http => Arc::new(HttpGateway::new(cfg, http, handle)?),
+        SmsProvider::Twilio => Arc::new(Twilio::new(section, cfg, http, handle)?),
+        SmsProvider::Http => Arc::new(HttpGateway::new(section, cfg, http, handle)?),
     })
 }
 
@@ -97,8 +103,7 @@ pub fn sms_sender(cfg: &SmsConfig, handle: Handle) -> Result<Arc<dyn CodeSender>
 pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Result<()> {
     for (tenant, t) in &config.tenants {
         if let Some(duo) = &t.duo {
-            let client = duo::Duo::new(duo, handle.clone())
-                .with_context(|| format!("tenants.{tenant}.duo"))?;
+            let client = duo::Duo::new(&format!("tenants.{tenant}.duo"), duo, handle.clone())?;
             engine.set_external(
                 tenant,
                 Arc::new(client),
@@ -110,8 +115,11 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
             );
         }
         if let Some(push) = &t.push {
-            let sender = crate::push::PushClient::new(push, handle.clone())
-                .with_context(|| format!("tenants.{tenant}.push"))?;
+            let sender = crate::push::PushClient::new(
+                &format!("tenants.{tenant}.push"),
+                push,
+                handle.clone(),
+            )?;
             let public_url = config
                 .http
                 .as_ref()
@@ -135,7 +143,7 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
             );
         }
         if let Some(email) = &t.email {
-            let sender = Smtp::new(email).with_context(|| format!("tenants.{tenant}.email"))?;
+            let sender = Smtp::new(&format!("tenants.{tenant}.email"), email)?;
             engine.set_sender(
                 tenant,
                 Arc::new(sender),
@@ -149,8 +157,7 @@ pub fn configure(engine: &mut Engine, config: &Config, handle: &Handle) -> Resul
             );
         }
         if let Some(sms) = &t.sms {
-            let sender =
-                sms_sender(sms, handle.clone()).with_context(|| format!("tenants.{tenant}.sms"))?;
+            let sender = sms_sender(&format!("tenants.{tenant}.sms"), sms, handle.clone())?;
             engine.set_sender(
                 tenant,
                 sender,

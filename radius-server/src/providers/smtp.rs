@@ -9,6 +9,8 @@ use lettre::{Message, SmtpTransport, Transport};
 use portcullis_core::config::{EmailConfig, SmtpTls};
 use portcullis_core::delivery::{CodeSender, DeliveryError};
 
+use super::ca_certificates;
+
 /// The SMTP sender of one tenant.
 pub struct Smtp {
     transport: SmtpTransport,
@@ -17,17 +19,20 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    /// From validated config; reads `password_file` and `ca_file` now.
-    pub fn new(cfg: &EmailConfig) -> Result<Self> {
+    /// From validated config; reads `password_file` and `ca_file` now. `section` is the
+    /// config key of `cfg` (`tenants.acme.email`), which the errors name.
+    pub fn new(section: &str, cfg: &EmailConfig) -> Result<Self> {
         let mut tls = TlsParameters::builder(cfg.host.clone());
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading ca_file {}", path.display()))?;
-            let cert = Certificate::from_pem(&pem)
-                .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
-            tls = tls.add_root_certificate(cert);
+            for der in ca_certificates(&format!("{section}.ca_file"), path)? {
+                let cert = Certificate::from_der(der.to_vec())
+                    .with_context(|| format!("{section}.ca_file: {}", path.display()))?;
+                tls = tls.add_root_certificate(cert);
+            }
         }
-        let tls = tls.build_rustls().context("setting up TLS for SMTP")?;
+        let tls = tls
+            .build_rustls()
+            .with_context(|| format!("{section}: setting up TLS for SMTP"))?;
         let mut b = SmtpTransport::builder_dangerous(cfg.host.as_str())
             .port(cfg.port())
             .timeout(Some(cfg.timeout))
@@ -39,7 +44,9 @@ impl Smtp {
             let password = match (&cfg.password, &cfg.password_file) {
                 (Some(p), _) => p.clone(),
                 (None, Some(path)) => std::fs::read_to_string(path)
-                    .with_context(|| format!("reading password_file {}", path.display()))?
+                    .with_context(|| {
+                        format!("{section}.password_file: reading {}", path.display())
+                    })?
                     .trim()
                     .to_string(),
                 (None, None) => String::new(),
@@ -48,10 +55,9 @@ impl Smtp {
         }
         Ok(Self {
             transport: b.build(),
-            from: cfg
-                .from
-                .parse()
-                .with_context(|| format!("from '{}' is not an e-mail address", cfg.from))?,
+            from: cfg.from.parse().with_context(|| {
+                format!("{section}.from: '{}' is not an e-mail address", cfg.from)
+            })?,
             subject: cfg.subject.clone(),
         })
     }

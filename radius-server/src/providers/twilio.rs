@@ -37,17 +37,25 @@ struct Failure {
 }
 
 impl Twilio {
-    /// From validated config; reads `auth_token_file` now.
-    pub fn new(cfg: &SmsConfig, http: reqwest::Client, handle: Handle) -> Result<Self> {
+    /// From validated config; reads `auth_token_file` now. `section` is the config key of
+    /// `cfg` (`tenants.acme.sms`), which the errors name.
+    pub fn new(
+        section: &str,
+        cfg: &SmsConfig,
+        http: reqwest::Client,
+        handle: Handle,
+    ) -> Result<Self> {
         let auth_token = match (&cfg.auth_token, &cfg.auth_token_file) {
             (Some(t), _) => Zeroizing::new(t.clone()),
             (None, Some(path)) => Zeroizing::new(
                 std::fs::read_to_string(path)
-                    .with_context(|| format!("reading auth_token_file {}", path.display()))?
+                    .with_context(|| {
+                        format!("{section}.auth_token_file: reading {}", path.display())
+                    })?
                     .trim()
                     .to_string(),
             ),
-            (None, None) => bail!("auth_token or auth_token_file is required"),
+            (None, None) => bail!("{section}: auth_token or auth_token_file is required"),
         };
         let account_sid = cfg.account_sid.clone().unwrap_or_default();
         Ok(Self {

@@ -26,20 +26,23 @@ pub struct PushClient {
 }
 
 impl PushClient {
-    /// From validated config; reads `ntfy_token_file` now.
-    pub fn new(cfg: &PushConfig, handle: Handle) -> Result<Self> {
+    /// From validated config; reads `ntfy_token_file` and `ca_file` now. `section` is the
+    /// config key of `cfg` (`tenants.acme.push`), which the errors name.
+    pub fn new(section: &str, cfg: &PushConfig, handle: Handle) -> Result<Self> {
         let ntfy_token = match (&cfg.ntfy_token, &cfg.ntfy_token_file) {
             (Some(t), _) => Some(Zeroizing::new(t.clone())),
             (None, Some(path)) => Some(Zeroizing::new(
                 std::fs::read_to_string(path)
-                    .with_context(|| format!("reading ntfy_token_file {}", path.display()))?
+                    .with_context(|| {
+                        format!("{section}.ntfy_token_file: reading {}", path.display())
+                    })?
                     .trim()
                     .to_string(),
             )),
             (None, None) => None,
         };
         Ok(Self {
-            http: client(cfg.ca_file.as_deref(), cfg.timeout)?,
+            http: client(section, cfg.ca_file.as_deref(), cfg.timeout)?,
             handle,
             ntfy_url: cfg
                 .ntfy_url

@@ -20,7 +20,8 @@ pub struct PushConfig {
     pub ntfy_token_file: Option<PathBuf>,
     /// Key that signs webhook bodies (`X-Portcullis-Signature: sha256=HMAC`); optional.
     pub webhook_secret: Option<String>,
-    /// Extra CA certificate (PEM) for an ntfy server or webhook with a private CA.
+    /// Extra CA certificate(s) for an ntfy server or webhook with a private CA: one or
+    /// more PEM `CERTIFICATE` blocks (a file with none is refused at start).
     pub ca_file: Option<PathBuf>,
     /// Bound of one notification request.
     #[serde(default = "default_timeout", with = "humantime_serde")]

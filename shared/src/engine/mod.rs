@@ -19,7 +19,9 @@ mod throttle;
 
 pub use batch::{BatchCounts, Batched, LoginBatcher};
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
-pub use throttle::{second_factor_key, source_throttle_key, SOURCE_CHANNELS};
+pub use throttle::{
+    second_factor_key, source_throttle_key, throttle_in_force, ThrottleInForce, SOURCE_CHANNELS,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -411,6 +411,84 @@ fn lock_runs_out_after_the_configured_time() {
 }
 
 #[test]
+fn user_show_reports_the_throttle_that_a_login_meets_and_none_otherwise() {
+    let w = world();
+    let shown = || w.admin.show_user("acme", "alice").unwrap().throttle;
+    assert_eq!(shown(), None);
+    for _ in 0..4 {
+        assert!(!is_accept(&append(&w, "hunter2000000")));
+    }
+    // Four failures: below throttle_after (5), the next code is checked.
+    assert_eq!(shown(), None);
+    assert!(!is_accept(&append(&w, "hunter2000000")));
+    let fifth = w.clock.now();
+    assert_eq!(
+        shown(),
+        Some(ThrottleInForce::Delayed {
+            failures: 5,
+            next_try_at: fifth + 2
+        })
+    );
+    w.clock.advance(1);
+    assert!(!is_accept(&append(&w, &format!("hunter2{}", code_at(T0)))));
+    assert!(
+        last_reason(&w).contains("next try allowed in 1 s"),
+        "{}",
+        last_reason(&w)
+    );
+    // The delay is over: nothing in force, and the code is checked (wrong: 4 s now).
+    w.clock.advance(1);
+    assert_eq!(shown(), None);
+    assert!(!is_accept(&append(&w, "hunter2000000")));
+    assert!(
+        last_reason(&w).contains("wrong code"),
+        "{}",
+        last_reason(&w)
+    );
+    assert!(matches!(
+        shown(),
+        Some(ThrottleInForce::Delayed { failures: 6, next_try_at }) if next_try_at == w.clock.now() + 4
+    ));
+    for _ in 6..10 {
+        w.clock.advance(300);
+        assert!(!is_accept(&append(&w, "hunter2000000")));
+    }
+    let locked_at = w.clock.now();
+    let until = locked_at + 30 * 60;
+    assert_eq!(
+        shown(),
+        Some(ThrottleInForce::Locked {
+            failures: 10,
+            until
+        })
+    );
+    let d = w.admin.show_user("acme", "alice").unwrap();
+    assert_eq!(d.locked_until, Some(until));
+    w.clock.advance(30 * 60 - 1);
+    assert!(!is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(w.clock.now()))
+    )));
+    assert!(
+        last_reason(&w).contains("locked for 1 s more"),
+        "{}",
+        last_reason(&w)
+    );
+    // The lock ran out (the row still holds it until the next login): none in force, and
+    // the next login starts afresh.
+    w.clock.advance(1);
+    assert_eq!(shown(), None);
+    assert_eq!(
+        w.admin.show_user("acme", "alice").unwrap().locked_until,
+        None
+    );
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(w.clock.now()))
+    )));
+}
+
+#[test]
 fn a_locked_user_is_refused_alike_with_a_right_or_a_wrong_password() {
     let w = world();
     for _ in 0..10 {

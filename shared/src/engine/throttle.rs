@@ -12,8 +12,11 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
 
+use serde::Serialize;
+
 use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
 use crate::clock::UnixTime;
+use crate::config::LockoutConfig;
 use crate::model::{Tenant, Throttle, User, UserId};
 
 /// Checks in progress on this node, per key: second-factor checks per user, password
@@ -149,6 +152,53 @@ pub(crate) fn delay_after(failures: u32, throttle_after: u32, base: u64, cap: u6
     base.saturating_mul(1u64 << doublings).min(cap)
 }
 
+/// What keeps a user's next code from being checked, after failed codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum ThrottleInForce {
+    /// Locked after `failures` failed codes, until `until` (or `portcullis user unlock`).
+    Locked { failures: u32, until: UnixTime },
+    /// `failures` failed codes: the next is checked from `next_try_at` on, not before.
+    Delayed {
+        failures: u32,
+        next_try_at: UnixTime,
+    },
+}
+
+/// The throttle in force at `now` on a user's second-factor row `th` under `lockout`, or
+/// `None` if their next code would be checked. A lock that ran out is none: the streak
+/// starts afresh (the next login clears the row). Logins decide with this, and `user
+/// show` says with it what they would decide.
+pub fn throttle_in_force(
+    th: &Throttle,
+    lockout: &LockoutConfig,
+    now: UnixTime,
+) -> Option<ThrottleInForce> {
+    match th.locked_until {
+        Some(until) if until > now => {
+            return Some(ThrottleInForce::Locked {
+                failures: th.failures,
+                until,
+            })
+        }
+        Some(_) => return None,
+        None => {}
+    }
+    let delay = delay_after(
+        th.failures,
+        lockout.throttle_after,
+        lockout.base_delay.as_secs(),
+        lockout.duration.as_secs(),
+    );
+    let next_try_at = th
+        .last_failure_at
+        .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+    (delay > 0 && now < next_try_at).then_some(ThrottleInForce::Delayed {
+        failures: th.failures,
+        next_try_at,
+    })
+}
+
 /// The user's failure streak as the throttle check saw it; the check stays counted as in
 /// progress until this is dropped.
 #[derive(Debug)]
@@ -210,28 +260,20 @@ impl Engine {
     ) -> Result<Result<u32, Outcome>, EngineError> {
         let key = second_factor_key(user);
         let th = self.current_throttle(tenant, &key, now)?;
-        if let Some(until) = th.locked_until {
-            return Ok(Err(Outcome::reject_with(
-                format!("user is locked for {} s more after {} failed codes", until - now, th.failures),
+        Ok(match throttle_in_force(&th, &self.settings.lockout, now) {
+            Some(ThrottleInForce::Locked { failures, until }) => Err(Outcome::reject_with(
+                format!("user is locked for {} s more after {failures} failed codes", until - now),
                 "Too many failed attempts: this account is locked. Try again later or ask your administrator",
-            )));
-        }
-        let (failures, last_failure_at) = (th.failures, th.last_failure_at);
-        let lock = &self.settings.lockout;
-        let delay = delay_after(
-            failures,
-            lock.throttle_after,
-            lock.base_delay.as_secs(),
-            lock.duration.as_secs(),
-        ) as i64;
-        if delay > 0 && now < last_failure_at + delay {
-            let wait = last_failure_at + delay - now;
-            return Ok(Err(Outcome::reject_with(
-                format!("throttled: {failures} failed codes, next try allowed in {wait} s"),
+            )),
+            Some(ThrottleInForce::Delayed { failures, next_try_at }) => Err(Outcome::reject_with(
+                format!(
+                    "throttled: {failures} failed codes, next try allowed in {} s",
+                    next_try_at - now
+                ),
                 "Too many failed attempts: wait a little, then try again",
-            )));
-        }
-        Ok(Ok(failures))
+            )),
+            None => Ok(th.failures),
+        })
     }
 
     /// `Err(reject)` if the login's source is blocked after too many wrong passwords, or
@@ -363,8 +405,52 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::{delay_after, source_key, source_named, source_throttle_key};
+    use super::{
+        delay_after, source_key, source_named, source_throttle_key, throttle_in_force,
+        ThrottleInForce,
+    };
+    use crate::config::LockoutConfig;
     use crate::engine::{Channel, LoginMode, LoginRequest, Unenrolled};
+    use crate::model::Throttle;
+
+    #[test]
+    fn a_throttle_is_in_force_until_its_delay_or_lock_runs_out() {
+        let lockout = LockoutConfig::default(); // 5 failures, then 2 s doubling; lock at 10
+        let row = |failures, last_failure_at, locked_until| Throttle {
+            failures,
+            last_failure_at,
+            locked_until,
+        };
+        assert_eq!(throttle_in_force(&row(4, 100, None), &lockout, 100), None);
+        let delayed = ThrottleInForce::Delayed {
+            failures: 6,
+            next_try_at: 104,
+        };
+        assert_eq!(
+            throttle_in_force(&row(6, 100, None), &lockout, 103),
+            Some(delayed)
+        );
+        assert_eq!(throttle_in_force(&row(6, 100, None), &lockout, 104), None);
+        let locked = ThrottleInForce::Locked {
+            failures: 10,
+            until: 1900,
+        };
+        assert_eq!(
+            throttle_in_force(&row(10, 100, Some(1900)), &lockout, 1899),
+            Some(locked)
+        );
+        // A lock that ran out is none, whatever delay its failures would owe.
+        assert_eq!(
+            throttle_in_force(&row(10, 1899, Some(1900)), &lockout, 1900),
+            None
+        );
+        // No delays before the lock.
+        let no_delays = LockoutConfig {
+            base_delay: std::time::Duration::ZERO,
+            ..lockout
+        };
+        assert_eq!(throttle_in_force(&row(9, 100, None), &no_delays, 100), None);
+    }
 
     #[test]
     fn a_reason_names_the_counted_bucket_only_where_it_differs() {

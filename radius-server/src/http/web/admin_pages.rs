@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use portcullis_core::admin::{Actor, AdminError};
-use portcullis_core::engine::Engine;
+use portcullis_core::engine::{Engine, ThrottleInForce};
 use portcullis_core::model::{AdminRole, AdminToken, AuditFilter};
 use zeroize::Zeroizing;
 
@@ -253,7 +253,6 @@ async fn users_page(
         _ => return internal(),
     };
     let csrf = esc(&signer(engine).csrf(value));
-    let now = engine.now();
     let can_reset = may(t, tenant, Perm::ResetFactors);
     let can_bypass = may(t, tenant, Perm::BypassCodes);
     let tpath = esc(&urlencoding::encode(tenant));
@@ -265,10 +264,17 @@ async fn users_page(
                 .iter()
                 .map(|f| format!("{} ({})", esc(f.kind), esc(f.state)))
                 .collect();
-            let lock = match d.locked_until {
-                Some(u) if u > now => format!("locked until {}", format_time(u)),
-                _ if d.failed_codes > 0 => format!("{} failed codes", d.failed_codes),
-                _ => "no".into(),
+            let lock = match d.throttle {
+                Some(ThrottleInForce::Locked { until, .. }) => {
+                    format!("locked until {}", format_time(until))
+                }
+                Some(ThrottleInForce::Delayed { next_try_at, .. }) => format!(
+                    "{} failed codes, next try at {}",
+                    d.failed_codes,
+                    format_time(next_try_at)
+                ),
+                None if d.failed_codes > 0 => format!("{} failed codes", d.failed_codes),
+                None => "no".into(),
             };
             let user = esc(&d.user.name);
             let mut actions = String::new();

@@ -64,20 +64,21 @@ struct AuthResponse {
 }
 
 impl Duo {
-    /// From validated config; reads `skey_file` and `ca_file` now.
-    pub fn new(cfg: &DuoConfig, handle: Handle) -> Result<Self> {
+    /// From validated config; reads `skey_file` and `ca_file` now. `section` is the
+    /// config key of `cfg` (`tenants.acme.duo`), which the errors name.
+    pub fn new(section: &str, cfg: &DuoConfig, handle: Handle) -> Result<Self> {
         let skey = match (&cfg.skey, &cfg.skey_file) {
             (Some(k), _) => Zeroizing::new(k.clone()),
             (None, Some(path)) => Zeroizing::new(
                 std::fs::read_to_string(path)
-                    .with_context(|| format!("reading skey_file {}", path.display()))?
+                    .with_context(|| format!("{section}.skey_file: reading {}", path.display()))?
                     .trim()
                     .to_string(),
             ),
-            (None, None) => anyhow::bail!("skey or skey_file is required"),
+            (None, None) => anyhow::bail!("{section}: skey or skey_file is required"),
         };
         Ok(Self {
-            http: super::client(cfg.ca_file.as_deref(), cfg.push_timeout)?,
+            http: super::client(section, cfg.ca_file.as_deref(), cfg.push_timeout)?,
             handle,
             ikey: cfg.ikey.clone(),
             skey,
