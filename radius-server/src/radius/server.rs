@@ -292,7 +292,11 @@ fn on_datagram(
                 // the batch thread is the one part that cannot use both cores.
                 runtime.spawn(async move {
                     let reply = match outcome {
-                        Batched::Decided(step) => pending.follow(follow, Ok(step)).await,
+                        Batched::Decided(step, log) => {
+                            // The decision's log line: written here, off the batch thread.
+                            drop(log);
+                            pending.follow(follow, Ok(step)).await
+                        }
                         Batched::Declined(login) => pending.run(Ask::Start(login, follow)).await,
                     };
                     pending.answer(reply).await;

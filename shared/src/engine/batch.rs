@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use super::decision_log::{holding_logs, DecisionLogs};
 use super::{without_blocking, Engine, EngineError, LoginRequest, Step};
 use crate::store::StoreError;
 
@@ -26,8 +27,9 @@ const MAX_BATCH: usize = 128;
 
 /// What became of a login handed to the [`LoginBatcher`].
 pub enum Batched {
-    /// Decided, and the decision is committed (or the error that lost it).
-    Decided(Result<Step, EngineError>),
+    /// Decided, and the decision is committed (or the error that lost it), with the
+    /// decision's log line, written where the receiver drops it (see [`DecisionLogs`]).
+    Decided(Result<Step, EngineError>, DecisionLogs),
     /// Not decided here: it needs the network or a password hash. Nothing of it was kept;
     /// run it again where blocking is allowed.
     Declined(LoginRequest),
@@ -134,29 +136,42 @@ fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
 
 fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
     let mut waiting = jobs.into_iter();
-    let mut decided: Vec<(Done, Result<Step, EngineError>)> = Vec::new();
+    let mut decided: Vec<(Done, Result<Step, EngineError>, DecisionLogs)> = Vec::new();
     let mut declined: Vec<Job> = Vec::new();
     let committed = engine.store().batch(&mut |units| {
         for job in waiting.by_ref() {
             if let Err(e) = units.begin_unit() {
                 // Answered with the batch's error below.
-                decided.push((job.done, Err(EngineError::Internal("batch failed".into()))));
+                let failed = Err(EngineError::Internal("batch failed".into()));
+                decided.push((job.done, failed, DecisionLogs::default()));
                 return Err(e);
             }
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                without_blocking(|| engine.start(&job.req))
-            }))
-            .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())));
+            let (result, logs) = holding_logs(|| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    without_blocking(|| engine.start(&job.req))
+                }))
+                .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())))
+            });
             // A login that failed keeps nothing: it is rejected (fail closed), so nothing
             // it wrote may stand (a code marked used, a failure counted).
             if let Err(e) = units.end_unit(result.is_ok()) {
                 // Answered with the batch's error below.
-                decided.push((job.done, Err(EngineError::Internal("batch failed".into()))));
+                logs.discard();
+                let failed = Err(EngineError::Internal("batch failed".into()));
+                decided.push((job.done, failed, DecisionLogs::default()));
                 return Err(e);
             }
             match result {
-                Err(EngineError::WouldBlock) => declined.push(job),
-                result => decided.push((job.done, result)),
+                Err(EngineError::WouldBlock) => {
+                    logs.discard();
+                    declined.push(job);
+                }
+                // Undone: what it logged did not stand.
+                Err(e) => {
+                    logs.discard();
+                    decided.push((job.done, Err(e), DecisionLogs::default()));
+                }
+                Ok(step) => decided.push((job.done, Ok(step), logs)),
             }
         }
         Ok(())
@@ -165,19 +180,20 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
         Ok(()) => {
             counts.batches.fetch_add(1, Relaxed);
             counts.decided.fetch_add(decided.len() as u64, Relaxed);
-            for (done, result) in decided {
-                done(Batched::Decided(result));
+            for (done, result, logs) in decided {
+                done(Batched::Decided(result, logs));
             }
         }
         Err(e) => {
             // Nothing of the batch was kept: every decision in it is void (fail closed).
             tracing::error!(error = %e, logins = decided.len(), "a batch of logins could not be committed; they are rejected");
             let lost = |e: &StoreError| EngineError::Store(StoreError::Database(e.to_string()));
-            for (done, _) in decided {
-                done(Batched::Decided(Err(lost(&e))));
+            for (done, _, logs) in decided {
+                logs.discard();
+                done(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
             }
             for job in waiting {
-                (job.done)(Batched::Decided(Err(lost(&e))));
+                (job.done)(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
             }
         }
     }

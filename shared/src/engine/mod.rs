@@ -7,6 +7,7 @@
 //! their receive loops.
 
 mod batch;
+mod decision_log;
 mod enroll;
 mod external_mfa;
 mod menu;
@@ -18,6 +19,7 @@ mod split;
 mod throttle;
 
 pub use batch::{BatchCounts, Batched, LoginBatcher};
+pub use decision_log::DecisionLogs;
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
 pub use throttle::{
     second_factor_key, source_throttle_key, throttle_in_force, ThrottleInForce, SOURCE_CHANNELS,
@@ -602,17 +604,8 @@ impl Engine {
                 Channel::Radius { .. } | Channel::Web { .. } => None,
             },
         };
-        tracing::info!(
-            tenant = %record.tenant,
-            user = %record.username,
-            client = %record.client,
-            source = %record.source,
-            result = record.result.as_str(),
-            reason = %record.reason,
-            factors = %record.factors.join(","),
-            "login decision"
-        );
         self.store.append_audit(&record)?;
+        decision_log::log_decision(record);
         Ok(outcome.step)
     }
 

@@ -1606,10 +1606,34 @@ mod batch {
         out.sort_by_key(|(i, _)| *i);
         out.into_iter()
             .map(|(_, b)| match b {
-                Batched::Decided(step) => step.unwrap(),
+                Batched::Decided(step, _log) => step.unwrap(),
                 Batched::Declined(req) => panic!("{req:?} was handed back"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_batched_decision_hands_its_log_line_out_with_it() {
+        let w = world();
+        let engine = Arc::new(w.engine);
+        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+        let (tx, rx) = mpsc::channel();
+        for code in [code_at(T0), "000000".to_string()] {
+            let tx = tx.clone();
+            batcher.submit(
+                code_login("alice", &code),
+                Box::new(move |b| tx.send(b).unwrap()),
+            );
+        }
+        drop(tx);
+        for b in rx.iter() {
+            let Batched::Decided(step, log) = b else {
+                panic!("handed back")
+            };
+            assert!(step.is_ok());
+            // The line is held, not yet written: the receiver writes it off the batch thread.
+            assert_eq!(log.len(), 1);
+        }
     }
 
     #[test]
