@@ -767,6 +767,13 @@ fn tenant_from_row(r: &Row) -> StoreResult<Tenant> {
 const USER_COLS: &str =
     "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
 
+/// A JSON column of a user row. Unreadable is an error, not "none": the user's groups
+/// choose their policy, and a user whose groups were lost must not fall to the default.
+fn user_json<T: serde::de::DeserializeOwned>(text: &str, column: &str) -> StoreResult<T> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("users.{column} is not valid JSON: {e}")))
+}
+
 fn user_from_row(r: &Row) -> StoreResult<User> {
     let groups: String = r.col(6)?;
     let attrs: String = r.col(9)?;
@@ -777,10 +784,10 @@ fn user_from_row(r: &Row) -> StoreResult<User> {
         password_hash: r.col(3)?,
         email: r.col(4)?,
         phone: r.col(5)?,
-        groups: serde_json::from_str(&groups).unwrap_or_default(),
+        groups: user_json(&groups, "groups_json")?,
         disabled: r.col::<i64>(7)? != 0,
         created_at: r.col(8)?,
-        attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+        attributes: user_json(&attrs, "attributes_json")?,
     })
 }
 

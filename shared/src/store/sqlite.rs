@@ -475,8 +475,16 @@ fn factors_of_on(conn: &Connection, user: UserId) -> StoreResult<Vec<Factor>> {
     Ok(out)
 }
 
+/// A JSON column of a user row. Unreadable is an error, not "none": the user's groups
+/// choose their policy, and a user whose groups were lost must not fall to the default.
+fn user_json<T: serde::de::DeserializeOwned>(r: &Row<'_>, col: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(col)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
-    let groups_json: String = r.get(6)?;
     Ok(User {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -484,10 +492,10 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         password_hash: r.get(3)?,
         email: r.get(4)?,
         phone: r.get(5)?,
-        groups: serde_json::from_str(&groups_json).unwrap_or_default(),
+        groups: user_json(r, 6)?,
         disabled: r.get::<_, i64>(7)? != 0,
         created_at: r.get(8)?,
-        attributes: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+        attributes: user_json(r, 9)?,
     })
 }
 
@@ -2019,6 +2027,44 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_user_whose_groups_cannot_be_read_is_an_error_not_groupless() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let t = s.create_tenant("acme", 1).unwrap();
+        let new = NewUser {
+            tenant_id: t.id,
+            name: "alice".into(),
+            password_hash: None,
+            email: None,
+            phone: None,
+            groups: vec!["contractors".into()],
+        };
+        s.create_user(&new, 1).unwrap();
+        for (column, garbage) in [("groups_json", "[\"contr"), ("attributes_json", "nope")] {
+            let before = s.user_by_name(t.id, "alice").unwrap().unwrap();
+            assert_eq!(before.groups, ["contractors"]);
+            s.lock()
+                .execute(
+                    &format!("UPDATE users SET {column} = ?1 WHERE name = 'alice'"),
+                    [garbage],
+                )
+                .unwrap();
+            assert!(s.user_by_name(t.id, "alice").is_err(), "{column}");
+            assert!(s.user_with_factors(t.id, "alice").is_err(), "{column}");
+            let repaired = if column == "groups_json" {
+                "[\"contractors\"]"
+            } else {
+                "{}"
+            };
+            s.lock()
+                .execute(
+                    &format!("UPDATE users SET {column} = ?1 WHERE name = 'alice'"),
+                    [repaired],
+                )
+                .unwrap();
+        }
     }
 
     /// Whether `counter` of `factor` is free (true) or was used before (false): the
