@@ -449,10 +449,45 @@ impl SqliteStore {
     }
 }
 
+fn insert_audit(conn: &Connection, a: &AuditRecord) -> StoreResult<()> {
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(db)?;
+    st.execute(params![
+        a.time,
+        a.tenant,
+        a.username,
+        a.channel,
+        a.client,
+        a.source,
+        a.mode,
+        a.factors.join(","),
+        a.result.as_str(),
+        a.reason,
+        a.transaction,
+        a.host
+    ])
+    .map(|_| ())
+    .map_err(db)
+}
+
+/// The columns [`user_from_row`] reads, in its order (a macro, so that the statements
+/// that use them are literals: no `format!` per login).
+macro_rules! user_cols {
+    () => {
+        "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json"
+    };
+}
+
 fn user_by_name_on(conn: &Connection, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
     let mut st = conn
-        .prepare_cached(&format!(
-            "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 AND name = ?2"
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE tenant_id = ?1 AND name = ?2"
         ))
         .map_err(db)?;
     st.query_row(params![tenant, name], user_from_row)
@@ -498,9 +533,6 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         attributes: user_json(r, 9)?,
     })
 }
-
-const USER_COLS: &str =
-    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
 
 fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> {
     let kind: String = r.get(2)?;
@@ -753,8 +785,10 @@ impl Store for SqliteStore {
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>> {
         let conn = self.lock();
         let mut st = conn
-            .prepare_cached(&format!(
-                "SELECT {USER_COLS} FROM users WHERE tenant_id = ?1 ORDER BY name"
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_cols!(),
+                " FROM users WHERE tenant_id = ?1 ORDER BY name"
             ))
             .map_err(db)?;
         let rows = st.query_map(params![tenant], user_from_row).map_err(db)?;
@@ -1520,31 +1554,12 @@ impl Store for SqliteStore {
     }
 
     fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
+        if self.batching() {
+            // Inside this thread's batch: written at once, no copy for another thread.
+            return insert_audit(&self.lock(), a);
+        }
         let a = a.clone();
-        self.write(move |conn| {
-        let mut st = conn
-            .prepare_cached(
-                "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )
-            .map_err(db)?;
-        st.execute(params![
-            a.time,
-            a.tenant,
-            a.username,
-            a.channel,
-            a.client,
-            a.source,
-            a.mode,
-            a.factors.join(","),
-            a.result.as_str(),
-            a.reason,
-            a.transaction,
-            a.host
-        ])
-        .map(|_| ())
-        .map_err(db)
-        })
+        self.write(move |conn| insert_audit(conn, &a))
     }
 
     fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
