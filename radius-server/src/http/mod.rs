@@ -3,6 +3,7 @@
 //! (`/v1/`); further features are routers merged in [`router`].
 
 pub mod admin;
+pub mod limits;
 pub mod metrics;
 pub mod push;
 pub mod tls;
@@ -12,8 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,35 +41,26 @@ pub fn router(state: HttpState) -> Router {
         .merge(crate::pam::http::routes())
         .merge(web::routes())
         .with_state(state)
+        .layer(axum::middleware::from_fn(limits::bound))
 }
 
-/// The address a connection came from, recorded for every request (`ConnectInfo<Peer>`):
-/// self-service logins are bound to it, audited with it and throttled by it.
+/// The address a connection came from, recorded for every request (`ConnectInfo<Peer>`,
+/// put there by [`limits::bound`]): self-service logins are bound to it, audited with it
+/// and throttled by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tls::TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// A bound listener: plain HTTP, or HTTPS when `tls_cert` and `tls_key` are set.
+/// A bound listener: plain HTTP, or HTTPS when `tls_cert` and `tls_key` are set; either
+/// way within the connection [`limits`].
 pub enum HttpListener {
-    Plain(TcpListener),
+    Plain(limits::PlainListener),
     Tls(tls::TlsListener),
 }
 
 impl HttpListener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
-            HttpListener::Plain(l) => l.local_addr(),
+            HttpListener::Plain(l) => axum::serve::Listener::local_addr(l),
             HttpListener::Tls(l) => axum::serve::Listener::local_addr(l),
         }
     }
@@ -90,9 +80,10 @@ pub async fn bind(cfg: &HttpConfig) -> Result<HttpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {addr} (http.listen)"))?;
+    let limits = limits::Limits::new(&cfg.trusted_proxies);
     Ok(match acceptor {
-        Some(a) => HttpListener::Tls(tls::TlsListener::new(listener, a)?),
-        None => HttpListener::Plain(listener),
+        Some(a) => HttpListener::Tls(tls::TlsListener::new(listener, a, limits)?),
+        None => HttpListener::Plain(limits::PlainListener::new(listener, limits)),
     })
 }
 
@@ -108,14 +99,14 @@ pub async fn serve(
     match listener {
         HttpListener::Plain(l) => axum::serve(
             l,
-            router(state).into_make_service_with_connect_info::<Peer>(),
+            router(state).into_make_service_with_connect_info::<limits::Accepted>(),
         )
         .with_graceful_shutdown(stop)
         .await
         .context("HTTP listener failed"),
         HttpListener::Tls(l) => axum::serve(
             l,
-            router(state).into_make_service_with_connect_info::<Peer>(),
+            router(state).into_make_service_with_connect_info::<limits::Accepted>(),
         )
         .with_graceful_shutdown(stop)
         .await

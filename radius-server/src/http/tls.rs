@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::limits::{Guarded, Limits};
+
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait in the kernel's backlog.
@@ -74,9 +76,10 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A TCP listener whose accepted connections have finished the TLS handshake.
+/// A TCP listener whose accepted connections have finished the TLS handshake (and were
+/// admitted within the connection [`Limits`] before it).
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     acceptor_task: JoinHandle<()>,
 }
@@ -89,10 +92,14 @@ impl Drop for TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        limits: Arc<Limits>,
+    ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, tx));
+        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, limits, tx));
         Ok(TlsListener {
             ready,
             local,
@@ -104,7 +111,8 @@ impl TlsListener {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    limits: Arc<Limits>,
+    tx: mpsc::Sender<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -123,12 +131,17 @@ async fn accept_loop(
         if tx.is_closed() {
             return;
         }
+        // Over the limits: closed before any handshake work.
+        let Some(place) = limits.admit(peer.ip()) else {
+            drop(tcp);
+            continue;
+        };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     drop(permit);
-                    let _ = tx.send((tls, peer)).await;
+                    let _ = tx.send((Guarded::new(tls, place), peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -138,7 +151,7 @@ async fn accept_loop(
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Guarded<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

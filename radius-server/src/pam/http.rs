@@ -99,7 +99,8 @@ async fn step(State(state): State<HttpState>, headers: HeaderMap, body: Body) ->
         tracing::info!("PAM over HTTPS: a request without a bearer token; refused");
         return unauthorized();
     };
-    // The token is checked before the body is read: strangers cannot make us buffer it.
+    // The token is checked before the body is parsed. (The listener has read it already,
+    // at most 128 KiB within 20 s: see http/limits.rs.)
     let looked_up = {
         let pam = pam.clone();
         tokio::task::spawn_blocking(move || pam.hosts.authenticate(&token)).await

@@ -31,7 +31,30 @@ pub(super) async fn enroll(
     let admin = state.admin.clone();
     let e = engine.clone();
     let s2 = s.clone();
+    let now = engine.now();
     let r = blocking(move || {
+        // Every click makes a factor (and for push sends a code): bounded, so that the
+        // button is no way to fill the store, nor around the pause of "send again".
+        let factors = admin
+            .admin
+            .list_factors(&s2.tenant, &s2.subject)
+            .map_err(|e| super::super::page_error(&e))?;
+        let pending: Vec<_> = factors.iter().filter(|f| f.state == "pending").collect();
+        if pending.len() >= MAX_PENDING {
+            return Err(format!(
+                "{} factors are waiting for their code: confirm one, or remove one, before adding another.",
+                pending.len()
+            ));
+        }
+        if push
+            && pending
+                .iter()
+                .any(|f| f.kind == "push" && now - f.created_at < RESEND_PAUSE)
+        {
+            return Err(format!(
+                "A code was pushed for a new factor less than {RESEND_PAUSE} seconds ago: enter it, or wait a little before adding push again."
+            ));
+        }
         let added = if push {
             let p = crate::push::enroll_and_send(&admin.admin, &e, &s2.tenant, &s2.subject, None)
                 .map_err(push_error)?;
@@ -114,8 +137,11 @@ fn confirm_form(engine: &Engine, session: &str, fid: &str, label: &str, push: bo
     )
 }
 
-/// Seconds between two codes sent again from the page.
+/// Seconds between two codes sent again from the page (or two push factors added).
 const RESEND_PAUSE: i64 = 15;
+
+/// Factors a user may have waiting for their code before the page adds another.
+const MAX_PENDING: usize = 3;
 
 /// Push the code of the user's pending push factor again.
 pub(super) async fn push_code(
