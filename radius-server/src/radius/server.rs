@@ -48,14 +48,15 @@ pub struct RadiusContext {
 impl RadiusContext {
     /// Build the context from the config.
     pub fn new(engine: Arc<Engine>, cfg: &Config, metrics: Arc<Metrics>) -> Self {
+        let max_in_flight = in_flight_slots(cfg.radius.max_in_flight);
         Self {
             batcher: start_batcher(&engine),
             engine,
             clients: ArcSwap::from_pointee(ClientTable::from_config(cfg, None)),
             cache: ResponseCache::new(cfg.radius.response_cache_ttl),
             metrics,
-            inflight: Arc::new(Semaphore::new(cfg.radius.max_in_flight)),
-            max_in_flight: cfg.radius.max_in_flight,
+            inflight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
             challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
             push_hub: Arc::new(PushHub::new(cfg.store.push_poll_interval)),
             unknown_clients: DropWarning::default(),
@@ -105,7 +106,8 @@ impl RadiusContext {
 
     /// Wait until every in-flight request has finished, or the deadline passes.
     pub async fn drain(&self, deadline: Duration) -> bool {
-        let all = self.max_in_flight as u32;
+        // Every slot, never fewer: `in_flight_slots` keeps the count within a u32.
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
         tokio::time::timeout(deadline, self.inflight.acquire_many(all))
             .await
             .is_ok()
@@ -123,6 +125,13 @@ fn start_batcher(engine: &Arc<Engine>) -> Option<(LoginBatcher, tokio::runtime::
             None
         }
     }
+}
+
+/// The in-flight slots for a configured `max_in_flight`: at most u32::MAX, the most that
+/// [`RadiusContext::drain`] can wait for at once (a larger count was truncated there, and
+/// past `Semaphore::MAX_PERMITS` it would panic at start).
+fn in_flight_slots(configured: usize) -> usize {
+    configured.min(u32::MAX as usize)
 }
 
 /// Whether a request may take one of `available` free slots: a new login only while more
@@ -246,14 +255,21 @@ fn on_datagram(
                 return drop_it(ctx, src, DropCause::Packet(r));
             }
         };
+    let ask = ask_of(&client, src, &request);
     // Only a request that verified takes its identifier's place in the cache: a forged
     // datagram with a NAS's address and an identifier in use must not push out the entry
-    // of the real request (whose retransmission would then run the login again).
-    let seen = ctx
-        .cache
-        .begin(listener, src, header.identifier, header.authenticator, now);
-    if seen != Lookup::New {
-        return resend_or_drop(ctx, sock, src, seen);
+    // of the real request (whose retransmission would then run the login again). And only
+    // one that asks the Engine: an answer given here alone (Status-Server, no User-Name or
+    // User-Password) changes nothing and encodes to the same bytes again, while an entry
+    // for each would let anyone who can use a lenient client's address (no
+    // Message-Authenticator needed) grow the cache by one entry a datagram.
+    if ask.is_ok() {
+        let seen = ctx
+            .cache
+            .begin(listener, src, header.identifier, header.authenticator, now);
+        if seen != Lookup::New {
+            return resend_or_drop(ctx, sock, src, seen);
+        }
     }
     let started = request
         .state
@@ -274,7 +290,7 @@ fn on_datagram(
         permit,
         arrived: now,
     };
-    let ask = match ask_of(&pending.ctx, &pending.client, src, &pending.request) {
+    let ask = match ask {
         Ok(ask) => ask,
         Err(reply) => {
             tokio::spawn(async move { pending.answer(reply).await });
@@ -464,7 +480,12 @@ impl Pending {
         };
         count_reply(&ctx.metrics, reply.code);
         match (request.kind, reply.code) {
-            (RequestKind::StatusServer, _) => client.counters.count_status_server(),
+            (RequestKind::StatusServer, _) => {
+                ctx.metrics
+                    .status_server
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                client.counters.count_status_server()
+            }
             (_, ReplyCode::Accept) => client.counters.count_access(Answered::Accept),
             (_, ReplyCode::Reject) => client.counters.count_access(Answered::Reject),
             (_, ReplyCode::Challenge) => client.counters.count_access(Answered::Challenge),
@@ -518,16 +539,8 @@ struct Follow {
 }
 
 /// The Engine call a request makes, or the reply when it makes none.
-fn ask_of(
-    ctx: &RadiusContext,
-    client: &Arc<Client>,
-    src: SocketAddr,
-    req: &Request,
-) -> Result<Ask, Reply> {
+fn ask_of(client: &Arc<Client>, src: SocketAddr, req: &Request) -> Result<Ask, Reply> {
     if req.kind == RequestKind::StatusServer {
-        ctx.metrics
-            .status_server
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(Reply::accept());
     }
     let Some(username) = req.user_name.clone() else {
@@ -540,8 +553,7 @@ fn ask_of(
         (Some(p), _) => p,
         (None, Some(_)) => &[],
         (None, None) => {
-            tracing::warn!(%src, client = %client.config.name, user = %username,
-                "Access-Request without User-Password (CHAP/EAP are not supported; configure the NAS for PAP)");
+            warnings::no_user_password(&client.warnings, &client.config.name, src, &username);
             return Err(Reply::reject(None));
         }
     };
@@ -663,7 +675,7 @@ fn menu_text(text: &str, choices: &[MenuChoice]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{admits, receive_buffer_capped};
+    use super::{admits, in_flight_slots, receive_buffer_capped};
 
     #[test]
     fn a_receive_buffer_the_kernel_capped_is_noticed() {
@@ -683,6 +695,16 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(receive_buffer_capped(4 << 20, reported), max < 4 << 20);
+    }
+
+    #[test]
+    fn in_flight_slots_stay_within_what_the_drain_can_wait_for() {
+        assert_eq!(in_flight_slots(1024), 1024);
+        assert_eq!(in_flight_slots(u32::MAX as usize), u32::MAX as usize);
+        assert_eq!(in_flight_slots(1 << 32), u32::MAX as usize);
+        assert_eq!(in_flight_slots(usize::MAX), u32::MAX as usize);
+        // The drain's count is every slot, not a truncation of it.
+        assert_eq!(u32::try_from(in_flight_slots(1 << 32)).ok(), Some(u32::MAX));
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub struct ClientWarnings {
     pub access: DropWarning,
     /// Accounting-Requests whose Request Authenticator does not verify.
     pub accounting: DropWarning,
+    /// Access-Requests without User-Password (CHAP, EAP): rejected, and from a client that
+    /// needs no Message-Authenticator sendable by anyone who can use its address.
+    pub no_user_password: DropWarning,
 }
 
 /// What a request failed to verify with the client's shared secret.
@@ -107,6 +110,17 @@ pub fn wrong_secret(warnings: &ClientWarnings, client: &str, src: SocketAddr, wh
             "client '{client}' ({}): {attribute} does not verify: wrong shared secret? {}",
             src.ip().to_canonical(),
             due.count_text(" dropped")
+        );
+    }
+}
+
+/// An Access-Request without User-Password (and without State) from a configured client,
+/// rejected: a WARN at most once a minute per client, naming the user of the one it reports.
+pub fn no_user_password(warnings: &ClientWarnings, client: &str, src: SocketAddr, user: &str) {
+    if let Some(due) = warnings.no_user_password.note(Instant::now()) {
+        tracing::warn!(%src, client, user,
+            "Access-Request without User-Password rejected (CHAP/EAP are not supported; configure the NAS for PAP) {}",
+            due.count_text(" rejected")
         );
     }
 }
