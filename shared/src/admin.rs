@@ -427,6 +427,7 @@ impl Admin {
         let (_, u) = self.user(tenant, name)?;
         let generated = secret.is_none();
         let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
+        self.refuse_held_secret(&u, FactorKind::Totp, &secret)?;
         let params = TotpParams {
             algorithm,
             digits,
@@ -536,6 +537,7 @@ impl Admin {
         let (_, u) = self.user(tenant, name)?;
         let generated = secret.is_none();
         let (secret, state, algorithm) = self.new_otp_secret(secret, digits, algorithm)?;
+        self.refuse_held_secret(&u, FactorKind::Hotp, &secret)?;
         let params = HotpParams {
             algorithm,
             digits,
@@ -560,6 +562,37 @@ impl Admin {
             algorithm: algorithm.as_str(),
             generated,
         })
+    }
+
+    /// Refuses a secret that one of the user's factors of the same `kind` (TOTP or HOTP)
+    /// holds already (a token imported twice): each factor keeps its own record of used
+    /// codes, so one code would count once for each.
+    fn refuse_held_secret(
+        &self,
+        u: &User,
+        kind: FactorKind,
+        secret: &[u8],
+    ) -> Result<(), AdminError> {
+        use subtle::ConstantTimeEq;
+        for f in self.store.factors_of(u.id)? {
+            if f.kind != kind {
+                continue;
+            }
+            let Ok(held) = self
+                .key
+                .open(factor_context(&f.id).as_bytes(), &f.sealed_secret)
+            else {
+                continue;
+            };
+            if bool::from(held.as_slice().ct_eq(secret)) {
+                return Err(AdminError::Invalid {
+                    what: "secret",
+                    value: "(hidden)".into(),
+                    hint: "the user already holds this secret in another factor of this kind (see factor list): one code would log in once per factor; keep that factor, or remove it first",
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Store a factor whose secret is sealed under the master key; its new id.

@@ -74,6 +74,15 @@ pub fn find(secret: &[u8], p: &HotpParams, code: &str) -> Option<u64> {
     (p.counter..=last).find(|&c| matches(secret, p, c, code))
 }
 
+/// Whether `code` matches one of the `look_ahead` counters just behind the expected one:
+/// a code already used, or passed over by a later one.
+pub fn passed(secret: &[u8], p: &HotpParams, code: &str) -> bool {
+    if code.len() != p.digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    (p.counter.saturating_sub(p.look_ahead)..p.counter).any(|c| matches(secret, p, c, code))
+}
+
 /// Resync: the counter after two consecutive codes found within [`RESYNC_WINDOW`].
 pub fn resync(secret: &[u8], p: &HotpParams, first: &str, second: &str) -> Option<u64> {
     let wide = HotpParams {
@@ -102,6 +111,18 @@ mod tests {
         assert_eq!(find(SECRET, &p, &code), Some(u64::MAX - 2));
         let next = generate(SECRET, p.algorithm, p.digits, u64::MAX - 1);
         assert_eq!(resync(SECRET, &p, &code, &next), Some(u64::MAX));
+    }
+
+    #[test]
+    fn codes_just_behind_the_counter_have_passed_others_have_not() {
+        let p = params(20);
+        let code = |c| generate(SECRET, p.algorithm, p.digits, c);
+        assert!(passed(SECRET, &p, &code(19)));
+        assert!(passed(SECRET, &p, &code(10)));
+        for c in [9, 20, 21] {
+            assert!(!passed(SECRET, &p, &code(c)), "counter {c}");
+        }
+        assert!(!passed(SECRET, &params(0), &code(0)));
     }
 
     fn params(counter: u64) -> HotpParams {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
@@ -99,6 +99,7 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub client: &'a str,
+    /// The PAM host; `None` for RADIUS and web logins.
     pub host: Option<&'a str>,
     pub groups: &'a [String],
     /// The user's attributes.
@@ -117,6 +118,9 @@ pub struct Decision {
     pub remember_secs: i64,
     /// The factor to start first (the rule's, else the tenant's `default_factor`).
     pub default_factor: Option<String>,
+    /// Why the rule matched where that is not plain (a `deny` rule applied to a source it
+    /// could not place), for the audit record.
+    pub note: Option<String>,
     pub explanation: Vec<String>,
 }
 
@@ -130,6 +134,15 @@ impl Decision {
         match &self.rule {
             Some(r) => format!("rule '{r}' ({action})"),
             None => format!("default ({action})"),
+        }
+    }
+
+    /// The audit reason of a login this decision refuses: `denied by rule 'x' (deny)`,
+    /// with the note of a rule that applied because it could not rule the login out.
+    pub fn deny_reason(&self) -> String {
+        match &self.note {
+            Some(note) => format!("denied by {}: {note}", self.label()),
+            None => format!("denied by {}", self.label()),
         }
     }
 
@@ -181,61 +194,128 @@ impl TimeWindow {
     }
 }
 
+/// The address `source` names, an IPv4-mapped IPv6 address as the IPv4 address it maps
+/// (`::ffff:192.0.2.7` is `192.0.2.7`, as the source throttle counts it); `None` when the
+/// source is not an IP address (a DNS name as PAM rhost, a MAC address as
+/// Calling-Station-Id).
 fn source_ip(source: &str) -> Option<IpAddr> {
-    source.trim().parse().ok()
+    source
+        .trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// A rule's network in the same form: an IPv6 network inside `::ffff:0:0/96` is the IPv4
+/// network it maps (`::ffff:198.51.100.0/120` is `198.51.100.0/24`).
+fn canonical_net(net: &IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), Some(len)) = (
+            v6.network().to_ipv4_mapped(),
+            v6.prefix_len().checked_sub(96),
+        ) {
+            if let Ok(v4net) = Ipv4Net::new(v4, len) {
+                return IpNet::V4(v4net);
+            }
+        }
+    }
+    *net
+}
+
+/// Whether `net` holds `ip` (canonical, see [`source_ip`]) in either of its forms: an
+/// IPv4 address is also its IPv4-mapped IPv6 address, so `::/0` holds every address.
+fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    let net = canonical_net(net);
+    net.contains(&ip)
+        || match ip {
+            IpAddr::V4(v4) => net.contains(&IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => false,
+        }
+}
+
+/// A PAM login without a remote host: the console (`local`) or a terminal (`tty:...`, as
+/// sudo inside a session has). It comes from no network, so no `sources` rule holds it.
+/// (Only PAM logins have a host; a Calling-Station-Id that reads `local` is not one.)
+fn local_terminal(cx: &Context<'_>) -> bool {
+    cx.host.is_some() && (cx.source == "local" || cx.source.starts_with("tty:"))
 }
 
 impl Rule {
-    /// Whether the rule matches; `why` collects the reason it does not.
-    fn matches(&self, cx: &Context<'_>, why: &mut String) -> bool {
+    /// `Ok` if the rule matches, with a note when it matched only because it could not
+    /// rule the login out (a `deny` rule and a source that is not an IP address);
+    /// `Err` with the reason it does not match.
+    fn matches(&self, cx: &Context<'_>) -> Result<Option<String>, String> {
         if !self.clients.is_empty() && !self.clients.iter().any(|c| c == cx.client) {
-            *why = format!("client '{}' is not one of {:?}", cx.client, self.clients);
-            return false;
+            return Err(format!(
+                "client '{}' is not one of {:?}",
+                cx.client, self.clients
+            ));
         }
         if !self.hosts.is_empty() && !cx.host.is_some_and(|h| self.hosts.iter().any(|x| x == h)) {
-            *why = format!("host {:?} is not one of {:?}", cx.host, self.hosts);
-            return false;
+            return Err(format!("host {:?} is not one of {:?}", cx.host, self.hosts));
         }
         if !self.groups.is_empty() && !cx.groups.iter().any(|g| self.groups.contains(g)) {
-            *why = format!(
+            return Err(format!(
                 "user groups {:?} share none of {:?}",
                 cx.groups, self.groups
-            );
-            return false;
+            ));
         }
         if let Some((k, v)) = self
             .attributes
             .iter()
             .find(|(k, v)| cx.attributes.get(*k) != Some(*v))
         {
-            *why = format!(
+            return Err(format!(
                 "user attribute {k} is {:?}, not \"{v}\"",
                 cx.attributes.get(k)
-            );
-            return false;
+            ));
         }
+        let mut note = None;
         if !self.sources.is_empty() {
-            let inside =
-                source_ip(cx.source).is_some_and(|ip| self.sources.iter().any(|n| n.contains(&ip)));
-            if !inside {
-                *why = format!(
-                    "source '{}' is not in {:?}",
-                    cx.source,
-                    self.sources
-                        .iter()
-                        .map(|n| n.to_string())
-                        .collect::<Vec<_>>()
-                );
-                return false;
+            let networks = || {
+                self.sources
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+            };
+            match source_ip(cx.source) {
+                Some(ip) if self.sources.iter().any(|n| net_contains(n, ip)) => {}
+                None if local_terminal(cx) => {
+                    return Err(format!(
+                        "source '{}' is a local terminal (a PAM login without remote host), in no network",
+                        cx.source
+                    ))
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "source '{}' is not in {:?}",
+                        cx.source,
+                        networks()
+                    ))
+                }
+                // Fail closed: a rule that refuses applies to a source it cannot place; a
+                // rule that lets in (or asks for less) does not.
+                None if self.action == Action::Deny => {
+                    note = Some(format!(
+                        "source '{}' is not an IP address; rule '{}' denies what it cannot rule out",
+                        cx.source, self.name
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "source '{}' is not an IP address, so not in {:?}",
+                        cx.source,
+                        networks()
+                    ))
+                }
             }
         }
         if let Some(t) = &self.time {
             if !t.contains(cx.now) {
-                *why = format!("time is outside {:?} {}-{}", t.days, t.from, t.to);
-                return false;
+                return Err(format!("time is outside {:?} {}-{}", t.days, t.from, t.to));
             }
         }
-        true
+        Ok(note)
     }
 }
 
@@ -243,19 +323,24 @@ impl Rule {
 pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
     let mut explanation = Vec::new();
     for r in rules {
-        let mut why = String::new();
-        if r.matches(cx, &mut why) {
-            explanation.push(format!("rule '{}' matches", r.name));
-            return Decision {
-                action: r.action,
-                rule: Some(r.name.clone()),
-                factors: r.factors.clone(),
-                remember_secs: r.remember.map(|d| d.as_secs() as i64).unwrap_or(0),
-                default_factor: r.default_factor.clone(),
-                explanation,
-            };
+        match r.matches(cx) {
+            Ok(note) => {
+                explanation.push(match &note {
+                    Some(n) => format!("rule '{}' matches: {n}", r.name),
+                    None => format!("rule '{}' matches", r.name),
+                });
+                return Decision {
+                    action: r.action,
+                    rule: Some(r.name.clone()),
+                    factors: r.factors.clone(),
+                    remember_secs: r.remember.map(|d| d.as_secs() as i64).unwrap_or(0),
+                    default_factor: r.default_factor.clone(),
+                    note,
+                    explanation,
+                };
+            }
+            Err(why) => explanation.push(format!("rule '{}' does not match: {why}", r.name)),
         }
-        explanation.push(format!("rule '{}' does not match: {why}", r.name));
     }
     explanation.push("no rule matched: the default requires a second factor".into());
     Decision {
@@ -264,6 +349,7 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
         factors: Vec::new(),
         remember_secs: 0,
         default_factor: None,
+        note: None,
         explanation,
     }
 }
@@ -437,6 +523,139 @@ mod tests {
             d.explanation
         );
         assert_eq!(d.label(), "default (require_mfa)");
+    }
+
+    fn decide_source(rules: &[Rule], host: Option<&str>, source: &str) -> Decision {
+        evaluate(
+            rules,
+            &Context {
+                client: "sshd",
+                host,
+                groups: &[],
+                attributes: &Default::default(),
+                source,
+                now: MON_10,
+            },
+        )
+    }
+
+    #[test]
+    fn sources_match_ipv4_in_either_form_on_both_sides() {
+        let plain = vec![Rule {
+            sources: vec!["198.51.100.0/24".parse().unwrap()],
+            ..rule("v4", Action::Deny)
+        }];
+        let mapped = vec![Rule {
+            sources: vec!["::ffff:198.51.100.0/120".parse().unwrap()],
+            ..rule("mapped", Action::Deny)
+        }];
+        let any_v6 = vec![Rule {
+            sources: vec!["::/0".parse().unwrap()],
+            ..rule("any-v6", Action::Deny)
+        }];
+        for rules in [&plain, &mapped] {
+            for source in ["198.51.100.7", "::ffff:198.51.100.7", " ::FFFF:c633:6407 "] {
+                assert_eq!(
+                    decide_source(rules, None, source).action,
+                    Action::Deny,
+                    "{source} {rules:?}"
+                );
+            }
+            for source in ["198.51.101.7", "::ffff:198.51.101.7", "2001:db8::7"] {
+                assert_eq!(
+                    decide_source(rules, None, source).action,
+                    Action::RequireMfa,
+                    "{source} {rules:?}"
+                );
+            }
+        }
+        // An IPv4 address is its mapped IPv6 address: in ::/0 as before over dual stack.
+        assert_eq!(
+            decide_source(&any_v6, None, "198.51.100.7").action,
+            Action::Deny
+        );
+        assert_eq!(
+            canonical_net(&"::ffff:10.0.0.0/104".parse().unwrap()).to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(canonical_net(&"::/0".parse().unwrap()).to_string(), "::/0");
+        // Wider than the mapped range: kept (an IPv4 address is in it as its mapped form).
+        let wide: IpNet = "::ffff:0:0/95".parse().unwrap();
+        assert_eq!(canonical_net(&wide), wide);
+        assert_eq!(
+            decide_source(
+                &[Rule {
+                    sources: vec![wide],
+                    ..rule("w", Action::Deny)
+                }],
+                None,
+                "192.0.2.1"
+            )
+            .action,
+            Action::Deny
+        );
+    }
+
+    #[test]
+    fn a_deny_rule_applies_to_a_source_it_cannot_place_and_says_why() {
+        let rules = vec![
+            Rule {
+                sources: vec!["198.51.100.0/24".parse().unwrap()],
+                ..rule("blocked", Action::Deny)
+            },
+            Rule {
+                sources: vec!["10.0.0.0/8".parse().unwrap()],
+                ..rule("office", Action::SkipMfa)
+            },
+        ];
+        for source in ["host.example", "02-00-5E-10-00-00", "proxy:10.0.0.1", ""] {
+            let d = decide_source(&rules, Some("web1"), source);
+            assert_eq!(d.action, Action::Deny, "{source}");
+            let note = format!(
+                "source '{source}' is not an IP address; rule 'blocked' denies what it cannot rule out"
+            );
+            assert_eq!(d.note.as_deref(), Some(note.as_str()));
+            assert_eq!(
+                d.deny_reason(),
+                format!("denied by rule 'blocked' (deny): {note}")
+            );
+            assert!(d.explanation[0].contains(&note), "{:?}", d.explanation);
+        }
+        // A rule that lets in does not apply to what it cannot place.
+        let d = decide_source(&rules[1..], None, "host.example");
+        assert_eq!((d.action, d.note), (Action::RequireMfa, None));
+        assert!(
+            d.explanation[0].contains("is not an IP address, so not in"),
+            "{:?}",
+            d.explanation
+        );
+        // A matched IP address needs no note.
+        let d = decide_source(&rules, None, "198.51.100.9");
+        assert_eq!((d.action, d.note.as_deref()), (Action::Deny, None));
+        assert_eq!(d.deny_reason(), "denied by rule 'blocked' (deny)");
+    }
+
+    #[test]
+    fn a_pam_login_without_remote_host_is_in_no_network() {
+        let rules = vec![Rule {
+            sources: vec!["198.51.100.0/24".parse().unwrap()],
+            ..rule("blocked", Action::Deny)
+        }];
+        for source in ["local", "tty:/dev/pts/0"] {
+            let d = decide_source(&rules, Some("web1"), source);
+            assert_eq!(d.action, Action::RequireMfa, "{source}");
+            assert!(
+                d.explanation[0].contains("is a local terminal"),
+                "{:?}",
+                d.explanation
+            );
+            // Only PAM logins have terminals: a Calling-Station-Id that reads so does not.
+            assert_eq!(
+                decide_source(&rules, None, source).action,
+                Action::Deny,
+                "{source}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use portcullis_core::clock::UnixTime;
 use portcullis_core::model::*;
-use portcullis_core::store::{PushAdded, SendClaim, SendLimits, Store, StoreError};
+use portcullis_core::store::{
+    PushAdded, SendClaim, SendLimits, Store, StoreError, TakenTransaction, TxnBinding,
+};
 
 /// Runs every check against a fresh, empty store.
 pub fn run_all(s: &dyn Store) {
@@ -16,6 +18,7 @@ pub fn run_all(s: &dyn Store) {
     otp_replay_cache_refuses_second_use(s);
     otp_use_touches_the_factor_only_when_fresh(s);
     transaction_steps_are_single_use_and_expire(s);
+    a_transaction_step_is_taken_only_by_its_binding(s);
     throttle_counts_and_clears(s);
     audit_is_listed_in_order_and_filtered(s);
     deleting_a_user_removes_their_state(s);
@@ -714,32 +717,152 @@ fn transaction_steps_are_single_use_and_expire(s: &dyn Store) {
         expires_at: 1120,
     };
     s.put_transaction(&txn).unwrap();
-    let taken = s.take_transaction("txn-1", 0, 1001).unwrap().unwrap();
+    let tom = binding(&t, "tom");
+    let take = |id: &str, step, now| s.take_transaction(id, step, &tom, now).unwrap();
+    let TakenTransaction::Taken(taken) = take("txn-1", 0, 1001) else {
+        panic!("step 0 not taken")
+    };
     assert_eq!(taken.step, 1);
     assert_eq!(
         taken.reply_attributes, txn.reply_attributes,
         "reply attributes wait with the transaction"
     );
     assert_eq!(taken.username, "tom");
-    assert!(
-        s.take_transaction("txn-1", 0, 1002).unwrap().is_none(),
+    assert_eq!(
+        take("txn-1", 0, 1002),
+        TakenTransaction::Gone,
         "same step twice"
     );
     assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 1);
     assert_eq!(s.add_transaction_attempt("txn-1").unwrap(), 2);
-    assert!(
-        s.take_transaction("txn-1", 1, 1120).unwrap().is_none(),
-        "expired"
-    );
+    assert_eq!(take("txn-1", 1, 1120), TakenTransaction::Gone, "expired");
     s.put_transaction(&Transaction {
         id: "txn-2".into(),
         ..txn.clone()
     })
     .unwrap();
     s.delete_transaction("txn-2").unwrap();
-    assert!(s.take_transaction("txn-2", 0, 1001).unwrap().is_none());
+    assert_eq!(take("txn-2", 0, 1001), TakenTransaction::Gone);
+    assert_eq!(take("txn-9", 0, 1001), TakenTransaction::Gone, "unknown");
     s.purge_expired(2000).unwrap();
-    assert!(s.take_transaction("txn-1", 1, 1001).unwrap().is_none());
+    assert_eq!(take("txn-1", 1, 1001), TakenTransaction::Gone);
+}
+
+/// The binding of a transaction of `user` in tenant `t`, from client vpn and 192.0.2.1.
+fn binding<'a>(t: &Tenant, user: &'a str) -> TxnBinding<'a> {
+    TxnBinding {
+        tenant_id: t.id,
+        username: user,
+        client: "vpn",
+        source: "192.0.2.1",
+    }
+}
+
+fn a_transaction_step_is_taken_only_by_its_binding(s: &dyn Store) {
+    let t = tenant(s, "suite-a");
+    let other_tenant = tenant(s, "suite-b");
+    let u = user(s, &t, "uma");
+    let txn = Transaction {
+        id: "txn-bound".into(),
+        tenant_id: t.id,
+        user_id: u.id,
+        username: "uma".into(),
+        client: "vpn".into(),
+        source: "192.0.2.1".into(),
+        first_factor: "password".into(),
+        reply_attributes: vec![],
+        step: 0,
+        attempts: 0,
+        created_at: 1000,
+        expires_at: 1120,
+    };
+    s.put_transaction(&txn).unwrap();
+    let own = binding(&t, "uma");
+    // Another user, client, source or tenant (compared exactly): refused, nothing changed.
+    let others = [
+        TxnBinding {
+            username: "ulla",
+            ..own
+        },
+        TxnBinding {
+            username: "UMA",
+            ..own
+        },
+        TxnBinding {
+            client: "wifi",
+            ..own
+        },
+        TxnBinding {
+            source: "192.0.2.2",
+            ..own
+        },
+        TxnBinding {
+            source: "::ffff:192.0.2.1",
+            ..own
+        },
+        TxnBinding {
+            tenant_id: other_tenant.id,
+            ..own
+        },
+    ];
+    for other in &others {
+        assert_eq!(
+            s.take_transaction("txn-bound", 0, other, 1001).unwrap(),
+            TakenTransaction::OtherBinding,
+            "{other:?}"
+        );
+    }
+    // The owner still takes step 0 (attempts untouched), then step 1; a stranger quoting
+    // the step just taken, or an expired one, hears that it is gone.
+    let TakenTransaction::Taken(taken) = s.take_transaction("txn-bound", 0, &own, 1002).unwrap()
+    else {
+        panic!("the owner's step was lost to a mismatched answer")
+    };
+    assert_eq!((taken.step, taken.attempts), (1, 0));
+    assert_eq!(
+        s.take_transaction("txn-bound", 0, &others[0], 1003)
+            .unwrap(),
+        TakenTransaction::Gone
+    );
+    assert_eq!(
+        s.take_transaction("txn-bound", 1, &others[3], 1003)
+            .unwrap(),
+        TakenTransaction::OtherBinding
+    );
+    assert_eq!(
+        s.take_transaction("txn-bound", 1, &others[3], 1120)
+            .unwrap(),
+        TakenTransaction::Gone,
+        "expired"
+    );
+    // Strangers and the owner at the same moment: the owner takes the step, once.
+    s.put_transaction(&Transaction {
+        id: "txn-raced".into(),
+        ..txn.clone()
+    })
+    .unwrap();
+    let results = at_once(8, |i| {
+        let b = if i % 2 == 0 {
+            own
+        } else {
+            others[i % others.len()]
+        };
+        s.take_transaction("txn-raced", 0, &b, 1001).unwrap()
+    });
+    for (i, r) in results.iter().enumerate() {
+        match (i % 2 == 0, r) {
+            (true, TakenTransaction::Taken(_) | TakenTransaction::Gone) => {}
+            (false, TakenTransaction::OtherBinding | TakenTransaction::Gone) => {}
+            other => panic!("answer {i}: {other:?}"),
+        }
+    }
+    let taken = results
+        .iter()
+        .filter(|r| matches!(r, TakenTransaction::Taken(_)))
+        .count();
+    assert_eq!(taken, 1, "{results:?}");
+    s.delete_transaction("txn-bound").unwrap();
+    s.delete_transaction("txn-raced").unwrap();
 }
 
 fn throttle_counts_and_clears(s: &dyn Store) {
@@ -756,7 +879,7 @@ fn throttle_counts_and_clears(s: &dyn Store) {
     assert_eq!(s.throttle(t.id, "k").unwrap(), Throttle::default());
 
     // A bucket draining 4 failures per 60 s: one every 15 s.
-    let drain = |at| s.record_draining_failure(t.id, "d", at, 4, 60).unwrap();
+    let drain = |at| s.record_draining_failure(t.id, "d", 1, at, 4, 60).unwrap();
     assert_eq!(drain(100).failures, 1);
     assert_eq!(drain(100).failures, 2);
     let th = drain(101);
@@ -783,12 +906,34 @@ fn throttle_counts_and_clears(s: &dyn Store) {
     let th = drain(10_020);
     assert_eq!((th.failures, th.last_failure_at), (3, 10_015));
     assert_eq!(drain(10_030).failures, 3);
+    // Several failures at once (an `append` login's readings): counted in one step, a
+    // new bucket too; drained as the same number one by one would be.
+    let th = s
+        .record_draining_failure(t.id, "d", 4, 10_030, 4, 60)
+        .unwrap();
+    assert_eq!((th.failures, th.last_failure_at), (7, 10_030));
+    let th = s
+        .record_draining_failure(t.id, "d", 3, 10_060, 4, 60)
+        .unwrap();
+    assert_eq!((th.failures, th.last_failure_at), (8, 10_060));
+    let th = s
+        .record_draining_failure(t.id, "d4", 4, 500, 4, 60)
+        .unwrap();
+    assert_eq!((th.failures, th.last_failure_at), (4, 500));
+    assert_eq!(
+        s.record_draining_failure(t.id, "d0", 0, 500, 4, 60)
+            .unwrap()
+            .failures,
+        1,
+        "at least one"
+    );
 
     // Purged once long drained (two days on); user throttles and fresh buckets stay.
     let old = "source:radius:192.0.2.1:first_factor";
     let fresh = "source:radius:192.0.2.2:first_factor";
-    s.record_draining_failure(t.id, old, 10_000, 4, 60).unwrap();
-    s.record_draining_failure(t.id, fresh, 10_000 + 2 * 86_400, 4, 60)
+    s.record_draining_failure(t.id, old, 1, 10_000, 4, 60)
+        .unwrap();
+    s.record_draining_failure(t.id, fresh, 1, 10_000 + 2 * 86_400, 4, 60)
         .unwrap();
     s.record_failure(t.id, "user:1:second_factor", 10_000)
         .unwrap();

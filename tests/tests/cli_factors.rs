@@ -162,17 +162,28 @@ fn a_given_secret_is_not_printed_back_in_json() {
         );
     };
     let base = ["--json", "factor", "enroll"];
-    let with = |kind: &str, extra: &[&str]| -> Vec<String> {
+    let with_user = |kind: &str, user: &str, extra: &[&str]| -> Vec<String> {
         base.iter()
-            .chain(&[kind, "--tenant", "acme", "alice"])
+            .chain(&[kind, "--tenant", "acme", user])
             .chain(extra)
             .map(|s| s.to_string())
             .collect()
     };
+    let with = |kind: &str, extra: &[&str]| with_user(kind, "alice", extra);
     let args = with("totp", &["--secret", &secret]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     check("totp --secret", &env.cli(&args));
-    let args = with("totp", &["--secret-stdin"]);
+    // The same secret again for alice would let one code in once per factor: refused,
+    // without printing it. Another user may hold it.
+    let refused = env.cli(&args);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("already holds this secret"),
+        "{refused:?}"
+    );
+    assert!(!stderr.contains(&secret), "{stderr}");
+    env.add_user("acme", "bob", "bob password");
+    let args = with_user("totp", "bob", &["--secret-stdin"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     check(
         "totp --secret-stdin",

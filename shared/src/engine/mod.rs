@@ -42,7 +42,7 @@ use crate::model::*;
 use crate::password::PasswordHasher;
 use crate::policy::{Decision, Rule};
 use crate::secrets::MasterKey;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TakenTransaction, TxnBinding};
 
 pub(crate) use oob::sent_code_hash;
 pub use oob::{keyword, EmailParams, SendOutcome, SmsParams, OUT_OF_BAND};
@@ -630,11 +630,42 @@ impl Engine {
                 req.tenant
             )));
         };
-        // Held until the login's password failure (if any) is counted.
+        // `append`: the readings of the string (at most split::MAX_READINGS). They depend on
+        // the string only, never on the user (no enumeration by timing or by count).
+        let mut candidates = match mode {
+            LoginMode::Append => split::append_candidates(&req.credential, &req.delimiter),
+            _ => Vec::new(),
+        };
+        // With a directory or upstream server every reading is a bind or request there, and
+        // failures count toward its lockout: when the user typed the delimiter
+        // (`password,code`), only that reading is tried.
+        let explicit_only = mode == LoginMode::Append
+            && backend.name() != "local"
+            && candidates.first().is_some_and(|c| {
+                [
+                    c.password.as_slice(),
+                    req.delimiter.as_bytes(),
+                    c.code.as_bytes(),
+                ]
+                .concat()
+                    == req.credential.as_slice()
+            });
+        if explicit_only {
+            candidates.truncate(1);
+        }
+        // The passwords this login may check: each one refused counts against the source.
+        let checks = match mode {
+            LoginMode::OtpOnly => 0,
+            LoginMode::Append if !explicit_only => {
+                (candidates.len() + 1).min(split::MAX_PASSWORD_CHECKS)
+            }
+            _ => 1,
+        } as u32;
+        // Held until the login's password failures (if any) are counted.
         let _source_check = if mode == LoginMode::OtpOnly {
             None
         } else {
-            match self.source_gate(&tenant, req, now)? {
+            match self.source_gate(&tenant, req, checks, now)? {
                 Ok(guard) => guard,
                 Err(blocked) => return Ok(blocked),
             }
@@ -656,12 +687,6 @@ impl Engine {
                 // as a wrong string would have been, the results thrown away unread.
                 if backend.name() == "local" {
                     let mut readings: Vec<&[u8]> = Vec::new();
-                    let candidates = match mode {
-                        LoginMode::Append => {
-                            split::append_candidates(&req.credential, &req.delimiter)
-                        }
-                        _ => Vec::new(),
-                    };
                     readings.extend(candidates.iter().map(|c| c.password.as_slice()));
                     readings.push(&req.credential);
                     for password in readings {
@@ -684,38 +709,22 @@ impl Engine {
                     &req.credential,
                 ) {
                     Ok(info) => info,
-                    Err(failed) => return self.wrong_password(&tenant, req, failed, now),
+                    Err(failed) => {
+                        let refused = u32::from(!failed.unavailable);
+                        return self.wrong_password(&tenant, req, failed, refused, now);
+                    }
                 };
                 self.password_then_prompt(backend, &tenant, req, user, &info, now)
             }
             LoginMode::Append => {
                 // Every reading of the string, then the whole string as the password: the
                 // number of password checks depends on the string only, never on the user
-                // (no enumeration by timing).
-                let mut candidates = split::append_candidates(&req.credential, &req.delimiter);
-                // With a directory or upstream server every reading is a bind or request
-                // there, and failures count toward its lockout: when the user typed the
-                // delimiter (`password,code`), only that reading is tried.
-                let mut explicit_only = false;
-                if backend.name() != "local" {
-                    let explicit = candidates.first().is_some_and(|c| {
-                        [
-                            c.password.as_slice(),
-                            req.delimiter.as_bytes(),
-                            c.code.as_bytes(),
-                        ]
-                        .concat()
-                            == req.credential.as_slice()
-                    });
-                    if explicit {
-                        candidates.truncate(1);
-                        explicit_only = true;
-                    }
-                }
+                // (no enumeration by timing); each one refused counts against the source.
                 let mut wrong = PasswordFailure {
                     reason: String::from("wrong password"),
                     unavailable: false,
                 };
+                let mut refused = 0;
                 for cand in &candidates {
                     match self.check_password(backend, &tenant, req, user.as_ref(), &cand.password)
                     {
@@ -777,13 +786,16 @@ impl Engine {
                         // A backend that cannot answer will not answer the next reading
                         // either; do not make the NAS wait for each.
                         Err(failed) if failed.unavailable => {
-                            return Ok(Outcome::reject(failed.reason))
+                            return self.wrong_password(&tenant, req, failed, refused, now)
                         }
-                        Err(failed) => wrong = failed,
+                        Err(failed) => {
+                            refused += 1;
+                            wrong = failed;
+                        }
                     }
                 }
                 if explicit_only {
-                    return self.wrong_password(&tenant, req, wrong, now);
+                    return self.wrong_password(&tenant, req, wrong, refused, now);
                 }
                 // No split passed the first factor: the password may contain the delimiter
                 // or end in digits, or the user typed no code. Whole string as the password,
@@ -791,9 +803,10 @@ impl Engine {
                 match self.check_password(backend, &tenant, req, user.as_ref(), &req.credential) {
                     Ok(info) => self.password_then_prompt(backend, &tenant, req, user, &info, now),
                     Err(failed) if candidates.is_empty() || failed.unavailable => {
-                        self.wrong_password(&tenant, req, failed, now)
+                        let refused = refused + u32::from(!failed.unavailable);
+                        self.wrong_password(&tenant, req, failed, refused, now)
                     }
-                    Err(_) => self.wrong_password(&tenant, req, wrong, now),
+                    Err(_) => self.wrong_password(&tenant, req, wrong, refused + 1, now),
                 }
             }
             LoginMode::OtpOnly => {
@@ -851,18 +864,19 @@ impl Engine {
         }
     }
 
-    /// The Reject of a password the backend refused; a wrong one (not an unavailable
-    /// backend) counts against the login's source.
+    /// The Reject of a login whose password did not pass (`failed`: the last refusal, or an
+    /// unavailable backend); the `refused` passwords it checked (one per reading of an
+    /// `append` string, none that an unavailable backend could not answer) count against
+    /// the login's source.
     fn wrong_password(
         &self,
         tenant: &Tenant,
         req: &LoginRequest,
         failed: PasswordFailure,
+        refused: u32,
         now: UnixTime,
     ) -> Result<Outcome, EngineError> {
-        if !failed.unavailable {
-            self.count_source_failure(tenant, req, now)?;
-        }
+        self.count_source_failures(tenant, req, refused, now)?;
         Ok(Outcome::reject(failed.reason))
     }
 
@@ -1388,22 +1402,31 @@ impl Engine {
                 req.tenant
             )));
         };
-        let Some(txn) = self.store.take_transaction(id, step, now)? else {
-            return Ok(Outcome::reject_with(
-                "transaction unknown, expired or already answered",
-                TRANSACTION_GONE,
-            ));
+        // The store takes the step only for the tenant, user, client and source the login
+        // was started for. An answer from anyone else (the State travels in cleartext) is
+        // refused and audited, and changes nothing: the owner's login stays answerable.
+        let binding = TxnBinding {
+            tenant_id: tenant.id,
+            username: &req.username,
+            client: req.channel.client(),
+            source: &req.source,
         };
-        if txn.tenant_id != tenant.id
-            || txn.username != req.username
-            || txn.client != req.channel.client()
-            || txn.source != req.source
-        {
-            self.store.delete_transaction(&txn.id)?;
-            return Ok(Outcome::reject(
-                "transaction belongs to another user, client or source",
-            ));
-        }
+        let txn = match self.store.take_transaction(id, step, &binding, now)? {
+            TakenTransaction::Taken(txn) => txn,
+            TakenTransaction::OtherBinding => {
+                tracing::warn!(tenant = %req.tenant, user = %req.username, source = %req.source,
+                    txn = %id, "answer to a transaction of another user, client or source refused");
+                return Ok(Outcome::reject(
+                    "transaction belongs to another user, client or source (answer refused; the login stays open for its own user)",
+                ));
+            }
+            TakenTransaction::Gone => {
+                return Ok(Outcome::reject_with(
+                    "transaction unknown, expired or already answered",
+                    TRANSACTION_GONE,
+                ))
+            }
+        };
         let user = match self.store.user_by_name(tenant.id, &req.username)? {
             Some(u) if u.id == txn.user_id && !u.disabled => u,
             _ => {
@@ -1432,7 +1455,7 @@ impl Engine {
         );
         if d.action == crate::policy::Action::Deny {
             self.store.delete_transaction(&txn.id)?;
-            return Ok(Outcome::reject(format!("denied by {}", d.label())));
+            return Ok(Outcome::reject(d.deny_reason()));
         }
         let code = String::from_utf8_lossy(&req.answer).trim().to_string();
         let code = Zeroizing::new(code);

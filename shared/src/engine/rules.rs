@@ -131,7 +131,7 @@ fn may_remember(channel: &Channel, source: &str, source_limited: bool) -> bool {
 
 fn stop_after_first_factor(d: &Decision, user: &User, first: &str) -> Option<Outcome> {
     match d.action {
-        Action::Deny => Some(Outcome::reject(format!("denied by {}", d.label()))),
+        Action::Deny => Some(Outcome::reject(d.deny_reason())),
         Action::SkipMfa => Some(Outcome {
             step: Step::Accept {
                 factors_used: vec![first.into()],

@@ -15,7 +15,7 @@ use crate::totp::{self, TotpParams};
 pub enum CodeCheck {
     /// The code was right; `factor` names the kind used.
     Accepted { factor: &'static str },
-    /// A right TOTP code that was already used.
+    /// A right TOTP code that was already used, or an HOTP code behind the counter.
     Replayed,
     /// Not a valid code of any factor.
     Wrong,
@@ -81,7 +81,6 @@ impl Engine {
             }
             return Ok(CodeCheck::Wrong);
         }
-        let mut replayed = false;
         let usable: Vec<&Factor> = factors
             .iter()
             .filter(|f| f.state == FactorState::Confirmed && d.allows(f.kind.as_str()))
@@ -93,10 +92,11 @@ impl Engine {
                 // Checked below against the codes that were sent.
                 FactorKind::Sms | FactorKind::Email | FactorKind::Push => None,
             };
-            match result {
-                Some(CodeCheck::Replayed) => replayed = true,
-                Some(accepted) => return Ok(accepted),
-                None => {}
+            // A code that one factor saw used is refused, whatever the others say: two
+            // factors holding one secret (a token imported twice) must not let one code
+            // in twice.
+            if let Some(checked) = result {
+                return Ok(checked);
             }
         }
         let out_of_band: Vec<&Factor> = usable
@@ -108,11 +108,7 @@ impl Engine {
                 factor: kind.as_str(),
             });
         }
-        Ok(if replayed {
-            CodeCheck::Replayed
-        } else {
-            CodeCheck::Wrong
-        })
+        Ok(CodeCheck::Wrong)
     }
 
     pub(super) fn open_secret(&self, f: &Factor) -> Option<zeroize::Zeroizing<Vec<u8>>> {
@@ -174,7 +170,9 @@ impl Engine {
             return Ok(None);
         };
         let Some(counter) = hotp::find(&secret, &params, code) else {
-            return Ok(None);
+            // A code just behind the counter was used (or passed over by a later one), on
+            // this factor or on another holding the same secret: a replay, not a miss.
+            return Ok(hotp::passed(&secret, &params, code).then_some(CodeCheck::Replayed));
         };
         let next = HotpParams {
             counter: counter + 1,

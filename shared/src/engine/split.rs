@@ -1,7 +1,10 @@
 //! `append` mode: where the password ends and the code begins.
 //!
 //! The candidates depend only on the typed string, never on the user, so that an unknown
-//! user costs as many password checks as a known one (no enumeration by timing).
+//! user costs as many password checks as a known one (no enumeration by timing). There are
+//! at most [`MAX_READINGS`] of them: with the whole string as a password after them, one
+//! request checks at most [`MAX_PASSWORD_CHECKS`] passwords, and each one refused counts
+//! against the source's limit of wrong passwords.
 
 use zeroize::Zeroizing;
 
@@ -13,11 +16,18 @@ pub struct Candidate {
     pub code: Zeroizing<String>,
 }
 
+/// The most readings of one credential that are tried (the most specific ones).
+pub const MAX_READINGS: usize = 3;
+
+/// The most passwords one `append` request checks: its readings, then the whole string.
+pub const MAX_PASSWORD_CHECKS: usize = MAX_READINGS + 1;
+
 /// Code lengths tried as a digit suffix: 6- and 8-digit one-time passwords, 9-digit bypass codes.
 const CODE_LENGTHS: [usize; 3] = [6, 8, 9];
 
-/// The readings of `credential`, most specific first: `password<delim>code`, then a 6- or
-/// 8-digit suffix, then a recovery-code suffix (with or without its dash).
+/// The readings of `credential`, most specific first: `password<delim>code`, then a 6-,
+/// 8- or 9-digit suffix, then a recovery-code suffix (with or without its dash); the first
+/// [`MAX_READINGS`] of them.
 pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
     let mut push = |pw: &[u8], code: &[u8]| {
@@ -61,6 +71,7 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
             }
         }
     }
+    out.truncate(MAX_READINGS);
     out
 }
 
@@ -163,6 +174,21 @@ mod tests {
             readings("hunter2push").iter().all(|(_, c)| c != "push"),
             "words need the delimiter"
         );
+    }
+
+    #[test]
+    fn at_most_three_readings_the_most_specific_first() {
+        // Delimiter, 6-, 8-, 9-digit suffix and a recovery-code suffix: five readings.
+        assert_eq!(
+            readings("pw,2345678923"),
+            [
+                ("pw".into(), "2345678923".into()),
+                ("pw,2345".into(), "678923".into()),
+                ("pw,23".into(), "45678923".into()),
+            ]
+        );
+        assert_eq!(readings("Winter123456789").len(), MAX_READINGS);
+        assert_eq!(MAX_PASSWORD_CHECKS, 4);
     }
 
     #[test]

@@ -30,24 +30,31 @@ impl<K> Default for Checking<K> {
     }
 }
 
-/// One check in progress, counted until dropped (after its result was counted).
+/// Checks in progress, counted until dropped (after their results were counted).
 #[derive(Debug)]
 pub(super) struct InProgress<'a, K: Hash + Eq + Clone> {
     checking: &'a Checking<K>,
     key: K,
+    checks: u32,
 }
 
 impl<K: Hash + Eq + Clone> Checking<K> {
     /// Counts a check of `key`; says how many others are in progress.
     pub(super) fn enter(&self, key: K) -> (InProgress<'_, K>, u32) {
+        self.enter_many(key, 1)
+    }
+
+    /// Counts `checks` checks of `key` (one login's); says how many others are in progress.
+    pub(super) fn enter_many(&self, key: K, checks: u32) -> (InProgress<'_, K>, u32) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(key.clone()).or_insert(0);
         let others = *n;
-        *n += 1;
+        *n = n.saturating_add(checks);
         (
             InProgress {
                 checking: self,
                 key,
+                checks,
             },
             others,
         )
@@ -62,7 +69,7 @@ impl<K: Hash + Eq + Clone> Drop for InProgress<'_, K> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
+            *n = n.saturating_sub(self.checks);
             if *n == 0 {
                 map.remove(&self.key);
             }
@@ -278,12 +285,15 @@ impl Engine {
 
     /// `Err(reject)` if the login's source is blocked after too many wrong passwords, or
     /// has so many passwords being checked that their failures would overflow its bucket;
-    /// else the check stays counted as in progress until the guard is dropped (after a
-    /// failure was counted). `Ok(None)`: the source is not counted.
+    /// else the login's `checks` password checks (an `append` login makes up to
+    /// [`super::split::MAX_PASSWORD_CHECKS`]) stay counted as in progress until the guard
+    /// is dropped (after their failures were counted). `Ok(None)`: the source is not
+    /// counted.
     pub(super) fn source_gate(
         &self,
         tenant: &Tenant,
         req: &LoginRequest,
+        checks: u32,
         now: UnixTime,
     ) -> Result<Result<Option<InProgress<'_, String>>, Outcome>, EngineError> {
         let Some(key) = self.source_throttle_key(req) else {
@@ -307,10 +317,19 @@ impl Engine {
         let window = lock.source_window.as_secs().max(1) as i64;
         let drained = (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
         let level = (i64::from(th.failures) - drained).max(0) as u32;
-        let (checking, others) = self.checking_sources.enter(key);
-        if level.saturating_add(others) > lock.source_failures {
+        // The bucket takes `source_failures` failures; the one after blocks the source.
+        // Every check of this login may fail, and so may every one in progress: all of
+        // them must fit (a login with more checks than the bucket holds fits an empty one).
+        let checks = checks.clamp(1, lock.source_failures.saturating_add(1));
+        let (checking, others) = self.checking_sources.enter_many(key, checks);
+        if level.saturating_add(others).saturating_add(checks - 1) > lock.source_failures {
+            let mine = if checks > 1 {
+                format!("{checks} passwords of this login to check, ")
+            } else {
+                String::new()
+            };
             return Ok(Err(blocked(format!(
-                "{}: {others} other passwords being checked and {level} wrong on record: too many at once",
+                "{}: {mine}{others} other passwords being checked and {level} wrong on record: too many at once",
                 source_named(&req.source)
             ))));
         }
@@ -343,14 +362,18 @@ impl Engine {
         Ok(Throttle::default())
     }
 
-    /// Count a wrong password from the login's source; block the source when its bucket
-    /// overflows.
-    pub(super) fn count_source_failure(
+    /// Count `wrong` wrong passwords from the login's source (one per password checked:
+    /// an `append` login checks a few); block the source when its bucket overflows.
+    pub(super) fn count_source_failures(
         &self,
         tenant: &Tenant,
         req: &LoginRequest,
+        wrong: u32,
         now: UnixTime,
     ) -> Result<(), EngineError> {
+        if wrong == 0 {
+            return Ok(());
+        }
         let Some(key) = self.source_throttle_key(req) else {
             return Ok(());
         };
@@ -359,6 +382,7 @@ impl Engine {
         let th = self.store.record_draining_failure(
             tenant.id,
             &key,
+            wrong,
             now,
             lock.source_failures,
             window,

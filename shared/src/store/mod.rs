@@ -108,6 +108,28 @@ pub enum PushAdded {
     CapReached { sent: u32 },
 }
 
+/// Who may answer a transaction: the tenant, user, client and source it was started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnBinding<'a> {
+    pub tenant_id: TenantId,
+    pub username: &'a str,
+    pub client: &'a str,
+    pub source: &'a str,
+}
+
+/// What [`Store::take_transaction`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakenTransaction {
+    /// The step was taken: the transaction, its step advanced.
+    Taken(Transaction),
+    /// The step is open, but bound to another tenant, user, client or source: nothing was
+    /// changed.
+    OtherBinding,
+    /// No such step is open: the transaction is unknown, expired or ended, or the step was
+    /// answered already.
+    Gone,
+}
+
 /// How long a source's wrong-password bucket is kept after its last failure: longer than
 /// the longest `[lockout] source_window` (a day) takes to drain it.
 pub const SOURCE_ROWS_KEPT: i64 = 2 * 86_400;
@@ -313,14 +335,18 @@ pub trait Store: Send + Sync + 'static {
 
     // Transactions
     fn put_transaction(&self, txn: &Transaction) -> StoreResult<()>;
-    /// Atomically takes step `step` of an unexpired transaction: on success the stored step
-    /// is advanced, so the same step can never be answered twice.
+    /// Atomically takes step `step` of an unexpired transaction bound to `binding` (its
+    /// tenant, user name, client and source, compared exactly): on success the stored step
+    /// is advanced, so the same step can never be answered twice. An answer with another
+    /// binding changes nothing ([`TakenTransaction::OtherBinding`]): whoever saw a State
+    /// cannot take its owner's step nor end the login.
     fn take_transaction(
         &self,
         id: &str,
         step: u32,
+        binding: &TxnBinding<'_>,
         now: UnixTime,
-    ) -> StoreResult<Option<Transaction>>;
+    ) -> StoreResult<TakenTransaction>;
     /// Records a wrong answer and returns the attempt count.
     fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32>;
     fn delete_transaction(&self, id: &str) -> StoreResult<()>;
@@ -360,13 +386,15 @@ pub trait Store: Send + Sync + 'static {
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;
     /// Counts one failure atomically and returns the new state.
     fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle>;
-    /// Counts one failure atomically in a bucket that drains `per_window` failures every
-    /// `window` seconds, and returns the new state. `last_failure_at` is then the time the
-    /// bucket has drained up to: a part of a failure's drain time carries over to the next.
+    /// Counts `failures` failures (at least one; an `append` login counts one per password
+    /// it checked) atomically in a bucket that drains `per_window` failures every `window`
+    /// seconds, and returns the new state. `last_failure_at` is then the time the bucket
+    /// has drained up to: a part of a failure's drain time carries over to the next.
     fn record_draining_failure(
         &self,
         tenant: TenantId,
         key: &str,
+        failures: u32,
         now: UnixTime,
         per_window: u32,
         window: i64,

@@ -35,7 +35,7 @@ use super::pg_tls::PgTls;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
 use super::{
     PushAdded, PushEvent, PushEvents, SendClaim, SendLimits, Store, StoreError, StoreResult,
-    SEND_WINDOW,
+    TakenTransaction, TxnBinding, SEND_WINDOW,
 };
 use crate::clock::UnixTime;
 use crate::model::*;
@@ -1486,19 +1486,42 @@ impl Store for PgStore {
         &self,
         id: &str,
         step: u32,
+        binding: &TxnBinding<'_>,
         now: UnixTime,
-    ) -> StoreResult<Option<Transaction>> {
-        self.query_opt(
+    ) -> StoreResult<TakenTransaction> {
+        let step = i64::from(step);
+        let taken = self.query_opt(
             &format!(
                 "UPDATE transactions SET step = step + 1
                  WHERE id = $1 AND step = $2 AND expires_at > $3
+                   AND tenant_id = $4 AND username = $5 AND client = $6 AND source = $7
                  RETURNING {TXN_COLS}"
             ),
-            &[&id, &i64::from(step), &now],
-        )?
-        .as_ref()
-        .map(txn_from_row)
-        .transpose()
+            &[
+                &id,
+                &step,
+                &now,
+                &binding.tenant_id,
+                &binding.username,
+                &binding.client,
+                &binding.source,
+            ],
+        )?;
+        if let Some(row) = taken {
+            return txn_from_row(&row).map(TakenTransaction::Taken);
+        }
+        // Not taken: say whether the step is open for someone else (nothing changed).
+        let open = self
+            .query_opt(
+                "SELECT 1 FROM transactions WHERE id = $1 AND step = $2 AND expires_at > $3",
+                &[&id, &step, &now],
+            )?
+            .is_some();
+        Ok(if open {
+            TakenTransaction::OtherBinding
+        } else {
+            TakenTransaction::Gone
+        })
     }
 
     fn add_transaction_attempt(&self, id: &str) -> StoreResult<u32> {
@@ -1657,25 +1680,27 @@ impl Store for PgStore {
         &self,
         tenant: TenantId,
         key: &str,
+        failures: u32,
         now: UnixTime,
         per_window: u32,
         window: i64,
     ) -> StoreResult<Throttle> {
         let per_window = i64::from(per_window.max(1));
         let window = window.max(1);
+        let failures = i64::from(failures.max(1));
         throttle_from_row(&self.query_one(
             "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-             VALUES ($1, $2, 1, $3)
+             VALUES ($1, $2, $6, $3)
              ON CONFLICT (tenant_id, throttle_key)
              DO UPDATE SET failures = GREATEST(0, throttles.failures
-                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + 1,
+                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6,
                last_failure_at = CASE WHEN throttles.failures
                  > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
                THEN throttles.last_failure_at
                  + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
                ELSE excluded.last_failure_at END
              RETURNING failures, last_failure_at, locked_until",
-            &[&tenant, &key, &now, &per_window, &window],
+            &[&tenant, &key, &now, &per_window, &window, &failures],
         )?)
     }
 

@@ -18,7 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::group_commit::GroupCommit;
 use super::migrations::MIGRATIONS;
 use super::{
-    BatchUnits, PushAdded, SendClaim, SendLimits, Store, StoreError, StoreResult, SEND_WINDOW,
+    BatchUnits, PushAdded, SendClaim, SendLimits, Store, StoreError, StoreResult, TakenTransaction,
+    TxnBinding, SEND_WINDOW,
 };
 use crate::clock::UnixTime;
 use crate::engine::ReplyAttribute;
@@ -1302,20 +1303,47 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         step: u32,
+        binding: &TxnBinding<'_>,
         now: UnixTime,
-    ) -> StoreResult<Option<Transaction>> {
+    ) -> StoreResult<TakenTransaction> {
         let id = id.to_string();
+        let (tenant, username, client, source) = (
+            binding.tenant_id,
+            binding.username.to_string(),
+            binding.client.to_string(),
+            binding.source.to_string(),
+        );
         self.write(move |conn| {
-        let mut st = conn
-            .prepare_cached(
-                "UPDATE transactions SET step = step + 1
-                 WHERE id = ?1 AND step = ?2 AND expires_at > ?3
-                 RETURNING id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes",
-            )
-            .map_err(db)?;
-        st.query_row(params![id, step, now], txn_from_row)
-            .optional()
-            .map_err(db)
+            let taken = conn
+                .prepare_cached(
+                    "UPDATE transactions SET step = step + 1
+                     WHERE id = ?1 AND step = ?2 AND expires_at > ?3
+                       AND tenant_id = ?4 AND username = ?5 AND client = ?6 AND source = ?7
+                     RETURNING id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes",
+                )
+                .and_then(|mut st| {
+                    st.query_row(
+                        params![id, step, now, tenant, username, client, source],
+                        txn_from_row,
+                    )
+                    .optional()
+                })
+                .map_err(db)?;
+            if let Some(txn) = taken {
+                return Ok(TakenTransaction::Taken(txn));
+            }
+            // Not taken: say whether the step is open for someone else (nothing changed).
+            let open = conn
+                .prepare_cached(
+                    "SELECT 1 FROM transactions WHERE id = ?1 AND step = ?2 AND expires_at > ?3",
+                )
+                .and_then(|mut st| st.exists(params![id, step, now]))
+                .map_err(db)?;
+            Ok(if open {
+                TakenTransaction::OtherBinding
+            } else {
+                TakenTransaction::Gone
+            })
         })
     }
 
@@ -1481,20 +1509,22 @@ impl Store for SqliteStore {
         &self,
         tenant: TenantId,
         key: &str,
+        failures: u32,
         now: UnixTime,
         per_window: u32,
         window: i64,
     ) -> StoreResult<Throttle> {
         let key = key.to_string();
         let (per_window, window) = (per_window.max(1), window.max(1));
+        let failures = failures.max(1);
         self.write(move |conn| {
             let mut st = conn
                 .prepare_cached(
                     "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-                     VALUES (?1, ?2, 1, ?3)
+                     VALUES (?1, ?2, ?6, ?3)
                      ON CONFLICT (tenant_id, throttle_key)
                      DO UPDATE SET failures = MAX(0, throttles.failures
-                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + 1,
+                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6,
                        last_failure_at = CASE WHEN throttles.failures
                          > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
                        THEN throttles.last_failure_at
@@ -1503,7 +1533,7 @@ impl Store for SqliteStore {
                      RETURNING failures, last_failure_at, locked_until",
                 )
                 .map_err(db)?;
-            st.query_row(params![tenant, key, now, per_window, window], throttle_from_row)
+            st.query_row(params![tenant, key, now, per_window, window, failures], throttle_from_row)
                 .map_err(db)
         })
     }
