@@ -325,7 +325,7 @@ impl Admin {
         })
     }
 
-    /// `user disable` / `user enable`
+    /// `user disable` / `user enable` (disabling also ends the user's web sessions)
     pub fn set_disabled(&self, tenant: &str, name: &str, disabled: bool) -> Result<(), AdminError> {
         let (_, u) = self.user(tenant, name)?;
         Ok(self.store.set_user_disabled(u.id, disabled)?)
@@ -337,7 +337,7 @@ impl Admin {
         Ok(self.store.delete_user(u.id)?)
     }
 
-    /// `user set-password`
+    /// `user set-password` (also ends the user's web sessions)
     pub fn set_password(
         &self,
         tenant: &str,
@@ -891,7 +891,9 @@ impl Admin {
             .collect())
     }
 
-    /// `factor remove`
+    /// `factor remove` (an administrator, CLI or API): the factor is removed and every web
+    /// (`/my/`) session of the user ends, so that whoever holds one cannot add a factor of
+    /// their own in its place.
     pub fn remove_factor(
         &self,
         tenant: &str,
@@ -899,6 +901,29 @@ impl Admin {
         factor_id: &str,
     ) -> Result<(), AdminError> {
         let (_, u) = self.user(tenant, name)?;
+        self.store.raise_session_epoch(u.id)?;
+        self.remove_factor_of(&u, tenant, name, factor_id)
+    }
+
+    /// A factor removed by the user on `/my/`, or a pending factor whose code could not be
+    /// sent: the user's sessions live on.
+    pub fn remove_own_factor(
+        &self,
+        tenant: &str,
+        name: &str,
+        factor_id: &str,
+    ) -> Result<(), AdminError> {
+        let (_, u) = self.user(tenant, name)?;
+        self.remove_factor_of(&u, tenant, name, factor_id)
+    }
+
+    fn remove_factor_of(
+        &self,
+        u: &User,
+        tenant: &str,
+        name: &str,
+        factor_id: &str,
+    ) -> Result<(), AdminError> {
         if self.store.remove_factor(u.id, factor_id)? {
             Ok(())
         } else {

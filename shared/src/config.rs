@@ -210,6 +210,7 @@ pub struct RadiusConfig {
     #[serde(default = "default_response_cache", with = "humantime_serde")]
     pub response_cache_ttl: Duration,
     /// Requests processed at once; past it new logins are shed (started ones first).
+    /// 1 to [`MAX_IN_FLIGHT`].
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// SO_RCVBUF asked of the kernel for each listener, in bytes.
@@ -226,6 +227,9 @@ fn default_response_cache() -> Duration {
 fn default_max_in_flight() -> usize {
     1024
 }
+/// The largest `radius.max_in_flight`: far beyond what one node can work on at once, and
+/// well inside what the drain and tokio's semaphore can count.
+pub const MAX_IN_FLIGHT: usize = 1_000_000;
 fn default_recv_buffer() -> usize {
     4 * 1024 * 1024
 }
@@ -846,7 +850,8 @@ pub struct PamConfig {
     /// The prompt for a code.
     #[serde(default = "default_pam_prompt")]
     pub prompt: String,
-    /// Connections served at once; past it new ones get a `busy` error frame.
+    /// Connections served at once; past it new ones get a `busy` error frame. 1 to
+    /// [`MAX_PAM_CONNECTIONS`].
     #[serde(default = "default_pam_max_connections")]
     pub max_connections: usize,
 }
@@ -866,6 +871,9 @@ fn default_pam_prompt() -> String {
 fn default_pam_max_connections() -> usize {
     256
 }
+/// The largest `pam.max_connections`: each one is a file descriptor and a task, and no
+/// host runs that many PAM logins at once.
+pub const MAX_PAM_CONNECTIONS: usize = 100_000;
 
 impl Default for PamConfig {
     fn default() -> Self {
@@ -1672,10 +1680,13 @@ impl Config {
                 ),
             ));
         }
-        if self.radius.max_in_flight == 0 {
+        let n = self.radius.max_in_flight;
+        if !(1..=MAX_IN_FLIGHT).contains(&n) {
             return Err(bad(
                 "radius.max_in_flight".into(),
-                "must be at least 1".into(),
+                format!(
+                    "{n} is outside 1..={MAX_IN_FLIGHT}: requests processed at once (default 1024)"
+                ),
             ));
         }
         if self.totp.window > crate::totp::MAX_WINDOW {
@@ -1751,10 +1762,13 @@ impl Config {
                     ),
                 ));
             }
-            if pam.max_connections == 0 {
+            let n = pam.max_connections;
+            if !(1..=MAX_PAM_CONNECTIONS).contains(&n) {
                 return Err(bad(
                     "pam.max_connections".into(),
-                    "must be at least 1".into(),
+                    format!(
+                        "{n} is outside 1..={MAX_PAM_CONNECTIONS}: connections served at once (default 256)"
+                    ),
                 ));
             }
         }
@@ -2222,6 +2236,49 @@ tenant = "acme"
         }
         let c = parse("[radius]\nresponse_cache_ttl = \"10s\"\n").unwrap();
         assert_eq!(c.radius.response_cache_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn max_in_flight_and_pam_max_connections_are_bounded() {
+        let c = parse("[pam]\n").unwrap();
+        assert_eq!(c.radius.max_in_flight, 1024);
+        assert_eq!(c.pam.as_ref().unwrap().max_connections, 256);
+        let c = parse(&format!(
+            "[radius]\nmax_in_flight = {MAX_IN_FLIGHT}\n[pam]\nmax_connections = {MAX_PAM_CONNECTIONS}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.radius.max_in_flight, MAX_IN_FLIGHT);
+        assert_eq!(c.pam.unwrap().max_connections, MAX_PAM_CONNECTIONS);
+        // Past tokio's Semaphore::MAX_PERMITS (usize::MAX >> 3) the server would panic at
+        // start; past u32::MAX the drain could not count them.
+        let huge = usize::MAX >> 3;
+        for (n, want) in [
+            ("0", "0 is outside 1..=1000000"),
+            ("1000001", "1000001 is outside 1..=1000000"),
+            ("4294967296", "4294967296 is outside 1..=1000000"),
+            (&huge.to_string(), "is outside 1..=1000000"),
+        ] {
+            let e = parse(&format!("[radius]\nmax_in_flight = {n}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("radius.max_in_flight") && e.contains(want),
+                "{n}: {e}"
+            );
+        }
+        for (n, want) in [
+            ("0", "0 is outside 1..=100000"),
+            ("100001", "100001 is outside 1..=100000"),
+            (&huge.to_string(), "is outside 1..=100000"),
+        ] {
+            let e = parse(&format!("[pam]\nmax_connections = {n}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("pam.max_connections") && e.contains(want),
+                "{n}: {e}"
+            );
+        }
     }
 
     #[test]

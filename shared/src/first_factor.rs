@@ -300,6 +300,7 @@ mod tests {
             disabled: false,
             created_at: 0,
             attributes: Default::default(),
+            session_epoch: 0,
         }
     }
 

@@ -33,6 +33,10 @@ pub struct User {
     pub created_at: UnixTime,
     /// Free-form attributes policy rules can test (`use_mfa = "false"`), set by admins.
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// The generation of the user's web sessions: a `/my/` session issued under another
+    /// value is over ([`crate::store::Store::raise_session_epoch`]).
+    #[serde(skip)]
+    pub session_epoch: i64,
 }
 
 impl std::fmt::Debug for User {

@@ -28,6 +28,7 @@ pub fn run_all(s: &dyn Store) {
     remembered_sources_expire_and_can_be_forgotten(s);
     push_decisions_are_made_once(s);
     user_attributes_are_set_and_removed(s);
+    session_epochs_are_raised_by_what_ends_web_sessions(s);
     admin_tokens_are_listed_per_tenant_and_revoked_once(s);
     pam_hosts_are_per_tenant_and_revocable(s);
     import_is_all_or_nothing(s);
@@ -277,6 +278,62 @@ fn user_attributes_are_set_and_removed(s: &dyn Store) {
         s.set_user_attribute(987_654, "k", Some("v")),
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// The user's `session_epoch` (web sessions issued under an older one are over): raised
+/// by one by `raise_session_epoch`, by setting a password, by disabling (not enabling)
+/// and by an import that sets a password or disables; read by every way of reading a user.
+fn session_epochs_are_raised_by_what_ends_web_sessions(s: &dyn Store) {
+    let t = tenant(s, "suite-epoch");
+    let u = user(s, &t, "eve");
+    let other = user(s, &t, "other");
+    let epoch = |name: &str| {
+        let by_name = s.user_by_name(t.id, name).unwrap().unwrap().session_epoch;
+        let (with, _) = s.user_with_factors(t.id, name).unwrap().unwrap();
+        let listed = s.list_users(t.id).unwrap();
+        let listed = listed.iter().find(|x| x.name == name).unwrap();
+        assert_eq!(with.session_epoch, by_name, "user_with_factors");
+        assert_eq!(listed.session_epoch, by_name, "list_users");
+        by_name
+    };
+    assert_eq!(u.session_epoch, 0, "a new user");
+    assert_eq!(epoch("eve"), 0);
+    s.add_factor(&factor("fac-epoch-1", u.id)).unwrap();
+    assert!(s.raise_session_epoch(u.id).unwrap());
+    assert_eq!(epoch("eve"), 1);
+    assert!(s.raise_session_epoch(u.id).unwrap());
+    assert_eq!(epoch("eve"), 2);
+    assert!(!s.raise_session_epoch(987_654).unwrap(), "no such user");
+    s.set_password_hash(u.id, Some("$6$salt$z")).unwrap();
+    assert_eq!(epoch("eve"), 3, "password set");
+    s.set_password_hash(u.id, None).unwrap();
+    assert_eq!(epoch("eve"), 4, "password removed");
+    s.set_user_disabled(u.id, true).unwrap();
+    assert_eq!(epoch("eve"), 5, "disabled");
+    s.set_user_disabled(u.id, false).unwrap();
+    assert_eq!(epoch("eve"), 5, "enabling ends nothing");
+    s.set_user_attribute(u.id, "dept", Some("ops")).unwrap();
+    s.set_directory_info(u.id, Some("eve@example.org"), None, &[])
+        .unwrap();
+    assert_eq!(epoch("eve"), 5, "other changes end nothing");
+    let update = |password_hash: Option<&str>, disabled: Option<bool>| ImportUser::Update {
+        user: u.id,
+        email: None,
+        phone: None,
+        groups: None,
+        password_hash: password_hash.map(str::to_string),
+        disabled,
+    };
+    s.import_users(&[update(None, None)], 100).unwrap();
+    s.import_users(&[update(None, Some(false))], 100).unwrap();
+    assert_eq!(epoch("eve"), 5, "an import that sets neither");
+    s.import_users(&[update(Some("$6$salt$w"), None)], 100)
+        .unwrap();
+    assert_eq!(epoch("eve"), 6, "an imported password");
+    s.import_users(&[update(None, Some(true))], 100).unwrap();
+    assert_eq!(epoch("eve"), 7, "disabled by an import");
+    assert_eq!(epoch("other"), 0, "only the user's own");
+    assert_eq!(other.session_epoch, 0);
 }
 
 fn push_decisions_are_made_once(s: &dyn Store) {

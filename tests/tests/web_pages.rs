@@ -593,6 +593,128 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     assert!(r.body.contains("id=\"login\""), "{}", r.body);
 }
 
+/// A self-service session ends when the account's factors are taken away by an
+/// administrator (CLI `factor remove`, "Reset factors" on the admin pages), its password is
+/// set, or it is disabled: the signed cookie carries the user's session epoch, which these
+/// raise, so its GET is sent to sign in again and its POSTs change nothing. Others'
+/// sessions, and new sign-ins, go on.
+#[test]
+fn ending_the_factors_or_the_password_ends_self_service_sessions() {
+    let w = world();
+    let (helpdesk, _) = add_token(&w, "helpdesk", "desk");
+    struct Signed {
+        user: &'static str,
+        session: String,
+        csrf: String,
+        secret: String,
+    }
+    let mut signed = Vec::new();
+    for user in ["alice", "bob", "carol", "erin", "dave"] {
+        let secret = portcullis_tests::random_base32_secret();
+        w.env.add_user("acme", user, &format!("pw-{user}"));
+        w.env.enroll_totp("acme", user, Some(&secret));
+        let r = my_login(
+            &w,
+            user,
+            &format!("pw-{user}"),
+            &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
+        );
+        assert_eq!(r.status, 303, "{user}: {}", r.body);
+        let session = cookie_pair(&set_cookie(&r, "pc_my").expect("session cookie"));
+        let home = w.get("/my/", &[("Cookie", &session)]);
+        assert!(
+            home.body.contains(&format!("id=\"user\">{user}<")),
+            "{}",
+            home.body
+        );
+        let csrf = hidden(&home.body, "csrf");
+        signed.push(Signed {
+            user,
+            session,
+            csrf,
+            secret,
+        });
+    }
+
+    // alice: her only factor removed with the CLI (all she had: a reset).
+    let factor = w.factors("alice")[0]["factor_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.env
+        .cli_ok(&["factor", "remove", "--tenant", "acme", "alice", &factor]);
+    // bob: a new password.
+    w.env.cli_stdin_ok(
+        &[
+            "user",
+            "set-password",
+            "--tenant",
+            "acme",
+            "bob",
+            "--password-stdin",
+        ],
+        "pw-bob-2\n",
+    );
+    // carol: "Reset factors" on the admin pages.
+    let a = admin_login(&w, &helpdesk);
+    let users = w.get("/admin/t/acme/", &[("Cookie", &a)]);
+    let r = w.post(
+        "/admin/t/acme/reset",
+        &a,
+        &format!("csrf={}&user=carol", enc(&hidden(&users.body, "csrf"))),
+    );
+    assert!(r.body.contains("1 factors of carol removed"), "{}", r.body);
+    // erin: disabled and enabled again.
+    w.env
+        .cli_ok(&["user", "disable", "--tenant", "acme", "erin"]);
+    w.env
+        .cli_ok(&["user", "enable", "--tenant", "acme", "erin"]);
+
+    for s in &signed[..4] {
+        let before = w.factors(s.user).len();
+        let r = w.get("/my/", &[("Cookie", &s.session)]);
+        assert_eq!(
+            r.status, 303,
+            "{}: the old session is refused: {}",
+            s.user, r.body
+        );
+        assert_eq!(r.header("location"), Some("/my/"), "{}", s.user);
+        assert!(
+            set_cookie(&r, "pc_my").unwrap().contains("Max-Age=0"),
+            "{}",
+            s.user
+        );
+        for path in ["/my/enroll", "/my/recovery"] {
+            let r = w.post(path, &s.session, &format!("csrf={}", enc(&s.csrf)));
+            assert_eq!(r.status, 303, "{} {path}: {}", s.user, r.body);
+            assert_eq!(r.header("location"), Some("/my/"), "{} {path}", s.user);
+        }
+        assert_eq!(
+            w.factors(s.user).len(),
+            before,
+            "{}: no factor added by an ended session",
+            s.user
+        );
+    }
+    // dave's session goes on.
+    let dave = &signed[4];
+    let r = w.get("/my/", &[("Cookie", &dave.session)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("id=\"user\">dave<"), "{}", r.body);
+    // A new sign-in, after the change, is a session again.
+    let bob = &signed[1];
+    let r = my_login(
+        &w,
+        "bob",
+        "pw-bob-2",
+        &oathtool_totp(&bob.secret, 6, Algorithm::Sha1, 1),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let session = cookie_pair(&set_cookie(&r, "pc_my").expect("session cookie"));
+    let r = w.get("/my/", &[("Cookie", &session)]);
+    assert!(r.body.contains("id=\"user\">bob<"), "{}", r.body);
+}
+
 #[test]
 fn push_notifications_are_added_on_the_self_service_page_in_chromium() {
     let ca_dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,8 @@
 //! - at most [`MAX_CONNECTIONS`] connections at once, and [`MAX_PER_ADDRESS`] from one
 //!   address (an IPv6 one counts for its /64; `trusted_proxies` only count to the total):
 //!   more are closed as soon as they are accepted (over TLS, before the handshake);
+//! - over TLS, at most [`MAX_HANDSHAKES_PER_ADDRESS`] handshakes in progress from one
+//!   address (counted as above): more connections from it are closed at once;
 //! - a request's head must have arrived within [`HEAD_TIMEOUT`] of the connection's start
 //!   or of the previous answer (which also ends idle keep-alive connections);
 //! - its body (at most [`MAX_BUFFERED_BODY`] bytes are read; every route takes far less)
@@ -44,6 +46,10 @@ use tokio::time::{Instant, Sleep};
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections open at once from one address (an IPv6 /64), unless it is a trusted proxy.
 pub const MAX_PER_ADDRESS: usize = 128;
+/// TLS handshakes in progress at once from one address (an IPv6 /64), unless it is a
+/// trusted proxy: the listener has 256 handshake slots in all, each held up to 10 s, and
+/// one address must not take them.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// Time for a request's head, from the connection's start or the previous answer.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for a request's body, from the end of its head.
@@ -65,6 +71,8 @@ pub struct Limits {
 struct Open {
     total: usize,
     by_address: HashMap<IpAddr, usize>,
+    /// TLS handshakes in progress by address (trusted proxies are not counted).
+    handshakes: HashMap<IpAddr, usize>,
     /// When a refusal was last logged (one line per ten seconds at most).
     last_warned: Option<Instant>,
 }
@@ -131,6 +139,66 @@ impl Limits {
     fn open_now(&self) -> (usize, usize) {
         let open = self.lock();
         (open.total, open.by_address.len())
+    }
+
+    #[cfg(test)]
+    fn handshakes_now(&self) -> usize {
+        self.lock().handshakes.values().sum()
+    }
+}
+
+impl Permit {
+    /// A place for the TLS handshake of this connection, or None when its address (as
+    /// counted by [`Limits::admit`]) already has [`MAX_HANDSHAKES_PER_ADDRESS`] handshakes
+    /// in progress (the connection is to be closed). A trusted proxy always gets one.
+    pub fn handshake(&self) -> Option<Handshake> {
+        let Some(key) = self.key else {
+            return Some(Handshake {
+                limits: self.limits.clone(),
+                key: None,
+            });
+        };
+        let mut open = self.limits.lock();
+        let n = open.handshakes.get(&key).copied().unwrap_or(0);
+        if n >= MAX_HANDSHAKES_PER_ADDRESS {
+            let now = Instant::now();
+            if open
+                .last_warned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            {
+                open.last_warned = Some(now);
+                tracing::warn!(peer = %key, max_per_address = MAX_HANDSHAKES_PER_ADDRESS,
+                    "too many TLS handshakes in progress from one address: new connections are closed at once (logged once per 10 s)");
+            }
+            return None;
+        }
+        open.handshakes.insert(key, n + 1);
+        Some(Handshake {
+            limits: self.limits.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+/// One TLS handshake in progress; given back when dropped (handshake done, failed or timed
+/// out).
+pub struct Handshake {
+    limits: Arc<Limits>,
+    key: Option<IpAddr>,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let Some(k) = self.key else {
+            return;
+        };
+        let mut open = self.limits.lock();
+        if let Some(n) = open.handshakes.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.handshakes.remove(&k);
+            }
+        }
     }
 }
 
@@ -492,6 +560,36 @@ mod tests {
             .collect();
         assert!(l.admit("203.0.113.1".parse().unwrap()).is_none());
         drop(all);
+    }
+
+    #[test]
+    fn handshakes_are_bounded_per_address_and_given_back() {
+        let proxy: IpNet = "192.0.2.80/32".parse().unwrap();
+        let l = Limits::new(&[proxy]);
+        let conns: Vec<Permit> = (0..MAX_HANDSHAKES_PER_ADDRESS + 1)
+            .map(|i| {
+                l.admit(format!("2001:db8::{i:x}").parse().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let held: Vec<Handshake> = conns[..MAX_HANDSHAKES_PER_ADDRESS]
+            .iter()
+            .map(|p| p.handshake().unwrap())
+            .collect();
+        // The same /64: refused; another /64, and the trusted proxy, are not.
+        assert!(conns[MAX_HANDSHAKES_PER_ADDRESS].handshake().is_none());
+        let other = l.admit("2001:db8:0:1::1".parse().unwrap()).unwrap();
+        assert!(other.handshake().is_some());
+        let proxied: Vec<Permit> = (0..MAX_HANDSHAKES_PER_ADDRESS + 5)
+            .map(|_| l.admit("192.0.2.80".parse().unwrap()).unwrap())
+            .collect();
+        let proxied_hs: Vec<Handshake> = proxied.iter().map(|p| p.handshake().unwrap()).collect();
+        drop(proxied_hs);
+        assert_eq!(l.handshakes_now(), MAX_HANDSHAKES_PER_ADDRESS);
+        // A handshake that ends gives its place back.
+        drop(held);
+        assert_eq!(l.handshakes_now(), 0);
+        assert!(conns[MAX_HANDSHAKES_PER_ADDRESS].handshake().is_some());
     }
 
     #[tokio::test]

@@ -24,7 +24,10 @@ use super::limits::{Guarded, Limits};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait in the kernel's backlog.
+/// Handshakes in progress at once; more connections wait in the kernel's backlog. One
+/// address (an IPv6 /64) has at most
+/// [`MAX_HANDSHAKES_PER_ADDRESS`](super::limits::MAX_HANDSHAKES_PER_ADDRESS) of them: more
+/// connections from it are closed at once.
 const MAX_HANDSHAKES: usize = 256;
 
 /// The server config from the PEM files named by `http.tls_cert` and `http.tls_key`.
@@ -136,10 +139,17 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        // One address with as many handshakes under way as it may have: closed too, so
+        // that a few addresses cannot hold every handshake slot.
+        let Some(handshake) = place.handshake() else {
+            drop(tcp);
+            continue;
+        };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
+                    drop(handshake);
                     drop(permit);
                     let _ = tx.send((Guarded::new(tls, place), peer)).await;
                 }

@@ -57,7 +57,7 @@ pub fn enroll_and_send(
         _ => None,
     };
     let not_sent = |reason: String| {
-        if let Err(e) = admin.remove_factor(tenant, user, &factor.factor_id) {
+        if let Err(e) = admin.remove_own_factor(tenant, user, &factor.factor_id) {
             tracing::error!(error = %e, tenant, user, factor = %factor.factor_id,
                 "cannot remove a push factor whose code was not sent");
         }

@@ -99,10 +99,12 @@ impl Admin {
             })
     }
 
-    /// Reset a user who lost everything: every factor and every recovery code is removed;
-    /// returns how many factors there were.
+    /// Reset a user who lost everything: every factor and every recovery code is removed,
+    /// and every web (`/my/`) session of the user ends (first, so that no session goes on
+    /// to add a factor once the reset is done); returns how many factors there were.
     pub fn reset_factors(&self, tenant: &str, name: &str) -> Result<usize, AdminError> {
         let (_, u) = self.user(tenant, name)?;
+        self.store.raise_session_epoch(u.id)?;
         let mut removed = 0;
         for f in self.store.factors_of(u.id)? {
             if self.store.remove_factor(u.id, &f.id)? {

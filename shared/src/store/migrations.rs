@@ -252,6 +252,16 @@ DROP TABLE used_otps;
 ALTER TABLE used_otps_by_expiry RENAME TO used_otps;
 "#,
     ),
+    (
+        13,
+        // The generation of a user's web (`/my/`) sessions: a session cookie carries the
+        // value it was issued under and is refused once it changed. Raised when the user's
+        // factors are reset or removed by an administrator, the password is set and the
+        // user is disabled.
+        r#"
+ALTER TABLE users ADD COLUMN session_epoch BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
 ];
 
 /// One line for the migrations an open applied (each step is logged at debug): a first

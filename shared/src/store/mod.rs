@@ -174,8 +174,15 @@ pub trait Store: Send + Sync + 'static {
     /// The names of all the tenant's users, in order (a full scan: for first logins of
     /// directory users only, who are compared by a fold the database cannot do).
     fn user_names(&self, tenant: TenantId) -> StoreResult<Vec<String>>;
+    /// Disabling a user also raises their session epoch ([`Store::raise_session_epoch`]);
+    /// enabling does not.
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()>;
+    /// Sets (or removes) the password; also raises the session epoch.
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()>;
+    /// Raises the user's `session_epoch` by one, in one statement: every web session issued
+    /// before is over. False if there is no such user. Setting a password, disabling the
+    /// user and an import that sets either raise it too.
+    fn raise_session_epoch(&self, user: UserId) -> StoreResult<bool>;
     /// Sets (`Some`) or removes (`None`) one of the user's attributes.
     fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()>;
     /// What the first-factor backend's directory says about the user (LDAP groups, mail, mobile).

@@ -765,7 +765,7 @@ fn tenant_from_row(r: &Row) -> StoreResult<Tenant> {
 }
 
 const USER_COLS: &str =
-    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json";
+    "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json, session_epoch";
 
 /// A JSON column of a user row. Unreadable is an error, not "none": the user's groups
 /// choose their policy, and a user whose groups were lost must not fall to the default.
@@ -788,6 +788,7 @@ fn user_from_row(r: &Row) -> StoreResult<User> {
         disabled: r.col::<i64>(7)? != 0,
         created_at: r.col(8)?,
         attributes: user_json(&attrs, "attributes_json")?,
+        session_epoch: r.col(10)?,
     })
 }
 
@@ -998,6 +999,7 @@ impl Store for PgStore {
                 disabled: false,
                 created_at: now,
                 attributes: Default::default(),
+                session_epoch: 0,
             }),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
                 what: "user",
@@ -1039,7 +1041,9 @@ impl Store for PgStore {
 
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()> {
         self.execute(
-            "UPDATE users SET disabled = $2 WHERE id = $1",
+            "UPDATE users SET disabled = $2::BIGINT,
+                    session_epoch = session_epoch + CASE WHEN $2::BIGINT <> 0 THEN 1 ELSE 0 END
+             WHERE id = $1",
             &[&user, &(disabled as i64)],
         )
         .map(|_| ())
@@ -1047,10 +1051,19 @@ impl Store for PgStore {
 
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()> {
         self.execute(
-            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            "UPDATE users SET password_hash = $2, session_epoch = session_epoch + 1
+             WHERE id = $1",
             &[&user, &hash],
         )
         .map(|_| ())
+    }
+
+    fn raise_session_epoch(&self, user: UserId) -> StoreResult<bool> {
+        self.execute(
+            "UPDATE users SET session_epoch = session_epoch + 1 WHERE id = $1",
+            &[&user],
+        )
+        .map(|n| n == 1)
     }
 
     fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()> {
@@ -1968,7 +1981,9 @@ impl Store for PgStore {
                            phone = CASE WHEN $4::BOOLEAN THEN $5::TEXT ELSE phone END,
                            groups_json = COALESCE($6::TEXT, groups_json),
                            password_hash = COALESCE($7::TEXT, password_hash),
-                           disabled = COALESCE($8::BIGINT, disabled)
+                           disabled = COALESCE($8::BIGINT, disabled),
+                           session_epoch = session_epoch
+                               + CASE WHEN $7::TEXT IS NOT NULL OR $8::BIGINT = 1 THEN 1 ELSE 0 END
                          WHERE id = $1",
                         &[
                             user,

@@ -479,7 +479,7 @@ fn insert_audit(conn: &Connection, a: &AuditRecord) -> StoreResult<()> {
 /// that use them are literals: no `format!` per login).
 macro_rules! user_cols {
     () => {
-        "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json"
+        "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json, session_epoch"
     };
 }
 
@@ -532,6 +532,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
         disabled: r.get::<_, i64>(7)? != 0,
         created_at: r.get(8)?,
         attributes: user_json(r, 9)?,
+        session_epoch: r.get(10)?,
     })
 }
 
@@ -754,6 +755,7 @@ impl Store for SqliteStore {
                 disabled: false,
                 created_at: now,
                 attributes: Default::default(),
+                session_epoch: 0,
             }),
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
                 what: "user",
@@ -808,7 +810,9 @@ impl Store for SqliteStore {
     fn set_user_disabled(&self, user: UserId, disabled: bool) -> StoreResult<()> {
         self.lock()
             .execute(
-                "UPDATE users SET disabled = ?2 WHERE id = ?1",
+                "UPDATE users SET disabled = ?2,
+                        session_epoch = session_epoch + CASE WHEN ?2 <> 0 THEN 1 ELSE 0 END
+                 WHERE id = ?1",
                 params![user, disabled as i64],
             )
             .map(|_| ())
@@ -818,10 +822,21 @@ impl Store for SqliteStore {
     fn set_password_hash(&self, user: UserId, hash: Option<&str>) -> StoreResult<()> {
         self.lock()
             .execute(
-                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                "UPDATE users SET password_hash = ?2, session_epoch = session_epoch + 1
+                 WHERE id = ?1",
                 params![user, hash],
             )
             .map(|_| ())
+            .map_err(db)
+    }
+
+    fn raise_session_epoch(&self, user: UserId) -> StoreResult<bool> {
+        self.lock()
+            .execute(
+                "UPDATE users SET session_epoch = session_epoch + 1 WHERE id = ?1",
+                params![user],
+            )
+            .map(|n| n == 1)
             .map_err(db)
     }
 
@@ -1980,7 +1995,9 @@ impl Store for SqliteStore {
                                    phone = CASE WHEN ?4 THEN ?5 ELSE phone END,
                                    groups_json = COALESCE(?6, groups_json),
                                    password_hash = COALESCE(?7, password_hash),
-                                   disabled = COALESCE(?8, disabled)
+                                   disabled = COALESCE(?8, disabled),
+                                   session_epoch = session_epoch
+                                       + CASE WHEN ?7 IS NOT NULL OR ?8 = 1 THEN 1 ELSE 0 END
                                  WHERE id = ?1",
                                     params![
                                         user,

@@ -270,7 +270,7 @@ async fn enroll_sent(
         let to = match &sent {
             Ok(SendOutcome::Sent { to, .. }) => to.clone(),
             _ => {
-                if let Err(e) = a.remove_factor(&tenant, &user, &f.factor_id) {
+                if let Err(e) = a.remove_own_factor(&tenant, &user, &f.factor_id) {
                     tracing::error!(error = %e, factor = %f.factor_id,
                         "cannot remove a factor whose confirmation code was not sent");
                 }

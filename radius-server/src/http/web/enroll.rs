@@ -51,7 +51,7 @@ async fn open(
         if !engine.attach_enrollment_factor(&link, &t.factor_id)? {
             admin
                 .admin
-                .remove_factor(&link.tenant, &link.username, &t.factor_id)?;
+                .remove_own_factor(&link.tenant, &link.username, &t.factor_id)?;
             return Ok(Opened::Invalid);
         }
         let actor = Actor {

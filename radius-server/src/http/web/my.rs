@@ -191,10 +191,26 @@ async fn login(
     let e = engine.clone();
     let (t, u) = (tenant.clone(), username.clone());
     let source = peer(&ext, &headers, &state.trusted_proxies);
-    let result = blocking(move || web_login(&e, &t, &u, &source, &password, &code)).await;
+    let result = blocking(move || {
+        // The user as they are before the login is checked: a session epoch raised while
+        // it runs (factors reset, password set) ends this session too. A directory user's
+        // first login makes their row, so it is read after the login then.
+        let before = stored_user(&e, &t, &u);
+        web_login(&e, &t, &u, &source, &password, &code)?;
+        match before {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => match stored_user(&e, &t, &u) {
+                Ok(Some(user)) => Ok(user),
+                Ok(None) => Err("This account no longer exists; ask your administrator.".into()),
+                Err(m) => Err(m),
+            },
+            Err(m) => Err(m),
+        }
+    })
+    .await;
     match result {
-        Some(Ok(())) => {
-            let value = sign.issue(Kind::My, &tenant, &username, engine.now());
+        Some(Ok(user)) => {
+            let value = sign.issue_my(&tenant, &user, engine.now());
             let r = see_other("/my/");
             let r = with_cookie(
                 r,
@@ -205,6 +221,25 @@ async fn login(
         Some(Err(message)) => login_page(&engine, &tenant, &message, StatusCode::UNAUTHORIZED),
         None => internal(),
     }
+}
+
+/// The stored user `username` of `tenant`, if any; `Err` is what the user may see.
+fn stored_user(
+    engine: &Engine,
+    tenant: &str,
+    username: &str,
+) -> Result<Option<portcullis_core::model::User>, String> {
+    let read = || -> Result<_, StoreError> {
+        let store = engine.store();
+        match store.tenant_by_name(tenant)? {
+            Some(t) => store.user_by_name(t.id, username),
+            None => Ok(None),
+        }
+    };
+    read().map_err(|e| {
+        tracing::error!(error = %e, "self-service login: store error");
+        "The service failed; try again.".to_string()
+    })
 }
 
 /// Password then code through the Engine (policy client `web`); Ok only after a second
@@ -309,17 +344,19 @@ impl FromRequest<HttpState> for Posted {
             .map_err(IntoResponse::into_response)?;
         let (s, value, form) = authorize(&state.radius.engine, &headers, &body).map_err(|r| *r)?;
         // The cookie proves who signed in, not that they still may: a user disabled (or
-        // deleted) since then changes nothing more, as the dashboard already refuses them.
+        // deleted, or made again) since then, or whose sessions were ended (factors reset,
+        // password set: a raised session epoch), changes nothing more, as the dashboard
+        // already refuses them.
         let engine = state.radius.engine.clone();
-        let (tenant, subject) = (s.tenant.clone(), s.subject.clone());
+        let s2 = s.clone();
         let enabled = blocking(move || -> Result<bool, StoreError> {
             let store = engine.store();
-            let Some(t) = store.tenant_by_name(&tenant)? else {
+            let Some(t) = store.tenant_by_name(&s2.tenant)? else {
                 return Ok(false);
             };
             Ok(store
-                .user_by_name(t.id, &subject)?
-                .is_some_and(|u| !u.disabled))
+                .user_by_name(t.id, &s2.subject)?
+                .is_some_and(|u| !u.disabled && s2.still_of(&u)))
         })
         .await;
         match enabled {
@@ -408,7 +445,7 @@ async fn remove(State(state): State<HttpState>, Posted { s, value, form }: Poste
         if f.state == "confirmed" && confirmed <= 1 {
             return Ok(Err("This is your last confirmed factor: add another one before removing it (or ask your administrator).".into()));
         }
-        admin.admin.remove_factor(&s2.tenant, &s2.subject, &factor)?;
+        admin.admin.remove_own_factor(&s2.tenant, &s2.subject, &factor)?;
         audit(&admin.admin, &s2, "factor.remove", &format!("factor {factor}"));
         Ok(Ok(()))
     })
@@ -489,7 +526,8 @@ async fn dashboard(state: &HttpState, s: &Session, value: &str, message: &str) -
     let s2 = s.clone();
     let details = blocking(move || admin.admin.show_user(&s2.tenant, &s2.subject)).await;
     let d = match details {
-        Some(Ok(d)) if !d.user.disabled => d,
+        // Disabled, or the session was ended (see `Posted`): signed out.
+        Some(Ok(d)) if !d.user.disabled && s.still_of(&d.user) => d,
         Some(Ok(_)) | Some(Err(AdminError::NoUser { .. })) | Some(Err(AdminError::NoTenant(_))) => {
             return with_cookie(
                 see_other("/my/"),

@@ -6,6 +6,7 @@
 
 use axum::http::{header, HeaderMap};
 use hmac::{Hmac, Mac};
+use portcullis_core::model::User;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -27,6 +28,28 @@ pub enum Kind {
     Admin,
 }
 
+/// Which user, exactly, a self-service session was issued to: the row's id and creation
+/// time (a user deleted and made again under the same name is someone else) and the
+/// user's `session_epoch` then. The pages compare it with the user as stored on every
+/// request (the read they already make), so raising the epoch (factors reset or removed
+/// by an administrator, password set, user disabled) ends every session issued before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBinding {
+    pub id: i64,
+    pub created_at: i64,
+    pub epoch: i64,
+}
+
+impl UserBinding {
+    pub fn of(u: &User) -> Self {
+        Self {
+            id: u.id,
+            created_at: u.created_at,
+            epoch: u.session_epoch,
+        }
+    }
+}
+
 /// A verified session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -35,6 +58,18 @@ pub struct Session {
     pub subject: String,
     pub expires_at: i64,
     nonce: String,
+    /// For [`Kind::My`]: the user it was issued to ([`Session::still_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<UserBinding>,
+}
+
+impl Session {
+    /// Whether this session may still act for `u` as stored now: issued to this very user
+    /// under its current session epoch. A session without a binding (Pre, Admin, or a
+    /// cookie from before bindings) is no one's.
+    pub fn still_of(&self, u: &User) -> bool {
+        self.user.is_some_and(|b| b == UserBinding::of(u))
+    }
 }
 
 /// Signs and checks session values.
@@ -56,8 +91,24 @@ impl Signer {
         Self { key }
     }
 
-    /// A new session's cookie value.
+    /// A new session's cookie value (a login form's, or the admin pages').
     pub fn issue(&self, kind: Kind, tenant: &str, subject: &str, now: i64) -> String {
+        self.issue_bound(kind, tenant, subject, None, now)
+    }
+
+    /// A new self-service session of user `u` of `tenant`, bound to it as it is now.
+    pub fn issue_my(&self, tenant: &str, u: &User, now: i64) -> String {
+        self.issue_bound(Kind::My, tenant, &u.name, Some(UserBinding::of(u)), now)
+    }
+
+    fn issue_bound(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        subject: &str,
+        user: Option<UserBinding>,
+        now: i64,
+    ) -> String {
         let mut nonce = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let s = Session {
@@ -66,6 +117,7 @@ impl Signer {
             subject: subject.to_string(),
             expires_at: now + SESSION_TTL,
             nonce: data_encoding::HEXLOWER.encode(&nonce),
+            user,
         };
         let payload = data_encoding::BASE64URL_NOPAD
             .encode(serde_json::to_string(&s).unwrap_or_default().as_bytes());
@@ -173,6 +225,38 @@ mod tests {
         assert!(s.verify(payload, Kind::My, 1000).is_none());
         assert!(s.verify("", Kind::My, 1000).is_none());
         assert!(s.verify("a.b.c", Kind::My, 1000).is_none());
+    }
+
+    fn user(id: i64, created_at: i64, epoch: i64) -> User {
+        User {
+            id,
+            tenant_id: 1,
+            name: "alice".into(),
+            password_hash: None,
+            email: None,
+            phone: None,
+            groups: Vec::new(),
+            disabled: false,
+            created_at,
+            attributes: Default::default(),
+            session_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn a_my_session_is_only_of_the_user_and_epoch_it_was_issued_to() {
+        let s = signer(1);
+        let u = user(7, 500, 3);
+        let v = s.issue_my("acme", &u, 1000);
+        let got = s.verify(&v, Kind::My, 1000).unwrap();
+        assert_eq!(got.subject, "alice");
+        assert!(got.still_of(&u));
+        assert!(!got.still_of(&user(7, 500, 4)), "epoch raised");
+        assert!(!got.still_of(&user(8, 500, 3)), "another row");
+        assert!(!got.still_of(&user(7, 501, 3)), "made again");
+        // Sessions without a binding are no one's.
+        let plain = s.issue(Kind::My, "acme", "alice", 1000);
+        assert!(!s.verify(&plain, Kind::My, 1000).unwrap().still_of(&u));
     }
 
     #[test]
