@@ -79,9 +79,14 @@ impl LoginBatcher {
         let (jobs, queue) = mpsc::channel();
         let counts = Arc::new(BatchCounts::default());
         let counting = counts.clone();
+        // The thread logs where its starter logs (the global subscriber in the daemon; a
+        // scoped one in tests).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
             .name("login-batch".into())
-            .spawn(move || run(&engine, &queue, &counting))?;
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || run(&engine, &queue, &counting))
+            })?;
         Ok(Some(Self {
             jobs: Some(jobs),
             thread: Some(thread),

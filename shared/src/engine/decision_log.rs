@@ -103,14 +103,14 @@ fn write(record: &AuditRecord) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::AuditResult;
     use std::sync::{Arc, Mutex};
 
     /// Collects the `user` field of every `login decision` event.
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<String>>>);
+    pub(crate) struct Lines(pub(crate) Arc<Mutex<Vec<String>>>);
 
     impl tracing::Subscriber for Lines {
         fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {

@@ -1623,6 +1623,8 @@ mod batch {
 
     #[test]
     fn a_batched_decision_hands_its_log_line_out_with_it() {
+        let lines = crate::engine::decision_log::tests::Lines::default();
+        let _scope = tracing::subscriber::set_default(lines.clone());
         let w = world();
         let engine = Arc::new(w.engine);
         let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
@@ -1635,14 +1637,19 @@ mod batch {
             );
         }
         drop(tx);
-        for b in rx.iter() {
+        let outcomes: Vec<Batched> = rx.iter().collect();
+        // Decided and committed, but no line written yet: the receiver writes it, off the
+        // batch thread, by dropping what came with the decision.
+        assert!(lines.0.lock().unwrap().is_empty());
+        for b in outcomes {
             let Batched::Decided(step, log) = b else {
                 panic!("handed back")
             };
             assert!(step.is_ok());
-            // The line is held, not yet written: the receiver writes it off the batch thread.
             assert_eq!(log.len(), 1);
+            drop(log);
         }
+        assert_eq!(*lines.0.lock().unwrap(), ["alice", "alice"]);
     }
 
     #[test]
