@@ -6,7 +6,7 @@
 //! | `portcullis_radius_requests_total` | `client`, `code` (access_request, status_server), `result` (accept, reject, challenge) |
 //! | `portcullis_radius_cached_replies_total` | |
 //! | `portcullis_radius_accounting_responses_total` | |
-//! | `portcullis_radius_dropped_total` | `reason` (every packet class, unknown_client, duplicate_in_progress, shed_overload) |
+//! | `portcullis_radius_dropped_total` | `reason` (every packet class, unknown_client, duplicate_in_progress, shed_overload; cache_evicted_source_limit and cache_evicted_cache_limit count response-cache entries evicted, not datagrams) |
 //! | `portcullis_radius_in_flight` | |
 //! | `portcullis_radius_request_duration_seconds` | histogram |
 //! | `portcullis_config_reloads_total` | `result` (ok, error) |
@@ -121,7 +121,7 @@ fn write_all(
 
     writeln!(
         out,
-        "# HELP portcullis_radius_dropped_total RADIUS datagrams dropped without an answer, by reason."
+        "# HELP portcullis_radius_dropped_total RADIUS datagrams dropped without an answer, by reason (cache_evicted_*: response-cache entries evicted at a bound)."
     )?;
     writeln!(out, "# TYPE portcullis_radius_dropped_total counter")?;
     for (reason, n) in m.drop_counts() {

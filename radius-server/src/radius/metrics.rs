@@ -12,6 +12,11 @@ pub enum DropCause {
     UnknownClient,
     Duplicate,
     Shed,
+    /// An answered entry of the response cache forgotten for its source address's bound
+    /// (not a datagram: a retransmission of its request would be processed afresh).
+    CacheSourceLimit,
+    /// An answered entry of the response cache forgotten for the cache's total bound.
+    CacheLimit,
 }
 
 impl DropCause {
@@ -22,6 +27,8 @@ impl DropCause {
             DropCause::UnknownClient => "unknown_client",
             DropCause::Duplicate => "duplicate_in_progress",
             DropCause::Shed => "shed_overload",
+            DropCause::CacheSourceLimit => "cache_evicted_source_limit",
+            DropCause::CacheLimit => "cache_evicted_cache_limit",
         }
     }
 }
@@ -51,14 +58,21 @@ impl Metrics {
             DropCause::UnknownClient => 0,
             DropCause::Duplicate => 1,
             DropCause::Shed => 2,
-            DropCause::Packet(r) => 3 + DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            DropCause::CacheSourceLimit => 3,
+            DropCause::CacheLimit => 4,
+            DropCause::Packet(r) => 5 + DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0),
         }
     }
 
     /// Count one dropped datagram.
     pub fn count_drop(&self, d: DropCause) {
+        self.count_drops(d, 1);
+    }
+
+    /// Count `n` drops for `d`.
+    pub fn count_drops(&self, d: DropCause, n: u64) {
         if let Some(c) = self.drops.get(Self::slot(d)) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -76,6 +90,8 @@ impl Metrics {
             DropCause::UnknownClient,
             DropCause::Duplicate,
             DropCause::Shed,
+            DropCause::CacheSourceLimit,
+            DropCause::CacheLimit,
         ];
         all.extend(DropReason::ALL.iter().map(|r| DropCause::Packet(*r)));
         all.into_iter()
@@ -189,5 +205,32 @@ impl ClientCounters {
     /// Status-Server requests answered.
     pub fn status_server(&self) -> u64 {
         self.status_server.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_cause_has_its_own_counter() {
+        let m = Metrics::default();
+        let mut all = vec![
+            DropCause::UnknownClient,
+            DropCause::Duplicate,
+            DropCause::Shed,
+            DropCause::CacheSourceLimit,
+            DropCause::CacheLimit,
+        ];
+        all.extend(DropReason::ALL.iter().map(|r| DropCause::Packet(*r)));
+        for (n, d) in all.iter().enumerate() {
+            m.count_drops(*d, n as u64 + 1);
+        }
+        let counts = m.drop_counts();
+        assert_eq!(counts.len(), all.len());
+        for (n, d) in all.iter().enumerate() {
+            assert_eq!(m.dropped(*d), n as u64 + 1, "{}", d.as_str());
+            assert_eq!(counts[n], (d.as_str(), n as u64 + 1));
+        }
     }
 }

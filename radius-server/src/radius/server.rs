@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
-use super::cache::{Lookup, ResponseCache};
+use super::cache::{Evicted, Lookup, ResponseCache};
 pub use super::clients::Client;
 use super::clients::ClientTable;
 use super::metrics::{Answered, DropCause, Metrics};
@@ -43,6 +43,9 @@ pub struct RadiusContext {
     batcher: Option<(LoginBatcher, tokio::runtime::Handle)>,
     /// Requests from addresses that are no configured client, for a rate-limited warning.
     pub unknown_clients: DropWarning,
+    /// Cached replies forgotten for the response cache's total bound, for a rate-limited
+    /// warning (the per-source bound warns per client).
+    pub cache_full: DropWarning,
 }
 
 impl RadiusContext {
@@ -60,6 +63,7 @@ impl RadiusContext {
             challenge_timeout: cfg.transactions.ttl.as_secs().min(u32::MAX as u64) as u32,
             push_hub: Arc::new(PushHub::new(cfg.store.push_poll_interval)),
             unknown_clients: DropWarning::default(),
+            cache_full: DropWarning::default(),
         }
     }
 
@@ -492,7 +496,7 @@ impl Pending {
         }
         // Cache before sending: a NAS that retransmits as soon as it has the reply (or lost
         // it) must find the answer, not an in-progress entry that drops the duplicate.
-        ctx.cache.finish(
+        let evicted = ctx.cache.finish(
             listener,
             src,
             request.identifier,
@@ -500,6 +504,9 @@ impl Pending {
             bytes.clone(),
             Instant::now(),
         );
+        if evicted != Evicted::default() {
+            count_evictions(&ctx, &client, src, evicted);
+        }
         // Everything the reply stands for is recorded before it leaves: a client that
         // reads /metrics as soon as it has its answer sees this request counted, timed
         // and no longer in flight.
@@ -508,6 +515,37 @@ impl Pending {
         if let Err(e) = sock.send_to(&bytes, src).await {
             tracing::debug!(%src, error = %e, "send failed");
         }
+    }
+}
+
+/// Counts (and warns about, at most once a minute) cached replies forgotten for a bound of
+/// the response cache, to make room for the reply to `client`'s request from `src`.
+fn count_evictions(ctx: &RadiusContext, client: &Client, src: SocketAddr, evicted: Evicted) {
+    let (per_source, total) = ctx.cache.limits();
+    if evicted.source_limit > 0 {
+        ctx.metrics.count_drops(
+            DropCause::CacheSourceLimit,
+            u64::try_from(evicted.source_limit).unwrap_or(u64::MAX),
+        );
+        warnings::cache_source_full(
+            &client.warnings,
+            &client.config.name,
+            src,
+            evicted.source_limit,
+            per_source,
+        );
+    }
+    if evicted.cache_limit > 0 {
+        ctx.metrics.count_drops(
+            DropCause::CacheLimit,
+            u64::try_from(evicted.cache_limit).unwrap_or(u64::MAX),
+        );
+        warnings::cache_full(
+            &ctx.cache_full,
+            &client.config.name,
+            evicted.cache_limit,
+            total,
+        );
     }
 }
 

@@ -60,8 +60,13 @@ impl Due {
 impl DropWarning {
     /// Count one dropped request at `now`; `Some` when it is to be logged now.
     pub fn note(&self, now: Instant) -> Option<Due> {
+        self.note_many(now, 1)
+    }
+
+    /// Count `n` dropped requests at `now`; `Some` when it is to be logged now.
+    pub fn note_many(&self, now: Instant, n: u64) -> Option<Due> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.dropped = s.dropped.saturating_add(1);
+        s.dropped = s.dropped.saturating_add(n);
         let since = s.last_warned.map(|t| now.saturating_duration_since(t));
         if since.is_some_and(|d| d < WARN_INTERVAL) {
             return None;
@@ -86,6 +91,8 @@ pub struct ClientWarnings {
     /// Access-Requests without User-Password (CHAP, EAP): rejected, and from a client that
     /// needs no Message-Authenticator sendable by anyone who can use its address.
     pub no_user_password: DropWarning,
+    /// Cached replies forgotten for the bound of answered requests per source address.
+    pub cache_evictions: DropWarning,
 }
 
 /// What a request failed to verify with the client's shared secret.
@@ -121,6 +128,40 @@ pub fn no_user_password(warnings: &ClientWarnings, client: &str, src: SocketAddr
         tracing::warn!(%src, client, user,
             "Access-Request without User-Password rejected (CHAP/EAP are not supported; configure the NAS for PAP) {}",
             due.count_text(" rejected")
+        );
+    }
+}
+
+/// `n` cached replies of the client's address `src` forgotten for the per-source bound of
+/// the response cache (`limit`): a WARN at most once a minute per client.
+pub fn cache_source_full(
+    warnings: &ClientWarnings,
+    client: &str,
+    src: SocketAddr,
+    n: usize,
+    limit: usize,
+) {
+    if let Some(due) = warnings
+        .cache_evictions
+        .note_many(Instant::now(), u64::try_from(n).unwrap_or(u64::MAX))
+    {
+        tracing::warn!(
+            "client '{client}' ({}): more than {limit} answered requests from this address within response_cache_ttl: \
+             the oldest cached replies are forgotten (a retransmission of one is processed again) {}",
+            src.ip().to_canonical(),
+            due.count_text(" forgotten from the cache")
+        );
+    }
+}
+
+/// `n` cached replies forgotten for the total bound of the response cache (`limit`),
+/// making room for a reply to `client`: a WARN at most once a minute for the whole cache.
+pub fn cache_full(limiter: &DropWarning, client: &str, n: usize, limit: usize) {
+    if let Some(due) = limiter.note_many(Instant::now(), u64::try_from(n).unwrap_or(u64::MAX)) {
+        tracing::warn!(
+            "the response cache holds {limit} answered requests, its bound: the oldest cached replies \
+             are forgotten (a retransmission of one is processed again; latest for client '{client}') {}",
+            due.count_text(" forgotten from the cache")
         );
     }
 }
@@ -174,5 +215,18 @@ mod tests {
             "(60 such requests dropped since the last such warning 1m 15s ago)"
         );
         assert_eq!(w.note(t0 + Duration::from_secs(76)), None);
+    }
+
+    #[test]
+    fn many_at_once_count_as_many() {
+        let w = DropWarning::default();
+        let t0 = Instant::now();
+        assert_eq!(w.note_many(t0, 3).map(|d| d.dropped), Some(3));
+        assert_eq!(w.note_many(t0 + Duration::from_secs(1), 5), None);
+        let due = w.note_many(t0 + WARN_INTERVAL, 2).expect("a minute later");
+        assert_eq!(due.dropped, 7);
+        assert!(due
+            .count_text(" forgotten from the cache")
+            .starts_with("(7 such requests forgotten from the cache since"));
     }
 }
