@@ -20,6 +20,19 @@ pub enum DropCause {
 }
 
 impl DropCause {
+    /// Every cause, each packet class included: the order of logs and /metrics.
+    pub fn every() -> Vec<DropCause> {
+        let mut all = vec![
+            DropCause::UnknownClient,
+            DropCause::Duplicate,
+            DropCause::Shed,
+            DropCause::CacheSourceLimit,
+            DropCause::CacheLimit,
+        ];
+        all.extend(DropReason::ALL.iter().map(|r| DropCause::Packet(*r)));
+        all
+    }
+
     /// Stable label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,15 +99,8 @@ impl Metrics {
 
     /// Every drop reason with its count, for logs and /metrics.
     pub fn drop_counts(&self) -> Vec<(&'static str, u64)> {
-        let mut all = vec![
-            DropCause::UnknownClient,
-            DropCause::Duplicate,
-            DropCause::Shed,
-            DropCause::CacheSourceLimit,
-            DropCause::CacheLimit,
-        ];
-        all.extend(DropReason::ALL.iter().map(|r| DropCause::Packet(*r)));
-        all.into_iter()
+        DropCause::every()
+            .into_iter()
             .map(|d| (d.as_str(), self.dropped(d)))
             .collect()
     }
@@ -215,14 +221,7 @@ mod tests {
     #[test]
     fn every_drop_cause_has_its_own_counter() {
         let m = Metrics::default();
-        let mut all = vec![
-            DropCause::UnknownClient,
-            DropCause::Duplicate,
-            DropCause::Shed,
-            DropCause::CacheSourceLimit,
-            DropCause::CacheLimit,
-        ];
-        all.extend(DropReason::ALL.iter().map(|r| DropCause::Packet(*r)));
+        let all = DropCause::every();
         for (n, d) in all.iter().enumerate() {
             m.count_drops(*d, n as u64 + 1);
         }
