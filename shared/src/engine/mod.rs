@@ -325,6 +325,36 @@ pub struct Engine {
     checking: throttle::Checking<UserId>,
     /// Password checks in progress on this node, per counted source.
     checking_sources: throttle::Checking<String>,
+    /// Answers refused for another binding: warned about once a minute (each is audited).
+    foreign_answers: Hushed,
+}
+
+/// A warning that is written at most once a minute, with how many were not written since:
+/// for events an outsider can repeat at will (each one is in the audit anyway).
+#[derive(Debug, Default)]
+struct Hushed(std::sync::Mutex<Option<(UnixTime, u64)>>);
+
+impl Hushed {
+    /// Whether to write the warning now; if so, how many were held back since the last.
+    fn allow(&self, now: UnixTime) -> Option<u64> {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_mut() {
+            Some((at, held)) if now < *at + 60 => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                let skipped = *held;
+                *at = now;
+                *held = 0;
+                Some(skipped)
+            }
+            None => {
+                *last = Some((now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// What the first factor established, for the second-factor step.
@@ -398,6 +428,7 @@ impl Engine {
             tenants: Default::default(),
             checking: Default::default(),
             checking_sources: Default::default(),
+            foreign_answers: Hushed::default(),
         }
     }
 
@@ -1414,8 +1445,11 @@ impl Engine {
         let txn = match self.store.take_transaction(id, step, &binding, now)? {
             TakenTransaction::Taken(txn) => txn,
             TakenTransaction::OtherBinding => {
-                tracing::warn!(tenant = %req.tenant, user = %req.username, source = %req.source,
-                    txn = %id, "answer to a transaction of another user, client or source refused");
+                if let Some(not_logged) = self.foreign_answers.allow(now) {
+                    tracing::warn!(tenant = %req.tenant, user = %req.username, source = %req.source,
+                        txn = %id, not_logged,
+                        "answer to a transaction of another user, client or source refused (at most one line a minute; every one is audited)");
+                }
                 return Ok(Outcome::reject(
                     "transaction belongs to another user, client or source (answer refused; the login stays open for its own user)",
                 ));
@@ -1705,3 +1739,20 @@ fn parse_txn_ref(r: &str) -> Option<(&str, u32)> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hushed_tests {
+    use super::Hushed;
+
+    #[test]
+    fn a_hushed_warning_is_written_once_a_minute_with_the_count_held_back() {
+        let h = Hushed::default();
+        assert_eq!(h.allow(1_000), Some(0));
+        for t in 1_001..1_060 {
+            assert_eq!(h.allow(t), None, "at {t}");
+        }
+        assert_eq!(h.allow(1_060), Some(59));
+        assert_eq!(h.allow(1_061), None);
+        assert_eq!(h.allow(2_000), Some(1));
+    }
+}
