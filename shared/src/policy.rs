@@ -355,10 +355,12 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rule(name: &str, action: Action) -> Rule {
+    /// A rule called `name` that does `action` everywhere (no condition); tests add theirs
+    /// with `..rule(name, action)`. The Engine's tests use it too.
+    pub(crate) fn rule(name: &str, action: Action) -> Rule {
         Rule {
             name: name.into(),
             action,
@@ -674,22 +676,14 @@ mod tests {
 
 #[cfg(test)]
 mod attribute_tests {
+    use super::tests::rule;
     use super::*;
 
     #[test]
     fn a_rule_on_a_user_attribute_matches_only_that_value() {
         let rules = vec![Rule {
-            name: "no-mfa-for-flagged".into(),
-            action: Action::SkipMfa,
-            clients: vec![],
-            hosts: vec![],
-            groups: vec![],
-            sources: vec![],
             attributes: [("use_mfa".to_string(), "false".to_string())].into(),
-            time: None,
-            factors: vec![],
-            remember: None,
-            default_factor: None,
+            ..rule("no-mfa-for-flagged", Action::SkipMfa)
         }];
         let decide = |attrs: &[(&str, &str)]| {
             let attributes = attrs

@@ -64,6 +64,19 @@ impl ClientSpec {
         }
     }
 
+    /// A lenient NAS: `legacy` on 127.0.0.2/32, secret `s3cret-legacy`, tenant `acme`, no
+    /// Message-Authenticator required (so anyone able to use its address can send it
+    /// datagrams that need no secret).
+    pub fn legacy(mode: Mode) -> Self {
+        ClientSpec {
+            name: "legacy".into(),
+            address: "127.0.0.2/32".into(),
+            secret: "s3cret-legacy".into(),
+            require_message_authenticator: false,
+            ..ClientSpec::new(mode)
+        }
+    }
+
     fn to_toml(&self) -> String {
         format!(
             "[[radius.clients]]\nname = {}\naddress = {}\nsecret = {}\ntenant = {}\nmode = {}\nrequire_message_authenticator = {}\n{}",

@@ -39,6 +39,23 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Polls /metrics on `addr` until the sample `series` (as for [`metric`]) shows `value`;
+/// fails the test after 10 s.
+pub fn wait_for_metric(addr: SocketAddr, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(addr, "/metrics");
+        if metric(&body, series) == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `METHOD path` on `addr` with extra `headers` and an optional body; returns (status,
 /// body). Fails the test on I/O errors.
 pub fn request(

@@ -5,7 +5,8 @@
 //! starts a real server with [`TestEnv::start_server`] and talks to it with real
 //! third-party peers: `radclient` (freeradius-utils) as the NAS and `oathtool` as the
 //! authenticator app. Raw datagrams, for what radclient cannot show (byte-identical
-//! retransmissions, attribute order), go through [`raw::RawClient`].
+//! retransmissions, attribute order), go through [`raw::RawClient`]; the web pages, through
+//! the raw HTTP client and the form and cookie helpers of [`web`].
 //!
 //! PAM tests run `pamtester` (and a real `sshd` driven by `expect`) under `pam_wrapper`
 //! against `libpam_portcullis.so` and a server with a `[pam]` socket ([`pam::PamFixture`]).
@@ -29,6 +30,7 @@ pub mod slapd;
 pub mod store_suite;
 pub mod tools;
 pub mod totp;
+pub mod web;
 pub mod webdriver;
 
 pub use env::{ClientSpec, FactorInfo, LoginFixture, Mode, TestEnv, TotpOptions};

@@ -23,13 +23,24 @@ pub struct RawClient {
     pub secret: Vec<u8>,
 }
 
+/// A UDP socket bound to `ip` on a free port and connected to `server`: datagrams from
+/// another loopback address (127.0.0.2, ...) come from another client, or from none.
+pub fn socket_from(ip: &str, server: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    socket.connect(server).expect("connect UDP socket");
+    socket
+}
+
 impl RawClient {
     /// Binds 127.0.0.1 on a free port and connects it to `server`.
     pub fn new(server: SocketAddr, secret: &str) -> RawClient {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP socket");
-        socket.connect(server).expect("connect UDP socket");
+        RawClient::from_ip("127.0.0.1", server, secret)
+    }
+
+    /// Like [`RawClient::new`], sending from `ip` (another client's address).
+    pub fn from_ip(ip: &str, server: SocketAddr, secret: &str) -> RawClient {
         RawClient {
-            socket,
+            socket: socket_from(ip, server),
             server,
             secret: secret.as_bytes().to_vec(),
         }

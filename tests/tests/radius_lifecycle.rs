@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis_server::radius::packet::encode_status_server;
-use portcullis_tests::http::metric;
+use portcullis_tests::http::{metric, wait_for_metric};
 use portcullis_tests::process::Signal;
 use portcullis_tests::raw::{code, RawClient};
 use portcullis_tests::{
@@ -197,20 +197,9 @@ fn slow_env(radius_extra: &str) -> TestEnv {
     env
 }
 
-/// Poll /metrics until the in-flight gauge shows `n`.
+/// Polls /metrics until the in-flight gauge shows `n`.
 fn wait_in_flight(http: std::net::SocketAddr, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = portcullis_tests::http::get(http, "/metrics");
-        if metric(&body, "portcullis_radius_in_flight") == Some(n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "in flight never reached {n}:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_metric(http, "portcullis_radius_in_flight", n);
 }
 
 #[test]

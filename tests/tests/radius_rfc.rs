@@ -8,7 +8,7 @@ use portcullis_server::radius::packet::{
     encode_access_request, encode_status_server, RawAttribute,
 };
 use portcullis_tests::http::metric;
-use portcullis_tests::raw::{self, code, RawClient};
+use portcullis_tests::raw::{self, code, socket_from, RawClient};
 use portcullis_tests::{
     oathtool_totp, radclient, radclient_command, random_base32_secret, require_tool, Algorithm,
     ClientSpec, Mode, Server, TestEnv,
@@ -331,20 +331,10 @@ fn with_length(mut p: Vec<u8>, length: u16) -> Vec<u8> {
     p
 }
 
-fn socket_from(ip: &str, server: std::net::SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    s.connect(server).unwrap();
-    s
-}
-
 #[test]
 fn every_malformed_class_is_dropped_and_counted_while_the_server_keeps_serving() {
     peers();
-    let mut legacy = ClientSpec::new(Mode::Challenge);
-    legacy.name = "legacy".into();
-    legacy.address = "127.0.0.2/32".into();
-    legacy.secret = "s3cret-legacy".into();
-    legacy.require_message_authenticator = false;
+    let legacy = ClientSpec::legacy(Mode::Challenge);
     let s = Setup::new(vec![ClientSpec::new(Mode::Challenge), legacy], HTTP, &[]);
     let addr = s.server.addr;
     let vpn = socket_from("127.0.0.1", addr);

@@ -3,12 +3,15 @@
 //! daemon's HTTP listener (a raw HTTP client for headers, cookies and CSRF, and headless
 //! Chromium through ChromeDriver for what a person does).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use portcullis_tests::fakes::ntfy::FakeNtfy;
 use portcullis_tests::http::{request_full, HttpReply};
 use portcullis_tests::pam::under_pam_wrapper;
+use portcullis_tests::web::{
+    self, cookie_pair, enc, free_port, hidden, my_login, set_cookie, shown_secret,
+};
 use portcullis_tests::webdriver::Browser;
 use portcullis_tests::{
     describe, oathtool_totp, radclient, require_tool, Algorithm, ClientSpec, Mode, PamFixture,
@@ -21,14 +24,6 @@ struct World {
     env: TestEnv,
     /// `http://127.0.0.1:PORT`, the configured public_url (the listener's own address).
     base: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Tenant acme with "newbie" (password "pw-newbie", no factor); client vpn in challenge
@@ -73,13 +68,7 @@ impl World {
     }
 
     fn factors(&self, user: &str) -> Vec<Value> {
-        let v = self
-            .env
-            .cli_json(&["factor", "list", "--tenant", "acme", user, "--json"]);
-        v.as_array()
-            .cloned()
-            .or_else(|| v["factors"].as_array().cloned())
-            .unwrap_or_else(|| panic!("factor list: {v}"))
+        web::factors(&self.env, user)
     }
 
     /// Password of newbie: a challenge whose Reply-Message carries the enrolment link.
@@ -100,64 +89,16 @@ impl World {
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-        request_full(
-            self.http(),
-            "GET",
-            path,
-            headers,
-            None,
-            Duration::from_secs(10),
-        )
+        web::get(self.http(), path, headers)
     }
 
     fn post(&self, path: &str, cookie: &str, form: &str) -> HttpReply {
-        request_full(
-            self.http(),
-            "POST",
-            path,
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Cookie", cookie),
-            ],
-            Some(form.as_bytes()),
-            Duration::from_secs(10),
-        )
+        web::post_form(self.http(), path, cookie, form)
     }
 }
 
 fn path_of(link: &str) -> &str {
     &link[link.find("/v1/").unwrap()..]
-}
-
-/// The value of the hidden field `name` in `html` (the first one).
-fn hidden(html: &str, name: &str) -> String {
-    let key = format!("name=\"{name}\" value=\"");
-    let i = html
-        .find(&key)
-        .unwrap_or_else(|| panic!("no field {name} in {html}"))
-        + key.len();
-    html[i..].split('"').next().unwrap().to_string()
-}
-
-/// `name=value` of the Set-Cookie called `name`.
-fn set_cookie(r: &HttpReply, name: &str) -> Option<String> {
-    r.headers_named("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .map(|c| c.to_string())
-}
-
-fn cookie_pair(set: &str) -> String {
-    set.split(';').next().unwrap().to_string()
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn assert_strict_headers(r: &HttpReply) {
@@ -309,13 +250,7 @@ fn enrolment_links_are_single_use_and_wrong_codes_do_not_confirm() {
     assert_eq!(page.status, 200, "{}", page.body);
     assert_strict_headers(&page);
     assert!(page.body.contains("<svg id=\"qr\""), "{}", page.body);
-    let secret = page
-        .body
-        .split("id=\"secret\">")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .unwrap()
-        .to_string();
+    let secret = shown_secret(&page.body);
     // Opened once: a second opening shows nothing.
     let second = w.get(path_of(&link), &[]);
     assert_eq!(second.status, 404);
@@ -385,24 +320,6 @@ fn enroll_without_public_url_is_deny_and_config_check_warns() {
     assert!(r.is_reject(), "{}", r.raw_output);
 }
 
-/// A self-service session through the raw HTTP client: login form, POST with its CSRF.
-fn my_login(w: &World, user: &str, password: &str, code: &str) -> HttpReply {
-    let form = w.get("/my/", &[]);
-    let pre = cookie_pair(&set_cookie(&form, "pc_my_login").expect("pre-session cookie"));
-    let csrf = hidden(&form.body, "csrf");
-    w.post(
-        "/my/login",
-        &pre,
-        &format!(
-            "csrf={}&tenant=acme&username={}&password={}&code={}",
-            enc(&csrf),
-            enc(user),
-            enc(password),
-            enc(code)
-        ),
-    )
-}
-
 #[test]
 fn self_service_needs_a_second_factor_a_session_and_csrf() {
     let w = world();
@@ -432,12 +349,12 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     // Password alone, or a wrong code: refused.
-    let r = my_login(&w, "alice", "pw-alice", "");
+    let r = my_login(w.http(), "alice", "pw-alice", "");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("Enter the code"), "{}", r.body);
     assert!(set_cookie(&r, "pc_my").is_none());
     let r = my_login(
-        &w,
+        w.http(),
         "alice",
         "wrong",
         &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
@@ -461,7 +378,7 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     );
 
     let r = my_login(
-        &w,
+        w.http(),
         "alice",
         "pw-alice",
         &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
@@ -496,7 +413,7 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     let other = cookie_pair(
         &set_cookie(
             &my_login(
-                &w,
+                w.http(),
                 "alice",
                 "pw-alice",
                 &oathtool_totp(&secret, 6, Algorithm::Sha1, 1),
@@ -539,13 +456,7 @@ fn self_service_needs_a_second_factor_a_session_and_csrf() {
     // first one can go.
     let r = w.post("/my/enroll", &session, &format!("csrf={}", enc(&csrf)));
     assert_eq!(r.status, 200, "{}", r.body);
-    let new_secret = r
-        .body
-        .split("id=\"secret\">")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .unwrap()
-        .to_string();
+    let new_secret = shown_secret(&r.body);
     let new_id = hidden(&r.body, "factor");
     let r = w.post(
         "/my/confirm",
@@ -613,21 +524,12 @@ fn ending_the_factors_or_the_password_ends_self_service_sessions() {
         let secret = portcullis_tests::random_base32_secret();
         w.env.add_user("acme", user, &format!("pw-{user}"));
         w.env.enroll_totp("acme", user, Some(&secret));
-        let r = my_login(
-            &w,
+        let (session, csrf) = web::my_session(
+            w.http(),
             user,
             &format!("pw-{user}"),
             &oathtool_totp(&secret, 6, Algorithm::Sha1, 0),
         );
-        assert_eq!(r.status, 303, "{user}: {}", r.body);
-        let session = cookie_pair(&set_cookie(&r, "pc_my").expect("session cookie"));
-        let home = w.get("/my/", &[("Cookie", &session)]);
-        assert!(
-            home.body.contains(&format!("id=\"user\">{user}<")),
-            "{}",
-            home.body
-        );
-        let csrf = hidden(&home.body, "csrf");
         signed.push(Signed {
             user,
             session,
@@ -704,7 +606,7 @@ fn ending_the_factors_or_the_password_ends_self_service_sessions() {
     // A new sign-in, after the change, is a session again.
     let bob = &signed[1];
     let r = my_login(
-        &w,
+        w.http(),
         "bob",
         "pw-bob-2",
         &oathtool_totp(&bob.secret, 6, Algorithm::Sha1, 1),
@@ -828,7 +730,7 @@ fn a_push_only_user_signs_in_with_a_recovery_code_and_no_push_is_sent() {
     let sent = ntfy.messages().len(); // the enrolment's confirmation code
     let codes = w.env.generate_recovery_codes("acme", "pat");
 
-    let r = my_login(&w, "pat", "pw-pat", &codes[0]);
+    let r = my_login(w.http(), "pat", "pw-pat", &codes[0]);
     assert_eq!(r.status, 303, "{}", r.body);
     assert!(set_cookie(&r, "pc_my").is_some(), "{:?}", r.headers);
     std::thread::sleep(Duration::from_millis(500));
@@ -840,7 +742,7 @@ fn a_push_only_user_signs_in_with_a_recovery_code_and_no_push_is_sent() {
     // A wrong code is refused, and pushes nothing either; nor does a menu pick or a
     // factor's name typed in the code field.
     for typed in ["12345678", "push", "1", "2"] {
-        let r = my_login(&w, "pat", "pw-pat", typed);
+        let r = my_login(w.http(), "pat", "pw-pat", typed);
         assert_eq!(r.status, 401, "{typed}: {}", r.body);
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -856,7 +758,7 @@ fn a_tenant_whose_passwords_are_checked_elsewhere_has_no_self_service_sign_in() 
     // The code in the password field (what the Engine takes as the credential of a
     // delegated first factor) signs nobody in.
     let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
-    let r = my_login(&w, "alice", &code, &code);
+    let r = my_login(w.http(), "alice", &code, &code);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(set_cookie(&r, "pc_my").is_none(), "{:?}", r.headers);
     assert!(
@@ -1054,13 +956,7 @@ fn pam_enrolment_prompt_carries_the_link_and_the_first_code_logs_in() {
         Duration::from_secs(10),
     );
     assert_eq!(page.status, 200, "{}", page.body);
-    let secret = page
-        .body
-        .split("id=\"secret\">")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .unwrap()
-        .to_string();
+    let secret = shown_secret(&page.body);
     let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
     stdin.write_all(format!("{code}\n").as_bytes()).unwrap();
     drop(stdin);

@@ -87,10 +87,23 @@ fn login_as(w: &World, source: &str, mode: LoginMode, user: &str, credential: &s
 }
 
 fn answer(w: &World, user: &str, source: &str, txn: &str, code: &str) -> Step {
+    answer_in(w, "acme", channel(), user, source, txn, code)
+}
+
+/// [`answer`] in `tenant` over `channel`.
+fn answer_in(
+    w: &World,
+    tenant: &str,
+    channel: Channel,
+    user: &str,
+    source: &str,
+    txn: &str,
+    code: &str,
+) -> Step {
     w.engine
         .answer(&AnswerRequest {
-            tenant: "acme".into(),
-            channel: channel(),
+            tenant: tenant.into(),
+            channel,
             source: source.into(),
             username: user.into(),
             txn: txn.into(),
@@ -679,11 +692,16 @@ fn wrong_passwords_spread_out_never_block_and_a_nas_address_is_never_blocked() {
 
 /// A user of tenant acme with password "pw" and no factor.
 fn add_user_with_pw(w: &World, name: &str) {
+    add_user_with_password(w, name, "pw");
+}
+
+/// A user of tenant acme with `password` and no factor.
+fn add_user_with_password(w: &World, name: &str, password: &str) {
     w.admin
         .add_user(
             "acme",
             name,
-            NewPassword::Plain(Zeroizing::new(b"pw".to_vec())),
+            NewPassword::Plain(Zeroizing::new(password.as_bytes().to_vec())),
             None,
             None,
             vec![],
@@ -1757,23 +1775,8 @@ fn the_longest_valid_prompt_still_fits_one_reply_message_after_a_wrong_or_empty_
 
 mod rules {
     use super::*;
+    use crate::policy::tests::rule;
     use crate::policy::{Action, Rule};
-
-    fn rule(name: &str, action: Action) -> Rule {
-        Rule {
-            name: name.into(),
-            action,
-            clients: vec![],
-            hosts: vec![],
-            groups: vec![],
-            sources: vec![],
-            time: None,
-            factors: vec![],
-            remember: None,
-            default_factor: None,
-            attributes: Default::default(),
-        }
-    }
 
     fn with_rules(rules: Vec<Rule>) -> World {
         let mut w = world();
@@ -2102,8 +2105,8 @@ fn only_our_state_shape_counts_as_a_transaction_reference() {
 }
 
 mod enroll;
+mod loopholes;
 mod push;
-mod review;
 
 /// Codes asked for at the same moment (parallel logins, on one node or several): the
 /// send is claimed before the provider is asked, so the resend pause and the hourly quota

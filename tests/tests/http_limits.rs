@@ -1,22 +1,15 @@
-//! Security review of the HTTP listener: slow and greedy clients, against the real
-//! `portcullis serve`. A client that never finishes its request, or trickles its body, must
+//! Limits of the HTTP listener for slow and greedy clients, against the real `portcullis
+//! serve`. A client that never finishes its request, or trickles its body, must
 //! not hold a connection (and a file descriptor) for ever; one address must not be able to
 //! take every connection the daemon can hold.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::http::request_full;
+use portcullis_tests::web::free_port;
 use portcullis_tests::{ClientSpec, Mode, Server, TestEnv};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn server() -> (Server, TestEnv, SocketAddr) {
     let port = free_port();

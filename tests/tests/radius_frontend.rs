@@ -1,14 +1,15 @@
-//! Findings of a security review of the RADIUS front end (radius-server/src/radius/), each
-//! shown against the real binary: a shutdown that must still finish the login in flight
-//! whatever `max_in_flight` says, a warning that an unauthenticated sender must not be able
-//! to repeat at will, and the State bindings a NAS relies on.
+//! The RADIUS front end (radius-server/src/radius/) against the real binary, where it meets
+//! senders and shutdown: a shutdown that must still finish the login in flight whatever
+//! `max_in_flight` says, a warning that an unauthenticated sender must not be able to repeat
+//! at will, answers without the Engine that must not grow the response cache, and the State
+//! bindings a NAS relies on.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::UdpSocket;
+use std::time::Duration;
 
-use portcullis_tests::http::metric;
+use portcullis_tests::http::wait_for_metric;
 use portcullis_tests::process::Signal;
-use portcullis_tests::raw::{code, RawClient};
+use portcullis_tests::raw::{code, socket_from, RawClient};
 use portcullis_tests::{
     oathtool_totp, random_base32_secret, require_tool, Algorithm, ClientSpec, Mode, TestEnv,
 };
@@ -30,22 +31,6 @@ fn env_with_users(clients: Vec<ClientSpec>, extra: &str) -> (TestEnv, String) {
     env.enroll_totp("acme", "alice", Some(&secret));
     env.enroll_totp("acme", "bob", Some(&random_base32_secret()));
     (env, secret)
-}
-
-/// Poll /metrics until the in-flight gauge shows `n`.
-fn wait_in_flight(http: SocketAddr, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = portcullis_tests::http::get(http, "/metrics");
-        if metric(&body, "portcullis_radius_in_flight") == Some(n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "in flight never reached {n}:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// `max_in_flight` above u32::MAX was truncated to a u32 by the shutdown drain
@@ -83,7 +68,7 @@ fn sigterm_finishes_the_login_in_flight_at_the_largest_max_in_flight() {
     let client = RawClient::new(server.addr, "s3cret-vpn");
     let request = client.access_request(5, "alice", b"slowpw", None, true);
     client.send(&request.bytes);
-    wait_in_flight(http, 1.0);
+    wait_for_metric(http, "portcullis_radius_in_flight", 1.0);
     server.signal(Signal::TERM);
     let reply = client.recv(Duration::from_secs(15));
     let status = server.wait_exit(Duration::from_secs(15));
@@ -115,15 +100,10 @@ fn user_name_only(identifier: u8, user: &str) -> Vec<u8> {
 #[test]
 fn requests_without_user_password_are_warned_about_at_most_once_a_minute() {
     peers();
-    let mut legacy = ClientSpec::new(Mode::Challenge);
-    legacy.name = "legacy".into();
-    legacy.address = "127.0.0.2/32".into();
-    legacy.secret = "s3cret-legacy".into();
-    legacy.require_message_authenticator = false;
+    let legacy = ClientSpec::legacy(Mode::Challenge);
     let (env, _) = env_with_users(vec![ClientSpec::new(Mode::Challenge), legacy], "");
     let server = env.start_server();
-    let sock = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-    sock.connect(server.addr).unwrap();
+    let sock = socket_from("127.0.0.2", server.addr);
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     const WARNING: &str = "without User-Password";
     for id in 0..20u8 {
@@ -156,13 +136,7 @@ fn a_state_is_refused_for_another_user_and_from_another_client() {
     let server = env.start_server();
     let vpn = RawClient::new(server.addr, "s3cret-vpn");
     let other_port = RawClient::new(server.addr, "s3cret-vpn");
-    let branch_sock = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-    branch_sock.connect(server.addr).unwrap();
-    let branch = RawClient {
-        socket: branch_sock,
-        server: server.addr,
-        secret: b"s3cret-branch".to_vec(),
-    };
+    let branch = RawClient::from_ip("127.0.0.2", server.addr, "s3cret-branch");
     let wait = Duration::from_secs(5);
     let code_now = || oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
     let mut id = 0u8;
@@ -216,17 +190,12 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn requests_answered_without_the_engine_do_not_grow_the_response_cache() {
     peers();
-    let mut legacy = ClientSpec::new(Mode::Challenge);
-    legacy.name = "legacy".into();
-    legacy.address = "127.0.0.2/32".into();
-    legacy.secret = "s3cret-legacy".into();
-    legacy.require_message_authenticator = false;
+    let legacy = ClientSpec::legacy(Mode::Challenge);
     let (env, _) = env_with_users(vec![legacy], "");
     let server = env.start_server();
     let socks: Vec<UdpSocket> = (0..400)
         .map(|_| {
-            let s = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-            s.connect(server.addr).unwrap();
+            let s = socket_from("127.0.0.2", server.addr);
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             s
         })

@@ -1,26 +1,11 @@
-//! Defects found by the security review, each proved by a test that failed before its fix:
-//! network rules and IPv4-mapped or non-IP sources, one code on two factors of one secret,
-//! a mismatched answer ending its owner's login, and `append` readings against the source
-//! limit.
+//! Ways around the Engine's checks that are closed, each proved by a test that failed
+//! before its fix: network rules and IPv4-mapped or non-IP sources, one code on two factors
+//! of one secret, a mismatched answer ending its owner's login, one code or step raced over
+//! threads, and `append` readings against the source limit.
 
 use super::*;
+use crate::policy::tests::rule;
 use crate::policy::{Action, Rule};
-
-fn rule(name: &str, action: Action) -> Rule {
-    Rule {
-        name: name.into(),
-        action,
-        clients: vec![],
-        hosts: vec![],
-        groups: vec![],
-        sources: vec![],
-        time: None,
-        factors: vec![],
-        remember: None,
-        default_factor: None,
-        attributes: Default::default(),
-    }
-}
 
 fn reasons(w: &World) -> Vec<String> {
     w.admin
@@ -316,38 +301,23 @@ fn a_mismatched_answer_is_refused_and_leaves_the_owners_login_open() {
     );
     add_user_with_pw(&w, "bob");
     assert!(!is_accept(&answer(&w, "bob", "192.0.2.10", &txn, "000000")));
-    let other_client = w
-        .engine
-        .answer(&AnswerRequest {
-            tenant: "acme".into(),
-            channel: Channel::Radius {
-                client: "wifi".into(),
-                nas_address: "127.0.0.1".into(),
-                nas_identifier: None,
-            },
-            source: "192.0.2.10".into(),
-            username: "alice".into(),
-            txn: txn.clone(),
-            answer: Zeroizing::new(code_at(T0).into_bytes()),
-            prompt: "Code:".into(),
-            source_limited: true,
-        })
-        .unwrap();
+    let wifi = Channel::Radius {
+        client: "wifi".into(),
+        nas_address: "127.0.0.1".into(),
+        nas_identifier: None,
+    };
+    let other_client = answer_in(&w, "acme", wifi, "alice", "192.0.2.10", &txn, &code_at(T0));
     assert!(!is_accept(&other_client));
     w.admin.add_tenant("other").unwrap();
-    let other_tenant = w
-        .engine
-        .answer(&AnswerRequest {
-            tenant: "other".into(),
-            channel: channel(),
-            source: "192.0.2.10".into(),
-            username: "alice".into(),
-            txn: txn.clone(),
-            answer: Zeroizing::new(code_at(T0).into_bytes()),
-            prompt: "Code:".into(),
-            source_limited: true,
-        })
-        .unwrap();
+    let other_tenant = answer_in(
+        &w,
+        "other",
+        channel(),
+        "alice",
+        "192.0.2.10",
+        &txn,
+        &code_at(T0),
+    );
     assert!(!is_accept(&other_tenant));
     // Neither a wrong code nor a failure of alice's was counted by the stranger's answers.
     assert!(
@@ -364,27 +334,34 @@ fn a_mismatched_answer_is_refused_and_leaves_the_owners_login_open() {
     );
 }
 
-#[test]
-fn one_code_raced_over_several_logins_of_a_user_logs_in_once() {
-    let w = Arc::new(world());
-    let txns: Vec<String> = (0..8)
-        .map(|_| prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2")))
-        .collect();
-    let code = code_at(T0);
-    let handles: Vec<_> = txns
+/// Alice's answers `(txn, code)`, each sent on its own thread at once: how many were
+/// accepted.
+fn accepted_at_once(w: &Arc<World>, answers: Vec<(String, String)>) -> usize {
+    let handles: Vec<_> = answers
         .into_iter()
-        .map(|t| {
+        .map(|(t, c)| {
             let w = w.clone();
-            let code = code.clone();
-            std::thread::spawn(move || is_accept(&answer(&w, "alice", "192.0.2.10", &t, &code)))
+            std::thread::spawn(move || is_accept(&answer(&w, "alice", "192.0.2.10", &t, &c)))
         })
         .collect();
-    let accepted = handles
+    handles
         .into_iter()
         .map(|h| h.join().unwrap())
         .filter(|a| *a)
-        .count();
-    assert_eq!(accepted, 1);
+        .count()
+}
+
+#[test]
+fn one_code_raced_over_several_logins_of_a_user_logs_in_once() {
+    let w = Arc::new(world());
+    let code = code_at(T0);
+    let answers = (0..8)
+        .map(|_| {
+            let t = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
+            (t, code.clone())
+        })
+        .collect();
+    assert_eq!(accepted_at_once(&w, answers), 1);
 }
 
 #[test]
@@ -392,20 +369,8 @@ fn one_step_answered_at_once_is_taken_once() {
     let w = Arc::new(world());
     let t = prompt_txn(&login(&w, LoginMode::Challenge, "alice", "hunter2"));
     let codes = [code_at(T0), code_at(T0 - 30), code_at(T0 + 30)];
-    let handles: Vec<_> = codes
-        .into_iter()
-        .map(|c| {
-            let w = w.clone();
-            let t = t.clone();
-            std::thread::spawn(move || is_accept(&answer(&w, "alice", "192.0.2.10", &t, &c)))
-        })
-        .collect();
-    let accepted = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .filter(|a| *a)
-        .count();
-    assert_eq!(accepted, 1);
+    let answers = codes.into_iter().map(|c| (t.clone(), c)).collect();
+    assert_eq!(accepted_at_once(&w, answers), 1);
 }
 
 // --- Append readings against the source limit -------------------------------------------
@@ -421,16 +386,7 @@ fn source_failures(w: &World, src: &str) -> u32 {
 #[test]
 fn an_append_request_counts_a_source_failure_for_each_password_it_tried() {
     let w = world();
-    w.admin
-        .add_user(
-            "acme",
-            "carol",
-            NewPassword::Plain(Zeroizing::new(b"Winter".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_password(&w, "carol", "Winter");
     w.admin
         .enroll_totp("acme", "carol", None, 6, "SHA1")
         .unwrap(); // pending: no factor
@@ -473,16 +429,7 @@ fn an_append_request_tries_at_most_four_passwords() {
     let _ = login_as(&w, src, LoginMode::Append, "alice", "pw,2345678923");
     assert_eq!(source_failures(&w, src), 4);
     // The readings still find a password with the delimiter and a code after it.
-    w.admin
-        .add_user(
-            "acme",
-            "carol",
-            NewPassword::Plain(Zeroizing::new(b"a,b".to_vec())),
-            None,
-            None,
-            vec![],
-        )
-        .unwrap();
+    add_user_with_password(&w, "carol", "a,b");
     add_factor_with_secret(
         &w,
         "carol",

@@ -1,25 +1,19 @@
-//! Security review of the self-service pages, against the real `portcullis serve` (raw
-//! HTTP client, the fake ntfy server as the push channel).
+//! Limits of the self-service pages, against the real `portcullis serve` (raw HTTP
+//! client, the fake ntfy server as the push channel): adding push or app factors again and
+//! again must neither flood the push server nor grow the pending factors without bound.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use portcullis_tests::fakes::ntfy::FakeNtfy;
-use portcullis_tests::http::{request_full, HttpReply};
+use portcullis_tests::http::HttpReply;
+use portcullis_tests::web::{self, enc, free_port, hidden, shown_secret};
 use portcullis_tests::{oathtool_totp, Algorithm, ClientSpec, Mode, Server, TestEnv};
 use serde_json::Value;
 
 struct World {
     server: Server,
     env: TestEnv,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Tenant acme (pushing through `ntfy`) with alice (password "pw-alice", a confirmed TOTP
@@ -47,90 +41,19 @@ impl World {
         self.server.http_addr.expect("http listener")
     }
 
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-        request_full(
-            self.http(),
-            "GET",
-            path,
-            headers,
-            None,
-            Duration::from_secs(10),
-        )
-    }
-
     fn post(&self, path: &str, cookie: &str, form: &str) -> HttpReply {
-        request_full(
-            self.http(),
-            "POST",
-            path,
-            &[
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Cookie", cookie),
-            ],
-            Some(form.as_bytes()),
-            Duration::from_secs(10),
-        )
+        web::post_form(self.http(), path, cookie, form)
     }
 
     fn factors(&self, user: &str) -> Vec<Value> {
-        let v = self
-            .env
-            .cli_json(&["factor", "list", "--tenant", "acme", user, "--json"]);
-        v.as_array()
-            .cloned()
-            .or_else(|| v["factors"].as_array().cloned())
-            .unwrap_or_else(|| panic!("factor list: {v}"))
+        web::factors(&self.env, user)
     }
 
     /// A self-service session of alice: (cookie pair, CSRF token of its forms).
     fn my_session(&self, secret: &str) -> (String, String) {
-        let form = self.get("/my/", &[]);
-        let pre = cookie_pair(&set_cookie(&form, "pc_my_login").expect("pre-session cookie"));
-        let csrf = hidden(&form.body, "csrf");
         let code = oathtool_totp(secret, 6, Algorithm::Sha1, 0);
-        let r = self.post(
-            "/my/login",
-            &pre,
-            &format!(
-                "csrf={}&tenant=acme&username=alice&password=pw-alice&code={code}",
-                enc(&csrf)
-            ),
-        );
-        assert_eq!(r.status, 303, "{}", r.body);
-        let session = cookie_pair(&set_cookie(&r, "pc_my").expect("session cookie"));
-        let home = self.get("/my/", &[("Cookie", &session)]);
-        let csrf = hidden(&home.body, "csrf");
-        (session, csrf)
+        web::my_session(self.http(), "alice", "pw-alice", &code)
     }
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let key = format!("name=\"{name}\" value=\"");
-    let i = html
-        .find(&key)
-        .unwrap_or_else(|| panic!("no field {name} in {html}"))
-        + key.len();
-    html[i..].split('"').next().unwrap().to_string()
-}
-
-fn set_cookie(r: &HttpReply, name: &str) -> Option<String> {
-    r.headers_named("set-cookie")
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .map(|c| c.to_string())
-}
-
-fn cookie_pair(set: &str) -> String {
-    set.split(';').next().unwrap().to_string()
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]
@@ -196,13 +119,7 @@ fn adding_apps_again_and_again_does_not_grow_without_bound() {
         assert!(r.body.contains("The factor was removed"), "{}", r.body);
     }
     let r = w.post("/my/enroll", &session, &format!("csrf={}", enc(&csrf)));
-    let new_secret = r
-        .body
-        .split("id=\"secret\">")
-        .nth(1)
-        .and_then(|s| s.split('<').next())
-        .unwrap_or_else(|| panic!("{}", r.body))
-        .to_string();
+    let new_secret = shown_secret(&r.body);
     let r = w.post(
         "/my/confirm",
         &session,
