@@ -118,7 +118,7 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(log >= WAL_LARGE)
 }
 
-/// WAL frames (pages) beyond which the writer finishes a checkpoint itself: 16 MiB.
+/// WAL frames (pages) beyond which the writer finishes a checkpoint itself: 64 MiB.
 ///
 /// A WAL starts over from its beginning only when a writer begins after a checkpoint that
 /// copied all of it. Under a steady stream of commits (batches of logins back to back) the
@@ -126,7 +126,20 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
 /// automatic checkpoint ran in every commit. So once the WAL is this large, the writer runs
 /// one passive checkpoint between two of its transactions: it copies only what the
 /// background one has not copied yet, and the next transaction starts the WAL over.
-const WAL_LARGE: i64 = 4096;
+///
+/// That restart holds the writer for two `fsync`s (6-10 ms on the development VM under
+/// load), and every login arriving meanwhile waits: the tail of code-only logins. The
+/// copying is the background thread's either way, so the size only sets how often the
+/// writer stalls: at 16 MiB about every 0.65 s at 9,400 logins/s (p99 there 4.6-10.7 ms,
+/// median 9.3), at 64 MiB a quarter as often (p99 3.9-5.5 ms, median 4.6; nine open-loop
+/// runs each, alternating; docs/BENCHMARKS.md). SQLite's own checkpoint in a commit
+/// ([`AUTOCHECKPOINT`]) must stay above it.
+const WAL_LARGE: i64 = 16_384;
+
+/// The automatic checkpoint inside a commit, in WAL frames (about 160 MiB): only a safety
+/// net should the background thread and the writer's restart both fall behind.
+const AUTOCHECKPOINT: i64 = 40_000;
+const _: () = assert!(WAL_LARGE < AUTOCHECKPOINT);
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
@@ -282,9 +295,9 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         // A file-backed store copies the WAL back into the database from a thread of its
         // own (`Checkpointer`), off the login path. The automatic checkpoint in a commit
-        // stays as a safety net, at ~64 MiB of WAL, should that thread fall behind.
+        // stays as a safety net (see AUTOCHECKPOINT), should that thread fall behind.
         // Durability is the same either way (every commit is in the WAL).
-        conn.pragma_update(None, "wal_autocheckpoint", 16_000)
+        conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT)
             .map_err(db)?;
         // The page cache of the one connection that serves every login: 64 MiB at most (it
         // grows as pages are read), so that a large user table is read from memory rather
