@@ -140,6 +140,16 @@ pub(crate) mod tests {
         fn exit(&self, _: &tracing::span::Id) {}
     }
 
+    /// Makes `lines` this thread's subscriber until the guard is dropped (and that of the
+    /// batch thread started meanwhile, which takes its starter's). A second subscriber is
+    /// kept alive beside it: with a single scoped subscriber alive, tracing-core lets a
+    /// thread that meets a callsite first decide its interest from its own subscriber
+    /// alone, so another test's thread without one would turn these lines off at random.
+    pub(crate) fn capture(lines: &Lines) -> (tracing::subscriber::DefaultGuard, tracing::Dispatch) {
+        let beside = tracing::Dispatch::new(Lines::default());
+        (tracing::subscriber::set_default(lines.clone()), beside)
+    }
+
     fn record(user: &str) -> AuditRecord {
         AuditRecord {
             time: 0,
@@ -160,7 +170,8 @@ pub(crate) mod tests {
     #[test]
     fn held_lines_are_written_when_dropped_and_not_before() {
         let lines = Lines::default();
-        tracing::subscriber::with_default(lines.clone(), || {
+        let scope = capture(&lines);
+        {
             log_decision(record("outside"));
             let ((), held) = holding_logs(|| {
                 log_decision(record("alice"));
@@ -171,7 +182,8 @@ pub(crate) mod tests {
             assert_eq!(*lines.0.lock().unwrap(), ["outside", "alice", "bob"]);
             // Held no more: written at once again.
             log_decision(record("carol"));
-        });
+        }
+        drop(scope);
         assert_eq!(
             *lines.0.lock().unwrap(),
             ["outside", "alice", "bob", "carol"]
@@ -181,10 +193,9 @@ pub(crate) mod tests {
     #[test]
     fn lines_of_an_undone_unit_can_be_left_unwritten() {
         let lines = Lines::default();
-        tracing::subscriber::with_default(lines.clone(), || {
-            let ((), held) = holding_logs(|| log_decision(record("undone")));
-            held.discard();
-        });
+        let _scope = capture(&lines);
+        let ((), held) = holding_logs(|| log_decision(record("undone")));
+        held.discard();
         assert!(lines.0.lock().unwrap().is_empty());
     }
 }

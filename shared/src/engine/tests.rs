@@ -1642,7 +1642,7 @@ mod batch {
     #[test]
     fn a_batched_decision_hands_its_log_line_out_with_it() {
         let lines = crate::engine::decision_log::tests::Lines::default();
-        let _scope = tracing::subscriber::set_default(lines.clone());
+        let _scope = crate::engine::decision_log::tests::capture(&lines);
         let w = world();
         let engine = Arc::new(w.engine);
         let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
