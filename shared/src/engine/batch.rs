@@ -157,6 +157,13 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
                 }))
                 .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())))
             });
+            // A login that failed is undone below: what it logged did not stand.
+            let logs = if result.is_ok() {
+                logs
+            } else {
+                logs.discard();
+                DecisionLogs::default()
+            };
             // A login that failed keeps nothing: it is rejected (fail closed), so nothing
             // it wrote may stand (a code marked used, a failure counted).
             if let Err(e) = units.end_unit(result.is_ok()) {
@@ -167,16 +174,8 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
                 return Err(e);
             }
             match result {
-                Err(EngineError::WouldBlock) => {
-                    logs.discard();
-                    declined.push(job);
-                }
-                // Undone: what it logged did not stand.
-                Err(e) => {
-                    logs.discard();
-                    decided.push((job.done, Err(e), DecisionLogs::default()));
-                }
-                Ok(step) => decided.push((job.done, Ok(step), logs)),
+                Err(EngineError::WouldBlock) => declined.push(job),
+                result => decided.push((job.done, result, logs)),
             }
         }
         Ok(())
