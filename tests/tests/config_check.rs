@@ -357,3 +357,51 @@ fn a_provider_ca_file_with_a_pem_bundle_trusts_every_certificate_in_it() {
     ]);
     assert_eq!(sink.mails().len(), 1, "{:?}", sink.refusals());
 }
+
+#[test]
+fn a_pam_socket_the_daemons_user_cannot_make_is_reported() {
+    // Run as uid 65534 (setpriv), for whom a root-owned 0755 directory is read-only: the
+    // check must say so before `serve` fails at bind. Root passes every permission check.
+    portcullis_tests::require_root("the config check run as another user");
+    let setpriv = portcullis_tests::require_tool("setpriv", "util-linux");
+    let env = TestEnv::with_config_in_dir(vec![], |dir| {
+        std::fs::create_dir(dir.join("run")).unwrap();
+        std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "[pam]\nsocket = \"{}\"\nsocket_mode = \"0600\"\n",
+            dir.join("run/portcullis/pam.sock").display()
+        )
+    });
+    // uid 65534 reaches the config (and a copy of the binary) through the env's directory.
+    std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = env.dir().join("portcullis");
+    std::fs::copy(portcullis_tests::portcullis_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = || {
+        let mut cmd = std::process::Command::new(&setpriv);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg("--config")
+            .arg(env.config_path())
+            .args(["config", "check"]);
+        portcullis_tests::tools::run_with_timeout(cmd, None, std::time::Duration::from_secs(30))
+    };
+    let out = as_nobody();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let text = output_text(&out);
+    assert!(
+        text.contains("pam.socket")
+            && text.contains(&format!("{}", env.dir().join("run").display()))
+            && text.contains("may not create files"),
+        "{text}"
+    );
+    // The same config as root (who may make it) passes, and makes nothing.
+    let out = env.cli(&["config", "check"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!env.dir().join("run/portcullis").exists());
+    // Once the directory is the daemon user's, the other user passes too.
+    std::os::unix::fs::chown(env.dir().join("run"), Some(65534), Some(65534)).unwrap();
+    let out = as_nobody();
+    assert!(out.status.success(), "{}", describe(&out));
+}

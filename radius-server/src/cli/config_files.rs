@@ -73,5 +73,71 @@ pub fn problems(cfg: &Config) -> Result<Vec<String>> {
             }
         }
     }
+    if let Some(pam) = &cfg.pam {
+        problems.extend(pam_socket_problem(&pam.socket));
+    }
     Ok(problems)
+}
+
+/// Why `serve` could not make the PAM socket at `path`, if it could not: something that is
+/// not a socket is in the way, or this user may not make the file (or its directory) there.
+/// A socket already there is fine: `serve` replaces a stale one and refuses a live one.
+fn pam_socket_problem(path: &std::path::Path) -> Option<String> {
+    use rustix::fs::Access;
+    use std::os::unix::fs::FileTypeExt;
+    let file = path.display();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        return (!meta.file_type().is_socket()).then(|| {
+            format!("pam.socket: {file} exists and is not a socket; move it away or choose another path")
+        });
+    }
+    // `serve` makes missing directories: the nearest one that exists must let it.
+    let dir = path
+        .ancestors()
+        .skip(1)
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        })
+        .find(|d| std::fs::symlink_metadata(d).is_ok())?;
+    let shown = dir.display();
+    if !dir.is_dir() {
+        return Some(format!(
+            "pam.socket: {file} cannot be made: {shown} is not a directory"
+        ));
+    }
+    crate::cli::local::denied(dir, Access::WRITE_OK | Access::EXEC_OK).then(|| {
+        format!(
+            "pam.socket: {file} cannot be made: this user may not create files in {shown}; \
+             create the directory for the daemon's user (systemd: RuntimeDirectory=portcullis) \
+             or choose another path"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pam_socket_problem;
+
+    #[test]
+    fn the_pam_socket_must_be_makeable_where_the_config_puts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A missing directory under a writable one: serve makes it.
+        assert_eq!(pam_socket_problem(&dir.path().join("run/pam.sock")), None);
+        // A regular file in the way.
+        let file = dir.path().join("pam.sock");
+        std::fs::write(&file, b"").unwrap();
+        let e = pam_socket_problem(&file).unwrap();
+        assert!(e.contains("is not a socket"), "{e}");
+        // A file where a directory should be.
+        let e = pam_socket_problem(&file.join("x.sock")).unwrap();
+        assert!(e.contains("is not a directory"), "{e}");
+        // A live (or stale) socket is serve's to handle.
+        let sock = dir.path().join("live.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(pam_socket_problem(&sock), None);
+    }
 }

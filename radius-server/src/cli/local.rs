@@ -116,7 +116,7 @@ pub fn refuse_root_in_others_files(files: &[(&str, &Path)]) -> Result<()> {
 
 /// Whether `path` lets this process (its effective user) do `access`: `false` only for a
 /// clear "permission denied".
-fn denied(path: &Path, access: Access) -> bool {
+pub(crate) fn denied(path: &Path, access: Access) -> bool {
     matches!(
         rustix::fs::accessat(rustix::fs::CWD, path, access, AtFlags::EACCESS),
         Err(e) if e == rustix::io::Errno::ACCESS
