@@ -405,3 +405,34 @@ fn a_pam_socket_the_daemons_user_cannot_make_is_reported() {
     let out = as_nobody();
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[test]
+fn a_postgres_sslrootcert_that_holds_no_certificate_fails_the_check() {
+    // Readable but not a CA: before, only a connection at start found out.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::write(&ca, format!("{SECRET}\n")).unwrap();
+    let env = TestEnv::with_store(
+        vec![],
+        &format!(
+            "url = \"postgres://portcullis@db.example.org:5432/portcullis?sslmode=verify-full&sslrootcert={}\"\n",
+            ca.display()
+        ),
+        "",
+    );
+    let out = env.cli(&["config", "check"]);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text.contains("store.url")
+            && text.contains("sslrootcert")
+            && text.contains("no certificate"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "{text}");
+    // A real CA passes (nothing is connected to).
+    let tls = TestTls::new(dir.path()); // writes ca.pem
+    std::fs::copy(&tls.ca_file, &ca).unwrap();
+    let out = env.cli(&["config", "check"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -34,6 +34,15 @@ pub fn problems(cfg: &Config) -> Result<Vec<String>> {
             }
         }
     }
+    // PostgreSQL's CA, parsed as a connection parses it (a file of something else would
+    // only fail at the first connection, when the store opens at start).
+    if portcullis_core::store::is_postgres_url(&cfg.store.url)
+        && readable(&["store.url sslrootcert"])
+    {
+        if let Err(e) = portcullis_core::store::check_postgres_tls(&cfg.store.url) {
+            failed(anyhow::anyhow!("store.url: {e}"));
+        }
+    }
     // The providers keep a handle of the runtime their requests will run on; none is sent.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -16,7 +16,9 @@ mod postgres;
 mod sqlite;
 
 pub use migrations::MIGRATIONS;
-pub use pg_tls::{parse_url as parse_postgres_url, PgSslMode, PgTlsParams};
+pub use pg_tls::{
+    check_url_tls as check_postgres_tls, parse_url as parse_postgres_url, PgSslMode, PgTlsParams,
+};
 pub use postgres::{is_postgres_url, redact_url, translate_sql, PgSettings, PgStore, PUSH_CHANNEL};
 pub use sqlite::SqliteStore;
 

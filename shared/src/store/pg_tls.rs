@@ -217,6 +217,13 @@ impl PgTls {
     }
 }
 
+/// Whether the TLS settings of the `postgres://` URL `url` can be made, reading and parsing
+/// its `sslrootcert` as a connection would (`config check`); the error names the parameter.
+pub fn check_url_tls(url: &str) -> Result<(), String> {
+    let (_, params) = parse_url(url)?;
+    PgTls::new(&params).map(|_| ())
+}
+
 fn read_roots(path: &Path) -> Result<RootCertStore, String> {
     let shown = path.display();
     let pem = std::fs::read(path).map_err(|e| format!("sslrootcert={shown}: cannot read: {e}"))?;
