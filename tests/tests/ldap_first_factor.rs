@@ -455,8 +455,9 @@ fn ldap_other_spellings_of_a_name_are_refused_so_memberuid_groups_and_their_rule
 fn ldap_username_attribute_names_where_the_login_name_is() {
     peers();
     let slapd = directory_with_posix_group();
-    // Users may type uid or mail: by default both attributes of the filter are names (and
-    // the group search uses the uid, the first of them, whichever was typed).
+    // The filter finds the entry by uid or mail, but one entry has one login name, the
+    // first attribute's (uid): a second name would be a second store user, without the
+    // first one's factors. The group search uses the uid.
     let either = |extra: &str| {
         memberuid_config(&slapd, extra, "").replace(
             "(&(objectClass=inetOrgPerson)(uid={username}))",
@@ -466,20 +467,17 @@ fn ldap_username_attribute_names_where_the_login_name_is() {
     let env = TestEnv::with_extra_config(vec![], &either(""));
     let (ok, v) = ldap_test(&env, "bob", BOB_PW);
     assert!(ok, "{v}");
-    let (ok, v) = ldap_test(&env, "bob@example.org", BOB_PW);
-    assert!(ok, "{v}");
     let mut groups = groups_of(&v);
     groups.sort();
     assert_eq!(groups, ["ops", "staff"], "{v}");
-    let (ok, v) = ldap_test(&env, "BOB@example.org", BOB_PW);
-    assert!(!ok, "{v}");
-    assert!(
-        v["reason"]
-            .as_str()
-            .unwrap()
-            .contains("log in as 'bob@example.org'"),
-        "{v}"
-    );
+    for alias in ["bob@example.org", "BOB@example.org"] {
+        let (ok, v) = ldap_test(&env, alias, BOB_PW);
+        assert!(!ok, "{v}");
+        assert!(
+            v["reason"].as_str().unwrap().contains("log in as 'bob'"),
+            "{v}"
+        );
+    }
 
     // username_attribute = "mail": the mail address is the name (memberUid then finds no
     // group named by it, but memberOf still gives staff).
@@ -558,4 +556,39 @@ fn ldap_required_group_may_be_a_dn_from_memberof_or_the_group_search() {
     assert!(ok, "{v}");
     let (ok, v) = ldap_test(&env, "bob", BOB_PW);
     assert!(!ok, "{v}");
+}
+
+#[test]
+fn ldap_another_name_of_an_enrolled_users_entry_is_no_way_around_the_code() {
+    // With `(|(uid={username})(mail={username}))` the directory binds bob by his mail too.
+    // That must not make a second store user, without bob's factors, that `unenrolled =
+    // "allow"` would let in on the password alone (or `enroll` would let enrol its own).
+    peers();
+    let slapd = directory();
+    let extra = ldap_config(&slapd, &slapd.ldaps_url)
+        .replace(
+            "(&(objectClass=inetOrgPerson)(uid={username}))",
+            "(|(uid={username})(mail={username}))",
+        )
+        .replace("required_group = \"vpn-users\"\n", "");
+    let mut client = ClientSpec::new(Mode::Challenge);
+    client.extra = "unenrolled = \"allow\"\n".into();
+    let env = TestEnv::with_extra_config(vec![client], &extra);
+    env.add_tenant("acme");
+    let server = env.start_server();
+    // bob's first login makes his store user; he enrols an authenticator app.
+    let r = login(&env, server.addr, "bob", BOB_PW, None);
+    expect(&r, "Access-Accept", "bob, not enrolled, unenrolled = allow");
+    env.enroll_totp("acme", "bob", Some(&random_base32_secret()));
+    let r = login(&env, server.addr, "bob", BOB_PW, None);
+    expect(&r, "Access-Challenge", "bob now needs his code");
+    // His mail, with his password: refused, and no second user.
+    let r = login(&env, server.addr, "bob@example.org", BOB_PW, None);
+    expect(&r, "Access-Reject", "bob's mail as the user name");
+    assert!(store_user(&env, "bob@example.org").is_none());
+    let why = reason(&last_audit(&env, "bob@example.org"));
+    assert!(
+        why.contains("is the mail of the directory entry") && why.contains("log in as 'bob'"),
+        "{why}"
+    );
 }

@@ -307,7 +307,7 @@ impl LdapBackend {
             .directory_name(username, &entry, known)
             .map_err(|f| (Some(dn.clone()), f))?;
         let (info, group_dns) = self
-            .directory_info(&self.group_key(&entry).unwrap_or(name), &entry)
+            .directory_info(&name, &entry)
             .map_err(|f| (Some(dn.clone()), f))?;
         if let Some(required) = &self.cfg.required_group {
             let names = info.groups.as_deref().unwrap_or_default();
@@ -408,10 +408,16 @@ impl LdapBackend {
         }
     }
 
-    /// The user's name as the directory spells it (`username_attribute` of the entry), which
-    /// must be the typed name byte for byte: the directory found the entry ignoring case and
-    /// spaces, but the store keys users by the typed name and group searches such as
-    /// `memberUid` compare exactly.
+    /// The entry's login name, which must be the typed name byte for byte: the first value
+    /// of the first username attribute the entry has (`uid` of
+    /// `(|(uid={username})(mail={username}))`; the `userPrincipalName` without the template's
+    /// suffix, else `sAMAccountName`, in UPN mode). The store keys users by name, so one
+    /// entry must have one name: its mail, a second `uid` value or another spelling would
+    /// be a second store user without the first one's factors (and free to enrol its own).
+    /// The directory found the entry ignoring case and spaces, and by any attribute of the
+    /// filter, but group searches such as `memberUid` compare exactly. `known`: the store
+    /// has a user of the typed name, which keeps logging in when it is another spelling
+    /// (case, spaces) of the login name, made before names were checked.
     fn directory_name(
         &self,
         typed: &str,
@@ -419,64 +425,70 @@ impl LdapBackend {
         known: bool,
     ) -> Result<String, Failure> {
         let attributes = self.cfg.username_attributes_or_default();
-        let attribute = attributes.join("/");
+        let Some((attribute, name)) = self.login_name(entry) else {
+            return Err(Failure::Rejected(format!(
+                "the directory entry '{}' has no (readable) attribute '{}' to confirm the user name: set tenants.{}.ldap.username_attribute to the attribute holding login names (sAMAccountName on Active Directory)",
+                entry.dn,
+                attributes.join("/"),
+                self.tenant
+            )));
+        };
+        if name == typed {
+            return Ok(name.to_string());
+        }
+        let spelling = fold_name(name) == fold_name(typed);
+        if spelling && known {
+            // The store already has this spelling (its groups are searched with the
+            // directory's): refusing it would lock the user out, since the directory's
+            // spelling is then refused as a near-duplicate of it by the Engine.
+            return Ok(name.to_string());
+        }
+        let other_name = attributes
+            .iter()
+            .flat_map(|a| self.names_in(entry, a).into_iter().map(move |v| (a, v)))
+            .find(|(_, v)| *v == typed && !spelling);
+        Err(Failure::Rejected(match other_name {
+            Some((other, _)) => format!(
+                "user name '{typed}' is the {other} of the directory entry '{}', whose login name is '{name}' ({attribute}): one entry is one user with one set of factors; log in as '{name}'",
+                entry.dn
+            ),
+            None => format!(
+                "user name '{typed}' is spelled '{name}' in the directory ({attribute} of '{}'); names are matched exactly: log in as '{name}'",
+                entry.dn
+            ),
+        }))
+    }
+
+    /// The entry's values of the username attribute `a`, as names to type: a UPN without
+    /// the template's suffix, and none of another suffix (no name that binds: AD binds such
+    /// an account by `sAMAccountName@` the template's domain).
+    fn names_in<'e>(&self, entry: &'e SearchEntry, a: &str) -> Vec<&'e str> {
         let upn_template = self
             .cfg
             .user_dn_template
             .as_deref()
             .filter(|_| self.cfg.is_upn_template());
-        let names: Vec<&str> = attributes
+        attr(entry, a)
+            .unwrap_or_default()
             .iter()
-            .flat_map(|a| {
-                attr(entry, a)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(move |v| match upn_template {
-                        Some(t) if a.eq_ignore_ascii_case(UPN) => name_in_upn(t, v),
-                        _ => v.as_str(),
-                    })
+            .filter_map(|v| match upn_template {
+                Some(t) if a.eq_ignore_ascii_case(UPN) => upn_login_name(t, v),
+                _ => Some(v.as_str()),
             })
-            .collect();
-        if let Some(same) = names.iter().find(|n| **n == typed) {
-            return Ok((*same).to_string());
-        }
-        let Some(first) = names.first() else {
-            return Err(Failure::Rejected(format!(
-                "the directory entry '{}' has no (readable) attribute '{attribute}' to confirm the user name: set tenants.{}.ldap.username_attribute to the attribute holding login names (sAMAccountName on Active Directory)",
-                entry.dn, self.tenant
-            )));
-        };
-        let folded = fold_name(typed);
-        let alike = names.iter().find(|n| fold_name(n) == folded);
-        if let (true, Some(spelled)) = (known, alike) {
-            // The store already has this spelling (its groups are searched with the
-            // directory's): refusing it would lock the user out, since the directory's
-            // spelling is then refused as a near-duplicate of it by the Engine.
-            return Ok((*spelled).to_string());
-        }
-        let spelled = alike.unwrap_or(first);
-        Err(Failure::Rejected(format!(
-            "user name '{typed}' is spelled '{spelled}' in the directory ({attribute} of '{}'); names are matched exactly: log in as '{spelled}'",
-            entry.dn
-        )))
+            .collect()
     }
 
-    /// The name `group_filter`'s `{username}` stands for: the entry's value of the first
-    /// username attribute (`uid` for `(|(uid={username})(mail={username}))`, whichever the
-    /// user typed: `memberUid` holds uids), `None` if the entry has none.
-    fn group_key(&self, entry: &SearchEntry) -> Option<String> {
-        let first = self
-            .cfg
+    /// The entry's login name and its attribute: the first value of the first username
+    /// attribute the entry has. It is also the name `group_filter`'s `{username}` stands
+    /// for (`uid` for `(|(uid={username})(mail={username}))`: `memberUid` holds uids).
+    fn login_name<'e>(&self, entry: &'e SearchEntry) -> Option<(String, &'e str)> {
+        self.cfg
             .username_attributes_or_default()
             .into_iter()
-            .next()?;
-        let value = attr(entry, &first)?.first()?;
-        Some(match self.cfg.user_dn_template.as_deref() {
-            Some(t) if self.cfg.is_upn_template() && first.eq_ignore_ascii_case(UPN) => {
-                name_in_upn(t, value).to_string()
-            }
-            _ => value.clone(),
-        })
+            .find_map(|a| {
+                let first = self.names_in(entry, &a).first().copied();
+                first.map(|v| (a, v))
+            })
     }
 
     /// Groups (names for the store, DNs for `required_group`), mail and mobile.
@@ -697,16 +709,13 @@ fn upn_filter(upn: &str) -> String {
     format!("({UPN}={})", escape_filter_value(upn))
 }
 
-/// The part of a `userPrincipalName` that a UPN template's `{username}` stands for:
-/// `bob@corp.example` under `{username}@corp.example` -> `bob` (the fixed parts compared
-/// ignoring ASCII case, as the directory does); a value of another shape is returned whole.
-fn name_in_upn<'a>(template: &str, value: &'a str) -> &'a str {
-    let Some((prefix, suffix)) = template.split_once("{username}") else {
-        return value;
-    };
+/// The name to type for the UPN `value` with the UPN `template`, `None` when the value does
+/// not have the template's fixed parts (another UPN suffix: not a name that binds).
+fn upn_login_name<'a>(template: &str, value: &'a str) -> Option<&'a str> {
+    let (prefix, suffix) = template.split_once("{username}")?;
     let n = value.len();
     if n < prefix.len() + suffix.len() {
-        return value;
+        return None;
     }
     let head = value.get(..prefix.len());
     let tail = value.get(n - suffix.len()..);
@@ -714,9 +723,9 @@ fn name_in_upn<'a>(template: &str, value: &'a str) -> &'a str {
         (Some(h), Some(t), Some(middle))
             if h.eq_ignore_ascii_case(prefix) && t.eq_ignore_ascii_case(suffix) =>
         {
-            middle
+            Some(middle).filter(|m| !m.is_empty())
         }
-        _ => value,
+        _ => None,
     }
 }
 
@@ -909,13 +918,13 @@ mod tests {
             "(memberUid=bob)"
         );
         // The name in a userPrincipalName is the part {username} stands for.
-        assert_eq!(name_in_upn(t, "bob@corp.example"), "bob");
-        assert_eq!(name_in_upn(t, "bob@CORP.Example"), "bob");
-        assert_eq!(name_in_upn(t, "BOB@corp.example"), "BOB");
-        assert_eq!(name_in_upn(t, "bob@other.example"), "bob@other.example");
-        assert_eq!(name_in_upn(t, "@corp.example"), "");
-        assert_eq!(name_in_upn("pre-{username}", "PRE-bob"), "bob");
-        assert_eq!(name_in_upn(t, "é"), "é");
+        assert_eq!(upn_login_name(t, "bob@corp.example"), Some("bob"));
+        assert_eq!(upn_login_name(t, "bob@CORP.Example"), Some("bob"));
+        assert_eq!(upn_login_name(t, "BOB@corp.example"), Some("BOB"));
+        assert_eq!(upn_login_name(t, "bob@other.example"), None);
+        assert_eq!(upn_login_name(t, "@corp.example"), None);
+        assert_eq!(upn_login_name("pre-{username}", "PRE-bob"), Some("bob"));
+        assert_eq!(upn_login_name(t, "é"), None);
     }
 
     fn backend(extra: &str) -> LdapBackend {
@@ -955,17 +964,49 @@ mod tests {
             b.directory_name("bob", &bob, false).ok().as_deref(),
             Some("bob")
         );
-        assert_eq!(
-            b.directory_name("robert", &bob, false).ok().as_deref(),
-            Some("robert")
-        );
+        // A second value of the attribute would be a second store user: refused, known
+        // to the store or not.
+        for known in [false, true] {
+            let why = refusal(b.directory_name("robert", &bob, known));
+            assert!(
+                why.contains("is the uid of the directory entry 'uid=bob,")
+                    && why.contains("log in as 'bob'"),
+                "{why}"
+            );
+        }
         let why = refusal(b.directory_name("BOB", &bob, false));
         assert!(
             why.contains("log in as 'bob'") && why.contains("uid of 'uid=bob,"),
             "{why}"
         );
         let why = refusal(b.directory_name("Robert ", &bob, false));
-        assert!(why.contains("log in as 'robert'"), "{why}");
+        assert!(why.contains("log in as 'bob'"), "{why}");
+        // Found by its mail (the filter compares both): the mail is not a login name.
+        let b2 = backend("user_filter = \"(|(uid={username})(mail={username}))\"\n");
+        let bob2 = entry(
+            "uid=bob,ou=people,dc=x",
+            &[("uid", &["bob"]), ("mail", &["bob@example.org"])],
+        );
+        assert_eq!(
+            b2.directory_name("bob", &bob2, false).ok().as_deref(),
+            Some("bob")
+        );
+        for known in [false, true] {
+            let why = refusal(b2.directory_name("bob@example.org", &bob2, known));
+            assert!(
+                why.contains("is the mail of the directory entry")
+                    && why.contains("log in as 'bob'"),
+                "{why}"
+            );
+        }
+        // An entry without a uid is known by its mail.
+        let mail_only = entry("cn=svc,dc=x", &[("mail", &["svc@example.org"])]);
+        assert_eq!(
+            b2.directory_name("svc@example.org", &mail_only, false)
+                .ok()
+                .as_deref(),
+            Some("svc@example.org")
+        );
         // A store user of that spelling already exists (created before names were
         // checked): it keeps logging in, its groups searched with the directory's name.
         assert_eq!(
@@ -1005,6 +1046,32 @@ mod tests {
         );
         let why = refusal(b.directory_name("BOB", &upn, false));
         assert!(why.contains("log in as 'bob'"), "{why}");
+        // A UPN of another suffix binds no name: the login name is the sAMAccountName
+        // (AD binds it at the template's domain), and the UPN's name is refused.
+        let other = entry(
+            "CN=Bob Smith,OU=Staff,DC=corp,DC=example",
+            &[
+                ("userPrincipalName", &["bob.smith@other.example"]),
+                ("sAMAccountName", &["bob"]),
+            ],
+        );
+        assert_eq!(
+            b.directory_name("bob", &other, false).ok().as_deref(),
+            Some("bob")
+        );
+        // Both names of one account in the template's domain: the UPN's is the login name.
+        let both = entry(
+            "CN=Bob Smith,OU=Staff,DC=corp,DC=example",
+            &[
+                ("userPrincipalName", &["bob.smith@corp.example"]),
+                ("sAMAccountName", &["bob"]),
+            ],
+        );
+        let why = refusal(b.directory_name("bob", &both, false));
+        assert!(
+            why.contains("is the sAMAccountName of") && why.contains("log in as 'bob.smith'"),
+            "{why}"
+        );
         // ... or the attribute set for it.
         let b = backend("user_dn_template = \"{username}@corp.example\"\nusername_attribute = \"sAMAccountName\"\n");
         let upn = entry(
