@@ -708,6 +708,12 @@ impl Engine {
             None => (None, Vec::new()),
         };
         let snapshot = user.as_ref().map(|u| u.id);
+        // Each reading refused is a wrong password to the backend (a failed bind that a
+        // directory counts towards the account's lockout, a hash computed in vain): the
+        // readings with the user's code lengths go first. Their number stays the string's.
+        if candidates.len() > 1 {
+            split::prefer_code_lengths(&mut candidates, &split::code_lengths(&factors));
+        }
         if let Some(u) = user.as_ref().filter(|_| mode != LoginMode::OtpOnly) {
             // A locked or throttled user is refused before the password is checked: after
             // it, the refusal would confirm the password (otp-only logins check no password

@@ -4,11 +4,17 @@
 //! user costs as many password checks as a known one (no enumeration by timing). There are
 //! at most [`MAX_READINGS`] of them: with the whole string as a password after them, one
 //! request checks at most [`MAX_PASSWORD_CHECKS`] passwords, and each one refused counts
-//! against the source's limit of wrong passwords.
+//! against the source's limit of wrong passwords. Only their order follows the user
+//! ([`prefer_code_lengths`]): a good login then checks no wrong reading first, which a
+//! directory would count towards the account's lockout.
 
 use zeroize::Zeroizing;
 
 use crate::codes::{normalize_recovery_code, RECOVERY_CODE_LEN};
+use crate::engine::oob::SENT_CODE_LEN;
+use crate::hotp::HotpParams;
+use crate::model::{Factor, FactorKind, FactorState};
+use crate::totp::TotpParams;
 
 /// One way to read `password` + code.
 pub struct Candidate {
@@ -73,6 +79,38 @@ pub fn append_candidates(credential: &[u8], delimiter: &str) -> Vec<Candidate> {
     }
     out.truncate(MAX_READINGS);
     out
+}
+
+/// The lengths of the codes `factors` make (their confirmed TOTP and HOTP factors' digits,
+/// the sent codes of SMS and e-mail factors).
+pub fn code_lengths(factors: &[Factor]) -> Vec<usize> {
+    factors
+        .iter()
+        .filter(|f| f.state == FactorState::Confirmed)
+        .filter_map(|f| match f.kind {
+            FactorKind::Totp => serde_json::from_str::<TotpParams>(&f.params)
+                .ok()
+                .map(|p| usize::from(p.digits)),
+            FactorKind::Hotp => serde_json::from_str::<HotpParams>(&f.params)
+                .ok()
+                .map(|p| usize::from(p.digits)),
+            FactorKind::Sms | FactorKind::Email => Some(SENT_CODE_LEN),
+            FactorKind::Push => None,
+        })
+        .collect()
+}
+
+/// Puts the readings whose code is digits of one of `lengths` first, keeping the order
+/// otherwise: `Winter2024` + an 8-digit code is then not first tried as the password
+/// `Winter202412` with a 6-digit code. Nothing moves when `lengths` is empty.
+pub fn prefer_code_lengths(candidates: &mut [Candidate], lengths: &[usize]) {
+    if lengths.is_empty() {
+        return;
+    }
+    candidates.sort_by_key(|c| {
+        let fits = c.code.bytes().all(|b| b.is_ascii_digit()) && lengths.contains(&c.code.len());
+        !fits
+    });
 }
 
 /// Names of out-of-band factors a user may type after the delimiter (`hunter2,push`).
@@ -198,5 +236,29 @@ mod tests {
             readings("123456").is_empty(),
             "a code alone has no password"
         );
+    }
+
+    #[test]
+    fn the_users_code_length_is_tried_first_and_the_readings_stay_the_strings() {
+        let order = |s: &str, lengths: &[usize]| {
+            let mut c = append_candidates(s.as_bytes(), ",");
+            prefer_code_lengths(&mut c, lengths);
+            c.into_iter()
+                .map(|c| String::from_utf8(c.password.to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let s = "Winter202412345678";
+        assert_eq!(order(s, &[]), ["Winter202412", "Winter2024", "Winter202"]);
+        assert_eq!(order(s, &[8]), ["Winter2024", "Winter202412", "Winter202"]);
+        assert_eq!(
+            order(s, &[6, 8]),
+            ["Winter202412", "Winter2024", "Winter202"]
+        );
+        assert_eq!(order(s, &[9]), ["Winter202", "Winter202412", "Winter2024"]);
+        // A recovery-code reading is not moved before a fitting one, nor dropped.
+        let mut c = append_candidates(b"pw,ABCD-EFGH", ",");
+        let n = c.len();
+        prefer_code_lengths(&mut c, &[6]);
+        assert_eq!(c.len(), n);
     }
 }

@@ -1599,6 +1599,54 @@ fn append_mode_asks_a_remote_backend_once_when_the_delimiter_is_typed_or_it_is_d
     assert!(last_reason(&w).contains("first factor (radius) unavailable: down"));
 }
 
+#[test]
+fn a_good_append_login_sends_the_backend_no_wrong_reading_first() {
+    // `dir-pass` + an 8-digit code was first tried as `dir-pass12` + 6 digits: a failed bind
+    // on every good login, which a directory counts towards the account's lockout.
+    use crate::first_factor::{DirectoryInfo, FirstFactor, FirstFactorResult};
+    use std::sync::Mutex;
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<Vec<u8>>>);
+    impl FirstFactor for Recording {
+        fn name(&self) -> &'static str {
+            "test-directory"
+        }
+        fn check(&self, _: &str, _: &str, _: Option<&User>, pw: &[u8]) -> FirstFactorResult {
+            self.0.lock().unwrap().push(pw.to_vec());
+            if pw == b"dir-pass" {
+                FirstFactorResult::Accepted(DirectoryInfo::default())
+            } else {
+                FirstFactorResult::Rejected("invalid credentials".into())
+            }
+        }
+    }
+    let mut w = world();
+    add_user_with_pw(&w, "hank");
+    w.admin
+        .enroll_hotp("acme", "hank", Some(SECRET), 8, "SHA1", 0)
+        .unwrap();
+    let dir = Arc::new(Recording::default());
+    w.engine.set_first_factor("acme", dir.clone());
+    let code = crate::hotp::generate(
+        &decode_base32(SECRET).unwrap(),
+        crate::totp::TotpAlgorithm::SHA1,
+        8,
+        1,
+    );
+    let s = login(&w, LoginMode::Append, "hank", &format!("dir-pass{code}"));
+    assert!(is_accept(&s), "{s:?}");
+    assert_eq!(*dir.0.lock().unwrap(), [b"dir-pass".to_vec()]);
+    // A wrong password still costs every reading, whoever the user is.
+    dir.0.lock().unwrap().clear();
+    let s = login(&w, LoginMode::Append, "hank", "wrong-pass12345678");
+    assert!(!is_accept(&s));
+    let known = dir.0.lock().unwrap().len();
+    dir.0.lock().unwrap().clear();
+    let s = login(&w, LoginMode::Append, "nobody", "wrong-pass12345678");
+    assert!(!is_accept(&s));
+    assert_eq!(dir.0.lock().unwrap().len(), known);
+}
+
 /// Code-only logins decided in batches ([`LoginBatcher`]).
 mod batch {
     use std::sync::mpsc;
