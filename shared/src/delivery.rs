@@ -9,9 +9,22 @@ pub enum DeliveryError {
     /// The provider refused the request (4xx): wrong credentials, bad number... Not retried.
     #[error("provider refused the message: {0}")]
     Refused(String),
-    /// The provider is down, slow, rate limiting or answered nonsense (5xx, 429, timeout, malformed).
+    /// The provider did not take the message: down, rate limiting, or no connection
+    /// (5xx, 429, connection refused or timed out).
     #[error("provider unavailable: {0}")]
     Unavailable(String),
+    /// The request went out but its answer did not come (timed out, connection lost, an
+    /// answer that cannot be read): the message may have been sent.
+    #[error("provider did not confirm the message, which may have been sent: {0}")]
+    Uncertain(String),
+}
+
+impl DeliveryError {
+    /// Whether the message may have reached the user: only a refusal or an answer saying
+    /// so means it did not.
+    pub fn may_have_been_sent(&self) -> bool {
+        matches!(self, DeliveryError::Uncertain(_))
+    }
 }
 
 /// Sends a short text to a user's address (a phone number for SMS).

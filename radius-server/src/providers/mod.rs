@@ -57,7 +57,7 @@ pub(crate) fn run_blocking<T>(
     handle.block_on(async {
         match tokio::time::timeout(timeout + Duration::from_secs(1), fut).await {
             Ok(r) => r,
-            Err(_) => Err(DeliveryError::Unavailable(format!(
+            Err(_) => Err(DeliveryError::Uncertain(format!(
                 "no answer within {timeout:?}"
             ))),
         }
@@ -82,7 +82,13 @@ pub(crate) fn transport(e: reqwest::Error) -> DeliveryError {
         .and_then(|u| u.host_str())
         .map(|h| format!(" ({h})"))
         .unwrap_or_default();
-    DeliveryError::Unavailable(if e.is_timeout() {
+    // No connection: nothing was sent. Once connected, the request may have gone out
+    // whatever happened to its answer.
+    if e.is_connect() {
+        let why = e.without_url();
+        return DeliveryError::Unavailable(format!("cannot connect{host}: {why}"));
+    }
+    DeliveryError::Uncertain(if e.is_timeout() {
         format!("timed out{host}")
     } else {
         format!("transport error{host}: {}", e.without_url())

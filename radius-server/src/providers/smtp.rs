@@ -88,7 +88,8 @@ impl CodeSender for Smtp {
             Err(e) if e.is_permanent() => {
                 Err(DeliveryError::Refused(format!("SMTP server refused: {e}")))
             }
-            Err(e) if e.is_timeout() => Err(DeliveryError::Unavailable("SMTP timed out".into())),
+            // The message may have been handed over before the answer timed out.
+            Err(e) if e.is_timeout() => Err(DeliveryError::Uncertain("SMTP timed out".into())),
             Err(e) => Err(DeliveryError::Unavailable(format!("SMTP: {e}"))),
         }
     }

@@ -109,7 +109,7 @@ impl CodeSender for Twilio {
             let text = resp.text().await.map_err(transport)?;
             if status == reqwest::StatusCode::CREATED || status == reqwest::StatusCode::OK {
                 let created: Created = serde_json::from_str(&text).map_err(|_| {
-                    DeliveryError::Unavailable("malformed reply: no message sid".into())
+                    DeliveryError::Uncertain("malformed reply: no message sid".into())
                 })?;
                 if created.status == "failed" || created.status == "undelivered" {
                     return Err(DeliveryError::Refused(format!(

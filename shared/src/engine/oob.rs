@@ -203,11 +203,18 @@ impl Engine {
             .template
             .replace("{issuer}", &settings.issuer)
             .replace("{code}", &code);
-        if let Err(e) = sender.send(&to, &code, &message) {
-            tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "code not sent");
-            release("the provider did not take it");
-            return Ok(SendOutcome::Failed(e));
+        let sent = sender.send(&to, &code, &message);
+        match sent {
+            Err(e) if !e.may_have_been_sent() => {
+                tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e, "code not sent");
+                release("the provider did not take it");
+                return Ok(SendOutcome::Failed(e));
+            }
+            _ => {}
         }
+        // Sent, or perhaps (the provider timed out after taking the request): it counts
+        // toward the quota and the resend pause, or a slow provider would let anyone with
+        // the password send codes without limit; and it works if it arrives.
         let hash = sent_code_hash(&self.sent_pepper, &factor.id, &code);
         if !self
             .store
@@ -219,6 +226,11 @@ impl Engine {
                 name: user.name.clone(),
             }
             .into());
+        }
+        if let Err(e) = sent {
+            tracing::warn!(tenant, user = %user.name, provider = sender.provider(), error = %e,
+                "code perhaps not sent; it counts toward the user's quota and works if it arrives");
+            return Ok(SendOutcome::Failed(e));
         }
         Ok(SendOutcome::Sent {
             kind: factor.kind,

@@ -448,12 +448,20 @@ impl Engine {
             self.store.release_code_send(user.id, &reservation)?;
             return Err(e);
         }
-        if let Err(e) = sender.send_text(params.channel, &address, &title, &message) {
-            self.store.release_code_send(user.id, &reservation)?;
-            return Ok(SendOutcome::Failed(e));
+        let sent = sender.send_text(params.channel, &address, &title, &message);
+        match sent {
+            Err(e) if !e.may_have_been_sent() => {
+                self.store.release_code_send(user.id, &reservation)?;
+                return Ok(SendOutcome::Failed(e));
+            }
+            _ => {}
         }
+        // Perhaps sent (no answer): counted, as in `send_code`, and it works if it arrives.
         self.store
             .confirm_code_send(user.id, &reservation, &hash, now + 600)?;
+        if let Err(e) = sent {
+            return Ok(SendOutcome::Failed(e));
+        }
         Ok(SendOutcome::Sent {
             kind: FactorKind::Push,
             to: sender.provider(params.channel).to_string(),

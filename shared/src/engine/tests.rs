@@ -1031,6 +1031,8 @@ mod sms {
     struct Phone {
         inbox: Mutex<Vec<(String, String)>>,
         down: std::sync::atomic::AtomicBool,
+        /// Takes the message, then times out (the answer never comes).
+        unconfirmed: std::sync::atomic::AtomicBool,
         email: bool,
     }
 
@@ -1050,6 +1052,9 @@ mod sms {
                 return Err(DeliveryError::Unavailable("HTTP 503".into()));
             }
             self.inbox.lock().unwrap().push((to.into(), message.into()));
+            if self.unconfirmed.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(DeliveryError::Uncertain("timed out".into()));
+            }
             Ok(())
         }
     }
@@ -1200,6 +1205,54 @@ mod sms {
         }
         assert_eq!(phone.count(), n, "quota");
         assert!(last_reason(&w).contains("hourly quota"));
+    }
+
+    #[test]
+    fn a_send_the_provider_did_not_confirm_counts_and_its_code_works() {
+        // A provider that takes the message and then times out: giving the send back made
+        // every such send free, so the resend pause and the hourly quota did not hold
+        // while the provider was slow (texts without limit, for anyone with the password).
+        let (w, phone) = sms_world();
+        phone
+            .unconfirmed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let n = phone.count();
+        login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        assert_eq!(phone.count(), n + 1);
+        assert!(
+            last_reason(&w).contains("may have been sent"),
+            "{}",
+            last_reason(&w)
+        );
+        // At once again: the pause holds, nothing is sent.
+        login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        assert_eq!(phone.count(), n + 1, "resend pause");
+        // The quota holds too: the enrolment text, then four an hour.
+        for _ in 0..6 {
+            w.clock.advance(31);
+            login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        }
+        assert_eq!(phone.count(), n + 4, "hourly quota");
+        // The code that arrived works.
+        assert!(is_accept(&login(
+            &w,
+            LoginMode::Append,
+            "alice",
+            &format!("hunter2{}", phone.last_code())
+        )));
+    }
+
+    #[test]
+    fn a_provider_that_did_not_take_the_message_does_not_use_the_quota() {
+        let (w, phone) = sms_world();
+        phone.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..6 {
+            login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        }
+        phone.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let n = phone.count();
+        login(&w, LoginMode::Append, "alice", "hunter2,sms");
+        assert_eq!(phone.count(), n + 1, "sent once the provider is back");
     }
 
     #[test]
