@@ -125,6 +125,15 @@ pub fn config_warnings(cfg: &Config) -> Vec<String> {
                 ));
             }
         }
+        if let (Some(_), Some(duo)) = (&t.ldap, &t.duo) {
+            if duo.username == portcullis_core::config::DuoUsername::Email
+                && duo.username_attribute.is_none()
+            {
+                out.push(format!(
+                    "tenants.{name}.duo.username = \"email\" with an LDAP directory: the Duo user is the entry's e-mail address (ldap.email_attribute, default mail) as the directory gives it at each login; a user who may change their own address could log in as another Duo user: let only administrators write it, or use username = \"username\""
+                ));
+            }
+        }
         if let Some(r) = &t.radius {
             if !r.require_message_authenticator {
                 out.push(format!(
@@ -134,4 +143,33 @@ pub fn config_warnings(cfg: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_warnings;
+
+    #[test]
+    fn duo_users_named_by_a_directory_address_are_warned_about() {
+        let cfg = |duo: &str| {
+            portcullis_core::config::Config::from_toml_str(
+                &format!(
+                    "[tenants.acme]\nfirst_factor = \"ldap\"\n[tenants.acme.ldap]\nurl = \"ldaps://dc1\"\nbase_dn = \"dc=x\"\n\
+                     [tenants.acme.duo]\nikey = \"DIXXXXXXXXXXXXXXXXXX\"\nskey = \"0123456789012345678901234567890123456789\"\napi_host = \"api-x.duosecurity.com\"\n{duo}"
+                ),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap()
+        };
+        let warned = |c| {
+            config_warnings(&c)
+                .iter()
+                .any(|w| w.contains("tenants.acme.duo.username"))
+        };
+        assert!(warned(cfg("username = \"email\"\n")));
+        assert!(!warned(cfg("")));
+        assert!(!warned(cfg(
+            "username = \"email\"\nusername_attribute = \"duo_name\"\n"
+        )));
+    }
 }
