@@ -160,7 +160,8 @@ impl std::fmt::Debug for Factor {
 }
 
 /// A login in progress, kept in the store so that any node can continue it.
-/// It is bound to user, client and source; `step` makes every prompt single-use.
+/// It is bound to user, client (a PAM service with its host: [`crate::engine::Channel::binding`])
+/// and source; `step` makes every prompt single-use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
     pub id: String,

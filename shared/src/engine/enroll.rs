@@ -103,7 +103,7 @@ impl Engine {
             tenant_id: tenant.id,
             user_id: user.id,
             username: user.name.clone(),
-            client: req.channel.client().to_string(),
+            client: req.channel.binding().into_owned(),
             source: req.source.clone(),
             first_factor: first.to_string(),
             reply_attributes: reply_attributes.to_vec(),

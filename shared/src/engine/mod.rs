@@ -90,6 +90,16 @@ impl Channel {
             Channel::Web { .. } => "web",
         }
     }
+
+    /// What a transaction is bound to besides its user and source: the RADIUS client, or
+    /// the PAM service on its host (`sshd@host1`: another host of the tenant, naming the
+    /// same service, user and rhost, must not answer or poll this host's login).
+    pub fn binding(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Channel::Pam { service, host, .. } => format!("{service}@{host}").into(),
+            other => other.client().into(),
+        }
+    }
 }
 
 /// The first request of a login.
@@ -1272,7 +1282,7 @@ impl Engine {
             tenant_id: tenant.id,
             user_id: user.id,
             username: user.name.clone(),
-            client: req.channel.client().to_string(),
+            client: req.channel.binding().into_owned(),
             source: req.source.clone(),
             first_factor: first.to_string(),
             reply_attributes: reply_attributes.to_vec(),
@@ -1442,10 +1452,11 @@ impl Engine {
         // The store takes the step only for the tenant, user, client and source the login
         // was started for. An answer from anyone else (the State travels in cleartext) is
         // refused and audited, and changes nothing: the owner's login stays answerable.
+        let bound_to = req.channel.binding();
         let binding = TxnBinding {
             tenant_id: tenant.id,
             username: &req.username,
-            client: req.channel.client(),
+            client: &bound_to,
             source: &req.source,
         };
         let txn = match self.store.take_transaction(id, step, &binding, now)? {

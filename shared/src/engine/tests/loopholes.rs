@@ -334,6 +334,55 @@ fn a_mismatched_answer_is_refused_and_leaves_the_owners_login_open() {
     );
 }
 
+#[test]
+fn a_pam_login_is_answered_only_from_its_own_host() {
+    // Two hosts of the tenant, the same service, user and rhost: the second host (a leaked
+    // host token, a compromised machine) must not answer the first one's login.
+    let w = world();
+    let pam = |host: &str| Channel::Pam {
+        host: host.into(),
+        service: "sshd".into(),
+        rhost: Some("192.0.2.10".into()),
+        tty: Some("ssh".into()),
+    };
+    let started = w
+        .engine
+        .start(&LoginRequest {
+            tenant: "acme".into(),
+            channel: pam("host1"),
+            source: "192.0.2.10".into(),
+            mode: LoginMode::Challenge,
+            username: "alice".into(),
+            credential: Zeroizing::new(b"hunter2".to_vec()),
+            delimiter: ",".into(),
+            prompt: "Code:".into(),
+            unenrolled: Unenrolled::Deny,
+            source_limited: true,
+        })
+        .unwrap();
+    let txn = prompt_txn(&started);
+    let from = |host: &str| {
+        answer_in(
+            &w,
+            "acme",
+            pam(host),
+            "alice",
+            "192.0.2.10",
+            &txn,
+            &code_at(T0),
+        )
+    };
+    let s = from("host2");
+    assert!(!is_accept(&s), "{s:?}");
+    assert!(
+        last_reason(&w).contains("another user, client or source"),
+        "{}",
+        last_reason(&w)
+    );
+    let s = from("host1");
+    assert!(is_accept(&s), "{s:?} ({})", last_reason(&w));
+}
+
 /// Alice's answers `(txn, code)`, each sent on its own thread at once: how many were
 /// accepted.
 fn accepted_at_once(w: &Arc<World>, answers: Vec<(String, String)>) -> usize {
