@@ -110,14 +110,25 @@ impl RawClient {
 
     /// Checks (Response Authenticator, Message-Authenticator) and decodes a reply to
     /// `request`; fails the test if the reply does not verify.
+    /// Our server's replies must also be well formed (a UTF-8 Reply-Message, a 4-byte
+    /// Session-Timeout), which the lenient decoder only notes.
     pub fn decode(&self, request: &RawRequest, reply: &[u8]) -> DecodedReply {
-        decode_reply(reply, &request.authenticator, &self.secret).unwrap_or_else(|e| {
-            panic!(
-                "the reply to request id {} does not verify: {e:?}\nreply bytes: {}",
-                request.identifier,
-                hex(reply)
-            )
-        })
+        let decoded =
+            decode_reply(reply, &request.authenticator, &self.secret).unwrap_or_else(|e| {
+                panic!(
+                    "the reply to request id {} does not verify: {e:?}\nreply bytes: {}",
+                    request.identifier,
+                    hex(reply)
+                )
+            });
+        assert!(
+            decoded.anomalies.is_empty(),
+            "the reply to request id {} is malformed: {:?}\nreply bytes: {}",
+            request.identifier,
+            decoded.anomalies,
+            hex(reply)
+        );
+        decoded
     }
 }
 

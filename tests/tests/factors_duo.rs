@@ -1,7 +1,10 @@
 //! Duo end to end: `portcullis serve` asks a strict local fake of the Duo Auth API v2
 //! (signature and Date checked on every request) after the password; radclient is the NAS.
 
+use std::path::Path;
+
 use portcullis_tests::fakes::duo::{DuoBehaviour, FakeDuo, PASSCODE};
+use portcullis_tests::fakes::tls::TestTls;
 use portcullis_tests::{
     radclient, radclient_waiting, require_tool, ClientSpec, Mode, RadReply, Server, TestEnv,
 };
@@ -404,4 +407,112 @@ fn the_self_service_page_sends_only_passcodes_to_duo_never_a_push_or_a_text() {
     let r = sign_in(PASSCODE);
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(auth_calls(&w), 1, "{:?}", w.duo.calls());
+}
+
+/// A `fail_mode = "safe"` world whose Duo section points at `api_host` and trusts `ca_file`
+/// (the fake runs either way, so that a call reaching it would show).
+fn safe_world_at(duo: FakeDuo, dir: tempfile::TempDir, api_host: &str, ca: &Path) -> World {
+    let config = format!(
+        "\n[tenants.acme.duo]\nikey = \"{}\"\nskey = \"{}\"\napi_host = \"{api_host}\"\n\
+         fail_mode = \"safe\"\nca_file = \"{}\"\ntimeout = \"3s\"\npush_timeout = \"5s\"\n",
+        duo.ikey,
+        duo.skey,
+        ca.display()
+    );
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(Mode::Challenge)], &config);
+    env.add_tenant("acme");
+    env.add_user("acme", "alice", "pw");
+    let server = env.start_server();
+    World {
+        duo,
+        env,
+        server,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_tls_certificate_that_does_not_verify_fails_closed_even_in_safe_mode() {
+    // Someone on the path presenting their own certificate looks like interception, not an
+    // outage: with only the password, safe mode must not become a way past Duo.
+    require_tool("radclient", "freeradius-utils");
+    let pki = tempfile::tempdir().unwrap();
+    let sub = |name: &str| {
+        let d = pki.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        d
+    };
+    let fresh = || tempfile::tempdir().unwrap();
+
+    // The fake's certificate is signed by a CA the configuration does not trust.
+    let unrelated = TestTls::new(&sub("unrelated"));
+    let dir = fresh();
+    let duo = FakeDuo::start(dir.path());
+    let api_host = duo.api_host();
+    let w = safe_world_at(duo, dir, &api_host, &unrelated.ca_file);
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "untrusted certificate, fail_mode safe",
+    );
+    refused_reason(&w, "TLS certificate verification of");
+    let record = last_audit(&w);
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("possible interception"),
+        "{record}"
+    );
+    assert!(w.duo.calls().is_empty(), "{:?}", w.duo.calls());
+
+    // A certificate from the trusted CA, but for another host name: the same.
+    let named = TestTls::for_names(&sub("named"), &["duo.example.net"]);
+    let other_host = tiny_http::Server::https(
+        "127.0.0.1:0",
+        tiny_http::SslConfig {
+            certificate: named.cert_pem.clone().into_bytes(),
+            private_key: named.key_pem.clone().into_bytes(),
+        },
+    )
+    .expect("an HTTPS listener for another name");
+    let port = other_host
+        .server_addr()
+        .to_ip()
+        .expect("an IP listener")
+        .port();
+    let dir = fresh();
+    let w = safe_world_at(
+        FakeDuo::start(dir.path()),
+        dir,
+        &format!("127.0.0.1:{port}"),
+        &named.ca_file,
+    );
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Reject",
+        "certificate for another name, fail_mode safe",
+    );
+    refused_reason(&w, "TLS certificate verification of");
+    drop(other_host);
+
+    // Nothing listening (connection refused) is still an outage, which safe mode lets in.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = fresh();
+    let duo = FakeDuo::start(dir.path());
+    let ca = duo.ca_file.clone();
+    let w = safe_world_at(duo, dir, &format!("127.0.0.1:{closed_port}"), &ca);
+    expect(
+        &login(&w, "alice", "pw", None),
+        "Access-Accept",
+        "connection refused, fail_mode safe",
+    );
+    let record = last_audit(&w);
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("FAIL-OPEN") && reason.contains("transport error"),
+        "{record}"
+    );
 }

@@ -592,3 +592,71 @@ fn ldap_another_name_of_an_enrolled_users_entry_is_no_way_around_the_code() {
         "{why}"
     );
 }
+
+#[test]
+fn ldap_ca_file_bundle_trusts_every_certificate_not_only_the_first() {
+    // A CA bundle during a rollover: an unrelated CA first, the CA that signed slapd's
+    // certificate second. Every certificate must be trusted, not only the first block.
+    peers();
+    let slapd = directory();
+    let other = tempfile::tempdir().expect("tempdir");
+    let unrelated = portcullis_tests::fakes::tls::TestTls::new(other.path());
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read a CA file");
+    let bundle = other.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        format!(
+            "# old CA\n{}# new CA\n{}",
+            read(&unrelated.ca_file),
+            read(&slapd.ca_file())
+        ),
+    )
+    .expect("write the bundle");
+    let with_ca = |ca: &std::path::Path| {
+        ldap_config(&slapd, &slapd.ldaps_url).replace(
+            &format!("ca_file = \"{}\"\n", slapd.ca_file().display()),
+            &format!("ca_file = \"{}\"\n", ca.display()),
+        )
+    };
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(Mode::Challenge)], &with_ca(&bundle));
+    env.add_tenant("acme");
+    let server = env.start_server();
+    // The first login makes alice's store user (no factor yet); she then enrols TOTP.
+    let r = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(&r, "Access-Reject", "no second factor enrolled yet");
+    let why = reason(&last_audit(&env, "alice"));
+    assert!(why.contains("no confirmed second factor"), "{why}");
+    let secret = random_base32_secret();
+    env.enroll_totp("acme", "alice", Some(&secret));
+    let first = login(&env, server.addr, "alice", ALICE_PW, None);
+    expect(
+        &first,
+        "Access-Challenge",
+        "directory over TLS trusted through the bundle",
+    );
+    let code = oathtool_totp(&secret, 6, Algorithm::Sha1, 0);
+    let second = login(
+        &env,
+        server.addr,
+        "alice",
+        &code,
+        Some(&first.state_for_radclient()),
+    );
+    expect(&second, "Access-Accept", "bundle CA + TOTP");
+    drop(server);
+
+    // A ca_file without any certificate (here only a private key) is refused up front.
+    let keys = other.path().join("keys.pem");
+    std::fs::write(&keys, &unrelated.key_pem).expect("write keys.pem");
+    let env = TestEnv::with_extra_config(vec![], &with_ca(&keys));
+    let out = env.cli_stdin(
+        &["ldap", "test", "--tenant", "acme", "alice", "--json"],
+        &format!("{ALICE_PW}\n"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no PEM certificate") && err.contains(&keys.display().to_string()),
+        "{err}"
+    );
+}

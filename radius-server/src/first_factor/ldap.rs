@@ -73,21 +73,30 @@ impl LdapBackend {
         let connector = match &cfg.ca_file {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|source| LdapSetupError::CaFile {
+                // An unreadable file is named as such; what it holds is then read by the
+                // providers' reader: every certificate of a bundle (old and new CA during a
+                // rollover, intermediate and root), and a file without one is refused.
+                std::fs::read(path).map_err(|source| LdapSetupError::CaFile {
                     tenant: tenant.into(),
                     path: path.display().to_string(),
                     source,
                 })?;
-                let cert =
-                    native_tls::Certificate::from_pem(&pem).map_err(|e| LdapSetupError::Tls {
-                        tenant: tenant.into(),
-                        message: format!(
-                            "ca_file {} is not a PEM certificate: {e}",
-                            path.display()
-                        ),
-                    })?;
+                let not_pem = |e: String| LdapSetupError::Tls {
+                    tenant: tenant.into(),
+                    message: format!("ca_file {} is not a PEM certificate ({e})", path.display()),
+                };
+                let certs = crate::providers::ca_certificates(
+                    &format!("tenants.{tenant}.ldap.ca_file"),
+                    path,
+                )
+                .map_err(|e| not_pem(format!("{e:#}")))?;
                 let mut b = native_tls::TlsConnector::builder();
-                b.add_root_certificate(cert);
+                for (n, der) in certs.iter().enumerate() {
+                    let cert = native_tls::Certificate::from_der(der).map_err(|e| {
+                        not_pem(format!("certificate {} does not load: {e}", n + 1))
+                    })?;
+                    b.add_root_certificate(cert);
+                }
                 if !cfg.tls_verify {
                     b.danger_accept_invalid_certs(true)
                         .danger_accept_invalid_hostnames(true);

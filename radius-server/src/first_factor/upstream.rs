@@ -6,6 +6,9 @@
 //! logins). A reply counts only when it comes from the server's address, carries the
 //! request's identifier, and its Response Authenticator and Message-Authenticator verify;
 //! anything else is discarded (and counted in the audit reason) while waiting goes on.
+//! A reply that verifies is authentic even when an attribute is odd (a non-UTF-8
+//! Reply-Message, a Session-Timeout of the wrong length): it is read leniently and logged,
+//! never mistaken for a forgery (which would retransmit the password and fail over).
 //! Each server is tried `1 + retries` times for `timeout` each, then the next (failover).
 //! An upstream Access-Challenge is refused: multi-round upstream logins are not supported.
 
@@ -18,7 +21,7 @@ use portcullis_core::first_factor::{CheckContext, DirectoryInfo, FirstFactor, Fi
 use portcullis_core::model::User;
 use rand::RngCore;
 
-use crate::radius::packet::{decode_reply, encode_access_request, RawAttribute};
+use crate::radius::packet::{decode_reply, encode_access_request, DropReason, RawAttribute};
 
 const CODE_ACCEPT: u8 = 2;
 const CODE_REJECT: u8 = 3;
@@ -145,10 +148,15 @@ impl UpstreamRadius {
                     server.secret.as_bytes(),
                 ) {
                     Ok(r) => r,
-                    Err(_) => {
+                    Err(DropReason::BadMessageAuthenticator) => {
                         discarded.note(
                             "a reply whose Response Authenticator or Message-Authenticator did not verify (forged, or a wrong secret)",
                         );
+                        continue;
+                    }
+                    // Not a well-formed Accept, Reject or Challenge: nothing could be verified.
+                    Err(_) => {
+                        discarded.note("a malformed datagram that is not a RADIUS reply");
                         continue;
                     }
                 };
@@ -163,6 +171,13 @@ impl UpstreamRadius {
                 if self.cfg.require_message_authenticator && !has_ma {
                     discarded.note("a reply without Message-Authenticator (require_message_authenticator = true)");
                     continue;
+                }
+                // Verified but odd (e.g. a Latin-1 Reply-Message from a localised NPS): the
+                // reply is authentic and counts; what was read leniently is only logged.
+                if !reply.anomalies.is_empty() {
+                    tracing::warn!(tenant = ctx.tenant, server = %server.address,
+                        code = reply.code, anomalies = %reply.anomalies.join("; "),
+                        "upstream RADIUS reply verified but had malformed attributes; read leniently");
                 }
                 return ServerOutcome::Verdict(match reply.code {
                     CODE_ACCEPT => FirstFactorResult::Accepted(DirectoryInfo {
@@ -400,6 +415,136 @@ mod tests {
             matches!(&r, FirstFactorResult::Rejected(w) if w.contains("Access-Challenge")),
             "{r:?}"
         );
+    }
+
+    /// A fake upstream answering every request it receives within `window` with
+    /// `reply(request)`; joining it gives how many requests arrived.
+    fn counting_upstream(
+        window: Duration,
+        reply: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let end = Instant::now() + window;
+            let mut buf = [0u8; 4096];
+            let mut seen = 0;
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return seen;
+                }
+                sock.set_read_timeout(Some(left)).unwrap();
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    seen += 1;
+                    let _ = sock.send_to(&reply(&buf[..n]), from);
+                }
+            }
+        });
+        (addr, h)
+    }
+
+    /// A genuine reply as a strict upstream sends it: Message-Authenticator first (HMAC-MD5
+    /// keyed with the secret over the reply holding the Request Authenticator), then `attrs`,
+    /// then the Response Authenticator over the whole.
+    fn signed_reply_with_ma(req: &[u8], code: u8, attrs: &[(u8, &[u8])]) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let mut p = vec![code, req[1], 0, 0];
+        p.extend_from_slice(&req[4..20]);
+        p.extend_from_slice(&[ATTR_MESSAGE_AUTHENTICATOR, 18]);
+        p.extend_from_slice(&[0u8; 16]);
+        for (t, v) in attrs {
+            p.push(*t);
+            p.push((v.len() + 2) as u8);
+            p.extend_from_slice(v);
+        }
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        let mut mac = Hmac::<Md5>::new_from_slice(b"s3cret").unwrap();
+        mac.update(&p);
+        let ma = mac.finalize().into_bytes();
+        p[22..38].copy_from_slice(&ma);
+        let mut h = Md5::new();
+        h.update(&p);
+        h.update(b"s3cret");
+        let auth = h.finalize();
+        p[4..20].copy_from_slice(&auth);
+        p
+    }
+
+    /// Two tries per server, Message-Authenticator required, Filter-Id and Session-Timeout
+    /// passed through.
+    fn strict_backend(addr: SocketAddr) -> UpstreamRadius {
+        let text = format!(
+            "[tenants.t]\nfirst_factor = \"radius\"\n[tenants.t.radius]\ntimeout = \"300ms\"\nretries = 1\n\
+             pass_through = [\"Filter-Id\", \"Session-Timeout\"]\n\
+             [[tenants.t.radius.servers]]\naddress = \"{addr}\"\nsecret = \"s3cret\"\n"
+        );
+        let cfg = Config::from_toml_str(&text, std::path::Path::new("t.toml")).unwrap();
+        UpstreamRadius::new(cfg.tenants["t"].radius.as_ref().unwrap())
+    }
+
+    /// A genuine Reject from a German NPS whose Reply-Message is Windows-1252, not UTF-8, is a
+    /// wrong password at once: not a forgery, so not retransmitted nor an outage.
+    #[test]
+    fn a_signed_reject_with_a_latin1_reply_message_is_rejected_after_one_request() {
+        let (addr, h) = counting_upstream(Duration::from_millis(900), |req| {
+            signed_reply_with_ma(req, CODE_REJECT, &[(18, b"Kennwort ung\xfcltig")])
+        });
+        let r = strict_backend(addr).check_in(&ctx(), None, b"pw");
+        let requests = h.join().unwrap();
+        assert!(
+            matches!(&r, FirstFactorResult::Rejected(w) if w.contains("rejected the password")),
+            "{r:?}"
+        );
+        assert_eq!(requests, 1, "the password was sent again");
+    }
+
+    /// A genuine Accept with a Session-Timeout of the wrong length counts; the malformed
+    /// attribute is skipped (not passed through), the others are.
+    #[test]
+    fn a_signed_accept_with_a_malformed_session_timeout_is_accepted_after_one_request() {
+        let (addr, h) = counting_upstream(Duration::from_millis(900), |req| {
+            signed_reply_with_ma(
+                req,
+                CODE_ACCEPT,
+                &[
+                    (27, &[0, 1, 0]),
+                    (11, b"filter-1"),
+                    (18, b"Willkommen \xe4"),
+                ],
+            )
+        });
+        let r = strict_backend(addr).check_in(&ctx(), None, b"pw");
+        let requests = h.join().unwrap();
+        match r {
+            FirstFactorResult::Accepted(info) => assert_eq!(
+                info.reply_attributes,
+                [ReplyAttribute {
+                    typ: 11,
+                    value: b"filter-1".to_vec()
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(requests, 1, "the password was sent again");
+    }
+
+    /// A reply that does not verify is still discarded as a forgery (and retransmitted for).
+    #[test]
+    fn a_tampered_reply_with_a_latin1_message_is_still_discarded_as_forged() {
+        let (addr, h) = counting_upstream(Duration::from_millis(900), |req| {
+            let mut p = signed_reply_with_ma(req, CODE_REJECT, &[(18, b"Kennwort ung\xfcltig")]);
+            p[30] ^= 1; // neither authenticator verifies any more
+            p
+        });
+        let r = strict_backend(addr).check_in(&ctx(), None, b"pw");
+        let requests = h.join().unwrap();
+        assert!(
+            matches!(&r, FirstFactorResult::Unavailable(w) if w.contains("forged")),
+            "{r:?}"
+        );
+        assert_eq!(requests, 2);
     }
 
     #[test]

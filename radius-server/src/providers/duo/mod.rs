@@ -1,7 +1,8 @@
 //! Duo Auth API v2 client: signed requests, preauth and auth (push, phone, sms, passcode),
 //! 429 backoff, and the error classes the fail mode needs: refused (any 4xx, 429 that
-//! outlasts the deadline, a `stat` other than `OK`: always fail closed), unavailable (5xx,
-//! transport error, malformed 2xx body: may fail open) and timeouts (fail closed).
+//! outlasts the deadline, a `stat` other than `OK`, a TLS certificate that does not verify:
+//! always fail closed), unavailable (5xx, other transport errors, malformed 2xx body: may
+//! fail open) and timeouts (fail closed).
 
 pub mod sign;
 
@@ -136,6 +137,12 @@ impl Duo {
                     .map_err(|e| {
                         if e.is_timeout() {
                             ExternalError::Timeout(format!("no answer within {timeout:?}"))
+                        } else if let Some(tls) = certificate_failure(&e) {
+                            tracing::warn!(api_host = %host, error = %tls,
+                                "Duo's TLS certificate did not verify: possible interception; refused whatever fail_mode says");
+                            ExternalError::Refused(format!(
+                                "TLS certificate verification of {host} failed ({tls}): possible interception, refused whatever fail_mode says"
+                            ))
                         } else {
                             ExternalError::Unavailable(format!("transport error: {e}"))
                         }
@@ -176,6 +183,39 @@ impl Duo {
             }
         })
     }
+}
+
+/// The certificate error under a failed request, if the TLS handshake failed because the
+/// server's certificate did not verify (unknown issuer, expired, another host name, none
+/// presented). That is what someone intercepting the connection looks like, not an
+/// outage: it must never fail open, whatever `fail_mode` says. (An interceptor that only
+/// blocks or breaks the connection gains nothing safe mode does not already give an
+/// outage, so other transport errors stay `Unavailable`.)
+///
+/// rustls's error sits inside an `io::Error`, whose `source()` skips the error it wraps:
+/// the walk steps into it instead.
+fn certificate_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::InvalidCertRevocationList(_)
+                    | rustls::Error::UnsupportedNameType
+            )
+            .then(|| tls.to_string());
+        }
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// Whether an answer with this HTTP status may count as "Duo is unavailable" (and so
@@ -383,6 +423,37 @@ mod tests {
             ))
         );
         assert!(matches!(classify(302, ""), Err(ExternalError::Refused(_))));
+    }
+
+    #[test]
+    fn only_a_certificate_that_does_not_verify_is_found_under_a_transport_error() {
+        use rustls::{CertificateError, Error as Tls};
+        // As tokio-rustls reports a failed handshake: an io::Error wrapping rustls's error,
+        // itself under the HTTP client's errors.
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        let wrapped = |tls: Tls| Outer(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        for (tls, want) in [
+            (
+                Tls::InvalidCertificate(CertificateError::UnknownIssuer),
+                true,
+            ),
+            (Tls::InvalidCertificate(CertificateError::Expired), true),
+            (
+                Tls::InvalidCertificate(CertificateError::NotValidForName),
+                true,
+            ),
+            (Tls::NoCertificatesPresented, true),
+            (Tls::HandshakeNotComplete, false),
+            (Tls::DecryptError, false),
+        ] {
+            let what = format!("{tls:?}");
+            let found = certificate_failure(&wrapped(tls));
+            assert_eq!(found.is_some(), want, "{what}: {found:?}");
+        }
+        let refused = Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(certificate_failure(&refused), None);
     }
 
     #[test]

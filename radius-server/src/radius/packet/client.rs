@@ -21,10 +21,15 @@ pub struct DecodedReply {
     pub session_timeout: Option<u32>,
     /// Every Proxy-State, in order.
     pub proxy_states: Vec<Vec<u8>>,
-    /// Every attribute, in packet order (including Message-Authenticator).
+    /// Every attribute, in packet order (including Message-Authenticator), except a malformed
+    /// Session-Timeout, which is skipped (see `anomalies`).
     pub attributes: Vec<RawAttribute>,
     /// Whether Message-Authenticator was present and the first attribute.
     pub message_authenticator_first: bool,
+    /// What was odd in a reply that verified, and how it was read leniently (a non-UTF-8
+    /// Reply-Message decoded lossily, a Session-Timeout not 4 bytes long skipped). Empty for a
+    /// well-formed reply. These are not grounds to discard the reply: it is authentic.
+    pub anomalies: Vec<&'static str>,
 }
 
 /// Client side, for tests and the benchmark: build an Access-Request (code 1).
@@ -80,8 +85,11 @@ pub fn encode_status_server(identifier: u8, authenticator: [u8; 16], secret: &[u
 /// Client side: verify a reply to a request we sent and decode it.
 ///
 /// Checks structure (codes 2, 3, 11 only), the Response Authenticator and, if present, the
-/// Message-Authenticator; either mismatch is `BadMessageAuthenticator`. Reply-Messages are
-/// joined (non-UTF-8 -> `Undecodable`); a Session-Timeout not 4 bytes long is `Undecodable`.
+/// Message-Authenticator; either mismatch is `BadMessageAuthenticator`. Once both verify the
+/// reply is authentic, and its attributes are decoded leniently so that an odd but genuine
+/// reply (e.g. a Latin-1 Reply-Message from a localised NPS) is not mistaken for a forged one:
+/// Reply-Messages are joined and decoded lossily (invalid UTF-8 becomes U+FFFD), and a
+/// Session-Timeout not 4 bytes long is skipped; each is noted in `anomalies`.
 /// The identifier is returned, not checked.
 pub fn decode_reply(
     reply: &[u8],
@@ -108,6 +116,7 @@ pub fn decode_reply(
         proxy_states: Vec::new(),
         attributes: Vec::new(),
         message_authenticator_first: s.ma_at == Some(HEADER_LEN + 2),
+        anomalies: Vec::new(),
     };
     let mut message: Option<Vec<u8>> = None;
     for (typ, _, value) in attrs(s.packet) {
@@ -118,10 +127,14 @@ pub fn decode_reply(
             ATTR_STATE => {
                 out.state.get_or_insert_with(|| value.to_vec());
             }
-            ATTR_SESSION_TIMEOUT => {
-                let v: [u8; 4] = value.try_into().map_err(|_| DropReason::Undecodable)?;
-                out.session_timeout = Some(u32::from_be_bytes(v));
-            }
+            ATTR_SESSION_TIMEOUT => match <[u8; 4]>::try_from(value) {
+                Ok(v) => out.session_timeout = Some(u32::from_be_bytes(v)),
+                Err(_) => {
+                    out.anomalies
+                        .push("a Session-Timeout not 4 bytes long (skipped)");
+                    continue;
+                }
+            },
             ATTR_PROXY_STATE => out.proxy_states.push(value.to_vec()),
             _ => {}
         }
@@ -131,7 +144,14 @@ pub fn decode_reply(
         });
     }
     if let Some(m) = message {
-        out.reply_message = Some(String::from_utf8(m).map_err(|_| DropReason::Undecodable)?);
+        out.reply_message = Some(match String::from_utf8(m) {
+            Ok(text) => text,
+            Err(e) => {
+                out.anomalies
+                    .push("a Reply-Message that is not UTF-8 (decoded lossily)");
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        });
     }
     Ok(out)
 }
