@@ -60,7 +60,8 @@ impl Engine {
         let reason = if st.fail_open {
             format!(
                 "{svc}: {e}; failed closed: fail_mode = safe lets users in only when the \
-                 service is unavailable (5xx, transport error, malformed reply)"
+                 service is unavailable (5xx, a transport error other than a certificate \
+                 that does not verify, a malformed reply)"
             )
         } else {
             format!("{svc}: {e}")
