@@ -309,6 +309,11 @@ pub struct ClientConfig {
     /// timeout.
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     pub max_wait: Duration,
+    /// How many of this client's requests may be held waiting for a push at once (each
+    /// holds an in-flight slot up to `max_wait`): one busy NAS must not take every slot. A
+    /// request past it is not held: its push wait is answered with a challenge.
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
     /// Reply attributes of every Access-Accept to this client (`NAME=value`,
     /// `VENDOR_ID:TYPE=value`), after the tenant's and before the groups'.
     #[serde(default)]
@@ -326,6 +331,10 @@ pub struct ClientConfig {
 
 fn default_max_wait() -> Duration {
     Duration::from_secs(25)
+}
+
+fn default_max_held() -> usize {
+    256
 }
 
 /// Longest `max_wait` accepted: NAS give up long before.
@@ -359,6 +368,7 @@ impl std::fmt::Debug for ClientConfig {
             )
             .field("limit_proxy_state", &self.limit_proxy_state)
             .field("max_wait", &self.max_wait)
+            .field("max_held", &self.max_held)
             .field("reply", &self.reply)
             .field("first_factor", &self.first_factor)
             .finish_non_exhaustive()
@@ -1535,6 +1545,16 @@ impl Config {
                     ),
                 ));
             }
+            if c.max_held == 0 || c.max_held > MAX_IN_FLIGHT {
+                return Err(bad(
+                    key("max_held"),
+                    format!(
+                        "{} is outside 1..={MAX_IN_FLIGHT} (default 256; at most \
+                         radius.max_in_flight of them are held at once anyway)",
+                        c.max_held
+                    ),
+                ));
+            }
             crate::reply::parse_list(&key("reply"), &c.reply).map_err(|(k, m)| bad(k, m))?;
         }
         for (name, t) in &self.tenants {
@@ -2293,6 +2313,26 @@ tenant = "acme"
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_wait"), "{e}");
+    }
+
+    #[test]
+    fn max_held_defaults_to_256_and_is_bounded() {
+        let c = parse(CLIENT).unwrap();
+        assert_eq!(c.radius.clients[0].max_held, 256);
+        for bad in ["0", "1000001"] {
+            let e = parse(&format!("{CLIENT}max_held = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("radius.clients[0].max_held"), "{e}");
+        }
+        assert_eq!(
+            parse(&format!("{CLIENT}max_held = 1\n"))
+                .unwrap()
+                .radius
+                .clients[0]
+                .max_held,
+            1
+        );
     }
 
     #[test]

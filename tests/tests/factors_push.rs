@@ -398,3 +398,44 @@ fn the_anti_fatigue_cap_stops_a_push_storm() {
     );
     assert_eq!(w.ntfy.messages().len(), 4, "no third push");
 }
+
+#[test]
+fn a_client_holds_at_most_max_held_requests_and_answers_the_next_with_a_challenge() {
+    // One busy NAS must not take every in-flight slot with held push waits.
+    let mut client = auto_client("20s");
+    client.extra.push_str("max_held = 1\n");
+    let w = world(client, "");
+    let pat = held_login(&w, "pat", "pw");
+    let pat_push = w.notification(3);
+    // alice's push goes out too, but her request is not held: a challenge comes at once.
+    let started = Instant::now();
+    let alice = w.radius("alice", "hunter2", None);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        alice.code.as_deref(),
+        Some("Access-Challenge"),
+        "{}",
+        alice.raw_output
+    );
+    let alice_push = w.notification(4);
+    assert!(!pat.is_finished(), "pat's request is still held");
+    let (_, metrics) = get(w.http(), "/metrics");
+    assert!(
+        metrics.contains("portcullis_radius_held{client=\"vpn\"} 1")
+            && metrics.contains("portcullis_radius_held_over_limit_total{client=\"vpn\"} 1"),
+        "{metrics}"
+    );
+    // Both logins end well: pat's held one, and alice's through her challenge.
+    let (id, token) = link(&pat_push);
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
+    assert!(pat.join().unwrap().is_accept());
+    let (id, token) = link(&alice_push);
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
+    let reply = w.radius("alice", "", Some(&alice.state_for_radclient()));
+    assert!(reply.is_accept(), "{}", reply.raw_output);
+    let (_, metrics) = get(w.http(), "/metrics");
+    assert!(
+        metrics.contains("portcullis_radius_held{client=\"vpn\"} 0"),
+        "{metrics}"
+    );
+}

@@ -8,6 +8,8 @@
 //! | `portcullis_radius_accounting_responses_total` | |
 //! | `portcullis_radius_dropped_total` | `reason` (every packet class, unknown_client, duplicate_in_progress, shed_overload; cache_evicted_source_limit and cache_evicted_cache_limit count response-cache entries evicted, not datagrams) |
 //! | `portcullis_radius_in_flight` | |
+//! | `portcullis_radius_held` | `client`: requests held now waiting for a push decision |
+//! | `portcullis_radius_held_over_limit_total` | `client`: push waits not held (max_held reached) |
 //! | `portcullis_radius_request_duration_seconds` | histogram |
 //! | `portcullis_config_reloads_total` | `result` (ok, error) |
 
@@ -91,6 +93,36 @@ fn write_all(
             out,
             "portcullis_radius_requests_total{{client=\"{name}\",code=\"status_server\",result=\"accept\"}} {}",
             c.counters.status_server()
+        )?;
+    }
+
+    writeln!(
+        out,
+        "# HELP portcullis_radius_held Requests held now waiting for a push decision, by client."
+    )?;
+    writeln!(out, "# TYPE portcullis_radius_held gauge")?;
+    for c in table.clients() {
+        let name = label(&c.config.name);
+        writeln!(
+            out,
+            "portcullis_radius_held{{client=\"{name}\"}} {}",
+            c.counters.held()
+        )?;
+    }
+    writeln!(
+        out,
+        "# HELP portcullis_radius_held_over_limit_total Push waits answered with a challenge because the client's max_held requests were held."
+    )?;
+    writeln!(
+        out,
+        "# TYPE portcullis_radius_held_over_limit_total counter"
+    )?;
+    for c in table.clients() {
+        let name = label(&c.config.name);
+        writeln!(
+            out,
+            "portcullis_radius_held_over_limit_total{{client=\"{name}\"}} {}",
+            c.counters.held_over_limit()
         )?;
     }
 

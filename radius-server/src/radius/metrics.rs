@@ -1,7 +1,7 @@
 //! Counters of the RADIUS front end: exported on `/metrics` by the HTTP listener
 //! (`crate::http::metrics`) and logged on shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::packet::DropReason;
 
@@ -182,9 +182,48 @@ pub struct ClientCounters {
     access: [AtomicU64; 3],
     /// Status-Server requests answered.
     status_server: AtomicU64,
+    /// Requests held now, waiting for a push decision (see [`ClientCounters::hold`]).
+    held: AtomicUsize,
+    /// Push waits not held because `max_held` were already held.
+    held_over_limit: AtomicU64,
+}
+
+/// One request held for a push decision; the client's count drops when it goes.
+#[derive(Debug)]
+pub struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ClientCounters {
+    /// A hold for one more request, unless `max_held` are held already (counted then).
+    pub fn hold(&self, max_held: usize) -> Option<Held<'_>> {
+        let taken = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max_held).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.held_over_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Held(&self.held))
+    }
+
+    /// Requests held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Push waits answered at once because `max_held` were held.
+    pub fn held_over_limit(&self) -> u64 {
+        self.held_over_limit.load(Ordering::Relaxed)
+    }
+
     fn slot(a: Answered) -> usize {
         match a {
             Answered::Accept => 0,
@@ -231,5 +270,20 @@ mod tests {
             assert_eq!(m.dropped(*d), n as u64 + 1, "{}", d.as_str());
             assert_eq!(counts[n], (d.as_str(), n as u64 + 1));
         }
+    }
+
+    #[test]
+    fn holds_stop_at_the_limit_and_come_back_when_released() {
+        let c = ClientCounters::default();
+        let a = c.hold(2).unwrap();
+        let b = c.hold(2).unwrap();
+        assert!(c.hold(2).is_none());
+        assert_eq!((c.held(), c.held_over_limit()), (2, 1));
+        drop(a);
+        let _c = c.hold(2).unwrap();
+        drop(b);
+        assert_eq!(c.held(), 1);
+        // A limit lowered by a reload applies to new holds only.
+        assert!(c.hold(1).is_none());
     }
 }

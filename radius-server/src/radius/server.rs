@@ -372,11 +372,22 @@ impl Pending {
         // Enter") and holds the answer to it; the other modes cannot show a prompt and hold
         // at once. A hold is a parked future (no thread); retransmissions meanwhile hit the
         // in-progress cache entry and are dropped, so no second push is ever sent.
+        // Held for the whole wait; a client may have `max_held` of them at once, so that one
+        // busy NAS cannot take every in-flight slot. Past that, the wait is answered with
+        // its challenge ("approve..., then press Enter"), as `challenge` mode does.
+        let mut held = None;
         while let Ok(Ok(Step::Wait { txn, started, .. })) = &step {
             if cfg.mode == LoginMode::Challenge && *started {
                 break;
             }
             let Some(id) = transaction_of(txn) else { break };
+            if held.is_none() {
+                held = self.client.counters.hold(cfg.max_held);
+                if held.is_none() {
+                    warnings::held_over_limit(&self.client.warnings, &cfg.name, cfg.max_held);
+                    break;
+                }
+            }
             let decided = ctx.push_hub.wait(&ctx.engine, id, follow.deadline).await;
             if !decided && cfg.mode == LoginMode::Challenge {
                 break;

@@ -93,6 +93,8 @@ pub struct ClientWarnings {
     pub no_user_password: DropWarning,
     /// Cached replies forgotten for the bound of answered requests per source address.
     pub cache_evictions: DropWarning,
+    /// Push waits answered with a challenge because `max_held` requests were held.
+    pub held_over_limit: DropWarning,
 }
 
 /// What a request failed to verify with the client's shared secret.
@@ -117,6 +119,21 @@ pub fn wrong_secret(warnings: &ClientWarnings, client: &str, src: SocketAddr, wh
             "client '{client}' ({}): {attribute} does not verify: wrong shared secret? {}",
             src.ip().to_canonical(),
             due.count_text(" dropped")
+        );
+    }
+}
+
+/// A push wait of `client` not held because `max_held` of its requests are held already:
+/// a WARN at most once a minute per client.
+pub fn held_over_limit(warnings: &ClientWarnings, client: &str, max_held: usize) {
+    if let Some(due) = warnings.held_over_limit.note(Instant::now()) {
+        tracing::warn!(
+            client,
+            max_held,
+            "{max_held} requests of client '{client}' are already held waiting for a push: \
+             this one is answered with a challenge instead (raise the client's max_held if \
+             that many logins wait at once) {}",
+            due.count_text(" answered so")
         );
     }
 }
