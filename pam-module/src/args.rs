@@ -23,12 +23,17 @@ pub enum FirstFactorArg {
     None,
 }
 
-/// What happens when the daemon cannot be reached.
+/// What happens when the daemon cannot be reached: when the connect itself failed (no
+/// socket file, nobody listening on it; over `url=` a resolver failing for now, connection
+/// refused, no route, a connect that timed out). A failure once a connection was made (the
+/// peer closed or reset it, the TLS handshake broke off, no answer in time, an answer cut
+/// short) is refused in both modes: see [`crate::flow::CallError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {
     /// Deny, telling the user the service is unavailable.
     Secure,
-    /// Allow on the first factor alone and log it loudly (never with an unchecked password).
+    /// Allow on the first factor alone and log it loudly (never with an unchecked password),
+    /// only when the connect failed.
     Safe,
 }
 
@@ -145,7 +150,10 @@ pub struct Args {
     /// Deadline of each exchange with the daemon (connect, send, receive).
     pub timeout: Duration,
     /// How long a step in the middle of a login waits for a daemon that cannot be reached
-    /// (a restart) before `failmode` decides; 0 = not at all.
+    /// or closes the connection under the request (a restart) before the login is decided
+    /// (`failmode` if the connect still fails, refused if a connection is made and closed);
+    /// 0 = not at all. Counted in attempts and pauses, so stopping the process does not
+    /// spend it (see `flow::call_waiting`).
     pub restart_wait: Duration,
     /// Delay after a failed login (pam_fail_delay), in microseconds.
     pub fail_delay_us: u32,

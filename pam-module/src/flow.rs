@@ -2,6 +2,10 @@
 //! Generic over the conversation, the transport and time so it is tested without PAM,
 //! sockets or sleeping. The module decides nothing but what to do when the daemon cannot
 //! be asked (failmode), and how long to wait for a daemon that restarts during a login.
+//!
+//! `failmode=safe` opens only when the connect itself failed ([`CallError::Unreachable`])
+//! and someone has checked the first factor; every failure once a connection was made is
+//! a refusal (see [`CallError`]).
 
 use std::time::{Duration, Instant};
 
@@ -41,18 +45,38 @@ pub trait Pause {
 }
 
 /// Why a step got no response.
+///
+/// `failmode=safe` lets a login in only on [`CallError::Unreachable`]: the connect itself
+/// failed, which is the kernel's (or the resolver's) word that no daemon is there. Once a
+/// connection was made, something is listening, and whatever happens next (the peer
+/// closes or resets it, the TLS handshake breaks off, no answer comes in time, the answer
+/// is cut short) is [`CallError::NotDelivered`] or [`CallError::NoAnswer`]: refused in
+/// every failmode. Otherwise anyone who can make a connected exchange fail (a user who
+/// stops their own sudo for longer than `timeout=`, a peer that fills the daemon's
+/// connection limits, an on-path attacker with a RST) could skip the second factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    /// The daemon could not be asked: not listening, connection refused or timed out,
-    /// the request not sent (and so safe to send again). Later in a login the module first
-    /// waits for the daemon to come back (see [`retry_budget`]); then `failmode` decides.
+    /// The daemon could not be asked because the connect failed: no socket file in the
+    /// socket's directory, nobody listening on it (ECONNREFUSED), a full backlog (EAGAIN);
+    /// over `url=` a resolver that fails for now, connection refused, no route, a connect
+    /// that timed out. The request was not sent (and so is safe to send again). This
+    /// alone is an outage: later in a login the module first waits for the daemon to come
+    /// back (see [`retry_budget`]); then `failmode` decides.
     Unreachable(String),
-    /// The request was sent, and no answer came in time (or the connection closed first).
-    /// To the first request of a login this is a hung daemon, an outage like the others
-    /// (`failmode` decides). Later in a login the daemon has shown it is there and may
-    /// have acted on the request (a code used, a push sent): a login that stalls there is
-    /// refused whatever `failmode` says, or anyone who could slow the daemon down at that
-    /// point (or leave a push unanswered) would get past the second factor.
+    /// A connection was made, and the request was not delivered: the peer closed or reset
+    /// it before it took the request (a daemon stopping with the connection in its
+    /// backlog, one past its connection limits, a TLS handshake cut off), or the request
+    /// could not be written in time. Safe to send again (later in a login the module waits
+    /// for a restarting daemon as for `Unreachable`), but no outage: something is
+    /// listening there, so this is refused whatever `failmode` says.
+    NotDelivered(String),
+    /// The request was sent, and no answer came in time (or the connection closed first,
+    /// or in the middle of the answer). The daemon may have acted on the request (a code
+    /// used, a push sent), so it is never sent again, and it is refused whatever
+    /// `failmode` says, on the first request of a login too: a daemon that took the
+    /// request is there, and anyone who could slow it down (or stop the PAM application
+    /// past `timeout=`, or leave a push unanswered) would otherwise get past the second
+    /// factor.
     NoAnswer(String),
     /// The daemon could not be asked because of this host's setup, not an outage: the
     /// socket path is not a socket, the module may not open it (EACCES, EPERM), the path
@@ -101,16 +125,19 @@ pub enum Decision {
 /// `failmode=` did, in the words of the module's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
-    /// The daemon could not be asked (or hung on the first request of the login), and
-    /// `failmode=secure`.
+    /// The daemon could not be asked (the connect failed), and `failmode=secure`.
     FailmodeSecure,
-    /// The daemon could not be asked (or hung on the first request), `failmode=safe`, but
-    /// no one has checked the password yet (`first_factor=portcullis`): failmode=safe
-    /// never lets an unchecked password in.
+    /// The daemon could not be asked or did not answer, `failmode=safe`, but no one has
+    /// checked the password yet (`first_factor=portcullis`): failmode=safe never lets an
+    /// unchecked password in.
     PasswordNotChecked,
-    /// The daemon took a request in the middle of the login and did not answer (see
-    /// [`CallError::NoAnswer`]): refused whatever `failmode=` says.
+    /// The daemon took a request and did not answer (see [`CallError::NoAnswer`]):
+    /// refused whatever `failmode=` says.
     Stalled,
+    /// A connection was made and then closed or reset before the request was delivered
+    /// (see [`CallError::NotDelivered`]): something listens there, so this is no outage,
+    /// refused whatever `failmode=` says.
+    NotDelivered,
 }
 
 /// How many steps one login may take before the module gives up (a loop guard).
@@ -124,8 +151,15 @@ pub const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How long a step after the first one waits for a daemon that cannot be reached
-/// ([`CallError::Unreachable`]: no socket file, connection refused, connect timed out,
-/// the request not sent) before `failmode` decides: `restart_wait=` (default 30 s).
+/// ([`CallError::Unreachable`]: no socket file, connection refused, connect timed out) or
+/// that closed the connection before it took the request ([`CallError::NotDelivered`])
+/// before the login is decided: `restart_wait=` (default 30 s). Then `failmode` decides
+/// on a daemon still unreachable; a connection still closed under the request is refused.
+///
+/// The budget is counted in what the attempts and the pauses between them took, each no
+/// more than it could take while the process runs (a pause its planned length, an
+/// attempt its `timeout=`): a process stopped in the middle (Ctrl-Z) does not spend it,
+/// and the decision rests on attempts that were really made.
 ///
 /// The daemon answered this login a moment ago, so a daemon that is gone now is most
 /// likely restarting (a package upgrade, `systemctl restart`): its socket goes at once
@@ -138,6 +172,11 @@ pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub fn retry_budget(args: &Args) -> Duration {
     args.restart_wait
 }
+
+/// What an attempt may take beyond `timeout=` (one exchange) and still count in full
+/// toward `restart_wait=`: a connect that starts after the deadline still gets its
+/// minimum (see the transports).
+const ATTEMPT_SLACK: Duration = Duration::from_secs(1);
 
 /// Shown when the daemon cannot be asked and failmode is secure.
 pub const UNAVAILABLE_MESSAGE: &str =
@@ -179,22 +218,38 @@ pub fn run(
         let called = if first_request {
             transport.call(&req)
         } else {
-            call_waiting(transport, &req, retry_budget(args), pause)
+            call_waiting(
+                transport,
+                &req,
+                retry_budget(args),
+                req.answer_within(args.timeout) + ATTEMPT_SLACK,
+                pause,
+            )
         };
         let response = match called {
             Ok(r) => r,
+            // The connect failed: the only outage failmode= decides on.
             Err(CallError::Unreachable(detail)) => {
                 return unreachable(args, conv, detail, first_factor_verified);
             }
-            Err(CallError::NoAnswer(detail)) if first_request => {
-                return unreachable(args, conv, detail, first_factor_verified);
+            // A connection was made: something is there; never failmode=safe.
+            Err(CallError::NotDelivered(detail)) => {
+                return connected(
+                    args,
+                    conv,
+                    detail,
+                    first_factor_verified,
+                    Unavailable::NotDelivered,
+                );
             }
             Err(CallError::NoAnswer(detail)) => {
-                conv.error(UNAVAILABLE_MESSAGE);
-                return Decision::Unavailable {
+                return connected(
+                    args,
+                    conv,
                     detail,
-                    why: Unavailable::Stalled,
-                };
+                    first_factor_verified,
+                    Unavailable::Stalled,
+                );
             }
             Err(CallError::Protocol(detail)) => {
                 conv.error(DAEMON_ERROR_MESSAGE);
@@ -271,69 +326,90 @@ pub fn run(
     )
 }
 
-/// Send `req`; while the daemon cannot be reached (the request was not delivered), send it
-/// again after a pause (100 ms doubling to 1 s) until it is or `budget`, counted from the
-/// first attempt, is spent. Only [`CallError::Unreachable`] is retried: a request that
-/// may have reached the daemon (`NoAnswer`) is never sent twice, and a setup or protocol
-/// error does not go away by waiting. The user is told nothing meanwhile; the `debug` log
-/// says that the module waited, and a final `Unreachable` says for how long.
+/// Send `req`; while the daemon cannot be reached or closes the connection before it takes
+/// the request (the request was not delivered), send it again after a pause (100 ms
+/// doubling to 1 s) until it is or `budget` is spent. Only [`CallError::Unreachable`] and
+/// [`CallError::NotDelivered`] are retried: a request that may have reached the daemon
+/// (`NoAnswer`) is never sent twice, and a setup or protocol error does not go away by
+/// waiting. The user is told nothing meanwhile; the `debug` log says that the module
+/// waited, and the final error says for how long.
+///
+/// The budget is counted, not read off the clock: each pause counts as planned and each
+/// attempt at most `attempt_cap` (what one exchange may take), so a process stopped for
+/// longer than `budget` (a user's Ctrl-Z) goes on asking when it resumes, and the last
+/// error, which decides the login, comes from an attempt made after the stop.
 fn call_waiting(
     transport: &mut dyn Transport,
     req: &Request,
     budget: Duration,
+    attempt_cap: Duration,
     pause: &mut dyn Pause,
 ) -> Result<Response, CallError> {
-    let started = pause.now();
-    let deadline = started + budget;
+    let mut spent = Duration::ZERO;
     let mut next_pause = FIRST_RETRY_PAUSE;
     let mut attempts = 1u32;
-    let mut result = transport.call(req);
+    let mut attempt = |spent: &mut Duration, pause: &mut dyn Pause| {
+        let began = pause.now();
+        let result = transport.call(req);
+        *spent += pause
+            .now()
+            .saturating_duration_since(began)
+            .min(attempt_cap);
+        result
+    };
+    let mut result = attempt(&mut spent, pause);
     loop {
-        let waited = pause.now().saturating_duration_since(started);
-        match result {
-            Err(CallError::Unreachable(detail)) => {
-                let left = deadline.saturating_duration_since(pause.now());
-                if left.is_zero() {
-                    if attempts > 1 {
-                        pause.note(&format!(
-                            "portcullis did not come back within {} s ({attempts} attempts): {detail}",
-                            budget.as_secs_f32()
-                        ));
-                        return Err(CallError::Unreachable(format!(
-                            "{detail} (waited {:.1} s for it to come back)",
-                            waited.as_secs_f32()
-                        )));
-                    }
-                    return Err(CallError::Unreachable(detail));
-                }
-                if attempts == 1 {
-                    pause.note(&format!(
-                        "portcullis is unreachable in the middle of a login ({detail}); waiting up to {} s for it to come back (a restart?)",
-                        budget.as_secs_f32()
-                    ));
-                }
-                pause.sleep(next_pause.min(left));
-                next_pause = (next_pause * 2).min(MAX_RETRY_PAUSE);
-                attempts += 1;
-                result = transport.call(req);
-            }
+        let detail = match &result {
+            Err(CallError::Unreachable(detail) | CallError::NotDelivered(detail)) => detail.clone(),
             other => {
                 if attempts > 1 {
-                    let outcome = match &other {
+                    let outcome = match other {
                         Ok(_) => "it answered, the login goes on".to_string(),
                         Err(e) => format!("then: {e:?}"),
                     };
                     pause.note(&format!(
                         "waited {:.1} s for portcullis to come back ({attempts} attempts); {outcome}",
-                        waited.as_secs_f32()
+                        spent.as_secs_f32()
                     ));
                 }
-                return other;
+                return result;
             }
+        };
+        let left = budget.saturating_sub(spent);
+        if left.is_zero() {
+            if attempts > 1 {
+                pause.note(&format!(
+                    "portcullis did not come back within {} s ({attempts} attempts): {detail}",
+                    budget.as_secs_f32()
+                ));
+                let waited = format!(
+                    "{detail} (waited {:.1} s for it to come back)",
+                    spent.as_secs_f32()
+                );
+                return Err(match result {
+                    Err(CallError::NotDelivered(_)) => CallError::NotDelivered(waited),
+                    _ => CallError::Unreachable(waited),
+                });
+            }
+            return result;
         }
+        if attempts == 1 {
+            pause.note(&format!(
+                "portcullis is unreachable in the middle of a login ({detail}); waiting up to {} s for it to come back (a restart?)",
+                budget.as_secs_f32()
+            ));
+        }
+        let step = next_pause.min(left);
+        pause.sleep(step);
+        spent += step;
+        next_pause = (next_pause * 2).min(MAX_RETRY_PAUSE);
+        attempts += 1;
+        result = attempt(&mut spent, pause);
     }
 }
 
+/// The connect failed ([`CallError::Unreachable`]): an outage, for `failmode=` to decide.
+/// `safe` lets the user in once someone checked the first factor.
 fn unreachable(
     args: &Args,
     conv: &mut dyn Conversation,
@@ -351,6 +427,26 @@ fn unreachable(
         Unavailable::PasswordNotChecked
     } else {
         Unavailable::FailmodeSecure
+    };
+    Decision::Unavailable { detail, why }
+}
+
+/// A connection was made and the exchange failed after it ([`CallError::NotDelivered`],
+/// [`CallError::NoAnswer`]): no outage, refused whatever `failmode=` says (`why` names
+/// the reason for the log; a password nobody checked yet is the reason it gives under
+/// `failmode=safe` when that holds too).
+fn connected(
+    args: &Args,
+    conv: &mut dyn Conversation,
+    detail: String,
+    first_factor_verified: bool,
+    why: Unavailable,
+) -> Decision {
+    conv.error(UNAVAILABLE_MESSAGE);
+    let why = if args.failmode == FailMode::Safe && !first_factor_verified {
+        Unavailable::PasswordNotChecked
+    } else {
+        why
     };
     Decision::Unavailable { detail, why }
 }
@@ -657,13 +753,57 @@ pub(crate) mod tests {
         assert!(matches!(got, Decision::Unavailable { .. }), "{got:?}");
         assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
 
-        // A daemon that hangs on the first request of a login is an outage: failmode.
+        // The first request of a login too: a daemon that took the request is there (or
+        // the PAM application was stopped past timeout= while it answered), so this is no
+        // outage for failmode=safe.
+        let mut conv = Script::new(&[]);
+        let got = login(
+            &args(&["first_factor=stack", "failmode=safe"]),
+            &origin(),
+            None,
+            &mut conv,
+            &mut daemon(vec![Err(CallError::NoAnswer("hung".into()))]),
+        );
+        assert_eq!(
+            got,
+            Decision::Unavailable {
+                detail: "hung".into(),
+                why: Unavailable::Stalled
+            }
+        );
+        assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
+    }
+
+    #[test]
+    fn failmode_safe_opens_only_when_the_connect_failed() {
+        // A connection was made and then closed or reset before the request was delivered
+        // (a TLS handshake cut off, a daemon past its limits): refused in every failmode.
+        for failmode in ["failmode=safe", "failmode=secure"] {
+            let mut conv = Script::new(&[]);
+            let got = login(
+                &args(&["first_factor=stack", failmode]),
+                &origin(),
+                None,
+                &mut conv,
+                &mut daemon(vec![Err(CallError::NotDelivered("closed".into()))]),
+            );
+            assert_eq!(
+                got,
+                Decision::Unavailable {
+                    detail: "closed".into(),
+                    why: Unavailable::NotDelivered
+                },
+                "{failmode}"
+            );
+            assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
+        }
+        // Only a connect that failed lets the login in.
         let got = login(
             &args(&["first_factor=stack", "failmode=safe"]),
             &origin(),
             None,
             &mut Script::new(&[]),
-            &mut daemon(vec![Err(CallError::NoAnswer("hung".into()))]),
+            &mut daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]),
         );
         assert!(
             matches!(
@@ -674,6 +814,113 @@ pub(crate) mod tests {
                 }
             ),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_not_delivered_mid_login_is_sent_again_and_then_refused_not_let_in() {
+        // The daemon restarting: its listener closed the connection under the request,
+        // then it answers the same request.
+        let mut d = daemon(vec![
+            Ok(prompt("Code: ")),
+            Err(CallError::NotDelivered(
+                "receive: reset (the request was not read)".into(),
+            )),
+            Err(CallError::Unreachable("connect: no socket file".into())),
+            Ok(accept()),
+        ]);
+        let got = run(
+            &args(&["failmode=safe"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut d,
+            &mut FakeTime::new(),
+        );
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: None,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(d.seen.len(), 4);
+        // A peer that keeps closing connections until restart_wait is spent: refused even
+        // with failmode=safe, and not let in as an outage.
+        let mut replies = vec![Ok(prompt("Code: "))];
+        replies.extend((0..20).map(|_| Err(CallError::NotDelivered("closed".into()))));
+        let got = run(
+            &args(&["failmode=safe", "restart_wait=3"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut daemon(replies),
+            &mut FakeTime::new(),
+        );
+        match got {
+            Decision::Unavailable {
+                detail,
+                why: Unavailable::NotDelivered,
+            } => assert!(detail.contains("waited 3.0 s"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Time that jumps by `stop` during the first pause: the process was stopped there.
+    struct StoppedOnce {
+        inner: FakeTime,
+        stop: Duration,
+    }
+
+    impl Pause for StoppedOnce {
+        fn now(&self) -> Instant {
+            self.inner.now()
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.inner.sleep(d);
+            self.inner.elapsed += std::mem::take(&mut self.stop);
+        }
+        fn note(&mut self, text: &str) {
+            self.inner.note(text);
+        }
+    }
+
+    #[test]
+    fn a_process_stopped_while_it_waits_for_a_restart_does_not_spend_restart_wait() {
+        // The daemon is down for a moment in the middle of a login; the user stops the
+        // process (Ctrl-Z) in the first pause for longer than restart_wait. On resume the
+        // module goes on asking instead of deciding on the budget being gone: the daemon
+        // is back, and answers.
+        let down = || Err(CallError::Unreachable("connect: refused".into()));
+        let mut d = daemon(vec![Ok(prompt("Code: ")), down(), down(), Ok(accept())]);
+        let mut time = StoppedOnce {
+            inner: FakeTime::new(),
+            stop: Duration::from_secs(60),
+        };
+        let got = run(
+            &args(&["failmode=safe", "restart_wait=5"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&["123456"]),
+            &mut d,
+            &mut time,
+        );
+        assert_eq!(
+            got,
+            Decision::Allow {
+                factor: "totp".into(),
+                fail_open: None
+            }
+        );
+        assert_eq!(d.seen.len(), 4);
+        assert_eq!(
+            time.inner.sleeps,
+            [100, 200].map(Duration::from_millis),
+            "{:?}",
+            time.inner.notes
         );
     }
 

@@ -5,6 +5,19 @@
 //! OpenSSL, no async runtime) and a minimal HTTP/1.1 exchange (`Connection: close`, a
 //! `Content-Length` or chunked body). The certificate is always verified, against
 //! `ca_file=` or the system's trust store.
+//!
+//! What `failmode=` may treat as an outage: only a lookup that fails for now or a TCP
+//! connect that fails (refused, no route, timed out) is [`CallError::Unreachable`]. Once
+//! the TCP connection is up, a peer that closes or resets it during the TLS handshake, a
+//! request that cannot be sent and an answer that does not come are
+//! [`CallError::NotDelivered`] or [`CallError::NoAnswer`], refused in every failmode: a
+//! daemon past its connection limits (which closes new connections at once) or an on-path
+//! attacker with a RST must not switch hosts to no second factor.
+//!
+//! The deadline is wall-clock time, which runs on while the process is stopped (a user's
+//! Ctrl-Z on their own sudo). No operation is skipped because it passed: the lookup and
+//! the connect always get a minimum wait, and a read or write after the deadline is still
+//! made once without waiting (see [`Deadlined`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -141,18 +154,30 @@ pub struct HttpsTransport {
     pub timeout: Duration,
 }
 
-/// What is left of `deadline`, or an error naming `what` timed out.
-fn left(deadline: Instant, timeout: Duration, what: &str) -> Result<Duration, CallError> {
+/// What is left of `deadline` for a connect, never less than [`MIN_CONNECT_WAIT`]: a
+/// connect that starts after the deadline (the process was stopped before it, or the
+/// lookup took the time) is still made, and its answer, not the clock, says whether the
+/// daemon is there.
+fn connect_budget(deadline: Instant) -> Duration {
     deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| CallError::Unreachable(format!("{what}: no answer within {timeout:?}")))
+        .saturating_duration_since(Instant::now())
+        .max(MIN_CONNECT_WAIT)
 }
+
+/// The shortest wait of a connect.
+const MIN_CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// The resolver is waited for in slices of this length, each counting toward the budget
+/// no more than its own length: a process stopped while it waits (its resolver thread
+/// stopped with it) does not spend the budget, and goes on waiting when it resumes.
+const RESOLVE_SLICE: Duration = Duration::from_millis(50);
 
 /// Why getaddrinfo(3) found no address: its `EAI_*` code and what it means, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LookupError {
     code: libc::c_int,
+    /// errno, for EAI_SYSTEM.
+    errno: Option<libc::c_int>,
     detail: String,
 }
 
@@ -170,11 +195,16 @@ impl LookupError {
                 std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        let detail = match errno {
-            Some(e) if code == libc::EAI_SYSTEM => format!("{text}: {e}"),
-            _ => text,
+        let errno = errno.filter(|_| code == libc::EAI_SYSTEM);
+        let detail = match &errno {
+            Some(e) => format!("{text}: {e}"),
+            None => text,
         };
-        LookupError { code, detail }
+        LookupError {
+            code,
+            errno: errno.and_then(|e| e.raw_os_error()),
+            detail,
+        }
     }
 }
 
@@ -183,8 +213,18 @@ impl LookupError {
 /// the name exists without an address) is this host's setup: a misspelled `url=` host,
 /// refused whatever `failmode=` says, or a typo would let logins in without a second
 /// factor. A resolver that is down, unreachable or slow, or answers SERVFAIL (EAI_AGAIN),
-/// and anything else getaddrinfo says (EAI_FAIL, EAI_SYSTEM, EAI_MEMORY) is an outage.
+/// and anything else getaddrinfo says about the resolver (EAI_FAIL, EAI_SYSTEM) is an
+/// outage. A lookup that failed because this process ran out of memory or file
+/// descriptors (EAI_MEMORY; EAI_SYSTEM with EMFILE, ENFILE, ENOMEM, ENOBUFS) is not: a
+/// user can lower the limits of their own sudo or su (ulimit) before it runs the module,
+/// so that is no evidence that the daemon is down, and is refused.
 fn lookup_error(host: &str, e: &LookupError) -> CallError {
+    if e.code == libc::EAI_MEMORY || e.errno.is_some_and(is_resource_errno) {
+        return CallError::Setup(format!(
+            "resolve {host}: {}: this process ran out of a resource (a limit of the application?), which is no sign that the daemon is down",
+            e.detail
+        ));
+    }
     match e.code {
         libc::EAI_NONAME => CallError::Setup(format!(
             "url= host {host} does not exist in DNS ({}); check the host name in url= (or give it an IP address)",
@@ -199,6 +239,16 @@ fn lookup_error(host: &str, e: &LookupError) -> CallError {
             e.detail
         )),
     }
+}
+
+/// Whether `errno` says this process or host ran out of a resource (memory, file
+/// descriptors, buffers): something the PAM application's user may cause with its
+/// limits, never evidence about the daemon.
+fn is_resource_errno(errno: libc::c_int) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS
+    )
 }
 
 /// Frees what getaddrinfo returned, once, when dropped.
@@ -223,6 +273,7 @@ fn getaddrinfo(host: &str, port: u16) -> Result<Vec<SocketAddr>, LookupError> {
         // No name has a NUL in it (url= parsing does not let one through).
         return Err(LookupError {
             code: libc::EAI_NONAME,
+            errno: None,
             detail: "the name holds a NUL byte".into(),
         });
     };
@@ -304,20 +355,38 @@ fn resolve_within<F>(
 where
     F: FnOnce() -> Result<Vec<SocketAddr>, LookupError> + Send + 'static,
 {
-    let budget = left(deadline, timeout, &format!("resolve {host}"))?;
+    // The first step of an exchange: its deadline was set a moment ago.
+    let budget = deadline.saturating_duration_since(Instant::now());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("pam_portcullis-resolve".into())
         .spawn(move || {
             let _ = tx.send(lookup());
         })
-        .map_err(|e| CallError::Unreachable(format!("resolve {host}: no thread for it: {e}")))?;
-    match rx.recv_timeout(budget) {
-        Ok(Ok(addrs)) => Ok(addrs),
-        Ok(Err(e)) => Err(lookup_error(host, &e)),
-        Err(_) => Err(CallError::Unreachable(format!(
-            "resolve {host}: no answer within {timeout:?} (check the host's DNS resolver, or give url= an IP address)"
-        ))),
+        // No thread (RLIMIT_NPROC, memory): no sign that the daemon is down.
+        .map_err(|e| CallError::Setup(format!("resolve {host}: no thread for the lookup: {e}")))?;
+    // The wait is counted in slices (see RESOLVE_SLICE), not read off the clock.
+    let mut counted = Duration::ZERO;
+    loop {
+        let slice = budget.saturating_sub(counted).min(RESOLVE_SLICE);
+        let began = Instant::now();
+        match rx.recv_timeout(slice) {
+            Ok(Ok(addrs)) => return Ok(addrs),
+            Ok(Err(e)) => return Err(lookup_error(host, &e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                counted += began.elapsed().min(slice);
+                if counted >= budget {
+                    return Err(CallError::Unreachable(format!(
+                        "resolve {host}: no answer within {timeout:?} (check the host's DNS resolver, or give url= an IP address)"
+                    )));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(CallError::Unreachable(format!(
+                    "resolve {host}: the lookup ended without an answer"
+                )))
+            }
+        }
     }
 }
 
@@ -326,7 +395,11 @@ where
 /// rustls reads until a whole record is in (the handshake's `complete_io`, and
 /// `Stream::read`), so a socket timeout set once per call would restart with every byte: a
 /// peer sending one byte just before each timeout would hold the login for ever. Here each
-/// read and write gets only what is left of the deadline, and none starts after it.
+/// read and write gets only what is left of the deadline. One that comes after the
+/// deadline is still made, without waiting: what is already queued (an answer that came
+/// while the process was stopped) is taken, and only an empty queue (or a full send
+/// buffer) ends it with `TimedOut`. The response is bounded in size, so a peer cannot
+/// keep a login going past the deadline by sending fast either.
 struct Deadlined {
     tcp: TcpStream,
     deadline: Instant,
@@ -363,18 +436,34 @@ impl Deadlined {
     }
 }
 
+impl Deadlined {
+    /// Waits no longer than what is left of the deadline for the next read or write; after
+    /// it, not at all (non-blocking).
+    fn arm(&mut self, read: bool) -> std::io::Result<()> {
+        match self.left() {
+            Ok(left) => {
+                self.tcp.set_nonblocking(false)?;
+                if read {
+                    self.tcp.set_read_timeout(Some(left))
+                } else {
+                    self.tcp.set_write_timeout(Some(left))
+                }
+            }
+            Err(_) => self.tcp.set_nonblocking(true),
+        }
+    }
+}
+
 impl Read for Deadlined {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.left()?;
-        self.tcp.set_read_timeout(Some(left))?;
+        self.arm(true)?;
         self.tcp.read(buf).map_err(|e| self.timeout_is_deadline(e))
     }
 }
 
 impl Write for Deadlined {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let left = self.left()?;
-        self.tcp.set_write_timeout(Some(left))?;
+        self.arm(false)?;
         self.tcp.write(buf).map_err(|e| self.timeout_is_deadline(e))
     }
 
@@ -397,22 +486,37 @@ impl HttpsTransport {
             )?,
         };
         let mut last = format!("resolve {}: no address", self.url.host);
+        let mut not_an_outage = None;
         for addr in addrs {
-            let budget = left(deadline, self.timeout, "connect")?;
-            match TcpStream::connect_timeout(&addr, budget) {
+            match connect_tcp(&addr, connect_budget(deadline)) {
                 Ok(s) => return Ok(s),
-                Err(e) => last = format!("connect to {addr}: {e}"),
+                Err(e) if connect_failed_for_want_of_a_daemon(&e) => {
+                    last = format!("connect to {addr}: {e}")
+                }
+                Err(e) => not_an_outage = Some(format!("connect to {addr}: {e}")),
             }
         }
+        if let Some(detail) = not_an_outage {
+            return Err(CallError::Setup(format!(
+                "{detail}: that is no sign that the daemon is down (a local limit, firewall or address)"
+            )));
+        }
+        // Every connect failed (refused, no route, timed out): no connection was made, the
+        // one outage failmode= decides on.
         Err(CallError::Unreachable(last))
     }
 
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
         let deadline = Instant::now() + req.answer_within(self.timeout);
-        let unreachable = |what: &str, e: std::io::Error| {
-            CallError::Unreachable(format!("{what} {}: {e}", self.url))
-        };
         let tcp = self.connect(deadline)?;
+        // Connected: from here on nothing is an outage (NotDelivered, NoAnswer), whatever
+        // the peer does.
+        let not_delivered = |what: &str, e: std::io::Error| {
+            CallError::NotDelivered(format!(
+                "{what} {}: {e} (the TCP connection was made)",
+                self.url
+            ))
+        };
         let _ = tcp.set_nodelay(true);
         let mut tcp = Deadlined {
             tcp,
@@ -429,8 +533,10 @@ impl HttpsTransport {
         // InvalidData for every TLS error (a certificate that does not verify, an alert of
         // the peer, a peer that does not speak TLS): the daemon answered nothing, so this
         // is CallError::Tls, not Protocol ("the daemon answered malformed" in the log).
+        // A peer that closes or resets the connection, or does not finish the handshake in
+        // time, has not seen the request either: NotDelivered (sent again later in a login
+        // while a daemon restarts), refused in every failmode.
         while tls.is_handshaking() {
-            left(deadline, self.timeout, "TLS handshake")?;
             match tls.complete_io(&mut tcp) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -439,12 +545,11 @@ impl HttpsTransport {
                         self.url, self.url.host
                     )))
                 }
-                Err(e) => return Err(unreachable("TLS handshake with", e)),
+                Err(e) => return Err(not_delivered("TLS handshake with", e)),
             }
         }
         let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
         let mut request = self.request_bytes(req)?;
-        left(deadline, self.timeout, "send")?;
         let sent = stream.write_all(&request).and_then(|()| stream.flush());
         request.zeroize();
         // Unlike on the Unix socket (transport.rs, `failed_send`), no answer is looked for
@@ -452,13 +557,9 @@ impl HttpsTransport {
         // it has read the request head, and the whole request is one write into the
         // kernel's buffer, so a send that fails met a connection reset or closed before
         // the request was in: nobody answered it, and it was not delivered.
-        sent.map_err(|e| unreachable("send to", e))?;
+        sent.map_err(|e| not_delivered("send to", e))?;
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
-        let (status, body) =
-            read_response(&mut stream, deadline, self.timeout).map_err(|e| match e {
-                CallError::Unreachable(detail) => CallError::NoAnswer(detail),
-                other => other,
-            })?;
+        let (status, body) = read_response(&mut stream)?;
         self.interpret(status, &body)
     }
 
@@ -511,8 +612,8 @@ impl HttpsTransport {
             // A proxy in front of a daemon that is down, or that went away while it had
             // the request (nginx answers 502, Envoy 503, to a connection reset after the
             // request was passed on): it may have been delivered, so it is never sent
-            // again, and later in a login it is no outage to fail open on (see NoAnswer).
-            // To the first request of a login, NoAnswer is an outage like Unreachable.
+            // again, and it is no outage to fail open on, on the first request of a login
+            // too (see NoAnswer): a proxy that answers is there.
             (502 | 503, Err(_)) => Err(CallError::NoAnswer(format!(
                 "{} answered HTTP {status} without a protocol response (is portcullis serve running behind it?)",
                 self.url
@@ -530,6 +631,61 @@ impl HttpsTransport {
     }
 }
 
+/// Whether a failed TCP connect is evidence that no daemon is there (an outage for
+/// `failmode=`): refused (nobody listens), timed out (no answer to the SYN), no route or
+/// network (the host or the path is down), or an address family this host cannot use.
+/// Anything else (the process out of file descriptors or memory, a local firewall's EPERM,
+/// no local address or port) says nothing about the daemon, and is refused.
+fn connect_failed_for_want_of_a_daemon(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || matches!(
+            e.raw_os_error(),
+            Some(
+                libc::ECONNREFUSED
+                    | libc::ETIMEDOUT
+                    | libc::ENETUNREACH
+                    | libc::EHOSTUNREACH
+                    | libc::ENETDOWN
+                    | libc::EHOSTDOWN
+                    | libc::EAFNOSUPPORT
+            )
+        )
+}
+
+/// A TCP connection to `addr` within `budget`.
+///
+/// Like std's `connect_timeout`, but a connect whose wait ended (the budget spent, or the
+/// wait cut short by a signal once it was) is looked at once more before it counts as
+/// timed out: the kernel completes the handshake while the process is stopped, so a
+/// daemon that answered the SYN is found connected on resume, never taken for an outage.
+fn connect_tcp(addr: &SocketAddr, budget: Duration) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(*addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    match sock.connect_timeout(&(*addr).into(), budget) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            // Connected after all (getpeername answers only then), or failed meanwhile?
+            if let Ok(Some(err)) = sock.take_error() {
+                return Err(err);
+            }
+            if sock.peer_addr().is_err() {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    sock.set_nonblocking(false)?;
+    Ok(sock.into())
+}
+
 /// How the body of a response ends.
 #[derive(Clone, Copy)]
 enum BodyEnd {
@@ -542,8 +698,6 @@ enum BodyEnd {
 /// the end of the connection), bounded in size and by `deadline`.
 fn read_response(
     stream: &mut rustls::Stream<'_, ClientConnection, Deadlined>,
-    deadline: Instant,
-    timeout: Duration,
 ) -> Result<(u16, Vec<u8>), CallError> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -570,15 +724,15 @@ fn read_response(
                 "the response is larger than {limit} bytes"
             )));
         }
-        // Each read of the socket underneath is bounded by the deadline (Deadlined).
-        left(deadline, timeout, "receive")?;
+        // Each read of the socket underneath is bounded by the deadline (Deadlined), and
+        // one after it takes only what is queued.
         match stream.read(&mut chunk) {
             Ok(0) => eof = true,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // A peer that closes without close_notify: what came is judged below.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => eof = true,
-            Err(e) => return Err(CallError::Unreachable(format!("receive: {e}"))),
+            Err(e) => return Err(CallError::NoAnswer(format!("receive: {e}"))),
         }
         if head.is_none() {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -602,20 +756,20 @@ fn read_response(
         }
     }
     let Some((end, status, body_end)) = head else {
-        return Err(CallError::Unreachable(
+        return Err(CallError::NoAnswer(
             "receive: the daemon closed the connection before answering".into(),
         ));
     };
     let rest = &buf[end..];
     let body = match body_end {
         BodyEnd::Length(n) if rest.len() < n => {
-            return Err(CallError::Unreachable(
+            return Err(CallError::NoAnswer(
                 "receive: the daemon closed the connection in the middle of its answer".into(),
             ))
         }
         BodyEnd::Length(n) => rest[..n].to_vec(),
         BodyEnd::Chunked => dechunk(rest).ok_or_else(|| {
-            CallError::Unreachable(
+            CallError::NoAnswer(
                 "receive: the daemon closed the connection in the middle of its answer".into(),
             )
         })?,
@@ -776,7 +930,6 @@ mod tests {
         for (code, errno) in [
             (libc::EAI_AGAIN, None),
             (libc::EAI_FAIL, None),
-            (libc::EAI_MEMORY, None),
             (libc::EAI_SYSTEM, Some(libc::ETIMEDOUT)),
             (libc::EAI_SYSTEM, Some(libc::ECONNREFUSED)),
         ] {
@@ -784,6 +937,20 @@ mod tests {
             let got = lookup_error(host, &LookupError::new(code, errno));
             assert!(
                 matches!(&got, CallError::Unreachable(m) if m.contains(host)),
+                "{code}: {got:?}"
+            );
+        }
+        // A lookup that failed because this process ran out of memory or descriptors (a
+        // user can lower the limits of their own sudo or su): no sign of an outage.
+        for (code, errno) in [
+            (libc::EAI_MEMORY, None),
+            (libc::EAI_SYSTEM, Some(libc::EMFILE)),
+            (libc::EAI_SYSTEM, Some(libc::ENOMEM)),
+        ] {
+            let errno = errno.map(std::io::Error::from_raw_os_error);
+            let got = lookup_error(host, &LookupError::new(code, errno));
+            assert!(
+                matches!(&got, CallError::Setup(m) if m.contains("no sign that the daemon is down")),
                 "{code}: {got:?}"
             );
         }
@@ -896,10 +1063,25 @@ mod tests {
             took >= Duration::from_millis(900) && took < Duration::from_secs(2),
             "{took:?}"
         );
-        // After the deadline nothing more is tried.
-        assert_eq!(
-            s.write(b"x").unwrap_err().kind(),
-            std::io::ErrorKind::TimedOut
+        // After the deadline a read or write is still made, once, without waiting: a
+        // write that fits the send buffer goes out, a read takes only what is queued.
+        let after = Instant::now();
+        assert_eq!(s.write(b"x").unwrap(), 1);
+        let mut buf = [0u8; 100];
+        loop {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => panic!("the trickler closed"),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+                    break;
+                }
+            }
+        }
+        assert!(
+            after.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            after.elapsed()
         );
         drop(s);
         peer.join().unwrap();
@@ -933,8 +1115,9 @@ mod tests {
         let started = Instant::now();
         let got = t.call(&start);
         let took = started.elapsed();
+        // The TCP connection was made: no outage (failmode=safe does not apply).
         assert!(
-            matches!(&got, Err(CallError::Unreachable(m)) if m.contains("TLS handshake") && m.contains("timeout=")),
+            matches!(&got, Err(CallError::NotDelivered(m)) if m.contains("TLS handshake") && m.contains("timeout=")),
             "{got:?}"
         );
         assert!(
@@ -978,6 +1161,62 @@ mod tests {
             matches!(&got, Err(CallError::Unreachable(m)) if m.contains("connect")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn only_a_connect_that_found_no_daemon_is_an_outage() {
+        use std::io::Error;
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+        ] {
+            assert!(connect_failed_for_want_of_a_daemon(
+                &Error::from_raw_os_error(errno)
+            ));
+        }
+        assert!(connect_failed_for_want_of_a_daemon(&Error::from(
+            std::io::ErrorKind::TimedOut
+        )));
+        for errno in [
+            libc::EMFILE,
+            libc::ENOBUFS,
+            libc::EPERM,
+            libc::EACCES,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(!connect_failed_for_want_of_a_daemon(
+                &Error::from_raw_os_error(errno)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_peer_that_accepts_and_closes_is_not_delivered_not_an_outage() {
+        // What a daemon past its connection limits does (or an on-path RST): the TCP
+        // connection was made, so failmode=safe must not take it for an outage.
+        for read_hello in [false, true] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let peer = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                if read_hello {
+                    let _ = conn.read(&mut [0u8; 4096]);
+                }
+            });
+            let start = Request {
+                v: protocol::VERSION,
+                origin: crate::flow::tests::origin(),
+                step: protocol::RequestStep::Poll { txn: "t.0".into() },
+            };
+            let got = transport_to(port).call(&start);
+            peer.join().unwrap();
+            assert!(
+                matches!(&got, Err(CallError::NotDelivered(m)) if m.contains("TLS handshake")),
+                "read_hello={read_hello}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -303,6 +303,14 @@ fn unavailable_log(
             format!("portcullis at {target} took the request and did not answer ({detail})"),
             mode.to_string(),
         ),
+        (Unavailable::NotDelivered, FailMode::Safe) => (
+            format!("a connection to {target} was made, and then closed before the request was delivered ({detail})"),
+            format!("{mode} does not apply: something listens at {target}, so this is no outage (only a failed connect is)"),
+        ),
+        (Unavailable::NotDelivered, FailMode::Secure) => (
+            format!("a connection to {target} was made, and then closed before the request was delivered ({detail})"),
+            mode.to_string(),
+        ),
         (Unavailable::PasswordNotChecked, FailMode::Safe) => (
             format!("portcullis is unreachable at {target} ({detail})"),
             format!(
@@ -338,7 +346,8 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                     pamh,
                     ffi::LOG_ALERT,
                     &format!(
-                        "failmode=safe: {who} let in WITHOUT a second factor because portcullis is unreachable ({detail})"
+                        "failmode=safe: {who} let in WITHOUT a second factor because portcullis at {} is unreachable: no connection could be made ({detail})",
+                        target(args)
                     ),
                 );
             } else if args.debug {
@@ -455,6 +464,15 @@ mod tests {
             ),
             "{got}"
         );
+        let got = log(FailMode::Safe, Unavailable::NotDelivered);
+        assert!(
+            got.contains("a connection to /tmp/walk2/pam.sock was made, and then closed before the request was delivered")
+                && got.ends_with("failmode=safe does not apply: something listens at /tmp/walk2/pam.sock, so this is no outage (only a failed connect is)"),
+            "{got}"
+        );
+        assert!(!got.contains("unreachable"), "{got}");
+        let got = log(FailMode::Secure, Unavailable::NotDelivered);
+        assert!(got.ends_with("; failmode=secure"), "{got}");
     }
 
     #[test]

@@ -1,6 +1,17 @@
 //! The Unix-socket transport: one connection per step, every operation under a deadline.
+//!
+//! What `failmode=` may treat as an outage is decided here: only a connect that failed
+//! ([`connect_error`]: no socket file, nobody listening, a full backlog) is
+//! [`CallError::Unreachable`]. Once the connect succeeded, a failure is
+//! [`CallError::NotDelivered`] (the request did not go out) or [`CallError::NoAnswer`] (it
+//! did), which are refused in every failmode.
+//!
+//! The deadline is wall-clock time, which runs on while the process is stopped (a user's
+//! Ctrl-Z on their own sudo). So no syscall is ever skipped because the deadline passed:
+//! the connect is always made, and a send or read that comes after the deadline is still
+//! tried once without waiting, so that an answer already in the receive queue is taken.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,6 +37,14 @@ pub struct SocketTransport {
 /// at once), so this only bounds a read that finds nothing.
 const QUEUED_FRAME_WAIT: Duration = Duration::from_millis(100);
 
+/// What is left of `deadline`; `None` once it has passed: the next operation is then tried
+/// once without waiting (never skipped).
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
 impl SocketTransport {
     fn exchange(&self, req: &Request) -> Result<Response, CallError> {
         let deadline = Instant::now() + req.answer_within(self.timeout);
@@ -33,22 +52,18 @@ impl SocketTransport {
         self.exchange_on(stream, req, deadline)
     }
 
-    /// Send `req` on `stream` (connected to the daemon) and read the answer.
+    /// Send `req` on `stream` (connected to the daemon) and read the answer. A connection
+    /// was made: nothing that fails from here on is an outage ([`CallError::Unreachable`]).
     fn exchange_on(
         &self,
         mut stream: UnixStream,
         req: &Request,
         deadline: Instant,
     ) -> Result<Response, CallError> {
-        let left = self.deadline_left(deadline);
-        let budget = left("send").map_err(CallError::Unreachable)?;
-        stream
-            .set_write_timeout(Some(budget))
-            .map_err(|e| CallError::Unreachable(format!("socket: {e}")))?;
         // A request that cannot be framed (too large) is no outage: never failmode.
         let mut frame =
             protocol::encode(req).map_err(|e| CallError::Protocol(format!("send: {e}")))?;
-        let sent = send_all(&stream, &frame);
+        let sent = send_all(&stream, &frame, deadline);
         // The frame may hold a password.
         frame.zeroize();
         if let Err(e) = sent {
@@ -57,34 +72,29 @@ impl SocketTransport {
         // Read the header, then the body, each bounded by what is left of the deadline.
         // The request is out: from here on a missing answer is no outage (see NoAnswer).
         let mut header = [0u8; HEADER_LEN];
-        read_until(&mut stream, &mut header, &left).map_err(|(detail, reset)| {
-            if reset {
-                // A reset before any byte of the answer: the daemon closed its end with
-                // our request unread (a listener closed with this connection still in its
-                // queue at shutdown, or a daemon that died while reading it). A daemon that
-                // read the whole request and then stopped gives end of stream instead. So
-                // the request was not delivered, and may be sent again (a restart).
-                CallError::Unreachable(format!("{detail} (the request was not read)"))
-            } else {
-                CallError::NoAnswer(detail)
+        match fill(&mut stream, &mut header, deadline) {
+            (_, Filled::Full) => {}
+            // A reset before any byte of the answer: the daemon closed its end with our
+            // request unread (a listener closed with this connection still in its queue at
+            // shutdown, or a daemon that died while reading it). A daemon that read the
+            // whole request and then stopped gives end of stream instead. So the request
+            // was not delivered, and may be sent again (a restart); but a connection was
+            // made, so it is no outage either.
+            (0, Filled::Failed(e)) if e.kind() == ErrorKind::ConnectionReset => {
+                return Err(CallError::NotDelivered(format!(
+                    "receive: {e} (the request was not read)"
+                )))
             }
-        })?;
+            (_, end) => return Err(CallError::NoAnswer(end.describe())),
+        }
         let len =
             protocol::body_len(header).map_err(|e| CallError::Protocol(format!("receive: {e}")))?;
         let mut body = vec![0u8; len];
-        read_until(&mut stream, &mut body, &left)
-            .map_err(|(detail, _)| CallError::NoAnswer(detail))?;
-        protocol::decode_response(&body).map_err(|e| CallError::Protocol(format!("receive: {e}")))
-    }
-
-    /// What is left of `deadline`, or an error naming `what` timed out.
-    fn deadline_left(&self, deadline: Instant) -> impl Fn(&str) -> Result<Duration, String> {
-        move |what: &str| {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("{what}: no answer in time (timeout=)"))
+        match fill(&mut stream, &mut body, deadline) {
+            (_, Filled::Full) => {}
+            (_, end) => return Err(CallError::NoAnswer(end.describe())),
         }
+        protocol::decode_response(&body).map_err(|e| CallError::Protocol(format!("receive: {e}")))
     }
 
     /// Connect to the daemon: every failure here means the daemon could not be asked;
@@ -100,11 +110,14 @@ impl SocketTransport {
         })?;
         let sock = Socket::new(Domain::UNIX, Type::STREAM, None)
             .map_err(|e| CallError::Setup(format!("cannot create a Unix socket: {e}")))?;
-        let left = self.deadline_left(deadline);
-        // Non-blocking connect: a daemon that stopped accepting must not hang the login.
-        // timeout= at most, even for a poll (whose deadline includes the daemon's hold).
-        let budget = left("connect")
-            .map_err(CallError::Unreachable)?
+        // Non-blocking connect: a daemon that stopped accepting must not hang the login
+        // (Linux answers at once for a Unix socket: connected, ECONNREFUSED, ENOENT or, for
+        // a full backlog, EAGAIN). timeout= at most, even for a poll (whose deadline
+        // includes the daemon's hold). Made even when the deadline has passed (the process
+        // was stopped): a connect that was never tried is no evidence of an outage.
+        let budget = time_left(deadline)
+            .unwrap_or(MIN_CONNECT_WAIT)
+            .max(MIN_CONNECT_WAIT)
             .min(self.timeout);
         sock.connect_timeout(&addr, budget)
             .map_err(|e| connect_error(&self.path, &e))?;
@@ -112,22 +125,105 @@ impl SocketTransport {
     }
 }
 
+/// The shortest wait a connect gets, even when it starts after the deadline (a process
+/// stopped before it, a slow machine): the connect is always tried, and its answer, not
+/// the clock, says whether the daemon is there.
+const MIN_CONNECT_WAIT: Duration = Duration::from_secs(1);
+
 /// Writes all of `frame` with MSG_NOSIGNAL: a daemon that closed the connection is an
 /// EPIPE error here, never a SIGPIPE, which would kill an application that does not
 /// ignore it. (std's UnixStream sends with MSG_NOSIGNAL on Linux too, but does not
-/// promise it.) The write timeout of `stream` bounds each send.
-fn send_all(stream: &UnixStream, frame: &[u8]) -> std::io::Result<()> {
+/// promise it.) Each send waits no longer than what is left of `deadline`; one that
+/// starts after it is still made, without waiting (MSG_DONTWAIT): a request fits the
+/// socket's buffer, so a daemon that is there takes it.
+fn send_all(stream: &UnixStream, frame: &[u8], deadline: Instant) -> std::io::Result<()> {
     let sock = socket2::SockRef::from(stream);
     let mut sent = 0;
     while sent < frame.len() {
-        match sock.send_with_flags(&frame[sent..], libc::MSG_NOSIGNAL) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+        let flags = match time_left(deadline) {
+            Some(left) => {
+                stream.set_write_timeout(Some(left))?;
+                libc::MSG_NOSIGNAL
+            }
+            None => libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        };
+        match sock.send_with_flags(&frame[sent..], flags) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!("{e}: the request was not taken in time (timeout=)"),
+                ))
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// How [`fill`] ended.
+#[derive(Debug)]
+enum Filled {
+    /// The buffer is full.
+    Full,
+    /// The peer closed the connection first.
+    Closed,
+    /// Nothing more came before the deadline (and a last read without waiting found
+    /// nothing either).
+    Late,
+    /// A read failed.
+    Failed(std::io::Error),
+}
+
+impl Filled {
+    /// For the log.
+    fn describe(&self) -> String {
+        match self {
+            Filled::Full => "receive: complete".into(),
+            Filled::Closed => "receive: the daemon closed the connection".into(),
+            Filled::Late => "receive: no answer in time (timeout=)".into(),
+            Filled::Failed(e) => format!("receive: {e}"),
+        }
+    }
+}
+
+/// Reads into `buf` until it is full, the stream ends or fails, or `until` has passed;
+/// how many bytes were read and why it stopped.
+///
+/// Each read waits no longer than what is left of `until`. A read that comes after it is
+/// still made, without waiting: bytes already in the receive queue are taken (an answer
+/// the daemon wrote while the process was stopped); only when none are there does it end
+/// with [`Filled::Late`]. So the deadline never stands for a read that was not made.
+fn fill(stream: &mut UnixStream, buf: &mut [u8], until: Instant) -> (usize, Filled) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = time_left(until);
+        let set = match left {
+            Some(left) => stream
+                .set_nonblocking(false)
+                .and_then(|()| stream.set_read_timeout(Some(left))),
+            None => stream.set_nonblocking(true),
+        };
+        if let Err(e) = set {
+            return (filled, Filled::Failed(e));
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return (filled, Filled::Closed),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A read timeout that fired (EAGAIN): the deadline has passed; the loop reads
+            // once more without waiting. Without waiting already: nothing is queued.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if left.is_none() {
+                    return (filled, Filled::Late);
+                }
+            }
+            Err(e) => return (filled, Filled::Failed(e)),
+        }
+    }
+    (filled, Filled::Full)
 }
 
 /// What a request that could not be sent on a connection that was made means.
@@ -148,12 +244,13 @@ fn send_all(stream: &UnixStream, frame: &[u8]) -> std::io::Result<()> {
 /// is stopping or crashed: a daemon stopping closes its listening socket with our
 /// connection still in its backlog (the connect had succeeded, nobody ever accepted it),
 /// or ends its connection tasks. Part of the request at most went out, and the daemon
-/// cannot act on part of a frame, so the request was not delivered: `Unreachable`, as
-/// for a refused connect. That is an outage for `failmode=` to decide on the first
-/// request of a login, and, later in a login, a request that is safe to send again while
-/// the daemon restarts (`flow::call_waiting`). `NoAnswer` would be wrong on both counts:
-/// it claims the daemon may have acted on the request, and would refuse a login that a
-/// restart of the daemon interrupted at the send instead of waiting for it.
+/// cannot act on part of a frame, so the request was not delivered: `NotDelivered`, safe
+/// to send again later in a login while the daemon restarts (`flow::call_waiting`).
+/// Still no outage: the connect succeeded, so something listens on the socket, and a
+/// peer that closes connections it accepted must not open `failmode=safe`; the login is
+/// refused in every failmode. `NoAnswer` would claim the daemon may have acted on the
+/// request, and would refuse a login that a restart of the daemon interrupted at the
+/// send instead of waiting for it.
 fn failed_send(
     stream: &mut UnixStream,
     e: &std::io::Error,
@@ -163,7 +260,7 @@ fn failed_send(
         .saturating_duration_since(Instant::now())
         .clamp(Duration::from_millis(10), QUEUED_FRAME_WAIT);
     match queued_frame(stream, Instant::now() + wait) {
-        Queued::Nothing => Err(CallError::Unreachable(format!(
+        Queued::Nothing => Err(CallError::NotDelivered(format!(
             "send: {e} (the daemon closed the connection before it took the request, without an answer: stopping?)"
         ))),
         Queued::Frame(body) => protocol::decode_response(&body).map_err(|err| {
@@ -209,29 +306,11 @@ fn queued_frame(stream: &mut UnixStream, until: Instant) -> Queued {
 }
 
 /// Fills `buf` from `stream` until it is full, the stream ends or fails, or `until`
-/// passes; how many bytes were read.
+/// passes (read at least once, see [`fill`]); how many bytes were read. ECONNRESET (the
+/// daemon closed with our request unread) comes only once the queued bytes are read; a
+/// timeout: nothing (more) is queued.
 fn read_before(stream: &mut UnixStream, buf: &mut [u8], until: Instant) -> usize {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let Some(left) = until
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        else {
-            break;
-        };
-        if stream.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // ECONNRESET (the daemon closed with our request unread) comes only once the
-            // queued bytes are read; a timeout: nothing (more) is queued.
-            Err(_) => break,
-        }
-    }
-    filled
+    fill(stream, buf, until).0
 }
 
 /// What a failed connect to the socket at `path` means. Only what a daemon that is down,
@@ -353,32 +432,6 @@ fn file_kind(kind: &std::fs::FileType) -> &'static str {
     } else {
         "another kind of file"
     }
-}
-
-/// Fill `buf`. The error says what happened and whether it was a connection reset before
-/// any byte arrived (the peer closed with our request unread).
-fn read_until(
-    stream: &mut UnixStream,
-    buf: &mut [u8],
-    left: &dyn Fn(&str) -> Result<Duration, String>,
-) -> Result<(), (String, bool)> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let budget = left("receive").map_err(|e| (e, false))?;
-        stream
-            .set_read_timeout(Some(budget))
-            .map_err(|e| (format!("socket: {e}"), false))?;
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => return Err(("receive: the daemon closed the connection".into(), false)),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let reset = filled == 0 && e.kind() == std::io::ErrorKind::ConnectionReset;
-                return Err((format!("receive: {e}"), reset));
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Transport for SocketTransport {
@@ -668,8 +721,9 @@ mod tests {
     #[test]
     fn a_request_left_in_the_queue_of_a_listener_that_closed_is_not_delivered() {
         // At shutdown the daemon closes its listener; a connection still in its queue,
-        // request and all, is reset unread: safe to send again, so Unreachable (a later
-        // step waits for the restart), not NoAnswer (refused in every failmode).
+        // request and all, is reset unread: safe to send again, so NotDelivered (a later
+        // step waits for the restart), not NoAnswer (never sent again). Both are refused
+        // by failmode=safe: the connect had succeeded.
         let path = socket_path("queued");
         let listener = UnixListener::bind(&path).unwrap();
         let stream = UnixStream::connect(&path).unwrap();
@@ -683,7 +737,7 @@ mod tests {
         let got = exchange_on(stream, &start());
         closer.join().unwrap();
         match got {
-            Err(CallError::Unreachable(detail)) => {
+            Err(CallError::NotDelivered(detail)) => {
                 assert!(detail.contains("not read"), "{detail}")
             }
             other => panic!("{other:?}"),
@@ -710,7 +764,7 @@ mod tests {
         // failmode=safe would let a refused peer in without a second factor.
         let frame = protocol::encode(&forbidden()).unwrap();
         let probe = closed_after(&frame);
-        let e = send_all(&probe, b"x").unwrap_err();
+        let e = send_all(&probe, b"x", Instant::now() + Duration::from_secs(1)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
         let got = exchange_on(closed_after(&frame), &start());
         assert!(is_forbidden(&got), "{got:?}");
@@ -721,13 +775,14 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_closed_under_the_request_without_a_frame_is_unreachable() {
+    fn a_connection_closed_under_the_request_without_a_frame_is_not_delivered_and_no_outage() {
         // A daemon stopping with the connection in its backlog, or ending its tasks: the
-        // request was not delivered (a part of a frame is nothing to the daemon), so it is
-        // an outage (failmode), and later in a login safe to send again.
+        // request was not delivered (a part of a frame is nothing to the daemon), so later
+        // in a login it is safe to send again; but the connect succeeded, so it is no
+        // outage for failmode=safe either.
         let got = exchange_on(closed_after(b""), &start());
         assert!(
-            matches!(&got, Err(CallError::Unreachable(m)) if m.starts_with("send: ")),
+            matches!(&got, Err(CallError::NotDelivered(m)) if m.starts_with("send: ")),
             "{got:?}"
         );
     }
