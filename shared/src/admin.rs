@@ -491,7 +491,10 @@ impl Admin {
                 let step = totp::verify(&secret()?, &params, code.trim(), now, self.totp_window)
                     .ok_or_else(|| AdminError::WrongCode(factor_id.to_string()))?;
                 let expires = totp::replay_expiry(step, params.period);
-                self.store.record_otp_use(&f.id, step as i64, expires)?;
+                // A code already used (a confirmation raced, or replayed) confirms nothing.
+                if !self.store.record_otp_use(&f.id, step as i64, expires)? {
+                    return Err(AdminError::WrongCode(factor_id.to_string()));
+                }
             }
             // Push factors are confirmed with a code sent through the push channel.
             FactorKind::Sms | FactorKind::Email | FactorKind::Push => {

@@ -304,6 +304,37 @@ fn transaction_is_bound_to_user_and_source() {
 }
 
 #[test]
+fn a_used_code_does_not_confirm_a_factor() {
+    // The replay record of a confirmation was written and its answer ignored: a code used
+    // already (two confirmations racing with one code, or one replayed) confirmed too.
+    let w = world();
+    add_user_with_pw(&w, "bob");
+    let enrolled = w.admin.enroll_totp("acme", "bob", None, 6, "SHA1").unwrap();
+    let secret = decode_base32(&enrolled.secret).unwrap();
+    let now = w.clock.now();
+    let code = generate(&secret, &TotpParams::default(), now);
+    let step = now / 30;
+    assert!(w
+        .engine
+        .store()
+        .record_otp_use(
+            &enrolled.factor_id,
+            step,
+            crate::totp::replay_expiry(step as u64, 30)
+        )
+        .unwrap());
+    let e = w
+        .admin
+        .confirm_factor("acme", "bob", &enrolled.factor_id, &code)
+        .unwrap_err();
+    assert!(matches!(e, crate::admin::AdminError::WrongCode(_)), "{e}");
+    assert_eq!(
+        w.admin.list_factors("acme", "bob").unwrap()[0].state,
+        "pending"
+    );
+}
+
+#[test]
 fn pending_factor_cannot_be_used() {
     let w = world();
     add_user_with_pw(&w, "bob");
