@@ -854,35 +854,44 @@ impl Store for SqliteStore {
     }
 
     fn set_user_attribute(&self, user: UserId, key: &str, value: Option<&str>) -> StoreResult<()> {
-        // Read and write under the one connection's lock: no other writer can interleave.
+        // Read, change and write in one transaction that holds the write lock from its
+        // first statement: another process on the file (the CLI beside the daemon) cannot
+        // write in between, so neither change is lost.
         let conn = self.lock();
-        let text: Option<String> = conn
-            .query_row(
-                "SELECT attributes_json FROM users WHERE id = ?1",
-                params![user],
-                |r| r.get(0),
+        atomically(&conn, |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE users SET attributes_json = attributes_json WHERE id = ?1",
+                    params![user],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    what: "user",
+                    name: user.to_string(),
+                });
+            }
+            let text: String = conn
+                .query_row(
+                    "SELECT attributes_json FROM users WHERE id = ?1",
+                    params![user],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            let mut attrs: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("user {user} attributes: {e}")))?;
+            match value {
+                Some(v) => attrs.insert(key.to_string(), v.to_string()),
+                None => attrs.remove(key),
+            };
+            let text = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
+            conn.execute(
+                "UPDATE users SET attributes_json = ?2 WHERE id = ?1",
+                params![user, text],
             )
-            .optional()
-            .map_err(db)?;
-        let Some(text) = text else {
-            return Err(StoreError::NotFound {
-                what: "user",
-                name: user.to_string(),
-            });
-        };
-        let mut attrs: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("user {user} attributes: {e}")))?;
-        match value {
-            Some(v) => attrs.insert(key.to_string(), v.to_string()),
-            None => attrs.remove(key),
-        };
-        let text = serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into());
-        conn.execute(
-            "UPDATE users SET attributes_json = ?2 WHERE id = ?1",
-            params![user, text],
-        )
-        .map(|_| ())
-        .map_err(db)
+            .map(|_| ())
+            .map_err(db)
+        })
     }
 
     fn set_directory_info(
@@ -2086,6 +2095,47 @@ fn enrollment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_set_by_two_processes_at_once_are_all_kept() {
+        // The daemon and the CLI each have their own connection to the file: a read, then a
+        // write, without the write lock in between lost the other's change.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let a = Arc::new(SqliteStore::open(&path).unwrap());
+        let t = a.create_tenant("acme", 1).unwrap();
+        let user = a
+            .create_user(
+                &NewUser {
+                    tenant_id: t.id,
+                    name: "alice".into(),
+                    password_hash: None,
+                    email: None,
+                    phone: None,
+                    groups: Vec::new(),
+                },
+                1,
+            )
+            .unwrap();
+        let b = Arc::new(SqliteStore::open(&path).unwrap());
+        let threads: Vec<_> = [a.clone(), b]
+            .into_iter()
+            .enumerate()
+            .map(|(n, s)| {
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        s.set_user_attribute(user.id, &format!("k{n}-{i}"), Some("v"))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let kept = a.user_by_name(t.id, "alice").unwrap().unwrap().attributes;
+        assert_eq!(kept.len(), 80, "{kept:?}");
+    }
 
     #[test]
     fn file_store_survives_reopen_and_is_in_wal_mode() {
