@@ -403,8 +403,18 @@ impl Admin {
     /// Whether it was blocked or had failures on record.
     pub fn unblock_source(&self, tenant: &str, source: &str) -> Result<bool, AdminError> {
         let t = self.tenant(tenant)?;
-        // An address as the audit shows it (an IPv6 one stands for its /64).
+        // An address as the audit shows it (an IPv6 one stands for its /64), or another
+        // Calling-Station-Id (a MAC address, a phone number): one line of printable text,
+        // no room for more in the audit record that names it.
         let source = source.trim();
+        if source.is_empty() || source.len() > 253 || !source.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err(AdminError::Invalid {
+                what: "source",
+                value: source.escape_debug().take(80).collect(),
+                hint: "give the address as a login's audit record shows it: an IP address, or the Calling-Station-Id (a MAC address, a phone number), in ASCII without spaces",
+            });
+        }
         let mut had = false;
         for channel in crate::engine::SOURCE_CHANNELS {
             let key = crate::engine::source_throttle_key(channel, source);

@@ -1,6 +1,7 @@
 //! `user import` / `user export`: users from a CSV file log in over RADIUS; a bad file is
 //! refused with its line numbers and nothing is written; an export holds no secret.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use portcullis_tests::tools::run_with_timeout;
@@ -168,7 +169,7 @@ fn imported_users_log_in_and_export_holds_no_secret() {
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 3, "{exported}");
     assert!(
-        rows.contains(&"carol,carol@new.example.org,+4915112345678,admins,false,totp"),
+        rows.contains(&"carol,carol@new.example.org,'+4915112345678,admins,false,totp"),
         "{exported}"
     );
     assert!(
@@ -386,4 +387,68 @@ fn a_missing_master_key_is_made_only_for_an_empty_store() {
     assert!(!key.exists(), "a new key was made");
     std::fs::rename(&kept, &key).unwrap();
     env.cli_ok(&["user", "list", "--tenant", "acme"]);
+}
+
+#[test]
+fn an_export_keeps_formula_like_cells_as_text_and_imports_as_it_was() {
+    // A tenant's admin (or the directory) can set an address a spreadsheet would run:
+    // `=HYPERLINK(...)` must reach the operator's spreadsheet as text.
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    env.add_tenant("globex");
+    let file = env.dir().join("in.csv");
+    std::fs::write(
+        &file,
+        "name,email,phone,groups\n\
+         @dora,=cmd@example.org,+15550100,-staff\n\
+         ed,ed@example.org,,\n",
+    )
+    .unwrap();
+    env.cli_ok(&[
+        "user",
+        "import",
+        "--tenant",
+        "acme",
+        &file.display().to_string(),
+    ]);
+    let out = env.dir().join("out.csv");
+    let out_arg = out.display().to_string();
+    // An old file there (readable by others) is replaced, and narrowed.
+    std::fs::write(&out, "old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.cli_ok(&["user", "export", "--tenant", "acme", "--output", &out_arg]);
+    let exported = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        exported.contains("'@dora,'=cmd@example.org,'+15550100,'-staff,false,")
+            && exported.contains("\ned,ed@example.org,,,false,"),
+        "{exported}"
+    );
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the export lists every user: {mode:o}");
+    // Imported again, the values are what they were.
+    env.cli_ok(&["user", "import", "--tenant", "globex", &out_arg]);
+    let users = env.cli_json(&["--json", "user", "list", "--tenant", "globex"]);
+    let dora = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "@dora")
+        .unwrap_or_else(|| panic!("{users}"))
+        .clone();
+    assert_eq!(dora["email"], "=cmd@example.org", "{dora}");
+    assert_eq!(dora["phone"], "+15550100", "{dora}");
+    assert_eq!(dora["groups"][0], "-staff", "{dora}");
+    // A symbolic link is not followed.
+    let link = env.dir().join("link.csv");
+    std::os::unix::fs::symlink(env.dir().join("elsewhere.csv"), &link).unwrap();
+    let refused = env.cli(&[
+        "user",
+        "export",
+        "--tenant",
+        "acme",
+        "--output",
+        &link.display().to_string(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(!env.dir().join("elsewhere.csv").exists());
 }

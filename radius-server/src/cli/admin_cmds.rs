@@ -12,7 +12,7 @@ use portcullis_core::model::AuditFilter;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::output::{emit, qr, table, time};
+use super::output::{emit, printable, qr, table, time};
 use super::{
     changes, AuditArgs, Command, EnrollCmd, FactorCmd, Opened, PasswordInput, PolicyCmd,
     RecoveryCmd, TenantCmd, UserCmd,
@@ -460,13 +460,15 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
             emit(json, &d, || {
                 let mut s = format!(
                     "user:       {}\ntenant:     {}\nstate:      {}\npassword:   {}\ngroups:     {}\ne-mail:     {}\nphone:      {}\nrecovery:   {} unused codes\nfailures:   {} failed codes\n{}",
-                    d.user.name,
-                    tenant.tenant,
+                    // Names, groups, e-mail and phone may come from a directory whose
+                    // users edit their own: never raw to the operator's terminal.
+                    printable(&d.user.name),
+                    printable(&tenant.tenant),
                     if d.user.disabled { "disabled" } else { "enabled" },
                     if d.has_password { "set" } else { "not set" },
-                    d.user.groups.join(", "),
-                    d.user.email.as_deref().unwrap_or("-"),
-                    d.user.phone.as_deref().unwrap_or("-"),
+                    printable(&d.user.groups.join(", ")),
+                    printable(d.user.email.as_deref().unwrap_or("-")),
+                    printable(d.user.phone.as_deref().unwrap_or("-")),
                     d.unused_recovery_codes,
                     d.failed_codes,
                     d.throttle
@@ -475,7 +477,12 @@ fn user(o: &Opened, cmd: UserCmd, json: bool) -> Result<()> {
                 );
                 s.push_str("factors:\n");
                 for f in &d.factors {
-                    s.push_str(&format!("  {} {} {}\n", f.factor_id, f.kind, f.state));
+                    s.push_str(&format!(
+                        "  {} {} {}\n",
+                        printable(&f.factor_id),
+                        f.kind,
+                        f.state
+                    ));
                 }
                 s
             });

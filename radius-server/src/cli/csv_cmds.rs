@@ -110,10 +110,10 @@ fn read_rows(input: impl Read) -> Result<(Vec<ImportRow>, Vec<String>)> {
             }
         }
         let line = record.position().map(|p| p.line()).unwrap_or(0);
-        let cell = |i: Option<usize>| i.map(|i| record.get(i).unwrap_or("").to_string());
+        let cell = |i: Option<usize>| i.map(|i| unguarded(record.get(i).unwrap_or("")).to_string());
         rows.push(ImportRow {
             line,
-            name: record.get(h.name).unwrap_or("").to_string(),
+            name: unguarded(record.get(h.name).unwrap_or("")).to_string(),
             email: cell(h.email),
             phone: cell(h.phone),
             groups: cell(h.groups),
@@ -165,6 +165,50 @@ pub fn import(admin: &Admin, tenant: &str, file: &Path, update: bool, json: bool
     Ok(())
 }
 
+/// Whether a spreadsheet would take a cell that starts like `text` for a formula (or a
+/// command: `=`, `+`, `-`, `@`, and tab or carriage return before one of them).
+fn formula_like(text: &str) -> bool {
+    text.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// A cell of an export: text that a spreadsheet would run as a formula gets a leading `'`
+/// (OWASP's CSV-injection advice), so that a name or address a tenant's admin or the
+/// directory set, such as `=HYPERLINK(...)`, stays text on the operator's machine.
+fn guarded(text: &str) -> std::borrow::Cow<'_, str> {
+    if formula_like(text) {
+        format!("'{text}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// A cell of an import: the `'` an export put before formula-like text is taken off again,
+/// so that an export imports as it was.
+fn unguarded(text: &str) -> &str {
+    match text.strip_prefix('\'') {
+        Some(rest) if formula_like(rest) => rest,
+        _ => text,
+    }
+}
+
+/// Writes `bytes` to a new file or over an old one at `path`, readable by this user only
+/// (it lists every user of a tenant), never through a symbolic link.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // An old file keeps its mode through open: narrow it too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// `user export`
 pub fn export(admin: &Admin, tenant: &str, output: Option<&Path>, json: bool) -> Result<()> {
     let users = admin.export_users(tenant)?;
@@ -178,10 +222,10 @@ pub fn export(admin: &Admin, tenant: &str, output: Option<&Path>, json: bool) ->
         w.write_record(["name", "email", "phone", "groups", "disabled", "factors"])?;
         for u in &users {
             w.write_record([
-                u.name.as_str(),
-                u.email.as_deref().unwrap_or(""),
-                u.phone.as_deref().unwrap_or(""),
-                &u.groups.join(";"),
+                guarded(&u.name).as_ref(),
+                &guarded(u.email.as_deref().unwrap_or("")),
+                &guarded(u.phone.as_deref().unwrap_or("")),
+                &guarded(&u.groups.join(";")),
                 if u.disabled { "true" } else { "false" },
                 &u.factors.join(";"),
             ])?;
@@ -191,7 +235,7 @@ pub fn export(admin: &Admin, tenant: &str, output: Option<&Path>, json: bool) ->
     match output {
         None => super::output::write_stdout(&out).context("writing to standard output")?,
         Some(path) => {
-            std::fs::write(path, &out)
+            write_private(path, &out)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             let value = serde_json::json!({
                 "ok": true, "exported": users.len(), "file": path.display().to_string()
