@@ -20,6 +20,8 @@ pub fn run_all(s: &dyn Store) {
     transaction_steps_are_single_use_and_expire(s);
     a_transaction_step_is_taken_only_by_its_binding(s);
     throttle_counts_and_clears(s);
+    failures_are_reserved_under_the_limit_also_at_once(s);
+    draining_failures_are_reserved_under_the_limit_also_at_once(s);
     audit_is_listed_in_order_and_filtered(s);
     deleting_a_user_removes_their_state(s);
     factor_params_compare_and_set(s);
@@ -37,6 +39,60 @@ pub fn run_all(s: &dyn Store) {
     code_sends_claimed_at_once_never_exceed_the_limits(s);
     pushes_are_added_under_the_cap_also_at_once(s);
     an_expired_lock_is_cleared_only_as_it_was_read(s);
+    two_spellings_created_at_once_make_one_user(s);
+}
+
+/// `create_user_unless_alike`: one user per folded name, also when the spellings are
+/// created at the same moment (two first logins of one directory account).
+fn two_spellings_created_at_once_make_one_user(s: &dyn Store) {
+    let t = tenant(s, "spellings");
+    let fold = |n: &str| n.to_lowercase();
+    let new = |name: &str| NewUser {
+        tenant_id: t.id,
+        name: name.into(),
+        ..Default::default()
+    };
+    let made = s
+        .create_user_unless_alike(&new("Erin"), 100, &fold)
+        .unwrap()
+        .expect("a new name is created");
+    assert_eq!(made.name, "Erin");
+    assert_eq!(
+        s.create_user_unless_alike(&new("ERIN"), 100, &fold)
+            .unwrap(),
+        Err("Erin".to_string())
+    );
+    assert_eq!(
+        s.create_user_unless_alike(&new("Erin"), 100, &fold)
+            .unwrap(),
+        Err("Erin".to_string())
+    );
+    for round in 0..5 {
+        let spellings = [format!("frank{round}"), format!("FRANK{round}")];
+        let results = at_once(8, |i| {
+            s.create_user_unless_alike(&new(&spellings[i % 2]), 100, &fold)
+        });
+        let created: Vec<_> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|r| r.as_ref().ok()))
+            .collect();
+        assert_eq!(created.len(), 1, "round {round}: {results:?}");
+        for r in &results {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(name)) => assert_eq!(name, &created[0].name),
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        let stored = s
+            .user_names(t.id)
+            .unwrap()
+            .into_iter()
+            .filter(|n| fold(n) == format!("frank{round}"))
+            .count();
+        assert_eq!(stored, 1, "round {round}");
+    }
 }
 
 /// Runs `claim` on `n` threads released at the same moment; their results.
@@ -1001,6 +1057,183 @@ fn throttle_counts_and_clears(s: &dyn Store) {
         s.throttle(t.id, "user:1:second_factor").unwrap().failures,
         1
     );
+}
+
+/// `reserve_failure`, `keep_failure`, `release_failures`: a check's failure is counted
+/// before the check, in one statement that refuses at the limit (also for checks on
+/// several nodes at the same moment), then kept or given back.
+fn failures_are_reserved_under_the_limit_also_at_once(s: &dyn Store) {
+    use portcullis_core::store::Reservation::{Refused, Reserved};
+    let t = tenant(s, "reserve-a");
+    let other = tenant(s, "reserve-b");
+    let key = "user:1:second_factor";
+    let row = |failures, last_failure_at, locked_until| Throttle {
+        failures,
+        last_failure_at,
+        locked_until,
+    };
+    // A new row takes the time of its first failure; later reservations leave the time
+    // of the last failure as it is (a check that passes must not move the delays).
+    assert_eq!(
+        s.reserve_failure(t.id, key, 100, 3).unwrap(),
+        Reserved(row(1, 100, None))
+    );
+    assert_eq!(
+        s.reserve_failure(t.id, key, 150, 3).unwrap(),
+        Reserved(row(2, 100, None))
+    );
+    assert_eq!(
+        s.throttle(other.id, key).unwrap(),
+        Throttle::default(),
+        "per tenant"
+    );
+    // A wrong answer keeps its failure: the time is its own (never earlier).
+    assert_eq!(
+        s.keep_failure(t.id, key, 160, 3, 999).unwrap(),
+        row(2, 160, None)
+    );
+    assert_eq!(
+        s.keep_failure(t.id, key, 120, 3, 999).unwrap(),
+        row(2, 160, None)
+    );
+    assert_eq!(
+        s.reserve_failure(t.id, key, 165, 3).unwrap(),
+        Reserved(row(3, 160, None))
+    );
+    // At the limit: refused, nothing counted.
+    assert_eq!(
+        s.reserve_failure(t.id, key, 166, 3).unwrap(),
+        Refused(row(3, 160, None))
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap(), row(3, 160, None));
+    // Kept at the lock threshold: locked.
+    assert_eq!(
+        s.keep_failure(t.id, key, 170, 3, 999).unwrap(),
+        row(3, 170, Some(999))
+    );
+    // Given back: the time and the lock stay.
+    assert_eq!(
+        s.release_failures(t.id, key, 1).unwrap(),
+        row(2, 170, Some(999))
+    );
+    // Locked: refused under the limit too, until the lock has run out.
+    assert_eq!(
+        s.reserve_failure(t.id, key, 500, 3).unwrap(),
+        Refused(row(2, 170, Some(999)))
+    );
+    assert_eq!(
+        s.reserve_failure(t.id, key, 999, 3).unwrap(),
+        Reserved(row(3, 170, Some(999)))
+    );
+    // Never below none; a row with a lock stays, one with nothing goes.
+    assert_eq!(
+        s.release_failures(t.id, key, 5).unwrap(),
+        row(0, 170, Some(999))
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap(), row(0, 170, Some(999)));
+    s.clear_throttle(t.id, key).unwrap();
+    assert!(matches!(
+        s.reserve_failure(t.id, key, 1000, 3).unwrap(),
+        Reserved(_)
+    ));
+    assert_eq!(
+        s.release_failures(t.id, key, 1).unwrap(),
+        Throttle::default()
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap(), Throttle::default());
+    assert_eq!(
+        s.release_failures(t.id, key, 1).unwrap(),
+        Throttle::default()
+    );
+    assert_eq!(
+        s.keep_failure(t.id, key, 1000, 3, 999).unwrap(),
+        Throttle::default()
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap(), Throttle::default());
+    // A limit of none reserves nothing.
+    assert_eq!(
+        s.reserve_failure(t.id, key, 1000, 0).unwrap(),
+        Refused(Throttle::default())
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap(), Throttle::default());
+    // Checks on several nodes at the same moment: no more than the limit are counted,
+    // each one its own count; then all given back, never below none.
+    let busy = "user:2:second_factor";
+    for round in 0..5 {
+        let reserved: Vec<u32> = at_once(16, |_| s.reserve_failure(t.id, busy, 2000, 5).unwrap())
+            .into_iter()
+            .filter_map(|r| match r {
+                Reserved(th) => Some(th.failures),
+                Refused(th) => {
+                    assert_eq!(th.failures, 5, "round {round}: refused under the limit");
+                    None
+                }
+            })
+            .collect();
+        let mut counts = reserved.clone();
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 2, 3, 4, 5], "round {round}: {reserved:?}");
+        assert_eq!(s.throttle(t.id, busy).unwrap().failures, 5);
+        at_once(16, |_| s.release_failures(t.id, busy, 1).unwrap());
+        assert_eq!(s.throttle(t.id, busy).unwrap(), Throttle::default());
+    }
+}
+
+/// `reserve_draining_failures`: counted as `record_draining_failure` counts, only while
+/// the drained level with them stays within the limit (also at the same moment).
+fn draining_failures_are_reserved_under_the_limit_also_at_once(s: &dyn Store) {
+    use portcullis_core::store::Reservation::{Refused, Reserved};
+    let t = tenant(s, "reserve-drain");
+    let (key, twin) = (
+        "source:radius:a:first_factor",
+        "source:radius:b:first_factor",
+    );
+    // 10 per 100 s drain; the level may reach 11.
+    let reserve = |key, failures, now| {
+        s.reserve_draining_failures(t.id, key, failures, now, 10, 100, 11)
+            .unwrap()
+    };
+    let record = |key, failures, now| {
+        s.record_draining_failure(t.id, key, failures, now, 10, 100)
+            .unwrap()
+    };
+    assert_eq!(reserve(key, 4, 1000), Reserved(record(twin, 4, 1000)));
+    // 4 + 8 would pass 11: refused, nothing counted.
+    assert!(matches!(reserve(key, 8, 1000), Refused(th) if th.failures == 4));
+    assert_eq!(reserve(key, 7, 1000), Reserved(record(twin, 7, 1000)));
+    assert!(matches!(reserve(key, 1, 1000), Refused(th) if th.failures == 11));
+    // 57 s later 5 have drained (the 7 s over carry to the next): 6 + 5 fit.
+    assert_eq!(reserve(key, 5, 1057), Reserved(record(twin, 5, 1057)));
+    assert_eq!(
+        s.throttle(t.id, key).unwrap(),
+        s.throttle(t.id, twin).unwrap()
+    );
+    assert_eq!(s.throttle(t.id, key).unwrap().failures, 11);
+    // Given back: the level falls, and the drain goes on from where it was.
+    let left = s.release_failures(t.id, key, 3).unwrap();
+    assert_eq!(left.failures, 8);
+    assert_eq!(
+        left.last_failure_at,
+        s.throttle(t.id, twin).unwrap().last_failure_at
+    );
+    // More than the limit at once is refused even on an empty bucket.
+    let empty = "source:radius:c:first_factor";
+    assert_eq!(reserve(empty, 12, 1057), Refused(Throttle::default()));
+    assert_eq!(s.throttle(t.id, empty).unwrap(), Throttle::default());
+    // A blocked source: refused until the block runs out.
+    s.lock_until(t.id, key, 2000).unwrap();
+    assert!(matches!(reserve(key, 1, 1100), Refused(th) if th.locked_until == Some(2000)));
+    assert!(matches!(reserve(key, 1, 2000), Reserved(_)));
+    // Checks on several nodes at the same moment: the level never passes the limit.
+    let busy = "source:radius:d:first_factor";
+    let reserved = at_once(16, |_| reserve(busy, 1, 3000))
+        .into_iter()
+        .filter(|r| matches!(r, Reserved(_)))
+        .count();
+    assert_eq!(reserved, 11);
+    assert_eq!(s.throttle(t.id, busy).unwrap().failures, 11);
+    at_once(16, |_| s.release_failures(t.id, busy, 1).unwrap());
+    assert_eq!(s.throttle(t.id, busy).unwrap(), Throttle::default());
 }
 
 fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {

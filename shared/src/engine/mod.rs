@@ -1006,14 +1006,9 @@ impl Engine {
             None if backend.creates_users() => {
                 // A directory finds "ALICE" or "alice " as alice's entry and binds with her
                 // password; a new store user of that spelling would have none of alice's
-                // factors (and could enrol new ones). Only the spelling the store knows logs in.
-                let typed = directory_fold(username);
-                let names = self.store.user_names(tenant.id)?;
-                if let Some(known) = names.iter().find(|n| directory_fold(n) == typed) {
-                    return Ok(Err(format!(
-                        "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case, width and spaces): log in as '{known}'"
-                    )));
-                }
+                // factors (and could enrol new ones). Only the spelling the store knows logs
+                // in; the store checks and creates in one step, so that two first logins of
+                // two spellings at once do not both create.
                 let new = NewUser {
                     tenant_id: tenant.id,
                     name: username.to_string(),
@@ -1022,8 +1017,23 @@ impl Engine {
                     phone: info.phone.clone(),
                     groups: info.groups.clone().unwrap_or_default(),
                 };
-                match self.store.create_user(&new, now) {
-                    Ok(u) => {
+                match self
+                    .store
+                    .create_user_unless_alike(&new, now, &directory_fold)
+                {
+                    // Another login (on any node) created this very name a moment ago.
+                    Ok(Err(known)) if known == username => {
+                        match self.store.user_by_name(tenant.id, username)? {
+                            Some(u) => u,
+                            None => return Ok(Err("unknown user".into())),
+                        }
+                    }
+                    Ok(Err(known)) => {
+                        return Ok(Err(format!(
+                            "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case, width and spaces): log in as '{known}'"
+                        )));
+                    }
+                    Ok(Ok(u)) => {
                         tracing::info!(tenant = %tenant.name, user = %username, backend = backend.name(),
                             "created the user on first login (the store follows the directory)");
                         return Ok(Ok(u));

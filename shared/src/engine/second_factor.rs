@@ -46,13 +46,18 @@ impl Engine {
         d: &Decision,
         streak: Streak,
     ) -> Result<CodeCheck, EngineError> {
+        // A shared store: the failure reserved at the gate is counted whatever comes of
+        // the check, an error too, unless the code turns out right.
+        let reserved = self.code_reserved(user);
         let result = self.match_code(user, factors, code.trim(), now, d)?;
         match result {
             // Nothing to clear when no failure was on record (one write less per login).
             CodeCheck::Accepted { .. } if streak.failures_on_record => {
                 self.clear_failures(tenant, user)?
             }
+            CodeCheck::Accepted { .. } if reserved => self.give_back_failure(tenant, user)?,
             CodeCheck::Accepted { .. } => {}
+            _ if reserved => self.keep_failure(tenant, user, now)?,
             _ => self.count_failure(tenant, user, now)?,
         }
         Ok(result)

@@ -698,6 +698,31 @@ fn passwords_checked_at_once_from_one_address_count_toward_its_block() {
 }
 
 #[test]
+fn unblock_takes_an_address_not_free_text_for_the_audit() {
+    let w = world();
+    for ok in [
+        "192.0.2.10",
+        "2001:db8::7",
+        "00-11-22-33-44-55",
+        "+15550100",
+    ] {
+        assert!(w.admin.unblock_source("acme", ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "approved by CISO",
+        "192.0.2.10\nforged line",
+        "a\u{202e}b",
+    ] {
+        let e = w.admin.unblock_source("acme", bad).unwrap_err();
+        assert!(
+            matches!(e, crate::admin::AdminError::Invalid { what: "source", .. }),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
 fn wrong_passwords_spread_out_never_block_and_a_nas_address_is_never_blocked() {
     let w = world();
     // One wrong password every 30 s is the rate the bucket drains (20 per 10 min).
@@ -2238,6 +2263,7 @@ fn only_our_state_shape_counts_as_a_transaction_reference() {
 
 mod enroll;
 mod loopholes;
+mod nodes;
 mod push;
 
 /// Codes asked for at the same moment (parallel logins, on one node or several): the

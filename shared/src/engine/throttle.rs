@@ -6,36 +6,93 @@
 //! send many guesses at once and get them all checked before the first failure is counted.
 //! So the checks in progress count too ([`Checking`]): a user never has more codes being
 //! checked, plus failures on record, than `lock_after`.
+//!
+//! A node counts its own checks in memory, which is enough for one node (SQLite). Where
+//! several nodes share the store ([`Store::shared`]: PostgreSQL) each one's memory sees
+//! only its own checks, so there every check first reserves its failure in the store, in
+//! one statement that refuses once the limit is reached ([`Store::reserve_failure`],
+//! [`Store::reserve_draining_failures`]): count first, settle after. A wrong answer keeps
+//! the failure; a right one clears the streak or gives the failure back; a check that ends
+//! otherwise (an error, a push poll) gives it back when its guard is dropped. A reservation
+//! that cannot be written refuses the check (fail closed), and a failure once reserved is
+//! counted even if nothing after it can be written. The memory count stays in front, as a
+//! cheap first filter.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
 
 use serde::Serialize;
 
 use super::{Channel, Engine, EngineError, LoginRequest, Outcome};
 use crate::clock::UnixTime;
 use crate::config::LockoutConfig;
-use crate::model::{Tenant, Throttle, User, UserId};
+use crate::model::{Tenant, TenantId, Throttle, User, UserId};
+use crate::store::{Reservation, Store};
 
 /// Checks in progress on this node, per key: second-factor checks per user, password
-/// checks per source.
+/// checks per source. With a shared store, also the failures these checks reserved in it.
 #[derive(Debug)]
-pub(super) struct Checking<K>(Mutex<HashMap<K, u32>>);
+pub(super) struct Checking<K> {
+    counts: Mutex<HashMap<K, u32>>,
+    reserved: Mutex<Reservations<K>>,
+}
 
 impl<K> Default for Checking<K> {
     fn default() -> Self {
-        Self(Mutex::new(HashMap::new()))
+        Self {
+            counts: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(Reservations {
+                next: 0,
+                held: HashMap::new(),
+            }),
+        }
     }
 }
 
-/// Checks in progress, counted until dropped (after their results were counted).
+/// The reservations of this node's checks, by the thread that runs the check (a check
+/// runs on one thread from its gate to its end) and key, innermost last: what counts the
+/// check's result finds its own reservation there.
+#[derive(Debug)]
+struct Reservations<K> {
+    next: u64,
+    held: HashMap<(ThreadId, K), Vec<(u64, Reserved)>>,
+}
+
+/// Failures a check reserved in a shared store before it ran.
+struct Reserved {
+    store: Arc<dyn Store>,
+    tenant: TenantId,
+    /// The throttle key in the store.
+    key: String,
+    /// Failures reserved and not settled yet: given back when the check ends.
+    failures: u32,
+    /// The row as the reservation left it.
+    row: Throttle,
+}
+
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reserved")
+            .field("tenant", &self.tenant)
+            .field("key", &self.key)
+            .field("failures", &self.failures)
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks in progress, counted until dropped (after their results were counted); with
+/// the failures they reserved in the store, given back then if they were not settled.
 #[derive(Debug)]
 pub(super) struct InProgress<'a, K: Hash + Eq + Clone> {
     checking: &'a Checking<K>,
     key: K,
     checks: u32,
+    /// The reservation this guard holds (see [`InProgress::hold`]).
+    held: Option<(ThreadId, u64)>,
 }
 
 impl<K: Hash + Eq + Clone> Checking<K> {
@@ -46,7 +103,7 @@ impl<K: Hash + Eq + Clone> Checking<K> {
 
     /// Counts `checks` checks of `key` (one login's); says how many others are in progress.
     pub(super) fn enter_many(&self, key: K, checks: u32) -> (InProgress<'_, K>, u32) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(key.clone()).or_insert(0);
         let others = *n;
         *n = n.saturating_add(checks);
@@ -55,23 +112,119 @@ impl<K: Hash + Eq + Clone> Checking<K> {
                 checking: self,
                 key,
                 checks,
+                held: None,
             },
             others,
         )
+    }
+
+    /// Settles the failures that this thread's innermost check of `key` reserved in the
+    /// store and has not settled yet: they are the caller's now (kept, or given back), and
+    /// are not given back when the check ends. How many, with the row the reservation
+    /// left; None if there are none (a store of one node reserves nothing).
+    fn take_reserved(&self, key: &K) -> Option<(u32, Throttle)> {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = reserved
+            .held
+            .get_mut(&(std::thread::current().id(), key.clone()))?;
+        let (_, r) = held.iter_mut().rev().find(|(_, r)| r.failures > 0)?;
+        Some((std::mem::take(&mut r.failures), r.row))
+    }
+
+    /// The row of `key` was cleared: what this thread's checks of it reserved went with it,
+    /// and nothing is given back for them.
+    fn cleared(&self, key: &K) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = reserved
+            .held
+            .get_mut(&(std::thread::current().id(), key.clone()))
+        {
+            for (_, r) in held.iter_mut() {
+                r.failures = 0;
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> InProgress<'_, K> {
+    /// Holds `failures` failures that this check reserved in `store` (row `row` after the
+    /// reservation) until they are settled, or given back when this guard is dropped.
+    fn hold(
+        &mut self,
+        store: &Arc<dyn Store>,
+        tenant: TenantId,
+        key: String,
+        failures: u32,
+        row: Throttle,
+    ) {
+        let thread = std::thread::current().id();
+        let mut reserved = self
+            .checking
+            .reserved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let id = reserved.next;
+        reserved.next = id.wrapping_add(1);
+        reserved
+            .held
+            .entry((thread, self.key.clone()))
+            .or_default()
+            .push((
+                id,
+                Reserved {
+                    store: store.clone(),
+                    tenant,
+                    key,
+                    failures,
+                    row,
+                },
+            ));
+        self.held = Some((thread, id));
     }
 }
 
 impl<K: Hash + Eq + Clone> Drop for InProgress<'_, K> {
     fn drop(&mut self) {
-        let mut map = self
-            .checking
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.key) {
-            *n = n.saturating_sub(self.checks);
-            if *n == 0 {
-                map.remove(&self.key);
+        {
+            let mut map = self
+                .checking
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(self.checks);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+        let Some((thread, id)) = self.held.take() else {
+            return;
+        };
+        let unsettled = {
+            let mut reserved = self
+                .checking
+                .reserved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let slot = (thread, self.key.clone());
+            let mut mine = None;
+            if let Some(held) = reserved.held.get_mut(&slot) {
+                if let Some(i) = held.iter().position(|(n, _)| *n == id) {
+                    mine = Some(held.remove(i).1);
+                }
+                if held.is_empty() {
+                    reserved.held.remove(&slot);
+                }
+            }
+            mine
+        };
+        // Neither kept nor cleared: the check ended otherwise (the code was right with no
+        // streak to clear, it was no code, or an error): its failures are given back.
+        if let Some(r) = unsettled.filter(|r| r.failures > 0) {
+            if let Err(e) = r.store.release_failures(r.tenant, &r.key, r.failures) {
+                tracing::warn!(key = %r.key, failures = r.failures, error = %e,
+                    "failures reserved for a check could not be given back: they stay counted");
             }
         }
     }
@@ -223,29 +376,70 @@ impl Engine {
         user: &User,
         now: UnixTime,
     ) -> Result<Option<Outcome>, EngineError> {
-        Ok(self.throttle_gate(tenant, user, now)?.err())
+        // Nothing is checked here: nothing to reserve.
+        Ok(self.user_gate(tenant, user, now, false)?.err())
     }
 
     /// `Err(reject)` if the user is locked or must still wait, or has too many codes
-    /// being checked at once; else the streak on record.
+    /// being checked at once; else the streak on record. With a shared store the check's
+    /// failure is reserved in it: the returned streak holds it until it is settled
+    /// ([`Engine::count_failure`], [`Engine::clear_failures`]) or given back (dropped).
     pub(super) fn throttle_gate(
         &self,
         tenant: &Tenant,
         user: &User,
         now: UnixTime,
     ) -> Result<Result<Streak<'_>, Outcome>, EngineError> {
+        self.user_gate(tenant, user, now, true)
+    }
+
+    /// [`Engine::throttle_gate`]; a shared store's reservation only if `reserve`.
+    fn user_gate(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        now: UnixTime,
+        reserve: bool,
+    ) -> Result<Result<Streak<'_>, Outcome>, EngineError> {
         let failures = match self.throttle_state(tenant, user, now)? {
             Ok(failures) => failures,
             Err(blocked) => return Ok(Err(blocked)),
         };
-        let (checking, others) = self.checking.enter(user.id);
-        if failures.saturating_add(others) >= self.settings.lockout.lock_after.max(1) {
+        let (mut checking, others) = self.checking.enter(user.id);
+        let limit = self.settings.lockout.lock_after.max(1);
+        let shared = self.store.shared();
+        // A shared store's failures on record hold the checks that this node (and every
+        // other) has reserved there: only the larger of the two is sure to be in play.
+        let in_play = if shared {
+            failures.max(others)
+        } else {
+            failures.saturating_add(others)
+        };
+        if in_play >= limit {
             return Ok(Err(Outcome::reject_with(
                 format!(
                     "{others} other codes of this user are being checked and {failures} failed on record: too many at once"
                 ),
                 "Too many failed attempts: wait a little, then try again",
             )));
+        }
+        if shared && reserve {
+            let key = second_factor_key(user);
+            match self.store.reserve_failure(tenant.id, &key, now, limit)? {
+                Reservation::Reserved(row) => checking.hold(&self.store, tenant.id, key, 1, row),
+                Reservation::Refused(row) => {
+                    return Ok(Err(match throttle_in_force(&row, &self.settings.lockout, now) {
+                        Some(blocked) => blocked_outcome(blocked, now),
+                        None => Outcome::reject_with(
+                            format!(
+                                "{} codes of this user failed on record or are being checked on all nodes: too many at once",
+                                row.failures
+                            ),
+                            "Too many failed attempts: wait a little, then try again",
+                        ),
+                    }))
+                }
+            }
         }
         Ok(Ok(Streak {
             failures_on_record: failures > 0,
@@ -268,17 +462,7 @@ impl Engine {
         let key = second_factor_key(user);
         let th = self.current_throttle(tenant, &key, now)?;
         Ok(match throttle_in_force(&th, &self.settings.lockout, now) {
-            Some(ThrottleInForce::Locked { failures, until }) => Err(Outcome::reject_with(
-                format!("user is locked for {} s more after {failures} failed codes", until - now),
-                "Too many failed attempts: this account is locked. Try again later or ask your administrator",
-            )),
-            Some(ThrottleInForce::Delayed { failures, next_try_at }) => Err(Outcome::reject_with(
-                format!(
-                    "throttled: {failures} failed codes, next try allowed in {} s",
-                    next_try_at - now
-                ),
-                "Too many failed attempts: wait a little, then try again",
-            )),
+            Some(blocked) => Err(blocked_outcome(blocked, now)),
             None => Ok(th.failures),
         })
     }
@@ -287,8 +471,9 @@ impl Engine {
     /// has so many passwords being checked that their failures would overflow its bucket;
     /// else the login's `checks` password checks (an `append` login makes up to
     /// [`super::split::MAX_PASSWORD_CHECKS`]) stay counted as in progress until the guard
-    /// is dropped (after their failures were counted). `Ok(None)`: the source is not
-    /// counted.
+    /// is dropped (after their failures were counted). With a shared store they are
+    /// reserved in its bucket as failures: [`Engine::count_source_failures`] keeps those
+    /// that were wrong, and the rest are given back. `Ok(None)`: the source is not counted.
     pub(super) fn source_gate(
         &self,
         tenant: &Tenant,
@@ -305,35 +490,83 @@ impl Engine {
                 "Too many failed logins from your address: try again later",
             )
         };
-        let th = self.current_throttle(tenant, &key, now)?;
-        if let Some(until) = th.locked_until {
-            return Ok(Err(blocked(format!(
+        let is_blocked = |until: UnixTime| {
+            blocked(format!(
                 "{} is blocked for {} s more after too many wrong passwords",
                 source_named(&req.source),
                 until - now
-            ))));
+            ))
+        };
+        let th = self.current_throttle(tenant, &key, now)?;
+        if let Some(until) = th.locked_until {
+            return Ok(Err(is_blocked(until)));
         }
         let lock = &self.settings.lockout;
-        let window = lock.source_window.as_secs().max(1) as i64;
-        let drained = (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
-        let level = (i64::from(th.failures) - drained).max(0) as u32;
+        let level = self.source_level(&th, now);
         // The bucket takes `source_failures` failures; the one after blocks the source.
         // Every check of this login may fail, and so may every one in progress: all of
         // them must fit (a login with more checks than the bucket holds fits an empty one).
         let checks = checks.clamp(1, lock.source_failures.saturating_add(1));
-        let (checking, others) = self.checking_sources.enter_many(key, checks);
-        if level.saturating_add(others).saturating_add(checks - 1) > lock.source_failures {
-            let mine = if checks > 1 {
+        // Only for a refusal's reason.
+        let mine = || {
+            if checks > 1 {
                 format!("{checks} passwords of this login to check, ")
             } else {
                 String::new()
-            };
+            }
+        };
+        let (mut checking, others) = self.checking_sources.enter_many(key, checks);
+        let shared = self.store.shared();
+        // A shared store's level holds what every node reserved, this one's checks too.
+        let in_play = if shared {
+            level.max(others)
+        } else {
+            level.saturating_add(others)
+        };
+        if in_play.saturating_add(checks - 1) > lock.source_failures {
             return Ok(Err(blocked(format!(
-                "{}: {mine}{others} other passwords being checked and {level} wrong on record: too many at once",
-                source_named(&req.source)
+                "{}: {}{others} other passwords being checked and {level} wrong on record: too many at once",
+                source_named(&req.source),
+                mine()
             ))));
         }
+        if shared {
+            let key = checking.key.clone();
+            let window = lock.source_window.as_secs().max(1) as i64;
+            match self.store.reserve_draining_failures(
+                tenant.id,
+                &key,
+                checks,
+                now,
+                lock.source_failures,
+                window,
+                lock.source_failures.saturating_add(1),
+            )? {
+                Reservation::Reserved(row) => {
+                    checking.hold(&self.store, tenant.id, key, checks, row)
+                }
+                Reservation::Refused(row) => {
+                    return Ok(Err(match row.locked_until.filter(|&until| until > now) {
+                        Some(until) => is_blocked(until),
+                        None => blocked(format!(
+                            "{}: {}{} wrong on record or being checked on all nodes: too many at once",
+                            source_named(&req.source),
+                            mine(),
+                            self.source_level(&row, now)
+                        )),
+                    }))
+                }
+            }
+        }
         Ok(Ok(Some(checking)))
+    }
+
+    /// The level of a source's bucket at `now`: its failures, less what has drained since.
+    fn source_level(&self, th: &Throttle, now: UnixTime) -> u32 {
+        let lock = &self.settings.lockout;
+        let window = lock.source_window.as_secs().max(1) as i64;
+        let drained = (now - th.last_failure_at).max(0) * i64::from(lock.source_failures) / window;
+        (i64::from(th.failures) - drained).max(0) as u32
     }
 
     /// The throttle row of `key` as it stands at `now`: a lock or block in it is one that
@@ -363,7 +596,9 @@ impl Engine {
     }
 
     /// Count `wrong` wrong passwords from the login's source (one per password checked:
-    /// an `append` login checks a few); block the source when its bucket overflows.
+    /// an `append` login checks a few); block the source when its bucket overflows. With
+    /// a shared store they were reserved at the gate: those are kept, and the login's
+    /// other reserved checks (passwords it did not check, or that passed) given back.
     pub(super) fn count_source_failures(
         &self,
         tenant: &Tenant,
@@ -379,17 +614,38 @@ impl Engine {
         };
         let lock = &self.settings.lockout;
         let window = lock.source_window.as_secs().max(1) as i64;
-        let th = self.store.record_draining_failure(
-            tenant.id,
-            &key,
-            wrong,
-            now,
-            lock.source_failures,
-            window,
-        )?;
-        if th.failures > lock.source_failures {
+        let reserved = if self.store.shared() {
+            self.checking_sources.take_reserved(&key)
+        } else {
+            None
+        };
+        let level = match reserved {
+            Some((reserved, _)) if reserved > wrong => {
+                let th = self
+                    .store
+                    .release_failures(tenant.id, &key, reserved - wrong)?;
+                self.source_level(&th, now)
+            }
+            Some((reserved, row)) if reserved == wrong => self.source_level(&row, now),
+            // More wrong than reserved (a login with more passwords than the bucket
+            // holds), or nothing reserved: counted now.
+            reserved => {
+                let counted = reserved.map_or(0, |(n, _)| n);
+                self.store
+                    .record_draining_failure(
+                        tenant.id,
+                        &key,
+                        wrong - counted,
+                        now,
+                        lock.source_failures,
+                        window,
+                    )?
+                    .failures
+            }
+        };
+        if level > lock.source_failures {
             self.store.lock_until(tenant.id, &key, now + window)?;
-            tracing::warn!(tenant = %tenant.name, source = %req.source, failures = th.failures,
+            tracing::warn!(tenant = %tenant.name, source = %req.source, failures = level,
                 "source blocked after too many wrong passwords");
         }
         Ok(())
@@ -402,16 +658,21 @@ impl Engine {
         source_key(req)
     }
 
-    /// Count a wrong code; lock the user when the limit is reached.
+    /// Count a wrong code; lock the user when the limit is reached. With a shared store
+    /// the check reserved the failure at its gate: it is kept.
     pub(super) fn count_failure(
         &self,
         tenant: &Tenant,
         user: &User,
         now: UnixTime,
     ) -> Result<(), EngineError> {
+        if self.code_reserved(user) {
+            return self.keep_failure(tenant, user, now);
+        }
         let key = second_factor_key(user);
+        let lock_after = self.settings.lockout.lock_after;
         let th = self.store.record_failure(tenant.id, &key, now)?;
-        if th.failures >= self.settings.lockout.lock_after {
+        if th.failures >= lock_after {
             let until = now + self.settings.lockout.duration.as_secs() as i64;
             self.store.lock_until(tenant.id, &key, until)?;
             tracing::warn!(tenant = %tenant.name, user = %user.name, failures = th.failures, "user locked after repeated wrong codes");
@@ -419,11 +680,71 @@ impl Engine {
         Ok(())
     }
 
-    /// A good code ends the user's failure streak.
+    /// Whether this check of the user's code reserved its failure in a shared store (at
+    /// [`Engine::throttle_gate`]). If so the failure is the caller's from now on: it stays
+    /// counted unless given back with [`Engine::give_back_failure`] or cleared, also if the
+    /// check ends in an error (fail closed: a store that fails under load must not let
+    /// guesses through uncounted). Then the caller settles it: [`Engine::keep_failure`].
+    pub(super) fn code_reserved(&self, user: &User) -> bool {
+        self.store.shared() && self.checking.take_reserved(&user.id).is_some()
+    }
+
+    /// A reserved failure ([`Engine::code_reserved`]) was a wrong code: it stays, with its
+    /// time; the user is locked when the limit is reached.
+    pub(super) fn keep_failure(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+        now: UnixTime,
+    ) -> Result<(), EngineError> {
+        let key = second_factor_key(user);
+        let lock_after = self.settings.lockout.lock_after;
+        let until = now + self.settings.lockout.duration.as_secs() as i64;
+        let th = self
+            .store
+            .keep_failure(tenant.id, &key, now, lock_after, until)?;
+        if th.failures >= lock_after {
+            tracing::warn!(tenant = %tenant.name, user = %user.name, failures = th.failures, "user locked after repeated wrong codes");
+        }
+        Ok(())
+    }
+
+    /// A reserved failure ([`Engine::code_reserved`]) was no failure: it is given back.
+    pub(super) fn give_back_failure(
+        &self,
+        tenant: &Tenant,
+        user: &User,
+    ) -> Result<(), EngineError> {
+        self.store
+            .release_failures(tenant.id, &second_factor_key(user), 1)?;
+        Ok(())
+    }
+
+    /// A good code ends the user's failure streak (with what this check reserved).
     pub(super) fn clear_failures(&self, tenant: &Tenant, user: &User) -> Result<(), EngineError> {
         self.store
             .clear_throttle(tenant.id, &second_factor_key(user))?;
+        if self.store.shared() {
+            self.checking.cleared(&user.id);
+        }
         Ok(())
+    }
+}
+
+/// The Reject of a login that meets `blocked` at `now`.
+fn blocked_outcome(blocked: ThrottleInForce, now: UnixTime) -> Outcome {
+    match blocked {
+        ThrottleInForce::Locked { failures, until } => Outcome::reject_with(
+            format!("user is locked for {} s more after {failures} failed codes", until - now),
+            "Too many failed attempts: this account is locked. Try again later or ask your administrator",
+        ),
+        ThrottleInForce::Delayed { failures, next_try_at } => Outcome::reject_with(
+            format!(
+                "throttled: {failures} failed codes, next try allowed in {} s",
+                next_try_at - now
+            ),
+            "Too many failed attempts: wait a little, then try again",
+        ),
     }
 }
 

@@ -132,6 +132,16 @@ pub enum TakenTransaction {
     Gone,
 }
 
+/// What [`Store::reserve_failure`] and [`Store::reserve_draining_failures`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The failures were counted: the row as it is now, with them in it.
+    Reserved(Throttle),
+    /// Nothing was counted: the limit was reached, or the key is locked. The row as it was
+    /// read right after (for the reason of the refusal).
+    Refused(Throttle),
+}
+
 /// How long a source's wrong-password bucket is kept after its last failure: longer than
 /// the longest `[lockout] source_window` (a day) takes to drain it.
 pub const SOURCE_ROWS_KEPT: i64 = 2 * 86_400;
@@ -171,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
 
     // Users
     fn create_user(&self, user: &NewUser, now: UnixTime) -> StoreResult<User>;
+    /// Creates `user` unless the tenant has a user whose name `fold`s to the same (another
+    /// spelling of one directory account): then `Ok(Err(that name))`. The check and the
+    /// insert are one step on every node, so two first logins of two spellings at once
+    /// make one user, not a second one without the first one's factors.
+    fn create_user_unless_alike(
+        &self,
+        user: &NewUser,
+        now: UnixTime,
+        fold: &dyn Fn(&str) -> String,
+    ) -> StoreResult<Result<User, String>>;
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>>;
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>>;
     /// The names of all the tenant's users, in order (a full scan: for first logins of
@@ -392,6 +412,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     // Throttles
+    /// Whether several nodes may share this store (PostgreSQL): what a node keeps in its
+    /// own memory then limits that node only, so the Engine reserves each check's failure
+    /// in the store before the check ([`Store::reserve_failure`]). False for the embedded
+    /// SQLite store (one node), whose limits the node's memory keeps at no cost.
+    fn shared(&self) -> bool;
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle>;
     /// Counts one failure atomically and returns the new state.
     fn record_failure(&self, tenant: TenantId, key: &str, now: UnixTime) -> StoreResult<Throttle>;
@@ -408,6 +433,51 @@ pub trait Store: Send + Sync + 'static {
         per_window: u32,
         window: i64,
     ) -> StoreResult<Throttle>;
+    /// Counts one failure in one atomic statement (also between nodes), but only if the
+    /// row holds fewer than `limit` failures and is not locked at `now`: a check reserves
+    /// its failure before it runs, so the failures on record with the checks in progress
+    /// on every node never pass `limit`. Unlike [`Store::record_failure`], the time of the
+    /// last failure stays as it was (a new row takes `now`): a wrong answer sets it when it
+    /// keeps the failure ([`Store::keep_failure`]); a check that passes gives the failure
+    /// back ([`Store::release_failures`]) or clears the row, and the delays are as before.
+    fn reserve_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        limit: u32,
+    ) -> StoreResult<Reservation>;
+    /// Counts `failures` failures as [`Store::record_draining_failure`] does, in one
+    /// atomic statement, but only if the bucket's level at `now` with them in it is at most
+    /// `limit` and the key is not locked at `now` (see [`Store::reserve_failure`]).
+    #[allow(clippy::too_many_arguments)]
+    fn reserve_draining_failures(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        failures: u32,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+        limit: u32,
+    ) -> StoreResult<Reservation>;
+    /// A failure reserved with [`Store::reserve_failure`] stays counted: the time of the
+    /// last failure becomes `now` (unless it is later), and the key is locked until
+    /// `until` if it holds `lock_at` failures or more; one atomic statement. The row as it
+    /// is now (empty if there is none any more).
+    fn keep_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        lock_at: u32,
+        until: UnixTime,
+    ) -> StoreResult<Throttle>;
+    /// Gives back `failures` failures reserved before (never below none), in one atomic
+    /// statement, leaving the time of the last failure and any lock as they are; a row
+    /// left with no failure and no lock is deleted. The row as it is now (empty if none).
+    fn release_failures(&self, tenant: TenantId, key: &str, failures: u32)
+        -> StoreResult<Throttle>;
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()>;
     fn clear_throttle(&self, tenant: TenantId, key: &str) -> StoreResult<()>;
     /// Deletes the row of `key` only if it is still `seen` (as read by [`Store::throttle`])

@@ -34,8 +34,8 @@ use super::migrations::MIGRATIONS;
 use super::pg_tls::PgTls;
 use super::sqlite::{decode_reply_attributes, encode_reply_attributes};
 use super::{
-    PushAdded, PushEvent, PushEvents, SendClaim, SendLimits, Store, StoreError, StoreResult,
-    TakenTransaction, TxnBinding, SEND_WINDOW,
+    PushAdded, PushEvent, PushEvents, Reservation, SendClaim, SendLimits, Store, StoreError,
+    StoreResult, TakenTransaction, TxnBinding, SEND_WINDOW,
 };
 use crate::clock::UnixTime;
 use crate::model::*;
@@ -440,6 +440,10 @@ impl Tx<'_> {
 
     fn query_opt(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
         block_on(self.tx.query_opt(sql, params)).map_err(db)
+    }
+
+    fn query_all(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        block_on(self.tx.query(sql, params)).map_err(db)
     }
 
     fn query_one(&mut self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
@@ -1007,6 +1011,61 @@ impl Store for PgStore {
             }),
             Err(e) => Err(db(e)),
         }
+    }
+
+    fn create_user_unless_alike(
+        &self,
+        u: &NewUser,
+        now: UnixTime,
+        fold: &dyn Fn(&str) -> String,
+    ) -> StoreResult<Result<User, String>> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        // The tenant's row lock serializes these creations of every node; the names read
+        // after it include every user they committed.
+        tx.query_opt(
+            "SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
+            &[&u.tenant_id],
+        )?;
+        let typed = fold(&u.name);
+        for r in tx.query_all(
+            "SELECT name FROM users WHERE tenant_id = $1",
+            &[&u.tenant_id],
+        )? {
+            let name: String = r.col(0)?;
+            if fold(&name) == typed {
+                return Ok(Err(name));
+            }
+        }
+        let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+        let id: UserId = match tx.try_query_one(
+            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
+            &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
+        ) {
+            Ok(row) => row.col(0)?,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists {
+                    what: "user",
+                    name: u.name.clone(),
+                })
+            }
+            Err(e) => return Err(db(e)),
+        };
+        tx.commit()?;
+        Ok(Ok(User {
+            id,
+            tenant_id: u.tenant_id,
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            email: u.email.clone(),
+            phone: u.phone.clone(),
+            groups: u.groups.clone(),
+            disabled: false,
+            created_at: now,
+            attributes: Default::default(),
+            session_epoch: 0,
+        }))
     }
 
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
@@ -1667,6 +1726,10 @@ impl Store for PgStore {
         Some(rx)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
         match self.query_opt(
             "SELECT failures, last_failure_at, locked_until FROM throttles
@@ -1715,6 +1778,120 @@ impl Store for PgStore {
              RETURNING failures, last_failure_at, locked_until",
             &[&tenant, &key, &now, &per_window, &window, &failures],
         )?)
+    }
+
+    fn reserve_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        limit: u32,
+    ) -> StoreResult<Reservation> {
+        if limit == 0 {
+            return Ok(Reservation::Refused(self.throttle(tenant, key)?));
+        }
+        // One statement: the row's lock is taken for the conflict, and the condition is
+        // checked against the row as the last commit left it (READ COMMITTED re-checks an
+        // upsert's WHERE on the newest version), so reservations of several nodes at the
+        // same moment never pass `limit` together.
+        match self.query_opt(
+            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+             VALUES ($1, $2, 1, $3)
+             ON CONFLICT (tenant_id, throttle_key)
+             DO UPDATE SET failures = throttles.failures + 1
+             WHERE throttles.failures < $4
+               AND (throttles.locked_until IS NULL OR throttles.locked_until <= $3)
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &now, &i64::from(limit)],
+        )? {
+            Some(r) => Ok(Reservation::Reserved(throttle_from_row(&r)?)),
+            None => Ok(Reservation::Refused(self.throttle(tenant, key)?)),
+        }
+    }
+
+    fn reserve_draining_failures(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        failures: u32,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+        limit: u32,
+    ) -> StoreResult<Reservation> {
+        let failures = failures.max(1);
+        if failures > limit {
+            return Ok(Reservation::Refused(self.throttle(tenant, key)?));
+        }
+        let per_window = i64::from(per_window.max(1));
+        let window = window.max(1);
+        let (failures, limit) = (i64::from(failures), i64::from(limit));
+        // `record_draining_failure`, with the drained level plus the new failures compared
+        // with `limit` before anything is counted (see `reserve_failure`).
+        match self.query_opt(
+            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+             VALUES ($1, $2, $6, $3)
+             ON CONFLICT (tenant_id, throttle_key)
+             DO UPDATE SET failures = GREATEST(0, throttles.failures
+                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6,
+               last_failure_at = CASE WHEN throttles.failures
+                 > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
+               THEN throttles.last_failure_at
+                 + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
+               ELSE excluded.last_failure_at END
+             WHERE GREATEST(0, throttles.failures
+                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6 <= $7
+               AND (throttles.locked_until IS NULL OR throttles.locked_until <= $3)
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &now, &per_window, &window, &failures, &limit],
+        )? {
+            Some(r) => Ok(Reservation::Reserved(throttle_from_row(&r)?)),
+            None => Ok(Reservation::Refused(self.throttle(tenant, key)?)),
+        }
+    }
+
+    fn release_failures(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        failures: u32,
+    ) -> StoreResult<Throttle> {
+        // A row left with nothing is deleted, else updated: one statement (the UPDATE
+        // skips the row the DELETE took; both re-check their condition on the newest
+        // version of a row another node changed meanwhile).
+        match self.query_opt(
+            "WITH gone AS (
+               DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key = $2
+               AND failures <= $3 AND locked_until IS NULL
+               RETURNING 1)
+             UPDATE throttles SET failures = GREATEST(0, failures - $3)
+             WHERE tenant_id = $1 AND throttle_key = $2 AND NOT EXISTS (SELECT 1 FROM gone)
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &i64::from(failures)],
+        )? {
+            Some(r) => throttle_from_row(&r),
+            None => Ok(Throttle::default()),
+        }
+    }
+
+    fn keep_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        lock_at: u32,
+        until: UnixTime,
+    ) -> StoreResult<Throttle> {
+        match self.query_opt(
+            "UPDATE throttles SET last_failure_at = GREATEST(last_failure_at, $3),
+               locked_until = CASE WHEN failures >= $4 THEN $5 ELSE locked_until END
+             WHERE tenant_id = $1 AND throttle_key = $2
+             RETURNING failures, last_failure_at, locked_until",
+            &[&tenant, &key, &now, &i64::from(lock_at), &until],
+        )? {
+            Some(r) => throttle_from_row(&r),
+            None => Ok(Throttle::default()),
+        }
     }
 
     fn lock_until(&self, tenant: TenantId, key: &str, until: UnixTime) -> StoreResult<()> {

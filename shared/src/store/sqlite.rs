@@ -18,8 +18,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::group_commit::GroupCommit;
 use super::migrations::MIGRATIONS;
 use super::{
-    BatchUnits, PushAdded, SendClaim, SendLimits, Store, StoreError, StoreResult, TakenTransaction,
-    TxnBinding, SEND_WINDOW,
+    BatchUnits, PushAdded, Reservation, SendClaim, SendLimits, Store, StoreError, StoreResult,
+    TakenTransaction, TxnBinding, SEND_WINDOW,
 };
 use crate::clock::UnixTime;
 use crate::engine::ReplyAttribute;
@@ -39,6 +39,8 @@ pub struct SqliteStore {
     writes: GroupCommit,
     /// Set by the background checkpoint when the WAL has grown large (see [`WAL_LARGE`]).
     wal_large: Arc<AtomicBool>,
+    /// See [`SqliteStore::with_shared`].
+    shared: bool,
 }
 
 /// How often the background thread copies the WAL back into the database.
@@ -267,11 +269,34 @@ impl BatchUnits for Batch<'_> {
 impl SqliteStore {
     /// Open (creating if needed) the database file and apply pending migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The store holds password hashes, addresses and the audit: a directory made here
+        // is the owner's alone (0700), and so is a new database file (0600; SQLite gives
+        // its -wal and -shm files the database's mode), whatever the umask says.
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| {
+                        StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+            }
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Database(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )))
             }
         }
         let conn = Connection::open(path)
@@ -284,6 +309,14 @@ impl SqliteStore {
     /// A private in-memory database (tests).
     pub fn open_in_memory() -> StoreResult<Self> {
         Self::setup(Connection::open_in_memory().map_err(db)?)
+    }
+
+    /// Says that several nodes (Engines, processes) share this store ([`Store::shared`]):
+    /// each check then reserves its failure in the store first, as on PostgreSQL. One
+    /// node needs none of that (the default); tests use it to run what several nodes do.
+    pub fn with_shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
+        self
     }
 
     fn setup(conn: Connection) -> StoreResult<Self> {
@@ -310,6 +343,7 @@ impl SqliteStore {
             writes: GroupCommit::default(),
             wal_large: Arc::default(),
             checkpointer: None,
+            shared: false,
         };
         store.migrate()?;
         Ok(store)
@@ -495,6 +529,34 @@ macro_rules! user_cols {
         "id, tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at, attributes_json, session_epoch"
     };
 }
+/// Inserts `u` on `conn` (see [`Store::create_user`]).
+fn create_user_on(conn: &Connection, u: &NewUser, now: UnixTime) -> StoreResult<User> {
+    let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
+    match conn.execute(
+        "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+        params![u.tenant_id, u.name, u.password_hash, u.email, u.phone, groups, now],
+    ) {
+        Ok(_) => Ok(User {
+            id: conn.last_insert_rowid(),
+            tenant_id: u.tenant_id,
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            email: u.email.clone(),
+            phone: u.phone.clone(),
+            groups: u.groups.clone(),
+            disabled: false,
+            created_at: now,
+            attributes: Default::default(),
+            session_epoch: 0,
+        }),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+            what: "user",
+            name: u.name.clone(),
+        }),
+        Err(e) => Err(db(e)),
+    }
+}
 
 fn user_by_name_on(conn: &Connection, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
     let mut st = conn
@@ -657,6 +719,20 @@ fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<Throttle> {
     })
 }
 
+/// The throttle row of `key` (empty if there is none), read on `conn`.
+fn throttle_in(conn: &Connection, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT failures, last_failure_at, locked_until FROM throttles
+             WHERE tenant_id = ?1 AND throttle_key = ?2",
+        )
+        .map_err(db)?;
+    st.query_row(params![tenant, key], throttle_from_row)
+        .optional()
+        .map(Option::unwrap_or_default)
+        .map_err(db)
+}
+
 const PAM_HOST_SELECT: &str =
     "SELECT h.id, h.tenant_id, t.name, h.name, h.created_at, h.last_seen_at, h.revoked
      FROM pam_hosts h JOIN tenants t ON t.id = h.tenant_id";
@@ -750,38 +826,37 @@ impl Store for SqliteStore {
     }
 
     fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
+        create_user_on(&self.lock(), u, now)
+    }
+
+    fn create_user_unless_alike(
+        &self,
+        u: &NewUser,
+        now: UnixTime,
+        fold: &dyn Fn(&str) -> String,
+    ) -> StoreResult<Result<User, String>> {
+        // The check and the insert under one hold of the connection: no other login of
+        // this process can create a user in between (SQLite stores are one node's).
         let conn = self.lock();
-        let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
-        match conn.execute(
-            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
-            params![u.tenant_id, u.name, u.password_hash, u.email, u.phone, groups, now],
-        ) {
-            Ok(_) => Ok(User {
-                id: conn.last_insert_rowid(),
-                tenant_id: u.tenant_id,
-                name: u.name.clone(),
-                password_hash: u.password_hash.clone(),
-                email: u.email.clone(),
-                phone: u.phone.clone(),
-                groups: u.groups.clone(),
-                disabled: false,
-                created_at: now,
-                attributes: Default::default(),
-                session_epoch: 0,
-            }),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
-                what: "user",
-                name: u.name.clone(),
-            }),
-            Err(e) => Err(db(e)),
+        let typed = fold(&u.name);
+        {
+            let mut st = conn
+                .prepare_cached("SELECT name FROM users WHERE tenant_id = ?1")
+                .map_err(db)?;
+            let mut rows = st.query(params![u.tenant_id]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                let name: String = r.get(0).map_err(db)?;
+                if fold(&name) == typed {
+                    return Ok(Err(name));
+                }
+            }
         }
+        create_user_on(&conn, u, now).map(Ok)
     }
 
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
         user_by_name_on(&self.lock(), tenant, name)
     }
-
     fn user_with_factors(
         &self,
         tenant: TenantId,
@@ -1511,6 +1586,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
     fn throttle(&self, tenant: TenantId, key: &str) -> StoreResult<Throttle> {
         let conn = self.lock();
         let mut st = conn
@@ -1571,6 +1650,149 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             st.query_row(params![tenant, key, now, per_window, window, failures], throttle_from_row)
+                .map_err(db)
+        })
+    }
+
+    fn reserve_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        limit: u32,
+    ) -> StoreResult<Reservation> {
+        if limit == 0 {
+            return Ok(Reservation::Refused(self.throttle(tenant, key)?));
+        }
+        let key = key.to_string();
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+                     VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (tenant_id, throttle_key)
+                     DO UPDATE SET failures = throttles.failures + 1
+                     WHERE throttles.failures < ?4
+                       AND (throttles.locked_until IS NULL OR throttles.locked_until <= ?3)
+                     RETURNING failures, last_failure_at, locked_until",
+                )
+                .map_err(db)?;
+            match st
+                .query_row(params![tenant, key, now, limit], throttle_from_row)
+                .optional()
+                .map_err(db)?
+            {
+                Some(th) => Ok(Reservation::Reserved(th)),
+                None => Ok(Reservation::Refused(throttle_in(conn, tenant, &key)?)),
+            }
+        })
+    }
+
+    fn reserve_draining_failures(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        failures: u32,
+        now: UnixTime,
+        per_window: u32,
+        window: i64,
+        limit: u32,
+    ) -> StoreResult<Reservation> {
+        let (per_window, window) = (per_window.max(1), window.max(1));
+        let failures = failures.max(1);
+        if failures > limit {
+            return Ok(Reservation::Refused(self.throttle(tenant, key)?));
+        }
+        let key = key.to_string();
+        self.write(move |conn| {
+            // `record_draining_failure`, with the drained level plus the new failures
+            // compared with `limit` before anything is counted.
+            let mut st = conn
+                .prepare_cached(
+                    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+                     VALUES (?1, ?2, ?6, ?3)
+                     ON CONFLICT (tenant_id, throttle_key)
+                     DO UPDATE SET failures = MAX(0, throttles.failures
+                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6,
+                       last_failure_at = CASE WHEN throttles.failures
+                         > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
+                       THEN throttles.last_failure_at
+                         + (MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) * ?5 / ?4
+                       ELSE excluded.last_failure_at END
+                     WHERE MAX(0, throttles.failures
+                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6 <= ?7
+                       AND (throttles.locked_until IS NULL OR throttles.locked_until <= ?3)
+                     RETURNING failures, last_failure_at, locked_until",
+                )
+                .map_err(db)?;
+            match st
+                .query_row(
+                    params![tenant, key, now, per_window, window, failures, limit],
+                    throttle_from_row,
+                )
+                .optional()
+                .map_err(db)?
+            {
+                Some(th) => Ok(Reservation::Reserved(th)),
+                None => Ok(Reservation::Refused(throttle_in(conn, tenant, &key)?)),
+            }
+        })
+    }
+
+    fn release_failures(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        failures: u32,
+    ) -> StoreResult<Throttle> {
+        let key = key.to_string();
+        self.write(move |conn| {
+            // One write of the writer's: the two statements are not parted.
+            let gone = conn
+                .prepare_cached(
+                    "DELETE FROM throttles WHERE tenant_id = ?1 AND throttle_key = ?2
+                     AND failures <= ?3 AND locked_until IS NULL",
+                )
+                .and_then(|mut st| st.execute(params![tenant, key, failures]))
+                .map_err(db)?;
+            if gone > 0 {
+                return Ok(Throttle::default());
+            }
+            let mut st = conn
+                .prepare_cached(
+                    "UPDATE throttles SET failures = MAX(0, failures - ?3)
+                     WHERE tenant_id = ?1 AND throttle_key = ?2
+                     RETURNING failures, last_failure_at, locked_until",
+                )
+                .map_err(db)?;
+            st.query_row(params![tenant, key, failures], throttle_from_row)
+                .optional()
+                .map(Option::unwrap_or_default)
+                .map_err(db)
+        })
+    }
+
+    fn keep_failure(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        now: UnixTime,
+        lock_at: u32,
+        until: UnixTime,
+    ) -> StoreResult<Throttle> {
+        let key = key.to_string();
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "UPDATE throttles SET last_failure_at = MAX(last_failure_at, ?3),
+                       locked_until = CASE WHEN failures >= ?4 THEN ?5 ELSE locked_until END
+                     WHERE tenant_id = ?1 AND throttle_key = ?2
+                     RETURNING failures, last_failure_at, locked_until",
+                )
+                .map_err(db)?;
+            st.query_row(params![tenant, key, now, lock_at, until], throttle_from_row)
+                .optional()
+                .map(Option::unwrap_or_default)
                 .map_err(db)
         })
     }
@@ -2135,6 +2357,20 @@ mod tests {
         }
         let kept = a.user_by_name(t.id, "alice").unwrap().unwrap().attributes;
         assert_eq!(kept.len(), 80, "{kept:?}");
+    }
+
+    #[test]
+    fn a_new_store_is_readable_by_its_owner_only_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("state/p.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_tenant("acme", 1).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("state/p.db-wal")), 0o600);
     }
 
     #[test]

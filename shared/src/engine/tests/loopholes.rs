@@ -383,6 +383,60 @@ fn a_pam_login_is_answered_only_from_its_own_host() {
     assert!(is_accept(&s), "{s:?} ({})", last_reason(&w));
 }
 
+#[test]
+fn first_logins_of_two_spellings_at_once_make_one_user() {
+    // A directory binds "newuser" and "NEWUSER" alike; the fold check and the creation
+    // were two store turns, so two first logins at once made two users, one of them
+    // without the other's factors (proved in 60-96 rounds of 300 before the fix).
+    let mut w = world();
+    w.engine
+        .set_first_factor("acme", Arc::new(super::FakeDirectory));
+    let w = Arc::new(w);
+    for i in 0..100 {
+        let names = [format!("newuser{i}"), format!("NEWUSER{i}")];
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let threads: Vec<_> = names
+            .iter()
+            .cloned()
+            .map(|name| {
+                let (w, barrier) = (w.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    w.engine
+                        .start(&LoginRequest {
+                            tenant: "acme".into(),
+                            channel: channel(),
+                            source: "192.0.2.10".into(),
+                            mode: LoginMode::Challenge,
+                            username: name,
+                            credential: Zeroizing::new(b"dir-pass".to_vec()),
+                            delimiter: ",".into(),
+                            prompt: "Code:".into(),
+                            unenrolled: Unenrolled::Deny,
+                            source_limited: true,
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let tenant = w.engine.store().tenant_by_name("acme").unwrap().unwrap();
+        let made = names
+            .iter()
+            .filter(|n| {
+                w.engine
+                    .store()
+                    .user_by_name(tenant.id, n)
+                    .unwrap()
+                    .is_some()
+            })
+            .count();
+        assert_eq!(made, 1, "round {i}: both spellings became users");
+    }
+}
+
 /// Alice's answers `(txn, code)`, each sent on its own thread at once: how many were
 /// accepted.
 fn accepted_at_once(w: &Arc<World>, answers: Vec<(String, String)>) -> usize {
