@@ -63,6 +63,26 @@ pub struct NewUser {
     pub groups: Vec<String>,
 }
 
+impl NewUser {
+    /// The user as a store keeps it once made under `id` at `now`: enabled, without
+    /// attributes, at session epoch 0.
+    pub fn stored(&self, id: UserId, now: UnixTime) -> User {
+        User {
+            id,
+            tenant_id: self.tenant_id,
+            name: self.name.clone(),
+            password_hash: self.password_hash.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            groups: self.groups.clone(),
+            disabled: false,
+            created_at: now,
+            attributes: Default::default(),
+            session_epoch: 0,
+        }
+    }
+}
+
 /// The kind of a second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

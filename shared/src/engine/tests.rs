@@ -20,17 +20,31 @@ struct World {
 }
 
 fn world() -> World {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    world_on(
+        Arc::new(SqliteStore::open_in_memory().unwrap()),
+        EngineSettings::default(),
+    )
+}
+
+/// An Engine of `settings` on this node's key and a cheap hasher: another node of a
+/// [`world_on`] shares its store and clock.
+fn node(store: &Arc<dyn Store>, clock: &Arc<ManualClock>, settings: EngineSettings) -> Engine {
+    Engine::new(
+        store.clone(),
+        clock.clone(),
+        Arc::new(MasterKey::from_bytes([7; 32])),
+        crate::password::cheap(),
+        settings,
+    )
+}
+
+/// [`world`] on `store` with `settings`: tenant acme, alice (password `hunter2`, group
+/// vpn-users, TOTP [`SECRET`]).
+fn world_on(store: Arc<dyn Store>, settings: EngineSettings) -> World {
     let clock = Arc::new(ManualClock::new(T0 + 5));
     let key = Arc::new(MasterKey::from_bytes([7; 32]));
     let hasher = crate::password::cheap();
-    let engine = Engine::new(
-        store.clone(),
-        clock.clone(),
-        key.clone(),
-        hasher.clone(),
-        EngineSettings::default(),
-    );
+    let engine = node(&store, &clock, settings);
     let admin = Admin::new(store, clock.clone(), key, hasher, "Test".into(), 1);
     admin.add_tenant("acme").unwrap();
     admin

@@ -881,6 +881,43 @@ fn push_from_row(r: &Row) -> StoreResult<PushRequest> {
     })
 }
 
+/// `record_draining_failure` ($7 NULL) and `reserve_draining_failures` ($7 the limit):
+/// the source's level drained by the time since its last failure ($4 per $5 seconds),
+/// plus $6 new failures; with a limit, counted only if that stays within it and the row
+/// is not locked (the upsert's WHERE is re-checked on the newest row version).
+const DRAINING_FAILURES: &str = "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+     VALUES ($1, $2, $6, $3)
+     ON CONFLICT (tenant_id, throttle_key)
+     DO UPDATE SET failures = GREATEST(0, throttles.failures
+         - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6,
+       last_failure_at = CASE WHEN throttles.failures
+         > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
+       THEN throttles.last_failure_at
+         + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
+       ELSE excluded.last_failure_at END
+     WHERE $7::BIGINT IS NULL
+       OR (GREATEST(0, throttles.failures
+             - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6 <= $7
+           AND (throttles.locked_until IS NULL OR throttles.locked_until <= $3))
+     RETURNING failures, last_failure_at, locked_until";
+
+/// A new user's row (`create_user`, `create_user_unless_alike`): $1 tenant, $2 name,
+/// $3 hash, $4 e-mail, $5 phone, $6 groups (JSON), $7 now.
+const INSERT_USER: &str = "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id";
+
+/// The id [`INSERT_USER`] gave `u`, or the error: a name taken already is `AlreadyExists`.
+fn inserted_user(u: &NewUser, inserted: Result<Row, tokio_postgres::Error>) -> StoreResult<UserId> {
+    match inserted {
+        Ok(row) => row.col(0),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
+            what: "user",
+            name: u.name.clone(),
+        }),
+        Err(e) => Err(db(e)),
+    }
+}
+
 fn throttle_from_row(r: &Row) -> StoreResult<Throttle> {
     Ok(Throttle {
         failures: to_u32(r.col(0)?, "throttle failures")?,
@@ -987,30 +1024,19 @@ impl Store for PgStore {
 
     fn create_user(&self, u: &NewUser, now: UnixTime) -> StoreResult<User> {
         let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
-        match self.conn()?.try_query_one(
-            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
-            &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
-        )? {
-            Ok(row) => Ok(User {
-                id: row.col(0)?,
-                tenant_id: u.tenant_id,
-                name: u.name.clone(),
-                password_hash: u.password_hash.clone(),
-                email: u.email.clone(),
-                phone: u.phone.clone(),
-                groups: u.groups.clone(),
-                disabled: false,
-                created_at: now,
-                attributes: Default::default(),
-                session_epoch: 0,
-            }),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
-                what: "user",
-                name: u.name.clone(),
-            }),
-            Err(e) => Err(db(e)),
-        }
+        let inserted = self.conn()?.try_query_one(
+            INSERT_USER,
+            &[
+                &u.tenant_id,
+                &u.name,
+                &u.password_hash,
+                &u.email,
+                &u.phone,
+                &groups,
+                &now,
+            ],
+        )?;
+        Ok(u.stored(inserted_user(u, inserted)?, now))
     }
 
     fn create_user_unless_alike(
@@ -1038,34 +1064,21 @@ impl Store for PgStore {
             }
         }
         let groups = serde_json::to_string(&u.groups).unwrap_or_else(|_| "[]".into());
-        let id: UserId = match tx.try_query_one(
-            "INSERT INTO users (tenant_id, name, password_hash, email, phone, groups_json, disabled, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7) RETURNING id",
-            &[&u.tenant_id, &u.name, &u.password_hash, &u.email, &u.phone, &groups, &now],
-        ) {
-            Ok(row) => row.col(0)?,
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists {
-                    what: "user",
-                    name: u.name.clone(),
-                })
-            }
-            Err(e) => return Err(db(e)),
-        };
+        let inserted = tx.try_query_one(
+            INSERT_USER,
+            &[
+                &u.tenant_id,
+                &u.name,
+                &u.password_hash,
+                &u.email,
+                &u.phone,
+                &groups,
+                &now,
+            ],
+        );
+        let id = inserted_user(u, inserted)?;
         tx.commit()?;
-        Ok(Ok(User {
-            id,
-            tenant_id: u.tenant_id,
-            name: u.name.clone(),
-            password_hash: u.password_hash.clone(),
-            email: u.email.clone(),
-            phone: u.phone.clone(),
-            groups: u.groups.clone(),
-            disabled: false,
-            created_at: now,
-            attributes: Default::default(),
-            session_epoch: 0,
-        }))
+        Ok(Ok(u.stored(id, now)))
     }
 
     fn user_by_name(&self, tenant: TenantId, name: &str) -> StoreResult<Option<User>> {
@@ -1765,18 +1778,16 @@ impl Store for PgStore {
         let window = window.max(1);
         let failures = i64::from(failures.max(1));
         throttle_from_row(&self.query_one(
-            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-             VALUES ($1, $2, $6, $3)
-             ON CONFLICT (tenant_id, throttle_key)
-             DO UPDATE SET failures = GREATEST(0, throttles.failures
-                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6,
-               last_failure_at = CASE WHEN throttles.failures
-                 > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
-               THEN throttles.last_failure_at
-                 + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
-               ELSE excluded.last_failure_at END
-             RETURNING failures, last_failure_at, locked_until",
-            &[&tenant, &key, &now, &per_window, &window, &failures],
+            DRAINING_FAILURES,
+            &[
+                &tenant,
+                &key,
+                &now,
+                &per_window,
+                &window,
+                &failures,
+                &None::<i64>,
+            ],
         )?)
     }
 
@@ -1829,21 +1840,16 @@ impl Store for PgStore {
         // `record_draining_failure`, with the drained level plus the new failures compared
         // with `limit` before anything is counted (see `reserve_failure`).
         match self.query_opt(
-            "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-             VALUES ($1, $2, $6, $3)
-             ON CONFLICT (tenant_id, throttle_key)
-             DO UPDATE SET failures = GREATEST(0, throttles.failures
-                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6,
-               last_failure_at = CASE WHEN throttles.failures
-                 > GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5
-               THEN throttles.last_failure_at
-                 + (GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) * $5 / $4
-               ELSE excluded.last_failure_at END
-             WHERE GREATEST(0, throttles.failures
-                 - GREATEST(0, excluded.last_failure_at - throttles.last_failure_at) * $4 / $5) + $6 <= $7
-               AND (throttles.locked_until IS NULL OR throttles.locked_until <= $3)
-             RETURNING failures, last_failure_at, locked_until",
-            &[&tenant, &key, &now, &per_window, &window, &failures, &limit],
+            DRAINING_FAILURES,
+            &[
+                &tenant,
+                &key,
+                &now,
+                &per_window,
+                &window,
+                &failures,
+                &Some(limit),
+            ],
         )? {
             Some(r) => Ok(Reservation::Reserved(throttle_from_row(&r)?)),
             None => Ok(Reservation::Refused(self.throttle(tenant, key)?)),

@@ -537,19 +537,7 @@ fn create_user_on(conn: &Connection, u: &NewUser, now: UnixTime) -> StoreResult<
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
         params![u.tenant_id, u.name, u.password_hash, u.email, u.phone, groups, now],
     ) {
-        Ok(_) => Ok(User {
-            id: conn.last_insert_rowid(),
-            tenant_id: u.tenant_id,
-            name: u.name.clone(),
-            password_hash: u.password_hash.clone(),
-            email: u.email.clone(),
-            phone: u.phone.clone(),
-            groups: u.groups.clone(),
-            disabled: false,
-            created_at: now,
-            attributes: Default::default(),
-            session_epoch: 0,
-        }),
+        Ok(_) => Ok(u.stored(conn.last_insert_rowid(), now)),
         Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists {
             what: "user",
             name: u.name.clone(),
@@ -710,6 +698,27 @@ fn push_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PushRequest, StoreError
         decided_at: r.get(14)?,
     }))
 }
+
+/// `record_draining_failure` (?7 NULL) and `reserve_draining_failures` (?7 the limit):
+/// the source's level drained by the time since its last failure (?4 per ?5 seconds),
+/// plus ?6 new failures; with a limit, counted only if that stays within it and the row
+/// is not locked.
+const DRAINING_FAILURES: &str =
+    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
+     VALUES (?1, ?2, ?6, ?3)
+     ON CONFLICT (tenant_id, throttle_key)
+     DO UPDATE SET failures = MAX(0, throttles.failures
+         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6,
+       last_failure_at = CASE WHEN throttles.failures
+         > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
+       THEN throttles.last_failure_at
+         + (MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) * ?5 / ?4
+       ELSE excluded.last_failure_at END
+     WHERE ?7 IS NULL
+       OR (MAX(0, throttles.failures
+             - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6 <= ?7
+           AND (throttles.locked_until IS NULL OR throttles.locked_until <= ?3))
+     RETURNING failures, last_failure_at, locked_until";
 
 fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<Throttle> {
     Ok(Throttle {
@@ -1634,23 +1643,12 @@ impl Store for SqliteStore {
         let (per_window, window) = (per_window.max(1), window.max(1));
         let failures = failures.max(1);
         self.write(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-                     VALUES (?1, ?2, ?6, ?3)
-                     ON CONFLICT (tenant_id, throttle_key)
-                     DO UPDATE SET failures = MAX(0, throttles.failures
-                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6,
-                       last_failure_at = CASE WHEN throttles.failures
-                         > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
-                       THEN throttles.last_failure_at
-                         + (MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) * ?5 / ?4
-                       ELSE excluded.last_failure_at END
-                     RETURNING failures, last_failure_at, locked_until",
-                )
-                .map_err(db)?;
-            st.query_row(params![tenant, key, now, per_window, window, failures], throttle_from_row)
-                .map_err(db)
+            let mut st = conn.prepare_cached(DRAINING_FAILURES).map_err(db)?;
+            st.query_row(
+                params![tenant, key, now, per_window, window, failures, None::<i64>],
+                throttle_from_row,
+            )
+            .map_err(db)
         })
     }
 
@@ -1707,27 +1705,10 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             // `record_draining_failure`, with the drained level plus the new failures
             // compared with `limit` before anything is counted.
-            let mut st = conn
-                .prepare_cached(
-                    "INSERT INTO throttles (tenant_id, throttle_key, failures, last_failure_at)
-                     VALUES (?1, ?2, ?6, ?3)
-                     ON CONFLICT (tenant_id, throttle_key)
-                     DO UPDATE SET failures = MAX(0, throttles.failures
-                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6,
-                       last_failure_at = CASE WHEN throttles.failures
-                         > MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5
-                       THEN throttles.last_failure_at
-                         + (MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) * ?5 / ?4
-                       ELSE excluded.last_failure_at END
-                     WHERE MAX(0, throttles.failures
-                         - MAX(0, excluded.last_failure_at - throttles.last_failure_at) * ?4 / ?5) + ?6 <= ?7
-                       AND (throttles.locked_until IS NULL OR throttles.locked_until <= ?3)
-                     RETURNING failures, last_failure_at, locked_until",
-                )
-                .map_err(db)?;
+            let mut st = conn.prepare_cached(DRAINING_FAILURES).map_err(db)?;
             match st
                 .query_row(
-                    params![tenant, key, now, per_window, window, failures, limit],
+                    params![tenant, key, now, per_window, window, failures, Some(limit)],
                     throttle_from_row,
                 )
                 .optional()

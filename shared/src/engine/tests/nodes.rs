@@ -19,46 +19,13 @@ struct Nodes {
 fn nodes_with(lockout: LockoutConfig) -> Nodes {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap().with_shared(true));
     assert!(store.shared());
-    let clock = Arc::new(ManualClock::new(T0 + 5));
-    let key = Arc::new(MasterKey::from_bytes([7; 32]));
-    let hasher = crate::password::cheap();
     let settings = EngineSettings {
         lockout,
         ..EngineSettings::default()
     };
-    let node = || {
-        Engine::new(
-            store.clone(),
-            clock.clone(),
-            key.clone(),
-            hasher.clone(),
-            settings,
-        )
-    };
-    let (a, b) = (node(), node());
-    let admin = Admin::new(store, clock.clone(), key, hasher, "Test".into(), 1);
-    admin.add_tenant("acme").unwrap();
-    admin
-        .add_user(
-            "acme",
-            "alice",
-            NewPassword::Plain(Zeroizing::new(b"hunter2".to_vec())),
-            None,
-            None,
-            vec!["vpn-users".into()],
-        )
-        .unwrap();
-    admin
-        .enroll_totp("acme", "alice", Some(SECRET), 6, "SHA1")
-        .unwrap();
-    Nodes {
-        w: World {
-            clock,
-            engine: a,
-            admin,
-        },
-        b,
-    }
+    let w = world_on(store.clone(), settings);
+    let b = node(&store, &w.clock, settings);
+    Nodes { w, b }
 }
 
 fn nodes() -> Nodes {
