@@ -84,6 +84,26 @@ pub trait FirstFactor: Send + Sync + 'static {
     fn delegated(&self) -> bool {
         false
     }
+
+    /// Whether the backend takes one account under several forms of its name, with and
+    /// without a domain or realm (an upstream NPS accepts `bob`, `CORP\bob` and
+    /// `bob@corp.example` alike): users it creates on first login are then told apart
+    /// without those parts, so that a second form does not become a second user without
+    /// the first one's factors.
+    fn realm_forms_alike(&self) -> bool {
+        false
+    }
+}
+
+/// `name` without a Windows domain (`CORP\bob`) or a realm (`bob@corp.example`): `bob`. A
+/// name that would be left empty is kept whole.
+pub fn without_realm(name: &str) -> &str {
+    let after_domain = name.rsplit_once('\\').map_or(name, |(_, user)| user);
+    match after_domain.split_once('@') {
+        Some((user, _)) if !user.is_empty() => user,
+        _ if after_domain.is_empty() => name,
+        _ => after_domain,
+    }
 }
 
 /// `first_factor = "none"`: the first factor was checked elsewhere (the PAM stack, another
@@ -285,6 +305,16 @@ impl FirstFactor for LocalPasswords {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_or_realm_is_taken_off_a_name() {
+        assert_eq!(without_realm("bob"), "bob");
+        assert_eq!(without_realm("CORP\\bob"), "bob");
+        assert_eq!(without_realm("bob@corp.example"), "bob");
+        assert_eq!(without_realm("CORP\\bob@corp.example"), "bob");
+        assert_eq!(without_realm("@corp.example"), "@corp.example");
+        assert_eq!(without_realm("CORP\\"), "CORP\\");
+    }
     use crate::config::PasswordConfig;
     use crate::password::cheap as hasher;
 

@@ -278,6 +278,10 @@ impl FirstFactor for UpstreamRadius {
     fn creates_users(&self) -> bool {
         self.cfg.create_users
     }
+
+    fn realm_forms_alike(&self) -> bool {
+        true
+    }
 }
 
 /// Datagrams discarded while waiting for an upstream reply.

@@ -1017,10 +1017,13 @@ impl Engine {
                     phone: info.phone.clone(),
                     groups: info.groups.clone().unwrap_or_default(),
                 };
-                match self
-                    .store
-                    .create_user_unless_alike(&new, now, &directory_fold)
-                {
+                let realm_free = |n: &str| directory_fold(crate::first_factor::without_realm(n));
+                let fold: &dyn Fn(&str) -> String = if backend.realm_forms_alike() {
+                    &realm_free
+                } else {
+                    &directory_fold
+                };
+                match self.store.create_user_unless_alike(&new, now, fold) {
                     // Another login (on any node) created this very name a moment ago.
                     Ok(Err(known)) if known == username => {
                         match self.store.user_by_name(tenant.id, username)? {
@@ -1030,7 +1033,8 @@ impl Engine {
                     }
                     Ok(Err(known)) => {
                         return Ok(Err(format!(
-                            "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case, width and spaces): log in as '{known}'"
+                            "user name '{username}' is not the stored user '{known}' (names are matched exactly, but the directory ignores case, width and spaces{}): log in as '{known}'",
+                            if backend.realm_forms_alike() { ", and a domain or realm" } else { "" }
                         )));
                     }
                     Ok(Ok(u)) => {

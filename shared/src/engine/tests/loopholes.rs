@@ -437,6 +437,77 @@ fn first_logins_of_two_spellings_at_once_make_one_user() {
     }
 }
 
+#[test]
+fn another_form_of_an_upstream_users_name_is_no_new_user() {
+    // An upstream NPS accepts bob as `CORP\bob` and `bob@corp.example` too: each form
+    // made a store user of its own, without bob's factors (found by a review).
+    struct Nps;
+    impl crate::first_factor::FirstFactor for Nps {
+        fn name(&self) -> &'static str {
+            "radius"
+        }
+        fn check(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<&User>,
+            pw: &[u8],
+        ) -> crate::first_factor::FirstFactorResult {
+            if pw == b"bob-pass" {
+                crate::first_factor::FirstFactorResult::Accepted(Default::default())
+            } else {
+                crate::first_factor::FirstFactorResult::Rejected("wrong".into())
+            }
+        }
+        fn creates_users(&self) -> bool {
+            true
+        }
+        fn realm_forms_alike(&self) -> bool {
+            true
+        }
+    }
+    let mut w = world();
+    w.engine.set_first_factor("acme", Arc::new(Nps));
+    let start = |name: &str| {
+        w.engine
+            .start(&LoginRequest {
+                tenant: "acme".into(),
+                channel: channel(),
+                source: "192.0.2.10".into(),
+                mode: LoginMode::Challenge,
+                username: name.into(),
+                credential: Zeroizing::new(b"bob-pass".to_vec()),
+                delimiter: ",".into(),
+                prompt: "Code:".into(),
+                unenrolled: Unenrolled::Allow,
+                source_limited: true,
+            })
+            .unwrap()
+    };
+    // bob's first login makes him; he enrols.
+    assert!(is_accept(&start("bob")));
+    w.admin
+        .enroll_totp(
+            "acme",
+            "bob",
+            Some("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"),
+            6,
+            "SHA1",
+        )
+        .unwrap();
+    for form in ["CORP\\bob", "bob@corp.example", "Corp\\BOB"] {
+        let s = start(form);
+        assert!(matches!(s, Step::Reject { .. }), "{form}: {s:?}");
+        assert!(
+            last_reason(&w).contains("log in as 'bob'"),
+            "{form}: {}",
+            last_reason(&w)
+        );
+        let t = w.engine.store().tenant_by_name("acme").unwrap().unwrap();
+        assert!(w.engine.store().user_by_name(t.id, form).unwrap().is_none());
+    }
+}
+
 /// Alice's answers `(txn, code)`, each sent on its own thread at once: how many were
 /// accepted.
 fn accepted_at_once(w: &Arc<World>, answers: Vec<(String, String)>) -> usize {
