@@ -236,8 +236,12 @@ CREATE INDEX enrollments_txn ON enrollments(txn_id);
         // one step of one factor unique: the expiry is a function of the factor's period
         // and the step alone (`totp::replay_expiry`). Rows from before are given that
         // expiry too (from their factor's period), or a code used just before the upgrade
-        // would have another key after it, and could be used once more.
+        // would have another key after it, and could be used once more. On PostgreSQL the
+        // old table is locked first: a node not yet upgraded that records a code while
+        // the rows are copied waits, then fails (its login is refused), instead of writing
+        // a row after the copy that the DROP would lose (a code usable once more).
         r#"
+-- postgres: LOCK TABLE used_otps IN EXCLUSIVE MODE;
 CREATE TABLE used_otps_by_expiry (
     expires_at  BIGINT NOT NULL,
     factor_id   TEXT NOT NULL,

@@ -167,8 +167,10 @@ pub fn is_postgres_url(url: &str) -> bool {
 /// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`; SQLite's
 /// `WITHOUT ROWID` has no counterpart (a PostgreSQL table has no row id to leave out), and
 /// the one JSON field a migration reads (a TOTP factor's period) is read the PostgreSQL way.
+/// A line `-- postgres: STATEMENT` is a comment to SQLite and the statement here.
 pub fn translate_sql(sql: &str) -> String {
-    sql.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+    sql.replace("-- postgres: ", "")
+        .replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
         .replace("BLOB", "BYTEA")
         .replace(") WITHOUT ROWID;", ");")
@@ -2443,6 +2445,12 @@ mod tests {
         );
         assert!(
             !t.contains("WITHOUT ROWID") && !t.contains("json_extract"),
+            "{t}"
+        );
+        // The old table is locked before it is copied (a comment to SQLite).
+        assert!(
+            t.trim_start()
+                .starts_with("LOCK TABLE used_otps IN EXCLUSIVE MODE;"),
             "{t}"
         );
     }
