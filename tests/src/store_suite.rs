@@ -426,6 +426,16 @@ fn push_decisions_are_made_once(s: &dyn Store) {
     assert_eq!(s.push_by_id("nope").unwrap(), None);
     assert_eq!(s.push_of_transaction("t1").unwrap().unwrap().id, "p2");
     assert_eq!(s.push_of_transaction("t9").unwrap(), None);
+    // Two pushes of one transaction within one second: the one added last is the newest,
+    // whatever their (random) ids.
+    for (first, second) in [("pa", "pz"), ("qz", "qa")] {
+        let txn = format!("t-{first}");
+        s.add_push_capped(&push(first, &txn, 130), 0, u32::MAX)
+            .unwrap();
+        s.add_push_capped(&push(second, &txn, 130), 0, u32::MAX)
+            .unwrap();
+        assert_eq!(s.push_of_transaction(&txn).unwrap().unwrap().id, second);
+    }
     // One decision only; the second answer (approve after deny) does not count.
     assert!(s
         .decide_push("p2", PushStatus::Denied, Some("denied on the device"), 115)
@@ -446,7 +456,7 @@ fn push_decisions_are_made_once(s: &dyn Store) {
         .unwrap());
     // Kept a day past expiry for the anti-fatigue count, then purged.
     s.purge_expired(1_000).unwrap();
-    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 3);
+    assert_eq!(s.pushes_since(u.id, 0).unwrap(), 7);
     s.purge_expired(200 + 86_400).unwrap();
     assert_eq!(s.pushes_since(u.id, 0).unwrap(), 0);
 }

@@ -266,6 +266,15 @@ ALTER TABLE used_otps_by_expiry RENAME TO used_otps;
 ALTER TABLE users ADD COLUMN session_epoch BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        14,
+        // The order pushes were added in, for "the newest push of a transaction" when two
+        // were added within one second (a second push chosen at the menu): SQLite has its
+        // row id; PostgreSQL tied on the random push id and could read the older push.
+        r#"
+-- postgres: ALTER TABLE push_requests ADD COLUMN seq BIGSERIAL;
+"#,
+    ),
 ];
 
 /// One line for the migrations an open applied (each step is logged at debug): a first

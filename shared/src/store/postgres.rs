@@ -1637,11 +1637,11 @@ impl Store for PgStore {
     }
 
     fn push_of_transaction(&self, txn_id: &str) -> StoreResult<Option<PushRequest>> {
-        // No row id here: within one second the push expiring last is the newest.
+        // `seq` (migration 14) is the order they were added in, as SQLite's row id.
         self.query_opt(
             &format!(
                 "SELECT {PUSH_COLUMNS} FROM push_requests WHERE txn_id = $1
-                 ORDER BY created_at DESC, expires_at DESC, id DESC LIMIT 1"
+                 ORDER BY seq DESC LIMIT 1"
             ),
             &[&txn_id],
         )?
