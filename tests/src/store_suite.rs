@@ -40,6 +40,26 @@ pub fn run_all(s: &dyn Store) {
     pushes_are_added_under_the_cap_also_at_once(s);
     an_expired_lock_is_cleared_only_as_it_was_read(s);
     two_spellings_created_at_once_make_one_user(s);
+    only_one_first_factor_is_confirmed_also_at_once(s);
+}
+
+/// `confirm_first_factor`: two pending factors confirmed at once, one wins; none after a
+/// factor is confirmed.
+fn only_one_first_factor_is_confirmed_also_at_once(s: &dyn Store) {
+    let t = tenant(s, "first-factor");
+    for round in 0..5 {
+        let u = user(s, &t, &format!("gil{round}"));
+        let ids: Vec<String> = (0..4).map(|i| format!("ff-{round}-{i}")).collect();
+        for id in &ids {
+            s.add_factor(&factor(id, u.id)).unwrap();
+        }
+        let won = at_once(4, |i| s.confirm_first_factor(u.id, &ids[i], 200).unwrap());
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
 }
 
 /// `create_user_unless_alike`: one user per folded name, also when the spellings are

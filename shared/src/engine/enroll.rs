@@ -274,7 +274,9 @@ impl Engine {
         if !self.store.record_otp_use(&f.id, step as i64, expires)? {
             return Ok(false);
         }
-        if !self.store.confirm_factor(user.id, &f.id, now)? {
+        // Only as the user's first confirmed factor: another enrolment link of the user
+        // answered at the same moment (on any node) must not bind a second app.
+        if !self.store.confirm_first_factor(user.id, &f.id, now)? {
             return Ok(false);
         }
         self.store.touch_factor(&f.id, now)?;

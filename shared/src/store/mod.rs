@@ -239,6 +239,14 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Pending -> confirmed; false if there was no such pending factor.
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool>;
+    /// [`Store::confirm_factor`] only while the user has no confirmed factor, in one step
+    /// on every node (enrolment at login: of two links answered at once, one confirms).
+    fn confirm_first_factor(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
     /// Deletes the factor (its replay-cache rows expire, as for [`Store::delete_user`]).
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool>;
     fn touch_factor(&self, factor_id: &str, now: UnixTime) -> StoreResult<()>;

@@ -1279,6 +1279,27 @@ impl Store for PgStore {
         .map(|n| n == 1)
     }
 
+    fn confirm_first_factor(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        // Under the user's row lock: a confirmation of another node that committed first
+        // is seen by the NOT EXISTS (READ COMMITTED reads after the lock is taken).
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        lock_user(&mut tx, user)?;
+        let n = tx.execute(
+            "UPDATE factors SET state = 'confirmed', confirmed_at = $3
+             WHERE id = $2 AND user_id = $1 AND state = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM factors WHERE user_id = $1 AND state = 'confirmed')",
+            &[&user, &factor_id, &now],
+        )?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
         self.execute(
             "DELETE FROM factors WHERE id = $2 AND user_id = $1",

@@ -1055,6 +1055,25 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
+    fn confirm_first_factor(
+        &self,
+        user: UserId,
+        factor_id: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool> {
+        // One statement under the one writer: nothing confirms in between.
+        self.lock()
+            .execute(
+                "UPDATE factors SET state = 'confirmed', confirmed_at = ?3
+                 WHERE id = ?2 AND user_id = ?1 AND state = 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM factors
+                                   WHERE user_id = ?1 AND state = 'confirmed')",
+                params![user, factor_id, now],
+            )
+            .map(|n| n == 1)
+            .map_err(db)
+    }
+
     fn remove_factor(&self, user: UserId, factor_id: &str) -> StoreResult<bool> {
         self.lock()
             .execute(
