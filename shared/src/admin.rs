@@ -1080,6 +1080,20 @@ pub struct ImportReport {
     pub created: u64,
     pub updated: u64,
     pub totp_enrolled: u64,
+    /// Each user created or updated, for one audit record each (not in the JSON report).
+    #[serde(skip)]
+    pub users: Vec<ImportedUser>,
+}
+
+/// One user an import wrote: who, and what (never the values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedUser {
+    pub name: String,
+    /// Created (with a TOTP factor from the file, if `totp`), or updated.
+    pub created: bool,
+    pub totp: bool,
+    /// The columns an update set (`email`, `phone`, `groups`, `password_hash`, `disabled`).
+    pub changed: Vec<&'static str>,
 }
 
 /// A user as exported (`user export`): no secret, no hash.
@@ -1116,6 +1130,7 @@ impl Admin {
         let mut seen: std::collections::HashMap<String, u64> = Default::default();
         let mut problems = Vec::new();
         let mut batch = Vec::with_capacity(rows.len());
+        let mut users = Vec::with_capacity(rows.len());
         let now = self.clock.now();
         let mut totp_enrolled = 0;
         for row in rows {
@@ -1206,6 +1221,24 @@ impl Admin {
                 problems.append(&mut row_problems);
                 continue;
             }
+            users.push(ImportedUser {
+                name: name.clone(),
+                created: id.is_none(),
+                totp: id.is_none() && matches!(secret, Some(Some(_))),
+                changed: match id {
+                    None => Vec::new(),
+                    Some(_) => [
+                        ("email", row.email.is_some()),
+                        ("phone", row.phone.is_some()),
+                        ("groups", groups.is_some()),
+                        ("password_hash", hash.is_some()),
+                        ("disabled", disabled.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(column, set)| set.then_some(column))
+                    .collect(),
+                },
+            });
             batch.push(match id {
                 Some(user) => ImportUser::Update {
                     user,
@@ -1264,6 +1297,7 @@ impl Admin {
             created,
             updated,
             totp_enrolled,
+            users,
         })
     }
 

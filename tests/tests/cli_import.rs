@@ -452,3 +452,52 @@ fn an_export_keeps_formula_like_cells_as_text_and_imports_as_it_was() {
     assert!(!refused.status.success());
     assert!(!env.dir().join("elsewhere.csv").exists());
 }
+
+#[test]
+fn every_user_an_import_writes_has_an_audit_record_naming_the_columns_not_the_values() {
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    env.add_user("acme", "dora", "dora password");
+    let file = env.dir().join("in.csv");
+    let arg = file.display().to_string();
+    std::fs::write(
+        &file,
+        format!(
+            "name,email,totp_secret\nhal,hal@example.org,{}\n",
+            random_base32_secret()
+        ),
+    )
+    .unwrap();
+    env.cli_ok(&["user", "import", "--tenant", "acme", &arg]);
+    // dora's hash replaced by --update: her record says so, without the hash.
+    let hash = sha512_crypt("dora's new password");
+    std::fs::write(&file, format!("name,password_hash,phone\ndora,{hash},\n")).unwrap();
+    let out = env.cli(&["user", "import", "--tenant", "acme", "--update", &arg]);
+    let audit = |user: &str| {
+        env.cli_json(&["--json", "audit", "--tenant", "acme", "--user", user])
+            .as_array()
+            .expect("records")
+            .clone()
+    };
+    let hal = audit("hal");
+    assert!(
+        hal.iter().any(|r| r["mode"] == "user.create"
+            && r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("with a TOTP factor")),
+        "{hal:?}"
+    );
+    if out.status.success() {
+        let dora = audit("dora");
+        let update = dora
+            .iter()
+            .find(|r| r["mode"] == "user.update")
+            .unwrap_or_else(|| panic!("{dora:?}"));
+        let reason = update["reason"].as_str().unwrap_or("");
+        assert!(reason.contains("phone, password_hash set"), "{reason}");
+        assert!(!serde_json::to_string(&dora).unwrap().contains(&hash));
+    } else {
+        panic!("the update was refused: {}", stderr(&out));
+    }
+}

@@ -156,6 +156,26 @@ pub fn import(admin: &Admin, tenant: &str, file: &Path, update: bool, json: bool
     let report = admin
         .import_users(tenant, rows, update)
         .with_context(|| format!("importing {}", file.display()))?;
+    // One record per user written, beside the command's own: `audit --user NAME` shows
+    // what an import did to them (which columns, never the values).
+    let from = file.display();
+    for u in &report.users {
+        let (action, detail) = if u.created {
+            let totp = if u.totp { " with a TOTP factor" } else { "" };
+            ("user.create", format!("imported from {from}{totp}"))
+        } else {
+            let columns = if u.changed.is_empty() {
+                "nothing".to_string()
+            } else {
+                u.changed.join(", ")
+            };
+            (
+                "user.update",
+                format!("imported from {from} (--update): {columns} set"),
+            )
+        };
+        super::changes::record(admin, tenant, &u.name, action, &detail);
+    }
     emit(json, &report, || {
         format!(
             "{} user(s) created, {} updated in tenant '{tenant}'; {} TOTP factor(s) enrolled",
