@@ -486,6 +486,19 @@ fn a_tenant_token_never_reaches_another_tenant() {
     assert_eq!(factors.as_array().unwrap().len(), 1, "{factors}");
     let mine = api.expect(&a, "GET", "/v1/tenants/acme/users", None, 200);
     assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    // The probing shows in the log (once a minute, with the count), naming the token.
+    let refused = "admin API request refused: a tenant not its own";
+    let log = api.server.wait_for_stderr(refused, Duration::from_secs(5));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(refused) && l.contains("name=acme-admin")),
+        "{log}"
+    );
+    let (status, _) = api.call(Some("pca_guessed"), "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401);
+    let unknown = "admin API request refused: no token, or an unknown or revoked one";
+    let log = api.server.wait_for_stderr(unknown, Duration::from_secs(5));
+    assert!(log.contains(unknown), "{log}");
 }
 
 #[test]

@@ -12,6 +12,35 @@ use portcullis_core::model::{AdminRole, AdminToken};
 
 use super::error::ApiError;
 use super::{blocking, HttpState};
+use crate::radius::warnings::DropWarning;
+
+/// Requests refused for their token: logged at WARN at most once a minute each kind, with
+/// the count, so that probing with guessed tokens or across tenants is seen.
+static UNKNOWN_TOKENS: std::sync::LazyLock<DropWarning> =
+    std::sync::LazyLock::new(DropWarning::default);
+static REFUSED_TOKENS: std::sync::LazyLock<DropWarning> =
+    std::sync::LazyLock::new(DropWarning::default);
+
+fn unknown_token() -> ApiError {
+    if let Some(due) = UNKNOWN_TOKENS.note(std::time::Instant::now()) {
+        tracing::warn!(
+            "admin API request refused: no token, or an unknown or revoked one {}",
+            due.count_text(" refused")
+        );
+    }
+    ApiError::unauthorized()
+}
+
+/// A token's request outside its tenant or role: named in the warning (a token that
+/// probes other tenants, or a role used for what it may not do).
+fn refused(token: &AdminToken, what: &str, error: ApiError) -> ApiError {
+    if let Some(due) = REFUSED_TOKENS.note(std::time::Instant::now()) {
+        tracing::warn!(token = %token.id, name = %token.name, role = token.role.as_str(),
+            tenant = token.tenant.as_deref().unwrap_or("(all)"),
+            "admin API request refused: {what} {}", due.count_text(" refused"));
+    }
+    error
+}
 
 /// What a request wants to do; each role allows a fixed set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +111,10 @@ impl FromRequestParts<HttpState> for Caller {
                     .eq_ignore_ascii_case("bearer")
                     .then(|| token.trim().to_string())
             })
-            .ok_or_else(ApiError::unauthorized)?;
+            .ok_or_else(unknown_token)?;
         let admin = state.admin.clone();
         let token = blocking(move || admin.admin.authenticate_token(&presented)).await?;
-        token.map(Caller).ok_or_else(ApiError::unauthorized)
+        token.map(Caller).ok_or_else(unknown_token)
     }
 }
 
@@ -94,7 +123,11 @@ impl Caller {
     pub fn check(&self, tenant: &str, perm: Perm) -> Result<(), ApiError> {
         let t = &self.0;
         if t.role != AdminRole::Operator && t.tenant.as_deref() != Some(tenant) {
-            return Err(ApiError::no_tenant(tenant));
+            return Err(refused(
+                t,
+                &format!("a tenant not its own ('{}')", tenant.escape_debug()),
+                ApiError::no_tenant(tenant),
+            ));
         }
         self.check_global(perm)
     }
@@ -104,7 +137,11 @@ impl Caller {
         if allows(self.0.role, perm) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(perm.describe(), self.0.role.as_str()))
+            Err(refused(
+                &self.0,
+                &format!("its role may not {}", perm.describe()),
+                ApiError::forbidden(perm.describe(), self.0.role.as_str()),
+            ))
         }
     }
 
