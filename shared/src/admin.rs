@@ -1328,6 +1328,42 @@ impl Admin {
     }
 }
 
+/// Whether an `https://` webhook URL names, as an address or `localhost`, the daemon's own
+/// host or a private, link-local or unspecified network. The admin API refuses such a URL
+/// from a tenant's token (the daemon must not post, for a tenant's admin, to services only
+/// it can reach); the operator may set one. (A name that resolves there is not caught here:
+/// the operator's firewall is the boundary for those.)
+pub fn webhook_host_is_internal(url: &str) -> bool {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || first & 0xfe00 == 0xfc00 // unique local
+                || first & 0xffc0 == 0xfe80 // link-local
+        }
+        Err(_) => false,
+    }
+}
+
 /// The cell's text, unless the cell is absent or blank.
 fn nonempty(v: &Option<String>) -> Option<&str> {
     v.as_deref().filter(|s| !s.trim().is_empty())
@@ -1343,5 +1379,40 @@ fn hash_error(e: PasswordError) -> AdminError {
             hint: crate::password::COST_LIMITS,
         },
         e => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::webhook_host_is_internal;
+
+    #[test]
+    fn webhooks_to_the_daemons_host_or_private_networks_are_refused() {
+        for internal in [
+            "https://localhost/hook",
+            "https://LOCALHOST.:8443/hook",
+            "https://127.0.0.1/hook",
+            "https://10.1.2.3:443/x",
+            "https://192.168.1.5/x",
+            "https://172.16.0.1/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/x",
+            "https://0.0.0.0/x",
+            "https://[::1]:8443/x",
+            "https://[fd00::5]/x",
+            "https://[fe80::1]/x",
+            "https://[::ffff:127.0.0.1]/x",
+            "https://user:pw@127.0.0.1/x",
+        ] {
+            assert!(webhook_host_is_internal(internal), "{internal}");
+        }
+        for public in [
+            "https://hooks.example.com/x",
+            "https://203.0.113.9/x",
+            "https://[2001:db8::1]:8443/x",
+            "https://example.com/?next=127.0.0.1",
+        ] {
+            assert!(!webhook_host_is_internal(public), "{public}");
+        }
     }
 }

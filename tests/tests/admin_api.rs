@@ -1021,6 +1021,24 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
         1,
         "no login push for a pending factor"
     );
+    // A tenant's admin may not make the daemon post to its own host or a private network
+    // (the cloud metadata address, say); nothing is made.
+    let before = api.expect(&admin, "GET", &factors, None, 200);
+    for internal in [
+        "https://169.254.169.254/latest/meta-data",
+        "https://127.0.0.1:8443/x",
+        "https://[fd00::5]/x",
+    ] {
+        let e = api.expect(
+            &admin,
+            "POST",
+            &factors,
+            Some(json!({"kind": "push", "webhook": internal})),
+            400,
+        );
+        assert!(e["error"].as_str().unwrap().contains("private"), "{e}");
+    }
+    assert_eq!(api.expect(&admin, "GET", &factors, None, 200), before);
     let confirm = format!("{factors}/{id}/confirm");
     let wrong = if code == "000000" { "111111" } else { "000000" };
     api.expect(&admin, "POST", &confirm, Some(json!({"code": wrong})), 400);

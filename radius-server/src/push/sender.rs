@@ -84,8 +84,15 @@ impl PushClient {
             if status.is_success() {
                 return Ok(());
             }
-            let text = resp.text().await.unwrap_or_default();
-            let detail: String = text.chars().take(200).collect();
+            // A webhook is a tenant admin's URL: what it answers is not shown back (the
+            // daemon must not be a way to read services only it can reach).
+            let detail: String = match channel {
+                PushChannel::Ntfy => {
+                    let text = resp.text().await.unwrap_or_default();
+                    text.chars().take(200).collect()
+                }
+                PushChannel::Webhook => "(the webhook's answer is not shown)".into(),
+            };
             Err(classify(status, detail))
         })
     }

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Json;
 use portcullis_core::admin::{EnrolledTotp, FactorInfo};
+use portcullis_core::model::AdminRole;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -153,6 +154,15 @@ async fn enroll(
     }
     if !is_push && b.webhook.is_some() {
         return Err(ApiError::bad_request("webhook is only for kind \"push\""));
+    }
+    if caller.0.role != AdminRole::Operator
+        && b.webhook
+            .as_deref()
+            .is_some_and(portcullis_core::admin::webhook_host_is_internal)
+    {
+        return Err(ApiError::bad_request(
+            "webhook: a tenant's token may not name the daemon's own host or a private, link-local or unspecified address; give the webhook's public name, or ask the operator",
+        ));
     }
     if !matches!(b.kind, EnrolKind::Sms) && b.phone.is_some() {
         return Err(ApiError::bad_request("phone is only for kind \"sms\""));
