@@ -1023,7 +1023,7 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
     );
     // A tenant's admin may not make the daemon post to its own host or a private network
     // (the cloud metadata address, say); nothing is made.
-    let before = api.expect(&admin, "GET", &factors, None, 200);
+    let before = api.expect(&admin, "GET", factors, None, 200);
     for internal in [
         "https://169.254.169.254/latest/meta-data",
         "https://127.0.0.1:8443/x",
@@ -1032,13 +1032,13 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
         let e = api.expect(
             &admin,
             "POST",
-            &factors,
+            factors,
             Some(json!({"kind": "push", "webhook": internal})),
             400,
         );
         assert!(e["error"].as_str().unwrap().contains("private"), "{e}");
     }
-    assert_eq!(api.expect(&admin, "GET", &factors, None, 200), before);
+    assert_eq!(api.expect(&admin, "GET", factors, None, 200), before);
     let confirm = format!("{factors}/{id}/confirm");
     let wrong = if code == "000000" { "111111" } else { "000000" };
     api.expect(&admin, "POST", &confirm, Some(json!({"code": wrong})), 400);
