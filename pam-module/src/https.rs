@@ -96,6 +96,28 @@ pub fn read_token_file(path: &Path) -> Result<Secret, String> {
     Ok(token)
 }
 
+/// `ca_file=` decides whom the module trusts to answer for the daemon: someone who may
+/// write it (or the file it links to) could let a daemon of their own say accept. Like
+/// `token_file=`, it must be root's and written by root alone (readable by all: it is no
+/// secret).
+fn ca_file_is_roots(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("ca_file={shown}: {e}"))?;
+    if meta.uid() != 0 {
+        return Err(format!(
+            "ca_file={shown} is owned by uid {}, not root: whoever may write it decides which daemon the module trusts; chown root:root {shown}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "ca_file={shown} has mode {mode:04o}: group or others may write it; chmod 644 {shown}"
+        ));
+    }
+    Ok(())
+}
+
 /// The TLS settings: `ca_file` alone when given, else the system's trust store.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
@@ -115,6 +137,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
             }
         },
     };
+    if ca_file.is_some() {
+        ca_file_is_roots(&path)?;
+    }
     let pem = std::fs::read(&path)
         .map_err(|e| format!("{what}{}: cannot read it ({e})", path.display()))?;
     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -1305,6 +1330,30 @@ mod tests {
         assert!(read_token_file(&link).is_err(), "a symlink is not followed");
         assert!(read_token_file(&dir).is_err(), "a directory");
         assert!(read_token_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_ca_file_must_be_written_by_root_alone() {
+        let dir = std::env::temp_dir().join(format!("pam-portcullis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, "not read before the check").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // SAFETY: geteuid(2) has no preconditions and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            assert_eq!(ca_file_is_roots(&path), Ok(()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+            let e = ca_file_is_roots(&path).unwrap_err();
+            assert!(e.contains("chmod 644"), "{e}");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        }
+        let e = ca_file_is_roots(&path).unwrap_err();
+        assert!(e.contains("chown root"), "{e}");
+        let e = client_config(Some(&path)).unwrap_err();
+        assert!(e.contains("ca_file="), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
