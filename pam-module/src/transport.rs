@@ -102,6 +102,17 @@ impl SocketTransport {
     /// refused) is told by [`connect_error`].
     fn connect(&self, deadline: Instant) -> Result<UnixStream, CallError> {
         let shown = self.path.display();
+        // Whoever may create files beside the socket may put a socket of their own there
+        // while the daemon is down, and answer accept: such a directory is a setup error.
+        if let Some(dir) = self.path.parent() {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o002 != 0) {
+                return Err(CallError::Setup(format!(
+                    "socket={shown} is in {}, which every user may write: anyone could put a socket of their own there while the daemon is down; keep the daemon's socket in a directory only it and root may write (the default {DEFAULT_SOCKET})",
+                    dir.display()
+                )));
+            }
+        }
         // Args::parse refuses a path too long for sun_path; this catches what it cannot.
         let addr = SockAddr::unix(&self.path).map_err(|e| {
             CallError::Setup(format!(
@@ -546,6 +557,25 @@ mod tests {
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_every_user_may_write_is_a_setup_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = socket_path("shared-dir");
+        let dir = path.parent().unwrap().to_path_buf();
+        let _daemon = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut t = SocketTransport {
+            path: path.clone(),
+            timeout: Duration::from_secs(1),
+        };
+        let got = t.call(&poll());
+        assert!(
+            matches!(&got, Err(CallError::Setup(m)) if m.contains("every user may write")),
+            "{got:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
