@@ -85,19 +85,25 @@ fn login(w: &World, mode: LoginMode, user: &str, credential: &str) -> Step {
 
 fn login_as(w: &World, source: &str, mode: LoginMode, user: &str, credential: &str) -> Step {
     w.engine
-        .start(&LoginRequest {
-            tenant: "acme".into(),
-            channel: channel(),
-            source: source.into(),
-            mode,
-            username: user.into(),
-            credential: Zeroizing::new(credential.as_bytes().to_vec()),
-            delimiter: ",".into(),
-            prompt: "Code:".into(),
-            unenrolled: Unenrolled::Deny,
-            source_limited: true,
-        })
+        .start(&request(user, source, mode, credential))
         .unwrap()
+}
+
+/// A first request of `user` in tenant acme over [`channel`] (prompt `Code:`, unenrolled
+/// users refused, the source limited); tests change a field with `..request(...)`.
+fn request(user: &str, source: &str, mode: LoginMode, credential: &str) -> LoginRequest {
+    LoginRequest {
+        tenant: "acme".into(),
+        channel: channel(),
+        source: source.into(),
+        mode,
+        username: user.into(),
+        credential: Zeroizing::new(credential.as_bytes().to_vec()),
+        delimiter: ",".into(),
+        prompt: "Code:".into(),
+        unenrolled: Unenrolled::Deny,
+        source_limited: true,
+    }
 }
 
 fn answer(w: &World, user: &str, source: &str, txn: &str, code: &str) -> Step {

@@ -348,16 +348,8 @@ fn a_pam_login_is_answered_only_from_its_own_host() {
     let started = w
         .engine
         .start(&LoginRequest {
-            tenant: "acme".into(),
             channel: pam("host1"),
-            source: "192.0.2.10".into(),
-            mode: LoginMode::Challenge,
-            username: "alice".into(),
-            credential: Zeroizing::new(b"hunter2".to_vec()),
-            delimiter: ",".into(),
-            prompt: "Code:".into(),
-            unenrolled: Unenrolled::Deny,
-            source_limited: true,
+            ..request("alice", "192.0.2.10", LoginMode::Challenge, "hunter2")
         })
         .unwrap();
     let txn = prompt_txn(&started);
@@ -403,18 +395,12 @@ fn first_logins_of_two_spellings_at_once_make_one_user() {
                 std::thread::spawn(move || {
                     barrier.wait();
                     w.engine
-                        .start(&LoginRequest {
-                            tenant: "acme".into(),
-                            channel: channel(),
-                            source: "192.0.2.10".into(),
-                            mode: LoginMode::Challenge,
-                            username: name,
-                            credential: Zeroizing::new(b"dir-pass".to_vec()),
-                            delimiter: ",".into(),
-                            prompt: "Code:".into(),
-                            unenrolled: Unenrolled::Deny,
-                            source_limited: true,
-                        })
+                        .start(&request(
+                            &name,
+                            "192.0.2.10",
+                            LoginMode::Challenge,
+                            "dir-pass",
+                        ))
                         .unwrap()
                 })
             })
@@ -471,16 +457,8 @@ fn another_form_of_an_upstream_users_name_is_no_new_user() {
     let start = |name: &str| {
         w.engine
             .start(&LoginRequest {
-                tenant: "acme".into(),
-                channel: channel(),
-                source: "192.0.2.10".into(),
-                mode: LoginMode::Challenge,
-                username: name.into(),
-                credential: Zeroizing::new(b"bob-pass".to_vec()),
-                delimiter: ",".into(),
-                prompt: "Code:".into(),
                 unenrolled: Unenrolled::Allow,
-                source_limited: true,
+                ..request(name, "192.0.2.10", LoginMode::Challenge, "bob-pass")
             })
             .unwrap()
     };

@@ -32,24 +32,14 @@ fn nodes() -> Nodes {
     nodes_with(LockoutConfig::default())
 }
 
-fn request(source: &str, mode: LoginMode, credential: &str) -> LoginRequest {
-    LoginRequest {
-        tenant: "acme".into(),
-        channel: channel(),
-        source: source.into(),
-        mode,
-        username: "alice".into(),
-        credential: Zeroizing::new(credential.as_bytes().to_vec()),
-        delimiter: ",".into(),
-        prompt: "Code:".into(),
-        unenrolled: Unenrolled::Deny,
-        source_limited: true,
-    }
+/// Alice's first request ([`super::request`]).
+fn alice_request(source: &str, mode: LoginMode, credential: &str) -> LoginRequest {
+    request("alice", source, mode, credential)
 }
 
 /// An `append` login of alice's on `node` from a source of her own.
 fn append_on(node: &Engine, credential: &str) -> Step {
-    node.start(&request("192.0.2.10", LoginMode::Append, credential))
+    node.start(&alice_request("192.0.2.10", LoginMode::Append, credential))
         .unwrap()
 }
 
@@ -278,8 +268,12 @@ fn an_answer_that_is_no_code_leaves_the_streak_and_its_delay_as_they_were() {
     assert_eq!(before.failures, 6);
     n.w.clock.advance(4);
     let s =
-        n.b.start(&request("192.0.2.10", LoginMode::Challenge, "hunter2"))
-            .unwrap();
+        n.b.start(&alice_request(
+            "192.0.2.10",
+            LoginMode::Challenge,
+            "hunter2",
+        ))
+        .unwrap();
     let txn = prompt_txn(&s);
     let s = answer(&n.w, "alice", "192.0.2.10", &txn, "");
     assert!(matches!(s, Step::Prompt { .. }), "{s:?}");
@@ -298,7 +292,7 @@ fn passwords_being_checked_on_one_node_count_on_the_other() {
     let now = n.w.clock.now();
     // Node A checks 21 passwords from there at once: if all were wrong, the bucket (20)
     // would overflow with the last. A 22nd is refused, on A and on B alike.
-    let req = request(src, LoginMode::Challenge, "guess");
+    let req = alice_request(src, LoginMode::Challenge, "guess");
     let held: Vec<_> = (0..21)
         .map(
             |_| match n.w.engine.source_gate(&t, &req, 1, now).unwrap() {
@@ -333,7 +327,7 @@ fn passwords_sent_at_once_to_two_nodes_never_overflow_the_bucket() {
     let t = tenant(&n);
     let src = "203.0.113.98";
     let now = n.w.clock.now();
-    let req = request(src, LoginMode::Challenge, "guess");
+    let req = alice_request(src, LoginMode::Challenge, "guess");
     let barrier = std::sync::Barrier::new(30);
     let passed = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..30)
@@ -369,7 +363,7 @@ fn wrong_passwords_on_two_nodes_block_the_address_as_on_one() {
     // A right password counts nothing, and leaves nothing.
     let right = |node: &Engine| {
         let now = n.w.clock.now();
-        node.start(&request(
+        node.start(&alice_request(
             src,
             LoginMode::Append,
             &format!("hunter2{}", code_at(now)),
@@ -386,7 +380,9 @@ fn wrong_passwords_on_two_nodes_block_the_address_as_on_one() {
             LoginMode::Challenge,
             LoginMode::Append,
         ][i % 3];
-        let _ = nodes[i % 2].start(&request(src, mode, "guess")).unwrap();
+        let _ = nodes[i % 2]
+            .start(&alice_request(src, mode, "guess"))
+            .unwrap();
         assert_eq!(last_reason(&n.w), "wrong password");
     };
     for i in 0..19 {
@@ -426,7 +422,7 @@ fn an_append_login_keeps_only_its_wrong_readings() {
     let src = "203.0.113.70";
     // `Summer123456789`: three readings and the whole string, all wrong: four counted.
     let _ =
-        n.b.start(&request(src, LoginMode::Append, "Summer123456789"))
+        n.b.start(&alice_request(src, LoginMode::Append, "Summer123456789"))
             .unwrap();
     assert_eq!(last_reason(&n.w), "wrong password");
     assert_eq!(source_row(&n, src).failures, 4);
@@ -434,7 +430,7 @@ fn an_append_login_keeps_only_its_wrong_readings() {
     let now = n.w.clock.now();
     let s =
         n.w.engine
-            .start(&request(
+            .start(&alice_request(
                 src,
                 LoginMode::Append,
                 &format!("hunter2{}", code_at(now)),
@@ -494,7 +490,7 @@ fn a_check_whose_reservation_cannot_be_written_is_refused() {
     // The code is not checked (fail closed): before, the right code let the user in.
     let req = LoginRequest {
         source_limited: false,
-        ..request("192.0.2.10", LoginMode::Append, &right)
+        ..alice_request("192.0.2.10", LoginMode::Append, &right)
     };
     assert!(engine.start(&req).is_err());
     other
@@ -521,7 +517,7 @@ fn a_guess_whose_check_fails_in_the_store_stays_counted() {
     other
         .execute_batch("ALTER TABLE bypass_codes RENAME TO bypass_codes_away")
         .unwrap();
-    let guess = request("192.0.2.10", LoginMode::OtpOnly, "123456789");
+    let guess = alice_request("192.0.2.10", LoginMode::OtpOnly, "123456789");
     for n in 1..=3 {
         assert!(engine.start(&guess).is_err());
         assert_eq!(failures(), n, "guess {n} counted");
