@@ -1331,36 +1331,62 @@ impl Admin {
 /// Whether an `https://` webhook URL names, as an address or `localhost`, the daemon's own
 /// host or a private, link-local or unspecified network. The admin API refuses such a URL
 /// from a tenant's token (the daemon must not post, for a tenant's admin, to services only
-/// it can reach); the operator may set one. (A name that resolves there is not caught here:
-/// the operator's firewall is the boundary for those.)
+/// it can reach); the operator may set one. A name is checked by the admin API too, by
+/// resolving it ([`webhook_host`], [`address_is_internal`]); what a name resolves to later
+/// (a DNS answer changed after the check) is the operator's firewall's to stop.
 pub fn webhook_host_is_internal(url: &str) -> bool {
-    let rest = url.strip_prefix("https://").unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
+    let Some((host, _)) = webhook_host(url) else {
+        return false;
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
-    match host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
-        Ok(std::net::IpAddr::V4(v4)) => {
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(address_is_internal)
+}
+
+/// The host (lower case, without a trailing dot or IPv6 brackets) and port (443 unless
+/// given) of a webhook URL; None when it names no host.
+pub fn webhook_host(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
+            (host, after.strip_prefix(':'))
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 443,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Whether `ip` is the daemon's own host (loopback), a private, shared (CGNAT), link-local
+/// or unspecified address: where a tenant's webhook may not point.
+pub fn address_is_internal(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
         }
-        Ok(std::net::IpAddr::V6(v6)) => {
+        std::net::IpAddr::V6(v6) => {
             let first = v6.segments()[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || first & 0xfe00 == 0xfc00 // unique local
                 || first & 0xffc0 == 0xfe80 // link-local
         }
-        Err(_) => false,
     }
 }
 
@@ -1384,7 +1410,7 @@ fn hash_error(e: PasswordError) -> AdminError {
 
 #[cfg(test)]
 mod tests {
-    use super::webhook_host_is_internal;
+    use super::{webhook_host, webhook_host_is_internal};
 
     #[test]
     fn webhooks_to_the_daemons_host_or_private_networks_are_refused() {
@@ -1414,5 +1440,25 @@ mod tests {
         ] {
             assert!(!webhook_host_is_internal(public), "{public}");
         }
+    }
+
+    #[test]
+    fn the_host_and_port_of_a_webhook_are_read_as_a_client_would() {
+        let hp = |u: &str| webhook_host(u).map(|(h, p)| format!("{h} {p}"));
+        assert_eq!(
+            hp("https://Hooks.Example.com./x").as_deref(),
+            Some("hooks.example.com 443")
+        );
+        assert_eq!(
+            hp("https://u:p@h.example:8443?q").as_deref(),
+            Some("h.example 8443")
+        );
+        assert_eq!(hp("https://[fd00::5]:9/x").as_deref(), Some("fd00::5 9"));
+        assert_eq!(
+            hp("https://[2001:db8::1]/x").as_deref(),
+            Some("2001:db8::1 443")
+        );
+        assert_eq!(hp("https:///x"), None);
+        assert_eq!(hp("https://h.example:port/x"), None);
     }
 }

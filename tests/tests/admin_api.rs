@@ -1038,6 +1038,42 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
         );
         assert!(e["error"].as_str().unwrap().contains("private"), "{e}");
     }
+    // Nor by a name that resolves there: this machine's own name (Debian's /etc/hosts
+    // gives it 127.0.1.1, a container's its private address), or one that does not resolve.
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let own = own.trim();
+    let resolved: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(own, 443))
+        .unwrap_or_else(|e| panic!("this machine's name {own} does not resolve: {e}"))
+        .collect();
+    assert!(
+        resolved.iter().all(|a| a.ip().is_loopback()
+            || match a.ip() {
+                std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+                std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+            }),
+        "the test needs {own} to resolve to this host or a private address: {resolved:?}"
+    );
+    let e = api.expect(
+        &admin,
+        "POST",
+        factors,
+        Some(json!({"kind": "push", "webhook": format!("https://{own}:8443/hook")})),
+        400,
+    );
+    let m = e["error"].as_str().unwrap();
+    assert!(
+        m.contains("private") && m.contains(&format!("{own} resolves to")),
+        "{m}"
+    );
+    let e = api.expect(
+        &admin,
+        "POST",
+        factors,
+        Some(json!({"kind": "push", "webhook": "https://no-such-host.invalid/hook"})),
+        400,
+    );
+    let m = e["error"].as_str().unwrap();
+    assert!(m.contains("no-such-host.invalid"), "{m}");
     assert_eq!(api.expect(&admin, "GET", factors, None, 200), before);
     let confirm = format!("{factors}/{id}/confirm");
     let wrong = if code == "000000" { "111111" } else { "000000" };

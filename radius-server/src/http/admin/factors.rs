@@ -11,6 +11,7 @@ use portcullis_core::admin::{EnrolledTotp, FactorInfo};
 use portcullis_core::model::AdminRole;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 use super::{blocking, ApiError, ApiRoute, Caller, HttpState, Perm};
 use crate::push::PushEnrolError;
@@ -155,14 +156,10 @@ async fn enroll(
     if !is_push && b.webhook.is_some() {
         return Err(ApiError::bad_request("webhook is only for kind \"push\""));
     }
-    if caller.0.role != AdminRole::Operator
-        && b.webhook
-            .as_deref()
-            .is_some_and(portcullis_core::admin::webhook_host_is_internal)
-    {
-        return Err(ApiError::bad_request(
-            "webhook: a tenant's token may not name the daemon's own host or a private, link-local or unspecified address; give the webhook's public name, or ask the operator",
-        ));
+    if caller.0.role != AdminRole::Operator {
+        if let Some(url) = b.webhook.as_deref() {
+            tenant_webhook_is_public(url).await?;
+        }
     }
     if !matches!(b.kind, EnrolKind::Sms) && b.phone.is_some() {
         return Err(ApiError::bad_request("phone is only for kind \"sms\""));
@@ -214,6 +211,53 @@ async fn enroll(
 
 /// A pending push factor; its confirmation code goes to the phone through the tenant's
 /// push channel, and `.../confirm` with that code makes it count.
+/// The longest wait for the DNS answer about a tenant's webhook name.
+const WEBHOOK_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Refuses a webhook of a tenant's token that names, or resolves to, the daemon's own host
+/// or a private, link-local or unspecified address (see
+/// [`portcullis_core::admin::webhook_host_is_internal`]), and a name that does not resolve.
+async fn tenant_webhook_is_public(url: &str) -> Result<(), ApiError> {
+    const REFUSED: &str = "webhook: a tenant's token may not name the daemon's own host or a private, link-local or unspecified address; give the webhook's public name, or ask the operator";
+    if portcullis_core::admin::webhook_host_is_internal(url) {
+        return Err(ApiError::bad_request(REFUSED));
+    }
+    // A URL without a host is refused by the enrolment itself, with its own message.
+    let Some((host, port)) = portcullis_core::admin::webhook_host(url) else {
+        return Ok(());
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let found = tokio::time::timeout(
+        WEBHOOK_RESOLVE_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await;
+    let addresses: Vec<std::net::IpAddr> = match found {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        Ok(Err(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "webhook: cannot resolve {host}: {e}; give a name that resolves to the webhook's public address"
+            )))
+        }
+        Err(_) => {
+            return Err(ApiError::bad_request(format!(
+                "webhook: no DNS answer for {host} within {WEBHOOK_RESOLVE_TIMEOUT:?}; try again, or give the webhook's public address"
+            )))
+        }
+    };
+    match addresses
+        .iter()
+        .find(|ip| portcullis_core::admin::address_is_internal(**ip))
+    {
+        Some(ip) => Err(ApiError::bad_request(format!(
+            "{REFUSED} ({host} resolves to {ip})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 async fn enroll_push(
     caller: Caller,
     s: HttpState,
