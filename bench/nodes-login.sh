@@ -3,8 +3,13 @@
 # PostgreSQL: PAP + TOTP in append mode (password followed by the code in User-Password).
 #
 #   bench/nodes-login.sh [--runs R] [--requests N] [--concurrency C] [--rounds K]
-#                        [--users U] [--pool P] [--pg-opt OPTION]... [--keep]
+#                        [--users U] [--pool P] [--pg-opt OPTION]... [--node-cpu F] [--keep]
 #   (defaults: 5 runs, 3000 logins per run, 64 in flight, $6$ with 5000 rounds)
+#
+# --node-cpu F (root): each node runs in a cgroup of its own limited to F of one core (CFS
+# quota, e.g. 0.5), as if every node had a machine of that size to itself; PostgreSQL and
+# radius-load are not limited. Without it the nodes, PostgreSQL and the load share this
+# machine's cores, so a second node can only add what the machine has left.
 #
 # Users: `bench-users` makes U users, each with its own random password, `$6$` SHA-512-crypt
 # hash (K rounds, own salt) and own TOTP secret, imported into each database with
@@ -19,7 +24,7 @@
 # rounds, each running the three rows in turn (so they share the machine's noise); medians.
 # CPU: user + system seconds from /proc of each node, of all PostgreSQL processes and of
 # radius-load over each run. Loopback only; everything goes on exit (--keep keeps the
-# temporary directory).
+# temporary directory). BIN=DIR runs the binaries in DIR instead of building them.
 set -euo pipefail
 
 RUNS=5
@@ -30,6 +35,7 @@ USERS=
 POOL=8
 PGOPTS=()
 KEEP=
+NODE_CPU=
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -39,8 +45,9 @@ while [ $# -gt 0 ]; do
         --users) USERS="$2"; shift 2 ;;
         --pool) POOL="$2"; shift 2 ;;
         --pg-opt) PGOPTS+=(-c "$2"); shift 2 ;;
+        --node-cpu) NODE_CPU="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,19 +56,38 @@ done
 # The two PostgreSQL rows of a round take 2N users from that database's ledger, and a
 # 30-second step spans a few rounds; radius-load waits for the next step when short.
 [ -n "$USERS" ] || USERS=$((REQUESTS * 6))
+if [ -n "$NODE_CPU" ]; then
+    # The quota in microseconds per 100 ms period: 0.05 to 2 cores.
+    QUOTA_US=$(awk -v f="$NODE_CPU" 'BEGIN { if (f + 0 >= 0.05 && f + 0 <= 2) printf "%d", f * 100000 }')
+    [ -n "$QUOTA_US" ] || { echo "--node-cpu must be a share of a core from 0.05 to 2 (e.g. 0.5)" >&2; exit 2; }
+    [ "$(id -u)" = 0 ] || { echo "--node-cpu needs root (it makes cgroups)" >&2; exit 2; }
+    if [ -w /sys/fs/cgroup/cpu ] && [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+        CGROUP_ROOT=/sys/fs/cgroup/cpu          # cgroup v1, cpu controller
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        CGROUP_ROOT=/sys/fs/cgroup              # cgroup v2
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    else
+        echo "--node-cpu: no writable cgroup cpu controller here (/sys/fs/cgroup/cpu or cgroup v2)" >&2; exit 2
+    fi
+fi
+CGROUPS=()
 
 log() { printf '[nodes-login] %s\n' "$*" >&2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 . bench/lib/common.sh
-CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo build -q --release -p portcullis-server -p portcullis-bench
-BIN="$ROOT/target/release"
+# BIN=DIR runs the binaries in DIR (portcullis, radius-load, bench-users) instead of building.
+if [ -z "${BIN:-}" ]; then
+    CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo build -q --release -p portcullis-server -p portcullis-bench
+    BIN="$ROOT/target/release"
+fi
 WORK=$(mktemp -d /tmp/portcullis-nodes.XXXXXX)
 NODE_PIDS=()
 cleanup() {
     local p
     for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
     pg_stop
+    for p in "${CGROUPS[@]}"; do rmdir "$p" 2>/dev/null || true; done
     if [ -n "$KEEP" ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -73,6 +99,20 @@ log "making $USERS users (\$6\$, $ROUNDS rounds, own TOTP secret each)"
 log "starting a private PostgreSQL"
 pg_start "$WORK/pg" "${PGOPTS[@]}"
 PG_URL=$(pg_createdb bench)
+
+# limit_cpu NAME PID: PID (all its threads) into a cgroup of its own, QUOTA_US per 100 ms.
+limit_cpu() {
+    local dir=$CGROUP_ROOT/portcullis-bench-$$-$1
+    mkdir "$dir"
+    CGROUPS+=("$dir")
+    if [ -e "$dir/cpu.cfs_quota_us" ]; then
+        echo 100000 >"$dir/cpu.cfs_period_us"
+        echo "$QUOTA_US" >"$dir/cpu.cfs_quota_us"
+    else
+        echo "$QUOTA_US 100000" >"$dir/cpu.max"
+    fi
+    echo "$2" >"$dir/cgroup.procs"
+}
 
 # node NAME STORE_URL: a config, the users imported (once per database), the node started;
 # sets NODE_ADDR and NODE_PID.
@@ -105,6 +145,7 @@ EOF
     PORTCULLIS_LOG=warn "$BIN/portcullis" --config "$cfg" serve >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     NODE_PIDS+=("$NODE_PID")
+    [ -z "$NODE_CPU" ] || limit_cpu "$name" "$NODE_PID"
     for i in $(seq 200); do
         NODE_ADDR=$(sed -n 's/^radius: listening on \([0-9.:]*\).*/\1/p' "$WORK/$name.log" | head -1)
         [ -n "$NODE_ADDR" ] && return 0
@@ -163,7 +204,7 @@ done
 echo
 echo "nodes-login: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "append mode (\$6\$ $ROUNDS rounds + TOTP), $REQUESTS logins per run, $CONCURRENCY in flight, medians of $RUNS runs;" \
-    "PostgreSQL pool $POOL per node${PGOPTS[*]:+, ${PGOPTS[*]}}"
+    "PostgreSQL pool $POOL per node${PGOPTS[*]:+, ${PGOPTS[*]}}${NODE_CPU:+; each node limited to $NODE_CPU of a core (cgroup)}"
 # Medians per row; CPU per 1000 logins (nodes, PostgreSQL, load generator) and the share
 # of the machine used (all CPU seconds / wall seconds / cores).
 awk -v cores="$(nproc)" '
