@@ -143,6 +143,10 @@ pub struct Args {
     /// `ca_file=`: the CA certificates that sign the daemon's certificate (a private CA);
     /// without it the system's trust store is used.
     pub ca_file: Option<PathBuf>,
+    /// `daemon_user=NAME`: the user `portcullis serve` runs as, trusted to answer on the
+    /// socket besides root and the owner of the socket's directory (its uid is looked up
+    /// when the module runs; a name that does not exist is a setup error).
+    pub daemon_user: Option<String>,
     pub tenant: String,
     pub first_factor: FirstFactorArg,
     pub unenrolled: Unenrolled,
@@ -178,6 +182,16 @@ impl std::fmt::Display for ArgError {
     }
 }
 
+/// A user name as `daemon_user=` takes it: what useradd and systemd's `User=` accept,
+/// no more (a `$` at the end, for machine accounts, is no daemon's).
+fn is_user_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && !v.starts_with('-')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 impl Args {
     /// Parse the module's arguments.
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Args, ArgError> {
@@ -186,6 +200,7 @@ impl Args {
             url: None,
             token_file: None,
             ca_file: None,
+            daemon_user: None,
             tenant: String::new(),
             first_factor: FirstFactorArg::Portcullis,
             unenrolled: Unenrolled::Deny,
@@ -227,6 +242,12 @@ impl Args {
                     return err(format!("{key}={}: must be an absolute path", value.unwrap_or("")))
                 }
                 ("tenant", Some(v)) if !v.is_empty() => a.tenant = v.to_string(),
+                ("daemon_user", Some(v)) if is_user_name(v) => a.daemon_user = Some(v.to_string()),
+                ("daemon_user", _) => {
+                    return err(format!(
+                        "{arg}: daemon_user= needs the name of the user portcullis serve runs as (letters, digits, . _ -)"
+                    ))
+                }
                 ("first_factor", Some("stack")) => a.first_factor = FirstFactorArg::Stack,
                 ("first_factor", Some("portcullis")) => a.first_factor = FirstFactorArg::Portcullis,
                 ("first_factor", Some("none")) => a.first_factor = FirstFactorArg::None,
@@ -266,7 +287,7 @@ impl Args {
                 ("failmode", _) => return err(format!("{arg}: failmode must be secure or safe")),
                 _ => {
                     return err(format!(
-                        "unknown argument '{arg}' (known: socket= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= restart_wait= fail_delay= use_first_pass try_first_pass debug)"
+                        "unknown argument '{arg}' (known: socket= daemon_user= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= restart_wait= fail_delay= use_first_pass try_first_pass debug)"
                     ))
                 }
             }
@@ -289,6 +310,9 @@ impl Args {
         if a.ca_file.is_some() && a.url.is_none() {
             return err("ca_file= is used only with url=https://...".into());
         }
+        if a.daemon_user.is_some() && a.url.is_some() {
+            return err("daemon_user= is used only with the socket (socket=), not with url=: over HTTPS the daemon's certificate says who it is".into());
+        }
         Ok(a)
     }
 }
@@ -306,6 +330,7 @@ mod tests {
         assert_eq!(a.failmode, FailMode::Secure);
         assert_eq!(a.timeout, Duration::from_secs(10));
         assert_eq!(a.restart_wait, Duration::from_secs(30));
+        assert_eq!(a.daemon_user, None);
         assert!(!a.debug);
     }
 
@@ -313,6 +338,7 @@ mod tests {
     fn every_argument_is_understood() {
         let a = Args::parse(&[
             "socket=/tmp/p.sock",
+            "daemon_user=portcullis",
             "tenant=acme",
             "first_factor=stack",
             "unenrolled=allow",
@@ -326,6 +352,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.socket, PathBuf::from("/tmp/p.sock"));
+        assert_eq!(a.daemon_user.as_deref(), Some("portcullis"));
         assert_eq!(a.first_factor, FirstFactorArg::Stack);
         assert_eq!(a.unenrolled, Unenrolled::Allow);
         assert_eq!(a.failmode, FailMode::Safe);
@@ -435,6 +462,55 @@ mod tests {
             .to_string();
         assert!(e.contains("socket=") && e.contains("108 bytes"), "{e}");
         assert!(e.contains("shorter path"), "{e}");
+    }
+
+    #[test]
+    fn daemon_user_names_the_daemons_user_for_the_socket() {
+        // With the default socket too; the last one given wins, as for other arguments.
+        for (args, user) in [
+            (vec!["tenant=acme", "daemon_user=nobody"], "nobody"),
+            (
+                vec![
+                    "tenant=acme",
+                    "daemon_user=a",
+                    "daemon_user=_portcullis-2.x",
+                ],
+                "_portcullis-2.x",
+            ),
+        ] {
+            let a = Args::parse(&args).unwrap();
+            assert_eq!(a.daemon_user.as_deref(), Some(user), "{args:?}");
+        }
+        for (args, needle) in [
+            (
+                vec!["tenant=acme", "daemon_user="],
+                "daemon_user=: daemon_user= needs",
+            ),
+            (
+                vec!["tenant=acme", "daemon_user"],
+                "daemon_user: daemon_user= needs",
+            ),
+            (vec!["tenant=acme", "daemon_user=a b"], "daemon_user=a b:"),
+            (vec!["tenant=acme", "daemon_user=-x"], "daemon_user=-x:"),
+            (vec!["tenant=acme", "daemon_user=x/y"], "daemon_user=x/y:"),
+            (
+                vec![
+                    "tenant=acme",
+                    "daemon_user=portcullis",
+                    "url=https://x",
+                    "token_file=/t",
+                ],
+                "daemon_user= is used only with the socket",
+            ),
+        ] {
+            let e = Args::parse(&args).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        // Named in the list of known arguments.
+        let e = Args::parse(&["tenant=acme", "daemon-user=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("daemon_user="), "{e}");
     }
 
     #[test]

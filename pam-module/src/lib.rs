@@ -6,15 +6,15 @@
 //! Every entry point catches panics (`pam_hooks!`), and every exchange with the daemon has
 //! a deadline (`timeout=`).
 //!
-//! Arguments: see [`args`] and the README (`socket=`, `url=`, `token_file=`, `ca_file=`,
-//! `tenant=`, `first_factor=`,
-//! `unenrolled=`, `failmode=`, `timeout=`, `fail_delay=`, `use_first_pass`,
-//! `try_first_pass`, `debug`).
+//! Arguments: see [`args`] and the README (`socket=`, `daemon_user=`, `url=`, `token_file=`,
+//! `ca_file=`, `tenant=`, `first_factor=`, `unenrolled=`, `failmode=`, `timeout=`,
+//! `fail_delay=`, `use_first_pass`, `try_first_pass`, `debug`).
 
 pub mod args;
 mod ffi;
 pub mod flow;
 mod https;
+mod peer;
 mod transport;
 
 use std::ffi::CStr;
@@ -150,7 +150,24 @@ fn transport(args: &Args) -> Result<Box<dyn Transport>, String> {
         _ => Ok(Box::new(SocketTransport {
             path: args.socket.clone(),
             timeout: args.timeout,
+            daemon_user: args
+                .daemon_user
+                .as_deref()
+                .map(daemon_user_uid)
+                .transpose()?,
         })),
+    }
+}
+
+/// `daemon_user=NAME` and its uid; a name that does not exist (or cannot be looked up) is
+/// a setup error, refused whatever failmode= says.
+fn daemon_user_uid(name: &str) -> Result<(String, u32), String> {
+    match peer::uid_of_user(name) {
+        Ok(Some(uid)) => Ok((name.to_string(), uid)),
+        Ok(None) => Err(format!(
+            "daemon_user={name}: no such user on this host; name the user portcullis serve runs as (User= of its systemd unit)"
+        )),
+        Err(e) => Err(format!("daemon_user={name}: cannot look the user up: {e}")),
     }
 }
 
@@ -473,6 +490,16 @@ mod tests {
         assert!(!got.contains("unreachable"), "{got}");
         let got = log(FailMode::Secure, Unavailable::NotDelivered);
         assert!(got.ends_with("; failmode=secure"), "{got}");
+    }
+
+    #[test]
+    fn daemon_user_is_looked_up_and_a_user_that_does_not_exist_is_a_setup_error() {
+        assert_eq!(daemon_user_uid("root"), Ok(("root".to_string(), 0)));
+        let e = daemon_user_uid("portcullis-no-such-user").unwrap_err();
+        assert!(
+            e.starts_with("daemon_user=portcullis-no-such-user: no such user on this host"),
+            "{e}"
+        );
     }
 
     #[test]

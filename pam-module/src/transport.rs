@@ -4,7 +4,9 @@
 //! ([`connect_error`]: no socket file, nobody listening, a full backlog) is
 //! [`CallError::Unreachable`]. Once the connect succeeded, a failure is
 //! [`CallError::NotDelivered`] (the request did not go out) or [`CallError::NoAnswer`] (it
-//! did), which are refused in every failmode.
+//! did), which are refused in every failmode. A connection to a socket that someone other
+//! than root, the owner of the socket's directory or `daemon_user=` made is refused as
+//! [`CallError::Setup`] before anything is sent (see [`crate::peer`]).
 //!
 //! The deadline is wall-clock time, which runs on while the process is stopped (a user's
 //! Ctrl-Z on their own sudo). So no syscall is ever skipped because the deadline passed:
@@ -23,12 +25,16 @@ use zeroize::Zeroize;
 
 use crate::args::{DEFAULT_SOCKET, MAX_SOCKET_PATH};
 use crate::flow::{CallError, Transport};
+use crate::peer;
 
 /// Talks to `portcullis serve` over its PAM socket.
 pub struct SocketTransport {
     pub path: PathBuf,
     /// The deadline of one exchange: connect, send and receive together.
     pub timeout: Duration,
+    /// `daemon_user=`: its name and uid, trusted to answer on the socket besides root and
+    /// the owner of the socket's directory (see [`crate::peer`]).
+    pub daemon_user: Option<(String, u32)>,
 }
 
 /// How long the module looks for a frame the daemon queued before it closed the
@@ -132,7 +138,32 @@ impl SocketTransport {
             .min(self.timeout);
         sock.connect_timeout(&addr, budget)
             .map_err(|e| connect_error(&self.path, &e))?;
-        Ok(UnixStream::from(std::os::fd::OwnedFd::from(sock)))
+        let stream = UnixStream::from(std::os::fd::OwnedFd::from(sock));
+        self.check_peer(&stream)?;
+        Ok(stream)
+    }
+
+    /// Who made the socket we are connected to: root, the owner of the socket's directory
+    /// or `daemon_user=`, else a setup error (refused in every failmode: a socket someone
+    /// else put there would answer accept; see [`crate::peer`]). Nothing was sent yet.
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), CallError> {
+        use std::os::unix::fs::MetadataExt;
+        let peer = peer::peer_of(stream).map_err(|e| {
+            CallError::Setup(format!(
+                "socket={}: cannot tell who answers on it (SO_PEERCRED: {e})",
+                self.path.display()
+            ))
+        })?;
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let expected = peer::Expected {
+            dir,
+            dir_owner: std::fs::metadata(dir).ok().map(|m| m.uid()),
+            daemon_user: self
+                .daemon_user
+                .as_ref()
+                .map(|(name, uid)| (name.as_str(), *uid)),
+        };
+        peer::check(&self.path, peer, &expected).map_err(CallError::Setup)
     }
 }
 
@@ -508,6 +539,7 @@ mod tests {
         let mut t = SocketTransport {
             path: socket_path("absent"),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
@@ -524,6 +556,7 @@ mod tests {
             let mut t = SocketTransport {
                 path: path.clone(),
                 timeout: Duration::from_secs(1),
+                daemon_user: None,
             };
             let got = t.call(&poll());
             assert!(
@@ -538,6 +571,7 @@ mod tests {
         let mut t = SocketTransport {
             path: under_file.join("pam.sock"),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         assert!(matches!(t.call(&poll()), Err(CallError::Setup(_))));
         for name in ["regular", "dir", "component"] {
@@ -553,6 +587,7 @@ mod tests {
         let mut t = SocketTransport {
             path: path.clone(),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Unreachable(_))), "{got:?}");
@@ -569,6 +604,7 @@ mod tests {
         let mut t = SocketTransport {
             path: path.clone(),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&poll());
         assert!(
@@ -587,6 +623,7 @@ mod tests {
             let mut t = SocketTransport {
                 path: path.clone(),
                 timeout: Duration::from_secs(1),
+                daemon_user: None,
             };
             let got = t.call(&poll());
             let parent = path.parent().unwrap().display().to_string();
@@ -641,6 +678,7 @@ mod tests {
         let mut t = SocketTransport {
             path: PathBuf::from(format!("/{}", "s".repeat(200))),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&poll());
         assert!(matches!(got, Err(CallError::Setup(_))), "{got:?}");
@@ -692,6 +730,7 @@ mod tests {
         let mut t = SocketTransport {
             path,
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&request(RequestStep::Answer {
             txn: "t.0".into(),
@@ -744,6 +783,7 @@ mod tests {
         let t = SocketTransport {
             path: PathBuf::from("/unused"),
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         t.exchange_on(stream, req, Instant::now() + Duration::from_secs(1))
     }
@@ -848,6 +888,7 @@ mod tests {
         let mut t = SocketTransport {
             path: path.clone(),
             timeout: Duration::from_secs(2),
+            daemon_user: None,
         };
         for i in 0..LOGINS {
             let got = t.call(&start());
@@ -865,6 +906,7 @@ mod tests {
         let mut t = SocketTransport {
             path,
             timeout: Duration::from_secs(1),
+            daemon_user: None,
         };
         let got = t.call(&poll());
         assert!(
