@@ -27,7 +27,7 @@ use crate::totp::{self, TotpAlgorithm, TotpParams};
 mod manage;
 mod tokens;
 pub use manage::{Actor, PolicyQuery, PolicyTest, UserUpdate};
-pub use tokens::{IssuedToken, ADMIN_TOKEN_PEPPER_LABEL, TOKEN_PREFIX};
+pub use tokens::{IssuedToken, TokenCheck, ADMIN_TOKEN_PEPPER_LABEL, TOKEN_PREFIX};
 
 /// An admin operation that cannot be done.
 #[derive(Debug, thiserror::Error)]

@@ -384,6 +384,15 @@ pub struct AdminToken {
     pub created_at: UnixTime,
     pub last_used_at: Option<UnixTime>,
     pub revoked: bool,
+    /// When the token stops working (`token add --expires`); None: it never expires.
+    pub expires_at: Option<UnixTime>,
+}
+
+impl AdminToken {
+    /// Whether the token's lifetime is over at `now`: it works while `now < expires_at`.
+    pub fn is_expired(&self, now: UnixTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
 }
 
 /// A remote host of a fleet that may ask `POST /v1/pam/step` with its token. The token's

@@ -32,6 +32,7 @@ pub fn run_all(s: &dyn Store) {
     user_attributes_are_set_and_removed(s);
     session_epochs_are_raised_by_what_ends_web_sessions(s);
     admin_tokens_are_listed_per_tenant_and_revoked_once(s);
+    admin_tokens_keep_their_expiry(s);
     pam_hosts_are_per_tenant_and_revocable(s);
     import_is_all_or_nothing(s);
     enrollment_links_open_once_and_expire(s);
@@ -1343,6 +1344,7 @@ fn admin_tokens_are_listed_per_tenant_and_revoked_once(s: &dyn Store) {
         created_at: 100,
         last_used_at: None,
         revoked: false,
+        expires_at: None,
     };
     s.add_admin_token(&token("op1", None, AdminRole::Operator))
         .unwrap();
@@ -1381,6 +1383,78 @@ fn admin_tokens_are_listed_per_tenant_and_revoked_once(s: &dyn Store) {
     assert!(s.admin_token("ka1").unwrap().unwrap().revoked);
     assert!(!s.admin_token("kb1").unwrap().unwrap().revoked);
 }
+
+/// `expires_at` is stored and read back as given (by id and in lists), also after a use
+/// and a revocation; a token without one reads back without one.
+fn admin_tokens_keep_their_expiry(s: &dyn Store) {
+    let t = tenant(s, "suite-tok-exp");
+    let token = |id: &str, expires_at: Option<UnixTime>| AdminToken {
+        id: id.into(),
+        tenant_id: Some(t.id),
+        tenant: None,
+        role: AdminRole::Admin,
+        name: format!("name-{id}"),
+        hash: format!("hash-{id}"),
+        created_at: 100,
+        last_used_at: None,
+        revoked: false,
+        expires_at,
+    };
+    s.add_admin_token(&token("exp1", Some(7_776_100))).unwrap();
+    s.add_admin_token(&token("exp2", None)).unwrap();
+    let got = s.admin_token("exp1").unwrap().unwrap();
+    assert_eq!(got.expires_at, Some(7_776_100));
+    assert!(!got.is_expired(7_776_099) && got.is_expired(7_776_100));
+    assert_eq!(s.admin_token("exp2").unwrap().unwrap().expires_at, None);
+    let listed: Vec<(String, Option<UnixTime>)> = s
+        .list_admin_tokens(Some(t.id))
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.id, k.expires_at))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("exp1".to_string(), Some(7_776_100)),
+            ("exp2".to_string(), None)
+        ]
+    );
+    s.touch_admin_token("exp1", 500).unwrap();
+    assert!(s.revoke_admin_token("exp1").unwrap());
+    let got = s.admin_token("exp1").unwrap().unwrap();
+    assert_eq!(
+        (got.expires_at, got.last_used_at, got.revoked),
+        (Some(7_776_100), Some(500), true)
+    );
+}
+
+/// A token of a store made before admin tokens could expire (migration 15; the backend's
+/// test made it, as `old1` of tenant `old`): it still works and never expires.
+pub fn a_token_from_before_expiry_never_expires(s: &dyn Store) {
+    let got = s.admin_token("old1").unwrap().expect("the old token");
+    assert_eq!(got.expires_at, None);
+    assert!(!got.is_expired(i64::MAX) && !got.revoked);
+    assert_eq!(got.tenant.as_deref(), Some("old"));
+    assert_eq!(got.role, AdminRole::Admin);
+    let listed = s.list_admin_tokens(None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].expires_at, None);
+    // New tokens beside it get theirs.
+    let mut new = got.clone();
+    new.id = "new1".into();
+    new.expires_at = Some(900);
+    s.add_admin_token(&new).unwrap();
+    assert_eq!(
+        s.admin_token("new1").unwrap().unwrap().expires_at,
+        Some(900)
+    );
+}
+
+/// Rows of an admin token as a store before migration 15 held it (SQL for both backends).
+pub const OLD_ADMIN_TOKEN_ROWS: &str =
+    "INSERT INTO tenants (id, name, created_at) VALUES (1, 'old', 0);
+     INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
+         VALUES ('old1', 1, 'admin', 'legacy', 'hash-old1', 50, 60, 0);";
 
 fn import_is_all_or_nothing(s: &dyn Store) {
     let t = tenant(s, "suite-import");

@@ -1,6 +1,6 @@
 //! The admin HTTP API (`/v1/`) of a real `portcullis serve`: tokens made with the CLI, users
 //! and factors made over HTTP, logins over radclient with oathtool codes; tenant isolation,
-//! roles, revoked tokens, malformed bodies and the OpenAPI document; push enrolment against
+//! roles, revoked and expired tokens, malformed bodies and the OpenAPI document; push enrolment against
 //! a strict fake ntfy server.
 
 use std::net::SocketAddr;
@@ -748,6 +748,172 @@ fn a_revoked_token_is_refused_and_no_token_is_stored_in_clear() {
             "a token secret is in the database in clear"
         );
     }
+}
+
+/// A token made by the core's `Admin` with a clock standing `ago` seconds back and a
+/// lifetime of `lifetime` seconds, in the store of `api` (the daemon's own clock is the
+/// system's: with `ago > lifetime` the token is past its expiry at once, with no sleeping).
+fn token_made_earlier(api: &Api, name: &str, ago: i64, lifetime: u64) -> String {
+    use portcullis_core::clock::{Clock, ManualClock, SystemClock};
+    use std::sync::Arc;
+    let dir = api.env.dir();
+    let store = portcullis_core::store::SqliteStore::open(&dir.join("portcullis.db"))
+        .expect("open the daemon's store");
+    let key = portcullis_core::secrets::MasterKey::load_or_create(&dir.join("master.key"))
+        .expect("the daemon's master key");
+    let hasher =
+        portcullis_core::password::PasswordHasher::new(&portcullis_core::config::PasswordConfig {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            argon2_parallelism: 1,
+            ..Default::default()
+        })
+        .expect("a password hasher");
+    let admin = portcullis_core::admin::Admin::new(
+        Arc::new(store),
+        Arc::new(ManualClock::new(SystemClock.now() - ago)),
+        Arc::new(key),
+        hasher,
+        "Test".into(),
+        1,
+    );
+    admin
+        .add_token(
+            Some("acme"),
+            portcullis_core::model::AdminRole::Admin,
+            name,
+            Some(lifetime),
+        )
+        .expect("add the token")
+        .token
+}
+
+#[test]
+fn an_expired_token_is_refused_like_a_revoked_one_and_the_log_says_it_expired() {
+    let api = Api::start("");
+    api.env.add_tenant("acme");
+    let live = api.token(&[
+        "--tenant",
+        "acme",
+        "--role",
+        "admin",
+        "--expires",
+        "90d",
+        "live",
+    ]);
+    // Two hours ago, for an hour: expired an hour ago.
+    let stale = token_made_earlier(&api, "stale", 7200, 3600);
+    let revoked = api.token(&["--tenant", "acme", "--role", "admin", "gone"]);
+    let gone_id = revoked.split('_').nth(1).unwrap().to_string();
+    api.env.cli_ok(&["token", "revoke", &gone_id]);
+
+    api.expect(&live, "GET", "/v1/tenants/acme/users", None, 200);
+    let (status, expired) = api.call(Some(&stale), "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401, "expired: {expired}");
+    let (status, was_revoked) = api.call(Some(&revoked), "GET", "/v1/tenants/acme/users", None);
+    assert_eq!(status, 401, "revoked: {was_revoked}");
+    assert_eq!(
+        expired, was_revoked,
+        "an expired token is answered exactly as a revoked one"
+    );
+    assert!(!expired.to_string().contains("expire"), "{expired}");
+    // Refused for everything, also what its role would allow elsewhere.
+    let (status, _) = api.call(Some(&stale), "GET", "/v1/tenants/acme/audit", None);
+    assert_eq!(status, 401);
+
+    // The daemon's log says it expired and names it (never with its secret).
+    let said = "admin API request refused: the token expired";
+    let log = api.server.wait_for_stderr(said, Duration::from_secs(5));
+    let line = log
+        .lines()
+        .find(|l| l.contains(said))
+        .unwrap_or_else(|| panic!("no warning that the token expired: {log}"));
+    let stale_id = stale.split('_').nth(1).unwrap();
+    assert!(
+        line.contains("WARN") && line.contains(stale_id) && line.contains("name=stale"),
+        "{line}"
+    );
+    assert!(
+        line.contains("portcullis token add"),
+        "says what to do: {line}"
+    );
+    let secret = |t: &str| t.rsplit('_').next().unwrap().to_string();
+    assert!(
+        !log.contains(&secret(&stale)) && !log.contains(&secret(&live)),
+        "no token secret in the log"
+    );
+
+    // `token list` shows each expiry, and "expired" for the stale one.
+    let list = api
+        .env
+        .cli_json(&["token", "list", "--tenant", "acme", "--json"]);
+    let by_name = |n: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} not in {list}"))
+    };
+    let now = portcullis_core::clock::Clock::now(&portcullis_core::clock::SystemClock);
+    let live_until = by_name("live")["expires_at"].as_i64().expect("an expiry");
+    assert!(
+        (live_until - (now + 90 * 86400)).abs() < 120,
+        "90 days from now: {live_until}"
+    );
+    assert!(by_name("gone")["expires_at"].is_null());
+    assert!(
+        by_name("stale")["last_used_at"].is_null(),
+        "an expired token's use is not recorded"
+    );
+    let out = api.env.cli_ok(&["token", "list", "--tenant", "acme"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |n: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(n))
+            .unwrap_or_else(|| panic!("no row of {n}: {text}"))
+            .to_string()
+    };
+    assert!(text.contains("EXPIRES"), "{text}");
+    assert!(row("stale").trim_end().ends_with("expired"), "{text}");
+    assert!(row("live").trim_end().ends_with("active"), "{text}");
+    assert!(row("gone").trim_end().ends_with("revoked"), "{text}");
+    assert!(row("gone").contains("never"), "no expiry: {text}");
+
+    // Lifetimes the CLI refuses, with a hint; no token is made.
+    for bad in ["0s", "3651d", "soon"] {
+        let out = api.env.cli(&[
+            "token",
+            "add",
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--expires",
+            bad,
+            "x",
+        ]);
+        assert!(!out.status.success(), "--expires {bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.trim().is_empty(), "--expires {bad}: says why");
+    }
+    let out = api
+        .env
+        .cli(&["token", "add", "--operator", "--expires", "0s", "x"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3650d"),
+        "the hint names the range: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = api
+        .env
+        .cli_json(&["token", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(count, 3);
+    // The live token still works after all this.
+    api.expect(&live, "GET", "/v1/tenants/acme/users", None, 200);
 }
 
 #[test]

@@ -103,6 +103,31 @@ fn upgrading_keeps_the_replay_cache_of_an_older_database() {
     );
 }
 
+/// A database as the version before token expiry (migration 15) left it, with a token:
+/// after the upgrade the token has no expiry.
+#[test]
+fn upgrading_leaves_the_admin_tokens_of_an_older_database_without_expiry() {
+    let pg = PgServer::start();
+    let url = pg.create_database();
+    {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        c.batch_execute(
+            "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .expect("schema_version");
+        for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < 15) {
+            c.batch_execute(&translate_sql(sql))
+                .unwrap_or_else(|e| panic!("migration {v}: {e}"));
+            c.execute("INSERT INTO schema_version VALUES ($1, 0)", &[v])
+                .expect("record the migration");
+        }
+        c.batch_execute(suite::OLD_ADMIN_TOKEN_ROWS)
+            .expect("an older database's token");
+    }
+    let store = open(&url);
+    suite::a_token_from_before_expiry_never_expires(&store);
+}
+
 /// The same TOTP counter recorded by many "nodes" (each its own pool) at the same moment:
 /// exactly one of them gets `true`.
 #[test]

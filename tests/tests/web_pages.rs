@@ -880,6 +880,63 @@ fn admin_pages_follow_the_token_roles() {
     assert_eq!(r.status, 303);
 }
 
+/// A token's expiry ends its admin page sessions, and an expired token cannot sign in (the
+/// same page as for an unknown one; the daemon's log says it expired). The expiry is moved
+/// into the past in the store: the daemon's clock is the system's, and nothing sleeps.
+#[test]
+fn an_expired_token_ends_its_admin_page_session_and_cannot_sign_in() {
+    let w = world();
+    let v = w.env.cli_json(&[
+        "token",
+        "add",
+        "--tenant",
+        "acme",
+        "--role",
+        "admin",
+        "--expires",
+        "1h",
+        "temp",
+        "--json",
+    ]);
+    let token = v["token"].as_str().unwrap().to_string();
+    let id = v["id"].as_str().unwrap().to_string();
+    let s = admin_login(&w, &token);
+    assert_eq!(w.get("/admin/t/acme/", &[("Cookie", &s)]).status, 200);
+
+    let db = rusqlite::Connection::open(w.env.dir().join("portcullis.db")).expect("the store");
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE admin_tokens SET expires_at = CAST(strftime('%s','now') AS INTEGER) - 1 WHERE id = ?1",
+            [&id],
+        )
+        .expect("move the expiry");
+    assert_eq!(changed, 1);
+
+    let r = w.get("/admin/t/acme/", &[("Cookie", &s)]);
+    assert_eq!(r.status, 303, "the session ended: {}", r.body);
+    let form = w.get("/admin/", &[]);
+    let pre = cookie_pair(&set_cookie(&form, "pc_admin_login").unwrap());
+    let r = w.post(
+        "/admin/login",
+        &pre,
+        &format!(
+            "csrf={}&token={}",
+            enc(&hidden(&form.body, "csrf")),
+            enc(&token)
+        ),
+    );
+    assert_eq!(r.status, 401);
+    assert!(set_cookie(&r, "pc_admin").is_none());
+    assert!(r.body.contains("unknown, revoked or expired"), "{}", r.body);
+    let said = "admin page sign-in refused: the token expired";
+    let log = w.server.wait_for_stderr(said, Duration::from_secs(5));
+    assert!(
+        log.lines().any(|l| l.contains(said) && l.contains(&id)),
+        "{log}"
+    );
+}
+
 #[test]
 fn pam_enrolment_prompt_carries_the_link_and_the_first_code_logs_in() {
     use std::io::{Read, Write};

@@ -3,7 +3,8 @@
 use anyhow::{bail, Result};
 use clap::{Subcommand, ValueEnum};
 use portcullis_core::admin::Admin;
-use portcullis_core::model::AdminRole;
+use portcullis_core::clock::UnixTime;
+use portcullis_core::model::{AdminRole, AdminToken};
 
 use super::output::{emit, table, time};
 use super::Opened;
@@ -32,7 +33,7 @@ impl From<TenantRole> for AdminRole {
 #[derive(Debug, Subcommand)]
 pub enum TokenCmd {
     /// Make a token for the admin API (printed once): `--tenant T --role R NAME` or
-    /// `--operator NAME`.
+    /// `--operator NAME`; with `--expires 90d` it stops working after that long.
     Add {
         /// The tenant the token is confined to.
         #[arg(long, conflicts_with = "operator", requires = "role")]
@@ -43,6 +44,10 @@ pub enum TokenCmd {
         /// A global token: tenant management and everything in every tenant.
         #[arg(long)]
         operator: bool,
+        /// How long the token works, from now (e.g. 90d, 12h, 30m; at most 3650d).
+        /// Without it the token works until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<humantime::Duration>,
         /// Who or what uses the token (shown in audit records).
         name: String,
     },
@@ -63,6 +68,17 @@ fn audit(admin: &Admin, tenant: &str, action: &str, detail: &str) {
     super::changes::record(admin, tenant, "", action, detail);
 }
 
+/// A token's state for `token list`: revoked outweighs expired.
+fn state(t: &AdminToken, now: UnixTime) -> &'static str {
+    if t.revoked {
+        "revoked"
+    } else if t.is_expired(now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
 /// Run a `token` subcommand.
 pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
     let admin = o.admin();
@@ -71,6 +87,7 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
             tenant,
             role,
             operator,
+            expires,
             name,
         } => {
             let (tenant, role) = match (operator, tenant, role) {
@@ -78,13 +95,18 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
                 (false, Some(t), Some(r)) => (Some(t), AdminRole::from(r)),
                 _ => bail!("give either --operator or --tenant T --role admin|helpdesk|auditor"),
             };
-            let t = admin.add_token(tenant.as_deref(), role, &name)?;
+            let lifetime = expires.map(|d| std::time::Duration::from(d).as_secs());
+            let t = admin.add_token(tenant.as_deref(), role, &name, lifetime)?;
+            let until = t
+                .expires_at
+                .map(|at| format!(", expires {}", time(at)))
+                .unwrap_or_default();
             audit(
                 &admin,
                 t.tenant.as_deref().unwrap_or(""),
                 "token.add",
                 &format!(
-                    "admin token '{}' (id {}, role {})",
+                    "admin token '{}' (id {}, role {}{until})",
                     t.name,
                     t.id,
                     t.role.as_str()
@@ -92,7 +114,7 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
             );
             emit(json, &t, || {
                 format!(
-                    "{}\n\ntoken '{}' (id {}, role {}{}). It is not shown again: store it now.\nUse it as: Authorization: Bearer TOKEN",
+                    "{}\n\ntoken '{}' (id {}, role {}{}{until}). It is not shown again: store it now.\nUse it as: Authorization: Bearer TOKEN",
                     t.token,
                     t.name,
                     t.id,
@@ -106,6 +128,7 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
         }
         TokenCmd::List { tenant } => {
             let tokens = admin.list_tokens(tenant.as_deref())?;
+            let now = admin.now();
             emit(json, &tokens, || {
                 let rows: Vec<Vec<String>> = tokens
                     .iter()
@@ -117,7 +140,8 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
                             t.tenant.clone().unwrap_or_else(|| "-".into()),
                             time(t.created_at),
                             t.last_used_at.map(time).unwrap_or_else(|| "never".into()),
-                            if t.revoked { "revoked" } else { "active" }.into(),
+                            t.expires_at.map(time).unwrap_or_else(|| "never".into()),
+                            state(t, now).into(),
                         ]
                     })
                     .collect();
@@ -129,6 +153,7 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
                         "TENANT",
                         "CREATED",
                         "LAST USED",
+                        "EXPIRES",
                         "STATE",
                     ],
                     &rows,

@@ -275,6 +275,14 @@ ALTER TABLE users ADD COLUMN session_epoch BIGINT NOT NULL DEFAULT 0;
 -- postgres: ALTER TABLE push_requests ADD COLUMN seq BIGSERIAL;
 "#,
     ),
+    (
+        15,
+        // Admin API tokens with a lifetime (`token add --expires 90d`): refused from
+        // `expires_at` on. NULL (every token made before) = never expires.
+        r#"
+ALTER TABLE admin_tokens ADD COLUMN expires_at BIGINT;
+"#,
+    ),
 ];
 
 /// One line for the migrations an open applied (each step is logged at debug): a first

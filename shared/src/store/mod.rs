@@ -509,7 +509,7 @@ pub trait Store: Send + Sync + 'static {
 
     // Admin API tokens (only the hash of the secret is kept)
     fn add_admin_token(&self, token: &AdminToken) -> StoreResult<()>;
-    /// The token with this id (revoked or not), with its tenant's name.
+    /// The token with this id (revoked, expired or not), with its tenant's name.
     fn admin_token(&self, id: &str) -> StoreResult<Option<AdminToken>>;
     /// Every token, or the tenant's only, oldest first.
     fn list_admin_tokens(&self, tenant: Option<TenantId>) -> StoreResult<Vec<AdminToken>>;

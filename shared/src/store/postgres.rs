@@ -962,7 +962,7 @@ fn pam_host_from_row(r: &Row) -> StoreResult<PamHost> {
 }
 
 const ADMIN_TOKEN_SELECT: &str =
-    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked
+    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked, k.expires_at
      FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
 
 fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
@@ -983,6 +983,7 @@ fn admin_token_from_row(r: &Row) -> StoreResult<AdminToken> {
         created_at: r.col(6)?,
         last_used_at: r.col(7)?,
         revoked: r.col::<i64>(8)? != 0,
+        expires_at: r.col(9)?,
     })
 }
 
@@ -2066,8 +2067,8 @@ impl Store for PgStore {
 
     fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
         match self.conn()?.try_execute(
-            "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &t.id,
                 &t.tenant_id,
@@ -2077,6 +2078,7 @@ impl Store for PgStore {
                 &t.created_at,
                 &t.last_used_at,
                 &(t.revoked as i64),
+                &t.expires_at,
             ],
         )? {
             Ok(_) => Ok(()),

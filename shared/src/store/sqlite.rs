@@ -2011,8 +2011,8 @@ impl Store for SqliteStore {
     fn add_admin_token(&self, t: &AdminToken) -> StoreResult<()> {
         self.lock()
             .execute(
-                "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO admin_tokens (id, tenant_id, role, name, token_hash, created_at, last_used_at, revoked, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     t.id,
                     t.tenant_id,
@@ -2021,7 +2021,8 @@ impl Store for SqliteStore {
                     t.hash,
                     t.created_at,
                     t.last_used_at,
-                    t.revoked as i64
+                    t.revoked as i64,
+                    t.expires_at
                 ],
             )
             .map(|_| ())
@@ -2273,7 +2274,7 @@ impl Store for SqliteStore {
 }
 
 const ADMIN_TOKEN_SELECT: &str =
-    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked
+    "SELECT k.id, k.tenant_id, t.name, k.role, k.name, k.token_hash, k.created_at, k.last_used_at, k.revoked, k.expires_at
      FROM admin_tokens k LEFT JOIN tenants t ON t.id = k.tenant_id";
 
 fn admin_token_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AdminToken, StoreError>> {
@@ -2294,6 +2295,7 @@ fn admin_token_from_row(r: &Row<'_>) -> rusqlite::Result<Result<AdminToken, Stor
         created_at: r.get(6)?,
         last_used_at: r.get(7)?,
         revoked: r.get::<_, i64>(8)? != 0,
+        expires_at: r.get(9)?,
     }))
 }
 

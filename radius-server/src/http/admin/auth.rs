@@ -1,13 +1,14 @@
 //! Who is asking: the bearer token, its role and its tenant.
 //!
-//! Order of the checks: no or unknown or revoked token = 401; a tenant the token is not
+//! Order of the checks: no or unknown or revoked or expired token = 401 (the same answer:
+//! only the daemon's log says a token expired, naming it); a tenant the token is not
 //! confined to = 404 (exactly as for a tenant that does not exist, so a tenant's token
 //! learns nothing about others); a role that may not = 403.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use portcullis_core::admin::Actor;
+use portcullis_core::admin::{Actor, TokenCheck};
 use portcullis_core::model::{AdminRole, AdminToken};
 
 use super::error::ApiError;
@@ -20,6 +21,8 @@ static UNKNOWN_TOKENS: std::sync::LazyLock<DropWarning> =
     std::sync::LazyLock::new(DropWarning::default);
 static REFUSED_TOKENS: std::sync::LazyLock<DropWarning> =
     std::sync::LazyLock::new(DropWarning::default);
+static EXPIRED_TOKENS: std::sync::LazyLock<DropWarning> =
+    std::sync::LazyLock::new(DropWarning::default);
 
 fn unknown_token() -> ApiError {
     if let Some(due) = UNKNOWN_TOKENS.note(std::time::Instant::now()) {
@@ -29,6 +32,27 @@ fn unknown_token() -> ApiError {
         );
     }
     ApiError::unauthorized()
+}
+
+/// A whole token past its expiry, presented to `place` ("admin API request", "admin page
+/// sign-in"): refused like an unknown one, but the warning names it and says it expired, so
+/// the operator knows to make a new one. The caller answers as for an unknown token.
+pub fn note_expired_token(token: &AdminToken, place: &str) {
+    if let Some(due) = EXPIRED_TOKENS.note(std::time::Instant::now()) {
+        let at = token
+            .expires_at
+            .map(|t| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+                )
+                .to_string()
+            })
+            .unwrap_or_default();
+        tracing::warn!(token = %token.id, name = %token.name, role = token.role.as_str(),
+            tenant = token.tenant.as_deref().unwrap_or("(all)"), expired_at = %at,
+            "{place} refused: the token expired (make a new one with `portcullis token add`) {}",
+            due.count_text(" refused"));
+    }
 }
 
 /// A token's request outside its tenant or role: named in the warning (a token that
@@ -113,8 +137,14 @@ impl FromRequestParts<HttpState> for Caller {
             })
             .ok_or_else(unknown_token)?;
         let admin = state.admin.clone();
-        let token = blocking(move || admin.admin.authenticate_token(&presented)).await?;
-        token.map(Caller).ok_or_else(unknown_token)
+        match blocking(move || admin.admin.authenticate_token(&presented)).await? {
+            TokenCheck::Valid(token) => Ok(Caller(token)),
+            TokenCheck::Expired(token) => {
+                note_expired_token(&token, "admin API request");
+                Err(ApiError::unauthorized())
+            }
+            TokenCheck::Refused => Err(unknown_token()),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use portcullis_core::policy::Rule;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-pub use auth::{allows, Caller, Perm};
+pub use auth::{allows, note_expired_token, Caller, Perm};
 pub use error::ApiError;
 
 use super::HttpState;
@@ -388,7 +388,7 @@ mod tests {
         let token = st
             .admin
             .admin
-            .add_token(None, portcullis_core::model::AdminRole::Operator, "t")
+            .add_token(None, portcullis_core::model::AdminRole::Operator, "t", None)
             .unwrap()
             .token;
         let app = crate::http::router(st);

@@ -364,7 +364,7 @@ pub fn document() -> Value {
         } else {
             &[
                 ("400", "invalid request (the message says what to fix)"),
-                ("401", "no token, or an unknown or revoked one"),
+                ("401", "no token, or an unknown, revoked or expired one"),
                 ("403", "the token's role may not do this"),
                 (
                     "404",
@@ -402,7 +402,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Portcullis admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Tenants, users, factors, codes, policies, RADIUS clients and audit. Tokens: `portcullis token add`. A tenant's token never reaches another tenant: other tenants answer 404.",
+            "description": "Tenants, users, factors, codes, policies, RADIUS clients and audit. Tokens are made with the CLI only (`portcullis token add`, with `--expires 90d` for one that stops working after that long); an expired token is refused with 401 like a revoked one. A tenant's token never reaches another tenant: other tenants answer 404.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -1,7 +1,8 @@
 //! Admin pages (`/admin/`): sign in by pasting an admin API token; the token's role and
 //! tenant decide what is shown and allowed, exactly as in the JSON API (the token is looked
-//! up again on every request, so a revoked token ends its sessions at once). Users with
-//! their factors and lock state; reset a user's factors; issue a bypass code; the audit log.
+//! up again on every request, so a revoked or expired token ends its sessions at once).
+//! Users with their factors and lock state; reset a user's factors; issue a bypass code; the
+//! audit log.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -9,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use portcullis_core::admin::{Actor, AdminError};
+use portcullis_core::admin::{Actor, AdminError, TokenCheck};
 use portcullis_core::engine::{Engine, ThrottleInForce};
 use portcullis_core::model::{AdminRole, AdminToken, AuditFilter};
 use zeroize::Zeroizing;
@@ -19,7 +20,7 @@ use super::{
     blocking, checked_form, esc, form_value, format_time, internal, page, read_form, secure,
     see_other, signer, with_cookie,
 };
-use crate::http::admin::{allows, Perm};
+use crate::http::admin::{allows, note_expired_token, Perm};
 use crate::http::HttpState;
 
 const COOKIE: &str = "pc_admin";
@@ -43,10 +44,11 @@ async fn current(state: &HttpState, headers: &HeaderMap) -> Option<(AdminToken, 
     let engine = state.radius.engine.clone();
     let value = cookie(headers, COOKIE)?;
     let s = signer(&engine).verify(&value, Kind::Admin, engine.now())?;
+    let now = engine.now();
     let token = blocking(move || engine.store().admin_token(&s.subject))
         .await?
         .ok()??;
-    (!token.revoked).then_some((token, value))
+    (!token.revoked && !token.is_expired(now)).then_some((token, value))
 }
 
 /// May `t` do `perm` in `tenant`?
@@ -150,7 +152,7 @@ async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) 
     let presented = Zeroizing::new(form_value(&form, "token").unwrap_or_default());
     let admin = state.admin.clone();
     match blocking(move || admin.admin.authenticate_token(&presented)).await {
-        Some(Ok(Some(t))) => {
+        Some(Ok(TokenCheck::Valid(t))) => {
             let value = sign.issue(
                 Kind::Admin,
                 t.tenant.as_deref().unwrap_or(""),
@@ -163,11 +165,16 @@ async fn login(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) 
             );
             with_cookie(r, &set_cookie(PRE_COOKIE, "", PATH, secure(&engine), 0))
         }
-        Some(Ok(None)) => login_page(
-            &engine,
-            "This token is not valid (unknown or revoked).",
-            StatusCode::UNAUTHORIZED,
-        ),
+        Some(Ok(check)) => {
+            if let TokenCheck::Expired(t) = &check {
+                note_expired_token(t, "admin page sign-in");
+            }
+            login_page(
+                &engine,
+                "This token is not valid (unknown, revoked or expired).",
+                StatusCode::UNAUTHORIZED,
+            )
+        }
         _ => internal(),
     }
 }
