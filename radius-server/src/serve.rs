@@ -21,13 +21,22 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Open everything, bind the listeners, serve until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> Result<()> {
-    let opened = crate::cli::open(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("portcullis")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(opened, config_path.to_path_buf()))
+    // Signals are caught before anything else: opening the store, the key and the backends
+    // takes a while (a PostgreSQL connect), and a SIGHUP meanwhile (`systemctl reload`
+    // right after a start) would otherwise end the process by its default action, which
+    // systemd's Restart=on-failure takes for a clean exit. Caught early, it reloads once
+    // the daemon serves; a SIGTERM meanwhile stops it as soon as it serves.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()
+    };
+    let opened = crate::cli::open(config_path)?;
+    runtime.block_on(serve(opened, signals, config_path.to_path_buf()))
 }
 
 /// Warn about client settings an operator should know of (at start and after a reload).
@@ -53,19 +62,7 @@ fn warn_about_clients(cfg: &Config, store: &dyn portcullis_core::store::Store) {
     }
 }
 
-/// The shared secrets of the example configs (conf/), which a NAS must never share.
-const EXAMPLE_SECRETS: &[&str] = &[
-    "change-me-to-a-long-random-secret",
-    "trial-secret-change-me",
-    "another-long-secret",
-    "upstream-secret-change-me",
-];
-
-/// Whether `secret` is one of the shipped examples, or says to change it (one test for
-/// `config check` and the start).
-pub fn is_placeholder_secret(secret: &str) -> bool {
-    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
-}
+pub use portcullis_core::config::is_placeholder_secret;
 
 /// Clients whose shared secret is still an example's placeholder (`trial-secret-change-me`):
 /// anyone who read the example knows it.
@@ -83,10 +80,9 @@ fn placeholder_secrets(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
-async fn serve(o: crate::cli::Opened, config_path: PathBuf) -> Result<()> {
-    // Signals are watched before any listener is announced: a SIGTERM that arrives as soon
-    // as the daemon answers is a shutdown, never the default (abrupt) death.
-    let signals = Signals::install();
+/// `signals` were installed before the store was opened (see [`run`]): a SIGTERM that
+/// arrives as soon as the daemon answers is a shutdown, never the default (abrupt) death.
+async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) -> Result<()> {
     let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
     // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
     // returned backends serve the PAM services' `first_factor` overrides.
@@ -354,14 +350,9 @@ fn start_only_changes(running: &Config, new: &Config) -> Vec<String> {
             ));
         }
     }
-    for c in &running.radius.clients {
-        if c.first_factor.is_some() && !new.radius.clients.iter().any(|n| n.name == c.name) {
-            changed.push(format!(
-                "radius.clients '{}' (removed, had first_factor)",
-                c.name
-            ));
-        }
-    }
+    // A client removed by a reload (its first_factor with it) sends nothing any more: the
+    // Engine's override for its name is never reached. Added again, it is compared with
+    // the start's config above, which the Engine runs.
     // A tenant's reply attributes (tenant, group, factor_reply) are reloaded; a tenant
     // without a section is one with the defaults.
     let engine_part = |t: Option<&TenantConfig>| TenantConfig {
@@ -486,9 +477,14 @@ fn reload(
             );
         }
         Ok(cfg) => {
-            warn_about_clients(&cfg, store);
-            ctx.reload(&cfg);
+            // Applied first: a removed client's secret stops working now, not after the
+            // warnings' store lookups (which wait on a database that is down).
+            let clients = ctx.reload(&cfg);
             ctx.metrics.reloads_ok.fetch_add(1, Relaxed);
+            tracing::info!(
+                clients = cfg.radius.clients.len(),
+                "configuration reloaded: RADIUS clients ({clients}) and reply attributes"
+            );
             let unapplied = listener_changes(running, &cfg);
             if !unapplied.is_empty() {
                 tracing::warn!(
@@ -496,10 +492,7 @@ fn reload(
                     "these settings change only with a restart and keep their running values until then (the rest of the reload was applied)"
                 );
             }
-            tracing::info!(
-                clients = cfg.radius.clients.len(),
-                "configuration reloaded: clients, secrets and reply attributes"
-            );
+            warn_about_clients(&cfg, store);
         }
         Err(e) => {
             ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
@@ -541,6 +534,26 @@ mod tests {
         // The examples' secrets that do not say change-me, as config check sees them.
         c.radius.clients[0].secret = "another-long-secret".into();
         assert_eq!(placeholder_secrets(&c).len(), 1);
+    }
+
+    #[test]
+    fn a_client_with_a_first_factor_may_be_removed_but_not_changed() {
+        use portcullis_core::config::FirstFactorKind;
+        let mut running = cfg("");
+        running.radius.clients[0].first_factor = Some(FirstFactorKind::None);
+        // Removed (a NAS that was compromised): applied.
+        let mut removed = cfg("");
+        removed.radius.clients.clear();
+        assert!(start_only_changes(&running, &removed).is_empty());
+        // Back with another first factor, or none: only a restart applies it.
+        let back = cfg("");
+        assert_eq!(
+            start_only_changes(&running, &back),
+            vec!["radius.clients 'vpn' first_factor".to_string()]
+        );
+        let mut same = cfg("");
+        same.radius.clients[0].first_factor = Some(FirstFactorKind::None);
+        assert!(start_only_changes(&running, &same).is_empty());
     }
 
     #[test]

@@ -388,6 +388,29 @@ fn default_prompt() -> String {
     "Enter the verification code from your authenticator app".into()
 }
 
+/// The shared secrets of the example configs (conf/), which a NAS must never share.
+const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-secret",
+    "trial-secret-change-me",
+    "another-long-secret",
+    "upstream-secret-change-me",
+];
+
+/// Whether `secret` is one of the shipped examples, or says to change it. A client with one
+/// is refused unless it is on this host's loopback (the trial config's), where `config
+/// check` and the start still warn of it.
+pub fn is_placeholder_secret(secret: &str) -> bool {
+    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
+}
+
+/// Whether every address of `net` is a loopback address (127.0.0.0/8, ::1).
+fn is_loopback_net(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.network().is_loopback() && n.prefix_len() >= 8,
+        IpNet::V6(n) => n.network().is_loopback() && n.prefix_len() == 128,
+    }
+}
+
 /// `[tenants.NAME]`: what one tenant sets for itself.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1496,6 +1519,18 @@ impl Config {
             if c.secret.is_empty() {
                 return Err(bad(key("secret"), "must not be empty".into()));
             }
+            // Everyone who read the shipped configs knows these: with them a NAS's users'
+            // passwords can be read off the wire and Access-Accepts forged. Only the trial
+            // config's client on this host's loopback may keep one.
+            if is_placeholder_secret(&c.secret) && !is_loopback_net(&c.address) {
+                return Err(bad(
+                    key("secret"),
+                    format!(
+                        "client '{}' ({}) still has the placeholder secret of an example config; set a long random one here and on the NAS (e.g. openssl rand -base64 24)",
+                        c.name, c.address
+                    ),
+                ));
+            }
             if c.tenant.trim().is_empty() {
                 return Err(bad(key("tenant"), "must not be empty".into()));
             }
@@ -1840,6 +1875,36 @@ tenant = "acme"
         assert_eq!(c.radius.listen, vec!["127.0.0.1:1812".parse().unwrap()]);
         assert_eq!(c.transactions.ttl, Duration::from_secs(120));
         assert_eq!(c.totp.window, 1);
+    }
+
+    #[test]
+    fn a_placeholder_secret_is_refused_off_the_loopback() {
+        let with = |address: &str, secret: &str| {
+            parse(
+                &CLIENT
+                    .replace("10.0.0.0/8", address)
+                    .replace("secret = \"s\"", &format!("secret = \"{secret}\"")),
+            )
+        };
+        for (address, secret) in [
+            ("192.0.2.10/32", "change-me-to-a-long-random-secret"),
+            ("10.0.0.0/8", "trial-secret-change-me"),
+            ("0.0.0.0/0", "Another-CHANGE-ME"),
+            ("127.0.0.0/7", "trial-secret-change-me"),
+            ("::/0", "upstream-secret-change-me"),
+        ] {
+            let e = with(address, secret).unwrap_err().to_string();
+            assert!(
+                e.contains("radius.clients[0].secret") && e.contains("placeholder"),
+                "{address}: {e}"
+            );
+            assert!(!e.contains(secret), "the secret is not shown: {e}");
+        }
+        // The trial config's client on this host's loopback keeps working (with warnings).
+        for address in ["127.0.0.1/32", "127.0.0.0/8", "::1/128"] {
+            with(address, "trial-secret-change-me").unwrap();
+        }
+        with("192.0.2.10/32", "a-long-random-secret-0123456789").unwrap();
     }
 
     #[test]

@@ -67,6 +67,12 @@ fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config()
         + "\n[[radius.clients]]\nname = \"other\"\naddress = \"127.0.0.9/32\"\nsecret = \"x\"\ntenant = \"acme\"\n";
     std::fs::write(env.config_path(), &new_text).unwrap();
     assert!(server.reload(), "reload refused:\n{}", server.stderr());
+    let log = server.stderr();
+    assert!(
+        log.contains("RADIUS clients (added: other; removed: none; changed: vpn)")
+            && !log.contains("n3w-secret"),
+        "the log names the clients, never their secrets:\n{log}"
+    );
     assert!(
         !status_answered(server.addr, "s3cret-vpn"),
         "old secret still works"
@@ -288,4 +294,95 @@ fn sigterm_finishes_the_login_in_flight_then_exits_and_stops_answering() {
         "{log}"
     );
     assert!(log.contains("drops=none"), "nothing was dropped:\n{log}");
+}
+
+/// Writes `text` to the FIFO `path` once a reader opens it (in a thread: opening a FIFO
+/// for writing waits for the reader); joined within `within`, else the test fails.
+fn feed_fifo(path: &std::path::Path, text: String, within: Duration) {
+    let path = path.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        let _ = tx.send(written);
+    });
+    match rx.recv_timeout(within) {
+        Ok(r) => r.unwrap_or_else(|e| panic!("writing the FIFO: {e}")),
+        Err(_) => panic!("the daemon did not read its master key within {within:?}"),
+    }
+}
+
+#[test]
+fn sighup_while_the_daemon_starts_does_not_end_it_and_reloads_once_it_serves() {
+    // `systemctl restart; systemctl reload` sends SIGHUP while the daemon opens its store
+    // (a PostgreSQL connect, say). Its master key is a FIFO here, so the daemon is held
+    // where it reads the key, for as long as the test wants.
+    peers();
+    let (env, _totp) = env_with_alice(HTTP);
+    let key = env.dir().join("master.key");
+    let key_text = std::fs::read_to_string(&key).expect("the test env's master key");
+    std::fs::remove_file(&key).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&key)
+        .status()
+        .expect("run mkfifo (coreutils)");
+    assert!(made.success(), "mkfifo {}", key.display());
+    let mut child = env
+        .command()
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start portcullis serve");
+    let pid = child.id();
+    // Let it get past its first steps to the key (it waits there), then signal.
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..3 {
+        portcullis_tests::process::send_signal(pid, Signal::HUP).expect("send SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = child.try_wait().unwrap() {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+        panic!("a SIGHUP while starting ended the daemon: {status:?}\n{err}");
+    }
+    feed_fifo(&key, key_text, Duration::from_secs(20));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("radius: listening on ") {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr: std::net::SocketAddr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon did not listen after its key was given")
+        .parse()
+        .unwrap();
+    assert!(status_answered(addr, "s3cret-vpn"), "no answer after start");
+    // The SIGHUPs it caught while starting are one reload once it serves.
+    std::thread::sleep(Duration::from_millis(500));
+    portcullis_tests::process::send_signal(pid, Signal::TERM).expect("send SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(
+        err.matches("configuration reloaded").count() == 1,
+        "one reload for the signals caught while starting:\n{err}"
+    );
 }

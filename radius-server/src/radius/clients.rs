@@ -96,6 +96,53 @@ impl ClientTable {
     pub fn clients(&self) -> &[Arc<Client>] {
         &self.clients
     }
+
+    /// The clients `new` adds, removes, and changes (any setting, its secret included)
+    /// against this table, by name: what a reload's log names, never with values.
+    pub fn changes(&self, new: &Config) -> ClientChanges {
+        let mut changes = ClientChanges::default();
+        for c in &new.radius.clients {
+            match self.clients.iter().find(|o| o.config.name == c.name) {
+                None => changes.added.push(c.name.clone()),
+                Some(o) if o.config != *c => changes.changed.push(c.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for o in &self.clients {
+            if !new.radius.clients.iter().any(|c| c.name == o.config.name) {
+                changes.removed.push(o.config.name.clone());
+            }
+        }
+        changes.removed.sort();
+        changes
+    }
+}
+
+/// Client names a reload adds, removes and changes (see [`ClientTable::changes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ClientChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl std::fmt::Display for ClientChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "added: {}; removed: {}; changed: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed)
+        )
+    }
 }
 
 #[cfg(test)]
@@ -128,5 +175,23 @@ mod tests {
         let vpn2 = t2.client_for("10.9.9.9".parse().unwrap()).unwrap();
         assert_eq!(vpn2.config.secret, "b");
         assert_eq!(vpn2.counters.status_server(), 1);
+    }
+
+    #[test]
+    fn a_reload_names_the_clients_it_adds_removes_and_changes() {
+        let table = ClientTable::from_config(&cfg("s"), None);
+        assert_eq!(table.changes(&cfg("s")), ClientChanges::default());
+        let mut new = cfg("other");
+        new.radius.clients.retain(|c| c.name == "vpn");
+        let mut added = new.radius.clients[0].clone();
+        added.name = "fw".into();
+        new.radius.clients.push(added);
+        let changes = table.changes(&new);
+        assert_eq!(changes.added, vec!["fw"]);
+        assert_eq!(changes.removed, vec!["one"]);
+        assert_eq!(changes.changed, vec!["vpn"]);
+        let shown = changes.to_string();
+        assert_eq!(shown, "added: fw; removed: one; changed: vpn");
+        assert!(!shown.contains("other"), "no secret: {shown}");
     }
 }

@@ -78,10 +78,14 @@ impl RadiusContext {
 
     /// Take clients, secrets and reply attributes from a new (validated) config. Requests in
     /// flight finish with the client they started with.
-    pub fn reload(&self, cfg: &Config) {
+    /// Applies `cfg`'s clients (and reply attributes); says which clients it added, removed
+    /// and changed.
+    pub fn reload(&self, cfg: &Config) -> super::clients::ClientChanges {
         let old = self.clients.load_full();
+        let changes = old.changes(cfg);
         self.clients
             .store(Arc::new(ClientTable::from_config(cfg, Some(&old))));
+        changes
     }
 
     /// What the batcher of code-only logins has done, if there is one (SQLite store).
