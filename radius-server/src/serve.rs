@@ -107,9 +107,12 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
     use std::io::Write;
     // The HTTP line comes before the RADIUS ones: a supervisor that waits for
     // `radius: listening` then knows both addresses.
+    // The HTTPS listener's certificate and key, which SIGHUP reads again.
+    let mut tls_files = None;
     let http = match &o.config.http {
         Some(h) => {
             let listener = crate::http::bind(h).await?;
+            tls_files = listener.tls_files();
             let bound = listener.local_addr()?;
             println!("http: listening on {bound}");
             if listener.is_tls() {
@@ -226,7 +229,14 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
         })
     };
 
-    wait_for_signal(signals, &ctx, &o.config, &config_path, o.store.as_ref()).await;
+    let reloads = Reloads {
+        ctx: &ctx,
+        running: &o.config,
+        path: &config_path,
+        store: o.store.as_ref(),
+        tls: tls_files,
+    };
+    wait_for_signal(signals, &reloads).await;
     if o.config.http.is_some() {
         tracing::info!("shutting down: no new logins; finishing logins in progress (the HTTP listener stays up for their push approvals and PAM steps)");
     } else {
@@ -305,13 +315,17 @@ impl Signals {
     }
 }
 
-async fn wait_for_signal(
-    signals: Signals,
-    ctx: &RadiusContext,
-    running: &Config,
-    path: &Path,
-    store: &dyn portcullis_core::store::Store,
-) {
+/// What a SIGHUP reloads: the RADIUS clients from the config file at `path` (compared with
+/// the `running` start config) and the HTTPS listener's certificate and key.
+struct Reloads<'a> {
+    ctx: &'a RadiusContext,
+    running: &'a Config,
+    path: &'a Path,
+    store: &'a dyn portcullis_core::store::Store,
+    tls: Option<crate::http::tls::TlsFiles>,
+}
+
+async fn wait_for_signal(signals: Signals, reloads: &Reloads<'_>) {
     let Signals { term, mut hup } = signals;
     let Some(mut term) = term else {
         let _ = tokio::signal::ctrl_c().await;
@@ -322,7 +336,7 @@ async fn wait_for_signal(
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                reload(ctx, running, path, store);
+                reload(reloads);
             }
         }
     }
@@ -452,13 +466,28 @@ fn listener_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 
 /// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
 /// ones when the new file is invalid or changes what only a restart applies.
-fn reload(
-    ctx: &RadiusContext,
-    running: &Config,
-    path: &Path,
-    store: &dyn portcullis_core::store::Store,
-) {
+fn reload(r: &Reloads<'_>) {
     use std::sync::atomic::Ordering::Relaxed;
+    let Reloads {
+        ctx,
+        running,
+        path,
+        store,
+        ..
+    } = *r;
+    // The certificate first, whatever the config file says: renewing it is the common
+    // reason for a reload, and its files are its own.
+    if let Some(tls) = &r.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!(cert = %tls.cert().display(),
+                "HTTPS certificate and key read again: served from the next connection on"),
+            Err(e) => {
+                ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %format!("{e:#}"),
+                    "HTTPS certificate reload failed; still serving the previous certificate")
+            }
+        }
+    }
     match Config::load(path) {
         Ok(cfg) if !start_only_changes(running, &cfg).is_empty() => {
             // Half a reload would mix the new clients with the Engine's old settings (a

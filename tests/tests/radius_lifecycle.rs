@@ -386,3 +386,84 @@ fn sighup_while_the_daemon_starts_does_not_end_it_and_reloads_once_it_serves() {
         "one reload for the signals caught while starting:\n{err}"
     );
 }
+
+/// Whether a TLS handshake with `addr` succeeds for a client that trusts only the CA in
+/// `ca_file` (and checks the name 127.0.0.1).
+fn handshake_trusting(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn sighup_serves_a_renewed_https_certificate_and_keeps_the_old_one_when_the_new_is_broken() {
+    use portcullis_tests::fakes::tls::TestTls;
+    use std::os::unix::fs::PermissionsExt;
+    peers();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a_dir).unwrap();
+    std::fs::create_dir(&b_dir).unwrap();
+    let (a, b) = (TestTls::new(&a_dir), TestTls::new(&b_dir));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |tls: &TestTls| {
+        std::fs::write(&cert, &tls.cert_pem).unwrap();
+        std::fs::write(&key, &tls.key_pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    install(&a);
+    let (env, _totp) = env_with_alice(&format!(
+        "\n[http]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let server = env.start_server();
+    let https = server.http_addr.expect("the HTTPS listener");
+    assert!(
+        handshake_trusting(https, &a.ca_file),
+        "the first certificate"
+    );
+    assert!(!handshake_trusting(https, &b.ca_file));
+
+    // Renewed (certbot's deploy hook writes both files, then reloads).
+    install(&b);
+    assert!(server.reload(), "{}", server.stderr());
+    assert!(
+        handshake_trusting(https, &b.ca_file),
+        "the renewed certificate is not served after SIGHUP:\n{}",
+        server.stderr()
+    );
+    assert!(
+        !handshake_trusting(https, &a.ca_file),
+        "the old one is still served"
+    );
+
+    // A key that does not fit the certificate: refused, the renewed pair stays.
+    std::fs::write(&key, &a.key_pem).unwrap();
+    server.reload();
+    let log = server.wait_for_stderr("HTTPS certificate reload failed", Duration::from_secs(5));
+    assert!(log.contains("does not fit"), "{log}");
+    assert!(
+        handshake_trusting(https, &b.ca_file),
+        "the pair in use was dropped"
+    );
+    assert!(status_answered(server.addr, "s3cret-vpn"));
+}

@@ -68,12 +68,20 @@ impl HttpListener {
     pub fn is_tls(&self) -> bool {
         matches!(self, HttpListener::Tls(_))
     }
+
+    /// The certificate and key of an HTTPS listener, which SIGHUP reads again.
+    pub fn tls_files(&self) -> Option<tls::TlsFiles> {
+        match self {
+            HttpListener::Plain(_) => None,
+            HttpListener::Tls(l) => Some(l.files()),
+        }
+    }
 }
 
 /// Load the TLS files (if any) and bind `cfg.listen` (fatal if either fails).
 pub async fn bind(cfg: &HttpConfig) -> Result<HttpListener> {
     let acceptor = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(tls::TlsFiles::load(cert, key)?),
         _ => None,
     };
     let addr = cfg.listen;

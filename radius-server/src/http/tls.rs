@@ -7,11 +7,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,12 +80,47 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The certificate and key of the HTTPS listener, read again on SIGHUP: a renewed
+/// certificate (certbot's deploy hook, say) is served from the next handshake on, without a
+/// restart. A pair that does not load keeps the one in use.
+#[derive(Clone)]
+pub struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Arc<ArcSwap<TlsAcceptor>>,
+}
+
+impl TlsFiles {
+    /// Reads `cert` and `key` (see [`acceptor`]).
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles> {
+        Ok(TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: Arc::new(ArcSwap::from_pointee(acceptor(cert, key)?)),
+        })
+    }
+
+    /// Reads both files again and serves them from the next handshake on; on an error the
+    /// pair in use stays.
+    pub fn reload(&self) -> Result<()> {
+        self.current
+            .store(Arc::new(acceptor(&self.cert, &self.key)?));
+        Ok(())
+    }
+
+    /// The certificate file, for the log.
+    pub fn cert(&self) -> &Path {
+        &self.cert
+    }
+}
+
 /// A TCP listener whose accepted connections have finished the TLS handshake (and were
 /// admitted within the connection [`Limits`] before it).
 pub struct TlsListener {
     ready: mpsc::Receiver<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     acceptor_task: JoinHandle<()>,
+    files: TlsFiles,
 }
 
 impl Drop for TlsListener {
@@ -97,23 +133,29 @@ impl Drop for TlsListener {
 impl TlsListener {
     pub fn new(
         listener: TcpListener,
-        acceptor: TlsAcceptor,
+        files: TlsFiles,
         limits: Arc<Limits>,
     ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor_task = tokio::spawn(accept_loop(listener, acceptor, limits, tx));
+        let acceptor_task = tokio::spawn(accept_loop(listener, files.current.clone(), limits, tx));
         Ok(TlsListener {
             ready,
             local,
             acceptor_task,
+            files,
         })
+    }
+
+    /// Its certificate and key, to read again on SIGHUP.
+    pub fn files(&self) -> TlsFiles {
+        self.files.clone()
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ArcSwap<TlsAcceptor>>,
     limits: Arc<Limits>,
     tx: mpsc::Sender<(Guarded<TlsStream<TcpStream>>, SocketAddr)>,
 ) {
@@ -145,7 +187,8 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+        // The pair in use now: a reload between two handshakes takes effect at the next.
+        let (acceptor, tx) = (acceptor.load_full(), tx.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
