@@ -190,7 +190,7 @@ fn parse_output(raw_output: String) -> RadReply {
     }
 }
 
-/// Sends one Access-Request with `radclient -x -r 1 -t 2 ADDR auth SECRET` (one try, 2 s
+/// Sends one Access-Request with `radclient -x -r 1 -t 5 ADDR auth SECRET` (one try, 5 s
 /// timeout) and parses what comes back. radclient's exit status (non-zero on reject or no
 /// reply) is not an error here: the returned [`RadReply`] says what happened.
 pub fn radclient(
@@ -221,8 +221,20 @@ pub fn radclient_command(
     attrs: &[(&str, String)],
     with_message_authenticator: bool,
 ) -> RadReply {
-    run_radclient(addr, command, secret, attrs, with_message_authenticator, 2)
+    run_radclient(
+        addr,
+        command,
+        secret,
+        attrs,
+        with_message_authenticator,
+        ONE_TRY_SECS,
+    )
 }
+
+/// How long [`radclient`] waits for its one try: a wrong password costs a whole password
+/// hash (argon2id at the default cost, unoptimized in a debug build), which took more than
+/// 2 s on a busy machine; the tests that expect no answer wait this long too.
+const ONE_TRY_SECS: u32 = 5;
 
 fn run_radclient(
     addr: SocketAddr,
