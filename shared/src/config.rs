@@ -2279,11 +2279,27 @@ tenant = "acme"
     #[test]
     fn the_shipped_example_configurations_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for file in ["conf/portcullis.toml", "conf/deb/portcullis.toml"] {
-            let text = std::fs::read_to_string(root.join(file)).unwrap();
-            if let Err(e) = Config::from_toml_str(&text, Path::new(file)) {
-                panic!("{file}: {e}");
-            }
+        let text = std::fs::read_to_string(root.join("conf/portcullis.toml")).unwrap();
+        if let Err(e) = Config::from_toml_str(&text, Path::new("conf/portcullis.toml")) {
+            panic!("conf/portcullis.toml: {e}");
+        }
+        // The package's config (its unit is neither enabled nor started at install) is
+        // refused until its client's placeholder secret is replaced; then it loads.
+        let file = "conf/deb/portcullis.toml";
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let e = Config::from_toml_str(&text, Path::new(file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("radius.clients[0].secret") && e.contains("placeholder"),
+            "{e}"
+        );
+        let set = text.replace(
+            "change-me-to-a-long-random-secret",
+            "a-long-random-secret-0123456789",
+        );
+        if let Err(e) = Config::from_toml_str(&set, Path::new(file)) {
+            panic!("{file} with its secret set: {e}");
         }
     }
 
