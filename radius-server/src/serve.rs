@@ -89,6 +89,9 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
     let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
     let engine = Arc::new(engine);
     warn_about_clients(&o.config, o.store.as_ref());
+    for w in o.config.secret_file_warnings(&config_path) {
+        tracing::warn!("{w}");
+    }
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(RadiusContext::new(
         engine.clone(),

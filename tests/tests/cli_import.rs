@@ -501,3 +501,92 @@ fn every_user_an_import_writes_has_an_audit_record_naming_the_columns_not_the_va
         panic!("the update was refused: {}", stderr(&out));
     }
 }
+
+/// `user export --output` in a shared directory: a FIFO placed at the path (someone else
+/// reading it) and another user's file there (which they could read afterwards) receive
+/// nothing; the export is refused, saying why. The caller's own file is still overwritten.
+#[test]
+fn an_export_refuses_a_fifo_or_another_users_file_at_its_output_path() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let env = TestEnv::append();
+    env.add_tenant("acme");
+    env.add_user("acme", "dora", "dora password");
+    let export = |path: &std::path::Path| {
+        env.cli(&[
+            "user",
+            "export",
+            "--tenant",
+            "acme",
+            "--output",
+            &path.display().to_string(),
+        ])
+    };
+    // A FIFO with a reader waiting: before, the export went into it.
+    let fifo = env.dir().join("shared.csv");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let out = export(&fifo);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot write {}", fifo.display()))
+            && err.contains("not a regular file"),
+        "{err}"
+    );
+    let mut got = Vec::new();
+    let _ = reader.read_to_end(&mut got);
+    assert!(got.is_empty(), "the FIFO's reader got {got:?}");
+    // Without a reader, no wait either.
+    drop(reader);
+    let out = export(&fifo);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another user's file (writable by all, as a trap): neither truncated nor written.
+    let theirs = env.dir().join("theirs.csv");
+    std::fs::write(&theirs, "theirs").unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let me = rustix::process::geteuid().as_raw();
+    let other = if me == 65534 { 65533 } else { 65534 };
+    if me == 0 {
+        std::os::unix::fs::chown(&theirs, Some(other), Some(other)).unwrap();
+        let out = export(&theirs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("belongs to uid {other}, not to this user")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "theirs");
+        assert_eq!(
+            std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o777,
+            0o666
+        );
+        std::os::unix::fs::chown(&theirs, Some(me), Some(me)).unwrap();
+    }
+    // The caller's own file is overwritten (and narrowed), as ever.
+    let out = export(&theirs);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&theirs).unwrap();
+    assert!(
+        text.starts_with("name,email,") && text.contains("dora"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

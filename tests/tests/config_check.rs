@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use portcullis_tests::fakes::tls::TestTls;
-use portcullis_tests::{describe, TestEnv};
+use portcullis_tests::{describe, ClientSpec, Mode, TestEnv};
 
 /// A secret that must never be shown, whatever file it is in.
 const SECRET: &str = "s3cr3t-never-shown";
@@ -435,4 +435,95 @@ fn a_postgres_sslrootcert_that_holds_no_certificate_fails_the_check() {
     std::fs::copy(&tls.ca_file, &ca).unwrap();
     let out = env.cli(&["config", "check"]);
     assert!(out.status.success(), "{}", describe(&out));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Duo's `skey_file` and the SMTP `password_file` as the default umask writes them (0644),
+/// one RADIUS client (its shared secret is in the config file, also 0644): `config check`
+/// and the start of `serve` warn of each file, with its mode and the fix, and still pass.
+#[test]
+fn secret_files_and_a_config_file_others_may_read_are_warned_about_by_check_and_serve() {
+    let env = TestEnv::with_config_in_dir(vec![ClientSpec::new(Mode::Challenge)], |dir| {
+        std::fs::write(dir.join("duo.skey"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(dir.join("smtp.password"), format!("{SECRET}\n")).unwrap();
+        "[tenants.acme.duo]\nikey = \"DIXXXXXXXXXXXXXXXXXX\"\nskey_file = \"duo.skey\"\n\
+         api_host = \"api-x.duosecurity.com\"\n\n\
+         [tenants.acme.email]\nhost = \"smtp.example.com\"\nusername = \"mfa\"\n\
+         password_file = \"smtp.password\"\nfrom = \"Portcullis <mfa@example.com>\"\n"
+            .to_string()
+    });
+    let d = env.dir();
+    let (skey, password, config) = (
+        d.join("duo.skey"),
+        d.join("smtp.password"),
+        env.config_path().to_path_buf(),
+    );
+    chmod(&skey, 0o644);
+    chmod(&password, 0o640);
+    chmod(&config, 0o644);
+    let expected = [
+        format!(
+            "tenants.acme.duo.skey_file {0} has mode 0644: group and others may read the secret; chmod 600 {0}",
+            skey.display()
+        ),
+        format!(
+            "tenants.acme.email.password_file {0} has mode 0640: its group may read the secret; chmod 600 {0}",
+            password.display()
+        ),
+        format!(
+            "config file {0} has mode 0644 and holds secrets (radius.clients secret): every local user may read them; \
+             chown root:portcullis {0} && chmod 640 {0}",
+            config.display()
+        ),
+    ];
+    let out = env.cli(&["config", "check"]);
+    assert!(
+        out.status.success(),
+        "a warning, not a refusal: {}",
+        describe(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in &expected {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("warning: {w}"))),
+            "missing {w:?} in\n{text}"
+        );
+    }
+    assert!(!output_text(&out).contains(SECRET), "{}", describe(&out));
+    let v = env.cli_json(&["--json", "config", "check"]);
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains("duo.skey_file") && warnings.contains("config file"),
+        "{v}"
+    );
+
+    // serve starts, and says the same at start.
+    let mut server = env.start_server();
+    let wait = std::time::Duration::from_secs(10);
+    let log = server.wait_for_stderr("config file", wait);
+    for w in &expected {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains(w.as_str())),
+            "missing {w:?} in\n{log}"
+        );
+    }
+    assert!(!log.contains(SECRET), "{log}");
+    server.stop();
+
+    // Fixed as the warnings say: no more warnings about modes.
+    chmod(&skey, 0o600);
+    chmod(&password, 0o600);
+    chmod(&config, 0o640);
+    let out = env.cli(&["config", "check"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !output_text(&out).contains("has mode"),
+        "{}",
+        describe(&out)
+    );
 }

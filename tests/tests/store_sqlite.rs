@@ -50,3 +50,42 @@ fn upgrading_a_sqlite_file_leaves_its_admin_tokens_without_expiry() {
     let store = SqliteStore::open(&path).expect("open and upgrade the old store");
     store_suite::a_token_from_before_expiry_never_expires(&store);
 }
+
+/// A store file that its group or others may read (made by an older version with the
+/// umask's 0644, or a restored backup) is narrowed to 0600 when the binary opens it, with a
+/// warning; a symbolic link where the store should be (a dangling one in a shared
+/// directory, say) is refused, and its target is not made.
+#[test]
+fn a_loose_store_file_is_narrowed_and_a_symbolic_link_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let env = portcullis_tests::TestEnv::challenge();
+    env.add_tenant("acme");
+    let db = env.dir().join("portcullis.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.cli_ok(&["tenant", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN")
+            && err.contains(&format!("{} had mode 0644", db.display()))
+            && err.contains("its mode is now 0600"),
+        "{err}"
+    );
+    assert_eq!(mode(&db), 0o600);
+    // Once narrowed, nothing more is said.
+    let out = env.cli_ok(&["tenant", "list"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("had mode"));
+
+    let env = portcullis_tests::TestEnv::challenge();
+    let db = env.dir().join("portcullis.db");
+    let target = env.dir().join("elsewhere.db");
+    std::os::unix::fs::symlink(&target, &db).unwrap();
+    let out = env.cli(&["tenant", "add", "acme"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} is a symbolic link", db.display())),
+        "{err}"
+    );
+    assert!(!target.exists(), "the link's target was made");
+}

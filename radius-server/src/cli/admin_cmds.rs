@@ -101,6 +101,7 @@ pub fn config_check(path: &Path, json: bool) -> Result<()> {
     }
     warnings.extend(crate::first_factor::config_warnings(&cfg));
     warnings.extend(crate::http::web::config_warnings(&cfg));
+    warnings.extend(cfg.secret_file_warnings(path));
     if let Some(pam) = &cfg.pam {
         let others = pam.mode() & 0o077;
         if pam.allowed_uids.iter().any(|u| *u != 0) && others == 0 {

@@ -211,22 +211,48 @@ fn unguarded(text: &str) -> &str {
     }
 }
 
-/// Writes `bytes` to a new file or over an old one at `path`, readable by this user only
-/// (it lists every user of a tenant), never through a symbolic link.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new file or over an old one of this user's at `path`, readable by
+/// this user only (it lists every user of a tenant), never through a symbolic link. What
+/// is already at `path` is checked before anything is written or truncated: anything but a
+/// regular file (a FIFO or a device that someone else reads), and a file of another user
+/// (placed in a shared directory such as /tmp for the export to fill), is refused.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+        // A FIFO opens at once (or fails when no one reads it) instead of waiting for a
+        // reader; a regular file is written as ever.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                anyhow::anyhow!("it is a symbolic link, which is not followed ({e})")
+            }
+            Some(libc::ENXIO) => anyhow::anyhow!(
+                "it is not a regular file ({e}); export to a new file, or remove it first"
+            ),
+            _ => e.into(),
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        bail!("it is not a regular file; export to a new file, or remove it first");
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "it belongs to uid {}, not to this user (uid {me}); export to a new file, or remove it first",
+            meta.uid()
+        );
+    }
+    f.set_len(0)?;
     // An old file keeps its mode through open: narrow it too.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    Ok(())
 }
 
 /// `user export`

@@ -65,6 +65,51 @@ impl PathSetting {
         }
         Ok(())
     }
+
+    /// A warning when this is a secret file ([`PathKind::Secret`]) that its group or others
+    /// may read or write (`mode & 0o077`), naming the key, the path, the mode and the
+    /// `chmod` that fixes it: such a file written with the default umask (0644) is readable
+    /// by every local user. A warning, not a refusal (unlike `http.tls_key`): deployments
+    /// made before this check have such files. `None` for other kinds, and for a file that
+    /// cannot be looked at ([`PathSetting::check`] reports that).
+    pub fn mode_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.kind != PathKind::Secret {
+            return None;
+        }
+        // As the daemon reads it: through a symbolic link.
+        let mode = std::fs::metadata(&self.path).ok()?.permissions().mode() & 0o7777;
+        let loose = mode & 0o077;
+        if loose == 0 {
+            return None;
+        }
+        let file = self.path.display();
+        Some(format!(
+            "{} {file} has mode {mode:04o}: {} may {} the secret; chmod 600 {file} (owned by the user the daemon runs as)",
+            self.key,
+            who(loose),
+            what(loose),
+        ))
+    }
+}
+
+/// Who besides the owner has the permission bits `loose` (some of `0o077`).
+fn who(loose: u32) -> &'static str {
+    match (loose & 0o070 != 0, loose & 0o007 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "its group",
+        _ => "every local user",
+    }
+}
+
+/// What the bits `loose` let them do with a file.
+fn what(loose: u32) -> &'static str {
+    match (loose & 0o044 != 0, loose & 0o022 != 0) {
+        (true, true) => "read and change",
+        (true, false) => "read",
+        (false, true) => "change",
+        (false, false) => "use",
+    }
 }
 
 /// A visitor of path settings: the key, the kind, the path (which it may change).
@@ -126,6 +171,87 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Warnings about files that hold secrets and that other local users may read, for
+    /// `config check` and the start of `serve`: every secret file of
+    /// [`PathSetting::mode_warning`], then the config file `config_file` itself when others
+    /// may read it (`mode & 0o004`) and it holds secrets (see [`Config::secrets_in_file`]).
+    pub fn secret_file_warnings(&self, config_file: &Path) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out: Vec<String> = self
+            .path_settings()
+            .iter()
+            .filter_map(PathSetting::mode_warning)
+            .collect();
+        let Ok(meta) = std::fs::metadata(config_file) else {
+            return out;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o004 == 0 {
+            return out;
+        }
+        // What the file itself says, without the environment's overrides (a secret given
+        // only in the environment is not in the file); when the file alone does not load
+        // (it relies on the environment for a setting), what was loaded.
+        let secrets = match Config::load_with_env(config_file, Vec::new()) {
+            Ok(own) => own.secrets_in_file(),
+            Err(_) => self.secrets_in_file(),
+        };
+        if secrets.is_empty() {
+            return out;
+        }
+        let file = config_file.display();
+        out.push(format!(
+            "config file {file} has mode {mode:04o} and holds secrets ({}): every local user may read them; \
+             chown root:portcullis {file} && chmod 640 {file} (the daemon's group reads it), or chmod 600 {file}",
+            secrets.join(", ")
+        ));
+        out
+    }
+
+    /// The settings of this config that hold a secret in the config file itself (keys,
+    /// never values): RADIUS shared secrets, a password in `store.url`, the providers'
+    /// inline keys, tokens and passwords.
+    pub fn secrets_in_file(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.radius.clients.iter().any(|c| !c.secret.is_empty()) {
+            out.push("radius.clients secret".to_string());
+        }
+        if crate::store::is_postgres_url(&self.store.url)
+            && self.store.redacted_url() != self.store.url
+        {
+            out.push("store.url password".to_string());
+        }
+        for (name, t) in &self.tenants {
+            let mut has = |set: bool, k: &str| {
+                if set {
+                    out.push(format!("tenants.{name}.{k}"));
+                }
+            };
+            if let Some(d) = &t.duo {
+                has(d.skey.is_some(), "duo.skey");
+            }
+            if let Some(s) = &t.sms {
+                has(s.auth_token.is_some(), "sms.auth_token");
+                // A webhook's headers carry its credentials (`Authorization`, API keys).
+                has(!s.headers.is_empty(), "sms.headers");
+            }
+            if let Some(e) = &t.email {
+                has(e.password.is_some(), "email.password");
+            }
+            if let Some(p) = &t.push {
+                has(p.ntfy_token.is_some(), "push.ntfy_token");
+                has(p.webhook_secret.is_some(), "push.webhook_secret");
+            }
+            if let Some(l) = &t.ldap {
+                has(l.bind_password.is_some(), "ldap.bind_password");
+            }
+            if let Some(r) = &t.radius {
+                has(!r.servers.is_empty(), "radius.servers secret");
+            }
+        }
+        out
     }
 
     /// Every setting that names a file, in the order of the config file's sections.
@@ -390,5 +516,130 @@ mod tests {
             .check()
             .unwrap_err();
         setting("missing", PathKind::Created).check().unwrap();
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_that_group_or_others_may_read_is_warned_about_with_its_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duo.skey");
+        std::fs::write(&path, "s3cr3t-duo-key\n").unwrap();
+        let setting = |kind| PathSetting {
+            key: "tenants.acme.duo.skey_file".into(),
+            path: path.clone(),
+            kind,
+        };
+        let shown = path.display();
+        // The default umask's mode: every local user may read it.
+        chmod(&path, 0o644);
+        let w = setting(PathKind::Secret)
+            .mode_warning()
+            .expect("0644 warns");
+        assert_eq!(
+            w,
+            format!(
+                "tenants.acme.duo.skey_file {shown} has mode 0644: group and others may read the secret; \
+                 chmod 600 {shown} (owned by the user the daemon runs as)"
+            )
+        );
+        assert!(!w.contains("s3cr3t"), "{w}");
+        chmod(&path, 0o640);
+        let w = setting(PathKind::Secret).mode_warning().unwrap();
+        assert!(
+            w.contains("mode 0640: its group may read the secret"),
+            "{w}"
+        );
+        chmod(&path, 0o602);
+        let w = setting(PathKind::Secret).mode_warning().unwrap();
+        assert!(w.contains("mode 0602: every local user may change"), "{w}");
+        chmod(&path, 0o600);
+        assert_eq!(setting(PathKind::Secret).mode_warning(), None);
+        chmod(&path, 0o400);
+        assert_eq!(setting(PathKind::Secret).mode_warning(), None);
+        // Only secret files: certificates are public, the TLS key is refused elsewhere.
+        chmod(&path, 0o644);
+        assert_eq!(setting(PathKind::Pem).mode_warning(), None);
+        // A missing file is `check`'s to report.
+        let missing = PathSetting {
+            path: dir.path().join("missing"),
+            ..setting(PathKind::Secret)
+        };
+        assert_eq!(missing.mode_warning(), None);
+    }
+
+    #[test]
+    fn a_config_file_others_may_read_is_warned_about_only_when_it_holds_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        let shown = path.display();
+        let skey = dir.path().join("duo.skey");
+        std::fs::write(&skey, "s3cr3t\n").unwrap();
+        chmod(&skey, 0o600);
+        let client = "[[radius.clients]]\nname = \"vpn\"\naddress = \"127.0.0.1/32\"\n\
+                      secret = \"a-long-shared-secret-0123\"\ntenant = \"acme\"\n";
+        let load = |text: &str, mode| {
+            std::fs::write(&path, text).unwrap();
+            chmod(&path, mode);
+            Config::load_with_env(&path, Vec::new()).unwrap()
+        };
+        let c = load(client, 0o644);
+        let w = c.secret_file_warnings(&path);
+        assert_eq!(
+            w,
+            vec![format!(
+                "config file {shown} has mode 0644 and holds secrets (radius.clients secret): every local user may read them; \
+                 chown root:portcullis {shown} && chmod 640 {shown} (the daemon's group reads it), or chmod 600 {shown}"
+            )]
+        );
+        assert!(!w[0].contains("a-long-shared"), "{w:?}");
+        // The daemon's group may read it (the Debian package's root:portcullis 0640).
+        let c = load(client, 0o640);
+        assert_eq!(c.secret_file_warnings(&path), Vec::<String>::new());
+        // No secret in it (a PAM-only setup with a file for Duo's key): nothing to hide.
+        let duo = format!(
+            "[tenants.acme.duo]\nikey = \"DI1\"\nskey_file = \"{}\"\napi_host = \"api-1.duosecurity.com\"\n",
+            skey.display()
+        );
+        let c = load(&duo, 0o644);
+        assert_eq!(c.secret_file_warnings(&path), Vec::<String>::new());
+        // ... until the secret file itself is loose, which is named.
+        chmod(&skey, 0o644);
+        let w = c.secret_file_warnings(&path);
+        assert!(
+            w.len() == 1
+                && w[0].starts_with("tenants.acme.duo.skey_file ")
+                && w[0].contains("0644"),
+            "{w:?}"
+        );
+        chmod(&skey, 0o600);
+        // Every kind of inline secret is named by its key.
+        let inline = "[store]\nurl = \"postgres://app:pw@db/portcullis\"\n\
+                      [tenants.acme.duo]\nikey = \"DI1\"\nskey = \"k\"\napi_host = \"api-1.duosecurity.com\"\n\
+                      [tenants.acme.email]\nhost = \"smtp.example.com\"\nusername = \"u\"\npassword = \"p\"\nfrom = \"a@example.com\"\n";
+        let c = load(inline, 0o604);
+        assert_eq!(
+            c.secrets_in_file(),
+            [
+                "store.url password",
+                "tenants.acme.duo.skey",
+                "tenants.acme.email.password"
+            ]
+        );
+        let w = c.secret_file_warnings(&path);
+        assert!(w.len() == 1 && w[0].contains("mode 0604"), "{w:?}");
+        // A secret given only in the environment is not in the file.
+        std::fs::write(&path, &duo).unwrap();
+        chmod(&path, 0o644);
+        let env = vec![(
+            "PORTCULLIS__STORE__URL".into(),
+            "postgres://app:pw@db/portcullis".into(),
+        )];
+        let c = Config::load_with_env(&path, env).unwrap();
+        assert_eq!(c.secrets_in_file(), ["store.url password"]);
+        assert_eq!(c.secret_file_warnings(&path), Vec::<String>::new());
     }
 }

@@ -266,10 +266,107 @@ impl BatchUnits for Batch<'_> {
     }
 }
 
+/// The store's file at `path`, open: made anew (0600, never through a symbolic link: a
+/// dangling link there is refused, not followed), or the file already there, checked by
+/// [`existing_store_file`].
+fn store_file(path: &Path) -> StoreResult<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let created = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    );
+    match created {
+        Ok(fd) => Ok(fd.into()),
+        Err(rustix::io::Errno::EXIST) => existing_store_file(path)?.ok_or_else(|| {
+            StoreError::Database(format!(
+                "{} was removed while the store was being opened; try again",
+                path.display()
+            ))
+        }),
+        Err(e) => Err(StoreError::Database(format!(
+            "cannot create {}: {}",
+            path.display(),
+            std::io::Error::from(e)
+        ))),
+    }
+}
+
+/// Checks the store's file (or its `-wal` or `-shm`) at `path` when there is one: a
+/// symbolic link or anything but a regular file is refused; a file that its group or others
+/// may read or write (`mode & 0o077`: made by an older version with the umask's 0644, or a
+/// restored backup) is narrowed to 0600, with a warning. SQLite gives the `-wal` and `-shm`
+/// files it makes the database's mode: narrowing it first keeps them private too.
+/// `Ok(None)`: nothing is there (only a side file may be missing).
+fn existing_store_file(path: &Path) -> StoreResult<Option<std::fs::File>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let shown = path.display();
+    let fail = |e: std::io::Error| StoreError::Database(format!("cannot open {shown}: {e}"));
+    let refused = |what: &str| {
+        StoreError::Database(format!(
+            "{shown} is {what}: the store and SQLite's -wal and -shm files beside it must be \
+             regular files (not symbolic links); move it away, or set store.url to the file itself"
+        ))
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(fail(e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refused("a symbolic link"));
+    }
+    if !meta.is_file() {
+        return Err(refused("not a regular file"));
+    }
+    // Without following a link swapped in since, and without waiting on a FIFO.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(e.into()))?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file"));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => tracing::warn!(
+                "{shown} had mode {mode:04o}: its group or others could read the store (password hashes, \
+                 addresses, the audit); its mode is now 0600"
+            ),
+            Err(e) => tracing::warn!(
+                "{shown} has mode {mode:04o}: its group or others may read the store (password hashes, \
+                 addresses, the audit), and it cannot be narrowed here ({e}); chmod 600 {shown} as its owner"
+            ),
+        }
+    }
+    Ok(Some(file))
+}
+
+/// Whether `path` still names `file` (the same device and inode, not a symbolic link).
+fn same_file(path: &Path, file: &std::fs::File) -> StoreResult<()> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let fail = |e: std::io::Error| StoreError::Database(format!("cannot open {shown}: {e}"));
+    let named = std::fs::symlink_metadata(path).map_err(fail)?;
+    let opened = file.metadata().map_err(fail)?;
+    if named.dev() != opened.dev() || named.ino() != opened.ino() {
+        return Err(StoreError::Database(format!(
+            "{shown} was replaced while the store was being opened; try again"
+        )));
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the database file and apply pending migrations.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         // The store holds password hashes, addresses and the audit: a directory made here
         // is the owner's alone (0700), and so is a new database file (0600; SQLite gives
         // its -wal and -shm files the database's mode), whatever the umask says.
@@ -284,23 +381,20 @@ impl SqliteStore {
                     })?;
             }
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(StoreError::Database(format!(
-                    "cannot create {}: {e}",
-                    path.display()
-                )))
-            }
+        let file = store_file(path)?;
+        // SQLite's own files beside it: a loose -wal or -shm (left by a crash of an older
+        // version) is tightened too, before SQLite opens them.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            existing_store_file(Path::new(&side))?;
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        // The name still leads to the file checked above (not swapped meanwhile for a
+        // symbolic link, which SQLite would have followed).
+        same_file(path, &file)?;
+        drop(file);
         let mut store = Self::setup(conn)?;
         store.checkpointer = Checkpointer::start(path, store.wal_large.clone());
         Ok(store)
@@ -2373,6 +2467,82 @@ mod tests {
         assert_eq!(mode(&dir.path().join("state")), 0o700);
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir.path().join("state/p.db-wal")), 0o600);
+    }
+
+    #[test]
+    fn a_store_is_never_made_or_opened_through_a_symbolic_link_nor_in_a_non_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let error = |path: &Path| match SqliteStore::open(path) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e) => e.to_string(),
+        };
+        // A dangling link (another user's, say, in a shared directory): its target is not
+        // made.
+        let target = dir.path().join("elsewhere.db");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let e = error(&path);
+        assert!(
+            e.contains(&format!("{} is a symbolic link", path.display())),
+            "{e}"
+        );
+        assert!(!target.exists());
+        // A link to an existing store is refused too.
+        SqliteStore::open(&target).unwrap();
+        let e = error(&path);
+        assert!(e.contains("is a symbolic link"), "{e}");
+        // A directory, a FIFO: not a store (and no wait on the FIFO).
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let e = error(&path);
+        assert!(e.contains("is not a regular file"), "{e}");
+        let fifo = dir.path().join("fifo.db");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let e = error(&fifo);
+        assert!(e.contains("is not a regular file"), "{e}");
+        // SQLite's files beside the store: a link there is refused as well.
+        let wal = dir.path().join("elsewhere.db-wal");
+        let _ = std::fs::remove_file(&wal);
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &wal).unwrap();
+        let e = error(&target);
+        assert!(
+            e.contains(&format!("{} is a symbolic link", wal.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_store_that_group_or_others_may_read_is_narrowed_to_0600_with_its_wal() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let wal = dir.path().join("p.db-wal");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // A store of an older version, or a restored backup: 0644.
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_tenant("acme", 1).unwrap();
+        }
+        chmod(&path, 0o644);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        // The -wal SQLite makes takes the database's mode: narrowed before it was made.
+        s.create_tenant("globex", 1).unwrap();
+        assert_eq!(mode(&wal), 0o600);
+        assert!(s.tenant_by_name("acme").unwrap().is_some());
+        // A loose -wal left by a crash is narrowed too (while another connection has it).
+        chmod(&wal, 0o664);
+        chmod(&path, 0o640);
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
+        assert!(again.tenant_by_name("globex").unwrap().is_some());
     }
 
     #[test]
