@@ -9,6 +9,10 @@ use portcullis_core::protocol::Unenrolled;
 /// Where the socket is unless `socket=` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/pam.sock";
 
+/// Where `failmode=safe` keeps the tenant's grant and its fail-open reports unless
+/// `state_dir=` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis-pam";
+
 /// The longest `socket=` path: `sun_path` of `sockaddr_un` holds 108 bytes with the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -33,7 +37,9 @@ pub enum FailMode {
     /// Deny, telling the user the service is unavailable.
     Secure,
     /// Allow on the first factor alone and log it loudly (never with an unchecked password),
-    /// only when the connect failed.
+    /// only when the connect failed, only when the daemon has told this host that the
+    /// tenant allows it (`pam_fail_mode = "safe"`), and only once the login's report is
+    /// kept for the daemon's audit (see [`crate::failopen`]).
     Safe,
 }
 
@@ -151,6 +157,9 @@ pub struct Args {
     pub first_factor: FirstFactorArg,
     pub unenrolled: Unenrolled,
     pub failmode: FailMode,
+    /// `state_dir=`: where `failmode=safe` keeps the tenant's grant and its fail-open
+    /// reports (see [`crate::failopen`]).
+    pub state_dir: PathBuf,
     /// Deadline of each exchange with the daemon (connect, send, receive).
     pub timeout: Duration,
     /// How long a step in the middle of a login waits for a daemon that cannot be reached
@@ -205,6 +214,7 @@ impl Args {
             first_factor: FirstFactorArg::Portcullis,
             unenrolled: Unenrolled::Deny,
             failmode: FailMode::Secure,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             timeout: Duration::from_secs(10),
             restart_wait: Duration::from_secs(DEFAULT_RESTART_WAIT_SECS),
             fail_delay_us: 2_000_000,
@@ -214,6 +224,7 @@ impl Args {
         };
         let err = |m: String| Err(ArgError(m));
         let mut socket_given = false;
+        let mut state_dir_given = false;
         for arg in args {
             let arg = arg.as_ref();
             let (key, value) = match arg.split_once('=') {
@@ -238,6 +249,13 @@ impl Args {
                 },
                 ("token_file", Some(v)) if v.starts_with('/') => a.token_file = Some(PathBuf::from(v)),
                 ("ca_file", Some(v)) if v.starts_with('/') => a.ca_file = Some(PathBuf::from(v)),
+                ("state_dir", Some(v)) if v.starts_with('/') && v.len() > 1 => {
+                    a.state_dir = PathBuf::from(v);
+                    state_dir_given = true;
+                }
+                ("state_dir", _) => {
+                    return err(format!("state_dir={}: must be an absolute path of a directory", value.unwrap_or("")))
+                }
                 ("token_file" | "ca_file", _) => {
                     return err(format!("{key}={}: must be an absolute path", value.unwrap_or("")))
                 }
@@ -287,7 +305,7 @@ impl Args {
                 ("failmode", _) => return err(format!("{arg}: failmode must be secure or safe")),
                 _ => {
                     return err(format!(
-                        "unknown argument '{arg}' (known: socket= daemon_user= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= timeout= restart_wait= fail_delay= use_first_pass try_first_pass debug)"
+                        "unknown argument '{arg}' (known: socket= daemon_user= url= token_file= ca_file= tenant= first_factor= unenrolled= failmode= state_dir= timeout= restart_wait= fail_delay= use_first_pass try_first_pass debug)"
                     ))
                 }
             }
@@ -306,6 +324,9 @@ impl Args {
                 return err("token_file= is used only with url=https://...".into())
             }
             _ => {}
+        }
+        if state_dir_given && a.failmode != FailMode::Safe {
+            return err("state_dir= is used only with failmode=safe (where it keeps the tenant's grant and the fail-open reports)".into());
         }
         if a.ca_file.is_some() && a.url.is_none() {
             return err("ca_file= is used only with url=https://...".into());
@@ -331,7 +352,49 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(10));
         assert_eq!(a.restart_wait, Duration::from_secs(30));
         assert_eq!(a.daemon_user, None);
+        assert_eq!(a.state_dir, PathBuf::from("/var/lib/portcullis-pam"));
         assert!(!a.debug);
+    }
+
+    #[test]
+    fn state_dir_is_an_absolute_path_used_only_with_failmode_safe() {
+        let a = Args::parse(&["tenant=acme", "failmode=safe"]).unwrap();
+        assert_eq!(a.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        let a = Args::parse(&["tenant=acme", "state_dir=/srv/pam-state", "failmode=safe"]).unwrap();
+        assert_eq!(a.state_dir, PathBuf::from("/srv/pam-state"));
+        for (args, needle) in [
+            (
+                vec!["tenant=acme", "failmode=safe", "state_dir=rel"],
+                "state_dir=rel: must be an absolute path",
+            ),
+            (
+                vec!["tenant=acme", "failmode=safe", "state_dir="],
+                "state_dir=: must be an absolute path",
+            ),
+            (
+                vec!["tenant=acme", "failmode=safe", "state_dir=/"],
+                "state_dir=/: must be",
+            ),
+            (
+                vec!["tenant=acme", "failmode=safe", "state_dir"],
+                "state_dir=: must be",
+            ),
+            (
+                vec!["tenant=acme", "state_dir=/srv/x"],
+                "state_dir= is used only with failmode=safe",
+            ),
+            (
+                vec!["tenant=acme", "failmode=secure", "state_dir=/srv/x"],
+                "used only with failmode=safe",
+            ),
+        ] {
+            let e = Args::parse(&args).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        let e = Args::parse(&["tenant=acme", "statedir=/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_dir="), "{e}");
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //!
 //! `failmode=safe` opens only when the connect itself failed ([`CallError::Unreachable`])
 //! and someone has checked the first factor; every failure once a connection was made is
-//! a refusal (see [`CallError`]).
+//! a refusal (see [`CallError`]). And it opens only when the daemon has told this host
+//! that the tenant allows it (`pam_fail_mode = "safe"`, kept by the [`FailOpenLedger`]),
+//! and only once the login's report is kept for the daemon, which gets it with the next
+//! `start` and audits it.
 
 use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{
-    Choice, ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
-    Secret, VERSION,
+    Choice, ErrorCode, Expects, FailMode as TenantFailMode, FailOpenReport, FirstFactor, Origin,
+    Request, RequestStep, Response, ResponseStep, Secret, VERSION,
 };
 
 use crate::args::{Args, FailMode, FirstFactorArg};
@@ -42,6 +45,51 @@ pub trait Pause {
     fn sleep(&mut self, d: Duration);
     /// A note for the module's `debug` log; never shown to the user, never a secret.
     fn note(&mut self, text: &str);
+}
+
+/// Whether the tenant lets this host fail open, as the daemon last told it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// `pam_fail_mode = "safe"`.
+    Safe,
+    /// `"secure"` (or not set).
+    Secure,
+    /// The daemon never told this host (or what it keeps cannot be read: the reason).
+    Unknown(Option<String>),
+}
+
+/// What `failmode=safe` keeps on the host (see `failopen.rs`): the tenant's grant and the
+/// reports of logins let in without a second factor, until the daemon has them. Used only
+/// with `failmode=safe`.
+pub trait FailOpenLedger {
+    /// What the daemon said last about the tenant.
+    fn grant(&mut self) -> Grant;
+    /// The daemon's answer said this.
+    fn remember(&mut self, mode: TenantFailMode);
+    /// Keep the report of a login let in now; an error: it was not kept.
+    fn record(&mut self, origin: &Origin, why: &str) -> Result<(), String>;
+    /// Reports to send with this login's `start` (claimed: no other login sends them).
+    fn claim(&mut self) -> Vec<FailOpenReport>;
+    /// The `start` was answered without an error frame (`delivered`), or not: the claimed
+    /// reports are done with, or kept for the next login.
+    fn settle(&mut self, delivered: bool);
+}
+
+/// The ledger of `failmode=secure`: never grants, keeps nothing.
+pub struct NoLedger;
+
+impl FailOpenLedger for NoLedger {
+    fn grant(&mut self) -> Grant {
+        Grant::Secure
+    }
+    fn remember(&mut self, _mode: TenantFailMode) {}
+    fn record(&mut self, _origin: &Origin, _why: &str) -> Result<(), String> {
+        Err("failmode=secure keeps no reports".into())
+    }
+    fn claim(&mut self) -> Vec<FailOpenReport> {
+        Vec::new()
+    }
+    fn settle(&mut self, _delivered: bool) {}
 }
 
 /// Why a step got no response.
@@ -138,6 +186,16 @@ pub enum Unavailable {
     /// (see [`CallError::NotDelivered`]): something listens there, so this is no outage,
     /// refused whatever `failmode=` says.
     NotDelivered,
+    /// The connect failed, `failmode=safe`, and the daemon's last word was that the tenant
+    /// does not allow failing open (`pam_fail_mode` is not `"safe"`).
+    TenantSecure,
+    /// The connect failed, `failmode=safe`, and this host has not heard from the daemon
+    /// that the tenant allows failing open (it learns at a login that reaches the daemon).
+    NotGranted,
+    /// The connect failed, `failmode=safe`, the tenant allows it, and the login's report
+    /// could not be kept for the daemon's audit: a fail-open that cannot be audited is not
+    /// done.
+    NotAudited,
 }
 
 /// How many steps one login may take before the module gives up (a loop guard).
@@ -187,7 +245,7 @@ pub const DAEMON_ERROR_MESSAGE: &str =
 /// Default text of a push wait.
 pub const WAIT_PROMPT: &str = "Approve the request on your phone, then press Enter";
 
-/// Run one login.
+/// Run one login. `ledger` is used with `failmode=safe` only.
 pub fn run(
     args: &Args,
     origin: &Origin,
@@ -195,7 +253,9 @@ pub fn run(
     conv: &mut dyn Conversation,
     transport: &mut dyn Transport,
     pause: &mut dyn Pause,
+    ledger: &mut dyn FailOpenLedger,
 ) -> Decision {
+    let safe = args.failmode == FailMode::Safe;
     let first_factor = match args.first_factor {
         FirstFactorArg::Portcullis => FirstFactor::Portcullis,
         FirstFactorArg::Stack | FirstFactorArg::None => FirstFactor::Delegated,
@@ -203,10 +263,14 @@ pub fn run(
     // Whether a first factor has been verified by someone: the stack (or sshd) for
     // stack/none, the daemon for portcullis once it asks for the second factor.
     let mut first_factor_verified = first_factor == FirstFactor::Delegated;
+    // Logins let in while the daemon was down, reported with this one's start (on either
+    // transport: both send the request as it is).
+    let fail_opens = if safe { ledger.claim() } else { Vec::new() };
     let mut step = RequestStep::Start {
         first_factor,
         password,
         unenrolled: args.unenrolled,
+        fail_opens,
     };
     for _ in 0..MAX_STEPS {
         let first_request = matches!(step, RequestStep::Start { .. });
@@ -226,11 +290,27 @@ pub fn run(
                 pause,
             )
         };
+        if safe {
+            if first_request {
+                // The claimed reports are the daemon's once it answered without an error
+                // frame; otherwise they are kept for the next login.
+                let delivered =
+                    matches!(&called, Ok(r) if !matches!(r.step, ResponseStep::Error { .. }));
+                ledger.settle(delivered);
+            }
+            if let Ok(Response {
+                fail_mode: Some(mode),
+                ..
+            }) = &called
+            {
+                ledger.remember(*mode);
+            }
+        }
         let response = match called {
             Ok(r) => r,
             // The connect failed: the only outage failmode= decides on.
             Err(CallError::Unreachable(detail)) => {
-                return unreachable(args, conv, detail, first_factor_verified);
+                return unreachable(args, origin, conv, ledger, detail, first_factor_verified);
             }
             // A connection was made: something is there; never failmode=safe.
             Err(CallError::NotDelivered(detail)) => {
@@ -409,25 +489,42 @@ fn call_waiting(
 }
 
 /// The connect failed ([`CallError::Unreachable`]): an outage, for `failmode=` to decide.
-/// `safe` lets the user in once someone checked the first factor.
+/// `safe` lets the user in once someone checked the first factor, if the tenant allows it
+/// (the daemon's last word, kept by `ledger`) and the login's report could be kept for the
+/// daemon's audit.
 fn unreachable(
     args: &Args,
+    origin: &Origin,
     conv: &mut dyn Conversation,
-    detail: String,
+    ledger: &mut dyn FailOpenLedger,
+    mut detail: String,
     first_factor_verified: bool,
 ) -> Decision {
-    if args.failmode == FailMode::Safe && first_factor_verified {
-        return Decision::Allow {
-            factor: "none".into(),
-            fail_open: Some(detail),
-        };
-    }
-    conv.error(UNAVAILABLE_MESSAGE);
-    let why = if args.failmode == FailMode::Safe {
-        Unavailable::PasswordNotChecked
-    } else {
-        Unavailable::FailmodeSecure
+    let why = match (args.failmode, first_factor_verified) {
+        (FailMode::Secure, _) => Unavailable::FailmodeSecure,
+        (FailMode::Safe, false) => Unavailable::PasswordNotChecked,
+        (FailMode::Safe, true) => match ledger.grant() {
+            Grant::Safe => match ledger.record(origin, &detail) {
+                Ok(()) => {
+                    return Decision::Allow {
+                        factor: "none".into(),
+                        fail_open: Some(detail),
+                    }
+                }
+                Err(e) => {
+                    detail = format!("{detail}; the fail-open report cannot be kept: {e}");
+                    Unavailable::NotAudited
+                }
+            },
+            Grant::Secure => Unavailable::TenantSecure,
+            Grant::Unknown(None) => Unavailable::NotGranted,
+            Grant::Unknown(Some(e)) => {
+                detail = format!("{detail}; {e}");
+                Unavailable::NotGranted
+            }
+        },
     };
+    conv.error(UNAVAILABLE_MESSAGE);
     Decision::Unavailable { detail, why }
 }
 
@@ -541,13 +638,18 @@ pub(crate) mod tests {
     struct Daemon {
         replies: VecDeque<Result<ResponseStep, CallError>>,
         seen: Vec<Request>,
+        /// What its responses say of the tenant's pam_fail_mode.
+        fail_mode: Option<TenantFailMode>,
     }
 
     impl Transport for Daemon {
         fn call(&mut self, req: &Request) -> Result<Response, CallError> {
             self.seen.push(req.clone());
             match self.replies.pop_front() {
-                Some(Ok(step)) => Ok(Response::new(step)),
+                Some(Ok(step)) => Ok(Response {
+                    fail_mode: self.fail_mode,
+                    ..Response::new(step)
+                }),
                 Some(Err(e)) => Err(e),
                 None => Err(CallError::Unreachable("no more replies".into())),
             }
@@ -558,7 +660,83 @@ pub(crate) mod tests {
         Daemon {
             replies: replies.into(),
             seen: Vec::new(),
+            fail_mode: None,
         }
+    }
+
+    /// A ledger in memory: the grant, the spool, what was claimed and how it was settled.
+    #[derive(Default)]
+    struct MemLedger {
+        grant: Option<TenantFailMode>,
+        spool: Vec<FailOpenReport>,
+        /// Appending fails with this.
+        broken: Option<String>,
+        claimed: Vec<FailOpenReport>,
+        claims: usize,
+        settled: Vec<bool>,
+        remembered: Vec<TenantFailMode>,
+    }
+
+    impl MemLedger {
+        fn granting(grant: Option<TenantFailMode>) -> Self {
+            MemLedger {
+                grant,
+                ..Default::default()
+            }
+        }
+    }
+
+    impl FailOpenLedger for MemLedger {
+        fn grant(&mut self) -> Grant {
+            match self.grant {
+                Some(TenantFailMode::Safe) => Grant::Safe,
+                Some(TenantFailMode::Secure) => Grant::Secure,
+                None => Grant::Unknown(None),
+            }
+        }
+        fn remember(&mut self, mode: TenantFailMode) {
+            self.grant = Some(mode);
+            self.remembered.push(mode);
+        }
+        fn record(&mut self, origin: &Origin, why: &str) -> Result<(), String> {
+            if let Some(e) = &self.broken {
+                return Err(e.clone());
+            }
+            self.spool.push(FailOpenReport {
+                at: 1,
+                user: origin.user.clone(),
+                service: origin.service.clone(),
+                rhost: origin.rhost.clone(),
+                why: why.to_string(),
+            });
+            Ok(())
+        }
+        fn claim(&mut self) -> Vec<FailOpenReport> {
+            self.claims += 1;
+            self.claimed = std::mem::take(&mut self.spool);
+            self.claimed.clone()
+        }
+        fn settle(&mut self, delivered: bool) {
+            self.settled.push(delivered);
+            if !delivered {
+                let back = std::mem::take(&mut self.claimed);
+                self.spool.extend(back);
+            }
+            self.claimed.clear();
+        }
+    }
+
+    /// [`super::run`] on a host whose tenant allows failing open (as the daemon said).
+    fn run(
+        args: &Args,
+        origin: &Origin,
+        password: Option<Secret>,
+        conv: &mut dyn Conversation,
+        transport: &mut dyn Transport,
+        pause: &mut dyn Pause,
+    ) -> Decision {
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        super::run(args, origin, password, conv, transport, pause, &mut ledger)
     }
 
     /// Time that passes only when the flow sleeps (and when a test moves it).
@@ -644,6 +822,268 @@ pub(crate) mod tests {
         ResponseStep::Accept {
             factors: vec!["password".into(), "totp".into()],
         }
+    }
+
+    /// A login of alice (first factor checked by the stack) with `ledger`, against `d`.
+    fn with_ledger(
+        extra: &[&str],
+        d: &mut Daemon,
+        ledger: &mut MemLedger,
+        conv: &mut Script,
+    ) -> Decision {
+        let mut all = vec!["first_factor=stack"];
+        all.extend_from_slice(extra);
+        super::run(
+            &args(&all),
+            &origin(),
+            None,
+            conv,
+            d,
+            &mut FakeTime::new(),
+            ledger,
+        )
+    }
+
+    #[test]
+    fn an_outage_opens_only_if_the_tenant_allows_it_and_the_report_is_kept() {
+        let down = || vec![Err(CallError::Unreachable("connect: refused".into()))];
+        // Granted: let in, and the report is in the spool.
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        let mut conv = Script::new(&[]);
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut daemon(down()),
+            &mut ledger,
+            &mut conv,
+        );
+        assert_eq!(
+            got,
+            Decision::Allow {
+                factor: "none".into(),
+                fail_open: Some("connect: refused".into())
+            }
+        );
+        assert!(conv.errors.is_empty());
+        assert_eq!(ledger.spool.len(), 1);
+        assert_eq!(ledger.spool[0].user, "alice");
+        assert_eq!(ledger.spool[0].why, "connect: refused");
+
+        // The tenant says secure, or this host never heard: refused, and why.
+        for (grant, why) in [
+            (Some(TenantFailMode::Secure), Unavailable::TenantSecure),
+            (None, Unavailable::NotGranted),
+        ] {
+            let mut ledger = MemLedger::granting(grant);
+            let mut conv = Script::new(&[]);
+            let got = with_ledger(
+                &["failmode=safe"],
+                &mut daemon(down()),
+                &mut ledger,
+                &mut conv,
+            );
+            assert_eq!(
+                got,
+                Decision::Unavailable {
+                    detail: "connect: refused".into(),
+                    why
+                },
+                "{grant:?}"
+            );
+            assert_eq!(conv.errors, vec![UNAVAILABLE_MESSAGE.to_string()]);
+            assert!(ledger.spool.is_empty(), "{grant:?}");
+        }
+
+        // Granted, and the report cannot be written: refused.
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        ledger.broken = Some("disk full".into());
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut daemon(down()),
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        match got {
+            Decision::Unavailable { detail, why } => {
+                assert_eq!(why, Unavailable::NotAudited);
+                assert!(detail.contains("disk full"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // failmode=secure never asks the ledger, whatever it holds.
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        let got = with_ledger(
+            &["failmode=secure"],
+            &mut daemon(down()),
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert!(matches!(
+            got,
+            Decision::Unavailable {
+                why: Unavailable::FailmodeSecure,
+                ..
+            }
+        ));
+        assert_eq!(ledger.claims, 0);
+        assert!(ledger.spool.is_empty() && ledger.settled.is_empty());
+
+        // Granted, but the password was not checked yet: refused as before.
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        let got = super::run(
+            &args(&["failmode=safe"]),
+            &origin(),
+            Some(Secret::new("pw".into())),
+            &mut Script::new(&[]),
+            &mut daemon(down()),
+            &mut FakeTime::new(),
+            &mut ledger,
+        );
+        assert!(matches!(
+            got,
+            Decision::Unavailable {
+                why: Unavailable::PasswordNotChecked,
+                ..
+            }
+        ));
+        assert!(ledger.spool.is_empty());
+    }
+
+    #[test]
+    fn the_grant_is_learnt_from_the_daemons_answers() {
+        let mut ledger = MemLedger::granting(None);
+        let mut d = daemon(vec![Ok(prompt("Code: ")), Ok(accept())]);
+        d.fail_mode = Some(TenantFailMode::Safe);
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&["1"]),
+        );
+        assert!(matches!(
+            got,
+            Decision::Allow {
+                fail_open: None,
+                ..
+            }
+        ));
+        assert_eq!(ledger.grant, Some(TenantFailMode::Safe));
+        assert_eq!(ledger.remembered.len(), 2);
+        // And withdrawn the same way.
+        let mut d = daemon(vec![Ok(ResponseStep::Reject {
+            message: "no".into(),
+        })]);
+        d.fail_mode = Some(TenantFailMode::Secure);
+        with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert_eq!(ledger.grant, Some(TenantFailMode::Secure));
+        // An older daemon says nothing: the grant stays as it was.
+        let mut d = daemon(vec![Ok(accept())]);
+        with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert_eq!(ledger.grant, Some(TenantFailMode::Secure));
+    }
+
+    fn fail_opens_of(req: &Request) -> &[FailOpenReport] {
+        match &req.step {
+            RequestStep::Start { fail_opens, .. } => fail_opens,
+            other => panic!("not a start: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spooled_reports_go_with_the_next_start_and_come_back_unless_it_was_answered() {
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        // Two logins let in during an outage.
+        for _ in 0..2 {
+            let got = with_ledger(
+                &["failmode=safe"],
+                &mut daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]),
+                &mut ledger,
+                &mut Script::new(&[]),
+            );
+            assert!(matches!(
+                got,
+                Decision::Allow {
+                    fail_open: Some(_),
+                    ..
+                }
+            ));
+        }
+        // An outage again: claimed, not delivered, given back.
+        assert_eq!(ledger.spool.len(), 2);
+        let mut d = daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]);
+        with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert_eq!(fail_opens_of(&d.seen[0]).len(), 2);
+        assert_eq!(ledger.settled.last(), Some(&false));
+        assert_eq!(ledger.spool.len(), 3);
+        // Each failure to deliver gives them back: no answer, an error frame.
+        for reply in [
+            Err(CallError::NoAnswer("receive: timed out".into())),
+            Err(CallError::NotDelivered("closed".into())),
+            Ok(ResponseStep::Error {
+                code: ErrorCode::Internal,
+                message: "store down".into(),
+            }),
+        ] {
+            let mut d = daemon(vec![reply]);
+            with_ledger(
+                &["failmode=safe"],
+                &mut d,
+                &mut ledger,
+                &mut Script::new(&[]),
+            );
+            assert_eq!(fail_opens_of(&d.seen[0]).len(), 3);
+            assert_eq!(ledger.settled.last(), Some(&false));
+            assert_eq!(ledger.spool.len(), 3);
+        }
+        // The daemon answers (here a prompt; the login goes on): delivered, gone, and the
+        // next request of the login carries nothing.
+        let mut d = daemon(vec![Ok(prompt("Code: ")), Ok(accept())]);
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&["1"]),
+        );
+        assert!(matches!(
+            got,
+            Decision::Allow {
+                fail_open: None,
+                ..
+            }
+        ));
+        let users: Vec<_> = fail_opens_of(&d.seen[0])
+            .iter()
+            .map(|r| r.user.as_str())
+            .collect();
+        assert_eq!(users, ["alice", "alice", "alice"]);
+        assert!(matches!(d.seen[1].step, RequestStep::Answer { .. }));
+        assert_eq!(ledger.settled.last(), Some(&true));
+        assert!(ledger.spool.is_empty());
+        assert_eq!(ledger.claims, 7);
+        // Nothing to report: the start carries none (older daemons refuse the field).
+        let mut d = daemon(vec![Ok(accept())]);
+        with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert!(fail_opens_of(&d.seen[0]).is_empty());
     }
 
     #[test]

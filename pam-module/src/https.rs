@@ -1135,6 +1135,7 @@ mod tests {
                 first_factor: protocol::FirstFactor::Delegated,
                 password: None,
                 unenrolled: protocol::Unenrolled::Deny,
+                fail_opens: vec![],
             },
         };
         let started = Instant::now();

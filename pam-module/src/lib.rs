@@ -7,10 +7,11 @@
 //! a deadline (`timeout=`).
 //!
 //! Arguments: see [`args`] and the README (`socket=`, `daemon_user=`, `url=`, `token_file=`,
-//! `ca_file=`, `tenant=`, `first_factor=`, `unenrolled=`, `failmode=`, `timeout=`,
+//! `ca_file=`, `tenant=`, `first_factor=`, `unenrolled=`, `failmode=`, `state_dir=`, `timeout=`,
 //! `fail_delay=`, `use_first_pass`, `try_first_pass`, `debug`).
 
 pub mod args;
+pub mod failopen;
 mod ffi;
 pub mod flow;
 mod https;
@@ -29,7 +30,10 @@ use pam::module::{PamHandle, PamHooks};
 use portcullis_core::protocol::{ErrorCode, Origin, Secret};
 
 use crate::args::{Args, FailMode, FirstFactorArg};
-use crate::flow::{ConvFailed, Conversation, Decision, Pause, Transport, Unavailable};
+use crate::failopen::StateDir;
+use crate::flow::{
+    ConvFailed, Conversation, Decision, FailOpenLedger, NoLedger, Pause, Transport, Unavailable,
+};
 use crate::https::HttpsTransport;
 use crate::transport::SocketTransport;
 
@@ -200,6 +204,22 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             return PamResultCode::PAM_SERVICE_ERR;
         }
     };
+    // failmode=safe keeps the tenant's grant and its fail-open reports in state_dir=: one
+    // that anyone but root may write is a setup error (it could let logins in).
+    let mut state = match args.failmode {
+        FailMode::Safe => match StateDir::open(&args.state_dir, &args.tenant) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                ffi::syslog(
+                    pamh,
+                    ffi::LOG_ERR,
+                    &format!("configuration error, refusing every login: {e}"),
+                );
+                return PamResultCode::PAM_SERVICE_ERR;
+            }
+        },
+        FailMode::Secure => None,
+    };
     let user = match pamh.get_user(None) {
         Ok(u) if !u.is_empty() => u,
         Ok(_) => return PamResultCode::PAM_USER_UNKNOWN,
@@ -274,6 +294,11 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             pamh,
             debug: args.debug,
         };
+        let mut no_ledger = NoLedger;
+        let ledger: &mut dyn FailOpenLedger = match state.as_mut() {
+            Some(s) => s,
+            None => &mut no_ledger,
+        };
         let decision = flow::run(
             &args,
             &origin,
@@ -281,10 +306,14 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
             &mut ui,
             transport.as_mut(),
             &mut pause,
+            ledger,
         );
         waited += ui.waited;
         decision
     };
+    for note in state.iter().flat_map(|s| s.notes.iter()) {
+        ffi::syslog(pamh, ffi::LOG_WARNING, &format!("failmode=safe: {note}"));
+    }
     let code = finish(pamh, &args, &origin, decision);
     if args.debug {
         // What the module added to the login, the user's typing excluded.
@@ -302,6 +331,7 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
 /// did not answer: what happened, and what `failmode=` (the real one) did about it.
 fn unavailable_log(
     who: &str,
+    tenant: &str,
     target: &str,
     failmode: FailMode,
     detail: &str,
@@ -334,6 +364,24 @@ fn unavailable_log(
                 "{mode} does not apply: the password was not checked yet (first_factor=portcullis)"
             ),
         ),
+        (Unavailable::TenantSecure, _) => (
+            format!("portcullis is unreachable at {target} ({detail})"),
+            format!(
+                "{mode} does not apply: tenant {tenant} does not allow it (the daemon said pam_fail_mode = \"secure\" at its last answer to this host); to allow it set pam_fail_mode = \"safe\" in [tenants.{tenant}] of the daemon's config"
+            ),
+        ),
+        (Unavailable::NotGranted, _) => (
+            format!("portcullis is unreachable at {target} ({detail})"),
+            format!(
+                "{mode} does not apply: this host has not heard from the daemon that tenant {tenant} allows it (pam_fail_mode = \"safe\" in [tenants.{tenant}] of the daemon's config); it learns that at the next login that reaches the daemon"
+            ),
+        ),
+        (Unavailable::NotAudited, _) => (
+            format!("portcullis is unreachable at {target} ({detail})"),
+            format!(
+                "{mode} does not apply: the login could not be recorded for the daemon's audit (check state_dir=), and a fail-open that cannot be audited is not done"
+            ),
+        ),
         // failmode=secure, or (not produced by the flow) a safe login with no other reason.
         (Unavailable::FailmodeSecure | Unavailable::PasswordNotChecked, _) => (
             format!("portcullis is unreachable at {target} ({detail})"),
@@ -363,8 +411,12 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
                     pamh,
                     ffi::LOG_ALERT,
                     &format!(
-                        "failmode=safe: {who} let in WITHOUT a second factor because portcullis at {} is unreachable: no connection could be made ({detail})",
-                        target(args)
+                        "failmode=safe: {who} let in WITHOUT a second factor because portcullis at {} is unreachable: no connection could be made ({detail}); tenant {} allows it (pam_fail_mode = \"safe\"), and the login is kept in {} for the daemon's audit (sent with the next login that reaches it)",
+                        target(args),
+                        origin.tenant,
+                        args.state_dir
+                            .join(format!("{}.fail-opens", origin.tenant))
+                            .display()
                     ),
                 );
             } else if args.debug {
@@ -391,7 +443,14 @@ fn finish(pamh: &mut PamHandle, args: &Args, origin: &Origin, decision: Decision
             ffi::syslog(
                 pamh,
                 ffi::LOG_ERR,
-                &unavailable_log(&who, &target(args), args.failmode, &detail, why),
+                &unavailable_log(
+                    &who,
+                    &origin.tenant,
+                    &target(args),
+                    args.failmode,
+                    &detail,
+                    why,
+                ),
             );
             PamResultCode::PAM_AUTHINFO_UNAVAIL
         }
@@ -452,6 +511,7 @@ mod tests {
         let log = |failmode, why| {
             unavailable_log(
                 WHO,
+                "acme",
                 "/tmp/walk2/pam.sock",
                 failmode,
                 "connect: refused",
@@ -490,6 +550,41 @@ mod tests {
         assert!(!got.contains("unreachable"), "{got}");
         let got = log(FailMode::Secure, Unavailable::NotDelivered);
         assert!(got.ends_with("; failmode=secure"), "{got}");
+    }
+
+    #[test]
+    fn the_log_says_why_the_tenant_did_not_let_a_safe_login_in() {
+        let log = |why| {
+            unavailable_log(
+                WHO,
+                "acme",
+                "/run/portcullis/pam.sock",
+                FailMode::Safe,
+                "connect: refused",
+                why,
+            )
+        };
+        let got = log(Unavailable::TenantSecure);
+        assert!(
+            got.starts_with("refused user=alice tenant=acme service=sshd rhost=-: portcullis is unreachable at /run/portcullis/pam.sock (connect: refused); failmode=safe does not apply: tenant acme does not allow it"),
+            "{got}"
+        );
+        assert!(
+            got.contains(r#"set pam_fail_mode = "safe" in [tenants.acme] of the daemon's config"#),
+            "{got}"
+        );
+        let got = log(Unavailable::NotGranted);
+        assert!(
+            got.contains("failmode=safe does not apply: this host has not heard from the daemon that tenant acme allows it")
+                && got.contains(r#"pam_fail_mode = "safe" in [tenants.acme]"#)
+                && got.ends_with("it learns that at the next login that reaches the daemon"),
+            "{got}"
+        );
+        let got = log(Unavailable::NotAudited);
+        assert!(
+            got.ends_with("a fail-open that cannot be audited is not done"),
+            "{got}"
+        );
     }
 
     #[test]

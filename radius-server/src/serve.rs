@@ -134,7 +134,8 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
                     settings: PamSettings::new(
                         &o.config.pam.clone().unwrap_or_default(),
                         ctx.push_hub.clone(),
-                    ),
+                    )
+                    .with_tenants(&o.config.tenants),
                     hosts: portcullis_core::hosts::Hosts::new(
                         o.store.clone(),
                         o.clock.clone(),
@@ -190,11 +191,10 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
             println!("pam: listening on {}", listener.path.display());
             tracing::info!(path = %listener.path.display(), allowed_uids = ?pam_cfg.allowed_uids,
                 "PAM socket ready");
-            let pam_ctx = Arc::new(PamContext::new(
-                engine.clone(),
-                pam_cfg,
-                ctx.push_hub.clone(),
-            ));
+            let pam_ctx = Arc::new(
+                PamContext::new(engine.clone(), pam_cfg, ctx.push_hub.clone())
+                    .with_tenants(&o.config.tenants),
+            );
             let task = tokio::spawn(crate::pam::server::serve(
                 pam_ctx.clone(),
                 listener,

@@ -458,6 +458,12 @@ pub struct TenantConfig {
     pub ldap: Option<LdapConfig>,
     /// `[tenants.NAME.radius]`, needed when `first_factor = "radius"`.
     pub radius: Option<UpstreamRadiusConfig>,
+    /// Whether this tenant's PAM hosts with `failmode=safe` may let a login in without a
+    /// second factor when they cannot reach the daemon (`"safe"`), or never (`"secure"`,
+    /// the default). The daemon tells the hosts with each answer; they report every such
+    /// login afterwards, and it is audited.
+    #[serde(default)]
+    pub pam_fail_mode: FailMode,
 }
 
 fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (String, String)> {
@@ -518,15 +524,19 @@ fn validate_rules(tenant: &str, rules: &[crate::policy::Rule]) -> Result<(), (St
     Ok(())
 }
 
-/// What happens when Duo cannot be reached.
+/// What happens when a second-factor service cannot be reached: Duo
+/// (`[tenants.NAME.duo] fail_mode`), or the daemon itself for a PAM host
+/// (`[tenants.NAME] pam_fail_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailMode {
     /// Deny (default).
     #[default]
     Secure,
-    /// Let the user in on the first factor, only for 5xx, transport errors and malformed
-    /// replies (never 4xx or timeouts); every such login is audited as FAIL-OPEN.
+    /// Let the user in on the first factor: for Duo only on 5xx, transport errors and
+    /// malformed replies (never 4xx or timeouts); for PAM hosts only with their
+    /// `failmode=safe` and a failed connect to the daemon. Every such login is audited as
+    /// FAIL-OPEN.
     Safe,
 }
 
@@ -2247,6 +2257,27 @@ tenant = "acme"
             "{e}"
         );
         assert_eq!(dotted_key("a.b[0][1]c.d[2]"), "a.b[0][1].c.d[2]");
+    }
+
+    #[test]
+    fn pam_fail_mode_is_secure_unless_a_tenant_says_safe() {
+        let c = parse(&format!("{CLIENT}\n[tenants.acme]\nfactors = [\"totp\"]\n")).unwrap();
+        assert_eq!(c.tenants["acme"].pam_fail_mode, FailMode::Secure);
+        let c = parse(&format!(
+            "{CLIENT}\n[tenants.acme]\npam_fail_mode = \"safe\"\n[tenants.other]\npam_fail_mode = \"secure\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.tenants["acme"].pam_fail_mode, FailMode::Safe);
+        assert_eq!(c.tenants["other"].pam_fail_mode, FailMode::Secure);
+        let e = parse(&format!(
+            "{CLIENT}\n[tenants.acme]\npam_fail_mode = \"open\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.ends_with("tenants.acme.pam_fail_mode: unknown value 'open' (expected secure, safe)"),
+            "{e}"
+        );
     }
 
     #[test]

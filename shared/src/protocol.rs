@@ -168,6 +168,11 @@ pub enum RequestStep {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<Secret>,
         unenrolled: Unenrolled,
+        /// Logins this host let in without a second factor (`failmode=safe`) while the
+        /// daemon could not be reached, not reported yet: the daemon audits each one
+        /// (at most [`MAX_FAIL_OPENS`]; see [`FailOpenReport`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fail_opens: Vec<FailOpenReport>,
     },
     /// The user's reply to a prompt (a code, a password, or the id of a menu choice).
     Answer { txn: String, answer: Secret },
@@ -175,16 +180,103 @@ pub enum RequestStep {
     Poll { txn: String },
 }
 
+/// The most fail-open reports one request may carry.
+pub const MAX_FAIL_OPENS: usize = 64;
+/// The longest `user` of a fail-open report, in bytes.
+pub const MAX_REPORT_USER: usize = 128;
+/// The longest `service` of a fail-open report, in bytes.
+pub const MAX_REPORT_SERVICE: usize = 64;
+/// The longest `rhost` of a fail-open report, in bytes.
+pub const MAX_REPORT_RHOST: usize = 128;
+/// The longest `why` of a fail-open report, in bytes.
+pub const MAX_REPORT_WHY: usize = 300;
+
+/// A tenant's `pam_fail_mode`: whether its hosts' `failmode=safe` may let a login in
+/// without a second factor when the daemon cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Never (the default): `failmode=safe` on a host refuses like `failmode=secure`.
+    Secure,
+    /// A host with `failmode=safe` may let a login in during an outage; it reports each
+    /// such login to the daemon afterwards, which audits it.
+    Safe,
+}
+
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Secure => "secure",
+            FailMode::Safe => "safe",
+        }
+    }
+}
+
+/// One login a host let in without a second factor (`failmode=safe`) because the daemon
+/// could not be reached, reported with the next `start` that reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailOpenReport {
+    /// When (Unix seconds, the host's clock).
+    pub at: u64,
+    /// PAM_USER.
+    pub user: String,
+    /// PAM_SERVICE.
+    pub service: String,
+    /// PAM_RHOST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhost: Option<String>,
+    /// Why the daemon could not be reached (the module's words: the failed connect).
+    pub why: String,
+}
+
+impl FailOpenReport {
+    /// Whether the report is within the protocol's limits; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("user", self.user.as_str(), MAX_REPORT_USER),
+            ("service", self.service.as_str(), MAX_REPORT_SERVICE),
+            (
+                "rhost",
+                self.rhost.as_deref().unwrap_or(""),
+                MAX_REPORT_RHOST,
+            ),
+            ("why", self.why.as_str(), MAX_REPORT_WHY),
+        ];
+        for (name, value, max) in fields {
+            if value.len() > max {
+                return Err(format!(
+                    "fail_opens: \"{name}\" of {} bytes is longer than the limit of {max}",
+                    value.len()
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!("fail_opens: \"{name}\" holds a control character"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A reply of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub v: u32,
     pub step: ResponseStep,
+    /// The tenant's `pam_fail_mode`, on every answer to a request whose tenant exists: a
+    /// host with `failmode=safe` keeps the last one it got and fails open only if it is
+    /// `safe`. Absent from older daemons (and then never `safe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<FailMode>,
 }
 
 impl Response {
     pub fn new(step: ResponseStep) -> Self {
-        Response { v: VERSION, step }
+        Response {
+            v: VERSION,
+            step,
+            fail_mode: None,
+        }
     }
 
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -368,10 +460,24 @@ fn check_version(body: &[u8]) -> Result<(), ProtocolError> {
     }
 }
 
-/// A request from a frame body.
+/// A request from a frame body. Fail-open reports beyond [`MAX_FAIL_OPENS`] or the field
+/// limits make it malformed.
 pub fn decode_request(body: &[u8]) -> Result<Request, ProtocolError> {
     check_version(body)?;
-    serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(safe_json_error(&e)))
+    let req: Request =
+        serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(safe_json_error(&e)))?;
+    if let RequestStep::Start { fail_opens, .. } = &req.step {
+        if fail_opens.len() > MAX_FAIL_OPENS {
+            return Err(ProtocolError::Malformed(format!(
+                "fail_opens: {} reports, more than the limit of {MAX_FAIL_OPENS} per request",
+                fail_opens.len()
+            )));
+        }
+        for report in fail_opens {
+            report.check().map_err(ProtocolError::Malformed)?;
+        }
+    }
+    Ok(req)
 }
 
 /// A response from a frame body.
@@ -427,6 +533,7 @@ mod tests {
                 first_factor: FirstFactor::Portcullis,
                 password: Some(Secret::new("hunter2".into())),
                 unenrolled: Unenrolled::Deny,
+                fail_opens: vec![],
             },
         };
         let frame = encode(&req).unwrap();
@@ -435,6 +542,137 @@ mod tests {
             frame.len() - 4
         );
         assert_eq!(decode_request(body(&frame)).unwrap(), req);
+    }
+
+    fn report(i: u64) -> FailOpenReport {
+        FailOpenReport {
+            at: 1_800_000_000 + i,
+            user: "alice".into(),
+            service: "sshd".into(),
+            rhost: Some("192.0.2.7".into()),
+            why: "connect to /run/portcullis/pam.sock: connection refused".into(),
+        }
+    }
+
+    fn start_with(fail_opens: Vec<FailOpenReport>) -> Request {
+        Request {
+            v: VERSION,
+            origin: origin(),
+            step: RequestStep::Start {
+                first_factor: FirstFactor::Delegated,
+                password: None,
+                unenrolled: Unenrolled::Deny,
+                fail_opens,
+            },
+        }
+    }
+
+    #[test]
+    fn a_start_without_fail_open_reports_is_what_older_daemons_read() {
+        // Older daemons refuse unknown fields of a start: none is sent when there is
+        // nothing to report, and a start of an older module (no field) decodes.
+        let json = serde_json::to_string(&start_with(vec![])).unwrap();
+        assert!(!json.contains("fail_opens"), "{json}");
+        let old = r#"{"v":1,"origin":{"tenant":"acme","user":"alice","service":"sshd","host":"web1"},
+            "step":{"type":"start","first_factor":"delegated","unenrolled":"deny"}}"#;
+        match decode_request(old.as_bytes()).unwrap().step {
+            RequestStep::Start { fail_opens, .. } => assert!(fail_opens.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fail_open_reports_round_trip_and_are_bounded() {
+        let req = start_with((0..MAX_FAIL_OPENS as u64).map(report).collect());
+        let frame = encode(&req).unwrap();
+        assert_eq!(decode_request(body(&frame)).unwrap(), req);
+        // Without rhost.
+        let mut r = report(0);
+        r.rhost = None;
+        let req = start_with(vec![r]);
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(!json.contains("rhost\":null"), "{json}");
+        assert_eq!(decode_request(json.as_bytes()).unwrap(), req);
+
+        // One report too many.
+        let req = start_with((0..=MAX_FAIL_OPENS as u64).map(report).collect());
+        let e = decode_request(body(&encode(&req).unwrap())).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Malformed);
+        assert!(e.to_string().contains("more than the limit of 64"), "{e}");
+        // An over-long field, a control character.
+        for (field, bad) in [
+            ("user", {
+                let mut r = report(0);
+                r.user = "u".repeat(MAX_REPORT_USER + 1);
+                r
+            }),
+            ("service", {
+                let mut r = report(0);
+                r.service = "s".repeat(MAX_REPORT_SERVICE + 1);
+                r
+            }),
+            ("rhost", {
+                let mut r = report(0);
+                r.rhost = Some("h".repeat(MAX_REPORT_RHOST + 1));
+                r
+            }),
+            ("why", {
+                let mut r = report(0);
+                r.why = "w".repeat(MAX_REPORT_WHY + 1);
+                r
+            }),
+            ("why", {
+                let mut r = report(0);
+                r.why = "a\nforged log line".into();
+                r
+            }),
+        ] {
+            let e = decode_request(body(&encode(&start_with(vec![bad])).unwrap())).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Malformed, "{field}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        // At the limits: fine.
+        let mut r = report(0);
+        r.user = "u".repeat(MAX_REPORT_USER);
+        r.why = "w".repeat(MAX_REPORT_WHY);
+        assert!(decode_request(body(&encode(&start_with(vec![r])).unwrap())).is_ok());
+        // Unknown fields of a report are malformed.
+        let text = r#"{"v":1,"origin":{"tenant":"a","user":"u","service":"s","host":"h"},
+            "step":{"type":"start","first_factor":"delegated","unenrolled":"deny",
+            "fail_opens":[{"at":1,"user":"u","service":"s","why":"w","tty":"x"}]}}"#;
+        let e = decode_request(text.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("tty"), "{e}");
+    }
+
+    #[test]
+    fn the_tenants_fail_mode_travels_with_responses_and_older_sides_still_decode() {
+        // A new daemon's response: the field is there.
+        let mut r = Response::new(ResponseStep::Accept {
+            factors: vec!["totp".into()],
+        });
+        r.fail_mode = Some(FailMode::Safe);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""fail_mode":"safe""#), "{json}");
+        assert_eq!(decode_response(json.as_bytes()).unwrap(), r);
+        r.fail_mode = Some(FailMode::Secure);
+        assert_eq!(decode_response(body(&encode(&r).unwrap())).unwrap(), r);
+        // An older module (a Response without the field) decodes it.
+        #[derive(Deserialize)]
+        struct OldResponse {
+            v: u32,
+            step: ResponseStep,
+        }
+        let old: OldResponse = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.v, VERSION);
+        assert!(matches!(old.step, ResponseStep::Accept { .. }));
+        // An older daemon's response: no field, None; and None is not sent.
+        let old = r#"{"v":1,"step":{"type":"reject","message":"no"}}"#;
+        let r = decode_response(old.as_bytes()).unwrap();
+        assert_eq!(r.fail_mode, None);
+        assert!(!serde_json::to_string(&r).unwrap().contains("fail_mode"));
+        // Something else than secure or safe is malformed.
+        let bad = r#"{"v":1,"step":{"type":"reject","message":"no"},"fail_mode":"open"}"#;
+        assert!(decode_response(bad.as_bytes()).is_err());
     }
 
     #[test]

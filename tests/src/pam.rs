@@ -94,6 +94,47 @@ pub fn require_root(what: &str) {
     );
 }
 
+/// Where the module keeps `failmode=safe`'s state (`state_dir=`) for a test in `base`:
+/// never the host's /var/lib.
+pub fn fail_open_state_dir(base: &Path) -> PathBuf {
+    base.join("pam-state")
+}
+
+/// What a host keeps once the daemon has said that `tenant` allows failing open
+/// (`pam_fail_mode = "safe"`): `state_dir` (root's, 0700) with `<tenant>.fail-mode`.
+pub fn grant_fail_open(state_dir: &Path, tenant: &str) {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(state_dir)
+            .expect("create the module's state_dir");
+    }
+    let grant = state_dir.join(format!("{tenant}.fail-mode"));
+    std::fs::write(&grant, "safe\n").expect("write the grant");
+    std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The fail-open reports a host keeps for `tenant` in `state_dir` (one JSON per line).
+pub fn fail_open_spool(state_dir: &Path, tenant: &str) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(state_dir.join(format!("{tenant}.fail-opens"))) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a spool line is JSON"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `args` with `state_dir=` in `base` when they say `failmode=safe` and name none.
+pub fn with_state_dir(args: &str, base: &Path) -> String {
+    if args.contains("failmode=safe") && !args.contains("state_dir=") {
+        format!("{args} state_dir={}", fail_open_state_dir(base).display())
+    } else {
+        args.to_string()
+    }
+}
+
 /// A Portcullis installation with a PAM socket, tenant `acme` and user `alice` (password
 /// and a confirmed TOTP factor), plus a pam_wrapper service directory.
 pub struct PamFixture {
@@ -163,14 +204,31 @@ impl PamFixture {
     }
 
     /// The `auth` line of the module under test with this fixture's socket and tenant
-    /// (no failure delay, so that failing tests stay fast) and `args`.
+    /// (no failure delay, so that failing tests stay fast) and `args` (with `failmode=safe`,
+    /// the fixture's `state_dir=` unless they name one).
     pub fn module_line(&self, args: &str) -> String {
         format!(
-            "auth required {} socket={} tenant={} fail_delay=0 {args}\n",
+            "auth required {} socket={} tenant={} fail_delay=0 {}\n",
             pam_module_path().display(),
             self.socket.display(),
-            self.tenant
+            self.tenant,
+            with_state_dir(args, self.env.dir())
         )
+    }
+
+    /// The module's `state_dir=` in this fixture.
+    pub fn state_dir(&self) -> PathBuf {
+        fail_open_state_dir(self.env.dir())
+    }
+
+    /// As if the daemon had told this host that the tenant allows failing open.
+    pub fn grant_fail_open(&self) {
+        grant_fail_open(&self.state_dir(), &self.tenant);
+    }
+
+    /// The fail-open reports this host keeps for the daemon.
+    pub fn fail_open_spool(&self) -> Vec<serde_json::Value> {
+        fail_open_spool(&self.state_dir(), &self.tenant)
     }
 
     /// Writes the service file `name` with `content`.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{self, Response, ResponseStep};
 use portcullis_tests::fakes::tls::TestTls;
-use portcullis_tests::pam::under_pam_wrapper;
+use portcullis_tests::pam::{under_pam_wrapper, with_state_dir};
 use portcullis_tests::process::{send_signal, Signal};
 use portcullis_tests::{describe, pam_module_path, require_root, require_tool, PamFixture};
 
@@ -41,11 +41,17 @@ fn stderr(out: &Output) -> String {
 }
 
 /// The module's line: only the module, the first factor checked by the stack, no delay.
+/// With failmode=safe the host has the daemon's grant (the tenant allows failing open), so
+/// that only the module's own rules can refuse.
 fn line(f: &PamFixture, args: &str) -> String {
+    if args.contains("failmode=safe") {
+        f.grant_fail_open();
+    }
     format!(
-        "auth required {} tenant={} first_factor=stack fail_delay=0 {args}\n",
+        "auth required {} tenant={} first_factor=stack fail_delay=0 {}\n",
         pam_module_path().display(),
-        f.tenant
+        f.tenant,
+        with_state_dir(args, f.env.dir())
     )
 }
 

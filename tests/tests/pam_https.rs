@@ -77,15 +77,21 @@ impl Fleet {
     }
 
     /// Service `name` with the module asking over HTTPS.
+    /// With failmode=safe the host has the daemon's grant (the tenant allows failing
+    /// open), so that only the module's own rules can refuse.
     fn https_service(&self, name: &str, token_file: &Path, args: &str) {
+        if args.contains("failmode=safe") {
+            self.f.grant_fail_open();
+        }
         self.f.service(
             name,
             &format!(
-                "auth required {} url=https://127.0.0.1:{} token_file={} tenant={} fail_delay=0 {args}\n",
+                "auth required {} url=https://127.0.0.1:{} token_file={} tenant={} fail_delay=0 {}\n",
                 pam_module_path().display(),
                 self.http.port(),
                 token_file.display(),
-                self.f.tenant
+                self.f.tenant,
+                portcullis_tests::pam::with_state_dir(args, self.f.env.dir())
             ),
         );
     }

@@ -152,6 +152,8 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
     f.module_service("secure", "first_factor=none");
     f.module_service("safe", "first_factor=none failmode=safe");
     f.module_service("safe-password", "first_factor=portcullis failmode=safe");
+    // The daemon said earlier that the tenant allows failing open.
+    f.grant_fail_open();
 
     let out = f.pamtester_logged("secure", "alice", "");
     assert!(!out.status.success(), "{}", describe(&out));
@@ -171,6 +173,10 @@ fn daemon_down_denies_with_failmode_secure_and_allows_with_failmode_safe() {
             .any(|l| l.contains("SYSLOG(1)") && l.contains("WITHOUT a second factor")),
         "{err}"
     );
+    // And kept for the daemon's audit.
+    let spool = f.fail_open_spool();
+    assert_eq!(spool.len(), 1, "{spool:?}");
+    assert_eq!(spool[0]["user"], "alice");
 
     // failmode=safe never lets in a password nobody could check, and the log says so
     // (not "failmode=secure").
@@ -208,6 +214,7 @@ fn a_daemon_that_stalls_in_the_middle_of_a_login_is_refused_and_the_log_says_why
         drop(second);
     });
     f.module_service("safe", "first_factor=none timeout=1 failmode=safe");
+    f.grant_fail_open();
     let out = f.pamtester_logged("safe", "alice", "123456\n");
     assert!(!out.status.success(), "{}", describe(&out));
     let err = stderr(&out);
@@ -360,6 +367,7 @@ fn a_daemon_that_never_answers_is_given_up_at_the_timeout_and_refused_in_both_mo
     });
     f.module_service("secure", "first_factor=none timeout=1");
     f.module_service("safe", "first_factor=none timeout=1 failmode=safe");
+    f.grant_fail_open();
     let started = Instant::now();
     let out = f.pamtester("secure", "alice", "");
     assert!(!out.status.success(), "{}", describe(&out));
@@ -396,6 +404,7 @@ fn a_daemon_speaking_another_protocol_version_is_refused_even_with_failmode_safe
         }
     });
     f.module_service("safe", "first_factor=none failmode=safe");
+    f.grant_fail_open();
     let out = f.pamtester("safe", "alice", "");
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(

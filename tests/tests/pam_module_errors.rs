@@ -24,15 +24,17 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Service `name`: the module alone, first factor checked by the stack, failmode=safe,
-/// asking the daemon at `socket`.
+/// Service `name`: the module alone, first factor checked by the stack, failmode=safe
+/// (the tenant allows it: the host has the daemon's grant), asking the daemon at `socket`.
 fn safe_service(f: &PamFixture, name: &str, socket: &str) {
+    f.grant_fail_open();
     f.service(
         name,
         &format!(
-            "auth required {} socket={socket} tenant={} first_factor=stack failmode=safe fail_delay=0\n",
+            "auth required {} socket={socket} tenant={} first_factor=stack failmode=safe state_dir={} fail_delay=0\n",
             pam_module_path().display(),
-            f.tenant
+            f.tenant,
+            f.state_dir().display()
         ),
     );
 }
@@ -192,8 +194,9 @@ fn dns_reply(query: &[u8], how: Dns) -> Option<Vec<u8>> {
 }
 
 /// A PAM fixture without a daemon and service `name`: the module over HTTPS to `host`,
-/// failmode=safe, the first factor checked by the stack.
+/// failmode=safe (granted), the first factor checked by the stack.
 fn https_safe_service(f: &PamFixture, name: &str, host: &str) {
+    f.grant_fail_open();
     let dir = f.env.dir().join("https");
     std::fs::create_dir_all(&dir).unwrap();
     let tls = TestTls::new(&dir);
@@ -203,11 +206,12 @@ fn https_safe_service(f: &PamFixture, name: &str, host: &str) {
     f.service(
         name,
         &format!(
-            "auth required {} url=https://{host}:8443 token_file={} ca_file={} tenant={} first_factor=stack failmode=safe fail_delay=0 timeout=5\n",
+            "auth required {} url=https://{host}:8443 token_file={} ca_file={} tenant={} first_factor=stack failmode=safe state_dir={} fail_delay=0 timeout=5\n",
             pam_module_path().display(),
             token.display(),
             tls.ca_file.display(),
-            f.tenant
+            f.tenant,
+            f.state_dir().display()
         ),
     );
 }

@@ -73,7 +73,16 @@ impl Host {
 
     /// Writes service `name`: the module alone on `socket`, the first factor checked by the
     /// stack, no delay, and `args`.
+    /// With failmode=safe the host has the daemon's grant (the tenant allows it), so that
+    /// only the module's own rules can refuse.
     fn service(&self, name: &str, socket: &Path, args: &str) {
+        let args = portcullis_tests::pam::with_state_dir(args, self.dir.path());
+        if args.contains("failmode=safe") {
+            portcullis_tests::pam::grant_fail_open(
+                &portcullis_tests::pam::fail_open_state_dir(self.dir.path()),
+                "acme",
+            );
+        }
         let line = format!(
             "auth required {} socket={} tenant=acme first_factor=stack fail_delay=0 {args}\n",
             pam_module_path().display(),

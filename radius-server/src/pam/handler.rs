@@ -4,18 +4,21 @@
 //! [`answer`]: it decodes it, binds it to the caller (a remote host's tenant and name come
 //! from its token, never from the body) and runs the Engine off the async loop.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::push::PushHub;
-use portcullis_core::config::{LoginMode, PamConfig, Unenrolled as EngineUnenrolled};
+use portcullis_core::config::{
+    FailMode, LoginMode, PamConfig, TenantConfig, Unenrolled as EngineUnenrolled,
+};
 use portcullis_core::engine::{
     AnswerRequest, Channel, Engine, Expects as EngineExpects, LoginRequest, Step,
 };
-use portcullis_core::model::PamHost;
+use portcullis_core::model::{AuditRecord, AuditResult, PamHost};
 use portcullis_core::protocol;
 use portcullis_core::protocol::{
-    Choice, ErrorCode, Expects, FirstFactor, Origin, Request, RequestStep, Response, ResponseStep,
-    Unenrolled,
+    Choice, ErrorCode, Expects, FailOpenReport, FirstFactor, Origin, Request, RequestStep,
+    Response, ResponseStep, Unenrolled,
 };
 use zeroize::{Zeroize, Zeroizing};
 
@@ -26,12 +29,15 @@ pub struct PamSettings {
     pub prompt: String,
     /// Where push approvals are announced (the daemon's one hub).
     pub push_hub: Arc<PushHub>,
+    /// `[tenants.NAME] pam_fail_mode` of the tenants that set it (the others: secure).
+    pub fail_modes: Arc<HashMap<String, FailMode>>,
 }
 
 impl std::fmt::Debug for PamSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PamSettings")
             .field("prompt", &self.prompt)
+            .field("fail_modes", &self.fail_modes)
             .finish_non_exhaustive()
     }
 }
@@ -42,9 +48,33 @@ impl PamSettings {
         Self {
             prompt: cfg.prompt.clone(),
             push_hub,
+            fail_modes: Arc::default(),
+        }
+    }
+
+    /// With the tenants' `pam_fail_mode` from `[tenants.NAME]`.
+    pub fn with_tenants(mut self, tenants: &BTreeMap<String, TenantConfig>) -> Self {
+        self.fail_modes = Arc::new(
+            tenants
+                .iter()
+                .map(|(name, t)| (name.clone(), t.pam_fail_mode))
+                .collect(),
+        );
+        self
+    }
+
+    /// The tenant's `pam_fail_mode` as the protocol tells it to hosts.
+    fn fail_mode(&self, tenant: &str) -> protocol::FailMode {
+        match self.fail_modes.get(tenant) {
+            Some(FailMode::Safe) => protocol::FailMode::Safe,
+            Some(FailMode::Secure) | None => protocol::FailMode::Secure,
         }
     }
 }
+
+/// How far back a fail-open report's time may lie: a host's clock that is off (or a spool
+/// kept for long) must not place a record anywhere in the audit log.
+const FAIL_OPEN_MAX_AGE: i64 = 30 * 24 * 3600;
 
 /// How long a push poll is held for the decision before "not approved yet" is answered:
 /// the protocol's, which the module adds to its deadline for a poll.
@@ -117,8 +147,9 @@ fn channel(origin: &Origin) -> Channel {
 }
 
 /// Answer one request (blocking: the Engine may hash a password; run it off the loop).
+/// Every answer to a request whose tenant exists carries the tenant's `pam_fail_mode`.
 pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Response {
-    let origin = req.origin;
+    let origin = &req.origin;
     // A tenant= typo is a setup error of the host, not a failed login: answered so that
     // the module returns PAM_SERVICE_ERR, which pam_faillock does not count against users.
     match engine.tenant_exists(&origin.tenant) {
@@ -142,11 +173,72 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
             );
         }
     }
+    let fail_mode = settings.fail_mode(&origin.tenant);
+    let mut response = handle_step(engine, settings, req);
+    response.fail_mode = Some(fail_mode);
+    response
+}
+
+/// Audit each login that a host let in without a second factor (`failmode=safe`) while
+/// it could not reach the daemon: one accept record per report, for the request's tenant
+/// and host (over HTTPS the registered name), whatever the tenant says now (it happened).
+fn audit_fail_opens(
+    engine: &Engine,
+    origin: &Origin,
+    reports: &[FailOpenReport],
+) -> Result<(), portcullis_core::store::StoreError> {
+    if reports.is_empty() {
+        return Ok(());
+    }
+    let now = engine.now();
+    tracing::warn!(tenant = %origin.tenant, host = %origin.host, reports = reports.len(),
+        users = %reports.iter().map(|r| r.user.as_str()).collect::<Vec<_>>().join(","),
+        "PAM: host reports logins it let in WITHOUT a second factor (failmode=safe) while the daemon was unreachable; audited as FAIL-OPEN");
+    for r in reports {
+        engine
+            .store()
+            .append_audit(&fail_open_record(now, origin, r))?;
+    }
+    Ok(())
+}
+
+/// The audit record of one fail-open report received at `now`.
+fn fail_open_record(now: i64, origin: &Origin, r: &FailOpenReport) -> AuditRecord {
+    let at = i64::try_from(r.at).unwrap_or(i64::MAX);
+    let time = at.clamp(now.saturating_sub(FAIL_OPEN_MAX_AGE), now);
+    let clamped = if time != at {
+        format!(" (the host reported time {}; clamped)", r.at)
+    } else {
+        String::new()
+    };
+    AuditRecord {
+        time,
+        tenant: origin.tenant.clone(),
+        username: r.user.clone(),
+        channel: "pam".into(),
+        client: r.service.clone(),
+        source: r.rhost.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into()),
+        mode: "fail-open".into(),
+        factors: Vec::new(),
+        result: AuditResult::Accept,
+        reason: format!(
+            "FAIL-OPEN: let in WITHOUT a second factor by failmode=safe on host {} because it could not reach the daemon: {}{clamped}",
+            origin.host, r.why
+        ),
+        transaction: None,
+        host: Some(origin.host.clone()),
+    }
+}
+
+/// Answer one request of a tenant that exists.
+fn handle_step(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Response {
+    let origin = req.origin;
     let result = match req.step {
         RequestStep::Start {
             first_factor,
             password,
             unenrolled,
+            fail_opens,
         } => {
             let (mode, credential) = match (first_factor, password) {
                 // The module believes the daemon checks the password (and, with
@@ -179,6 +271,16 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
                     "first_factor \"delegated\": the password stays on the host; do not send it",
                 ),
             };
+            // Recorded before the login is decided (these happened, whatever it becomes); an
+            // error frame makes the host keep them and send them again.
+            if let Err(e) = audit_fail_opens(engine, &origin, &fail_opens) {
+                tracing::error!(tenant = %origin.tenant, host = %origin.host, error = %e,
+                    "PAM: cannot audit the host's fail-open reports; refused (the host keeps them)");
+                return Response::error(
+                    ErrorCode::Internal,
+                    "the daemon could not record this host's fail-open reports; see its log",
+                );
+            }
             let unenrolled = match unenrolled {
                 Unenrolled::Allow => EngineUnenrolled::Allow,
                 Unenrolled::Deny => EngineUnenrolled::Deny,
@@ -363,6 +465,7 @@ pub(super) mod tests {
             first_factor: ff,
             password: pw.map(|p| Secret::new(p.into())),
             unenrolled,
+            fail_opens: vec![],
         }
     }
 
@@ -542,6 +645,189 @@ pub(super) mod tests {
                 ..
             }
         ));
+    }
+
+    fn settings_with(tenant: &str, mode: FailMode) -> PamSettings {
+        let mut tenants = BTreeMap::new();
+        tenants.insert(
+            tenant.to_string(),
+            TenantConfig {
+                pam_fail_mode: mode,
+                ..TenantConfig::default()
+            },
+        );
+        settings().with_tenants(&tenants)
+    }
+
+    #[test]
+    fn every_answer_for_an_existing_tenant_tells_its_pam_fail_mode() {
+        let e = engine();
+        for (settings, want) in [
+            (settings(), protocol::FailMode::Secure),
+            (
+                settings_with("acme", FailMode::Secure),
+                protocol::FailMode::Secure,
+            ),
+            (
+                settings_with("acme", FailMode::Safe),
+                protocol::FailMode::Safe,
+            ),
+            // Another tenant's setting is not acme's.
+            (
+                settings_with("other", FailMode::Safe),
+                protocol::FailMode::Secure,
+            ),
+        ] {
+            // A prompt, a reject, and an error frame about the request.
+            for step in [
+                start(FirstFactor::Portcullis, Some("hunter2"), Unenrolled::Deny),
+                start(FirstFactor::Portcullis, Some("wrong"), Unenrolled::Deny),
+                start(FirstFactor::Portcullis, None, Unenrolled::Deny),
+                RequestStep::Poll { txn: "x.0".into() },
+            ] {
+                let r = handle(&e, &settings, request("alice", step));
+                assert_eq!(r.fail_mode, Some(want), "{r:?}");
+            }
+        }
+        // A tenant that does not exist: nothing to tell.
+        let mut req = request(
+            "alice",
+            start(FirstFactor::Delegated, None, Unenrolled::Deny),
+        );
+        req.origin.tenant = "nope".into();
+        let r = handle(&e, &settings_with("nope", FailMode::Safe), req);
+        assert!(matches!(r.step, ResponseStep::Error { .. }), "{r:?}");
+        assert_eq!(r.fail_mode, None);
+    }
+
+    fn report(user: &str, at: u64, rhost: Option<&str>) -> FailOpenReport {
+        FailOpenReport {
+            at,
+            user: user.into(),
+            service: "sudo".into(),
+            rhost: rhost.map(Into::into),
+            why: "connect to /run/portcullis/pam.sock: connection refused".into(),
+        }
+    }
+
+    fn fail_open_records(e: &Engine) -> Vec<AuditRecord> {
+        e.store()
+            .list_audit(&portcullis_core::model::AuditFilter {
+                tenant: Some("acme".into()),
+                username: None,
+                since: None,
+                limit: 100,
+            })
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.mode == "fail-open")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn fail_open_reports_are_audited_for_the_tenant_and_the_registered_host() {
+        let e = engine();
+        let now = e.now();
+        let reports = vec![
+            report("alice", (now - 60) as u64, Some("192.0.2.9")),
+            // A clock far behind, and one in the future: clamped into the last 30 days.
+            report("bob", 1, None),
+            report("carol", (now + 3600) as u64, None),
+        ];
+        let req = request(
+            "alice",
+            RequestStep::Start {
+                first_factor: FirstFactor::Portcullis,
+                password: Some(Secret::new("hunter2".into())),
+                unenrolled: Unenrolled::Deny,
+                fail_opens: reports,
+            },
+        );
+        // Over HTTPS: the host is the token's name, not what the request says; recorded
+        // although the tenant says secure now.
+        let r = answer(&e, &settings(), body(&req), &host("acme", "web9")).await;
+        assert!(matches!(r.step, ResponseStep::Prompt { .. }), "{r:?}");
+        assert_eq!(r.fail_mode, Some(protocol::FailMode::Secure));
+        let mut got = fail_open_records(&e);
+        got.sort_by(|a, b| a.username.cmp(&b.username));
+        assert_eq!(got.len(), 3, "{got:?}");
+        let alice = &got[0];
+        assert_eq!(alice.username, "alice");
+        assert_eq!(alice.time, now - 60);
+        assert_eq!(alice.result, AuditResult::Accept);
+        assert_eq!(
+            (alice.channel.as_str(), alice.client.as_str()),
+            ("pam", "sudo")
+        );
+        assert_eq!(alice.source, "192.0.2.9");
+        assert_eq!(alice.host.as_deref(), Some("web9"));
+        assert!(alice.factors.is_empty());
+        assert!(
+            alice.reason.starts_with("FAIL-OPEN: let in WITHOUT a second factor by failmode=safe on host web9 because it could not reach the daemon: connect to /run/portcullis/pam.sock: connection refused"),
+            "{}",
+            alice.reason
+        );
+        assert_eq!(got[1].time, now - FAIL_OPEN_MAX_AGE);
+        assert_eq!(got[1].source, "local");
+        assert!(got[1].reason.contains("clamped"), "{}", got[1].reason);
+        assert_eq!(got[2].time, now);
+
+        // Over the socket: the host the module names.
+        let req = request(
+            "alice",
+            RequestStep::Start {
+                first_factor: FirstFactor::Delegated,
+                password: None,
+                unenrolled: Unenrolled::Deny,
+                fail_opens: vec![report("dave", now as u64, None)],
+            },
+        );
+        let r = answer(&e, &settings(), body(&req), &Caller::Socket { uid: 0 }).await;
+        assert!(!matches!(r.step, ResponseStep::Error { .. }), "{r:?}");
+        let dave: Vec<_> = fail_open_records(&e)
+            .into_iter()
+            .filter(|r| r.username == "dave")
+            .collect();
+        assert_eq!(dave.len(), 1);
+        assert_eq!(dave[0].host.as_deref(), Some("web1"));
+    }
+
+    #[tokio::test]
+    async fn too_many_or_too_long_fail_open_reports_are_malformed_and_nothing_is_audited() {
+        let e = engine();
+        let now = e.now() as u64;
+        for reports in [
+            (0..=protocol::MAX_FAIL_OPENS)
+                .map(|_| report("alice", now, None))
+                .collect::<Vec<_>>(),
+            vec![report(
+                &"x".repeat(protocol::MAX_REPORT_USER + 1),
+                now,
+                None,
+            )],
+        ] {
+            let req = request(
+                "alice",
+                RequestStep::Start {
+                    first_factor: FirstFactor::Delegated,
+                    password: None,
+                    unenrolled: Unenrolled::Deny,
+                    fail_opens: reports,
+                },
+            );
+            let r = answer(&e, &settings(), body(&req), &Caller::Socket { uid: 0 }).await;
+            assert!(
+                matches!(
+                    r.step,
+                    ResponseStep::Error {
+                        code: ErrorCode::Malformed,
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+        }
+        assert!(fail_open_records(&e).is_empty());
     }
 
     #[test]

@@ -57,6 +57,15 @@ impl PamContext {
         }
     }
 
+    /// With the tenants' `pam_fail_mode` (`[tenants.NAME]`), told to the hosts.
+    pub fn with_tenants(
+        mut self,
+        tenants: &std::collections::BTreeMap<String, portcullis_core::config::TenantConfig>,
+    ) -> Self {
+        self.settings = self.settings.with_tenants(tenants);
+        self
+    }
+
     /// Wait until every connection has finished, or the deadline passes.
     pub async fn drain(&self, deadline: Duration) -> bool {
         let all = self.max_connections.min(u32::MAX as usize) as u32;
@@ -328,6 +337,7 @@ mod tests {
                 first_factor: FirstFactor::Delegated,
                 password: None,
                 unenrolled: Unenrolled::Deny,
+                fail_opens: vec![],
             },
         })
         .unwrap()
