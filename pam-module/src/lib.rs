@@ -175,6 +175,17 @@ fn daemon_user_uid(name: &str) -> Result<(String, u32), String> {
     }
 }
 
+/// A setup error of this host (its arguments, `token_file=`, `state_dir=`): logged, and
+/// PAM_SERVICE_ERR for every login, which pam_faillock does not count against the user.
+fn setup_error(pamh: &PamHandle, e: &dyn std::fmt::Display) -> PamResultCode {
+    ffi::syslog(
+        pamh,
+        ffi::LOG_ERR,
+        &format!("configuration error, refusing every login: {e}"),
+    );
+    PamResultCode::PAM_SERVICE_ERR
+}
+
 fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResultCode {
     let started = Instant::now();
     let texts: Vec<String> = raw_args
@@ -183,40 +194,19 @@ fn authenticate(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> Pam
         .collect();
     let args = match Args::parse(&texts) {
         Ok(a) => a,
-        Err(e) => {
-            ffi::syslog(
-                pamh,
-                ffi::LOG_ERR,
-                &format!("configuration error, refusing every login: {e}"),
-            );
-            return PamResultCode::PAM_SERVICE_ERR;
-        }
+        Err(e) => return setup_error(pamh, &e),
     };
     ffi::fail_delay(pamh, args.fail_delay_us);
     let mut transport = match transport(&args) {
         Ok(t) => t,
-        Err(e) => {
-            ffi::syslog(
-                pamh,
-                ffi::LOG_ERR,
-                &format!("configuration error, refusing every login: {e}"),
-            );
-            return PamResultCode::PAM_SERVICE_ERR;
-        }
+        Err(e) => return setup_error(pamh, &e),
     };
     // failmode=safe keeps the tenant's grant and its fail-open reports in state_dir=: one
     // that anyone but root may write is a setup error (it could let logins in).
     let mut state = match args.failmode {
         FailMode::Safe => match StateDir::open(&args.state_dir, &args.tenant) {
             Ok(s) => Some(s),
-            Err(e) => {
-                ffi::syslog(
-                    pamh,
-                    ffi::LOG_ERR,
-                    &format!("configuration error, refusing every login: {e}"),
-                );
-                return PamResultCode::PAM_SERVICE_ERR;
-            }
+            Err(e) => return setup_error(pamh, &e),
         },
         FailMode::Secure => None,
     };
