@@ -237,6 +237,7 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
         running: &o.config,
         path: &config_path,
         store: o.store.as_ref(),
+        clock: o.clock.as_ref(),
         tls: tls_files,
     };
     wait_for_signal(signals, &reloads).await;
@@ -325,7 +326,39 @@ struct Reloads<'a> {
     running: &'a Config,
     path: &'a Path,
     store: &'a dyn portcullis_core::store::Store,
+    clock: &'a dyn portcullis_core::clock::Clock,
     tls: Option<crate::http::tls::TlsFiles>,
+}
+
+impl Reloads<'_> {
+    /// The audit record of one reload (channel `config`, no tenant: it is the operator's):
+    /// what it applied or why it applied nothing, by name, never a value (a config error's
+    /// text may quote the file, so its reason is left to the log). A record that cannot be
+    /// written is logged; the reload stands.
+    fn audit(&self, applied: bool, reason: &str) {
+        use portcullis_core::model::{AuditRecord, AuditResult};
+        let record = AuditRecord {
+            time: self.clock.now(),
+            tenant: String::new(),
+            username: String::new(),
+            channel: "config".into(),
+            client: "sighup".into(),
+            source: "local".into(),
+            mode: "config.reload".into(),
+            factors: Vec::new(),
+            result: if applied {
+                AuditResult::Accept
+            } else {
+                AuditResult::Reject
+            },
+            reason: reason.to_string(),
+            transaction: None,
+            host: None,
+        };
+        if let Err(e) = self.store.append_audit(&record) {
+            tracing::error!(error = %e, "cannot write the audit record of a configuration reload");
+        }
+    }
 }
 
 async fn wait_for_signal(signals: Signals, reloads: &Reloads<'_>) {
@@ -482,12 +515,25 @@ fn reload(r: &Reloads<'_>) {
     // reason for a reload, and its files are its own.
     if let Some(tls) = &r.tls {
         match tls.reload() {
-            Ok(()) => tracing::info!(cert = %tls.cert().display(),
-                "HTTPS certificate and key read again: served from the next connection on"),
+            Ok(()) => {
+                tracing::info!(cert = %tls.cert().display(),
+                    "HTTPS certificate and key read again: served from the next connection on");
+                r.audit(
+                    true,
+                    &format!("HTTPS certificate {} read again", tls.cert().display()),
+                );
+            }
             Err(e) => {
                 ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
                 tracing::error!(error = %format!("{e:#}"),
-                    "HTTPS certificate reload failed; still serving the previous certificate")
+                    "HTTPS certificate reload failed; still serving the previous certificate");
+                r.audit(
+                    false,
+                    &format!(
+                        "HTTPS certificate {} not loaded (see the daemon's log); the previous one is served",
+                        tls.cert().display()
+                    ),
+                );
             }
         }
     }
@@ -507,6 +553,13 @@ fn reload(r: &Reloads<'_>) {
                 changed = %changed.join(", "),
                 "configuration reload failed: these settings change only with a restart, and nothing was applied (still using the previous configuration); restart portcullis to apply them"
             );
+            r.audit(
+                false,
+                &format!(
+                    "nothing applied: only a restart applies {}",
+                    changed.join(", ")
+                ),
+            );
         }
         Ok(cfg) => {
             // Applied first: a removed client's secret stops working now, not after the
@@ -516,6 +569,10 @@ fn reload(r: &Reloads<'_>) {
             tracing::info!(
                 clients = cfg.radius.clients.len(),
                 "configuration reloaded: RADIUS clients ({clients}) and reply attributes"
+            );
+            r.audit(
+                true,
+                &format!("RADIUS clients ({clients}) and reply attributes"),
             );
             let unapplied = listener_changes(running, &cfg);
             if !unapplied.is_empty() {
@@ -529,6 +586,10 @@ fn reload(r: &Reloads<'_>) {
         Err(e) => {
             ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
             tracing::error!(error = %e, "configuration reload failed; still using the previous configuration");
+            r.audit(
+                false,
+                "the file does not load (see the daemon's log); the previous configuration stays",
+            );
         }
     }
 }

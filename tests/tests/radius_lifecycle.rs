@@ -119,6 +119,37 @@ fn sighup_swaps_secrets_keeps_logins_in_progress_and_refuses_an_invalid_config()
         metric(&m, r#"portcullis_config_reloads_total{result="error"}"#),
         Some(1.0)
     );
+    // Both reloads are audit records of the operator's (no tenant), by name only.
+    std::fs::write(env.config_path(), &new_text).unwrap();
+    let records = env.cli_json(&["--json", "audit"]);
+    let reloads: Vec<&serde_json::Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["mode"] == "config.reload")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{records}");
+    let text = serde_json::to_string(&reloads).unwrap();
+    assert!(
+        reloads.iter().any(|r| r["result"] == "accept"
+            && r["channel"] == "config"
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("added: other; removed: none; changed: vpn")),
+        "{text}"
+    );
+    assert!(
+        reloads
+            .iter()
+            .any(|r| r["result"] == "reject"
+                && r["reason"].as_str().unwrap().contains("does not load")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("n3w-secret") && !text.contains("sometimes"),
+        "{text}"
+    );
 }
 
 #[test]
