@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod first_factor;
 pub mod http;
+pub mod notify;
 pub mod pam;
 pub mod providers;
 pub mod push;

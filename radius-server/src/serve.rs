@@ -21,6 +21,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Open everything, bind the listeners, serve until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> Result<()> {
+    let notifier = crate::notify::Notifier::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("portcullis")
@@ -36,7 +37,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         Signals::install()
     };
     let opened = crate::cli::open(config_path)?;
-    runtime.block_on(serve(opened, signals, config_path.to_path_buf()))
+    runtime.block_on(serve(opened, signals, notifier, config_path.to_path_buf()))
 }
 
 /// Warn about client settings an operator should know of (at start and after a reload).
@@ -82,7 +83,12 @@ fn placeholder_secrets(cfg: &Config) -> Vec<String> {
 
 /// `signals` were installed before the store was opened (see [`run`]): a SIGTERM that
 /// arrives as soon as the daemon answers is a shutdown, never the default (abrupt) death.
-async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) -> Result<()> {
+async fn serve(
+    o: crate::cli::Opened,
+    signals: Signals,
+    notifier: crate::notify::Notifier,
+    config_path: PathBuf,
+) -> Result<()> {
     let mut engine = o.build_engine(&tokio::runtime::Handle::current())?;
     // First-factor backends (LDAP, upstream RADIUS, delegated) per tenant and client; the
     // returned backends serve the PAM services' `first_factor` overrides.
@@ -205,6 +211,9 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
         None => None,
     };
     let _ = std::io::stdout().flush();
+    // Every listener is bound: systemd (Type=notify) may start what waits for us, and may
+    // send a reload now.
+    notifier.send("READY=1\nSTATUS=serving");
 
     // Housekeeping: expire cached replies and stored transactions / replay entries.
     let housekeeping = {
@@ -239,8 +248,10 @@ async fn serve(o: crate::cli::Opened, signals: Signals, config_path: PathBuf) ->
         store: o.store.as_ref(),
         clock: o.clock.as_ref(),
         tls: tls_files,
+        notifier: &notifier,
     };
     wait_for_signal(signals, &reloads).await;
+    notifier.send("STOPPING=1\nSTATUS=finishing logins in progress");
     if o.config.http.is_some() {
         tracing::info!("shutting down: no new logins; finishing logins in progress (the HTTP listener stays up for their push approvals and PAM steps)");
     } else {
@@ -328,6 +339,7 @@ struct Reloads<'a> {
     store: &'a dyn portcullis_core::store::Store,
     clock: &'a dyn portcullis_core::clock::Clock,
     tls: Option<crate::http::tls::TlsFiles>,
+    notifier: &'a crate::notify::Notifier,
 }
 
 impl Reloads<'_> {
@@ -503,6 +515,12 @@ fn listener_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 /// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
 /// ones when the new file is invalid or changes what only a restart applies.
 fn reload(r: &Reloads<'_>) {
+    r.notifier.send("RELOADING=1");
+    reload_files(r);
+    r.notifier.send("READY=1\nSTATUS=serving");
+}
+
+fn reload_files(r: &Reloads<'_>) {
     use std::sync::atomic::Ordering::Relaxed;
     let Reloads {
         ctx,

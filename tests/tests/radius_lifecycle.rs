@@ -498,3 +498,37 @@ fn sighup_serves_a_renewed_https_certificate_and_keeps_the_old_one_when_the_new_
     );
     assert!(status_answered(server.addr, "s3cret-vpn"));
 }
+
+#[test]
+fn systemd_hears_when_the_daemon_serves_reloads_and_stops() {
+    // Type=notify: the manager's socket ($NOTIFY_SOCKET) gets READY=1 once every listener
+    // is bound, RELOADING=1 then READY=1 around a reload, STOPPING=1 at SIGTERM.
+    peers();
+    let (env, _totp) = env_with_alice(HTTP);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = manager.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut cmd = env.command();
+    cmd.env("NOTIFY_SOCKET", &path);
+    let mut server = portcullis_tests::Server::start(cmd);
+    let ready = next();
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert!(status_answered(server.addr, "s3cret-vpn"));
+    assert!(server.reload(), "{}", server.stderr());
+    assert_eq!(next(), "RELOADING=1");
+    assert!(next().starts_with("READY=1"));
+    server.signal(Signal::TERM);
+    assert!(next().starts_with("STOPPING=1"));
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{}", server.stderr());
+}
