@@ -370,8 +370,19 @@ fn sighup_while_the_daemon_starts_does_not_end_it_and_reloads_once_it_serves() {
         .spawn()
         .expect("start portcullis serve");
     let pid = child.id();
-    // Let it get past its first steps to the key (it waits there), then signal.
-    std::thread::sleep(Duration::from_millis(700));
+    // Let it get past its first steps to the key (it waits there), then signal: its async
+    // runtime's threads exist once it is past them (a fixed sleep alone could be too short
+    // on a busy machine); without them after 10 s, signal anyway.
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
         portcullis_tests::process::send_signal(pid, Signal::HUP).expect("send SIGHUP");
         std::thread::sleep(Duration::from_millis(50));
