@@ -57,6 +57,23 @@ fn nodes_starting_together_migrate_once() {
     assert!(rows.is_empty(), "a migration was applied twice");
 }
 
+/// A connection to the database at `url`, migrated as a release that knew the migrations
+/// before `version` left it.
+fn database_before(url: &str, version: i64) -> postgres::Client {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    c.batch_execute(
+        "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .expect("schema_version");
+    for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < version) {
+        c.batch_execute(&translate_sql(sql))
+            .unwrap_or_else(|e| panic!("migration {v}: {e}"));
+        c.execute("INSERT INTO schema_version VALUES ($1, 0)", &[v])
+            .expect("record the migration");
+    }
+    c
+}
+
 /// A database as the version before migration 12 left it, with a code used just before
 /// the upgrade (under `window = 1`): after the upgrade that code is still used, because its
 /// replay row was given the new key (an expiry from the factor's period and the step).
@@ -65,17 +82,7 @@ fn upgrading_keeps_the_replay_cache_of_an_older_database() {
     let pg = PgServer::start();
     let url = pg.create_database();
     {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-        c.batch_execute(
-            "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .expect("schema_version");
-        for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < 12) {
-            c.batch_execute(&translate_sql(sql))
-                .unwrap_or_else(|e| panic!("migration {v}: {e}"));
-            c.execute("INSERT INTO schema_version VALUES ($1, 0)", &[v])
-                .expect("record the migration");
-        }
+        let mut c = database_before(&url, 12);
         c.batch_execute(
             "INSERT INTO tenants (id, name, created_at) VALUES (1, 't', 0);
              INSERT INTO users (id, tenant_id, name, created_at) VALUES (1, 1, 'u', 0);
@@ -110,17 +117,7 @@ fn upgrading_leaves_the_admin_tokens_of_an_older_database_without_expiry() {
     let pg = PgServer::start();
     let url = pg.create_database();
     {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-        c.batch_execute(
-            "CREATE TABLE schema_version (version BIGINT NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .expect("schema_version");
-        for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 < 15) {
-            c.batch_execute(&translate_sql(sql))
-                .unwrap_or_else(|e| panic!("migration {v}: {e}"));
-            c.execute("INSERT INTO schema_version VALUES ($1, 0)", &[v])
-                .expect("record the migration");
-        }
+        let mut c = database_before(&url, 15);
         c.batch_execute(suite::OLD_ADMIN_TOKEN_ROWS)
             .expect("an older database's token");
     }
