@@ -1255,16 +1255,27 @@ fn draining_failures_are_reserved_under_the_limit_also_at_once(s: &dyn Store) {
     s.lock_until(t.id, key, 2000).unwrap();
     assert!(matches!(reserve(key, 1, 1100), Refused(th) if th.locked_until == Some(2000)));
     assert!(matches!(reserve(key, 1, 2000), Reserved(_)));
-    // Checks on several nodes at the same moment: the level never passes the limit.
+    // Checks on several nodes at the same moment: the level never passes the limit; all
+    // given back at the same moment, nothing is left (not even a row of 0 failures).
     let busy = "source:radius:d:first_factor";
-    let reserved = at_once(16, |_| reserve(busy, 1, 3000))
-        .into_iter()
-        .filter(|r| matches!(r, Reserved(_)))
-        .count();
-    assert_eq!(reserved, 11);
-    assert_eq!(s.throttle(t.id, busy).unwrap().failures, 11);
-    at_once(16, |_| s.release_failures(t.id, busy, 1).unwrap());
-    assert_eq!(s.throttle(t.id, busy).unwrap(), Throttle::default());
+    for round in 0..10 {
+        let reserved = at_once(16, |_| reserve(busy, 1, 3000))
+            .into_iter()
+            .filter(|r| matches!(r, Reserved(_)))
+            .count();
+        assert_eq!(reserved, 11, "round {round}");
+        assert_eq!(
+            s.throttle(t.id, busy).unwrap().failures,
+            11,
+            "round {round}"
+        );
+        at_once(16, |_| s.release_failures(t.id, busy, 1).unwrap());
+        assert_eq!(
+            s.throttle(t.id, busy).unwrap(),
+            Throttle::default(),
+            "round {round}"
+        );
+    }
 }
 
 fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {

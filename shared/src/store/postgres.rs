@@ -1887,12 +1887,17 @@ impl Store for PgStore {
         failures: u32,
     ) -> StoreResult<Throttle> {
         // A row left with nothing is deleted, else updated: one statement (the UPDATE
-        // skips the row the DELETE took; both re-check their condition on the newest
-        // version of a row another node changed meanwhile).
+        // skips the row the DELETE took). The count the DELETE goes by is read under the
+        // row's lock (`cur`), i.e. as the last release on another node left it: read from
+        // the statement's snapshot, releases at the same moment each saw more than their
+        // own and the last one left a row of 0 failures behind.
         match self.query_opt(
-            "WITH gone AS (
+            "WITH cur AS (
+               SELECT failures FROM throttles WHERE tenant_id = $1 AND throttle_key = $2
+               FOR UPDATE),
+             gone AS (
                DELETE FROM throttles WHERE tenant_id = $1 AND throttle_key = $2
-               AND failures <= $3 AND locked_until IS NULL
+               AND (SELECT failures FROM cur) <= $3 AND locked_until IS NULL
                RETURNING 1)
              UPDATE throttles SET failures = GREATEST(0, failures - $3)
              WHERE tenant_id = $1 AND throttle_key = $2 AND NOT EXISTS (SELECT 1 FROM gone)
