@@ -4,13 +4,13 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::env::TestEnv;
 use crate::server::Server;
-use crate::tools::{require_tool, run_with_timeout};
+use crate::tools::{require_tool, run_with_timeout_after};
 use crate::totp::{oathtool_totp, random_base32_secret, wrong_totp, Algorithm};
 
 /// How long one pamtester run may take.
@@ -80,10 +80,123 @@ pub fn pam_wrapper_lib() -> PathBuf {
 }
 
 /// Sets the pam_wrapper variables on `cmd`: PAM reads its services from `service_dir`.
+/// Start it with [`run_under_pam_wrapper`] or [`spawn_under_pam_wrapper`] (or take a
+/// [`PamWrapperTurn`]), never alone: see there.
 pub fn under_pam_wrapper(cmd: &mut Command, service_dir: &Path) {
     cmd.env("LD_PRELOAD", pam_wrapper_lib())
         .env("PAM_WRAPPER", "1")
         .env("PAM_WRAPPER_SERVICE_DIR", service_dir);
+}
+
+/// pam_wrapper (Debian's 1.1.4) copies the service directory at `pam_start` to
+/// `/tmp/pam.X`: it takes the first X whose name is free, creates it afterwards and goes
+/// on when that fails. Two processes starting PAM at the same moment can so share one copy
+/// and one of them runs the other's service file: a login against another test's daemon
+/// (seen once in CI, where two tests of one binary started pamtester together). So the
+/// processes of a test binary start PAM one at a time: whoever holds the turn starts its
+/// process and gives the turn back once that process (or one it started) has made its own
+/// copy, has exited, or 10 s have passed. Test binaries run one after another, so a lock
+/// within the binary is enough.
+static PAM_WRAPPER_START: Mutex<()> = Mutex::new(());
+
+/// The turn to start a process whose PAM runs under pam_wrapper ([`PAM_WRAPPER_START`]).
+pub struct PamWrapperTurn {
+    _turn: MutexGuard<'static, ()>,
+    /// The copies (`/tmp/pam.X` and the pid in it) that were there before.
+    before: Vec<(String, u32)>,
+}
+
+impl PamWrapperTurn {
+    /// Waits for the turn (a test that panicked holding it does not keep it).
+    pub fn take() -> PamWrapperTurn {
+        let turn = PAM_WRAPPER_START
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        PamWrapperTurn {
+            _turn: turn,
+            before: pam_wrapper_copies(),
+        }
+    }
+
+    /// Gives the turn back once a process under `pam_root` (its pid, or an ancestor's: an
+    /// sshd whose session processes run PAM) has made a new copy, `child` has exited or
+    /// 10 s have passed.
+    pub fn until_copied(self, child: &mut Child, pam_root: u32) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            let made = pam_wrapper_copies()
+                .into_iter()
+                .any(|c| !self.before.contains(&c) && descends_from(c.1, pam_root));
+            if made {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// `run_with_timeout` for a command set up by [`under_pam_wrapper`], started in turn.
+pub fn run_under_pam_wrapper(cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration) -> Output {
+    let turn = PamWrapperTurn::take();
+    run_with_timeout_after(cmd, stdin, timeout, move |child| {
+        let id = child.id();
+        turn.until_copied(child, id)
+    })
+}
+
+/// Spawns a command set up by [`under_pam_wrapper`] in turn.
+pub fn spawn_under_pam_wrapper(cmd: &mut Command) -> std::io::Result<Child> {
+    let turn = PamWrapperTurn::take();
+    let mut child = cmd.spawn()?;
+    let id = child.id();
+    turn.until_copied(&mut child, id);
+    Ok(child)
+}
+
+/// pam_wrapper's copies of service directories: `/tmp/pam.X` with the pid it wrote there.
+fn pam_wrapper_copies() -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !(name.len() == 5 && name.starts_with("pam.")) {
+                return None;
+            }
+            let pid = std::fs::read_to_string(e.path().join("pid")).ok()?;
+            Some((name, pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether process `pid` is `root` or was started by it (through at most 16 parents).
+fn descends_from(mut pid: u32, root: u32) -> bool {
+    for _ in 0..16 {
+        if pid == root {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(parent) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        else {
+            return false;
+        };
+        if parent == 0 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
 }
 
 /// Panics unless the tests run as root (sshd and uid switching need it).
@@ -265,7 +378,7 @@ impl PamFixture {
         cmd.args(["-v", service, user, "authenticate"]);
         under_pam_wrapper(&mut cmd, &self.service_dir);
         cmd.envs(vars.iter().copied());
-        run_with_timeout(cmd, Some(stdin.as_bytes().to_vec()), PAMTESTER_TIMEOUT)
+        run_under_pam_wrapper(cmd, Some(stdin.as_bytes().to_vec()), PAMTESTER_TIMEOUT)
     }
 
     /// `pamtester -v SERVICE USER authenticate` under pam_wrapper (with `vars`) that the
@@ -279,7 +392,7 @@ impl PamFixture {
             .stderr(Stdio::piped());
         under_pam_wrapper(&mut cmd, &self.service_dir);
         cmd.envs(vars.iter().copied());
-        let mut child = cmd.spawn().expect("start pamtester");
+        let mut child = spawn_under_pam_wrapper(&mut cmd).expect("start pamtester");
         let stdin = child.stdin.take().expect("stdin piped");
         // Prompts and messages (and pam_wrapper's syslog lines) come on stderr.
         let (tx, output) = mpsc::channel::<Vec<u8>>();

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::tools::{require_tool, run_with_timeout};
+use crate::pam::run_under_pam_wrapper;
+use crate::tools::require_tool;
 
 /// Directories where Debian installs PAM modules and pam_wrapper.
 const LIB_DIRS: &[&str] = &[
@@ -79,6 +80,6 @@ impl PamRadius {
             .env("PAM_WRAPPER", "1")
             .env("PAM_WRAPPER_SERVICE_DIR", self.dir.path().join("pam.d"));
         let input: String = answers.iter().map(|a| format!("{a}\n")).collect();
-        run_with_timeout(cmd, Some(input.into_bytes()), Duration::from_secs(30))
+        run_under_pam_wrapper(cmd, Some(input.into_bytes()), Duration::from_secs(30))
     }
 }

@@ -61,9 +61,20 @@ pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
 /// Runs `cmd` to completion with `stdin` (or none), capturing stdout and stderr; kills it
 /// and fails the test if it takes longer than `timeout`.
 pub fn run_with_timeout(
+    cmd: std::process::Command,
+    stdin: Option<Vec<u8>>,
+    timeout: std::time::Duration,
+) -> std::process::Output {
+    run_with_timeout_after(cmd, stdin, timeout, |_| {})
+}
+
+/// [`run_with_timeout`] that calls `started` with the child as soon as it runs, before its
+/// input is written.
+pub fn run_with_timeout_after(
     mut cmd: std::process::Command,
     stdin: Option<Vec<u8>>,
     timeout: std::time::Duration,
+    started: impl FnOnce(&mut std::process::Child),
 ) -> std::process::Output {
     use std::io::{Read, Write};
     use std::process::Stdio;
@@ -80,6 +91,7 @@ pub fn run_with_timeout(
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    started(&mut child);
     let writer = match (stdin, child.stdin.take()) {
         (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
             // The child may exit without reading everything; that is its business.

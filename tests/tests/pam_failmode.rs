@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::protocol::{self, Response, ResponseStep};
 use portcullis_tests::fakes::tls::TestTls;
-use portcullis_tests::pam::{under_pam_wrapper, with_state_dir};
+use portcullis_tests::pam::{spawn_under_pam_wrapper, under_pam_wrapper, with_state_dir};
 use portcullis_tests::process::{send_signal, Signal};
 use portcullis_tests::{describe, pam_module_path, require_root, require_tool, PamFixture};
 
@@ -155,7 +155,7 @@ fn pamtester_reporting_pid(f: &PamFixture, service: &str, pid: mpsc::Sender<u32>
         .stderr(Stdio::piped());
     under_pam_wrapper(&mut cmd, &f.service_dir);
     cmd.env("PAM_WRAPPER_DEBUGLEVEL", "3");
-    let child = cmd.spawn().expect("start pamtester");
+    let child = spawn_under_pam_wrapper(&mut cmd).expect("start pamtester");
     let id = child.id();
     pid.send(id).expect("the stand-in waits for the pid");
     let (done, finished) = mpsc::channel::<()>();

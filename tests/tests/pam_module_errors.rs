@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_tests::fakes::tls::TestTls;
-use portcullis_tests::pam::pam_wrapper_lib;
-use portcullis_tests::tools::run_with_timeout;
+use portcullis_tests::pam::{pam_wrapper_lib, run_under_pam_wrapper};
 use portcullis_tests::{describe, pam_module_path, require_root, require_tool, PamFixture};
 
 fn stderr(out: &std::process::Output) -> String {
@@ -260,7 +259,7 @@ exec env "$@""#;
     .arg("PAM_WRAPPER_DEBUGLEVEL=3")
     .arg(&pamtester)
     .args(["-v", service, "alice", "authenticate"]);
-    let out = run_with_timeout(cmd, Some(Vec::new()), Duration::from_secs(60));
+    let out = run_under_pam_wrapper(cmd, Some(Vec::new()), Duration::from_secs(60));
     assert_ne!(
         out.status.code(),
         Some(97),

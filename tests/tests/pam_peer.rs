@@ -15,8 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use portcullis_tests::pam::under_pam_wrapper;
-use portcullis_tests::tools::run_with_timeout;
+use portcullis_tests::pam::{run_under_pam_wrapper, under_pam_wrapper};
 use portcullis_tests::{describe, pam_module_path, require_root, require_tool};
 
 /// uid and gid of `nobody`/`nogroup`: the stand-in that is not the daemon.
@@ -97,7 +96,7 @@ impl Host {
         cmd.args(["-v", service, "alice", "authenticate"]);
         under_pam_wrapper(&mut cmd, &self.service_dir);
         cmd.env("PAM_WRAPPER_DEBUGLEVEL", "3");
-        run_with_timeout(cmd, Some(Vec::new()), Duration::from_secs(60))
+        run_under_pam_wrapper(cmd, Some(Vec::new()), Duration::from_secs(60))
     }
 
     /// Starts the stand-in on `socket` as `uid` (through setpriv, with its group and no

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use portcullis_tests::pam::under_pam_wrapper;
+use portcullis_tests::pam::{run_under_pam_wrapper, under_pam_wrapper};
 use portcullis_tests::tools::{require_tool, run_with_timeout};
 use portcullis_tests::{describe, require_root, PamFixture};
 use serde_json::Value;
@@ -199,7 +199,7 @@ fn pam_logins_of_a_uid_not_allowed_are_refused_as_forbidden_every_time_even_with
         under_pam_wrapper(&mut cmd, &f.service_dir);
         // pam_wrapper prints what the module logs through pam_syslog on stderr.
         cmd.env("PAM_WRAPPER_DEBUGLEVEL", "3");
-        let out = run_with_timeout(cmd, Some(Vec::new()), Duration::from_secs(60));
+        let out = run_under_pam_wrapper(cmd, Some(Vec::new()), Duration::from_secs(60));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "login {i}: {}", describe(&out));
         assert!(

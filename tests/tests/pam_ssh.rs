@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use portcullis_tests::pam::{system_file, under_pam_wrapper};
-use portcullis_tests::tools::{require_tool, run_with_timeout};
+use portcullis_tests::pam::{system_file, under_pam_wrapper, PamWrapperTurn};
+use portcullis_tests::tools::{require_tool, run_with_timeout, run_with_timeout_after};
 use portcullis_tests::{describe, require_root, PamFixture};
 
 /// The Portcullis user who logs in: sshd needs a system account of that name, and root is
@@ -179,7 +179,12 @@ fn ssh_login(f: &PamFixture, sshd: &Sshd, codes: &[String]) -> std::process::Out
             "REMOTE_CMD",
             "echo portcullis-ssh-ok user=$(id -un) factor=$PORTCULLIS_FACTOR",
         );
-    run_with_timeout(cmd, None, Duration::from_secs(60))
+    // sshd's session process runs PAM under pam_wrapper: one at a time (see PamWrapperTurn).
+    let turn = PamWrapperTurn::take();
+    let sshd_pid = sshd.child.id();
+    run_with_timeout_after(cmd, None, Duration::from_secs(60), move |child| {
+        turn.until_copied(child, sshd_pid)
+    })
 }
 
 fn fixture() -> PamFixture {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use portcullis_tests::fakes::ntfy::FakeNtfy;
 use portcullis_tests::http::{request_full, HttpReply};
-use portcullis_tests::pam::under_pam_wrapper;
+use portcullis_tests::pam::{spawn_under_pam_wrapper, under_pam_wrapper};
 use portcullis_tests::web::{
     self, cookie_pair, enc, free_port, hidden, my_login, set_cookie, shown_secret,
 };
@@ -957,12 +957,10 @@ fn pam_enrolment_prompt_carries_the_link_and_the_first_code_logs_in() {
     let mut cmd = Command::new(require_tool("pamtester", "pamtester"));
     cmd.args(["-v", "enroll", "bob", "authenticate"]);
     under_pam_wrapper(&mut cmd, &f.service_dir);
-    let mut child = cmd
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run pamtester");
+        .stderr(Stdio::piped());
+    let mut child = spawn_under_pam_wrapper(&mut cmd).expect("run pamtester");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"bobs password\n").unwrap();
     let seen = Arc::new(Mutex::new(String::new()));
