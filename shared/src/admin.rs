@@ -756,11 +756,12 @@ impl Admin {
         &self,
         tenant: &str,
         name: &str,
-        webhook: Option<&str>,
+        webhook: Option<crate::push::WebhookTarget<'_>>,
     ) -> Result<(FactorInfo, String), AdminError> {
         use crate::push::{PushChannel, PushParams};
         let (_, u) = self.user(tenant, name)?;
-        let (channel, address) = match webhook {
+        let public_only = webhook.is_some_and(|w| w.public_only);
+        let (channel, address) = match webhook.map(|w| w.url) {
             Some(url) => {
                 let ok = url
                     .strip_prefix("https://")
@@ -786,7 +787,11 @@ impl Admin {
                 (PushChannel::Ntfy, topic)
             }
         };
-        let params = serde_json::to_string(&PushParams { channel }).unwrap_or_default();
+        let params = serde_json::to_string(&PushParams {
+            channel,
+            public_only,
+        })
+        .unwrap_or_default();
         let id = self.add_sealed_factor(
             &u,
             FactorKind::Push,

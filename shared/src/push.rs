@@ -22,9 +22,26 @@ pub enum PushChannel {
 }
 
 /// The JSON `params` of a push factor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushParams {
     pub channel: PushChannel,
+    /// A webhook that a tenant's token named: posted to only at public addresses, checked
+    /// again at every connection (its name's DNS answer may change after the enrolment's
+    /// check) and never through a redirect. Webhooks of the operator may be internal.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub public_only: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A webhook to enrol: its URL, and whether it must stay on public addresses (one named by
+/// a tenant's token, see [`PushParams::public_only`]).
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookTarget<'a> {
+    pub url: &'a str,
+    pub public_only: bool,
 }
 
 /// One notification: the login's context and the links that answer it.
@@ -64,17 +81,18 @@ impl std::fmt::Debug for PushNotice {
 pub trait PushSender: Send + Sync + 'static {
     /// Provider name for logs and audit (`ntfy`, `webhook`).
     fn provider(&self, channel: PushChannel) -> &'static str;
-    /// Send `notice` to `address` (the ntfy topic or the webhook URL). Bounded in time.
+    /// Send `notice` to `address` (the ntfy topic or the webhook URL) of a factor with
+    /// `params`. Bounded in time.
     fn send(
         &self,
-        channel: PushChannel,
+        params: &PushParams,
         address: &str,
         notice: &PushNotice,
     ) -> Result<(), DeliveryError>;
     /// Send a plain message without answer links (the enrolment code). Bounded in time.
     fn send_text(
         &self,
-        channel: PushChannel,
+        params: &PushParams,
         address: &str,
         title: &str,
         message: &str,

@@ -732,7 +732,12 @@ fn enroll_push(
     webhook: Option<&str>,
 ) -> Result<String> {
     let (engine, _rt) = o.engine()?;
-    let e = crate::push::enroll_and_send(&o.admin(), &engine, tenant, user, webhook)?;
+    // The operator's CLI may name any webhook, also one on an internal address.
+    let target = webhook.map(|url| portcullis_core::push::WebhookTarget {
+        url,
+        public_only: false,
+    });
+    let e = crate::push::enroll_and_send(&o.admin(), &engine, tenant, user, target)?;
     let id = &e.factor.factor_id;
     let value = json!({
         "factor_id": id, "kind": e.factor.kind, "state": "pending", "sent": true,

@@ -29,10 +29,24 @@ pub(crate) fn client(
     ca_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
+    client_with(section, ca_file, timeout, |b| b)
+}
+
+/// [`client`], its builder adjusted by `adjust` first (a resolver of its own).
+pub(crate) fn client_with(
+    section: &str,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+    adjust: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client> {
+    // Redirects are not followed: no provider's API redirects a POST, and a redirect
+    // could lead a request (with its token or signature) to another host, one inside the
+    // daemon's network too. `classify` says what to configure instead.
+    let mut b = adjust(reqwest::Client::builder())
         .timeout(timeout)
         .connect_timeout(timeout)
         .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         for der in ca_certificates(&format!("{section}.ca_file"), path)? {
@@ -64,8 +78,16 @@ pub(crate) fn run_blocking<T>(
     })
 }
 
-/// Sort an HTTP failure into refused (4xx except 429: not worth retrying) or unavailable.
+/// Sort an HTTP failure into refused (4xx except 429, and a redirect, which is not
+/// followed: not worth retrying) or unavailable.
 pub(crate) fn classify(status: reqwest::StatusCode, detail: String) -> DeliveryError {
+    if status.is_redirection() {
+        return DeliveryError::Refused(format!(
+            "HTTP {}: the server answered with a redirect, which is not followed; configure the address it redirects to{}",
+            status.as_u16(),
+            if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+        ));
+    }
     if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
         DeliveryError::Refused(format!("HTTP {}: {detail}", status.as_u16()))
     } else {
@@ -85,14 +107,30 @@ pub(crate) fn transport(e: reqwest::Error) -> DeliveryError {
     // No connection: nothing was sent. Once connected, the request may have gone out
     // whatever happened to its answer.
     if e.is_connect() {
-        let why = e.without_url();
+        let why = with_causes(e.without_url());
         return DeliveryError::Unavailable(format!("cannot connect{host}: {why}"));
     }
     DeliveryError::Uncertain(if e.is_timeout() {
         format!("timed out{host}")
     } else {
-        format!("transport error{host}: {}", e.without_url())
+        format!("transport error{host}: {}", with_causes(e.without_url()))
     })
+}
+
+/// `e` and what caused it (reqwest's own text says only "error sending request"): the
+/// DNS, TLS or connection error the operator can act on.
+fn with_causes(e: reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The sender a tenant's `[tenants.NAME.sms]` describes; `section` is that key, which

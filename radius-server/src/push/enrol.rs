@@ -4,6 +4,7 @@
 
 use portcullis_core::admin::{Admin, AdminError, FactorInfo};
 use portcullis_core::engine::{Engine, EngineError, SendOutcome};
+use portcullis_core::push::WebhookTarget;
 
 /// A pending push factor whose confirmation code was pushed.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ pub fn enroll_and_send(
     engine: &Engine,
     tenant: &str,
     user: &str,
-    webhook: Option<&str>,
+    webhook: Option<WebhookTarget<'_>>,
 ) -> Result<PushEnrolment, PushEnrolError> {
     // An unknown tenant or user is that error, whatever the configuration.
     admin.list_factors(tenant, user)?;

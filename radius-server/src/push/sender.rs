@@ -1,23 +1,29 @@
 //! Delivering push notifications: ntfy (JSON publish with action buttons) and a generic
-//! JSON webhook (optionally signed). HTTPS only, certificates verified, bounded in time.
+//! JSON webhook (optionally signed). HTTPS only, certificates verified, no redirects,
+//! bounded in time. A webhook that a tenant's token named goes only to public addresses,
+//! checked at every connection ([`PublicOnly`]).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
 use portcullis_core::config::PushConfig;
 use portcullis_core::delivery::DeliveryError;
-use portcullis_core::push::{PushChannel, PushNotice, PushSender};
+use portcullis_core::push::{PushChannel, PushNotice, PushParams, PushSender};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::runtime::Handle;
 use zeroize::Zeroizing;
 
-use crate::providers::{classify, client, run_blocking, transport};
+use crate::providers::{classify, client, client_with, run_blocking, transport};
 
 /// The push channels of one tenant.
 pub struct PushClient {
     http: reqwest::Client,
+    /// For the webhooks a tenant's token named ([`PushParams::public_only`]).
+    public_http: reqwest::Client,
     handle: Handle,
     ntfy_url: Option<String>,
     ntfy_token: Option<Zeroizing<String>>,
@@ -43,6 +49,11 @@ impl PushClient {
         };
         Ok(Self {
             http: client(section, cfg.ca_file.as_deref(), cfg.timeout)?,
+            // No idle connections kept: every post resolves and checks the name anew.
+            public_http: client_with(section, cfg.ca_file.as_deref(), cfg.timeout, |b| {
+                b.dns_resolver(Arc::new(PublicOnly))
+                    .pool_max_idle_per_host(0)
+            })?,
             handle,
             ntfy_url: cfg
                 .ntfy_url
@@ -58,11 +69,15 @@ impl PushClient {
     }
 
     /// POST `body` as JSON to `url` (with the ntfy token for ntfy, a signature for webhooks).
-    fn post(&self, channel: PushChannel, url: &str, body: &Value) -> Result<(), DeliveryError> {
+    fn post(&self, params: &PushParams, url: &str, body: &Value) -> Result<(), DeliveryError> {
+        let channel = params.channel;
         let bytes = serde_json::to_vec(body)
             .map_err(|e| DeliveryError::Refused(format!("cannot encode the message: {e}")))?;
-        let mut req = self
-            .http
+        let http = match channel {
+            PushChannel::Webhook if params.public_only => &self.public_http,
+            _ => &self.http,
+        };
+        let mut req = http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         match channel {
@@ -171,38 +186,72 @@ impl PushSender for PushClient {
 
     fn send(
         &self,
-        channel: PushChannel,
+        params: &PushParams,
         address: &str,
         notice: &PushNotice,
     ) -> Result<(), DeliveryError> {
-        match channel {
+        match params.channel {
             PushChannel::Ntfy => {
                 let base = self.ntfy_base()?;
-                self.post(channel, &format!("{base}/"), &ntfy_body(address, notice))
+                self.post(params, &format!("{base}/"), &ntfy_body(address, notice))
             }
-            PushChannel::Webhook => self.post(channel, address, &webhook_body(notice)),
+            PushChannel::Webhook => self.post(params, address, &webhook_body(notice)),
         }
     }
 
     fn send_text(
         &self,
-        channel: PushChannel,
+        params: &PushParams,
         address: &str,
         title: &str,
         message: &str,
     ) -> Result<(), DeliveryError> {
-        match channel {
+        match params.channel {
             PushChannel::Ntfy => {
                 let base = self.ntfy_base()?;
                 let body =
                     json!({"topic": address, "title": title, "message": message, "priority": 4});
-                self.post(channel, &format!("{base}/"), &body)
+                self.post(params, &format!("{base}/"), &body)
             }
             PushChannel::Webhook => {
                 let body = json!({"type": "message", "title": title, "message": message});
-                self.post(channel, address, &body)
+                self.post(params, address, &body)
             }
         }
+    }
+}
+
+/// The resolver of the webhooks a tenant's token named: the system's answer for the name
+/// (as any connection gets it), of which only the public addresses are used (see
+/// [`portcullis_core::admin::address_is_internal`]). The enrolment refused a name that
+/// resolved inside; this refuses one whose answer changed since (a DNS record pointed at
+/// the daemon's host, its network or a metadata address afterwards). A URL with an
+/// address instead of a name was checked at the enrolment and cannot change.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let (inside, public): (Vec<SocketAddr>, Vec<SocketAddr>) = found
+                .into_iter()
+                .partition(|a| portcullis_core::admin::address_is_internal(a.ip()));
+            if public.is_empty() {
+                let inside: Vec<String> = inside.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "{host} resolves to {} now: a tenant's webhook is posted to public addresses only",
+                    if inside.is_empty() { "nothing".to_string() } else { inside.join(", ") }
+                )
+                .into());
+            }
+            if !inside.is_empty() {
+                tracing::warn!(host = %host, "a tenant's webhook name resolves to internal addresses too; only its public ones are used");
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
     }
 }
 
@@ -224,6 +273,36 @@ mod tests {
             token: "tok".into(),
             number_matching,
         }
+    }
+
+    /// The resolver of tenants' webhooks: the system's answer without its internal
+    /// addresses, and an error that says what the name resolved to when nothing is left.
+    #[test]
+    fn a_tenants_webhook_name_is_used_only_at_public_addresses() {
+        use reqwest::dns::Resolve;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resolve = |host: &str| rt.block_on(PublicOnly.resolve(host.parse().unwrap()));
+        let e = match resolve("localhost") {
+            Ok(addrs) => panic!("localhost resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("localhost resolves to"), "{e}");
+        assert!(e.contains("127.0.0.1") || e.contains("::1"), "{e}");
+        assert!(e.contains("public addresses only"), "{e}");
+        assert!(resolve("no-such-host.invalid").is_err());
+    }
+
+    #[test]
+    fn a_redirect_is_refused_with_what_to_configure() {
+        let e = crate::providers::classify(reqwest::StatusCode::TEMPORARY_REDIRECT, String::new());
+        assert!(
+            matches!(&e, DeliveryError::Refused(m)
+            if m.contains("HTTP 307") && m.contains("not followed")),
+            "{e:?}"
+        );
     }
 
     #[test]

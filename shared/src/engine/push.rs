@@ -212,7 +212,7 @@ impl Engine {
             number_matching: number.is_some(),
         };
         super::blocking_point()?;
-        if let Err(e) = sender.send(params.channel, &address, &notice) {
+        if let Err(e) = sender.send(&params, &address, &notice) {
             tracing::warn!(tenant = %tenant.name, user = %user.name,
                 provider = sender.provider(params.channel), error = %e, "push not sent");
             self.store
@@ -419,7 +419,7 @@ impl Engine {
         let hash = super::sent_code_hash(&self.sent_pepper, &factor.id, &code);
         let Some(limits) = limits else {
             super::blocking_point()?;
-            if let Err(e) = sender.send_text(params.channel, &address, &title, &message) {
+            if let Err(e) = sender.send_text(&params, &address, &title, &message) {
                 return Ok(SendOutcome::Failed(e));
             }
             self.store
@@ -448,7 +448,7 @@ impl Engine {
             self.store.release_code_send(user.id, &reservation)?;
             return Err(e);
         }
-        let sent = sender.send_text(params.channel, &address, &title, &message);
+        let sent = sender.send_text(&params, &address, &title, &message);
         match sent {
             Err(e) if !e.may_have_been_sent() => {
                 self.store.release_code_send(user.id, &reservation)?;

@@ -6,3 +6,4 @@ pub mod ntfy;
 pub mod smtp;
 pub mod tls;
 pub mod twilio;
+pub mod webhook;

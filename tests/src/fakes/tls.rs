@@ -1,4 +1,5 @@
-//! A throwaway CA and a server certificate for 127.0.0.1 / localhost, made per test.
+//! A throwaway CA and a server certificate (for 127.0.0.1 / localhost unless told other
+//! names), made per test, and the HTTPS server the fakes run on.
 
 use std::path::{Path, PathBuf};
 
@@ -43,31 +44,54 @@ impl TestTls {
     }
 }
 
-/// The HTTPS server under a fake: a free 127.0.0.1 port, a throwaway CA (written into the
-/// fake's directory) and one thread per request, so that a hanging answer does not block
-/// the next. Stops accepting when dropped.
+/// The HTTPS server under a fake: a free port (127.0.0.1 unless started with
+/// [`HttpsServer::start_on`]), a throwaway CA (written into the fake's directory) and one
+/// thread per request, so that a hanging answer does not block the next. Stops accepting
+/// when dropped.
 pub struct HttpsServer {
+    /// The bound address: for a wildcard bind (`0.0.0.0:0`) it is `0.0.0.0:PORT`, so
+    /// connect to a concrete address with `addr.port()`.
     pub addr: std::net::SocketAddr,
+    /// The CA that signed the server certificate (PEM), for clients to trust.
     pub ca_file: PathBuf,
     server: std::sync::Arc<tiny_http::Server>,
 }
 
 impl HttpsServer {
-    /// Start serving `handle(request, the server's own address)`; `what` names the fake.
+    /// Start serving `handle(request, the server's own address)` on a free 127.0.0.1 port
+    /// with a certificate for 127.0.0.1 and localhost; `what` names the fake.
     pub fn start(
         dir: &Path,
         what: &str,
         handle: impl Fn(tiny_http::Request, std::net::SocketAddr) + Send + Sync + 'static,
     ) -> HttpsServer {
-        let tls = TestTls::new(dir);
-        let server = tiny_http::Server::https(
+        HttpsServer::start_on(
+            dir,
+            what,
             "127.0.0.1:0",
+            &["127.0.0.1", "localhost"],
+            handle,
+        )
+    }
+
+    /// Like [`HttpsServer::start`], bound to `bind` (`"0.0.0.0:0"`, `"127.0.0.1:0"`, ...)
+    /// with a certificate naming only `names` (IP addresses or DNS names).
+    pub fn start_on(
+        dir: &Path,
+        what: &str,
+        bind: &str,
+        names: &[&str],
+        handle: impl Fn(tiny_http::Request, std::net::SocketAddr) + Send + Sync + 'static,
+    ) -> HttpsServer {
+        let tls = TestTls::for_names(dir, names);
+        let server = tiny_http::Server::https(
+            bind,
             tiny_http::SslConfig {
                 certificate: tls.cert_pem.into_bytes(),
                 private_key: tls.key_pem.into_bytes(),
             },
         )
-        .unwrap_or_else(|e| panic!("start the fake {what}: {e}"));
+        .unwrap_or_else(|e| panic!("start the fake {what} on {bind}: {e}"));
         let addr = server
             .server_addr()
             .to_ip()

@@ -9,6 +9,7 @@ use axum::routing::{delete, get, post};
 use axum::Json;
 use portcullis_core::admin::{EnrolledTotp, FactorInfo};
 use portcullis_core::model::AdminRole;
+use portcullis_core::push::WebhookTarget;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -267,9 +268,13 @@ async fn enroll_push(
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
     let ctx = s.admin.clone();
     let engine = s.radius.engine.clone();
+    // A tenant's token may name only public webhooks (checked above), and so it stays.
+    let public_only = caller.0.role != AdminRole::Operator;
     let e = blocking(move || {
-        let e =
-            crate::push::enroll_and_send(&ctx.admin, &engine, &tenant, &user, webhook.as_deref());
+        let target = webhook
+            .as_deref()
+            .map(|url| WebhookTarget { url, public_only });
+        let e = crate::push::enroll_and_send(&ctx.admin, &engine, &tenant, &user, target);
         if let Ok(e) = &e {
             ctx.audit(
                 &caller,

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::delivery::DeliveryError;
-use crate::push::{PushAnswer, PushChannel, PushDecision, PushNotice, PushSender, PushSettings};
+use crate::push::{
+    PushAnswer, PushChannel, PushDecision, PushNotice, PushParams, PushSender, PushSettings,
+};
 
 /// A phone that keeps what was pushed to it.
 #[derive(Default)]
@@ -20,7 +22,7 @@ impl PushSender for Phone {
     fn provider(&self, _: PushChannel) -> &'static str {
         "test"
     }
-    fn send(&self, _: PushChannel, address: &str, n: &PushNotice) -> Result<(), DeliveryError> {
+    fn send(&self, _: &PushParams, address: &str, n: &PushNotice) -> Result<(), DeliveryError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(DeliveryError::Unavailable("HTTP 503".into()));
         }
@@ -32,7 +34,7 @@ impl PushSender for Phone {
     }
     fn send_text(
         &self,
-        _: PushChannel,
+        _: &PushParams,
         _: &str,
         _: &str,
         message: &str,
