@@ -515,13 +515,22 @@ fn listener_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 /// SIGHUP: re-read the config; apply clients, secrets and reply attributes, or keep the old
 /// ones when the new file is invalid or changes what only a restart applies.
 fn reload(r: &Reloads<'_>) {
+    use std::sync::atomic::Ordering::Relaxed;
     r.notifier.send("RELOADING=1");
-    reload_files(r);
+    // One SIGHUP is one reload: an error if any part of it (the certificate, the file)
+    // was not applied.
+    let counter = if reload_files(r) {
+        &r.ctx.metrics.reloads_ok
+    } else {
+        &r.ctx.metrics.reloads_failed
+    };
+    counter.fetch_add(1, Relaxed);
     r.notifier.send("READY=1\nSTATUS=serving");
 }
 
-fn reload_files(r: &Reloads<'_>) {
-    use std::sync::atomic::Ordering::Relaxed;
+/// The reload's parts; false if one of them was not applied.
+fn reload_files(r: &Reloads<'_>) -> bool {
+    let mut all_applied = true;
     let Reloads {
         ctx,
         running,
@@ -542,7 +551,7 @@ fn reload_files(r: &Reloads<'_>) {
                 );
             }
             Err(e) => {
-                ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+                all_applied = false;
                 tracing::error!(error = %format!("{e:#}"),
                     "HTTPS certificate reload failed; still serving the previous certificate");
                 r.audit(
@@ -560,7 +569,7 @@ fn reload_files(r: &Reloads<'_>) {
             // Half a reload would mix the new clients with the Engine's old settings (a
             // client whose first_factor = "none" was removed would still skip the
             // password): nothing is applied.
-            ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+            all_applied = false;
             let mut changed = start_only_changes(running, &cfg);
             changed.extend(
                 listener_changes(running, &cfg)
@@ -583,7 +592,6 @@ fn reload_files(r: &Reloads<'_>) {
             // Applied first: a removed client's secret stops working now, not after the
             // warnings' store lookups (which wait on a database that is down).
             let clients = ctx.reload(&cfg);
-            ctx.metrics.reloads_ok.fetch_add(1, Relaxed);
             tracing::info!(
                 clients = cfg.radius.clients.len(),
                 "configuration reloaded: RADIUS clients ({clients}) and reply attributes"
@@ -602,7 +610,7 @@ fn reload_files(r: &Reloads<'_>) {
             warn_about_clients(&cfg, store);
         }
         Err(e) => {
-            ctx.metrics.reloads_failed.fetch_add(1, Relaxed);
+            all_applied = false;
             tracing::error!(error = %e, "configuration reload failed; still using the previous configuration");
             r.audit(
                 false,
@@ -610,6 +618,7 @@ fn reload_files(r: &Reloads<'_>) {
             );
         }
     }
+    all_applied
 }
 
 #[cfg(test)]

@@ -432,6 +432,29 @@ fn sighup_while_the_daemon_starts_does_not_end_it_and_reloads_once_it_serves() {
 /// Whether a TLS handshake with `addr` succeeds for a client that trusts only the CA in
 /// `ca_file` (and checks the name 127.0.0.1).
 fn handshake_trusting(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> bool {
+    tls_trusting(addr, ca_file).is_some()
+}
+
+/// `GET /metrics` over TLS, trusting `ca_file`.
+fn metrics_trusting(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let (mut conn, mut sock) = tls_trusting(addr, ca_file).expect("TLS handshake");
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    // The daemon closes without close_notify at times: what was read is the reply.
+    let _ = tls.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+}
+
+/// A TLS connection to `addr` (as 127.0.0.1) trusting only `ca_file`, once handshaken.
+fn tls_trusting(
+    addr: std::net::SocketAddr,
+    ca_file: &std::path::Path,
+) -> Option<(rustls::ClientConnection, std::net::TcpStream)> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
@@ -449,10 +472,10 @@ fn handshake_trusting(addr: std::net::SocketAddr, ca_file: &std::path::Path) -> 
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     while conn.is_handshaking() {
         if conn.complete_io(&mut sock).is_err() {
-            return false;
+            return None;
         }
     }
-    true
+    Some((conn, sock))
 }
 
 #[test]
@@ -508,6 +531,23 @@ fn sighup_serves_a_renewed_https_certificate_and_keeps_the_old_one_when_the_new_
         "the pair in use was dropped"
     );
     assert!(status_answered(server.addr, "s3cret-vpn"));
+    // One SIGHUP, one count: the second had a part that was not applied (the file was).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut m = metrics_trusting(https, &b.ca_file);
+    while metric(&m, r#"portcullis_config_reloads_total{result="error"}"#) != Some(1.0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        m = metrics_trusting(https, &b.ca_file);
+    }
+    assert_eq!(
+        (
+            metric(&m, r#"portcullis_config_reloads_total{result="ok"}"#),
+            metric(&m, r#"portcullis_config_reloads_total{result="error"}"#),
+        ),
+        (Some(1.0), Some(1.0)),
+        "{m}"
+    );
 }
 
 #[test]

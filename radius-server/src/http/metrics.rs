@@ -222,7 +222,7 @@ fn write_all(
 
     writeln!(
         out,
-        "# HELP portcullis_config_reloads_total Config reloads on SIGHUP, by result."
+        "# HELP portcullis_config_reloads_total Config reloads on SIGHUP, by result (error: a part of it, the certificate or the file, was not applied)."
     )?;
     writeln!(out, "# TYPE portcullis_config_reloads_total counter")?;
     writeln!(
