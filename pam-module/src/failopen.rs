@@ -13,12 +13,21 @@
 //!   `start`. A login claims the spool by `link(spool, sending)` and `unlink(spool)`: only
 //!   one process at a time can (EEXIST: another one is sending), and a `.sending` whose
 //!   claim is older than [`STALE_CLAIM`] (its process died) is taken over, its lines put
-//!   back into the spool. The claim is deleted once the daemon answered without an error
-//!   frame; otherwise its lines go back into the spool.
+//!   back into the spool, and only then removed. The claim is deleted once the daemon
+//!   answered without an error frame; otherwise its lines go back into the spool.
 //!
 //! Appending and claiming take `flock` on the spool's inode, and an appender checks, under
 //! the lock, that the file it opened is still the spool: a line never lands in a claim
-//! that was already read.
+//! that was already read. An append that fails is cut off again (no half line), and a line
+//! that was cut anyway (a crash) is ended before the next one; lines that are not reports
+//! (bytes that are not text included) are dropped with a note, the others still sent.
+//!
+//! The files are written with the process's file-size limit raised while the state is
+//! open ([`StateDir::open`]) and put back after: the user who runs `su` or `sudo` sets that
+//! limit, and at it a write would fail half-way or kill the process (SIGXFSZ) with a claim
+//! in hand. Where it cannot be raised (not root), nothing is written and nobody fails open.
+//! The spool holds at most [`SPOOL_MAX`] bytes of reports not yet sent: past it, logins are
+//! no longer let in without a second factor.
 //!
 //! Every file is opened with O_NOFOLLOW, and the directory must be root's and writable by
 //! root alone (it is created 0700 if missing): nobody else can plant a grant or a symlink.
@@ -46,6 +55,11 @@ const CLAIM_BYTES: usize = 48 * 1024;
 
 /// The longest `.fail-mode` file read.
 const GRANT_FILE_MAX: u64 = 64;
+
+/// The most bytes of reports the spool holds (about 4,000 logins): past it a fail-open is
+/// refused, so that a daemon away for long (or logins of someone who keeps it away) cannot
+/// fill the disk or make every login read megabytes.
+pub const SPOOL_MAX: u64 = 1024 * 1024;
 
 /// `text` as a report field: control characters replaced, at most `max` bytes (cut at a
 /// character boundary).
@@ -116,6 +130,67 @@ pub struct StateDir {
     claimed: Option<Claim>,
     /// What went wrong on the way, for the module's log (never a secret).
     pub notes: Vec<String>,
+    /// The file-size limit to put back when the state is closed (it was raised).
+    restore_limit: Option<libc::rlimit>,
+    /// Why nothing may be written here (a file-size limit that could not be raised).
+    read_only: Option<String>,
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Some(old) = self.restore_limit.take() {
+            // SAFETY: setrlimit reads the struct passed by reference for the duration of
+            // the call only; lowering a limit (back to what it was) is always allowed.
+            unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &old) };
+        }
+    }
+}
+
+/// The file-size limit the state's files need at least (the fullest spool, a claim put
+/// back, their lines).
+const FSIZE_NEEDED: u64 = 4 * SPOOL_MAX;
+
+/// Raises the process's file-size limit (RLIMIT_FSIZE) to unlimited, or (without the
+/// privilege to raise the hard limit) to the hard limit if that is enough. The limit to
+/// put back when it was raised (`None`: it was high enough), or why it cannot be.
+fn raise_file_size_limit() -> Result<Option<libc::rlimit>, String> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `old`, which lives for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut old) } != 0 {
+        return Err(format!(
+            "cannot read the file size limit ({})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let enough = |limit: libc::rlim_t| limit == libc::RLIM_INFINITY || limit >= FSIZE_NEEDED;
+    if enough(old.rlim_cur) {
+        return Ok(None);
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads `unlimited` for the duration of the call only.
+    if unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &unlimited) } == 0 {
+        return Ok(Some(old));
+    }
+    let denied = std::io::Error::last_os_error();
+    // Up to the hard limit is allowed without privilege.
+    let up_to_hard = libc::rlimit {
+        rlim_cur: old.rlim_max,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, `up_to_hard` is read for the duration of the call only.
+    if enough(old.rlim_max) && unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &up_to_hard) } == 0 {
+        return Ok(Some(old));
+    }
+    Err(format!(
+        "the file size limit is {} bytes and cannot be raised ({denied})",
+        old.rlim_cur
+    ))
 }
 
 #[derive(Debug)]
@@ -168,12 +243,29 @@ impl StateDir {
                 "state_dir={shown} has mode {mode:04o}: group or others may write it and so let logins in without a second factor; chmod 700 {shown}"
             ));
         }
+        let (restore_limit, read_only) = match raise_file_size_limit() {
+            Ok(old) => (old, None),
+            Err(e) => (None, Some(e)),
+        };
         Ok(StateDir {
             dir: dir.to_path_buf(),
             tenant: tenant.to_string(),
             claimed: None,
             notes: Vec::new(),
+            restore_limit,
+            read_only,
         })
+    }
+
+    /// Err (why) when nothing may be written in the state directory now.
+    fn writable(&self) -> Result<(), String> {
+        match &self.read_only {
+            Some(why) => Err(format!(
+                "state_dir={}: {why}; nothing is written there, and no login is let in without a second factor",
+                self.dir.display()
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn grant_path(&self) -> PathBuf {
@@ -220,6 +312,7 @@ impl StateDir {
         if self.read_grant() == Ok(Some(mode)) {
             return Ok(());
         }
+        self.writable()?;
         let path = self.grant_path();
         let tmp = self
             .dir
@@ -244,12 +337,16 @@ impl StateDir {
     }
 
     /// Append `data` (whole lines) to the spool, under its lock, to the file that is the
-    /// spool at the time of the write (not one claimed meanwhile).
-    fn append_to_spool(&self, data: &[u8]) -> Result<(), String> {
+    /// spool at the time of the write (not one claimed meanwhile). New reports (`fresh`)
+    /// only while the spool stays within [`SPOOL_MAX`]; reports put back always.
+    fn append_to_spool(&self, data: &[u8], fresh: bool) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        self.writable()?;
         let path = self.spool_path();
         let shown = path.display();
         for _ in 0..8 {
             let mut f = OpenOptions::new()
+                .read(true)
                 .append(true)
                 .create(true)
                 .mode(0o600)
@@ -268,9 +365,23 @@ impl StateDir {
             if !opened.file_type().is_file() {
                 return Err(format!("{shown} is not a regular file"));
             }
-            f.write_all(data)
-                .and_then(|()| f.sync_data())
-                .map_err(|e| format!("{shown}: cannot write it ({e})"))?;
+            let len = opened.len();
+            if fresh && len + data.len() as u64 > SPOOL_MAX {
+                return Err(format!(
+                    "{shown} holds {len} bytes of fail-open reports the daemon has not had yet (at most {SPOOL_MAX} are kept); bring the daemon back (the next login that reaches it sends them) or look at the file"
+                ));
+            }
+            // A line cut by a crash is ended first: the next one is not glued to it.
+            let mut last = [0u8; 1];
+            let cut = len > 0 && f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n';
+            let written = if cut { f.write_all(b"\n") } else { Ok(()) }
+                .and_then(|()| f.write_all(data))
+                .and_then(|()| f.sync_data());
+            if let Err(e) = written {
+                // No half line left behind.
+                let _ = f.set_len(len);
+                return Err(format!("{shown}: cannot write it ({e})"));
+            }
             return Ok(());
         }
         Err(format!(
@@ -282,43 +393,69 @@ impl StateDir {
     pub fn append(&self, report: &FailOpenReport) -> Result<(), String> {
         let mut line = serde_json::to_vec(report).map_err(|e| e.to_string())?;
         line.push(b'\n');
-        self.append_to_spool(&line)
+        self.append_to_spool(&line, true)
     }
 
-    /// Put a claim left by a process that died back into the spool: the one that renames
-    /// it away first does (the others find it gone).
-    fn take_over_stale(&mut self, sending: &Path) -> Result<(), String> {
-        let stale = self.dir.join(format!(
-            "{}.fail-opens.stale.{}",
-            self.tenant,
-            std::process::id()
-        ));
-        match std::fs::rename(sending, &stale) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("{}: cannot take it over ({e})", sending.display())),
-        }
-        let mut data = Vec::new();
-        let read = OpenOptions::new()
+    /// Put a claim left by a process that died (or a leftover of an older version of this
+    /// module, `.stale.PID`) back into the spool, under the claim's lock, and remove it only
+    /// then: a takeover that fails half-way leaves it for the next one (at worst a report
+    /// is sent twice, never lost).
+    fn take_over_stale(&mut self, claim: &Path) -> Result<(), String> {
+        let shown = claim.display();
+        let f = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(&stale)
-            .and_then(|mut f| f.read_to_end(&mut data));
-        if let Err(e) = read {
-            return Err(format!("{}: cannot read it ({e})", stale.display()));
+            .open(claim)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{shown}: cannot take it over ({e})")),
+        };
+        lock(&f).map_err(|e| format!("{shown}: cannot lock it ({e})"))?;
+        let opened = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+        match std::fs::symlink_metadata(claim) {
+            Ok(now) if (now.dev(), now.ino()) == (opened.dev(), opened.ino()) => {}
+            // Taken over (and removed) by another login meanwhile.
+            _ => return Ok(()),
         }
+        if !opened.file_type().is_file() {
+            return Err(format!("{shown} is not a regular file"));
+        }
+        let mut data = Vec::new();
+        (&f).take(SPOOL_MAX + CLAIM_BYTES as u64)
+            .read_to_end(&mut data)
+            .map_err(|e| format!("{shown}: cannot read it ({e})"))?;
         if !data.is_empty() {
             if !data.ends_with(b"\n") {
                 data.push(b'\n');
             }
-            self.append_to_spool(&data)?;
+            self.append_to_spool(&data, false)?;
         }
-        let _ = std::fs::remove_file(&stale);
+        std::fs::remove_file(claim).map_err(|e| format!("{shown}: cannot remove it ({e})"))?;
         self.notes.push(format!(
-            "took over {} (left by a login that did not finish) and put its reports back in the spool",
-            sending.display()
+            "took over {shown} (left by a login that did not finish) and put its reports back in the spool"
         ));
         Ok(())
+    }
+
+    /// Leftovers of an older version of this module (`<tenant>.fail-opens.stale.PID`)
+    /// older than [`STALE_CLAIM`] at `now`.
+    fn stale_leftovers(&self, now: SystemTime) -> Vec<PathBuf> {
+        let prefix = format!("{}.fail-opens.stale.", self.tenant);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| {
+                e.metadata().is_ok_and(|m| {
+                    let at = UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
+                    now.duration_since(at).unwrap_or(Duration::ZERO) > STALE_CLAIM
+                })
+            })
+            .map(|e| e.path())
+            .collect()
     }
 
     /// Claim the spool's reports for one request (at most [`MAX_FAIL_OPENS`]; the rest are
@@ -332,6 +469,10 @@ impl StateDir {
     fn claim_reports_at(&mut self, now: SystemTime) -> Result<Vec<FailOpenReport>, String> {
         if self.claimed.is_some() {
             return Ok(Vec::new());
+        }
+        self.writable()?;
+        for leftover in self.stale_leftovers(now) {
+            self.take_over_stale(&leftover)?;
         }
         let (spool, sending) = (self.spool_path(), self.sending_path());
         if let Ok(meta) = std::fs::symlink_metadata(&sending) {
@@ -361,7 +502,7 @@ impl StateDir {
             let _ = std::fs::remove_file(&sending);
             return Err(format!("{}: cannot claim it ({e})", spool.display()));
         }
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -373,11 +514,16 @@ impl StateDir {
         let meta = f
             .metadata()
             .map_err(|e| format!("{}: {e}", sending.display()))?;
-        let mut data = String::new();
-        if let Err(e) = f.read_to_string(&mut data) {
-            // Not text: kept where it is for an administrator (taken over later).
+        let mut raw = Vec::new();
+        if let Err(e) = (&f)
+            .take(SPOOL_MAX + CLAIM_BYTES as u64)
+            .read_to_end(&mut raw)
+        {
+            // Kept where it is (taken over later).
             return Err(format!("{}: cannot read it ({e})", sending.display()));
         }
+        // Bytes that are not text spoil their line only (dropped below, with a note).
+        let data = String::from_utf8_lossy(&raw);
         let mut taken = Vec::new();
         let mut lines = Vec::new();
         let mut rest = String::new();
@@ -404,7 +550,7 @@ impl StateDir {
             }
         }
         if !rest.is_empty() {
-            self.append_to_spool(rest.as_bytes())?;
+            self.append_to_spool(rest.as_bytes(), false)?;
             // The claim keeps only what this request sends.
             let kept: String = lines.iter().map(|l| format!("{l}\n")).collect();
             let rewritten = f
@@ -434,7 +580,7 @@ impl StateDir {
         };
         if !delivered && !claim.lines.is_empty() {
             let data: String = claim.lines.iter().map(|l| format!("{l}\n")).collect();
-            self.append_to_spool(data.as_bytes())?;
+            self.append_to_spool(data.as_bytes(), false)?;
         }
         let sending = self.sending_path();
         match std::fs::symlink_metadata(&sending) {
@@ -714,6 +860,128 @@ mod tests {
         assert!(s.claim().is_empty());
         assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
         assert!(s.notes[0].contains("took over"), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn a_cut_line_or_bytes_that_are_not_text_spoil_only_their_own_line() {
+        let (_tmp, mut s) = state();
+        s.record(&origin("alice"), "connect: refused").unwrap();
+        // A crash cut the next line half-way (and wrote a byte that is not UTF-8).
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(s.spool_path())
+            .unwrap();
+        f.write_all(b"{\"at\":1,\"user\":\"mall\xc3").unwrap();
+        drop(f);
+        s.record(&origin("carol"), "connect: refused").unwrap();
+        let got: Vec<_> = s.claim().into_iter().map(|r| r.user).collect();
+        assert_eq!(got, ["alice", "carol"]);
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].contains("no fail-open report"), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn a_full_spool_refuses_new_reports_but_takes_back_a_claim() {
+        let (_tmp, mut s) = state();
+        s.record(&origin("alice"), "connect: refused").unwrap();
+        assert_eq!(s.claim().len(), 1);
+        let filler = vec![b'x'; SPOOL_MAX as usize - 10];
+        std::fs::write(s.spool_path(), [filler.as_slice(), b"\n"].concat()).unwrap();
+        let e = s.record(&origin("bob"), "connect: refused").unwrap_err();
+        assert!(e.contains("bring the daemon back"), "{e}");
+        // The claimed report is not lost for that.
+        s.settle(false);
+        let text = std::fs::read(s.spool_path()).unwrap();
+        assert!(String::from_utf8_lossy(&text).contains("\"alice\""));
+        assert!(!String::from_utf8_lossy(&text).contains("\"bob\""));
+    }
+
+    #[test]
+    fn a_leftover_of_an_older_takeover_is_put_back() {
+        let (_tmp, mut s) = state();
+        s.record(&origin("alice"), "connect: refused").unwrap();
+        let leftover = s.dir.join("acme.fail-opens.stale.4242");
+        std::fs::rename(s.spool_path(), &leftover).unwrap();
+        let now = SystemTime::now();
+        assert!(s.claim_reports_at(now).unwrap().is_empty(), "too fresh");
+        let got: Vec<_> = s
+            .claim_reports_at(now + STALE_CLAIM + Duration::from_secs(5))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        assert_eq!(got, ["alice"]);
+        assert!(!leftover.exists());
+    }
+
+    /// The user who runs `su` sets its file-size limit: at it, a write would kill the
+    /// process (SIGXFSZ) with the spool claimed, or cut a line. Run in a child process of
+    /// its own (the limit is the whole process's).
+    #[test]
+    fn a_file_size_limit_of_the_user_neither_kills_nor_cuts_and_is_put_back() {
+        const CHILD: &str = "PORTCULLIS_TEST_FSIZE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let name = "failopen::tests::a_file_size_limit_of_the_user_neither_kills_nor_cuts_and_is_put_back";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{:?}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let limit = |cur, max| {
+            let l = libc::rlimit {
+                rlim_cur: cur,
+                rlim_max: max,
+            };
+            // SAFETY: setrlimit reads `l` for the duration of the call only.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &l) }, 0);
+        };
+        let current = || {
+            let mut now = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit into `now`, which lives for the call.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut now) }, 0);
+            (now.rlim_cur, now.rlim_max)
+        };
+        // `ulimit -S -f 0`-like: a soft limit, which anyone may raise to the hard one.
+        limit(16, libc::RLIM_INFINITY);
+        let (_tmp, mut s) = state();
+        for user in ["alice", "bob", "carol"] {
+            s.record(&origin(user), "connect: refused").unwrap();
+        }
+        s.remember(TenantFailMode::Safe);
+        assert_eq!(s.read_grant(), Ok(Some(TenantFailMode::Safe)));
+        assert_eq!(s.claim().len(), 3);
+        s.settle(false);
+        assert_eq!(spool_lines(&s).len(), 3);
+        drop(s);
+        assert_eq!(current(), (16, libc::RLIM_INFINITY), "put back");
+
+        // `ulimit -f 16`: the hard limit too, which only a privileged process may raise.
+        limit(16, 16);
+        let (_tmp, mut s) = state();
+        if s.read_only.is_none() {
+            s.record(&origin("alice"), "connect: refused").unwrap();
+            assert_eq!(s.claim().len(), 1);
+        } else {
+            // Without that privilege: nothing is written (and nobody fails open).
+            let e = s.record(&origin("alice"), "connect: refused").unwrap_err();
+            assert!(e.contains("file size limit is 16 bytes"), "{e}");
+            assert!(s.claim().is_empty());
+            assert!(!s.spool_path().exists());
+        }
+        drop(s);
+        assert_eq!(current(), (16, 16), "put back");
     }
 
     #[test]
