@@ -243,6 +243,22 @@ impl StateDir {
                 "state_dir={shown} has mode {mode:04o}: group or others may write it and so let logins in without a second factor; chmod 700 {shown}"
             ));
         }
+        // Whoever may rename an entry of a directory above could put a directory of their
+        // own in its place after this check: each must be root's, and writable by root
+        // alone or sticky (/tmp).
+        let real = std::fs::canonicalize(dir).map_err(|e| format!("state_dir={shown}: {e}"))?;
+        for above in real.ancestors().skip(1) {
+            let m = std::fs::metadata(above)
+                .map_err(|e| format!("state_dir={shown}: {}: {e}", above.display()))?;
+            let mode = m.mode() & 0o7777;
+            if m.uid() != 0 || (mode & 0o022 != 0 && mode & 0o1000 == 0) {
+                return Err(format!(
+                    "state_dir={shown} is in {} (uid {}, mode {mode:04o}), which someone other than root may change: they could put a state_dir of their own in its place; keep state_dir in directories owned by root and writable by root alone",
+                    above.display(),
+                    m.uid()
+                ));
+            }
+        }
         let (restore_limit, read_only) = match raise_file_size_limit() {
             Ok(old) => (old, None),
             Err(e) => (None, Some(e)),
@@ -689,6 +705,13 @@ mod tests {
         }
         std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         StateDir::open(&s.dir, "acme").unwrap();
+        // In a directory others may change (unless it is sticky, as /tmp is): refused.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&s.dir, "acme").unwrap_err();
+        assert!(e.contains("someone other than root may change"), "{e}");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        StateDir::open(&s.dir, "acme").unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         // A symlink or a file in its place.
         let link = tmp.path().join("link");
         std::os::unix::fs::symlink(&s.dir, &link).unwrap();
