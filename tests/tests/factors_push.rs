@@ -239,6 +239,50 @@ fn a_retransmitted_request_during_the_wait_sends_no_second_push() {
     );
 }
 
+/// A NAS cut off by a reload (its client removed) while a login of it is held for a push:
+/// the approval that comes after does not make an Access-Accept signed with its secret.
+#[test]
+fn a_login_held_for_a_client_that_a_reload_removes_gets_no_answer() {
+    let w = world(auto_client("20s"), "");
+    let raw = RawClient::new(w.server.addr, &w.env.client().secret);
+    let req = raw.access_request(9, "pat", b"pw", None, true);
+    raw.send(&req.bytes);
+    let (id, token) = link(&w.notification(3));
+    let text = std::fs::read_to_string(w.env.config_path()).unwrap();
+    let moved = text.replace("address = \"127.0.0.1/32\"", "address = \"192.0.2.0/24\"");
+    assert_ne!(moved, text, "the client's address is in the config");
+    std::fs::write(w.env.config_path(), moved).unwrap();
+    assert!(w.server.reload(), "{}", w.server.stderr());
+    assert_eq!(w.answer(&id, &token, "approve", None).0, 200);
+    assert!(
+        raw.recv(Duration::from_secs(3)).is_none(),
+        "a removed client was answered:\n{}",
+        w.server.stderr()
+    );
+    let log = w
+        .server
+        .wait_for_stderr("removed by a reload", Duration::from_secs(5));
+    assert!(log.contains("no answer sent"), "{log}");
+    let audit = w
+        .env
+        .cli_json(&["audit", "--tenant", "acme", "--user", "pat", "--json"]);
+    let logins: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["channel"] == "radius")
+        .collect();
+    assert_eq!(logins.len(), 1, "{audit}");
+    assert_eq!(logins[0]["result"], "reject", "{audit}");
+    assert!(
+        logins[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("removed by a reload while the login was held"),
+        "{audit}"
+    );
+}
+
 #[test]
 fn denied_push_is_rejected_and_unanswered_push_times_out() {
     let w = world(auto_client("2s"), "");

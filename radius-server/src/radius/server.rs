@@ -323,7 +323,7 @@ fn on_datagram(
                         }
                         Batched::Declined(login) => pending.run(Ask::Start(login, follow)).await,
                     };
-                    pending.answer(reply).await;
+                    pending.send(reply).await;
                 });
             });
             batcher.submit(login, done);
@@ -331,7 +331,7 @@ fn on_datagram(
         (_, ask) => {
             tokio::spawn(async move {
                 let reply = pending.run(ask).await;
-                pending.answer(reply).await;
+                pending.send(reply).await;
             });
         }
     }
@@ -350,9 +350,19 @@ struct Pending {
     arrived: Instant,
 }
 
+/// What a request held for a push ends in.
+enum Held {
+    Reply(Reply),
+    /// Its client was removed by a reload while it was held: nothing is sent (the NAS is
+    /// no longer trusted, and its secret no longer ours); the login `txn` is ended.
+    ClientRemoved {
+        txn: String,
+    },
+}
+
 impl Pending {
     /// Asks the Engine (on the blocking pool), follows a push wait, and makes the reply.
-    async fn run(&self, ask: Ask) -> Reply {
+    async fn run(&self, ask: Ask) -> Held {
         let engine = self.ctx.engine.clone();
         let (step, follow) = match ask {
             Ask::Start(login, follow) => (
@@ -369,7 +379,7 @@ impl Pending {
 
     /// Holds a request whose step is a push wait until it is decided (see [`Follow`]),
     /// then makes the reply.
-    async fn follow(&self, follow: Follow, mut step: StepResult) -> Reply {
+    async fn follow(&self, follow: Follow, mut step: StepResult) -> Held {
         let (ctx, src) = (&self.ctx, self.src);
         let cfg = &self.client.config;
         // `challenge` shows a new push's wait as a challenge ("approve (pick 42), then press
@@ -393,6 +403,13 @@ impl Pending {
                 }
             }
             let decided = ctx.push_hub.wait(&ctx.engine, id, follow.deadline).await;
+            // A reload removed the client meanwhile (a NAS cut off): its login is not
+            // decided (an approval is not taken) and it gets no answer.
+            if self.client_removed() {
+                return Held::ClientRemoved {
+                    txn: id.to_string(),
+                };
+            }
             if !decided && cfg.mode == LoginMode::Challenge {
                 break;
             }
@@ -414,13 +431,81 @@ impl Pending {
                 if let Ok(Ok(Step::Wait { .. })) = &step {
                     tracing::info!(%src, client = %cfg.name, user = %follow.username,
                         "push not answered within max_wait; rejected");
-                    return Reply::reject(Some(
+                    return Held::Reply(Reply::reject(Some(
                         "The push was not approved in time; start again.".into(),
-                    ));
+                    )));
                 }
             }
         }
-        step_reply(ctx, &self.client, src, step)
+        Held::Reply(step_reply(ctx, &self.client, src, step))
+    }
+
+    /// Whether the client this request came from is gone from the clients in use (a
+    /// reload removed it; one of the same name elsewhere is another NAS).
+    fn client_removed(&self) -> bool {
+        let own = &self.client.config;
+        !self
+            .ctx
+            .clients
+            .load()
+            .clients()
+            .iter()
+            .any(|c| c.config.name == own.name && c.config.address == own.address)
+    }
+
+    /// Sends what the request ended in.
+    async fn send(self, held: Held) {
+        match held {
+            Held::Reply(reply) => self.answer(reply).await,
+            Held::ClientRemoved { txn } => self.withhold(txn),
+        }
+    }
+
+    /// No answer for a request whose client a reload removed while it was held: its
+    /// retransmissions are dropped (the client is unknown now), its login ended, audited.
+    fn withhold(self, txn: String) {
+        let Pending {
+            ctx,
+            client,
+            src,
+            request,
+            listener,
+            permit,
+            ..
+        } = self;
+        let user = request.user_name.clone().unwrap_or_default();
+        tracing::warn!(%src, client = %client.config.name, %user,
+            "the client was removed by a reload while its login was held for a push: no answer sent, the login ended");
+        ctx.metrics.count_drops(DropCause::UnknownClient, 1);
+        ctx.cache
+            .abandon(listener, src, request.identifier, request.authenticator);
+        drop(permit);
+        let record = portcullis_core::model::AuditRecord {
+            time: ctx.engine.now(),
+            tenant: client.config.tenant.clone(),
+            username: user,
+            channel: "radius".into(),
+            client: client.config.name.clone(),
+            source: request
+                .calling_station_id
+                .clone()
+                .unwrap_or_else(|| src.ip().to_canonical().to_string()),
+            mode: client.config.mode.as_str().into(),
+            factors: Vec::new(),
+            result: portcullis_core::model::AuditResult::Reject,
+            reason: "the RADIUS client was removed by a reload while the login was held for a push: no answer sent".into(),
+            transaction: Some(txn.clone()),
+            host: None,
+        };
+        let store = ctx.engine.store().clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.append_audit(&record) {
+                tracing::error!(error = %e, "could not audit the login of a removed client");
+            }
+            if let Err(e) = store.delete_transaction(&txn) {
+                tracing::error!(error = %e, "could not end the login of a removed client");
+            }
+        });
     }
 
     /// Records the reply (cache, metrics, counters), frees the slot, and sends it.
