@@ -37,6 +37,15 @@ impl Notifier {
     }
 }
 
+/// `RELOADING=1` with the time of the reload on CLOCK_MONOTONIC, as systemd asks of a
+/// reload's start (`MONOTONIC_USEC`, required by `Type=notify-reload`).
+pub fn reloading() -> String {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let usec = u128::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u128::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+    format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+}
+
 fn send_to(target: &str, state: &str) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     match target.strip_prefix('@') {

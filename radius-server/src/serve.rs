@@ -516,16 +516,22 @@ fn listener_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 /// ones when the new file is invalid or changes what only a restart applies.
 fn reload(r: &Reloads<'_>) {
     use std::sync::atomic::Ordering::Relaxed;
-    r.notifier.send("RELOADING=1");
+    r.notifier.send(&crate::notify::reloading());
     // One SIGHUP is one reload: an error if any part of it (the certificate, the file)
     // was not applied.
-    let counter = if reload_files(r) {
+    let applied = reload_files(r);
+    let counter = if applied {
         &r.ctx.metrics.reloads_ok
     } else {
         &r.ctx.metrics.reloads_failed
     };
     counter.fetch_add(1, Relaxed);
-    r.notifier.send("READY=1\nSTATUS=serving");
+    // `systemctl status` shows a reload that was not applied until the next one is.
+    r.notifier.send(if applied {
+        "READY=1\nSTATUS=serving"
+    } else {
+        "READY=1\nSTATUS=serving; the last reload was not applied in full (see the log)"
+    });
 }
 
 /// The reload's parts; false if one of them was not applied.

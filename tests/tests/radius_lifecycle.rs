@@ -574,8 +574,29 @@ fn systemd_hears_when_the_daemon_serves_reloads_and_stops() {
     assert!(ready.starts_with("READY=1"), "{ready}");
     assert!(status_answered(server.addr, "s3cret-vpn"));
     assert!(server.reload(), "{}", server.stderr());
-    assert_eq!(next(), "RELOADING=1");
-    assert!(next().starts_with("READY=1"));
+    // With the reload's time on CLOCK_MONOTONIC (systemd's Type=notify-reload needs it).
+    let reloading = next();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reloading:?}"))
+        .parse()
+        .unwrap();
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let now = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    assert!(
+        usec <= now && now - usec < 30_000_000,
+        "MONOTONIC_USEC={usec}, now {now}"
+    );
+    assert_eq!(next(), "READY=1\nSTATUS=serving");
+    // A reload that is refused says so in the status.
+    std::fs::write(env.config_path(), "not toml [").unwrap();
+    assert!(!server.reload());
+    assert!(next().starts_with("RELOADING=1\n"));
+    let status = next();
+    assert!(
+        status.starts_with("READY=1\nSTATUS=serving; the last reload was not applied"),
+        "{status}"
+    );
     server.signal(Signal::TERM);
     assert!(next().starts_with("STOPPING=1"));
     let status = server
