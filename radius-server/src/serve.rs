@@ -537,6 +537,9 @@ fn reload(r: &Reloads<'_>) {
 /// The reload's parts; false if one of them was not applied.
 fn reload_files(r: &Reloads<'_>) -> bool {
     let mut all_applied = true;
+    // The audit records are written once the clients are applied: a store that is down
+    // (each write waiting for its timeout) must not delay cutting a client off.
+    let mut records: Vec<(bool, String)> = Vec::new();
     let Reloads {
         ctx,
         running,
@@ -551,22 +554,22 @@ fn reload_files(r: &Reloads<'_>) -> bool {
             Ok(()) => {
                 tracing::info!(cert = %tls.cert().display(),
                     "HTTPS certificate and key read again: served from the next connection on");
-                r.audit(
+                records.push((
                     true,
-                    &format!("HTTPS certificate {} read again", tls.cert().display()),
-                );
+                    format!("HTTPS certificate {} read again", tls.cert().display()),
+                ));
             }
             Err(e) => {
                 all_applied = false;
                 tracing::error!(error = %format!("{e:#}"),
                     "HTTPS certificate reload failed; still serving the previous certificate");
-                r.audit(
+                records.push((
                     false,
-                    &format!(
+                    format!(
                         "HTTPS certificate {} not loaded (see the daemon's log); the previous one is served",
                         tls.cert().display()
                     ),
-                );
+                ));
             }
         }
     }
@@ -586,13 +589,13 @@ fn reload_files(r: &Reloads<'_>) -> bool {
                 changed = %changed.join(", "),
                 "configuration reload failed: these settings change only with a restart, and nothing was applied (still using the previous configuration); restart portcullis to apply them"
             );
-            r.audit(
+            records.push((
                 false,
-                &format!(
+                format!(
                     "nothing applied: only a restart applies {}",
                     changed.join(", ")
                 ),
-            );
+            ));
         }
         Ok(cfg) => {
             // Applied first: a removed client's secret stops working now, not after the
@@ -602,10 +605,10 @@ fn reload_files(r: &Reloads<'_>) -> bool {
                 clients = cfg.radius.clients.len(),
                 "configuration reloaded: RADIUS clients ({clients}) and reply attributes"
             );
-            r.audit(
+            records.push((
                 true,
-                &format!("RADIUS clients ({clients}) and reply attributes"),
-            );
+                format!("RADIUS clients ({clients}) and reply attributes"),
+            ));
             let unapplied = listener_changes(running, &cfg);
             if !unapplied.is_empty() {
                 tracing::warn!(
@@ -613,16 +616,23 @@ fn reload_files(r: &Reloads<'_>) -> bool {
                     "these settings change only with a restart and keep their running values until then (the rest of the reload was applied)"
                 );
             }
+            for (applied, reason) in records.drain(..) {
+                r.audit(applied, &reason);
+            }
             warn_about_clients(&cfg, store);
         }
         Err(e) => {
             all_applied = false;
             tracing::error!(error = %e, "configuration reload failed; still using the previous configuration");
-            r.audit(
+            records.push((
                 false,
-                "the file does not load (see the daemon's log); the previous configuration stays",
-            );
+                "the file does not load (see the daemon's log); the previous configuration stays"
+                    .into(),
+            ));
         }
+    }
+    for (applied, reason) in records {
+        r.audit(applied, &reason);
     }
     all_applied
 }
