@@ -400,7 +400,12 @@ const EXAMPLE_SECRETS: &[&str] = &[
 /// is refused unless it is on this host's loopback (the trial config's), where `config
 /// check` and the start still warn of it.
 pub fn is_placeholder_secret(secret: &str) -> bool {
-    secret.to_ascii_lowercase().contains("change-me") || EXAMPLE_SECRETS.contains(&secret)
+    let secret = secret.trim().to_ascii_lowercase();
+    secret.contains("change-me")
+        || secret.contains("changeme")
+        || EXAMPLE_SECRETS
+            .iter()
+            .any(|example| example.eq_ignore_ascii_case(&secret))
 }
 
 /// Whether every address of `net` is a loopback address (127.0.0.0/8, ::1).
@@ -1902,6 +1907,9 @@ tenant = "acme"
             ("0.0.0.0/0", "Another-CHANGE-ME"),
             ("127.0.0.0/7", "trial-secret-change-me"),
             ("::/0", "upstream-secret-change-me"),
+            // The examples in another case, and the other spelling.
+            ("192.0.2.10/32", "Another-Long-Secret"),
+            ("192.0.2.10/32", "ChangeMe-later"),
         ] {
             let e = with(address, secret).unwrap_err().to_string();
             assert!(
