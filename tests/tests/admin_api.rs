@@ -866,6 +866,8 @@ fn an_expired_token_is_refused_like_a_revoked_one_and_the_log_says_it_expired() 
         by_name("stale")["last_used_at"].is_null(),
         "an expired token's use is not recorded"
     );
+    assert_eq!(by_name("stale")["state"], "expired", "{list}");
+    assert_eq!(by_name("live")["state"], "active", "{list}");
     let out = api.env.cli_ok(&["token", "list", "--tenant", "acme"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let row = |n: &str| {
@@ -905,6 +907,17 @@ fn an_expired_token_is_refused_like_a_revoked_one_and_the_log_says_it_expired() 
         "the hint names the range: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Parts of a second are not cut off silently (1s 500ms is not a 1 s token).
+    for fraction in ["500ms", "1s 500ms"] {
+        let out = api
+            .env
+            .cli(&["token", "add", "--operator", "--expires", fraction, "x"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("whole seconds"),
+            "--expires {fraction}: {err}"
+        );
+    }
     let count = api
         .env
         .cli_json(&["token", "list", "--json"])

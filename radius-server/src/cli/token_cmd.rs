@@ -95,7 +95,13 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
                 (false, Some(t), Some(r)) => (Some(t), AdminRole::from(r)),
                 _ => bail!("give either --operator or --tenant T --role admin|helpdesk|auditor"),
             };
-            let lifetime = expires.map(|d| std::time::Duration::from(d).as_secs());
+            let lifetime = match expires.map(std::time::Duration::from) {
+                Some(d) if d.subsec_nanos() != 0 => bail!(
+                    "--expires {}: give whole seconds (e.g. 90d, 12h, 30m, 45s)",
+                    humantime::format_duration(d)
+                ),
+                d => d.map(|d| d.as_secs()),
+            };
             let t = admin.add_token(tenant.as_deref(), role, &name, lifetime)?;
             let until = t
                 .expires_at
@@ -129,7 +135,18 @@ pub fn run(o: &Opened, cmd: TokenCmd, json: bool) -> Result<()> {
         TokenCmd::List { tenant } => {
             let tokens = admin.list_tokens(tenant.as_deref())?;
             let now = admin.now();
-            emit(json, &tokens, || {
+            // The JSON says the state too (expired is not in the token's own fields).
+            let listed: Vec<serde_json::Value> = tokens
+                .iter()
+                .map(|t| {
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("state".into(), state(t, now).into());
+                    }
+                    v
+                })
+                .collect();
+            emit(json, &listed, || {
                 let rows: Vec<Vec<String>> = tokens
                     .iter()
                     .map(|t| {
