@@ -22,6 +22,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Open everything, bind the listeners, serve until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> Result<()> {
     let notifier = crate::notify::Notifier::from_env();
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("portcullis")
@@ -38,6 +39,30 @@ pub fn run(config_path: &Path) -> Result<()> {
     };
     let opened = crate::cli::open(config_path)?;
     runtime.block_on(serve(opened, signals, notifier, config_path.to_path_buf()))
+}
+
+/// The most descriptors asked for: room for the HTTP listener's connections, the PAM
+/// socket's, the store's and the providers', well past what the limits let in.
+const OPEN_FILES_WANTED: u64 = 65_536;
+
+/// Raises the soft limit on open descriptors (often 1024) towards the hard one (systemd
+/// gives 524288): a daemon that runs out of them stops accepting on the PAM socket, whose
+/// full backlog a host with `failmode=safe` takes for an outage.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let want = now
+        .maximum
+        .map_or(OPEN_FILES_WANTED, |max| max.min(OPEN_FILES_WANTED));
+    if now.current.is_some_and(|cur| cur < want) {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: now.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open files limit to {want}");
+        }
+    }
 }
 
 /// Warn about client settings an operator should know of (at start and after a reload).

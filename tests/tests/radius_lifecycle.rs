@@ -604,3 +604,38 @@ fn systemd_hears_when_the_daemon_serves_reloads_and_stops() {
         .expect("exit after SIGTERM");
     assert!(status.success(), "{}", server.stderr());
 }
+
+/// Started with a low soft limit on open descriptors (a shell's `ulimit -S -n`), the
+/// daemon raises it towards the hard one: running out stops the PAM socket's accepts.
+#[test]
+fn the_open_files_limit_is_raised_at_start() {
+    peers();
+    let (env, _totp) = env_with_alice("");
+    let inner = env.command();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -S -n 256 && exec \"$0\" \"$@\""])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let mut server = portcullis_tests::Server::start(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    let soft: u64 = soft.parse().unwrap();
+    let wanted = match hard.parse::<u64>() {
+        Ok(hard) => hard.min(65_536),
+        Err(_) => 65_536,
+    };
+    assert_eq!(soft, wanted, "{line}");
+    assert!(status_answered(server.addr, "s3cret-vpn"));
+    server.stop();
+}
