@@ -480,32 +480,14 @@ impl Pending {
         ctx.cache
             .abandon(listener, src, request.identifier, request.authenticator);
         drop(permit);
-        let record = portcullis_core::model::AuditRecord {
-            time: ctx.engine.now(),
-            tenant: client.config.tenant.clone(),
-            username: user,
-            channel: "radius".into(),
-            client: client.config.name.clone(),
-            source: request
-                .calling_station_id
-                .clone()
-                .unwrap_or_else(|| src.ip().to_canonical().to_string()),
-            mode: client.config.mode.as_str().into(),
-            factors: Vec::new(),
-            result: portcullis_core::model::AuditResult::Reject,
-            reason: "the RADIUS client was removed by a reload while the login was held for a push: no answer sent".into(),
-            transaction: Some(txn.clone()),
-            host: None,
-        };
-        let store = ctx.engine.store().clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.append_audit(&record) {
-                tracing::error!(error = %e, "could not audit the login of a removed client");
-            }
-            if let Err(e) = store.delete_transaction(&txn) {
-                tracing::error!(error = %e, "could not end the login of a removed client");
-            }
-        });
+        reject_and_end(
+            &ctx,
+            &client,
+            src,
+            &request,
+            "the RADIUS client was removed by a reload while the login was held for a push: no answer sent".into(),
+            Some(txn),
+        );
     }
 
     /// Records the reply (cache, metrics, counters), frees the slot, and sends it.
@@ -530,43 +512,25 @@ impl Pending {
                     "the reply does not fit in one RADIUS packet; sending Access-Reject instead: \
                      shorten the reply attributes of this user's tenant, groups or client");
                 // The Engine audited what it decided (a challenge is not audited until the
-                // login ends); the audit also says what was sent.
-                let record = portcullis_core::model::AuditRecord {
-                    time: ctx.engine.now(),
-                    tenant: client.config.tenant.clone(),
-                    username: user,
-                    channel: "radius".into(),
-                    client: client.config.name.clone(),
-                    source: request
-                        .calling_station_id
-                        .clone()
-                        .unwrap_or_else(|| src.ip().to_canonical().to_string()),
-                    mode: client.config.mode.as_str().into(),
-                    factors: Vec::new(),
-                    result: portcullis_core::model::AuditResult::Reject,
-                    reason: format!(
-                        "the {:?} did not fit in one RADIUS packet ({e}): Access-Reject sent instead",
-                        reply.code
-                    ),
-                    transaction: None,
-                    host: None,
-                };
-                // A replaced challenge's login cannot be answered: end it now.
+                // login ends); the audit also says what was sent. A replaced challenge's
+                // login cannot be answered: it ends now.
                 let txn = reply
                     .state
                     .as_deref()
                     .and_then(|s| std::str::from_utf8(s).ok())
                     .and_then(portcullis_core::engine::transaction_of)
                     .map(str::to_string);
-                let store = ctx.engine.store().clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = store.append_audit(&record) {
-                        tracing::error!(error = %e, "could not audit the replaced reply");
-                    }
-                    if let Some(Err(e)) = txn.map(|t| store.delete_transaction(&t)) {
-                        tracing::error!(error = %e, "could not end the replaced challenge's login");
-                    }
-                });
+                reject_and_end(
+                    &ctx,
+                    &client,
+                    src,
+                    &request,
+                    format!(
+                        "the {:?} did not fit in one RADIUS packet ({e}): Access-Reject sent instead",
+                        reply.code
+                    ),
+                    txn,
+                );
                 let reject = Reply::reject(Some(portcullis_core::engine::GENERIC_FAILURE.into()));
                 let encoded = packet::encode_reply(&request, &reject, secret);
                 (reject, encoded)
@@ -616,6 +580,44 @@ impl Pending {
             tracing::debug!(%src, error = %e, "send failed");
         }
     }
+}
+
+/// Audits `request` as refused for `reason` (something the front end decided, not the
+/// Engine) and ends its login `txn`, on the blocking pool; failures are logged.
+fn reject_and_end(
+    ctx: &RadiusContext,
+    client: &Client,
+    src: SocketAddr,
+    request: &Request,
+    reason: String,
+    txn: Option<String>,
+) {
+    let record = portcullis_core::model::AuditRecord {
+        time: ctx.engine.now(),
+        tenant: client.config.tenant.clone(),
+        username: request.user_name.clone().unwrap_or_default(),
+        channel: "radius".into(),
+        client: client.config.name.clone(),
+        source: request
+            .calling_station_id
+            .clone()
+            .unwrap_or_else(|| src.ip().to_canonical().to_string()),
+        mode: client.config.mode.as_str().into(),
+        factors: Vec::new(),
+        result: portcullis_core::model::AuditResult::Reject,
+        reason,
+        transaction: txn.clone(),
+        host: None,
+    };
+    let store = ctx.engine.store().clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.append_audit(&record) {
+            tracing::error!(error = %e, "could not write the audit record of a refused login");
+        }
+        if let Some(Err(e)) = txn.map(|t| store.delete_transaction(&t)) {
+            tracing::error!(error = %e, "could not end a refused login");
+        }
+    });
 }
 
 /// Counts (and warns about, at most once a minute) cached replies forgotten for a bound of
