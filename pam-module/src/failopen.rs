@@ -134,6 +134,10 @@ pub struct StateDir {
     restore_limit: Option<libc::rlimit>,
     /// Why nothing may be written here (a file-size limit that could not be raised).
     read_only: Option<String>,
+    /// When this login opened the state: a grant written since came from a later login
+    /// (unless this one wrote it: `written`, its device and inode).
+    opened_at: SystemTime,
+    written: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl Drop for StateDir {
@@ -270,6 +274,8 @@ impl StateDir {
             notes: Vec::new(),
             restore_limit,
             read_only,
+            opened_at: SystemTime::now(),
+            written: std::cell::Cell::new(None),
         })
     }
 
@@ -323,13 +329,22 @@ impl StateDir {
     }
 
     /// Keep `mode`, what the daemon just said: the file is replaced (temporary file,
-    /// rename) only when it changes.
+    /// rename) only when it changes, and not when a login that began after this one has
+    /// written it meanwhile (this one may have been stopped, Ctrl-Z, with an answer from
+    /// before the tenant's setting changed).
     pub fn write_grant(&self, mode: TenantFailMode) -> Result<(), String> {
         if self.read_grant() == Ok(Some(mode)) {
             return Ok(());
         }
         self.writable()?;
         let path = self.grant_path();
+        let newer = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            Some((m.dev(), m.ino())) != self.written.get()
+                && m.modified().is_ok_and(|at| at > self.opened_at)
+        });
+        if newer {
+            return Ok(());
+        }
         let tmp = self
             .dir
             .join(format!(".{}.fail-mode.{}", self.tenant, std::process::id()));
@@ -344,7 +359,10 @@ impl StateDir {
                 .open(&tmp)?;
             f.write_all(format!("{}\n", mode.as_str()).as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            let meta = f.metadata()?;
+            std::fs::rename(&tmp, &path)?;
+            self.written.set(Some((meta.dev(), meta.ino())));
+            Ok::<(), std::io::Error>(())
         })();
         written.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -883,6 +901,26 @@ mod tests {
         assert!(s.claim().is_empty());
         assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
         assert!(s.notes[0].contains("took over"), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn a_login_that_began_earlier_does_not_overwrite_a_newer_grant() {
+        let (_tmp, stopped) = state();
+        std::thread::sleep(Duration::from_millis(20));
+        let later = StateDir::open(&stopped.dir, "acme").unwrap();
+        // The later login heard "secure" (the tenant's setting changed) and wrote it ...
+        later.write_grant(TenantFailMode::Secure).unwrap();
+        // ... then the one stopped with an older "safe" answer resumes: it is not kept.
+        stopped.write_grant(TenantFailMode::Safe).unwrap();
+        assert_eq!(stopped.read_grant(), Ok(Some(TenantFailMode::Secure)));
+        // The later login hears "safe" again in a later step: its own grant is no bar.
+        later.write_grant(TenantFailMode::Safe).unwrap();
+        assert_eq!(later.read_grant(), Ok(Some(TenantFailMode::Safe)));
+        later.write_grant(TenantFailMode::Secure).unwrap();
+        // A login after both writes what it heard.
+        let next = StateDir::open(&stopped.dir, "acme").unwrap();
+        next.write_grant(TenantFailMode::Safe).unwrap();
+        assert_eq!(next.read_grant(), Ok(Some(TenantFailMode::Safe)));
     }
 
     #[test]
