@@ -222,9 +222,13 @@ fn serve_with_hosts(env: &TestEnv, hosts: &Path) -> Server {
     let unshare = require_tool("unshare", "util-linux");
     require_tool("mount", "mount");
     let inner = env.command();
-    let script = r#"mount --bind "$1" /etc/hosts || exit 97
+    // Names from that file first (systemd-resolved's NSS module, where configured, would
+    // answer from the host's own /etc/hosts); nscd, if it runs, kept out too.
+    let nsswitch = hosts.with_file_name("nsswitch.conf");
+    std::fs::write(&nsswitch, "hosts: files dns\n").unwrap();
+    let script = r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf || exit 97
 if [ -S /run/nscd/socket ]; then mount --bind /dev/null /run/nscd/socket || exit 97; fi
-shift
+shift 2
 exec "$@""#;
     let mut cmd = Command::new(unshare);
     cmd.args([
@@ -238,6 +242,7 @@ exec "$@""#;
         "sh",
     ])
     .arg(hosts)
+    .arg(&nsswitch)
     .arg(inner.get_program())
     .args(inner.get_args());
     for (key, value) in inner.get_envs() {
