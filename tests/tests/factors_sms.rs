@@ -265,3 +265,65 @@ fn wrong_credentials_are_refused_by_the_fake_and_enrolment_says_so() {
         "the token leaked into an error: {err}"
     );
 }
+
+/// The auth token rotated in Twilio's console and in `auth_token_file` (written in place,
+/// as a secrets manager does): the next SMS goes out with the new one, no restart, no
+/// reload.
+#[test]
+fn a_rotated_auth_token_file_is_used_at_once() {
+    require_tool("radclient", "freeradius-utils");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let twilio = FakeTwilio::start(ca_dir.path());
+    let token_file = ca_dir.path().join("twilio.token");
+    std::fs::write(&token_file, format!("{}\n", twilio.auth_token)).unwrap();
+    let config = sms_config(&twilio, &twilio.auth_token, "3s").replace(
+        &format!("auth_token = \"{}\"", twilio.auth_token),
+        &format!("auth_token_file = \"{}\"", token_file.display()),
+    );
+    assert!(config.contains("auth_token_file"), "{config}");
+    let env = TestEnv::with_extra_config(vec![ClientSpec::new(Mode::Challenge)], &config);
+    env.add_tenant("acme");
+    env.add_user("acme", "sid", "pw");
+    let enrolled = env.cli_json(&[
+        "factor", "enroll", "sms", "--tenant", "acme", "sid", "--phone", PHONE, "--json",
+    ]);
+    let id = enrolled["factor_id"].as_str().expect("factor id");
+    env.cli_ok(&[
+        "factor",
+        "confirm",
+        "--tenant",
+        "acme",
+        "sid",
+        id,
+        &twilio.last_code(),
+    ]);
+    let w = World {
+        twilio,
+        server: env.start_server(),
+        env,
+        _ca_dir: ca_dir,
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    expect(
+        &login(&w, "pw", None),
+        "Access-Challenge",
+        "before the rotation",
+    );
+    assert_eq!(w.twilio.messages().len(), 2);
+
+    w.twilio.rotate_auth_token("rotated-auth-token-9876543210");
+    std::fs::write(&token_file, "rotated-auth-token-9876543210\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let after = login(&w, "pw", None);
+    expect(&after, "Access-Challenge", "after the rotation");
+    assert_eq!(w.twilio.messages().len(), 3, "{:?}", w.twilio.refusals());
+    let ok = login(&w, &w.twilio.last_code(), after.state_hex.as_deref());
+    expect(&ok, "Access-Accept", "the code sent with the new token");
+    assert!(w.twilio.refusals().is_empty(), "{:?}", w.twilio.refusals());
+    let log = w.server.stderr();
+    assert!(log.contains("secret file changed"), "{log}");
+    assert!(
+        !log.contains("rotated-auth-token"),
+        "the secret is not logged: {log}"
+    );
+}

@@ -5,6 +5,7 @@
 mod ca_file;
 pub mod duo;
 mod http_gateway;
+pub(crate) mod secret;
 mod smtp;
 mod twilio;
 

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use portcullis_core::config::SmsConfig;
 use portcullis_core::delivery::{CodeSender, DeliveryError};
 use serde::Deserialize;
 use tokio::runtime::Handle;
-use zeroize::Zeroizing;
 
+use super::secret::Secret;
 use super::{classify, run_blocking, transport};
 
 /// The Twilio SMS sender of one tenant.
@@ -18,7 +18,7 @@ pub struct Twilio {
     handle: Handle,
     url: String,
     account_sid: String,
-    auth_token: Zeroizing<String>,
+    auth_token: Secret,
     from: Option<String>,
     messaging_service_sid: Option<String>,
     timeout: Duration,
@@ -45,17 +45,13 @@ impl Twilio {
         http: reqwest::Client,
         handle: Handle,
     ) -> Result<Self> {
-        let auth_token = match (&cfg.auth_token, &cfg.auth_token_file) {
-            (Some(t), _) => Zeroizing::new(t.clone()),
-            (None, Some(path)) => Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| {
-                        format!("{section}.auth_token_file: reading {}", path.display())
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => bail!("{section}: auth_token or auth_token_file is required"),
+        let Some(auth_token) = Secret::from_config(
+            cfg.auth_token.as_ref(),
+            cfg.auth_token_file.as_ref(),
+            &format!("{section}.auth_token_file"),
+        )?
+        else {
+            bail!("{section}: auth_token or auth_token_file is required");
         };
         let account_sid = cfg.account_sid.clone().unwrap_or_default();
         Ok(Self {
@@ -100,7 +96,7 @@ impl CodeSender for Twilio {
         let request = self
             .http
             .post(&self.url)
-            .basic_auth(&self.account_sid, Some(self.auth_token.as_str()))
+            .basic_auth(&self.account_sid, Some(self.auth_token.current().as_str()))
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body);
         run_blocking(&self.handle, self.timeout, async move {

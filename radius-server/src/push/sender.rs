@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hmac::{Hmac, Mac};
 use portcullis_core::config::PushConfig;
 use portcullis_core::delivery::DeliveryError;
@@ -17,6 +17,7 @@ use sha2::Sha256;
 use tokio::runtime::Handle;
 use zeroize::Zeroizing;
 
+use crate::providers::secret::Secret;
 use crate::providers::{classify, client, client_with, run_blocking, transport};
 
 /// The push channels of one tenant.
@@ -26,7 +27,7 @@ pub struct PushClient {
     public_http: reqwest::Client,
     handle: Handle,
     ntfy_url: Option<String>,
-    ntfy_token: Option<Zeroizing<String>>,
+    ntfy_token: Option<Secret>,
     webhook_secret: Option<Zeroizing<Vec<u8>>>,
     timeout: Duration,
 }
@@ -35,18 +36,11 @@ impl PushClient {
     /// From validated config; reads `ntfy_token_file` and `ca_file` now. `section` is the
     /// config key of `cfg` (`tenants.acme.push`), which the errors name.
     pub fn new(section: &str, cfg: &PushConfig, handle: Handle) -> Result<Self> {
-        let ntfy_token = match (&cfg.ntfy_token, &cfg.ntfy_token_file) {
-            (Some(t), _) => Some(Zeroizing::new(t.clone())),
-            (None, Some(path)) => Some(Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| {
-                        format!("{section}.ntfy_token_file: reading {}", path.display())
-                    })?
-                    .trim()
-                    .to_string(),
-            )),
-            (None, None) => None,
-        };
+        let ntfy_token = Secret::from_config(
+            cfg.ntfy_token.as_ref(),
+            cfg.ntfy_token_file.as_ref(),
+            &format!("{section}.ntfy_token_file"),
+        )?;
         Ok(Self {
             http: client(section, cfg.ca_file.as_deref(), cfg.timeout)?,
             // No idle connections kept: every post resolves and checks the name anew.
@@ -83,7 +77,7 @@ impl PushClient {
         match channel {
             PushChannel::Ntfy => {
                 if let Some(t) = &self.ntfy_token {
-                    req = req.bearer_auth(t.as_str());
+                    req = req.bearer_auth(t.current().as_str());
                 }
             }
             PushChannel::Webhook => {

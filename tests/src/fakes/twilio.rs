@@ -38,6 +38,8 @@ struct State {
     messages: Vec<Sms>,
     refusals: Vec<String>,
     behaviour: Option<Behaviour>,
+    /// The auth token in force, once rotated ([`FakeTwilio::rotate_auth_token`]).
+    rotated_token: Option<String>,
 }
 
 /// The running fake. Stops when dropped.
@@ -78,6 +80,12 @@ impl FakeTwilio {
     /// How to answer from now on.
     pub fn set_behaviour(&self, b: Behaviour) {
         self.state.lock().unwrap().behaviour = Some(b);
+    }
+
+    /// The account's auth token is rotated (as in Twilio's console): from now on only
+    /// `token` is accepted.
+    pub fn rotate_auth_token(&self, token: &str) {
+        self.state.lock().unwrap().rotated_token = Some(token.to_string());
     }
 
     /// Messages accepted so far.
@@ -153,7 +161,14 @@ fn decode(s: &str) -> String {
 }
 
 fn handle(mut request: tiny_http::Request, state: &Mutex<State>, sid: &str, token: &str) {
-    let behaviour = state.lock().unwrap().behaviour.unwrap_or(Behaviour::Normal);
+    let (behaviour, rotated) = {
+        let s = state.lock().unwrap();
+        (
+            s.behaviour.unwrap_or(Behaviour::Normal),
+            s.rotated_token.clone(),
+        )
+    };
+    let token = rotated.as_deref().unwrap_or(token);
     let refuse = |state: &Mutex<State>, why: String| {
         state.lock().unwrap().refusals.push(why);
     };

@@ -8,12 +8,11 @@ pub mod sign;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use portcullis_core::config::DuoConfig;
 use portcullis_core::external::{ExternalError, ExternalMfa, Method, Preauth, Verdict};
 use serde::Deserialize;
 use tokio::runtime::Handle;
-use zeroize::Zeroizing;
 
 /// Backoff after HTTP 429: 1 s doubling, capped at 32 s (and by the request's deadline).
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -24,7 +23,7 @@ pub struct Duo {
     http: reqwest::Client,
     handle: Handle,
     ikey: String,
-    skey: Zeroizing<String>,
+    skey: super::secret::Secret,
     host: String,
     timeout: Duration,
     push_timeout: Duration,
@@ -68,15 +67,13 @@ impl Duo {
     /// From validated config; reads `skey_file` and `ca_file` now. `section` is the
     /// config key of `cfg` (`tenants.acme.duo`), which the errors name.
     pub fn new(section: &str, cfg: &DuoConfig, handle: Handle) -> Result<Self> {
-        let skey = match (&cfg.skey, &cfg.skey_file) {
-            (Some(k), _) => Zeroizing::new(k.clone()),
-            (None, Some(path)) => Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("{section}.skey_file: reading {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => anyhow::bail!("{section}: skey or skey_file is required"),
+        let Some(skey) = super::secret::Secret::from_config(
+            cfg.skey.as_ref(),
+            cfg.skey_file.as_ref(),
+            &format!("{section}.skey_file"),
+        )?
+        else {
+            anyhow::bail!("{section}: skey or skey_file is required");
         };
         Ok(Self {
             http: super::client(section, cfg.ca_file.as_deref(), cfg.push_timeout)?,
@@ -106,7 +103,8 @@ impl Duo {
             self.http.clone(),
             self.host.clone(),
             self.ikey.clone(),
-            self.skey.clone(),
+            // Read again if its file changed (a rotated skey is used at once).
+            self.skey.current(),
         );
         let path = path.to_string();
         let deadline = timeout + BACKOFF_CAP;
