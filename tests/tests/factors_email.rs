@@ -26,6 +26,14 @@ struct World {
 
 /// alice: TOTP + a confirmed e-mail factor, enrolled through the CLI.
 fn world(tls: SinkTls) -> World {
+    world_with(tls, |config, _, _| config)
+}
+
+/// [`world`] with its config changed by `adjust(config, sink, dir)` first.
+fn world_with(
+    tls: SinkTls,
+    adjust: impl Fn(String, &SmtpSink, &std::path::Path) -> String,
+) -> World {
     require_tool("radclient", "freeradius-utils");
     require_tool("oathtool", "oathtool");
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +45,7 @@ fn world(tls: SinkTls) -> World {
     };
     let env = TestEnv::with_extra_config(
         vec![ClientSpec::new(Mode::Challenge)],
-        &email_config(&sink, mode, &sink.password),
+        &adjust(email_config(&sink, mode, &sink.password), &sink, dir.path()),
     );
     env.add_tenant("acme");
     env.add_user("acme", "alice", "pw-alice");
@@ -233,4 +241,55 @@ fn wrong_smtp_password_fails_enrolment_clearly_without_leaking_it() {
     assert!(!err.contains("not-the-password"), "{err}");
     assert_eq!(sink.refusals(), ["wrong credentials"]);
     assert!(sink.mails().is_empty());
+}
+
+/// The SMTP password changed at the server and in `password_file` (in place): the next
+/// mail is sent with the new one, no restart, no reload.
+#[test]
+fn a_changed_password_file_is_used_for_the_next_mail() {
+    let w = world_with(SinkTls::Implicit, |config, sink, dir| {
+        let file = dir.join("smtp.password");
+        std::fs::write(&file, format!("{}\n", sink.password)).unwrap();
+        config.replace(
+            &format!("password = \"{}\"", sink.password),
+            &format!("password_file = \"{}\"", file.display()),
+        )
+    });
+    let file = w._dir.path().join("smtp.password");
+    assert!(file.exists());
+    let server = w.env.start_server();
+    let mail_code = |w: &World| {
+        let first = login(&server, &w.env, "alice", "pw-alice", None);
+        expect(&first, "Access-Challenge", "password");
+        let mailed = login(
+            &server,
+            &w.env,
+            "alice",
+            "email",
+            first.state_hex.as_deref(),
+        );
+        expect(&mailed, "Access-Challenge", "asking for a mail");
+        mailed
+    };
+    mail_code(&w);
+    assert_eq!(w.sink.mails().len(), 2, "{:?}", w.sink.refusals());
+
+    w.sink.rotate_password("a-new-smtp-password-2026");
+    std::fs::write(&file, "a-new-smtp-password-2026\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mailed = mail_code(&w);
+    assert_eq!(w.sink.mails().len(), 3, "{:?}", w.sink.refusals());
+    let ok = login(
+        &server,
+        &w.env,
+        "alice",
+        &w.sink.last_code(),
+        mailed.state_hex.as_deref(),
+    );
+    expect(
+        &ok,
+        "Access-Accept",
+        "the code mailed with the new password",
+    );
+    assert!(w.sink.refusals().is_empty(), "{:?}", w.sink.refusals());
 }

@@ -34,6 +34,8 @@ pub struct SmtpSink {
     pub ca_file: PathBuf,
     pub username: String,
     pub password: String,
+    /// The password in force (see [`SmtpSink::rotate_password`]).
+    current_password: Arc<Mutex<String>>,
     mails: Arc<Mutex<Vec<Mail>>>,
     refusals: Arc<Mutex<Vec<String>>>,
 }
@@ -64,14 +66,15 @@ impl SmtpSink {
             "mfa@example.com".to_string(),
             "smtp-secret-password".to_string(),
         );
+        let current_password = Arc::new(Mutex::new(password.clone()));
         {
             let (mails, refusals) = (mails.clone(), refusals.clone());
-            let (u, p) = (username.clone(), password.clone());
+            let (u, current) = (username.clone(), current_password.clone());
             thread::spawn(move || {
                 for conn in listener.incoming().flatten() {
                     let (config, mails, refusals) =
                         (config.clone(), mails.clone(), refusals.clone());
-                    let (u, p) = (u.clone(), p.clone());
+                    let (u, p) = (u.clone(), current.lock().unwrap().clone());
                     thread::spawn(move || {
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
                         // I/O errors (a client hanging up after a refusal) are not protocol
@@ -86,9 +89,16 @@ impl SmtpSink {
             ca_file: tls.ca_file,
             username,
             password,
+            current_password,
             mails,
             refusals,
         }
+    }
+
+    /// The account's password is changed: from the next connection on only `password`
+    /// logs in.
+    pub fn rotate_password(&self, password: &str) {
+        *self.current_password.lock().unwrap() = password.to_string();
     }
 
     /// Messages received.
