@@ -14,7 +14,7 @@ use portcullis_core::config::{
 use portcullis_core::engine::{
     AnswerRequest, Channel, Engine, Expects as EngineExpects, LoginRequest, Step,
 };
-use portcullis_core::model::{AuditFilter, AuditRecord, AuditResult, PamHost};
+use portcullis_core::model::{AuditRecord, AuditResult, PamHost};
 use portcullis_core::protocol;
 use portcullis_core::protocol::{
     Choice, ErrorCode, Expects, FailOpenReport, FirstFactor, Origin, Request, RequestStep,
@@ -182,8 +182,6 @@ pub fn handle(engine: &Arc<Engine>, settings: &PamSettings, req: Request) -> Res
 /// Audit each login that a host let in without a second factor (`failmode=safe`) while
 /// it could not reach the daemon: one accept record per report, for the request's tenant
 /// and host (over HTTPS the registered name), whatever the tenant says now (it happened).
-/// A report sent again (the host kept it because the login that carried it was answered
-/// with an error after it was recorded) is not recorded twice.
 fn audit_fail_opens(
     engine: &Engine,
     origin: &Origin,
@@ -197,24 +195,9 @@ fn audit_fail_opens(
         users = %reports.iter().map(|r| r.user.as_str()).collect::<Vec<_>>().join(","),
         "PAM: host reports logins it let in WITHOUT a second factor (failmode=safe) while the daemon was unreachable; audited as FAIL-OPEN");
     for r in reports {
-        let record = fail_open_record(now, origin, r);
-        let same_time = engine.store().list_audit(&AuditFilter {
-            tenant: Some(record.tenant.clone()),
-            username: Some(record.username.clone()),
-            since: Some(record.time),
-            limit: 1000,
-        })?;
-        let again = same_time.iter().any(|kept| {
-            kept.mode == record.mode
-                && kept.time == record.time
-                && kept.host == record.host
-                && kept.client == record.client
-                && kept.source == record.source
-                && kept.reason == record.reason
-        });
-        if !again {
-            engine.store().append_audit(&record)?;
-        }
+        engine
+            .store()
+            .append_audit(&fail_open_record(now, origin, r))?;
     }
     Ok(())
 }
@@ -807,27 +790,6 @@ pub(super) mod tests {
             .collect();
         assert_eq!(dave.len(), 1);
         assert_eq!(dave[0].host.as_deref(), Some("web1"));
-
-        // The same report sent again (its login was answered with an error after it was
-        // recorded, so the host kept it): not recorded twice; another one of dave is.
-        let again = request(
-            "alice",
-            RequestStep::Start {
-                first_factor: FirstFactor::Delegated,
-                password: None,
-                unenrolled: Unenrolled::Deny,
-                fail_opens: vec![
-                    report("dave", now as u64, None),
-                    report("dave", now as u64 - 5, None),
-                ],
-            },
-        );
-        answer(&e, &settings(), body(&again), &Caller::Socket { uid: 0 }).await;
-        let dave = fail_open_records(&e)
-            .into_iter()
-            .filter(|r| r.username == "dave")
-            .count();
-        assert_eq!(dave, 2);
     }
 
     #[tokio::test]
