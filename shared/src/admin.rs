@@ -1337,8 +1337,8 @@ impl Admin {
 /// host or a private, link-local or unspecified network. The admin API refuses such a URL
 /// from a tenant's token (the daemon must not post, for a tenant's admin, to services only
 /// it can reach); the operator may set one. A name is checked by the admin API too, by
-/// resolving it ([`webhook_host`], [`address_is_internal`]); what a name resolves to later
-/// (a DNS answer changed after the check) is the operator's firewall's to stop.
+/// resolving it ([`webhook_host`], [`address_is_internal`]), and the daemon checks both
+/// again at every post of such a webhook (a DNS answer may change after the check).
 pub fn webhook_host_is_internal(url: &str) -> bool {
     let Some((host, _)) = webhook_host(url) else {
         return false;
@@ -1350,27 +1350,18 @@ pub fn webhook_host_is_internal(url: &str) -> bool {
         .is_ok_and(address_is_internal)
 }
 
-/// The host (lower case, without a trailing dot or IPv6 brackets) and port (443 unless
-/// given) of a webhook URL; None when it names no host.
+/// The host (lower case, without a trailing dot or IPv6 brackets; an address in its usual
+/// form) and port (443 unless given) of a webhook URL, read by the URL parser the HTTP
+/// client uses (a `\` ends the host as a `/` does; `0x7f.1` is 127.0.0.1); None when it
+/// names no host or does not parse.
 pub fn webhook_host(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("https://").unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']').unwrap_or((v6, ""));
-            (host, after.strip_prefix(':'))
-        }
-        None => match host_port.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        },
+    let parsed = url::Url::parse(url).ok()?;
+    let host = match parsed.host()? {
+        url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
+        url::Host::Ipv4(ip) => ip.to_string(),
+        url::Host::Ipv6(ip) => ip.to_string(),
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => 443,
-    };
+    let port = parsed.port_or_known_default().unwrap_or(443);
     (!host.is_empty()).then_some((host, port))
 }
 
@@ -1463,7 +1454,23 @@ mod tests {
             hp("https://[2001:db8::1]/x").as_deref(),
             Some("2001:db8::1 443")
         );
-        assert_eq!(hp("https:///x"), None);
+        // As the client reads it: the extra slash is skipped.
+        assert_eq!(hp("https:///x").as_deref(), Some("x 443"));
+        assert_eq!(hp("https://"), None);
         assert_eq!(hp("https://h.example:port/x"), None);
+        // What the HTTP client connects to, not what a split at '/' and '@' would say.
+        assert_eq!(
+            hp("https://127.0.0.1\\@attacker.example/x").as_deref(),
+            Some("127.0.0.1 443")
+        );
+        assert_eq!(hp("https://0x7f.1/x").as_deref(), Some("127.0.0.1 443"));
+        assert_eq!(hp("https://2130706433/x").as_deref(), Some("127.0.0.1 443"));
+        for internal in [
+            "https://127.0.0.1\\@attacker.example/x",
+            "https://0x7f.1/x",
+            "https://[::ffff:10.0.0.1]/x",
+        ] {
+            assert!(webhook_host_is_internal(internal), "{internal}");
+        }
     }
 }

@@ -1207,6 +1207,9 @@ fn push_is_enrolled_over_the_api_confirmed_with_the_pushed_code_and_approves_a_l
         "https://169.254.169.254/latest/meta-data",
         "https://127.0.0.1:8443/x",
         "https://[fd00::5]/x",
+        // Read as the HTTP client reads it: the host is 127.0.0.1, not what follows '@'.
+        "https://127.0.0.1\\@hooks.example.test/x",
+        "https://0x7f.1/x",
     ] {
         let e = api.expect(
             &admin,

@@ -43,10 +43,12 @@ impl PushClient {
         )?;
         Ok(Self {
             http: client(section, cfg.ca_file.as_deref(), cfg.timeout)?,
-            // No idle connections kept: every post resolves and checks the name anew.
+            // No idle connections kept: every post resolves and checks the name anew. No
+            // proxy from the environment either: a proxy would resolve the name itself.
             public_http: client_with(section, cfg.ca_file.as_deref(), cfg.timeout, |b| {
                 b.dns_resolver(Arc::new(PublicOnly))
                     .pool_max_idle_per_host(0)
+                    .no_proxy()
             })?,
             handle,
             ntfy_url: cfg
@@ -68,7 +70,16 @@ impl PushClient {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| DeliveryError::Refused(format!("cannot encode the message: {e}")))?;
         let http = match channel {
-            PushChannel::Webhook if params.public_only => &self.public_http,
+            PushChannel::Webhook if params.public_only => {
+                // An address in the URL is never resolved: checked here, as the client
+                // reads the URL (the enrolment checked it too, with an older reading).
+                if portcullis_core::admin::webhook_host_is_internal(url) {
+                    return Err(DeliveryError::Refused(
+                        "a tenant's webhook is posted to public addresses only, and this one names an internal address".into(),
+                    ));
+                }
+                &self.public_http
+            }
             _ => &self.http,
         };
         let mut req = http
@@ -220,7 +231,7 @@ impl PushSender for PushClient {
 /// [`portcullis_core::admin::address_is_internal`]). The enrolment refused a name that
 /// resolved inside; this refuses one whose answer changed since (a DNS record pointed at
 /// the daemon's host, its network or a metadata address afterwards). A URL with an
-/// address instead of a name was checked at the enrolment and cannot change.
+/// address instead of a name is never resolved: `post` checks it.
 struct PublicOnly;
 
 impl reqwest::dns::Resolve for PublicOnly {
