@@ -134,9 +134,7 @@ pub struct StateDir {
     restore_limit: Option<libc::rlimit>,
     /// Why nothing may be written here (a file-size limit that could not be raised).
     read_only: Option<String>,
-    /// When this login opened the state: a grant written since came from a later login
-    /// (unless this one wrote it: `written`, its device and inode).
-    opened_at: SystemTime,
+    /// The grant this login wrote (device and inode): no bar to its own later steps.
     written: std::cell::Cell<Option<(u64, u64)>>,
 }
 
@@ -274,7 +272,6 @@ impl StateDir {
             notes: Vec::new(),
             restore_limit,
             read_only,
-            opened_at: SystemTime::now(),
             written: std::cell::Cell::new(None),
         })
     }
@@ -328,11 +325,11 @@ impl StateDir {
         }
     }
 
-    /// Keep `mode`, what the daemon just said: the file is replaced (temporary file,
-    /// rename) only when it changes, and not when a login that began after this one has
-    /// written it meanwhile (this one may have been stopped, Ctrl-Z, with an answer from
-    /// before the tenant's setting changed).
-    pub fn write_grant(&self, mode: TenantFailMode) -> Result<(), String> {
+    /// Keep `mode`, what the daemon said to a request sent at `asked_at`: the file is
+    /// replaced (temporary file, rename) only when it changes, and not when another login
+    /// wrote it after that request went out (this one may have been stopped, Ctrl-Z, with
+    /// an answer from before the tenant's setting changed).
+    pub fn write_grant(&self, mode: TenantFailMode, asked_at: SystemTime) -> Result<(), String> {
         if self.read_grant() == Ok(Some(mode)) {
             return Ok(());
         }
@@ -340,7 +337,7 @@ impl StateDir {
         let path = self.grant_path();
         let newer = std::fs::symlink_metadata(&path).is_ok_and(|m| {
             Some((m.dev(), m.ino())) != self.written.get()
-                && m.modified().is_ok_and(|at| at > self.opened_at)
+                && m.modified().is_ok_and(|at| at > asked_at)
         });
         if newer {
             return Ok(());
@@ -643,8 +640,8 @@ impl FailOpenLedger for StateDir {
         }
     }
 
-    fn remember(&mut self, mode: TenantFailMode) {
-        if let Err(e) = self.write_grant(mode) {
+    fn remember(&mut self, mode: TenantFailMode, asked_at: SystemTime) {
+        if let Err(e) = self.write_grant(mode, asked_at) {
             self.notes.push(e);
         }
     }
@@ -770,17 +767,17 @@ mod tests {
         let (_tmp, mut s) = state();
         assert_eq!(s.read_grant(), Ok(None));
         assert_eq!(s.grant(), Grant::Unknown(None));
-        s.remember(TenantFailMode::Safe);
+        s.remember(TenantFailMode::Safe, SystemTime::now());
         assert_eq!(s.grant(), Grant::Safe);
         let path = s.grant_path();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "safe\n");
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         // The same again: not rewritten (same inode).
-        s.remember(TenantFailMode::Safe);
+        s.remember(TenantFailMode::Safe, SystemTime::now());
         assert_eq!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
         // A change: replaced.
-        s.remember(TenantFailMode::Secure);
+        s.remember(TenantFailMode::Secure, SystemTime::now());
         assert_eq!(s.grant(), Grant::Secure);
         assert_ne!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
         assert!(s.notes.is_empty(), "{:?}", s.notes);
@@ -904,23 +901,32 @@ mod tests {
     }
 
     #[test]
-    fn a_login_that_began_earlier_does_not_overwrite_a_newer_grant() {
+    fn an_answer_to_an_older_request_does_not_overwrite_a_newer_grant() {
         let (_tmp, stopped) = state();
+        // Asked, heard "safe", then stopped (Ctrl-Z) before writing it.
+        let stopped_asked = SystemTime::now();
         std::thread::sleep(Duration::from_millis(20));
+        // Another login asks later, hears "secure" (the tenant's setting changed), writes.
         let later = StateDir::open(&stopped.dir, "acme").unwrap();
-        // The later login heard "secure" (the tenant's setting changed) and wrote it ...
-        later.write_grant(TenantFailMode::Secure).unwrap();
-        // ... then the one stopped with an older "safe" answer resumes: it is not kept.
-        stopped.write_grant(TenantFailMode::Safe).unwrap();
+        later
+            .write_grant(TenantFailMode::Secure, SystemTime::now())
+            .unwrap();
+        // The stopped one resumes: its older answer is not kept.
+        stopped
+            .write_grant(TenantFailMode::Safe, stopped_asked)
+            .unwrap();
         assert_eq!(stopped.read_grant(), Ok(Some(TenantFailMode::Secure)));
-        // The later login hears "safe" again in a later step: its own grant is no bar.
-        later.write_grant(TenantFailMode::Safe).unwrap();
-        assert_eq!(later.read_grant(), Ok(Some(TenantFailMode::Safe)));
-        later.write_grant(TenantFailMode::Secure).unwrap();
-        // A login after both writes what it heard.
-        let next = StateDir::open(&stopped.dir, "acme").unwrap();
-        next.write_grant(TenantFailMode::Safe).unwrap();
-        assert_eq!(next.read_grant(), Ok(Some(TenantFailMode::Safe)));
+        // The same stopped login asks again now (a later step) and hears "safe": kept.
+        std::thread::sleep(Duration::from_millis(20));
+        stopped
+            .write_grant(TenantFailMode::Safe, SystemTime::now())
+            .unwrap();
+        assert_eq!(stopped.read_grant(), Ok(Some(TenantFailMode::Safe)));
+        // Its own grant is no bar to its next answer, whenever that was asked.
+        stopped
+            .write_grant(TenantFailMode::Secure, stopped_asked)
+            .unwrap();
+        assert_eq!(stopped.read_grant(), Ok(Some(TenantFailMode::Secure)));
     }
 
     #[test]
@@ -1020,7 +1026,7 @@ mod tests {
         for user in ["alice", "bob", "carol"] {
             s.record(&origin(user), "connect: refused").unwrap();
         }
-        s.remember(TenantFailMode::Safe);
+        s.remember(TenantFailMode::Safe, SystemTime::now());
         assert_eq!(s.read_grant(), Ok(Some(TenantFailMode::Safe)));
         assert_eq!(s.claim().len(), 3);
         s.settle(false);

@@ -64,8 +64,8 @@ pub enum Grant {
 pub trait FailOpenLedger {
     /// What the daemon said last about the tenant.
     fn grant(&mut self) -> Grant;
-    /// The daemon's answer said this.
-    fn remember(&mut self, mode: TenantFailMode);
+    /// The daemon's answer to a request sent at `asked_at` said this.
+    fn remember(&mut self, mode: TenantFailMode, asked_at: std::time::SystemTime);
     /// Keep the report of a login let in now; an error: it was not kept.
     fn record(&mut self, origin: &Origin, why: &str) -> Result<(), String>;
     /// Reports to send with this login's `start` (claimed: no other login sends them).
@@ -82,7 +82,7 @@ impl FailOpenLedger for NoLedger {
     fn grant(&mut self) -> Grant {
         Grant::Secure
     }
-    fn remember(&mut self, _mode: TenantFailMode) {}
+    fn remember(&mut self, _mode: TenantFailMode, _asked_at: std::time::SystemTime) {}
     fn record(&mut self, _origin: &Origin, _why: &str) -> Result<(), String> {
         Err("failmode=secure keeps no reports".into())
     }
@@ -274,6 +274,9 @@ pub fn run(
     };
     for _ in 0..MAX_STEPS {
         let first_request = matches!(step, RequestStep::Start { .. });
+        // When this request went out: its answer's fail_mode is newer than anything heard
+        // before (see `FailOpenLedger::remember`).
+        let asked_at = std::time::SystemTime::now();
         let req = Request {
             v: VERSION,
             origin: origin.clone(),
@@ -303,7 +306,7 @@ pub fn run(
                 ..
             }) = &called
             {
-                ledger.remember(*mode);
+                ledger.remember(*mode, asked_at);
             }
         }
         let response = match called {
@@ -694,7 +697,7 @@ pub(crate) mod tests {
                 None => Grant::Unknown(None),
             }
         }
-        fn remember(&mut self, mode: TenantFailMode) {
+        fn remember(&mut self, mode: TenantFailMode, _asked_at: std::time::SystemTime) {
             self.grant = Some(mode);
             self.remembered.push(mode);
         }
