@@ -1365,23 +1365,42 @@ pub fn webhook_host(url: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then_some((host, port))
 }
 
-/// Whether `ip` is the daemon's own host (loopback), a private, shared (CGNAT), link-local
-/// or unspecified address: where a tenant's webhook may not point.
+/// Whether `ip` is the daemon's own host (loopback), a private, shared (CGNAT), link-local,
+/// unspecified, "this network", benchmarking, broadcast or multicast address, or an IPv6
+/// address that reaches such an IPv4 one (NAT64 64:ff9b::/96, 6to4, IPv4-compatible or
+/// -mapped): where a tenant's webhook may not point.
 pub fn address_is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    let v4_internal = |v4: Ipv4Addr| {
+        let o = v4.octets();
+        v4.is_loopback()
+            || v4.is_private()
+            || v4.is_link_local()
+            || v4.is_unspecified()
+            || v4.is_broadcast()
+            || v4.is_multicast()
+            || o[0] == 0 // "this network"
+            || o[0] == 100 && (64..128).contains(&o[1]) // CGNAT
+            || o[0] == 198 && (o[1] & 0xfe) == 18 // 198.18.0.0/15, benchmarking
+            || o[0] == 192 && o[1] == 0 && o[2] == 0 // 192.0.0.0/24, protocol assignments
+    };
     match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // CGNAT
-        }
-        std::net::IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+        IpAddr::V4(v4) => v4_internal(v4),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            // An IPv4 address inside: NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach it.
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || first & 0xfe00 == 0xfc00 // unique local
-                || first & 0xffc0 == 0xfe80 // link-local
+                || v6.is_multicast()
+                || s[0] & 0xfe00 == 0xfc00 // unique local
+                || s[0] & 0xffc0 == 0xfe80 // link-local
+                || (s[0..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4_internal(embedded(s[6], s[7])))
+                || (s[0] == 0x2002 && v4_internal(embedded(s[1], s[2])))
+                // IPv4-compatible (deprecated ::a.b.c.d)
+                || (s[0..6] == [0; 6] && v4_internal(embedded(s[6], s[7])))
         }
     }
 }
@@ -1425,6 +1444,13 @@ mod tests {
             "https://[fe80::1]/x",
             "https://[::ffff:127.0.0.1]/x",
             "https://user:pw@127.0.0.1/x",
+            "https://0.1.2.3/x",
+            "https://198.18.0.1/x",
+            "https://255.255.255.255/x",
+            "https://[64:ff9b::a00:1]/x",
+            "https://[2002:a9fe:a9fe::1]/x",
+            "https://[::127.0.0.1]/x",
+            "https://[ff02::1]/x",
         ] {
             assert!(webhook_host_is_internal(internal), "{internal}");
         }
@@ -1433,6 +1459,7 @@ mod tests {
             "https://203.0.113.9/x",
             "https://[2001:db8::1]:8443/x",
             "https://example.com/?next=127.0.0.1",
+            "https://[64:ff9b::cb00:7109]/x",
         ] {
             assert!(!webhook_host_is_internal(public), "{public}");
         }
