@@ -45,14 +45,16 @@ impl Secret {
 }
 
 /// What tells a file's contents apart without reading it: a secret written in place keeps
-/// its inode but not its modification time or length; one renamed into place (or behind a
-/// symlink swapped by Kubernetes) gets another inode.
+/// its inode but not its change time (which, unlike the modification time, `cp -p` or
+/// `rsync -t` cannot set back); one renamed into place (or behind a symlink swapped by
+/// Kubernetes) gets another inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
+    changed: (i64, i64),
 }
 
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
@@ -62,6 +64,7 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
         ino: meta.ino(),
         len: meta.len(),
         modified: meta.modified().ok(),
+        changed: (meta.ctime(), meta.ctime_nsec()),
     }
 }
 
@@ -163,6 +166,18 @@ mod tests {
         // Rewritten in place (same inode): another length.
         std::fs::write(&path, "second-one\n").unwrap();
         assert_eq!(s.current().as_str(), "second-one");
+        // Same length, modification time set back (as `cp -p` or `rsync -t` do): the
+        // change time still tells.
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "SECOND-ONE\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        assert_eq!(s.current().as_str(), "SECOND-ONE");
         // Renamed into place.
         let new = dir.path().join("token.new");
         std::fs::write(&new, "third").unwrap();

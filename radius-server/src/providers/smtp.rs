@@ -85,11 +85,13 @@ impl Smtp {
 
     /// The transport to send with now: made again if the password file changed.
     fn current_transport(&self) -> Result<SmtpTransport, DeliveryError> {
-        let password = self.password.as_ref().map(Secret::current);
         let mut held = self
             .transport
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read under the lock: two sends at once never make the transport again with an
+        // older password than the one in use.
+        let password = self.password.as_ref().map(Secret::current);
         let same = match (&held.0, &password) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
