@@ -17,6 +17,23 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// `wrapper` (a shell, `unshare`, ...) with `inner`'s program and arguments appended and
+/// `inner`'s environment changes (set and removed variables) applied: `inner` run through
+/// `wrapper`, which ends by exec-ing its arguments.
+pub fn run_through(
+    mut wrapper: std::process::Command,
+    inner: &std::process::Command,
+) -> std::process::Command {
+    wrapper.arg(inner.get_program()).args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(v) => wrapper.env(key, v),
+            None => wrapper.env_remove(key),
+        };
+    }
+    wrapper
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use portcullis_tests::fakes::webhook::{Behaviour, FakeWebhook, Received};
 use portcullis_tests::http::{post, request};
+use portcullis_tests::process::run_through;
 use portcullis_tests::radclient::radclient_waiting;
 use portcullis_tests::{require_root, require_tool, ClientSpec, Mode, RadReply, Server, TestEnv};
 use serde_json::{json, Value};
@@ -242,16 +243,8 @@ exec "$@""#;
         "sh",
     ])
     .arg(hosts)
-    .arg(&nsswitch)
-    .arg(inner.get_program())
-    .args(inner.get_args());
-    for (key, value) in inner.get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    Server::start(cmd)
+    .arg(&nsswitch);
+    Server::start(run_through(cmd, &inner))
 }
 
 fn write_hosts(path: &PathBuf, hook_address: &str) {

@@ -613,16 +613,9 @@ fn the_open_files_limit_is_raised_at_start() {
     let (env, _totp) = env_with_alice("");
     let inner = env.command();
     let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", "ulimit -S -n 256 && exec \"$0\" \"$@\""])
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (key, value) in inner.get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    let mut server = portcullis_tests::Server::start(cmd);
+    cmd.args(["-c", "ulimit -S -n 256 && exec \"$0\" \"$@\""]);
+    let mut server =
+        portcullis_tests::Server::start(portcullis_tests::process::run_through(cmd, &inner));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
     let line = limits
         .lines()
