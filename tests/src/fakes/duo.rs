@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 
+use super::json_reply as reply;
 use super::tls::HttpsServer;
 
 /// The passcode `alice` can use.
@@ -105,14 +106,6 @@ impl FakeDuo {
     pub fn calls(&self) -> Vec<(String, HashMap<String, String>)> {
         self.state.lock().unwrap().calls.clone()
     }
-}
-
-fn reply(status: u16, v: serde_json::Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(v.to_string())
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header"),
-        )
 }
 
 fn fail(status: u16, code: u32, message: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {

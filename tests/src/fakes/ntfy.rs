@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::json_reply as respond;
 use super::tls::HttpsServer;
 
 /// How the fake answers the next requests.
@@ -110,14 +111,6 @@ impl FakeNtfy {
             .filter(|c| c.is_ascii_digit())
             .collect()
     }
-}
-
-fn respond(status: u16, body: Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header"),
-        )
 }
 
 fn ntfy_error(

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use super::json_reply as json_response;
 use super::tls::HttpsServer;
 
 /// How the fake answers the next requests.
@@ -104,14 +105,6 @@ impl FakeTwilio {
         let last = msgs.last().expect("the fake Twilio received no message");
         last.body.chars().filter(|c| c.is_ascii_digit()).collect()
     }
-}
-
-fn json_response(status: u16, body: String) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body)
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header"),
-        )
 }
 
 fn twilio_error(
@@ -244,7 +237,7 @@ fn handle(mut request: tiny_http::Request, state: &Mutex<State>, sid: &str, toke
             return twilio_error(400, 21602, "Message body is required.");
         }
         if behaviour == Behaviour::Malformed {
-            return json_response(201, "<html>not json</html>".into());
+            return json_response(201, "<html>not json</html>");
         }
         let n = {
             let mut s = state.lock().unwrap();

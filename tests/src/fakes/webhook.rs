@@ -22,6 +22,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use super::json_reply as respond;
 use super::tls::HttpsServer;
 
 /// The header carrying the body's signature.
@@ -154,14 +155,6 @@ impl FakeWebhook {
             .filter(|c| c.is_ascii_digit())
             .collect()
     }
-}
-
-fn respond(status: u16, body: Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body.to_string())
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header"),
-        )
 }
 
 /// `sha256=HEX` of HMAC-SHA256(key, body), as the daemon signs.
