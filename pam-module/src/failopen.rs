@@ -479,12 +479,7 @@ impl StateDir {
         entries
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .filter(|e| {
-                e.metadata().is_ok_and(|m| {
-                    let at = UNIX_EPOCH + Duration::from_secs(m.ctime().max(0) as u64);
-                    now.duration_since(at).unwrap_or(Duration::ZERO) > STALE_CLAIM
-                })
-            })
+            .filter(|e| e.metadata().is_ok_and(|m| is_stale(&m, now)))
             .map(|e| e.path())
             .collect()
     }
@@ -507,10 +502,7 @@ impl StateDir {
         }
         let (spool, sending) = (self.spool_path(), self.sending_path());
         if let Ok(meta) = std::fs::symlink_metadata(&sending) {
-            // The claim's time: link() and unlink() set the inode's change time.
-            let claimed_at = UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
-            let age = now.duration_since(claimed_at).unwrap_or(Duration::ZERO);
-            if age <= STALE_CLAIM {
+            if !is_stale(&meta, now) {
                 return Ok(Vec::new());
             }
             self.take_over_stale(&sending)?;
@@ -623,6 +615,14 @@ impl StateDir {
     }
 }
 
+/// Whether a claim (or a leftover of one) was made more than [`STALE_CLAIM`] before `now`:
+/// its process died. The claim's time is its inode's change time, which link() and
+/// unlink() (and rename()) set.
+fn is_stale(meta: &std::fs::Metadata, now: SystemTime) -> bool {
+    let claimed_at = UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
+    now.duration_since(claimed_at).unwrap_or(Duration::ZERO) > STALE_CLAIM
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -693,6 +693,15 @@ mod tests {
         let dir = tmp.path().join("state");
         let s = StateDir::open(&dir, "acme").unwrap();
         (tmp, s)
+    }
+
+    /// The users of the reports a claim at `at` takes.
+    fn claimed_users(s: &mut StateDir, at: SystemTime) -> Vec<String> {
+        s.claim_reports_at(at)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.user)
+            .collect()
     }
 
     fn spool_lines(s: &StateDir) -> Vec<FailOpenReport> {
@@ -885,12 +894,7 @@ mod tests {
             .is_empty());
         assert!(s.sending_path().exists());
         // Past two minutes: taken over, its report put back and sent with the others.
-        let got: Vec<_> = s
-            .claim_reports_at(now + STALE_CLAIM + Duration::from_secs(5))
-            .unwrap()
-            .into_iter()
-            .map(|r| r.user)
-            .collect();
+        let got = claimed_users(&mut s, now + STALE_CLAIM + Duration::from_secs(5));
         assert_eq!(got, ["bob", "alice"]);
         assert!(!s.spool_path().exists());
         s.settle(true);
@@ -971,12 +975,7 @@ mod tests {
         std::fs::rename(s.spool_path(), &leftover).unwrap();
         let now = SystemTime::now();
         assert!(s.claim_reports_at(now).unwrap().is_empty(), "too fresh");
-        let got: Vec<_> = s
-            .claim_reports_at(now + STALE_CLAIM + Duration::from_secs(5))
-            .unwrap()
-            .into_iter()
-            .map(|r| r.user)
-            .collect();
+        let got = claimed_users(&mut s, now + STALE_CLAIM + Duration::from_secs(5));
         assert_eq!(got, ["alice"]);
         assert!(!leftover.exists());
     }
