@@ -210,8 +210,6 @@ async fn enroll(
     Ok((StatusCode::CREATED, Json(Enrolled::Otp(f))))
 }
 
-/// A pending push factor; its confirmation code goes to the phone through the tenant's
-/// push channel, and `.../confirm` with that code makes it count.
 /// The longest wait for the DNS answer about a tenant's webhook name.
 const WEBHOOK_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -259,6 +257,8 @@ async fn tenant_webhook_is_public(url: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A pending push factor; its confirmation code goes to the phone through the tenant's
+/// push channel, and `.../confirm` with that code makes it count.
 async fn enroll_push(
     caller: Caller,
     s: HttpState,
