@@ -42,6 +42,8 @@ pub mod reply;
 #[cfg(feature = "engine")]
 pub mod secrets;
 #[cfg(feature = "engine")]
+pub mod sha512_crypt;
+#[cfg(feature = "engine")]
 pub mod store;
 #[cfg(feature = "engine")]
 pub mod totp;

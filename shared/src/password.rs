@@ -205,7 +205,8 @@ enum Cost {
 impl Cost {
     fn of(stored: &str) -> Option<Cost> {
         if let Some(rest) = stored.strip_prefix("$6$") {
-            // As sha_crypt reads it: an optional `rounds=N` field, else the default 5000.
+            // As sha512_crypt::parse reads it: an optional `rounds=N` field, else the default
+            // 5000 (here without its range, so that a hash over the limit names its cost).
             let rounds = match rest.split('$').next()?.strip_prefix("rounds=") {
                 Some(r) => r.parse().ok()?,
                 None => 5000,
@@ -302,10 +303,7 @@ impl PasswordHasher {
         let password = &password[..password.len().min(MAX_PASSWORD_LEN)];
         let mut turn = self.turns.take();
         let matched = if stored.starts_with("$6$") {
-            match std::str::from_utf8(password) {
-                Ok(pw) => sha_crypt::sha512_check(pw, stored).is_ok(),
-                Err(_) => false,
-            }
+            crate::sha512_crypt::verify(password, stored)
         } else {
             match PasswordHash::new(stored) {
                 Ok(parsed) => verify_argon2(&parsed, password, &mut turn),
@@ -333,12 +331,11 @@ impl PasswordHasher {
         let password: String = random.iter().map(|b| char::from(b'a' + b % 26)).collect();
         let _turn = self.turns.take();
         if stored.starts_with("$6$") {
-            let rounds = match stored.split('$').nth(2)?.strip_prefix("rounds=") {
-                Some(r) => r.parse().ok()?,
-                None => 5000,
-            };
-            let params = sha_crypt::Sha512Params::new(rounds).ok()?;
-            return sha_crypt::sha512_simple(&password, &params).ok();
+            let rounds = crate::sha512_crypt::parse(stored)?.rounds;
+            let salt: Vec<u8> = (0..crate::sha512_crypt::SALT_MAX)
+                .map(|_| b'a' + rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..26u8))
+                .collect();
+            return crate::sha512_crypt::hash(password.as_bytes(), &salt, rounds);
         }
         let parsed = PasswordHash::new(stored).ok()?;
         let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
@@ -499,6 +496,12 @@ mod tests {
         assert!(h.verify(stored, b"Hello world!"));
         assert!(!h.verify(stored, b"Hello world"));
         h.check_importable(stored).unwrap();
+        // A password that is not UTF-8 (Latin-1 "caf\xe9", as a terminal in that charset
+        // sends it) is hashed as its bytes, as crypt(3) does:
+        // `printf 'caf\xe9\n' | openssl passwd -6 -salt latin1salt -stdin`.
+        let latin1 = "$6$latin1salt$sGAU1t266wN2aIH9uVkoC6jG8e7smgYuPgC3OQlSjEM3x7L5PwJIp2bO.bepZVmS/nBpykXiIvPrrigxri6r91";
+        assert!(h.verify(latin1, b"caf\xe9"));
+        assert!(!h.verify(latin1, "café".as_bytes()));
     }
 
     #[test]
