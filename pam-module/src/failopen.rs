@@ -75,9 +75,29 @@ fn field(text: &str, max: usize) -> String {
     out
 }
 
+/// A new report's id: 128 random bits in hex, so that the daemon records a report sent
+/// twice once (see [`FailOpenReport::id`]). Without `/dev/urandom` (a chroot), the time in
+/// nanoseconds and the process id: unique on this host, which is all the daemon compares
+/// it within.
+fn new_report_id() -> String {
+    let mut random = [0u8; 16];
+    let read = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random));
+    match read {
+        Ok(()) => random.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("t{nanos}-{}", std::process::id())
+        }
+    }
+}
+
 /// The report of a login let in now without a second factor, `why` the failed connect.
 pub fn report(origin: &Origin, why: &str, at: u64) -> FailOpenReport {
     FailOpenReport {
+        id: Some(new_report_id()),
         at,
         user: field(&origin.user, MAX_REPORT_USER),
         service: field(&origin.service, MAX_REPORT_SERVICE),
@@ -825,6 +845,13 @@ mod tests {
         assert_eq!(spool[0].rhost.as_deref(), Some("192.0.2.7"));
         assert_eq!(spool[0].why, "connect: refused");
         assert!(spool[0].at > 1_700_000_000);
+        // Each report has its own id, kept in the spool: sent again, it is the same report.
+        let id = spool[0].id.clone().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(spool[0].id, spool[1].id);
         assert_eq!(
             std::fs::metadata(s.spool_path()).unwrap().mode() & 0o777,
             0o600
@@ -843,8 +870,10 @@ mod tests {
         // The daemon answered with an error frame: given back.
         s.settle(false);
         assert!(!s.sending_path().exists());
-        let users: Vec<_> = spool_lines(&s).into_iter().map(|r| r.user).collect();
+        let given_back = spool_lines(&s);
+        let users: Vec<_> = given_back.iter().map(|r| r.user.as_str()).collect();
         assert_eq!(users, ["carol", "alice", "bob"]);
+        assert_eq!(given_back[1..], spool[..], "given back with their ids");
 
         // Delivered: gone for good.
         assert_eq!(s.claim().len(), 3);

@@ -706,6 +706,7 @@ pub(crate) mod tests {
                 return Err(e.clone());
             }
             self.spool.push(FailOpenReport {
+                id: Some(format!("r{}", self.spool.len())),
                 at: 1,
                 user: origin.user.clone(),
                 service: origin.service.clone(),

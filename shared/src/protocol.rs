@@ -190,6 +190,8 @@ pub const MAX_REPORT_SERVICE: usize = 64;
 pub const MAX_REPORT_RHOST: usize = 128;
 /// The longest `why` of a fail-open report, in bytes.
 pub const MAX_REPORT_WHY: usize = 300;
+/// The longest `id` of a fail-open report.
+pub const MAX_REPORT_ID: usize = 64;
 
 /// A tenant's `pam_fail_mode`: whether its hosts' `failmode=safe` may let a login in
 /// without a second factor when the daemon cannot be reached.
@@ -217,6 +219,12 @@ impl FailMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailOpenReport {
+    /// The report's own name, made by the module when it kept the report (at most
+    /// [`MAX_REPORT_ID`] bytes of `[A-Za-z0-9._-]`): a report sent again (its answer was
+    /// lost, its sender died before removing it) is recorded once. Reports of older
+    /// modules have none, and are recorded each time they arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// When (Unix seconds, the host's clock).
     pub at: u64,
     /// PAM_USER.
@@ -252,6 +260,14 @@ impl FailOpenReport {
             }
             if value.chars().any(char::is_control) {
                 return Err(format!("fail_opens: \"{name}\" holds a control character"));
+            }
+        }
+        if let Some(id) = &self.id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if id.is_empty() || id.len() > MAX_REPORT_ID || !id.chars().all(allowed) {
+                return Err(format!(
+                    "fail_opens: \"id\" must be 1 to {MAX_REPORT_ID} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+                ));
             }
         }
         Ok(())
@@ -546,6 +562,7 @@ mod tests {
 
     fn report(i: u64) -> FailOpenReport {
         FailOpenReport {
+            id: Some(format!("0123456789abcdef0123456789abcdef-{i}")),
             at: 1_800_000_000 + i,
             user: "alice".into(),
             service: "sshd".into(),
@@ -626,6 +643,21 @@ mod tests {
                 r.why = "a\nforged log line".into();
                 r
             }),
+            ("id", {
+                let mut r = report(0);
+                r.id = Some("i".repeat(MAX_REPORT_ID + 1));
+                r
+            }),
+            ("id", {
+                let mut r = report(0);
+                r.id = Some("a b".into());
+                r
+            }),
+            ("id", {
+                let mut r = report(0);
+                r.id = Some(String::new());
+                r
+            }),
         ] {
             let e = decode_request(body(&encode(&start_with(vec![bad])).unwrap())).unwrap_err();
             assert_eq!(e.code(), ErrorCode::Malformed, "{field}");
@@ -635,7 +667,17 @@ mod tests {
         let mut r = report(0);
         r.user = "u".repeat(MAX_REPORT_USER);
         r.why = "w".repeat(MAX_REPORT_WHY);
+        r.id = Some("i".repeat(MAX_REPORT_ID));
         assert!(decode_request(body(&encode(&start_with(vec![r])).unwrap())).is_ok());
+        // A report of an older module has no id.
+        let mut r = report(0);
+        r.id = None;
+        let json = serde_json::to_string(&start_with(vec![r.clone()])).unwrap();
+        assert!(!json.contains("\"id\""), "{json}");
+        assert_eq!(
+            decode_request(json.as_bytes()).unwrap(),
+            start_with(vec![r])
+        );
         // Unknown fields of a report are malformed.
         let text = r#"{"v":1,"origin":{"tenant":"a","user":"u","service":"s","host":"h"},
             "step":{"type":"start","first_factor":"delegated","unenrolled":"deny",

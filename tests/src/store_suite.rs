@@ -4,7 +4,8 @@
 use portcullis_core::clock::UnixTime;
 use portcullis_core::model::*;
 use portcullis_core::store::{
-    PushAdded, SendClaim, SendLimits, Store, StoreError, TakenTransaction, TxnBinding,
+    FailOpenRecord, PushAdded, SendClaim, SendLimits, Store, StoreError, TakenTransaction,
+    TxnBinding, FAIL_OPEN_IDS_KEPT,
 };
 
 /// Runs every check against a fresh, empty store.
@@ -23,6 +24,7 @@ pub fn run_all(s: &dyn Store) {
     failures_are_reserved_under_the_limit_also_at_once(s);
     draining_failures_are_reserved_under_the_limit_also_at_once(s);
     audit_is_listed_in_order_and_filtered(s);
+    fail_open_reports_are_recorded_once_per_host(s);
     deleting_a_user_removes_their_state(s);
     factor_params_compare_and_set(s);
     bypass_codes_are_limited_and_expire(s);
@@ -1321,6 +1323,71 @@ fn audit_is_listed_in_order_and_filtered(s: &dyn Store) {
         })
         .unwrap();
     assert_eq!(recent.len(), 2);
+}
+
+/// `record_fail_opens`: a report a host sends again (same id) is recorded once, also when
+/// sent by several requests at once; another host's report of the same id, and reports
+/// without an id (older modules), are recorded; ids are forgotten after
+/// `FAIL_OPEN_IDS_KEPT`.
+fn fail_open_reports_are_recorded_once_per_host(s: &dyn Store) {
+    let report = |id: Option<&str>, host: &str| FailOpenRecord {
+        id: id.map(Into::into),
+        audit: AuditRecord {
+            time: 500,
+            tenant: "suite-fo".into(),
+            username: "ann".into(),
+            channel: "pam".into(),
+            client: "sshd".into(),
+            source: "local".into(),
+            mode: "fail-open".into(),
+            factors: Vec::new(),
+            result: AuditResult::Accept,
+            reason: format!("{host} {id:?}"),
+            transaction: None,
+            host: Some(host.into()),
+        },
+    };
+    let count = || {
+        s.list_audit(&AuditFilter {
+            tenant: Some("suite-fo".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+    };
+    let sent = [
+        report(Some("a1"), "web1"),
+        report(Some("b2"), "web1"),
+        report(None, "web1"),
+    ];
+    assert_eq!(s.record_fail_opens(&sent, 1000).unwrap(), 3);
+    assert_eq!(count(), 3);
+    // Sent again: only the report without an id is recorded again.
+    assert_eq!(s.record_fail_opens(&sent, 1010).unwrap(), 1);
+    assert_eq!(count(), 4);
+    // The same id from another host is another report.
+    assert_eq!(
+        s.record_fail_opens(&[report(Some("a1"), "web2")], 1010)
+            .unwrap(),
+        1
+    );
+    // Several requests with the same report at once: recorded once.
+    let recorded = at_once(4, |_| {
+        s.record_fail_opens(&[report(Some("c3"), "web1")], 1020)
+            .unwrap()
+    });
+    assert_eq!(recorded.iter().sum::<usize>(), 1, "{recorded:?}");
+    assert_eq!(count(), 6);
+    // A week after it arrived an id is forgotten (the purge), and recorded again.
+    let later = 1000 + FAIL_OPEN_IDS_KEPT;
+    s.purge_expired(later).unwrap();
+    assert_eq!(s.record_fail_opens(&sent[..1], later).unwrap(), 1);
+    assert_eq!(
+        s.record_fail_opens(&[report(Some("c3"), "web1")], later)
+            .unwrap(),
+        0
+    );
+    assert_eq!(count(), 7);
 }
 
 fn deleting_a_user_removes_their_state(s: &dyn Store) {

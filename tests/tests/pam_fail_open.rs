@@ -92,8 +92,14 @@ fn a_tenant_with_pam_fail_mode_safe_lets_an_outage_login_in_and_the_daemon_audit
         why.contains(&format!("connect to {}", f.socket.display())),
         "{why}"
     );
+    assert!(
+        spool[0]["id"].as_str().is_some_and(|id| id.len() == 32),
+        "{spool:?}"
+    );
     // Nothing is audited yet: the daemon has not heard of it.
     assert!(fail_open_records(&f, "alice").is_empty());
+    let spool_path = f.state_dir().join("acme.fail-opens");
+    let spool_bytes = std::fs::read(&spool_path).unwrap();
 
     // The daemon is back: the next login is accepted as usual and carries the report (with
     // the next step's code: the first one is spent).
@@ -150,6 +156,24 @@ fn a_tenant_with_pam_fail_mode_safe_lets_an_outage_login_in_and_the_daemon_audit
     // Sent once: another login (here one that fails) adds no record.
     let out = f.pamtester("safe", "alice", &format!("{}\n", f.wrong_code()));
     assert!(!out.status.success(), "{}", describe(&out));
+    assert_eq!(fail_open_records(&f, "alice").len(), 1);
+    // The same report sent again (as when the answer that took it was lost, or its sender
+    // died before removing its claim: here its line is put back into the spool) is not
+    // recorded a second time; the host's spool is emptied all the same.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut put_back = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&spool_path)
+            .unwrap();
+        std::io::Write::write_all(&mut put_back, &spool_bytes).unwrap();
+    }
+    assert_eq!(f.fail_open_spool().len(), 1);
+    let out = f.pamtester("safe", "alice", &format!("{}\n", f.wrong_code()));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(f.fail_open_spool().is_empty());
     assert_eq!(fail_open_records(&f, "alice").len(), 1);
 }
 

@@ -20,6 +20,7 @@ use portcullis_core::protocol::{
     Choice, ErrorCode, Expects, FailOpenReport, FirstFactor, Origin, Request, RequestStep,
     Response, ResponseStep, Unenrolled,
 };
+use portcullis_core::store::FailOpenRecord;
 use zeroize::{Zeroize, Zeroizing};
 
 /// What the handler needs from the config, and the push hub that wakes held polls.
@@ -191,14 +192,17 @@ fn audit_fail_opens(
         return Ok(());
     }
     let now = engine.now();
+    let records: Vec<FailOpenRecord> = reports
+        .iter()
+        .map(|r| FailOpenRecord {
+            id: r.id.clone(),
+            audit: fail_open_record(now, origin, r),
+        })
+        .collect();
+    let recorded = engine.store().record_fail_opens(&records, now)?;
     tracing::warn!(tenant = %origin.tenant, host = %origin.host, reports = reports.len(),
-        users = %reports.iter().map(|r| r.user.as_str()).collect::<Vec<_>>().join(","),
-        "PAM: host reports logins it let in WITHOUT a second factor (failmode=safe) while the daemon was unreachable; audited as FAIL-OPEN");
-    for r in reports {
-        engine
-            .store()
-            .append_audit(&fail_open_record(now, origin, r))?;
-    }
+        recorded, users = %reports.iter().map(|r| r.user.as_str()).collect::<Vec<_>>().join(","),
+        "PAM: host reports logins it let in WITHOUT a second factor (failmode=safe) while the daemon was unreachable; audited as FAIL-OPEN (\"recorded\": those not sent before)");
     Ok(())
 }
 
@@ -702,6 +706,7 @@ pub(super) mod tests {
 
     fn report(user: &str, at: u64, rhost: Option<&str>) -> FailOpenReport {
         FailOpenReport {
+            id: Some(format!("{user}-{at}")),
             at,
             user: user.into(),
             service: "sudo".into(),
@@ -790,6 +795,70 @@ pub(super) mod tests {
             .collect();
         assert_eq!(dave.len(), 1);
         assert_eq!(dave[0].host.as_deref(), Some("web1"));
+    }
+
+    #[tokio::test]
+    async fn a_fail_open_report_sent_again_is_recorded_once() {
+        let e = engine();
+        let now = e.now() as u64;
+        let start = |fail_opens: Vec<FailOpenReport>| {
+            request(
+                "alice",
+                RequestStep::Start {
+                    first_factor: FirstFactor::Delegated,
+                    password: None,
+                    unenrolled: Unenrolled::Deny,
+                    fail_opens,
+                },
+            )
+        };
+        let sent = vec![report("bob", now, None), report("carol", now, None)];
+        // The module did not get the answer (or died before removing its claim) and
+        // sends the same reports with its next login, with one new one.
+        let mut again = sent.clone();
+        again.push(report("dave", now, None));
+        let from_web1 = Caller::Socket { uid: 0 };
+        for reports in [sent, again.clone()] {
+            let r = answer(&e, &settings(), body(&start(reports)), &from_web1).await;
+            assert!(!matches!(r.step, ResponseStep::Error { .. }), "{r:?}");
+        }
+        let users = |e: &Engine| {
+            let mut u: Vec<_> = fail_open_records(e)
+                .into_iter()
+                .map(|r| format!("{}@{}", r.username, r.host.unwrap_or_default()))
+                .collect();
+            u.sort();
+            u
+        };
+        assert_eq!(users(&e), ["bob@web1", "carol@web1", "dave@web1"]);
+        // Another host's report is its own, whatever its id; a report without an id
+        // (an older module) is recorded each time.
+        let mut old = report("erin", now, None);
+        old.id = None;
+        again.push(old);
+        for _ in 0..2 {
+            let r = answer(
+                &e,
+                &settings(),
+                body(&start(again.clone())),
+                &host("acme", "web9"),
+            )
+            .await;
+            assert!(!matches!(r.step, ResponseStep::Error { .. }), "{r:?}");
+        }
+        assert_eq!(
+            users(&e),
+            [
+                "bob@web1",
+                "bob@web9",
+                "carol@web1",
+                "carol@web9",
+                "dave@web1",
+                "dave@web9",
+                "erin@web9",
+                "erin@web9"
+            ]
+        );
     }
 
     #[tokio::test]

@@ -283,6 +283,21 @@ ALTER TABLE users ADD COLUMN session_epoch BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE admin_tokens ADD COLUMN expires_at BIGINT;
 "#,
     ),
+    (
+        16,
+        // The ids of the fail-open reports each host sent (`Store::record_fail_opens`): a
+        // report sent again is recorded once. Kept a week after it arrived.
+        r#"
+CREATE TABLE fail_open_reports (
+    tenant       TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    id           TEXT NOT NULL,
+    received_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, host, id)
+);
+CREATE INDEX fail_open_reports_received ON fail_open_reports(received_at);
+"#,
+    ),
 ];
 
 /// One line for the migrations an open applied (each step is logged at debug): a first

@@ -146,6 +146,20 @@ pub enum Reservation {
 /// the longest `[lockout] source_window` (a day) takes to drain it.
 pub const SOURCE_ROWS_KEPT: i64 = 2 * 86_400;
 
+/// How long the ids of the fail-open reports a host sent are remembered (seconds): a
+/// report comes again when its answer was lost or its sender died before removing it,
+/// with the next login that reaches the daemon, in practice within hours.
+pub const FAIL_OPEN_IDS_KEPT: i64 = 7 * 86_400;
+
+/// One fail-open report to record (see [`Store::record_fail_opens`]).
+#[derive(Debug, Clone)]
+pub struct FailOpenRecord {
+    /// The module's name for the report; `None` from modules that name none (recorded
+    /// each time).
+    pub id: Option<String>,
+    pub audit: AuditRecord,
+}
+
 /// Everything the Engine and the admin commands keep. Implemented by every backend and
 /// exercised by one test suite.
 pub trait Store: Send + Sync + 'static {
@@ -501,6 +515,11 @@ pub trait Store: Send + Sync + 'static {
 
     // Audit (append-only)
     fn append_audit(&self, record: &AuditRecord) -> StoreResult<()>;
+    /// Writes the audit records of the fail-open reports one request of a host brought,
+    /// all of them or none. A report whose id the same host (`audit.host`, in
+    /// `audit.tenant`) sent in the last [`FAIL_OPEN_IDS_KEPT`] seconds is not recorded
+    /// again. Returns how many were recorded.
+    fn record_fail_opens(&self, reports: &[FailOpenRecord], now: UnixTime) -> StoreResult<usize>;
     fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
 
     // Housekeeping

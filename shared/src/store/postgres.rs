@@ -830,6 +830,28 @@ fn factor_from_row_at(r: &Row, at: usize) -> StoreResult<Factor> {
 
 const TXN_COLS: &str = "id, tenant_id, user_id, username, client, source, first_factor, step, attempts, created_at, expires_at, reply_attributes";
 
+const INSERT_AUDIT: &str = "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// Runs `f` with the parameters of [`INSERT_AUDIT`] for `a`.
+fn with_audit_params<T>(a: &AuditRecord, f: impl FnOnce(Params<'_>) -> T) -> T {
+    let (factors, result) = (a.factors.join(","), a.result.as_str());
+    f(&[
+        &a.time,
+        &a.tenant,
+        &a.username,
+        &a.channel,
+        &a.client,
+        &a.source,
+        &a.mode,
+        &factors,
+        &result,
+        &a.reason,
+        &a.transaction,
+        &a.host,
+    ])
+}
+
 fn txn_from_row(r: &Row) -> StoreResult<Transaction> {
     let attrs: String = r.col(11)?;
     // Fail closed: a transaction whose attributes cannot be read is not continued.
@@ -1972,25 +1994,38 @@ impl Store for PgStore {
     }
 
     fn append_audit(&self, a: &AuditRecord) -> StoreResult<()> {
-        self.execute(
-            "INSERT INTO audit (time, tenant, username, channel, client, source, mode, factors, result, reason, transaction_id, host)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                &a.time,
-                &a.tenant,
-                &a.username,
-                &a.channel,
-                &a.client,
-                &a.source,
-                &a.mode,
-                &a.factors.join(","),
-                &a.result.as_str(),
-                &a.reason,
-                &a.transaction,
-                &a.host,
-            ],
-        )
-        .map(|_| ())
+        with_audit_params(a, |p| self.execute(INSERT_AUDIT, p)).map(|_| ())
+    }
+
+    fn record_fail_opens(
+        &self,
+        reports: &[super::FailOpenRecord],
+        now: UnixTime,
+    ) -> StoreResult<usize> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let mut recorded = 0;
+        for r in reports {
+            if let Some(id) = &r.id {
+                let fresh = tx.execute(
+                    "INSERT INTO fail_open_reports (tenant, host, id, received_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[
+                        &r.audit.tenant,
+                        &r.audit.host.as_deref().unwrap_or(""),
+                        id,
+                        &now,
+                    ],
+                )? == 1;
+                if !fresh {
+                    continue;
+                }
+            }
+            with_audit_params(&r.audit, |p| tx.execute(INSERT_AUDIT, p))?;
+            recorded += 1;
+        }
+        tx.commit()?;
+        Ok(recorded)
     }
 
     fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
@@ -2060,6 +2095,10 @@ impl Store for PgStore {
             &[&(now - 86_400)],
         )?;
         n += conn.execute("DELETE FROM enrollments WHERE expires_at <= $1", &[&now])?;
+        n += conn.execute(
+            "DELETE FROM fail_open_reports WHERE received_at <= $1",
+            &[&(now - super::FAIL_OPEN_IDS_KEPT)],
+        )?;
         // A source's bucket two days after its last failure has drained (windows are at
         // most a day) and any block has ended.
         n += conn.execute(

@@ -1945,6 +1945,44 @@ impl Store for SqliteStore {
         self.write(move |conn| insert_audit(conn, &a))
     }
 
+    fn record_fail_opens(
+        &self,
+        reports: &[super::FailOpenRecord],
+        now: UnixTime,
+    ) -> StoreResult<usize> {
+        let reports = reports.to_vec();
+        self.write(move |conn| {
+            atomically(conn, |conn| {
+                let mut recorded = 0;
+                for r in &reports {
+                    if let Some(id) = &r.id {
+                        let fresh = conn
+                            .prepare_cached(
+                                "INSERT INTO fail_open_reports (tenant, host, id, received_at)
+                                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                            )
+                            .and_then(|mut st| {
+                                st.execute(params![
+                                    r.audit.tenant,
+                                    r.audit.host.as_deref().unwrap_or(""),
+                                    id,
+                                    now
+                                ])
+                            })
+                            .map_err(db)?
+                            == 1;
+                        if !fresh {
+                            continue;
+                        }
+                    }
+                    insert_audit(conn, &r.audit)?;
+                    recorded += 1;
+                }
+                Ok(recorded)
+            })
+        })
+    }
+
     fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let conn = self.lock();
         let limit = if f.limit == 0 { 1000 } else { f.limit };
@@ -1993,7 +2031,7 @@ impl Store for SqliteStore {
         use super::SOURCE_ROWS_KEPT;
         let mut purged = self.purge_used_otps(now)?;
         // (table, which rows, the time they are compared with)
-        let purges: [(&str, &str, UnixTime); 7] = [
+        let purges: [(&str, &str, UnixTime); 8] = [
             ("transactions", "expires_at <= ?1", now),
             ("bypass_codes", "expires_at <= ?1 OR uses_left <= 0", now),
             // Sent codes stay an hour past expiry: the hourly send quota counts them.
@@ -2002,6 +2040,11 @@ impl Store for SqliteStore {
             // Pushes stay a day past expiry: the anti-fatigue window counts them.
             ("push_requests", "expires_at <= ?1", now - 86_400),
             ("enrollments", "expires_at <= ?1", now),
+            (
+                "fail_open_reports",
+                "received_at <= ?1",
+                now - super::FAIL_OPEN_IDS_KEPT,
+            ),
             // A source's bucket two days after its last failure has drained (windows are
             // at most a day) and any block has ended.
             (
