@@ -23,6 +23,18 @@ pub enum Action {
     StepUp,
 }
 
+impl Action {
+    /// The name in the config and in audit reasons (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::RequireMfa => "require_mfa",
+            Action::SkipMfa => "skip_mfa",
+            Action::Deny => "deny",
+            Action::StepUp => "step_up",
+        }
+    }
+}
+
 /// Days of the week, for time windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,10 +139,7 @@ pub struct Decision {
 impl Decision {
     /// The audit label: `rule 'office' (skip_mfa)` or `default (require_mfa)`.
     pub fn label(&self) -> String {
-        let action = serde_json::to_value(self.action)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let action = self.action.as_str();
         match &self.rule {
             Some(r) => format!("rule '{r}' ({action})"),
             None => format!("default ({action})"),
@@ -357,6 +366,18 @@ pub fn evaluate(rules: &[Rule], cx: &Context<'_>) -> Decision {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn action_names_are_the_configs() {
+        for a in [
+            Action::RequireMfa,
+            Action::SkipMfa,
+            Action::Deny,
+            Action::StepUp,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+    }
 
     /// A rule called `name` that does `action` everywhere (no condition); tests add theirs
     /// with `..rule(name, action)`. The Engine's tests use it too.
