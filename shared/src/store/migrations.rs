@@ -298,6 +298,15 @@ CREATE TABLE fail_open_reports (
 CREATE INDEX fail_open_reports_received ON fail_open_reports(received_at);
 "#,
     ),
+    (
+        17,
+        // A user's factors in the order every login reads them (oldest first): read along
+        // the index, not sorted per login.
+        r#"
+CREATE INDEX factors_user_created ON factors(user_id, created_at, id);
+DROP INDEX factors_user;
+"#,
+    ),
 ];
 
 /// One line for the migrations an open applied (each step is logged at debug): a first

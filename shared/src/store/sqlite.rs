@@ -616,6 +616,13 @@ fn insert_audit(conn: &Connection, a: &AuditRecord) -> StoreResult<()> {
     .map_err(db)
 }
 
+/// The columns [`factor_from_row`] reads, in its order.
+macro_rules! factor_cols {
+    () => {
+        "id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at"
+    };
+}
+
 /// The columns [`user_from_row`] reads, in its order (a macro, so that the statements
 /// that use them are literals: no `format!` per login).
 macro_rules! user_cols {
@@ -655,10 +662,11 @@ fn user_by_name_on(conn: &Connection, tenant: TenantId, name: &str) -> StoreResu
 
 fn factors_of_on(conn: &Connection, user: UserId) -> StoreResult<Vec<Factor>> {
     let mut st = conn
-        .prepare_cached(
-            "SELECT id, user_id, kind, state, sealed_secret, params, created_at, confirmed_at, last_used_at
-             FROM factors WHERE user_id = ?1 ORDER BY created_at, id",
-        )
+        .prepare_cached(concat!(
+            "SELECT ",
+            factor_cols!(),
+            " FROM factors WHERE user_id = ?1 ORDER BY created_at, id"
+        ))
         .map_err(db)?;
     let rows = st.query_map(params![user], factor_from_row).map_err(db)?;
     let mut out = Vec::new();
@@ -694,26 +702,41 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 fn factor_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Factor, StoreError>> {
-    let kind: String = r.get(2)?;
-    let state: String = r.get(3)?;
+    factor_from_row_at(r, 0)
+}
+
+/// A factor from the row's columns `at`.. (see [`factor_from_row`]).
+fn factor_from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Factor, StoreError>> {
+    let kind: String = r.get(at + 2)?;
+    let state: String = r.get(at + 3)?;
     let (Some(kind), Some(state)) = (FactorKind::parse(&kind), FactorState::parse(&state)) else {
         return Ok(Err(StoreError::Corrupt(format!(
             "factor {} has kind '{kind}' / state '{state}'",
-            r.get::<_, String>(0)?
+            r.get::<_, String>(at)?
         ))));
     };
     Ok(Ok(Factor {
-        id: r.get(0)?,
-        user_id: r.get(1)?,
+        id: r.get(at)?,
+        user_id: r.get(at + 1)?,
         kind,
         state,
-        sealed_secret: r.get(4)?,
-        params: r.get(5)?,
-        created_at: r.get(6)?,
-        confirmed_at: r.get(7)?,
-        last_used_at: r.get(8)?,
+        sealed_secret: r.get(at + 4)?,
+        params: r.get(at + 5)?,
+        created_at: r.get(at + 6)?,
+        confirmed_at: r.get(at + 7)?,
+        last_used_at: r.get(at + 8)?,
     }))
 }
+
+/// The user named `name` and their factors (oldest first) in one statement: the user's
+/// columns ([`user_cols!`], prefixed) once per factor, or once with NULLs for a user
+/// without factors.
+const USER_WITH_FACTORS: &str = "SELECT u.id, u.tenant_id, u.name, u.password_hash, u.email, u.phone, u.groups_json, u.disabled, u.created_at, u.attributes_json, u.session_epoch,
+        f.id, f.user_id, f.kind, f.state, f.sealed_secret, f.params, f.created_at, f.confirmed_at, f.last_used_at
+     FROM users u LEFT JOIN factors f ON f.user_id = u.id
+     WHERE u.tenant_id = ?1 AND u.name = ?2 ORDER BY f.created_at, f.id";
+/// Where the factor's columns start in [`USER_WITH_FACTORS`].
+const FACTOR_AT: usize = 11;
 
 /// Transaction reply attributes as stored: JSON `[[type, "hex"], ...]`.
 pub(super) fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
@@ -965,15 +988,20 @@ impl Store for SqliteStore {
         tenant: TenantId,
         name: &str,
     ) -> StoreResult<Option<(User, Vec<Factor>)>> {
-        // One turn of the connection for both reads.
         let conn = self.lock();
-        match user_by_name_on(&conn, tenant, name)? {
-            Some(u) => {
-                let factors = factors_of_on(&conn, u.id)?;
-                Ok(Some((u, factors)))
+        let mut st = conn.prepare_cached(USER_WITH_FACTORS).map_err(db)?;
+        let mut rows = st.query(params![tenant, name]).map_err(db)?;
+        let mut found: Option<(User, Vec<Factor>)> = None;
+        while let Some(r) = rows.next().map_err(db)? {
+            let (_, factors) = match &mut found {
+                Some(f) => f,
+                None => found.insert((user_from_row(r).map_err(db)?, Vec::new())),
+            };
+            if r.get_ref(FACTOR_AT).map_err(db)? != rusqlite::types::ValueRef::Null {
+                factors.push(factor_from_row_at(r, FACTOR_AT).map_err(db)??);
             }
-            None => Ok(None),
         }
+        Ok(found)
     }
 
     fn list_users(&self, tenant: TenantId) -> StoreResult<Vec<User>> {
@@ -2456,6 +2484,23 @@ fn enrollment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Enrollment> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_with_factors_reads_the_columns_the_rows_are_read_with() {
+        let select = USER_WITH_FACTORS
+            .strip_prefix("SELECT ")
+            .and_then(|s| s.split_once(" FROM "))
+            .unwrap()
+            .0;
+        let cols: Vec<&str> = select.split(',').map(str::trim).collect();
+        let user: Vec<String> = user_cols!().split(", ").map(|c| format!("u.{c}")).collect();
+        let factor: Vec<String> = factor_cols!()
+            .split(", ")
+            .map(|c| format!("f.{c}"))
+            .collect();
+        assert_eq!(cols[..FACTOR_AT], user[..]);
+        assert_eq!(cols[FACTOR_AT..], factor[..]);
+    }
 
     #[test]
     fn attributes_set_by_two_processes_at_once_are_all_kept() {
