@@ -141,8 +141,8 @@ impl Decision {
     pub fn label(&self) -> String {
         let action = self.action.as_str();
         match &self.rule {
-            Some(r) => format!("rule '{r}' ({action})"),
-            None => format!("default ({action})"),
+            Some(r) => ["rule '", r, "' (", action, ")"].concat(),
+            None => ["default (", action, ")"].concat(),
         }
     }
 
