@@ -100,11 +100,11 @@ pub fn verify(password: &[u8], stored: &str) -> bool {
     computed.len() == p.checksum.len() && bool::from(computed.ct_eq(p.checksum.as_bytes()))
 }
 
-/// The full `$6$` string of `password` with `salt` (cut to [`SALT_MAX`] bytes, no `$`) and
-/// `rounds` (named in the string unless they are the default). `None` when the rounds are
-/// out of range or the salt holds a `$`.
+/// The full `$6$` string of `password` with `salt` (ASCII without `$`, cut to [`SALT_MAX`]
+/// bytes) and `rounds` (named in the string unless they are the default). `None` when the
+/// rounds are out of range or the salt is not such text.
 pub fn hash(password: &[u8], salt: &[u8], rounds: usize) -> Option<String> {
-    if !(ROUNDS_MIN..=ROUNDS_MAX).contains(&rounds) || salt.contains(&b'$') {
+    if !(ROUNDS_MIN..=ROUNDS_MAX).contains(&rounds) || salt.contains(&b'$') || !salt.is_ascii() {
         return None;
     }
     let salt = &salt[..salt.len().min(SALT_MAX)];
@@ -369,6 +369,7 @@ mod tests {
             assert!(!verify(b"pw", &bad), "{bad}");
         }
         assert_eq!(hash(b"pw", b"sa$lt", 5000), None);
+        assert_eq!(hash(b"pw", "sälz".as_bytes(), 5000), None);
         assert_eq!(hash(b"pw", b"salt", 999), None);
     }
 }
