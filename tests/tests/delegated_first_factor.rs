@@ -64,4 +64,9 @@ fn client_with_first_factor_none_accepts_the_code_alone_and_audits_it_as_delegat
             .any(|l| l == "portcullis_login_batch_declined_total 0"),
         "{m}"
     );
+    assert!(
+        m.lines()
+            .any(|l| l == "portcullis_login_batches_redone_total 0"),
+        "{m}"
+    );
 }

@@ -187,6 +187,11 @@ fn write_all(
                 "Code-only logins handed back by the batch: they needed the network or a password hash.",
                 &b.declined,
             ),
+            (
+                "portcullis_login_batches_redone_total",
+                "Batches decided a second time, each login undoable alone, because one of their logins failed or was handed back.",
+                &b.redone,
+            ),
         ] {
             writeln!(out, "# HELP {name} {help}")?;
             writeln!(out, "# TYPE {name} counter")?;

@@ -12,6 +12,13 @@
 //! A login that turns out to need the network or a password hash (the word `push`, an
 //! SMS, Duo, an unknown tenant's dummy hash) stops at its first blocking point: its unit is
 //! undone and it is handed back ([`Batched::Declined`]) to run the usual way.
+//!
+//! A unit that can be undone alone costs (SQLite: a savepoint, and a copy of every page a
+//! login changes), and code-only logins rarely need one: a batch is first decided without
+//! units, and only if one of its logins fails or must be handed back is the whole
+//! transaction rolled back and the batch decided again, a unit per login. After that the
+//! next [`GUARDED_AFTER_UNDO`] batches start with units: a queue where such logins keep
+//! coming does not pay twice.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,6 +31,10 @@ use crate::store::StoreError;
 
 /// At most this many logins share one transaction (a bound on the time the others wait).
 const MAX_BATCH: usize = 128;
+
+/// Batches decided with a unit per login from the start after one had to be decided again
+/// (see the module).
+const GUARDED_AFTER_UNDO: u32 = 32;
 
 /// What became of a login handed to the [`LoginBatcher`].
 pub enum Batched {
@@ -52,6 +63,9 @@ pub struct BatchCounts {
     pub decided: AtomicU64,
     /// Logins handed back: they needed the network or a password hash.
     pub declined: AtomicU64,
+    /// Batches decided a second time, a unit per login, because a login of theirs failed
+    /// or was handed back.
+    pub redone: AtomicU64,
 }
 
 /// Decides code-only logins in batches on a thread of its own (see the module). Dropping
@@ -127,6 +141,7 @@ impl Drop for LoginBatcher {
 /// The batcher's thread: every login waiting becomes one batch. Ends when the batcher is
 /// dropped.
 fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
+    let mut guarded_left = 0;
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -135,11 +150,85 @@ fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
                 Err(_) => break,
             }
         }
-        decide_batch(engine, jobs, counts);
+        if guarded_left > 0 {
+            guarded_left -= 1;
+            decide_in_units(engine, jobs, counts);
+        } else if let Some(jobs) = decide_without_units(engine, jobs, counts) {
+            counts.redone.fetch_add(1, Relaxed);
+            guarded_left = GUARDED_AFTER_UNDO;
+            decide_in_units(engine, jobs, counts);
+        }
     }
 }
 
-fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
+/// One login decided where nothing may block, with its log lines held (a panic of the
+/// Engine is an internal error of this login alone).
+fn decide_one(engine: &Engine, req: &LoginRequest) -> (Result<Step, EngineError>, DecisionLogs) {
+    holding_logs(|| {
+        catch_unwind(AssertUnwindSafe(|| without_blocking(|| engine.start(req))))
+            .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())))
+    })
+}
+
+/// Decides the batch in one transaction without a unit per login. If a login fails or
+/// must be handed back, nothing of the batch is kept (its writes cannot be undone alone)
+/// and the jobs are returned, undecided, to be decided again in units; otherwise every
+/// login is answered after the commit (or rejected, if the commit fails).
+fn decide_without_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) -> Option<Vec<Job>> {
+    let mut outcomes: Vec<(Step, DecisionLogs)> = Vec::with_capacity(jobs.len());
+    let mut undo = false;
+    let committed = engine.store().batch(&mut |_units| {
+        for job in &jobs {
+            match decide_one(engine, &job.req) {
+                (Ok(step), logs) => outcomes.push((step, logs)),
+                (Err(_), logs) => {
+                    logs.discard();
+                    undo = true;
+                    return Err(StoreError::Database(
+                        "a login of the batch is to be undone alone".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+    if undo {
+        for (_, logs) in outcomes {
+            logs.discard();
+        }
+        return Some(jobs);
+    }
+    match committed {
+        Ok(()) => {
+            counts.batches.fetch_add(1, Relaxed);
+            counts.decided.fetch_add(jobs.len() as u64, Relaxed);
+            for (job, (step, logs)) in jobs.into_iter().zip(outcomes) {
+                (job.done)(Batched::Decided(Ok(step), logs));
+            }
+        }
+        Err(e) => {
+            // Nothing of the batch was kept: every decision in it is void (fail closed).
+            tracing::error!(error = %e, logins = jobs.len(), "a batch of logins could not be committed; they are rejected");
+            for (_, logs) in outcomes {
+                logs.discard();
+            }
+            for job in jobs {
+                (job.done)(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
+            }
+        }
+    }
+    engine.store().after_batch();
+    None
+}
+
+/// What a login of a batch that could not be committed gets.
+fn lost(e: &StoreError) -> EngineError {
+    EngineError::Store(StoreError::Database(e.to_string()))
+}
+
+/// Decides the batch with a unit per login: a login that fails or is handed back is
+/// undone alone, the others are kept.
+fn decide_in_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
     let mut waiting = jobs.into_iter();
     let mut decided: Vec<(Done, Result<Step, EngineError>, DecisionLogs)> = Vec::new();
     let mut declined: Vec<Job> = Vec::new();
@@ -151,12 +240,7 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
                 decided.push((job.done, failed, DecisionLogs::default()));
                 return Err(e);
             }
-            let (result, logs) = holding_logs(|| {
-                catch_unwind(AssertUnwindSafe(|| {
-                    without_blocking(|| engine.start(&job.req))
-                }))
-                .unwrap_or_else(|_| Err(EngineError::Internal("the Engine panicked".into())))
-            });
+            let (result, logs) = decide_one(engine, &job.req);
             // A login that failed is undone below: what it logged did not stand.
             let logs = if result.is_ok() {
                 logs
@@ -191,7 +275,6 @@ fn decide_batch(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
         Err(e) => {
             // Nothing of the batch was kept: every decision in it is void (fail closed).
             tracing::error!(error = %e, logins = decided.len(), "a batch of logins could not be committed; they are rejected");
-            let lost = |e: &StoreError| EngineError::Store(StoreError::Database(e.to_string()));
             for (done, _, logs) in decided {
                 logs.discard();
                 done(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));

@@ -1887,6 +1887,82 @@ mod batch {
     }
 
     #[test]
+    fn a_login_handed_back_undoes_nothing_of_the_others_of_its_batch() {
+        let w = world();
+        for name in ["bob", "carol"] {
+            w.admin
+                .add_user("acme", name, NewPassword::None, None, None, vec![])
+                .unwrap();
+            w.admin
+                .enroll_totp("acme", name, Some(SECRET), 6, "SHA1")
+                .unwrap();
+        }
+        let engine = Arc::new(w.engine);
+        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+        let code = code_at(T0);
+        // An unknown tenant's login spends a dummy password hash: not in a batch.
+        let nope = || {
+            let mut req = code_login("alice", &code);
+            req.tenant = "nope".into();
+            req
+        };
+        let logins = vec![
+            code_login("alice", &code),
+            nope(),
+            code_login("carol", &code),
+            code_login("bob", "000000"),
+            code_login("alice", &code), // a replay
+            nope(),
+        ];
+        let (tx, rx) = mpsc::channel();
+        for (i, req) in logins.into_iter().enumerate() {
+            let tx = tx.clone();
+            batcher.submit(req, Box::new(move |b| tx.send((i, b)).unwrap()));
+        }
+        drop(tx);
+        let mut out: Vec<(usize, Batched)> = rx.iter().collect();
+        out.sort_by_key(|(i, _)| *i);
+        let got: Vec<&str> = out
+            .iter()
+            .map(|(_, b)| match b {
+                Batched::Declined(_) => "declined",
+                Batched::Decided(Ok(step), _) if is_accept(step) => "accept",
+                Batched::Decided(Ok(_), _) => "reject",
+                Batched::Decided(Err(_), _) => "error",
+            })
+            .collect();
+        assert_eq!(
+            got,
+            ["accept", "declined", "accept", "reject", "reject", "declined"]
+        );
+        // Whatever was decided before the login that was handed back (and undone with the
+        // whole transaction) was decided again and recorded once.
+        let records = w.admin.audit(&AuditFilter::default()).unwrap();
+        assert_eq!(records.len(), 4, "{records:#?}");
+        // The first batch with such a login was decided twice; the next ones in units at once.
+        assert_eq!(
+            batcher
+                .counts()
+                .redone
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            batcher
+                .counts()
+                .declined
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        // Bob's wrong code is counted once.
+        let store = engine.store();
+        let tenant = store.tenant_by_name("acme").unwrap().unwrap();
+        let bob = store.user_by_name(tenant.id, "bob").unwrap().unwrap();
+        let key = super::super::throttle::second_factor_key(&bob);
+        assert_eq!(store.throttle(tenant.id, &key).unwrap().failures, 1);
+    }
+
+    #[test]
     fn logins_that_need_a_password_are_not_code_only() {
         let w = world();
         let mut req = code_login("alice", "hunter2");
