@@ -378,10 +378,12 @@ impl PasswordHasher {
     /// ([`PasswordError::TooCostly`] names its cost and the limits).
     pub fn check_importable(&self, hash: &str) -> Result<(), PasswordError> {
         if hash.starts_with("$6$") {
-            // A well-formed $6$ hash has salt and a 86-character checksum.
-            let parts: Vec<&str> = hash.split('$').collect();
-            let checksum_ok = parts.last().is_some_and(|c| c.len() == 86);
-            if parts.len() < 4 || !checksum_ok {
+            // A well-formed $6$ hash reads as verify reads it (rounds within
+            // 1000..=999999999, no extra field) and has an 86-character checksum; else
+            // its user could never log in. Rounds over the limit are named below.
+            let checksum_ok = hash.rsplit('$').next().is_some_and(|c| c.len() == 86);
+            let over_limit = matches!(Cost::of(hash), Some(Cost::Sha512 { rounds }) if rounds > crate::sha512_crypt::ROUNDS_MAX);
+            if !checksum_ok || (crate::sha512_crypt::parse(hash).is_none() && !over_limit) {
                 return Err(PasswordError::UnsupportedHash);
             }
         } else {
@@ -619,10 +621,22 @@ mod tests {
             .check_importable("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA")
             .is_err());
         let checksum = "x".repeat(86);
-        assert!(matches!(
-            h.check_importable(&format!("$6$rounds=many$salt${checksum}")),
-            Err(PasswordError::UnsupportedHash)
-        ));
+        // Hashes that verify could never match: refused when imported, not accepted for a
+        // user who then cannot log in.
+        for bad in [
+            format!("$6$rounds=many$salt${checksum}"),
+            format!("$6$rounds=999$salt${checksum}"),
+            format!("$6$rounds=0$salt${checksum}"),
+            format!("$6$a$b${checksum}"),
+        ] {
+            assert!(
+                matches!(
+                    h.check_importable(&bad),
+                    Err(PasswordError::UnsupportedHash)
+                ),
+                "{bad}"
+            );
+        }
     }
 
     /// A SHA-512 crypt hash of `password` with `rounds` (cheap to make only for few rounds).
