@@ -76,28 +76,21 @@ fn field(text: &str, max: usize) -> String {
 }
 
 /// A new report's id: 128 random bits in hex, so that the daemon records a report sent
-/// twice once (see [`FailOpenReport::id`]). Without `/dev/urandom` (a chroot), the time in
-/// nanoseconds and the process id: unique on this host, which is all the daemon compares
-/// it within.
-fn new_report_id() -> String {
+/// twice once (see [`FailOpenReport::id`]). None without `/dev/urandom` (a chroot): the
+/// report is then recorded each time it is sent, rather than risk an id that another
+/// report had (a clock and process ids that repeat after a reboot), which would lose it.
+fn new_report_id() -> Option<String> {
     let mut random = [0u8; 16];
-    let read = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random));
-    match read {
-        Ok(()) => random.iter().map(|b| format!("{b:02x}")).collect(),
-        Err(_) => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("t{nanos}-{}", std::process::id())
-        }
-    }
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .ok()?;
+    Some(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The report of a login let in now without a second factor, `why` the failed connect.
 pub fn report(origin: &Origin, why: &str, at: u64) -> FailOpenReport {
     FailOpenReport {
-        id: Some(new_report_id()),
+        id: new_report_id(),
         at,
         user: field(&origin.user, MAX_REPORT_USER),
         service: field(&origin.service, MAX_REPORT_SERVICE),

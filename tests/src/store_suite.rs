@@ -1378,7 +1378,37 @@ fn fail_open_reports_are_recorded_once_per_host(s: &dyn Store) {
     });
     assert_eq!(recorded.iter().sum::<usize>(), 1, "{recorded:?}");
     assert_eq!(count(), 6);
-    // A week after it arrived an id is forgotten (the purge), and recorded again.
+    // The same id twice in one request: recorded once.
+    assert_eq!(
+        s.record_fail_opens(
+            &[report(Some("d4"), "web1"), report(Some("d4"), "web1")],
+            1030
+        )
+        .unwrap(),
+        1
+    );
+    // Two requests with the same ids in other orders at once (a claim taken over and
+    // sent again beside a new one): each report recorded once, and neither request fails
+    // (inserted in another order, their row locks could deadlock on PostgreSQL).
+    for round in 0..5 {
+        let ids: Vec<String> = (0..4).map(|i| format!("o{round}-{i}")).collect();
+        let forward: Vec<FailOpenRecord> = ids
+            .iter()
+            .map(|id| report(Some(id.as_str()), "web1"))
+            .collect();
+        let backward: Vec<FailOpenRecord> = forward.iter().rev().cloned().collect();
+        let recorded = at_once(2, |i| {
+            s.record_fail_opens(if i == 0 { &forward } else { &backward }, 1030)
+                .unwrap()
+        });
+        assert_eq!(
+            recorded.iter().sum::<usize>(),
+            4,
+            "round {round}: {recorded:?}"
+        );
+    }
+    assert_eq!(count(), 6 + 1 + 20);
+    // FAIL_OPEN_IDS_KEPT after it arrived an id is forgotten (the purge), and recorded again.
     let later = 1000 + FAIL_OPEN_IDS_KEPT;
     s.purge_expired(later).unwrap();
     assert_eq!(s.record_fail_opens(&sent[..1], later).unwrap(), 1);
@@ -1387,7 +1417,7 @@ fn fail_open_reports_are_recorded_once_per_host(s: &dyn Store) {
             .unwrap(),
         0
     );
-    assert_eq!(count(), 7);
+    assert_eq!(count(), 6 + 1 + 20 + 1);
 }
 
 fn deleting_a_user_removes_their_state(s: &dyn Store) {

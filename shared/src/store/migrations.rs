@@ -286,7 +286,7 @@ ALTER TABLE admin_tokens ADD COLUMN expires_at BIGINT;
     (
         16,
         // The ids of the fail-open reports each host sent (`Store::record_fail_opens`): a
-        // report sent again is recorded once. Kept a week after it arrived.
+        // report sent again is recorded once. Kept FAIL_OPEN_IDS_KEPT after it arrived.
         r#"
 CREATE TABLE fail_open_reports (
     tenant       TEXT NOT NULL,

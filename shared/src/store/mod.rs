@@ -148,8 +148,10 @@ pub const SOURCE_ROWS_KEPT: i64 = 2 * 86_400;
 
 /// How long the ids of the fail-open reports a host sent are remembered (seconds): a
 /// report comes again when its answer was lost or its sender died before removing it,
-/// with the next login that reaches the daemon, in practice within hours.
-pub const FAIL_OPEN_IDS_KEPT: i64 = 7 * 86_400;
+/// with the next login that reaches the daemon: in practice within hours, but a host cut
+/// off right after sending may take as long as its outage. Longer than the 30 days within
+/// which the daemon keeps a report's own time.
+pub const FAIL_OPEN_IDS_KEPT: i64 = 40 * 86_400;
 
 /// One fail-open report to record (see [`Store::record_fail_opens`]).
 #[derive(Debug, Clone)]
@@ -158,6 +160,28 @@ pub struct FailOpenRecord {
     /// each time).
     pub id: Option<String>,
     pub audit: AuditRecord,
+}
+
+/// Which of `reports` are to be recorded (in their order): those without an id, and the
+/// first of each id that `insert` (its id row, `Ok(false)` if the row was there) finds new.
+/// The ids are inserted in sorted order, so that two requests of one host with the same
+/// ids in another order wait for each other instead of deadlocking (PostgreSQL).
+pub(crate) fn new_fail_open_ids(
+    reports: &[FailOpenRecord],
+    mut insert: impl FnMut(&FailOpenRecord, &str) -> StoreResult<bool>,
+) -> StoreResult<Vec<bool>> {
+    let mut fresh: Vec<bool> = reports.iter().map(|r| r.id.is_none()).collect();
+    let mut named: Vec<(&str, usize)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.id.as_deref().map(|id| (id, i)))
+        .collect();
+    named.sort_unstable();
+    named.dedup_by_key(|(id, _)| *id);
+    for (id, i) in named {
+        fresh[i] = insert(&reports[i], id)?;
+    }
+    Ok(fresh)
 }
 
 /// Everything the Engine and the admin commands keep. Implemented by every backend and

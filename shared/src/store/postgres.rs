@@ -2004,25 +2004,25 @@ impl Store for PgStore {
     ) -> StoreResult<usize> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction()?;
+        let fresh = super::new_fail_open_ids(reports, |r, id| {
+            tx.execute(
+                "INSERT INTO fail_open_reports (tenant, host, id, received_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &r.audit.tenant,
+                    &r.audit.host.as_deref().unwrap_or(""),
+                    &id,
+                    &now,
+                ],
+            )
+            .map(|n| n == 1)
+        })?;
         let mut recorded = 0;
-        for r in reports {
-            if let Some(id) = &r.id {
-                let fresh = tx.execute(
-                    "INSERT INTO fail_open_reports (tenant, host, id, received_at)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[
-                        &r.audit.tenant,
-                        &r.audit.host.as_deref().unwrap_or(""),
-                        id,
-                        &now,
-                    ],
-                )? == 1;
-                if !fresh {
-                    continue;
-                }
+        for (r, fresh) in reports.iter().zip(fresh) {
+            if fresh {
+                with_audit_params(&r.audit, |p| tx.execute(INSERT_AUDIT, p))?;
+                recorded += 1;
             }
-            with_audit_params(&r.audit, |p| tx.execute(INSERT_AUDIT, p))?;
-            recorded += 1;
         }
         tx.commit()?;
         Ok(recorded)

@@ -1981,30 +1981,28 @@ impl Store for SqliteStore {
         let reports = reports.to_vec();
         self.write(move |conn| {
             atomically(conn, |conn| {
+                let fresh = super::new_fail_open_ids(&reports, |r, id| {
+                    conn.prepare_cached(
+                        "INSERT INTO fail_open_reports (tenant, host, id, received_at)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            r.audit.tenant,
+                            r.audit.host.as_deref().unwrap_or(""),
+                            id,
+                            now
+                        ])
+                    })
+                    .map(|n| n == 1)
+                    .map_err(db)
+                })?;
                 let mut recorded = 0;
-                for r in &reports {
-                    if let Some(id) = &r.id {
-                        let fresh = conn
-                            .prepare_cached(
-                                "INSERT INTO fail_open_reports (tenant, host, id, received_at)
-                                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                            )
-                            .and_then(|mut st| {
-                                st.execute(params![
-                                    r.audit.tenant,
-                                    r.audit.host.as_deref().unwrap_or(""),
-                                    id,
-                                    now
-                                ])
-                            })
-                            .map_err(db)?
-                            == 1;
-                        if !fresh {
-                            continue;
-                        }
+                for (r, fresh) in reports.iter().zip(fresh) {
+                    if fresh {
+                        insert_audit(conn, &r.audit)?;
+                        recorded += 1;
                     }
-                    insert_audit(conn, &r.audit)?;
-                    recorded += 1;
                 }
                 Ok(recorded)
             })
