@@ -682,6 +682,14 @@ impl FailOpenLedger for StateDir {
             ));
         }
     }
+
+    fn refused(&mut self, message: &str) {
+        self.notes.push(format!(
+            "the daemon refused this host's fail-open reports as malformed ({}); they are kept and sent again with the next login (a daemon older than this module? upgrade it)",
+            field(message, 200)
+        ));
+        self.settle(false);
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,12 @@ pub trait FailOpenLedger {
     /// The `start` was answered without an error frame (`delivered`), or not: the claimed
     /// reports are done with, or kept for the next login.
     fn settle(&mut self, delivered: bool);
+    /// The daemon refused the `start` that carried the claimed reports as malformed (its
+    /// `message`): they are kept, and the login goes on without them.
+    fn refused(&mut self, message: &str) {
+        let _ = message;
+        self.settle(false);
+    }
 }
 
 /// The ledger of `failmode=secure`: never grants, keeps nothing.
@@ -282,7 +288,7 @@ pub fn run(
             origin: origin.clone(),
             step,
         };
-        let called = if first_request {
+        let mut called = if first_request {
             transport.call(&req)
         } else {
             call_waiting(
@@ -293,8 +299,17 @@ pub fn run(
                 pause,
             )
         };
+        // A daemon that cannot read the reports (an older build: a field it does not know)
+        // refuses their start as malformed, having decided nothing: the start goes again
+        // without them, and they are kept for a daemon that takes them.
+        let mut settled = false;
+        if let Some(message) = reports_refused(&called, &req) {
+            ledger.refused(&message);
+            settled = true;
+            called = transport.call(&without_reports(req));
+        }
         if safe {
-            if first_request {
+            if first_request && !settled {
                 // The claimed reports are the daemon's once it answered without an error
                 // frame; otherwise they are kept for the next login.
                 let delivered =
@@ -407,6 +422,45 @@ pub fn run(
         ErrorCode::Malformed,
         format!("the login did not end within {MAX_STEPS} steps"),
     )
+}
+
+/// The daemon's message when it refused `req`, a `start` with fail-open reports, as
+/// malformed.
+fn reports_refused(called: &Result<Response, CallError>, req: &Request) -> Option<String> {
+    let RequestStep::Start { fail_opens, .. } = &req.step else {
+        return None;
+    };
+    match called {
+        Ok(Response {
+            step:
+                ResponseStep::Error {
+                    code: ErrorCode::Malformed,
+                    message,
+                },
+            ..
+        }) if !fail_opens.is_empty() => Some(message.clone()),
+        _ => None,
+    }
+}
+
+/// `req` (a `start`) without its fail-open reports.
+fn without_reports(req: Request) -> Request {
+    let Request { v, origin, step } = req;
+    let step = match step {
+        RequestStep::Start {
+            first_factor,
+            password,
+            unenrolled,
+            ..
+        } => RequestStep::Start {
+            first_factor,
+            password,
+            unenrolled,
+            fail_opens: Vec::new(),
+        },
+        other => other,
+    };
+    Request { v, origin, step }
 }
 
 /// Send `req`; while the daemon cannot be reached or closes the connection before it takes
@@ -1001,6 +1055,63 @@ pub(crate) mod tests {
             RequestStep::Start { fail_opens, .. } => fail_opens,
             other => panic!("not a start: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_daemon_that_cannot_read_the_reports_gets_the_start_again_without_them() {
+        let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
+        with_ledger(
+            &["failmode=safe"],
+            &mut daemon(vec![Err(CallError::Unreachable("connect: refused".into()))]),
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert_eq!(ledger.spool.len(), 1);
+        // An older daemon: "unknown field `id`". The login goes on without the reports,
+        // which are kept; a start refused as malformed without reports is not sent again.
+        let refused = || {
+            Ok(ResponseStep::Error {
+                code: ErrorCode::Malformed,
+                message: "unknown field `id`".into(),
+            })
+        };
+        let mut d = daemon(vec![refused(), Ok(prompt("Code: ")), Ok(accept())]);
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&["1"]),
+        );
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: None,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(fail_opens_of(&d.seen[0]).len(), 1);
+        assert!(fail_opens_of(&d.seen[1]).is_empty());
+        assert!(matches!(d.seen[1].step, RequestStep::Start { .. }));
+        assert_eq!(d.seen.len(), 3);
+        assert_eq!(ledger.settled, [false, false]);
+        assert_eq!(ledger.spool.len(), 1);
+        // Refused again without reports: a daemon error, as before.
+        let mut d = daemon(vec![refused(), refused()]);
+        let got = with_ledger(
+            &["failmode=safe"],
+            &mut d,
+            &mut ledger,
+            &mut Script::new(&[]),
+        );
+        assert!(
+            matches!(got, Decision::DaemonError(ErrorCode::Malformed, _)),
+            "{got:?}"
+        );
+        assert_eq!(d.seen.len(), 2);
+        assert_eq!(ledger.spool.len(), 1);
     }
 
     #[test]
