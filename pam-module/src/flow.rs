@@ -1057,6 +1057,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// The login was let in by the daemon's word (not failing open).
+    #[track_caller]
+    fn assert_allowed(got: &Decision) {
+        assert!(
+            matches!(
+                got,
+                Decision::Allow {
+                    fail_open: None,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+    }
+
     #[test]
     fn a_daemon_that_cannot_read_the_reports_gets_the_start_again_without_them() {
         let mut ledger = MemLedger::granting(Some(TenantFailMode::Safe));
@@ -1082,16 +1097,7 @@ pub(crate) mod tests {
             &mut ledger,
             &mut Script::new(&["1"]),
         );
-        assert!(
-            matches!(
-                got,
-                Decision::Allow {
-                    fail_open: None,
-                    ..
-                }
-            ),
-            "{got:?}"
-        );
+        assert_allowed(&got);
         assert_eq!(fail_opens_of(&d.seen[0]).len(), 1);
         assert!(fail_opens_of(&d.seen[1]).is_empty());
         assert!(matches!(d.seen[1].step, RequestStep::Start { .. }));
@@ -1392,16 +1398,7 @@ pub(crate) mod tests {
             &mut d,
             &mut FakeTime::new(),
         );
-        assert!(
-            matches!(
-                got,
-                Decision::Allow {
-                    fail_open: None,
-                    ..
-                }
-            ),
-            "{got:?}"
-        );
+        assert_allowed(&got);
         assert_eq!(d.seen.len(), 4);
         // A peer that keeps closing connections until restart_wait is spent: refused even
         // with failmode=safe, and not let in as an outage.
@@ -1674,16 +1671,7 @@ pub(crate) mod tests {
             &mut d,
             &mut FakeTime::new(),
         );
-        assert!(
-            matches!(
-                got,
-                Decision::Allow {
-                    fail_open: None,
-                    ..
-                }
-            ),
-            "{got:?}"
-        );
+        assert_allowed(&got);
         assert_eq!(d.seen.len(), 3);
         assert_eq!(d.seen[1], d.seen[2]);
         assert!(matches!(&d.seen[2].step, RequestStep::Poll { txn } if txn == "t.0"));

@@ -1797,9 +1797,22 @@ mod batch {
         }
     }
 
-    /// Submits every login at once; their outcomes, in the order submitted.
-    fn decide_all(engine: &Arc<Engine>, logins: Vec<LoginRequest>) -> Vec<Step> {
-        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+    /// The world with two more users, bob and carol, with alice's TOTP secret.
+    fn world_with_bob_and_carol() -> World {
+        let w = world();
+        for name in ["bob", "carol"] {
+            w.admin
+                .add_user("acme", name, NewPassword::None, None, None, vec![])
+                .unwrap();
+            w.admin
+                .enroll_totp("acme", name, Some(SECRET), 6, "SHA1")
+                .unwrap();
+        }
+        w
+    }
+
+    /// Submits every login to `batcher` at once; their outcomes, in the order submitted.
+    fn submit_all(batcher: &LoginBatcher, logins: Vec<LoginRequest>) -> Vec<Batched> {
         let (tx, rx) = mpsc::channel();
         for (i, req) in logins.into_iter().enumerate() {
             let tx = tx.clone();
@@ -1808,8 +1821,15 @@ mod batch {
         drop(tx);
         let mut out: Vec<(usize, Batched)> = rx.iter().collect();
         out.sort_by_key(|(i, _)| *i);
-        out.into_iter()
-            .map(|(_, b)| match b {
+        out.into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// Submits every login at once to a batcher of its own; their decisions, in order.
+    fn decide_all(engine: &Arc<Engine>, logins: Vec<LoginRequest>) -> Vec<Step> {
+        let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
+        submit_all(&batcher, logins)
+            .into_iter()
+            .map(|b| match b {
                 Batched::Decided(step, _log) => step.unwrap(),
                 Batched::Declined(req) => panic!("{req:?} was handed back"),
             })
@@ -1849,15 +1869,7 @@ mod batch {
 
     #[test]
     fn batched_logins_are_decided_as_alone_and_a_code_is_used_once() {
-        let w = world();
-        for name in ["bob", "carol"] {
-            w.admin
-                .add_user("acme", name, NewPassword::None, None, None, vec![])
-                .unwrap();
-            w.admin
-                .enroll_totp("acme", name, Some(SECRET), 6, "SHA1")
-                .unwrap();
-        }
+        let w = world_with_bob_and_carol();
         let engine = Arc::new(w.engine);
         let code = code_at(T0);
         let mut logins = vec![
@@ -1888,15 +1900,7 @@ mod batch {
 
     #[test]
     fn a_login_handed_back_undoes_nothing_of_the_others_of_its_batch() {
-        let w = world();
-        for name in ["bob", "carol"] {
-            w.admin
-                .add_user("acme", name, NewPassword::None, None, None, vec![])
-                .unwrap();
-            w.admin
-                .enroll_totp("acme", name, Some(SECRET), 6, "SHA1")
-                .unwrap();
-        }
+        let w = world_with_bob_and_carol();
         let engine = Arc::new(w.engine);
         let batcher = LoginBatcher::start(engine.clone()).unwrap().unwrap();
         let code = code_at(T0);
@@ -1914,17 +1918,9 @@ mod batch {
             code_login("alice", &code), // a replay
             nope(),
         ];
-        let (tx, rx) = mpsc::channel();
-        for (i, req) in logins.into_iter().enumerate() {
-            let tx = tx.clone();
-            batcher.submit(req, Box::new(move |b| tx.send((i, b)).unwrap()));
-        }
-        drop(tx);
-        let mut out: Vec<(usize, Batched)> = rx.iter().collect();
-        out.sort_by_key(|(i, _)| *i);
-        let got: Vec<&str> = out
+        let got: Vec<&str> = submit_all(&batcher, logins)
             .iter()
-            .map(|(_, b)| match b {
+            .map(|b| match b {
                 Batched::Declined(_) => "declined",
                 Batched::Decided(Ok(step), _) if is_accept(step) => "accept",
                 Batched::Decided(Ok(_), _) => "reject",
