@@ -167,6 +167,22 @@ pub struct Factor {
     pub last_used_at: Option<UnixTime>,
 }
 
+/// How closely a factor's `last_used_at` follows its uses: a use less than this many
+/// seconds after the recorded one leaves it as it is. Written on every login, it cost a
+/// write of a scattered page of the factors table per login, the largest single write of
+/// a code-only login (docs/BENCHMARKS.md); every login's exact time is in the audit log.
+pub const LAST_USE_RESOLUTION: UnixTime = 3600;
+
+impl Factor {
+    /// Whether a use at `now` is to be written to `last_used_at`: it was never written,
+    /// or [`LAST_USE_RESOLUTION`] or longer before `now`, or after `now` (the clock went
+    /// back).
+    pub fn last_use_outdated(&self, now: UnixTime) -> bool {
+        self.last_used_at
+            .is_none_or(|at| at > now || now - at >= LAST_USE_RESOLUTION)
+    }
+}
+
 impl std::fmt::Debug for Factor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Factor")

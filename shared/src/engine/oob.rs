@@ -284,7 +284,9 @@ impl Engine {
         for f in factors {
             let hash = sent_code_hash(&self.sent_pepper, &f.id, code);
             if self.store.use_sent_code(user.id, &hash, now)?.is_some() {
-                self.store.touch_factor(&f.id, now)?;
+                if f.last_use_outdated(now) {
+                    self.store.touch_factor(&f.id, now)?;
+                }
                 return Ok(Some(f.kind));
             }
         }

@@ -150,7 +150,13 @@ impl Engine {
             return Ok(None);
         };
         let expires = totp::replay_expiry(step, params.period);
-        if self.store.use_otp(&f.id, step as i64, expires, now)? {
+        // The code's use and, when it is due, the factor's last use: one atomic write.
+        let fresh = if f.last_use_outdated(now) {
+            self.store.use_otp(&f.id, step as i64, expires, now)?
+        } else {
+            self.store.record_otp_use(&f.id, step as i64, expires)?
+        };
+        if fresh {
             return Ok(Some(CodeCheck::Accepted { factor: "totp" }));
         }
         Ok(Some(CodeCheck::Replayed))
@@ -185,7 +191,9 @@ impl Engine {
         };
         let new = serde_json::to_string(&next).unwrap_or_default();
         if self.store.update_factor_params(&f.id, &f.params, &new)? {
-            self.store.touch_factor(&f.id, now)?;
+            if f.last_use_outdated(now) {
+                self.store.touch_factor(&f.id, now)?;
+            }
             return Ok(Some(CodeCheck::Accepted { factor: "hotp" }));
         }
         // Another request moved the counter first: this code was spent there.

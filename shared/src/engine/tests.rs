@@ -203,6 +203,47 @@ fn replayed_code_is_refused_even_after_the_clock_moves() {
     assert!(!is_accept(&append(&w, &format!("hunter2{code}"))));
 }
 
+/// The factor's last use is written at the first login and then once an hour at most
+/// ([`crate::model::LAST_USE_RESOLUTION`]); every login still spends its code.
+#[test]
+fn the_last_use_is_kept_to_the_hour_and_every_code_is_still_spent() {
+    let w = world();
+    let last_used = || w.admin.list_factors("acme", "alice").unwrap()[0].last_used_at;
+    assert_eq!(last_used(), None);
+    let start = w.clock.now();
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(start))
+    )));
+    assert_eq!(last_used(), Some(start), "the first use is written");
+
+    w.clock.advance(60);
+    let code = code_at(w.clock.now());
+    assert!(is_accept(&append(&w, &format!("hunter2{code}"))));
+    assert_eq!(last_used(), Some(start), "a use within the hour is not");
+    assert!(
+        !is_accept(&append(&w, &format!("hunter2{code}"))),
+        "that code was spent all the same"
+    );
+    assert!(last_reason(&w).contains("replayed"));
+
+    w.clock.set(start + crate::model::LAST_USE_RESOLUTION);
+    let now = w.clock.now();
+    assert!(is_accept(&append(&w, &format!("hunter2{}", code_at(now)))));
+    assert_eq!(last_used(), Some(now), "an hour on, it is written again");
+
+    w.clock.set(start + 30);
+    assert!(is_accept(&append(
+        &w,
+        &format!("hunter2{}", code_at(start + 30))
+    )));
+    assert_eq!(
+        last_used(),
+        Some(start + 30),
+        "a clock set back writes it at once"
+    );
+}
+
 #[test]
 fn wrong_password_and_unknown_user_give_the_same_reject() {
     let w = world();

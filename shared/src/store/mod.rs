@@ -399,7 +399,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A login's use of a TOTP code: records `counter` of `factor_id` as used and, only
     /// if it was not used before, sets the factor's `last_used_at`; one atomic write.
-    /// False if the code was used before (nothing changes then).
+    /// False if the code was used before (nothing changes then). The Engine calls it when
+    /// the factor's last use is due to be written ([`crate::model::Factor::last_use_outdated`])
+    /// and [`Store::record_otp_use`] otherwise.
     fn use_otp(
         &self,
         factor_id: &str,
