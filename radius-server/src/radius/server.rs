@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use portcullis_core::config::Config;
 use portcullis_core::config::LoginMode;
 use portcullis_core::engine::{
-    transaction_of, AnswerRequest, Batched, Channel, Engine, EngineError, LoginBatcher,
+    transaction_of, AnswerRequest, Batched, Channel, Done, Engine, EngineError, LoginBatcher,
     LoginRequest, MenuChoice, Step,
 };
 use tokio::net::UdpSocket;
@@ -126,7 +126,17 @@ impl RadiusContext {
 /// take what the batcher hands back.
 fn start_batcher(engine: &Arc<Engine>) -> Option<(LoginBatcher, tokio::runtime::Handle)> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
-    match LoginBatcher::start(engine.clone()) {
+    // A batch's outcomes reach the runtime in one task, which gives each its `Done` (each
+    // spawns its login's reply task from there): one wake-up of a runtime thread a batch.
+    let to_runtime = runtime.clone();
+    let hand_out = Box::new(move |outcomes: Vec<(Done, Batched)>| {
+        to_runtime.spawn(async move {
+            for (done, outcome) in outcomes {
+                done(outcome);
+            }
+        });
+    });
+    match LoginBatcher::start_with(engine.clone(), hand_out) {
         Ok(batcher) => batcher.map(|b| (b, runtime)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the login batch thread; every login runs on its own");
@@ -312,8 +322,8 @@ fn on_datagram(
             let runtime = runtime.clone();
             let done = Box::new(move |outcome: Batched| {
                 // Decided and committed (a push wait is then held as usual), or handed
-                // back to run on the blocking pool. The reply is made and sent from a task:
-                // the batch thread is the one part that cannot use both cores.
+                // back to run on the blocking pool. Called on a runtime thread (see
+                // `start_batcher`); the reply is made and sent from a task of its own.
                 runtime.spawn(async move {
                     let reply = match outcome {
                         Batched::Decided(step, log) => {

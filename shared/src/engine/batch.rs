@@ -46,8 +46,22 @@ pub enum Batched {
     Declined(LoginRequest),
 }
 
-/// Receives a login's outcome, on the batcher's thread: keep it short.
+/// Receives a login's outcome, where the [`HandOut`] calls it (by default on the
+/// batcher's thread: keep it short).
 pub type Done = Box<dyn FnOnce(Batched) + Send>;
+
+/// Takes the outcomes of one batch, all at once, from the batcher's thread, and has each
+/// given to its [`Done`]: the daemon hands them to its runtime in one move (one wake-up of
+/// a runtime thread a batch, not one a login), so that the batcher's thread, the one part
+/// of a code-only login that cannot use both cores, does no more than it must.
+pub type HandOut = Box<dyn Fn(Vec<(Done, Batched)>) + Send>;
+
+/// The [`HandOut`] of [`LoginBatcher::start`]: each outcome given where it was decided.
+fn in_place(outcomes: Vec<(Done, Batched)>) {
+    for (done, outcome) in outcomes {
+        done(outcome);
+    }
+}
 
 struct Job {
     req: LoginRequest,
@@ -85,8 +99,14 @@ impl std::fmt::Debug for LoginBatcher {
 
 impl LoginBatcher {
     /// Starts the batcher's thread; None when the Engine's store cannot run batches
-    /// (PostgreSQL: there every login runs on its own).
+    /// (PostgreSQL: there every login runs on its own). Each outcome is given to its
+    /// [`Done`] on the batcher's thread.
     pub fn start(engine: Arc<Engine>) -> std::io::Result<Option<Self>> {
+        Self::start_with(engine, Box::new(in_place))
+    }
+
+    /// [`LoginBatcher::start`], with each batch's outcomes given to `hand_out`.
+    pub fn start_with(engine: Arc<Engine>, hand_out: HandOut) -> std::io::Result<Option<Self>> {
         if !engine.store().can_batch() {
             return Ok(None);
         }
@@ -99,7 +119,9 @@ impl LoginBatcher {
         let thread = std::thread::Builder::new()
             .name("login-batch".into())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || run(&engine, &queue, &counting))
+                tracing::dispatcher::with_default(&dispatch, || {
+                    run(&engine, &queue, &counting, &hand_out)
+                })
             })?;
         Ok(Some(Self {
             jobs: Some(jobs),
@@ -140,7 +162,7 @@ impl Drop for LoginBatcher {
 
 /// The batcher's thread: every login waiting becomes one batch. Ends when the batcher is
 /// dropped.
-fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
+fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts, hand_out: &HandOut) {
     let mut guarded_left = 0;
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
@@ -150,14 +172,23 @@ fn run(engine: &Engine, queue: &mpsc::Receiver<Job>, counts: &BatchCounts) {
                 Err(_) => break,
             }
         }
-        if guarded_left > 0 {
+        let outcomes = if guarded_left > 0 {
             guarded_left -= 1;
-            decide_in_units(engine, jobs, counts);
-        } else if let Some(jobs) = decide_without_units(engine, jobs, counts) {
-            counts.redone.fetch_add(1, Relaxed);
-            guarded_left = GUARDED_AFTER_UNDO;
-            decide_in_units(engine, jobs, counts);
-        }
+            decide_in_units(engine, jobs, counts)
+        } else {
+            match decide_without_units(engine, jobs, counts) {
+                Ok(outcomes) => outcomes,
+                Err(jobs) => {
+                    counts.redone.fetch_add(1, Relaxed);
+                    guarded_left = GUARDED_AFTER_UNDO;
+                    decide_in_units(engine, jobs, counts)
+                }
+            }
+        };
+        hand_out(outcomes);
+        // The answers are out: now the store may hold itself up (a WAL restart) without
+        // making this batch's logins wait for it.
+        engine.store().after_batch();
     }
 }
 
@@ -173,8 +204,12 @@ fn decide_one(engine: &Engine, req: &LoginRequest) -> (Result<Step, EngineError>
 /// Decides the batch in one transaction without a unit per login. If a login fails or
 /// must be handed back, nothing of the batch is kept (its writes cannot be undone alone)
 /// and the jobs are returned, undecided, to be decided again in units; otherwise every
-/// login is answered after the commit (or rejected, if the commit fails).
-fn decide_without_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) -> Option<Vec<Job>> {
+/// login's outcome, for after the commit (a rejection, if the commit failed).
+fn decide_without_units(
+    engine: &Engine,
+    jobs: Vec<Job>,
+    counts: &BatchCounts,
+) -> Result<Vec<(Done, Batched)>, Vec<Job>> {
     let mut outcomes: Vec<(Step, DecisionLogs)> = Vec::with_capacity(jobs.len());
     let mut undo = false;
     let committed = engine.store().batch(&mut |_units| {
@@ -196,15 +231,16 @@ fn decide_without_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) -
         for (_, logs) in outcomes {
             logs.discard();
         }
-        return Some(jobs);
+        return Err(jobs);
     }
-    match committed {
+    Ok(match committed {
         Ok(()) => {
             counts.batches.fetch_add(1, Relaxed);
             counts.decided.fetch_add(jobs.len() as u64, Relaxed);
-            for (job, (step, logs)) in jobs.into_iter().zip(outcomes) {
-                (job.done)(Batched::Decided(Ok(step), logs));
-            }
+            jobs.into_iter()
+                .zip(outcomes)
+                .map(|(job, (step, logs))| (job.done, Batched::Decided(Ok(step), logs)))
+                .collect()
         }
         Err(e) => {
             // Nothing of the batch was kept: every decision in it is void (fail closed).
@@ -212,23 +248,24 @@ fn decide_without_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) -
             for (_, logs) in outcomes {
                 logs.discard();
             }
-            for job in jobs {
-                (job.done)(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
-            }
+            jobs.into_iter()
+                .map(|job| (job.done, lost_batch(&e)))
+                .collect()
         }
-    }
-    engine.store().after_batch();
-    None
+    })
 }
 
 /// What a login of a batch that could not be committed gets.
-fn lost(e: &StoreError) -> EngineError {
-    EngineError::Store(StoreError::Database(e.to_string()))
+fn lost_batch(e: &StoreError) -> Batched {
+    Batched::Decided(
+        Err(EngineError::Store(StoreError::Database(e.to_string()))),
+        DecisionLogs::default(),
+    )
 }
 
 /// Decides the batch with a unit per login: a login that fails or is handed back is
-/// undone alone, the others are kept.
-fn decide_in_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
+/// undone alone, the others are kept. Every login's outcome, for after the commit.
+fn decide_in_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) -> Vec<(Done, Batched)> {
     let mut waiting = jobs.into_iter();
     let mut decided: Vec<(Done, Result<Step, EngineError>, DecisionLogs)> = Vec::new();
     let mut declined: Vec<Job> = Vec::new();
@@ -264,12 +301,13 @@ fn decide_in_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
         }
         Ok(())
     });
+    let mut outcomes = Vec::with_capacity(decided.len() + declined.len());
     match committed {
         Ok(()) => {
             counts.batches.fetch_add(1, Relaxed);
             counts.decided.fetch_add(decided.len() as u64, Relaxed);
             for (done, result, logs) in decided {
-                done(Batched::Decided(result, logs));
+                outcomes.push((done, Batched::Decided(result, logs)));
             }
         }
         Err(e) => {
@@ -277,18 +315,16 @@ fn decide_in_units(engine: &Engine, jobs: Vec<Job>, counts: &BatchCounts) {
             tracing::error!(error = %e, logins = decided.len(), "a batch of logins could not be committed; they are rejected");
             for (done, _, logs) in decided {
                 logs.discard();
-                done(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
+                outcomes.push((done, lost_batch(&e)));
             }
             for job in waiting {
-                (job.done)(Batched::Decided(Err(lost(&e)), DecisionLogs::default()));
+                outcomes.push((job.done, lost_batch(&e)));
             }
         }
     }
     counts.declined.fetch_add(declined.len() as u64, Relaxed);
     for job in declined {
-        (job.done)(Batched::Declined(job.req));
+        outcomes.push((job.done, Batched::Declined(job.req)));
     }
-    // The answers are out: now the store may hold itself up (a WAL restart) without
-    // making this batch's logins wait for it.
-    engine.store().after_batch();
+    outcomes
 }

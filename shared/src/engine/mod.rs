@@ -18,7 +18,7 @@ mod second_factor;
 mod split;
 mod throttle;
 
-pub use batch::{BatchCounts, Batched, LoginBatcher};
+pub use batch::{BatchCounts, Batched, Done, HandOut, LoginBatcher};
 pub use decision_log::DecisionLogs;
 pub use enroll::{OpenedEnrollment, ENROLL_PATH, ENROLL_PEPPER_LABEL, ENROLL_TTL};
 pub use throttle::{
