@@ -1495,16 +1495,18 @@ impl Store for SqliteStore {
         counter: i64,
         expires_at: UnixTime,
     ) -> StoreResult<bool> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare_cached(
+        // A hot write of a login (the Engine's check of a code whose factor's last use is
+        // not due): committed in groups, as `use_otp`.
+        let factor_id = factor_id.to_string();
+        self.write(move |c| {
+            c.prepare_cached(
                 "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
             )
-            .map_err(db)?;
-        st.execute(params![factor_id, counter, expires_at])
+            .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
             .map(|n| n == 1)
             .map_err(db)
+        })
     }
 
     fn use_otp(
