@@ -1013,6 +1013,31 @@ fn hotp_code_is_accepted_once_and_the_counter_moves_past_it() {
     assert_eq!(records[0].factors, ["password", "hotp"]);
 }
 
+/// HOTP as TOTP: the last use written to the hour, the counter moved at every use.
+#[test]
+fn hotp_writes_the_last_use_to_the_hour_and_moves_the_counter_every_time() {
+    let w = world_with_hotp_user();
+    let hank = |c: &str| login(&w, LoginMode::Append, "hank", &format!("pw{c}"));
+    let last_used = || w.admin.list_factors("acme", "hank").unwrap()[0].last_used_at;
+    let start = w.clock.now();
+    assert!(is_accept(&hank(&hotp_code(0))));
+    assert_eq!(last_used(), Some(start));
+    w.clock.advance(60);
+    assert!(is_accept(&hank(&hotp_code(1))));
+    assert_eq!(
+        last_used(),
+        Some(start),
+        "a use within the hour is not written"
+    );
+    assert!(
+        !is_accept(&hank(&hotp_code(1))),
+        "the counter moved all the same"
+    );
+    w.clock.advance(crate::model::LAST_USE_RESOLUTION);
+    assert!(is_accept(&hank(&hotp_code(2))));
+    assert_eq!(last_used(), Some(w.clock.now()));
+}
+
 #[test]
 fn hotp_beyond_the_look_ahead_needs_a_resync() {
     let w = world_with_hotp_user();
@@ -1906,6 +1931,61 @@ mod batch {
             drop(log);
         }
         assert_eq!(*lines.0.lock().unwrap(), ["alice", "alice"]);
+    }
+
+    /// In a batch, as alone: a factor's last use is written at its first use, not at a
+    /// use within the hour, and every code is spent either way.
+    #[test]
+    fn a_batched_login_writes_the_last_use_only_when_it_is_due() {
+        let w = world();
+        let engine = Arc::new(w.engine);
+        let last_used = || w.admin.list_factors("acme", "alice").unwrap()[0].last_used_at;
+        let start = w.clock.now();
+        let first = decide_all(&engine, vec![code_login("alice", &code_at(start))]);
+        assert!(is_accept(&first[0]));
+        assert_eq!(last_used(), Some(start));
+        w.clock.advance(60);
+        let code = code_at(w.clock.now());
+        let again = decide_all(
+            &engine,
+            vec![code_login("alice", &code), code_login("alice", &code)],
+        );
+        assert!(is_accept(&again[0]) && !is_accept(&again[1]), "{again:?}");
+        assert_eq!(last_used(), Some(start));
+    }
+
+    /// `start_with`: every outcome reaches the hand-out once, a batch's all in one call.
+    #[test]
+    fn every_outcome_reaches_the_hand_out_once() {
+        let w = world_with_bob_and_carol();
+        let engine = Arc::new(w.engine);
+        let (calls_tx, calls) = mpsc::channel();
+        let hand_out: crate::engine::HandOut = Box::new(move |outcomes| {
+            calls_tx.send(outcomes.len()).unwrap();
+            for (done, outcome) in outcomes {
+                done(outcome);
+            }
+        });
+        let batcher = LoginBatcher::start_with(engine.clone(), hand_out)
+            .unwrap()
+            .unwrap();
+        let code = code_at(T0);
+        let logins: Vec<LoginRequest> = ["alice", "bob", "carol", "alice", "mallory"]
+            .iter()
+            .map(|u| code_login(u, &code))
+            .collect();
+        let outcomes = submit_all(&batcher, logins);
+        drop(batcher);
+        let accepted: Vec<bool> = outcomes
+            .iter()
+            .map(|b| matches!(b, Batched::Decided(Ok(s), _) if is_accept(s)))
+            .collect();
+        assert_eq!(accepted, [true, true, true, false, false]);
+        assert_eq!(
+            calls.iter().sum::<usize>(),
+            5,
+            "each outcome handed out once"
+        );
     }
 
     #[test]
