@@ -169,8 +169,8 @@ pub struct Factor {
 
 /// How closely a factor's `last_used_at` follows its uses: a use less than this many
 /// seconds after the recorded one leaves it as it is. Written on every login, it cost a
-/// write of a scattered page of the factors table per login, the largest single write of
-/// a code-only login (docs/BENCHMARKS.md); every login's exact time is in the audit log.
+/// write of a scattered page of the factors table per login (docs/BENCHMARKS.md); every
+/// login's exact time is in the audit log.
 pub const LAST_USE_RESOLUTION: UnixTime = 3600;
 
 impl Factor {
