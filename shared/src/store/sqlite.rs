@@ -192,6 +192,23 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Records `counter` of `factor_id` in the replay cache; false if it was there (see
+/// [`Store::record_otp_use`]).
+fn insert_used_otp(
+    c: &Connection,
+    factor_id: &str,
+    counter: i64,
+    expires_at: UnixTime,
+) -> StoreResult<bool> {
+    c.prepare_cached(
+        "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
+    )
+    .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
+    .map(|n| n == 1)
+    .map_err(db)
+}
+
 thread_local! {
     /// The store (its address) whose batch this thread runs, 0 if none: see
     /// [`Store::batch`]. Store calls of this thread on that store run in the batch.
@@ -1498,15 +1515,7 @@ impl Store for SqliteStore {
         // A hot write of a login (the Engine's check of a code whose factor's last use is
         // not due): committed in groups, as `use_otp`.
         let factor_id = factor_id.to_string();
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
-            )
-            .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
-            .map(|n| n == 1)
-            .map_err(db)
-        })
+        self.write(move |c| insert_used_otp(c, &factor_id, counter, expires_at))
     }
 
     fn use_otp(
@@ -1518,14 +1527,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let factor_id = factor_id.to_string();
         self.write(move |c| {
-            let fresh = c
-                .prepare_cached(
-                    "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
-                )
-                .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
-                .map_err(db)?
-                == 1;
+            let fresh = insert_used_otp(c, &factor_id, counter, expires_at)?;
             if fresh {
                 c.prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
                     .and_then(|mut st| st.execute(params![factor_id, now]))
