@@ -323,7 +323,17 @@ fn on_datagram(
             let done = Box::new(move |outcome: Batched| {
                 // Decided and committed (a push wait is then held as usual), or handed
                 // back to run on the blocking pool. Called on a runtime thread (see
-                // `start_batcher`); the reply is made and sent from a task of its own.
+                // `start_batcher`). A decision that waits for nothing is answered right
+                // here, in the batch's hand-out task; the others from a task of their own.
+                let outcome = match outcome {
+                    Batched::Decided(step, log) if !matches!(step, Ok(Step::Wait { .. })) => {
+                        drop(log);
+                        let reply =
+                            step_reply(&pending.ctx, &pending.client, pending.src, Ok(step));
+                        return pending.answer_now(reply);
+                    }
+                    outcome => outcome,
+                };
                 runtime.spawn(async move {
                     let reply = match outcome {
                         Batched::Decided(step, log) => {
@@ -502,6 +512,29 @@ impl Pending {
 
     /// Records the reply (cache, metrics, counters), frees the slot, and sends it.
     async fn answer(self, reply: Reply) {
+        if let Some((sock, bytes, src)) = self.seal(reply) {
+            send_reply(sock, bytes, src).await;
+        }
+    }
+
+    /// [`Pending::answer`] without waiting: sent at once if the socket takes it, else
+    /// (its send buffer full) from a task that waits until it does. On a runtime thread.
+    fn answer_now(self, reply: Reply) {
+        let Some((sock, bytes, src)) = self.seal(reply) else {
+            return;
+        };
+        match sock.try_send_to(&bytes, src) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::spawn(send_reply(sock, bytes, src));
+            }
+            Err(e) => tracing::debug!(%src, error = %e, "send failed"),
+        }
+    }
+
+    /// Encodes the reply and records it (cache, metrics, counters) and frees the slot:
+    /// what is left is to send the bytes (none if the reply could not be encoded).
+    fn seal(self, reply: Reply) -> Option<(Arc<UdpSocket>, Arc<Vec<u8>>, SocketAddr)> {
         let Pending {
             ctx,
             client,
@@ -553,7 +586,7 @@ impl Pending {
                 tracing::error!(%src, error = %e, "cannot encode reply; request dropped");
                 ctx.cache
                     .abandon(listener, src, request.identifier, request.authenticator);
-                return;
+                return None;
             }
         };
         count_reply(&ctx.metrics, reply.code);
@@ -586,9 +619,14 @@ impl Pending {
         // and no longer in flight.
         ctx.metrics.latency.observe(arrived.elapsed());
         drop(permit);
-        if let Err(e) = sock.send_to(&bytes, src).await {
-            tracing::debug!(%src, error = %e, "send failed");
-        }
+        Some((sock, bytes, src))
+    }
+}
+
+/// Sends a reply's bytes to `src`, waiting for room in the socket's send buffer.
+async fn send_reply(sock: Arc<UdpSocket>, bytes: Arc<Vec<u8>>, src: SocketAddr) {
+    if let Err(e) = sock.send_to(&bytes, src).await {
+        tracing::debug!(%src, error = %e, "send failed");
     }
 }
 
