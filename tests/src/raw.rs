@@ -81,24 +81,35 @@ impl RawClient {
         assert_eq!(n, datagram.len(), "short UDP send");
     }
 
-    /// Waits up to `timeout` for one datagram; `None` if nothing came.
+    /// Waits up to `timeout` for one datagram; `None` if nothing came. A wait interrupted
+    /// (EINTR: Linux fails a `recv` with a receive timeout so when the process was stopped
+    /// and continued, even without a signal handler, see signal(7)) goes on for the time
+    /// left.
     pub fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
-        self.socket
-            .set_read_timeout(Some(timeout))
-            .expect("set_read_timeout");
+        let deadline = std::time::Instant::now() + timeout;
         let mut buf = vec![0u8; 65536];
-        match self.socket.recv(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                Some(buf)
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
             }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                None
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set_read_timeout");
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Some(buf);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None
+                }
+                Err(e) => panic!("recv from {}: {e}", self.server),
             }
-            Err(e) => panic!("recv from {}: {e}", self.server),
         }
     }
 
