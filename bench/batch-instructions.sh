@@ -36,7 +36,8 @@ command -v callgrind_control >/dev/null || { echo "valgrind is not installed (ap
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/bench/lib/common.sh"
 if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p portcullis-server -p portcullis-bench
+    # From the workspace: its .cargo/config.toml sets the bundled SQLite's build options.
+    (cd "$ROOT" && cargo build --release --quiet -p portcullis-server -p portcullis-bench)
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 fi
 

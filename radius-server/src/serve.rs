@@ -23,14 +23,15 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub fn run(config_path: &Path) -> Result<()> {
     let notifier = crate::notify::Notifier::from_env();
     raise_open_files_limit();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = runtime_workers(
-        std::env::var_os("TOKIO_WORKER_THREADS").is_some(),
+    // Read once more (and opened) below: here only which store it names, for the workers.
+    let batch_thread = Config::load(config_path).is_ok_and(|c| c.store.postgres().is_none());
+    let workers = runtime_workers(
+        std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-    ) {
-        runtime.worker_threads(workers);
-    }
-    let runtime = runtime
+        batch_thread,
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .thread_name("portcullis")
         .build()
@@ -48,17 +49,26 @@ pub fn run(config_path: &Path) -> Result<()> {
     runtime.block_on(serve(opened, signals, notifier, config_path.to_path_buf()))
 }
 
-/// The async runtime's worker threads: one fewer than the CPUs (at least one), unless
-/// `TOKIO_WORKER_THREADS` names a count (then tokio reads it; `None` here).
+/// The async runtime's worker threads: `TOKIO_WORKER_THREADS` if set (a positive
+/// integer), else a worker per CPU, one fewer (at least one) when the store is SQLite.
 ///
-/// Code-only logins are decided on a thread of their own (the login batch thread, see
-/// `portcullis_core::engine::batch`), and password hashes on the blocking pool: a worker
-/// per CPU besides them only makes the workers wake and steal each other's reply tasks
-/// and take the batch thread's core from it. Measured on the 2-core machine (row a of
-/// `bench/vs-freeradius`'s load, alternating runs): one worker used less CPU per login
-/// than two in 9 of 12 pairs, about 7% less at the median.
-fn runtime_workers(env_set: bool, cpus: usize) -> Option<usize> {
-    (!env_set).then(|| cpus.saturating_sub(1).max(1))
+/// On SQLite, code-only logins are decided on a thread of their own (the login batch
+/// thread, see `portcullis_core::engine::batch`), and password hashes run on the blocking
+/// pool: a worker per CPU besides them only makes the workers wake and steal each other's
+/// reply tasks and take the batch thread's core from it. Measured on the 2-core machine
+/// (row a of `bench/vs-freeradius`'s load, alternating runs): one worker used less CPU per
+/// login than two in 9 of 12 pairs, by 4 us (7%) at the median of the differences.
+fn runtime_workers(env: Option<&str>, cpus: usize, batch_thread: bool) -> Result<usize> {
+    match env {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!(
+                "TOKIO_WORKER_THREADS must be a positive integer (the async runtime's worker threads), not {v:?}"
+            ),
+        },
+        None if batch_thread => Ok(cpus.saturating_sub(1).max(1)),
+        None => Ok(cpus.max(1)),
+    }
 }
 
 /// The most descriptors asked for: room for the HTTP listener's connections, the PAM
@@ -699,11 +709,19 @@ mod tests {
 
     #[test]
     fn the_runtime_leaves_a_cpu_to_the_batch_thread_unless_told() {
-        assert_eq!(runtime_workers(false, 1), Some(1));
-        assert_eq!(runtime_workers(false, 2), Some(1));
-        assert_eq!(runtime_workers(false, 8), Some(7));
-        // TOKIO_WORKER_THREADS set: tokio reads it, nothing is set here.
-        assert_eq!(runtime_workers(true, 8), None);
+        assert_eq!(runtime_workers(None, 1, true).unwrap(), 1);
+        assert_eq!(runtime_workers(None, 2, true).unwrap(), 1);
+        assert_eq!(runtime_workers(None, 8, true).unwrap(), 7);
+        // PostgreSQL: no batch thread, a worker per CPU.
+        assert_eq!(runtime_workers(None, 2, false).unwrap(), 2);
+        assert_eq!(runtime_workers(Some("3"), 8, true).unwrap(), 3);
+        for bad in ["", "0", "two", "-1"] {
+            let e = runtime_workers(Some(bad), 8, true).unwrap_err().to_string();
+            assert!(
+                e.contains("TOKIO_WORKER_THREADS must be a positive integer"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

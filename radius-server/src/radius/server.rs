@@ -126,13 +126,22 @@ impl RadiusContext {
 /// take what the batcher hands back.
 fn start_batcher(engine: &Arc<Engine>) -> Option<(LoginBatcher, tokio::runtime::Handle)> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
-    // A batch's outcomes reach the runtime in one task, which gives each its `Done` (each
-    // spawns its login's reply task from there): one wake-up of a runtime thread a batch.
+    // A batch's outcomes reach the runtime in one task, which gives each its `Done` (which
+    // answers its login there, or spawns a task for one that waits): one wake-up of a
+    // runtime thread a batch.
     let to_runtime = runtime.clone();
     let hand_out = Box::new(move |outcomes: Vec<(Done, Batched)>| {
         to_runtime.spawn(async move {
             for (done, outcome) in outcomes {
-                done(outcome);
+                // Each login is answered here (see `on_datagram`): a panic in one reply
+                // must not leave the rest of the batch, decided and committed, unanswered.
+                let answered =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(outcome)));
+                if answered.is_err() {
+                    tracing::error!(
+                        "answering a batched login panicked; its request gets no reply"
+                    );
+                }
             }
         });
     });
