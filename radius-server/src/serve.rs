@@ -23,12 +23,12 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub fn run(config_path: &Path) -> Result<()> {
     let notifier = crate::notify::Notifier::from_env();
     raise_open_files_limit();
-    // Read once more (and opened) below: here only which store it names, for the workers.
-    let batch_thread = Config::load(config_path).is_ok_and(|c| c.store.postgres().is_none());
+    // Loaded before the runtime is built: the store it names sets the worker count.
+    let config = Config::load(config_path)?;
     let workers = runtime_workers(
         std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        batch_thread,
+        config.store.postgres().is_none(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -45,7 +45,7 @@ pub fn run(config_path: &Path) -> Result<()> {
         let _in_runtime = runtime.enter();
         Signals::install()
     };
-    let opened = crate::cli::open(config_path)?;
+    let opened = crate::cli::open(config, config_path)?;
     runtime.block_on(serve(opened, signals, notifier, config_path.to_path_buf()))
 }
 

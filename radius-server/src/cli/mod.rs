@@ -490,16 +490,20 @@ pub enum OpenFor {
     Read,
 }
 
-/// Load the config and open the store and master key for `serve` (making both for a new
-/// installation).
-pub fn open(config_path: &std::path::Path) -> Result<Opened> {
-    open_for(config_path, OpenFor::Serve)
+/// Open the store and master key of `config` (loaded from `config_path`) for `serve`
+/// (making both for a new installation).
+pub fn open(config: Config, config_path: &std::path::Path) -> Result<Opened> {
+    open_loaded(config, config_path, OpenFor::Serve)
 }
 
 /// Load the config and open the store and master key (a new key only for an empty store;
 /// a new store only unless `purpose` is [`OpenFor::Read`]).
 pub fn open_for(config_path: &std::path::Path, purpose: OpenFor) -> Result<Opened> {
-    let config = Config::load(config_path)?;
+    open_loaded(Config::load(config_path)?, config_path, purpose)
+}
+
+/// [`open_for`] with the config already loaded from `config_path`.
+fn open_loaded(config: Config, config_path: &std::path::Path, purpose: OpenFor) -> Result<Opened> {
     let key_file = &config.secrets.key_file;
     let sqlite = if config.store.postgres().is_some() {
         None
