@@ -19,6 +19,15 @@ use rusqlite::Connection;
 use super::sqlite::run_sql;
 use super::{StoreError, StoreResult};
 
+/// What the store keeps beside the connection's transactions (the TOTP replay cache, see
+/// `replay`): told just before a transaction commits, and how it ended.
+pub(super) trait Hooks: Sync {
+    /// Inside the transaction, just before COMMIT; an error rolls it back.
+    fn committing(&self, conn: &Connection) -> StoreResult<()>;
+    /// The transaction ended: committed, or rolled back.
+    fn ended(&self, committed: bool);
+}
+
 /// Delivers a write's answer once the fate of its transaction is known.
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
@@ -55,8 +64,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl GroupCommit {
     /// Runs `write` on `conn` inside a transaction (shared with other writers waiting at
     /// the same time) and returns its result once that transaction is committed.
-    /// `write` must not begin or end transactions itself.
-    pub(super) fn write<T, F>(&self, conn: &ReentrantMutex<Connection>, write: F) -> StoreResult<T>
+    /// `write` must not begin or end transactions itself; `hooks` are told of each.
+    pub(super) fn write<T, F>(
+        &self,
+        conn: &ReentrantMutex<Connection>,
+        hooks: &dyn Hooks,
+        write: F,
+    ) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -103,7 +117,7 @@ impl GroupCommit {
             queue.leading = true;
             drop(queue);
             let lead = Leading(self);
-            commit_batch(&conn.lock(), jobs);
+            commit_batch(&conn.lock(), hooks, jobs);
             drop(lead);
             queue = lock(&self.queue);
         }
@@ -125,17 +139,18 @@ impl Drop for Leading<'_> {
 /// transaction that the next batch's `BEGIN` would trip over (or that would keep a write
 /// lock on the file). The writes of the batch are then lost, and their writers, never
 /// answered, are told so (see [`GroupCommit::write`]).
-struct Open<'a>(&'a Connection);
+struct Open<'a>(&'a Connection, &'a dyn Hooks);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         if !self.0.is_autocommit() {
             let _ = self.0.execute_batch("ROLLBACK");
+            self.1.ended(false);
         }
     }
 }
 
-fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
+fn commit_batch(conn: &Connection, hooks: &dyn Hooks, jobs: Vec<Job>) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = StoreError::Database(e.to_string());
         for job in jobs {
@@ -143,7 +158,7 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
         }
         return;
     }
-    let _open = Open(conn);
+    let _open = Open(conn, hooks);
     // A batch of one needs no savepoint: its failure rolls back the whole transaction.
     let alone = jobs.len() == 1;
     let mut finishes = Vec::with_capacity(jobs.len());
@@ -168,15 +183,18 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
         finishes.push(finish);
     }
     let commit = if failed_alone {
-        run_sql(conn, "ROLLBACK")
+        run_sql(conn, "ROLLBACK").map_err(|e| StoreError::Database(e.to_string()))
     } else {
-        run_sql(conn, "COMMIT").inspect_err(|_| {
-            // The transaction may still be open after a failed COMMIT (SQLITE_BUSY, a
-            // full disk): undo it so that the next batch starts clean.
-            let _ = conn.execute_batch("ROLLBACK");
-        })
-    }
-    .map_err(|e| StoreError::Database(e.to_string()));
+        hooks
+            .committing(conn)
+            .and_then(|()| run_sql(conn, "COMMIT").map_err(|e| StoreError::Database(e.to_string())))
+            .inspect_err(|_| {
+                // The transaction may still be open after a failed COMMIT (SQLITE_BUSY, a
+                // full disk): undo it so that the next batch starts clean.
+                let _ = conn.execute_batch("ROLLBACK");
+            })
+    };
+    hooks.ended(!failed_alone && commit.is_ok());
     for finish in finishes {
         finish(commit.as_ref().map(|_| ()));
     }
@@ -185,6 +203,13 @@ fn commit_batch(conn: &Connection, jobs: Vec<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Hooks for () {
+        fn committing(&self, _: &Connection) -> StoreResult<()> {
+            Ok(())
+        }
+        fn ended(&self, _: bool) {}
+    }
 
     fn table() -> ReentrantMutex<Connection> {
         let c = Connection::open_in_memory().unwrap();
@@ -216,7 +241,7 @@ mod tests {
                                 // Every fifth write also inserts key 0, which exists after
                                 // the first: that write must fail and leave no trace.
                                 let dup = i % 5 == 4;
-                                let r = gc.write(conn, move |c| {
+                                let r = gc.write(conn, &(), move |c| {
                                     insert(c, k)?;
                                     if dup {
                                         insert(c, -1)?;
@@ -264,7 +289,7 @@ mod tests {
         let conn = ReentrantMutex::new(conn);
         let gc = GroupCommit::default();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _: StoreResult<()> = gc.write(&conn, |c| {
+            let _: StoreResult<()> = gc.write(&conn, &(), |c| {
                 insert(c, 1)?;
                 panic!("a bug in a write");
             });
@@ -274,7 +299,8 @@ mod tests {
             conn.lock().is_autocommit(),
             "the connection is left inside the panicked batch's transaction"
         );
-        gc.write(&conn, |c| insert(c, 2)).expect("a later write");
+        gc.write(&conn, &(), |c| insert(c, 2))
+            .expect("a later write");
         let other = Connection::open(&path).unwrap();
         let keys: Vec<i64> = other
             .prepare("SELECT k FROM t ORDER BY k")
@@ -296,7 +322,7 @@ mod tests {
         // An open transaction makes BEGIN IMMEDIATE fail.
         conn.lock().execute_batch("BEGIN").unwrap();
         let gc = GroupCommit::default();
-        let r = gc.write(&conn, |c| insert(c, 1));
+        let r = gc.write(&conn, &(), |c| insert(c, 1));
         assert!(
             matches!(&r, Err(StoreError::Database(m)) if m.contains("within a transaction")),
             "{r:?}"

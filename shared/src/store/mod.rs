@@ -13,6 +13,7 @@ mod group_commit;
 mod migrations;
 mod pg_tls;
 mod postgres;
+mod replay;
 mod sqlite;
 
 pub use migrations::MIGRATIONS;

@@ -167,8 +167,12 @@ pub fn is_postgres_url(url: &str) -> bool {
 /// `BIGINT` (one integer width on the Rust side), `BLOB` becomes `BYTEA`; SQLite's
 /// `WITHOUT ROWID` has no counterpart (a PostgreSQL table has no row id to leave out), and
 /// the one JSON field a migration reads (a TOTP factor's period) is read the PostgreSQL way.
-/// A line `-- postgres: STATEMENT` is a comment to SQLite and the statement here.
+/// A line `-- postgres: STATEMENT` is a comment to SQLite and the statement here; a
+/// migration that starts `-- sqlite only` is SQLite's alone (nothing to run here).
 pub fn translate_sql(sql: &str) -> String {
+    if sql.starts_with("-- sqlite only") {
+        return String::new();
+    }
     sql.replace("-- postgres: ", "")
         .replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
         .replace("INTEGER", "BIGINT")
@@ -2520,5 +2524,13 @@ mod tests {
                 .starts_with("LOCK TABLE used_otps IN EXCLUSIVE MODE;"),
             "{t}"
         );
+        // SQLite's replay log is SQLite's alone: PostgreSQL keeps its keyed table.
+        let m18 = MIGRATIONS
+            .iter()
+            .find(|m| m.0 == 18)
+            .expect("migration 18")
+            .1;
+        assert!(m18.contains("DROP TABLE used_otps"));
+        assert_eq!(translate_sql(m18), "");
     }
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::group_commit::GroupCommit;
+use super::group_commit::{GroupCommit, Hooks};
 use super::migrations::MIGRATIONS;
+use super::replay::Replay;
 use super::{
     BatchUnits, PushAdded, Reservation, SendClaim, SendLimits, Store, StoreError, StoreResult,
     TakenTransaction, TxnBinding, SEND_WINDOW,
@@ -37,6 +38,9 @@ pub struct SqliteStore {
     /// The hot writes of a login (replay cache, audit, throttle, transactions) are
     /// committed in groups (see `group_commit`).
     writes: GroupCommit,
+    /// The TOTP replay cache, checked in memory (see `replay`); told of the fate of every
+    /// write transaction of `conn`.
+    replay: Arc<Replay>,
     /// Set by the background checkpoint when the WAL has grown large (see [`WAL_LARGE`]).
     wal_large: Arc<AtomicBool>,
     /// See [`SqliteStore::with_shared`].
@@ -106,6 +110,10 @@ impl Checkpointer {
 /// connection.
 const PURGE_CHUNK: usize = 100;
 const PURGE_PAUSE: Duration = Duration::from_millis(1);
+
+/// The oldest rows of the TOTP replay cache a purge statement looks at (see
+/// `purge_used_otps`).
+const PURGE_SCAN: usize = 10 * PURGE_CHUNK;
 
 /// After a purge chunk that began at `started`: the purge holds the connection a fifth of
 /// the time at most. A burst of logins expires as a burst of rows, and deleting them must
@@ -192,23 +200,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Records `counter` of `factor_id` in the replay cache; false if it was there (see
-/// [`Store::record_otp_use`]).
-fn insert_used_otp(
-    c: &Connection,
-    factor_id: &str,
-    counter: i64,
-    expires_at: UnixTime,
-) -> StoreResult<bool> {
-    c.prepare_cached(
-        "INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (expires_at, factor_id, counter) DO NOTHING",
-    )
-    .and_then(|mut st| st.execute(params![factor_id, counter, expires_at]))
-    .map(|n| n == 1)
-    .map_err(db)
-}
-
 thread_local! {
     /// The store (its address) whose batch this thread runs, 0 if none: see
     /// [`Store::batch`]. Store calls of this thread on that store run in the batch.
@@ -248,13 +239,17 @@ pub(super) fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// panic) ends the batch mode and undoes a transaction left open.
 struct Batch<'a> {
     conn: &'a Connection,
+    replay: &'a Replay,
 }
 
 impl<'a> Batch<'a> {
-    fn enter(store: &SqliteStore, conn: &'a Connection) -> StoreResult<Self> {
+    fn enter(store: &'a SqliteStore, conn: &'a Connection) -> StoreResult<Self> {
         run_sql(conn, "BEGIN IMMEDIATE").map_err(db)?;
         BATCH_OF.with(|b| b.set(store.id()));
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            replay: &store.replay,
+        })
     }
 }
 
@@ -263,6 +258,7 @@ impl Drop for Batch<'_> {
         BATCH_OF.with(|b| b.set(0));
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.replay.ended(false);
         }
     }
 }
@@ -452,6 +448,7 @@ impl SqliteStore {
         let store = Self {
             conn: ReentrantMutex::new(conn),
             writes: GroupCommit::default(),
+            replay: Arc::default(),
             wal_large: Arc::default(),
             checkpointer: None,
             shared: false,
@@ -525,7 +522,7 @@ impl SqliteStore {
         if self.batching() {
             return write(&self.lock());
         }
-        let result = self.writes.write(&self.conn, write);
+        let result = self.writes.write(&self.conn, &*self.replay, write);
         if self.wal_large.load(Ordering::Relaxed) {
             if let Some(conn) = self.conn.try_lock() {
                 self.finish_checkpoint(&conn);
@@ -547,30 +544,27 @@ impl SqliteStore {
         self.conn.lock()
     }
 
-    /// The expired rows of the TOTP replay cache, [`PURGE_CHUNK`] at a time: the oldest
-    /// keys first, each chunk a run of neighbouring entries (a few pages) up to the key of
-    /// its last row.
+    /// The expired rows of the TOTP replay cache, [`PURGE_CHUNK`] at a time from the
+    /// oldest (smallest row id). Rows are appended in about the order they expire; a row
+    /// that expires later than the ones after it (a factor with a longer period) is
+    /// passed over, within the first [`PURGE_SCAN`] rows. The newest row stays: row ids
+    /// must never go back (see `replay`).
     fn purge_used_otps(&self, now: UnixTime) -> StoreResult<u64> {
+        {
+            // Holding the connection: no transaction of its is open, none is pending.
+            let _conn = self.lock();
+            self.replay.sweep(now);
+        }
         self.purge_in_chunks(|conn| {
-            let last: Option<(i64, String, i64)> = conn
+            let n = conn
                 .prepare_cached(&format!(
-                    "SELECT expires_at, factor_id, counter FROM used_otps WHERE expires_at <= ?1
-                     ORDER BY expires_at, factor_id, counter LIMIT 1 OFFSET {}",
-                    PURGE_CHUNK - 1
+                    "DELETE FROM used_otps WHERE id IN (
+                         SELECT id FROM (SELECT id, expires_at FROM used_otps ORDER BY id LIMIT {PURGE_SCAN})
+                         WHERE expires_at <= ?1 AND id < (SELECT max(id) FROM used_otps)
+                         LIMIT {PURGE_CHUNK})"
                 ))?
-                .query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            let n = match &last {
-                Some((expires, factor, counter)) => conn
-                    .prepare_cached(
-                        "DELETE FROM used_otps WHERE (expires_at, factor_id, counter) <= (?1, ?2, ?3)",
-                    )?
-                    .execute(params![expires, factor, counter])?,
-                None => conn
-                    .prepare_cached("DELETE FROM used_otps WHERE expires_at <= ?1")?
-                    .execute(params![now])?,
-            };
-            Ok((n, last.is_some()))
+                .execute(params![now])?;
+            Ok((n, n == PURGE_CHUNK))
         })
     }
 
@@ -905,8 +899,11 @@ impl Store for SqliteStore {
         }
         let conn = self.lock();
         let batch = Batch::enter(self, &conn)?;
-        let committed = work(&batch).and_then(|()| run_sql(&conn, "COMMIT").map_err(db));
+        let committed = work(&batch)
+            .and_then(|()| self.replay.committing(&conn))
+            .and_then(|()| run_sql(&conn, "COMMIT").map_err(db));
         drop(batch); // rolls back unless committed
+        self.replay.ended(committed.is_ok());
         committed
     }
 
@@ -1515,7 +1512,8 @@ impl Store for SqliteStore {
         // A hot write of a login (the Engine's check of a code whose factor's last use is
         // not due): committed in groups, as `use_otp`.
         let factor_id = factor_id.to_string();
-        self.write(move |c| insert_used_otp(c, &factor_id, counter, expires_at))
+        let replay = self.replay.clone();
+        self.write(move |c| replay.record(c, &factor_id, counter, expires_at))
     }
 
     fn use_otp(
@@ -1526,8 +1524,9 @@ impl Store for SqliteStore {
         now: UnixTime,
     ) -> StoreResult<bool> {
         let factor_id = factor_id.to_string();
+        let replay = self.replay.clone();
         self.write(move |c| {
-            let fresh = insert_used_otp(c, &factor_id, counter, expires_at)?;
+            let fresh = replay.record(c, &factor_id, counter, expires_at)?;
             if fresh {
                 c.prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
                     .and_then(|mut st| st.execute(params![factor_id, now]))
@@ -2807,7 +2806,21 @@ mod tests {
             (0..5).all(|i| !s.use_otp("f2", i, 500, 1).unwrap()),
             "a live row was purged"
         );
-        assert_eq!(s.purge_expired(100).unwrap(), 1, "the row just added again");
+        // The newest row stays, expired or not: row ids never go back (see `replay`).
+        assert_eq!(
+            s.purge_expired(100).unwrap(),
+            0,
+            "the newest row was purged"
+        );
+        assert!(s.use_otp("f2", 5, 500, 1).unwrap());
+        assert_eq!(s.purge_expired(100).unwrap(), 1, "the row added again");
+        assert_eq!(s.purge_expired(1000).unwrap(), 5);
+        let rows: i64 = s
+            .lock()
+            .query_row("SELECT count(*) FROM used_otps", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        assert_eq!(s.replay.len(), 0, "expired codes stay in memory");
     }
 
     #[test]
