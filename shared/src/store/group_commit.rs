@@ -139,14 +139,21 @@ impl Drop for Leading<'_> {
 /// transaction that the next batch's `BEGIN` would trip over (or that would keep a write
 /// lock on the file). The writes of the batch are then lost, and their writers, never
 /// answered, are told so (see [`GroupCommit::write`]).
-struct Open<'a>(&'a Connection, &'a dyn Hooks);
+///
+/// The hooks are told how it ended, also when SQLite rolled it back itself (a full disk)
+/// and a job panicked after.
+struct Open<'a> {
+    conn: &'a Connection,
+    hooks: &'a dyn Hooks,
+    committed: bool,
+}
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        if !self.0.is_autocommit() {
-            let _ = self.0.execute_batch("ROLLBACK");
-            self.1.ended(false);
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
+        self.hooks.ended(self.committed);
     }
 }
 
@@ -158,7 +165,11 @@ fn commit_batch(conn: &Connection, hooks: &dyn Hooks, jobs: Vec<Job>) {
         }
         return;
     }
-    let _open = Open(conn, hooks);
+    let mut open = Open {
+        conn,
+        hooks,
+        committed: false,
+    };
     // A batch of one needs no savepoint: its failure rolls back the whole transaction.
     let alone = jobs.len() == 1;
     let mut finishes = Vec::with_capacity(jobs.len());
@@ -194,7 +205,8 @@ fn commit_batch(conn: &Connection, hooks: &dyn Hooks, jobs: Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
             })
     };
-    hooks.ended(!failed_alone && commit.is_ok());
+    open.committed = !failed_alone && commit.is_ok();
+    drop(open);
     for finish in finishes {
         finish(commit.as_ref().map(|_| ()));
     }

@@ -20,9 +20,11 @@
 //!   last record ([`Replay::committing`]); a rollback forgets all of this transaction's
 //!   rows ([`Replay::ended`]).
 //!
-//! The purge never deletes the row with the largest id, so row ids never go back (SQLite
-//! would reuse them, and a row appended by another process could then be missed). Should
-//! they go back anyway (rows deleted by hand), the cache is read again from the start.
+//! SQLite gives a new row the largest id plus one, so ids go back if the newest rows are
+//! deleted, and rows appended after that could be missed. The purge never deletes the
+//! newest row; should it go anyway (deleted by hand, or by the purge of a binary from
+//! before this table), the next reading, which starts at the newest row read before,
+//! does not find it unchanged, and the whole table is read again.
 
 use std::collections::HashMap;
 
@@ -41,21 +43,23 @@ pub(super) struct Replay {
 
 #[derive(Default)]
 struct State {
-    /// Every row of the table up to [`State::last_seen`], and this transaction's rows
+    /// Every row of the table up to [`State::last`], and this transaction's rows
     /// ([`State::pending`]): factor id -> (step, expiry).
     used: HashMap<Box<str>, Vec<(i64, UnixTime)>>,
-    /// The largest row id read from the table (committed rows).
-    last_seen: i64,
+    /// The newest committed row read (or written) by this connection. The next reading
+    /// starts at it and finds it unchanged, or the table lost rows (see [`State::sync`]).
+    last: Option<Row>,
     /// This transaction's rows, by increasing row id.
-    pending: Vec<Pending>,
-    /// The rows appended since `last_seen` were read in this transaction.
+    pending: Vec<Row>,
+    /// The rows appended since `last` were read in this transaction.
     synced: bool,
-    /// The row ids went back: [`State::used`] may hold rows of this transaction that a
-    /// rollback will undo; read the table again from the start in the next one.
+    /// The row ids went back under this transaction: [`State::used`] may hold rows of it
+    /// that a rollback will undo; read the table again from the start in the next one.
     rebuild: bool,
 }
 
-struct Pending {
+#[derive(Clone, PartialEq, Eq)]
+struct Row {
     id: i64,
     factor: Box<str>,
     counter: i64,
@@ -92,35 +96,37 @@ impl Replay {
         .and_then(|mut st| st.execute(params![factor, counter, expires]))
         .map_err(db)?;
         let id = conn.last_insert_rowid();
-        if id <= s.last_seen {
+        if id <= s.last_id() {
             tracing::warn!(
                 row = id,
-                last_seen = s.last_seen,
+                newest_read = s.last_id(),
                 "the TOTP replay cache table lost its newest rows (deleted by hand?); reading it again"
             );
+            // Set first: should the reading fail, the next record reads it all again.
+            s.rebuild = true;
+            s.synced = false;
             s.used.clear();
             s.pending.clear();
-            s.last_seen = 0;
+            s.last = None;
             s.sync(conn, id)?;
-            s.rebuild = true;
+            s.synced = true;
         }
         s.forget_from(id);
         if s.contains(factor, counter, expires) {
+            // The newest row, this transaction's own: as if never written.
             conn.prepare_cached("DELETE FROM used_otps WHERE id = ?1")
                 .and_then(|mut st| st.execute([id]))
                 .map_err(db)?;
             return Ok(false);
         }
-        s.used
-            .entry(factor.into())
-            .or_default()
-            .push((counter, expires));
-        s.pending.push(Pending {
+        let row = Row {
             id,
             factor: factor.into(),
             counter,
             expires,
-        });
+        };
+        s.hold(&row);
+        s.pending.push(row);
         Ok(true)
     }
 
@@ -164,8 +170,8 @@ impl Hooks for Replay {
             return;
         }
         if committed {
-            if let Some(last) = s.pending.last() {
-                s.last_seen = last.id;
+            if let Some(newest) = s.pending.pop() {
+                s.last = Some(newest);
             }
             s.pending.clear();
         } else {
@@ -176,36 +182,48 @@ impl Hooks for Replay {
 }
 
 impl State {
-    /// Reads the rows appended since [`State::last_seen`] (below `below`). A transaction
+    fn last_id(&self) -> i64 {
+        self.last.as_ref().map_or(0, |r| r.id)
+    }
+
+    /// Reads the rows appended since [`State::last`] (below `below`). A transaction
     /// whose end went unreported left its rows pending: forgotten first, and read back
     /// if it committed.
+    ///
+    /// The reading starts at the newest row read before, which must still be there: if
+    /// it is gone (deleted by hand, or by the purge of a binary from before this table),
+    /// SQLite may have given its id and the ones after it to rows this connection never
+    /// read, and the whole table is read again.
     fn sync(&mut self, conn: &Connection, below: i64) -> StoreResult<()> {
         self.forget_from(i64::MIN);
-        let mut st = conn
-            .prepare_cached(
-                "SELECT id, factor_id, counter, expires_at FROM used_otps
-                 WHERE id > ?1 AND id < ?2 ORDER BY id",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map(params![self.last_seen, below], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, UnixTime>(3)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(db)?;
-        for (id, factor, counter, expires) in rows {
-            self.used
-                .entry(factor.into_boxed_str())
-                .or_default()
-                .push((counter, expires));
-            self.last_seen = self.last_seen.max(id);
+        let mut rows = read(conn, self.last_id(), below)?;
+        if let Some(last) = &self.last {
+            if rows.first() != Some(last) {
+                tracing::warn!(
+                    row = last.id,
+                    "the newest row of the TOTP replay cache table read before is gone (deleted by hand?); reading it again"
+                );
+                self.used.clear();
+                self.last = None;
+                rows = read(conn, 0, below)?;
+            } else {
+                rows.remove(0);
+            }
+        }
+        for row in &rows {
+            self.hold(row);
+        }
+        if let Some(newest) = rows.pop() {
+            self.last = Some(newest);
         }
         Ok(())
+    }
+
+    fn hold(&mut self, row: &Row) {
+        self.used
+            .entry(row.factor.clone())
+            .or_default()
+            .push((row.counter, row.expires));
     }
 
     fn contains(&self, factor: &str, counter: i64, expires: UnixTime) -> bool {
@@ -228,6 +246,28 @@ impl State {
             }
         }
     }
+}
+
+/// The rows from id `from` on, below `below`, in id order.
+fn read(conn: &Connection, from: i64, below: i64) -> StoreResult<Vec<Row>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id, factor_id, counter, expires_at FROM used_otps
+             WHERE id >= ?1 AND id < ?2 ORDER BY id",
+        )
+        .map_err(db)?;
+    let rows = st
+        .query_map(params![from, below], |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                factor: r.get::<_, String>(1)?.into_boxed_str(),
+                counter: r.get(2)?,
+                expires: r.get(3)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(db)?;
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -364,22 +404,65 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.db");
         let (a, b) = (open(&path), open(&path));
-        for step in 0..5 {
+        let by_hand = |sql: &str| {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute(sql, [])
+                .unwrap()
+        };
+        for step in 0..3 {
             assert!(free(&a, "f", step));
         }
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute("DELETE FROM used_otps", [])
-            .unwrap();
-        // Row ids start over: the first record sees it and reads the table again.
+        // The newest row goes, and another process's rows take its id and the next.
+        by_hand("DELETE FROM used_otps WHERE id = (SELECT max(id) FROM used_otps)");
         assert!(free(&b, "g", 1));
-        assert!(free(&a, "h", 1));
-        assert!(!free(&a, "g", 1), "a row of another process was missed");
-        assert!(!free(&a, "h", 1));
         assert!(free(&b, "g", 2));
-        assert!(!free(&a, "g", 2), "a row of another process was missed");
-        // What was deleted is deleted: the operator freed those codes.
-        assert!(free(&a, "f", 0));
+        assert!(free(&a, "x", 1));
+        assert!(!free(&a, "g", 1), "a row of another process was missed");
+        assert!(!free(&a, "g", 2));
+        assert!(free(&a, "f", 2), "the operator freed that code");
+        assert!(!free(&a, "f", 1));
+        // Every row goes: this process's next row shows the ids went back.
+        by_hand("DELETE FROM used_otps");
+        assert!(free(&b, "h", 1));
+        assert!(free(&a, "h", 2));
+        assert!(!free(&a, "h", 1), "a row of another process was missed");
+        assert!(!free(&a, "h", 2));
+        assert!(free(&b, "h", 3));
+        assert!(!free(&a, "h", 3), "a row of another process was missed");
+        assert!(free(&a, "f", 0), "the operator freed that code");
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_read_refuses_every_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let a = open(&path);
+        for step in 0..3 {
+            assert!(free(&a, "f", step));
+        }
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DELETE FROM used_otps;
+             INSERT INTO used_otps (factor_id, counter, expires_at) VALUES (x'ff', 1, 100);",
+        )
+        .unwrap();
+        // The ids went back; reading the table again fails on the unreadable row. No
+        // code is taken for unused meanwhile, in this batch nor after it.
+        a.batch(&mut |units| {
+            for _ in 0..2 {
+                units.begin_unit()?;
+                assert!(a.use_otp("f", 0, 100, 1).is_err());
+                units.end_unit(false)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(a.use_otp("f", 1, 100, 1).is_err());
+        c.execute("DELETE FROM used_otps WHERE factor_id = x'ff'", [])
+            .unwrap();
+        assert!(free(&a, "f", 1));
+        assert!(!free(&a, "f", 1));
     }
 
     #[test]

@@ -240,6 +240,8 @@ pub(super) fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 struct Batch<'a> {
     conn: &'a Connection,
     replay: &'a Replay,
+    /// Set once COMMIT succeeded; the replay cache is told how the batch ended.
+    committed: bool,
 }
 
 impl<'a> Batch<'a> {
@@ -249,6 +251,7 @@ impl<'a> Batch<'a> {
         Ok(Self {
             conn,
             replay: &store.replay,
+            committed: false,
         })
     }
 }
@@ -258,8 +261,10 @@ impl Drop for Batch<'_> {
         BATCH_OF.with(|b| b.set(0));
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.replay.ended(false);
         }
+        // Also when SQLite rolled the transaction back itself (a full disk) and a panic
+        // followed: every end is reported.
+        self.replay.ended(self.committed);
     }
 }
 
@@ -550,11 +555,8 @@ impl SqliteStore {
     /// passed over, within the first [`PURGE_SCAN`] rows. The newest row stays: row ids
     /// must never go back (see `replay`).
     fn purge_used_otps(&self, now: UnixTime) -> StoreResult<u64> {
-        {
-            // Holding the connection: no transaction of its is open, none is pending.
-            let _conn = self.lock();
-            self.replay.sweep(now);
-        }
+        // Expired codes only: a code just recorded expires 12 steps after now or later.
+        self.replay.sweep(now);
         self.purge_in_chunks(|conn| {
             let n = conn
                 .prepare_cached(&format!(
@@ -898,12 +900,12 @@ impl Store for SqliteStore {
             ));
         }
         let conn = self.lock();
-        let batch = Batch::enter(self, &conn)?;
+        let mut batch = Batch::enter(self, &conn)?;
         let committed = work(&batch)
             .and_then(|()| self.replay.committing(&conn))
             .and_then(|()| run_sql(&conn, "COMMIT").map_err(db));
+        batch.committed = committed.is_ok();
         drop(batch); // rolls back unless committed
-        self.replay.ended(committed.is_ok());
         committed
     }
 
