@@ -150,6 +150,16 @@ async fn serve(
     let _first_factors = crate::first_factor::install(&mut engine, &o.config)?;
     let engine = Arc::new(engine);
     warn_about_clients(&o.config, o.store.as_ref());
+    // Before the first login: on SQLite the replay cache is read whole (about 0.2 s per
+    // 300,000 codes used in the last 12 steps), which that login would wait for.
+    let started = std::time::Instant::now();
+    let store = o.store.clone();
+    match tokio::task::spawn_blocking(move || store.warm()).await {
+        Ok(Ok(())) => tracing::debug!(elapsed = ?started.elapsed(), "store warmed"),
+        // Not fatal: the first login reads it (and fails, if the store cannot be read).
+        Ok(Err(e)) => tracing::warn!(error = %e, "reading the TOTP replay cache ahead failed"),
+        Err(e) => tracing::warn!(error = %e, "reading the TOTP replay cache ahead failed"),
+    }
     for w in o.config.secret_file_warnings(&config_path) {
         tracing::warn!("{w}");
     }

@@ -213,6 +213,12 @@ pub trait Store: Send + Sync + 'static {
     /// is done here rather than between a batch's commit and its answers.
     fn after_batch(&self) {}
 
+    /// Reads ahead what the first logins would otherwise wait for (SQLite: the TOTP replay
+    /// cache, the whole table): called by the daemon before it serves.
+    fn warm(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     // Tenants
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant>;
     fn tenant_by_name(&self, name: &str) -> StoreResult<Option<Tenant>>;

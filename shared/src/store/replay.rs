@@ -130,6 +130,17 @@ impl Replay {
         Ok(true)
     }
 
+    /// Reads the rows appended since the last reading, outside a write transaction (in
+    /// a read transaction of its own, or none): taken as committed, which every row seen
+    /// then is. The next write transaction reads on from the newest of them.
+    pub(super) fn load(&self, conn: &Connection) -> StoreResult<()> {
+        let mut s = self.state.lock();
+        if !s.pending.is_empty() || s.synced {
+            return Ok(()); // inside a write transaction: its first record reads
+        }
+        s.sync(conn, i64::MAX)
+    }
+
     /// Forgets the codes expired at `now` (their rows are the purge's).
     pub(super) fn sweep(&self, now: UnixTime) {
         let mut s = self.state.lock();
@@ -311,6 +322,27 @@ mod tests {
         assert!(!free(&c, "f", 49));
         assert!(free(&c, "f", 50));
         assert_eq!(rows(&path), 51, "a refused code left a row");
+    }
+
+    #[test]
+    fn a_cache_read_ahead_reads_on_from_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let a = open(&path);
+        for step in 0..3 {
+            assert!(free(&a, "f", step));
+        }
+        let b = open(&path);
+        b.warm().unwrap();
+        assert_eq!(b.replay.len(), 3);
+        assert!(free(&a, "f", 3), "written after the reading ahead");
+        assert!(
+            !free(&b, "f", 3),
+            "a row written after the reading ahead was missed"
+        );
+        assert!(!free(&b, "f", 0));
+        b.warm().unwrap();
+        assert_eq!(b.replay.len(), 4);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct SqliteStore {
     writes: GroupCommit,
     /// The TOTP replay cache, checked in memory (see `replay`); told of the fate of every
     /// write transaction of `conn`.
-    replay: Arc<Replay>,
+    pub(super) replay: Arc<Replay>,
     /// Set by the background checkpoint when the WAL has grown large (see [`WAL_LARGE`]).
     wal_large: Arc<AtomicBool>,
     /// See [`SqliteStore::with_shared`].
@@ -913,6 +913,14 @@ impl Store for SqliteStore {
         if self.wal_large.load(Ordering::Relaxed) {
             self.finish_checkpoint(&self.lock());
         }
+    }
+
+    fn warm(&self) -> StoreResult<()> {
+        let conn = self.lock();
+        run_sql(&conn, "BEGIN").map_err(db)?;
+        let read = self.replay.load(&conn);
+        let _ = run_sql(&conn, "COMMIT");
+        read
     }
 
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
