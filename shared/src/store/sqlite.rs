@@ -48,7 +48,15 @@ pub struct SqliteStore {
 }
 
 /// How often the background thread copies the WAL back into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+///
+/// Each checkpoint that copies the whole WAL makes the next commit start the WAL over, and
+/// SQLite syncs the new WAL header inside that commit: an `fsync` on the login path, which
+/// waits for the checkpoint's own writes to reach the disk. Every 100 ms that was up to ten
+/// such commits a second, the batch thread blocked 6-13 ms in some (off the CPU, not in the
+/// run queue): row a's p99 at half peak (37,000 logins/s) was 4.9-9.3 ms, median 8.2; once a
+/// second it is 2.7-5.6 ms, median 2.9, at the same CPU (five alternating rounds,
+/// docs/BENCHMARKS.md). The WAL is then at most about a second of commits larger.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 
 /// A thread with its own connection that runs passive WAL checkpoints. A checkpoint run by
 /// a commit (SQLite's automatic one) holds up that commit, and with group commit every
