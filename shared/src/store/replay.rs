@@ -288,6 +288,13 @@ mod tests {
     use super::super::sqlite::SqliteStore;
     use super::super::{Store, StoreError};
 
+    /// A store file's path, in a directory removed when the first value is dropped.
+    fn file() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        (dir, path)
+    }
+
     fn open(path: &Path) -> SqliteStore {
         SqliteStore::open(path).unwrap()
     }
@@ -306,8 +313,7 @@ mod tests {
 
     #[test]
     fn a_code_used_by_another_process_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let (a, b) = (open(&path), open(&path));
         for step in 0..50 {
             let (first, second) = if step % 3 == 0 { (&a, &b) } else { (&b, &a) };
@@ -326,8 +332,7 @@ mod tests {
 
     #[test]
     fn a_cache_read_ahead_reads_on_from_where_it_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let a = open(&path);
         for step in 0..3 {
             assert!(free(&a, "f", step));
@@ -349,8 +354,7 @@ mod tests {
     fn rows_undone_after_the_last_record_are_forgotten_before_the_commit() {
         // An undone unit frees its row id; another process's next row takes it. Were the
         // undone row taken as committed, that row would never be read.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let (a, b) = (open(&path), open(&path));
         a.batch(&mut |units| {
             units.begin_unit()?;
@@ -379,8 +383,7 @@ mod tests {
 
     #[test]
     fn rows_undone_between_records_are_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let a = open(&path);
         a.batch(&mut |units| {
             units.begin_unit()?;
@@ -404,8 +407,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_or_write_forgets_its_codes_and_the_rows_after_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let (a, b) = (open(&path), open(&path));
         assert!(free(&a, "f", 0));
         let r = a.batch(&mut |units| {
@@ -433,8 +435,7 @@ mod tests {
 
     #[test]
     fn rows_deleted_by_hand_make_the_cache_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let (a, b) = (open(&path), open(&path));
         let by_hand = |sql: &str| {
             rusqlite::Connection::open(&path)
@@ -467,8 +468,7 @@ mod tests {
 
     #[test]
     fn a_table_that_cannot_be_read_refuses_every_code() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         let a = open(&path);
         for step in 0..3 {
             assert!(free(&a, "f", step));
@@ -499,8 +499,7 @@ mod tests {
 
     #[test]
     fn the_migration_keeps_the_codes_used_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
+        let (_dir, path) = file();
         {
             let c = rusqlite::Connection::open(&path).unwrap();
             c.execute_batch(
