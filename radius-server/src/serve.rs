@@ -154,11 +154,14 @@ async fn serve(
     // 300,000 codes used in the last 12 steps), which that login would wait for.
     let started = std::time::Instant::now();
     let store = o.store.clone();
-    match tokio::task::spawn_blocking(move || store.warm()).await {
-        Ok(Ok(())) => tracing::debug!(elapsed = ?started.elapsed(), "store warmed"),
+    let warmed = tokio::task::spawn_blocking(move || store.warm())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match warmed {
+        Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "store warmed"),
         // Not fatal: the first login reads it (and fails, if the store cannot be read).
-        Ok(Err(e)) => tracing::warn!(error = %e, "reading the TOTP replay cache ahead failed"),
-        Err(e) => tracing::warn!(error = %e, "reading the TOTP replay cache ahead failed"),
+        Err(error) => tracing::warn!(%error, "reading the TOTP replay cache ahead failed"),
     }
     for w in o.config.secret_file_warnings(&config_path) {
         tracing::warn!("{w}");

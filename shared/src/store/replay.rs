@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection};
 
 use super::group_commit::Hooks;
+use super::sqlite::db;
 use super::{StoreError, StoreResult};
 use crate::clock::UnixTime;
 
@@ -64,10 +65,6 @@ struct Row {
     factor: Box<str>,
     counter: i64,
     expires: UnixTime,
-}
-
-fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
 }
 
 impl Replay {
@@ -130,9 +127,9 @@ impl Replay {
         Ok(true)
     }
 
-    /// Reads the rows appended since the last reading, outside a write transaction (in
-    /// a read transaction of its own, or none): taken as committed, which every row seen
-    /// then is. The next write transaction reads on from the newest of them.
+    /// Reads the rows appended since the last reading, outside a write transaction (each
+    /// reading one statement, one snapshot): taken as committed, which every row seen then
+    /// is. The next write transaction reads on from the newest of them.
     pub(super) fn load(&self, conn: &Connection) -> StoreResult<()> {
         let mut s = self.state.lock();
         if !s.pending.is_empty() || s.synced {

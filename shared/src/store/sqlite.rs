@@ -175,7 +175,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn db(e: rusqlite::Error) -> StoreError {
+pub(super) fn db(e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi;
     // SQLite reports a full disk as SQLITE_FULL ("database or disk is full") when a page
     // cannot be appended, but as a bare "disk I/O error" when the -shm file cannot be
@@ -924,11 +924,7 @@ impl Store for SqliteStore {
     }
 
     fn warm(&self) -> StoreResult<()> {
-        let conn = self.lock();
-        run_sql(&conn, "BEGIN").map_err(db)?;
-        let read = self.replay.load(&conn);
-        let _ = run_sql(&conn, "COMMIT");
-        read
+        self.replay.load(&self.lock())
     }
 
     fn create_tenant(&self, name: &str, now: UnixTime) -> StoreResult<Tenant> {
