@@ -408,7 +408,9 @@ pub trait Store: Send + Sync + 'static {
     /// if it was not used before, sets the factor's `last_used_at`; one atomic write.
     /// False if the code was used before (nothing changes then). The Engine calls it when
     /// the factor's last use is due to be written ([`crate::model::Factor::last_use_outdated`])
-    /// and [`Store::record_otp_use`] otherwise.
+    /// and [`Store::record_otp_use`] otherwise. The SQLite store commits the last use with
+    /// the code's row and writes it into the factors table about a second later, together
+    /// with others (see `replay`); its readers see it at once.
     fn use_otp(
         &self,
         factor_id: &str,

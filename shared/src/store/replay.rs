@@ -25,8 +25,18 @@
 //! newest row; should it go anyway (deleted by hand, or by the purge of a binary from
 //! before this table), the next reading, which starts at the newest row read before,
 //! does not find it unchanged, and the whole table is read again.
+//!
+//! A code's row also carries, when it is due, its factor's last use
+//! ([`crate::model::Factor::last_use_outdated`]). Written into the factors table by each
+//! login, that was an update of a scattered page per login (a WAL frame, its checksum, the
+//! checkpoint's copy), most of the difference between a user's first login in the hour
+//! and the next ones (docs/BENCHMARKS.md). The last use stays with the code's row: undone
+//! with it, and only once the row is committed is it held here ([`LastUses`]), until the
+//! store writes the last uses held, many at once ([`Replay::take_last_uses`]). Until then
+//! the store's readers see it over the table's value ([`Replay::last_use`]).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection};
@@ -40,6 +50,29 @@ use crate::clock::UnixTime;
 #[derive(Default)]
 pub(super) struct Replay {
     state: Mutex<State>,
+    last_uses: Mutex<LastUses>,
+}
+
+/// How long a committed last use is held before it is written: the longer, the more of
+/// them share a page of the factors table (and the more are lost with the process).
+pub(super) const LAST_USE_HOLD: Duration = Duration::from_secs(1);
+
+/// A factor's last use, to be written to `factors.last_used_at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LastUse {
+    /// The factor's row id in `factors`, if known: the last uses are written in row-id
+    /// order, so that those on one page of the table are written together.
+    pub(super) row: Option<i64>,
+    pub(super) at: UnixTime,
+}
+
+/// The factors' last uses committed but not written to `factors.last_used_at` yet.
+#[derive(Default)]
+struct LastUses {
+    /// Factor id -> its last use, the one recorded last (the clock may have gone back).
+    held: HashMap<Box<str>, LastUse>,
+    /// When the oldest of them was committed.
+    since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -52,6 +85,9 @@ struct State {
     last: Option<Row>,
     /// This transaction's rows, by increasing row id.
     pending: Vec<Row>,
+    /// The last uses of this transaction's rows (row id, factor, time), by increasing
+    /// row id: held once the transaction commits.
+    stamps: Vec<(i64, Box<str>, LastUse)>,
     /// The rows appended since `last` were read in this transaction.
     synced: bool,
     /// The row ids went back under this transaction: [`State::used`] may hold rows of it
@@ -68,14 +104,16 @@ struct Row {
 }
 
 impl Replay {
-    /// Records `counter` of `factor` (its row expiring at `expires`) as used; false if it
-    /// was used before (nothing is recorded then). Inside a write transaction only.
+    /// Records `counter` of `factor` (its row expiring at `expires`) as used, and with it
+    /// the factor's `last_use` if given; false if it was used before (nothing is recorded
+    /// then). Inside a write transaction only.
     pub(super) fn record(
         &self,
         conn: &Connection,
         factor: &str,
         counter: i64,
         expires: UnixTime,
+        last_use: Option<LastUse>,
     ) -> StoreResult<bool> {
         if conn.is_autocommit() {
             return Err(StoreError::Database(
@@ -104,6 +142,7 @@ impl Replay {
             s.synced = false;
             s.used.clear();
             s.pending.clear();
+            s.stamps.retain(|&(row, _, _)| row < id);
             s.last = None;
             s.sync(conn, id)?;
             s.synced = true;
@@ -124,7 +163,74 @@ impl Replay {
         };
         s.hold(&row);
         s.pending.push(row);
+        if let Some(last_use) = last_use {
+            s.stamps.push((id, factor.into(), last_use));
+        }
         Ok(true)
+    }
+
+    /// The last use of `factor` committed and not written to the table yet.
+    pub(super) fn last_use(&self, factor: &str) -> Option<UnixTime> {
+        let l = self.last_uses.lock();
+        if l.held.is_empty() {
+            return None;
+        }
+        l.held.get(factor).map(|u| u.at)
+    }
+
+    /// Forgets the last use held for `factor` (a newer one was written).
+    pub(super) fn forget_last_use(&self, factor: &str) {
+        let mut l = self.last_uses.lock();
+        l.held.remove(factor);
+        if l.held.is_empty() {
+            l.since = None;
+        }
+    }
+
+    /// Up to `max` of the last uses held, the first in row-id order (those of unknown row
+    /// last), to be written now: none unless the oldest was held [`LAST_USE_HOLD`] or
+    /// `all`. Those not written after all are to be given back
+    /// ([`Replay::give_back_last_uses`]).
+    pub(super) fn take_last_uses(&self, all: bool, max: usize) -> Vec<(Box<str>, LastUse)> {
+        let mut l = self.last_uses.lock();
+        let due = l.since.is_some_and(|t| all || t.elapsed() >= LAST_USE_HOLD);
+        if !due {
+            return Vec::new();
+        }
+        let mut taken: Vec<(Box<str>, LastUse)> = if l.held.len() <= max {
+            l.held.drain().collect()
+        } else {
+            let mut first: Vec<(i64, &Box<str>)> = l
+                .held
+                .iter()
+                .map(|(id, u)| (u.row.unwrap_or(i64::MAX), id))
+                .collect();
+            first.select_nth_unstable(max - 1);
+            let ids: Vec<Box<str>> = first[..max].iter().map(|(_, id)| (*id).clone()).collect();
+            ids.into_iter()
+                .filter_map(|id| l.held.remove_entry(&id))
+                .collect()
+        };
+        if l.held.is_empty() {
+            l.since = None;
+        }
+        taken.sort_unstable_by(|(a, x), (b, y)| {
+            (x.row.unwrap_or(i64::MAX), a).cmp(&(y.row.unwrap_or(i64::MAX), b))
+        });
+        taken
+    }
+
+    /// Last uses taken but not written: held again, unless a newer one came meanwhile.
+    pub(super) fn give_back_last_uses(&self, uses: Vec<(Box<str>, LastUse)>) {
+        if uses.is_empty() {
+            return;
+        }
+        let mut l = self.last_uses.lock();
+        for (factor, at) in uses {
+            l.held.entry(factor).or_insert(at);
+        }
+        // Tried again after another hold, not at once.
+        l.since = Some(Instant::now());
     }
 
     /// Reads the rows appended since the last reading, outside a write transaction (each
@@ -173,6 +279,14 @@ impl Hooks for Replay {
     /// After the transaction ended, committed or not.
     fn ended(&self, committed: bool) {
         let mut s = self.state.lock();
+        let stamps = std::mem::take(&mut s.stamps);
+        if committed && !stamps.is_empty() {
+            let mut l = self.last_uses.lock();
+            for (_, factor, last_use) in stamps {
+                l.held.insert(factor, last_use);
+            }
+            l.since.get_or_insert_with(Instant::now);
+        }
         if s.rebuild {
             *s = State::default();
             return;
@@ -240,8 +354,11 @@ impl State {
             .is_some_and(|steps| steps.contains(&(counter, expires)))
     }
 
-    /// Forgets this transaction's rows with row id `id` or larger.
+    /// Forgets this transaction's rows with row id `id` or larger, and their last uses.
     fn forget_from(&mut self, id: i64) {
+        while self.stamps.last().is_some_and(|s| s.0 >= id) {
+            self.stamps.pop();
+        }
         while self.pending.last().is_some_and(|p| p.id >= id) {
             let Some(p) = self.pending.pop() else { break };
             if let Some(steps) = self.used.get_mut(&p.factor) {
@@ -284,6 +401,7 @@ mod tests {
 
     use super::super::sqlite::SqliteStore;
     use super::super::{Store, StoreError};
+    use crate::model::{Factor, FactorKind, FactorState, NewUser, UserId};
 
     /// A store file's path, in a directory removed when the first value is dropped.
     fn file() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -492,6 +610,179 @@ mod tests {
             .unwrap();
         assert!(free(&a, "f", 1));
         assert!(!free(&a, "f", 1));
+    }
+
+    /// A store at `path` with a user "u" of tenant "t" who has the TOTP factors `ids`.
+    fn with_factors(path: &Path, ids: &[&str]) -> (SqliteStore, UserId) {
+        let s = open(path);
+        let t = s.create_tenant("t", 1).unwrap();
+        let u = s
+            .create_user(
+                &NewUser {
+                    tenant_id: t.id,
+                    name: "u".into(),
+                    password_hash: None,
+                    email: None,
+                    phone: None,
+                    groups: vec![],
+                },
+                1,
+            )
+            .unwrap();
+        for id in ids {
+            s.add_factor(&Factor {
+                id: (*id).into(),
+                user_id: u.id,
+                kind: FactorKind::Totp,
+                state: FactorState::Confirmed,
+                sealed_secret: vec![1],
+                params: "{}".into(),
+                created_at: 1,
+                confirmed_at: Some(1),
+                last_used_at: None,
+            })
+            .unwrap();
+        }
+        (s, u.id)
+    }
+
+    /// `factor`'s last use as the table has it, and as the store shows it.
+    fn last_used(path: &Path, s: &SqliteStore, user: UserId, factor: &str) -> [Option<i64>; 2] {
+        let in_table = rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT last_used_at FROM factors WHERE id = ?1",
+                [factor],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let shown = s
+            .factors_of(user)
+            .unwrap()
+            .into_iter()
+            .find(|f| f.id == factor)
+            .unwrap()
+            .last_used_at;
+        let (_, read) = s.user_with_factors(1, "u").unwrap().unwrap();
+        let read = read.into_iter().find(|f| f.id == factor).unwrap();
+        assert_eq!(read.last_used_at, shown, "the two readings of {factor}");
+        [in_table, shown]
+    }
+
+    #[test]
+    fn a_last_use_is_seen_at_once_and_written_with_others_later() {
+        let (_dir, path) = file();
+        let (s, u) = with_factors(&path, &["f1", "f2"]);
+        s.user_with_factors(1, "u").unwrap(); // the row ids
+        assert!(s.use_otp("f1", 1, 100, 50).unwrap());
+        assert!(s.use_otp("f2", 1, 100, 60).unwrap());
+        assert!(!s.use_otp("f2", 1, 100, 70).unwrap(), "a refused code");
+        assert_eq!(last_used(&path, &s, u, "f1"), [None, Some(50)]);
+        assert_eq!(last_used(&path, &s, u, "f2"), [None, Some(60)]);
+        s.write_last_uses(false, usize::MAX).unwrap();
+        assert_eq!(
+            last_used(&path, &s, u, "f1"),
+            [None, Some(50)],
+            "held a while"
+        );
+        s.write_last_uses(true, usize::MAX).unwrap();
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(50), Some(50)]);
+        assert_eq!(last_used(&path, &s, u, "f2"), [Some(60), Some(60)]);
+        // Those left when the store closes are written then.
+        assert!(s.use_otp("f1", 2, 100, 80).unwrap());
+        drop(s);
+        let s = open(&path);
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(80), Some(80)]);
+    }
+
+    #[test]
+    fn after_the_hold_the_batch_thread_writes_them() {
+        let (_dir, path) = file();
+        let (s, u) = with_factors(&path, &["f1"]);
+        s.batch(&mut |_| s.use_otp("f1", 1, 100, 50).map(|_| ()))
+            .unwrap();
+        s.after_batch();
+        assert_eq!(last_used(&path, &s, u, "f1"), [None, Some(50)]);
+        std::thread::sleep(super::LAST_USE_HOLD);
+        s.after_batch();
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(50), Some(50)]);
+    }
+
+    #[test]
+    fn undone_units_and_failed_batches_leave_no_last_use() {
+        let (_dir, path) = file();
+        let (s, u) = with_factors(&path, &["f1", "f2", "f3"]);
+        s.batch(&mut |units| {
+            units.begin_unit()?;
+            assert!(s.use_otp("f1", 1, 100, 50)?);
+            units.end_unit(false)?;
+            units.begin_unit()?;
+            assert!(s.use_otp("f2", 1, 100, 50)?);
+            units.end_unit(true)?;
+            Ok(())
+        })
+        .unwrap();
+        let failed = s.batch(&mut |_| {
+            assert!(s.use_otp("f3", 1, 100, 50)?);
+            Err(StoreError::Database("stop".into()))
+        });
+        assert!(failed.is_err());
+        s.write_last_uses(true, usize::MAX).unwrap();
+        assert_eq!(
+            last_used(&path, &s, u, "f1"),
+            [None, None],
+            "an undone unit"
+        );
+        assert_eq!(last_used(&path, &s, u, "f2"), [Some(50), Some(50)]);
+        assert_eq!(
+            last_used(&path, &s, u, "f3"),
+            [None, None],
+            "a failed batch"
+        );
+    }
+
+    #[test]
+    fn a_last_use_not_written_is_held_again_and_a_factor_moved_is_found() {
+        let (_dir, path) = file();
+        let (s, u) = with_factors(&path, &["f1", "f2"]);
+        s.user_with_factors(1, "u").unwrap(); // f1's row id, soon out of date
+        s.remove_factor(u, "f2").unwrap();
+        s.remove_factor(u, "f1").unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        // f1 again, at another row id, and another factor at its old one.
+        c.execute_batch(
+            "INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at)
+                 VALUES ('other', 1, 'totp', 'confirmed', x'01', '{}', 1);
+             INSERT INTO factors (id, user_id, kind, state, sealed_secret, params, created_at)
+                 VALUES ('f1', 1, 'totp', 'confirmed', x'01', '{}', 1);",
+        )
+        .unwrap();
+        assert!(s.use_otp("f1", 1, 100, 50).unwrap());
+        c.execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON factors BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        assert!(s.write_last_uses(true, usize::MAX).is_err());
+        assert_eq!(
+            last_used(&path, &s, u, "f1"),
+            [None, Some(50)],
+            "held again"
+        );
+        c.execute_batch("DROP TRIGGER refuse").unwrap();
+        s.write_last_uses(true, usize::MAX).unwrap();
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(50), Some(50)]);
+        assert_eq!(last_used(&path, &s, u, "other"), [None, None]);
+    }
+
+    #[test]
+    fn a_last_use_written_directly_is_not_written_over() {
+        let (_dir, path) = file();
+        let (s, u) = with_factors(&path, &["f1"]);
+        assert!(s.use_otp("f1", 1, 100, 50).unwrap());
+        s.touch_factor("f1", 90).unwrap();
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(90), Some(90)]);
+        s.write_last_uses(true, usize::MAX).unwrap();
+        assert_eq!(last_used(&path, &s, u, "f1"), [Some(90), Some(90)]);
     }
 
     #[test]

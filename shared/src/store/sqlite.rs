@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::group_commit::{GroupCommit, Hooks};
 use super::migrations::MIGRATIONS;
-use super::replay::Replay;
+use super::replay::{LastUse, Replay};
 use super::{
     BatchUnits, PushAdded, Reservation, SendClaim, SendLimits, Store, StoreError, StoreResult,
     TakenTransaction, TxnBinding, SEND_WINDOW,
@@ -113,6 +113,10 @@ impl Checkpointer {
     }
 }
 
+/// Factors' last uses written per transaction (see `replay`): a few milliseconds of the
+/// connection at most.
+const LAST_USE_CHUNK: usize = 256;
+
 /// Rows deleted per statement by [`Store::purge_expired`] (about a millisecond's work),
 /// and the shortest pause between two such statements, in which logins have the
 /// connection.
@@ -169,6 +173,15 @@ impl Drop for Checkpointer {
     }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The last uses still held (see `replay`), before the connection closes.
+        if let Err(e) = self.write_last_uses(true, usize::MAX) {
+            tracing::warn!(error = %e, "the factors' last uses of the last moments could not be written");
+        }
+    }
+}
+
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
@@ -212,6 +225,12 @@ thread_local! {
     /// The store (its address) whose batch this thread runs, 0 if none: see
     /// [`Store::batch`]. Store calls of this thread on that store run in the batch.
     static BATCH_OF: Cell<usize> = const { Cell::new(0) };
+
+    /// The row ids of the factors this thread read last with [`Store::user_with_factors`]
+    /// (factor id, row id): a login's factor's last use is then written by row id, in
+    /// row-id order with others (see `replay`), without a lookup of its own. Only a hint:
+    /// the write checks the factor id of the row.
+    static FACTOR_ROWS: std::cell::RefCell<Vec<(Box<str>, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` atomically: in a transaction of its own, or, inside a transaction (a batch),
@@ -601,6 +620,58 @@ impl SqliteStore {
         }
     }
 
+    /// Writes the factors' last uses that the replay cache holds (see `replay`): those held
+    /// [`super::replay::LAST_USE_HOLD`] or longer (all of them if `all`), up to `chunks` times
+    /// [`LAST_USE_CHUNK`], each chunk its own transaction. A chunk not written is held
+    /// again (and the error returned).
+    pub(super) fn write_last_uses(&self, all: bool, chunks: usize) -> StoreResult<()> {
+        for _ in 0..chunks {
+            let conn = self.lock();
+            let uses = self.replay.take_last_uses(all, LAST_USE_CHUNK);
+            if uses.is_empty() {
+                return Ok(());
+            }
+            let full = uses.len() == LAST_USE_CHUNK;
+            let written = atomically(&conn, |c| {
+                for (factor, u) in &uses {
+                    let by_row = match u.row {
+                        Some(row) => c
+                            .prepare_cached(
+                                "UPDATE factors SET last_used_at = ?3 WHERE rowid = ?1 AND id = ?2",
+                            )
+                            .and_then(|mut st| st.execute(params![row, &**factor, u.at]))
+                            .map_err(db)?,
+                        None => 0,
+                    };
+                    if by_row == 0 {
+                        c.prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
+                            .and_then(|mut st| st.execute(params![&**factor, u.at]))
+                            .map_err(db)?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                self.replay.give_back_last_uses(uses);
+                return Err(e);
+            }
+            ReentrantMutexGuard::unlock_fair(conn);
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `factors` with the last uses held in memory (see `replay`) over the table's.
+    fn with_held_last_uses(&self, factors: &mut [Factor]) {
+        for f in factors {
+            if let Some(at) = self.replay.last_use(&f.id) {
+                f.last_used_at = Some(at);
+            }
+        }
+    }
+
     /// This store's identity for [`BATCH_OF`].
     fn id(&self) -> usize {
         std::ptr::from_ref(self) as usize
@@ -753,11 +824,13 @@ fn factor_from_row_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Factor,
 /// columns ([`user_cols!`], prefixed) once per factor, or once with NULLs for a user
 /// without factors.
 const USER_WITH_FACTORS: &str = "SELECT u.id, u.tenant_id, u.name, u.password_hash, u.email, u.phone, u.groups_json, u.disabled, u.created_at, u.attributes_json, u.session_epoch,
-        f.id, f.user_id, f.kind, f.state, f.sealed_secret, f.params, f.created_at, f.confirmed_at, f.last_used_at
+        f.id, f.user_id, f.kind, f.state, f.sealed_secret, f.params, f.created_at, f.confirmed_at, f.last_used_at, f.rowid
      FROM users u LEFT JOIN factors f ON f.user_id = u.id
      WHERE u.tenant_id = ?1 AND u.name = ?2 ORDER BY f.created_at, f.id";
 /// Where the factor's columns start in [`USER_WITH_FACTORS`].
 const FACTOR_AT: usize = 11;
+/// Where the factor's row id is in [`USER_WITH_FACTORS`] (after [`factor_cols!`]).
+const FACTOR_ROW_AT: usize = FACTOR_AT + 9;
 
 /// Transaction reply attributes as stored: JSON `[[type, "hex"], ...]`.
 pub(super) fn encode_reply_attributes(attrs: &[ReplyAttribute]) -> String {
@@ -921,6 +994,9 @@ impl Store for SqliteStore {
         if self.wal_large.load(Ordering::Relaxed) {
             self.finish_checkpoint(&self.lock());
         }
+        if let Err(e) = self.write_last_uses(false, 1) {
+            tracing::warn!(error = %e, "writing factors' last uses failed; tried again in a second");
+        }
     }
 
     fn warm(&self) -> StoreResult<()> {
@@ -1020,14 +1096,21 @@ impl Store for SqliteStore {
         let mut st = conn.prepare_cached(USER_WITH_FACTORS).map_err(db)?;
         let mut rows = st.query(params![tenant, name]).map_err(db)?;
         let mut found: Option<(User, Vec<Factor>)> = None;
+        let mut factor_rows = Vec::new();
         while let Some(r) = rows.next().map_err(db)? {
             let (_, factors) = match &mut found {
                 Some(f) => f,
                 None => found.insert((user_from_row(r).map_err(db)?, Vec::new())),
             };
             if r.get_ref(FACTOR_AT).map_err(db)? != rusqlite::types::ValueRef::Null {
-                factors.push(factor_from_row_at(r, FACTOR_AT).map_err(db)??);
+                let factor = factor_from_row_at(r, FACTOR_AT).map_err(db)??;
+                factor_rows.push((factor.id.as_str().into(), r.get(FACTOR_ROW_AT).map_err(db)?));
+                factors.push(factor);
             }
+        }
+        FACTOR_ROWS.with(|rows| *rows.borrow_mut() = factor_rows);
+        if let Some((_, factors)) = &mut found {
+            self.with_held_last_uses(factors);
         }
         Ok(found)
     }
@@ -1191,7 +1274,9 @@ impl Store for SqliteStore {
     }
 
     fn factors_of(&self, user: UserId) -> StoreResult<Vec<Factor>> {
-        factors_of_on(&self.lock(), user)
+        let mut factors = factors_of_on(&self.lock(), user)?;
+        self.with_held_last_uses(&mut factors);
+        Ok(factors)
     }
 
     fn confirm_factor(&self, user: UserId, factor_id: &str, now: UnixTime) -> StoreResult<bool> {
@@ -1239,7 +1324,10 @@ impl Store for SqliteStore {
         let mut st = conn
             .prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
             .map_err(db)?;
-        st.execute(params![factor_id, now]).map(|_| ()).map_err(db)
+        st.execute(params![factor_id, now]).map_err(db)?;
+        // Newer than a last use held (see `replay`), which must not be written over it.
+        self.replay.forget_last_use(factor_id);
+        Ok(())
     }
 
     fn update_factor_params(&self, factor_id: &str, old: &str, new: &str) -> StoreResult<bool> {
@@ -1527,7 +1615,7 @@ impl Store for SqliteStore {
         // not due): committed in groups, as `use_otp`.
         let factor_id = factor_id.to_string();
         let replay = self.replay.clone();
-        self.write(move |c| replay.record(c, &factor_id, counter, expires_at))
+        self.write(move |c| replay.record(c, &factor_id, counter, expires_at, None))
     }
 
     fn use_otp(
@@ -1537,17 +1625,18 @@ impl Store for SqliteStore {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> StoreResult<bool> {
+        let row = FACTOR_ROWS.with(|rows| {
+            rows.borrow()
+                .iter()
+                .find(|(id, _)| **id == *factor_id)
+                .map(|&(_, row)| row)
+        });
         let factor_id = factor_id.to_string();
         let replay = self.replay.clone();
-        self.write(move |c| {
-            let fresh = replay.record(c, &factor_id, counter, expires_at)?;
-            if fresh {
-                c.prepare_cached("UPDATE factors SET last_used_at = ?2 WHERE id = ?1")
-                    .and_then(|mut st| st.execute(params![factor_id, now]))
-                    .map_err(db)?;
-            }
-            Ok(fresh)
-        })
+        // The last use goes with the code's row, and is written later with others
+        // (see `replay`); readers of this store see it at once.
+        let last_use = LastUse { row, at: now };
+        self.write(move |c| replay.record(c, &factor_id, counter, expires_at, Some(last_use)))
     }
 
     fn put_transaction(&self, t: &Transaction) -> StoreResult<()> {
@@ -2072,6 +2161,9 @@ impl Store for SqliteStore {
 
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         use super::SOURCE_ROWS_KEPT;
+        // Where no batch writes them (a daemon without code-only logins, another
+        // process), within a purge's interval.
+        self.write_last_uses(false, usize::MAX)?;
         let mut purged = self.purge_used_otps(now)?;
         // (table, which rows, the time they are compared with)
         let purges: [(&str, &str, UnixTime); 8] = [
@@ -2514,7 +2606,8 @@ mod tests {
             .map(|c| format!("f.{c}"))
             .collect();
         assert_eq!(cols[..FACTOR_AT], user[..]);
-        assert_eq!(cols[FACTOR_AT..], factor[..]);
+        assert_eq!(cols[FACTOR_AT..FACTOR_ROW_AT], factor[..]);
+        assert_eq!(cols[FACTOR_ROW_AT..], ["f.rowid"]);
     }
 
     #[test]
