@@ -2162,8 +2162,11 @@ impl Store for SqliteStore {
     fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         use super::SOURCE_ROWS_KEPT;
         // Where no batch writes them (a daemon without code-only logins, another
-        // process), within a purge's interval.
-        self.write_last_uses(false, usize::MAX)?;
+        // process), within a purge's interval. A failure leaves them held (and the purge
+        // goes on: it frees space, which may be what the write lacked).
+        if let Err(e) = self.write_last_uses(false, usize::MAX) {
+            tracing::warn!(error = %e, "writing factors' last uses failed; tried again at the next purge");
+        }
         let mut purged = self.purge_used_otps(now)?;
         // (table, which rows, the time they are compared with)
         let purges: [(&str, &str, UnixTime); 8] = [
