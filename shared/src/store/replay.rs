@@ -178,6 +178,15 @@ impl Replay {
         l.held.get(factor).map(|u| u.at)
     }
 
+    /// Whether [`Replay::take_last_uses`] would give any (without `all`): checked before
+    /// the connection is taken, which another thread (the purge) may be holding.
+    pub(super) fn last_uses_due(&self) -> bool {
+        self.last_uses
+            .lock()
+            .since
+            .is_some_and(|t| t.elapsed() >= LAST_USE_HOLD)
+    }
+
     /// Forgets the last use held for `factor` (a newer one was written).
     pub(super) fn forget_last_use(&self, factor: &str) {
         let mut l = self.last_uses.lock();

@@ -994,8 +994,12 @@ impl Store for SqliteStore {
         if self.wal_large.load(Ordering::Relaxed) {
             self.finish_checkpoint(&self.lock());
         }
-        if let Err(e) = self.write_last_uses(false, 1) {
-            tracing::warn!(error = %e, "writing factors' last uses failed; tried again in a second");
+        // Only when some are due: the batch thread does not wait for the connection (the
+        // purge's, say) after every batch for nothing.
+        if self.replay.last_uses_due() {
+            if let Err(e) = self.write_last_uses(false, 1) {
+                tracing::warn!(error = %e, "writing factors' last uses failed; tried again in a second");
+            }
         }
     }
 
